@@ -1,0 +1,26 @@
+// A driver starts and stops builders: isolated build engines the control plane hands to leases.
+
+export interface BuilderHandle {
+  id: string;
+  driver: string; // 'dockerd'
+  platform: string; // e.g. linux/amd64
+  kind: 'docker' | 'buildkit';
+  // Where the control plane reaches the engine itself (never given to clients): a unix socket path.
+  socketPath: string;
+  // Private directory of this builder (data root, exec root, logs): removed on destroy.
+  dir: string;
+  pid: number | null;
+  startedMs: number; // how long the engine took to become ready
+}
+
+export interface Driver {
+  readonly name: string;
+  // Platforms this driver can build natively, e.g. ['linux/amd64'].
+  platforms(): string[];
+  start(id: string): Promise<BuilderHandle>;
+  // Stops the engine, removes its directory and any host state it made (bridge, ...). Never throws for
+  // a builder that is already gone.
+  destroy(handle: BuilderHandle): Promise<void>;
+  // True while the engine answers.
+  alive(handle: BuilderHandle): Promise<boolean>;
+}
