@@ -1,0 +1,156 @@
+// Starts the real control plane (the bundled CLI, as users run it) and talks to it over real gRPC and HTTP.
+import { spawn, spawnSync, type ChildProcess } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as readline from 'readline';
+import * as grpc from '@grpc/grpc-js';
+import { services, type LeaseMsg } from '../../src/common/proto';
+
+export const ROOT = path.resolve(__dirname, '../..');
+export const CLI = path.join(ROOT, 'dist/cli.js');
+
+export interface ServerProcess {
+  proc: ChildProcess;
+  stateDir: string;
+  info: { grpc: string; http: string; registry: string; driver: string; platforms: string[]; adminTokenFile: string; pid: number };
+  stderr: () => string;
+  stop(): Promise<number | null>;
+}
+
+export function requireBinaries(): void {
+  const missing: string[] = [];
+  for (const [bin, pkg] of [
+    ['/usr/bin/dockerd', 'docker.io'],
+    ['/usr/bin/docker', 'docker.io'],
+    ['/usr/bin/docker-registry', 'docker-registry'],
+    ['/bin/busybox', 'busybox-static']
+  ]) {
+    if (!fs.existsSync(bin)) missing.push(`${bin} (apt-get install ${pkg})`);
+  }
+  if (!fs.existsSync(CLI)) missing.push(`${CLI} (npm run build)`);
+  if (missing.length) throw new Error(`End-to-end tests need real binaries that are missing: ${missing.join(', ')}. .ci/run installs them.`);
+}
+
+export async function startServer(extra: string[] = [], stateDir?: string): Promise<ServerProcess> {
+  requireBinaries();
+  const dir = stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'bc-e2e-'));
+  const args = [CLI, 'serve', '--state-dir', dir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BUILDCLOUD_LOG_LEVEL: 'info' } });
+  let err = '';
+  proc.stderr!.on('data', (d) => (err += d.toString()));
+  const rl = readline.createInterface({ input: proc.stdout! });
+  const info = await new Promise<ServerProcess['info']>((resolve, reject) => {
+    const onExit = (code: number | null) => reject(new Error(`buildcloud serve exited (${code}) before it was ready:\n${err}`));
+    proc.once('exit', onExit);
+    rl.once('line', (line) => {
+      proc.off('exit', onExit);
+      try {
+        resolve(JSON.parse(line));
+      } catch {
+        reject(new Error(`unexpected first line from serve: ${line}\n${err}`));
+      }
+    });
+  });
+  return {
+    proc,
+    stateDir: dir,
+    info,
+    stderr: () => err,
+    stop: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null) return resolve(proc.exitCode);
+        proc.once('exit', (code) => resolve(code));
+        proc.kill('SIGTERM');
+      })
+  };
+}
+
+// Runs the bundled CLI to completion.
+export function cli(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function adminSetup(stateDir: string, org: string, minutes: number): string {
+  const c = cli(['admin', 'org', 'create', org, '--minutes', String(minutes), '--state-dir', stateDir]);
+  if (c.status !== 0) throw new Error(c.stderr);
+  const t = cli(['admin', 'token', 'create', '--org', org, '--state-dir', stateDir]);
+  if (t.status !== 0) throw new Error(t.stderr);
+  return t.stdout.trim();
+}
+
+export class TestClient {
+  private readonly bc: grpc.Client & Record<string, any>;
+  constructor(address: string, private readonly token: string) {
+    const { BuildCloud } = services();
+    this.bc = new BuildCloud(address, grpc.credentials.createInsecure()) as any;
+  }
+  private call<T>(method: string, req: object): Promise<T> {
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${this.token}`);
+    return new Promise((resolve, reject) =>
+      this.bc[method](req, md, { deadline: Date.now() + 60_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)))
+    );
+  }
+  provision(req: { org?: string; pipelineKey: string; jobId: string; platforms?: string[]; scope?: string; identity?: object }): Promise<LeaseMsg> {
+    return this.call('Provision', { platforms: [], identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' }, ...req });
+  }
+  release(leaseId: string): Promise<LeaseMsg> {
+    return this.call('Release', { leaseId });
+  }
+  get(leaseId: string): Promise<LeaseMsg> {
+    return this.call('Get', { leaseId });
+  }
+  close(): void {
+    this.bc.close();
+  }
+}
+
+// Client side of a lease: DOCKER_CERT_PATH with the lease's certs (0600 in a 0700 dir) and a private
+// DOCKER_CONFIG logged in to the org-cache registry.
+export function dockerEnvFor(lease: LeaseMsg, dir: string): NodeJS.ProcessEnv {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const certs = path.join(dir, 'certs');
+  fs.mkdirSync(certs, { mode: 0o700 });
+  fs.writeFileSync(path.join(certs, 'ca.pem'), lease.tls!.caPem, { mode: 0o600 });
+  fs.writeFileSync(path.join(certs, 'cert.pem'), lease.tls!.certPem, { mode: 0o600 });
+  fs.writeFileSync(path.join(certs, 'key.pem'), lease.tls!.keyPem, { mode: 0o600 });
+  const config = path.join(dir, 'docker-config');
+  fs.mkdirSync(config, { mode: 0o700 });
+  const r = lease.cache!.registry!;
+  const auth = Buffer.from(`${r.username}:${r.password}`).toString('base64');
+  fs.writeFileSync(path.join(config, 'config.json'), JSON.stringify({ auths: { [r.host]: { auth } } }), { mode: 0o600 });
+  return {
+    PATH: process.env.PATH,
+    HOME: dir,
+    DOCKER_HOST: lease.builders[0].address,
+    DOCKER_TLS_VERIFY: '1',
+    DOCKER_CERT_PATH: certs,
+    DOCKER_CONFIG: config,
+    DOCKER_BUILDKIT: '1'
+  };
+}
+
+// Debian's 20.10 client: /usr/local/bin/docker on these machines is a newer client without buildx.
+export const DOCKER = '/usr/bin/docker';
+
+export function docker(args: string[], env: NodeJS.ProcessEnv, cwd?: string): { status: number | null; out: string } {
+  const r = spawnSync(DOCKER, args, { env, cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
+  return { status: r.status, out: `${r.stdout}${r.stderr}` };
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}

@@ -1,0 +1,38 @@
+// The `buildcloud` command. One error boundary: a known error prints its message and exits 1.
+import { Command, CommanderError } from 'commander';
+import { registerServe } from './serve';
+import { registerAdmin } from './admin';
+import { registerUsage } from './usage';
+import { CliError } from './errors';
+
+export function program(): Command {
+  const p = new Command('buildcloud')
+    .description('Build Cloud for CI: ephemeral remote builders per pipeline, an org-wide layer cache, build-minute metering.')
+    .version(process.env.BUILDCLOUD_VERSION || '0.1.0')
+    .showHelpAfterError()
+    .exitOverride();
+  registerServe(p);
+  registerAdmin(p);
+  registerUsage(p);
+  return p;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    await program().parseAsync(argv);
+    return process.exitCode ? Number(process.exitCode) : 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode;
+    const e = err as Error;
+    const known = e && ['CliError', 'ConfigError', 'ApiError', 'StoreConflict', 'AuthError'].includes(e.name);
+    process.stderr.write(`buildcloud: ${known ? e.message : e?.stack || String(err)}\n`);
+    return err instanceof CliError ? err.exitCode : 1;
+  }
+}
+
+if (require.main === module) {
+  main(process.argv).then((code) => {
+    // `serve` keeps running until signalled; everything else ends here.
+    if (code !== 0 || !process.env.BUILDCLOUD_SERVING) process.exit(code);
+  });
+}

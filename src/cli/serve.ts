@@ -1,0 +1,78 @@
+import type { Command } from 'commander';
+import * as path from 'path';
+import { createLogger } from '../common/log';
+import { ConfigError, DEFAULTS, defaultStateDir, parseDuration, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
+
+export function registerServe(program: Command): void {
+  program
+    .command('serve')
+    .description('Run the control plane: gRPC API, metering endpoint, builders (dockerd) and the org cache registry. With no flags: the embedded default on loopback.')
+    .option('--state-dir <dir>', 'where state lives: SQLite database, CA, keys, registry data, builders (env BUILDCLOUD_STATE_DIR)', defaultStateDir())
+    .option('--host <ip>', 'address to listen on for gRPC, HTTP, builders and the registry proxy', DEFAULTS.host)
+    .option('--grpc-port <n>', 'gRPC port (0 = any free port)', String(DEFAULTS.grpcPort))
+    .option('--http-port <n>', 'HTTP port: metering endpoint, usage, /healthz, /metrics (0 = any)', String(DEFAULTS.httpPort))
+    .option('--registry-port <n>', 'port of the org-cache registry proxy builders push to (0 = any)', String(DEFAULTS.registryPort))
+    .option('--registry <url>', "an existing OCI registry for the org cache (default: start Debian's docker-registry)")
+    .option('--driver <name>', 'builder driver: dockerd | none', 'dockerd')
+    .option('--warm-pool <n>', 'ready builders kept for fast provisioning', String(DEFAULTS.warmPool))
+    .option('--max-builders <n>', 'most builders alive at once', String(DEFAULTS.maxBuilders))
+    .option('--idle-timeout <duration>', 'end a lease with no sign of life for this long', '10m')
+    .option('--max-ttl <duration>', 'end any lease this long after it started', '2h')
+    .option('--grace <duration>', 'keep a released builder this long for later stages of the pipeline', '60s')
+    .option('--access-token-ttl <duration>', 'lifetime of access tokens from OIDC exchange', '2h')
+    .option('--subnet-pool <cidr>', "builders' bridge networks are /24s from this pool", DEFAULTS.subnetPool)
+    .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
+    .option('--json', 'print where it listens as one JSON line on stdout', false)
+    .action(async (o) => {
+      const config: ServerConfig = validateConfig({
+        stateDir: path.resolve(o.stateDir),
+        host: o.host,
+        grpcPort: parseIntFlag(o.grpcPort, '--grpc-port', 0, 65535),
+        httpPort: parseIntFlag(o.httpPort, '--http-port', 0, 65535),
+        registryPort: parseIntFlag(o.registryPort, '--registry-port', 0, 65535),
+        registryUrl: o.registry ? parseRegistryUrl(o.registry) : null,
+        driver: o.driver === 'none' ? 'none' : o.driver === 'dockerd' ? 'dockerd' : badDriver(o.driver),
+        warmPool: parseIntFlag(o.warmPool, '--warm-pool', 0, 64),
+        maxBuilders: parseIntFlag(o.maxBuilders, '--max-builders', 1, 1024),
+        idleTimeoutMs: parseDuration(o.idleTimeout, '--idle-timeout'),
+        maxTtlMs: parseDuration(o.maxTtl, '--max-ttl'),
+        graceMs: parseDuration(o.grace, '--grace'),
+        reapIntervalMs: DEFAULTS.reapIntervalMs,
+        accessTokenTtlS: Math.round(parseDuration(o.accessTokenTtl, '--access-token-ttl') / 1000),
+        subnetPool: o.subnetPool,
+        insecureOidcIssuers: Boolean(o.insecureOidcIssuers)
+      });
+      const log = createLogger();
+      const { startServer } = await import('../server/server');
+      const server = await startServer(config, log);
+      process.env.BUILDCLOUD_SERVING = '1';
+      const i = server.info;
+      if (o.json) process.stdout.write(JSON.stringify(i) + '\n');
+      else {
+        process.stdout.write(
+          `buildcloud serve: ready\n  gRPC      ${i.grpc}\n  HTTP      ${i.http}  (metering, usage, /healthz, /metrics)\n` +
+            `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}\n  state     ${i.stateDir}\n` +
+            `  admin token in ${i.adminTokenFile}\n`
+        );
+      }
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ signal }, 'stopping: ending leases, destroying builders, stopping the registry');
+        server.stop().then(
+          () => process.exit(0),
+          (err) => {
+            log.error({ err: String(err) }, 'stop failed');
+            process.exit(1);
+          }
+        );
+      };
+      process.on('SIGINT', () => stop('SIGINT'));
+      process.on('SIGTERM', () => stop('SIGTERM'));
+    });
+}
+
+function badDriver(name: string): never {
+  throw new ConfigError(`Invalid --driver '${name}'. Expected dockerd or none.`);
+}

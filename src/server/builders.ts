@@ -1,0 +1,199 @@
+// Live builders: the warm pool, sharing per pipeline (refcount of lease holders), the grace period after the
+// last release, and destruction. Builders live only in memory: a control plane that stops takes them down.
+import { randomBytes } from 'crypto';
+import type { Logger } from '../common/log';
+import type { Driver, BuilderHandle } from './drivers/driver';
+import { BuilderTlsProxy } from './tls-proxy';
+import type { Pki, CertPair } from './pki';
+import { unavailable } from './errors';
+
+export interface LiveBuilder {
+  id: string;
+  platform: string;
+  handle: BuilderHandle;
+  proxy: BuilderTlsProxy;
+  address: string;
+  shareKey: string | null; // null while warm (not yet owned by any org)
+  org: string | null;
+  holders: Set<string>; // lease ids
+  graceTimer: NodeJS.Timeout | null;
+  state: 'warm' | 'assigned' | 'grace' | 'destroying';
+}
+
+export interface BuilderPoolOptions {
+  driver: Driver;
+  pki: Pki;
+  host: string;
+  warmPool: number;
+  maxBuilders: number;
+  graceMs: number;
+  log: Logger;
+  onActivity: (fingerprint: string) => void;
+  onChange?: () => void; // gauges
+}
+
+export interface Acquired {
+  builder: LiveBuilder;
+  warm: boolean;
+  shared: boolean;
+}
+
+export function newId(prefix: string): string {
+  return `${prefix}${randomBytes(6).toString('hex')}`;
+}
+
+export class BuilderPool {
+  private readonly live = new Map<string, LiveBuilder>();
+  private readonly byShareKey = new Map<string, LiveBuilder>();
+  private starting = 0;
+  private stopped = false;
+  private serverCert: Promise<CertPair> | null = null;
+
+  constructor(private readonly opts: BuilderPoolOptions) {}
+
+  get size(): number {
+    return this.live.size + this.starting;
+  }
+
+  count(state?: LiveBuilder['state']): number {
+    let n = 0;
+    for (const b of this.live.values()) if (!state || b.state === state) n++;
+    return n;
+  }
+
+  get(id: string): LiveBuilder | undefined {
+    return this.live.get(id);
+  }
+
+  all(): LiveBuilder[] {
+    return [...this.live.values()];
+  }
+
+  // Keeps `warmPool` ready builders per native platform. Failures are logged; the next call tries again.
+  refill(): void {
+    if (this.stopped) return;
+    for (const platform of this.opts.driver.platforms()) {
+      const warm = [...this.live.values()].filter((b) => b.state === 'warm' && b.platform === platform).length;
+      let missing = this.opts.warmPool - warm - this.starting;
+      while (missing-- > 0 && this.size < this.opts.maxBuilders) {
+        this.startBuilder(platform, 'warm')
+          .then(() => this.opts.onChange?.())
+          .catch((err) => this.opts.log.error({ err: String(err) }, 'warm builder failed to start'));
+      }
+    }
+  }
+
+  // One builder for (shareKey, platform): the pipeline's existing one, a warm one, or a cold start.
+  async acquire(shareKey: string, org: string, platform: string, leaseId: string): Promise<Acquired> {
+    const existing = this.byShareKey.get(shareKey);
+    if (existing && existing.state !== 'destroying') {
+      if (existing.graceTimer) clearTimeout(existing.graceTimer);
+      existing.graceTimer = null;
+      existing.state = 'assigned';
+      existing.holders.add(leaseId);
+      return { builder: existing, warm: false, shared: true };
+    }
+    let builder = [...this.live.values()].find((b) => b.state === 'warm' && b.platform === platform);
+    const warm = Boolean(builder);
+    if (!builder) {
+      if (this.size >= this.opts.maxBuilders) {
+        throw unavailable(`The control plane is at capacity (${this.opts.maxBuilders} builders, --max-builders). Retry shortly.`);
+      }
+      try {
+        builder = await this.startBuilder(platform, 'assigned');
+      } catch (err) {
+        throw unavailable(`Could not start a builder for ${platform}: ${(err as Error).message}`);
+      }
+      // Another job of the same pipeline may have raced us while this one was starting: share theirs.
+      const raced = this.byShareKey.get(shareKey);
+      if (raced && raced.state !== 'destroying') {
+        builder.state = 'warm';
+        return this.acquire(shareKey, org, platform, leaseId);
+      }
+    }
+    builder.state = 'assigned';
+    builder.shareKey = shareKey;
+    builder.org = org;
+    builder.holders.add(leaseId);
+    this.byShareKey.set(shareKey, builder);
+    this.opts.onChange?.();
+    this.refill();
+    return { builder, warm, shared: false };
+  }
+
+  // Drops a lease's hold; the last one starts the grace period, after which the builder is destroyed.
+  release(builderId: string, leaseId: string, fingerprint: string): void {
+    const b = this.live.get(builderId);
+    if (!b) return;
+    b.proxy.revoke(fingerprint);
+    b.holders.delete(leaseId);
+    if (b.holders.size > 0 || b.state === 'destroying') return;
+    b.state = 'grace';
+    if (b.graceTimer) clearTimeout(b.graceTimer);
+    b.graceTimer = setTimeout(() => void this.destroy(b.id, 'grace period over'), this.opts.graceMs);
+    b.graceTimer.unref();
+    this.opts.onChange?.();
+  }
+
+  async destroy(id: string, why: string): Promise<void> {
+    const b = this.live.get(id);
+    if (!b || b.state === 'destroying') return;
+    b.state = 'destroying';
+    if (b.graceTimer) clearTimeout(b.graceTimer);
+    if (b.shareKey && this.byShareKey.get(b.shareKey) === b) this.byShareKey.delete(b.shareKey);
+    this.opts.log.info({ builder: id, why }, 'destroying builder');
+    try {
+      await b.proxy.close();
+      await this.opts.driver.destroy(b.handle);
+    } catch (err) {
+      this.opts.log.warn({ builder: id, err: String(err) }, 'builder cleanup failed');
+    } finally {
+      this.live.delete(id);
+      this.opts.onChange?.();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all([...this.live.keys()].map((id) => this.destroy(id, 'control plane stopping')));
+  }
+
+  private async startBuilder(platform: string, state: 'warm' | 'assigned'): Promise<LiveBuilder> {
+    this.starting++;
+    try {
+      const id = newId('b');
+      const handle = await this.opts.driver.start(id);
+      if (!this.serverCert) this.serverCert = this.opts.pki.issueServer([this.opts.host, 'localhost'], 30 * 24 * 3600_000);
+      const proxy = new BuilderTlsProxy({
+        socketPath: handle.socketPath,
+        server: await this.serverCert,
+        caPem: this.opts.pki.caPem,
+        host: this.opts.host,
+        log: this.opts.log,
+        onActivity: this.opts.onActivity
+      });
+      await proxy.listen();
+      const b: LiveBuilder = {
+        id,
+        platform,
+        handle,
+        proxy,
+        address: proxy.address,
+        shareKey: null,
+        org: null,
+        holders: new Set(),
+        graceTimer: null,
+        state // a cold start is born assigned, so no concurrent acquire can take it as warm
+      };
+      this.live.set(id, b);
+      this.opts.log.info({ builder: id, platform, startedMs: handle.startedMs }, 'builder ready');
+      if (this.stopped) {
+        await this.destroy(id, 'control plane stopping');
+        throw new Error('control plane is stopping');
+      }
+      return b;
+    } finally {
+      this.starting--;
+    }
+  }
+}

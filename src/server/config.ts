@@ -1,0 +1,88 @@
+// Settings of `buildcloud serve`: one validated object, defaults documented in docs/operations.md.
+import * as os from 'os';
+import * as path from 'path';
+
+export interface ServerConfig {
+  stateDir: string;
+  host: string; // where gRPC, HTTP, builders and the registry proxy listen
+  grpcPort: number; // 0 = any free port
+  httpPort: number;
+  registryUrl: string | null; // external upstream registry; null = start the embedded one
+  registryPort: number; // the org-cache registry proxy builders push to
+  driver: 'dockerd' | 'none';
+  warmPool: number;
+  maxBuilders: number;
+  idleTimeoutMs: number;
+  maxTtlMs: number;
+  graceMs: number;
+  reapIntervalMs: number;
+  accessTokenTtlS: number;
+  subnetPool: string;
+  insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
+}
+
+export const DEFAULTS = {
+  host: '127.0.0.1',
+  grpcPort: 7643,
+  httpPort: 7644,
+  registryPort: 7645,
+  warmPool: 1,
+  maxBuilders: 16,
+  idleTimeoutMs: 10 * 60_000, // a runner that died stops being billed 10 minutes after its last sign of life
+  maxTtlMs: 2 * 3600_000, // like Docker Build Cloud's 2 h build cancellation
+  graceMs: 60_000, // later stages of the pipeline reuse the warm builder
+  reapIntervalMs: 1_000,
+  accessTokenTtlS: 2 * 3600,
+  subnetPool: '10.213.0.0/16'
+};
+
+export function defaultStateDir(): string {
+  return process.env.BUILDCLOUD_STATE_DIR || path.join(os.homedir(), '.buildcloud');
+}
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
+
+// "90s", "10m", "2h", "500ms" or a number of seconds.
+export function parseDuration(value: string, flag: string): number {
+  const m = DURATION.exec(String(value).trim());
+  if (!m) throw new ConfigError(`Invalid ${flag} '${value}'. Expected a duration such as 500ms, 30s, 10m or 2h.`);
+  const n = Number(m[1]);
+  const unit = m[2] || 's';
+  const factor = unit === 'ms' ? 1 : unit === 's' ? 1000 : unit === 'm' ? 60_000 : 3600_000;
+  return Math.round(n * factor);
+}
+
+export function parseIntFlag(value: string, flag: string, min: number, max: number): number {
+  const s = String(value).trim();
+  if (!/^\d+$/.test(s)) throw new ConfigError(`Invalid ${flag} '${value}'. Expected a whole number from ${min} to ${max}.`);
+  const n = Number(s);
+  if (n < min || n > max) throw new ConfigError(`Invalid ${flag} '${value}'. Expected a whole number from ${min} to ${max}.`);
+  return n;
+}
+
+export function parseRegistryUrl(value: string): string {
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    throw new ConfigError(`Invalid --registry '${value}'. Expected a URL such as http://127.0.0.1:5000.`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') {
+    throw new ConfigError(`Invalid --registry '${value}'. Expected an http:// or https:// URL.`);
+  }
+  return u.toString().replace(/\/$/, '');
+}
+
+export function validateConfig(c: ServerConfig): ServerConfig {
+  if (c.idleTimeoutMs < 1000) throw new ConfigError('Invalid --idle-timeout: expected at least 1s.');
+  if (c.maxTtlMs < c.idleTimeoutMs) throw new ConfigError('Invalid --max-ttl: expected at least the idle timeout.');
+  if (c.warmPool > c.maxBuilders) throw new ConfigError('Invalid --warm-pool: expected at most --max-builders.');
+  return c;
+}

@@ -1,0 +1,92 @@
+// The gRPC face of the control plane: authentication from metadata, one error boundary per call.
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../common/log';
+import { services, type ProvisionRequestMsg, type ExchangeTokenResponseMsg } from '../common/proto';
+import { ApiError, invalid, unauthenticated } from './errors';
+import { checkOrgMatch, type LeaseManager } from './leases';
+import type { Store } from './store/store';
+import { AuthError, issueAccessToken, type Authenticator, type OidcVerifier, type SigningKey } from './auth';
+import { validateOrgName } from './validate';
+
+export interface GrpcApiDeps {
+  leases: LeaseManager;
+  store: Store;
+  authenticator: Authenticator;
+  oidc: OidcVerifier;
+  signingKey: SigningKey;
+  accessTokenTtlS: number;
+  log: Logger;
+}
+
+type Handler<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
+
+function unary<Req, Res>(log: Logger, name: string, fn: Handler<Req, Res>): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    fn(call).then(
+      (res) => callback(null, res),
+      (err: unknown) => {
+        if (err instanceof ApiError) return callback({ code: err.code, details: err.message });
+        if (err instanceof AuthError) {
+          const code = err.code === 'claim_mismatch' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
+          return callback({ code, details: err.message });
+        }
+        log.error({ rpc: name, err: err instanceof Error ? err.stack : String(err) }, 'internal error');
+        callback({ code: grpc.status.INTERNAL, details: `Internal error in ${name}; the control plane's log has the details.` });
+      }
+    );
+  };
+}
+
+function bearer(md: grpc.Metadata): string {
+  const v = md.get('authorization')[0];
+  const s = typeof v === 'string' ? v : v ? v.toString('utf8') : '';
+  const m = /^Bearer\s+(\S+)$/i.exec(s.trim());
+  if (!m) throw unauthenticated('Missing credentials. Send metadata "authorization: Bearer <token>" with an org token (buildcloud admin token create) or an access token from Auth/ExchangeToken.');
+  return m[1];
+}
+
+export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
+  const { BuildCloud, Auth } = services();
+
+  // The org a call acts for: an org token's own org; the admin token acts for the org named in the request.
+  async function callerOrg(md: grpc.Metadata, requested: string): Promise<string> {
+    const p = await d.authenticator.authenticate(bearer(md));
+    if (!p) throw unauthenticated('Invalid, expired or revoked token. Create a new one with: buildcloud admin token create --org ORG');
+    if (p.kind === 'admin') {
+      if (!requested) throw invalid('Missing org. The admin token must name the org it acts for.');
+      validateOrgName(requested);
+      if (!(await d.store.getOrg(requested))) throw new ApiError(grpc.status.NOT_FOUND, `Org '${requested}' not found.`);
+      return requested;
+    }
+    return checkOrgMatch(p.org as string, requested);
+  }
+
+  server.addService(BuildCloud.service, {
+    Provision: unary<ProvisionRequestMsg, unknown>(d.log, 'Provision', async (call) => {
+      const org = await callerOrg(call.metadata, call.request.org);
+      return d.leases.provision(org, call.request);
+    }),
+    Release: unary<{ leaseId: string }, unknown>(d.log, 'Release', async (call) => {
+      const org = await callerOrg(call.metadata, '');
+      return d.leases.release(org, call.request.leaseId);
+    }),
+    Get: unary<{ leaseId: string }, unknown>(d.log, 'Get', async (call) => {
+      const org = await callerOrg(call.metadata, '');
+      return d.leases.get(org, call.request.leaseId);
+    })
+  });
+
+  server.addService(Auth.service, {
+    ExchangeToken: unary<{ oidcToken: string; org: string }, ExchangeTokenResponseMsg>(d.log, 'ExchangeToken', async (call) => {
+      const { oidcToken, org } = call.request;
+      if (!oidcToken) throw invalid('Missing oidc_token. Expected the CI job\'s OIDC token (a JWT).');
+      if (oidcToken.length > 16384) throw invalid('Invalid oidc_token: longer than 16384 characters.');
+      if (org) validateOrgName(org);
+      const trusts = await d.store.listTrust(org || undefined);
+      const verified = await d.oidc.exchange(oidcToken, trusts, org || undefined);
+      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS });
+      d.log.info({ org: verified.org, subject: verified.subject }, 'oidc token exchanged');
+      return { accessToken: issued.token, org: verified.org, expiresAtMs: issued.expiresAtMs };
+    })
+  });
+}

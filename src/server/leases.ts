@@ -1,0 +1,284 @@
+// Leases: a job's hold on one builder per platform. Provision, release, get, reaping of abandoned leases,
+// and billing from the control plane's own lease records (per second, no minimum).
+import { createHash, randomBytes } from 'crypto';
+import type { Logger } from '../common/log';
+import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
+import type { LeaseEndReason, LeaseRow, Store } from './store/store';
+import type { ServerConfig } from './config';
+import type { Pki } from './pki';
+import { BuilderPool, newId, type LiveBuilder } from './builders';
+import { cacheRefs } from './cache-refs';
+import { balance, billableSeconds, canProvision, reapDecision } from './billing';
+import { denied, exhausted, invalid, notFound, precondition } from './errors';
+import { normalisePlatforms, validateKey } from './validate';
+import type { ServerMetrics } from './metrics-types';
+import { KeyedMutex } from './mutex';
+
+interface LiveLease {
+  row: LeaseRow;
+  lastActiveAt: number;
+  persistedActiveAt: number;
+}
+
+export interface LeaseManagerDeps {
+  store: Store;
+  pool: BuilderPool | null;
+  platforms: string[];
+  pki: Pki;
+  config: ServerConfig;
+  registryHost: string;
+  log: Logger;
+  metrics: ServerMetrics;
+  now?: () => number;
+}
+
+const ACTIVITY_PERSIST_MS = 5_000;
+
+export class LeaseManager {
+  private readonly live = new Map<string, LiveLease>();
+  private readonly byFingerprint = new Map<string, string>();
+  private readonly locks = new KeyedMutex();
+  private reaper: NodeJS.Timeout | null = null;
+  private readonly now: () => number;
+
+  constructor(private readonly d: LeaseManagerDeps) {
+    this.now = d.now ?? Date.now;
+  }
+
+  // Leases left active by a control plane that died end now, billed up to their last sign of life.
+  async recover(): Promise<number> {
+    const stale = await this.d.store.activeLeases();
+    for (const l of stale) {
+      await this.d.store.endLease(l.id, l.lastActiveAt, 'server_stopped', billableSeconds(l.createdAt, l.lastActiveAt));
+    }
+    return stale.length;
+  }
+
+  startReaper(): void {
+    this.reaper = setInterval(() => void this.reap().catch((err) => this.d.log.error({ err: String(err) }, 'reaper failed')), this.d.config.reapIntervalMs);
+    this.reaper.unref();
+  }
+
+  // Called by builders' TLS proxies on traffic: a lease in use is not idle.
+  activity(fingerprint: string): void {
+    const id = this.byFingerprint.get(fingerprint);
+    const l = id ? this.live.get(id) : undefined;
+    if (!l) return;
+    l.lastActiveAt = this.now();
+    if (l.lastActiveAt - l.persistedActiveAt >= ACTIVITY_PERSIST_MS) {
+      l.persistedActiveAt = l.lastActiveAt;
+      void this.d.store.touchLease(l.row.id, l.lastActiveAt).catch(() => undefined);
+    }
+  }
+
+  async provision(org: string, req: ProvisionRequestMsg): Promise<LeaseMsg> {
+    const started = this.now();
+    const pool = this.d.pool;
+    if (!pool) throw precondition('This control plane has no builder driver (dockerd was not found). Install docker.io or start serve with --driver dockerd on a host that has it.');
+    const pipelineKey = validateKey(req.pipelineKey, 'pipeline_key');
+    const jobId = validateKey(req.jobId, 'job_id');
+    const scope = req.scope === 'SCOPE_JOB' ? 'job' : 'pipeline';
+    const platforms = normalisePlatforms(req.platforms ?? [], this.d.platforms);
+    const id = req.identity;
+    const identity = {
+      provider: id?.provider ?? '',
+      project: id?.project ?? '',
+      branch: id?.branch ?? '',
+      defaultBranch: id?.defaultBranch ?? '',
+      fork: Boolean(id?.fork),
+      actor: id?.actor ?? '',
+      runUrl: id?.runUrl ?? ''
+    };
+    if (!identity.project) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
+    const refs = cacheRefs({
+      registryHost: this.d.registryHost,
+      org,
+      project: identity.project,
+      branch: identity.branch,
+      defaultBranch: identity.defaultBranch || identity.branch,
+      fork: identity.fork
+    });
+
+    const left = await this.balanceOf(org);
+    if (!canProvision(left.leftSeconds)) {
+      this.d.metrics.provisions.inc({ result: 'bucket_empty' });
+      throw exhausted(
+        `Org '${org}' has no build minutes left (${left.minutesUsed.toFixed(1)} of ${(left.usedSeconds + left.leftSeconds) / 60} used). ` +
+          `Add a bucket: buildcloud admin bucket add --org ${org} --minutes N`
+      );
+    }
+
+    const leaseId = newId('l');
+    const cert = await this.d.pki.issueClient(leaseId, this.d.config.maxTtlMs + 3600_000);
+    const registryPassword = randomBytes(24).toString('base64url');
+    const acquired: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }> = [];
+    try {
+      for (const platform of platforms) {
+        const shareKey = scope === 'job' ? `${org}\0${pipelineKey}\0job\0${jobId}\0${leaseId}\0${platform}` : `${org}\0${pipelineKey}\0${platform}`;
+        const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
+        a.builder.proxy.allow(cert.fingerprint);
+        acquired.push(a);
+      }
+    } catch (err) {
+      for (const a of acquired) pool.release(a.builder.id, leaseId, cert.fingerprint);
+      this.d.metrics.provisions.inc({ result: 'error' });
+      throw err;
+    }
+
+    const now = this.now();
+    const row: LeaseRow = {
+      id: leaseId,
+      org,
+      pipelineKey,
+      jobId,
+      scope,
+      platforms,
+      builderIds: acquired.map((a) => a.builder.id),
+      identity,
+      actor: identity.actor,
+      certFingerprint: cert.fingerprint,
+      registryUser: leaseId,
+      registryPasswordHash: sha256(registryPassword),
+      createdAt: now,
+      lastActiveAt: now,
+      endedAt: null,
+      endReason: null,
+      billedSeconds: null
+    };
+    await this.d.store.insertLease(row);
+    this.live.set(leaseId, { row, lastActiveAt: now, persistedActiveAt: now });
+    this.byFingerprint.set(cert.fingerprint, leaseId);
+    const allWarm = acquired.every((a) => a.warm || a.shared);
+    this.d.metrics.provisions.inc({ result: 'ok' });
+    this.d.metrics.provisionLatency.observe({ warm: String(allWarm) }, (this.now() - started) / 1000);
+    this.gauges();
+    this.d.log.info({ lease: leaseId, org, pipelineKey, jobId, scope, builders: row.builderIds }, 'lease provisioned');
+
+    const msg = this.toMsg(row, acquired);
+    msg.tls = { caPem: this.d.pki.caPem, certPem: cert.certPem, keyPem: cert.keyPem };
+    msg.cache = { importRefs: refs.importRefs, exportRef: refs.exportRef, registry: { host: this.d.registryHost, username: leaseId, password: registryPassword } };
+    return msg;
+  }
+
+  async release(org: string, leaseId: string): Promise<LeaseMsg> {
+    const row = await this.owned(org, leaseId);
+    if (row.endedAt === null) await this.end(row, this.now(), 'released');
+    return this.toMsg((await this.d.store.getLease(leaseId)) ?? row);
+  }
+
+  async get(org: string, leaseId: string): Promise<LeaseMsg> {
+    const row = await this.owned(org, leaseId);
+    const l = this.live.get(leaseId);
+    if (l) {
+      l.lastActiveAt = this.now();
+      await this.d.store.touchLease(leaseId, l.lastActiveAt);
+      l.row.lastActiveAt = l.lastActiveAt;
+      return this.toMsg(l.row);
+    }
+    return this.toMsg(row);
+  }
+
+  // Registry proxy credentials: the lease id and its password, valid while the lease is active.
+  async registryPrincipal(username: string, password: string): Promise<{ org: string } | null> {
+    const l = this.live.get(username);
+    if (!l || l.row.registryPasswordHash !== sha256(password)) return null;
+    return { org: l.row.org };
+  }
+
+  async balanceOf(org: string): Promise<ReturnType<typeof balance>> {
+    const bought = await this.d.store.bucketSeconds(org);
+    const billed = await this.d.store.billedSeconds(org);
+    return balance(bought, billed, this.activeSeconds(org));
+  }
+
+  activeSeconds(org: string): number {
+    const now = this.now();
+    let s = 0;
+    for (const l of this.live.values()) if (l.row.org === org) s += billableSeconds(l.row.createdAt, now);
+    return s;
+  }
+
+  async reap(): Promise<void> {
+    const now = this.now();
+    const opts = { idleTimeoutMs: this.d.config.idleTimeoutMs, maxTtlMs: this.d.config.maxTtlMs };
+    for (const l of [...this.live.values()]) {
+      const open = l.row.builderIds.some((b) => (this.d.pool?.get(b)?.proxy.activeConnections(l.row.certFingerprint) ?? 0) > 0);
+      const decision = reapDecision({ createdAt: l.row.createdAt, lastActiveAt: l.lastActiveAt }, now, opts, open);
+      if (!decision) continue;
+      this.d.log.warn({ lease: l.row.id, org: l.row.org, reason: decision.reason }, 'reaping abandoned lease');
+      this.d.metrics.reaped.inc({ reason: decision.reason });
+      await this.end(l.row, decision.endedAt, decision.reason);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.reaper) clearInterval(this.reaper);
+    const now = this.now();
+    for (const l of [...this.live.values()]) await this.end(l.row, now, 'server_stopped');
+  }
+
+  private async end(row: LeaseRow, endedAt: number, reason: LeaseEndReason): Promise<void> {
+    const billed = billableSeconds(row.createdAt, endedAt);
+    await this.d.store.endLease(row.id, endedAt, reason, billed);
+    this.live.delete(row.id);
+    this.byFingerprint.delete(row.certFingerprint);
+    for (const b of row.builderIds) this.d.pool?.release(b, row.id, row.certFingerprint);
+    this.gauges();
+    this.d.log.info({ lease: row.id, org: row.org, reason, billedSeconds: billed }, 'lease ended');
+  }
+
+  // Another org's lease is reported as missing, never as forbidden: its existence is not revealed.
+  private async owned(org: string, leaseId: string): Promise<LeaseRow> {
+    validateKey(leaseId, 'lease_id', 64);
+    const row = await this.d.store.getLease(leaseId);
+    if (!row || row.org !== org) throw notFound(`Lease '${leaseId}' not found for org '${org}'.`);
+    return row;
+  }
+
+  private gauges(): void {
+    this.d.metrics.activeLeases.set(this.live.size);
+  }
+
+  private toMsg(row: LeaseRow, acquired?: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }>): LeaseMsg {
+    const deadline = Math.min(row.lastActiveAt + this.d.config.idleTimeoutMs, row.createdAt + this.d.config.maxTtlMs);
+    const state = row.endedAt === null ? 'LEASE_STATE_ACTIVE' : row.endReason === 'released' ? 'LEASE_STATE_RELEASED' : 'LEASE_STATE_EXPIRED';
+    const builders = row.builderIds.map((bid, i) => {
+      const a = acquired?.[i];
+      const b = a?.builder ?? this.d.pool?.get(bid);
+      return {
+        platform: row.platforms[i] ?? '',
+        kind: 'ENDPOINT_KIND_DOCKER' as const,
+        address: row.endedAt === null && b ? b.address : '',
+        builderId: bid,
+        warm: a?.warm ?? false,
+        shared: a?.shared ?? false
+      };
+    });
+    return {
+      id: row.id,
+      org: row.org,
+      pipelineKey: row.pipelineKey,
+      jobId: row.jobId,
+      scope: row.scope === 'job' ? 'SCOPE_JOB' : 'SCOPE_PIPELINE',
+      state,
+      createdAtMs: row.createdAt,
+      expiresAtMs: row.endedAt ?? deadline,
+      builders,
+      tls: null,
+      cache: null,
+      billedSeconds: row.billedSeconds ?? 0,
+      idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1000)
+    };
+  }
+}
+
+export function sha256(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+export function checkOrgMatch(principalOrg: string, requested: string): string {
+  if (requested && requested !== principalOrg) {
+    throw denied(`This token belongs to org '${principalOrg}', not '${requested}'. Use a token of '${requested}' or leave org empty.`);
+  }
+  return principalOrg;
+}

@@ -1,0 +1,177 @@
+// `buildcloud serve`: wires the store, PKI, registry, builder driver, leases, gRPC and HTTP together, and takes
+// all of it down again on stop.
+import * as fs from 'fs';
+import * as path from 'path';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../common/log';
+import { ConfigError, type ServerConfig } from './config';
+import { openSqliteStore } from './store/sqlite';
+import type { Store } from './store/store';
+import { Pki } from './pki';
+import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSigningKey } from './auth';
+import { EmbeddedRegistry, findRegistryBinary } from './registry';
+import { RegistryProxy } from './registry-proxy';
+import { DockerdDriver, findDockerd } from './drivers/dockerd';
+import type { Driver } from './drivers/driver';
+import { BuilderPool } from './builders';
+import { LeaseManager } from './leases';
+import { addGrpcApi } from './grpc-api';
+import { buildHttpApp, createMetrics } from './http';
+import { computeUsage } from './metering/usage';
+
+export interface ServerInfo {
+  pid: number;
+  stateDir: string;
+  grpc: string; // host:port
+  http: string; // http://host:port
+  registry: string; // host:port builders push the org cache to
+  driver: string;
+  platforms: string[];
+  adminTokenFile: string;
+}
+
+export interface RunningServer {
+  info: ServerInfo;
+  store: Store;
+  leases: LeaseManager;
+  stop(): Promise<void>;
+}
+
+export function serverInfoFile(stateDir: string): string {
+  return path.join(stateDir, 'server.json');
+}
+
+export function storeFile(stateDir: string): string {
+  return path.join(stateDir, 'buildcloud.db');
+}
+
+export async function startServer(config: ServerConfig, log: Logger): Promise<RunningServer> {
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const stopAll = async () => {
+    for (const fn of cleanups.reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        log.warn({ err: String(err) }, 'cleanup step failed');
+      }
+    }
+    cleanups.length = 0;
+  };
+  try {
+    fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    fs.chmodSync(config.stateDir, 0o700);
+    const store = openSqliteStore(storeFile(config.stateDir));
+    cleanups.push(() => store.close());
+    const pki = await Pki.loadOrCreate(path.join(config.stateDir, 'pki'));
+    const signingKey = await loadOrCreateSigningKey(path.join(config.stateDir, 'keys'));
+    const adminToken = await loadOrCreateAdminToken(config.stateDir);
+
+    let upstream: ConstructorParameters<typeof RegistryProxy>[0]['upstream'];
+    if (config.registryUrl) {
+      upstream = { url: config.registryUrl };
+    } else {
+      const bin = findRegistryBinary();
+      if (!bin) {
+        throw new ConfigError(
+          "No registry for the org cache: Debian's docker-registry was not found. Install it (apt-get install docker-registry) or pass --registry URL of an OCI registry."
+        );
+      }
+      const registry = new EmbeddedRegistry({ dir: path.join(config.stateDir, 'registry'), registryPath: bin, log });
+      await registry.start();
+      cleanups.push(() => registry.stop());
+      upstream = { socketPath: registry.socketPath };
+    }
+
+    const metrics = createMetrics();
+    let driver: Driver | null = null;
+    if (config.driver === 'dockerd') {
+      const dockerd = findDockerd();
+      if (dockerd) driver = new DockerdDriver({ rootDir: path.join(config.stateDir, 'builders'), dockerdPath: dockerd, subnetPool: config.subnetPool, log });
+      else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
+    }
+
+    let leases: LeaseManager | null = null;
+    const pool = driver
+      ? new BuilderPool({
+          driver,
+          pki,
+          host: config.host,
+          warmPool: config.warmPool,
+          maxBuilders: config.maxBuilders,
+          graceMs: config.graceMs,
+          log,
+          onActivity: (fp) => leases?.activity(fp),
+          onChange: () => metrics.activeBuilders.set(pool?.count() ?? 0)
+        })
+      : null;
+    if (pool) cleanups.push(() => pool.stop());
+
+    let registryPrincipal: (u: string, p: string) => Promise<{ org: string } | null> = async () => null;
+    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
+    await proxy.listen();
+    cleanups.push(() => proxy.close());
+
+    const lm = new LeaseManager({ store, pool, platforms: driver?.platforms() ?? [], pki, config, registryHost: proxy.host, log, metrics });
+    leases = lm;
+    registryPrincipal = (u, p) => lm.registryPrincipal(u, p);
+    const recovered = await lm.recover();
+    if (recovered) log.warn({ leases: recovered }, 'ended leases left active by a previous run');
+    lm.startReaper();
+    cleanups.push(() => lm.stop());
+    pool?.refill();
+
+    const authenticator = new Authenticator(store, signingKey, adminToken);
+    const oidc = new OidcVerifier({ allowInsecureIssuers: config.insecureOidcIssuers });
+    const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': 1 << 20 });
+    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log });
+    const grpcPort = await new Promise<number>((resolve, reject) =>
+      grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)))
+    );
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            grpcServer.forceShutdown();
+            resolve();
+          }, 3000);
+          grpcServer.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        })
+    );
+
+    const app = buildHttpApp({
+      store,
+      authenticate: async (token) => {
+        const p = await authenticator.authenticate(token);
+        return p ? { kind: p.kind, org: p.org, subject: p.subject } : null;
+      },
+      metrics,
+      usage: (org, month) => computeUsage(store, org, month, Date.now(), lm.activeSeconds(org)),
+      log
+    });
+    await app.listen({ host: config.host, port: config.httpPort });
+    cleanups.push(() => app.close());
+    const addr = app.server.address();
+    const httpPort = typeof addr === 'object' && addr ? addr.port : config.httpPort;
+
+    const info: ServerInfo = {
+      pid: process.pid,
+      stateDir: config.stateDir,
+      grpc: `${config.host}:${grpcPort}`,
+      http: `http://${config.host}:${httpPort}`,
+      registry: proxy.host,
+      driver: driver ? driver.name : 'none',
+      platforms: driver?.platforms() ?? [],
+      adminTokenFile: path.join(config.stateDir, 'admin-token')
+    };
+    fs.writeFileSync(serverInfoFile(config.stateDir), JSON.stringify(info, null, 2) + '\n', { mode: 0o600 });
+    cleanups.push(() => fs.rmSync(serverInfoFile(config.stateDir), { force: true }));
+
+    return { info, store, leases: lm, stop: stopAll };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}
