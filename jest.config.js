@@ -2,7 +2,7 @@
 const base = {
   testEnvironment: 'node',
   transform: {
-    '^.+\\.ts$': ['ts-jest', { isolatedModules: true, diagnostics: false }],
+    '^.+\\.ts$': ['ts-jest', { diagnostics: false }],
     '\\.proto$': '<rootDir>/__tests__/helpers/text-transform.js'
   },
   moduleFileExtensions: ['ts', 'js', 'json', 'proto']

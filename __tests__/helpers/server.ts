@@ -21,7 +21,7 @@ export interface ServerProcess {
 export function requireBinaries(): void {
   const missing: string[] = [];
   for (const [bin, pkg] of [
-    ['/usr/bin/dockerd', 'docker.io'],
+    ['/usr/sbin/dockerd', 'docker.io'],
     ['/usr/bin/docker', 'docker.io'],
     ['/usr/bin/docker-registry', 'docker-registry'],
     ['/bin/busybox', 'busybox-static']

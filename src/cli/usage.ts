@@ -64,7 +64,7 @@ export function renderUsage(u: Record<string, any>): string {
   const b = u.builds ?? {};
   return [
     `Org ${u.org}, ${u.month}`,
-    `  minutes   ${fmt(m.used)} used, ${fmt(m.left)} left of ${fmt(m.bought)} bought${m.overdraft ? ` (overdraft ${fmt(m.overdraft)})` : ''}`,
+    `  minutes   ${fmt(m.usedInMonth)} used this month; ${fmt(m.used)} used, ${fmt(m.left)} left of ${fmt(m.bought)} bought${m.overdraft ? ` (overdraft ${fmt(m.overdraft)})` : ''}`,
     `  leases    ${u.leases?.count ?? 0} (${u.leases?.active ?? 0} active)`,
     `  builds    ${b.count ?? 0} (${b.succeeded ?? 0} succeeded, ${b.failed ?? 0} failed)`,
     `  cache     average ratio ${pct(b.avgCacheRatio)}; builds with a cached step ${pct(b.withCachedStepShare)} (goal ${pct(b.northStarGoal ?? 0.8)})`,

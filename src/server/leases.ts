@@ -1,6 +1,6 @@
 // Leases: a job's hold on one builder per platform. Provision, release, get, reaping of abandoned leases,
 // and billing from the control plane's own lease records (per second, no minimum).
-import { createHash, randomBytes } from 'crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'crypto';
 import type { Logger } from '../common/log';
 import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
 import type { LeaseEndReason, LeaseRow, Store } from './store/store';
@@ -64,7 +64,7 @@ export class LeaseManager {
     const id = this.byFingerprint.get(fingerprint);
     const l = id ? this.live.get(id) : undefined;
     if (!l) return;
-    l.lastActiveAt = this.now();
+    l.lastActiveAt = l.row.lastActiveAt = this.now();
     if (l.lastActiveAt - l.persistedActiveAt >= ACTIVITY_PERSIST_MS) {
       l.persistedActiveAt = l.lastActiveAt;
       void this.d.store.touchLease(l.row.id, l.lastActiveAt).catch(() => undefined);
@@ -103,7 +103,7 @@ export class LeaseManager {
     if (!canProvision(left.leftSeconds)) {
       this.d.metrics.provisions.inc({ result: 'bucket_empty' });
       throw exhausted(
-        `Org '${org}' has no build minutes left (${left.minutesUsed.toFixed(1)} of ${(left.usedSeconds + left.leftSeconds) / 60} used). ` +
+        `Org '${org}' has no build minutes left (${left.minutesUsed} of ${left.minutesBought} used). ` +
           `Add a bucket: buildcloud admin bucket add --org ${org} --minutes N`
       );
     }
@@ -179,10 +179,11 @@ export class LeaseManager {
   }
 
   // Registry proxy credentials: the lease id and its password, valid while the lease is active.
-  async registryPrincipal(username: string, password: string): Promise<{ org: string } | null> {
+  // A fork's pull request reads the org cache but never writes it.
+  async registryPrincipal(username: string, password: string): Promise<{ org: string; readOnly: boolean } | null> {
     const l = this.live.get(username);
-    if (!l || l.row.registryPasswordHash !== sha256(password)) return null;
-    return { org: l.row.org };
+    if (!l || !safeEqual(l.row.registryPasswordHash, sha256(password))) return null;
+    return { org: l.row.org, readOnly: Boolean(l.row.identity.fork) };
   }
 
   async balanceOf(org: string): Promise<ReturnType<typeof balance>> {
@@ -203,10 +204,12 @@ export class LeaseManager {
     const opts = { idleTimeoutMs: this.d.config.idleTimeoutMs, maxTtlMs: this.d.config.maxTtlMs };
     for (const l of [...this.live.values()]) {
       const open = l.row.builderIds.some((b) => (this.d.pool?.get(b)?.proxy.activeConnections(l.row.certFingerprint) ?? 0) > 0);
+      // An open connection (a long, quiet build step) is a sign of life: the idle clock restarts when it closes.
+      if (open) this.activity(l.row.certFingerprint);
       const decision = reapDecision({ createdAt: l.row.createdAt, lastActiveAt: l.lastActiveAt }, now, opts, open);
       if (!decision) continue;
       this.d.log.warn({ lease: l.row.id, org: l.row.org, reason: decision.reason }, 'reaping abandoned lease');
-      this.d.metrics.reaped.inc({ reason: decision.reason });
+      this.d.metrics.reapedLeases.inc({ reason: decision.reason });
       await this.end(l.row, decision.endedAt, decision.reason);
     }
   }
@@ -274,6 +277,10 @@ export class LeaseManager {
 
 export function sha256(s: string): string {
   return createHash('sha256').update(s).digest('hex');
+}
+
+function safeEqual(a: string, b: string): boolean {
+  return a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));
 }
 
 export function checkOrgMatch(principalOrg: string, requested: string): string {

@@ -6,5 +6,5 @@ export interface ServerMetrics {
   provisionLatency: Histogram<'warm'>;
   activeLeases: Gauge;
   activeBuilders: Gauge;
-  reaped: Counter<'reason'>;
+  reapedLeases: Counter<'reason'>;
 }

@@ -68,7 +68,13 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
 
     let upstream: ConstructorParameters<typeof RegistryProxy>[0]['upstream'];
     if (config.registryUrl) {
-      upstream = { url: config.registryUrl };
+      // Credentials for an external registry may ride in the URL's userinfo; they are never logged.
+      const u = new URL(config.registryUrl);
+      const username = decodeURIComponent(u.username);
+      const password = decodeURIComponent(u.password);
+      u.username = '';
+      u.password = '';
+      upstream = { url: u.toString().replace(/\/$/, ''), ...(username ? { username, password } : {}) };
     } else {
       const bin = findRegistryBinary();
       if (!bin) {
@@ -106,7 +112,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       : null;
     if (pool) cleanups.push(() => pool.stop());
 
-    let registryPrincipal: (u: string, p: string) => Promise<{ org: string } | null> = async () => null;
+    let registryPrincipal: (u: string, p: string) => Promise<{ org: string; readOnly: boolean } | null> = async () => null;
     const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
     await proxy.listen();
     cleanups.push(() => proxy.close());

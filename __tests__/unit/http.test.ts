@@ -1,0 +1,352 @@
+import type { FastifyInstance } from 'fastify';
+import { mkdtempSync, rmSync } from 'node:fs';
+import pino from 'pino';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildHttpApp, createMetrics, HttpDeps, Principal } from '../../src/server/http';
+import { buildCompletedEvent, jobCompletedEvent } from '../../src/server/metering/events';
+import { computeUsage } from '../../src/server/metering/usage';
+import { openSqliteStore, SqliteStore } from '../../src/server/store/sqlite';
+import { LeaseRow } from '../../src/server/store/store';
+
+const NOW = Date.UTC(2025, 0, 15, 12, 0, 0); // 2025-01-15T12:00:00Z
+const TOKENS: Record<string, Principal> = {
+  'tok-acme': { kind: 'org', org: 'acme', subject: 't-acme' },
+  'tok-beta': { kind: 'org', org: 'beta', subject: 't-beta' },
+  'tok-admin': { kind: 'admin', org: null, subject: 'admin' }
+};
+
+let dir: string;
+let store: SqliteStore;
+let app: FastifyInstance;
+let metrics: ReturnType<typeof createMetrics>;
+
+const lease = (id: string, org: string, over: Partial<LeaseRow> = {}): LeaseRow => ({
+  id,
+  org,
+  pipelineKey: 'p',
+  jobId: 'j',
+  scope: 'pipeline',
+  platforms: ['linux/amd64'],
+  builderIds: ['b'],
+  identity: {},
+  actor: 'ann',
+  certFingerprint: 'f',
+  registryUser: 'u',
+  registryPasswordHash: 'h',
+  createdAt: NOW - 60_000,
+  lastActiveAt: NOW - 60_000,
+  endedAt: null,
+  endReason: null,
+  billedSeconds: null,
+  ...over
+});
+
+// fastify's app.inject loads light-my-request, whose `cookie` dependency is ESM-only; Jest on Node 20
+// cannot require ESM, so requests go over a real loopback socket instead, with an inject-like result.
+interface Reply {
+  statusCode: number;
+  headers: Record<string, string>;
+  body: string;
+  json(): any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+const bases = new WeakMap<FastifyInstance, string>();
+async function request(
+  a: FastifyInstance,
+  opts: { method: string; url: string; headers?: Record<string, string>; payload?: string }
+): Promise<Reply> {
+  let base = bases.get(a);
+  if (!base) {
+    base = await a.listen({ host: '127.0.0.1', port: 0 });
+    bases.set(a, base);
+  }
+  const res = await fetch(base + opts.url, { method: opts.method, headers: opts.headers, body: opts.payload });
+  const body = await res.text();
+  return { statusCode: res.status, headers: Object.fromEntries(res.headers.entries()), body, json: () => JSON.parse(body) };
+}
+
+function makeApp(over: Partial<HttpDeps> = {}): FastifyInstance {
+  const deps: HttpDeps = {
+    store,
+    authenticate: async (bearer) => TOKENS[bearer] ?? null,
+    metrics,
+    usage: (org, month) => computeUsage(store, org, month, NOW),
+    now: () => NOW,
+    ...over
+  };
+  return buildHttpApp(deps);
+}
+
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'bc-http-'));
+  store = openSqliteStore(join(dir, 'buildcloud.db'));
+  metrics = createMetrics();
+  await store.createOrg('acme', 0);
+  await store.createOrg('beta', 0);
+  await store.insertLease(lease('L-acme', 'acme'));
+  await store.insertLease(lease('L-beta', 'beta'));
+  app = makeApp();
+});
+afterEach(async () => {
+  await app.close();
+  await store.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const build = (buildId: string, over: { org?: string; lease?: string; total?: number; cached?: number; status?: 'success' | 'failure'; actor?: string; time?: number } = {}) =>
+  buildCompletedEvent(
+    over.org ?? 'acme',
+    {
+      lease_id: over.lease ?? 'L-acme',
+      build_id: buildId,
+      platform: 'linux/amd64',
+      status: over.status ?? 'success',
+      duration_ms: 2000,
+      total_steps: over.total ?? 4,
+      cached_steps: over.cached ?? 2,
+      actor: over.actor ?? 'ann'
+    },
+    { time: over.time ?? NOW - 1000, source: '/buildcloud/github' }
+  );
+
+const post = (body: unknown, { token = 'tok-acme', type = 'application/cloudevents-batch+json', a = app } = {}) =>
+  request(a, {
+    method: 'POST',
+    url: '/v1/events',
+    headers: { 'content-type': type, ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    payload: typeof body === 'string' ? body : JSON.stringify(body)
+  });
+
+describe('health and metrics', () => {
+  test('GET /healthz needs no token', async () => {
+    const r = await request(app, { method: 'GET', url: '/healthz' });
+    expect(r.statusCode).toBe(200);
+    expect(r.json()).toEqual({ status: 'ok' });
+  });
+
+  test('GET /metrics is Prometheus text with the record counters', async () => {
+    await post([build('b1'), build('b1'), build('b2', { org: 'beta' })]);
+    const r = await request(app, { method: 'GET', url: '/metrics' });
+    expect(r.statusCode).toBe(200);
+    expect(r.headers['content-type']).toMatch(/^text\/plain/);
+    expect(r.body).toMatch(/^buildcloud_usage_records_accepted_total 1$/m);
+    expect(r.body).toMatch(/^buildcloud_usage_records_duplicate_total 1$/m);
+    expect(r.body).toMatch(/^buildcloud_usage_records_rejected_total 1$/m);
+    expect(r.body).toContain('# TYPE buildcloud_provision_latency_seconds histogram');
+    expect(r.body).toContain('buildcloud_active_leases');
+    expect(r.body).toContain('process_cpu_user_seconds_total'); // default metrics
+  });
+
+  test('unknown routes get the JSON error format', async () => {
+    const r = await request(app, { method: 'GET', url: '/nope?x=1' });
+    expect(r.statusCode).toBe(404);
+    expect(r.json()).toEqual({ error: { code: 'not_found', message: expect.stringContaining('GET /nope') } });
+  });
+});
+
+describe('POST /v1/events', () => {
+  test('a single event in structured mode is accepted', async () => {
+    const e = build('b1');
+    const r = await post(e, { type: 'application/cloudevents+json' });
+    expect(r.statusCode).toBe(200);
+    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0 });
+    const [rec] = await store.usageRecords('acme', 0, NOW * 2);
+    expect(rec).toMatchObject({ id: e.id, org: 'acme', leaseId: 'L-acme', time: NOW - 1000, receivedAt: NOW });
+    expect(rec.data).toMatchObject({ build_id: 'b1', cache_ratio: 0.5 });
+  });
+
+  test('a record sent twice counts once, also in a later request', async () => {
+    const e = build('b1');
+    const r1 = await post([e, build('b2'), e]);
+    expect(r1.json()).toMatchObject({ accepted: 2, duplicate: 1, rejected: 0 });
+    expect(r1.json().results.map((x: { status: string }) => x.status)).toEqual(['accepted', 'accepted', 'duplicate']);
+    const r2 = await post(e, { type: 'application/json' });
+    expect(r2.json()).toMatchObject({ results: [{ id: e.id, status: 'duplicate' }], accepted: 0, duplicate: 1 });
+    expect(await store.usageRecords('acme', 0, NOW * 2)).toHaveLength(2);
+  });
+
+  test('one bad record in a batch is rejected alone, with the field named', async () => {
+    const bad = { ...build('b2'), data: { ...build('b2').data, cached_steps: 9 } };
+    const r = await post([build('b1'), bad, 'junk', build('b3')]);
+    expect(r.statusCode).toBe(200);
+    const body = r.json();
+    expect(body).toMatchObject({ accepted: 2, duplicate: 0, rejected: 2 });
+    expect(body.results[1]).toEqual({ index: 1, id: bad.id, status: 'rejected', reason: expect.stringMatching(/data.cached_steps/) });
+    expect(body.results[2]).toEqual({ index: 2, id: null, status: 'rejected', reason: 'event must be a JSON object' });
+  });
+
+  test("another org's subject is rejected", async () => {
+    const r = await post([build('b1', { org: 'beta', lease: 'L-beta' })]);
+    expect(r.json().results[0]).toMatchObject({ status: 'rejected', reason: expect.stringMatching(/subject "beta" is not the token's org "acme"/) });
+    expect(await store.usageRecords('beta', 0, NOW * 2)).toEqual([]);
+  });
+
+  test("another org's lease, or no lease, is rejected the same way", async () => {
+    const r = await post([build('b1', { lease: 'L-beta' }), build('b2', { lease: 'L-none' })]);
+    const [a, b] = r.json().results;
+    expect(a.reason).toBe('data.lease_id "L-beta" is not a lease of org "acme"');
+    expect(b.reason).toBe('data.lease_id "L-none" is not a lease of org "acme"');
+    expect(r.json().rejected).toBe(2);
+  });
+
+  test("an id already used by another org is a duplicate and leaks nothing", async () => {
+    const e = build('b1');
+    expect((await post([e])).json().accepted).toBe(1);
+    const forged = { ...e, subject: 'beta', data: { ...e.data, lease_id: 'L-beta' } };
+    const r = await post([forged], { token: 'tok-beta' });
+    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'duplicate' }], accepted: 0, duplicate: 1, rejected: 0 });
+    expect(await store.usageRecords('beta', 0, NOW * 2)).toEqual([]);
+  });
+
+  test('job records are accepted', async () => {
+    const job = jobCompletedEvent('acme', { lease_id: 'L-acme', wall_seconds: 30, builds: 1, actor: 'ann', provider: 'github', project: 'acme/api', pipeline_key: 'p', job_id: 'j' });
+    expect((await post([job])).json()).toMatchObject({ accepted: 1 });
+  });
+
+  test.each<[string, { token?: string }, string]>([
+    ['missing token', { token: '' }, 'missing "Authorization: Bearer <token>" header'],
+    ['bad token', { token: 'nope' }, 'invalid, expired or revoked']
+  ])('%s → 401', async (_n, opts, message) => {
+    const r = await post([build('b1')], opts);
+    expect(r.statusCode).toBe(401);
+    expect(r.headers['www-authenticate']).toMatch(/^Bearer/);
+    expect(r.json().error).toEqual({ code: 'unauthenticated', message: expect.stringContaining(message) });
+  });
+
+  test('an admin token cannot send records', async () => {
+    const r = await post([build('b1')], { token: 'tok-admin' });
+    expect(r.statusCode).toBe(403);
+  });
+
+  test.each<[string, string, string, string]>([
+    ['bad JSON', 'application/json', '[{"specversion":', 'invalid_json'],
+    ['wrong content type', 'text/plain', '[]', 'unsupported_content_type'],
+    ['binary mode', 'application/octet-stream', 'xx', 'unsupported_content_type'],
+    ['empty body', 'application/json', '', 'invalid_json']
+  ])('%s → 400', async (_n, type, body, code) => {
+    const r = await post(body, { type });
+    expect(r.statusCode).toBe(400);
+    expect(r.json().error.code).toBe(code);
+    expect(r.json().error.message.length).toBeGreaterThan(10);
+  });
+
+  test('no content type at all → 400 naming the content types to use', async () => {
+    const r = await request(app, { method: 'POST', url: '/v1/events', headers: { authorization: 'Bearer tok-acme' }, payload: new Uint8Array(Buffer.from('[]')) as unknown as string });
+    expect(r.statusCode).toBe(400);
+    expect(r.json().error.message).toMatch(/application\/cloudevents-batch\+json/);
+  });
+
+  test('a failing store gives 500 in the JSON format, and the server keeps serving', async () => {
+    const broken = makeApp({
+      log: pino({ level: 'silent' }),
+      store: Object.assign(Object.create(store), { insertUsageRecord: async () => { throw new Error('disk full'); } })
+    });
+    const r = await post([build('b1')], { a: broken });
+    expect(r.statusCode).toBe(500);
+    expect(r.json().error).toEqual({ code: 'internal', message: expect.stringContaining('retried') });
+    expect(r.body).not.toContain('disk full');
+    expect((await request(broken, { method: 'GET', url: '/healthz' })).statusCode).toBe(200);
+    await broken.close();
+  });
+
+  test('a batch over the cap → 413, nothing stored', async () => {
+    const small = makeApp({ maxBatch: 2 });
+    const r = await post([build('b1'), build('b2'), build('b3')], { a: small });
+    expect(r.statusCode).toBe(413);
+    expect(r.json().error).toEqual({ code: 'batch_too_large', message: expect.stringMatching(/limit is 2/) });
+    expect(await store.usageRecords('acme', 0, NOW * 2)).toEqual([]);
+    await small.close();
+  });
+
+  test('a body over the byte limit → 413 in the JSON error format', async () => {
+    const small = makeApp({ bodyLimitBytes: 1000 });
+    const r = await post(Array.from({ length: 10 }, (_, i) => build(`b${i}`)), { a: small });
+    expect(r.statusCode).toBe(413);
+    expect(r.json().error.code).toBe('payload_too_large');
+    await small.close();
+  });
+});
+
+describe('GET /v1/orgs/:org/usage', () => {
+  const get = (url: string, token = 'tok-acme') => request(app, { method: 'GET', url, headers: { authorization: `Bearer ${token}` } });
+
+  test("another org's usage is not found; so is a missing org for the admin", async () => {
+    for (const [url, token] of [
+      ['/v1/orgs/beta/usage?month=2025-01', 'tok-acme'],
+      ['/v1/orgs/ghost/usage?month=2025-01', 'tok-acme'],
+      ['/v1/orgs/ghost/usage?month=2025-01', 'tok-admin']
+    ]) {
+      const r = await get(url, token);
+      expect(r.statusCode).toBe(404);
+      expect(r.json().error).toEqual({ code: 'not_found', message: expect.stringMatching(/^org "(beta|ghost)" not found$/) });
+    }
+  });
+
+  test.each(['2025-13', '2025-1', 'jan', '2025-01-01'])('month=%s → 400 naming the parameter', async (m) => {
+    const r = await get(`/v1/orgs/acme/usage?month=${m}`);
+    expect(r.statusCode).toBe(400);
+    expect(r.json().error).toEqual({ code: 'invalid_parameter', message: expect.stringContaining('"month" must be YYYY-MM') });
+  });
+
+  test('month given twice → 400', async () => {
+    expect((await get('/v1/orgs/acme/usage?month=2025-01&month=2025-02')).statusCode).toBe(400);
+  });
+
+  test('needs a token', async () => {
+    expect((await request(app, { method: 'GET', url: '/v1/orgs/acme/usage' })).statusCode).toBe(401);
+  });
+
+  test('usage numbers: minutes from lease records, detail from client records', async () => {
+    await store.addBucket('acme', 6000, '100 minutes', 0);
+    // Ended last month: counts against the bucket, not in January.
+    await store.insertLease(lease('L-dec', 'acme', { createdAt: Date.UTC(2024, 11, 31, 23, 0), endedAt: Date.UTC(2024, 11, 31, 23, 10), endReason: 'released', billedSeconds: 600 }));
+    // 'L-acme' ends in January after 90.5 s → 91 s; L-live is still running (30 s so far).
+    await store.endLease('L-acme', NOW - 60_000 + 90_500, 'released', 91);
+    await store.insertLease(lease('L-live', 'acme', { createdAt: NOW - 30_000, actor: 'dan' }));
+    await store.insertLease(lease('L-beta2', 'beta', { endedAt: NOW, billedSeconds: 5000 }));
+
+    const r1 = await post([
+      build('b1', { total: 4, cached: 4, actor: 'ann' }),
+      build('b2', { total: 4, cached: 2, actor: 'bob' }),
+      build('b3', { total: 2, cached: 0, status: 'failure', actor: 'ann' }),
+      build('b-old', { time: Date.UTC(2024, 11, 20) }) // December: not in January's detail
+    ]);
+    expect(r1.json().accepted).toBe(4);
+    // A client claiming a huge duration does not change billed minutes.
+    await post([{ ...build('b4'), data: { ...build('b4').data, duration_ms: 99_000_000 } }]);
+
+    const r = await get('/v1/orgs/acme/usage?month=2025-01');
+    expect(r.statusCode).toBe(200);
+    const u = r.json();
+    expect(u).toMatchObject({ org: 'acme', month: '2025-01', generatedAt: '2025-01-15T12:00:00.000Z', canProvision: true });
+    expect(u.seconds).toEqual({ bought: 6000, used: 721, left: 5279, overdraft: 0, billed: 691, active: 30, usedInMonth: 121 });
+    expect(u.minutes).toEqual({ bought: 100, used: 12.02, left: 87.98, overdraft: 0, usedInMonth: 2.02 });
+    expect(u.leases).toEqual({ count: 2, ended: 1, active: 1 });
+    expect(u.builds).toMatchObject({ count: 4, succeeded: 3, failed: 1, cancelled: 0, northStarGoal: 0.8, northStarMet: false });
+    expect(u.builds.avgCacheRatio).toBe(0.5); // (1 + 0.5 + 0 + 0.5) / 4
+    expect(u.builds.withCachedStepShare).toBe(0.75); // 3 of 4
+    expect(u.users).toEqual({ distinct: 2, top: [{ actor: 'ann', builds: 3 }, { actor: 'bob', builds: 1 }] });
+
+    // The admin sees the same; December shows the December lease only.
+    const admin = await get('/v1/orgs/acme/usage?month=2024-12', 'tok-admin');
+    expect(admin.statusCode).toBe(200);
+    expect(admin.json().seconds.usedInMonth).toBe(600);
+    expect(admin.json().leases).toEqual({ count: 1, ended: 1, active: 0 });
+    expect(admin.json().builds.count).toBe(1);
+  });
+
+  test('month defaults to the current one', async () => {
+    const r = await get('/v1/orgs/acme/usage');
+    expect(r.statusCode).toBe(200);
+    expect(r.json().month).toBe('2025-01');
+  });
+
+  test('an exhausted bucket reports 0 left and the overdraft', async () => {
+    await store.addBucket('acme', 60, '', 0);
+    await store.endLease('L-acme', NOW, 'released', 90);
+    const u = (await get('/v1/orgs/acme/usage?month=2025-01')).json();
+    expect(u.seconds).toMatchObject({ left: 0, overdraft: 30 });
+    expect(u.minutes).toMatchObject({ left: 0, overdraft: 0.5 });
+    expect(u.canProvision).toBe(false);
+  });
+});

@@ -1,0 +1,212 @@
+import Database from 'better-sqlite3';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { migrate, openSqliteStore, SCHEMA_VERSION, SqliteStore } from '../../src/server/store/sqlite';
+import { LeaseRow, StoreConflict } from '../../src/server/store/store';
+
+let dir: string;
+let file: string;
+const opened: SqliteStore[] = [];
+const open = () => {
+  const s = openSqliteStore(file);
+  opened.push(s);
+  return s;
+};
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'bc-sqlite-'));
+  file = join(dir, 'state', 'buildcloud.db'); // a missing directory is created
+});
+afterEach(async () => {
+  for (const s of opened.splice(0)) await s.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const lease = (over: Partial<LeaseRow> = {}): LeaseRow => ({
+  id: 'l1',
+  org: 'acme',
+  pipelineKey: '1/2/1',
+  jobId: 'build',
+  scope: 'pipeline',
+  platforms: ['linux/amd64'],
+  builderIds: ['b1'],
+  identity: { provider: 'github', project: 'acme/api', fork: false },
+  actor: 'ann',
+  certFingerprint: 'ab'.repeat(32),
+  registryUser: 'lease-l1',
+  registryPasswordHash: 'ff'.repeat(32),
+  createdAt: 1000,
+  lastActiveAt: 1000,
+  endedAt: null,
+  endReason: null,
+  billedSeconds: null,
+  ...over
+});
+
+describe('SqliteStore', () => {
+  test('WAL mode, busy timeout and schema version', () => {
+    const s = open();
+    expect(s.db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(s.db.pragma('busy_timeout', { simple: true })).toBe(5000);
+    expect(s.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(migrate(s.db)).toBe(SCHEMA_VERSION); // idempotent: nothing left to run
+  });
+
+  test('a schema from a newer buildcloud is refused with a clear error', () => {
+    const db = new Database(join(dir, 'new.db'));
+    db.pragma('user_version = 999');
+    db.close();
+    expect(() => openSqliteStore(join(dir, 'new.db'))).toThrow(/schema version 999 is newer.*upgrade buildcloud/);
+  });
+
+  test('orgs: create, conflict, get, list', async () => {
+    const s = open();
+    expect(await s.createOrg('acme', 5)).toEqual({ name: 'acme', createdAt: 5 });
+    await s.createOrg('beta', 6);
+    await expect(s.createOrg('acme', 7)).rejects.toBeInstanceOf(StoreConflict);
+    await expect(s.createOrg('acme', 7)).rejects.toThrow('org "acme" already exists');
+    expect(await s.getOrg('acme')).toEqual({ name: 'acme', createdAt: 5 });
+    expect(await s.getOrg('nope')).toBeNull();
+    expect((await s.listOrgs()).map((o) => o.name)).toEqual(['acme', 'beta']);
+  });
+
+  test('tokens: create, find by hash, revoke once, list', async () => {
+    const s = open();
+    const t = { id: 't1', org: 'acme', hash: 'h1', label: 'ci', createdAt: 1, revokedAt: null };
+    await s.createToken(t);
+    await s.createToken({ ...t, id: 't2', hash: 'h2' });
+    await expect(s.createToken({ ...t, id: 't3' })).rejects.toBeInstanceOf(StoreConflict); // same hash
+    expect(await s.findTokenByHash('h1')).toEqual(t);
+    expect(await s.findTokenByHash('zz')).toBeNull();
+    expect(await s.revokeToken('t1', 9)).toBe(true);
+    expect(await s.revokeToken('t1', 10)).toBe(false);
+    expect((await s.findTokenByHash('h1'))?.revokedAt).toBe(9);
+    expect((await s.listTokens('acme')).map((x) => x.id)).toEqual(['t1', 't2']);
+    expect(await s.listTokens('beta')).toEqual([]);
+  });
+
+  test('buckets sum per org', async () => {
+    const s = open();
+    expect(await s.bucketSeconds('acme')).toBe(0);
+    const b = await s.addBucket('acme', 6000, 'first', 1);
+    expect(b).toMatchObject({ org: 'acme', seconds: 6000, note: 'first', createdAt: 1 });
+    expect(typeof b.id).toBe('number');
+    await s.addBucket('acme', 600, 'more', 2);
+    await s.addBucket('beta', 60, '', 3);
+    expect(await s.bucketSeconds('acme')).toBe(6600);
+    await expect(s.addBucket('acme', NaN, '', 4)).rejects.toThrow(/seconds must be an integer/);
+  });
+
+  test('trust rules', async () => {
+    const s = open();
+    const r = { org: 'acme', issuer: 'https://token.actions.githubusercontent.com', audience: 'buildcloud', claim: 'repository_owner', value: 'acme', createdAt: 1 };
+    const a = await s.addTrust(r);
+    await s.addTrust({ ...r, org: 'beta', value: 'beta' });
+    expect(a).toEqual({ id: a.id, ...r });
+    expect(await s.listTrust()).toHaveLength(2);
+    expect(await s.listTrust('acme')).toEqual([a]);
+    expect(await s.removeTrust(a.id)).toBe(true);
+    expect(await s.removeTrust(a.id)).toBe(false);
+  });
+
+  test('leases: JSON columns round-trip, touch, end once, active, billed', async () => {
+    const s = open();
+    await s.insertLease(lease());
+    await expect(s.insertLease(lease())).rejects.toBeInstanceOf(StoreConflict);
+    // A bad row is a bug, not a conflict: it fails loudly with SQLite's own error.
+    await expect(s.insertLease(lease({ id: 'bad', scope: 'weird' as 'job' }))).rejects.toThrow(/CHECK constraint failed/);
+    expect(await s.getLease('l1')).toEqual(lease());
+    expect(await s.getLease('zz')).toBeNull();
+
+    await s.touchLease('l1', 5000);
+    await s.touchLease('l1', 3000); // never moves backwards
+    expect((await s.getLease('l1'))?.lastActiveAt).toBe(5000);
+
+    await s.insertLease(lease({ id: 'l2', createdAt: 2000 }));
+    await s.insertLease(lease({ id: 'l3', org: 'beta' }));
+    expect((await s.activeLeases()).map((l) => l.id)).toEqual(['l1', 'l3', 'l2']);
+    expect((await s.activeLeases('acme')).map((l) => l.id)).toEqual(['l1', 'l2']);
+
+    expect(await s.endLease('l1', 10_000, 'released', 9)).toBe(true);
+    expect(await s.endLease('l1', 99_000, 'idle', 98)).toBe(false); // ending twice never bills twice
+    expect(await s.getLease('l1')).toMatchObject({ endedAt: 10_000, endReason: 'released', billedSeconds: 9 });
+    await s.touchLease('l1', 50_000); // an ended lease is not touched
+    expect((await s.getLease('l1'))?.lastActiveAt).toBe(5000);
+    expect((await s.activeLeases('acme')).map((l) => l.id)).toEqual(['l2']);
+
+    await s.endLease('l2', 20_000, 'ttl', 18);
+    await s.endLease('l3', 20_000, 'idle', 1000);
+    expect(await s.billedSeconds('acme')).toBe(27);
+    expect(await s.billedSeconds('acme', 10_000)).toBe(27); // at or after
+    expect(await s.billedSeconds('acme', 10_001)).toBe(18);
+    expect(await s.billedSeconds('acme', 20_001)).toBe(0);
+    expect(await s.billedSeconds('nobody')).toBe(0);
+    expect(await s.countEndedLeases('acme', 0, 20_000)).toBe(1);
+    expect(await s.countEndedLeases('acme', 0, 20_001)).toBe(2);
+  });
+
+  test('usage records: inserted once per id, whatever the org', async () => {
+    const s = open();
+    const rec = { id: 'r1', org: 'acme', type: 't', time: 100, receivedAt: 200, leaseId: 'l1', data: { a: [1, 2], b: { c: 'x' } } };
+    expect(await s.insertUsageRecord(rec)).toBe('inserted');
+    expect(await s.insertUsageRecord(rec)).toBe('duplicate');
+    // Another org reusing the id: duplicate, and its row does not replace or reveal acme's.
+    expect(await s.insertUsageRecord({ ...rec, org: 'beta', data: { evil: true } })).toBe('duplicate');
+    expect(await s.usageRecords('beta', 0, 1000)).toEqual([]);
+    expect(await s.usageRecords('acme', 0, 1000)).toEqual([rec]);
+
+    await s.insertUsageRecord({ ...rec, id: 'r2', time: 500, leaseId: null });
+    expect((await s.usageRecords('acme', 100, 500)).map((r) => r.id)).toEqual(['r1']); // [since, until)
+    expect((await s.usageRecords('acme', 101, 501)).map((r) => r.id)).toEqual(['r2']);
+    expect((await s.usageRecords('acme', 0, 1000))[1].leaseId).toBeNull();
+  });
+
+  test('two connections on one file: both see each other, a lease ends once', async () => {
+    const a = open();
+    const b = open(); // e.g. the server and `buildcloud admin`
+    await a.createOrg('acme', 1);
+    await expect(b.createOrg('acme', 2)).rejects.toBeInstanceOf(StoreConflict);
+    await b.addBucket('acme', 600, '', 3);
+    expect(await a.bucketSeconds('acme')).toBe(600);
+
+    await a.insertLease(lease());
+    expect(await b.endLease('l1', 5000, 'released', 4)).toBe(true);
+    expect(await a.endLease('l1', 6000, 'idle', 5)).toBe(false);
+    expect(await a.billedSeconds('acme')).toBe(4);
+
+    const rec = { id: 'r1', org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: null, data: {} };
+    expect(await a.insertUsageRecord(rec)).toBe('inserted');
+    expect(await b.insertUsageRecord(rec)).toBe('duplicate');
+  });
+
+  test('a writer waits for another process holding the write lock instead of failing busy', async () => {
+    const a = open();
+    // Another process (like `buildcloud admin`) holds the write lock for 300 ms.
+    const script = `
+      const db = new (require(${JSON.stringify(require.resolve('better-sqlite3'))}))(process.argv[1]);
+      db.exec('BEGIN IMMEDIATE');
+      db.prepare('INSERT INTO orgs (name, created_at) VALUES (?, ?)').run('other', 1);
+      process.stdout.write('locked\\n');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);
+      db.exec('COMMIT');
+      db.close();`;
+    const child = spawn(process.execPath, ['-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    const started = Date.now();
+    await a.createOrg('acme', 1); // blocks on the lock (busy_timeout), then succeeds
+    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    expect(await exited).toBe(0);
+    expect((await a.listOrgs()).map((o) => o.name)).toEqual(['acme', 'other']);
+  });
+
+  test('close is idempotent; :memory: works', async () => {
+    const m = openSqliteStore(':memory:');
+    await m.createOrg('x', 1);
+    expect(await m.getOrg('x')).not.toBeNull();
+    await m.close();
+    await m.close();
+  });
+});

@@ -1,0 +1,263 @@
+// Who is calling the control plane: org tokens (long-lived, stored hashed), the server's own short-lived access
+// tokens (ES256 JWTs, handed out for an org token or a CI's OIDC token) and the admin token. Nothing here logs;
+// a token never appears in an error message either, so callers can log errors freely.
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'crypto';
+import { promises as fs } from 'fs';
+import * as path from 'path';
+import {
+  SignJWT,
+  calculateJwkThumbprint,
+  exportJWK,
+  generateKeyPair,
+  importJWK,
+  jwtVerify,
+  type JWK,
+  type JWTPayload,
+  type KeyLike
+} from 'jose';
+import type { Store, TokenRow } from './store/store';
+import { AuthError } from './oidc';
+
+export { AuthError, OidcVerifier, trustPreset } from './oidc';
+export type { AuthErrorCode, OidcExchangeResult, OidcVerifierOptions, TrustPresetKind, TrustPresetOptions } from './oidc';
+
+export const ACCESS_TOKEN_ISSUER = 'buildcloud';
+export const ACCESS_TOKEN_AUDIENCE = 'buildcloud-api';
+const ACCESS_TOKEN_TYP = 'at+jwt';
+const MAX_ACCESS_TOKEN_TTL_S = 7 * 24 * 3600;
+// Claims the server sets itself; `claims` passed by a caller must not be able to overwrite them.
+const RESERVED_CLAIMS = new Set(['iss', 'aud', 'sub', 'exp', 'iat', 'nbf', 'jti', 'org']);
+
+const ORG_TOKEN_RE = /^bct_([A-Za-z0-9]{12})_([A-Za-z0-9]{32,128})$/;
+const ADMIN_TOKEN_RE = /^bca_[A-Za-z0-9]{32,128}$/;
+const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+
+export interface Principal {
+  kind: 'org' | 'admin';
+  org: string | null;
+  subject: string;
+  via: 'org-token' | 'access-token' | 'admin-token';
+}
+
+export interface SigningKey {
+  kid: string; // RFC 7638 thumbprint of the public key
+  alg: 'ES256';
+  privateKey: KeyLike;
+  publicKey: KeyLike;
+  publicJwk: JWK; // with kid/alg/use, ready to publish in a JWKS
+}
+
+export interface AccessTokenRequest {
+  org: string;
+  subject: string;
+  ttlSeconds: number;
+  claims?: Record<string, unknown>;
+  nowMs?: number; // for tests; defaults to Date.now()
+}
+
+export interface AccessTokenClaims extends JWTPayload {
+  org: string;
+  sub: string;
+  exp: number;
+}
+
+// Base62 so the token survives copy/paste, shells, URLs and the `_` separators; `randomInt` is unbiased.
+function randomBase62(length: number): string {
+  let out = '';
+  for (let i = 0; i < length; i++) out += BASE62[randomInt(BASE62.length)];
+  return out;
+}
+
+export function hashToken(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex');
+}
+
+// Compares digests, not the strings: equal lengths for timingSafeEqual and no length leak.
+function sameSecret(a: string, b: string): boolean {
+  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
+}
+
+export async function createOrgToken(
+  store: Store,
+  org: string,
+  label: string,
+  now: number
+): Promise<{ token: string; row: TokenRow }> {
+  const id = randomBase62(12);
+  const token = `bct_${id}_${randomBase62(43)}`; // 43 base62 chars ≈ 256 bits
+  const row: TokenRow = { id, org, hash: hashToken(token), label, createdAt: now, revokedAt: null };
+  await store.createToken(row);
+  return { token, row };
+}
+
+// ---- files in the server's state dir -------------------------------------------------------------------------
+
+async function ensurePrivateDir(dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const st = await fs.stat(dir);
+  if ((st.mode & 0o077) !== 0) await fs.chmod(dir, 0o700);
+}
+
+// Creates `file` with `content` (0600) unless it exists, atomically: the content is complete before the name
+// appears (link fails if another process won the race), so concurrent starts all end up with the same secret.
+async function createOnce(file: string, content: string): Promise<void> {
+  const tmp = `${file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  await fs.writeFile(tmp, content, { mode: 0o600, flag: 'wx' });
+  try {
+    await fs.link(tmp, file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  } finally {
+    await fs.unlink(tmp).catch(() => undefined);
+  }
+}
+
+async function readPrivateFile(file: string): Promise<string | null> {
+  try {
+    const st = await fs.stat(file);
+    if ((st.mode & 0o077) !== 0) await fs.chmod(file, 0o600); // an older copy or a restore may have widened it
+    return await fs.readFile(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+export async function loadOrCreateSigningKey(dir: string): Promise<SigningKey> {
+  await ensurePrivateDir(dir);
+  const file = path.join(dir, 'signing-key.json');
+  let text = await readPrivateFile(file);
+  if (text === null) {
+    const { privateKey } = await generateKeyPair('ES256', { extractable: true });
+    const jwk = await exportJWK(privateKey);
+    await createOnce(file, JSON.stringify({ alg: 'ES256', createdAt: new Date().toISOString(), privateJwk: jwk }, null, 2) + '\n');
+    text = (await readPrivateFile(file)) as string;
+  }
+  let priv: JWK;
+  try {
+    priv = (JSON.parse(text) as { privateJwk: JWK }).privateJwk;
+    if (priv?.kty !== 'EC' || priv.crv !== 'P-256' || typeof priv.d !== 'string') throw new Error('not a P-256 private JWK');
+  } catch (err) {
+    throw new Error(`${file} is not a valid signing key (${(err as Error).message}); move it away to create a new one`);
+  }
+  const { d: _d, ...pub } = priv;
+  const kid = await calculateJwkThumbprint(pub);
+  const publicJwk: JWK = { kty: pub.kty, crv: pub.crv, x: pub.x, y: pub.y, kid, alg: 'ES256', use: 'sig' };
+  return {
+    kid,
+    alg: 'ES256',
+    privateKey: (await importJWK({ ...priv, alg: 'ES256' }, 'ES256')) as KeyLike,
+    publicKey: (await importJWK(publicJwk, 'ES256')) as KeyLike,
+    publicJwk
+  };
+}
+
+export async function loadOrCreateAdminToken(dir: string): Promise<string> {
+  await ensurePrivateDir(dir);
+  const file = path.join(dir, 'admin-token');
+  let text = await readPrivateFile(file);
+  if (text === null) {
+    await createOnce(file, `bca_${randomBase62(43)}\n`);
+    text = (await readPrivateFile(file)) as string;
+  }
+  const token = text.trim();
+  if (!ADMIN_TOKEN_RE.test(token)) throw new Error(`${file} does not hold an admin token (bca_…); move it away to create a new one`);
+  return token;
+}
+
+// ---- access tokens -----------------------------------------------------------------------------------------
+
+export async function issueAccessToken(
+  key: SigningKey,
+  req: AccessTokenRequest
+): Promise<{ token: string; expiresAtMs: number }> {
+  if (!req.org) throw new TypeError('issueAccessToken: org is required');
+  if (!req.subject) throw new TypeError('issueAccessToken: subject is required');
+  if (!Number.isInteger(req.ttlSeconds) || req.ttlSeconds < 1 || req.ttlSeconds > MAX_ACCESS_TOKEN_TTL_S) {
+    throw new RangeError(`issueAccessToken: ttlSeconds must be an integer in 1..${MAX_ACCESS_TOKEN_TTL_S}`);
+  }
+  const extra: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(req.claims ?? {})) if (!RESERVED_CLAIMS.has(k)) extra[k] = v;
+  const iat = Math.floor((req.nowMs ?? Date.now()) / 1000);
+  const exp = iat + req.ttlSeconds;
+  const token = await new SignJWT({ ...extra, org: req.org })
+    .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ: ACCESS_TOKEN_TYP })
+    .setIssuer(ACCESS_TOKEN_ISSUER)
+    .setAudience(ACCESS_TOKEN_AUDIENCE)
+    .setSubject(req.subject)
+    .setIssuedAt(iat)
+    .setExpirationTime(exp)
+    .setJti(randomBase62(16))
+    .sign(key.privateKey);
+  return { token, expiresAtMs: exp * 1000 };
+}
+
+// Throws AuthError('expired' | 'invalid_token'). Only this server's key, alg, typ, iss and aud are accepted, so an
+// OIDC token of a CI (or a token meant for another service) can never pass as an access token.
+export async function verifyAccessToken(key: SigningKey, token: string, nowMs?: number): Promise<AccessTokenClaims> {
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token, key.publicKey, {
+      algorithms: ['ES256'],
+      typ: ACCESS_TOKEN_TYP,
+      issuer: ACCESS_TOKEN_ISSUER,
+      audience: ACCESS_TOKEN_AUDIENCE,
+      requiredClaims: ['exp', 'sub'],
+      currentDate: nowMs === undefined ? undefined : new Date(nowMs),
+      clockTolerance: 5 // replicas sharing the key may disagree on the time by a little
+    }));
+  } catch (err) {
+    if ((err as { code?: string }).code === 'ERR_JWT_EXPIRED') throw new AuthError('expired', 'the access token has expired; exchange an org token or OIDC token for a new one');
+    throw new AuthError('invalid_token', 'the access token is not valid for this server');
+  }
+  if (typeof payload.org !== 'string' || !payload.org || typeof payload.sub !== 'string') {
+    throw new AuthError('invalid_token', 'the access token has no org or subject');
+  }
+  return payload as AccessTokenClaims;
+}
+
+// ---- the authenticator used by the API layer ------------------------------------------------------------------
+
+export class Authenticator {
+  constructor(
+    private readonly store: Store,
+    private readonly key: SigningKey,
+    private readonly adminToken: string,
+    private readonly now: () => number = Date.now
+  ) {}
+
+  // Resolves to null for anything not accepted (unknown, malformed, revoked, expired); callers answer
+  // "unauthenticated" without saying which, and without echoing the token.
+  async authenticate(bearer: string): Promise<Principal | null> {
+    if (typeof bearer !== 'string') return null;
+    const token = bearer.replace(/^bearer\s+/i, '').trim();
+    if (!token || token.length > 8192) return null;
+
+    if (token.startsWith('bca_')) {
+      return sameSecret(token, this.adminToken) ? { kind: 'admin', org: null, subject: 'admin', via: 'admin-token' } : null;
+    }
+    if (token.startsWith('bct_')) return this.orgToken(token);
+    if (token.split('.').length === 3) {
+      try {
+        const claims = await verifyAccessToken(this.key, token, this.now());
+        return { kind: 'org', org: claims.org, subject: claims.sub, via: 'access-token' };
+      } catch {
+        return null;
+      }
+    }
+    return null;
+  }
+
+  private async orgToken(token: string): Promise<Principal | null> {
+    const m = ORG_TOKEN_RE.exec(token);
+    if (!m) return null;
+    // Lookup by the sha256 of the whole token: timing of the lookup depends only on the hash, which tells an
+    // attacker nothing about the secret; the explicit compare below guards against a store returning a wrong row.
+    const hash = hashToken(token);
+    const row = await this.store.findTokenByHash(hash);
+    if (!row || row.hash.length !== hash.length) return null;
+    if (!timingSafeEqual(Buffer.from(row.hash, 'utf8'), Buffer.from(hash, 'utf8')) || row.id !== m[1]) return null;
+    if (row.revokedAt !== null) return null;
+    return { kind: 'org', org: row.org, subject: `token:${row.id}`, via: 'org-token' };
+  }
+}

@@ -1,0 +1,134 @@
+// Org cache refs: where a build imports its layer cache from and exports it to.
+//
+// Layout: <registryHost>/<org>/<project>/cache:<branch-tag>. The org is the first path component on purpose:
+// the registry proxy authorises by repository prefix ("acme/"), so every ref of an org must start with it and no
+// other org's ref may. Everything here is pure, so the rules are table-tested without a registry.
+import { createHash } from 'node:crypto';
+
+export interface CacheRefInput {
+  registryHost: string;
+  org: string;
+  project: string; // may be nested (GitLab: "platform/tools/widget-api")
+  branch: string; // empty for tag builds and detached pipelines
+  defaultBranch: string; // empty when the CI does not tell (CircleCI)
+  fork: boolean; // a pull request from a fork: it may read the org cache but never write it
+}
+
+export interface CacheRefsResult {
+  importRefs: string[]; // most specific first: the branch's cache, then the default branch's
+  exportRef: string; // '' when this build must not write the cache
+}
+
+// The OCI distribution grammar as the brief pins it: components of lowercase alphanumerics with single
+// separators. (distribution itself also allows "__" and "--"; we never produce those, which keeps the mapping
+// predictable and the org check below strict.)
+const COMPONENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
+const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const TAG_MAX = 128;
+// distribution rejects names (host + path) longer than this with NAME_INVALID.
+const NAME_TOTAL_MAX = 255;
+// host[:port], a DNS name or IPv4 address, or a bracketed IPv6 literal. No scheme, no path.
+const HOST = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$/;
+
+const COMPONENT_HELP = 'lowercase letters and digits, optionally separated by single ".", "_" or "-"';
+
+function shortHash(s: string, hexChars: number): string {
+  return createHash('sha256').update(s, 'utf8').digest('hex').slice(0, hexChars);
+}
+
+// One path segment → one valid component: lowercase, every run of other characters becomes one separator,
+// separators collapse and are trimmed from the ends. Returns '' when nothing alphanumeric is left.
+function normalizeSegment(seg: string): string {
+  return seg
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, '-')
+    .replace(/[._-]{2,}/g, (run) => run[0])
+    .replace(/^[._-]+|[._-]+$/g, '');
+}
+
+/**
+ * A CI value (org, project path) → a valid repository path: components joined by "/". Case folds and invalid
+ * characters become "-", but empty segments ("a//b") and segments with no letter or digit ("..") are errors:
+ * guessing there would silently merge unrelated projects' caches.
+ */
+export function repoComponent(s: string, field: string): string {
+  const trimmed = s.trim().replace(/^\/+|\/+$/g, '');
+  if (trimmed === '') {
+    throw new Error(`${field} is empty: expected a repository path of ${COMPONENT_HELP} (e.g. "acme" or "platform/widget-api")`);
+  }
+  const out = trimmed.split('/').map((seg) => {
+    const c = normalizeSegment(seg);
+    if (c === '' || !COMPONENT.test(c)) {
+      throw new Error(`${field} "${s}" has a path segment "${seg}" without a letter or digit: expected ${COMPONENT_HELP}, segments separated by "/"`);
+    }
+    return c;
+  });
+  return out.join('/');
+}
+
+/**
+ * The repository prefix every ref of the org starts with, e.g. "acme/". This is an authorisation boundary, so
+ * unlike projects the org is not "repaired": apart from case folding (org names are case-insensitive on GitHub,
+ * GitLab and Bitbucket) it must already be one valid component. Otherwise "Acme Corp" and "acme-corp" would share
+ * a cache, and an org "acme/x" would fall inside org "acme".
+ */
+export function orgRepoPrefix(org: string): string {
+  const lowered = org.trim().toLowerCase();
+  if (lowered === '') throw new Error(`org is empty: expected one name of ${COMPONENT_HELP} (e.g. "acme-corp")`);
+  if (!COMPONENT.test(lowered)) {
+    throw new Error(`org "${org}" is not a valid registry namespace: expected one name of ${COMPONENT_HELP}, no "/" (e.g. "acme-corp")`);
+  }
+  return `${lowered}/`;
+}
+
+/**
+ * A branch name → a valid tag. Case is kept (tags are case-sensitive); runs of other characters become "-"
+ * ("feature/login" → "feature-login"). Names longer than 128 characters are cut and get a hash of the WHOLE
+ * branch name, so two long branches that share a prefix never share a tag. A name with nothing usable left
+ * (e.g. only non-ASCII letters) becomes "branch-<hash>".
+ */
+export function tagFor(branch: string): string {
+  const b = branch.trim();
+  if (b === '') throw new Error('branch is empty: expected a branch name such as "main" or "feature/login"');
+  let tag = b
+    .replace(/[^A-Za-z0-9_.-]+/g, '-')
+    .replace(/^[.-]+/, '')
+    .replace(/[.-]+$/, '');
+  if (tag === '') return `branch-${shortHash(b, 12)}`;
+  if (tag.length > TAG_MAX) {
+    const suffix = `-${shortHash(b, 12)}`;
+    tag = tag.slice(0, TAG_MAX - suffix.length).replace(/[.-]+$/, '') + suffix;
+  }
+  if (!TAG.test(tag)) throw new Error(`branch "${branch}" could not be turned into a valid tag (got "${tag}")`); // defensive: unreachable
+  return tag;
+}
+
+function validHost(host: string): string {
+  const h = host.trim();
+  if (!HOST.test(h)) {
+    throw new Error(`registryHost "${host}" is invalid: expected host[:port] without scheme or path (e.g. "127.0.0.1:5000" or "registry.example.com")`);
+  }
+  return h;
+}
+
+export function cacheRefs(input: CacheRefInput): CacheRefsResult {
+  const host = validHost(input.registryHost);
+  const repo = `${host}/${orgRepoPrefix(input.org)}${repoComponent(input.project, 'project')}/cache`;
+  if (repo.length > NAME_TOTAL_MAX) {
+    throw new Error(`project "${input.project}" is too long: the cache repository "${repo}" exceeds ${NAME_TOTAL_MAX} characters`);
+  }
+  const branchTag = input.branch.trim() === '' ? '' : tagFor(input.branch);
+  const defaultTag = input.defaultBranch.trim() === '' ? '' : tagFor(input.defaultBranch);
+  if (branchTag === '' && defaultTag === '') {
+    throw new Error('branch and defaultBranch are both empty: expected at least one branch name to scope the cache');
+  }
+  const importRefs: string[] = [];
+  for (const tag of [branchTag, defaultTag]) {
+    const ref = tag === '' ? '' : `${repo}:${tag}`;
+    if (ref !== '' && !importRefs.includes(ref)) importRefs.push(ref);
+  }
+  // Forks only read: their code is untrusted, and the org's cache is trusted by every other build.
+  // Without a branch (tag builds) there is no branch cache to write; the default branch's is left to its own builds.
+  const exportRef = input.fork || branchTag === '' ? '' : `${repo}:${branchTag}`;
+  return { importRefs, exportRef };
+}

@@ -1,0 +1,148 @@
+// One Linux bridge per builder daemon. Every builder then runs BuildKit RUN steps on the same kind of network
+// (a bridge, never host), so cache keys match across builders, and a user's plain `docker build` needs no
+// --network flag. Daemons must not share docker0: each would rewrite it and leave state behind.
+import { execFile } from 'node:child_process';
+import type { Logger } from '../../common/log';
+
+export const DEFAULT_SUBNET_POOL = '10.213.0.0/16';
+
+export interface BridgeLease {
+  name: string;
+  subnet: string; // e.g. 10.213.7.0/24
+  gateway: string; // the bridge's own address, e.g. 10.213.7.1
+}
+
+interface Net {
+  base: number; // network address as an unsigned 32-bit int
+  size: number; // number of addresses
+}
+
+// Subnets handed out by this process and not yet released. Shared by every allocator of the process, because
+// `ip addr add` happily puts one subnet on two bridges and tests run several control planes in one process.
+const inFlight = new Set<number>();
+
+export function runCommand(file: string, args: string[], timeoutMs = 30_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`${file} ${args.join(' ')}: ${String(stderr).trim() || err.message}`));
+      else resolve(String(stdout));
+    });
+  });
+}
+
+export function ipToInt(ip: string): number {
+  const parts = ip.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
+    throw new Error(`not an IPv4 address: ${ip}`);
+  }
+  return ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
+}
+
+export function intToIp(n: number): string {
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
+}
+
+function parseCidr(cidr: string): Net {
+  const [ip, bits] = cidr.split('/');
+  const prefix = Number(bits);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > 32) throw new Error(`bad CIDR: ${cidr}`);
+  const size = 2 ** (32 - prefix);
+  return { base: ipToInt(ip) - (ipToInt(ip) % size), size };
+}
+
+// The /24s of the pool, e.g. 10.213.0.0/16 gives 256 of them.
+export function poolSubnets(pool: string): number[] {
+  const net = parseCidr(pool);
+  if (net.size < 256) throw new Error(`subnet pool ${pool} is smaller than a /24`);
+  const out: number[] = [];
+  for (let b = net.base; b < net.base + net.size; b += 256) out.push(b);
+  return out;
+}
+
+function overlaps(a: Net, b: Net): boolean {
+  return a.base < b.base + b.size && b.base < a.base + a.size;
+}
+
+interface HostAddr {
+  ifname: string;
+  net: Net;
+}
+
+async function hostAddrs(): Promise<HostAddr[]> {
+  const links = JSON.parse(await runCommand('ip', ['-j', '-4', 'addr', 'show'])) as Array<{
+    ifname: string;
+    addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
+  }>;
+  const out: HostAddr[] = [];
+  for (const l of links) {
+    for (const a of l.addr_info ?? []) {
+      if (a.family === 'inet') out.push({ ifname: l.ifname, net: parseCidr(`${a.local}/${a.prefixlen}`) });
+    }
+  }
+  return out;
+}
+
+export async function linkExists(name: string): Promise<boolean> {
+  try {
+    await runCommand('ip', ['link', 'show', 'dev', name]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class BridgeAllocator {
+  private readonly subnets: number[];
+
+  constructor(pool: string = DEFAULT_SUBNET_POOL, private readonly log?: Logger) {
+    this.subnets = poolSubnets(pool);
+  }
+
+  // Creates bridge `name` with a free /24 of the pool. Another control plane on this host may pick the same
+  // subnet at the same moment: after assigning, check no other interface holds it, and move on if one does.
+  async create(name: string): Promise<BridgeLease> {
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new Error(`invalid bridge name: ${name}`);
+    if (await linkExists(name)) await this.remove(name); // a leftover of a crashed builder with the same id
+    await runCommand('ip', ['link', 'add', 'name', name, 'type', 'bridge']);
+    const tried: number[] = []; // reserved in inFlight while we work, so this loop never picks one twice
+    let chosen: number | null = null;
+    try {
+      for (let attempt = 0; attempt < 8 && chosen === null; attempt++) {
+        const used = (await hostAddrs()).map((a) => a.net);
+        const free = this.subnets.filter((s) => !inFlight.has(s) && !used.some((u) => overlaps(u, { base: s, size: 256 })));
+        if (free.length === 0) throw new Error(`no free /24 left in the builder subnet pool (${this.subnets.length} in it)`);
+        // Random, not first-free: two control planes allocating at once rarely pick the same one.
+        const base = free[Math.floor(Math.random() * free.length)];
+        inFlight.add(base);
+        tried.push(base);
+        await runCommand('ip', ['addr', 'add', `${intToIp(base + 1)}/24`, 'dev', name]);
+        const clash = (await hostAddrs()).some((a) => a.ifname !== name && overlaps(a.net, { base, size: 256 }));
+        if (clash) {
+          this.log?.warn({ bridge: name, subnet: `${intToIp(base)}/24` }, 'subnet taken concurrently, trying another');
+          await runCommand('ip', ['addr', 'flush', 'dev', name]);
+        } else {
+          chosen = base;
+        }
+      }
+      if (chosen === null) throw new Error('could not find a free subnet for the builder bridge');
+      await runCommand('ip', ['link', 'set', 'dev', name, 'up']);
+      return { name, subnet: `${intToIp(chosen)}/24`, gateway: intToIp(chosen + 1) };
+    } catch (err) {
+      chosen = null;
+      await this.remove(name).catch(() => undefined);
+      throw err;
+    } finally {
+      for (const t of tried) if (t !== chosen) inFlight.delete(t);
+    }
+  }
+
+  // Never throws for a bridge that is already gone.
+  async remove(name: string, subnet?: string): Promise<void> {
+    try {
+      await runCommand('ip', ['link', 'del', 'dev', name]);
+    } catch (err) {
+      if (await linkExists(name)) throw err;
+    }
+    if (subnet) inFlight.delete(parseCidr(subnet).base);
+  }
+}

@@ -1,0 +1,455 @@
+// Builders as private Docker Engines: one `dockerd` per builder with its own data root, exec root, bridge and
+// a unix socket nobody else can reach (the control plane puts a mutual-TLS proxy in front of it).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as http from 'node:http';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Logger } from '../../common/log';
+import { silentLogger } from '../../common/log';
+import { BridgeAllocator, DEFAULT_SUBNET_POOL, runCommand } from './bridge';
+import type { BuilderHandle, Driver } from './driver';
+
+export interface DockerdDriverOptions {
+  rootDir: string;
+  dockerdPath?: string;
+  subnetPool?: string;
+  log?: Logger;
+  startTimeoutMs?: number;
+}
+
+interface Layout {
+  id: string;
+  dir: string; // rootDir/<id>: config, log, state, data root
+  dataRoot: string;
+  runDir: string; // short path: unix sockets (ours and containerd's, under the exec root) must fit in 107 bytes
+  execRoot: string;
+  socketPath: string;
+  pidFile: string;
+  logFile: string;
+  bridge: string;
+}
+
+interface State {
+  bridge: string;
+  subnet: string | null;
+  pid: number | null;
+}
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+const ARCH: Record<string, string> = {
+  x64: 'amd64',
+  arm64: 'arm64',
+  arm: 'arm/v7',
+  ia32: '386',
+  ppc64: 'ppc64le', // Node on Linux only runs little-endian ppc64
+  s390x: 's390x',
+  riscv64: 'riscv64',
+};
+
+export function findDockerd(): string | null {
+  const dirs = (process.env.PATH ?? '').split(path.delimiter).filter(Boolean);
+  for (const d of [...dirs, '/usr/bin', '/usr/sbin', '/usr/local/bin', '/usr/local/sbin']) {
+    const p = path.join(d, 'dockerd');
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      if (fs.statSync(p).isFile()) return p;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+// GET /_ping over the unix socket: the engine is up when its API answers, whatever its log says.
+export function ping(socketPath: string, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = http.request({ socketPath, path: '/_ping', method: 'GET', timeout: timeoutMs }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode === 200));
+      res.on('error', () => resolve(false));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
+
+function runtimeBase(): string {
+  // /run is tmpfs and short; elsewhere (non-root) fall back to the temp dir, still short enough in practice.
+  if (process.getuid?.() === 0 && fs.existsSync('/run')) return '/run/bc';
+  return path.join(os.tmpdir(), `bc-${process.getuid?.() ?? 'u'}`);
+}
+
+async function tailFile(file: string, lines = 20): Promise<string> {
+  try {
+    const fh = await fs.promises.open(file, 'r');
+    try {
+      const { size } = await fh.stat();
+      const len = Math.min(size, 8192);
+      const buf = Buffer.alloc(len);
+      await fh.read(buf, 0, len, size - len);
+      return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    } finally {
+      await fh.close();
+    }
+  } catch {
+    return '(no log)';
+  }
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export class DockerdDriver implements Driver {
+  readonly name = 'dockerd';
+  private readonly rootDir: string;
+  private readonly dockerdPath: string;
+  private readonly log: Logger;
+  private readonly startTimeoutMs: number;
+  private readonly bridges: BridgeAllocator;
+  private readonly base = runtimeBase();
+  private readonly children = new Map<string, ChildProcess>();
+
+  constructor(opts: DockerdDriverOptions) {
+    this.rootDir = path.resolve(opts.rootDir);
+    const dockerd = opts.dockerdPath ?? findDockerd();
+    if (!dockerd) throw new Error('dockerd not found: install Docker Engine (Debian: apt-get install docker.io)');
+    this.dockerdPath = dockerd;
+    this.log = opts.log ?? silentLogger();
+    this.startTimeoutMs = opts.startTimeoutMs ?? 60_000;
+    this.bridges = new BridgeAllocator(opts.subnetPool ?? DEFAULT_SUBNET_POOL, this.log);
+  }
+
+  platforms(): string[] {
+    return [`linux/${ARCH[process.arch] ?? process.arch}`];
+  }
+
+  async start(id: string): Promise<BuilderHandle> {
+    const t0 = performance.now();
+    const l = this.layout(id);
+    await this.teardown(l, null); // leftovers of a crashed run with the same id would break the new one
+    await fs.promises.mkdir(l.dataRoot, { recursive: true, mode: 0o700 });
+    await fs.promises.chmod(l.dir, 0o700);
+    await fs.promises.mkdir(l.execRoot, { recursive: true, mode: 0o700 });
+    await fs.promises.chmod(l.runDir, 0o700);
+    const configFile = path.join(l.dir, 'daemon.json');
+    await fs.promises.writeFile(configFile, JSON.stringify({ features: { buildkit: true } }) + '\n', { mode: 0o600 });
+    const state: State = { bridge: l.bridge, subnet: null, pid: null };
+    let child: ChildProcess | null = null;
+    try {
+      state.subnet = (await this.bridges.create(l.bridge)).subnet;
+      await this.saveState(l, state);
+      child = this.spawnDockerd(l, configFile);
+      state.pid = child.pid ?? null;
+      await this.saveState(l, state);
+      await this.waitReady(l, child);
+    } catch (err) {
+      await this.teardown(l, state.pid).catch((e) => this.log.warn({ builder: id, err: String(e) }, 'cleanup after failed start'));
+      throw err;
+    }
+    const startedMs = Math.round(performance.now() - t0);
+    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, startedMs }, 'dockerd ready');
+    return {
+      id,
+      driver: this.name,
+      platform: this.platforms()[0],
+      kind: 'docker',
+      socketPath: l.socketPath,
+      dir: l.dir,
+      pid: state.pid,
+      startedMs,
+    };
+  }
+
+  async destroy(handle: BuilderHandle): Promise<void> {
+    if (!ID_RE.test(handle.id)) return;
+    const l = this.layout(handle.id);
+    await this.teardown(l, handle.pid);
+  }
+
+  async alive(handle: BuilderHandle): Promise<boolean> {
+    return ping(handle.socketPath, 2000);
+  }
+
+  // Builders whose directory is still under rootDir but that this process did not start: a previous control
+  // plane died without destroying them. Removes them all; returns their ids.
+  async cleanupOrphans(): Promise<string[]> {
+    let entries: string[] = [];
+    try {
+      entries = await fs.promises.readdir(this.rootDir);
+    } catch {
+      return [];
+    }
+    const ids = entries.filter((e) => ID_RE.test(e) && !this.children.has(e));
+    for (const id of ids) await this.teardown(this.layout(id), null);
+    return ids;
+  }
+
+  private layout(id: string): Layout {
+    if (!ID_RE.test(id)) throw new Error(`invalid builder id: ${JSON.stringify(id)}`);
+    // Derived from (rootDir, id) so two control planes on one host never share a run dir or a bridge name.
+    const short = createHash('sha256').update(`${this.rootDir}\0${id}`).digest('hex').slice(0, 10);
+    const dir = path.join(this.rootDir, id);
+    const runDir = path.join(this.base, short);
+    return {
+      id,
+      dir,
+      dataRoot: path.join(dir, 'data'),
+      runDir,
+      execRoot: path.join(runDir, 'exec'),
+      socketPath: path.join(runDir, 'docker.sock'),
+      pidFile: path.join(runDir, 'docker.pid'),
+      logFile: path.join(dir, 'dockerd.log'),
+      bridge: `bc${short}`, // 12 chars: Linux allows 15
+    };
+  }
+
+  private spawnDockerd(l: Layout, configFile: string): ChildProcess {
+    const args = [
+      '--config-file', configFile,
+      '--data-root', l.dataRoot,
+      '--exec-root', l.execRoot,
+      '--pidfile', l.pidFile,
+      '--host', `unix://${l.socketPath}`,
+      '--bridge', l.bridge,
+      // Builders must not touch the host firewall; all of them share one host.
+      '--iptables=false',
+      '--ip-masq=false',
+      '--log-level', 'info',
+    ];
+    const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` };
+    // A control plane run by systemd (Type=notify) must not have its readiness reported by a child dockerd.
+    delete env.NOTIFY_SOCKET;
+    const logFd = fs.openSync(l.logFile, 'a', 0o600);
+    try {
+      // Own session: a Ctrl-C on the control plane's terminal must not reach builders before it destroys them.
+      const child = spawn(this.dockerdPath, args, { detached: true, stdio: ['ignore', logFd, logFd], env });
+      child.on('error', (err) => this.log.error({ builder: l.id, err: err.message }, 'dockerd spawn error'));
+      this.children.set(l.id, child);
+      child.once('exit', (code, signal) => {
+        this.children.delete(l.id);
+        this.log.info({ builder: l.id, code, signal }, 'dockerd exited');
+      });
+      child.unref();
+      return child;
+    } finally {
+      fs.closeSync(logFd);
+    }
+  }
+
+  private async waitReady(l: Layout, child: ChildProcess): Promise<void> {
+    const deadline = Date.now() + this.startTimeoutMs;
+    let spawnError: Error | null = null;
+    child.once('error', (e) => (spawnError = e));
+    for (;;) {
+      if (spawnError || child.exitCode !== null || child.signalCode !== null) {
+        const why = spawnError ? String(spawnError) : `exited with ${child.exitCode ?? child.signalCode}`;
+        throw new Error(`dockerd for builder ${l.id} ${why} before it was ready. Log tail (${l.logFile}):\n${await tailFile(l.logFile)}`);
+      }
+      if (await ping(l.socketPath, 1000)) return;
+      if (Date.now() > deadline) {
+        throw new Error(`dockerd for builder ${l.id} not ready after ${this.startTimeoutMs} ms. Log tail (${l.logFile}):\n${await tailFile(l.logFile)}`);
+      }
+      await sleep(25);
+    }
+  }
+
+  private async saveState(l: Layout, s: State): Promise<void> {
+    await fs.promises.writeFile(path.join(l.dir, 'state.json'), JSON.stringify(s), { mode: 0o600 });
+  }
+
+  private async loadState(l: Layout): Promise<State | null> {
+    try {
+      return JSON.parse(await fs.promises.readFile(path.join(l.dir, 'state.json'), 'utf8')) as State;
+    } catch {
+      return null;
+    }
+  }
+
+  // Idempotent: stops every process of the builder, unmounts what it left mounted, removes its directories and
+  // its bridge. Used by destroy, after a failed start, and before a start to clear a crashed run's leftovers.
+  private async teardown(l: Layout, pid: number | null): Promise<void> {
+    const state = await this.loadState(l);
+    let pidFromFile: number | null = null;
+    try {
+      pidFromFile = Number((await fs.promises.readFile(l.pidFile, 'utf8')).trim()) || null;
+    } catch {
+      // no pidfile: never started, or already cleaned up
+    }
+    // Anything whose command line names our run dir or data root is ours: dockerd, its containerd and the
+    // containerd shims that outlive containerd by design.
+    const marks = { paths: [l.runDir, l.dataRoot], execIds: await executorIds(l.dataRoot) };
+    await stopProcesses(pid ?? state?.pid ?? pidFromFile, marks, this.log);
+    await unmountUnder([l.dir, l.runDir], this.log);
+    await removeDir(l.dir, this.log);
+    await removeDir(l.runDir, this.log);
+    await this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined);
+  }
+}
+
+// Overlay mounts the daemon did not unmount make rm fail with EBUSY: unmount and retry.
+async function removeDir(dir: string, log: Logger): Promise<void> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await fs.promises.rm(dir, { recursive: true, force: true, maxRetries: 2 });
+      return;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (attempt >= 4 || (code !== 'EBUSY' && code !== 'ENOTEMPTY')) throw err;
+      log.warn({ dir, code }, 'builder directory busy, unmounting leftovers');
+      await unmountUnder([dir], log);
+      await sleep(200 * (attempt + 1));
+    }
+  }
+}
+
+// ---- host processes and mounts -------------------------------------------------------------------------------
+
+interface Proc {
+  pid: number;
+  ppid: number;
+  start: string; // start time in clock ticks: tells a reused pid from the process we saw
+  zombie: boolean;
+  args: string[];
+  cgroup: string; // read only when a search needs it
+}
+
+// How to recognise a builder's processes: a path of the builder on the command line (dockerd, containerd,
+// shims, BuildKit's runc), or, for a RUN step orphaned by a killed dockerd, its BuildKit executor id in the
+// cgroup path (all daemons share the /docker cgroup parent, the ids are random and per daemon).
+interface Marks {
+  paths: string[];
+  execIds: string[];
+}
+
+async function listProcs(withCgroup: boolean): Promise<Map<number, Proc>> {
+  const out = new Map<number, Proc>();
+  for (const name of await fs.promises.readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = await fs.promises.readFile(`/proc/${name}/stat`, 'utf8');
+      // comm (field 2) may contain spaces and parentheses: split after its closing parenthesis.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cmd = await fs.promises.readFile(`/proc/${name}/cmdline`, 'utf8');
+      const cgroup = withCgroup ? await fs.promises.readFile(`/proc/${name}/cgroup`, 'utf8') : '';
+      const pid = Number(name);
+      out.set(pid, { pid, ppid: Number(f[1]), start: f[19], zombie: f[0] === 'Z', args: cmd.split('\0'), cgroup });
+    } catch {
+      // exited while we looked
+    }
+  }
+  return out;
+}
+
+function mentions(p: Proc, marks: Marks): boolean {
+  const { paths, execIds } = marks;
+  return (
+    p.args.some((a) => paths.some((m) => a === m || a.includes(`${m}/`) || a.endsWith(`=${m}`))) ||
+    execIds.some((id) => p.cgroup.includes(id))
+  );
+}
+
+async function executorIds(dataRoot: string): Promise<string[]> {
+  try {
+    const entries = await fs.promises.readdir(path.join(dataRoot, 'buildkit', 'executor'), { withFileTypes: true });
+    return entries.filter((e) => e.isDirectory() && /^[a-z0-9]{16,}$/.test(e.name)).map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+function victimsOf(procs: Map<number, Proc>, root: number | null, markers: Marks): Proc[] {
+  const found = new Map<number, Proc>();
+  for (const p of procs.values()) if (mentions(p, markers)) found.set(p.pid, p);
+  // Only follow the tree from a pid that is really our dockerd, not a recycled pid of something else.
+  const rootProc = root ? procs.get(root) : undefined;
+  if (rootProc && mentions(rootProc, markers)) found.set(rootProc.pid, rootProc);
+  // Descendants too: container processes (children of a shim or of BuildKit's runc) name none of our paths.
+  const queue = [...found.keys()];
+  while (queue.length) {
+    const parent = queue.shift()!;
+    for (const p of procs.values()) {
+      if (p.ppid === parent && !found.has(p.pid)) {
+        found.set(p.pid, p);
+        queue.push(p.pid);
+      }
+    }
+  }
+  found.delete(process.pid);
+  return [...found.values()].filter((p) => !p.zombie);
+}
+
+async function waitGone(procs: Proc[], ms: number): Promise<Proc[]> {
+  const until = Date.now() + ms;
+  for (;;) {
+    const now = await listProcs(false);
+    const left = procs.filter((p) => {
+      const q = now.get(p.pid);
+      return q && q.start === p.start && !q.zombie;
+    });
+    if (left.length === 0 || Date.now() > until) return left;
+    await sleep(50);
+  }
+}
+
+function signal(p: Proc, sig: NodeJS.Signals): void {
+  try {
+    process.kill(p.pid, sig);
+  } catch {
+    // already gone
+  }
+}
+
+const ENGINE_BINARIES = new Set(['dockerd', 'containerd', 'containerd-shim', 'containerd-shim-runc-v2']);
+
+// A builder's processes are disposable, its mounts are not: kill the workload (containers, BuildKit's runc) at
+// once, so dockerd does not spend each container's 10 s stop timeout, then SIGTERM dockerd, which stops its
+// containerd and unmounts its layers. Whatever is left after that (or after a hung dockerd) is SIGKILLed.
+async function stopProcesses(root: number | null, markers: Marks, log: Logger): Promise<void> {
+  const withCgroup = markers.execIds.length > 0;
+  const victims = victimsOf(await listProcs(withCgroup), root, markers);
+  if (victims.length === 0) return;
+  const main = victims.find((p) => p.pid === root);
+  if (main) {
+    for (const p of victims) if (!ENGINE_BINARIES.has(path.basename(p.args[0] ?? ''))) signal(p, 'SIGKILL');
+    signal(main, 'SIGTERM');
+    if ((await waitGone([main], 20_000)).length) {
+      log.warn({ pid: main.pid }, 'dockerd ignored SIGTERM, killing it');
+      signal(main, 'SIGKILL');
+      await waitGone([main], 5_000);
+    }
+  }
+  const rest = [...victims, ...victimsOf(await listProcs(withCgroup), null, markers)];
+  for (const p of rest) signal(p, 'SIGKILL');
+  const left = await waitGone(rest, 5_000);
+  if (left.length) throw new Error(`builder processes survived SIGKILL: ${left.map((p) => p.pid).join(', ')}`);
+}
+
+function decodeMountPath(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+// Unmounts everything at or under `dirs`, deepest first.
+async function unmountUnder(dirs: string[], log: Logger): Promise<void> {
+  let info = '';
+  try {
+    info = await fs.promises.readFile('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return;
+  }
+  const points = info
+    .split('\n')
+    .map((line) => line.split(' ')[4])
+    .filter((mp): mp is string => Boolean(mp))
+    .map(decodeMountPath)
+    .filter((mp) => dirs.some((d) => mp === d || mp.startsWith(`${d}/`)))
+    .sort((a, b) => b.length - a.length);
+  for (const mp of [...new Set(points)]) {
+    try {
+      await runCommand('umount', [mp]);
+    } catch {
+      await runCommand('umount', ['-l', mp]).catch((err) => log.warn({ mp, err: String(err) }, 'unmount failed'));
+    }
+  }
+}

@@ -1,0 +1,255 @@
+// The control plane's HTTP API: the metering endpoint (usage records as CloudEvents), usage queries,
+// Prometheus metrics and health. The contract is docs/metering.md; keep the two in step.
+import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Logger } from '../common/log';
+import { EventsBodyError } from './metering/cloudevents';
+import { parseEventsBody } from './metering/events';
+import { monthOf, parseMonth, UsageReport } from './metering/usage';
+import { Store } from './store/store';
+
+export interface Principal {
+  kind: 'org' | 'admin';
+  org: string | null; // null for admin
+  subject: string; // who, for logs: token id or OIDC subject
+}
+
+export interface HttpMetrics {
+  registry: Registry;
+  recordsAccepted: Counter;
+  recordsDuplicate: Counter;
+  recordsRejected: Counter;
+}
+
+export interface HttpDeps {
+  store: Store;
+  authenticate: (bearer: string) => Promise<Principal | null>;
+  metrics: HttpMetrics;
+  usage: (org: string, month: string /* YYYY-MM */) => Promise<UsageReport>;
+  log?: Logger;
+  maxBatch?: number; // events per request, default 1000
+  bodyLimitBytes?: number; // default 4 MiB
+  now?: () => number;
+}
+
+export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
+export const DEFAULT_MAX_BATCH = 1000;
+
+/** All metrics of the control plane, in a registry of their own (tests make several). */
+export function createMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    recordsAccepted: new Counter({
+      name: 'buildcloud_usage_records_accepted_total',
+      help: 'Usage records stored for the first time',
+      registers
+    }),
+    recordsDuplicate: new Counter({
+      name: 'buildcloud_usage_records_duplicate_total',
+      help: 'Usage records whose id was already stored (client retries)',
+      registers
+    }),
+    recordsRejected: new Counter({
+      name: 'buildcloud_usage_records_rejected_total',
+      help: 'Usage records refused as invalid or not belonging to the caller',
+      registers
+    }),
+    provisions: new Counter({
+      name: 'buildcloud_provisions_total',
+      help: 'Provision calls by result (ok, bucket_exhausted, error, ...)',
+      labelNames: ['result'] as const,
+      registers
+    }),
+    provisionLatency: new Histogram({
+      name: 'buildcloud_provision_latency_seconds',
+      help: 'Time from Provision request to a ready builder; target at most 3 s',
+      labelNames: ['warm'] as const,
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30],
+      registers
+    }),
+    activeLeases: new Gauge({ name: 'buildcloud_active_leases', help: 'Leases not yet ended', registers }),
+    activeBuilders: new Gauge({ name: 'buildcloud_active_builders', help: 'Builders running', registers }),
+    reapedLeases: new Counter({
+      name: 'buildcloud_reaped_leases_total',
+      help: 'Leases ended by the reaper, by reason (idle, ttl)',
+      labelNames: ['reason'] as const,
+      registers
+    })
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export type RecordStatus = 'accepted' | 'duplicate' | 'rejected';
+export interface RecordResult {
+  index: number;
+  id: string | null;
+  status: RecordStatus;
+  reason?: string;
+}
+
+function sendError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
+  return reply.code(status).send({ error: { code, message } });
+}
+
+// Fastify's own errors (body parsing, limits) mapped to stable codes that clients can switch on.
+const FASTIFY_CODES: Record<string, string> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_content_type',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'invalid_body',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'invalid_json'
+};
+
+// Per-request lines at ~300 builds/s would drown the lease life-cycle logs: they go to debug. Server errors
+// are logged once, by the error handler below.
+class QuietRequestLogs extends LogController {
+  override incomingRequest(request: FastifyRequest): void {
+    request.log.debug({ req: request }, 'incoming request');
+  }
+  override requestCompleted(_error: Error | null | undefined, _request: FastifyRequest, reply: FastifyReply): void {
+    reply.log.debug({ res: reply, responseTime: reply.elapsedTime }, 'request completed');
+  }
+}
+
+export function buildHttpApp(deps: HttpDeps): FastifyInstance {
+  const now = deps.now ?? Date.now;
+  const maxBatch = deps.maxBatch ?? DEFAULT_MAX_BATCH;
+  const bodyLimit = deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
+  const app = Fastify({
+    ...(deps.log ? { loggerInstance: deps.log } : { logger: false }),
+    bodyLimit,
+    logController: new QuietRequestLogs()
+  }) as unknown as FastifyInstance;
+
+  // The events body is parsed by parseEventsBody, whatever its content type, so that a wrong content type
+  // or bad JSON gets this API's error format and names what to send instead.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 413) {
+      return sendError(reply, 413, 'payload_too_large', `request body exceeds ${bodyLimit} bytes; send smaller batches`);
+    }
+    if (status < 500) return sendError(reply, status, FASTIFY_CODES[err.code] ?? 'bad_request', err.message);
+    req.log.error({ err, url: req.url }, 'request failed');
+    return sendError(reply, 500, 'internal', 'internal error; the request may be retried');
+  });
+  app.setNotFoundHandler((req, reply) =>
+    sendError(reply, 404, 'not_found', `no route ${req.method} ${req.url.split('?')[0]}; see docs/metering.md`)
+  );
+
+  // Principals per request; a WeakMap instead of decorating FastifyRequest keeps the types local.
+  const principals = new WeakMap<FastifyRequest, Principal>();
+  // onRequest runs before the body is read: an unauthenticated caller never makes us parse megabytes.
+  const authenticate = async (req: FastifyRequest, reply: FastifyReply) => {
+    const header = req.headers.authorization;
+    const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+    if (!m) {
+      reply.header('www-authenticate', 'Bearer');
+      return sendError(reply, 401, 'unauthenticated', 'missing "Authorization: Bearer <token>" header; use an org token');
+    }
+    const principal = await deps.authenticate(m[1]);
+    if (!principal) {
+      reply.header('www-authenticate', 'Bearer error="invalid_token"');
+      return sendError(reply, 401, 'unauthenticated', 'the bearer token is invalid, expired or revoked; use a current org token');
+    }
+    principals.set(req, principal);
+  };
+  const principalOf = (req: FastifyRequest): Principal => principals.get(req) as Principal;
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  // No auth: the HTTP listener is on loopback by default (see docs/metering.md before exposing it).
+  app.get('/metrics', async (_req, reply) => {
+    reply.type(deps.metrics.registry.contentType);
+    return deps.metrics.registry.metrics();
+  });
+
+  app.post('/v1/events', { onRequest: authenticate }, async (req, reply) => {
+    const principal = principalOf(req);
+    if (principal.kind !== 'org' || !principal.org) {
+      return sendError(reply, 403, 'forbidden', 'usage records are sent with an org token; an admin token has no org');
+    }
+    const org = principal.org;
+    let parsed;
+    try {
+      parsed = parseEventsBody(req.headers['content-type'], req.body ?? '', { maxBatch });
+    } catch (err) {
+      if (err instanceof EventsBodyError) return sendError(reply, err.status, err.code, err.message);
+      throw err;
+    }
+    const receivedAt = now();
+    const leaseOwned = new Map<string, boolean>(); // batches name the same lease many times
+    const results: RecordResult[] = [];
+    for (const pe of parsed.events) {
+      const base = { index: pe.index, id: pe.id ?? null };
+      const reject = (reason: string) => results.push({ ...base, status: 'rejected', reason });
+      if (!pe.event) {
+        reject(pe.error ?? 'invalid event');
+        continue;
+      }
+      const ev = pe.event;
+      if (ev.subject !== org) {
+        reject(`subject "${ev.subject}" is not the token's org "${org}"; set subject to your org`);
+        continue;
+      }
+      // Both event types carry a lease_id (validated). The same message for "no such lease" and "another
+      // org's lease", so lease ids of other orgs cannot be probed.
+      const leaseId = ev.data.lease_id as string;
+      let owned = leaseOwned.get(leaseId);
+      if (owned === undefined) {
+        owned = (await deps.store.getLease(leaseId))?.org === org;
+        leaseOwned.set(leaseId, owned);
+      }
+      if (!owned) {
+        reject(`data.lease_id "${leaseId}" is not a lease of org "${org}"`);
+        continue;
+      }
+      // A store failure here throws: the client retries the whole batch, and what was already stored
+      // comes back as duplicate, so nothing is counted twice.
+      const inserted = await deps.store.insertUsageRecord({
+        id: ev.id,
+        org,
+        type: ev.type,
+        time: ev.time ? Date.parse(ev.time) : receivedAt,
+        receivedAt,
+        leaseId,
+        data: ev.data
+      });
+      results.push({ ...base, status: inserted === 'inserted' ? 'accepted' : 'duplicate' });
+    }
+    const count = (s: RecordStatus) => results.filter((r) => r.status === s).length;
+    const accepted = count('accepted');
+    const duplicate = count('duplicate');
+    const rejected = count('rejected');
+    deps.metrics.recordsAccepted.inc(accepted);
+    deps.metrics.recordsDuplicate.inc(duplicate);
+    deps.metrics.recordsRejected.inc(rejected);
+    if (rejected > 0) req.log.warn({ org, subject: principal.subject, rejected }, 'usage records rejected');
+    return { results, accepted, duplicate, rejected };
+  });
+
+  app.get<{ Params: { org: string }; Querystring: { month?: unknown } }>(
+    '/v1/orgs/:org/usage',
+    { onRequest: authenticate },
+    async (req, reply) => {
+      const principal = principalOf(req);
+      const org = req.params.org;
+      // Another org's usage is "not found", never "forbidden": whether an org exists is not revealed.
+      const notFound = () => sendError(reply, 404, 'not_found', `org "${org}" not found`);
+      if (principal.kind === 'org' && principal.org !== org) return notFound();
+      if (principal.kind === 'admin' && !(await deps.store.getOrg(org))) return notFound();
+      const month = req.query.month ?? monthOf(now());
+      if (typeof month !== 'string' || !parseMonth(month)) {
+        return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');
+      }
+      return deps.usage(org, month);
+    }
+  );
+
+  return app;
+}

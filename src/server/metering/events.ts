@@ -1,0 +1,211 @@
+// The Build Cloud usage records: the two event types, their data, validation and builders. Kept free of
+// server dependencies so the CI client bundles the same definitions it is checked against.
+import {
+  CloudEvent,
+  DEFAULT_MAX_BATCH,
+  isObject,
+  splitEventsBody,
+  stableId,
+  validateEnvelope
+} from './cloudevents';
+
+export const BUILD_COMPLETED = 'dev.buildcloud.build.completed';
+export const JOB_COMPLETED = 'dev.buildcloud.job.completed';
+export const EVENT_TYPES = [BUILD_COMPLETED, JOB_COMPLETED] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
+export const BUILD_STATUSES = ['success', 'failure', 'cancelled'] as const;
+export type BuildStatus = (typeof BUILD_STATUSES)[number];
+
+/** One image build on a leased builder. */
+export interface BuildCompletedData {
+  lease_id: string;
+  build_id: string;
+  platform: string; // e.g. linux/amd64
+  status: BuildStatus;
+  duration_ms: number;
+  total_steps: number;
+  cached_steps: number;
+  cache_ratio: number; // cached_steps / total_steps, 0 when there were no steps
+  image_digest?: string;
+  actor?: string;
+  provider?: string;
+  project?: string;
+  pipeline_key?: string;
+  job_id?: string;
+}
+
+/** One CI job that held a lease: written in the job's post step. */
+export interface JobCompletedData {
+  lease_id: string;
+  wall_seconds: number;
+  builds: number;
+  actor: string;
+  provider: string;
+  project: string;
+  pipeline_key: string;
+  job_id: string;
+}
+
+// The ratio is derived data; a client may round it, but not disagree with its own step counts.
+export const CACHE_RATIO_TOLERANCE = 0.001;
+const MAX_STRING = 256;
+// Records are analytics detail, not a storage service: a record's data beyond this is refused.
+export const MAX_DATA_BYTES = 16 * 1024;
+
+type Check = string | null; // an error naming the field, or null
+
+function str(d: Record<string, unknown>, field: string, required: boolean, nonEmpty: boolean): Check {
+  const v = d[field];
+  if (v === undefined && !required) return null;
+  if (typeof v !== 'string') return `data.${field} must be a string${required ? ' (required)' : ''}`;
+  if (nonEmpty && v.length === 0) return `data.${field} must not be empty`;
+  if (v.length > MAX_STRING) return `data.${field} must be at most ${MAX_STRING} characters`;
+  return null;
+}
+
+function int(d: Record<string, unknown>, field: string): Check {
+  const v = d[field];
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    return `data.${field} must be an integer >= 0 (required)`;
+  }
+  return null;
+}
+
+// OCI digest grammar: algorithm ":" encoded.
+const DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+
+export function validateBuildCompleted(d: Record<string, unknown>): Check {
+  for (const f of ['lease_id', 'build_id', 'platform']) {
+    const err = str(d, f, true, true);
+    if (err) return err;
+  }
+  if (!BUILD_STATUSES.includes(d.status as BuildStatus)) {
+    return `data.status must be one of ${BUILD_STATUSES.join(', ')}`;
+  }
+  for (const f of ['duration_ms', 'total_steps', 'cached_steps']) {
+    const err = int(d, f);
+    if (err) return err;
+  }
+  const total = d.total_steps as number;
+  const cached = d.cached_steps as number;
+  if (cached > total) return `data.cached_steps (${cached}) must not exceed data.total_steps (${total})`;
+  const ratio = d.cache_ratio;
+  if (typeof ratio !== 'number' || !Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
+    return 'data.cache_ratio must be a number from 0 to 1 (required)';
+  }
+  if (total > 0 && Math.abs(ratio - cached / total) > CACHE_RATIO_TOLERANCE) {
+    return `data.cache_ratio (${ratio}) must equal cached_steps/total_steps (${(cached / total).toFixed(4)})`;
+  }
+  if (d.image_digest !== undefined && (typeof d.image_digest !== 'string' || !DIGEST.test(d.image_digest))) {
+    return 'data.image_digest must be an OCI digest, e.g. "sha256:<64 hex>"';
+  }
+  for (const f of ['actor', 'provider', 'project', 'pipeline_key', 'job_id']) {
+    const err = str(d, f, false, false);
+    if (err) return err;
+  }
+  return null;
+}
+
+export function validateJobCompleted(d: Record<string, unknown>): Check {
+  for (const f of ['lease_id', 'provider', 'pipeline_key', 'job_id']) {
+    const err = str(d, f, true, true);
+    if (err) return err;
+  }
+  // Local runs and some CIs have no user or project name: present, but possibly empty.
+  for (const f of ['actor', 'project']) {
+    const err = str(d, f, true, false);
+    if (err) return err;
+  }
+  const wall = d.wall_seconds;
+  if (typeof wall !== 'number' || !Number.isFinite(wall) || wall < 0) {
+    return 'data.wall_seconds must be a number >= 0 (required)';
+  }
+  return int(d, 'builds');
+}
+
+/** Checks one candidate event: envelope, known type, and that type's data. */
+export function validateEvent(candidate: unknown): { event: CloudEvent } | { error: string } {
+  const r = validateEnvelope(candidate);
+  if ('error' in r) return r;
+  const { event } = r;
+  let err: Check;
+  if (event.type === BUILD_COMPLETED) err = validateBuildCompleted(event.data);
+  else if (event.type === JOB_COMPLETED) err = validateJobCompleted(event.data);
+  else err = `type must be one of ${EVENT_TYPES.join(', ')}`;
+  if (!err && Buffer.byteLength(JSON.stringify(event.data)) > MAX_DATA_BYTES) {
+    err = `data must be at most ${MAX_DATA_BYTES} bytes of JSON`;
+  }
+  return err ? { error: err } : { event };
+}
+
+export interface ParsedEvent {
+  index: number; // position in the request body
+  event?: CloudEvent;
+  error?: string;
+  id?: string; // the candidate's id when it had a usable one, so a rejection can be matched by the client
+}
+
+export interface ParseOptions {
+  maxBatch?: number;
+}
+
+/**
+ * Parses a request body into events, each valid or rejected with its own reason. Throws EventsBodyError
+ * (status 400 or 413) when the request as a whole is unusable: wrong content type, bad JSON, batch too big.
+ */
+export function parseEventsBody(contentType: string | undefined, body: unknown, opts: ParseOptions = {}): { events: ParsedEvent[] } {
+  const list = splitEventsBody(contentType, body, opts.maxBatch ?? DEFAULT_MAX_BATCH);
+  return {
+    events: list.map((candidate, index) => {
+      const id = isObject(candidate) && typeof candidate.id === 'string' && candidate.id.length > 0 ? candidate.id : undefined;
+      const r = validateEvent(candidate);
+      return 'error' in r ? { index, error: r.error, ...(id !== undefined ? { id } : {}) } : { index, event: r.event, id: r.event.id };
+    })
+  };
+}
+
+export interface EventOptions {
+  source?: string; // default urn:buildcloud:ci
+  time?: Date | number | string; // default now; set it when the record is written so retries resend it as is
+}
+
+export const DEFAULT_SOURCE = 'urn:buildcloud:ci';
+
+function envelope<D>(type: EventType, id: string, org: string, data: D, opts: EventOptions): CloudEvent<D> {
+  const t = opts.time === undefined ? new Date() : new Date(opts.time);
+  return {
+    specversion: '1.0',
+    id,
+    source: opts.source ?? DEFAULT_SOURCE,
+    type,
+    subject: org,
+    time: t.toISOString(),
+    datacontenttype: 'application/json',
+    data
+  };
+}
+
+/** The record id of a build: the same (lease, build) always gives the same id. */
+export function buildRecordId(leaseId: string, buildId: string): string {
+  return stableId(BUILD_COMPLETED, leaseId, buildId);
+}
+
+/** The record id of a job's summary: the same (lease, job) always gives the same id. */
+export function jobRecordId(leaseId: string, jobId: string): string {
+  return stableId(JOB_COMPLETED, leaseId, jobId);
+}
+
+/** Builds a build.completed event; cache_ratio is computed from the step counts when not given. */
+export function buildCompletedEvent(
+  org: string,
+  data: Omit<BuildCompletedData, 'cache_ratio'> & { cache_ratio?: number },
+  opts: EventOptions = {}
+): CloudEvent<BuildCompletedData> {
+  const cache_ratio = data.cache_ratio ?? (data.total_steps > 0 ? data.cached_steps / data.total_steps : 0);
+  return envelope(BUILD_COMPLETED, buildRecordId(data.lease_id, data.build_id), org, { ...data, cache_ratio }, opts);
+}
+
+export function jobCompletedEvent(org: string, data: JobCompletedData, opts: EventOptions = {}): CloudEvent<JobCompletedData> {
+  return envelope(JOB_COMPLETED, jobRecordId(data.lease_id, data.job_id), org, data, opts);
+}

@@ -1,0 +1,306 @@
+// Exchange of a CI's OIDC token (GitHub Actions, GitLab id_tokens, CircleCI) for an org: the token must come from
+// an issuer some org trusts, be signed by a key the issuer publishes, be meant for the trust row's audience, and
+// carry the trust row's claim with exactly the trusted value. See CI-REFERENCE.md §3 for each CI's claims.
+import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
+import type { TrustRow } from './store/store';
+
+export type AuthErrorCode =
+  | 'untrusted_issuer'
+  | 'invalid_token'
+  | 'expired'
+  | 'audience_mismatch'
+  | 'claim_mismatch'
+  | 'discovery_failed';
+
+export class AuthError extends Error {
+  constructor(
+    readonly code: AuthErrorCode,
+    message: string
+  ) {
+    super(message);
+    this.name = 'AuthError';
+  }
+}
+
+export interface OidcVerifierOptions {
+  fetchTimeoutMs?: number; // discovery document and JWKS requests (default 5 s)
+  cacheMaxAgeMs?: number; // how long a discovery document and a JWKS are reused (default 10 min)
+  // Minimum time between two JWKS refetches triggered by an unknown `kid` (default 30 s): a rotated key is picked
+  // up, but tokens with made-up kids cannot make us hammer the issuer.
+  jwksCooldownMs?: number;
+  allowInsecureIssuers?: boolean; // http:// issuers: tests, self-hosted GitLab on a private network
+}
+
+export interface OidcExchangeResult {
+  org: string;
+  subject: string;
+  claims: JWTPayload;
+}
+
+// Asymmetric algorithms only: `none` and HS* would let anyone who knows (or guesses) the "key" mint tokens.
+const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+const CLOCK_TOLERANCE_S = 30;
+const MAX_TOKEN_LENGTH = 16 * 1024;
+const MAX_DISCOVERY_BYTES = 256 * 1024;
+const TRUST_HINT =
+  'an admin can add trust with `buildcloud admin trust add --org <org> --github-owner <owner> | --gitlab-namespace <path> [--issuer <url>] | --circleci-org-id <uuid>`';
+
+export const normalizeIssuer = (iss: string): string => iss.replace(/\/+$/, '');
+
+interface IssuerEntry {
+  jwksUri: string;
+  jwks: ReturnType<typeof createRemoteJWKSet>;
+  fetchedAt: number;
+}
+
+export class OidcVerifier {
+  private readonly fetchTimeoutMs: number;
+  private readonly cacheMaxAgeMs: number;
+  private readonly jwksCooldownMs: number;
+  private readonly allowInsecure: boolean;
+  // One entry per trusted issuer (the set is bounded by the trust table, never by what tokens claim). Pending
+  // discoveries are shared so a burst of jobs triggers one request, not hundreds.
+  private readonly issuers = new Map<string, IssuerEntry>();
+  private readonly pending = new Map<string, Promise<IssuerEntry>>();
+
+  constructor(opts: OidcVerifierOptions = {}) {
+    this.fetchTimeoutMs = opts.fetchTimeoutMs ?? 5_000;
+    this.cacheMaxAgeMs = opts.cacheMaxAgeMs ?? 10 * 60_000;
+    this.jwksCooldownMs = opts.jwksCooldownMs ?? 30_000;
+    this.allowInsecure = opts.allowInsecureIssuers ?? false;
+  }
+
+  async exchange(oidcToken: string, trusts: TrustRow[], requestedOrg?: string): Promise<OidcExchangeResult> {
+    if (typeof oidcToken !== 'string' || !oidcToken || oidcToken.length > MAX_TOKEN_LENGTH) {
+      throw new AuthError('invalid_token', 'the OIDC token is empty or too long');
+    }
+    // Unverified decode: only to choose candidate trust rows and reject hopeless tokens early.
+    let iss: unknown;
+    let alg: unknown;
+    try {
+      iss = decodeJwt(oidcToken).iss;
+      alg = decodeProtectedHeader(oidcToken).alg;
+    } catch {
+      throw new AuthError('invalid_token', 'the OIDC token is not a JWT (expected header.payload.signature)');
+    }
+    if (typeof alg !== 'string' || !ALGORITHMS.includes(alg)) {
+      throw new AuthError('invalid_token', `the OIDC token uses alg "${String(alg)}"; only ${ALGORITHMS.join(', ')} are accepted`);
+    }
+    if (typeof iss !== 'string' || !iss) throw new AuthError('invalid_token', 'the OIDC token has no "iss" claim');
+
+    const issuer = normalizeIssuer(iss);
+    const scoped = requestedOrg === undefined ? trusts : trusts.filter((t) => t.org === requestedOrg);
+    const candidates = scoped.filter((t) => normalizeIssuer(t.issuer) === issuer);
+    if (candidates.length === 0) {
+      const who = requestedOrg === undefined ? 'no org' : `org "${requestedOrg}"`;
+      throw new AuthError('untrusted_issuer', `OIDC issuer "${iss}" is not trusted by ${who}; ${TRUST_HINT}`);
+    }
+
+    const entry = await this.discover(issuer);
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(oidcToken, entry.jwks, {
+        issuer: iss,
+        algorithms: ALGORITHMS,
+        clockTolerance: CLOCK_TOLERANCE_S,
+        requiredClaims: ['exp', 'sub']
+      }));
+    } catch (err) {
+      throw mapVerifyError(err, iss);
+    }
+    return matchTrust(payload, candidates);
+  }
+
+  private async discover(issuer: string): Promise<IssuerEntry> {
+    const cached = this.issuers.get(issuer);
+    if (cached && Date.now() - cached.fetchedAt < this.cacheMaxAgeMs) return cached;
+    let p = this.pending.get(issuer);
+    if (!p) {
+      p = this.fetchDiscovery(issuer, cached).finally(() => this.pending.delete(issuer));
+      this.pending.set(issuer, p);
+    }
+    return p;
+  }
+
+  private checkUrl(raw: string, what: string): URL {
+    let url: URL;
+    try {
+      url = new URL(raw);
+    } catch {
+      throw new AuthError('discovery_failed', `${what} "${raw}" is not a URL`);
+    }
+    const okProtocol = url.protocol === 'https:' || (this.allowInsecure && url.protocol === 'http:');
+    if (!okProtocol || url.username || url.password) {
+      throw new AuthError('discovery_failed', `${what} "${raw}" must be an https:// URL (http:// only when insecure OIDC issuers are allowed)`);
+    }
+    return url;
+  }
+
+  private async fetchDiscovery(issuer: string, previous: IssuerEntry | undefined): Promise<IssuerEntry> {
+    const docUrl = this.checkUrl(`${issuer}/.well-known/openid-configuration`, 'OIDC issuer');
+    let doc: { issuer?: unknown; jwks_uri?: unknown };
+    try {
+      // No redirects: the discovery document must come from the issuer itself.
+      const res = await fetch(docUrl, { redirect: 'error', signal: AbortSignal.timeout(this.fetchTimeoutMs), headers: { accept: 'application/json' } });
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const text = await res.text();
+      if (text.length > MAX_DISCOVERY_BYTES) throw new Error('document too large');
+      doc = JSON.parse(text) as typeof doc;
+    } catch (err) {
+      // fetch() reports "fetch failed" and keeps the useful part (ECONNREFUSED, redirect, TLS) in `cause`.
+      const e = err as Error & { cause?: { message?: string } };
+      throw new AuthError('discovery_failed', `cannot read ${docUrl.href}: ${e.cause?.message ?? e.message}`);
+    }
+    // OIDC Discovery §4.3: the document's issuer must be the one we asked for, or keys of one issuer could be
+    // presented for another.
+    if (typeof doc?.issuer !== 'string' || normalizeIssuer(doc.issuer) !== issuer) {
+      throw new AuthError('discovery_failed', `${docUrl.href} names issuer "${String(doc?.issuer)}", expected "${issuer}"`);
+    }
+    if (typeof doc.jwks_uri !== 'string') throw new AuthError('discovery_failed', `${docUrl.href} has no jwks_uri`);
+    const jwksUrl = this.checkUrl(doc.jwks_uri, 'jwks_uri');
+    // Keep the key set (and its cached keys) when only the discovery document was refreshed.
+    const jwks =
+      previous && previous.jwksUri === jwksUrl.href
+        ? previous.jwks
+        : createRemoteJWKSet(jwksUrl, {
+            timeoutDuration: this.fetchTimeoutMs,
+            cacheMaxAge: this.cacheMaxAgeMs,
+            cooldownDuration: this.jwksCooldownMs
+          });
+    const entry: IssuerEntry = { jwksUri: jwksUrl.href, jwks, fetchedAt: Date.now() };
+    this.issuers.set(issuer, entry);
+    return entry;
+  }
+}
+
+function mapVerifyError(err: unknown, iss: string): AuthError {
+  const e = err as { code?: string; claim?: string; message?: string };
+  switch (e.code) {
+    case 'ERR_JWT_EXPIRED':
+      return new AuthError('expired', `the OIDC token from ${iss} has expired; request a fresh one in the job`);
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      if (e.claim === 'nbf') return new AuthError('invalid_token', `the OIDC token from ${iss} is not valid yet ("nbf" is in the future; check the clock)`);
+      return new AuthError('invalid_token', `the OIDC token from ${iss} failed the "${String(e.claim)}" check: ${String(e.message)}`);
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+      return new AuthError('invalid_token', `the OIDC token's signing key is not among the keys ${iss} publishes`);
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+      return new AuthError('invalid_token', `the OIDC token's signature does not verify with the keys ${iss} publishes`);
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+    case 'ERR_JOSE_NOT_SUPPORTED':
+    case 'ERR_JWS_INVALID':
+    case 'ERR_JWT_INVALID':
+    case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
+      return new AuthError('invalid_token', `the OIDC token from ${iss} is malformed or uses an unsupported key: ${String(e.message)}`);
+    default:
+      // JWKS unreachable, non-200, bad JSON, timeout, invalid key set.
+      return new AuthError('discovery_failed', `cannot load the signing keys of ${iss}: ${String(e.message ?? err)}`);
+  }
+}
+
+// The claim name is looked up literally first (CircleCI's `oidc.circleci.com/org-id` contains dots and slashes);
+// only if absent is a dotted name read as a path into nested objects. Own properties only, never the prototype.
+function claimValue(payload: JWTPayload, name: string): unknown {
+  const own = (o: unknown, k: string): unknown =>
+    o !== null && typeof o === 'object' && Object.prototype.hasOwnProperty.call(o, k) ? (o as Record<string, unknown>)[k] : undefined;
+  const literal = own(payload, name);
+  if (literal !== undefined || !name.includes('.')) return literal;
+  return name.split('.').reduce<unknown>((o, k) => own(o, k), payload);
+}
+
+function audiences(payload: JWTPayload): string[] {
+  if (typeof payload.aud === 'string') return [payload.aud];
+  return Array.isArray(payload.aud) ? payload.aud.filter((a): a is string => typeof a === 'string') : [];
+}
+
+const show = (v: unknown): string => (v === undefined ? '(absent)' : String(JSON.stringify(v)).slice(0, 200));
+
+// First row (in the given order) whose audience and claim both match wins. Matching is exact: GitLab's
+// namespace_path "platform" does NOT match a project in "platform/tools"; add one rule per namespace instead.
+function matchTrust(payload: JWTPayload, candidates: TrustRow[]): OidcExchangeResult {
+  const aud = audiences(payload);
+  const audOk = candidates.filter((t) => aud.includes(t.audience));
+  if (audOk.length === 0) {
+    const want = [...new Set(candidates.map((t) => t.audience))].map((a) => `"${a}"`).join(' or ');
+    throw new AuthError('audience_mismatch', `the OIDC token's audience is ${show(payload.aud)}, expected ${want}; request the token with that audience`);
+  }
+  const misses: string[] = [];
+  for (const t of audOk) {
+    const found = claimValue(payload, t.claim);
+    // Strings only: an array claim (e.g. CircleCI context-ids) would turn "equals" into "contains".
+    if (typeof found === 'string' && found === t.value) {
+      return { org: t.org, subject: payload.sub as string, claims: payload };
+    }
+    misses.push(`org "${t.org}" expects ${t.claim}="${t.value}", the token has ${t.claim}=${show(found)}`);
+  }
+  throw new AuthError('claim_mismatch', `no trust rule matched the OIDC token from ${String(payload.iss)}: ${misses.slice(0, 5).join('; ')}`);
+}
+
+// ---- presets for `buildcloud admin trust add` -----------------------------------------------------------------
+
+export type TrustPresetKind = 'github' | 'gitlab' | 'circleci';
+
+export interface TrustPresetOptions {
+  owner?: string; // --github-owner: the owner login → claim repository_owner
+  ownerId?: string; // --github-owner-id: numeric owner id → repository_owner_id (survives renames)
+  namespace?: string; // --gitlab-namespace: group/user path → namespace_path (exact; subgroups need their own rules)
+  orgId?: string; // --circleci-org-id: the organization UUID
+  issuer?: string; // --issuer: GitLab instance (default https://gitlab.com), GHES, or a test issuer
+  audience?: string; // --audience
+  allowInsecureIssuer?: boolean; // accept an http:// --issuer on any host (loopback is always accepted)
+}
+
+const GITHUB_ISSUER = 'https://token.actions.githubusercontent.com';
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function presetIssuer(raw: string | undefined, fallback: string, insecure: boolean | undefined): string {
+  if (raw === undefined || raw === '') return fallback;
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`--issuer "${raw}" is not a URL (e.g. https://gitlab.example.com)`);
+  }
+  // http:// on loopback is a test or a GitLab on the same machine; anywhere else it must be asked for explicitly.
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+  if (url.protocol !== 'https:' && !(url.protocol === 'http:' && (insecure || loopback))) {
+    throw new Error(`--issuer "${raw}" must start with https:// (http:// only on loopback or for a server that allows insecure OIDC issuers)`);
+  }
+  if (url.search || url.hash || url.username || url.password) throw new Error(`--issuer "${raw}" must not have a query, fragment or credentials`);
+  return normalizeIssuer(url.href);
+}
+
+export function trustPreset(kind: TrustPresetKind, opts: TrustPresetOptions): Omit<TrustRow, 'id' | 'createdAt' | 'org'> {
+  const audience = opts.audience ?? 'buildcloud';
+  if (!audience || audience.length > 255 || /\s/.test(audience)) throw new Error('--audience must be a non-empty string without spaces');
+  switch (kind) {
+    case 'github': {
+      if (!!opts.owner === !!opts.ownerId) throw new Error('github trust needs exactly one of --github-owner <login> or --github-owner-id <number>');
+      if (opts.ownerId !== undefined && !/^[0-9]{1,20}$/.test(opts.ownerId)) throw new Error(`--github-owner-id "${opts.ownerId}" must be a number (GITHUB_REPOSITORY_OWNER_ID)`);
+      if (opts.owner !== undefined && !/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$/.test(opts.owner)) {
+        throw new Error(`--github-owner "${opts.owner}" is not a GitHub user or organization login`);
+      }
+      const issuer = presetIssuer(opts.issuer, GITHUB_ISSUER, opts.allowInsecureIssuer);
+      return opts.owner
+        ? { issuer, audience, claim: 'repository_owner', value: opts.owner }
+        : { issuer, audience, claim: 'repository_owner_id', value: opts.ownerId as string };
+    }
+    case 'gitlab': {
+      const ns = opts.namespace ?? '';
+      if (!/^[A-Za-z0-9_.][A-Za-z0-9_.-]*(\/[A-Za-z0-9_.][A-Za-z0-9_.-]*)*$/.test(ns)) {
+        throw new Error(`--gitlab-namespace "${ns}" must be a GitLab group or user path such as platform or platform/tools`);
+      }
+      const issuer = presetIssuer(opts.issuer, 'https://gitlab.com', opts.allowInsecureIssuer);
+      return { issuer, audience, claim: 'namespace_path', value: ns };
+    }
+    case 'circleci': {
+      const id = opts.orgId ?? '';
+      if (!UUID_RE.test(id)) throw new Error(`--circleci-org-id "${id}" must be the CircleCI organization id (a UUID, $CIRCLE_ORGANIZATION_ID)`);
+      const value = id.toLowerCase();
+      const issuer = presetIssuer(opts.issuer, `https://oidc.circleci.com/org/${value}`, opts.allowInsecureIssuer);
+      // $CIRCLE_OIDC_TOKEN_V2's default aud is the org id, so that token works without `circleci run oidc get`.
+      return { issuer, audience: opts.audience ?? value, claim: 'oidc.circleci.com/org-id', value };
+    }
+    default:
+      throw new Error(`unknown trust kind "${String(kind)}": use github, gitlab or circleci`);
+  }
+}

@@ -1,0 +1,255 @@
+// Org isolation in front of the cache registry.
+//
+// Builders' dockerd/BuildKit (and skopeo, docker CLI) talk to 127.0.0.1:PORT, which Docker treats as an
+// insecure-allowed registry, with Basic credentials the control plane issued. The upstream registry has no auth
+// of its own (the embedded one listens on a private unix socket), so THIS is the access check: a caller may only
+// touch repositories under its org's prefix ("acme/..."), may not list the catalog, and nothing else is routed.
+import * as http from 'node:http';
+import * as https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../common/log';
+import { orgRepoPrefix } from './cache-refs';
+
+export interface RegistryPrincipal {
+  org: string;
+  // Forks import only: a read-only principal may GET/HEAD but never push (an addition to the brief's shape).
+  readOnly?: boolean;
+}
+
+export type RegistryUpstream = { socketPath: string } | { url: string; username?: string; password?: string };
+
+export interface RegistryProxyOptions {
+  upstream: RegistryUpstream;
+  authenticate: (username: string, password: string) => Promise<RegistryPrincipal | null>;
+  host?: string; // default 127.0.0.1
+  port?: number; // default 0: any free port
+  log?: Logger;
+  orgPrefix?: (org: string) => string; // default orgRepoPrefix
+}
+
+// Repository name as distribution accepts it. Every alternative is anchored by a mandatory alphanumeric run, so
+// the pattern cannot backtrack exponentially on hostile paths.
+const COMP = '[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*';
+const NAME = `${COMP}(?:/${COMP})*`;
+const TAG = '[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}';
+const DIGEST = '[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}';
+const UUID = '[A-Za-z0-9_.=-]+';
+// The tail after the name is strictly validated (no "/" except in uploads/, no "%", no ".."), so the name we
+// authorise is exactly the name the registry will act on.
+const ROUTE = new RegExp(`^/v2/(${NAME})/(manifests/(?:${TAG}|${DIGEST})|blobs/(?:${DIGEST}|uploads/(?:${UUID})?)|tags/list)$`);
+const NAME_ONLY = new RegExp(`^${NAME}$`);
+const MAX_PATH = 4096;
+
+// Never forwarded: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer the
+// Location URLs the registry builds (X-Forwarded-*, Forwarded).
+const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'authorization', 'host', 'expect', 'forwarded', 'x-forwarded-for', 'x-forwarded-host',
+  'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip']);
+const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
+  'transfer-encoding', 'upgrade', 'www-authenticate']);
+
+const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
+
+function sendError(res: http.ServerResponse, status: number, code: string, message: string, extra: http.OutgoingHttpHeaders = {}): void {
+  if (res.headersSent || res.destroyed) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify({ errors: [{ code, message }] });
+  res.writeHead(status, { ...API_VERSION, 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(body), ...extra });
+  res.end(body);
+}
+
+function parseBasic(header: string | undefined): { username: string; password: string } | null {
+  const m = /^Basic\s+([A-Za-z0-9+/=]+)\s*$/i.exec(header ?? '');
+  if (!m) return null;
+  const decoded = Buffer.from(m[1], 'base64').toString('utf8');
+  const i = decoded.indexOf(':');
+  if (i <= 0) return null;
+  return { username: decoded.slice(0, i), password: decoded.slice(i + 1) };
+}
+
+function filterHeaders(headers: http.IncomingHttpHeaders, drop: Set<string>): http.OutgoingHttpHeaders {
+  const connectionListed = String(headers.connection ?? '').toLowerCase().split(',').map((s) => s.trim());
+  const out: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(headers)) {
+    if (v !== undefined && !drop.has(k) && !connectionListed.includes(k)) out[k] = v;
+  }
+  return out;
+}
+
+export class RegistryProxy {
+  private readonly opts: RegistryProxyOptions;
+  private readonly server: http.Server;
+  private readonly agent: http.Agent;
+  private readonly upstreamUrl: URL | null;
+  private readonly orgPrefix: (org: string) => string;
+  private address: AddressInfo | null = null;
+
+  constructor(opts: RegistryProxyOptions) {
+    this.opts = opts;
+    this.orgPrefix = opts.orgPrefix ?? orgRepoPrefix;
+    this.upstreamUrl = 'url' in opts.upstream ? new URL(opts.upstream.url) : null;
+    // keepAlive with no socket cap: parallel jobs each get their own upstream connection, never a shared queue.
+    this.agent = this.upstreamUrl?.protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+    this.server = http.createServer((req, res) => {
+      this.handle(req, res).catch((err: Error) => {
+        opts.log?.error({ err: err.message }, 'registry proxy: request failed');
+        sendError(res, 500, 'UNKNOWN', 'internal error in the registry proxy');
+      });
+    });
+    // Blob uploads can take long: no whole-request deadline, only one for the headers.
+    this.server.requestTimeout = 0;
+    this.server.headersTimeout = 60_000;
+    this.server.on('clientError', (_err, socket) => socket.destroy());
+  }
+
+  /** "127.0.0.1:PORT", the registry host builders use in image refs. Valid after listen(). */
+  get host(): string {
+    if (!this.address) throw new Error('registry proxy is not listening');
+    const h = this.address.family === 'IPv6' ? `[${this.address.address}]` : this.address.address;
+    return `${h}:${this.address.port}`;
+  }
+
+  listen(): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => {
+        this.server.off('error', reject);
+        this.address = this.server.address() as AddressInfo;
+        this.opts.log?.info({ host: this.host }, 'registry proxy listening');
+        resolve(this.address.port);
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+    this.agent.destroy();
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const rawUrl = req.url ?? '/';
+    const q = rawUrl.indexOf('?');
+    const pathname = q < 0 ? rawUrl : rawUrl.slice(0, q);
+    const rawQuery = q < 0 ? '' : rawUrl.slice(q + 1);
+    const query = new URLSearchParams(rawQuery);
+    const started = Date.now();
+    res.on('finish', () => this.opts.log?.debug({ method: req.method, path: pathname, status: res.statusCode, ms: Date.now() - started }, 'registry proxy'));
+
+    if (pathname !== '/v2' && !pathname.startsWith('/v2/')) return sendError(res, 404, 'UNSUPPORTED', 'not a registry API path');
+    const principal = await this.authenticate(req);
+    if (!principal) {
+      return sendError(res, 401, 'UNAUTHORIZED', 'authentication required', { 'WWW-Authenticate': 'Basic realm="buildcloud"' });
+    }
+    if (pathname === '/v2' || pathname === '/v2/') return this.forward(req, res, '/v2/');
+    if (pathname === '/v2/_catalog') return sendError(res, 403, 'DENIED', 'listing repositories is not allowed');
+
+    const m = pathname.length <= MAX_PATH ? ROUTE.exec(pathname) : null;
+    if (!m) return sendError(res, 404, 'UNSUPPORTED', 'unsupported registry API path');
+    const name = m[1];
+    const prefix = this.orgPrefix(principal.org);
+    if (!name.startsWith(prefix)) {
+      return sendError(res, 403, 'DENIED', `access to repository "${name}" is denied: this token may only use repositories under "${prefix}"`);
+    }
+    if (principal.readOnly && req.method !== 'GET' && req.method !== 'HEAD') {
+      return sendError(res, 403, 'DENIED', `this token is read-only (e.g. a fork's pull request): ${req.method} on "${name}" is not allowed`);
+    }
+    // A cross-repository mount reads the blob from `from`: only from the caller's own org. Otherwise drop the
+    // mount and the registry starts an ordinary upload (202), which clients handle like a failed mount.
+    const froms = query.getAll('from');
+    const mountAllowed = froms.length === 1 && NAME_ONLY.test(froms[0]) && froms[0].startsWith(prefix);
+    if ((query.has('mount') || froms.length > 0) && !mountAllowed) {
+      // Rebuild from the raw pairs (URLSearchParams would re-encode the signed _state needlessly), comparing
+      // DECODED keys, as the registry does: "%6Dount" is "mount" too.
+      const kept = rawQuery.split('&').filter((pair) => {
+        const key = decodeQueryKey(pair.split('=')[0]);
+        return key !== null && key !== 'mount' && key !== 'from';
+      });
+      return this.forward(req, res, kept.length ? `${pathname}?${kept.join('&')}` : pathname);
+    }
+    return this.forward(req, res, rawUrl);
+  }
+
+  private async authenticate(req: http.IncomingMessage): Promise<RegistryPrincipal | null> {
+    const creds = parseBasic(req.headers.authorization);
+    if (!creds) return null;
+    return this.opts.authenticate(creds.username, creds.password);
+  }
+
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, pathAndQuery: string): void {
+    const clientHost = req.headers.host ?? this.host;
+    const headers = filterHeaders(req.headers, DROP_REQUEST);
+    const up = this.opts.upstream;
+    let upstreamHost: string;
+    let options: http.RequestOptions;
+    if ('socketPath' in up) {
+      // The registry builds absolute Location URLs from Host: give it the client's, so uploads come back here.
+      upstreamHost = clientHost;
+      options = { socketPath: up.socketPath };
+    } else {
+      const u = this.upstreamUrl as URL;
+      upstreamHost = u.host;
+      options = { protocol: u.protocol, hostname: u.hostname, port: u.port || undefined };
+      if (up.username !== undefined) {
+        headers.authorization = `Basic ${Buffer.from(`${up.username}:${up.password ?? ''}`).toString('base64')}`;
+      }
+    }
+    headers.host = upstreamHost;
+    const transport = this.upstreamUrl?.protocol === 'https:' ? https : http;
+    const upReq = transport.request({ ...options, agent: this.agent, method: req.method, path: pathAndQuery, headers });
+
+    upReq.on('response', (upRes) => {
+      if (res.destroyed) return upRes.destroy();
+      if (upRes.statusCode === 401) {
+        // Only an external registry rejecting the control plane's own credentials gets here.
+        upRes.resume();
+        this.opts.log?.error({ path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream registry refused the configured credentials');
+        return sendError(res, 502, 'UNAVAILABLE', 'the cache registry refused the control plane\'s credentials');
+      }
+      const outHeaders = filterHeaders(upRes.headers, DROP_RESPONSE);
+      const loc = upRes.headers.location;
+      if (loc) outHeaders.location = rewriteLocation(loc, upstreamHost, clientHost);
+      res.writeHead(upRes.statusCode ?? 502, outHeaders);
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+      upRes.on('aborted', () => res.destroy());
+    });
+    upReq.on('error', (err) => {
+      req.unpipe(upReq);
+      if (res.writableEnded || res.destroyed) return;
+      this.opts.log?.warn({ err: err.message, path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream error');
+      sendError(res, 502, 'UNAVAILABLE', 'the cache registry is unavailable');
+    });
+    // A client that goes away mid-upload or mid-download must not leave the upstream request hanging.
+    res.on('close', () => {
+      if (!res.writableFinished) upReq.destroy();
+    });
+    req.on('error', () => upReq.destroy());
+    req.pipe(upReq);
+  }
+}
+
+function decodeQueryKey(raw: string): string | null {
+  try {
+    return decodeURIComponent(raw.replace(/\+/g, ' '));
+  } catch {
+    return null; // undecodable: drop the pair rather than guess what the registry would make of it
+  }
+}
+
+// Absolute Location URLs that point at the upstream registry are turned back into URLs of this proxy; anything
+// else (relative URLs, redirects to blob storage) is left alone.
+function rewriteLocation(location: string, upstreamHost: string, clientHost: string): string {
+  if (location.startsWith('/')) return location;
+  try {
+    const u = new URL(location);
+    if (u.host !== upstreamHost) return location;
+    return `http://${clientHost}${u.pathname}${u.search}`;
+  } catch {
+    return location;
+  }
+}

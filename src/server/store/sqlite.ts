@@ -1,0 +1,340 @@
+// The embedded store: one SQLite file. The server and the `buildcloud admin` CLI open the same file at the
+// same time, so it runs in WAL mode (readers never block the writer) with a busy timeout (two writers wait
+// for each other instead of failing with SQLITE_BUSY). better-sqlite3 is synchronous; the async methods
+// only keep the Store interface the same as a networked PostgreSQL store's.
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import {
+  BucketRow,
+  InsertResult,
+  LeaseEndReason,
+  LeaseRow,
+  OrgRow,
+  Store,
+  StoreConflict,
+  TokenRow,
+  TrustRow,
+  UsageRecordRow
+} from './store';
+
+export const BUSY_TIMEOUT_MS = 5000;
+
+// Schema migrations, applied in order; PRAGMA user_version counts how many ran. Append, never edit: a
+// database made by an older buildcloud is brought forward by running only the migrations it lacks.
+// Arrays and objects are JSON text, checked by json_valid so that a bad write fails loudly, not a later read.
+const MIGRATIONS: string[] = [
+  `
+  CREATE TABLE orgs (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
+
+  CREATE TABLE tokens (
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, hash TEXT NOT NULL UNIQUE, label TEXT NOT NULL,
+    created_at INTEGER NOT NULL, revoked_at INTEGER);
+  CREATE INDEX tokens_org ON tokens (org);
+
+  CREATE TABLE buckets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, seconds INTEGER NOT NULL, note TEXT NOT NULL,
+    created_at INTEGER NOT NULL);
+  CREATE INDEX buckets_org ON buckets (org);
+
+  CREATE TABLE trust (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, org TEXT NOT NULL, issuer TEXT NOT NULL, audience TEXT NOT NULL,
+    claim TEXT NOT NULL, value TEXT NOT NULL, created_at INTEGER NOT NULL);
+  CREATE INDEX trust_org ON trust (org);
+  CREATE INDEX trust_issuer ON trust (issuer);
+
+  CREATE TABLE leases (
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, pipeline_key TEXT NOT NULL, job_id TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope IN ('pipeline', 'job')),
+    platforms TEXT NOT NULL CHECK (json_valid(platforms)),
+    builder_ids TEXT NOT NULL CHECK (json_valid(builder_ids)),
+    identity TEXT NOT NULL CHECK (json_valid(identity)),
+    actor TEXT NOT NULL, cert_fingerprint TEXT NOT NULL, registry_user TEXT NOT NULL,
+    registry_password_hash TEXT NOT NULL,
+    created_at INTEGER NOT NULL, last_active_at INTEGER NOT NULL,
+    ended_at INTEGER, end_reason TEXT, billed_seconds INTEGER);
+  -- billedSeconds(org, since): ended leases of an org by end time
+  CREATE INDEX leases_org_ended ON leases (org, ended_at);
+  -- activeLeases(): the reaper scans these every few seconds; a partial index keeps it small
+  CREATE INDEX leases_active ON leases (org, created_at) WHERE ended_at IS NULL;
+
+  CREATE TABLE usage_records (
+    id TEXT PRIMARY KEY, org TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
+    received_at INTEGER NOT NULL, lease_id TEXT, data TEXT NOT NULL CHECK (json_valid(data)));
+  CREATE INDEX usage_records_org_time ON usage_records (org, time);
+  `
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+interface LeaseDbRow {
+  id: string;
+  org: string;
+  pipeline_key: string;
+  job_id: string;
+  scope: 'pipeline' | 'job';
+  platforms: string;
+  builder_ids: string;
+  identity: string;
+  actor: string;
+  cert_fingerprint: string;
+  registry_user: string;
+  registry_password_hash: string;
+  created_at: number;
+  last_active_at: number;
+  ended_at: number | null;
+  end_reason: LeaseEndReason | null;
+  billed_seconds: number | null;
+}
+
+const LEASE_COLUMNS = `id, org, pipeline_key, job_id, scope, platforms, builder_ids, identity, actor, cert_fingerprint,
+  registry_user, registry_password_hash, created_at, last_active_at, ended_at, end_reason, billed_seconds`;
+
+function leaseFromDb(r: LeaseDbRow): LeaseRow {
+  return {
+    id: r.id,
+    org: r.org,
+    pipelineKey: r.pipeline_key,
+    jobId: r.job_id,
+    scope: r.scope,
+    platforms: JSON.parse(r.platforms) as string[],
+    builderIds: JSON.parse(r.builder_ids) as string[],
+    identity: JSON.parse(r.identity) as Record<string, unknown>,
+    actor: r.actor,
+    certFingerprint: r.cert_fingerprint,
+    registryUser: r.registry_user,
+    registryPasswordHash: r.registry_password_hash,
+    createdAt: r.created_at,
+    lastActiveAt: r.last_active_at,
+    endedAt: r.ended_at,
+    endReason: r.end_reason,
+    billedSeconds: r.billed_seconds
+  };
+}
+
+const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt FROM tokens';
+const TRUST_SELECT =
+  'SELECT id, org, issuer, audience, claim, value, created_at AS createdAt FROM trust';
+
+// Only a repeated key is a conflict; other constraint failures (NOT NULL, CHECK) are bugs and stay errors.
+function isUniqueViolation(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE';
+}
+
+function requireInt(name: string, v: number): void {
+  if (!Number.isSafeInteger(v)) throw new TypeError(`${name} must be an integer, got ${v}`);
+}
+
+/** Brings the schema up to SCHEMA_VERSION. Exported for tests and for `buildcloud admin migrate`. */
+export function migrate(db: Database.Database): number {
+  // IMMEDIATE takes the write lock before reading user_version, so a server and a CLI starting together
+  // cannot both run the same migration.
+  const run = db.transaction(() => {
+    const current = db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new Error(
+        `database schema version ${current} is newer than this buildcloud supports (${MIGRATIONS.length}); upgrade buildcloud`
+      );
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+    return current;
+  });
+  return run.immediate();
+}
+
+export class SqliteStore implements Store {
+  private closed = false;
+  private readonly st;
+
+  constructor(readonly db: Database.Database) {
+    // busy_timeout first: switching to WAL itself needs a lock another process may hold.
+    db.pragma(`busy_timeout = ${BUSY_TIMEOUT_MS}`);
+    db.pragma('journal_mode = WAL');
+    // FULL (the default, stated on purpose): billing rows acknowledged to a client must survive a power
+    // loss, because the client deletes its copy once the endpoint says "accepted".
+    db.pragma('synchronous = FULL');
+    migrate(db);
+    this.st = {
+      insertOrg: db.prepare('INSERT INTO orgs (name, created_at) VALUES (?, ?)'),
+      getOrg: db.prepare('SELECT name, created_at AS createdAt FROM orgs WHERE name = ?'),
+      listOrgs: db.prepare('SELECT name, created_at AS createdAt FROM orgs ORDER BY name'),
+      insertToken: db.prepare(
+        'INSERT INTO tokens (id, org, hash, label, created_at, revoked_at) VALUES (@id, @org, @hash, @label, @createdAt, @revokedAt)'
+      ),
+      tokenByHash: db.prepare(`${TOKEN_SELECT} WHERE hash = ?`),
+      revokeToken: db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
+      listTokens: db.prepare(`${TOKEN_SELECT} WHERE org = ? ORDER BY created_at, id`),
+      insertBucket: db.prepare('INSERT INTO buckets (org, seconds, note, created_at) VALUES (?, ?, ?, ?)'),
+      bucketSeconds: db.prepare('SELECT COALESCE(SUM(seconds), 0) AS s FROM buckets WHERE org = ?'),
+      insertTrust: db.prepare(
+        'INSERT INTO trust (org, issuer, audience, claim, value, created_at) VALUES (@org, @issuer, @audience, @claim, @value, @createdAt)'
+      ),
+      listTrust: db.prepare(`${TRUST_SELECT} ORDER BY id`),
+      listTrustOrg: db.prepare(`${TRUST_SELECT} WHERE org = ? ORDER BY id`),
+      removeTrust: db.prepare('DELETE FROM trust WHERE id = ?'),
+      insertLease: db.prepare(`INSERT INTO leases (${LEASE_COLUMNS}) VALUES (@id, @org, @pipelineKey, @jobId, @scope,
+        @platforms, @builderIds, @identity, @actor, @certFingerprint, @registryUser, @registryPasswordHash, @createdAt,
+        @lastActiveAt, @endedAt, @endReason, @billedSeconds)`),
+      getLease: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE id = ?`),
+      // Only active leases are touched: activity after the end must not move a billed lease.
+      touchLease: db.prepare(
+        'UPDATE leases SET last_active_at = MAX(last_active_at, ?) WHERE id = ? AND ended_at IS NULL'
+      ),
+      endLease: db.prepare(
+        'UPDATE leases SET ended_at = ?, end_reason = ?, billed_seconds = ? WHERE id = ? AND ended_at IS NULL'
+      ),
+      activeLeases: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE ended_at IS NULL ORDER BY created_at, id`),
+      activeLeasesOrg: db.prepare(
+        `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND ended_at IS NULL ORDER BY created_at, id`
+      ),
+      billedSince: db.prepare(
+        'SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ?'
+      ),
+      countEnded: db.prepare(
+        'SELECT COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ?'
+      ),
+      // ON CONFLICT(id) rather than OR IGNORE: only a repeated id is a duplicate; any other constraint
+      // failure must still throw.
+      insertRecord: db.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data)
+        VALUES (@id, @org, @type, @time, @receivedAt, @leaseId, @data) ON CONFLICT (id) DO NOTHING`),
+      records: db.prepare(`SELECT id, org, type, time, received_at AS receivedAt, lease_id AS leaseId, data
+        FROM usage_records WHERE org = ? AND time >= ? AND time < ? ORDER BY time, id`)
+    };
+  }
+
+  async createOrg(name: string, now: number): Promise<OrgRow> {
+    try {
+      this.st.insertOrg.run(name, now);
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new StoreConflict(`org "${name}" already exists`);
+      throw err;
+    }
+    return { name, createdAt: now };
+  }
+
+  async getOrg(name: string): Promise<OrgRow | null> {
+    return (this.st.getOrg.get(name) as OrgRow | undefined) ?? null;
+  }
+
+  async listOrgs(): Promise<OrgRow[]> {
+    return this.st.listOrgs.all() as OrgRow[];
+  }
+
+  async createToken(row: TokenRow): Promise<void> {
+    try {
+      this.st.insertToken.run(row);
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new StoreConflict(`token "${row.id}" already exists`);
+      throw err;
+    }
+  }
+
+  async findTokenByHash(hash: string): Promise<TokenRow | null> {
+    return (this.st.tokenByHash.get(hash) as TokenRow | undefined) ?? null;
+  }
+
+  async revokeToken(id: string, now: number): Promise<boolean> {
+    return this.st.revokeToken.run(now, id).changes === 1;
+  }
+
+  async listTokens(org: string): Promise<TokenRow[]> {
+    return this.st.listTokens.all(org) as TokenRow[];
+  }
+
+  async addBucket(org: string, seconds: number, note: string, now: number): Promise<BucketRow> {
+    requireInt('seconds', seconds);
+    const id = Number(this.st.insertBucket.run(org, seconds, note, now).lastInsertRowid);
+    return { id, org, seconds, note, createdAt: now };
+  }
+
+  async bucketSeconds(org: string): Promise<number> {
+    return (this.st.bucketSeconds.get(org) as { s: number }).s;
+  }
+
+  async addTrust(row: Omit<TrustRow, 'id'>): Promise<TrustRow> {
+    const id = Number(this.st.insertTrust.run(row).lastInsertRowid);
+    return { id, ...row };
+  }
+
+  async listTrust(org?: string): Promise<TrustRow[]> {
+    return (org === undefined ? this.st.listTrust.all() : this.st.listTrustOrg.all(org)) as TrustRow[];
+  }
+
+  async removeTrust(id: number): Promise<boolean> {
+    return this.st.removeTrust.run(id).changes === 1;
+  }
+
+  async insertLease(row: LeaseRow): Promise<void> {
+    try {
+      this.st.insertLease.run({
+        ...row,
+        platforms: JSON.stringify(row.platforms),
+        builderIds: JSON.stringify(row.builderIds),
+        identity: JSON.stringify(row.identity)
+      });
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new StoreConflict(`lease "${row.id}" already exists`);
+      throw err;
+    }
+  }
+
+  async getLease(id: string): Promise<LeaseRow | null> {
+    const r = this.st.getLease.get(id) as LeaseDbRow | undefined;
+    return r ? leaseFromDb(r) : null;
+  }
+
+  async touchLease(id: string, now: number): Promise<void> {
+    this.st.touchLease.run(now, id);
+  }
+
+  async endLease(id: string, endedAt: number, reason: LeaseEndReason, billedSeconds: number): Promise<boolean> {
+    requireInt('billedSeconds', billedSeconds);
+    // The WHERE clause makes ending atomic even across processes: of two concurrent enders (release and
+    // reaper, or two servers), exactly one sees changes === 1, so a lease is billed once.
+    return this.st.endLease.run(endedAt, reason, billedSeconds, id).changes === 1;
+  }
+
+  async activeLeases(org?: string): Promise<LeaseRow[]> {
+    const rows = (org === undefined ? this.st.activeLeases.all() : this.st.activeLeasesOrg.all(org)) as LeaseDbRow[];
+    return rows.map(leaseFromDb);
+  }
+
+  async billedSeconds(org: string, sinceMs?: number): Promise<number> {
+    return (this.st.billedSince.get(org, sinceMs ?? Number.MIN_SAFE_INTEGER) as { s: number }).s;
+  }
+
+  /** Leases of the org that ended in [sinceMs, untilMs). Not (yet) on the Store interface; see usage.ts. */
+  async countEndedLeases(org: string, sinceMs: number, untilMs: number): Promise<number> {
+    return (this.st.countEnded.get(org, sinceMs, untilMs) as { n: number }).n;
+  }
+
+  async insertUsageRecord(row: UsageRecordRow): Promise<InsertResult> {
+    const changes = this.st.insertRecord.run({ ...row, data: JSON.stringify(row.data) }).changes;
+    return changes === 1 ? 'inserted' : 'duplicate';
+  }
+
+  async usageRecords(org: string, sinceMs: number, untilMs: number): Promise<UsageRecordRow[]> {
+    const rows = this.st.records.all(org, sinceMs, untilMs) as Array<Omit<UsageRecordRow, 'data'> & { data: string }>;
+    return rows.map((r) => ({ ...r, data: JSON.parse(r.data) as Record<string, unknown> }));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.db.close();
+  }
+}
+
+/** Opens (creating if needed) the store at `file`; `:memory:` gives a private in-memory store for tests. */
+export function openSqliteStore(file: string): SqliteStore {
+  if (file !== ':memory:') mkdirSync(dirname(file), { recursive: true });
+  const db = new Database(file);
+  try {
+    return new SqliteStore(db);
+  } catch (err) {
+    db.close(); // e.g. a schema from a newer buildcloud: do not leave the file locked
+    throw err;
+  }
+}
