@@ -7,7 +7,8 @@ import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
 import { services, type LeaseMsg } from '../../src/common/proto';
 
-export const ROOT = path.resolve(__dirname, '../..');
+// Bundled runs (bench/) set BUILDCLOUD_ROOT, since __dirname is then a temp dir.
+export const ROOT = process.env.BUILDCLOUD_ROOT || path.resolve(__dirname, '../..');
 export const CLI = path.join(ROOT, 'dist/cli.js');
 
 export interface ServerProcess {

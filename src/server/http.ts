@@ -71,7 +71,8 @@ export function createMetrics() {
       registers
     }),
     activeLeases: new Gauge({ name: 'buildcloud_active_leases', help: 'Leases not yet ended', registers }),
-    activeBuilders: new Gauge({ name: 'buildcloud_active_builders', help: 'Builders running', registers }),
+    activeBuilders: new Gauge({ name: 'buildcloud_active_builders', help: 'Builders running (warm, assigned, in grace)', registers }),
+    warmBuilders: new Gauge({ name: 'buildcloud_warm_builders', help: 'Builders started and ready in the warm pool', registers }),
     reapedLeases: new Counter({
       name: 'buildcloud_reaped_leases_total',
       help: 'Leases ended by the reaper, by reason (idle, ttl)',

@@ -6,5 +6,6 @@ export interface ServerMetrics {
   provisionLatency: Histogram<'warm'>;
   activeLeases: Gauge;
   activeBuilders: Gauge;
+  warmBuilders: Gauge;
   reapedLeases: Counter<'reason'>;
 }

@@ -114,7 +114,7 @@ export class EmbeddedRegistry {
     const logFile = fs.openSync(path.join(this.dir, 'registry.log'), 'a', 0o600);
 
     const started = Date.now();
-    const child = spawn(this.registryPath, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(this.registryPath, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'], detached: true /* Ctrl-C reaches serve only; serve stops it in order */ });
     this.child = child;
     const onData = (chunk: Buffer): void => {
       fs.writeSync(logFile, chunk);

@@ -107,7 +107,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
           graceMs: config.graceMs,
           log,
           onActivity: (fp) => leases?.activity(fp),
-          onChange: () => metrics.activeBuilders.set(pool?.count() ?? 0)
+          onChange: () => {
+            metrics.activeBuilders.set(pool?.count() ?? 0);
+            metrics.warmBuilders.set(pool?.count('warm') ?? 0);
+          }
         })
       : null;
     if (pool) cleanups.push(() => pool.stop());

@@ -90,7 +90,7 @@ async function tailFile(file: string, lines = 20): Promise<string> {
       const len = Math.min(size, 8192);
       const buf = Buffer.alloc(len);
       await fh.read(buf, 0, len, size - len);
-      return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n');
+      return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n') || '(empty)';
     } finally {
       await fh.close();
     }
@@ -100,6 +100,8 @@ async function tailFile(file: string, lines = 20): Promise<string> {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+// A spawn failure (ENOENT, EACCES) is emitted asynchronously, possibly before anyone waits on the child.
+const spawnErrors = new WeakMap<ChildProcess, Error>();
 
 export class DockerdDriver implements Driver {
   readonly name = 'dockerd';
@@ -110,6 +112,7 @@ export class DockerdDriver implements Driver {
   private readonly bridges: BridgeAllocator;
   private readonly base = runtimeBase();
   private readonly children = new Map<string, ChildProcess>();
+  private readonly active = new Set<string>(); // started (or starting) by this instance and not destroyed
 
   constructor(opts: DockerdDriverOptions) {
     this.rootDir = path.resolve(opts.rootDir);
@@ -128,6 +131,18 @@ export class DockerdDriver implements Driver {
   async start(id: string): Promise<BuilderHandle> {
     const t0 = performance.now();
     const l = this.layout(id);
+    if (this.active.has(id)) throw new Error(`builder ${id} is already running`);
+    this.active.add(id);
+    try {
+      return await this.startIn(l, t0);
+    } catch (err) {
+      this.active.delete(id);
+      throw err;
+    }
+  }
+
+  private async startIn(l: Layout, t0: number): Promise<BuilderHandle> {
+    const id = l.id;
     await this.teardown(l, null); // leftovers of a crashed run with the same id would break the new one
     await fs.promises.mkdir(l.dataRoot, { recursive: true, mode: 0o700 });
     await fs.promises.chmod(l.dir, 0o700);
@@ -136,11 +151,10 @@ export class DockerdDriver implements Driver {
     const configFile = path.join(l.dir, 'daemon.json');
     await fs.promises.writeFile(configFile, JSON.stringify({ features: { buildkit: true } }) + '\n', { mode: 0o600 });
     const state: State = { bridge: l.bridge, subnet: null, pid: null };
-    let child: ChildProcess | null = null;
     try {
       state.subnet = (await this.bridges.create(l.bridge)).subnet;
       await this.saveState(l, state);
-      child = this.spawnDockerd(l, configFile);
+      const child = this.spawnDockerd(l, configFile);
       state.pid = child.pid ?? null;
       await this.saveState(l, state);
       await this.waitReady(l, child);
@@ -165,7 +179,11 @@ export class DockerdDriver implements Driver {
   async destroy(handle: BuilderHandle): Promise<void> {
     if (!ID_RE.test(handle.id)) return;
     const l = this.layout(handle.id);
-    await this.teardown(l, handle.pid);
+    try {
+      await this.teardown(l, handle.pid);
+    } finally {
+      this.active.delete(handle.id);
+    }
   }
 
   async alive(handle: BuilderHandle): Promise<boolean> {
@@ -181,7 +199,7 @@ export class DockerdDriver implements Driver {
     } catch {
       return [];
     }
-    const ids = entries.filter((e) => ID_RE.test(e) && !this.children.has(e));
+    const ids = entries.filter((e) => ID_RE.test(e) && !this.active.has(e));
     for (const id of ids) await this.teardown(this.layout(id), null);
     return ids;
   }
@@ -225,7 +243,10 @@ export class DockerdDriver implements Driver {
     try {
       // Own session: a Ctrl-C on the control plane's terminal must not reach builders before it destroys them.
       const child = spawn(this.dockerdPath, args, { detached: true, stdio: ['ignore', logFd, logFd], env });
-      child.on('error', (err) => this.log.error({ builder: l.id, err: err.message }, 'dockerd spawn error'));
+      child.on('error', (err) => {
+        spawnErrors.set(child, err);
+        this.log.error({ builder: l.id, err: err.message }, 'dockerd spawn error');
+      });
       this.children.set(l.id, child);
       child.once('exit', (code, signal) => {
         this.children.delete(l.id);
@@ -240,11 +261,10 @@ export class DockerdDriver implements Driver {
 
   private async waitReady(l: Layout, child: ChildProcess): Promise<void> {
     const deadline = Date.now() + this.startTimeoutMs;
-    let spawnError: Error | null = null;
-    child.once('error', (e) => (spawnError = e));
     for (;;) {
+      const spawnError = spawnErrors.get(child);
       if (spawnError || child.exitCode !== null || child.signalCode !== null) {
-        const why = spawnError ? String(spawnError) : `exited with ${child.exitCode ?? child.signalCode}`;
+        const why = spawnError ? `could not be run (${spawnError.message})` : `exited with ${child.exitCode ?? child.signalCode}`;
         throw new Error(`dockerd for builder ${l.id} ${why} before it was ready. Log tail (${l.logFile}):\n${await tailFile(l.logFile)}`);
       }
       if (await ping(l.socketPath, 1000)) return;
@@ -280,11 +300,18 @@ export class DockerdDriver implements Driver {
     // Anything whose command line names our run dir or data root is ours: dockerd, its containerd and the
     // containerd shims that outlive containerd by design.
     const marks = { paths: [l.runDir, l.dataRoot], execIds: await executorIds(l.dataRoot) };
-    await stopProcesses(pid ?? state?.pid ?? pidFromFile, marks, this.log);
-    await unmountUnder([l.dir, l.runDir], this.log);
-    await removeDir(l.dir, this.log);
-    await removeDir(l.runDir, this.log);
-    await this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined);
+    // A child we spawned and Node has not reaped cannot have had its pid recycled.
+    const child = this.children.get(l.id);
+    const live = child?.pid !== undefined && child.exitCode === null && child.signalCode === null;
+    // Every step is tried even if an earlier one failed: a stuck directory must not also leak the bridge.
+    const errors: string[] = [];
+    const step = (p: Promise<void>): Promise<void> => p.catch((e: unknown) => void errors.push(String(e)));
+    await step(stopProcesses(live ? child.pid! : (pid ?? state?.pid ?? pidFromFile), live, marks, this.log));
+    await step(unmountUnder([l.dir, l.runDir], this.log));
+    await step(removeDir(l.dir, this.log));
+    await step(removeDir(l.runDir, this.log));
+    await step(this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined));
+    if (errors.length) throw new Error(`cleanup of builder ${l.id} incomplete: ${errors.join('; ')}`);
   }
 }
 
@@ -359,12 +386,12 @@ async function executorIds(dataRoot: string): Promise<string[]> {
   }
 }
 
-function victimsOf(procs: Map<number, Proc>, root: number | null, markers: Marks): Proc[] {
+function victimsOf(procs: Map<number, Proc>, root: number | null, trusted: boolean, markers: Marks): Proc[] {
   const found = new Map<number, Proc>();
   for (const p of procs.values()) if (mentions(p, markers)) found.set(p.pid, p);
   // Only follow the tree from a pid that is really our dockerd, not a recycled pid of something else.
   const rootProc = root ? procs.get(root) : undefined;
-  if (rootProc && mentions(rootProc, markers)) found.set(rootProc.pid, rootProc);
+  if (rootProc && (trusted || mentions(rootProc, markers))) found.set(rootProc.pid, rootProc);
   // Descendants too: container processes (children of a shim or of BuildKit's runc) name none of our paths.
   const queue = [...found.keys()];
   while (queue.length) {
@@ -406,9 +433,9 @@ const ENGINE_BINARIES = new Set(['dockerd', 'containerd', 'containerd-shim', 'co
 // A builder's processes are disposable, its mounts are not: kill the workload (containers, BuildKit's runc) at
 // once, so dockerd does not spend each container's 10 s stop timeout, then SIGTERM dockerd, which stops its
 // containerd and unmounts its layers. Whatever is left after that (or after a hung dockerd) is SIGKILLed.
-async function stopProcesses(root: number | null, markers: Marks, log: Logger): Promise<void> {
+async function stopProcesses(root: number | null, trusted: boolean, markers: Marks, log: Logger): Promise<void> {
   const withCgroup = markers.execIds.length > 0;
-  const victims = victimsOf(await listProcs(withCgroup), root, markers);
+  const victims = victimsOf(await listProcs(withCgroup), root, trusted, markers);
   if (victims.length === 0) return;
   const main = victims.find((p) => p.pid === root);
   if (main) {
@@ -420,7 +447,7 @@ async function stopProcesses(root: number | null, markers: Marks, log: Logger): 
       await waitGone([main], 5_000);
     }
   }
-  const rest = [...victims, ...victimsOf(await listProcs(withCgroup), null, markers)];
+  const rest = [...victims, ...victimsOf(await listProcs(withCgroup), null, false, markers)];
   for (const p of rest) signal(p, 'SIGKILL');
   const left = await waitGone(rest, 5_000);
   if (left.length) throw new Error(`builder processes survived SIGKILL: ${left.map((p) => p.pid).join(', ')}`);
