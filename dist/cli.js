@@ -32819,6 +32819,8 @@ var init_sqlite = __esm({
   CREATE INDEX leases_org_ended ON leases (org, ended_at);
   -- activeLeases(): the reaper scans these every few seconds; a partial index keeps it small
   CREATE INDEX leases_active ON leases (org, created_at) WHERE ended_at IS NULL;
+  -- leasesOfPipeline(): a pipeline's minutes and cache ratio for its pull request comment
+  CREATE INDEX leases_pipeline ON leases (org, pipeline_key);
 
   CREATE TABLE usage_records (
     id TEXT PRIMARY KEY, org TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
@@ -32870,6 +32872,9 @@ var init_sqlite = __esm({
           activeLeases: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE ended_at IS NULL ORDER BY created_at, id`),
           activeLeasesOrg: db.prepare(
             `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND ended_at IS NULL ORDER BY created_at, id`
+          ),
+          leasesOfPipeline: db.prepare(
+            `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND pipeline_key = ? ORDER BY created_at, id LIMIT 10000`
           ),
           billedSince: db.prepare(
             "SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ?"
@@ -32965,6 +32970,9 @@ var init_sqlite = __esm({
       async activeLeases(org) {
         const rows = org === void 0 ? this.st.activeLeases.all() : this.st.activeLeasesOrg.all(org);
         return rows.map(leaseFromDb);
+      }
+      async leasesOfPipeline(org, pipelineKey) {
+        return this.st.leasesOfPipeline.all(org, pipelineKey).map(leaseFromDb);
       }
       async billedSeconds(org, sinceMs) {
         return this.st.billedSince.get(org, sinceMs ?? Number.MIN_SAFE_INTEGER).s;
@@ -56858,7 +56866,8 @@ var init_leases = __esm({
           tls: null,
           cache: null,
           billedSeconds: row.billedSeconds ?? 0,
-          idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1e3)
+          idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1e3),
+          meteringUrl: this.d.meteringUrl()
         };
       }
     };
@@ -56869,7 +56878,7 @@ var init_leases = __esm({
 var buildcloud_default;
 var init_buildcloud = __esm({
   "proto/buildcloud/v1/buildcloud.proto"() {
-    buildcloud_default = "// The gRPC contract between the CI side (action, component, orb, CLI) and the control plane.\n// Every call except Auth/ExchangeToken carries `authorization: Bearer <token>` metadata: an org token\n// made by `buildcloud admin token create`, or an access token returned by ExchangeToken.\nsyntax = \"proto3\";\n\npackage buildcloud.v1;\n\nservice BuildCloud {\n  // Provision returns a lease on one builder per requested platform. Jobs of the same pipeline asking\n  // for the same platform with scope PIPELINE share a builder; scope JOB gives the job its own.\n  rpc Provision(ProvisionRequest) returns (Lease);\n  // Release ends the caller's hold on the lease's builders; idempotent.\n  rpc Release(ReleaseRequest) returns (Lease);\n  // Get returns the lease and counts as activity (it keeps an idle lease alive).\n  rpc Get(GetRequest) returns (Lease);\n}\n\nservice Auth {\n  // ExchangeToken trades a CI's OIDC token for a short-lived access token of the org that trusts it.\n  rpc ExchangeToken(ExchangeTokenRequest) returns (ExchangeTokenResponse);\n}\n\nenum Scope {\n  SCOPE_UNSPECIFIED = 0; // treated as PIPELINE\n  SCOPE_PIPELINE = 1;\n  SCOPE_JOB = 2;\n}\n\nenum EndpointKind {\n  ENDPOINT_KIND_UNSPECIFIED = 0;\n  ENDPOINT_KIND_DOCKER = 1;   // a Docker Engine API (BuildKit inside): DOCKER_HOST=tcp://..., DOCKER_TLS_VERIFY=1\n  ENDPOINT_KIND_BUILDKIT = 2; // a BuildKit daemon API (buildx --driver remote); reserved for buildkitd\n}\n\nenum LeaseState {\n  LEASE_STATE_UNSPECIFIED = 0;\n  LEASE_STATE_ACTIVE = 1;\n  LEASE_STATE_RELEASED = 2; // released by the client\n  LEASE_STATE_EXPIRED = 3;  // reaped: idle timeout or maximum TTL\n}\n\n// Who is asking, as the CI describes it. Used for cache scoping, analytics and audit.\nmessage CIIdentity {\n  string provider = 1;       // github | gitlab | circleci | local\n  string project = 2;        // e.g. acme/widget-api; cache refs are scoped by it\n  string branch = 3;\n  string default_branch = 4; // its cache is imported as a fallback\n  bool fork = 5;             // a fork's pull request: imports only, never exports to the org cache\n  string actor = 6;          // the user who triggered the pipeline (distinct users per month)\n  string run_url = 7;\n}\n\nmessage ProvisionRequest {\n  string org = 1;\n  string pipeline_key = 2;        // GitHub repository_id/run_id/run_attempt, GitLab project_id/pipeline_id, CircleCI workflow_id\n  string job_id = 3;\n  repeated string platforms = 4;  // e.g. linux/amd64; empty means the control plane's native platform\n  Scope scope = 5;\n  CIIdentity identity = 6;\n}\n\nmessage ReleaseRequest {\n  string lease_id = 1;\n}\n\nmessage GetRequest {\n  string lease_id = 1;\n}\n\n// Client TLS material for the lease: accepted only by this lease's builders, only while the lease is active.\nmessage TlsMaterial {\n  string ca_pem = 1;   // verifies the builders' server certs\n  string cert_pem = 2; // client cert issued for this lease\n  string key_pem = 3;\n}\n\nmessage BuilderEndpoint {\n  string platform = 1;\n  EndpointKind kind = 2;\n  string address = 3;    // tcp://127.0.0.1:PORT\n  string builder_id = 4;\n  bool warm = 5;         // served from the warm pool\n  bool shared = 6;       // another job of the pipeline already held this builder\n}\n\nmessage RegistryCredentials {\n  string host = 1;     // host:port of the org cache registry as builders reach it\n  string username = 2;\n  string password = 3; // valid while the lease is active; grants the org's repositories only\n}\n\nmessage CacheRefs {\n  repeated string import_refs = 1; // the branch's ref first, then the default branch's\n  string export_ref = 2;           // empty for forks\n  RegistryCredentials registry = 3;\n}\n\nmessage Lease {\n  string id = 1;\n  string org = 2;\n  string pipeline_key = 3;\n  string job_id = 4;\n  Scope scope = 5;\n  LeaseState state = 6;\n  int64 created_at_ms = 7;\n  int64 expires_at_ms = 8;      // the earlier of idle expiry and maximum TTL\n  repeated BuilderEndpoint builders = 9;\n  TlsMaterial tls = 10;         // only in Provision's reply\n  CacheRefs cache = 11;\n  int64 billed_seconds = 12;    // set once the lease has ended\n  int64 idle_timeout_s = 13;\n}\n\nmessage ExchangeTokenRequest {\n  string oidc_token = 1;\n  string org = 2; // optional: the org to authenticate as; otherwise the first org whose trust rule matches\n}\n\nmessage ExchangeTokenResponse {\n  string access_token = 1;\n  string org = 2;\n  int64 expires_at_ms = 3;\n}\n";
+    buildcloud_default = "// The gRPC contract between the CI side (action, component, orb, CLI) and the control plane.\n// Every call except Auth/ExchangeToken carries `authorization: Bearer <token>` metadata: an org token\n// made by `buildcloud admin token create`, or an access token returned by ExchangeToken.\nsyntax = \"proto3\";\n\npackage buildcloud.v1;\n\nservice BuildCloud {\n  // Provision returns a lease on one builder per requested platform. Jobs of the same pipeline asking\n  // for the same platform with scope PIPELINE share a builder; scope JOB gives the job its own.\n  rpc Provision(ProvisionRequest) returns (Lease);\n  // Release ends the caller's hold on the lease's builders; idempotent.\n  rpc Release(ReleaseRequest) returns (Lease);\n  // Get returns the lease and counts as activity (it keeps an idle lease alive).\n  rpc Get(GetRequest) returns (Lease);\n}\n\nservice Auth {\n  // ExchangeToken trades a CI's OIDC token for a short-lived access token of the org that trusts it.\n  rpc ExchangeToken(ExchangeTokenRequest) returns (ExchangeTokenResponse);\n}\n\nenum Scope {\n  SCOPE_UNSPECIFIED = 0; // treated as PIPELINE\n  SCOPE_PIPELINE = 1;\n  SCOPE_JOB = 2;\n}\n\nenum EndpointKind {\n  ENDPOINT_KIND_UNSPECIFIED = 0;\n  ENDPOINT_KIND_DOCKER = 1;   // a Docker Engine API (BuildKit inside): DOCKER_HOST=tcp://..., DOCKER_TLS_VERIFY=1\n  ENDPOINT_KIND_BUILDKIT = 2; // a BuildKit daemon API (buildx --driver remote); reserved for buildkitd\n}\n\nenum LeaseState {\n  LEASE_STATE_UNSPECIFIED = 0;\n  LEASE_STATE_ACTIVE = 1;\n  LEASE_STATE_RELEASED = 2; // released by the client\n  LEASE_STATE_EXPIRED = 3;  // reaped: idle timeout or maximum TTL\n}\n\n// Who is asking, as the CI describes it. Used for cache scoping, analytics and audit.\nmessage CIIdentity {\n  string provider = 1;       // github | gitlab | circleci | local\n  string project = 2;        // e.g. acme/widget-api; cache refs are scoped by it\n  string branch = 3;\n  string default_branch = 4; // its cache is imported as a fallback\n  bool fork = 5;             // a fork's pull request: imports only, never exports to the org cache\n  string actor = 6;          // the user who triggered the pipeline (distinct users per month)\n  string run_url = 7;\n}\n\nmessage ProvisionRequest {\n  string org = 1;\n  string pipeline_key = 2;        // GitHub repository_id/run_id/run_attempt, GitLab project_id/pipeline_id, CircleCI workflow_id\n  string job_id = 3;\n  repeated string platforms = 4;  // e.g. linux/amd64; empty means the control plane's native platform\n  Scope scope = 5;\n  CIIdentity identity = 6;\n}\n\nmessage ReleaseRequest {\n  string lease_id = 1;\n}\n\nmessage GetRequest {\n  string lease_id = 1;\n}\n\n// Client TLS material for the lease: accepted only by this lease's builders, only while the lease is active.\nmessage TlsMaterial {\n  string ca_pem = 1;   // verifies the builders' server certs\n  string cert_pem = 2; // client cert issued for this lease\n  string key_pem = 3;\n}\n\nmessage BuilderEndpoint {\n  string platform = 1;\n  EndpointKind kind = 2;\n  string address = 3;    // tcp://127.0.0.1:PORT\n  string builder_id = 4;\n  bool warm = 5;         // served from the warm pool\n  bool shared = 6;       // another job of the pipeline already held this builder\n}\n\nmessage RegistryCredentials {\n  string host = 1;     // host:port of the org cache registry as builders reach it\n  string username = 2;\n  string password = 3; // valid while the lease is active; grants the org's repositories only\n}\n\nmessage CacheRefs {\n  repeated string import_refs = 1; // the branch's ref first, then the default branch's\n  string export_ref = 2;           // empty for forks\n  RegistryCredentials registry = 3;\n}\n\nmessage Lease {\n  string id = 1;\n  string org = 2;\n  string pipeline_key = 3;\n  string job_id = 4;\n  Scope scope = 5;\n  LeaseState state = 6;\n  int64 created_at_ms = 7;\n  int64 expires_at_ms = 8;      // the earlier of idle expiry and maximum TTL\n  repeated BuilderEndpoint builders = 9;\n  TlsMaterial tls = 10;         // only in Provision's reply\n  CacheRefs cache = 11;\n  int64 billed_seconds = 12;    // set once the lease has ended\n  int64 idle_timeout_s = 13;\n  string metering_url = 14;     // where clients POST usage records (CloudEvents): <http endpoint>/v1/events\n}\n\nmessage ExchangeTokenRequest {\n  string oidc_token = 1;\n  string org = 2; // optional: the org to authenticate as; otherwise the first org whose trust rule matches\n}\n\nmessage ExchangeTokenResponse {\n  string access_token = 1;\n  string org = 2;\n  int64 expires_at_ms = 3;\n}\n";
   }
 });
 
@@ -81470,9 +81479,9 @@ var require_schema_controller = __commonJS({
   }
 });
 
-// node_modules/semver/internal/constants.js
+// node_modules/fastify/node_modules/semver/internal/constants.js
 var require_constants3 = __commonJS({
-  "node_modules/semver/internal/constants.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/constants.js"(exports2, module2) {
     "use strict";
     var SEMVER_SPEC_VERSION = "2.0.0";
     var MAX_LENGTH = 256;
@@ -81530,9 +81539,9 @@ var require_constants3 = __commonJS({
   }
 });
 
-// node_modules/semver/internal/debug.js
+// node_modules/fastify/node_modules/semver/internal/debug.js
 var require_debug2 = __commonJS({
-  "node_modules/semver/internal/debug.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/debug.js"(exports2, module2) {
     "use strict";
     var debug = typeof process === "object" && process.env && process.env.NODE_DEBUG && /\bsemver\b/i.test(process.env.NODE_DEBUG) ? (...args) => console.error("SEMVER", ...args) : () => {
     };
@@ -81540,9 +81549,9 @@ var require_debug2 = __commonJS({
   }
 });
 
-// node_modules/semver/internal/re.js
+// node_modules/fastify/node_modules/semver/internal/re.js
 var require_re = __commonJS({
-  "node_modules/semver/internal/re.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/re.js"(exports2, module2) {
     "use strict";
     var {
       MAX_SAFE_COMPONENT_LENGTH,
@@ -81628,9 +81637,9 @@ var require_re = __commonJS({
   }
 });
 
-// node_modules/semver/internal/parse-options.js
+// node_modules/fastify/node_modules/semver/internal/parse-options.js
 var require_parse_options = __commonJS({
-  "node_modules/semver/internal/parse-options.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/parse-options.js"(exports2, module2) {
     "use strict";
     var looseOption = Object.freeze({ loose: true });
     var emptyOpts = Object.freeze({});
@@ -81647,9 +81656,9 @@ var require_parse_options = __commonJS({
   }
 });
 
-// node_modules/semver/internal/identifiers.js
+// node_modules/fastify/node_modules/semver/internal/identifiers.js
 var require_identifiers = __commonJS({
-  "node_modules/semver/internal/identifiers.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/identifiers.js"(exports2, module2) {
     "use strict";
     var numeric = /^[0-9]+$/;
     var compareIdentifiers = (a, b) => {
@@ -81672,9 +81681,9 @@ var require_identifiers = __commonJS({
   }
 });
 
-// node_modules/semver/classes/semver.js
+// node_modules/fastify/node_modules/semver/classes/semver.js
 var require_semver = __commonJS({
-  "node_modules/semver/classes/semver.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/classes/semver.js"(exports2, module2) {
     "use strict";
     var debug = require_debug2();
     var { MAX_LENGTH, MAX_SAFE_INTEGER } = require_constants3();
@@ -81964,9 +81973,9 @@ var require_semver = __commonJS({
   }
 });
 
-// node_modules/semver/functions/parse.js
+// node_modules/fastify/node_modules/semver/functions/parse.js
 var require_parse3 = __commonJS({
-  "node_modules/semver/functions/parse.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/parse.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var parse3 = (version, options, throwErrors = false) => {
@@ -81986,9 +81995,9 @@ var require_parse3 = __commonJS({
   }
 });
 
-// node_modules/semver/functions/valid.js
+// node_modules/fastify/node_modules/semver/functions/valid.js
 var require_valid = __commonJS({
-  "node_modules/semver/functions/valid.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/valid.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
     var valid = (version, options) => {
@@ -81999,9 +82008,9 @@ var require_valid = __commonJS({
   }
 });
 
-// node_modules/semver/functions/clean.js
+// node_modules/fastify/node_modules/semver/functions/clean.js
 var require_clean = __commonJS({
-  "node_modules/semver/functions/clean.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/clean.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
     var clean = (version, options) => {
@@ -82012,9 +82021,9 @@ var require_clean = __commonJS({
   }
 });
 
-// node_modules/semver/functions/inc.js
+// node_modules/fastify/node_modules/semver/functions/inc.js
 var require_inc = __commonJS({
-  "node_modules/semver/functions/inc.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/inc.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var inc = (version, release, options, identifier, identifierBase) => {
@@ -82036,9 +82045,9 @@ var require_inc = __commonJS({
   }
 });
 
-// node_modules/semver/functions/diff.js
+// node_modules/fastify/node_modules/semver/functions/diff.js
 var require_diff = __commonJS({
-  "node_modules/semver/functions/diff.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/diff.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
     var diff = (version1, version2) => {
@@ -82080,9 +82089,9 @@ var require_diff = __commonJS({
   }
 });
 
-// node_modules/semver/functions/major.js
+// node_modules/fastify/node_modules/semver/functions/major.js
 var require_major = __commonJS({
-  "node_modules/semver/functions/major.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/major.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var major = (a, loose) => new SemVer(a, loose).major;
@@ -82090,9 +82099,9 @@ var require_major = __commonJS({
   }
 });
 
-// node_modules/semver/functions/minor.js
+// node_modules/fastify/node_modules/semver/functions/minor.js
 var require_minor = __commonJS({
-  "node_modules/semver/functions/minor.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/minor.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var minor = (a, loose) => new SemVer(a, loose).minor;
@@ -82100,9 +82109,9 @@ var require_minor = __commonJS({
   }
 });
 
-// node_modules/semver/functions/patch.js
+// node_modules/fastify/node_modules/semver/functions/patch.js
 var require_patch = __commonJS({
-  "node_modules/semver/functions/patch.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/patch.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var patch = (a, loose) => new SemVer(a, loose).patch;
@@ -82110,9 +82119,9 @@ var require_patch = __commonJS({
   }
 });
 
-// node_modules/semver/functions/prerelease.js
+// node_modules/fastify/node_modules/semver/functions/prerelease.js
 var require_prerelease = __commonJS({
-  "node_modules/semver/functions/prerelease.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/prerelease.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
     var prerelease = (version, options) => {
@@ -82123,9 +82132,9 @@ var require_prerelease = __commonJS({
   }
 });
 
-// node_modules/semver/functions/compare.js
+// node_modules/fastify/node_modules/semver/functions/compare.js
 var require_compare = __commonJS({
-  "node_modules/semver/functions/compare.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/compare.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var compare = (a, b, loose) => new SemVer(a, loose).compare(new SemVer(b, loose));
@@ -82133,9 +82142,9 @@ var require_compare = __commonJS({
   }
 });
 
-// node_modules/semver/functions/rcompare.js
+// node_modules/fastify/node_modules/semver/functions/rcompare.js
 var require_rcompare = __commonJS({
-  "node_modules/semver/functions/rcompare.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/rcompare.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var rcompare = (a, b, loose) => compare(b, a, loose);
@@ -82143,9 +82152,9 @@ var require_rcompare = __commonJS({
   }
 });
 
-// node_modules/semver/functions/compare-loose.js
+// node_modules/fastify/node_modules/semver/functions/compare-loose.js
 var require_compare_loose = __commonJS({
-  "node_modules/semver/functions/compare-loose.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/compare-loose.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var compareLoose = (a, b) => compare(a, b, true);
@@ -82153,9 +82162,9 @@ var require_compare_loose = __commonJS({
   }
 });
 
-// node_modules/semver/functions/compare-build.js
+// node_modules/fastify/node_modules/semver/functions/compare-build.js
 var require_compare_build = __commonJS({
-  "node_modules/semver/functions/compare-build.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/compare-build.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var compareBuild = (a, b, loose) => {
@@ -82167,9 +82176,9 @@ var require_compare_build = __commonJS({
   }
 });
 
-// node_modules/semver/functions/sort.js
+// node_modules/fastify/node_modules/semver/functions/sort.js
 var require_sort = __commonJS({
-  "node_modules/semver/functions/sort.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/sort.js"(exports2, module2) {
     "use strict";
     var compareBuild = require_compare_build();
     var sort = (list, loose) => list.sort((a, b) => compareBuild(a, b, loose));
@@ -82177,9 +82186,9 @@ var require_sort = __commonJS({
   }
 });
 
-// node_modules/semver/functions/rsort.js
+// node_modules/fastify/node_modules/semver/functions/rsort.js
 var require_rsort = __commonJS({
-  "node_modules/semver/functions/rsort.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/rsort.js"(exports2, module2) {
     "use strict";
     var compareBuild = require_compare_build();
     var rsort = (list, loose) => list.sort((a, b) => compareBuild(b, a, loose));
@@ -82187,9 +82196,9 @@ var require_rsort = __commonJS({
   }
 });
 
-// node_modules/semver/functions/gt.js
+// node_modules/fastify/node_modules/semver/functions/gt.js
 var require_gt = __commonJS({
-  "node_modules/semver/functions/gt.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/gt.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var gt = (a, b, loose) => compare(a, b, loose) > 0;
@@ -82197,9 +82206,9 @@ var require_gt = __commonJS({
   }
 });
 
-// node_modules/semver/functions/lt.js
+// node_modules/fastify/node_modules/semver/functions/lt.js
 var require_lt = __commonJS({
-  "node_modules/semver/functions/lt.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/lt.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var lt = (a, b, loose) => compare(a, b, loose) < 0;
@@ -82207,9 +82216,9 @@ var require_lt = __commonJS({
   }
 });
 
-// node_modules/semver/functions/eq.js
+// node_modules/fastify/node_modules/semver/functions/eq.js
 var require_eq = __commonJS({
-  "node_modules/semver/functions/eq.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/eq.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var eq = (a, b, loose) => compare(a, b, loose) === 0;
@@ -82217,9 +82226,9 @@ var require_eq = __commonJS({
   }
 });
 
-// node_modules/semver/functions/neq.js
+// node_modules/fastify/node_modules/semver/functions/neq.js
 var require_neq = __commonJS({
-  "node_modules/semver/functions/neq.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/neq.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var neq = (a, b, loose) => compare(a, b, loose) !== 0;
@@ -82227,9 +82236,9 @@ var require_neq = __commonJS({
   }
 });
 
-// node_modules/semver/functions/gte.js
+// node_modules/fastify/node_modules/semver/functions/gte.js
 var require_gte = __commonJS({
-  "node_modules/semver/functions/gte.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/gte.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var gte = (a, b, loose) => compare(a, b, loose) >= 0;
@@ -82237,9 +82246,9 @@ var require_gte = __commonJS({
   }
 });
 
-// node_modules/semver/functions/lte.js
+// node_modules/fastify/node_modules/semver/functions/lte.js
 var require_lte = __commonJS({
-  "node_modules/semver/functions/lte.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/lte.js"(exports2, module2) {
     "use strict";
     var compare = require_compare();
     var lte = (a, b, loose) => compare(a, b, loose) <= 0;
@@ -82247,9 +82256,9 @@ var require_lte = __commonJS({
   }
 });
 
-// node_modules/semver/functions/cmp.js
+// node_modules/fastify/node_modules/semver/functions/cmp.js
 var require_cmp = __commonJS({
-  "node_modules/semver/functions/cmp.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/cmp.js"(exports2, module2) {
     "use strict";
     var eq = require_eq();
     var neq = require_neq();
@@ -82297,9 +82306,9 @@ var require_cmp = __commonJS({
   }
 });
 
-// node_modules/semver/functions/coerce.js
+// node_modules/fastify/node_modules/semver/functions/coerce.js
 var require_coerce = __commonJS({
-  "node_modules/semver/functions/coerce.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/coerce.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var parse3 = require_parse3();
@@ -82343,9 +82352,9 @@ var require_coerce = __commonJS({
   }
 });
 
-// node_modules/semver/functions/truncate.js
+// node_modules/fastify/node_modules/semver/functions/truncate.js
 var require_truncate = __commonJS({
-  "node_modules/semver/functions/truncate.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/truncate.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
     var constants4 = require_constants3();
@@ -82384,9 +82393,9 @@ var require_truncate = __commonJS({
   }
 });
 
-// node_modules/semver/internal/lrucache.js
+// node_modules/fastify/node_modules/semver/internal/lrucache.js
 var require_lrucache = __commonJS({
-  "node_modules/semver/internal/lrucache.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/lrucache.js"(exports2, module2) {
     "use strict";
     var LRUCache = class {
       constructor() {
@@ -82422,9 +82431,9 @@ var require_lrucache = __commonJS({
   }
 });
 
-// node_modules/semver/internal/trim-comparator-whitespace.js
+// node_modules/fastify/node_modules/semver/internal/trim-comparator-whitespace.js
 var require_trim_comparator_whitespace = __commonJS({
-  "node_modules/semver/internal/trim-comparator-whitespace.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/internal/trim-comparator-whitespace.js"(exports2, module2) {
     "use strict";
     var {
       MAX_LENGTH,
@@ -82613,9 +82622,9 @@ var require_trim_comparator_whitespace = __commonJS({
   }
 });
 
-// node_modules/semver/classes/range.js
+// node_modules/fastify/node_modules/semver/classes/range.js
 var require_range = __commonJS({
-  "node_modules/semver/classes/range.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/classes/range.js"(exports2, module2) {
     "use strict";
     var SPACE_CHARACTERS = /\s+/g;
     var Range = class _Range {
@@ -82998,9 +83007,9 @@ var require_range = __commonJS({
   }
 });
 
-// node_modules/semver/classes/comparator.js
+// node_modules/fastify/node_modules/semver/classes/comparator.js
 var require_comparator = __commonJS({
-  "node_modules/semver/classes/comparator.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/classes/comparator.js"(exports2, module2) {
     "use strict";
     var ANY = /* @__PURE__ */ Symbol("SemVer ANY");
     var Comparator = class _Comparator {
@@ -83111,9 +83120,9 @@ var require_comparator = __commonJS({
   }
 });
 
-// node_modules/semver/functions/satisfies.js
+// node_modules/fastify/node_modules/semver/functions/satisfies.js
 var require_satisfies = __commonJS({
-  "node_modules/semver/functions/satisfies.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/functions/satisfies.js"(exports2, module2) {
     "use strict";
     var Range = require_range();
     var satisfies = (version, range, options) => {
@@ -83128,9 +83137,9 @@ var require_satisfies = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/to-comparators.js
+// node_modules/fastify/node_modules/semver/ranges/to-comparators.js
 var require_to_comparators = __commonJS({
-  "node_modules/semver/ranges/to-comparators.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/to-comparators.js"(exports2, module2) {
     "use strict";
     var Range = require_range();
     var toComparators = (range, options) => new Range(range, options).set.map((comp) => comp.map((c) => c.value).join(" ").trim().split(" "));
@@ -83138,9 +83147,9 @@ var require_to_comparators = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/max-satisfying.js
+// node_modules/fastify/node_modules/semver/ranges/max-satisfying.js
 var require_max_satisfying = __commonJS({
-  "node_modules/semver/ranges/max-satisfying.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/max-satisfying.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var Range = require_range();
@@ -83167,9 +83176,9 @@ var require_max_satisfying = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/min-satisfying.js
+// node_modules/fastify/node_modules/semver/ranges/min-satisfying.js
 var require_min_satisfying = __commonJS({
-  "node_modules/semver/ranges/min-satisfying.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/min-satisfying.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var Range = require_range();
@@ -83196,9 +83205,9 @@ var require_min_satisfying = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/min-version.js
+// node_modules/fastify/node_modules/semver/ranges/min-version.js
 var require_min_version = __commonJS({
-  "node_modules/semver/ranges/min-version.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/min-version.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var Range = require_range();
@@ -83255,9 +83264,9 @@ var require_min_version = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/valid.js
+// node_modules/fastify/node_modules/semver/ranges/valid.js
 var require_valid2 = __commonJS({
-  "node_modules/semver/ranges/valid.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/valid.js"(exports2, module2) {
     "use strict";
     var Range = require_range();
     var validRange = (range, options) => {
@@ -83271,9 +83280,9 @@ var require_valid2 = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/outside.js
+// node_modules/fastify/node_modules/semver/ranges/outside.js
 var require_outside = __commonJS({
-  "node_modules/semver/ranges/outside.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/outside.js"(exports2, module2) {
     "use strict";
     var SemVer = require_semver();
     var Comparator = require_comparator();
@@ -83340,9 +83349,9 @@ var require_outside = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/gtr.js
+// node_modules/fastify/node_modules/semver/ranges/gtr.js
 var require_gtr = __commonJS({
-  "node_modules/semver/ranges/gtr.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/gtr.js"(exports2, module2) {
     "use strict";
     var outside = require_outside();
     var gtr = (version, range, options) => outside(version, range, ">", options);
@@ -83350,9 +83359,9 @@ var require_gtr = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/ltr.js
+// node_modules/fastify/node_modules/semver/ranges/ltr.js
 var require_ltr = __commonJS({
-  "node_modules/semver/ranges/ltr.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/ltr.js"(exports2, module2) {
     "use strict";
     var outside = require_outside();
     var ltr = (version, range, options) => outside(version, range, "<", options);
@@ -83360,9 +83369,9 @@ var require_ltr = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/intersects.js
+// node_modules/fastify/node_modules/semver/ranges/intersects.js
 var require_intersects = __commonJS({
-  "node_modules/semver/ranges/intersects.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/intersects.js"(exports2, module2) {
     "use strict";
     var Range = require_range();
     var intersects = (r1, r2, options) => {
@@ -83374,9 +83383,9 @@ var require_intersects = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/simplify.js
+// node_modules/fastify/node_modules/semver/ranges/simplify.js
 var require_simplify = __commonJS({
-  "node_modules/semver/ranges/simplify.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/simplify.js"(exports2, module2) {
     "use strict";
     var satisfies = require_satisfies();
     var compare = require_compare();
@@ -83424,9 +83433,9 @@ var require_simplify = __commonJS({
   }
 });
 
-// node_modules/semver/ranges/subset.js
+// node_modules/fastify/node_modules/semver/ranges/subset.js
 var require_subset = __commonJS({
-  "node_modules/semver/ranges/subset.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/ranges/subset.js"(exports2, module2) {
     "use strict";
     var Range = require_range();
     var Comparator = require_comparator();
@@ -83586,9 +83595,9 @@ var require_subset = __commonJS({
   }
 });
 
-// node_modules/semver/index.js
+// node_modules/fastify/node_modules/semver/index.js
 var require_semver2 = __commonJS({
-  "node_modules/semver/index.js"(exports2, module2) {
+  "node_modules/fastify/node_modules/semver/index.js"(exports2, module2) {
     "use strict";
     var internalRe = require_re();
     var constants4 = require_constants3();
@@ -97141,6 +97150,29 @@ async function computeUsage(store, org, month, now, activeLeaseSeconds) {
     users: { distinct: perActor.size, top }
   };
 }
+async function pipelineUsage(store, org, pipelineKey, now) {
+  const leases = await store.leasesOfPipeline(org, pipelineKey);
+  const ids = new Set(leases.map((l) => l.id));
+  let billedSeconds = 0;
+  for (const l of leases) billedSeconds += l.billedSeconds ?? billableSeconds(l.createdAt, now);
+  const since = leases.length ? Math.min(...leases.map((l) => l.createdAt)) - 36e5 : now;
+  const records = leases.length ? await store.usageRecords(org, since, now + 36e5) : [];
+  const builds = records.filter((r) => r.type === BUILD_COMPLETED && r.leaseId !== null && ids.has(r.leaseId)).map(buildFacts);
+  const sum = summarizeBuilds(builds);
+  return {
+    org,
+    pipelineKey,
+    leases: leases.length,
+    activeLeases: leases.filter((l) => l.endedAt === null).length,
+    billedSeconds,
+    builds: sum.builds,
+    failed: sum.failed,
+    buildsWithCache: builds.filter((b) => b.cachedSteps > 0).length,
+    totalSteps: sum.totalSteps,
+    cachedSteps: sum.cachedSteps,
+    avgCacheRatio: sum.avgCacheRatio
+  };
+}
 var MONTH, num, text, TOP_USERS;
 var init_usage = __esm({
   "src/server/metering/usage.ts"() {
@@ -97322,6 +97354,20 @@ function buildHttpApp(deps) {
       return deps.usage(org, month);
     }
   );
+  app.get(
+    "/v1/orgs/:org/pipelines/usage",
+    { onRequest: authenticate },
+    async (req, reply) => {
+      const principal = principalOf(req);
+      const org = req.params.org;
+      if (principal.kind === "org" && principal.org !== org) return sendError2(reply, 404, "not_found", `org "${org}" not found`);
+      const key = req.query.key;
+      if (typeof key !== "string" || !key || key.length > 256) {
+        return sendError2(reply, 400, "invalid_parameter", 'query parameter "key" must be the pipeline key (1-256 characters)');
+      }
+      return pipelineUsage(deps.store, org, key, now());
+    }
+  );
   return app;
 }
 var import_fastify, import_prom_client, DEFAULT_BODY_LIMIT, DEFAULT_MAX_BATCH2, FASTIFY_CODES, QuietRequestLogs;
@@ -97432,7 +97478,18 @@ async function startServer(config, log) {
     const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
     await proxy.listen();
     cleanups.push(() => proxy.close());
-    const lm = new LeaseManager({ store, pool, platforms: driver?.platforms() ?? [], pki, config, registryHost: proxy.host, log, metrics });
+    let meteringUrl = "";
+    const lm = new LeaseManager({
+      store,
+      pool,
+      platforms: driver?.platforms() ?? [],
+      pki,
+      config,
+      registryHost: proxy.host,
+      meteringUrl: () => meteringUrl,
+      log,
+      metrics
+    });
     leases = lm;
     registryPrincipal = (u, p) => lm.registryPrincipal(u, p);
     const recovered = await lm.recover();
@@ -97473,6 +97530,7 @@ async function startServer(config, log) {
     cleanups.push(() => app.close());
     const addr = app.server.address();
     const httpPort = typeof addr === "object" && addr ? addr.port : config.httpPort;
+    meteringUrl = `http://${config.host}:${httpPort}/v1/events`;
     const info = {
       pid: process.pid,
       stateDir: config.stateDir,

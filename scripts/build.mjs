@@ -1,10 +1,16 @@
 // Bundles the entry points into dist/ byte-reproducibly: no timestamps, no absolute paths, sorted inputs.
 import { build } from 'esbuild';
 import { rmSync } from 'node:fs';
+import { generate } from './generate.mjs';
 
 const entries = {
-  cli: 'src/cli/index.ts'
+  cli: 'src/cli/index.ts',
+  'github/main': 'src/github/entries/main.ts',
+  'github/post': 'src/github/entries/post.ts',
+  'github/build': 'src/github/entries/build.ts'
 };
+
+await generate();
 
 rmSync('dist', { recursive: true, force: true });
 for (const [name, entry] of Object.entries(entries)) {

@@ -156,7 +156,6 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
   it('starts two builders at once, each on its own bridge, builds with RUN steps and no --network, then cleans up', async () => {
     const t0 = Date.now();
     const [a, b] = await Promise.all([startBuilder('e2e-a'), startBuilder('e2e-b')]);
-    // eslint-disable-next-line no-console
     console.log(`builder start (cold, two at once): a=${a.handle.startedMs} ms, b=${b.handle.startedMs} ms, wall ${Date.now() - t0} ms`);
     for (const x of [a, b]) {
       expect(x.handle.startedMs).toBeGreaterThan(0);
@@ -183,7 +182,6 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     const build = ['build', '--progress=plain', '-t', 'e2e:latest', '.'];
     const t1 = Date.now();
     const [firstA, firstB] = await Promise.all([docker(build, a.port, certA, ctx), docker(build, b.port, certA, ctx)]);
-    // eslint-disable-next-line no-console
     console.log(`first builds (both builders at once): ${Date.now() - t1} ms`);
     expect(firstA.stderr).not.toMatch(/ERROR|error:/);
     expect(firstA.code).toBe(0);
@@ -195,7 +193,6 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
 
     const t2 = Date.now();
     const second = await docker(build, a.port, certA, ctx);
-    // eslint-disable-next-line no-console
     console.log(`second build on the same builder: ${Date.now() - t2} ms`);
     expect(second.code).toBe(0);
     expect(second.stderr).toContain('CACHED');
@@ -213,7 +210,6 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     await a.proxy.close();
     const t3 = Date.now();
     await driver.destroy(a.handle);
-    // eslint-disable-next-line no-console
     console.log(`destroy: ${Date.now() - t3} ms`);
     builders.splice(builders.indexOf(a), 1);
     expect(processesMentioning(markers)).toEqual([]);
@@ -265,7 +261,6 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     const t0 = Date.now();
     await driver.destroy(handle);
     const took = Date.now() - t0;
-    // eslint-disable-next-line no-console
     console.log(`destroy of a busy builder: ${took} ms`);
     expect(took).toBeLessThan(8_000); // not dockerd's 10 s per-container stop timeout
     expect((await build).code).not.toBe(0);
@@ -289,5 +284,14 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     const bad = new DockerdDriver({ rootDir: path.join(tmp, 'bad'), dockerdPath: '/bin/false', startTimeoutMs: 5000 });
     await expect(bad.start('broken')).rejects.toThrow(/exited with 1 before it was ready/);
     expect(existsSync(path.join(tmp, 'bad', 'broken'))).toBe(false);
+  });
+
+  it('gives up on a dockerd that never answers, with its log, and kills it', async () => {
+    const fake = path.join(tmp, 'hung-dockerd');
+    await fs.writeFile(fake, '#!/bin/sh\necho "pretending to start $*"\nsleep 9191\n', { mode: 0o755 });
+    const hung = new DockerdDriver({ rootDir: path.join(tmp, 'hung'), dockerdPath: fake, startTimeoutMs: 1000 });
+    await expect(hung.start('hung')).rejects.toThrow(/not ready after 1000 ms[\s\S]*pretending to start --config-file/);
+    expect(processesMentioning(['sleep 9191', fake])).toEqual([]);
+    expect(existsSync(path.join(tmp, 'hung', 'hung'))).toBe(false);
   });
 });

@@ -107,6 +107,12 @@ export class MemoryStore implements Store {
       .sort((a, b) => a.createdAt - b.createdAt)
       .map(copy);
   }
+  async leasesOfPipeline(org: string, pipelineKey: string): Promise<LeaseRow[]> {
+    return [...this.leases.values()]
+      .filter((l) => l.org === org && l.pipelineKey === pipelineKey)
+      .sort((a, b) => a.createdAt - b.createdAt)
+      .map(copy);
+  }
   async billedSeconds(org: string, sinceMs?: number): Promise<number> {
     let sum = 0;
     for (const l of this.leases.values()) {

@@ -172,14 +172,18 @@ describe('BuilderTlsProxy', () => {
     const a = connect(port, pki, leaseA);
     const b = connect(port, pki, leaseB);
     const aDone = collect(a);
+    let aData = '';
     let bData = '';
+    a.on('data', (d) => (aData += d));
     b.on('data', (d) => (bData += d));
     a.write('a1');
     b.write('b1');
-    await waitFor(() => p.activeConnections(leaseA.fingerprint) === 1 && p.activeConnections(leaseB.fingerprint) === 1);
+    await waitFor(() => aData === 'a1' && bData === 'b1');
+    expect(p.activeConnections(leaseA.fingerprint)).toBe(1);
+    expect(p.activeConnections(leaseB.fingerprint)).toBe(1);
     expect(p.activeConnections()).toBe(2);
     p.revoke(leaseA.fingerprint);
-    const aResult = await aDone;
+    const aResult = await aDone; // closes without our doing anything
     expect(aResult.data).toBe('a1');
     expect(p.activeConnections(leaseA.fingerprint)).toBe(0);
     // B is untouched.
@@ -288,8 +292,11 @@ describe('BuilderTlsProxy', () => {
     const port = Number(p.address.split(':').pop());
     const sock = connect(port, pki, leaseA);
     const closed = collect(sock);
+    let got = '';
+    sock.on('data', (d) => (got += d));
     sock.write('hi');
-    await waitFor(() => p.activeConnections() === 1);
+    await waitFor(() => got === 'hi');
+    expect(p.activeConnections()).toBe(1);
     // A connection stuck in its handshake must not keep close() waiting.
     const raw = net.connect(port, '127.0.0.1');
     raw.on('error', () => undefined);

@@ -77,6 +77,7 @@ export interface LeaseMsg {
   cache: { importRefs: string[]; exportRef: string; registry: { host: string; username: string; password: string } | null } | null;
   billedSeconds: number;
   idleTimeoutS: number;
+  meteringUrl: string;
 }
 
 export interface ExchangeTokenResponseMsg {

@@ -5,7 +5,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Logger } from '../common/log';
 import { EventsBodyError } from './metering/cloudevents';
 import { parseEventsBody } from './metering/events';
-import { monthOf, parseMonth, UsageReport } from './metering/usage';
+import { monthOf, parseMonth, pipelineUsage, UsageReport } from './metering/usage';
 import { Store } from './store/store';
 
 export interface Principal {
@@ -249,6 +249,21 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');
       }
       return deps.usage(org, month);
+    }
+  );
+
+  app.get<{ Params: { org: string }; Querystring: { key?: unknown } }>(
+    '/v1/orgs/:org/pipelines/usage',
+    { onRequest: authenticate },
+    async (req, reply) => {
+      const principal = principalOf(req);
+      const org = req.params.org;
+      if (principal.kind === 'org' && principal.org !== org) return sendError(reply, 404, 'not_found', `org "${org}" not found`);
+      const key = req.query.key;
+      if (typeof key !== 'string' || !key || key.length > 256) {
+        return sendError(reply, 400, 'invalid_parameter', 'query parameter "key" must be the pipeline key (1-256 characters)');
+      }
+      return pipelineUsage(deps.store, org, key, now());
     }
   );
 

@@ -27,6 +27,7 @@ export interface LeaseManagerDeps {
   pki: Pki;
   config: ServerConfig;
   registryHost: string;
+  meteringUrl: () => string; // known once the HTTP server listens
   log: Logger;
   metrics: ServerMetrics;
   now?: () => number;
@@ -270,7 +271,8 @@ export class LeaseManager {
       tls: null,
       cache: null,
       billedSeconds: row.billedSeconds ?? 0,
-      idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1000)
+      idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1000),
+      meteringUrl: this.d.meteringUrl()
     };
   }
 }

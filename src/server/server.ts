@@ -120,7 +120,18 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     await proxy.listen();
     cleanups.push(() => proxy.close());
 
-    const lm = new LeaseManager({ store, pool, platforms: driver?.platforms() ?? [], pki, config, registryHost: proxy.host, log, metrics });
+    let meteringUrl = '';
+    const lm = new LeaseManager({
+      store,
+      pool,
+      platforms: driver?.platforms() ?? [],
+      pki,
+      config,
+      registryHost: proxy.host,
+      meteringUrl: () => meteringUrl,
+      log,
+      metrics
+    });
     leases = lm;
     registryPrincipal = (u, p) => lm.registryPrincipal(u, p);
     const recovered = await lm.recover();
@@ -164,6 +175,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     cleanups.push(() => app.close());
     const addr = app.server.address();
     const httpPort = typeof addr === 'object' && addr ? addr.port : config.httpPort;
+    meteringUrl = `http://${config.host}:${httpPort}/v1/events`;
 
     const info: ServerInfo = {
       pid: process.pid,

@@ -179,3 +179,42 @@ export async function computeUsage(
     users: { distinct: perActor.size, top }
   };
 }
+
+export interface PipelineUsage {
+  org: string;
+  pipelineKey: string;
+  leases: number;
+  activeLeases: number;
+  billedSeconds: number; // ended leases as billed, active ones up to now
+  builds: number;
+  failed: number;
+  buildsWithCache: number;
+  totalSteps: number;
+  cachedSteps: number;
+  avgCacheRatio: number;
+}
+
+/** One pipeline's leases and builds: what its pull request comment shows. */
+export async function pipelineUsage(store: Store, org: string, pipelineKey: string, now: number): Promise<PipelineUsage> {
+  const leases = await store.leasesOfPipeline(org, pipelineKey);
+  const ids = new Set(leases.map((l) => l.id));
+  let billedSeconds = 0;
+  for (const l of leases) billedSeconds += l.billedSeconds ?? billableSeconds(l.createdAt, now);
+  const since = leases.length ? Math.min(...leases.map((l) => l.createdAt)) - 3600_000 : now;
+  const records = leases.length ? await store.usageRecords(org, since, now + 3600_000) : [];
+  const builds = records.filter((r) => r.type === BUILD_COMPLETED && r.leaseId !== null && ids.has(r.leaseId)).map(buildFacts);
+  const sum = summarizeBuilds(builds);
+  return {
+    org,
+    pipelineKey,
+    leases: leases.length,
+    activeLeases: leases.filter((l) => l.endedAt === null).length,
+    billedSeconds,
+    builds: sum.builds,
+    failed: sum.failed,
+    buildsWithCache: builds.filter((b) => b.cachedSteps > 0).length,
+    totalSteps: sum.totalSteps,
+    cachedSteps: sum.cachedSteps,
+    avgCacheRatio: sum.avgCacheRatio
+  };
+}

@@ -57,6 +57,8 @@ const MIGRATIONS: string[] = [
   CREATE INDEX leases_org_ended ON leases (org, ended_at);
   -- activeLeases(): the reaper scans these every few seconds; a partial index keeps it small
   CREATE INDEX leases_active ON leases (org, created_at) WHERE ended_at IS NULL;
+  -- leasesOfPipeline(): a pipeline's minutes and cache ratio for its pull request comment
+  CREATE INDEX leases_pipeline ON leases (org, pipeline_key);
 
   CREATE TABLE usage_records (
     id TEXT PRIMARY KEY, org TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
@@ -189,6 +191,9 @@ export class SqliteStore implements Store {
       activeLeasesOrg: db.prepare(
         `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND ended_at IS NULL ORDER BY created_at, id`
       ),
+      leasesOfPipeline: db.prepare(
+        `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND pipeline_key = ? ORDER BY created_at, id LIMIT 10000`
+      ),
       billedSince: db.prepare(
         'SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ?'
       ),
@@ -299,6 +304,10 @@ export class SqliteStore implements Store {
   async activeLeases(org?: string): Promise<LeaseRow[]> {
     const rows = (org === undefined ? this.st.activeLeases.all() : this.st.activeLeasesOrg.all(org)) as LeaseDbRow[];
     return rows.map(leaseFromDb);
+  }
+
+  async leasesOfPipeline(org: string, pipelineKey: string): Promise<LeaseRow[]> {
+    return (this.st.leasesOfPipeline.all(org, pipelineKey) as LeaseDbRow[]).map(leaseFromDb);
   }
 
   async billedSeconds(org: string, sinceMs?: number): Promise<number> {

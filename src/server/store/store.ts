@@ -94,6 +94,7 @@ export interface Store {
   touchLease(id: string, now: number): Promise<void>; // lastActiveAt = max(lastActiveAt, now)
   endLease(id: string, endedAt: number, reason: LeaseEndReason, billedSeconds: number): Promise<boolean>; // false if already ended
   activeLeases(org?: string): Promise<LeaseRow[]>;
+  leasesOfPipeline(org: string, pipelineKey: string): Promise<LeaseRow[]>; // oldest first
   // billed seconds of ended leases of the org; with sinceMs, only leases that ended at or after it
   billedSeconds(org: string, sinceMs?: number): Promise<number>;
 

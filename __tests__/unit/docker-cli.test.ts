@@ -1,0 +1,255 @@
+// Which docker client, and the argv for it: table-driven, from inputs to argv, for both kinds of client.
+import {
+  buildArgs,
+  buildxCreateArgs,
+  contextCreateArgs,
+  DockerNotUsableError,
+  dockerEnv,
+  isValidReference,
+  parseKeyValueLines,
+  pushesAfterBuild,
+  resolveDocker,
+  type BuildClient,
+  type BuildOptions,
+  type CacheRefs,
+  type CommandResult,
+  type Probe
+} from '../../src/core/docker-cli';
+import { InputError } from '../../src/core/settings';
+
+// A fake machine: path → how its client answers. Anything else does not exist (ENOENT), like a real spawn.
+interface FakeClient {
+  version: string;
+  buildx?: string; // `docker buildx version` output
+  classicBuildKit?: boolean;
+}
+function fakeProbe(machine: Record<string, FakeClient>, calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = []): Probe {
+  return async (file, args, env): Promise<CommandResult> => {
+    calls.push({ file, args, env });
+    const c = machine[file];
+    if (!c) return { code: null, stdout: '', stderr: '', error: 'ENOENT' };
+    if (args[0] === '--version') return { code: 0, stdout: `Docker version ${c.version}, build abc1234\n`, stderr: '' };
+    if (args[0] === 'buildx') return c.buildx ? { code: 0, stdout: `${c.buildx}\n`, stderr: '' } : { code: 1, stdout: '', stderr: "docker: 'buildx' is not a docker command." };
+    if (args[0] === 'build') {
+      return c.classicBuildKit && env.DOCKER_BUILDKIT === '1'
+        ? { code: 0, stdout: 'Usage:  docker build [OPTIONS] PATH | URL | -', stderr: '' }
+        : { code: 1, stdout: '', stderr: 'ERROR: BuildKit is enabled but the buildx component is missing or broken.' };
+    }
+    return { code: 1, stdout: '', stderr: 'unexpected' };
+  };
+}
+
+const NEW_NO_BUILDX: FakeClient = { version: '28.2.2' };
+const DEBIAN_2010: FakeClient = { version: '20.10.24+dfsg1', classicBuildKit: true };
+const WITH_BUILDX: FakeClient = { version: '27.5.1', buildx: 'github.com/docker/buildx v0.20.1 abcdef0' };
+const PATH = '/opt/t/local/bin:/opt/t/bin';
+
+describe('resolveDocker', () => {
+  test('prefers the 20.10 client over a newer one without buildx, and says why', async () => {
+    const d = await resolveDocker({ PATH }, fakeProbe({ '/opt/t/local/bin/docker': NEW_NO_BUILDX, '/opt/t/bin/docker': DEBIAN_2010 }));
+    expect(d).toEqual({
+      path: '/opt/t/bin/docker',
+      version: '20.10.24+dfsg1',
+      buildx: false,
+      buildxVersion: '',
+      reason:
+        'using /opt/t/bin/docker 20.10.24+dfsg1 (no buildx; BuildKit via DOCKER_BUILDKIT=1) because /opt/t/local/bin/docker 28.2.2 has no buildx plugin and cannot build with BuildKit without it'
+    });
+  });
+
+  test('a client with buildx wins even when it comes later in PATH', async () => {
+    const d = await resolveDocker({ PATH }, fakeProbe({ '/opt/t/local/bin/docker': DEBIAN_2010, '/opt/t/bin/docker': WITH_BUILDX }));
+    expect(d).toMatchObject({ path: '/opt/t/bin/docker', buildx: true, buildxVersion: 'v0.20.1', version: '27.5.1' });
+    expect(d.reason).toBe('using /opt/t/bin/docker 27.5.1 with buildx v0.20.1 because /opt/t/local/bin/docker 20.10.24+dfsg1 has no buildx plugin');
+  });
+
+  test('the first client with buildx is taken without probing further', async () => {
+    const calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = [];
+    const d = await resolveDocker({ PATH }, fakeProbe({ '/opt/t/local/bin/docker': WITH_BUILDX, '/opt/t/bin/docker': DEBIAN_2010 }, calls));
+    expect(d.reason).toBe('using /opt/t/local/bin/docker 27.5.1 with buildx v0.20.1');
+    expect(calls.map((c) => c.file)).toEqual(['/opt/t/local/bin/docker', '/opt/t/local/bin/docker']);
+  });
+
+  test('BUILDCLOUD_DOCKER overrides the search', async () => {
+    const calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = [];
+    const d = await resolveDocker({ PATH, BUILDCLOUD_DOCKER: '/srv/docker' }, fakeProbe({ '/srv/docker': DEBIAN_2010, '/opt/t/bin/docker': WITH_BUILDX }, calls));
+    expect(d.path).toBe('/srv/docker');
+    expect(d.reason).toBe('using /srv/docker (BUILDCLOUD_DOCKER) 20.10.24+dfsg1 (no buildx; BuildKit via DOCKER_BUILDKIT=1)');
+    expect(new Set(calls.map((c) => c.file))).toEqual(new Set(['/srv/docker']));
+  });
+
+  test('probes run without DOCKER_CONTEXT and with DOCKER_BUILDKIT=1 for the BuildKit check', async () => {
+    const calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = [];
+    await resolveDocker({ PATH, DOCKER_CONTEXT: 'elsewhere' }, fakeProbe({ '/opt/t/bin/docker': DEBIAN_2010 }, calls));
+    expect(calls.every((c) => c.env.DOCKER_CONTEXT === undefined)).toBe(true);
+    expect(calls.find((c) => c.args[0] === 'build')!.env.DOCKER_BUILDKIT).toBe('1');
+    expect(calls.find((c) => c.args[0] === 'build')!.args).toEqual(['build', '--help']);
+  });
+
+  test.each([
+    ['only a newer client without buildx', { PATH }, { '/opt/t/local/bin/docker': NEW_NO_BUILDX }, /No usable docker client: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin and cannot build with BuildKit without it\. Install the buildx plugin/],
+    ['no client at all', { PATH }, {}, /No docker client found \(looked for: \/opt\/t\/local\/bin\/docker, \/opt\/t\/bin\/docker, \/usr\/bin\/docker, \/usr\/local\/bin\/docker\)\..*docker\.io/],
+    ['BUILDCLOUD_DOCKER that does not run', { PATH, BUILDCLOUD_DOCKER: '/nope/docker' }, { '/opt/t/bin/docker': DEBIAN_2010 }, /BUILDCLOUD_DOCKER is '\/nope\/docker', which does not run as a docker client/]
+  ])('refuses: %s', async (_what, env, machine, message) => {
+    const err = await resolveDocker(env, fakeProbe(machine)).catch((e) => e);
+    expect(err).toBeInstanceOf(DockerNotUsableError);
+    expect(err.message).toMatch(message);
+    expect(err.message).toMatch(/BUILDCLOUD_DOCKER/);
+  });
+});
+
+const R1 = '127.0.0.1:5000/acme/acme/app/cache:feature-x';
+const R2 = '127.0.0.1:5000/acme/acme/app/cache:main';
+const CACHE: CacheRefs = { importRefs: [R1, R2], exportRef: R1 };
+const FORK: CacheRefs = { importRefs: [R2], exportRef: '' };
+const base = (o: Partial<BuildOptions> = {}): BuildOptions => ({ context: '.', tags: ['registry.example.com/acme/app:1.2'], buildArgs: { VERSION: '1.2' }, push: false, platforms: [], exportCache: true, ...o });
+const CLASSIC: BuildClient = { buildx: false, iidFile: '/t/iid' };
+const BX_DOCKER: BuildClient = { buildx: true, builder: 'bc-ctx', driver: 'docker', metadataFile: '/t/meta.json' };
+const BX_REMOTE: BuildClient = { buildx: true, builder: 'bc-bk', driver: 'remote', metadataFile: '/t/meta.json' };
+const TAG = 'registry.example.com/acme/app:1.2';
+const INLINE_HEAD = ['build', '--progress=plain', '--build-arg', 'BUILDKIT_INLINE_CACHE=1'];
+
+describe('buildArgs', () => {
+  test.each<[string, BuildOptions, CacheRefs, BuildClient, string[]]>([
+    ['20.10: inline cache, imports in order, the export ref as an extra tag', base(), CACHE, CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '-t', R1, '.']],
+    ['20.10: a fork imports but never exports', base(), FORK, CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
+    ['20.10: export turned off', base({ exportCache: false }), CACHE, CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
+    ['20.10: every option; no-cache skips the imports; our BUILDKIT_INLINE_CACHE wins', base({ file: 'docker/Dockerfile', target: 'runtime', platforms: ['linux/amd64'], network: 'host', pull: true, noCache: true, labels: { 'org.opencontainers.image.source': 'https://x/y' }, buildArgs: { BUILDKIT_INLINE_CACHE: '0', A: 'x=y, z' } }), CACHE, { buildx: false },
+      [...INLINE_HEAD, '-f', 'docker/Dockerfile', '--target', 'runtime', '--platform', 'linux/amd64', '--network', 'host', '--pull', '--no-cache', '--build-arg', 'A=x=y, z', '--label', 'org.opencontainers.image.source=https://x/y', '-t', TAG, '-t', R1, '.']],
+    ['20.10: no tags, nothing to export', base({ tags: [], buildArgs: {} }), FORK, { buildx: false }, [...INLINE_HEAD, '--cache-from', R2, '.']],
+    ['buildx, docker driver (a context): inline cache, loaded, pushed afterwards', base({ push: true }), CACHE, BX_DOCKER,
+      ['buildx', 'build', '--builder', 'bc-ctx', '--progress=plain', '--cache-from', `type=registry,ref=${R1}`, '--cache-from', `type=registry,ref=${R2}`, '--cache-to', 'type=inline', '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '-t', R1, '--load', '.']],
+    ['buildx, remote driver: registry cache mode=max, pushed by buildx', base({ push: true }), CACHE, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R1}`, '--cache-from', `type=registry,ref=${R2}`, '--cache-to', `type=registry,ref=${R1},mode=max,ignore-error=true`, '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']],
+    ['buildx, remote driver, fork, not pushed: loaded', base(), FORK, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '--load', '.']],
+    ['buildx, remote driver, no tags: the result stays in the builder', base({ tags: [], buildArgs: {} }), FORK, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '.']],
+    ['buildx, remote driver, two platforms', base({ push: true, platforms: ['linux/amd64', 'linux/arm64'], buildArgs: {} }), FORK, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--platform', 'linux/amd64,linux/arm64', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']]
+  ])('%s', (_what, opts, cache, client, argv) => {
+    expect(buildArgs(opts, cache, client)).toEqual(argv);
+  });
+
+  test.each<[string, Partial<BuildOptions>, BuildClient, RegExp]>([
+    ['a tag with capitals in the path', { tags: ['acme/App:1'] }, CLASSIC, /^Invalid input 'tags': 'acme\/App:1'\. Expected an image reference/],
+    ['a tag that is a flag', { tags: ['--push'] }, CLASSIC, /Invalid input 'tags': '--push'/],
+    ['an empty tag after the colon', { tags: ['acme/app:'] }, CLASSIC, /Invalid input 'tags'/],
+    ['a platform without arch', { platforms: ['linux'] }, BX_REMOTE, /Invalid input 'platforms': 'linux'\. Expected os\/arch/],
+    ['two platforms on the 20.10 path', { platforms: ['linux/amd64', 'linux/arm64'] }, CLASSIC, /Invalid input 'platforms': 'linux\/amd64,linux\/arm64'\. A Docker Engine builder builds one platform per build/],
+    ['two platforms on a docker-driver builder', { platforms: ['linux/amd64', 'linux/arm64'], push: true }, BX_DOCKER, /one platform per build/],
+    ['two platforms loaded locally', { platforms: ['linux/amd64', 'linux/arm64'] }, BX_REMOTE, /Invalid input 'push': a multi-platform image cannot be loaded/],
+    ['push without tags', { push: true, tags: [] }, CLASSIC, /Invalid input 'push': true needs at least one image in 'tags'/],
+    ['a context that is a flag', { context: '--file=/etc/passwd' }, CLASSIC, /Invalid input 'context': '--file=\/etc\/passwd'\. It must not start with '-'/],
+    ['an empty context', { context: ' ' }, CLASSIC, /Invalid input 'context': empty/],
+    ['a file that is a flag', { file: '-' }, CLASSIC, /Invalid input 'file'/],
+    ['a target with a space', { target: 'a b' }, CLASSIC, /Invalid input 'target': 'a b'/],
+    ['a network BuildKit does not know', { network: 'bridge' }, CLASSIC, /Invalid input 'network': 'bridge'\. Expected one of: default, host, none/],
+    ['a build-arg key with a space', { buildArgs: { 'A B': '1' } }, CLASSIC, /Invalid input 'build-args': key 'A B'/],
+    ['an empty label key', { labels: { '': 'x' } }, CLASSIC, /Invalid input 'labels'/]
+  ])('rejects %s, naming the input', (_what, o, client, message) => {
+    let err: unknown;
+    try {
+      buildArgs(base(o), CACHE, client);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(InputError);
+    expect((err as Error).message).toMatch(message);
+  });
+
+  test('a bad cache ref from the control plane is a plain error, not the user\'s input', () => {
+    expect(() => buildArgs(base(), { importRefs: ['NOT A REF'], exportRef: '' }, CLASSIC)).toThrow(/control plane returned an invalid cache ref 'NOT A REF'/);
+  });
+
+  test('a buildx build needs the builder and the metadata file', () => {
+    expect(() => buildArgs(base(), CACHE, { buildx: true, metadataFile: '/m' })).toThrow(/builder name/);
+    expect(() => buildArgs(base(), CACHE, { buildx: true, builder: 'b' })).toThrow(/metadata file/);
+  });
+});
+
+describe('pushesAfterBuild', () => {
+  test.each<[string, BuildOptions, CacheRefs, BuildClient, { ref: string; cache: boolean }[]]>([
+    ['20.10, export and push: the cache first', base({ push: true }), CACHE, CLASSIC, [{ ref: R1, cache: true }, { ref: TAG, cache: false }]],
+    ['20.10, export only', base(), CACHE, CLASSIC, [{ ref: R1, cache: true }]],
+    ['20.10, fork, push', base({ push: true }), FORK, CLASSIC, [{ ref: TAG, cache: false }]],
+    ['20.10, fork, no push', base(), FORK, CLASSIC, []],
+    ['buildx docker driver behaves like 20.10', base({ push: true }), CACHE, BX_DOCKER, [{ ref: R1, cache: true }, { ref: TAG, cache: false }]],
+    ['buildx remote pushes by itself', base({ push: true }), CACHE, BX_REMOTE, []]
+  ])('%s', (_what, opts, cache, client, expected) => {
+    expect(pushesAfterBuild(opts, cache, client)).toEqual(expected);
+  });
+});
+
+describe('parseKeyValueLines', () => {
+  test('KEY=VALUE lines; values keep = and commas; blank lines skipped', () => {
+    expect(parseKeyValueLines(['A=1', '', '  B=x=y,z  ', 'C='], 'build-args')).toEqual({ A: '1', B: 'x=y,z', C: '' });
+  });
+  test.each(['NOVALUE', '=x', 'A B=1'])('%s is refused, naming the input', (line) => {
+    expect(() => parseKeyValueLines([line], 'build-args')).toThrow(new InputError(`Invalid input 'build-args': '${line}'. Expected KEY=VALUE on each line.`));
+  });
+});
+
+describe('isValidReference', () => {
+  test.each([
+    ['alpine', true],
+    ['acme/app:1.0', true],
+    ['127.0.0.1:5000/acme/acme/app/cache:main', true],
+    ['localhost:5000/a', true],
+    ['registry.example.com/team/sub/app', true],
+    ['[::1]:5000/a:b', true],
+    ['a__b/c--d/e.f:_tag', true],
+    ['Acme/app', true], // "Acme" is read as a registry host, as distribution/reference does
+    ['acme/App', false],
+    ['Alpine', false],
+    ['app:', false],
+    ['app:-x', false],
+    ['a//b', false],
+    ['acme/app@sha256:' + 'a'.repeat(64), false],
+    ['a/' + 'b'.repeat(260), false],
+    ['', false]
+  ])('%s → %s', (ref, ok) => {
+    expect(isValidReference(ref)).toBe(ok);
+  });
+});
+
+describe('contexts and builders', () => {
+  test('docker context create with the lease certs', () => {
+    expect(contextCreateArgs('bc-gh-1', 'tcp://127.0.0.1:40001', '/tmp/bc/certs')).toEqual([
+      'context', 'create', 'bc-gh-1', '--description', 'Build Cloud remote builder',
+      '--docker', 'host=tcp://127.0.0.1:40001,ca=/tmp/bc/certs/ca.pem,cert=/tmp/bc/certs/cert.pem,key=/tmp/bc/certs/key.pem'
+    ]);
+  });
+
+  test('a cert path with a comma is CSV-quoted, as docker parses --docker as CSV', () => {
+    const args = contextCreateArgs('bc-1', 'tcp://10.0.0.2:2376', '/tmp/a,b');
+    expect(args[args.length - 1]).toBe('host=tcp://10.0.0.2:2376,"ca=/tmp/a,b/ca.pem","cert=/tmp/a,b/cert.pem","key=/tmp/a,b/key.pem"');
+  });
+
+  test.each([
+    ['-bad', 'tcp://127.0.0.1:1', '/c', /Invalid docker context name '-bad'/],
+    ['ok-name', 'unix:///var/run/docker.sock', '/c', /Invalid builder address/],
+    ['ok-name', 'tcp://127.0.0.1:1', 'relative/certs', /must be an absolute path/]
+  ])('refuses %s %s %s', (name, address, certDir, message) => {
+    expect(() => contextCreateArgs(name, address, certDir)).toThrow(message);
+  });
+
+  test('buildx remote builder: one create, then one --append --node per further platform', () => {
+    expect(
+      buildxCreateArgs('bc-bk', [
+        { platform: 'linux/amd64', address: 'tcp://10.0.0.5:1234' },
+        { platform: 'linux/arm64', address: 'tcp://10.0.0.6:1234' }
+      ], '/tmp/bc/certs')
+    ).toEqual([
+      ['buildx', 'create', '--name', 'bc-bk', '--node', 'bc-bk0', '--driver', 'remote', '--driver-opt', 'cacert=/tmp/bc/certs/ca.pem', '--driver-opt', 'cert=/tmp/bc/certs/cert.pem', '--driver-opt', 'key=/tmp/bc/certs/key.pem', '--platform', 'linux/amd64', 'tcp://10.0.0.5:1234'],
+      ['buildx', 'create', '--name', 'bc-bk', '--append', '--node', 'bc-bk1', '--driver-opt', 'cacert=/tmp/bc/certs/ca.pem', '--driver-opt', 'cert=/tmp/bc/certs/cert.pem', '--driver-opt', 'key=/tmp/bc/certs/key.pem', '--platform', 'linux/arm64', 'tcp://10.0.0.6:1234']
+    ]);
+  });
+
+  test('dockerEnv drops DOCKER_CONTEXT and unset keys', () => {
+    expect(dockerEnv({ A: '1', DOCKER_CONTEXT: 'x', DOCKER_HOST: 'unix:///x' }, { DOCKER_HOST: undefined, B: '2' })).toEqual({ A: '1', B: '2' });
+  });
+});

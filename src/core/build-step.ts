@@ -1,0 +1,110 @@
+// The build step, CI-neutral: build on the session's builder with the org cache, record the result for the job's
+// summary, and spool its usage record (written to disk before anything is sent).
+import * as path from 'path';
+import { runBuild, type BuildResult as RunResult, type BuildIO } from './build';
+import { parseKeyValueLines, type BuildOptions } from './docker-cli';
+import { MeteringSpool } from './metering-spool';
+import type { RunnerConfig } from './runner-config';
+import { nextBuildId, recordBuild, type Session } from './session';
+import type { BuildSettings } from './settings';
+import type { BuildResult } from './summary';
+import { buildCompletedEvent } from '../server/metering/events';
+import type { Log } from './setup';
+
+export interface BuildStepResult {
+  build: BuildResult;
+  run: RunResult;
+  outputs: Record<string, string>;
+  warnings: string[];
+}
+
+export function buildOptions(s: BuildSettings, session: Session): BuildOptions {
+  return {
+    context: path.resolve(s.context),
+    file: s.file ? path.resolve(s.file) : undefined,
+    tags: s.tags,
+    buildArgs: parseKeyValueLines(s.buildArgs, 'build-args'),
+    target: s.target || undefined,
+    push: s.push,
+    platforms: s.platforms,
+    labels: parseKeyValueLines(s.labels, 'labels'),
+    noCache: s.noCache,
+    pull: s.pull,
+    exportCache: session.cache && !session.identity.fork
+  };
+}
+
+// With fallback: local there is no lease: the build runs on the runner's own Docker, without the org cache.
+function localRunner(session: Session): RunnerConfig {
+  return {
+    name: 'local',
+    dir: session.dir,
+    certDir: '',
+    dockerConfig: process.env.DOCKER_CONFIG || '',
+    contextName: '',
+    contexts: [],
+    buildxBuilder: '',
+    builderName: '',
+    driver: 'docker',
+    env: { DOCKER_BUILDKIT: '1' } as RunnerConfig['env'],
+    secrets: [],
+    warnings: []
+  };
+}
+
+export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO }): Promise<BuildStepResult> {
+  const opts = buildOptions(settings, session);
+  const buildId = nextBuildId(session);
+  const lease = session.lease ?? { cache: null, builders: [] };
+  const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, deps.io ?? {});
+  const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
+  const build: BuildResult = {
+    buildId,
+    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : undefined),
+    platform,
+    status: run.status,
+    durationMs: run.durationMs,
+    totalSteps: run.totalSteps,
+    cachedSteps: run.cachedSteps,
+    digest: run.digest,
+    builderId: session.lease?.builders[0]?.builderId
+  };
+  recordBuild(session, build);
+  const warnings = [...run.warnings];
+  if (session.lease) {
+    try {
+      await new MeteringSpool(session.spoolDir).add(
+        buildCompletedEvent(session.org, {
+          lease_id: session.lease.id,
+          build_id: buildId,
+          platform,
+          status: run.status,
+          duration_ms: Math.round(run.durationMs),
+          total_steps: run.totalSteps,
+          cached_steps: run.cachedSteps,
+          ...(run.digest ? { image_digest: run.digest } : {}),
+          actor: session.identity.actor,
+          provider: session.identity.provider,
+          project: session.identity.project,
+          pipeline_key: session.identity.pipelineKey,
+          job_id: session.identity.jobId
+        })
+      );
+    } catch (err) {
+      warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
+    }
+  }
+  for (const w of warnings) deps.log.warn(w);
+  const outputs = {
+    digest: run.digest ?? '',
+    'image-id': run.imageId ?? '',
+    'cache-ratio': run.cacheRatio.toFixed(4),
+    'cached-steps': String(run.cachedSteps),
+    'total-steps': String(run.totalSteps),
+    duration: (run.durationMs / 1000).toFixed(2)
+  };
+  deps.log.info(
+    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ', org cache exported' : ''}`
+  );
+  return { build, run, outputs, warnings };
+}

@@ -1,0 +1,268 @@
+// Runs a build on the leased builder and reads BuildKit's plain progress to count steps and cached steps.
+import { spawn } from 'child_process';
+import { promises as fsp } from 'fs';
+import * as path from 'path';
+import type { LeaseMsg } from '../common/proto';
+import { buildArgs, dockerEnv, pushesAfterBuild, type BuildClient, type BuildOptions, type CacheRefs, type ResolvedDocker } from './docker-cli';
+import type { RunnerConfig } from './runner-config';
+
+export interface BuildStep {
+  id: number; // BuildKit's vertex number (#N)
+  name: string; // e.g. "[build 2/3] RUN make"
+  cached: boolean;
+  status: 'cached' | 'done' | 'error' | 'canceled' | 'running';
+  durationMs?: number;
+  error?: string;
+}
+
+export interface Progress {
+  totalSteps: number;
+  cachedSteps: number;
+  steps: BuildStep[];
+}
+
+// "[stage N/M] INSTR", "[N/M] INSTR", "[ N/M] INSTR" (buildx pads), "[linux/arm64 stage N/M] INSTR".
+const STEP = /^\[\s*(?:[^\s\]]+\s+){0,2}\d+\/\d+\]\s+([A-Za-z]+)/;
+
+/**
+ * Whether a vertex is a Dockerfile step. Internal vertices ([internal] load ..., [auth] ..., importing cache
+ * manifest, exporting to image, exporting cache, resolve image config) are BuildKit's own work. FROM is left out
+ * too: it resolves a base image rather than building a layer, and buildx reports a base image already present
+ * as CACHED, which would make every build look like a cache hit.
+ */
+export function isStepName(name: string): boolean {
+  const m = STEP.exec(name);
+  return m !== null && m[1].toUpperCase() !== 'FROM';
+}
+
+/** Incremental reader of `--progress=plain` output, one line at a time, so a long log is never held whole. */
+export class ProgressParser {
+  private readonly vertices = new Map<number, BuildStep>();
+
+  push(line: string): void {
+    const m = /^#(\d+) (.*)$/.exec(line.replace(/\r$/, ''));
+    if (!m) return;
+    const id = Number(m[1]);
+    const rest = m[2].trim();
+    let v = this.vertices.get(id);
+    if (!v) {
+      // The first line of a vertex is its name; a vertex may be printed again later under the same number.
+      this.vertices.set(id, { id, name: rest, cached: false, status: 'running' });
+      return;
+    }
+    if (rest === 'CACHED') {
+      v.cached = true;
+      v.status = 'cached';
+    } else if (rest === 'CANCELED') {
+      if (!v.cached) v.status = 'canceled';
+    } else if (/^ERROR\b/.test(rest)) {
+      v.status = 'error';
+      v.error = rest.replace(/^ERROR:?\s*/, '');
+    } else {
+      const done = /^DONE (\d+(?:\.\d+)?)s$/.exec(rest);
+      if (done) {
+        v.durationMs = Math.round(Number(done[1]) * 1000);
+        if (!v.cached) v.status = 'done';
+      }
+    }
+  }
+
+  result(): Progress {
+    const steps = [...this.vertices.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
+    return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
+  }
+}
+
+export function parseProgress(text: string): Progress {
+  const p = new ProgressParser();
+  for (const line of text.split('\n')) p.push(line);
+  return p.result();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+export interface BuildResult {
+  status: 'success' | 'failure' | 'cancelled';
+  exitCode: number | null;
+  durationMs: number; // build and pushes
+  totalSteps: number;
+  cachedSteps: number;
+  cacheRatio: number; // cachedSteps / totalSteps, 0 when there are no steps
+  digest?: string; // of the pushed image
+  imageId?: string;
+  steps: BuildStep[];
+  cacheExported: boolean;
+  pushed: string[];
+  outputTail: string[]; // the last lines of output, for an error message
+  warnings: string[];
+}
+
+export interface BuildIO {
+  onLine?: (line: string) => void;
+  signal?: AbortSignal; // aborting cancels the build (SIGINT to docker, as Ctrl-C would)
+  trapSignals?: boolean; // default true: SIGINT/SIGTERM to this process cancel the build instead of killing us
+}
+
+const TAIL = 60;
+const KILL_AFTER_MS = 10_000;
+let seq = 0;
+
+interface Streamed {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+function stream(file: string, args: string[], env: NodeJS.ProcessEnv, onLine: (l: string) => void, signal: AbortSignal): Promise<Streamed> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return resolve({ code: null, signal: 'SIGINT' });
+    const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const splitter = () => {
+      let buf = '';
+      return {
+        data: (d: Buffer) => {
+          buf += d.toString('utf8');
+          const lines = buf.split('\n');
+          buf = lines.pop()!;
+          for (const l of lines) onLine(l);
+        },
+        end: () => buf && onLine(buf)
+      };
+    };
+    const out = splitter();
+    const err = splitter();
+    child.stdout!.on('data', out.data);
+    child.stderr!.on('data', err.data);
+    let killer: NodeJS.Timeout | undefined;
+    const abort = () => {
+      child.kill('SIGINT'); // docker cancels the solve and exits within a second (measured: 0.9 s)
+      killer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+    };
+    signal.addEventListener('abort', abort, { once: true });
+    child.on('error', (e) => {
+      signal.removeEventListener('abort', abort);
+      reject(e);
+    });
+    child.on('close', (code, sig) => {
+      signal.removeEventListener('abort', abort);
+      if (killer) clearTimeout(killer);
+      out.end();
+      err.end();
+      resolve({ code, signal: sig });
+    });
+  });
+}
+
+async function readJson(file: string): Promise<Record<string, any> | null> {
+  try {
+    return JSON.parse(await fsp.readFile(file, 'utf8'));
+  } catch {
+    return null;
+  }
+}
+
+export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: LeaseMsg, docker: ResolvedDocker, io: BuildIO = {}): Promise<BuildResult> {
+  const started = Date.now();
+  const n = ++seq;
+  const client: BuildClient = {
+    buildx: docker.buildx,
+    builder: cfg.builderName,
+    driver: cfg.driver,
+    metadataFile: path.join(cfg.dir, `metadata-${n}.json`),
+    iidFile: path.join(cfg.dir, `iid-${n}`)
+  };
+  const cache: CacheRefs = { importRefs: lease.cache?.importRefs ?? [], exportRef: lease.cache?.exportRef ?? '' };
+  const argv = buildArgs(opts, cache, client); // bad input throws here, before anything runs
+
+  const env = dockerEnv(process.env, { ...cfg.env });
+  const tail: string[] = [];
+  const parser = new ProgressParser();
+  const warnings: string[] = [];
+  const pushed: string[] = [];
+  let cacheExported = false;
+  let digest: string | undefined;
+  const emit = (line: string) => {
+    tail.push(line);
+    if (tail.length > TAIL) tail.shift();
+    io.onLine?.(line);
+  };
+
+  const controller = new AbortController();
+  const onAbort = () => controller.abort();
+  io.signal?.addEventListener('abort', onAbort, { once: true });
+  if (io.signal?.aborted) controller.abort();
+  const trap = io.trapSignals !== false;
+  if (trap) {
+    process.on('SIGINT', onAbort);
+    process.on('SIGTERM', onAbort);
+  }
+  const finish = (status: BuildResult['status'], exitCode: number | null, extra: Partial<BuildResult> = {}): BuildResult => {
+    const p = parser.result();
+    return {
+      status,
+      exitCode,
+      durationMs: Date.now() - started,
+      totalSteps: p.totalSteps,
+      cachedSteps: p.cachedSteps,
+      cacheRatio: p.totalSteps ? p.cachedSteps / p.totalSteps : 0,
+      digest,
+      steps: p.steps,
+      cacheExported,
+      pushed,
+      outputTail: tail.slice(),
+      warnings,
+      ...extra
+    };
+  };
+
+  try {
+    // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
+    const built = await stream(docker.path, argv, env, (l) => {
+      parser.push(l);
+      emit(l);
+    }, controller.signal);
+    const progress = parser.result();
+    const canceledStep = progress.steps.some((s) => s.status === 'canceled') && !progress.steps.some((s) => s.status === 'error');
+    if (controller.signal.aborted || built.signal || (built.code !== 0 && canceledStep)) return finish('cancelled', built.code);
+    if (built.code !== 0) return finish('failure', built.code);
+
+    let imageId: string | undefined;
+    if (docker.buildx) {
+      const meta = await readJson(client.metadataFile!);
+      imageId = meta?.['containerimage.config.digest'];
+      if (opts.push && cfg.driver === 'remote') digest = meta?.['containerimage.digest'];
+    } else {
+      imageId = (await fsp.readFile(client.iidFile!, 'utf8').catch(() => '')).trim() || undefined;
+    }
+
+    for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
+      let out = '';
+      const r = await stream(docker.path, ['push', ref], env, (l) => {
+        out += `${l}\n`;
+        emit(l);
+      }, controller.signal);
+      if (controller.signal.aborted || r.signal) return finish('cancelled', r.code, { imageId });
+      if (r.code !== 0) {
+        // The org cache is an optimisation: failing to write it warns; failing to push the user's image fails.
+        if (isExport) {
+          warnings.push(`could not export the build cache to ${ref} (docker push exited ${r.code}); later builds will not reuse this one's layers`);
+          continue;
+        }
+        return finish('failure', r.code, { imageId });
+      }
+      pushed.push(ref);
+      if (isExport) cacheExported = true;
+      const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
+      if (d && !isExport && !digest) digest = d;
+    }
+    if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) cacheExported = true;
+    return finish('success', built.code, { imageId });
+  } finally {
+    io.signal?.removeEventListener('abort', onAbort);
+    if (trap) {
+      process.off('SIGINT', onAbort);
+      process.off('SIGTERM', onAbort);
+    }
+    await fsp.rm(client.metadataFile!, { force: true });
+    await fsp.rm(client.iidFile!, { force: true });
+  }
+}

@@ -1,0 +1,105 @@
+// Report, CI-neutral, run always (after success, failure or cancel): release the lease, record the job, flush
+// metering, undo the runner config, and render the summary. Nothing here fails the job: every problem becomes a
+// warning, because the user's build already has its own outcome.
+import * as fs from 'fs';
+import { ApiClient } from './api-client';
+import { MeteringSpool } from './metering-spool';
+import { flushSpool, type FlushResult } from './metering-client';
+import { cleanupRunner } from './runner-config';
+import { readBuilds, type Session } from './session';
+import { renderSummary, renderText, totalsOf, type BuildResult, type JobSummary } from './summary';
+import { jobCompletedEvent } from '../server/metering/events';
+import type { Log } from './setup';
+
+export interface ReportDeps {
+  log: Log;
+  now?: () => number;
+  meteringDeadlineMs?: number;
+}
+
+export interface ReportResult {
+  builds: BuildResult[];
+  billedSeconds: number | null;
+  flush: FlushResult | null;
+  warnings: string[];
+  summary: JobSummary;
+  markdown: string;
+  text: string;
+}
+
+export async function report(session: Session, deps: ReportDeps): Promise<ReportResult> {
+  const now = deps.now ?? Date.now;
+  const warnings: string[] = [];
+  const builds = readBuilds(session);
+  const lease = session.lease;
+  let billedSeconds: number | null = null;
+
+  if (lease) {
+    const spool = new MeteringSpool(session.spoolDir);
+    try {
+      await spool.add(
+        jobCompletedEvent(session.org, {
+          lease_id: lease.id,
+          job_id: session.identity.jobId,
+          wall_seconds: Math.max(0, Math.round((now() - lease.createdAtMs) / 1000)),
+          builds: builds.length,
+          actor: session.identity.actor,
+          provider: session.identity.provider,
+          project: session.identity.project,
+          pipeline_key: session.identity.pipelineKey
+        })
+      );
+    } catch (err) {
+      warnings.push(`Build Cloud metering: could not spool the job record: ${(err as Error).message}`);
+    }
+
+    const api = new ApiClient({ endpoint: session.endpoint, token: session.token, attempts: 4, deadlineMs: 15_000 });
+    try {
+      const released = await api.release(lease.id);
+      billedSeconds = released.billedSeconds;
+      deps.log.info(`Build Cloud: released lease ${lease.id} (${billedSeconds} s billed)`);
+    } catch (err) {
+      warnings.push(`Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`);
+    } finally {
+      api.close();
+    }
+  }
+
+  let flush: FlushResult | null = null;
+  if (lease && session.meteringUrl) {
+    flush = await flushSpool(new MeteringSpool(session.spoolDir), {
+      endpoint: session.meteringUrl,
+      token: session.token,
+      deadlineMs: deps.meteringDeadlineMs ?? 30_000
+    });
+    warnings.push(...flush.warnings);
+  }
+
+  if (session.runner) {
+    try {
+      warnings.push(...(await cleanupRunner(session.runner, session.docker)));
+    } catch (err) {
+      warnings.push(`Build Cloud cleanup: ${(err as Error).message}`);
+    }
+  }
+  try {
+    fs.rmSync(session.dir, { recursive: true, force: true });
+  } catch (err) {
+    warnings.push(`Build Cloud cleanup: could not remove ${session.dir}: ${(err as Error).message}`);
+  }
+  for (const w of warnings) deps.log.warn(w);
+
+  const t = totalsOf(builds);
+  const summary: JobSummary = {
+    builds,
+    leaseId: lease?.id,
+    builderShared: lease ? lease.builders.some((b) => b.shared) : undefined,
+    builderWarm: lease ? lease.builders.every((b) => b.warm || b.shared) : undefined,
+    jobWallMs: lease ? now() - lease.createdAtMs : undefined,
+    billedSeconds: billedSeconds ?? undefined,
+    pipeline: { totalSteps: t.totalSteps, cachedSteps: t.cachedSteps },
+    runUrl: session.identity.runUrl || undefined,
+    warnings: session.fallback ? ['No remote builder: this job built on the runner\'s own Docker (fallback: local).', ...warnings] : warnings
+  };
+  return { builds, billedSeconds, flush, warnings, summary, markdown: renderSummary(summary), text: renderText(summary) };
+}

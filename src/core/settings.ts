@@ -1,0 +1,150 @@
+// Validated settings from raw inputs. Each wrapper supplies `get(name)` (GitHub: core.getInput; CLI: a flag or a
+// BUILDCLOUD_* variable); every error names the input and what is expected.
+import { BUILD_INPUTS, SETUP_INPUTS, type InputDef } from './inputs';
+
+export class InputError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'InputError';
+  }
+}
+
+export type Getter = (name: string) => string;
+
+export interface SetupSettings {
+  endpoint: string;
+  token: string;
+  org: string;
+  oidcAudience: string;
+  platforms: string[];
+  scope: 'pipeline' | 'job';
+  cache: boolean;
+  fallback: 'none' | 'local';
+  summary: boolean;
+  prComment: boolean;
+  githubToken: string;
+  jobId: string;
+  meteringEndpoint: string;
+  provisionTimeoutS: number;
+}
+
+export interface BuildSettings {
+  context: string;
+  file: string;
+  tags: string[];
+  buildArgs: string[];
+  target: string;
+  labels: string[];
+  push: boolean;
+  platforms: string[];
+  noCache: boolean;
+  pull: boolean;
+}
+
+const TRUE = ['true', 'True', 'TRUE', '1', 'yes'];
+const FALSE = ['false', 'False', 'FALSE', '0', 'no'];
+
+function raw(def: InputDef, get: Getter): string {
+  const v = get(def.name);
+  return v === undefined || v === null || v === '' ? def.default : String(v);
+}
+
+export function boolInput(def: InputDef, get: Getter): boolean {
+  const v = raw(def, get).trim();
+  if (TRUE.includes(v)) return true;
+  if (FALSE.includes(v)) return false;
+  throw new InputError(`Invalid input '${def.name}': '${v}'. Expected true or false.`);
+}
+
+// Lists: one item per line or comma-separated; build-args and labels are per line only (values may hold commas).
+export function listInput(def: InputDef, get: Getter, perLine = false): string[] {
+  const v = raw(def, get);
+  const parts = perLine ? v.split(/\r?\n/) : v.split(/[\n,]/);
+  return parts.map((s) => s.trim()).filter(Boolean);
+}
+
+function enumInput<T extends string>(def: InputDef, get: Getter): T {
+  const v = raw(def, get).trim();
+  if (!def.options!.includes(v)) throw new InputError(`Invalid input '${def.name}': '${v}'. Expected one of: ${def.options!.join(', ')}.`);
+  return v as T;
+}
+
+function numberInput(def: InputDef, get: Getter, min: number, max: number): number {
+  const v = raw(def, get).trim();
+  if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) {
+    throw new InputError(`Invalid input '${def.name}': '${v}'. Expected a whole number from ${min} to ${max}.`);
+  }
+  return Number(v);
+}
+
+function str(def: InputDef, get: Getter): string {
+  return raw(def, get).trim();
+}
+
+function byName(defs: InputDef[]): Record<string, InputDef> {
+  return Object.fromEntries(defs.map((d) => [d.name, d]));
+}
+
+const S = byName(SETUP_INPUTS);
+const B = byName(BUILD_INPUTS);
+
+const PLATFORM = /^[a-z0-9]+\/[a-z0-9_]+(\/v[0-9]+)?$/;
+
+function platforms(def: InputDef, get: Getter): string[] {
+  const list = listInput(def, get);
+  for (const p of list) if (!PLATFORM.test(p)) throw new InputError(`Invalid input '${def.name}': '${p}'. Expected os/arch such as linux/amd64.`);
+  return list;
+}
+
+export function setupSettings(get: Getter): SetupSettings {
+  const endpoint = str(S.endpoint, get);
+  if (endpoint && !/^(grpcs?:\/\/)?[^/\s:]+:\d{1,5}\/?$/.test(endpoint)) {
+    throw new InputError(`Invalid input 'endpoint': '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
+  }
+  const metering = str(S['metering-endpoint'], get);
+  if (metering && !/^https?:\/\/\S+$/.test(metering)) {
+    throw new InputError(`Invalid input 'metering-endpoint': '${metering}'. Expected an http:// or https:// URL.`);
+  }
+  const org = str(S.org, get);
+  if (org && !/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(org)) {
+    throw new InputError(`Invalid input 'org': '${org}'. Expected lowercase letters, digits and single . _ - between them.`);
+  }
+  const jobId = str(S['job-id'], get);
+  if (jobId.length > 200 || /\s/.test(jobId)) throw new InputError(`Invalid input 'job-id': '${jobId.slice(0, 60)}'. Expected up to 200 characters without spaces.`);
+  return {
+    endpoint,
+    token: str(S.token, get),
+    org,
+    oidcAudience: str(S['oidc-audience'], get),
+    platforms: platforms(S.platforms, get),
+    scope: enumInput(S.scope, get),
+    cache: boolInput(S.cache, get),
+    fallback: enumInput(S.fallback, get),
+    summary: boolInput(S.summary, get),
+    prComment: boolInput(S['pr-comment'], get),
+    githubToken: str(S['github-token'], get),
+    jobId,
+    meteringEndpoint: metering,
+    provisionTimeoutS: numberInput(S['provision-timeout'], get, 1, 3600)
+  };
+}
+
+export function buildSettings(get: Getter): BuildSettings {
+  const buildArgs = listInput(B['build-args'], get, true);
+  for (const a of buildArgs) if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(a)) throw new InputError(`Invalid input 'build-args': '${a.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  const labels = listInput(B.labels, get, true);
+  for (const l of labels) if (!/^[^=\s]+=/.test(l)) throw new InputError(`Invalid input 'labels': '${l.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  const context = str(B.context, get);
+  return {
+    context,
+    file: str(B.file, get),
+    tags: listInput(B.tags, get),
+    buildArgs,
+    target: str(B.target, get),
+    labels,
+    push: boolInput(B.push, get),
+    platforms: platforms(B.platforms, get),
+    noCache: boolInput(B['no-cache'], get),
+    pull: boolInput(B.pull, get)
+  };
+}

@@ -1,0 +1,200 @@
+// Setup, CI-neutral: identity → credential → provision → configure the runner → session. The wrappers map
+// their inputs to SetupSettings and the result back to their platform (outputs, env, state, dotenv, $BASH_ENV).
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { ApiClient, ControlPlaneError } from './api-client';
+import { chooseCredential } from './auth';
+import { identityFromEnv, localName, type Env, type Identity } from './identity';
+import { resolveDocker, type ResolvedDocker } from './docker-cli';
+import { configureRunner } from './runner-config';
+import { MeteringSpool } from './metering-spool';
+import { flushSpool } from './metering-client';
+import { saveSession, withoutSecrets, type Session } from './session';
+import type { SetupSettings } from './settings';
+import type { LeaseMsg } from '../common/proto';
+
+export interface Log {
+  info(msg: string): void;
+  warn(msg: string): void;
+  debug(msg: string): void;
+}
+
+export interface SetupDeps {
+  env: Env;
+  log: Log;
+  mask: (secret: string) => void;
+  githubOidc?: (audience: string) => Promise<string>; // core.getIDToken on GitHub
+  tempRoot?: string; // RUNNER_TEMP, or the OS temp dir
+  spoolDir?: string;
+  now?: () => number;
+}
+
+export interface SetupResult {
+  session: Session;
+  sessionFile: string;
+  outputs: Record<string, string>;
+  exportEnv: Record<string, string>; // for later steps of the job
+}
+
+export class SetupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SetupError';
+  }
+}
+
+export function defaultSpoolDir(env: Env): string {
+  return env.BUILDCLOUD_SPOOL_DIR || path.join(env.HOME || os.homedir(), '.cache', 'buildcloud', 'spool');
+}
+
+export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<SetupResult> {
+  const { env, log } = deps;
+  const now = deps.now ?? Date.now;
+  const identity = identityFromEnv(env, undefined, { jobId: settings.jobId });
+  const endpoint = settings.endpoint || env.BUILDCLOUD_ENDPOINT || '';
+  if (!endpoint) throw new SetupError("Missing input 'endpoint': the gRPC address of the Build Cloud control plane (host:port), or set BUILDCLOUD_ENDPOINT.");
+  log.info(`Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`);
+
+  const docker = await resolveDocker(env);
+  log.info(docker.reason);
+
+  const api = new ApiClient({
+    endpoint,
+    onRetry: (r) => log.warn(`Build Cloud: ${r.method} failed (${r.error}); retrying in ${(r.delayMs / 1000).toFixed(1)} s (attempt ${r.attempt + 1})`)
+  });
+  try {
+    const token = await credential(settings, identity, deps, api);
+    api.setToken(token);
+    // One spool per org: records of another org sent with this org's token would be rejected and dropped.
+    const spoolFor = (org: string) => path.join(deps.spoolDir ?? defaultSpoolDir(env), org || 'unknown-org');
+    let lease: LeaseMsg;
+    try {
+      lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now);
+    } catch (err) {
+      if (settings.fallback !== 'local' || !(err instanceof ControlPlaneError) || !err.transient) throw err;
+      log.warn(`Build Cloud: NO REMOTE BUILDER (${err.message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
+      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now()));
+    }
+    const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
+    log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
+    const name = localName(identity);
+    let cfg;
+    try {
+      cfg = await configureRunner(lease, name, { tempRoot: deps.tempRoot || env.RUNNER_TEMP || os.tmpdir(), docker });
+    } catch (err) {
+      // Nobody would release a lease this job cannot use: give it back now rather than at the idle timeout.
+      await api.release(lease.id).catch(() => undefined);
+      throw err;
+    }
+    for (const s of cfg.secrets) deps.mask(s);
+    const stripped = withoutSecrets(
+      settings.cache ? lease : { ...lease, cache: lease.cache ? { ...lease.cache, importRefs: [], exportRef: '' } : null },
+      cfg
+    );
+    const session: Session = {
+      version: 1,
+      dir: cfg.dir,
+      identity,
+      org: lease.org,
+      endpoint,
+      token,
+      meteringUrl: settings.meteringEndpoint || lease.meteringUrl,
+      spoolDir: spoolFor(lease.org),
+      lease: stripped.lease,
+      runner: stripped.runner,
+      docker,
+      env: { ...cfg.env } as Record<string, string>,
+      fallback: false,
+      cache: settings.cache,
+      summary: settings.summary,
+      prComment: settings.prComment,
+      startedAtMs: now()
+    };
+    // Records a dead earlier job could not send go out now (best effort, short budget).
+    await sendLeftovers(session, log);
+    return finish(session);
+  } finally {
+    api.close();
+  }
+}
+
+async function credential(settings: SetupSettings, identity: Identity, deps: SetupDeps, api: ApiClient): Promise<string> {
+  const c = chooseCredential(identity, { token: settings.token, oidc: 'auto', audience: settings.oidcAudience }, deps.env, deps.githubOidc);
+  if (c.kind === 'token') {
+    deps.mask(c.token);
+    return c.token;
+  }
+  const oidcToken = c.source.kind === 'github' ? await c.source.fetch(settings.oidcAudience) : c.source.value;
+  deps.mask(oidcToken);
+  const ex = await api.exchangeToken(oidcToken, settings.org);
+  deps.mask(ex.accessToken);
+  deps.log.info(`Build Cloud: OIDC token exchanged for an access token of org ${ex.org}`);
+  return ex.accessToken;
+}
+
+// Transient failures (unavailable, at capacity) are retried until the deadline; permanent ones surface at once.
+async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, budgetMs: number, now: () => number): Promise<LeaseMsg> {
+  const end = now() + budgetMs;
+  for (;;) {
+    try {
+      return await api.provision({
+        org: s.org,
+        pipelineKey: id.pipelineKey,
+        jobId: id.jobId,
+        platforms: s.platforms,
+        scope: s.scope === 'job' ? 'SCOPE_JOB' : 'SCOPE_PIPELINE',
+        identity: { provider: id.provider, project: id.project, branch: id.branch, defaultBranch: id.defaultBranch, fork: id.fork, actor: id.actor, runUrl: id.runUrl }
+      });
+    } catch (err) {
+      if (!(err instanceof ControlPlaneError) || !err.transient || now() >= end) throw err;
+    }
+  }
+}
+
+function localSession(s: SetupSettings, identity: Identity, endpoint: string, token: string, spoolDir: string, docker: ResolvedDocker, startedAtMs: number): Session {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${localName(identity)}-local-`));
+  return {
+    version: 1,
+    dir,
+    identity,
+    org: s.org,
+    endpoint,
+    token,
+    meteringUrl: s.meteringEndpoint,
+    spoolDir,
+    lease: null,
+    runner: null,
+    docker,
+    env: { DOCKER_BUILDKIT: '1' },
+    fallback: true,
+    cache: false,
+    summary: s.summary,
+    prComment: s.prComment,
+    startedAtMs
+  };
+}
+
+function finish(session: Session): SetupResult {
+  const file = saveSession(session);
+  const l = session.lease;
+  const outputs: Record<string, string> = {
+    builder: session.runner?.builderName ?? '',
+    'docker-host': session.env.DOCKER_HOST ?? '',
+    'lease-id': l?.id ?? '',
+    'cache-from': (l?.cache?.importRefs ?? []).join('\n'),
+    'cache-to': l?.cache?.exportRef ?? '',
+    platforms: (l?.builders ?? []).map((b) => b.platform).join(','),
+    fallback: String(session.fallback)
+  };
+  return { session, sessionFile: file, outputs, exportEnv: { ...session.env, BUILDCLOUD_SESSION: file } };
+}
+
+export async function sendLeftovers(session: Pick<Session, 'spoolDir' | 'meteringUrl' | 'token'>, log: Log): Promise<void> {
+  if (!session.meteringUrl) return;
+  const spool = new MeteringSpool(session.spoolDir);
+  if ((await spool.pending()).length === 0) return;
+  const r = await flushSpool(spool, { endpoint: session.meteringUrl, token: session.token, deadlineMs: 10_000 });
+  if (r.sent) log.info(`Build Cloud: sent ${r.sent} usage record(s) left by earlier jobs`);
+  for (const w of r.warnings) log.warn(w);
+}
