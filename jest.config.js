@@ -7,9 +7,12 @@ const base = {
   },
   moduleFileExtensions: ['ts', 'js', 'json', 'proto']
 };
+const e2e = { ...base, testTimeout: 180000 };
 module.exports = {
+  // e2e tests start real dockerd builders and build images: minutes, not seconds.
+  testTimeout: 180000,
   projects: [
     { ...base, displayName: 'unit', testMatch: ['<rootDir>/__tests__/unit/**/*.test.ts'] },
-    { ...base, displayName: 'e2e', testMatch: ['<rootDir>/__tests__/e2e/**/*.test.ts'], testTimeout: 180000 }
+    { ...e2e, displayName: 'e2e', testMatch: ['<rootDir>/__tests__/e2e/**/*.test.ts'] }
   ]
 };

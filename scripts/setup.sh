@@ -24,5 +24,7 @@ fi
 
 # The docker.io package may start a system dockerd; builders never use it. Nothing to do either way.
 npm ci --no-audit --no-fund --loglevel=error
+# GitHub runs actions on node24: the action tests run the bundles with it (the binary ships in an npm package).
+[ -x .tools/node24/node_modules/.bin/node ] || npm install --no-save --no-audit --no-fund --loglevel=error --prefix .tools/node24 node@24
 node scripts/build.mjs
 echo "setup.sh: ready (docker client: /usr/bin/docker $(/usr/bin/docker --version 2>/dev/null | cut -d' ' -f3 | tr -d ,))"

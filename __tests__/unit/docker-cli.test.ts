@@ -89,6 +89,7 @@ describe('resolveDocker', () => {
   test.each([
     ['only a newer client without buildx', { PATH }, { '/opt/t/local/bin/docker': NEW_NO_BUILDX }, /No usable docker client: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin and cannot build with BuildKit without it\. Install the buildx plugin/],
     ['no client at all', { PATH }, {}, /No docker client found \(looked for: \/opt\/t\/local\/bin\/docker, \/opt\/t\/bin\/docker, \/usr\/bin\/docker, \/usr\/local\/bin\/docker\)\..*docker\.io/],
+    ['BUILDCLOUD_DOCKER without buildx or BuildKit', { PATH, BUILDCLOUD_DOCKER: '/opt/t/local/bin/docker' }, { '/opt/t/local/bin/docker': NEW_NO_BUILDX, '/opt/t/bin/docker': DEBIAN_2010 }, /^BUILDCLOUD_DOCKER is '\/opt\/t\/local\/bin\/docker', which is not usable: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin/],
     ['BUILDCLOUD_DOCKER that does not run', { PATH, BUILDCLOUD_DOCKER: '/nope/docker' }, { '/opt/t/bin/docker': DEBIAN_2010 }, /BUILDCLOUD_DOCKER is '\/nope\/docker', which does not run as a docker client/]
   ])('refuses: %s', async (_what, env, machine, message) => {
     const err = await resolveDocker(env, fakeProbe(machine)).catch((e) => e);

@@ -132,7 +132,8 @@ export async function resolveDocker(env: NodeJS.ProcessEnv = process.env, probe:
   }
   if (override && passed.length === 0) throw new DockerNotUsableError(`BUILDCLOUD_DOCKER is '${override}', which does not run as a docker client. ${INSTALL_HINT}`);
   if (passed.length === 0) throw new DockerNotUsableError(`No docker client found (looked for: ${candidates.join(', ')}). ${INSTALL_HINT}`);
-  throw new DockerNotUsableError(`No usable docker client: ${passed.map(why).join('; ')}. ${INSTALL_HINT}`);
+  const src = override ? `BUILDCLOUD_DOCKER is '${override}', which is not usable: ` : 'No usable docker client: ';
+  throw new DockerNotUsableError(`${src}${passed.map(why).join('; ')}. ${INSTALL_HINT}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -235,7 +235,10 @@ function eventsUrl(endpoint: string): string | { error: string } {
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return { error: `metering endpoint must be http(s)://host:port, not ${u.protocol}` };
   // fetch refuses URLs with credentials, and they would end up in warnings: the token is the only secret.
   if (u.username || u.password) return { error: 'metering endpoint must not hold credentials; the token is sent as a bearer token' };
-  return `${u.origin}${u.pathname.replace(/\/+$/, '')}/v1/events`;
+  // A full events URL (the lease's metering_url, or another CloudEvents service's ingest path) is used as it is;
+  // a bare base URL gets the control plane's path.
+  const p = u.pathname.replace(/\/+$/, '');
+  return /\/events$/.test(p) ? `${u.origin}${p}` : `${u.origin}${p}/v1/events`;
 }
 
 const displayUrl = (url: string) => url.replace(/\/v1\/events$/, '');
