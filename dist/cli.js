@@ -6044,7 +6044,7 @@ var require_transport = __commonJS({
   "node_modules/pino/lib/transport.js"(exports2, module2) {
     "use strict";
     var { createRequire } = require("module");
-    var { existsSync: existsSync2 } = require("node:fs");
+    var { existsSync: existsSync3 } = require("node:fs");
     var getCallers = require_caller();
     var { join: join8, isAbsolute, sep } = require("node:path");
     var { fileURLToPath } = require("node:url");
@@ -6119,7 +6119,7 @@ var require_transport = __commonJS({
           return false;
         }
       }
-      return isAbsolute(path10) && !existsSync2(path10);
+      return isAbsolute(path10) && !existsSync3(path10);
     }
     function stripQuotes(value) {
       const first = value[0];
@@ -55636,6 +55636,14 @@ var init_registry_proxy = __esm({
 });
 
 // src/server/drivers/bridge.ts
+function hostTool(name) {
+  let p = toolPaths.get(name);
+  if (!p) {
+    p = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map((d) => `${d}/${name}`).find((c) => (0, import_node_fs3.existsSync)(c)) ?? name;
+    toolPaths.set(name, p);
+  }
+  return p;
+}
 function runCommand(file, args, timeoutMs = 3e4) {
   return new Promise((resolve6, reject) => {
     (0, import_node_child_process2.execFile)(file, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
@@ -55672,7 +55680,7 @@ function overlaps(a, b) {
   return a.base < b.base + b.size && b.base < a.base + a.size;
 }
 async function hostAddrs() {
-  const links = JSON.parse(await runCommand("ip", ["-j", "-4", "addr", "show"]));
+  const links = JSON.parse(await runCommand(hostTool("ip"), ["-j", "-4", "addr", "show"]));
   const out = [];
   for (const l of links) {
     for (const a of l.addr_info ?? []) {
@@ -55683,19 +55691,21 @@ async function hostAddrs() {
 }
 async function linkExists(name) {
   try {
-    await runCommand("ip", ["link", "show", "dev", name]);
+    await runCommand(hostTool("ip"), ["link", "show", "dev", name]);
     return true;
   } catch {
     return false;
   }
 }
-var import_node_child_process2, DEFAULT_SUBNET_POOL, inFlight, BridgeAllocator;
+var import_node_child_process2, import_node_fs3, DEFAULT_SUBNET_POOL, inFlight, toolPaths, BridgeAllocator;
 var init_bridge = __esm({
   "src/server/drivers/bridge.ts"() {
     "use strict";
     import_node_child_process2 = require("node:child_process");
+    import_node_fs3 = require("node:fs");
     DEFAULT_SUBNET_POOL = "10.213.0.0/16";
     inFlight = /* @__PURE__ */ new Set();
+    toolPaths = /* @__PURE__ */ new Map();
     BridgeAllocator = class {
       constructor(pool = DEFAULT_SUBNET_POOL, log) {
         this.log = log;
@@ -55708,7 +55718,7 @@ var init_bridge = __esm({
       async create(name) {
         if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new Error(`invalid bridge name: ${name}`);
         if (await linkExists(name)) await this.remove(name);
-        await runCommand("ip", ["link", "add", "name", name, "type", "bridge"]);
+        await runCommand(hostTool("ip"), ["link", "add", "name", name, "type", "bridge"]);
         const tried = [];
         let chosen = null;
         try {
@@ -55719,17 +55729,17 @@ var init_bridge = __esm({
             const base = free[Math.floor(Math.random() * free.length)];
             inFlight.add(base);
             tried.push(base);
-            await runCommand("ip", ["addr", "add", `${intToIp(base + 1)}/24`, "dev", name]);
+            await runCommand(hostTool("ip"), ["addr", "add", `${intToIp(base + 1)}/24`, "dev", name]);
             const clash = (await hostAddrs()).some((a) => a.ifname !== name && overlaps(a.net, { base, size: 256 }));
             if (clash) {
               this.log?.warn({ bridge: name, subnet: `${intToIp(base)}/24` }, "subnet taken concurrently, trying another");
-              await runCommand("ip", ["addr", "flush", "dev", name]);
+              await runCommand(hostTool("ip"), ["addr", "flush", "dev", name]);
             } else {
               chosen = base;
             }
           }
           if (chosen === null) throw new Error("could not find a free subnet for the builder bridge");
-          await runCommand("ip", ["link", "set", "dev", name, "up"]);
+          await runCommand(hostTool("ip"), ["link", "set", "dev", name, "up"]);
           return { name, subnet: `${intToIp(chosen)}/24`, gateway: intToIp(chosen + 1) };
         } catch (err) {
           chosen = null;
@@ -55742,7 +55752,7 @@ var init_bridge = __esm({
       // Never throws for a bridge that is already gone.
       async remove(name, subnet) {
         try {
-          await runCommand("ip", ["link", "del", "dev", name]);
+          await runCommand(hostTool("ip"), ["link", "del", "dev", name]);
         } catch (err) {
           if (await linkExists(name)) throw err;
         }
@@ -55907,9 +55917,9 @@ async function unmountUnder(dirs, log) {
   const points = info.split("\n").map((line) => line.split(" ")[4]).filter((mp) => Boolean(mp)).map(decodeMountPath).filter((mp) => dirs.some((d) => mp === d || mp.startsWith(`${d}/`))).sort((a, b) => b.length - a.length);
   for (const mp of [...new Set(points)]) {
     try {
-      await runCommand("umount", [mp]);
+      await runCommand(hostTool("umount"), [mp]);
     } catch {
-      await runCommand("umount", ["-l", mp]).catch((err) => log.warn({ mp, err: String(err) }, "unmount failed"));
+      await runCommand(hostTool("umount"), ["-l", mp]).catch((err) => log.warn({ mp, err: String(err) }, "unmount failed"));
     }
   }
 }
@@ -56019,18 +56029,31 @@ var init_dockerd = __esm({
       async alive(handle) {
         return ping(handle.socketPath, 2e3);
       }
-      // Builders whose directory is still under rootDir but that this process did not start: a previous control
-      // plane died without destroying them. Removes them all; returns their ids.
+      // Builders whose directory is still under rootDir but that this instance did not start: a previous control
+      // plane died without destroying them. Removes them all (call it once at startup); returns their ids.
       async cleanupOrphans() {
-        let entries = [];
-        try {
-          entries = await fs4.promises.readdir(this.rootDir);
-        } catch {
-          return [];
-        }
+        const entries = await fs4.promises.readdir(this.rootDir).catch(() => []);
         const ids = entries.filter((e) => ID_RE.test(e) && !this.active.has(e));
         for (const id of ids) await this.teardown(this.layout(id), null);
+        await this.sweepRuntimeBase();
         return ids;
+      }
+      // Run dirs in the runtime base (shared by every control plane on the host) that no process uses any more, and
+      // their bridges: left by a control plane that died in the middle of a destroy, whose rootDir may be gone. The
+      // age check keeps us off a builder another control plane is starting right now.
+      async sweepRuntimeBase(minAgeMs = 10 * 6e4) {
+        const names = await fs4.promises.readdir(this.base).catch(() => []);
+        const procs = [...(await listProcs(false)).values()];
+        for (const name of names.filter((n) => /^[0-9a-f]{10}$/.test(n))) {
+          const runDir = path5.join(this.base, name);
+          const st = await fs4.promises.stat(runDir).catch(() => null);
+          if (!st || Date.now() - st.mtimeMs < minAgeMs) continue;
+          if (procs.some((p) => mentions(p, { paths: [runDir], execIds: [] }))) continue;
+          this.log.info({ runDir, bridge: `bc${name}` }, "removing a stale builder run dir and its bridge");
+          await unmountUnder([runDir], this.log);
+          await removeDir(runDir, this.log).catch((e) => this.log.warn({ runDir, err: String(e) }, "stale run dir not removed"));
+          await this.bridges.remove(`bc${name}`).catch((e) => this.log.warn({ err: String(e) }, "stale bridge not removed"));
+        }
       }
       layout(id) {
         if (!ID_RE.test(id)) throw new Error(`invalid builder id: ${JSON.stringify(id)}`);
@@ -56147,7 +56170,7 @@ ${await tailFile(l.logFile)}`);
 function normalise(fp) {
   return fp.replace(/:/g, "").toLowerCase();
 }
-var import_node_crypto13, net, tls, ACTIVITY_INTERVAL_MS, HANDSHAKE_TIMEOUT_MS, KEEPALIVE_MS, LINGER_MS, BuilderTlsProxy;
+var import_node_crypto13, net, tls, ACTIVITY_INTERVAL_MS, HANDSHAKE_TIMEOUT_MS, KEEPALIVE_MS, LINGER_MS, REFUSAL_TIMEOUT_MS, REFUSAL, BuilderTlsProxy;
 var init_tls_proxy = __esm({
   "src/server/tls-proxy.ts"() {
     "use strict";
@@ -56159,6 +56182,8 @@ var init_tls_proxy = __esm({
     HANDSHAKE_TIMEOUT_MS = 1e4;
     KEEPALIVE_MS = 3e4;
     LINGER_MS = 1e4;
+    REFUSAL_TIMEOUT_MS = 5e3;
+    REFUSAL = "buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)";
     BuilderTlsProxy = class {
       opts;
       log;
@@ -56169,6 +56194,7 @@ var init_tls_proxy = __esm({
       server;
       port = 0;
       listening = false;
+      closed = false;
       constructor(opts) {
         this.opts = opts;
         this.log = opts.log ?? silentLogger();
@@ -56233,6 +56259,7 @@ var init_tls_proxy = __esm({
       async close() {
         const closed = this.listening ? new Promise((resolve6) => this.server.close(() => resolve6())) : Promise.resolve();
         this.listening = false;
+        this.closed = true;
         for (const c of [...this.conns]) this.drop(c);
         for (const raw of [...this.rawSockets]) raw.destroy();
         await closed;
@@ -56240,14 +56267,14 @@ var init_tls_proxy = __esm({
       onSecure(client) {
         client.on("error", (err) => this.log.debug({ err: err.message }, "client connection error"));
         const peer = client.getPeerCertificate();
-        if (!client.authorized || !peer || !peer.raw) {
+        if (this.closed || !client.authorized || !peer || !peer.raw) {
           client.destroy();
           return;
         }
         const fingerprint = (0, import_node_crypto13.createHash)("sha256").update(peer.raw).digest("hex");
         if (!this.allowed.has(fingerprint)) {
           this.log.warn({ fingerprint: fingerprint.slice(0, 16), remote: client.remoteAddress }, "client cert not allowed on this builder");
-          client.destroy();
+          this.refuse(client);
           return;
         }
         const upstream = net.createConnection({ path: this.opts.socketPath, allowHalfOpen: true });
@@ -56270,6 +56297,22 @@ var init_tls_proxy = __esm({
         upstream.on("data", onData);
         client.pipe(upstream);
         upstream.pipe(client);
+      }
+      // A bare close shows up in the docker CLI as "error during connect: ... EOF". Answering the first request with
+      // a 403 makes it print "Error response from daemon: <why>" instead. Nothing reaches the engine either way.
+      refuse(client) {
+        const body = JSON.stringify({ message: REFUSAL });
+        const response = `HTTP/1.1 403 Forbidden\r
+Content-Type: application/json\r
+Content-Length: ${Buffer.byteLength(body)}\r
+Connection: close\r
+\r
+${body}`;
+        const kill = setTimeout(() => client.destroy(), REFUSAL_TIMEOUT_MS);
+        kill.unref();
+        client.once("close", () => clearTimeout(kill));
+        client.once("end", () => client.destroy());
+        client.once("data", () => client.end(response));
       }
       drop(conn) {
         if (!this.conns.delete(conn)) return;
@@ -56412,9 +56455,14 @@ var init_builders = __esm({
         b.graceTimer.unref();
         this.opts.onChange?.();
       }
-      async destroy(id, why) {
+      destroy(id, why) {
         const b = this.live.get(id);
-        if (!b || b.state === "destroying") return;
+        if (!b) return Promise.resolve();
+        if (!b.destroyed) b.destroyed = this.doDestroy(b, why);
+        return b.destroyed;
+      }
+      async doDestroy(b, why) {
+        const id = b.id;
         b.state = "destroying";
         if (b.graceTimer) clearTimeout(b.graceTimer);
         if (b.shareKey && this.byShareKey.get(b.shareKey) === b) this.byShareKey.delete(b.shareKey);
@@ -56458,6 +56506,7 @@ var init_builders = __esm({
             org: null,
             holders: /* @__PURE__ */ new Set(),
             graceTimer: null,
+            destroyed: null,
             state
             // a cold start is born assigned, so no concurrent acquire can take it as warm
           };
@@ -97457,6 +97506,10 @@ async function startServer(config, log) {
       const dockerd = findDockerd();
       if (dockerd) driver = new DockerdDriver({ rootDir: path6.join(config.stateDir, "builders"), dockerdPath: dockerd, subnetPool: config.subnetPool, log });
       else log.warn("dockerd not found: provisioning will be refused until docker.io is installed");
+    }
+    if (driver?.cleanupOrphans) {
+      const removed = await driver.cleanupOrphans();
+      if (removed.length) log.warn({ removed }, "removed builders a previous run left behind");
     }
     let leases = null;
     const pool = driver ? new BuilderPool({

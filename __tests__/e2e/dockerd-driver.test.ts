@@ -100,6 +100,7 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
   let pki: Pki;
   let server: CertPair;
   let driver: DockerdDriver;
+  let driverRoot: string;
   let certA: string;
   let certB: string;
   let leaseA: CertPair;
@@ -121,13 +122,18 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     certA = await writeCertDir(path.join(tmp, 'certs-a'), pki.caPem, leaseA);
     certB = await writeCertDir(path.join(tmp, 'certs-b'), pki.caPem, leaseB);
     // A deliberately long root dir: sockets must still fit in 107 bytes.
-    driver = new DockerdDriver({ rootDir: path.join(tmp, 'state', 'x'.repeat(80), 'builders') });
+    driverRoot = path.join(tmp, 'state', 'x'.repeat(80), 'builders');
+    driver = new DockerdDriver({ rootDir: driverRoot });
   });
 
   afterAll(async () => {
     for (const b of builders) {
       await b.proxy.close();
       await driver?.destroy(b.handle);
+    }
+    // Whatever a failed test left behind: a fresh driver on the same root treats every builder there as an orphan.
+    for (const root of driver ? [driverRoot, path.join(tmp, 'crashed')] : []) {
+      await new DockerdDriver({ rootDir: root }).cleanupOrphans();
     }
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   });
@@ -202,6 +208,7 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     const other = await docker(['version', '--format', '{{.Server.Version}}'], a.port, certB);
     expect(other.code).not.toBe(0);
     expect(other.stdout.trim()).toBe('');
+    expect(other.stderr).toContain('not allowed on this builder');
 
     // Destroy: no process, no data root, no exec root, no bridge left behind.
     const runDir = path.dirname(a.handle.socketPath);

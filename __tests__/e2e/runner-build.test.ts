@@ -66,6 +66,8 @@ beforeAll(async () => {
 afterAll(async () => {
   client?.close();
   expect(await server?.stop()).toBe(0);
+  // Its builders are gone with it (it stops what it started), so its state dir can go too.
+  if (server) fs.rmSync(server.stateDir, { recursive: true, force: true });
   // Measured on this machine; the report quotes them.
   console.log(`runner-build timings (ms): ${JSON.stringify(timings)}`);
   fs.rmSync(work, { recursive: true, force: true });
@@ -277,11 +279,12 @@ describe('buildx paths at their command boundary', () => {
     expect(fs.readdirSync(tempRoot)).toEqual([]);
   });
 
-  test('runBuild with buildx on a remote builder: buildx pushes, the digest comes from the metadata file', async () => {
-    // A stand-in docker: records its argv, writes the metadata file buildx would, prints a recorded progress log.
+  // A stand-in docker: records its argv, writes the metadata file buildx would, prints a progress log.
+  function fakeBuildx(progressText: string): { docker: ResolvedDocker; argv: () => string[] } {
     const fake = path.join(tempRoot, 'docker');
     const log = path.join(tempRoot, 'argv.json');
-    const progress = path.join(__dirname, '../fixtures/progress/multistage-imported-fresh-builder.txt');
+    const progress = path.join(tempRoot, 'progress.txt');
+    fs.writeFileSync(progress, progressText);
     fs.writeFileSync(fake, `#!${process.execPath}
 const fs = require('fs');
 const a = process.argv.slice(2);
@@ -290,17 +293,32 @@ const m = a.indexOf('--metadata-file');
 fs.writeFileSync(a[m + 1], JSON.stringify({ 'containerimage.digest': 'sha256:${'d'.repeat(64)}', 'containerimage.config.digest': 'sha256:${'c'.repeat(64)}' }));
 process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
 `, { mode: 0o755 });
-    const docker: ResolvedDocker = { ...BUILDX, path: fake };
+    return { docker: { ...BUILDX, path: fake }, argv: () => JSON.parse(fs.readFileSync(log, 'utf8')) };
+  }
+  const pushOpts = (): BuildOptions => ({ context: tempRoot, tags: ['127.0.0.1:5000/acme/app:1'], buildArgs: {}, push: true, platforms: ['linux/amd64'], exportCache: true });
+
+  test('runBuild with buildx on a remote builder: buildx pushes, the digest comes from the metadata file', async () => {
+    const fake = fakeBuildx(fs.readFileSync(path.join(__dirname, '../fixtures/progress/multistage-imported-fresh-builder.txt'), 'utf8'));
     const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
-    const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
-    const r = await runBuild({ context: tempRoot, tags: ['127.0.0.1:5000/acme/app:1'], buildArgs: {}, push: true, platforms: ['linux/amd64'], exportCache: true }, cfg, lease, docker);
-    expect(r).toMatchObject({ status: 'success', totalSteps: 6, cachedSteps: 6, digest: `sha256:${'d'.repeat(64)}`, imageId: `sha256:${'c'.repeat(64)}`, cacheExported: true, pushed: [] });
-    const argv = JSON.parse(fs.readFileSync(log, 'utf8'));
+    const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
+    const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
+    expect(r).toMatchObject({ status: 'success', totalSteps: 6, cachedSteps: 6, digest: `sha256:${'d'.repeat(64)}`, imageId: `sha256:${'c'.repeat(64)}`, cacheExported: true, pushed: [], warnings: [] });
+    const argv = fake.argv();
     expect(argv.slice(0, 5)).toEqual(['buildx', 'build', '--builder', 'bc-bk', '--progress=plain']);
     expect(argv).toContain('type=registry,ref=127.0.0.1:5000/acme/app/cache:main,mode=max,ignore-error=true');
     expect(argv.slice(-2)).toEqual(['--push', tempRoot]);
     // The metadata file is removed with the build; the directory holds only what configureRunner made.
     expect(fs.readdirSync(cfg.dir).sort()).toEqual(['certs', 'docker-config']);
-    expect(await cleanupRunner(cfg, docker, recorder([]))).toEqual([]);
+    expect(await cleanupRunner(cfg, fake.docker, recorder([]))).toEqual([]);
+  });
+
+  test('a registry cache export that fails (ignored by buildx) is a warning, not a failure', async () => {
+    const fake = fakeBuildx(['#1 [build 1/1] RUN make', '#1 DONE 0.5s', '', '#2 exporting cache to registry', '#2 ERROR: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable', ''].join('\n'));
+    const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
+    const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
+    const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
+    expect(r).toMatchObject({ status: 'success', totalSteps: 1, cacheExported: false });
+    expect(r.warnings).toEqual(["could not export the build cache to 127.0.0.1:5000/acme/app/cache:main: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable; later builds will not reuse this one's layers"]);
+    await cleanupRunner(cfg, fake.docker, recorder([]));
   });
 });

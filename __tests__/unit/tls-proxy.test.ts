@@ -141,9 +141,12 @@ describe('BuilderTlsProxy', () => {
     p.allow(leaseA.fingerprint);
     const port = Number(p.address.split(':').pop());
     const sock = connect(port, pki, leaseB);
-    sock.on('secureConnect', () => sock.write('should not arrive'));
+    sock.on('secureConnect', () => sock.write('GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n'));
     const { data } = await collect(sock);
-    expect(data).toBe('');
+    // Answered by the proxy itself (so the docker CLI can say why), never by the engine, which echoes.
+    expect(data).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(data).toContain('not allowed on this builder');
+    expect(data).not.toContain('GET /_ping');
     expect(p.activeConnections()).toBe(0);
   });
 
@@ -192,7 +195,7 @@ describe('BuilderTlsProxy', () => {
     expect(p.activeConnections()).toBe(1);
     const again = connect(port, pki, leaseA);
     again.on('secureConnect', () => again.write('x'));
-    expect((await collect(again)).data).toBe('');
+    expect((await collect(again)).data).toMatch(/^HTTP\/1\.1 403 /);
     b.destroy();
   });
 

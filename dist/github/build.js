@@ -20027,15 +20027,15 @@ function isStepName(name) {
   return m !== null && m[1].toUpperCase() !== "FROM";
 }
 var ProgressParser = class {
-  vertices = /* @__PURE__ */ new Map();
+  byId = /* @__PURE__ */ new Map();
   push(line) {
     const m = /^#(\d+) (.*)$/.exec(line.replace(/\r$/, ""));
     if (!m) return;
     const id = Number(m[1]);
     const rest = m[2].trim();
-    let v = this.vertices.get(id);
+    let v = this.byId.get(id);
     if (!v) {
-      this.vertices.set(id, { id, name: rest, cached: false, status: "running" });
+      this.byId.set(id, { id, name: rest, cached: false, status: "running" });
       return;
     }
     if (rest === "CACHED") {
@@ -20054,8 +20054,12 @@ var ProgressParser = class {
       }
     }
   }
+  /** Every vertex, internal ones included (e.g. "exporting cache to registry"). */
+  vertices() {
+    return [...this.byId.values()].map((v) => ({ ...v }));
+  }
   result() {
-    const steps = [...this.vertices.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
+    const steps = [...this.byId.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
     return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
   }
 };
@@ -20196,7 +20200,11 @@ async function runBuild(opts, cfg, lease, docker, io = {}) {
       const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
       if (d && !isExport && !digest) digest = d;
     }
-    if (docker.buildx && cfg.driver === "remote" && opts.exportCache && cache.exportRef) cacheExported = true;
+    if (docker.buildx && cfg.driver === "remote" && opts.exportCache && cache.exportRef) {
+      const failed = parser.vertices().find((v) => v.name.startsWith("exporting cache") && v.status === "error");
+      if (failed) warnings.push(`could not export the build cache to ${cache.exportRef}: ${failed.error}; later builds will not reuse this one's layers`);
+      cacheExported = !failed;
+    }
     return finish("success", built.code, { imageId });
   } finally {
     io.signal?.removeEventListener("abort", onAbort);

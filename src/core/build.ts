@@ -37,17 +37,17 @@ export function isStepName(name: string): boolean {
 
 /** Incremental reader of `--progress=plain` output, one line at a time, so a long log is never held whole. */
 export class ProgressParser {
-  private readonly vertices = new Map<number, BuildStep>();
+  private readonly byId = new Map<number, BuildStep>();
 
   push(line: string): void {
     const m = /^#(\d+) (.*)$/.exec(line.replace(/\r$/, ''));
     if (!m) return;
     const id = Number(m[1]);
     const rest = m[2].trim();
-    let v = this.vertices.get(id);
+    let v = this.byId.get(id);
     if (!v) {
       // The first line of a vertex is its name; a vertex may be printed again later under the same number.
-      this.vertices.set(id, { id, name: rest, cached: false, status: 'running' });
+      this.byId.set(id, { id, name: rest, cached: false, status: 'running' });
       return;
     }
     if (rest === 'CACHED') {
@@ -67,8 +67,13 @@ export class ProgressParser {
     }
   }
 
+  /** Every vertex, internal ones included (e.g. "exporting cache to registry"). */
+  vertices(): BuildStep[] {
+    return [...this.byId.values()].map((v) => ({ ...v }));
+  }
+
   result(): Progress {
-    const steps = [...this.vertices.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
+    const steps = [...this.byId.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
     return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
   }
 }
@@ -100,7 +105,10 @@ export interface BuildResult {
 export interface BuildIO {
   onLine?: (line: string) => void;
   signal?: AbortSignal; // aborting cancels the build (SIGINT to docker, as Ctrl-C would)
-  trapSignals?: boolean; // default true: SIGINT/SIGTERM to this process cancel the build instead of killing us
+  // Default true: SIGINT/SIGTERM to this process (a CI cancelling the job) cancel the build and runBuild returns
+  // 'cancelled' instead of the process dying mid-build, so the caller can still report and release; the caller
+  // then exits.
+  trapSignals?: boolean;
 }
 
 const TAIL = 60;
@@ -254,7 +262,12 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
       if (d && !isExport && !digest) digest = d;
     }
-    if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) cacheExported = true;
+    if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) {
+      // ignore-error=true keeps a failed cache export from failing the build; its vertex still says ERROR.
+      const failed = parser.vertices().find((v) => v.name.startsWith('exporting cache') && v.status === 'error');
+      if (failed) warnings.push(`could not export the build cache to ${cache.exportRef}: ${failed.error}; later builds will not reuse this one's layers`);
+      cacheExported = !failed;
+    }
     return finish('success', built.code, { imageId });
   } finally {
     io.signal?.removeEventListener('abort', onAbort);

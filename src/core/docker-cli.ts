@@ -110,30 +110,27 @@ const INSTALL_HINT =
 export async function resolveDocker(env: NodeJS.ProcessEnv = process.env, probe: Probe = runDocker): Promise<ResolvedDocker> {
   const override = env.BUILDCLOUD_DOCKER?.trim();
   const candidates = override ? [override] : dockerCandidates(env);
+  const src = override ? ' (BUILDCLOUD_DOCKER)' : '';
+  const because = (ps: Probed[]) => (ps.length ? ` because ${ps.map(why).join('; ')}` : '');
   const passed: Probed[] = [];
-  let classic: Probed | null = null;
   for (const c of candidates) {
     const p = await probeOne(c, dockerEnv(env), probe);
     if (p.missing) continue;
     if (p.buildx) {
-      const tail = passed.length ? ` because ${passed.map(why).join('; ')}` : '';
-      const src = override ? ' (BUILDCLOUD_DOCKER)' : '';
-      return { path: p.path, version: p.version, buildx: true, buildxVersion: p.buildx, reason: `using ${p.path}${src} ${p.version} with buildx ${p.buildx}${tail}` };
+      return { path: p.path, version: p.version, buildx: true, buildxVersion: p.buildx, reason: `using ${p.path}${src} ${p.version} with buildx ${p.buildx}${because(passed)}` };
     }
-    if (p.classicBuildKit && !classic) classic = p;
     passed.push(p);
   }
-  if (classic) {
+  const i = passed.findIndex((p) => p.classicBuildKit);
+  if (i >= 0) {
     // Only clients ahead of it in PATH order need explaining: those are what a plain `docker` would have run.
-    const before = passed.slice(0, passed.indexOf(classic));
-    const tail = before.length ? ` because ${before.map(why).join('; ')}` : '';
-    const src = override ? ' (BUILDCLOUD_DOCKER)' : '';
-    return { path: classic.path, version: classic.version, buildx: false, buildxVersion: '', reason: `using ${classic.path}${src} ${classic.version} (no buildx; BuildKit via DOCKER_BUILDKIT=1)${tail}` };
+    const { path: file, version } = passed[i];
+    return { path: file, version, buildx: false, buildxVersion: '', reason: `using ${file}${src} ${version} (no buildx; BuildKit via DOCKER_BUILDKIT=1)${because(passed.slice(0, i))}` };
   }
   if (override && passed.length === 0) throw new DockerNotUsableError(`BUILDCLOUD_DOCKER is '${override}', which does not run as a docker client. ${INSTALL_HINT}`);
   if (passed.length === 0) throw new DockerNotUsableError(`No docker client found (looked for: ${candidates.join(', ')}). ${INSTALL_HINT}`);
-  const src = override ? `BUILDCLOUD_DOCKER is '${override}', which is not usable: ` : 'No usable docker client: ';
-  throw new DockerNotUsableError(`${src}${passed.map(why).join('; ')}. ${INSTALL_HINT}`);
+  const lead = override ? `BUILDCLOUD_DOCKER is '${override}', which is not usable: ` : 'No usable docker client: ';
+  throw new DockerNotUsableError(`${lead}${passed.map(why).join('; ')}. ${INSTALL_HINT}`);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

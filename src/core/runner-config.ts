@@ -143,14 +143,15 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
 
     const userDir = opts.userDockerConfig ?? defaultUserConfig();
     const user = await readUserConfig(userDir, warnings);
-    const secrets = [tls.keyPem];
+    // Log maskers match line by line, so the key's body lines are secrets of their own (not its BEGIN/END lines).
+    const secrets = [tls.keyPem, ...tls.keyPem.split(/\r?\n/).filter((l) => l.trim() && !l.startsWith('-----'))];
     let cfgJson = { ...user };
     delete cfgJson.currentContext;
     const reg = lease.cache?.registry;
     if (reg?.host) {
       const auth = Buffer.from(`${reg.username}:${reg.password}`).toString('base64');
       cfgJson = privateConfig(user, reg.host, auth);
-      secrets.push(reg.password, auth);
+      if (reg.password) secrets.push(reg.password, auth);
     }
     await fsp.writeFile(path.join(dockerConfig, 'config.json'), JSON.stringify(cfgJson, null, 2), { mode: 0o600 });
     // docker finds CLI plugins (buildx) in $DOCKER_CONFIG/cli-plugins: keep a user-installed buildx reachable.

@@ -18,6 +18,7 @@ export interface LiveBuilder {
   holders: Set<string>; // lease ids
   graceTimer: NodeJS.Timeout | null;
   state: 'warm' | 'assigned' | 'grace' | 'destroying';
+  destroyed: Promise<void> | null; // set once destruction starts: stop() must wait for one already under way
 }
 
 export interface BuilderPoolOptions {
@@ -135,9 +136,15 @@ export class BuilderPool {
     this.opts.onChange?.();
   }
 
-  async destroy(id: string, why: string): Promise<void> {
+  destroy(id: string, why: string): Promise<void> {
     const b = this.live.get(id);
-    if (!b || b.state === 'destroying') return;
+    if (!b) return Promise.resolve();
+    if (!b.destroyed) b.destroyed = this.doDestroy(b, why);
+    return b.destroyed;
+  }
+
+  private async doDestroy(b: LiveBuilder, why: string): Promise<void> {
+    const id = b.id;
     b.state = 'destroying';
     if (b.graceTimer) clearTimeout(b.graceTimer);
     if (b.shareKey && this.byShareKey.get(b.shareKey) === b) this.byShareKey.delete(b.shareKey);
@@ -183,6 +190,7 @@ export class BuilderPool {
         org: null,
         holders: new Set(),
         graceTimer: null,
+        destroyed: null,
         state // a cold start is born assigned, so no concurrent acquire can take it as warm
       };
       this.live.set(id, b);

@@ -95,6 +95,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       if (dockerd) driver = new DockerdDriver({ rootDir: path.join(config.stateDir, 'builders'), dockerdPath: dockerd, subnetPool: config.subnetPool, log });
       else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
     }
+    if (driver?.cleanupOrphans) {
+      const removed = await driver.cleanupOrphans();
+      if (removed.length) log.warn({ removed }, 'removed builders a previous run left behind');
+    }
 
     let leases: LeaseManager | null = null;
     const pool = driver

@@ -31,6 +31,10 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 const KEEPALIVE_MS = 30_000;
 // How long a client may keep its side open after the engine closed the connection.
 const LINGER_MS = 10_000;
+// How long a refused client gets to send its request and read the 403.
+const REFUSAL_TIMEOUT_MS = 5_000;
+const REFUSAL =
+  'buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)';
 
 export class BuilderTlsProxy {
   private readonly opts: TlsProxyOptions;
@@ -42,6 +46,7 @@ export class BuilderTlsProxy {
   private readonly server: tls.Server;
   private port = 0;
   private listening = false;
+  private closed = false;
 
   constructor(opts: TlsProxyOptions) {
     this.opts = opts;
@@ -115,6 +120,7 @@ export class BuilderTlsProxy {
       ? new Promise<void>((resolve) => this.server.close(() => resolve()))
       : Promise.resolve();
     this.listening = false;
+    this.closed = true;
     for (const c of [...this.conns]) this.drop(c);
     for (const raw of [...this.rawSockets]) raw.destroy(); // connections still in their handshake
     await closed;
@@ -123,7 +129,7 @@ export class BuilderTlsProxy {
   private onSecure(client: tls.TLSSocket): void {
     client.on('error', (err) => this.log.debug({ err: err.message }, 'client connection error'));
     const peer = client.getPeerCertificate();
-    if (!client.authorized || !peer || !peer.raw) {
+    if (this.closed || !client.authorized || !peer || !peer.raw) {
       client.destroy();
       return;
     }
@@ -131,7 +137,7 @@ export class BuilderTlsProxy {
     if (!this.allowed.has(fingerprint)) {
       // Signed by our CA but not for this builder: another lease's cert, or a revoked one.
       this.log.warn({ fingerprint: fingerprint.slice(0, 16), remote: client.remoteAddress }, 'client cert not allowed on this builder');
-      client.destroy();
+      this.refuse(client);
       return;
     }
     const upstream = net.createConnection({ path: this.opts.socketPath, allowHalfOpen: true });
@@ -158,6 +164,21 @@ export class BuilderTlsProxy {
     // pipe() forwards end() (half-close) in each direction and handles backpressure.
     client.pipe(upstream);
     upstream.pipe(client);
+  }
+
+  // A bare close shows up in the docker CLI as "error during connect: ... EOF". Answering the first request with
+  // a 403 makes it print "Error response from daemon: <why>" instead. Nothing reaches the engine either way.
+  private refuse(client: tls.TLSSocket): void {
+    const body = JSON.stringify({ message: REFUSAL });
+    const response =
+      'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n' +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+    const kill = setTimeout(() => client.destroy(), REFUSAL_TIMEOUT_MS);
+    kill.unref();
+    client.once('close', () => clearTimeout(kill));
+    client.once('end', () => client.destroy());
+    // Wait for the request: a response before it is "unsolicited" to Go's HTTP client, which then reports EOF.
+    client.once('data', () => client.end(response)); // further bytes are discarded: the stream stays flowing
   }
 
   private drop(conn: Conn): void {

@@ -2,6 +2,7 @@
 // (a bridge, never host), so cache keys match across builders, and a user's plain `docker build` needs no
 // --network flag. Daemons must not share docker0: each would rewrite it and leave state behind.
 import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import type { Logger } from '../../common/log';
 
 export const DEFAULT_SUBNET_POOL = '10.213.0.0/16';
@@ -20,6 +21,17 @@ interface Net {
 // Subnets handed out by this process and not yet released. Shared by every allocator of the process, because
 // `ip addr add` happily puts one subnet on two bridges and tests run several control planes in one process.
 const inFlight = new Set<number>();
+
+// System tools by absolute path when we can find them: a service's PATH often lacks /usr/sbin, where `ip` lives.
+const toolPaths = new Map<string, string>();
+export function hostTool(name: string): string {
+  let p = toolPaths.get(name);
+  if (!p) {
+    p = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'].map((d) => `${d}/${name}`).find((c) => existsSync(c)) ?? name;
+    toolPaths.set(name, p);
+  }
+  return p;
+}
 
 export function runCommand(file: string, args: string[], timeoutMs = 30_000): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -69,7 +81,7 @@ interface HostAddr {
 }
 
 async function hostAddrs(): Promise<HostAddr[]> {
-  const links = JSON.parse(await runCommand('ip', ['-j', '-4', 'addr', 'show'])) as Array<{
+  const links = JSON.parse(await runCommand(hostTool('ip'), ['-j', '-4', 'addr', 'show'])) as Array<{
     ifname: string;
     addr_info?: Array<{ family: string; local: string; prefixlen: number }>;
   }>;
@@ -84,7 +96,7 @@ async function hostAddrs(): Promise<HostAddr[]> {
 
 export async function linkExists(name: string): Promise<boolean> {
   try {
-    await runCommand('ip', ['link', 'show', 'dev', name]);
+    await runCommand(hostTool('ip'), ['link', 'show', 'dev', name]);
     return true;
   } catch {
     return false;
@@ -103,7 +115,7 @@ export class BridgeAllocator {
   async create(name: string): Promise<BridgeLease> {
     if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) throw new Error(`invalid bridge name: ${name}`);
     if (await linkExists(name)) await this.remove(name); // a leftover of a crashed builder with the same id
-    await runCommand('ip', ['link', 'add', 'name', name, 'type', 'bridge']);
+    await runCommand(hostTool('ip'), ['link', 'add', 'name', name, 'type', 'bridge']);
     const tried: number[] = []; // reserved in inFlight while we work, so this loop never picks one twice
     let chosen: number | null = null;
     try {
@@ -115,17 +127,17 @@ export class BridgeAllocator {
         const base = free[Math.floor(Math.random() * free.length)];
         inFlight.add(base);
         tried.push(base);
-        await runCommand('ip', ['addr', 'add', `${intToIp(base + 1)}/24`, 'dev', name]);
+        await runCommand(hostTool('ip'), ['addr', 'add', `${intToIp(base + 1)}/24`, 'dev', name]);
         const clash = (await hostAddrs()).some((a) => a.ifname !== name && overlaps(a.net, { base, size: 256 }));
         if (clash) {
           this.log?.warn({ bridge: name, subnet: `${intToIp(base)}/24` }, 'subnet taken concurrently, trying another');
-          await runCommand('ip', ['addr', 'flush', 'dev', name]);
+          await runCommand(hostTool('ip'), ['addr', 'flush', 'dev', name]);
         } else {
           chosen = base;
         }
       }
       if (chosen === null) throw new Error('could not find a free subnet for the builder bridge');
-      await runCommand('ip', ['link', 'set', 'dev', name, 'up']);
+      await runCommand(hostTool('ip'), ['link', 'set', 'dev', name, 'up']);
       return { name, subnet: `${intToIp(chosen)}/24`, gateway: intToIp(chosen + 1) };
     } catch (err) {
       chosen = null;
@@ -139,7 +151,7 @@ export class BridgeAllocator {
   // Never throws for a bridge that is already gone.
   async remove(name: string, subnet?: string): Promise<void> {
     try {
-      await runCommand('ip', ['link', 'del', 'dev', name]);
+      await runCommand(hostTool('ip'), ['link', 'del', 'dev', name]);
     } catch (err) {
       if (await linkExists(name)) throw err;
     }

@@ -8,7 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from '../../common/log';
 import { silentLogger } from '../../common/log';
-import { BridgeAllocator, DEFAULT_SUBNET_POOL, runCommand } from './bridge';
+import { BridgeAllocator, DEFAULT_SUBNET_POOL, hostTool, runCommand } from './bridge';
 import type { BuilderHandle, Driver } from './driver';
 
 export interface DockerdDriverOptions {
@@ -190,18 +190,32 @@ export class DockerdDriver implements Driver {
     return ping(handle.socketPath, 2000);
   }
 
-  // Builders whose directory is still under rootDir but that this process did not start: a previous control
-  // plane died without destroying them. Removes them all; returns their ids.
+  // Builders whose directory is still under rootDir but that this instance did not start: a previous control
+  // plane died without destroying them. Removes them all (call it once at startup); returns their ids.
   async cleanupOrphans(): Promise<string[]> {
-    let entries: string[] = [];
-    try {
-      entries = await fs.promises.readdir(this.rootDir);
-    } catch {
-      return [];
-    }
+    const entries = await fs.promises.readdir(this.rootDir).catch(() => [] as string[]);
     const ids = entries.filter((e) => ID_RE.test(e) && !this.active.has(e));
     for (const id of ids) await this.teardown(this.layout(id), null);
+    await this.sweepRuntimeBase();
     return ids;
+  }
+
+  // Run dirs in the runtime base (shared by every control plane on the host) that no process uses any more, and
+  // their bridges: left by a control plane that died in the middle of a destroy, whose rootDir may be gone. The
+  // age check keeps us off a builder another control plane is starting right now.
+  private async sweepRuntimeBase(minAgeMs = 10 * 60_000): Promise<void> {
+    const names = await fs.promises.readdir(this.base).catch(() => [] as string[]);
+    const procs = [...(await listProcs(false)).values()];
+    for (const name of names.filter((n) => /^[0-9a-f]{10}$/.test(n))) {
+      const runDir = path.join(this.base, name);
+      const st = await fs.promises.stat(runDir).catch(() => null);
+      if (!st || Date.now() - st.mtimeMs < minAgeMs) continue;
+      if (procs.some((p) => mentions(p, { paths: [runDir], execIds: [] }))) continue;
+      this.log.info({ runDir, bridge: `bc${name}` }, 'removing a stale builder run dir and its bridge');
+      await unmountUnder([runDir], this.log);
+      await removeDir(runDir, this.log).catch((e) => this.log.warn({ runDir, err: String(e) }, 'stale run dir not removed'));
+      await this.bridges.remove(`bc${name}`).catch((e) => this.log.warn({ err: String(e) }, 'stale bridge not removed'));
+    }
   }
 
   private layout(id: string): Layout {
@@ -474,9 +488,9 @@ async function unmountUnder(dirs: string[], log: Logger): Promise<void> {
     .sort((a, b) => b.length - a.length);
   for (const mp of [...new Set(points)]) {
     try {
-      await runCommand('umount', [mp]);
+      await runCommand(hostTool('umount'), [mp]);
     } catch {
-      await runCommand('umount', ['-l', mp]).catch((err) => log.warn({ mp, err: String(err) }, 'unmount failed'));
+      await runCommand(hostTool('umount'), ['-l', mp]).catch((err) => log.warn({ mp, err: String(err) }, 'unmount failed'));
     }
   }
 }

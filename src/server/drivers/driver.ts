@@ -23,4 +23,6 @@ export interface Driver {
   destroy(handle: BuilderHandle): Promise<void>;
   // True while the engine answers.
   alive(handle: BuilderHandle): Promise<boolean>;
+  // Tears down what a crashed earlier run left (engines, mounts, networks); returns what it removed.
+  cleanupOrphans?(): Promise<string[]>;
 }
