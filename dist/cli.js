@@ -53,11 +53,11 @@ var require_error = __commonJS({
        * @param {string} code an id string representing the error
        * @param {string} message human-readable description of the error
        */
-      constructor(exitCode, code, message2) {
+      constructor(exitCode, code2, message2) {
         super(message2);
         Error.captureStackTrace(this, this.constructor);
         this.name = this.constructor.name;
-        this.code = code;
+        this.code = code2;
         this.exitCode = exitCode;
         this.nestedError = void 0;
       }
@@ -639,8 +639,8 @@ var require_help = __commonJS({
        * @param {string} str
        * @returns {number}
        */
-      displayWidth(str2) {
-        return stripColor(str2).length;
+      displayWidth(str4) {
+        return stripColor(str4).length;
       }
       /**
        * Style the title for displaying in the help. Called with 'Usage:', 'Options:', etc.
@@ -648,11 +648,11 @@ var require_help = __commonJS({
        * @param {string} str
        * @returns {string}
        */
-      styleTitle(str2) {
-        return str2;
+      styleTitle(str4) {
+        return str4;
       }
-      styleUsage(str2) {
-        return str2.split(" ").map((word) => {
+      styleUsage(str4) {
+        return str4.split(" ").map((word) => {
           if (word === "[options]") return this.styleOptionText(word);
           if (word === "[command]") return this.styleSubcommandText(word);
           if (word[0] === "[" || word[0] === "<")
@@ -660,46 +660,46 @@ var require_help = __commonJS({
           return this.styleCommandText(word);
         }).join(" ");
       }
-      styleCommandDescription(str2) {
-        return this.styleDescriptionText(str2);
+      styleCommandDescription(str4) {
+        return this.styleDescriptionText(str4);
       }
-      styleOptionDescription(str2) {
-        return this.styleDescriptionText(str2);
+      styleOptionDescription(str4) {
+        return this.styleDescriptionText(str4);
       }
-      styleSubcommandDescription(str2) {
-        return this.styleDescriptionText(str2);
+      styleSubcommandDescription(str4) {
+        return this.styleDescriptionText(str4);
       }
-      styleArgumentDescription(str2) {
-        return this.styleDescriptionText(str2);
+      styleArgumentDescription(str4) {
+        return this.styleDescriptionText(str4);
       }
-      styleDescriptionText(str2) {
-        return str2;
+      styleDescriptionText(str4) {
+        return str4;
       }
-      styleOptionTerm(str2) {
-        return this.styleOptionText(str2);
+      styleOptionTerm(str4) {
+        return this.styleOptionText(str4);
       }
-      styleSubcommandTerm(str2) {
-        return str2.split(" ").map((word) => {
+      styleSubcommandTerm(str4) {
+        return str4.split(" ").map((word) => {
           if (word === "[options]") return this.styleOptionText(word);
           if (word[0] === "[" || word[0] === "<")
             return this.styleArgumentText(word);
           return this.styleSubcommandText(word);
         }).join(" ");
       }
-      styleArgumentTerm(str2) {
-        return this.styleArgumentText(str2);
+      styleArgumentTerm(str4) {
+        return this.styleArgumentText(str4);
       }
-      styleOptionText(str2) {
-        return str2;
+      styleOptionText(str4) {
+        return str4;
       }
-      styleArgumentText(str2) {
-        return str2;
+      styleArgumentText(str4) {
+        return str4;
       }
-      styleSubcommandText(str2) {
-        return str2;
+      styleSubcommandText(str4) {
+        return str4;
       }
-      styleCommandText(str2) {
-        return str2;
+      styleCommandText(str4) {
+        return str4;
       }
       /**
        * Calculate the pad width from the maximum term length.
@@ -722,8 +722,8 @@ var require_help = __commonJS({
        * @param {string} str
        * @returns {boolean}
        */
-      preformatted(str2) {
-        return /\n[^\S\r\n]/.test(str2);
+      preformatted(str4) {
+        return /\n[^\S\r\n]/.test(str4);
       }
       /**
        * Format the "item", which consists of a term and description. Pad the term and wrap the description, indenting the following lines.
@@ -769,9 +769,9 @@ ${itemIndentStr}`);
        * @param {number} width
        * @returns {string}
        */
-      boxWrap(str2, width) {
-        if (width < this.minWidthToWrap) return str2;
-        const rawLines = str2.split(/\r\n|\n/);
+      boxWrap(str4, width) {
+        if (width < this.minWidthToWrap) return str4;
+        const rawLines = str4.split(/\r\n|\n/);
         const chunkPattern = /[\s]*[^\s]+/g;
         const wrappedLines = [];
         rawLines.forEach((line) => {
@@ -799,9 +799,9 @@ ${itemIndentStr}`);
         return wrappedLines.join("\n");
       }
     };
-    function stripColor(str2) {
+    function stripColor(str4) {
       const sgrPattern = /\x1b\[\d*(;\d*)*m/g;
-      return str2.replace(sgrPattern, "");
+      return str4.replace(sgrPattern, "");
     }
     exports2.Help = Help2;
     exports2.stripColor = stripColor;
@@ -1072,9 +1072,9 @@ var require_option = __commonJS({
         return option.negate === (negativeValue === value);
       }
     };
-    function camelcase(str2) {
-      return str2.split("-").reduce((str3, word) => {
-        return str3 + word[0].toUpperCase() + word.slice(1);
+    function camelcase(str4) {
+      return str4.split("-").reduce((str5, word) => {
+        return str5 + word[0].toUpperCase() + word.slice(1);
       });
     }
     function splitOptionFlags(flags) {
@@ -1206,15 +1206,15 @@ var require_command = __commonJS({
   "node_modules/commander/lib/command.js"(exports2) {
     var EventEmitter = require("node:events").EventEmitter;
     var childProcess = require("node:child_process");
-    var path10 = require("node:path");
-    var fs8 = require("node:fs");
+    var path18 = require("node:path");
+    var fs15 = require("node:fs");
     var process2 = require("node:process");
     var { Argument: Argument2, humanReadableArgName } = require_argument();
     var { CommanderError: CommanderError2 } = require_error();
     var { Help: Help2, stripColor } = require_help();
     var { Option: Option2, DualOptions } = require_option();
     var { suggestSimilar } = require_suggestSimilar();
-    var Command2 = class _Command extends EventEmitter {
+    var Command3 = class _Command extends EventEmitter {
       /**
        * Initialize a new `Command`.
        *
@@ -1255,14 +1255,14 @@ var require_command = __commonJS({
         this._showSuggestionAfterError = true;
         this._savedState = null;
         this._outputConfiguration = {
-          writeOut: (str2) => process2.stdout.write(str2),
-          writeErr: (str2) => process2.stderr.write(str2),
-          outputError: (str2, write) => write(str2),
+          writeOut: (str4) => process2.stdout.write(str4),
+          writeErr: (str4) => process2.stderr.write(str4),
+          outputError: (str4, write) => write(str4),
           getOutHelpWidth: () => process2.stdout.isTTY ? process2.stdout.columns : void 0,
           getErrHelpWidth: () => process2.stderr.isTTY ? process2.stderr.columns : void 0,
           getOutHasColors: () => useColor() ?? (process2.stdout.isTTY && process2.stdout.hasColors?.()),
           getErrHasColors: () => useColor() ?? (process2.stderr.isTTY && process2.stderr.hasColors?.()),
-          stripColor: (str2) => stripColor(str2)
+          stripColor: (str4) => stripColor(str4)
         };
         this._hidden = false;
         this._helpOption = void 0;
@@ -1651,9 +1651,9 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @return never
        * @private
        */
-      _exit(exitCode, code, message2) {
+      _exit(exitCode, code2, message2) {
         if (this._exitCallback) {
-          this._exitCallback(new CommanderError2(exitCode, code, message2));
+          this._exitCallback(new CommanderError2(exitCode, code2, message2));
         }
         process2.exit(exitCode);
       }
@@ -2201,7 +2201,7 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} subcommandName
        */
       _checkForMissingExecutable(executableFile, executableDir, subcommandName) {
-        if (fs8.existsSync(executableFile)) return;
+        if (fs15.existsSync(executableFile)) return;
         const executableDirMessage = executableDir ? `searched for local subcommand relative to directory '${executableDir}'` : "no directory for search for local subcommand, use .executableDir() to supply a custom directory";
         const executableMissing = `'${executableFile}' does not exist
  - if '${subcommandName}' is not meant to be an executable command, remove description parameter from '.command()' and use '.description()' instead
@@ -2219,11 +2219,11 @@ Expecting one of '${allowedValues.join("', '")}'`);
         let launchWithNode = false;
         const sourceExt = [".js", ".ts", ".tsx", ".mjs", ".cjs"];
         function findFile(baseDir, baseName) {
-          const localBin = path10.resolve(baseDir, baseName);
-          if (fs8.existsSync(localBin)) return localBin;
-          if (sourceExt.includes(path10.extname(baseName))) return void 0;
+          const localBin = path18.resolve(baseDir, baseName);
+          if (fs15.existsSync(localBin)) return localBin;
+          if (sourceExt.includes(path18.extname(baseName))) return void 0;
           const foundExt = sourceExt.find(
-            (ext) => fs8.existsSync(`${localBin}${ext}`)
+            (ext) => fs15.existsSync(`${localBin}${ext}`)
           );
           if (foundExt) return `${localBin}${foundExt}`;
           return void 0;
@@ -2235,21 +2235,21 @@ Expecting one of '${allowedValues.join("', '")}'`);
         if (this._scriptPath) {
           let resolvedScriptPath;
           try {
-            resolvedScriptPath = fs8.realpathSync(this._scriptPath);
+            resolvedScriptPath = fs15.realpathSync(this._scriptPath);
           } catch {
             resolvedScriptPath = this._scriptPath;
           }
-          executableDir = path10.resolve(
-            path10.dirname(resolvedScriptPath),
+          executableDir = path18.resolve(
+            path18.dirname(resolvedScriptPath),
             executableDir
           );
         }
         if (executableDir) {
           let localFile = findFile(executableDir, executableFile);
           if (!localFile && !subcommand._executableFile && this._scriptPath) {
-            const legacyName = path10.basename(
+            const legacyName = path18.basename(
               this._scriptPath,
-              path10.extname(this._scriptPath)
+              path18.extname(this._scriptPath)
             );
             if (legacyName !== this._name) {
               localFile = findFile(
@@ -2260,7 +2260,7 @@ Expecting one of '${allowedValues.join("', '")}'`);
           }
           executableFile = localFile || executableFile;
         }
-        launchWithNode = sourceExt.includes(path10.extname(executableFile));
+        launchWithNode = sourceExt.includes(path18.extname(executableFile));
         let proc;
         if (process2.platform !== "win32") {
           if (launchWithNode) {
@@ -2291,14 +2291,14 @@ Expecting one of '${allowedValues.join("', '")}'`);
           });
         }
         const exitCallback = this._exitCallback;
-        proc.on("close", (code) => {
-          code = code ?? 1;
+        proc.on("close", (code2) => {
+          code2 = code2 ?? 1;
           if (!exitCallback) {
-            process2.exit(code);
+            process2.exit(code2);
           } else {
             exitCallback(
               new CommanderError2(
-                code,
+                code2,
                 "commander.executeSubCommandAsync",
                 "(close)"
               )
@@ -2805,8 +2805,8 @@ Expecting one of '${allowedValues.join("', '")}'`);
         }
         const config = errorOptions || {};
         const exitCode = config.exitCode || 1;
-        const code = config.code || "commander.error";
-        this._exit(exitCode, code, message2);
+        const code2 = config.code || "commander.error";
+        this._exit(exitCode, code2, message2);
       }
       /**
        * Apply any option related environment variables, if option does
@@ -2986,18 +2986,18 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} [description]
        * @return {(this | string | undefined)} `this` command for chaining, or version string if no arguments
        */
-      version(str2, flags, description) {
-        if (str2 === void 0) return this._version;
-        this._version = str2;
+      version(str4, flags, description) {
+        if (str4 === void 0) return this._version;
+        this._version = str4;
         flags = flags || "-V, --version";
         description = description || "output the version number";
         const versionOption = this.createOption(flags, description);
         this._versionOptionName = versionOption.attributeName();
         this._registerOption(versionOption);
         this.on("option:" + versionOption.name(), () => {
-          this._outputConfiguration.writeOut(`${str2}
+          this._outputConfiguration.writeOut(`${str4}
 `);
-          this._exit(0, "commander.version", str2);
+          this._exit(0, "commander.version", str4);
         });
         return this;
       }
@@ -3008,10 +3008,10 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {object} [argsDescription]
        * @return {(string|Command)}
        */
-      description(str2, argsDescription) {
-        if (str2 === void 0 && argsDescription === void 0)
+      description(str4, argsDescription) {
+        if (str4 === void 0 && argsDescription === void 0)
           return this._description;
-        this._description = str2;
+        this._description = str4;
         if (argsDescription) {
           this._argsDescription = argsDescription;
         }
@@ -3023,9 +3023,9 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} [str]
        * @return {(string|Command)}
        */
-      summary(str2) {
-        if (str2 === void 0) return this._summary;
-        this._summary = str2;
+      summary(str4) {
+        if (str4 === void 0) return this._summary;
+        this._summary = str4;
         return this;
       }
       /**
@@ -3073,8 +3073,8 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} [str]
        * @return {(string|Command)}
        */
-      usage(str2) {
-        if (str2 === void 0) {
+      usage(str4) {
+        if (str4 === void 0) {
           if (this._usage) return this._usage;
           const args = this.registeredArguments.map((arg) => {
             return humanReadableArgName(arg);
@@ -3085,7 +3085,7 @@ Expecting one of '${allowedValues.join("', '")}'`);
             this.registeredArguments.length ? args : []
           ).join(" ");
         }
-        this._usage = str2;
+        this._usage = str4;
         return this;
       }
       /**
@@ -3094,9 +3094,9 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} [str]
        * @return {(string|Command)}
        */
-      name(str2) {
-        if (str2 === void 0) return this._name;
-        this._name = str2;
+      name(str4) {
+        if (str4 === void 0) return this._name;
+        this._name = str4;
         return this;
       }
       /**
@@ -3175,7 +3175,7 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @return {Command}
        */
       nameFromFilename(filename) {
-        this._name = path10.basename(filename, path10.extname(filename));
+        this._name = path18.basename(filename, path18.extname(filename));
         return this;
       }
       /**
@@ -3189,9 +3189,9 @@ Expecting one of '${allowedValues.join("', '")}'`);
        * @param {string} [path]
        * @return {(string|null|Command)}
        */
-      executableDir(path11) {
-        if (path11 === void 0) return this._executableDir;
-        this._executableDir = path11;
+      executableDir(path19) {
+        if (path19 === void 0) return this._executableDir;
+        this._executableDir = path19;
         return this;
       }
       /**
@@ -3230,17 +3230,17 @@ Expecting one of '${allowedValues.join("', '")}'`);
         let hasColors;
         let helpWidth;
         if (error) {
-          baseWrite = (str2) => this._outputConfiguration.writeErr(str2);
+          baseWrite = (str4) => this._outputConfiguration.writeErr(str4);
           hasColors = this._outputConfiguration.getErrHasColors();
           helpWidth = this._outputConfiguration.getErrHelpWidth();
         } else {
-          baseWrite = (str2) => this._outputConfiguration.writeOut(str2);
+          baseWrite = (str4) => this._outputConfiguration.writeOut(str4);
           hasColors = this._outputConfiguration.getOutHasColors();
           helpWidth = this._outputConfiguration.getOutHelpWidth();
         }
-        const write = (str2) => {
-          if (!hasColors) str2 = this._outputConfiguration.stripColor(str2);
-          return baseWrite(str2);
+        const write = (str4) => {
+          if (!hasColors) str4 = this._outputConfiguration.stripColor(str4);
+          return baseWrite(str4);
         };
         return { error, write, hasColors, helpWidth };
       }
@@ -3442,7 +3442,7 @@ Expecting one of '${allowedValues.join("', '")}'`);
         return true;
       return void 0;
     }
-    exports2.Command = Command2;
+    exports2.Command = Command3;
     exports2.useColor = useColor;
   }
 });
@@ -3451,15 +3451,15 @@ Expecting one of '${allowedValues.join("', '")}'`);
 var require_commander = __commonJS({
   "node_modules/commander/index.js"(exports2) {
     var { Argument: Argument2 } = require_argument();
-    var { Command: Command2 } = require_command();
+    var { Command: Command3 } = require_command();
     var { CommanderError: CommanderError2, InvalidArgumentError: InvalidArgumentError2 } = require_error();
     var { Help: Help2 } = require_help();
     var { Option: Option2 } = require_option();
-    exports2.program = new Command2();
-    exports2.createCommand = (name) => new Command2(name);
+    exports2.program = new Command3();
+    exports2.createCommand = (name) => new Command3(name);
     exports2.createOption = (flags, description) => new Option2(flags, description);
     exports2.createArgument = (name, description) => new Argument2(name, description);
-    exports2.Command = Command2;
+    exports2.Command = Command3;
     exports2.Option = Option2;
     exports2.Argument = Argument2;
     exports2.Help = Help2;
@@ -3732,8 +3732,8 @@ var require_req = __commonJS({
       if (req.originalUrl) {
         _req.url = req.originalUrl;
       } else {
-        const path10 = req.path;
-        _req.url = typeof path10 === "string" ? path10 : req.url ? req.url.path || req.url : void 0;
+        const path18 = req.path;
+        _req.url = typeof path18 === "string" ? path18 : req.url ? req.url.path || req.url : void 0;
       }
       if (req.query) {
         _req.query = req.query;
@@ -3903,14 +3903,14 @@ var require_redact = __commonJS({
       }
       return obj;
     }
-    function parsePath(path10) {
+    function parsePath(path18) {
       const parts = [];
       let current = "";
       let inBrackets = false;
       let inQuotes = false;
       let quoteChar = "";
-      for (let i = 0; i < path10.length; i++) {
-        const char = path10[i];
+      for (let i = 0; i < path18.length; i++) {
+        const char = path18[i];
         if (!inBrackets && char === ".") {
           if (current) {
             parts.push(current);
@@ -4041,10 +4041,10 @@ var require_redact = __commonJS({
       return current;
     }
     function redactPaths(obj, paths, censor, remove = false) {
-      for (const path10 of paths) {
-        const parts = parsePath(path10);
+      for (const path18 of paths) {
+        const parts = parsePath(path18);
         if (parts.includes("*")) {
-          redactWildcardPath(obj, parts, censor, path10, remove);
+          redactWildcardPath(obj, parts, censor, path18, remove);
         } else {
           if (remove) {
             removeKey(obj, parts);
@@ -4129,8 +4129,8 @@ var require_redact = __commonJS({
           }
         } else {
           if (afterWildcard.includes("*")) {
-            const wrappedCensor = typeof censor === "function" ? (value, path10) => {
-              const fullPath = [...pathArray.slice(0, pathLength), ...path10];
+            const wrappedCensor = typeof censor === "function" ? (value, path18) => {
+              const fullPath = [...pathArray.slice(0, pathLength), ...path18];
               return censor(value, fullPath);
             } : censor;
             redactWildcardPath(current, afterWildcard, wrappedCensor, originalPath, remove);
@@ -4165,8 +4165,8 @@ var require_redact = __commonJS({
         return null;
       }
       const pathStructure = /* @__PURE__ */ new Map();
-      for (const path10 of pathsToClone) {
-        const parts = parsePath(path10);
+      for (const path18 of pathsToClone) {
+        const parts = parsePath(path18);
         let current = pathStructure;
         for (let i = 0; i < parts.length; i++) {
           const part = parts[i];
@@ -4218,24 +4218,24 @@ var require_redact = __commonJS({
       }
       return cloneSelectively(obj, pathStructure);
     }
-    function validatePath(path10) {
-      if (typeof path10 !== "string") {
+    function validatePath(path18) {
+      if (typeof path18 !== "string") {
         throw new Error("Paths must be (non-empty) strings");
       }
-      if (path10 === "") {
+      if (path18 === "") {
         throw new Error("Invalid redaction path ()");
       }
-      if (path10.includes("..")) {
-        throw new Error(`Invalid redaction path (${path10})`);
+      if (path18.includes("..")) {
+        throw new Error(`Invalid redaction path (${path18})`);
       }
-      if (path10.includes(",")) {
-        throw new Error(`Invalid redaction path (${path10})`);
+      if (path18.includes(",")) {
+        throw new Error(`Invalid redaction path (${path18})`);
       }
       let bracketCount = 0;
       let inQuotes = false;
       let quoteChar = "";
-      for (let i = 0; i < path10.length; i++) {
-        const char = path10[i];
+      for (let i = 0; i < path18.length; i++) {
+        const char = path18[i];
         if ((char === '"' || char === "'") && bracketCount > 0) {
           if (!inQuotes) {
             inQuotes = true;
@@ -4249,20 +4249,20 @@ var require_redact = __commonJS({
         } else if (char === "]" && !inQuotes) {
           bracketCount--;
           if (bracketCount < 0) {
-            throw new Error(`Invalid redaction path (${path10})`);
+            throw new Error(`Invalid redaction path (${path18})`);
           }
         }
       }
       if (bracketCount !== 0) {
-        throw new Error(`Invalid redaction path (${path10})`);
+        throw new Error(`Invalid redaction path (${path18})`);
       }
     }
     function validatePaths(paths) {
       if (!Array.isArray(paths)) {
         throw new TypeError("paths must be an array");
       }
-      for (const path10 of paths) {
-        validatePath(path10);
+      for (const path18 of paths) {
+        validatePath(path18);
       }
     }
     function slowRedact(options = {}) {
@@ -4391,10 +4391,10 @@ var require_redaction = __commonJS({
     var strict = false;
     function redaction(opts, serialize) {
       const { paths, censor, remove } = handle(opts);
-      const shape = paths.reduce((o, str2) => {
+      const shape = paths.reduce((o, str4) => {
         rx.lastIndex = 0;
-        const first = rx.exec(str2);
-        const next = rx.exec(str2);
+        const first = rx.exec(str4);
+        const next = rx.exec(str4);
         let ns = first[1] !== void 0 ? first[1].replace(/^(?:"|'|`)(.*)(?:"|'|`)$/, "$1") : first[0];
         if (ns === "*") {
           ns = wildcardFirstSym;
@@ -4407,7 +4407,7 @@ var require_redaction = __commonJS({
           return o;
         }
         const { index } = next;
-        const nextPath = `${str2.substr(index, str2.length - 1)}`;
+        const nextPath = `${str4.substr(index, str4.length - 1)}`;
         o[ns] = o[ns] || [];
         if (ns !== wildcardFirstSym && o[ns].length === 0) {
           o[ns].push(...o[wildcardFirstSym] || []);
@@ -4432,8 +4432,8 @@ var require_redaction = __commonJS({
         if (shape[k] === null) {
           o[k] = (value) => topCensor(value, [k]);
         } else {
-          const wrappedCensor = typeof censor === "function" ? (value, path10) => {
-            return censor(value, [k, ...path10]);
+          const wrappedCensor = typeof censor === "function" ? (value, path18) => {
+            return censor(value, [k, ...path18]);
           } : censor;
           o[k] = Redact({
             paths: shape[k],
@@ -4485,9 +4485,9 @@ var require_time = __commonJS({
       const month = (date.getUTCMonth() + 1).toString().padStart(2, "0");
       const day2 = date.getUTCDate().toString().padStart(2, "0");
       const hours = date.getUTCHours().toString().padStart(2, "0");
-      const minutes2 = date.getUTCMinutes().toString().padStart(2, "0");
+      const minutes3 = date.getUTCMinutes().toString().padStart(2, "0");
       const seconds = date.getUTCSeconds().toString().padStart(2, "0");
-      return `,"time":"${year2}-${month}-${day2}T${hours}:${minutes2}:${seconds}.${nanosWithinSecond.toString().padStart(9, "0")}Z"`;
+      return `,"time":"${year2}-${month}-${day2}T${hours}:${minutes3}:${seconds}.${nanosWithinSecond.toString().padStart(9, "0")}Z"`;
     };
     module2.exports = { nullTime, epochTime, unixTime, isoTime, isoTimeNano };
   }
@@ -4523,7 +4523,7 @@ var require_quick_format_unescaped = __commonJS({
       }
       var argLen = args.length;
       if (argLen === 0) return f;
-      var str2 = "";
+      var str4 = "";
       var a = 1 - offset;
       var lastPos = -1;
       var flen = f && f.length || 0;
@@ -4538,8 +4538,8 @@ var require_quick_format_unescaped = __commonJS({
                 break;
               if (args[a] == null) break;
               if (lastPos < i)
-                str2 += f.slice(lastPos, i);
-              str2 += Number(args[a]);
+                str4 += f.slice(lastPos, i);
+              str4 += Number(args[a]);
               lastPos = i + 2;
               i++;
               break;
@@ -4548,8 +4548,8 @@ var require_quick_format_unescaped = __commonJS({
                 break;
               if (args[a] == null) break;
               if (lastPos < i)
-                str2 += f.slice(lastPos, i);
-              str2 += Math.floor(Number(args[a]));
+                str4 += f.slice(lastPos, i);
+              str4 += Math.floor(Number(args[a]));
               lastPos = i + 2;
               i++;
               break;
@@ -4562,21 +4562,21 @@ var require_quick_format_unescaped = __commonJS({
                 break;
               if (args[a] === void 0) break;
               if (lastPos < i)
-                str2 += f.slice(lastPos, i);
+                str4 += f.slice(lastPos, i);
               var type = typeof args[a];
               if (type === "string") {
-                str2 += "'" + args[a] + "'";
+                str4 += "'" + args[a] + "'";
                 lastPos = i + 2;
                 i++;
                 break;
               }
               if (type === "function") {
-                str2 += args[a].name || "<anonymous>";
+                str4 += args[a].name || "<anonymous>";
                 lastPos = i + 2;
                 i++;
                 break;
               }
-              str2 += ss(args[a]);
+              str4 += ss(args[a]);
               lastPos = i + 2;
               i++;
               break;
@@ -4584,15 +4584,15 @@ var require_quick_format_unescaped = __commonJS({
               if (a >= argLen)
                 break;
               if (lastPos < i)
-                str2 += f.slice(lastPos, i);
-              str2 += String(args[a]);
+                str4 += f.slice(lastPos, i);
+              str4 += String(args[a]);
               lastPos = i + 2;
               i++;
               break;
             case 37:
               if (lastPos < i)
-                str2 += f.slice(lastPos, i);
-              str2 += "%";
+                str4 += f.slice(lastPos, i);
+              str4 += "%";
               lastPos = i + 2;
               i++;
               a--;
@@ -4605,9 +4605,9 @@ var require_quick_format_unescaped = __commonJS({
       if (lastPos === -1)
         return f;
       else if (lastPos < flen) {
-        str2 += f.slice(lastPos);
+        str4 += f.slice(lastPos);
       }
-      return str2;
+      return str4;
     }
   }
 });
@@ -4651,10 +4651,10 @@ var require_atomic_sleep = __commonJS({
 var require_sonic_boom = __commonJS({
   "node_modules/sonic-boom/index.js"(exports2, module2) {
     "use strict";
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     var EventEmitter = require("events");
     var inherits = require("util").inherits;
-    var path10 = require("path");
+    var path18 = require("path");
     var sleep2 = require_atomic_sleep();
     var assert = require("assert");
     var BUSY_WRITE_TIMEOUT = 100;
@@ -4708,20 +4708,20 @@ var require_sonic_boom = __commonJS({
       const mode = sonic.mode;
       if (sonic.sync) {
         try {
-          if (sonic.mkdir) fs8.mkdirSync(path10.dirname(file), { recursive: true });
-          const fd = fs8.openSync(file, flags, mode);
+          if (sonic.mkdir) fs15.mkdirSync(path18.dirname(file), { recursive: true });
+          const fd = fs15.openSync(file, flags, mode);
           fileOpened(null, fd);
         } catch (err) {
           fileOpened(err);
           throw err;
         }
       } else if (sonic.mkdir) {
-        fs8.mkdir(path10.dirname(file), { recursive: true }, (err) => {
+        fs15.mkdir(path18.dirname(file), { recursive: true }, (err) => {
           if (err) return fileOpened(err);
-          fs8.open(file, flags, mode, fileOpened);
+          fs15.open(file, flags, mode, fileOpened);
         });
       } else {
-        fs8.open(file, flags, mode, fileOpened);
+        fs15.open(file, flags, mode, fileOpened);
       }
     }
     function SonicBoom(opts) {
@@ -4762,8 +4762,8 @@ var require_sonic_boom = __commonJS({
         this.flush = flushBuffer;
         this.flushSync = flushBufferSync;
         this._actualWrite = actualWriteBuffer;
-        fsWriteSync = () => fs8.writeSync(this.fd, this._writingBuf);
-        fsWrite = () => fs8.write(this.fd, this._writingBuf, this.release);
+        fsWriteSync = () => fs15.writeSync(this.fd, this._writingBuf);
+        fsWrite = () => fs15.write(this.fd, this._writingBuf, this.release);
       } else if (contentMode === void 0 || contentMode === kContentModeUtf8) {
         this._writingBuf = "";
         this.write = write;
@@ -4772,15 +4772,15 @@ var require_sonic_boom = __commonJS({
         this._actualWrite = actualWrite;
         fsWriteSync = () => {
           if (Buffer.isBuffer(this._writingBuf)) {
-            return fs8.writeSync(this.fd, this._writingBuf);
+            return fs15.writeSync(this.fd, this._writingBuf);
           }
-          return fs8.writeSync(this.fd, this._writingBuf, "utf8");
+          return fs15.writeSync(this.fd, this._writingBuf, "utf8");
         };
         fsWrite = () => {
           if (Buffer.isBuffer(this._writingBuf)) {
-            return fs8.write(this.fd, this._writingBuf, this.release);
+            return fs15.write(this.fd, this._writingBuf, this.release);
           }
-          return fs8.write(this.fd, this._writingBuf, "utf8", this.release);
+          return fs15.write(this.fd, this._writingBuf, "utf8", this.release);
         };
       } else {
         throw new Error(`SonicBoom supports "${kContentModeUtf8}" and "${kContentModeBuffer}", but passed ${contentMode}`);
@@ -4837,7 +4837,7 @@ var require_sonic_boom = __commonJS({
           }
         }
         if (this._fsync) {
-          fs8.fsyncSync(this.fd);
+          fs15.fsyncSync(this.fd);
         }
         const len = this._len;
         if (this._reopening) {
@@ -4951,7 +4951,7 @@ var require_sonic_boom = __commonJS({
       const onDrain = () => {
         if (!this._fsync) {
           try {
-            fs8.fsync(this.fd, (err) => {
+            fs15.fsync(this.fd, (err) => {
               this._flushPending = false;
               cb(err);
             });
@@ -5053,7 +5053,7 @@ var require_sonic_boom = __commonJS({
       const fd = this.fd;
       this.once("ready", () => {
         if (fd !== this.fd) {
-          fs8.close(fd, (err) => {
+          fs15.close(fd, (err) => {
             if (err) {
               return this.emit("error", err);
             }
@@ -5102,7 +5102,7 @@ var require_sonic_boom = __commonJS({
           buf = this._bufs[0];
         }
         try {
-          const n = Buffer.isBuffer(buf) ? fs8.writeSync(this.fd, buf) : fs8.writeSync(this.fd, buf, "utf8");
+          const n = Buffer.isBuffer(buf) ? fs15.writeSync(this.fd, buf) : fs15.writeSync(this.fd, buf, "utf8");
           const releasedBufObj = releaseWritingBuf(buf, this._len, n);
           buf = releasedBufObj.writingBuf;
           this._len = releasedBufObj.len;
@@ -5118,7 +5118,7 @@ var require_sonic_boom = __commonJS({
         }
       }
       try {
-        fs8.fsyncSync(this.fd);
+        fs15.fsyncSync(this.fd);
       } catch {
       }
     }
@@ -5139,7 +5139,7 @@ var require_sonic_boom = __commonJS({
           buf = mergeBuf(this._bufs[0], this._lens[0]);
         }
         try {
-          const n = fs8.writeSync(this.fd, buf);
+          const n = fs15.writeSync(this.fd, buf);
           buf = buf.subarray(n);
           this._len = Math.max(this._len - n, 0);
           if (buf.length <= 0) {
@@ -5167,13 +5167,13 @@ var require_sonic_boom = __commonJS({
       this._writingBuf = this._writingBuf.length ? this._writingBuf : this._bufs.shift() || "";
       if (this.sync) {
         try {
-          const written = Buffer.isBuffer(this._writingBuf) ? fs8.writeSync(this.fd, this._writingBuf) : fs8.writeSync(this.fd, this._writingBuf, "utf8");
+          const written = Buffer.isBuffer(this._writingBuf) ? fs15.writeSync(this.fd, this._writingBuf) : fs15.writeSync(this.fd, this._writingBuf, "utf8");
           release(null, written);
         } catch (err) {
           release(err);
         }
       } else {
-        fs8.write(this.fd, this._writingBuf, release);
+        fs15.write(this.fd, this._writingBuf, release);
       }
     }
     function actualWriteBuffer() {
@@ -5182,7 +5182,7 @@ var require_sonic_boom = __commonJS({
       this._writingBuf = this._writingBuf.length ? this._writingBuf : mergeBuf(this._bufs.shift(), this._lens.shift());
       if (this.sync) {
         try {
-          const written = fs8.writeSync(this.fd, this._writingBuf);
+          const written = fs15.writeSync(this.fd, this._writingBuf);
           release(null, written);
         } catch (err) {
           release(err);
@@ -5191,7 +5191,7 @@ var require_sonic_boom = __commonJS({
         if (kCopyBuffer) {
           this._writingBuf = Buffer.from(this._writingBuf);
         }
-        fs8.write(this.fd, this._writingBuf, release);
+        fs15.write(this.fd, this._writingBuf, release);
       }
     }
     function actualClose(sonic) {
@@ -5207,12 +5207,12 @@ var require_sonic_boom = __commonJS({
       sonic._lens = [];
       assert(typeof sonic.fd === "number", `sonic.fd must be a number, got ${typeof sonic.fd}`);
       try {
-        fs8.fsync(sonic.fd, closeWrapped);
+        fs15.fsync(sonic.fd, closeWrapped);
       } catch {
       }
       function closeWrapped() {
         if (sonic.fd !== 1 && sonic.fd !== 2) {
-          fs8.close(sonic.fd, done);
+          fs15.close(sonic.fd, done);
         } else {
           done();
         }
@@ -5481,7 +5481,7 @@ var require_thread_stream = __commonJS({
     var { version } = require_package();
     var { EventEmitter } = require("events");
     var { Worker } = require("worker_threads");
-    var { join: join8 } = require("path");
+    var { join: join14 } = require("path");
     var { pathToFileURL } = require("url");
     var { wait } = require_wait();
     var {
@@ -5495,18 +5495,18 @@ var require_thread_stream = __commonJS({
     var MAX_STRING2 = buffer.constants.MAX_STRING_LENGTH;
     function noop() {
     }
-    function updateState(stream, fn) {
-      Atomics.add(stream[kImpl].state, SEQ_INDEX, 1);
+    function updateState(stream2, fn) {
+      Atomics.add(stream2[kImpl].state, SEQ_INDEX, 1);
       fn();
-      Atomics.add(stream[kImpl].state, SEQ_INDEX, 1);
-      Atomics.notify(stream[kImpl].state, SEQ_INDEX);
+      Atomics.add(stream2[kImpl].state, SEQ_INDEX, 1);
+      Atomics.notify(stream2[kImpl].state, SEQ_INDEX);
     }
-    function resetIndexes(stream) {
-      updateState(stream, () => {
-        Atomics.store(stream[kImpl].state, READ_INDEX, 0);
-        Atomics.store(stream[kImpl].state, WRITE_INDEX, 0);
+    function resetIndexes(stream2) {
+      updateState(stream2, () => {
+        Atomics.store(stream2[kImpl].state, READ_INDEX, 0);
+        Atomics.store(stream2[kImpl].state, WRITE_INDEX, 0);
       });
-      Atomics.notify(stream[kImpl].state, READ_INDEX);
+      Atomics.notify(stream2[kImpl].state, READ_INDEX);
     }
     var FakeWeakRef = class {
       constructor(value) {
@@ -5530,18 +5530,18 @@ var require_thread_stream = __commonJS({
       }
       worker.terminate();
     });
-    function createWorker(stream, opts) {
+    function createWorker(stream2, opts) {
       const { filename, workerData } = opts;
       const bundlerOverrides = "__bundlerPathsOverrides" in globalThis ? globalThis.__bundlerPathsOverrides : {};
-      const toExecute = bundlerOverrides["thread-stream-worker"] || join8(__dirname, "lib", "worker.js");
+      const toExecute = bundlerOverrides["thread-stream-worker"] || join14(__dirname, "lib", "worker.js");
       const worker = new Worker(toExecute, {
         ...opts.workerOpts,
         name: opts.workerOpts?.name || "thread-stream",
         trackUnmanagedFds: false,
         workerData: {
           filename: filename.indexOf("file://") === 0 ? filename : pathToFileURL(filename).href,
-          dataBuf: stream[kImpl].dataBuf,
-          stateBuf: stream[kImpl].stateBuf,
+          dataBuf: stream2[kImpl].dataBuf,
+          stateBuf: stream2[kImpl].stateBuf,
           workerData: {
             $context: {
               threadStreamVersion: version
@@ -5550,59 +5550,59 @@ var require_thread_stream = __commonJS({
           }
         }
       });
-      worker.stream = new FakeWeakRef(stream);
+      worker.stream = new FakeWeakRef(stream2);
       worker.on("message", onWorkerMessage);
       worker.on("exit", onWorkerExit);
-      registry.register(stream, worker);
+      registry.register(stream2, worker);
       return worker;
     }
-    function drain(stream) {
-      assert(!stream[kImpl].sync);
-      if (stream[kImpl].needDrain) {
-        stream[kImpl].needDrain = false;
-        stream.emit("drain");
+    function drain(stream2) {
+      assert(!stream2[kImpl].sync);
+      if (stream2[kImpl].needDrain) {
+        stream2[kImpl].needDrain = false;
+        stream2.emit("drain");
       }
     }
-    function nextFlush(stream) {
+    function nextFlush(stream2) {
       while (true) {
-        const writeIndex = Atomics.load(stream[kImpl].state, WRITE_INDEX);
-        if (stream.destroyed || writeIndex < 0) {
+        const writeIndex = Atomics.load(stream2[kImpl].state, WRITE_INDEX);
+        if (stream2.destroyed || writeIndex < 0) {
           return;
         }
-        const leftover = stream[kImpl].data.length - writeIndex;
+        const leftover = stream2[kImpl].data.length - writeIndex;
         if (leftover > 0) {
-          if (stream[kImpl].bufLen === 0) {
-            stream[kImpl].flushing = false;
-            if (stream[kImpl].ending) {
-              end(stream);
-            } else if (stream[kImpl].needDrain) {
-              process.nextTick(drain, stream);
+          if (stream2[kImpl].bufLen === 0) {
+            stream2[kImpl].flushing = false;
+            if (stream2[kImpl].ending) {
+              end(stream2);
+            } else if (stream2[kImpl].needDrain) {
+              process.nextTick(drain, stream2);
             }
             return;
           }
-          write(stream, leftover, noop);
+          write(stream2, leftover, noop);
           continue;
         }
         if (leftover === 0) {
-          if (writeIndex === 0 && stream[kImpl].bufLen === 0) {
+          if (writeIndex === 0 && stream2[kImpl].bufLen === 0) {
             return;
           }
-          waitForRead(stream, () => {
-            if (stream.destroyed) {
+          waitForRead(stream2, () => {
+            if (stream2.destroyed) {
               return;
             }
-            resetIndexes(stream);
-            nextFlush(stream);
+            resetIndexes(stream2);
+            nextFlush(stream2);
           });
           return;
         }
-        destroy(stream, new Error("overwritten"));
+        destroy(stream2, new Error("overwritten"));
         return;
       }
     }
     function onWorkerMessage(msg) {
-      const stream = this.stream.deref();
-      if (stream === void 0) {
+      const stream2 = this.stream.deref();
+      if (stream2 === void 0) {
         this.exited = true;
         this.terminate();
         return;
@@ -5612,32 +5612,32 @@ var require_thread_stream = __commonJS({
       }
       switch (msg.code) {
         case "READY":
-          if (!stream[kImpl].ending) {
-            this.stream = new WeakRef2(stream);
+          if (!stream2[kImpl].ending) {
+            this.stream = new WeakRef2(stream2);
           }
-          waitForRead(stream, () => {
-            stream[kImpl].ready = true;
-            stream.emit("ready");
+          waitForRead(stream2, () => {
+            stream2[kImpl].ready = true;
+            stream2.emit("ready");
           });
           break;
         case "ERROR":
-          destroy(stream, msg.err);
+          destroy(stream2, msg.err);
           break;
         case "EVENT":
           if (Array.isArray(msg.args)) {
-            stream.emit(msg.name, ...msg.args);
+            stream2.emit(msg.name, ...msg.args);
           } else {
-            stream.emit(msg.name, msg.args);
+            stream2.emit(msg.name, msg.args);
           }
           break;
         case "FLUSHED": {
           if (msg.context !== "thread-stream") {
-            destroy(stream, new Error("this should not happen: " + msg.code));
+            destroy(stream2, new Error("this should not happen: " + msg.code));
             break;
           }
-          const cb = stream[kImpl].flushCallbacks.get(msg.id);
+          const cb = stream2[kImpl].flushCallbacks.get(msg.id);
           if (cb) {
-            stream[kImpl].flushCallbacks.delete(msg.id);
+            stream2[kImpl].flushCallbacks.delete(msg.id);
             process.nextTick(cb);
           }
           break;
@@ -5646,18 +5646,18 @@ var require_thread_stream = __commonJS({
           process.emitWarning(msg.err);
           break;
         default:
-          destroy(stream, new Error("this should not happen: " + msg.code));
+          destroy(stream2, new Error("this should not happen: " + msg.code));
       }
     }
-    function onWorkerExit(code) {
-      const stream = this.stream.deref();
-      if (stream === void 0) {
+    function onWorkerExit(code2) {
+      const stream2 = this.stream.deref();
+      if (stream2 === void 0) {
         return;
       }
-      registry.unregister(stream);
-      stream.worker.exited = true;
-      stream.worker.off("exit", onWorkerExit);
-      destroy(stream, code !== 0 ? new Error("the worker thread exited") : null);
+      registry.unregister(stream2);
+      stream2.worker.exited = true;
+      stream2.worker.off("exit", onWorkerExit);
+      destroy(stream2, code2 !== 0 ? new Error("the worker thread exited") : null);
     }
     var ThreadStream = class extends EventEmitter {
       constructor(opts = {}) {
@@ -5807,85 +5807,85 @@ var require_thread_stream = __commonJS({
         return this[kImpl].errored;
       }
     };
-    function flushBuffer(stream, cb) {
-      if (stream[kImpl].destroyed) {
+    function flushBuffer(stream2, cb) {
+      if (stream2[kImpl].destroyed) {
         process.nextTick(cb, new Error("the worker has exited"));
         return;
       }
-      if (!stream[kImpl].sync && (stream[kImpl].flushing || stream[kImpl].bufLen > 0)) {
-        setImmediate(flushBuffer, stream, cb);
+      if (!stream2[kImpl].sync && (stream2[kImpl].flushing || stream2[kImpl].bufLen > 0)) {
+        setImmediate(flushBuffer, stream2, cb);
         return;
       }
-      waitForRead(stream, cb);
+      waitForRead(stream2, cb);
     }
-    function waitForRead(stream, cb) {
-      const writeIndex = Atomics.load(stream[kImpl].state, WRITE_INDEX);
-      wait(stream[kImpl].state, READ_INDEX, writeIndex, Infinity, (err, res) => {
+    function waitForRead(stream2, cb) {
+      const writeIndex = Atomics.load(stream2[kImpl].state, WRITE_INDEX);
+      wait(stream2[kImpl].state, READ_INDEX, writeIndex, Infinity, (err, res) => {
         if (err) {
-          destroy(stream, err);
+          destroy(stream2, err);
           cb(err);
           return;
         }
         if (res !== "ok") {
-          waitForRead(stream, cb);
+          waitForRead(stream2, cb);
           return;
         }
         cb();
       });
     }
-    function retainWorkerForPendingFlush(stream) {
-      if (stream[kImpl].flushRetainCount === 0) {
-        stream.worker.ref();
+    function retainWorkerForPendingFlush(stream2) {
+      if (stream2[kImpl].flushRetainCount === 0) {
+        stream2.worker.ref();
       }
-      stream[kImpl].flushRetainCount++;
+      stream2[kImpl].flushRetainCount++;
     }
-    function releaseWorkerForPendingFlush(stream) {
-      if (stream[kImpl].flushRetainCount === 0) {
+    function releaseWorkerForPendingFlush(stream2) {
+      if (stream2[kImpl].flushRetainCount === 0) {
         return;
       }
-      stream[kImpl].flushRetainCount--;
-      if (stream[kImpl].flushRetainCount === 0 && !stream[kImpl].userRef) {
-        stream.worker.unref();
+      stream2[kImpl].flushRetainCount--;
+      if (stream2[kImpl].flushRetainCount === 0 && !stream2[kImpl].userRef) {
+        stream2.worker.unref();
       }
     }
-    function requestWorkerFlush(stream, cb) {
-      if (stream[kImpl].destroyed) {
+    function requestWorkerFlush(stream2, cb) {
+      if (stream2[kImpl].destroyed) {
         process.nextTick(cb, new Error("the worker has exited"));
         return;
       }
-      if (!stream[kImpl].ready) {
+      if (!stream2[kImpl].ready) {
         const onReady = () => {
           cleanup();
-          requestWorkerFlush(stream, cb);
+          requestWorkerFlush(stream2, cb);
         };
         const onClose = () => {
           cleanup();
           process.nextTick(cb, new Error("the worker has exited"));
         };
         const cleanup = () => {
-          stream.off("ready", onReady);
-          stream.off("close", onClose);
+          stream2.off("ready", onReady);
+          stream2.off("close", onClose);
         };
-        stream.once("ready", onReady);
-        stream.once("close", onClose);
+        stream2.once("ready", onReady);
+        stream2.once("close", onClose);
         return;
       }
-      const id = ++stream[kImpl].nextFlushId;
-      stream[kImpl].flushCallbacks.set(id, cb);
+      const id = ++stream2[kImpl].nextFlushId;
+      stream2[kImpl].flushCallbacks.set(id, cb);
       try {
-        stream.worker.postMessage({
+        stream2.worker.postMessage({
           code: "FLUSH",
           context: "thread-stream",
           id
         });
       } catch (err) {
-        stream[kImpl].flushCallbacks.delete(id);
-        destroy(stream, err);
+        stream2[kImpl].flushCallbacks.delete(id);
+        destroy(stream2, err);
         process.nextTick(cb, err);
       }
     }
-    function failPendingFlushCallbacks(stream, err) {
-      const callbacks = stream[kImpl].flushCallbacks;
+    function failPendingFlushCallbacks(stream2, err) {
+      const callbacks = stream2[kImpl].flushCallbacks;
       if (callbacks.size === 0) {
         return;
       }
@@ -5895,138 +5895,138 @@ var require_thread_stream = __commonJS({
       }
       callbacks.clear();
     }
-    function error(stream, err) {
+    function error(stream2, err) {
       setImmediate(() => {
-        stream.emit("error", err);
+        stream2.emit("error", err);
       });
     }
-    function destroy(stream, err) {
-      if (stream[kImpl].destroyed) {
+    function destroy(stream2, err) {
+      if (stream2[kImpl].destroyed) {
         return;
       }
-      stream[kImpl].destroyed = true;
-      failPendingFlushCallbacks(stream, err);
+      stream2[kImpl].destroyed = true;
+      failPendingFlushCallbacks(stream2, err);
       if (err) {
-        stream[kImpl].errored = err;
-        error(stream, err);
+        stream2[kImpl].errored = err;
+        error(stream2, err);
       }
-      if (!stream.worker.exited) {
-        stream.worker.terminate().catch(() => {
+      if (!stream2.worker.exited) {
+        stream2.worker.terminate().catch(() => {
         }).then(() => {
-          stream[kImpl].closed = true;
-          stream.emit("close");
+          stream2[kImpl].closed = true;
+          stream2.emit("close");
         });
       } else {
         setImmediate(() => {
-          stream[kImpl].closed = true;
-          stream.emit("close");
+          stream2[kImpl].closed = true;
+          stream2.emit("close");
         });
       }
     }
-    function write(stream, maxBytes, cb) {
-      const current = Atomics.load(stream[kImpl].state, WRITE_INDEX);
+    function write(stream2, maxBytes, cb) {
+      const current = Atomics.load(stream2[kImpl].state, WRITE_INDEX);
       let offset = current;
       let remaining = maxBytes;
-      while (remaining > 0 && stream[kImpl].bufLen !== 0) {
-        const head = stream[kImpl].bufHead;
-        const buf = stream[kImpl].buf[head];
+      while (remaining > 0 && stream2[kImpl].bufLen !== 0) {
+        const head = stream2[kImpl].bufHead;
+        const buf = stream2[kImpl].buf[head];
         if (buf.length <= remaining) {
-          buf.copy(stream[kImpl].data, offset);
+          buf.copy(stream2[kImpl].data, offset);
           offset += buf.length;
           remaining -= buf.length;
-          stream[kImpl].bufLen -= buf.length;
-          stream[kImpl].bufHead = head + 1;
-          if (stream[kImpl].bufHead === stream[kImpl].buf.length) {
-            stream[kImpl].buf.length = 0;
-            stream[kImpl].bufHead = 0;
-          } else if (stream[kImpl].bufHead >= 1024 && stream[kImpl].bufHead * 2 >= stream[kImpl].buf.length) {
-            stream[kImpl].buf.splice(0, stream[kImpl].bufHead);
-            stream[kImpl].bufHead = 0;
+          stream2[kImpl].bufLen -= buf.length;
+          stream2[kImpl].bufHead = head + 1;
+          if (stream2[kImpl].bufHead === stream2[kImpl].buf.length) {
+            stream2[kImpl].buf.length = 0;
+            stream2[kImpl].bufHead = 0;
+          } else if (stream2[kImpl].bufHead >= 1024 && stream2[kImpl].bufHead * 2 >= stream2[kImpl].buf.length) {
+            stream2[kImpl].buf.splice(0, stream2[kImpl].bufHead);
+            stream2[kImpl].bufHead = 0;
           }
           continue;
         }
-        buf.copy(stream[kImpl].data, offset, 0, remaining);
-        stream[kImpl].buf[head] = buf.subarray(remaining);
-        stream[kImpl].bufLen -= remaining;
+        buf.copy(stream2[kImpl].data, offset, 0, remaining);
+        stream2[kImpl].buf[head] = buf.subarray(remaining);
+        stream2[kImpl].bufLen -= remaining;
         offset += remaining;
         remaining = 0;
       }
-      updateState(stream, () => {
-        Atomics.store(stream[kImpl].state, WRITE_INDEX, offset);
+      updateState(stream2, () => {
+        Atomics.store(stream2[kImpl].state, WRITE_INDEX, offset);
       });
       cb();
       return true;
     }
-    function end(stream) {
-      if (stream[kImpl].ended || !stream[kImpl].ending || stream[kImpl].flushing) {
+    function end(stream2) {
+      if (stream2[kImpl].ended || !stream2[kImpl].ending || stream2[kImpl].flushing) {
         return;
       }
-      stream[kImpl].ended = true;
+      stream2[kImpl].ended = true;
       try {
-        stream.flushSync();
-        let readIndex = Atomics.load(stream[kImpl].state, READ_INDEX);
-        updateState(stream, () => {
-          Atomics.store(stream[kImpl].state, WRITE_INDEX, -1);
+        stream2.flushSync();
+        let readIndex = Atomics.load(stream2[kImpl].state, READ_INDEX);
+        updateState(stream2, () => {
+          Atomics.store(stream2[kImpl].state, WRITE_INDEX, -1);
         });
         let spins = 0;
         while (readIndex !== -1) {
-          Atomics.wait(stream[kImpl].state, READ_INDEX, readIndex, 1e3);
-          readIndex = Atomics.load(stream[kImpl].state, READ_INDEX);
+          Atomics.wait(stream2[kImpl].state, READ_INDEX, readIndex, 1e3);
+          readIndex = Atomics.load(stream2[kImpl].state, READ_INDEX);
           if (readIndex === -2) {
-            destroy(stream, new Error("end() failed"));
+            destroy(stream2, new Error("end() failed"));
             return;
           }
           if (++spins === 10) {
-            destroy(stream, new Error("end() took too long (10s)"));
+            destroy(stream2, new Error("end() took too long (10s)"));
             return;
           }
         }
         process.nextTick(() => {
-          stream[kImpl].finished = true;
-          stream.emit("finish");
+          stream2[kImpl].finished = true;
+          stream2.emit("finish");
         });
       } catch (err) {
-        destroy(stream, err);
+        destroy(stream2, err);
       }
     }
-    function writeSync2(stream) {
+    function writeSync2(stream2) {
       const cb = () => {
-        if (stream[kImpl].ending) {
-          end(stream);
-        } else if (stream[kImpl].needDrain) {
-          process.nextTick(drain, stream);
+        if (stream2[kImpl].ending) {
+          end(stream2);
+        } else if (stream2[kImpl].needDrain) {
+          process.nextTick(drain, stream2);
         }
       };
-      stream[kImpl].flushing = false;
-      while (stream[kImpl].bufLen !== 0) {
-        const writeIndex = Atomics.load(stream[kImpl].state, WRITE_INDEX);
+      stream2[kImpl].flushing = false;
+      while (stream2[kImpl].bufLen !== 0) {
+        const writeIndex = Atomics.load(stream2[kImpl].state, WRITE_INDEX);
         if (writeIndex < 0) {
           throw new Error("_writeSync failed");
         }
-        const leftover = stream[kImpl].data.length - writeIndex;
+        const leftover = stream2[kImpl].data.length - writeIndex;
         if (leftover === 0) {
-          flushSync(stream);
-          resetIndexes(stream);
+          flushSync(stream2);
+          resetIndexes(stream2);
           continue;
         } else if (leftover < 0) {
           throw new Error("overwritten");
         }
-        write(stream, leftover, cb);
+        write(stream2, leftover, cb);
       }
     }
-    function flushSync(stream) {
-      if (stream[kImpl].flushing) {
+    function flushSync(stream2) {
+      if (stream2[kImpl].flushing) {
         throw new Error("unable to flush while flushing");
       }
-      const writeIndex = Atomics.load(stream[kImpl].state, WRITE_INDEX);
+      const writeIndex = Atomics.load(stream2[kImpl].state, WRITE_INDEX);
       let spins = 0;
       while (true) {
-        const readIndex = Atomics.load(stream[kImpl].state, READ_INDEX);
+        const readIndex = Atomics.load(stream2[kImpl].state, READ_INDEX);
         if (readIndex === -2) {
           throw Error("_flushSync failed");
         }
         if (readIndex !== writeIndex) {
-          Atomics.wait(stream[kImpl].state, READ_INDEX, readIndex, 1e3);
+          Atomics.wait(stream2[kImpl].state, READ_INDEX, readIndex, 1e3);
         } else {
           break;
         }
@@ -6044,19 +6044,19 @@ var require_transport = __commonJS({
   "node_modules/pino/lib/transport.js"(exports2, module2) {
     "use strict";
     var { createRequire } = require("module");
-    var { existsSync: existsSync3 } = require("node:fs");
+    var { existsSync: existsSync5 } = require("node:fs");
     var getCallers = require_caller();
-    var { join: join8, isAbsolute, sep } = require("node:path");
+    var { join: join14, isAbsolute: isAbsolute2, sep } = require("node:path");
     var { fileURLToPath } = require("node:url");
     var sleep2 = require_atomic_sleep();
     var onExit = require_on_exit_leak_free();
     var ThreadStream = require_thread_stream();
     var { transportUsesMultistreamSym } = require_symbols();
-    function setupOnExit(stream) {
-      onExit.register(stream, autoEnd);
-      onExit.registerBeforeExit(stream, flush);
-      stream.on("close", function() {
-        onExit.unregister(stream);
+    function setupOnExit(stream2) {
+      onExit.register(stream2, autoEnd);
+      onExit.registerBeforeExit(stream2, flush);
+      stream2.on("close", function() {
+        onExit.unregister(stream2);
       });
     }
     function hasPreloadFlags() {
@@ -6111,15 +6111,15 @@ var require_transport = __commonJS({
       if (!unquoted) {
         return false;
       }
-      let path10 = unquoted;
-      if (path10.startsWith("file://")) {
+      let path18 = unquoted;
+      if (path18.startsWith("file://")) {
         try {
-          path10 = fileURLToPath(path10);
+          path18 = fileURLToPath(path18);
         } catch {
           return false;
         }
       }
-      return isAbsolute(path10) && !existsSync3(path10);
+      return isAbsolute2(path18) && !existsSync5(path18);
     }
     function stripQuotes(value) {
       const first = value[0];
@@ -6149,44 +6149,44 @@ var require_transport = __commonJS({
         }
       }
       workerOpts = { ...workerOpts, name };
-      const stream = new ThreadStream({
+      const stream2 = new ThreadStream({
         filename,
         workerData,
         workerOpts,
         sync
       });
-      stream.on("ready", onReady);
-      stream.on("close", function() {
+      stream2.on("ready", onReady);
+      stream2.on("close", function() {
         process.removeListener("exit", onExit2);
       });
       process.on("exit", onExit2);
       function onReady() {
         process.removeListener("exit", onExit2);
-        stream.unref();
+        stream2.unref();
         if (workerOpts.autoEnd !== false) {
-          setupOnExit(stream);
+          setupOnExit(stream2);
         }
       }
       function onExit2() {
-        if (stream.closed) {
+        if (stream2.closed) {
           return;
         }
-        stream.flushSync();
+        stream2.flushSync();
         sleep2(100);
-        stream.end();
+        stream2.end();
       }
-      return stream;
+      return stream2;
     }
-    function autoEnd(stream) {
-      stream.ref();
-      stream.flushSync();
-      stream.end();
-      stream.once("close", function() {
-        stream.unref();
+    function autoEnd(stream2) {
+      stream2.ref();
+      stream2.flushSync();
+      stream2.end();
+      stream2.once("close", function() {
+        stream2.unref();
       });
     }
-    function flush(stream) {
-      stream.flushSync();
+    function flush(stream2) {
+      stream2.flushSync();
     }
     function transport(fullOptions) {
       const { pipeline, targets, levels, dedupe, worker = {}, caller = getCallers(), sync = false } = fullOptions;
@@ -6201,7 +6201,7 @@ var require_transport = __commonJS({
         throw new Error("only one of target or targets can be specified");
       }
       if (targets) {
-        target = bundlerOverrides["pino-worker"] || join8(__dirname, "worker.js");
+        target = bundlerOverrides["pino-worker"] || join14(__dirname, "worker.js");
         options.targets = targets.filter((dest) => dest.target).map((dest) => {
           return {
             ...dest,
@@ -6222,7 +6222,7 @@ var require_transport = __commonJS({
         const pipelinesHaveLevel = options.pipelines.some((p) => p.some((t) => t.level != null));
         usesMultistream = options.targets.length + options.pipelines.length > 1 || targetsHaveLevel || pipelinesHaveLevel;
       } else if (pipeline) {
-        target = bundlerOverrides["pino-worker"] || join8(__dirname, "worker.js");
+        target = bundlerOverrides["pino-worker"] || join14(__dirname, "worker.js");
         options.pipelines = [pipeline.map((dest) => {
           return {
             ...dest,
@@ -6238,18 +6238,18 @@ var require_transport = __commonJS({
       }
       options.pinoWillSendConfig = true;
       const name = targets || pipeline ? "pino.transport" : target;
-      const stream = buildStream(fixTarget(target), options, worker, sync, name);
+      const stream2 = buildStream(fixTarget(target), options, worker, sync, name);
       if (usesMultistream) {
-        stream[transportUsesMultistreamSym] = true;
+        stream2[transportUsesMultistreamSym] = true;
       }
-      return stream;
+      return stream2;
       function fixTarget(origin) {
         origin = bundlerOverrides[origin] || origin;
-        if (isAbsolute(origin) || origin.indexOf("file://") === 0) {
+        if (isAbsolute2(origin) || origin.indexOf("file://") === 0) {
           return origin;
         }
         if (origin === "pino/file") {
-          return join8(__dirname, "..", "file.js");
+          return join14(__dirname, "..", "file.js");
         }
         let fixTarget2;
         for (const filePath of callers) {
@@ -6302,7 +6302,7 @@ var require_tools = __commonJS({
     var transport = require_transport();
     var [nodeMajor] = process.versions.node.split(".").map((v) => Number(v));
     var asJsonChan = diagChan.tracingChannel("pino_asJson");
-    var asString = nodeMajor >= 25 ? (str2) => JSON.stringify(str2) : _asString;
+    var asString = nodeMajor >= 25 ? (str4) => JSON.stringify(str4) : _asString;
     function noop() {
     }
     function genLog(level, hook) {
@@ -6340,38 +6340,38 @@ var require_tools = __commonJS({
         }
       }
     }
-    function _asString(str2) {
+    function _asString(str4) {
       let result = "";
       let last = 0;
       let found = false;
       let point = 255;
-      const l = str2.length;
+      const l = str4.length;
       if (l > 100) {
-        return JSON.stringify(str2);
+        return JSON.stringify(str4);
       }
       for (var i = 0; i < l && point >= 32; i++) {
-        point = str2.charCodeAt(i);
+        point = str4.charCodeAt(i);
         if (point === 34 || point === 92) {
-          result += str2.slice(last, i) + "\\";
+          result += str4.slice(last, i) + "\\";
           last = i;
           found = true;
         }
       }
       if (!found) {
-        result = str2;
+        result = str4;
       } else {
-        result += str2.slice(last);
+        result += str4.slice(last);
       }
-      return point < 32 ? JSON.stringify(str2) : '"' + result + '"';
+      return point < 32 ? JSON.stringify(str4) : '"' + result + '"';
     }
-    function asJson(obj, msg, num2, time) {
+    function asJson(obj, msg, num3, time) {
       if (asJsonChan.hasSubscribers === false) {
-        return _asJson.call(this, obj, msg, num2, time);
+        return _asJson.call(this, obj, msg, num3, time);
       }
       const store = { instance: this, arguments };
-      return asJsonChan.traceSync(_asJson, store, this, obj, msg, num2, time);
+      return asJsonChan.traceSync(_asJson, store, this, obj, msg, num3, time);
     }
-    function _asJson(obj, msg, num2, time) {
+    function _asJson(obj, msg, num3, time) {
       const stringify2 = this[stringifySym];
       const stringifySafe = this[stringifySafeSym];
       const stringifiers = this[stringifiersSym];
@@ -6381,7 +6381,7 @@ var require_tools = __commonJS({
       const formatters = this[formattersSym];
       const messageKey = this[messageKeySym];
       const errorKey = this[errorKeySym];
-      let data = this[lsCacheSym][num2] + time;
+      let data = this[lsCacheSym][num3] + time;
       data = data + chindings;
       let value;
       if (formatters.log) {
@@ -6474,56 +6474,56 @@ var require_tools = __commonJS({
       }
       return data;
     }
-    function hasBeenTampered(stream) {
-      return stream.write !== stream.constructor.prototype.write;
+    function hasBeenTampered(stream2) {
+      return stream2.write !== stream2.constructor.prototype.write;
     }
     function buildSafeSonicBoom(opts) {
-      const stream = new SonicBoom(opts);
-      stream.on("error", filterBrokenPipe);
+      const stream2 = new SonicBoom(opts);
+      stream2.on("error", filterBrokenPipe);
       if (!opts.sync && isMainThread) {
-        onExit.register(stream, autoEnd);
-        stream.on("close", function() {
-          onExit.unregister(stream);
+        onExit.register(stream2, autoEnd);
+        stream2.on("close", function() {
+          onExit.unregister(stream2);
         });
       }
-      return stream;
+      return stream2;
       function filterBrokenPipe(err) {
         if (err.code === "EPIPE") {
-          stream.write = noop;
-          stream.end = noop;
-          stream.flushSync = noop;
-          stream.destroy = noop;
+          stream2.write = noop;
+          stream2.end = noop;
+          stream2.flushSync = noop;
+          stream2.destroy = noop;
           return;
         }
-        stream.removeListener("error", filterBrokenPipe);
-        stream.emit("error", err);
+        stream2.removeListener("error", filterBrokenPipe);
+        stream2.emit("error", err);
       }
     }
-    function autoEnd(stream, eventName) {
-      if (stream.destroyed) {
+    function autoEnd(stream2, eventName) {
+      if (stream2.destroyed) {
         return;
       }
       if (eventName === "beforeExit") {
-        stream.flush();
-        stream.on("drain", function() {
-          stream.end();
+        stream2.flush();
+        stream2.on("drain", function() {
+          stream2.end();
         });
       } else {
-        stream.flushSync();
+        stream2.flushSync();
       }
     }
     function createArgsNormalizer(defaultOptions) {
-      return function normalizeArgs(instance, caller, opts = {}, stream) {
+      return function normalizeArgs(instance, caller, opts = {}, stream2) {
         if (typeof opts === "string") {
-          stream = buildSafeSonicBoom({ dest: opts });
+          stream2 = buildSafeSonicBoom({ dest: opts });
           opts = {};
-        } else if (typeof stream === "string") {
+        } else if (typeof stream2 === "string") {
           if (opts && opts.transport) {
             throw Error("only one of option.transport or stream can be specified");
           }
-          stream = buildSafeSonicBoom({ dest: stream });
+          stream2 = buildSafeSonicBoom({ dest: stream2 });
         } else if (opts instanceof SonicBoom || opts.writable || opts._writableState) {
-          stream = opts;
+          stream2 = opts;
           opts = {};
         } else if (opts.transport) {
           if (opts.transport instanceof SonicBoom || opts.transport.writable || opts.transport._writableState) {
@@ -6536,7 +6536,7 @@ var require_tools = __commonJS({
           if (opts.customLevels) {
             customLevels = opts.useOnlyCustomLevels ? opts.customLevels : Object.assign({}, opts.levels, opts.customLevels);
           }
-          stream = transport({ caller, ...opts.transport, levels: customLevels });
+          stream2 = transport({ caller, ...opts.transport, levels: customLevels });
         }
         opts = Object.assign({}, defaultOptions, opts);
         opts.serializers = Object.assign(/* @__PURE__ */ Object.create(null), defaultOptions.serializers, opts.serializers);
@@ -6547,14 +6547,14 @@ var require_tools = __commonJS({
         const { enabled, onChild } = opts;
         if (enabled === false) opts.level = "silent";
         if (!onChild) opts.onChild = noop;
-        if (!stream) {
+        if (!stream2) {
           if (!hasBeenTampered(process.stdout)) {
-            stream = buildSafeSonicBoom({ fd: process.stdout.fd || 1 });
+            stream2 = buildSafeSonicBoom({ fd: process.stdout.fd || 1 });
           } else {
-            stream = process.stdout;
+            stream2 = process.stdout;
           }
         }
-        return { opts, stream };
+        return { opts, stream: stream2 };
       };
     }
     function stringify(obj, stringifySafeFn) {
@@ -6569,11 +6569,11 @@ var require_tools = __commonJS({
         }
       }
     }
-    function buildFormatters(level, bindings, log) {
+    function buildFormatters(level, bindings, log2) {
       return {
         level,
         bindings,
-        log
+        log: log2
       };
     }
     function normalizeDestFileDescriptor(destination) {
@@ -6641,11 +6641,11 @@ var require_levels = __commonJS({
       fatal: (hook) => {
         const logFatal = genLog(DEFAULT_LEVELS.fatal, hook);
         return function(...args) {
-          const stream = this[streamSym];
+          const stream2 = this[streamSym];
           logFatal.call(this, ...args);
-          if (typeof stream.flushSync === "function") {
+          if (typeof stream2.flushSync === "function") {
             try {
-              stream.flushSync();
+              stream2.flushSync();
             } catch (e) {
             }
           }
@@ -6954,11 +6954,11 @@ var require_proto = __commonJS({
         }
       } else instance[serializersSym] = serializers;
       if (options.hasOwnProperty("formatters")) {
-        const { level, bindings: chindings, log } = options.formatters;
+        const { level, bindings: chindings, log: log2 } = options.formatters;
         instance[formattersSym] = buildFormatters(
           level || formatters.level,
           chindings || resetChildingsFormatter,
-          log || formatters.log
+          log2 || formatters.log
         );
       } else {
         instance[formattersSym] = buildFormatters(
@@ -7006,7 +7006,7 @@ var require_proto = __commonJS({
     function defaultMixinMergeStrategy(mergeObject, mixinObject) {
       return Object.assign(mixinObject, mergeObject);
     }
-    function write(_obj, msg, num2) {
+    function write(_obj, msg, num3) {
       const t = this[timeSym]();
       const mixin = this[mixinSym];
       const errorKey = this[errorKeySym];
@@ -7028,26 +7028,26 @@ var require_proto = __commonJS({
         }
       }
       if (mixin) {
-        obj = mixinMergeStrategy(obj, mixin(obj, num2, this));
+        obj = mixinMergeStrategy(obj, mixin(obj, num3, this));
       }
-      const s = this[asJsonSym](obj, msg, num2, t);
-      const stream = this[streamSym];
-      if (stream[needsMetadataGsym] === true) {
-        stream.lastLevel = num2;
-        stream.lastObj = obj;
-        stream.lastMsg = msg;
-        stream.lastTime = t.slice(this[timeSliceIndexSym]);
-        stream.lastLogger = this;
+      const s = this[asJsonSym](obj, msg, num3, t);
+      const stream2 = this[streamSym];
+      if (stream2[needsMetadataGsym] === true) {
+        stream2.lastLevel = num3;
+        stream2.lastObj = obj;
+        stream2.lastMsg = msg;
+        stream2.lastTime = t.slice(this[timeSliceIndexSym]);
+        stream2.lastLogger = this;
       }
-      stream.write(streamWriteHook ? streamWriteHook(s) : s);
+      stream2.write(streamWriteHook ? streamWriteHook(s) : s);
     }
     function flush(cb) {
       if (cb != null && typeof cb !== "function") {
         throw Error("callback must be a function");
       }
-      const stream = this[streamSym];
-      if (typeof stream.flush === "function") {
-        stream.flush(cb || noop);
+      const stream2 = this[streamSym];
+      if (typeof stream2.flush === "function") {
+        stream2.flush(cb || noop);
       } else if (cb) cb();
     }
   }
@@ -7066,11 +7066,11 @@ var require_safe_stable_stringify = __commonJS({
     exports2.configure = configure;
     module2.exports = stringify;
     var strEscapeSequencesRegExp = /[\u0000-\u001f\u0022\u005c\ud800-\udfff]/;
-    function strEscape(str2) {
-      if (str2.length < 5e3 && !strEscapeSequencesRegExp.test(str2)) {
-        return `"${str2}"`;
+    function strEscape(str4) {
+      if (str4.length < 5e3 && !strEscapeSequencesRegExp.test(str4)) {
+        return `"${str4}"`;
       }
-      return JSON.stringify(str2);
+      return JSON.stringify(str4);
     }
     function sort(array, comparator) {
       if (array.length > 200 || comparator) {
@@ -7229,7 +7229,7 @@ var require_safe_stable_stringify = __commonJS({
               return circularValue;
             }
             let res = "";
-            let join8 = ",";
+            let join14 = ",";
             const originalIndentation = indentation;
             if (Array.isArray(value)) {
               if (value.length === 0) {
@@ -7243,7 +7243,7 @@ var require_safe_stable_stringify = __commonJS({
                 indentation += spacer;
                 res += `
 ${indentation}`;
-                join8 = `,
+                join14 = `,
 ${indentation}`;
               }
               const maximumValuesToStringify = Math.min(value.length, maximumBreadth);
@@ -7251,13 +7251,13 @@ ${indentation}`;
               for (; i < maximumValuesToStringify - 1; i++) {
                 const tmp2 = stringifyFnReplacer(String(i), value, stack, replacer, spacer, indentation);
                 res += tmp2 !== void 0 ? tmp2 : "null";
-                res += join8;
+                res += join14;
               }
               const tmp = stringifyFnReplacer(String(i), value, stack, replacer, spacer, indentation);
               res += tmp !== void 0 ? tmp : "null";
               if (value.length - 1 > maximumBreadth) {
                 const removedKeys = value.length - maximumBreadth - 1;
-                res += `${join8}"... ${getItemCount(removedKeys)} not stringified"`;
+                res += `${join14}"... ${getItemCount(removedKeys)} not stringified"`;
               }
               if (spacer !== "") {
                 res += `
@@ -7278,7 +7278,7 @@ ${originalIndentation}`;
             let separator = "";
             if (spacer !== "") {
               indentation += spacer;
-              join8 = `,
+              join14 = `,
 ${indentation}`;
               whitespace = " ";
             }
@@ -7292,13 +7292,13 @@ ${indentation}`;
               const tmp = stringifyFnReplacer(key2, value, stack, replacer, spacer, indentation);
               if (tmp !== void 0) {
                 res += `${separator}${strEscape(key2)}:${whitespace}${tmp}`;
-                separator = join8;
+                separator = join14;
               }
             }
             if (keyLength > maximumBreadth) {
               const removedKeys = keyLength - maximumBreadth;
               res += `${separator}"...":${whitespace}"${getItemCount(removedKeys)} not stringified"`;
-              separator = join8;
+              separator = join14;
             }
             if (spacer !== "" && separator.length > 1) {
               res = `
@@ -7339,7 +7339,7 @@ ${originalIndentation}`;
             }
             const originalIndentation = indentation;
             let res = "";
-            let join8 = ",";
+            let join14 = ",";
             if (Array.isArray(value)) {
               if (value.length === 0) {
                 return "[]";
@@ -7352,7 +7352,7 @@ ${originalIndentation}`;
                 indentation += spacer;
                 res += `
 ${indentation}`;
-                join8 = `,
+                join14 = `,
 ${indentation}`;
               }
               const maximumValuesToStringify = Math.min(value.length, maximumBreadth);
@@ -7360,13 +7360,13 @@ ${indentation}`;
               for (; i < maximumValuesToStringify - 1; i++) {
                 const tmp2 = stringifyArrayReplacer(String(i), value[i], stack, replacer, spacer, indentation);
                 res += tmp2 !== void 0 ? tmp2 : "null";
-                res += join8;
+                res += join14;
               }
               const tmp = stringifyArrayReplacer(String(i), value[i], stack, replacer, spacer, indentation);
               res += tmp !== void 0 ? tmp : "null";
               if (value.length - 1 > maximumBreadth) {
                 const removedKeys = value.length - maximumBreadth - 1;
-                res += `${join8}"... ${getItemCount(removedKeys)} not stringified"`;
+                res += `${join14}"... ${getItemCount(removedKeys)} not stringified"`;
               }
               if (spacer !== "") {
                 res += `
@@ -7379,7 +7379,7 @@ ${originalIndentation}`;
             let whitespace = "";
             if (spacer !== "") {
               indentation += spacer;
-              join8 = `,
+              join14 = `,
 ${indentation}`;
               whitespace = " ";
             }
@@ -7388,7 +7388,7 @@ ${indentation}`;
               const tmp = stringifyArrayReplacer(key2, value[key2], stack, replacer, spacer, indentation);
               if (tmp !== void 0) {
                 res += `${separator}${strEscape(key2)}:${whitespace}${tmp}`;
-                separator = join8;
+                separator = join14;
               }
             }
             if (spacer !== "" && separator.length > 1) {
@@ -7446,20 +7446,20 @@ ${originalIndentation}`;
               indentation += spacer;
               let res2 = `
 ${indentation}`;
-              const join9 = `,
+              const join15 = `,
 ${indentation}`;
               const maximumValuesToStringify = Math.min(value.length, maximumBreadth);
               let i = 0;
               for (; i < maximumValuesToStringify - 1; i++) {
                 const tmp2 = stringifyIndent(String(i), value[i], stack, spacer, indentation);
                 res2 += tmp2 !== void 0 ? tmp2 : "null";
-                res2 += join9;
+                res2 += join15;
               }
               const tmp = stringifyIndent(String(i), value[i], stack, spacer, indentation);
               res2 += tmp !== void 0 ? tmp : "null";
               if (value.length - 1 > maximumBreadth) {
                 const removedKeys = value.length - maximumBreadth - 1;
-                res2 += `${join9}"... ${getItemCount(removedKeys)} not stringified"`;
+                res2 += `${join15}"... ${getItemCount(removedKeys)} not stringified"`;
               }
               res2 += `
 ${originalIndentation}`;
@@ -7475,16 +7475,16 @@ ${originalIndentation}`;
               return '"[Object]"';
             }
             indentation += spacer;
-            const join8 = `,
+            const join14 = `,
 ${indentation}`;
             let res = "";
             let separator = "";
             let maximumPropertiesToStringify = Math.min(keyLength, maximumBreadth);
             if (isTypedArrayWithEntries(value)) {
-              res += stringifyTypedArray(value, join8, maximumBreadth);
+              res += stringifyTypedArray(value, join14, maximumBreadth);
               keys = keys.slice(value.length);
               maximumPropertiesToStringify -= value.length;
-              separator = join8;
+              separator = join14;
             }
             if (deterministic) {
               keys = sort(keys, comparator);
@@ -7495,13 +7495,13 @@ ${indentation}`;
               const tmp = stringifyIndent(key2, value[key2], stack, spacer, indentation);
               if (tmp !== void 0) {
                 res += `${separator}${strEscape(key2)}: ${tmp}`;
-                separator = join8;
+                separator = join14;
               }
             }
             if (keyLength > maximumBreadth) {
               const removedKeys = keyLength - maximumBreadth;
               res += `${separator}"...": "${getItemCount(removedKeys)} not stringified"`;
-              separator = join8;
+              separator = join14;
             }
             if (separator !== "") {
               res = `
@@ -7692,23 +7692,23 @@ var require_multistream = __commonJS({
         const level = typeof this.lastLevel === "string" ? (this.streamLevels || streamLevels)[this.lastLevel] : this.lastLevel;
         const { streams } = this;
         let recordedLevel = 0;
-        let stream;
+        let stream2;
         for (let i = initLoopVar(streams.length, opts.dedupe); checkLoopVar(i, streams.length, opts.dedupe); i = adjustLoopVar(i, opts.dedupe)) {
           dest = streams[i];
           if (dest.level <= level) {
             if (recordedLevel !== 0 && recordedLevel !== dest.level) {
               break;
             }
-            stream = dest.stream;
-            if (stream[metadata]) {
+            stream2 = dest.stream;
+            if (stream2[metadata]) {
               const { lastTime, lastMsg, lastObj, lastLogger } = this;
-              stream.lastLevel = level;
-              stream.lastTime = lastTime;
-              stream.lastMsg = lastMsg;
-              stream.lastObj = lastObj;
-              stream.lastLogger = lastLogger;
+              stream2.lastLevel = level;
+              stream2.lastTime = lastTime;
+              stream2.lastMsg = lastMsg;
+              stream2.lastObj = lastObj;
+              stream2.lastLogger = lastLogger;
             }
-            stream.write(data);
+            stream2.write(data);
             if (opts.dedupe) {
               recordedLevel = dest.level;
             }
@@ -7718,16 +7718,16 @@ var require_multistream = __commonJS({
         }
       }
       function emit(...args) {
-        for (const { stream } of this.streams) {
-          if (typeof stream.emit === "function") {
-            stream.emit(...args);
+        for (const { stream: stream2 } of this.streams) {
+          if (typeof stream2.emit === "function") {
+            stream2.emit(...args);
           }
         }
       }
       function flushSync() {
-        for (const { stream } of this.streams) {
-          if (typeof stream.flushSync === "function") {
-            stream.flushSync();
+        for (const { stream: stream2 } of this.streams) {
+          if (typeof stream2.flushSync === "function") {
+            stream2.flushSync();
           }
         }
       }
@@ -7773,11 +7773,11 @@ var require_multistream = __commonJS({
         return this;
       }
       function end() {
-        for (const { stream } of this.streams) {
-          if (typeof stream.flushSync === "function") {
-            stream.flushSync();
+        for (const { stream: stream2 } of this.streams) {
+          if (typeof stream2.flushSync === "function") {
+            stream2.flushSync();
           }
-          stream.end();
+          stream2.end();
         }
       }
       function clone2(level) {
@@ -7823,7 +7823,7 @@ var require_multistream = __commonJS({
 var require_pino = __commonJS({
   "node_modules/pino/pino.js"(exports2, module2) {
     "use strict";
-    var os4 = require("node:os");
+    var os7 = require("node:os");
     var stdSerializers = require_pino_std_serializers();
     var caller = require_caller();
     var redaction = require_redaction();
@@ -7871,7 +7871,7 @@ var require_pino = __commonJS({
     } = symbols;
     var { epochTime, nullTime } = time;
     var { pid } = process;
-    var hostname = os4.hostname();
+    var hostname2 = os7.hostname();
     var defaultErrorSerializer = stdSerializers.err;
     var defaultOptions = {
       level: "info",
@@ -7881,7 +7881,7 @@ var require_pino = __commonJS({
       errorKey: "err",
       nestedKey: null,
       enabled: true,
-      base: { pid, hostname },
+      base: { pid, hostname: hostname2 },
       serializers: Object.assign(/* @__PURE__ */ Object.create(null), {
         err: defaultErrorSerializer
       }),
@@ -7909,7 +7909,7 @@ var require_pino = __commonJS({
     var serializers = Object.assign(/* @__PURE__ */ Object.create(null), stdSerializers);
     function pino2(...args) {
       const instance = {};
-      const { opts, stream } = normalize2(instance, caller(), ...args);
+      const { opts, stream: stream2 } = normalize2(instance, caller(), ...args);
       if (opts.level && typeof opts.level === "string" && DEFAULT_LEVELS[opts.level.toLowerCase()] !== void 0) opts.level = opts.level.toLowerCase();
       const {
         redact,
@@ -7972,7 +7972,7 @@ var require_pino = __commonJS({
       if (msgPrefix && typeof msgPrefix !== "string") throw Error(`Unknown msgPrefix type "${typeof msgPrefix}" - expected "string"`);
       assertDefaultLevelFound(level, customLevels, useOnlyCustomLevels);
       const levels = mappings(customLevels, useOnlyCustomLevels);
-      if (stream && stream[transportUsesMultistreamSym] === true) {
+      if (stream2 && stream2[transportUsesMultistreamSym] === true) {
         let sampleLabel = typeof level === "string" ? level : void 0;
         if (!sampleLabel || levels[sampleLabel] === void 0) {
           sampleLabel = Object.keys(levels)[0];
@@ -7992,8 +7992,8 @@ var require_pino = __commonJS({
           );
         }
       }
-      if (typeof stream.emit === "function") {
-        stream.emit("message", { code: "PINO_CONFIG", config: { levels, messageKey, errorKey } });
+      if (typeof stream2.emit === "function") {
+        stream2.emit("message", { code: "PINO_CONFIG", config: { levels, messageKey, errorKey } });
       }
       assertLevelComparison(levelComparison);
       const levelCompFunc = genLevelComparison(levelComparison);
@@ -8001,7 +8001,7 @@ var require_pino = __commonJS({
         levels,
         [levelCompSym]: levelCompFunc,
         [useOnlyCustomLevelsSym]: useOnlyCustomLevels,
-        [streamSym]: stream,
+        [streamSym]: stream2,
         [timeSym]: time2,
         [timeSliceIndexSym]: timeSliceIndex,
         [stringifySym]: stringify,
@@ -8332,7 +8332,7 @@ var require_logging = __commonJS({
       _logVerbosity = verbosity;
     };
     exports2.setLoggerVerbosity = setLoggerVerbosity;
-    var log = (severity, ...args) => {
+    var log2 = (severity, ...args) => {
       let logFunction;
       if (severity >= _logVerbosity) {
         switch (severity) {
@@ -8354,7 +8354,7 @@ var require_logging = __commonJS({
         }
       }
     };
-    exports2.log = log;
+    exports2.log = log2;
     var tracersString = (_d = (_c = process.env.GRPC_NODE_TRACE) !== null && _c !== void 0 ? _c : process.env.GRPC_TRACE) !== null && _d !== void 0 ? _d : "";
     var enabledTracers = /* @__PURE__ */ new Set();
     var disabledTracers = /* @__PURE__ */ new Set();
@@ -8453,7 +8453,7 @@ var require_metadata = __commonJS({
         }
       }
     }
-    var Metadata = class _Metadata {
+    var Metadata2 = class _Metadata {
       constructor(options = {}) {
         this.internalRepr = /* @__PURE__ */ new Map();
         this.options = options;
@@ -8652,7 +8652,7 @@ var require_metadata = __commonJS({
         return result;
       }
     };
-    exports2.Metadata = Metadata;
+    exports2.Metadata = Metadata2;
     var bufToString = (val) => {
       return Buffer.isBuffer(val) ? val.toString("base64") : val;
     };
@@ -8692,7 +8692,7 @@ var require_call_credentials = __commonJS({
           if (isCurrentOauth2Client(googleCredentials)) {
             getHeaders = googleCredentials.getRequestHeaders(options.service_url);
           } else {
-            getHeaders = new Promise((resolve6, reject) => {
+            getHeaders = new Promise((resolve8, reject) => {
               googleCredentials.getRequestMetadata(options.service_url, (err, headers) => {
                 if (err) {
                   reject(err);
@@ -8702,7 +8702,7 @@ var require_call_credentials = __commonJS({
                   reject(new Error("Headers not set by metadata plugin"));
                   return;
                 }
-                resolve6(headers);
+                resolve8(headers);
               });
             });
           }
@@ -8758,10 +8758,10 @@ var require_call_credentials = __commonJS({
         this.metadataGenerator = metadataGenerator;
       }
       generateMetadata(options) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           this.metadataGenerator(options, (err, metadata) => {
             if (metadata !== void 0) {
-              resolve6(metadata);
+              resolve8(metadata);
             } else {
               reject(err);
             }
@@ -8809,14 +8809,14 @@ var require_tls_helpers = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.CIPHER_SUITES = void 0;
     exports2.getDefaultRootsData = getDefaultRootsData;
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     exports2.CIPHER_SUITES = process.env.GRPC_SSL_CIPHER_SUITES;
     var DEFAULT_ROOTS_FILE_PATH = process.env.GRPC_DEFAULT_SSL_ROOTS_FILE_PATH;
     var defaultRootsData = null;
     function getDefaultRootsData() {
       if (DEFAULT_ROOTS_FILE_PATH) {
         if (defaultRootsData === null) {
-          defaultRootsData = fs8.readFileSync(DEFAULT_ROOTS_FILE_PATH);
+          defaultRootsData = fs15.readFileSync(DEFAULT_ROOTS_FILE_PATH);
         }
         return defaultRootsData;
       }
@@ -8849,19 +8849,19 @@ var require_uri_parser = __commonJS({
       };
     }
     var NUMBER_REGEX = /^\d+$/;
-    function splitHostPort(path10) {
-      if (path10.startsWith("[")) {
-        const hostEnd = path10.indexOf("]");
+    function splitHostPort(path18) {
+      if (path18.startsWith("[")) {
+        const hostEnd = path18.indexOf("]");
         if (hostEnd === -1) {
           return null;
         }
-        const host = path10.substring(1, hostEnd);
+        const host = path18.substring(1, hostEnd);
         if (host.indexOf(":") === -1) {
           return null;
         }
-        if (path10.length > hostEnd + 1) {
-          if (path10[hostEnd + 1] === ":") {
-            const portString = path10.substring(hostEnd + 2);
+        if (path18.length > hostEnd + 1) {
+          if (path18[hostEnd + 1] === ":") {
+            const portString = path18.substring(hostEnd + 2);
             if (NUMBER_REGEX.test(portString)) {
               return {
                 host,
@@ -8879,7 +8879,7 @@ var require_uri_parser = __commonJS({
           };
         }
       } else {
-        const splitPath = path10.split(":");
+        const splitPath = path18.split(":");
         if (splitPath.length === 2) {
           if (NUMBER_REGEX.test(splitPath[1])) {
             return {
@@ -8891,7 +8891,7 @@ var require_uri_parser = __commonJS({
           }
         } else {
           return {
-            host: path10
+            host: path18
           };
         }
       }
@@ -8932,8 +8932,8 @@ var require_uri_parser = __commonJS({
     function computeServiceUrl(host, methodName) {
       var _a, _b;
       const serviceName = extractServiceName(methodName);
-      const hostname = (_b = (_a = splitHostPort(host)) === null || _a === void 0 ? void 0 : _a.host) !== null && _b !== void 0 ? _b : "localhost";
-      return `https://${hostname}/${serviceName}`;
+      const hostname2 = (_b = (_a = splitHostPort(host)) === null || _a === void 0 ? void 0 : _a.host) !== null && _b !== void 0 ? _b : "localhost";
+      return `https://${hostname2}/${serviceName}`;
     }
   }
 });
@@ -9082,7 +9082,7 @@ var require_channel_credentials = __commonJS({
         return other instanceof _InsecureChannelCredentialsImpl;
       }
       _createSecureConnector(channelTarget, options, callCredentials) {
-        const credentials = callCredentials !== null && callCredentials !== void 0 ? callCredentials : call_credentials_1.CallCredentials.createEmpty();
+        const credentials2 = callCredentials !== null && callCredentials !== void 0 ? callCredentials : call_credentials_1.CallCredentials.createEmpty();
         return {
           connect(socket) {
             return Promise.resolve({
@@ -9094,7 +9094,7 @@ var require_channel_credentials = __commonJS({
             return Promise.resolve();
           },
           getCallCredentials: () => {
-            return credentials;
+            return credentials2;
           },
           destroy() {
           }
@@ -9146,14 +9146,14 @@ var require_channel_credentials = __commonJS({
       }
       connect(socket) {
         const tlsConnectOptions = Object.assign({ socket }, this.connectionOptions);
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           const tlsSocket = (0, tls_1.connect)(tlsConnectOptions, () => {
             var _a;
             if (((_a = this.connectionOptions.rejectUnauthorized) !== null && _a !== void 0 ? _a : true) && !tlsSocket.authorized) {
               reject(tlsSocket.authorizationError);
               return;
             }
-            resolve6({
+            resolve8({
               socket: tlsSocket,
               secure: true
             });
@@ -9272,8 +9272,8 @@ var require_channel_credentials = __commonJS({
         if (this.hasReceivedUpdates()) {
           return Promise.resolve(this.getLatestSecureContext());
         } else {
-          return new Promise((resolve6) => {
-            this.secureContextWatchers.push(resolve6);
+          return new Promise((resolve8) => {
+            this.secureContextWatchers.push(resolve8);
           });
         }
       }
@@ -9306,7 +9306,7 @@ var require_channel_credentials = __commonJS({
         this.callCredentials = callCredentials;
       }
       connect(socket) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           const secureContext = this.parent.getLatestSecureContext();
           if (!secureContext) {
             reject(new Error("Failed to load credentials"));
@@ -9331,7 +9331,7 @@ var require_channel_credentials = __commonJS({
               reject(tlsSocket.authorizationError);
               return;
             }
-            resolve6({
+            resolve8({
               socket: tlsSocket,
               secure: true
             });
@@ -9486,7 +9486,7 @@ var require_service_config = __commonJS({
     exports2.validateRetryThrottling = validateRetryThrottling;
     exports2.validateServiceConfig = validateServiceConfig;
     exports2.extractAndSelectServiceConfig = extractAndSelectServiceConfig;
-    var os4 = require("os");
+    var os7 = require("os");
     var constants_1 = require_constants2();
     var DURATION_REGEX = /^\d+(\.\d{1,9})?s$/;
     var CLIENT_LANGUAGE_STRING = "node";
@@ -9784,8 +9784,8 @@ var require_service_config = __commonJS({
         }
         if (Array.isArray(validatedConfig.clientHostname)) {
           let hostnameMatched = false;
-          for (const hostname of validatedConfig.clientHostname) {
-            if (hostname === os4.hostname()) {
+          for (const hostname2 of validatedConfig.clientHostname) {
+            if (hostname2 === os7.hostname()) {
               hostnameMatched = true;
             }
           }
@@ -9854,8 +9854,8 @@ var require_picker = __commonJS({
       PickResultType2[PickResultType2["DROP"] = 3] = "DROP";
     })(PickResultType || (exports2.PickResultType = PickResultType = {}));
     var UnavailablePicker = class {
-      constructor(status3) {
-        this.status = Object.assign({ code: constants_1.Status.UNAVAILABLE, details: "No connection established", metadata: new metadata_1.Metadata() }, status3);
+      constructor(status4) {
+        this.status = Object.assign({ code: constants_1.Status.UNAVAILABLE, details: "No connection established", metadata: new metadata_1.Metadata() }, status4);
       }
       pick(pickArgs) {
         return {
@@ -11508,13 +11508,13 @@ var require_call = __commonJS({
     var events_1 = require("events");
     var stream_1 = require("stream");
     var constants_1 = require_constants2();
-    function callErrorFromStatus(status3, callerStack) {
-      const message2 = `${status3.code} ${constants_1.Status[status3.code]}: ${status3.details}`;
+    function callErrorFromStatus(status4, callerStack) {
+      const message2 = `${status4.code} ${constants_1.Status[status4.code]}: ${status4.details}`;
       const error = new Error(message2);
       const stack = `${error.stack}
 for call at
 ${callerStack}`;
-      return Object.assign(new Error(message2), status3, { stack });
+      return Object.assign(new Error(message2), status4, { stack });
     }
     var ClientUnaryCallImpl = class extends events_1.EventEmitter {
       constructor() {
@@ -11705,8 +11705,8 @@ var require_call_interface = __commonJS({
           }
         });
       }
-      onReceiveStatus(status3) {
-        this.listener.onReceiveStatus(status3, (processedStatus) => {
+      onReceiveStatus(status4) {
+        this.listener.onReceiveStatus(status4, (processedStatus) => {
           if (this.processingMetadata || this.processingMessage) {
             this.pendingStatus = processedStatus;
           } else {
@@ -11805,8 +11805,8 @@ var require_client_interceptors = __commonJS({
       onReceiveMessage: (message2, next) => {
         next(message2);
       },
-      onReceiveStatus: (status3, next) => {
-        next(status3);
+      onReceiveStatus: (status4, next) => {
+        next(status4);
       }
     };
     var defaultRequester = {
@@ -11842,9 +11842,9 @@ var require_client_interceptors = __commonJS({
           this.requester = defaultRequester;
         }
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         this.requester.cancel(() => {
-          this.nextCall.cancelWithStatus(status3, details);
+          this.nextCall.cancelWithStatus(status4, details);
         });
       }
       getPeer() {
@@ -11869,7 +11869,7 @@ var require_client_interceptors = __commonJS({
           }),
           onReceiveMessage: (_d = (_c = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveMessage) === null || _c === void 0 ? void 0 : _c.bind(interceptingListener)) !== null && _d !== void 0 ? _d : ((message2) => {
           }),
-          onReceiveStatus: (_f = (_e = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveStatus) === null || _e === void 0 ? void 0 : _e.bind(interceptingListener)) !== null && _f !== void 0 ? _f : ((status3) => {
+          onReceiveStatus: (_f = (_e = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveStatus) === null || _e === void 0 ? void 0 : _e.bind(interceptingListener)) !== null && _f !== void 0 ? _f : ((status4) => {
           })
         };
         this.processingMetadata = true;
@@ -11927,16 +11927,16 @@ var require_client_interceptors = __commonJS({
       }
     };
     exports2.InterceptingCall = InterceptingCall;
-    function getCall(channel, path10, options) {
+    function getCall(channel, path18, options) {
       var _a, _b;
       const deadline = (_a = options.deadline) !== null && _a !== void 0 ? _a : Infinity;
       const host = options.host;
       const parent = (_b = options.parent) !== null && _b !== void 0 ? _b : null;
       const propagateFlags = options.propagate_flags;
-      const credentials = options.credentials;
-      const call = channel.createCall(path10, deadline, host, parent, propagateFlags);
-      if (credentials) {
-        call.setCredentials(credentials);
+      const credentials2 = options.credentials;
+      const call = channel.createCall(path18, deadline, host, parent, propagateFlags);
+      if (credentials2) {
+        call.setCredentials(credentials2);
       }
       return call;
     }
@@ -11945,8 +11945,8 @@ var require_client_interceptors = __commonJS({
         this.call = call;
         this.methodDefinition = methodDefinition;
       }
-      cancelWithStatus(status3, details) {
-        this.call.cancelWithStatus(status3, details);
+      cancelWithStatus(status4, details) {
+        this.call.cancelWithStatus(status4, details);
       }
       getPeer() {
         return this.call.getPeer();
@@ -11989,12 +11989,12 @@ var require_client_interceptors = __commonJS({
             }
             (_a = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveMessage) === null || _a === void 0 ? void 0 : _a.call(interceptingListener, deserialized);
           },
-          onReceiveStatus: (status3) => {
+          onReceiveStatus: (status4) => {
             var _a, _b;
             if (readError) {
               (_a = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveStatus) === null || _a === void 0 ? void 0 : _a.call(interceptingListener, readError);
             } else {
-              (_b = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveStatus) === null || _b === void 0 ? void 0 : _b.call(interceptingListener, status3);
+              (_b = interceptingListener === null || interceptingListener === void 0 ? void 0 : interceptingListener.onReceiveStatus) === null || _b === void 0 ? void 0 : _b.call(interceptingListener, status4);
             }
           }
         });
@@ -12026,12 +12026,12 @@ var require_client_interceptors = __commonJS({
             receivedMessage = true;
             (_a2 = listener === null || listener === void 0 ? void 0 : listener.onReceiveMessage) === null || _a2 === void 0 ? void 0 : _a2.call(listener, message2);
           },
-          onReceiveStatus: (status3) => {
+          onReceiveStatus: (status4) => {
             var _a2, _b2;
             if (!receivedMessage) {
               (_a2 = listener === null || listener === void 0 ? void 0 : listener.onReceiveMessage) === null || _a2 === void 0 ? void 0 : _a2.call(listener, null);
             }
-            (_b2 = listener === null || listener === void 0 ? void 0 : listener.onReceiveStatus) === null || _b2 === void 0 ? void 0 : _b2.call(listener, status3);
+            (_b2 = listener === null || listener === void 0 ? void 0 : listener.onReceiveStatus) === null || _b2 === void 0 ? void 0 : _b2.call(listener, status4);
           }
         };
         super.start(metadata, wrapperListener);
@@ -12096,7 +12096,7 @@ var require_client = __commonJS({
       return ((_a = error.stack) === null || _a === void 0 ? void 0 : _a.split("\n").slice(1).join("\n")) || "no stack trace available";
     }
     var Client = class {
-      constructor(address, credentials, options = {}) {
+      constructor(address, credentials2, options = {}) {
         var _a, _b;
         options = Object.assign({}, options);
         this[INTERCEPTOR_SYMBOL] = (_a = options.interceptors) !== null && _a !== void 0 ? _a : [];
@@ -12113,9 +12113,9 @@ var require_client = __commonJS({
         } else if (options.channelFactoryOverride) {
           const channelFactoryOverride = options.channelFactoryOverride;
           delete options.channelFactoryOverride;
-          this[CHANNEL_SYMBOL] = channelFactoryOverride(address, credentials, options);
+          this[CHANNEL_SYMBOL] = channelFactoryOverride(address, credentials2, options);
         } else {
-          this[CHANNEL_SYMBOL] = new channel_1.ChannelImplementation(address, credentials, options);
+          this[CHANNEL_SYMBOL] = new channel_1.ChannelImplementation(address, credentials2, options);
         }
       }
       close() {
@@ -12210,28 +12210,28 @@ var require_client = __commonJS({
             }
             responseMessage = message2;
           },
-          onReceiveStatus(status3) {
+          onReceiveStatus(status4) {
             if (receivedStatus) {
               return;
             }
             receivedStatus = true;
-            if (status3.code === constants_1.Status.OK) {
+            if (status4.code === constants_1.Status.OK) {
               if (responseMessage === null) {
                 const callerStack = getErrorStackString(callerStackError);
                 callProperties.callback((0, call_1.callErrorFromStatus)({
                   code: constants_1.Status.UNIMPLEMENTED,
                   details: "No message received",
-                  metadata: status3.metadata
+                  metadata: status4.metadata
                 }, callerStack));
               } else {
                 callProperties.callback(null, responseMessage);
               }
             } else {
               const callerStack = getErrorStackString(callerStackError);
-              callProperties.callback((0, call_1.callErrorFromStatus)(status3, callerStack));
+              callProperties.callback((0, call_1.callErrorFromStatus)(status4, callerStack));
             }
             callerStackError = null;
-            emitter.emit("status", status3);
+            emitter.emit("status", status4);
           }
         });
         call.sendMessage(argument);
@@ -12283,28 +12283,28 @@ var require_client = __commonJS({
             responseMessage = message2;
             call.startRead();
           },
-          onReceiveStatus(status3) {
+          onReceiveStatus(status4) {
             if (receivedStatus) {
               return;
             }
             receivedStatus = true;
-            if (status3.code === constants_1.Status.OK) {
+            if (status4.code === constants_1.Status.OK) {
               if (responseMessage === null) {
                 const callerStack = getErrorStackString(callerStackError);
                 callProperties.callback((0, call_1.callErrorFromStatus)({
                   code: constants_1.Status.UNIMPLEMENTED,
                   details: "No message received",
-                  metadata: status3.metadata
+                  metadata: status4.metadata
                 }, callerStack));
               } else {
                 callProperties.callback(null, responseMessage);
               }
             } else {
               const callerStack = getErrorStackString(callerStackError);
-              callProperties.callback((0, call_1.callErrorFromStatus)(status3, callerStack));
+              callProperties.callback((0, call_1.callErrorFromStatus)(status4, callerStack));
             }
             callerStackError = null;
-            emitter.emit("status", status3);
+            emitter.emit("status", status4);
           }
         });
         return emitter;
@@ -12350,7 +12350,7 @@ var require_client = __commonJS({
         if (this[CALL_INVOCATION_TRANSFORMER_SYMBOL]) {
           callProperties = this[CALL_INVOCATION_TRANSFORMER_SYMBOL](callProperties);
         }
-        const stream = callProperties.call;
+        const stream2 = callProperties.call;
         const interceptorArgs = {
           clientInterceptors: this[INTERCEPTOR_SYMBOL],
           clientInterceptorProviders: this[INTERCEPTOR_PROVIDER_SYMBOL],
@@ -12358,34 +12358,34 @@ var require_client = __commonJS({
           callInterceptorProviders: (_b = callProperties.callOptions.interceptor_providers) !== null && _b !== void 0 ? _b : []
         };
         const call = (0, client_interceptors_1.getInterceptingCall)(interceptorArgs, callProperties.methodDefinition, callProperties.callOptions, callProperties.channel);
-        stream.call = call;
+        stream2.call = call;
         let receivedStatus = false;
         let callerStackError = new Error();
         call.start(callProperties.metadata, {
           onReceiveMetadata(metadata2) {
-            stream.emit("metadata", metadata2);
+            stream2.emit("metadata", metadata2);
           },
           // eslint-disable-next-line @typescript-eslint/no-explicit-any
           onReceiveMessage(message2) {
-            stream.push(message2);
+            stream2.push(message2);
           },
-          onReceiveStatus(status3) {
+          onReceiveStatus(status4) {
             if (receivedStatus) {
               return;
             }
             receivedStatus = true;
-            stream.push(null);
-            if (status3.code !== constants_1.Status.OK) {
+            stream2.push(null);
+            if (status4.code !== constants_1.Status.OK) {
               const callerStack = getErrorStackString(callerStackError);
-              stream.emit("error", (0, call_1.callErrorFromStatus)(status3, callerStack));
+              stream2.emit("error", (0, call_1.callErrorFromStatus)(status4, callerStack));
             }
             callerStackError = null;
-            stream.emit("status", status3);
+            stream2.emit("status", status4);
           }
         });
         call.sendMessage(argument);
         call.halfClose();
-        return stream;
+        return stream2;
       }
       makeBidiStreamRequest(method, serialize, deserialize, metadata, options) {
         var _a, _b;
@@ -12407,7 +12407,7 @@ var require_client = __commonJS({
         if (this[CALL_INVOCATION_TRANSFORMER_SYMBOL]) {
           callProperties = this[CALL_INVOCATION_TRANSFORMER_SYMBOL](callProperties);
         }
-        const stream = callProperties.call;
+        const stream2 = callProperties.call;
         const interceptorArgs = {
           clientInterceptors: this[INTERCEPTOR_SYMBOL],
           clientInterceptorProviders: this[INTERCEPTOR_PROVIDER_SYMBOL],
@@ -12415,31 +12415,31 @@ var require_client = __commonJS({
           callInterceptorProviders: (_b = callProperties.callOptions.interceptor_providers) !== null && _b !== void 0 ? _b : []
         };
         const call = (0, client_interceptors_1.getInterceptingCall)(interceptorArgs, callProperties.methodDefinition, callProperties.callOptions, callProperties.channel);
-        stream.call = call;
+        stream2.call = call;
         let receivedStatus = false;
         let callerStackError = new Error();
         call.start(callProperties.metadata, {
           onReceiveMetadata(metadata2) {
-            stream.emit("metadata", metadata2);
+            stream2.emit("metadata", metadata2);
           },
           onReceiveMessage(message2) {
-            stream.push(message2);
+            stream2.push(message2);
           },
-          onReceiveStatus(status3) {
+          onReceiveStatus(status4) {
             if (receivedStatus) {
               return;
             }
             receivedStatus = true;
-            stream.push(null);
-            if (status3.code !== constants_1.Status.OK) {
+            stream2.push(null);
+            if (status4.code !== constants_1.Status.OK) {
               const callerStack = getErrorStackString(callerStackError);
-              stream.emit("error", (0, call_1.callErrorFromStatus)(status3, callerStack));
+              stream2.emit("error", (0, call_1.callErrorFromStatus)(status4, callerStack));
             }
             callerStackError = null;
-            stream.emit("status", status3);
+            stream2.emit("status", status4);
           }
         });
-        return stream;
+        return stream2;
       }
     };
     exports2.Client = Client;
@@ -12504,9 +12504,9 @@ var require_make_client = __commonJS({
       ServiceClientImpl.serviceName = serviceName;
       return ServiceClientImpl;
     }
-    function partial(fn, path10, serialize, deserialize) {
+    function partial(fn, path18, serialize, deserialize) {
       return function(...args) {
-        return fn.call(this, path10, serialize, deserialize, ...args);
+        return fn.call(this, path18, serialize, deserialize, ...args);
       };
     }
     function isProtobufTypeDefinition(obj) {
@@ -12925,7 +12925,7 @@ var require_aspromise = __commonJS({
       var params = new Array(arguments.length - 1), offset = 0, index = 2, pending = true;
       while (index < arguments.length)
         params[offset++] = arguments[index++];
-      return new Promise(function executor(resolve6, reject) {
+      return new Promise(function executor(resolve8, reject) {
         params[offset] = function callback(err) {
           if (pending) {
             pending = false;
@@ -12935,7 +12935,7 @@ var require_aspromise = __commonJS({
               var params2 = new Array(arguments.length - 1), offset2 = 0;
               while (offset2 < params2.length)
                 params2[offset2++] = arguments[offset2];
-              resolve6.apply(null, params2);
+              resolve8.apply(null, params2);
             }
           }
         };
@@ -13927,27 +13927,27 @@ var require_umd = __commonJS({
         }
         Long.fromBits = fromBits;
         var pow_dbl = Math.pow;
-        function fromString(str2, unsigned, radix) {
-          if (str2.length === 0) throw Error("empty string");
+        function fromString(str4, unsigned, radix) {
+          if (str4.length === 0) throw Error("empty string");
           if (typeof unsigned === "number") {
             radix = unsigned;
             unsigned = false;
           } else {
             unsigned = !!unsigned;
           }
-          if (str2 === "NaN" || str2 === "Infinity" || str2 === "+Infinity" || str2 === "-Infinity")
+          if (str4 === "NaN" || str4 === "Infinity" || str4 === "+Infinity" || str4 === "-Infinity")
             return unsigned ? UZERO : ZERO;
           radix = radix || 10;
           if (radix < 2 || 36 < radix) throw RangeError("radix");
           var p;
-          if ((p = str2.indexOf("-")) > 0) throw Error("interior hyphen");
+          if ((p = str4.indexOf("-")) > 0) throw Error("interior hyphen");
           else if (p === 0) {
-            return fromString(str2.substring(1), unsigned, radix).neg();
+            return fromString(str4.substring(1), unsigned, radix).neg();
           }
           var radixToPower = fromNumber(pow_dbl(radix, 8));
           var result = ZERO;
-          for (var i = 0; i < str2.length; i += 8) {
-            var size = Math.min(8, str2.length - i), value = parseInt(str2.substring(i, i + size), radix);
+          for (var i = 0; i < str4.length; i += 8) {
+            var size = Math.min(8, str4.length - i), value = parseInt(str4.substring(i, i + size), radix);
             if (size < 8) {
               var power = fromNumber(pow_dbl(radix, size));
               result = result.mul(power).add(fromNumber(value));
@@ -14596,8 +14596,8 @@ var require_minimal = __commonJS({
         writable: true
       });
     };
-    util3.lcFirst = function lcFirst(str2) {
-      return str2.charAt(0).toLowerCase() + str2.substring(1);
+    util3.lcFirst = function lcFirst(str4) {
+      return str4.charAt(0).toLowerCase() + str4.substring(1);
     };
     function newError(name) {
       function CustomError(message2, properties) {
@@ -14621,7 +14621,7 @@ var require_minimal = __commonJS({
           configurable: true
         },
         name: {
-          get: function get4() {
+          get: function get5() {
             return name;
           },
           set: void 0,
@@ -14861,7 +14861,7 @@ var require_writer = __commonJS({
       }
       return this;
     };
-    Writer.prototype.finish = function finish() {
+    Writer.prototype.finish = function finish2() {
       var head = this.head.next, buf = this.constructor.alloc(this.len), pos = 0;
       while (head) {
         head.fn(head.val, buf, pos);
@@ -14937,8 +14937,8 @@ var require_reader = __commonJS({
     var BufferReader;
     var LongBits = util3.LongBits;
     var utf8 = util3.utf8;
-    function indexOutOfRange(reader, writeLength) {
-      return RangeError("index out of range: " + reader.pos + " + " + (writeLength || 1) + " > " + reader.len);
+    function indexOutOfRange(reader2, writeLength) {
+      return RangeError("index out of range: " + reader2.pos + " + " + (writeLength || 1) + " > " + reader2.len);
     }
     function Reader(buffer) {
       this.buf = buffer;
@@ -14964,17 +14964,17 @@ var require_reader = __commonJS({
     Reader.create = create();
     Reader.prototype._slice = util3.Array.prototype.subarray || /* istanbul ignore next */
     util3.Array.prototype.slice;
-    function readVarint32NearEnd(reader) {
+    function readVarint32NearEnd(reader2) {
       var value = 0;
       for (var i = 0; i < 4; ++i) {
-        if (reader.pos >= reader.len)
-          throw indexOutOfRange(reader);
-        var b = reader.buf[reader.pos++];
+        if (reader2.pos >= reader2.len)
+          throw indexOutOfRange(reader2);
+        var b = reader2.buf[reader2.pos++];
         value = (value | (b & 127) << i * 7) >>> 0;
         if (b < 128)
           return value;
       }
-      throw indexOutOfRange(reader);
+      throw indexOutOfRange(reader2);
     }
     Reader.prototype.uint32 = /* @__PURE__ */ (function read_uint32_setup() {
       var value = 4294967295;
@@ -15389,17 +15389,17 @@ var require_codegen = __commonJS({
 var require_fs = __commonJS({
   "node_modules/@protobufjs/fetch/util/fs.js"(exports2, module2) {
     "use strict";
-    var fs8 = null;
+    var fs15 = null;
     try {
-      fs8 = require(
+      fs15 = require(
         /* webpackIgnore: true */
         "fs"
       );
-      if (!fs8 || !fs8.readFile || !fs8.readFileSync)
-        fs8 = null;
+      if (!fs15 || !fs15.readFile || !fs15.readFileSync)
+        fs15 = null;
     } catch (e) {
     }
-    module2.exports = fs8;
+    module2.exports = fs15;
   }
 });
 
@@ -15409,7 +15409,7 @@ var require_fetch = __commonJS({
     "use strict";
     module2.exports = fetch2;
     var asPromise = require_aspromise();
-    var fs8 = require_fs();
+    var fs15 = require_fs();
     function fetch2(filename, options, callback) {
       if (typeof options === "function") {
         callback = options;
@@ -15418,8 +15418,8 @@ var require_fetch = __commonJS({
         options = {};
       if (!callback)
         return asPromise(fetch2, this, filename, options);
-      if (!options.xhr && fs8 && fs8.readFile)
-        return fs8.readFile(filename, function fetchReadFileCallback(err, contents) {
+      if (!options.xhr && fs15 && fs15.readFile)
+        return fs15.readFile(filename, function fetchReadFileCallback(err, contents) {
           return err && typeof XMLHttpRequest !== "undefined" ? fetch2.xhr(filename, options, callback) : err ? callback(err) : callback(null, options.binary ? contents : contents.toString("utf8"));
         });
       return fetch2.xhr(filename, options, callback);
@@ -15457,15 +15457,15 @@ var require_fetch = __commonJS({
 var require_path = __commonJS({
   "node_modules/@protobufjs/path/index.js"(exports2) {
     "use strict";
-    var path10 = exports2;
-    var isAbsolute = (
+    var path18 = exports2;
+    var isAbsolute2 = (
       /**
        * Tests if the specified path is absolute.
        * @param {string} path Path to test
        * @returns {boolean} `true` if path is absolute
        */
-      path10.isAbsolute = function isAbsolute2(path11) {
-        return /^(?:\/|\w+:)/.test(path11);
+      path18.isAbsolute = function isAbsolute3(path19) {
+        return /^(?:\/|\w+:)/.test(path19);
       }
     );
     var normalize2 = (
@@ -15474,9 +15474,9 @@ var require_path = __commonJS({
        * @param {string} path Path to normalize
        * @returns {string} Normalized path
        */
-      path10.normalize = function normalize3(path11) {
-        path11 = path11.replace(/\\/g, "/").replace(/\/{2,}/g, "/");
-        var parts = path11.split("/"), absolute = isAbsolute(path11), prefix = "";
+      path18.normalize = function normalize3(path19) {
+        path19 = path19.replace(/\\/g, "/").replace(/\/{2,}/g, "/");
+        var parts = path19.split("/"), absolute = isAbsolute2(path19), prefix = "";
         if (absolute)
           prefix = parts.shift() + "/";
         for (var i = 0; i < parts.length; ) {
@@ -15495,10 +15495,10 @@ var require_path = __commonJS({
         return prefix + parts.join("/");
       }
     );
-    path10.resolve = function resolve6(originPath, includePath, alreadyNormalized) {
+    path18.resolve = function resolve8(originPath, includePath, alreadyNormalized) {
       if (!alreadyNormalized)
         includePath = normalize2(includePath);
-      if (isAbsolute(includePath))
+      if (isAbsolute2(includePath))
         return includePath;
       if (!alreadyNormalized)
         originPath = normalize2(originPath);
@@ -15522,17 +15522,17 @@ var require_patterns = __commonJS({
 var require_fs2 = __commonJS({
   "node_modules/protobufjs/src/util/fs.js"(exports2, module2) {
     "use strict";
-    var fs8 = null;
+    var fs15 = null;
     try {
-      fs8 = require(
+      fs15 = require(
         /* webpackIgnore: true */
         "fs"
       );
-      if (!fs8 || !fs8.readFile || !fs8.readFileSync)
-        fs8 = null;
+      if (!fs15 || !fs15.readFile || !fs15.readFileSync)
+        fs15 = null;
     } catch (e) {
     }
-    module2.exports = fs8;
+    module2.exports = fs15;
   }
 });
 
@@ -15622,7 +15622,7 @@ var require_namespace = __commonJS({
       }
       return this;
     };
-    Namespace.prototype.get = function get4(name) {
+    Namespace.prototype.get = function get5(name) {
       return this.nested && Object.prototype.hasOwnProperty.call(this.nested, name) ? this.nested[name] : null;
     };
     Namespace.prototype.getEnum = function getEnum(name) {
@@ -15679,18 +15679,18 @@ var require_namespace = __commonJS({
       object.onRemove(this);
       return clearCache(this);
     };
-    Namespace.prototype.define = function define2(path10, json) {
-      if (util3.isString(path10))
-        path10 = path10.split(".");
-      else if (!Array.isArray(path10))
+    Namespace.prototype.define = function define2(path18, json) {
+      if (util3.isString(path18))
+        path18 = path18.split(".");
+      else if (!Array.isArray(path18))
         throw TypeError("illegal path");
-      if (path10 && path10.length && path10[0] === "")
+      if (path18 && path18.length && path18[0] === "")
         throw Error("path must be relative");
-      if (path10.length > util3.recursionLimit)
+      if (path18.length > util3.recursionLimit)
         throw Error("max depth exceeded");
       var ptr = this;
-      while (path10.length > 0) {
-        var part = path10.shift();
+      while (path18.length > 0) {
+        var part = path18.shift();
         if (ptr.nested && ptr.nested[part]) {
           ptr = ptr.nested[part];
           if (!(ptr instanceof Namespace))
@@ -15725,26 +15725,26 @@ var require_namespace = __commonJS({
       });
       return this;
     };
-    Namespace.prototype.lookup = function lookup(path10, filterTypes, parentAlreadyChecked) {
+    Namespace.prototype.lookup = function lookup(path18, filterTypes, parentAlreadyChecked) {
       if (typeof filterTypes === "boolean") {
         parentAlreadyChecked = filterTypes;
         filterTypes = void 0;
       } else if (filterTypes && !Array.isArray(filterTypes))
         filterTypes = [filterTypes];
-      if (util3.isString(path10) && path10.length) {
-        if (path10 === ".")
+      if (util3.isString(path18) && path18.length) {
+        if (path18 === ".")
           return this.root;
-        path10 = path10.split(".");
-      } else if (!path10.length)
+        path18 = path18.split(".");
+      } else if (!path18.length)
         return this;
-      var flatPath = path10.join(".");
-      if (path10[0] === "")
-        return this.root.lookup(path10.slice(1), filterTypes);
+      var flatPath = path18.join(".");
+      if (path18[0] === "")
+        return this.root.lookup(path18.slice(1), filterTypes);
       var found = this.root._fullyQualifiedObjects && this.root._fullyQualifiedObjects["." + flatPath];
       if (found && (!filterTypes || filterTypes.indexOf(found.constructor) > -1)) {
         return found;
       }
-      found = this._lookupImpl(path10, flatPath);
+      found = this._lookupImpl(path18, flatPath);
       if (found && (!filterTypes || filterTypes.indexOf(found.constructor) > -1)) {
         return found;
       }
@@ -15752,7 +15752,7 @@ var require_namespace = __commonJS({
         return null;
       var current = this;
       while (current.parent) {
-        found = current.parent._lookupImpl(path10, flatPath);
+        found = current.parent._lookupImpl(path18, flatPath);
         if (found && (!filterTypes || filterTypes.indexOf(found.constructor) > -1)) {
           return found;
         }
@@ -15760,22 +15760,22 @@ var require_namespace = __commonJS({
       }
       return null;
     };
-    Namespace.prototype._lookupImpl = function lookup(path10, flatPath) {
+    Namespace.prototype._lookupImpl = function lookup(path18, flatPath) {
       if (Object.prototype.hasOwnProperty.call(this._lookupCache, flatPath)) {
         return this._lookupCache[flatPath];
       }
-      var found = this.get(path10[0]);
+      var found = this.get(path18[0]);
       var exact = null;
       if (found) {
-        if (path10.length === 1) {
+        if (path18.length === 1) {
           exact = found;
         } else if (found instanceof Namespace) {
-          path10 = path10.slice(1);
-          exact = found._lookupImpl(path10, path10.join("."));
+          path18 = path18.slice(1);
+          exact = found._lookupImpl(path18, path18.join("."));
         }
       } else {
         for (var i = 0; i < this.nestedArray.length; ++i)
-          if (this._nestedArray[i] instanceof Namespace && (found = this._nestedArray[i]._lookupImpl(path10, flatPath))) {
+          if (this._nestedArray[i] instanceof Namespace && (found = this._nestedArray[i]._lookupImpl(path18, flatPath))) {
             exact = found;
             break;
           }
@@ -15783,28 +15783,28 @@ var require_namespace = __commonJS({
       this._lookupCache[flatPath] = exact;
       return exact;
     };
-    Namespace.prototype.lookupType = function lookupType(path10) {
-      var found = this.lookup(path10, [Type]);
+    Namespace.prototype.lookupType = function lookupType(path18) {
+      var found = this.lookup(path18, [Type]);
       if (!found)
-        throw Error("no such type: " + path10);
+        throw Error("no such type: " + path18);
       return found;
     };
-    Namespace.prototype.lookupEnum = function lookupEnum(path10) {
-      var found = this.lookup(path10, [Enum]);
+    Namespace.prototype.lookupEnum = function lookupEnum(path18) {
+      var found = this.lookup(path18, [Enum]);
       if (!found)
-        throw Error("no such Enum '" + path10 + "' in " + this);
+        throw Error("no such Enum '" + path18 + "' in " + this);
       return found;
     };
-    Namespace.prototype.lookupTypeOrEnum = function lookupTypeOrEnum(path10) {
-      var found = this.lookup(path10, [Type, Enum]);
+    Namespace.prototype.lookupTypeOrEnum = function lookupTypeOrEnum(path18) {
+      var found = this.lookup(path18, [Type, Enum]);
       if (!found)
-        throw Error("no such Type or Enum '" + path10 + "' in " + this);
+        throw Error("no such Type or Enum '" + path18 + "' in " + this);
       return found;
     };
-    Namespace.prototype.lookupService = function lookupService(path10) {
-      var found = this.lookup(path10, [Service]);
+    Namespace.prototype.lookupService = function lookupService(path18) {
+      var found = this.lookup(path18, [Service]);
       if (!found)
-        throw Error("no such Service '" + path10 + "' in " + this);
+        throw Error("no such Service '" + path18 + "' in " + this);
       return found;
     };
     Namespace._configure = function(Type_, Service_, Enum_) {
@@ -15852,7 +15852,7 @@ var require_mapfield = __commonJS({
         keepComments ? this.comment : void 0
       ]);
     };
-    MapField.prototype.resolve = function resolve6() {
+    MapField.prototype.resolve = function resolve8() {
       if (this.resolved)
         return this;
       if (types4.mapKey[this.keyType] === void 0)
@@ -15929,7 +15929,7 @@ var require_method = __commonJS({
         this.parsedOptions
       ]);
     };
-    Method.prototype.resolve = function resolve6() {
+    Method.prototype.resolve = function resolve8() {
       if (this.resolved)
         return this;
       this.resolvedRequestType = this.parent.lookupType(this.requestType);
@@ -15994,7 +15994,7 @@ var require_service2 = __commonJS({
       service._methodsArray = null;
       return service;
     }
-    Service.prototype.get = function get4(name) {
+    Service.prototype.get = function get5(name) {
       return Object.prototype.hasOwnProperty.call(this.methods, name) ? this.methods[name] : Namespace.prototype.get.call(this, name);
     };
     Service.prototype.resolveAll = function resolveAll() {
@@ -16076,11 +16076,11 @@ var require_message = __commonJS({
     Message.encodeDelimited = function encodeDelimited(message2, writer) {
       return this.$type.encodeDelimited(message2, writer);
     };
-    Message.decode = function decode3(reader) {
-      return this.$type.decode(reader);
+    Message.decode = function decode3(reader2) {
+      return this.$type.decode(reader2);
     };
-    Message.decodeDelimited = function decodeDelimited(reader) {
-      return this.$type.decodeDelimited(reader);
+    Message.decodeDelimited = function decodeDelimited(reader2) {
+      return this.$type.decodeDelimited(reader2);
     };
     Message.verify = function verify3(message2) {
       return this.$type.verify(message2);
@@ -16737,7 +16737,7 @@ var require_type = __commonJS({
       });
       return this;
     };
-    Type.prototype.get = function get4(name) {
+    Type.prototype.get = function get5(name) {
       if (Object.prototype.hasOwnProperty.call(this.fields, name))
         return this.fields[name];
       if (this.oneofs && Object.prototype.hasOwnProperty.call(this.oneofs, name))
@@ -16809,7 +16809,7 @@ var require_type = __commonJS({
     Type.prototype.create = function create(properties) {
       return new this.ctor(properties);
     };
-    Type.prototype.setup = function setup() {
+    Type.prototype.setup = function setup2() {
       var fullName = this.fullName, types4 = [];
       for (var i = 0; i < /* initializes */
       this.fieldsArray.length; ++i)
@@ -16852,13 +16852,13 @@ var require_type = __commonJS({
     Type.prototype.encodeDelimited = function encodeDelimited(message2, writer) {
       return this.encode(message2, writer && writer.len ? writer.fork() : writer).ldelim();
     };
-    Type.prototype.decode = function decode_setup(reader, length, end, depth) {
-      return this.setup().decode(reader, length, end, depth);
+    Type.prototype.decode = function decode_setup(reader2, length, end, depth) {
+      return this.setup().decode(reader2, length, end, depth);
     };
-    Type.prototype.decodeDelimited = function decodeDelimited(reader) {
-      if (!(reader instanceof Reader))
-        reader = Reader.create(reader);
-      return this.decode(reader, reader.uint32());
+    Type.prototype.decodeDelimited = function decodeDelimited(reader2) {
+      if (!(reader2 instanceof Reader))
+        reader2 = Reader.create(reader2);
+      return this.decode(reader2, reader2.uint32());
     };
     Type.prototype.verify = function verify_setup(message2, depth) {
       return this.setup().verify(message2, depth);
@@ -16920,7 +16920,7 @@ var require_root = __commonJS({
         return util3.asPromise(load, self2, filename, options);
       }
       var sync = callback === SYNC;
-      function finish(err, root) {
+      function finish2(err, root) {
         if (!callback) {
           return;
         }
@@ -16967,10 +16967,10 @@ var require_root = __commonJS({
             }
           }
         } catch (err) {
-          finish(err);
+          finish2(err);
         }
         if (!sync && !queued) {
-          finish(null, self2);
+          finish2(null, self2);
         }
       }
       function fetch2(filename2, weak, depth) {
@@ -16999,7 +16999,7 @@ var require_root = __commonJS({
             source = util3.fs.readFileSync(filename2).toString("utf8");
           } catch (err) {
             if (!weak)
-              finish(err);
+              finish2(err);
             return;
           }
           process2(filename2, source, depth);
@@ -17012,9 +17012,9 @@ var require_root = __commonJS({
             }
             if (err) {
               if (!weak)
-                finish(err);
+                finish2(err);
               else if (!queued)
-                finish(null, self2);
+                finish2(null, self2);
               return;
             }
             process2(filename2, source2, depth);
@@ -17033,7 +17033,7 @@ var require_root = __commonJS({
         return self2;
       }
       if (!queued) {
-        finish(null, self2);
+        finish2(null, self2);
       }
       return self2;
     };
@@ -17180,12 +17180,12 @@ var require_util = __commonJS({
         return "[" + JSON.stringify(prop) + "]";
       return "." + prop;
     };
-    util3.ucFirst = function ucFirst(str2) {
-      return str2.charAt(0).toUpperCase() + str2.substring(1);
+    util3.ucFirst = function ucFirst(str4) {
+      return str4.charAt(0).toUpperCase() + str4.substring(1);
     };
     var camelCaseRe = /_([a-z])/g;
-    util3.camelCase = function camelCase(str2) {
-      return str2.substring(0, 1) + str2.substring(1).replace(camelCaseRe, function($0, $1) {
+    util3.camelCase = function camelCase(str4) {
+      return str4.substring(0, 1) + str4.substring(1).replace(camelCaseRe, function($0, $1) {
         return $1.toUpperCase();
       });
     };
@@ -17221,13 +17221,13 @@ var require_util = __commonJS({
       Object.defineProperty(object, "$type", { value: enm, enumerable: false });
       return enm;
     };
-    util3.setProperty = function setProperty(dst, path10, value, ifNotSet) {
-      function setProp(dst2, path11, value2) {
-        var part = path11.shift();
+    util3.setProperty = function setProperty(dst, path18, value, ifNotSet) {
+      function setProp(dst2, path19, value2) {
+        var part = path19.shift();
         if (util3.isUnsafeProperty(part))
           return dst2;
-        if (path11.length > 0) {
-          dst2[part] = setProp(dst2[part] || {}, path11, value2);
+        if (path19.length > 0) {
+          dst2[part] = setProp(dst2[part] || {}, path19, value2);
         } else {
           var prevValue = dst2[part];
           if (prevValue && ifNotSet)
@@ -17240,12 +17240,12 @@ var require_util = __commonJS({
       }
       if (typeof dst !== "object")
         throw TypeError("dst must be an object");
-      if (!path10)
+      if (!path18)
         throw TypeError("path must be specified");
-      path10 = path10.split(".");
-      if (path10.length > util3.recursionLimit)
+      path18 = path18.split(".");
+      if (path18.length > util3.recursionLimit)
         throw Error("max depth exceeded");
-      return setProp(dst, path10, value);
+      return setProp(dst, path18, value);
     };
     Object.defineProperty(util3, "decorateRoot", {
       get: function() {
@@ -17547,7 +17547,7 @@ var require_field = __commonJS({
         keepComments ? this.comment : void 0
       ]);
     };
-    Field.prototype.resolve = function resolve6() {
+    Field.prototype.resolve = function resolve8() {
       if (this.resolved)
         return this;
       if ((this.typeDefault = types4.defaults[this.type]) === void 0) {
@@ -17791,12 +17791,12 @@ var require_object = __commonJS({
        */
       fullName: {
         get: function() {
-          var path10 = [this.name], ptr = this.parent;
+          var path18 = [this.name], ptr = this.parent;
           while (ptr) {
-            path10.unshift(ptr.name);
+            path18.unshift(ptr.name);
             ptr = ptr.parent;
           }
-          return path10.join(".");
+          return path18.join(".");
         }
       }
     });
@@ -17820,7 +17820,7 @@ var require_object = __commonJS({
       this.parent = null;
       this.resolved = false;
     };
-    ReflectionObject.prototype.resolve = function resolve6() {
+    ReflectionObject.prototype.resolve = function resolve8() {
       if (this.resolved)
         return this;
       if (this.root instanceof Root)
@@ -18168,8 +18168,8 @@ var require_tokenize = __commonJS({
       "n": "\n",
       "t": "	"
     };
-    function unescape2(str2) {
-      return str2.replace(unescapeRe, function($0, $1) {
+    function unescape2(str4) {
+      return str4.replace(unescapeRe, function($0, $1) {
         switch ($1) {
           case "\\":
           case "":
@@ -18496,10 +18496,10 @@ var require_parse = __commonJS({
         var token2, start;
         do {
           if (acceptStrings && ((token2 = peek()) === '"' || token2 === "'")) {
-            var str2 = readString();
-            target.push(str2);
+            var str4 = readString();
+            target.push(str4);
             if (edition >= 2023) {
-              throw illegal(str2, "id");
+              throw illegal(str4, "id");
             }
           } else {
             try {
@@ -19463,7 +19463,7 @@ var require_common = __commonJS({
         }
       }
     });
-    common.get = function get4(file) {
+    common.get = function get5(file) {
       return common[file] || null;
     };
   }
@@ -21432,8 +21432,8 @@ var require_descriptor2 = __commonJS({
         for (; i < fromPath.length && j < k && fromPath[i] === toPath[j]; ++i, ++j) ;
       return toPath.slice(j).join(".");
     }
-    function underScore(str2) {
-      return str2.substring(0, 1) + str2.substring(1).replace(/([A-Z])(?=[a-z]|$)/g, function($0, $1) {
+    function underScore(str4) {
+      return str4.substring(0, 1) + str4.substring(1).replace(/([A-Z])(?=[a-z]|$)/g, function($0, $1) {
         return "_" + $1.toLowerCase();
       });
     }
@@ -21833,19 +21833,19 @@ var require_util2 = __commonJS({
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.addCommonProtos = exports2.loadProtosWithOptionsSync = exports2.loadProtosWithOptions = void 0;
-    var fs8 = require("fs");
-    var path10 = require("path");
+    var fs15 = require("fs");
+    var path18 = require("path");
     var Protobuf = require_protobufjs();
     function addIncludePathResolver(root, includePaths) {
       const originalResolvePath = root.resolvePath;
       root.resolvePath = (origin, target) => {
-        if (path10.isAbsolute(target)) {
+        if (path18.isAbsolute(target)) {
           return target;
         }
         for (const directory of includePaths) {
-          const fullPath = path10.join(directory, target);
+          const fullPath = path18.join(directory, target);
           try {
-            fs8.accessSync(fullPath, fs8.constants.R_OK);
+            fs15.accessSync(fullPath, fs15.constants.R_OK);
             return fullPath;
           } catch (err) {
             continue;
@@ -22097,7 +22097,7 @@ var require_channelz = __commonJS({
     exports2.dateToProtoTimestamp = dateToProtoTimestamp;
     exports2.getChannelzHandlers = getChannelzHandlers;
     exports2.getChannelzServiceDefinition = getChannelzServiceDefinition;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var net_1 = require("net");
     var ordered_map_1 = require_cjs();
     var connectivity_state_1 = require_connectivity_state();
@@ -22666,7 +22666,7 @@ var require_channelz = __commonJS({
       loadedChannelzDefinition = channelzGrpcObject.grpc.channelz.v1.Channelz.service;
       return loadedChannelzDefinition;
     }
-    function setup() {
+    function setup2() {
       (0, admin_1.registerAdminService)(getChannelzServiceDefinition, getChannelzHandlers);
     }
   }
@@ -22719,8 +22719,8 @@ var require_filter = __commonJS({
       async receiveMessage(message2) {
         return message2;
       }
-      receiveTrailers(status3) {
-        return status3;
+      receiveTrailers(status4) {
+        return status4;
       }
     };
     exports2.BaseFilter = BaseFilter;
@@ -22792,18 +22792,18 @@ var require_compression_filter = __commonJS({
         this.maxRecvMessageLength = maxRecvMessageLength;
       }
       compressMessage(message2) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           zlib.deflate(message2, (err, output) => {
             if (err) {
               reject(err);
             } else {
-              resolve6(output);
+              resolve8(output);
             }
           });
         });
       }
       decompressMessage(message2) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           let totalLength = 0;
           const messageParts = [];
           const decompresser = zlib.createInflate();
@@ -22825,7 +22825,7 @@ var require_compression_filter = __commonJS({
             }
           });
           decompresser.on("end", () => {
-            resolve6(Buffer.concat(messageParts));
+            resolve8(Buffer.concat(messageParts));
           });
           decompresser.write(message2);
           decompresser.end();
@@ -22838,18 +22838,18 @@ var require_compression_filter = __commonJS({
         this.maxRecvMessageLength = maxRecvMessageLength;
       }
       compressMessage(message2) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           zlib.gzip(message2, (err, output) => {
             if (err) {
               reject(err);
             } else {
-              resolve6(output);
+              resolve8(output);
             }
           });
         });
       }
       decompressMessage(message2) {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           let totalLength = 0;
           const messageParts = [];
           const decompresser = zlib.createGunzip();
@@ -22871,7 +22871,7 @@ var require_compression_filter = __commonJS({
             }
           });
           decompresser.on("end", () => {
-            resolve6(Buffer.concat(messageParts));
+            resolve8(Buffer.concat(messageParts));
           });
           decompresser.write(message2);
           decompresser.end();
@@ -23013,14 +23013,14 @@ var require_control_plane_status = __commonJS({
       constants_1.Status.OUT_OF_RANGE,
       constants_1.Status.DATA_LOSS
     ];
-    function restrictControlPlaneStatusCode(code, details) {
-      if (INAPPROPRIATE_CONTROL_PLANE_CODES.includes(code)) {
+    function restrictControlPlaneStatusCode(code2, details) {
+      if (INAPPROPRIATE_CONTROL_PLANE_CODES.includes(code2)) {
         return {
           code: constants_1.Status.INTERNAL,
-          details: `Invalid status from control plane: ${code} ${constants_1.Status[code]} ${details}`
+          details: `Invalid status from control plane: ${code2} ${constants_1.Status[code2]} ${details}`
         };
       } else {
-        return { code, details };
+        return { code: code2, details };
       }
     }
   }
@@ -23137,8 +23137,8 @@ var require_filter_stack = __commonJS({
         }
         return result;
       }
-      receiveTrailers(status3) {
-        let result = status3;
+      receiveTrailers(status4) {
+        let result = status4;
         for (let i = this.filters.length - 1; i >= 0; i--) {
           result = this.filters[i].receiveTrailers(result);
         }
@@ -23213,12 +23213,12 @@ var require_single_subchannel_channel = __commonJS({
         }
         this.filterStack = filterStackFactory.createFilter();
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         if (this.childCall) {
-          this.childCall.cancelWithStatus(status3, details);
+          this.childCall.cancelWithStatus(status4, details);
         } else {
           this.pendingStatus = {
-            code: status3,
+            code: status4,
             details,
             metadata: new metadata_1.Metadata()
           };
@@ -23247,9 +23247,9 @@ var require_single_subchannel_channel = __commonJS({
           credsMetadata = await this.subchannel.getCallCredentials().generateMetadata({ method_name: this.method, service_url: this.serviceUrl });
         } catch (e) {
           const error = e;
-          const { code, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(typeof error.code === "number" ? error.code : constants_1.Status.UNKNOWN, `Getting metadata from plugin failed with error: ${error.message}`);
+          const { code: code2, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(typeof error.code === "number" ? error.code : constants_1.Status.UNKNOWN, `Getting metadata from plugin failed with error: ${error.message}`);
           listener.onReceiveStatus({
-            code,
+            code: code2,
             details,
             metadata: new metadata_1.Metadata()
           });
@@ -23269,8 +23269,8 @@ var require_single_subchannel_channel = __commonJS({
               listener.onReceiveStatus(this.pendingStatus);
             }
           },
-          onReceiveStatus: async (status3) => {
-            const filteredStatus = await this.filterStack.receiveTrailers(status3);
+          onReceiveStatus: async (status4) => {
+            const filteredStatus = await this.filterStack.receiveTrailers(status4);
             if (this.readFilterPending) {
               this.pendingStatus = filteredStatus;
             } else {
@@ -23319,7 +23319,7 @@ var require_single_subchannel_channel = __commonJS({
       getCallNumber() {
         return this.callNumber;
       }
-      setCredentials(credentials) {
+      setCredentials(credentials2) {
         throw new Error("Method not implemented.");
       }
       getAuthContext() {
@@ -23410,7 +23410,7 @@ var require_subchannel = __commonJS({
        * @param credentials The channel credentials used to establish this
        *     connection
        */
-      constructor(channelTarget, subchannelAddress, options, credentials, connector) {
+      constructor(channelTarget, subchannelAddress, options, credentials2, connector) {
         var _a;
         this.channelTarget = channelTarget;
         this.subchannelAddress = subchannelAddress;
@@ -23451,7 +23451,7 @@ var require_subchannel = __commonJS({
         if (this.traceEnabled) {
           this.trace("Subchannel constructed with options " + JSON.stringify(options, void 0, 2));
         }
-        this.secureConnector = credentials._createSecureConnector(channelTarget, options);
+        this.secureConnector = credentials2._createSecureConnector(channelTarget, options);
       }
       getChannelzInfo() {
         return {
@@ -23617,8 +23617,8 @@ var require_subchannel = __commonJS({
           this.callTracker.addCallStarted();
           this.streamTracker.addCallStarted();
           statsTracker = {
-            onCallEnd: (status3) => {
-              if (status3.code === constants_1.Status.OK) {
+            onCallEnd: (status4) => {
+              if (status4.code === constants_1.Status.OK) {
                 this.callTracker.addCallSucceeded();
               } else {
                 this.callTracker.addCallFailed();
@@ -23748,7 +23748,7 @@ var require_resolver_dns = __commonJS({
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.DEFAULT_PORT = void 0;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var resolver_1 = require_resolver();
     var dns_1 = require("dns");
     var service_config_1 = require_service_config();
@@ -23867,8 +23867,8 @@ var require_resolver_dns = __commonJS({
           }
           trace("Looking up DNS hostname " + this.dnsHostname);
           this.latestLookupResult = null;
-          const hostname = this.dnsHostname;
-          this.pendingLookupPromise = this.lookup(hostname);
+          const hostname2 = this.dnsHostname;
+          this.pendingLookupPromise = this.lookup(hostname2);
           this.pendingLookupPromise.then((addressList) => {
             if (this.pendingLookupPromise === null) {
               return;
@@ -23891,7 +23891,7 @@ var require_resolver_dns = __commonJS({
             this.listener((0, call_interface_1.statusOrFromError)(this.defaultResolutionError), {}, this.latestServiceConfigResult, "");
           });
           if (this.isServiceConfigEnabled && this.pendingTxtPromise === null) {
-            this.pendingTxtPromise = this.resolveTxt(hostname);
+            this.pendingTxtPromise = this.resolveTxt(hostname2);
             this.pendingTxtPromise.then((txtRecord) => {
               if (this.pendingTxtPromise === null) {
                 return;
@@ -23933,12 +23933,12 @@ var require_resolver_dns = __commonJS({
           this.continueResolving = true;
         }
       }
-      async lookup(hostname) {
+      async lookup(hostname2) {
         if (environment_1.GRPC_NODE_USE_ALTERNATIVE_RESOLVER) {
           trace("Using alternative DNS resolver.");
           const records = await Promise.allSettled([
-            this.alternativeResolver.resolve4(hostname),
-            this.alternativeResolver.resolve6(hostname)
+            this.alternativeResolver.resolve4(hostname2),
+            this.alternativeResolver.resolve6(hostname2)
           ]);
           if (records.every((result) => result.status === "rejected")) {
             throw new Error(records[0].reason);
@@ -23950,15 +23950,15 @@ var require_resolver_dns = __commonJS({
             port: +this.port
           }));
         }
-        const addressList = await dns_1.promises.lookup(hostname, { all: true });
+        const addressList = await dns_1.promises.lookup(hostname2, { all: true });
         return addressList.map((addr) => ({ host: addr.address, port: +this.port }));
       }
-      async resolveTxt(hostname) {
+      async resolveTxt(hostname2) {
         if (environment_1.GRPC_NODE_USE_ALTERNATIVE_RESOLVER) {
           trace("Using alternative DNS resolver.");
-          return this.alternativeResolver.resolveTxt(hostname);
+          return this.alternativeResolver.resolveTxt(hostname2);
         }
-        return dns_1.promises.resolveTxt(hostname);
+        return dns_1.promises.resolveTxt(hostname2);
       }
       startNextResolutionTimer() {
         var _a, _b;
@@ -24023,7 +24023,7 @@ var require_resolver_dns = __commonJS({
         return target.path;
       }
     };
-    function setup() {
+    function setup2() {
       (0, resolver_1.registerResolver)("dns", DnsResolver);
       (0, resolver_1.registerDefaultScheme)("dns");
     }
@@ -24086,13 +24086,13 @@ var require_http_proxy = __commonJS({
           userCred = proxyUrl.username;
         }
       }
-      const hostname = proxyUrl.hostname;
+      const hostname2 = proxyUrl.hostname;
       let port = proxyUrl.port;
       if (port === "") {
         port = "80";
       }
       const result = {
-        address: `${hostname}:${port}`
+        address: `${hostname2}:${port}`
       };
       if (userCred) {
         result.creds = userCred;
@@ -24221,7 +24221,7 @@ var require_http_proxy = __commonJS({
       options.headers = headers;
       const proxyAddressString = (0, subchannel_address_1.subchannelAddressToString)(address);
       trace("Using proxy " + proxyAddressString + " to connect to " + options.path);
-      return new Promise((resolve6, reject) => {
+      return new Promise((resolve8, reject) => {
         const request2 = http5.request(options);
         request2.once("connect", (res, socket, head) => {
           request2.removeAllListeners();
@@ -24232,7 +24232,7 @@ var require_http_proxy = __commonJS({
               socket.unshift(head);
             }
             trace("Successfully established a plaintext connection to " + options.path + " through proxy " + proxyAddressString);
-            resolve6(socket);
+            resolve8(socket);
           } else {
             (0, logging_1.log)(constants_1.LogVerbosity.ERROR, "Failed to connect to " + options.path + " through proxy " + proxyAddressString + " with status " + res.statusCode);
             reject();
@@ -24341,7 +24341,7 @@ var require_subchannel_call = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.Http2SubchannelCall = void 0;
     var http22 = require("http2");
-    var os4 = require("os");
+    var os7 = require("os");
     var constants_1 = require_constants2();
     var metadata_1 = require_metadata();
     var stream_decoder_1 = require_stream_decoder();
@@ -24349,17 +24349,17 @@ var require_subchannel_call = __commonJS({
     var constants_2 = require_constants2();
     var TRACER_NAME = "subchannel_call";
     function getSystemErrorName(errno) {
-      for (const [name, num2] of Object.entries(os4.constants.errno)) {
-        if (num2 === errno) {
+      for (const [name, num3] of Object.entries(os7.constants.errno)) {
+        if (num3 === errno) {
           return name;
         }
       }
       return "Unknown system error " + errno;
     }
-    function mapHttpStatusCode(code) {
-      const details = `Received HTTP status code ${code}`;
+    function mapHttpStatusCode(code2) {
+      const details = `Received HTTP status code ${code2}`;
       let mappedStatusCode;
-      switch (code) {
+      switch (code2) {
         // TODO(murgatroid99): handle 100 and 101
         case 400:
           mappedStatusCode = constants_1.Status.INTERNAL;
@@ -24478,7 +24478,7 @@ var require_subchannel_call = __commonJS({
             if (((_a2 = this.finalStatus) === null || _a2 === void 0 ? void 0 : _a2.code) === constants_1.Status.OK) {
               return;
             }
-            let code;
+            let code2;
             let details = "";
             switch (http2Stream.rstCode) {
               case http22.constants.NGHTTP2_NO_ERROR:
@@ -24487,41 +24487,41 @@ var require_subchannel_call = __commonJS({
                 }
                 if (this.httpStatusCode && this.httpStatusCode !== 200) {
                   const mappedStatus = mapHttpStatusCode(this.httpStatusCode);
-                  code = mappedStatus.code;
+                  code2 = mappedStatus.code;
                   details = mappedStatus.details;
                 } else {
-                  code = constants_1.Status.INTERNAL;
+                  code2 = constants_1.Status.INTERNAL;
                   details = `Received RST_STREAM with code ${http2Stream.rstCode} (Call ended without gRPC status)`;
                 }
                 break;
               case http22.constants.NGHTTP2_REFUSED_STREAM:
-                code = constants_1.Status.UNAVAILABLE;
+                code2 = constants_1.Status.UNAVAILABLE;
                 details = "Stream refused by server";
                 break;
               case http22.constants.NGHTTP2_CANCEL:
                 if (this.connectionDropped) {
-                  code = constants_1.Status.UNAVAILABLE;
+                  code2 = constants_1.Status.UNAVAILABLE;
                   details = "Connection dropped";
                 } else {
-                  code = constants_1.Status.CANCELLED;
+                  code2 = constants_1.Status.CANCELLED;
                   details = "Call cancelled";
                 }
                 break;
               case http22.constants.NGHTTP2_ENHANCE_YOUR_CALM:
-                code = constants_1.Status.RESOURCE_EXHAUSTED;
+                code2 = constants_1.Status.RESOURCE_EXHAUSTED;
                 details = "Bandwidth exhausted or memory limit exceeded";
                 break;
               case http22.constants.NGHTTP2_INADEQUATE_SECURITY:
-                code = constants_1.Status.PERMISSION_DENIED;
+                code2 = constants_1.Status.PERMISSION_DENIED;
                 details = "Protocol not secure enough";
                 break;
               case http22.constants.NGHTTP2_INTERNAL_ERROR:
-                code = constants_1.Status.INTERNAL;
+                code2 = constants_1.Status.INTERNAL;
                 if (this.internalError === null) {
                   details = `Received RST_STREAM with code ${http2Stream.rstCode} (Internal server error)`;
                 } else {
                   if (this.internalError.code === "ECONNRESET" || this.internalError.code === "ETIMEDOUT") {
-                    code = constants_1.Status.UNAVAILABLE;
+                    code2 = constants_1.Status.UNAVAILABLE;
                     details = this.internalError.message;
                   } else {
                     details = `Received RST_STREAM with code ${http2Stream.rstCode} triggered by internal client error: ${this.internalError.message}`;
@@ -24529,11 +24529,11 @@ var require_subchannel_call = __commonJS({
                 }
                 break;
               default:
-                code = constants_1.Status.INTERNAL;
+                code2 = constants_1.Status.INTERNAL;
                 details = `Received RST_STREAM with code ${http2Stream.rstCode}`;
             }
             this.endCall({
-              code,
+              code: code2,
               details,
               metadata: new metadata_1.Metadata(),
               rstCode: http2Stream.rstCode
@@ -24589,9 +24589,9 @@ var require_subchannel_call = __commonJS({
        * Subsequent calls are no-ops.
        * @param status The status of the call.
        */
-      endCall(status3) {
+      endCall(status4) {
         if (this.finalStatus === null || this.finalStatus.code === constants_1.Status.OK) {
-          this.finalStatus = status3;
+          this.finalStatus = status4;
           this.maybeOutputStatus();
         }
         this.destroyHttp2Stream();
@@ -24646,7 +24646,7 @@ var require_subchannel_call = __commonJS({
           metadata = new metadata_1.Metadata();
         }
         const statusValues = metadata.get("grpc-status");
-        let status3;
+        let status4;
         if (statusValues.length > 0 && typeof statusValues[0] === "string") {
           const receivedStatus = Number(statusValues[0]);
           if (this.traceEnabled) {
@@ -24667,22 +24667,22 @@ var require_subchannel_call = __commonJS({
               this.trace('received status details string "' + details + '" from server');
             }
           }
-          status3 = {
+          status4 = {
             code: receivedStatus,
             details,
             metadata
           };
         } else if (this.httpStatusCode) {
-          status3 = mapHttpStatusCode(this.httpStatusCode);
-          status3.metadata = metadata;
+          status4 = mapHttpStatusCode(this.httpStatusCode);
+          status4.metadata = metadata;
         } else {
-          status3 = {
+          status4 = {
             code: constants_1.Status.UNKNOWN,
             details: "No status information received",
             metadata
           };
         }
-        this.endCall(status3);
+        this.endCall(status4);
       }
       destroyHttp2Stream() {
         var _a;
@@ -24694,23 +24694,23 @@ var require_subchannel_call = __commonJS({
             this.http2Stream.end();
           }
         } else {
-          let code;
+          let code2;
           if (((_a = this.finalStatus) === null || _a === void 0 ? void 0 : _a.code) === constants_1.Status.OK) {
-            code = http22.constants.NGHTTP2_NO_ERROR;
+            code2 = http22.constants.NGHTTP2_NO_ERROR;
           } else {
-            code = http22.constants.NGHTTP2_CANCEL;
+            code2 = http22.constants.NGHTTP2_CANCEL;
           }
           if (this.traceEnabled) {
-            this.trace("close http2 stream with code " + code);
+            this.trace("close http2 stream with code " + code2);
           }
-          this.http2Stream.close(code);
+          this.http2Stream.close(code2);
         }
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         if (this.traceEnabled) {
-          this.trace("cancelWithStatus code: " + status3 + ' details: "' + details + '"');
+          this.trace("cancelWithStatus code: " + status4 + ' details: "' + details + '"');
         }
-        this.endCall({ code: status3, details, metadata: new metadata_1.Metadata() });
+        this.endCall({ code: status4, details, metadata: new metadata_1.Metadata() });
       }
       getStatus() {
         return this.finalStatus;
@@ -24745,13 +24745,13 @@ var require_subchannel_call = __commonJS({
         const cb = (error) => {
           process.nextTick(() => {
             var _a;
-            let code = constants_1.Status.UNAVAILABLE;
+            let code2 = constants_1.Status.UNAVAILABLE;
             if ((error === null || error === void 0 ? void 0 : error.code) === "ERR_STREAM_WRITE_AFTER_END") {
-              code = constants_1.Status.INTERNAL;
+              code2 = constants_1.Status.INTERNAL;
             }
             if (error) {
               this.endCall({
-                code,
+                code: code2,
                 details: `Write error: ${error.message}`,
                 metadata: new metadata_1.Metadata(),
                 rstCode: this.http2Stream.rstCode
@@ -25142,9 +25142,9 @@ var require_transport2 = __commonJS({
               this.lastMessageReceivedTimestamp = Date.now();
               (_a = subchannelCallStatsTracker.addMessageReceived) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker);
             },
-            onCallEnd: (status3) => {
+            onCallEnd: (status4) => {
               var _a;
-              (_a = subchannelCallStatsTracker.onCallEnd) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker, status3);
+              (_a = subchannelCallStatsTracker.onCallEnd) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker, status4);
               this.removeActiveCall(call);
             },
             onStreamEnd: (success) => {
@@ -25167,9 +25167,9 @@ var require_transport2 = __commonJS({
               var _a;
               (_a = subchannelCallStatsTracker.addMessageReceived) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker);
             },
-            onCallEnd: (status3) => {
+            onCallEnd: (status4) => {
               var _a;
-              (_a = subchannelCallStatsTracker.onCallEnd) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker, status3);
+              (_a = subchannelCallStatsTracker.onCallEnd) === null || _a === void 0 ? void 0 : _a.call(subchannelCallStatsTracker, status4);
               this.removeActiveCall(call);
             },
             onStreamEnd: (success) => {
@@ -25220,7 +25220,7 @@ var require_transport2 = __commonJS({
         if (secureConnectResult.socket.closed) {
           return Promise.reject("Connection closed before starting HTTP/2 handshake");
         }
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           var _a, _b, _c, _d, _e, _f, _g, _h;
           let remoteName = null;
           let realTarget = this.channelTarget;
@@ -25291,7 +25291,7 @@ var require_transport2 = __commonJS({
             session.removeAllListeners();
             secureConnectResult.socket.removeListener("close", closeHandler);
             secureConnectResult.socket.removeListener("error", errorHandler);
-            resolve6(new Http2Transport(session, address, options, remoteName));
+            resolve8(new Http2Transport(session, address, options, remoteName));
             this.session = null;
           });
           session.once("close", closeHandler);
@@ -25305,7 +25305,7 @@ var require_transport2 = __commonJS({
           if (proxiedSocket) {
             return proxiedSocket;
           } else {
-            return new Promise((resolve6, reject) => {
+            return new Promise((resolve8, reject) => {
               const closeCallback = () => {
                 reject(new Error("Socket closed"));
               };
@@ -25315,7 +25315,7 @@ var require_transport2 = __commonJS({
               const socket = net2.connect(address, () => {
                 socket.removeListener("close", closeCallback);
                 socket.removeListener("error", errorCallback);
-                resolve6(socket);
+                resolve8(socket);
               });
               socket.once("close", closeCallback);
               socket.once("error", errorCallback);
@@ -25481,12 +25481,12 @@ var require_load_balancing_call = __commonJS({
     var TRACER_NAME = "load_balancing_call";
     var RESOLVED_EMPTY_METADATA = Promise.resolve(void 0);
     var LoadBalancingCall = class {
-      constructor(channel, callConfig, methodName, host, credentials, deadline, callNumber) {
+      constructor(channel, callConfig, methodName, host, credentials2, deadline, callNumber) {
         this.channel = channel;
         this.callConfig = callConfig;
         this.methodName = methodName;
         this.host = host;
-        this.credentials = credentials;
+        this.credentials = credentials2;
         this.deadline = deadline;
         this.callNumber = callNumber;
         this.child = null;
@@ -25532,14 +25532,14 @@ var require_load_balancing_call = __commonJS({
       getSubchannelString(subchannel) {
         return subchannel ? "(" + subchannel.getChannelzRef().id + ") " + subchannel.getAddress() : "" + subchannel;
       }
-      outputStatus(status3, progress) {
+      outputStatus(status4, progress) {
         var _a, _b;
         if (!this.ended) {
           this.ended = true;
           if (this.traceEnabled) {
-            this.trace("ended with status: code=" + status3.code + ' details="' + status3.details + '" start time=' + new Date(this.startTime).toISOString());
+            this.trace("ended with status: code=" + status4.code + ' details="' + status4.details + '" start time=' + new Date(this.startTime).toISOString());
           }
-          const finalStatus = Object.assign(Object.assign({}, status3), { progress });
+          const finalStatus = Object.assign(Object.assign({}, status4), { progress });
           (_a = this.listener) === null || _a === void 0 ? void 0 : _a.onReceiveStatus(finalStatus);
           (_b = this.onCallEnded) === null || _b === void 0 ? void 0 : _b.call(this, finalStatus.code, finalStatus.details, finalStatus.metadata);
           this.channel.removeCallFromPickQueue(this);
@@ -25603,12 +25603,12 @@ var require_load_balancing_call = __commonJS({
                     this.trace("Received message");
                     this.listener.onReceiveMessage(message2);
                   },
-                  onReceiveStatus: (status3) => {
+                  onReceiveStatus: (status4) => {
                     this.trace("Received status");
-                    if (status3.rstCode === http22.constants.NGHTTP2_REFUSED_STREAM) {
-                      this.outputStatus(status3, "REFUSED");
+                    if (status4.rstCode === http22.constants.NGHTTP2_REFUSED_STREAM) {
+                      this.outputStatus(status4, "REFUSED");
                     } else {
-                      this.outputStatus(status3, "PROCESSED");
+                      this.outputStatus(status4, "PROCESSED");
                     }
                   }
                 }, this.callNumber);
@@ -25639,27 +25639,27 @@ var require_load_balancing_call = __commonJS({
                 this.child.halfClose();
               }
             }, (error) => {
-              const { code: code2, details: details2 } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(typeof error.code === "number" ? error.code : constants_1.Status.UNKNOWN, `Getting metadata from plugin failed with error: ${error.message}`);
+              const { code: code3, details: details2 } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(typeof error.code === "number" ? error.code : constants_1.Status.UNKNOWN, `Getting metadata from plugin failed with error: ${error.message}`);
               this.outputStatus({
-                code: code2,
+                code: code3,
                 details: details2,
                 metadata: new metadata_1.Metadata()
               }, "PROCESSED");
             });
             break;
           case picker_1.PickResultType.DROP:
-            const { code, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(pickResult.status.code, pickResult.status.details);
+            const { code: code2, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(pickResult.status.code, pickResult.status.details);
             setImmediate(() => {
-              this.outputStatus({ code, details, metadata: pickResult.status.metadata }, "DROP");
+              this.outputStatus({ code: code2, details, metadata: pickResult.status.metadata }, "DROP");
             });
             break;
           case picker_1.PickResultType.TRANSIENT_FAILURE:
             if (this.metadata.getOptions().waitForReady) {
               this.channel.queueCallForPick(this);
             } else {
-              const { code: code2, details: details2 } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(pickResult.status.code, pickResult.status.details);
+              const { code: code3, details: details2 } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(pickResult.status.code, pickResult.status.details);
               setImmediate(() => {
-                this.outputStatus({ code: code2, details: details2, metadata: pickResult.status.metadata }, "PROCESSED");
+                this.outputStatus({ code: code3, details: details2, metadata: pickResult.status.metadata }, "PROCESSED");
               });
             }
             break;
@@ -25667,13 +25667,13 @@ var require_load_balancing_call = __commonJS({
             this.channel.queueCallForPick(this);
         }
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         var _a;
         if (this.traceEnabled) {
-          this.trace("cancelWithStatus code: " + status3 + ' details: "' + details + '"');
+          this.trace("cancelWithStatus code: " + status4 + ' details: "' + details + '"');
         }
-        (_a = this.child) === null || _a === void 0 ? void 0 : _a.cancelWithStatus(status3, details);
-        this.outputStatus({ code: status3, details, metadata: new metadata_1.Metadata() }, "PROCESSED");
+        (_a = this.child) === null || _a === void 0 ? void 0 : _a.cancelWithStatus(status4, details);
+        this.outputStatus({ code: status4, details, metadata: new metadata_1.Metadata() }, "PROCESSED");
       }
       getPeer() {
         var _a, _b;
@@ -25711,7 +25711,7 @@ var require_load_balancing_call = __commonJS({
           this.pendingHalfClose = true;
         }
       }
-      setCredentials(credentials) {
+      setCredentials(credentials2) {
         throw new Error("Method not implemented.");
       }
       getCallNumber() {
@@ -25840,7 +25840,7 @@ var require_resolving_call = __commonJS({
           }
         }
       }
-      outputStatus(status3) {
+      outputStatus(status4) {
         if (!this.ended) {
           this.ended = true;
           if (!this.filterStack) {
@@ -25850,7 +25850,7 @@ var require_resolving_call = __commonJS({
             clearTimeout(this.deadlineTimer);
             this.deadlineTimer = null;
           }
-          const filteredStatus = this.filterStack.receiveTrailers(status3);
+          const filteredStatus = this.filterStack.receiveTrailers(status4);
           if (this.traceEnabled) {
             this.trace("ended with status: code=" + filteredStatus.code + ' details="' + filteredStatus.details + '"');
           }
@@ -25873,9 +25873,9 @@ var require_resolving_call = __commonJS({
           if (this.pendingHalfClose) {
             child.halfClose();
           }
-        }, (status3) => {
+        }, (status4) => {
           var _a, _b;
-          this.cancelWithStatus((_a = status3.code) !== null && _a !== void 0 ? _a : constants_1.Status.INTERNAL, (_b = status3.details) !== null && _b !== void 0 ? _b : "Failed to write message");
+          this.cancelWithStatus((_a = status4.code) !== null && _a !== void 0 ? _a : constants_1.Status.INTERNAL, (_b = status4.details) !== null && _b !== void 0 ? _b : "Failed to write message");
         });
       }
       getConfig() {
@@ -25900,9 +25900,9 @@ var require_resolving_call = __commonJS({
         this.configReceivedTime = Date.now();
         const config = configResult.config;
         if (config.status !== constants_1.Status.OK) {
-          const { code, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(config.status, "Failed to route call to method " + this.method);
+          const { code: code2, details } = (0, control_plane_status_1.restrictControlPlaneStatusCode)(config.status, "Failed to route call to method " + this.method);
           this.outputStatus({
-            code,
+            code: code2,
             details,
             metadata: new metadata_1.Metadata()
           });
@@ -25937,16 +25937,16 @@ var require_resolving_call = __commonJS({
                 if (this.pendingChildStatus) {
                   this.outputStatus(this.pendingChildStatus);
                 }
-              }, (status3) => {
-                this.cancelWithStatus(status3.code, status3.details);
+              }, (status4) => {
+                this.cancelWithStatus(status4.code, status4.details);
               });
             },
-            onReceiveStatus: (status3) => {
+            onReceiveStatus: (status4) => {
               this.trace("Received status");
               if (this.readFilterPending) {
-                this.pendingChildStatus = status3;
+                this.pendingChildStatus = status4;
               } else {
-                this.outputStatus(status3);
+                this.outputStatus(status4);
               }
             }
           });
@@ -25958,26 +25958,26 @@ var require_resolving_call = __commonJS({
           } else if (this.pendingHalfClose) {
             this.child.halfClose();
           }
-        }, (status3) => {
-          this.outputStatus(status3);
+        }, (status4) => {
+          this.outputStatus(status4);
         });
       }
-      reportResolverError(status3) {
+      reportResolverError(status4) {
         var _a;
         if ((_a = this.metadata) === null || _a === void 0 ? void 0 : _a.getOptions().waitForReady) {
           this.channel.queueCallForConfig(this);
         } else {
-          this.outputStatus(status3);
+          this.outputStatus(status4);
         }
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         var _a;
         if (this.traceEnabled) {
-          this.trace("cancelWithStatus code: " + status3 + ' details: "' + details + '"');
+          this.trace("cancelWithStatus code: " + status4 + ' details: "' + details + '"');
         }
-        (_a = this.child) === null || _a === void 0 ? void 0 : _a.cancelWithStatus(status3, details);
+        (_a = this.child) === null || _a === void 0 ? void 0 : _a.cancelWithStatus(status4, details);
         this.outputStatus({
-          code: status3,
+          code: status4,
           details,
           metadata: new metadata_1.Metadata()
         });
@@ -26018,8 +26018,8 @@ var require_resolving_call = __commonJS({
           this.pendingHalfClose = true;
         }
       }
-      setCredentials(credentials) {
-        this.credentials = credentials;
+      setCredentials(credentials2) {
+        this.credentials = credentials2;
       }
       addStatusWatcher(watcher) {
         this.statusWatchers.push(watcher);
@@ -26115,13 +26115,13 @@ var require_retrying_call = __commonJS({
     var PREVIONS_RPC_ATTEMPTS_METADATA_KEY = "grpc-previous-rpc-attempts";
     var DEFAULT_MAX_ATTEMPTS_LIMIT = 5;
     var RetryingCall = class {
-      constructor(channel, callConfig, methodName, host, credentials, deadline, callNumber, bufferTracker, retryThrottler) {
+      constructor(channel, callConfig, methodName, host, credentials2, deadline, callNumber, bufferTracker, retryThrottler) {
         var _a;
         this.channel = channel;
         this.callConfig = callConfig;
         this.methodName = methodName;
         this.host = host;
-        this.credentials = credentials;
+        this.credentials = credentials2;
         this.deadline = deadline;
         this.callNumber = callNumber;
         this.bufferTracker = bufferTracker;
@@ -26199,9 +26199,9 @@ var require_retrying_call = __commonJS({
           });
         });
       }
-      cancelWithStatus(status3, details) {
+      cancelWithStatus(status4, details) {
         if (this.traceEnabled) {
-          this.trace("cancelWithStatus code: " + status3 + ' details: "' + details + '"');
+          this.trace("cancelWithStatus code: " + status4 + ' details: "' + details + '"');
         }
         this.state = "NO_RETRY";
         if (this.retryTimer) {
@@ -26212,9 +26212,9 @@ var require_retrying_call = __commonJS({
           clearTimeout(this.hedgingTimer);
           this.hedgingTimer = null;
         }
-        this.reportStatus({ code: status3, details, metadata: new metadata_1.Metadata() });
+        this.reportStatus({ code: status4, details, metadata: new metadata_1.Metadata() });
         for (const { call } of this.underlyingCalls) {
-          call.cancelWithStatus(status3, details);
+          call.cancelWithStatus(status4, details);
         }
       }
       getPeer() {
@@ -26294,10 +26294,10 @@ var require_retrying_call = __commonJS({
           this.commitCall(callWithMostMessages);
         }
       }
-      isStatusCodeInList(list, code) {
+      isStatusCodeInList(list, code2) {
         return list.some((value) => {
           var _a;
-          return value === code || value.toString().toLowerCase() === ((_a = constants_1.Status[code]) === null || _a === void 0 ? void 0 : _a.toLowerCase());
+          return value === code2 || value.toString().toLowerCase() === ((_a = constants_1.Status[code2]) === null || _a === void 0 ? void 0 : _a.toLowerCase());
         });
       }
       getNextRetryJitter() {
@@ -26361,17 +26361,17 @@ var require_retrying_call = __commonJS({
         }
         return count;
       }
-      handleProcessedStatus(status3, callIndex, pushback) {
+      handleProcessedStatus(status4, callIndex, pushback) {
         var _a, _b, _c;
         switch (this.state) {
           case "COMMITTED":
           case "NO_RETRY":
           case "TRANSPARENT_ONLY":
             this.commitCall(callIndex);
-            this.reportStatus(status3);
+            this.reportStatus(status4);
             break;
           case "HEDGING":
-            if (this.isStatusCodeInList((_a = this.callConfig.methodConfig.hedgingPolicy.nonFatalStatusCodes) !== null && _a !== void 0 ? _a : [], status3.code)) {
+            if (this.isStatusCodeInList((_a = this.callConfig.methodConfig.hedgingPolicy.nonFatalStatusCodes) !== null && _a !== void 0 ? _a : [], status4.code)) {
               (_b = this.retryThrottler) === null || _b === void 0 ? void 0 : _b.addCallFailed();
               let delayMs;
               if (pushback === null) {
@@ -26379,7 +26379,7 @@ var require_retrying_call = __commonJS({
               } else if (pushback < 0) {
                 this.state = "TRANSPARENT_ONLY";
                 this.commitCall(callIndex);
-                this.reportStatus(status3);
+                this.reportStatus(status4);
                 return;
               } else {
                 delayMs = pushback;
@@ -26388,26 +26388,26 @@ var require_retrying_call = __commonJS({
                 this.maybeStartHedgingAttempt();
                 if (this.countActiveCalls() === 0) {
                   this.commitCall(callIndex);
-                  this.reportStatus(status3);
+                  this.reportStatus(status4);
                 }
               }, delayMs);
             } else {
               this.commitCall(callIndex);
-              this.reportStatus(status3);
+              this.reportStatus(status4);
             }
             break;
           case "RETRY":
-            if (this.isStatusCodeInList(this.callConfig.methodConfig.retryPolicy.retryableStatusCodes, status3.code)) {
+            if (this.isStatusCodeInList(this.callConfig.methodConfig.retryPolicy.retryableStatusCodes, status4.code)) {
               (_c = this.retryThrottler) === null || _c === void 0 ? void 0 : _c.addCallFailed();
               this.maybeRetryCall(pushback, (retried) => {
                 if (!retried) {
                   this.commitCall(callIndex);
-                  this.reportStatus(status3);
+                  this.reportStatus(status4);
                 }
               });
             } else {
               this.commitCall(callIndex);
-              this.reportStatus(status3);
+              this.reportStatus(status4);
             }
             break;
         }
@@ -26423,38 +26423,38 @@ var require_retrying_call = __commonJS({
           return -1;
         }
       }
-      handleChildStatus(status3, callIndex) {
+      handleChildStatus(status4, callIndex) {
         var _a;
         if (this.underlyingCalls[callIndex].state === "COMPLETED") {
           return;
         }
         if (this.traceEnabled) {
-          this.trace("state=" + this.state + " handling status with progress " + status3.progress + " from child [" + this.underlyingCalls[callIndex].call.getCallNumber() + "] in state " + this.underlyingCalls[callIndex].state);
+          this.trace("state=" + this.state + " handling status with progress " + status4.progress + " from child [" + this.underlyingCalls[callIndex].call.getCallNumber() + "] in state " + this.underlyingCalls[callIndex].state);
         }
         this.underlyingCalls[callIndex].state = "COMPLETED";
-        if (status3.code === constants_1.Status.OK) {
+        if (status4.code === constants_1.Status.OK) {
           (_a = this.retryThrottler) === null || _a === void 0 ? void 0 : _a.addCallSucceeded();
           this.commitCall(callIndex);
-          this.reportStatus(status3);
+          this.reportStatus(status4);
           return;
         }
         if (this.state === "NO_RETRY") {
           this.commitCall(callIndex);
-          this.reportStatus(status3);
+          this.reportStatus(status4);
           return;
         }
         if (this.state === "COMMITTED") {
-          this.reportStatus(status3);
+          this.reportStatus(status4);
           return;
         }
-        const pushback = this.getPushback(status3.metadata);
-        switch (status3.progress) {
+        const pushback = this.getPushback(status4.metadata);
+        switch (status4.progress) {
           case "NOT_STARTED":
             this.startNewAttempt();
             break;
           case "REFUSED":
             if (this.transparentRetryUsed) {
-              this.handleProcessedStatus(status3, callIndex, pushback);
+              this.handleProcessedStatus(status4, callIndex, pushback);
             } else {
               this.transparentRetryUsed = true;
               this.startNewAttempt();
@@ -26462,10 +26462,10 @@ var require_retrying_call = __commonJS({
             break;
           case "DROP":
             this.commitCall(callIndex);
-            this.reportStatus(status3);
+            this.reportStatus(status4);
             break;
           case "PROCESSED":
-            this.handleProcessedStatus(status3, callIndex, pushback);
+            this.handleProcessedStatus(status4, callIndex, pushback);
             break;
         }
       }
@@ -26548,14 +26548,14 @@ var require_retrying_call = __commonJS({
               this.listener.onReceiveMessage(message2);
             }
           },
-          onReceiveStatus: (status3) => {
+          onReceiveStatus: (status4) => {
             if (this.traceEnabled) {
               this.trace("Received status from child [" + child.getCallNumber() + "]");
             }
             if (!receivedMetadata && previousAttempts > 0) {
-              status3.metadata.set(PREVIONS_RPC_ATTEMPTS_METADATA_KEY, `${previousAttempts}`);
+              status4.metadata.set(PREVIONS_RPC_ATTEMPTS_METADATA_KEY, `${previousAttempts}`);
             }
-            this.handleChildStatus(status3, index);
+            this.handleChildStatus(status4, index);
           }
         });
         this.sendNextChildMessage(index);
@@ -26901,9 +26901,9 @@ var require_internal_channel = __commonJS({
       }
     };
     var InternalChannel = class _InternalChannel {
-      constructor(target, credentials, options) {
+      constructor(target, credentials2, options) {
         var _a, _b, _c, _d, _e, _f;
-        this.credentials = credentials;
+        this.credentials = credentials2;
         this.options = options;
         this.connectivityState = connectivity_state_1.ConnectivityState.IDLE;
         this.currentPicker = new picker_1.UnavailablePicker();
@@ -26922,7 +26922,7 @@ var require_internal_channel = __commonJS({
         if (typeof target !== "string") {
           throw new TypeError("Channel target must be a string");
         }
-        if (!(credentials instanceof channel_credentials_1.ChannelCredentials)) {
+        if (!(credentials2 instanceof channel_credentials_1.ChannelCredentials)) {
           throw new TypeError("Channel credentials must be a ChannelCredentials object");
         }
         if (options) {
@@ -27023,15 +27023,15 @@ var require_internal_channel = __commonJS({
               call.getConfig();
             }
           });
-        }, (status3) => {
+        }, (status4) => {
           if (this.channelzEnabled) {
-            this.channelzInfoTracker.trace.addTrace("CT_WARNING", "Address resolution failed with code " + status3.code + ' and details "' + status3.details + '"');
+            this.channelzInfoTracker.trace.addTrace("CT_WARNING", "Address resolution failed with code " + status4.code + ' and details "' + status4.details + '"');
           }
           if (this.configSelectionQueue.length > 0) {
             this.trace("Name resolution failed with calls queued for config selection");
           }
           if (this.configSelector === null) {
-            this.currentResolutionError = Object.assign(Object.assign({}, (0, control_plane_status_1.restrictControlPlaneStatusCode)(status3.code, status3.details)), { metadata: status3.metadata });
+            this.currentResolutionError = Object.assign(Object.assign({}, (0, control_plane_status_1.restrictControlPlaneStatusCode)(status4.code, status4.details)), { metadata: status4.metadata });
           }
           const localQueue = this.configSelectionQueue;
           this.configSelectionQueue = [];
@@ -27039,7 +27039,7 @@ var require_internal_channel = __commonJS({
             this.callRefTimerUnref();
           }
           for (const call of localQueue) {
-            call.reportResolverError(status3);
+            call.reportResolverError(status4);
           }
         });
         this.filterStackFactory = new filter_stack_1.FilterStackFactory([
@@ -27209,9 +27209,9 @@ var require_internal_channel = __commonJS({
         }
         this.callCount += 1;
       }
-      onCallEnd(status3) {
+      onCallEnd(status4) {
         if (this.channelzEnabled) {
-          if (status3.code === constants_1.Status.OK) {
+          if (status4.code === constants_1.Status.OK) {
             this.channelzInfoTracker.callTracker.addCallSucceeded();
           } else {
             this.channelzInfoTracker.callTracker.addCallFailed();
@@ -27247,19 +27247,19 @@ var require_internal_channel = __commonJS({
         }
         return (0, uri_parser_1.computeServiceUrl)(host, methodName);
       }
-      createLoadBalancingCall(callConfig, method, host, credentials, deadline, callNumber) {
+      createLoadBalancingCall(callConfig, method, host, credentials2, deadline, callNumber) {
         const finalCallNumber = callNumber !== null && callNumber !== void 0 ? callNumber : (0, call_number_1.getNextCallNumber)();
         if (this.traceEnabled) {
           this.trace("createLoadBalancingCall [" + finalCallNumber + '] method="' + method + '"');
         }
-        return new load_balancing_call_1.LoadBalancingCall(this, callConfig, method, host, credentials, deadline, finalCallNumber);
+        return new load_balancing_call_1.LoadBalancingCall(this, callConfig, method, host, credentials2, deadline, finalCallNumber);
       }
-      createRetryingCall(callConfig, method, host, credentials, deadline, callNumber) {
+      createRetryingCall(callConfig, method, host, credentials2, deadline, callNumber) {
         const finalCallNumber = callNumber !== null && callNumber !== void 0 ? callNumber : (0, call_number_1.getNextCallNumber)();
         if (this.traceEnabled) {
           this.trace("createRetryingCall [" + finalCallNumber + '] method="' + method + '"');
         }
-        return new retrying_call_1.RetryingCall(this, callConfig, method, host, credentials, deadline, finalCallNumber, this.retryBufferTracker, RETRY_THROTTLER_MAP.get(this.getTarget()));
+        return new retrying_call_1.RetryingCall(this, callConfig, method, host, credentials2, deadline, finalCallNumber, this.retryBufferTracker, RETRY_THROTTLER_MAP.get(this.getTarget()));
       }
       createResolvingCall(method, deadline, host, parentCall, propagateFlags) {
         const callNumber = (0, call_number_1.getNextCallNumber)();
@@ -27274,8 +27274,8 @@ var require_internal_channel = __commonJS({
         };
         const call = new resolving_call_1.ResolvingCall(this, method, finalOptions, this.filterStackFactory.clone(), callNumber);
         this.onCallStart();
-        call.addStatusWatcher((status3) => {
-          this.onCallEnd(status3);
+        call.addStatusWatcher((status4) => {
+          this.onCallEnd(status4);
         });
         return call;
       }
@@ -27381,11 +27381,11 @@ var require_channel = __commonJS({
     var channel_credentials_1 = require_channel_credentials();
     var internal_channel_1 = require_internal_channel();
     var ChannelImplementation = class {
-      constructor(target, credentials, options) {
+      constructor(target, credentials2, options) {
         if (typeof target !== "string") {
           throw new TypeError("Channel target must be a string");
         }
-        if (!(credentials instanceof channel_credentials_1.ChannelCredentials)) {
+        if (!(credentials2 instanceof channel_credentials_1.ChannelCredentials)) {
           throw new TypeError("Channel credentials must be a ChannelCredentials object");
         }
         if (options) {
@@ -27393,7 +27393,7 @@ var require_channel = __commonJS({
             throw new TypeError("Channel options must be an object");
           }
         }
-        this.internalChannel = new internal_channel_1.InternalChannel(target, credentials, options);
+        this.internalChannel = new internal_channel_1.InternalChannel(target, credentials2, options);
       }
       close() {
         this.internalChannel.close();
@@ -27442,23 +27442,23 @@ var require_server_call = __commonJS({
     var metadata_1 = require_metadata();
     function serverErrorToStatus(error, overrideTrailers) {
       var _a;
-      const status3 = {
+      const status4 = {
         code: constants_1.Status.UNKNOWN,
         details: "message" in error ? error.message : "Unknown Error",
         metadata: (_a = overrideTrailers !== null && overrideTrailers !== void 0 ? overrideTrailers : error.metadata) !== null && _a !== void 0 ? _a : null
       };
       if ("code" in error && typeof error.code === "number" && Number.isInteger(error.code)) {
-        status3.code = error.code;
+        status4.code = error.code;
         if ("details" in error && typeof error.details === "string") {
-          status3.details = error.details;
+          status4.details = error.details;
         }
       }
-      return status3;
+      return status4;
     }
     var ServerUnaryCallImpl = class extends events_1.EventEmitter {
-      constructor(path10, call, metadata, request2) {
+      constructor(path18, call, metadata, request2) {
         super();
-        this.path = path10;
+        this.path = path18;
         this.call = call;
         this.metadata = metadata;
         this.request = request2;
@@ -27488,9 +27488,9 @@ var require_server_call = __commonJS({
     };
     exports2.ServerUnaryCallImpl = ServerUnaryCallImpl;
     var ServerReadableStreamImpl = class extends stream_1.Readable {
-      constructor(path10, call, metadata) {
+      constructor(path18, call, metadata) {
         super({ objectMode: true });
-        this.path = path10;
+        this.path = path18;
         this.call = call;
         this.metadata = metadata;
         this.cancelled = false;
@@ -27522,9 +27522,9 @@ var require_server_call = __commonJS({
     };
     exports2.ServerReadableStreamImpl = ServerReadableStreamImpl;
     var ServerWritableStreamImpl = class extends stream_1.Writable {
-      constructor(path10, call, metadata, request2) {
+      constructor(path18, call, metadata, request2) {
         super({ objectMode: true });
-        this.path = path10;
+        this.path = path18;
         this.call = call;
         this.metadata = metadata;
         this.request = request2;
@@ -27578,9 +27578,9 @@ var require_server_call = __commonJS({
     };
     exports2.ServerWritableStreamImpl = ServerWritableStreamImpl;
     var ServerDuplexStreamImpl = class extends stream_1.Duplex {
-      constructor(path10, call, metadata) {
+      constructor(path18, call, metadata) {
         super({ objectMode: true });
-        this.path = path10;
+        this.path = path18;
         this.call = call;
         this.metadata = metadata;
         this.pendingStatus = {
@@ -27922,8 +27922,8 @@ var require_server_credentials = __commonJS({
         return this.childCredentials._getSecureContextOptions();
       }
     };
-    function createServerCredentialsWithInterceptors(credentials, interceptors) {
-      return new InterceptorServerCredentials(credentials, interceptors);
+    function createServerCredentialsWithInterceptors(credentials2, interceptors) {
+      return new InterceptorServerCredentials(credentials2, interceptors);
     }
   }
 });
@@ -28167,7 +28167,7 @@ var require_orca = __commonJS({
     exports2.GRPC_METRICS_HEADER = "endpoint-load-metrics-bin";
     var PARSED_LOAD_REPORT_KEY = "grpc_orca_load_report";
     function createMetricsReader(listener, previousOnCallEnded) {
-      return (code, details, metadata) => {
+      return (code2, details, metadata) => {
         let parsedLoadReport = metadata.getOpaque(PARSED_LOAD_REPORT_KEY);
         if (parsedLoadReport) {
           listener(parsedLoadReport);
@@ -28181,7 +28181,7 @@ var require_orca = __commonJS({
           }
         }
         if (previousOnCallEnded) {
-          previousOnCallEnded(code, details, metadata);
+          previousOnCallEnded(code2, details, metadata);
         }
       };
     }
@@ -28249,9 +28249,9 @@ var require_orca = __commonJS({
           this.currentInterval = newInterval;
           const metricsCall = this.client.streamCoreMetrics({ report_interval: (0, duration_1.msToDuration)(newInterval) });
           this.metricsCall = metricsCall;
-          metricsCall.on("data", (report) => {
+          metricsCall.on("data", (report2) => {
             this.dataWatchers.forEach((watcher) => {
-              watcher.onMetricsUpdate(report);
+              watcher.onMetricsUpdate(report2);
             });
           });
           metricsCall.on("error", (error) => {
@@ -28477,8 +28477,8 @@ var require_server_interceptors = __commonJS({
       sendMessage: (message2, next) => {
         next(message2);
       },
-      sendStatus: (status3, next) => {
-        next(status3);
+      sendStatus: (status4, next) => {
+        next(status4);
       }
     };
     var ServerInterceptingCall = class {
@@ -28549,8 +28549,8 @@ var require_server_interceptors = __commonJS({
           }
         });
       }
-      sendStatus(status3) {
-        this.responder.sendStatus(status3, (interceptedStatus) => {
+      sendStatus(status4) {
+        this.responder.sendStatus(status4, (interceptedStatus) => {
           if (this.processingMetadata || this.processingMessage) {
             this.pendingStatus = interceptedStatus;
           } else {
@@ -28609,9 +28609,9 @@ var require_server_interceptors = __commonJS({
       waitForTrailers: true
     };
     var BaseServerInterceptingCall = class {
-      constructor(stream, headers, callEventTracker, handler, options) {
+      constructor(stream2, headers, callEventTracker, handler, options) {
         var _a, _b;
-        this.stream = stream;
+        this.stream = stream2;
         this.callEventTracker = callEventTracker;
         this.handler = handler;
         this.listener = null;
@@ -28677,7 +28677,7 @@ var require_server_interceptors = __commonJS({
         metadata.remove(http22.constants.HTTP2_HEADER_TE);
         metadata.remove(http22.constants.HTTP2_HEADER_CONTENT_TYPE);
         this.metadata = metadata;
-        const socket = (_b = stream.session) === null || _b === void 0 ? void 0 : _b.socket;
+        const socket = (_b = stream2.session) === null || _b === void 0 ? void 0 : _b.socket;
         this.connectionInfo = {
           localAddress: socket === null || socket === void 0 ? void 0 : socket.localAddress,
           localPort: socket === null || socket === void 0 ? void 0 : socket.localPort,
@@ -28689,25 +28689,25 @@ var require_server_interceptors = __commonJS({
       handleTimeoutHeader(timeoutHeader) {
         const match = timeoutHeader.toString().match(DEADLINE_REGEX);
         if (match === null) {
-          const status3 = {
+          const status4 = {
             code: constants_1.Status.INTERNAL,
             details: `Invalid ${GRPC_TIMEOUT_HEADER} value "${timeoutHeader}"`,
             metadata: null
           };
           process.nextTick(() => {
-            this.sendStatus(status3);
+            this.sendStatus(status4);
           });
           return;
         }
         const timeout = +match[1] * deadlineUnitsToMs[match[2]] | 0;
         this.deadline = Date.now() + timeout;
         this.deadlineTimer = setTimeout(() => {
-          const status3 = {
+          const status4 = {
             code: constants_1.Status.DEADLINE_EXCEEDED,
             details: "Deadline exceeded",
             metadata: null
           };
-          this.sendStatus(status3);
+          this.sendStatus(status4);
         }, timeout);
       }
       checkCancelled() {
@@ -28767,7 +28767,7 @@ var require_server_interceptors = __commonJS({
           } else {
             decompresser = zlib.createGunzip();
           }
-          return new Promise((resolve6, reject) => {
+          return new Promise((resolve8, reject) => {
             let totalLength = 0;
             const messageParts = [];
             decompresser.on("error", (error) => {
@@ -28788,7 +28788,7 @@ var require_server_interceptors = __commonJS({
               }
             });
             decompresser.on("end", () => {
-              resolve6(Buffer.concat(messageParts));
+              resolve8(Buffer.concat(messageParts));
             });
             decompresser.write(messageContents);
             decompresser.end();
@@ -28947,13 +28947,13 @@ var require_server_interceptors = __commonJS({
           callback();
         });
       }
-      sendStatus(status3) {
+      sendStatus(status4) {
         var _a, _b, _c;
         if (this.checkCancelled()) {
           return;
         }
-        trace("Request to method " + ((_a = this.handler) === null || _a === void 0 ? void 0 : _a.path) + " ended with status code: " + constants_1.Status[status3.code] + " details: " + status3.details);
-        const statusMetadata = (_c = (_b = status3.metadata) === null || _b === void 0 ? void 0 : _b.clone()) !== null && _c !== void 0 ? _c : new metadata_1.Metadata();
+        trace("Request to method " + ((_a = this.handler) === null || _a === void 0 ? void 0 : _a.path) + " ended with status code: " + constants_1.Status[status4.code] + " details: " + status4.details);
+        const statusMetadata = (_c = (_b = status4.metadata) === null || _b === void 0 ? void 0 : _b.clone()) !== null && _c !== void 0 ? _c : new metadata_1.Metadata();
         if (this.shouldSendMetrics) {
           statusMetadata.set(orca_1.GRPC_METRICS_HEADER, this.metricsRecorder.serialize());
         }
@@ -28964,9 +28964,9 @@ var require_server_interceptors = __commonJS({
               if (this.callEventTracker && !this.streamEnded) {
                 this.streamEnded = true;
                 this.callEventTracker.onStreamEnd(true);
-                this.callEventTracker.onCallEnd(status3);
+                this.callEventTracker.onCallEnd(status4);
               }
-              const trailersToSend = Object.assign({ [GRPC_STATUS_HEADER]: status3.code, [GRPC_MESSAGE_HEADER]: encodeURI(status3.details) }, statusMetadata.toHttp2Headers());
+              const trailersToSend = Object.assign({ [GRPC_STATUS_HEADER]: status4.code, [GRPC_MESSAGE_HEADER]: encodeURI(status4.details) }, statusMetadata.toHttp2Headers());
               this.stream.sendTrailers(trailersToSend);
               this.notifyOnCancel();
             });
@@ -28978,9 +28978,9 @@ var require_server_interceptors = __commonJS({
           if (this.callEventTracker && !this.streamEnded) {
             this.streamEnded = true;
             this.callEventTracker.onStreamEnd(true);
-            this.callEventTracker.onCallEnd(status3);
+            this.callEventTracker.onCallEnd(status4);
           }
-          const trailersToSend = Object.assign(Object.assign({ [GRPC_STATUS_HEADER]: status3.code, [GRPC_MESSAGE_HEADER]: encodeURI(status3.details) }, defaultResponseHeaders), statusMetadata.toHttp2Headers());
+          const trailersToSend = Object.assign(Object.assign({ [GRPC_STATUS_HEADER]: status4.code, [GRPC_MESSAGE_HEADER]: encodeURI(status4.details) }, defaultResponseHeaders), statusMetadata.toHttp2Headers());
           this.stream.respond(trailersToSend, { endStream: true });
           this.notifyOnCancel();
         }
@@ -29040,7 +29040,7 @@ var require_server_interceptors = __commonJS({
       }
     };
     exports2.BaseServerInterceptingCall = BaseServerInterceptingCall;
-    function getServerInterceptingCall(interceptors, stream, headers, callEventTracker, handler, options) {
+    function getServerInterceptingCall(interceptors, stream2, headers, callEventTracker, handler, options) {
       const methodDefinition = {
         path: handler.path,
         requestStream: handler.type === "clientStream" || handler.type === "bidi",
@@ -29048,7 +29048,7 @@ var require_server_interceptors = __commonJS({
         requestDeserialize: handler.deserialize,
         responseSerialize: handler.serialize
       };
-      const baseCall = new BaseServerInterceptingCall(stream, headers, callEventTracker, handler, options);
+      const baseCall = new BaseServerInterceptingCall(stream2, headers, callEventTracker, handler, options);
       return interceptors.reduce((call, interceptor) => {
         return interceptor(methodDefinition, call);
       }, baseCall);
@@ -29352,11 +29352,11 @@ var require_server = __commonJS({
         experimentalUnregisterListenerFromChannelz(channelzRef) {
           (0, channelz_1.unregisterChannelzRef)(channelzRef);
         }
-        createHttp2Server(credentials) {
+        createHttp2Server(credentials2) {
           let http2Server;
-          if (credentials._isSecure()) {
-            const constructorOptions = credentials._getConstructorOptions();
-            const contextOptions = credentials._getSecureContextOptions();
+          if (credentials2._isSecure()) {
+            const constructorOptions = credentials2._getConstructorOptions();
+            const contextOptions = credentials2._getSecureContextOptions();
             const secureServerOptions = Object.assign(Object.assign(Object.assign(Object.assign({}, this.commonServerOptions), constructorOptions), contextOptions), { enableTrace: this.options["grpc-node.tls_enable_trace"] === 1 });
             let areCredentialsValid = contextOptions !== null;
             this.trace("Initial credentials valid: " + areCredentialsValid);
@@ -29385,24 +29385,24 @@ var require_server = __commonJS({
               areCredentialsValid = options !== null;
               this.trace("Post-update credentials valid: " + areCredentialsValid);
             };
-            credentials._addWatcher(credsWatcher);
+            credentials2._addWatcher(credsWatcher);
             http2Server.on("close", () => {
-              credentials._removeWatcher(credsWatcher);
+              credentials2._removeWatcher(credsWatcher);
             });
           } else {
             http2Server = http22.createServer(this.commonServerOptions);
           }
           http2Server.setTimeout(0, noop);
-          this._setupHandlers(http2Server, credentials._getInterceptors());
+          this._setupHandlers(http2Server, credentials2._getInterceptors());
           return http2Server;
         }
         bindOneAddress(address, boundPortObject) {
           this.trace("Attempting to bind " + (0, subchannel_address_1.subchannelAddressToString)(address));
           const http2Server = this.createHttp2Server(boundPortObject.credentials);
-          return new Promise((resolve6, reject) => {
+          return new Promise((resolve8, reject) => {
             const onError = (err) => {
               this.trace("Failed to bind " + (0, subchannel_address_1.subchannelAddressToString)(address) + " with error " + err.message);
-              resolve6({
+              resolve8({
                 port: "port" in address ? address.port : 1,
                 error: err.message
               });
@@ -29430,7 +29430,7 @@ var require_server = __commonJS({
               });
               boundPortObject.listeningServers.add(http2Server);
               this.trace("Successfully bound " + (0, subchannel_address_1.subchannelAddressToString)(boundSubchannelAddress));
-              resolve6({
+              resolve8({
                 port: "port" in boundSubchannelAddress ? boundSubchannelAddress.port : 1
               });
               http2Server.removeListener("error", onError);
@@ -29483,7 +29483,7 @@ var require_server = __commonJS({
           }
         }
         resolvePort(port) {
-          return new Promise((resolve6, reject) => {
+          return new Promise((resolve8, reject) => {
             let seenResolution = false;
             const resolverListener = (endpointList, attributes, serviceConfig, resolutionNote) => {
               if (seenResolution) {
@@ -29499,7 +29499,7 @@ var require_server = __commonJS({
                 reject(new Error(`No addresses resolved for port ${port}`));
                 return true;
               }
-              resolve6(addressList);
+              resolve8(addressList);
               return true;
             };
             const resolver = (0, resolver_1.createResolver)(port, resolverListener, this.options);
@@ -29628,14 +29628,14 @@ var require_server = __commonJS({
          * @param channelzRef
          * @returns
          */
-        experimentalCreateConnectionInjectorWithChannelzRef(credentials, channelzRef, ownsChannelzRef = false) {
-          if (credentials === null || !(credentials instanceof server_credentials_1.ServerCredentials)) {
+        experimentalCreateConnectionInjectorWithChannelzRef(credentials2, channelzRef, ownsChannelzRef = false) {
+          if (credentials2 === null || !(credentials2 instanceof server_credentials_1.ServerCredentials)) {
             throw new TypeError("creds must be a ServerCredentials object");
           }
           if (this.channelzEnabled) {
             this.listenerChildrenTracker.refChild(channelzRef);
           }
-          const server = this.createHttp2Server(credentials);
+          const server = this.createHttp2Server(credentials2);
           const sessionsSet = /* @__PURE__ */ new Set();
           this.http2Servers.set(server, {
             channelzRef,
@@ -29665,12 +29665,12 @@ var require_server = __commonJS({
             }
           };
         }
-        createConnectionInjector(credentials) {
-          if (credentials === null || !(credentials instanceof server_credentials_1.ServerCredentials)) {
+        createConnectionInjector(credentials2) {
+          if (credentials2 === null || !(credentials2 instanceof server_credentials_1.ServerCredentials)) {
             throw new TypeError("creds must be a ServerCredentials object");
           }
           const channelzRef = this.registerInjectorToChannelz();
-          return this.experimentalCreateConnectionInjectorWithChannelzRef(credentials, channelzRef, true);
+          return this.experimentalCreateConnectionInjectorWithChannelzRef(credentials2, channelzRef, true);
         }
         closeServer(server, callback) {
           this.trace("Closing server with address " + JSON.stringify(server.address()));
@@ -29871,48 +29871,48 @@ var require_server = __commonJS({
         getChannelzRef() {
           return this.channelzRef;
         }
-        _verifyContentType(stream, headers) {
+        _verifyContentType(stream2, headers) {
           const contentType = headers[http22.constants.HTTP2_HEADER_CONTENT_TYPE];
           if (typeof contentType !== "string" || !contentType.startsWith("application/grpc")) {
-            stream.respond({
+            stream2.respond({
               [http22.constants.HTTP2_HEADER_STATUS]: http22.constants.HTTP_STATUS_UNSUPPORTED_MEDIA_TYPE
             }, { endStream: true });
             return false;
           }
           return true;
         }
-        _retrieveHandler(path10) {
-          serverCallTrace("Received call to method " + path10 + " at address " + this.serverAddressString);
-          const handler = this.handlers.get(path10);
+        _retrieveHandler(path18) {
+          serverCallTrace("Received call to method " + path18 + " at address " + this.serverAddressString);
+          const handler = this.handlers.get(path18);
           if (handler === void 0) {
-            serverCallTrace("No handler registered for method " + path10 + ". Sending UNIMPLEMENTED status.");
+            serverCallTrace("No handler registered for method " + path18 + ". Sending UNIMPLEMENTED status.");
             return null;
           }
           return handler;
         }
-        _respondWithError(err, stream, channelzSessionInfo = null) {
+        _respondWithError(err, stream2, channelzSessionInfo = null) {
           var _b, _c;
           const trailersToSend = Object.assign({ "grpc-status": (_b = err.code) !== null && _b !== void 0 ? _b : constants_1.Status.INTERNAL, "grpc-message": err.details, [http22.constants.HTTP2_HEADER_STATUS]: http22.constants.HTTP_STATUS_OK, [http22.constants.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc+proto" }, (_c = err.metadata) === null || _c === void 0 ? void 0 : _c.toHttp2Headers());
-          stream.respond(trailersToSend, { endStream: true });
+          stream2.respond(trailersToSend, { endStream: true });
           this.callTracker.addCallFailed();
           channelzSessionInfo === null || channelzSessionInfo === void 0 ? void 0 : channelzSessionInfo.streamTracker.addCallFailed();
         }
-        _channelzHandler(extraInterceptors, stream, headers) {
-          stream.once("error", (err) => {
+        _channelzHandler(extraInterceptors, stream2, headers) {
+          stream2.once("error", (err) => {
           });
-          this.onStreamOpened(stream);
-          const channelzSessionInfo = this.sessions.get(stream.session);
+          this.onStreamOpened(stream2);
+          const channelzSessionInfo = this.sessions.get(stream2.session);
           this.callTracker.addCallStarted();
           channelzSessionInfo === null || channelzSessionInfo === void 0 ? void 0 : channelzSessionInfo.streamTracker.addCallStarted();
-          if (!this._verifyContentType(stream, headers)) {
+          if (!this._verifyContentType(stream2, headers)) {
             this.callTracker.addCallFailed();
             channelzSessionInfo === null || channelzSessionInfo === void 0 ? void 0 : channelzSessionInfo.streamTracker.addCallFailed();
             return;
           }
-          const path10 = headers[HTTP2_HEADER_PATH];
-          const handler = this._retrieveHandler(path10);
+          const path18 = headers[HTTP2_HEADER_PATH];
+          const handler = this._retrieveHandler(path18);
           if (!handler) {
-            this._respondWithError(getUnimplementedStatusResponse(path10), stream, channelzSessionInfo);
+            this._respondWithError(getUnimplementedStatusResponse(path18), stream2, channelzSessionInfo);
             return;
           }
           const callEventTracker = {
@@ -29928,8 +29928,8 @@ var require_server = __commonJS({
                 channelzSessionInfo.lastMessageReceivedTimestamp = Date.now();
               }
             },
-            onCallEnd: (status3) => {
-              if (status3.code === constants_1.Status.OK) {
+            onCallEnd: (status4) => {
+              if (status4.code === constants_1.Status.OK) {
                 this.callTracker.addCallSucceeded();
               } else {
                 this.callTracker.addCallFailed();
@@ -29945,7 +29945,7 @@ var require_server = __commonJS({
               }
             }
           };
-          const call = (0, server_interceptors_1.getServerInterceptingCall)([...extraInterceptors, ...this.interceptors], stream, headers, callEventTracker, handler, this.options);
+          const call = (0, server_interceptors_1.getServerInterceptingCall)([...extraInterceptors, ...this.interceptors], stream2, headers, callEventTracker, handler, this.options);
           if (!this._runHandlerForCall(call, handler)) {
             this.callTracker.addCallFailed();
             channelzSessionInfo === null || channelzSessionInfo === void 0 ? void 0 : channelzSessionInfo.streamTracker.addCallFailed();
@@ -29955,20 +29955,20 @@ var require_server = __commonJS({
             });
           }
         }
-        _streamHandler(extraInterceptors, stream, headers) {
-          stream.once("error", (err) => {
+        _streamHandler(extraInterceptors, stream2, headers) {
+          stream2.once("error", (err) => {
           });
-          this.onStreamOpened(stream);
-          if (this._verifyContentType(stream, headers) !== true) {
+          this.onStreamOpened(stream2);
+          if (this._verifyContentType(stream2, headers) !== true) {
             return;
           }
-          const path10 = headers[HTTP2_HEADER_PATH];
-          const handler = this._retrieveHandler(path10);
+          const path18 = headers[HTTP2_HEADER_PATH];
+          const handler = this._retrieveHandler(path18);
           if (!handler) {
-            this._respondWithError(getUnimplementedStatusResponse(path10), stream, null);
+            this._respondWithError(getUnimplementedStatusResponse(path18), stream2, null);
             return;
           }
-          const call = (0, server_interceptors_1.getServerInterceptingCall)([...extraInterceptors, ...this.interceptors], stream, headers, null, handler, this.options);
+          const call = (0, server_interceptors_1.getServerInterceptingCall)([...extraInterceptors, ...this.interceptors], stream2, headers, null, handler, this.options);
           if (!this._runHandlerForCall(call, handler)) {
             call.sendStatus({
               code: constants_1.Status.INTERNAL,
@@ -30291,12 +30291,12 @@ var require_server = __commonJS({
             }
           }
         }
-        onStreamOpened(stream) {
-          const session = stream.session;
+        onStreamOpened(stream2) {
+          const session = stream2.session;
           const idleTimeoutObj = this.sessionIdleTimeouts.get(session);
           if (idleTimeoutObj) {
             idleTimeoutObj.activeStreams += 1;
-            stream.once("close", idleTimeoutObj.onClose);
+            stream2.once("close", idleTimeoutObj.onClose);
           }
         }
         onStreamClose(session) {
@@ -30320,7 +30320,7 @@ var require_server = __commonJS({
     })();
     exports2.Server = Server2;
     async function handleUnary(call, handler) {
-      let stream;
+      let stream2;
       function respond(err, value, trailer, flags) {
         if (err) {
           call.sendStatus((0, server_call_1.serverErrorToStatus)(err, trailer));
@@ -30362,9 +30362,9 @@ var require_server = __commonJS({
             });
             return;
           }
-          stream = new server_call_1.ServerWritableStreamImpl(handler.path, call, requestMetadata, requestMessage);
+          stream2 = new server_call_1.ServerWritableStreamImpl(handler.path, call, requestMetadata, requestMessage);
           try {
-            handler.func(stream, respond);
+            handler.func(stream2, respond);
           } catch (err) {
             let details;
             if (environment_1.GRPC_NODE_DEBUG_SEND_ERROR_DETAILS) {
@@ -30380,15 +30380,15 @@ var require_server = __commonJS({
           }
         },
         onCancel() {
-          if (stream) {
-            stream.cancelled = true;
-            stream.emit("cancelled", "cancelled");
+          if (stream2) {
+            stream2.cancelled = true;
+            stream2.emit("cancelled", "cancelled");
           }
         }
       });
     }
     function handleClientStreaming(call, handler) {
-      let stream;
+      let stream2;
       function respond(err, value, trailer, flags) {
         if (err) {
           call.sendStatus((0, server_call_1.serverErrorToStatus)(err, trailer));
@@ -30404,9 +30404,9 @@ var require_server = __commonJS({
       }
       call.start({
         onReceiveMetadata(metadata) {
-          stream = new server_call_1.ServerDuplexStreamImpl(handler.path, call, metadata);
+          stream2 = new server_call_1.ServerDuplexStreamImpl(handler.path, call, metadata);
           try {
-            handler.func(stream, respond);
+            handler.func(stream2, respond);
           } catch (err) {
             let details;
             if (environment_1.GRPC_NODE_DEBUG_SEND_ERROR_DETAILS) {
@@ -30422,22 +30422,22 @@ var require_server = __commonJS({
           }
         },
         onReceiveMessage(message2) {
-          stream.push(message2);
+          stream2.push(message2);
         },
         onReceiveHalfClose() {
-          stream.push(null);
+          stream2.push(null);
         },
         onCancel() {
-          if (stream) {
-            stream.cancelled = true;
-            stream.emit("cancelled", "cancelled");
-            stream.destroy();
+          if (stream2) {
+            stream2.cancelled = true;
+            stream2.emit("cancelled", "cancelled");
+            stream2.destroy();
           }
         }
       });
     }
     function handleServerStreaming(call, handler) {
-      let stream;
+      let stream2;
       let requestMetadata;
       let requestMessage = null;
       call.start({
@@ -30466,9 +30466,9 @@ var require_server = __commonJS({
             });
             return;
           }
-          stream = new server_call_1.ServerWritableStreamImpl(handler.path, call, requestMetadata, requestMessage);
+          stream2 = new server_call_1.ServerWritableStreamImpl(handler.path, call, requestMetadata, requestMessage);
           try {
-            handler.func(stream);
+            handler.func(stream2);
           } catch (err) {
             let details;
             if (environment_1.GRPC_NODE_DEBUG_SEND_ERROR_DETAILS) {
@@ -30484,21 +30484,21 @@ var require_server = __commonJS({
           }
         },
         onCancel() {
-          if (stream) {
-            stream.cancelled = true;
-            stream.emit("cancelled", "cancelled");
-            stream.destroy();
+          if (stream2) {
+            stream2.cancelled = true;
+            stream2.emit("cancelled", "cancelled");
+            stream2.destroy();
           }
         }
       });
     }
     function handleBidiStreaming(call, handler) {
-      let stream;
+      let stream2;
       call.start({
         onReceiveMetadata(metadata) {
-          stream = new server_call_1.ServerDuplexStreamImpl(handler.path, call, metadata);
+          stream2 = new server_call_1.ServerDuplexStreamImpl(handler.path, call, metadata);
           try {
-            handler.func(stream);
+            handler.func(stream2);
           } catch (err) {
             let details;
             if (environment_1.GRPC_NODE_DEBUG_SEND_ERROR_DETAILS) {
@@ -30514,16 +30514,16 @@ var require_server = __commonJS({
           }
         },
         onReceiveMessage(message2) {
-          stream.push(message2);
+          stream2.push(message2);
         },
         onReceiveHalfClose() {
-          stream.push(null);
+          stream2.push(null);
         },
         onCancel() {
-          if (stream) {
-            stream.cancelled = true;
-            stream.emit("cancelled", "cancelled");
-            stream.destroy();
+          if (stream2) {
+            stream2.cancelled = true;
+            stream2.emit("cancelled", "cancelled");
+            stream2.destroy();
           }
         }
       });
@@ -30546,8 +30546,8 @@ var require_status_builder = __commonJS({
       /**
        * Adds a status code to the builder.
        */
-      withCode(code) {
-        this.code = code;
+      withCode(code2) {
+        this.code = code2;
         return this;
       }
       /**
@@ -30568,17 +30568,17 @@ var require_status_builder = __commonJS({
        * Builds the status object.
        */
       build() {
-        const status3 = {};
+        const status4 = {};
         if (this.code !== null) {
-          status3.code = this.code;
+          status4.code = this.code;
         }
         if (this.details !== null) {
-          status3.details = this.details;
+          status4.details = this.details;
         }
         if (this.metadata !== null) {
-          status3.metadata = this.metadata;
+          status4.metadata = this.metadata;
         }
-        return status3;
+        return status4;
       }
     };
     exports2.StatusBuilder = StatusBuilder;
@@ -30592,7 +30592,7 @@ var require_load_balancer_pick_first = __commonJS({
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.LeafLoadBalancer = exports2.PickFirstLoadBalancer = exports2.PickFirstLoadBalancingConfig = void 0;
     exports2.shuffled = shuffled;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var load_balancer_1 = require_load_balancer();
     var connectivity_state_1 = require_connectivity_state();
     var picker_1 = require_picker();
@@ -30997,7 +30997,7 @@ var require_load_balancer_pick_first = __commonJS({
       }
     };
     exports2.LeafLoadBalancer = LeafLoadBalancer;
-    function setup() {
+    function setup2() {
       (0, load_balancer_1.registerLoadBalancerType)(TYPE_NAME, PickFirstLoadBalancer, PickFirstLoadBalancingConfig);
       (0, load_balancer_1.registerDefaultLoadBalancerType)(TYPE_NAME);
     }
@@ -31010,7 +31010,7 @@ var require_certificate_provider = __commonJS({
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.FileWatcherCertificateProvider = void 0;
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     var logging = require_logging();
     var constants_1 = require_constants2();
     var util_1 = require("util");
@@ -31018,7 +31018,7 @@ var require_certificate_provider = __commonJS({
     function trace(text2) {
       logging.trace(constants_1.LogVerbosity.DEBUG, TRACER_NAME, text2);
     }
-    var readFilePromise = (0, util_1.promisify)(fs8.readFile);
+    var readFilePromise = (0, util_1.promisify)(fs15.readFile);
     var FileWatcherCertificateProvider = class {
       constructor(config) {
         this.config = config;
@@ -31265,7 +31265,7 @@ var require_resolver_uds = __commonJS({
   "node_modules/@grpc/grpc-js/build/src/resolver-uds.js"(exports2) {
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var resolver_1 = require_resolver();
     var call_interface_1 = require_call_interface();
     var UdsResolver = class {
@@ -31273,13 +31273,13 @@ var require_resolver_uds = __commonJS({
         this.listener = listener;
         this.hasReturnedResult = false;
         this.endpoints = [];
-        let path10;
+        let path18;
         if (target.authority === "") {
-          path10 = "/" + target.path;
+          path18 = "/" + target.path;
         } else {
-          path10 = target.path;
+          path18 = target.path;
         }
-        this.endpoints = [{ addresses: [{ path: path10 }] }];
+        this.endpoints = [{ addresses: [{ path: path18 }] }];
       }
       updateResolution() {
         if (!this.hasReturnedResult) {
@@ -31294,7 +31294,7 @@ var require_resolver_uds = __commonJS({
         return "localhost";
       }
     };
-    function setup() {
+    function setup2() {
       (0, resolver_1.registerResolver)("unix", UdsResolver);
     }
   }
@@ -31305,7 +31305,7 @@ var require_resolver_ip = __commonJS({
   "node_modules/@grpc/grpc-js/build/src/resolver-ip.js"(exports2) {
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var net_1 = require("net");
     var call_interface_1 = require_call_interface();
     var constants_1 = require_constants2();
@@ -31339,12 +31339,12 @@ var require_resolver_ip = __commonJS({
           return;
         }
         const pathList = target.path.split(",");
-        for (const path10 of pathList) {
-          const hostPort = (0, uri_parser_1.splitHostPort)(path10);
+        for (const path18 of pathList) {
+          const hostPort = (0, uri_parser_1.splitHostPort)(path18);
           if (hostPort === null) {
             this.error = {
               code: constants_1.Status.UNAVAILABLE,
-              details: `Failed to parse ${target.scheme} address ${path10}`,
+              details: `Failed to parse ${target.scheme} address ${path18}`,
               metadata: new metadata_1.Metadata()
             };
             return;
@@ -31352,7 +31352,7 @@ var require_resolver_ip = __commonJS({
           if (target.scheme === IPV4_SCHEME && !(0, net_1.isIPv4)(hostPort.host) || target.scheme === IPV6_SCHEME && !(0, net_1.isIPv6)(hostPort.host)) {
             this.error = {
               code: constants_1.Status.UNAVAILABLE,
-              details: `Failed to parse ${target.scheme} address ${path10}`,
+              details: `Failed to parse ${target.scheme} address ${path18}`,
               metadata: new metadata_1.Metadata()
             };
             return;
@@ -31384,7 +31384,7 @@ var require_resolver_ip = __commonJS({
         return target.path.split(",")[0];
       }
     };
-    function setup() {
+    function setup2() {
       (0, resolver_1.registerResolver)(IPV4_SCHEME, IpResolver);
       (0, resolver_1.registerResolver)(IPV6_SCHEME, IpResolver);
     }
@@ -31397,7 +31397,7 @@ var require_load_balancer_round_robin = __commonJS({
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.RoundRobinLoadBalancer = void 0;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var load_balancer_1 = require_load_balancer();
     var connectivity_state_1 = require_connectivity_state();
     var picker_1 = require_picker();
@@ -31560,7 +31560,7 @@ var require_load_balancer_round_robin = __commonJS({
       }
     };
     exports2.RoundRobinLoadBalancer = RoundRobinLoadBalancer;
-    function setup() {
+    function setup2() {
       (0, load_balancer_1.registerLoadBalancerType)(TYPE_NAME, RoundRobinLoadBalancer, RoundRobinLoadBalancingConfig);
     }
   }
@@ -31573,7 +31573,7 @@ var require_load_balancer_outlier_detection = __commonJS({
     var _a;
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.OutlierDetectionLoadBalancer = exports2.OutlierDetectionLoadBalancingConfig = void 0;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var connectivity_state_1 = require_connectivity_state();
     var constants_1 = require_constants2();
     var duration_1 = require_duration();
@@ -32055,7 +32055,7 @@ var require_load_balancer_outlier_detection = __commonJS({
       }
     };
     exports2.OutlierDetectionLoadBalancer = OutlierDetectionLoadBalancer;
-    function setup() {
+    function setup2() {
       if (OUTLIER_DETECTION_ENABLED) {
         (0, experimental_1.registerLoadBalancerType)(TYPE_NAME, OutlierDetectionLoadBalancer, OutlierDetectionLoadBalancingConfig);
       }
@@ -32173,7 +32173,7 @@ var require_load_balancer_weighted_round_robin = __commonJS({
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
     exports2.WeightedRoundRobinLoadBalancingConfig = void 0;
-    exports2.setup = setup;
+    exports2.setup = setup2;
     var connectivity_state_1 = require_connectivity_state();
     var constants_1 = require_constants2();
     var duration_1 = require_duration();
@@ -32513,7 +32513,7 @@ var require_load_balancer_weighted_round_robin = __commonJS({
         return TYPE_NAME;
       }
     };
-    function setup() {
+    function setup2() {
       (0, load_balancer_1.registerLoadBalancerType)(TYPE_NAME, WeightedRoundRobinLoadBalancer, WeightedRoundRobinLoadBalancingConfig);
     }
   }
@@ -32746,8 +32746,8 @@ function leaseFromDb(r) {
   };
 }
 function isUniqueViolation(err) {
-  const code = err?.code;
-  return code === "SQLITE_CONSTRAINT_PRIMARYKEY" || code === "SQLITE_CONSTRAINT_UNIQUE";
+  const code2 = err?.code;
+  return code2 === "SQLITE_CONSTRAINT_PRIMARYKEY" || code2 === "SQLITE_CONSTRAINT_UNIQUE";
 }
 function requireInt(name, v) {
   if (!Number.isSafeInteger(v)) throw new TypeError(`${name} must be an integer, got ${v}`);
@@ -34202,11 +34202,11 @@ function __metadata(metadataKey, metadataValue) {
 }
 function __awaiter(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve6) {
-      resolve6(value);
+    return value instanceof P ? value : new P(function(resolve8) {
+      resolve8(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve6, reject) {
+  return new (P || (P = Promise))(function(resolve8, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -34222,7 +34222,7 @@ function __awaiter(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve6(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve8(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -34413,22 +34413,22 @@ function __asyncValues(o) {
   }, i);
   function verb(n) {
     i[n] = o[n] && function(v) {
-      return new Promise(function(resolve6, reject) {
-        v = o[n](v), settle(resolve6, reject, v.done, v.value);
+      return new Promise(function(resolve8, reject) {
+        v = o[n](v), settle(resolve8, reject, v.done, v.value);
       });
     };
   }
-  function settle(resolve6, reject, d, v) {
+  function settle(resolve8, reject, d, v) {
     Promise.resolve(v).then(function(v2) {
-      resolve6({ value: v2, done: d });
+      resolve8({ value: v2, done: d });
     }, reject);
   }
 }
-function __makeTemplateObject(cooked, raw) {
+function __makeTemplateObject(cooked, raw2) {
   if (Object.defineProperty) {
-    Object.defineProperty(cooked, "raw", { value: raw });
+    Object.defineProperty(cooked, "raw", { value: raw2 });
   } else {
-    cooked.raw = raw;
+    cooked.raw = raw2;
   }
   return cooked;
 }
@@ -34512,22 +34512,22 @@ function __disposeResources(env) {
   }
   return next();
 }
-function __rewriteRelativeImportExtension(path10, preserveJsx, extraExtensions, ignoreCase) {
-  if (typeof path10 === "string" && /^\.\.?\//.test(path10)) {
+function __rewriteRelativeImportExtension(path18, preserveJsx, extraExtensions, ignoreCase) {
+  if (typeof path18 === "string" && /^\.\.?\//.test(path18)) {
     if (extraExtensions) {
       for (var extension in extraExtensions) {
-        var suffix = path10.slice(-extension.length);
+        var suffix = path18.slice(-extension.length);
         if (suffix === extension || ignoreCase && suffix.toLowerCase() === extension.toLowerCase()) {
           var output = extraExtensions[extension];
-          return output === extension ? path10 : path10.slice(0, -extension.length) + output;
+          return output === extension ? path18 : path18.slice(0, -extension.length) + output;
         }
       }
     }
-    return path10.replace(/\.(tsx)$|((?:\.d)?)((?:\.[^./]+?)?)\.([cm]?)ts$/i, function(m, tsx, d, ext, cm) {
+    return path18.replace(/\.(tsx)$|((?:\.d)?)((?:\.[^./]+?)?)\.([cm]?)ts$/i, function(m, tsx, d, ext, cm) {
       return tsx ? preserveJsx ? ".jsx" : ".js" : d && (!ext || !cm) ? m : d + ext + "." + cm.toLowerCase() + "js";
     });
   }
-  return path10;
+  return path18;
 }
 var extendStatics, __assign, __createBinding, __setModuleDefault, ownKeys, _SuppressedError, tslib_es6_default;
 var init_tslib_es6 = __esm({
@@ -34731,8 +34731,8 @@ var require_build = __commonJS({
         const dataView = new DataView(arrayBuffer);
         let res = "";
         for (let i = 0; i < arrayBuffer.byteLength; i += 2) {
-          const code = dataView.getUint16(i, littleEndian);
-          res += String.fromCharCode(code);
+          const code2 = dataView.getUint16(i, littleEndian);
+          res += String.fromCharCode(code2);
         }
         return res;
       }
@@ -34777,26 +34777,26 @@ var require_build = __commonJS({
             throw new Error(`Unknown type of encoding '${enc}'`);
         }
       }
-      static FromString(str2, enc = "utf8") {
-        if (!str2) {
+      static FromString(str4, enc = "utf8") {
+        if (!str4) {
           return new ArrayBuffer(0);
         }
         switch (enc.toLowerCase()) {
           case "utf8":
-            return this.FromUtf8String(str2);
+            return this.FromUtf8String(str4);
           case "binary":
-            return this.FromBinary(str2);
+            return this.FromBinary(str4);
           case "hex":
-            return this.FromHex(str2);
+            return this.FromHex(str4);
           case "base64":
-            return this.FromBase64(str2);
+            return this.FromBase64(str4);
           case "base64url":
-            return this.FromBase64Url(str2);
+            return this.FromBase64Url(str4);
           case "utf16le":
-            return Utf16Converter.fromString(str2, true);
+            return Utf16Converter.fromString(str4, true);
           case "utf16":
           case "utf16be":
-            return Utf16Converter.fromString(str2);
+            return Utf16Converter.fromString(str4);
           default:
             throw new Error(`Unknown type of encoding '${enc}'`);
         }
@@ -34999,11 +34999,11 @@ var require_utils = __commonJS({
     function bufferToHexCodes(inputBuffer, inputOffset = 0, inputLength = inputBuffer.byteLength - inputOffset, insertSpace = false) {
       let result = "";
       for (const item of new Uint8Array(inputBuffer, inputOffset, inputLength)) {
-        const str2 = item.toString(16).toUpperCase();
-        if (str2.length === 1) {
+        const str4 = item.toString(16).toUpperCase();
+        if (str4.length === 1) {
           result += "0";
         }
-        result += str2;
+        result += str4;
         if (insertSpace) {
           result += " ";
         }
@@ -35170,17 +35170,17 @@ var require_utils = __commonJS({
       return true;
     }
     function padNumber(inputNumber, fullLength) {
-      const str2 = inputNumber.toString(10);
-      if (fullLength < str2.length) {
+      const str4 = inputNumber.toString(10);
+      if (fullLength < str4.length) {
         return "";
       }
-      const dif = fullLength - str2.length;
+      const dif = fullLength - str4.length;
       const padding = Array.from({ length: dif });
       for (let i = 0; i < dif; i++) {
         padding[i] = "0";
       }
       const paddingString = padding.join("");
-      return paddingString.concat(str2);
+      return paddingString.concat(str4);
     }
     var base64Template = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=";
     var base64UrlTemplate = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=";
@@ -35292,12 +35292,12 @@ var require_utils = __commonJS({
       }
       return resultString;
     }
-    function stringToArrayBuffer(str2) {
-      const stringLength = str2.length;
+    function stringToArrayBuffer(str4) {
+      const stringLength = str4.length;
       const resultBuffer = new ArrayBuffer(stringLength);
       const resultView = new Uint8Array(resultBuffer);
       for (let i = 0; i < stringLength; i++) {
-        resultView[i] = str2.charCodeAt(i);
+        resultView[i] = str4.charCodeAt(i);
       }
       return resultBuffer;
     }
@@ -35416,7 +35416,7 @@ var require_build2 = __commonJS({
     };
     var ORIGINAL_VIEW_WRITER_WRITE = ViewWriter.prototype.write;
     var ORIGINAL_VIEW_WRITER_FINAL = ViewWriter.prototype.final;
-    var NAME2 = "name";
+    var NAME3 = "name";
     var VALUE_HEX_VIEW = "valueHexView";
     var IS_HEX_ONLY = "isHexOnly";
     var ID_BLOCK = "idBlock";
@@ -38171,11 +38171,11 @@ ${values.join("\n")}` : `${blockName} :`;
         this.fromString(String.fromCharCode.apply(null, pvtsutils__namespace.BufferSourceConverter.toUint8Array(inputBuffer)));
       }
       toBuffer() {
-        const str2 = this.toString();
-        const buffer = new ArrayBuffer(str2.length);
+        const str4 = this.toString();
+        const buffer = new ArrayBuffer(str4.length);
         const view = new Uint8Array(buffer);
-        for (let i = 0; i < str2.length; i++)
-          view[i] = str2.charCodeAt(i);
+        for (let i = 0; i < str4.length; i++)
+          view[i] = str4.charCodeAt(i);
         return buffer;
       }
       fromDate(inputDate) {
@@ -38498,10 +38498,10 @@ ${values.join("\n")}` : `${blockName} :`;
       }
     };
     var Repeated = class extends Any {
-      constructor({ value = new Any(), local = false, ...parameters } = {}) {
+      constructor({ value = new Any(), local: local2 = false, ...parameters } = {}) {
         super(parameters);
         this.value = value;
-        this.local = local;
+        this.local = local2;
       }
     };
     var RawData = class {
@@ -38539,13 +38539,13 @@ ${values.join("\n")}` : `${blockName} :`;
             verified: false,
             result: { error: "Wrong values for Choice type" }
           };
-          if (inputSchema.hasOwnProperty(NAME2))
+          if (inputSchema.hasOwnProperty(NAME3))
             _result.name = inputSchema.name;
           return _result;
         }
       }
       if (inputSchema instanceof Any) {
-        if (inputSchema.hasOwnProperty(NAME2))
+        if (inputSchema.hasOwnProperty(NAME3))
           root[inputSchema.name] = inputData;
         return {
           verified: true,
@@ -38750,7 +38750,7 @@ ${values.join("\n")}` : `${blockName} :`;
                   return result;
                 }
               }
-              if (NAME2 in inputSchema.valueBlock.value[0] && inputSchema.valueBlock.value[0].name.length > 0) {
+              if (NAME3 in inputSchema.valueBlock.value[0] && inputSchema.valueBlock.value[0].name.length > 0) {
                 let arrayRoot = {};
                 if (LOCAL in inputSchema.valueBlock.value[0] && inputSchema.valueBlock.value[0].local)
                   arrayRoot = inputData;
@@ -40407,11 +40407,11 @@ var require_convert2 = __commonJS({
       static ToString(buffer, enc = "utf8") {
         return index_js_1.convert.toString(buffer, enc);
       }
-      static FromString(str2, enc = "utf8") {
-        if (!str2) {
+      static FromString(str4, enc = "utf8") {
+        if (!str4) {
           return new ArrayBuffer(0);
         }
-        return index_js_1.convert.fromString(str2, enc);
+        return index_js_1.convert.fromString(str4, enc);
       }
       static ToBase64(buffer) {
         return index_js_1.convert.toBase64(buffer);
@@ -41269,9 +41269,9 @@ var require_parser = __commonJS({
       static processRepeatedField(asn1Elements, asn1Index, schemaItem) {
         let elementsToProcess = asn1Elements.slice(asn1Index);
         if (elementsToProcess.length === 1 && elementsToProcess[0].constructor.name === "Sequence") {
-          const seq = elementsToProcess[0];
-          if (seq.valueBlock && seq.valueBlock.value && Array.isArray(seq.valueBlock.value)) {
-            elementsToProcess = seq.valueBlock.value;
+          const seq2 = elementsToProcess[0];
+          if (seq2.valueBlock && seq2.valueBlock.value && Array.isArray(seq2.valueBlock.value)) {
+            elementsToProcess = seq2.valueBlock.value;
           }
         }
         if (typeof schemaItem.type === "number") {
@@ -41717,11 +41717,11 @@ var require_ip_converter = __commonJS({
           throw new Error("Invalid IPv4 address");
         }
         return parts.map((part) => {
-          const num2 = parseInt(part, 10);
-          if (isNaN(num2) || num2 < 0 || num2 > 255) {
+          const num3 = parseInt(part, 10);
+          if (isNaN(num3) || num3 < 0 || num3 > 255) {
             throw new Error("Invalid IPv4 address part");
           }
-          return num2;
+          return num3;
         });
       }
       static parseIPv6(ip) {
@@ -41731,12 +41731,12 @@ var require_ip_converter = __commonJS({
           throw new Error("Invalid IPv6 address");
         }
         return parts.reduce((bytes, part) => {
-          const num2 = parseInt(part, 16);
-          if (isNaN(num2) || num2 < 0 || num2 > 65535) {
+          const num3 = parseInt(part, 16);
+          if (isNaN(num3) || num3 < 0 || num3 > 65535) {
             throw new Error("Invalid IPv6 address part");
           }
-          bytes.push(num2 >> 8 & 255);
-          bytes.push(num2 & 255);
+          bytes.push(num3 >> 8 & 255);
+          bytes.push(num3 & 255);
           return bytes;
         }, []);
       }
@@ -46659,11 +46659,11 @@ function __metadata2(metadataKey, metadataValue) {
 }
 function __awaiter2(thisArg, _arguments, P, generator) {
   function adopt(value) {
-    return value instanceof P ? value : new P(function(resolve6) {
-      resolve6(value);
+    return value instanceof P ? value : new P(function(resolve8) {
+      resolve8(value);
     });
   }
-  return new (P || (P = Promise))(function(resolve6, reject) {
+  return new (P || (P = Promise))(function(resolve8, reject) {
     function fulfilled(value) {
       try {
         step(generator.next(value));
@@ -46679,7 +46679,7 @@ function __awaiter2(thisArg, _arguments, P, generator) {
       }
     }
     function step(result) {
-      result.done ? resolve6(result.value) : adopt(result.value).then(fulfilled, rejected);
+      result.done ? resolve8(result.value) : adopt(result.value).then(fulfilled, rejected);
     }
     step((generator = generator.apply(thisArg, _arguments || [])).next());
   });
@@ -46857,22 +46857,22 @@ function __asyncValues2(o) {
   }, i);
   function verb(n) {
     i[n] = o[n] && function(v) {
-      return new Promise(function(resolve6, reject) {
-        v = o[n](v), settle(resolve6, reject, v.done, v.value);
+      return new Promise(function(resolve8, reject) {
+        v = o[n](v), settle(resolve8, reject, v.done, v.value);
       });
     };
   }
-  function settle(resolve6, reject, d, v) {
+  function settle(resolve8, reject, d, v) {
     Promise.resolve(v).then(function(v2) {
-      resolve6({ value: v2, done: d });
+      resolve8({ value: v2, done: d });
     }, reject);
   }
 }
-function __makeTemplateObject2(cooked, raw) {
+function __makeTemplateObject2(cooked, raw2) {
   if (Object.defineProperty) {
-    Object.defineProperty(cooked, "raw", { value: raw });
+    Object.defineProperty(cooked, "raw", { value: raw2 });
   } else {
-    cooked.raw = raw;
+    cooked.raw = raw2;
   }
   return cooked;
 }
@@ -47340,14 +47340,14 @@ var require_dependency_container = __commonJS({
           provider = providerOrConstructor;
         }
         if (providers_1.isTokenProvider(provider)) {
-          const path10 = [token];
+          const path18 = [token];
           let tokenProvider = provider;
           while (tokenProvider != null) {
             const currentToken = tokenProvider.useToken;
-            if (path10.includes(currentToken)) {
-              throw new Error(`Token registration cycle detected! ${[...path10, currentToken].join(" -> ")}`);
+            if (path18.includes(currentToken)) {
+              throw new Error(`Token registration cycle detected! ${[...path18, currentToken].join(" -> ")}`);
             }
-            path10.push(currentToken);
+            path18.push(currentToken);
             const registration = this._registry.get(currentToken);
             if (registration && providers_1.isTokenProvider(registration.provider)) {
               tokenProvider = registration.provider;
@@ -49423,18 +49423,18 @@ var require_x509_cjs = __commonJS({
       tsyringe.injectable()
     ], exports2.EcAlgorithm);
     tsyringe.container.registerSingleton(diAlgorithm, exports2.EcAlgorithm);
-    var NAME2 = /* @__PURE__ */ Symbol("name");
+    var NAME3 = /* @__PURE__ */ Symbol("name");
     var VALUE = /* @__PURE__ */ Symbol("value");
     var TextObject = class {
       constructor(name, items = {}, value = "") {
-        this[NAME2] = name;
+        this[NAME3] = name;
         this[VALUE] = value;
         for (const key in items) {
           this[key] = items[key];
         }
       }
     };
-    TextObject.NAME = NAME2;
+    TextObject.NAME = NAME3;
     TextObject.VALUE = VALUE;
     var DefaultAlgorithmSerializer = class {
       static toTextObject(alg) {
@@ -49728,8 +49728,8 @@ var require_x509_cjs = __commonJS({
       const serialNumber = inputView.length && inputView.some((o) => o > 0) ? inputView : crypto5.getRandomValues(new Uint8Array(16));
       return toPositiveIntegerOctets(serialNumber);
     }
-    function getCertificateSerialNumber(raw) {
-      let serialNumber = pvtsutils.BufferSourceConverter.toUint8Array(raw);
+    function getCertificateSerialNumber(raw2) {
+      let serialNumber = pvtsutils.BufferSourceConverter.toUint8Array(raw2);
       if (serialNumber.length > 1 && serialNumber[0] === 0 && serialNumber[1] > 127) {
         serialNumber = serialNumber.slice(1);
       }
@@ -49737,20 +49737,20 @@ var require_x509_cjs = __commonJS({
     }
     var Extension = class _Extension extends AsnData {
       constructor(...args) {
-        let raw;
+        let raw2;
         let options;
         if (pvtsutils.BufferSourceConverter.isBufferSource(args[0])) {
-          raw = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
+          raw2 = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
           options = args[1];
         } else {
-          raw = asn1Schema.AsnConvert.serialize(new asn1X509.Extension({
+          raw2 = asn1Schema.AsnConvert.serialize(new asn1X509.Extension({
             extnID: args[0],
             critical: args[1],
             extnValue: new asn1Schema.OctetString(pvtsutils.BufferSourceConverter.toArrayBuffer(args[2]))
           }));
           options = selfProducedParseOptions;
         }
-        super(raw, asn1X509.Extension, options);
+        super(raw2, asn1X509.Extension, options);
       }
       onInit(asn) {
         this.type = asn.extnID;
@@ -49817,8 +49817,8 @@ var require_x509_cjs = __commonJS({
     var Name = class _Name {
       static isASCII(text2) {
         for (let i = 0; i < text2.length; i++) {
-          const code = text2.charCodeAt(i);
-          if (code > 255) {
+          const code2 = text2.charCodeAt(i);
+          if (code2 > 255) {
             return false;
           }
         }
@@ -50335,25 +50335,25 @@ var require_x509_cjs = __commonJS({
       static isAsnEncoded(data) {
         return pvtsutils.BufferSourceConverter.isBufferSource(data) || typeof data === "string";
       }
-      static toArrayBuffer(raw) {
-        if (typeof raw === "string") {
-          if (PemConverter2.isPem(raw)) {
-            return PemConverter2.decode(raw)[0];
-          } else if (pvtsutils.Convert.isHex(raw)) {
-            return pvtsutils.Convert.FromHex(raw);
-          } else if (pvtsutils.Convert.isBase64(raw)) {
-            return pvtsutils.Convert.FromBase64(raw);
-          } else if (pvtsutils.Convert.isBase64Url(raw)) {
-            return pvtsutils.Convert.FromBase64Url(raw);
+      static toArrayBuffer(raw2) {
+        if (typeof raw2 === "string") {
+          if (PemConverter2.isPem(raw2)) {
+            return PemConverter2.decode(raw2)[0];
+          } else if (pvtsutils.Convert.isHex(raw2)) {
+            return pvtsutils.Convert.FromHex(raw2);
+          } else if (pvtsutils.Convert.isBase64(raw2)) {
+            return pvtsutils.Convert.FromBase64(raw2);
+          } else if (pvtsutils.Convert.isBase64Url(raw2)) {
+            return pvtsutils.Convert.FromBase64Url(raw2);
           } else {
             throw new TypeError("Unsupported format of 'raw' argument. Must be one of DER, PEM, HEX, Base64, or Base4Url");
           }
         } else {
-          const buffer = pvtsutils.BufferSourceConverter.toUint8Array(raw);
+          const buffer = pvtsutils.BufferSourceConverter.toUint8Array(raw2);
           if (buffer.length > 0 && buffer[0] === 48) {
-            return pvtsutils.BufferSourceConverter.toArrayBuffer(raw);
+            return pvtsutils.BufferSourceConverter.toArrayBuffer(raw2);
           }
-          const stringRaw = pvtsutils.Convert.ToBinary(raw);
+          const stringRaw = pvtsutils.Convert.ToBinary(raw2);
           if (PemConverter2.isPem(stringRaw)) {
             return PemConverter2.decode(stringRaw)[0];
           } else if (pvtsutils.Convert.isHex(stringRaw)) {
@@ -50423,12 +50423,12 @@ var require_x509_cjs = __commonJS({
           crypto5 = arg1;
         }
         crypto5 !== null && crypto5 !== void 0 ? crypto5 : crypto5 = cryptoProvider2.get();
-        let raw = this.rawData;
+        let raw2 = this.rawData;
         const asnSpki = asn1Schema.AsnConvert.parse(this.rawData, asn1X509.SubjectPublicKeyInfo, this.parseOptions);
         if (asnSpki.algorithm.algorithm === asn1Rsa.id_RSASSA_PSS) {
-          raw = convertSpkiToRsaPkcs1(asnSpki, raw);
+          raw2 = convertSpkiToRsaPkcs1(asnSpki, raw2);
         }
-        return crypto5.subtle.importKey("spki", raw, algorithm, true, keyUsages);
+        return crypto5.subtle.importKey("spki", raw2, algorithm, true, keyUsages);
       }
       onInit(asn) {
         const algProv = tsyringe.container.resolve(diAlgorithmProvider);
@@ -50487,13 +50487,13 @@ var require_x509_cjs = __commonJS({
         return obj;
       }
     };
-    function convertSpkiToRsaPkcs1(asnSpki, raw) {
+    function convertSpkiToRsaPkcs1(asnSpki, raw2) {
       asnSpki.algorithm = new asn1X509.AlgorithmIdentifier({
         algorithm: asn1Rsa.id_rsaEncryption,
         parameters: null
       });
-      raw = asn1Schema.AsnConvert.serialize(asnSpki);
-      return raw;
+      raw2 = asn1Schema.AsnConvert.serialize(asnSpki);
+      return raw2;
     }
     var AuthorityKeyIdentifierExtension2 = class _AuthorityKeyIdentifierExtension extends Extension {
       static async create(param, critical = false, crypto5 = cryptoProvider2.get()) {
@@ -50895,21 +50895,21 @@ var require_x509_cjs = __commonJS({
     IssuerAlternativeNameExtension.NAME = "Issuer Alternative Name";
     var Attribute = class _Attribute extends AsnData {
       constructor(...args) {
-        let raw;
+        let raw2;
         let options;
         if (pvtsutils.BufferSourceConverter.isBufferSource(args[0])) {
-          raw = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
+          raw2 = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
           options = args[1];
         } else {
           const type = args[0];
           const values = Array.isArray(args[1]) ? args[1].map((o) => pvtsutils.BufferSourceConverter.toArrayBuffer(o)) : [];
-          raw = asn1Schema.AsnConvert.serialize(new asn1X509.Attribute({
+          raw2 = asn1Schema.AsnConvert.serialize(new asn1X509.Attribute({
             type,
             values
           }));
           options = selfProducedParseOptions;
         }
-        super(raw, asn1X509.Attribute, options);
+        super(raw2, asn1X509.Attribute, options);
       }
       onInit(asn) {
         this.type = asn.type;
@@ -51888,15 +51888,15 @@ var require_x509_cjs = __commonJS({
           contentType: asn1Cms__namespace.id_signedData,
           content: asn1Schema.AsnConvert.serialize(signedData)
         });
-        const raw = asn1Schema.AsnConvert.serialize(cms);
+        const raw2 = asn1Schema.AsnConvert.serialize(cms);
         if (format === "raw") {
-          return raw;
+          return raw2;
         }
         return this.toString(format);
       }
       import(data, options) {
-        const raw = PemData.toArrayBuffer(data);
-        const cms = asn1Schema.AsnConvert.parse(raw, asn1Cms__namespace.ContentInfo, options);
+        const raw2 = PemData.toArrayBuffer(data);
+        const cms = asn1Schema.AsnConvert.parse(raw2, asn1Cms__namespace.ContentInfo, options);
         if (cms.contentType !== asn1Cms__namespace.id_signedData) {
           throw new TypeError("Cannot parse CMS package. Incoming data is not a SignedData object.");
         }
@@ -51918,20 +51918,20 @@ var require_x509_cjs = __commonJS({
         }
       }
       toString(format = "pem") {
-        const raw = this.export("raw");
+        const raw2 = this.export("raw");
         switch (format) {
           case "pem":
-            return PemConverter2.encode(raw, "CMS");
+            return PemConverter2.encode(raw2, "CMS");
           case "pem-chain":
             return this.map((o) => o.toString("pem")).join("\n");
           case "asn":
-            return asn1Schema.AsnConvert.toString(raw, tslib.__classPrivateFieldGet(this, _X509Certificates_options, "f"));
+            return asn1Schema.AsnConvert.toString(raw2, tslib.__classPrivateFieldGet(this, _X509Certificates_options, "f"));
           case "hex":
-            return pvtsutils.Convert.ToHex(raw);
+            return pvtsutils.Convert.ToHex(raw2);
           case "base64":
-            return pvtsutils.Convert.ToBase64(raw);
+            return pvtsutils.Convert.ToBase64(raw2);
           case "base64url":
-            return pvtsutils.Convert.ToBase64Url(raw);
+            return pvtsutils.Convert.ToBase64Url(raw2);
           case "text":
             return TextConverter.serialize(this.toTextObject());
           default:
@@ -52169,25 +52169,25 @@ var require_x509_cjs = __commonJS({
         return tslib.__classPrivateFieldGet(this, _X509CrlEntry_extensions, "f");
       }
       constructor(...args) {
-        let raw;
+        let raw2;
         let options;
         if (pvtsutils.BufferSourceConverter.isBufferSource(args[0])) {
-          raw = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
+          raw2 = pvtsutils.BufferSourceConverter.toArrayBuffer(args[0]);
           options = args[1];
         } else if (typeof args[0] === "string") {
-          raw = asn1Schema.AsnConvert.serialize(new asn1X509.RevokedCertificate({
+          raw2 = asn1Schema.AsnConvert.serialize(new asn1X509.RevokedCertificate({
             userCertificate: normalizeCertificateSerialNumber(args[0]),
             revocationDate: new asn1X509.Time(args[1]),
             crlEntryExtensions: args[2]
           }));
         } else if (args[0] instanceof asn1X509.RevokedCertificate) {
-          raw = args[0];
+          raw2 = args[0];
           options = args[1];
         }
-        if (!raw) {
+        if (!raw2) {
           throw new TypeError("Cannot create X509CrlEntry instance. Wrong constructor arguments.");
         }
-        const superArgs = raw instanceof asn1X509.RevokedCertificate ? [raw, options] : [raw, asn1X509.RevokedCertificate, options];
+        const superArgs = raw2 instanceof asn1X509.RevokedCertificate ? [raw2, options] : [raw2, asn1X509.RevokedCertificate, options];
         super(superArgs[0], superArgs[1], superArgs[2]);
         _X509CrlEntry_serialNumber.set(this, void 0);
         _X509CrlEntry_revocationDate.set(this, void 0);
@@ -53085,7 +53085,7 @@ var init_get_named_curve = __esm({
           throw new JOSENotSupported("Unsupported key curve for this operation");
       }
     };
-    getNamedCurve2 = (kee, raw) => {
+    getNamedCurve2 = (kee, raw2) => {
       let key;
       if (isCryptoKey(kee)) {
         key = import_node_crypto3.KeyObject.from(kee);
@@ -53108,7 +53108,7 @@ var init_get_named_curve = __esm({
           return `X${key.asymmetricKeyType.slice(1)}`;
         case "ec": {
           const namedCurve = key.asymmetricKeyDetails.namedCurve;
-          if (raw) {
+          if (raw2) {
             return namedCurve;
           }
           return namedCurveToJOSE(namedCurve);
@@ -53791,8 +53791,8 @@ var init_secs = __esm({
     week = day * 7;
     year = day * 365.25;
     REGEX = /^(\+|\-)? ?(\d+|\d+\.\d+) ?(seconds?|secs?|s|minutes?|mins?|m|hours?|hrs?|h|days?|d|weeks?|w|years?|yrs?|y)(?: (ago|from now))?$/i;
-    secs_default = (str2) => {
-      const matched = REGEX.exec(str2);
+    secs_default = (str4) => {
+      const matched = REGEX.exec(str4);
       if (!matched || matched[4] && matched[1]) {
         throw new TypeError("Invalid time period format");
       }
@@ -54379,19 +54379,19 @@ var init_fetch_jwks = __esm({
     init_errors();
     init_buffer_utils();
     fetchJwks = async (url, timeout, options) => {
-      let get4;
+      let get5;
       switch (url.protocol) {
         case "https:":
-          get4 = https.get;
+          get5 = https.get;
           break;
         case "http:":
-          get4 = http.get;
+          get5 = http.get;
           break;
         default:
           throw new TypeError("Unsupported URL protocol.");
       }
       const { agent, headers } = options;
-      const req = get4(url.href, {
+      const req = get5(url.href, {
         agent,
         timeout,
         headers
@@ -54476,9 +54476,9 @@ var init_remote = __esm({
     init_local();
     init_is_object();
     if (typeof navigator === "undefined" || !navigator.userAgent?.startsWith?.("Mozilla/5.0 ")) {
-      const NAME2 = "jose";
+      const NAME3 = "jose";
       const VERSION = "v5.10.0";
-      USER_AGENT = `${NAME2}/${VERSION}`;
+      USER_AGENT = `${NAME3}/${VERSION}`;
     }
     jwksCache = /* @__PURE__ */ Symbol();
     RemoteJWKSet = class {
@@ -54794,19 +54794,19 @@ function matchTrust(payload, candidates) {
   }
   throw new AuthError("claim_mismatch", `no trust rule matched the OIDC token from ${String(payload.iss)}: ${misses.slice(0, 5).join("; ")}`);
 }
-function presetIssuer(raw, fallback, insecure) {
-  if (raw === void 0 || raw === "") return fallback;
+function presetIssuer(raw2, fallback, insecure) {
+  if (raw2 === void 0 || raw2 === "") return fallback;
   let url;
   try {
-    url = new URL(raw);
+    url = new URL(raw2);
   } catch {
-    throw new Error(`--issuer "${raw}" is not a URL (e.g. https://gitlab.example.com)`);
+    throw new Error(`--issuer "${raw2}" is not a URL (e.g. https://gitlab.example.com)`);
   }
   const loopback = ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
   if (url.protocol !== "https:" && !(url.protocol === "http:" && (insecure || loopback))) {
-    throw new Error(`--issuer "${raw}" must start with https:// (http:// only on loopback or for a server that allows insecure OIDC issuers)`);
+    throw new Error(`--issuer "${raw2}" must start with https:// (http:// only on loopback or for a server that allows insecure OIDC issuers)`);
   }
-  if (url.search || url.hash || url.username || url.password) throw new Error(`--issuer "${raw}" must not have a query, fragment or credentials`);
+  if (url.search || url.hash || url.username || url.password) throw new Error(`--issuer "${raw2}" must not have a query, fragment or credentials`);
   return normalizeIssuer(url.href);
 }
 function trustPreset(kind, opts) {
@@ -54847,9 +54847,9 @@ var init_oidc = __esm({
     "use strict";
     init_esm();
     AuthError = class extends Error {
-      constructor(code, message2) {
+      constructor(code2, message2) {
         super(message2);
-        this.code = code;
+        this.code = code2;
         this.name = "AuthError";
       }
       code;
@@ -54922,16 +54922,16 @@ var init_oidc = __esm({
         }
         return p;
       }
-      checkUrl(raw, what) {
+      checkUrl(raw2, what) {
         let url;
         try {
-          url = new URL(raw);
+          url = new URL(raw2);
         } catch {
-          throw new AuthError("discovery_failed", `${what} "${raw}" is not a URL`);
+          throw new AuthError("discovery_failed", `${what} "${raw2}" is not a URL`);
         }
         const okProtocol = url.protocol === "https:" || this.allowInsecure && url.protocol === "http:";
         if (!okProtocol || url.username || url.password) {
-          throw new AuthError("discovery_failed", `${what} "${raw}" must be an https:// URL (http:// only when insecure OIDC issuers are allowed)`);
+          throw new AuthError("discovery_failed", `${what} "${raw2}" must be an https:// URL (http:// only when insecure OIDC issuers are allowed)`);
         }
         return url;
       }
@@ -55202,13 +55202,13 @@ function registryConfig(dataDir, socketPath) {
   };
 }
 function pingOnce(socketPath, timeoutMs) {
-  return new Promise((resolve6) => {
+  return new Promise((resolve8) => {
     const req = http2.get({ socketPath, path: "/v2/", timeout: timeoutMs }, (res) => {
       res.resume();
-      resolve6(res.statusCode === 200);
+      resolve8(res.statusCode === 200);
     });
     req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve6(false));
+    req.on("error", () => resolve8(false));
   });
 }
 var import_node_child_process, import_node_crypto10, fs3, http2, os2, path4, MAX_SOCKET_PATH, TAIL_BYTES, EmbeddedRegistry;
@@ -55277,14 +55277,14 @@ var init_registry = __esm({
         child.stdout?.on("data", onData);
         child.stderr?.on("data", onData);
         let exitInfo = null;
-        this.exited = new Promise((resolve6) => {
+        this.exited = new Promise((resolve8) => {
           child.on("error", (err) => {
             exitInfo = `failed to run ${this.registryPath}: ${err.message}`;
-            resolve6();
+            resolve8();
           });
-          child.on("exit", (code, signal2) => {
-            exitInfo = `exited with ${signal2 ?? `code ${code}`}`;
-            resolve6();
+          child.on("exit", (code2, signal2) => {
+            exitInfo = `exited with ${signal2 ?? `code ${code2}`}`;
+            resolve8();
           });
         }).finally(() => fs3.closeSync(logFile));
         let delay = 10;
@@ -55303,8 +55303,8 @@ ${this.tail.trim()}`);
           await new Promise((r) => setTimeout(r, delay));
           delay = Math.min(delay * 2, 100);
         }
-        child.on("exit", (code, signal2) => {
-          if (this.child === child) this.log?.error({ code, signal: signal2, tail: this.tail.slice(-1e3) }, "embedded registry exited unexpectedly");
+        child.on("exit", (code2, signal2) => {
+          if (this.child === child) this.log?.error({ code: code2, signal: signal2, tail: this.tail.slice(-1e3) }, "embedded registry exited unexpectedly");
         });
         this.log?.info({ socket: this.socketPath, pid: child.pid, ms: Date.now() - started }, "embedded registry ready");
       }
@@ -55409,13 +55409,13 @@ var init_cache_refs = __esm({
 });
 
 // src/server/registry-proxy.ts
-function sendError(res, status3, code, message2, extra = {}) {
+function sendError(res, status4, code2, message2, extra = {}) {
   if (res.headersSent || res.destroyed) {
     res.destroy();
     return;
   }
-  const body = JSON.stringify({ errors: [{ code, message: message2 }] });
-  res.writeHead(status3, { ...API_VERSION, "Content-Type": "application/json; charset=utf-8", "Content-Length": Buffer.byteLength(body), ...extra });
+  const body = JSON.stringify({ errors: [{ code: code2, message: message2 }] });
+  res.writeHead(status4, { ...API_VERSION, "Content-Type": "application/json; charset=utf-8", "Content-Length": Buffer.byteLength(body), ...extra });
   res.end(body);
 }
 function parseBasic(header) {
@@ -55434,9 +55434,9 @@ function filterHeaders(headers, drop) {
   }
   return out;
 }
-function decodeQueryKey(raw) {
+function decodeQueryKey(raw2) {
   try {
-    return decodeURIComponent(raw.replace(/\+/g, " "));
+    return decodeURIComponent(raw2.replace(/\+/g, " "));
   } catch {
     return null;
   }
@@ -55526,19 +55526,19 @@ var init_registry_proxy = __esm({
         return `${h}:${this.address.port}`;
       }
       listen() {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           this.server.once("error", reject);
           this.server.listen(this.opts.port ?? 0, this.opts.host ?? "127.0.0.1", () => {
             this.server.off("error", reject);
             this.address = this.server.address();
             this.opts.log?.info({ host: this.host }, "registry proxy listening");
-            resolve6(this.address.port);
+            resolve8(this.address.port);
           });
         });
       }
       async close() {
-        await new Promise((resolve6) => {
-          this.server.close(() => resolve6());
+        await new Promise((resolve8) => {
+          this.server.close(() => resolve8());
           this.server.closeAllConnections();
         });
         this.agent.destroy();
@@ -55645,10 +55645,10 @@ function hostTool(name) {
   return p;
 }
 function runCommand(file, args, timeoutMs = 3e4) {
-  return new Promise((resolve6, reject) => {
+  return new Promise((resolve8, reject) => {
     (0, import_node_child_process2.execFile)(file, args, { timeout: timeoutMs, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`${file} ${args.join(" ")}: ${String(stderr).trim() || err.message}`));
-      else resolve6(String(stdout));
+      else resolve8(String(stdout));
     });
   });
 }
@@ -55707,8 +55707,8 @@ var init_bridge = __esm({
     inFlight = /* @__PURE__ */ new Set();
     toolPaths = /* @__PURE__ */ new Map();
     BridgeAllocator = class {
-      constructor(pool = DEFAULT_SUBNET_POOL, log) {
-        this.log = log;
+      constructor(pool = DEFAULT_SUBNET_POOL, log2) {
+        this.log = log2;
         this.subnets = poolSubnets(pool);
       }
       log;
@@ -55776,14 +55776,14 @@ function findDockerd() {
   return null;
 }
 function ping(socketPath, timeoutMs = 1e3) {
-  return new Promise((resolve6) => {
+  return new Promise((resolve8) => {
     const req = http4.request({ socketPath, path: "/_ping", method: "GET", timeout: timeoutMs }, (res) => {
       res.resume();
-      res.on("end", () => resolve6(res.statusCode === 200));
-      res.on("error", () => resolve6(false));
+      res.on("end", () => resolve8(res.statusCode === 200));
+      res.on("error", () => resolve8(false));
     });
     req.on("timeout", () => req.destroy());
-    req.on("error", () => resolve6(false));
+    req.on("error", () => resolve8(false));
     req.end();
   });
 }
@@ -55807,16 +55807,16 @@ async function tailFile(file, lines = 20) {
     return "(no log)";
   }
 }
-async function removeDir(dir, log) {
+async function removeDir(dir, log2) {
   for (let attempt = 0; ; attempt++) {
     try {
       await fs4.promises.rm(dir, { recursive: true, force: true, maxRetries: 2 });
       return;
     } catch (err) {
-      const code = err.code;
-      if (attempt >= 4 || code !== "EBUSY" && code !== "ENOTEMPTY") throw err;
-      log.warn({ dir, code }, "builder directory busy, unmounting leftovers");
-      await unmountUnder([dir], log);
+      const code2 = err.code;
+      if (attempt >= 4 || code2 !== "EBUSY" && code2 !== "ENOTEMPTY") throw err;
+      log2.warn({ dir, code: code2 }, "builder directory busy, unmounting leftovers");
+      await unmountUnder([dir], log2);
       await sleep(200 * (attempt + 1));
     }
   }
@@ -55885,7 +55885,7 @@ function signal(p, sig) {
   } catch {
   }
 }
-async function stopProcesses(root, trusted, markers, log) {
+async function stopProcesses(root, trusted, markers, log2) {
   const withCgroup = markers.execIds.length > 0;
   const victims = victimsOf(await listProcs(withCgroup), root, trusted, markers);
   if (victims.length === 0) return;
@@ -55894,7 +55894,7 @@ async function stopProcesses(root, trusted, markers, log) {
     for (const p of victims) if (!ENGINE_BINARIES.has(path5.basename(p.args[0] ?? ""))) signal(p, "SIGKILL");
     signal(main2, "SIGTERM");
     if ((await waitGone([main2], 2e4)).length) {
-      log.warn({ pid: main2.pid }, "dockerd ignored SIGTERM, killing it");
+      log2.warn({ pid: main2.pid }, "dockerd ignored SIGTERM, killing it");
       signal(main2, "SIGKILL");
       await waitGone([main2], 5e3);
     }
@@ -55907,7 +55907,7 @@ async function stopProcesses(root, trusted, markers, log) {
 function decodeMountPath(s) {
   return s.replace(/\\([0-7]{3})/g, (_m, o) => String.fromCharCode(parseInt(o, 8)));
 }
-async function unmountUnder(dirs, log) {
+async function unmountUnder(dirs, log2) {
   let info = "";
   try {
     info = await fs4.promises.readFile("/proc/self/mountinfo", "utf8");
@@ -55919,7 +55919,7 @@ async function unmountUnder(dirs, log) {
     try {
       await runCommand(hostTool("umount"), [mp]);
     } catch {
-      await runCommand(hostTool("umount"), ["-l", mp]).catch((err) => log.warn({ mp, err: String(err) }, "unmount failed"));
+      await runCommand(hostTool("umount"), ["-l", mp]).catch((err) => log2.warn({ mp, err: String(err) }, "unmount failed"));
     }
   }
 }
@@ -56103,9 +56103,9 @@ var init_dockerd = __esm({
             this.log.error({ builder: l.id, err: err.message }, "dockerd spawn error");
           });
           this.children.set(l.id, child);
-          child.once("exit", (code, signal2) => {
+          child.once("exit", (code2, signal2) => {
             this.children.delete(l.id);
-            this.log.info({ builder: l.id, code, signal: signal2 }, "dockerd exited");
+            this.log.info({ builder: l.id, code: code2, signal: signal2 }, "dockerd exited");
           });
           child.unref();
           return child;
@@ -56118,8 +56118,8 @@ var init_dockerd = __esm({
         for (; ; ) {
           const spawnError = spawnErrors.get(child);
           if (spawnError || child.exitCode !== null || child.signalCode !== null) {
-            const why = spawnError ? `could not be run (${spawnError.message})` : `exited with ${child.exitCode ?? child.signalCode}`;
-            throw new Error(`dockerd for builder ${l.id} ${why} before it was ready. Log tail (${l.logFile}):
+            const why2 = spawnError ? `could not be run (${spawnError.message})` : `exited with ${child.exitCode ?? child.signalCode}`;
+            throw new Error(`dockerd for builder ${l.id} ${why2} before it was ready. Log tail (${l.logFile}):
 ${await tailFile(l.logFile)}`);
           }
           if (await ping(l.socketPath, 1e3)) return;
@@ -56209,12 +56209,12 @@ var init_tls_proxy = __esm({
           // docker's hijacked streams (attach, BuildKit session) close their write side and keep reading.
           allowHalfOpen: true
         });
-        this.server.on("connection", (raw) => {
-          this.rawSockets.add(raw);
-          raw.once("close", () => this.rawSockets.delete(raw));
-          raw.on("error", () => void 0);
-          raw.setKeepAlive(true, KEEPALIVE_MS);
-          raw.setNoDelay(true);
+        this.server.on("connection", (raw2) => {
+          this.rawSockets.add(raw2);
+          raw2.once("close", () => this.rawSockets.delete(raw2));
+          raw2.on("error", () => void 0);
+          raw2.setKeepAlive(true, KEEPALIVE_MS);
+          raw2.setNoDelay(true);
         });
         this.server.on("secureConnection", (sock) => this.onSecure(sock));
         this.server.on("tlsClientError", (err, sock) => {
@@ -56228,14 +56228,14 @@ var init_tls_proxy = __esm({
         return `tcp://${net.isIPv6(host) ? `[${host}]` : host}:${this.port}`;
       }
       listen() {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           const onError = (err) => reject(err);
           this.server.once("error", onError);
           this.server.listen({ host: this.opts.host ?? "127.0.0.1", port: this.opts.port ?? 0 }, () => {
             this.server.off("error", onError);
             this.port = this.server.address().port;
             this.listening = true;
-            resolve6(this.port);
+            resolve8(this.port);
           });
         });
       }
@@ -56257,11 +56257,11 @@ var init_tls_proxy = __esm({
         return n;
       }
       async close() {
-        const closed = this.listening ? new Promise((resolve6) => this.server.close(() => resolve6())) : Promise.resolve();
+        const closed = this.listening ? new Promise((resolve8) => this.server.close(() => resolve8())) : Promise.resolve();
         this.listening = false;
         this.closed = true;
         for (const c of [...this.conns]) this.drop(c);
-        for (const raw of [...this.rawSockets]) raw.destroy();
+        for (const raw2 of [...this.rawSockets]) raw2.destroy();
         await closed;
       }
       onSecure(client) {
@@ -56343,9 +56343,9 @@ var init_errors2 = __esm({
     "use strict";
     grpc = __toESM(require_src3());
     ApiError = class extends Error {
-      constructor(code, message2) {
+      constructor(code2, message2) {
         super(message2);
-        this.code = code;
+        this.code = code2;
         this.name = "ApiError";
       }
       code;
@@ -56455,18 +56455,18 @@ var init_builders = __esm({
         b.graceTimer.unref();
         this.opts.onChange?.();
       }
-      destroy(id, why) {
+      destroy(id, why2) {
         const b = this.live.get(id);
         if (!b) return Promise.resolve();
-        if (!b.destroyed) b.destroyed = this.doDestroy(b, why);
+        if (!b.destroyed) b.destroyed = this.doDestroy(b, why2);
         return b.destroyed;
       }
-      async doDestroy(b, why) {
+      async doDestroy(b, why2) {
         const id = b.id;
         b.state = "destroying";
         if (b.graceTimer) clearTimeout(b.graceTimer);
         if (b.shareKey && this.byShareKey.get(b.shareKey) === b) this.byShareKey.delete(b.shareKey);
-        this.opts.log.info({ builder: id, why }, "destroying builder");
+        this.opts.log.info({ builder: id, why: why2 }, "destroying builder");
         try {
           await b.proxy.close();
           await this.opts.driver.destroy(b.handle);
@@ -56542,9 +56542,9 @@ function reapDecision(lease, now, opts, hasOpenConnections) {
 }
 function balance(bucketSeconds, billedSeconds, activeSeconds) {
   const usedSeconds = billedSeconds + activeSeconds;
-  const raw = bucketSeconds - usedSeconds;
-  const leftSeconds = Math.max(0, raw);
-  const overdraftSeconds = Math.max(0, -raw);
+  const raw2 = bucketSeconds - usedSeconds;
+  const leftSeconds = Math.max(0, raw2);
+  const overdraftSeconds = Math.max(0, -raw2);
   return {
     boughtSeconds: bucketSeconds,
     usedSeconds,
@@ -56627,9 +56627,9 @@ function normalisePlatforms(requested, available) {
   const list = requested.length ? requested : available.slice(0, 1);
   if (list.length > 8) throw invalid(`Invalid platforms: ${list.length} given. Expected at most 8.`);
   const out = [];
-  for (const raw of list) {
-    const p = String(raw).trim().toLowerCase();
-    if (!PLATFORM.test(p)) throw invalid(`Invalid platform '${truncate(raw)}'. Expected os/arch such as linux/amd64.`);
+  for (const raw2 of list) {
+    const p = String(raw2).trim().toLowerCase();
+    if (!PLATFORM.test(p)) throw invalid(`Invalid platform '${truncate(raw2)}'. Expected os/arch such as linux/amd64.`);
     if (!available.includes(p)) {
       throw invalid(`Platform '${p}' is not available on this control plane. Available: ${available.join(", ") || "none"}.`);
     }
@@ -56638,8 +56638,8 @@ function normalisePlatforms(requested, available) {
   return out;
 }
 function truncate(s, n = 80) {
-  const str2 = String(s ?? "");
-  return str2.length > n ? `${str2.slice(0, n)}...` : str2;
+  const str4 = String(s ?? "");
+  return str4.length > n ? `${str4.slice(0, n)}...` : str4;
 }
 var PRINTABLE, PLATFORM, ORG;
 var init_validate = __esm({
@@ -56740,7 +56740,7 @@ var init_leases = __esm({
         const pipelineKey = validateKey(req.pipelineKey, "pipeline_key");
         const jobId = validateKey(req.jobId, "job_id");
         const scope = req.scope === "SCOPE_JOB" ? "job" : "pipeline";
-        const platforms = normalisePlatforms(req.platforms ?? [], this.d.platforms);
+        const platforms2 = normalisePlatforms(req.platforms ?? [], this.d.platforms);
         const id = req.identity;
         const identity = {
           provider: id?.provider ?? "",
@@ -56752,14 +56752,19 @@ var init_leases = __esm({
           runUrl: id?.runUrl ?? ""
         };
         if (!identity.project) throw invalid("Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.");
-        const refs = cacheRefs({
-          registryHost: this.d.registryHost,
-          org,
-          project: identity.project,
-          branch: identity.branch,
-          defaultBranch: identity.defaultBranch || identity.branch,
-          fork: identity.fork
-        });
+        let refs;
+        try {
+          refs = cacheRefs({
+            registryHost: this.d.registryHost,
+            org,
+            project: identity.project,
+            branch: identity.branch,
+            defaultBranch: identity.defaultBranch || identity.branch,
+            fork: identity.fork
+          });
+        } catch (err) {
+          throw invalid(`Invalid identity: ${err.message}`);
+        }
         const left = await this.balanceOf(org);
         if (!canProvision(left.leftSeconds)) {
           this.d.metrics.provisions.inc({ result: "bucket_empty" });
@@ -56772,7 +56777,7 @@ var init_leases = __esm({
         const registryPassword = (0, import_crypto3.randomBytes)(24).toString("base64url");
         const acquired = [];
         try {
-          for (const platform of platforms) {
+          for (const platform of platforms2) {
             const shareKey = scope === "job" ? `${org}\0${pipelineKey}\0job\0${jobId}\0${leaseId}\0${platform}` : `${org}\0${pipelineKey}\0${platform}`;
             const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
             a.builder.proxy.allow(cert.fingerprint);
@@ -56790,7 +56795,7 @@ var init_leases = __esm({
           pipelineKey,
           jobId,
           scope,
-          platforms,
+          platforms: platforms2,
           builderIds: acquired.map((a) => a.builder.id),
           identity,
           actor: identity.actor,
@@ -56964,17 +56969,17 @@ var init_proto = __esm({
 });
 
 // src/server/grpc-api.ts
-function unary(log, name, fn) {
+function unary(log2, name, fn) {
   return (call, callback) => {
     fn(call).then(
       (res) => callback(null, res),
       (err) => {
         if (err instanceof ApiError) return callback({ code: err.code, details: err.message });
         if (err instanceof AuthError) {
-          const code = err.code === "claim_mismatch" ? grpc3.status.PERMISSION_DENIED : grpc3.status.UNAUTHENTICATED;
-          return callback({ code, details: err.message });
+          const code2 = err.code === "claim_mismatch" ? grpc3.status.PERMISSION_DENIED : grpc3.status.UNAUTHENTICATED;
+          return callback({ code: code2, details: err.message });
         }
-        log.error({ rpc: name, err: err instanceof Error ? err.stack : String(err) }, "internal error");
+        log2.error({ rpc: name, err: err instanceof Error ? err.stack : String(err) }, "internal error");
         callback({ code: grpc3.status.INTERNAL, details: `Internal error in ${name}; the control plane's log has the details.` });
       }
     );
@@ -57048,7 +57053,7 @@ var require_reusify = __commonJS({
     function reusify(Constructor) {
       var head = new Constructor();
       var tail = head;
-      function get4() {
+      function get5() {
         var current = head;
         if (current.next) {
           head = current.next;
@@ -57064,7 +57069,7 @@ var require_reusify = __commonJS({
         tail = obj;
       }
       return {
-        get: get4,
+        get: get5,
         release
       };
     }
@@ -57309,41 +57314,41 @@ var require_queue = __commonJS({
       queue.drained = drained;
       return queue;
       function push(value) {
-        var p = new Promise(function(resolve6, reject) {
+        var p = new Promise(function(resolve8, reject) {
           pushCb(value, function(err, result) {
             if (err) {
               reject(err);
               return;
             }
-            resolve6(result);
+            resolve8(result);
           });
         });
         p.catch(noop);
         return p;
       }
       function unshift(value) {
-        var p = new Promise(function(resolve6, reject) {
+        var p = new Promise(function(resolve8, reject) {
           unshiftCb(value, function(err, result) {
             if (err) {
               reject(err);
               return;
             }
-            resolve6(result);
+            resolve8(result);
           });
         });
         p.catch(noop);
         return p;
       }
       function drained() {
-        var p = new Promise(function(resolve6) {
+        var p = new Promise(function(resolve8) {
           process.nextTick(function() {
             if (queue.idle()) {
-              resolve6();
+              resolve8();
             } else {
               var previousDrain = queue.drain;
               queue.drain = function() {
                 if (typeof previousDrain === "function") previousDrain();
-                resolve6();
+                resolve8();
                 queue.drain = previousDrain;
               };
             }
@@ -57366,21 +57371,21 @@ var require_error3 = __commonJS({
       return `${this.name} [${this.code}]: ${this.message}`;
     }
     var FastifyGenericErrorSymbol = /* @__PURE__ */ Symbol.for("fastify-error-generic");
-    function createError(code, message2, statusCode = 500, Base = Error, captureStackTrace = createError.captureStackTrace) {
-      const shouldCreateFastifyGenericError = code === FastifyGenericErrorSymbol;
+    function createError(code2, message2, statusCode = 500, Base = Error, captureStackTrace = createError.captureStackTrace) {
+      const shouldCreateFastifyGenericError = code2 === FastifyGenericErrorSymbol;
       if (shouldCreateFastifyGenericError) {
-        code = "FST_ERR";
+        code2 = "FST_ERR";
       }
-      if (!code) throw new Error("Fastify error code must not be empty");
+      if (!code2) throw new Error("Fastify error code must not be empty");
       if (!message2) throw new Error("Fastify error message must not be empty");
-      code = code.toUpperCase();
+      code2 = code2.toUpperCase();
       !statusCode && (statusCode = void 0);
-      const FastifySpecificErrorSymbol = /* @__PURE__ */ Symbol.for(`fastify-error ${code}`);
+      const FastifySpecificErrorSymbol = /* @__PURE__ */ Symbol.for(`fastify-error ${code2}`);
       function FastifyError2(...args) {
         if (!new.target) {
           return new FastifyError2(...args);
         }
-        this.code = code;
+        this.code = code2;
         this.name = "FastifyError";
         this.statusCode = statusCode;
         const lastElement = args.length - 1;
@@ -57686,8 +57691,8 @@ var require_create_promise = __commonJS({
         reject: null,
         promise: null
       };
-      obj.promise = new Promise((resolve6, reject) => {
-        obj.resolve = resolve6;
+      obj.promise = new Promise((resolve8, reject) => {
+        obj.resolve = resolve8;
         obj.reject = reject;
       });
       return obj;
@@ -57819,7 +57824,7 @@ var require_plugin = __commonJS({
       if (this.loaded) {
         return Promise.resolve();
       }
-      const setup = () => {
+      const setup2 = () => {
         this.server.after((afterErr, callback) => {
           this._error = afterErr;
           this.queue.pause();
@@ -57842,9 +57847,9 @@ var require_plugin = __commonJS({
         this._promise = createPromise();
         res = this._promise.promise;
         if (!this.server) {
-          this.on("start", setup);
+          this.on("start", setup2);
         } else {
-          setup();
+          setup2();
         }
       } else {
         res = Promise.resolve();
@@ -57960,11 +57965,11 @@ var require_thenify = __commonJS({
         return;
       }
       debug("thenify");
-      return (resolve6, reject) => {
+      return (resolve8, reject) => {
         const p = this._loadRegistered();
         return p.then(() => {
           this[kThenifyDoNotWrap] = true;
-          return resolve6(this._server);
+          return resolve8(this._server);
         }, reject);
       };
     }
@@ -58102,12 +58107,12 @@ var require_avvio = __commonJS({
     inherits(Boot, EE);
     if ("asyncDispose" in Symbol) {
       Boot.prototype[Symbol.asyncDispose] = function() {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           this.close((err) => {
             if (err) {
               return reject(err);
             }
-            resolve6();
+            resolve8();
           });
         });
       };
@@ -58254,12 +58259,12 @@ var require_avvio = __commonJS({
           throw new AVV_ERR_CALLBACK_NOT_FN("close", typeof func);
         }
       } else {
-        promise = new Promise(function(resolve6, reject) {
+        promise = new Promise(function(resolve8, reject) {
           func = function(err) {
             if (err) {
               return reject(err);
             }
-            resolve6();
+            resolve8();
           };
         });
       }
@@ -58279,7 +58284,7 @@ var require_avvio = __commonJS({
         queueMicrotask(this.start.bind(this));
         return;
       }
-      return new Promise((resolve6, reject) => {
+      return new Promise((resolve8, reject) => {
         this._readyQ.push(readyPromiseCB);
         this.start();
         const relativeContext = this._current[0].server;
@@ -58287,7 +58292,7 @@ var require_avvio = __commonJS({
           if (err) {
             reject(err);
           } else {
-            resolve6(relativeContext);
+            resolve8(relativeContext);
           }
           process.nextTick(done);
         }
@@ -58625,12 +58630,12 @@ var require_process_warning = __commonJS({
     function createDeprecation(params) {
       return createWarning({ ...params, name: "DeprecationWarning" });
     }
-    function createWarning({ name, code, message: message2, unlimited = false } = {}) {
+    function createWarning({ name, code: code2, message: message2, unlimited = false } = {}) {
       if (!name) throw new Error("Warning name must not be empty");
-      if (!code) throw new Error("Warning code must not be empty");
+      if (!code2) throw new Error("Warning code must not be empty");
       if (!message2) throw new Error("Warning message must not be empty");
       if (typeof unlimited !== "boolean") throw new Error("Warning opts.unlimited must be a boolean");
-      code = code.toUpperCase();
+      code2 = code2.toUpperCase();
       const warningFn = unlimited === true ? function(a, b, c) {
         warning.emitted = true;
         process.emitWarning(warning.format(a, b, c), warning.name, warning.code);
@@ -58652,7 +58657,7 @@ var require_process_warning = __commonJS({
       warning.emitted = false;
       warning.message = message2;
       warning.unlimited = unlimited;
-      warning.code = code;
+      warning.code = code2;
       warning[kWarningFn] = warningFn;
       warning[kWarningSpyData] = null;
       warning.format = function(a, b, c) {
@@ -59682,8 +59687,8 @@ var require_promise = __commonJS({
     var { kTestInternals } = require_symbols3();
     function withResolvers() {
       let res, rej;
-      const promise = new Promise((resolve6, reject) => {
-        res = resolve6;
+      const promise = new Promise((resolve8, reject) => {
+        res = resolve8;
         rej = reject;
       });
       return { promise, resolve: res, reject: rej };
@@ -59707,7 +59712,7 @@ var require_server2 = __commonJS({
     var https3 = require("node:https");
     var http22 = require("node:http2");
     var dns = require("node:dns");
-    var os4 = require("node:os");
+    var os7 = require("node:os");
     var { kState, kOptions, kServerBindings, kHttp2ServerSessions } = require_symbols3();
     var { FSTWRN003 } = require_warnings();
     var { onListenHookRunner } = require_hooks();
@@ -59782,15 +59787,15 @@ var require_server2 = __commonJS({
         if (cb === void 0) {
           const listening = listenPromise.call(this, server, listenOptions);
           return listening.then((address) => {
-            const { promise, resolve: resolve6 } = PonyPromise.withResolvers();
+            const { promise, resolve: resolve8 } = PonyPromise.withResolvers();
             if (host === "localhost") {
               multipleBindings.call(this, server, httpHandler, options, listenOptions, () => {
                 this[kState].listening = true;
-                resolve6(address);
+                resolve8(address);
                 onListenHookRunner(this);
               });
             } else {
-              resolve6(address);
+              resolve8(address);
               onListenHookRunner(this);
             }
             return promise;
@@ -59917,7 +59922,7 @@ var require_server2 = __commonJS({
       }
       return this.ready().then(() => {
         if (this[kState].aborted) return;
-        const { promise, resolve: resolve6, reject } = PonyPromise.withResolvers();
+        const { promise, resolve: resolve8, reject } = PonyPromise.withResolvers();
         const errEventHandler = (err) => {
           cleanup();
           this[kState].listening = false;
@@ -59926,7 +59931,7 @@ var require_server2 = __commonJS({
         const listeningEventHandler = () => {
           cleanup();
           this[kState].listening = true;
-          resolve6(logServerAddress.call(
+          resolve8(logServerAddress.call(
             this,
             server,
             listenOptions.listenTextResolver || defaultResolveServerListeningText
@@ -59969,7 +59974,7 @@ var require_server2 = __commonJS({
     }
     function getAddresses(address) {
       if (address.address === "0.0.0.0") {
-        return Object.values(os4.networkInterfaces()).flatMap((iface) => {
+        return Object.values(os7.networkInterfaces()).flatMap((iface) => {
           return iface.filter((iface2) => iface2.family === "IPv4");
         }).sort((iface) => {
           return iface.internal ? -1 : 1;
@@ -60006,7 +60011,7 @@ var require_server2 = __commonJS({
         session.once("close", function() {
           http2Server[kHttp2ServerSessions].delete(session);
         });
-        session.once("frameError", function(type, code, streamId) {
+        session.once("frameError", function(type, code2, streamId) {
           if (streamId === 0) {
             http2Server[kHttp2ServerSessions].delete(session);
           }
@@ -63318,11 +63323,11 @@ var require_schemas = __commonJS({
       }
       if (routeSchemas.response) {
         const httpCodes = Object.keys(routeSchemas.response);
-        for (const code of httpCodes) {
-          if (isCustomSchemaPrototype(routeSchemas.response[code])) {
+        for (const code2 of httpCodes) {
+          if (isCustomSchemaPrototype(routeSchemas.response[code2])) {
             continue;
           }
-          const contentProperty = routeSchemas.response[code].content;
+          const contentProperty = routeSchemas.response[code2].content;
           if (contentProperty) {
             const keys = Object.keys(contentProperty);
             for (let i = 0; i < keys.length; i++) {
@@ -63345,9 +63350,9 @@ var require_schemas = __commonJS({
       }
       if (schema.response) {
         const httpCodes = Object.keys(schema.response);
-        for (const code of httpCodes) {
-          if (schema.response[code].isFluentSchema || schema.response[code][kFluentSchema]) {
-            schema.response[code] = schema.response[code].valueOf();
+        for (const code2 of httpCodes) {
+          if (schema.response[code2].isFluentSchema || schema.response[code2][kFluentSchema]) {
+            schema.response[code2] = schema.response[code2].valueOf();
           }
         }
       }
@@ -63433,8 +63438,8 @@ var require_serializer2 = __commonJS({
     var STR_ESCAPE = /[\u0000-\u001f\u0022\u005c\ud800-\udfff]/;
     var { HAS_FAST_JSON_STRINGIFY } = require_v8();
     var NATIVE_STRING_ESCAPE_MIN_LENGTH = 8;
-    function escapeStringNative(str2) {
-      return str2.length < NATIVE_STRING_ESCAPE_MIN_LENGTH ? escapeStringLoop(str2) : JSON.stringify(str2);
+    function escapeStringNative(str4) {
+      return str4.length < NATIVE_STRING_ESCAPE_MIN_LENGTH ? escapeStringLoop(str4) : JSON.stringify(str4);
     }
     var TWO_DIGITS = new Array(100);
     for (let i = 0; i < 100; i++) {
@@ -63447,8 +63452,8 @@ var require_serializer2 = __commonJS({
       if (year2 >= 0) return "000" + year2;
       return null;
     }
-    function escapeStringLoop(str2) {
-      const len = str2.length;
+    function escapeStringLoop(str4) {
+      const len = str4.length;
       if (len === 0) {
         return '""';
       } else if (len < 42) {
@@ -63456,21 +63461,21 @@ var require_serializer2 = __commonJS({
         let last = -1;
         let point = 255;
         for (let i = 0; i < len; i++) {
-          point = str2.charCodeAt(i);
+          point = str4.charCodeAt(i);
           if (point === 34 || // '"'
           point === 92) {
             last === -1 && (last = 0);
-            result += str2.slice(last, i) + "\\";
+            result += str4.slice(last, i) + "\\";
             last = i;
           } else if (point < 32 || point >= 55296 && point <= 57343) {
-            return JSON.stringify(str2);
+            return JSON.stringify(str4);
           }
         }
-        return last === -1 && '"' + str2 + '"' || '"' + result + str2.slice(last) + '"';
-      } else if (len < 5e3 && STR_ESCAPE.test(str2) === false) {
-        return '"' + str2 + '"';
+        return last === -1 && '"' + str4 + '"' || '"' + result + str4.slice(last) + '"';
+      } else if (len < 5e3 && STR_ESCAPE.test(str4) === false) {
+        return '"' + str4 + '"';
       } else {
-        return JSON.stringify(str2);
+        return JSON.stringify(str4);
       }
     }
     var asString = [escapeStringLoop, escapeStringNative][Number(HAS_FAST_JSON_STRINGIFY)];
@@ -63508,13 +63513,13 @@ var require_serializer2 = __commonJS({
         return "" + integer;
       }
       asNumber(i) {
-        const num2 = Number(i);
-        if (num2 !== num2) {
+        const num3 = Number(i);
+        if (num3 !== num3) {
           throw new Error(`The value "${i}" cannot be converted to a number.`);
-        } else if (num2 === Infinity || num2 === -Infinity) {
+        } else if (num3 === Infinity || num3 === -Infinity) {
           return "null";
         } else {
-          return "" + num2;
+          return "" + num3;
         }
       }
       asBoolean(bool) {
@@ -63561,11 +63566,11 @@ var require_serializer2 = __commonJS({
         }
         throw new Error(`The value "${date}" cannot be converted to a time.`);
       }
-      asString(str2) {
-        return asString(str2);
+      asString(str4) {
+        return asString(str4);
       }
-      asUnsafeString(str2) {
-        return '"' + str2 + '"';
+      asUnsafeString(str4) {
+        return '"' + str4 + '"';
       }
       // Copy primitive strings once, ignoring array/prototype toJSON hooks. On a
       // miss, serialize the captured prefix and coerce the remaining items in order,
@@ -64060,7 +64065,7 @@ var require_reply = __commonJS({
     var ContentType = require_content_type();
     var toString = Object.prototype.toString;
     var HTTP2_WRITE_CHUNK_SIZE = 64 * 1024;
-    function Reply(res, request2, log) {
+    function Reply(res, request2, log2) {
       this.raw = res;
       this[kReplySerializer] = null;
       this[kReplyErrorHandlerCalled] = false;
@@ -64071,7 +64076,7 @@ var require_reply = __commonJS({
       this[kReplyTrailers] = null;
       this[kReplyHasStatusCode] = false;
       this[kReplyStartTime] = void 0;
-      this.log = log;
+      this.log = log2;
     }
     Reply.props = [];
     Reply.instanceProperties = /* @__PURE__ */ new Set(["raw", "request", "log"]);
@@ -64288,10 +64293,10 @@ var require_reply = __commonJS({
       this[kReplyTrailers][key.toLowerCase()] = void 0;
       return this;
     };
-    Reply.prototype.code = function(code) {
-      const statusCode = +code;
+    Reply.prototype.code = function(code2) {
+      const statusCode = +code2;
       if (!(statusCode >= 100 && statusCode <= 599)) {
-        throw new FST_ERR_BAD_STATUS_CODE(code || String(code));
+        throw new FST_ERR_BAD_STATUS_CODE(code2 || String(code2));
       }
       this.raw.statusCode = statusCode;
       this[kReplyHasStatusCode] = true;
@@ -64376,11 +64381,11 @@ var require_reply = __commonJS({
       this[kReplyHeaders]["content-type"] = type;
       return this;
     };
-    Reply.prototype.redirect = function(url, code) {
-      if (!code) {
-        code = this[kReplyHasStatusCode] ? this.raw.statusCode : 302;
+    Reply.prototype.redirect = function(url, code2) {
+      if (!code2) {
+        code2 = this[kReplyHasStatusCode] ? this.raw.statusCode : 302;
       }
-      return this.header("location", url).code(code).send();
+      return this.header("location", url).code(code2).send();
     };
     Reply.prototype.callNotFound = function() {
       notFound2(this);
@@ -64603,14 +64608,14 @@ var require_reply = __commonJS({
       let sourceOpen = true;
       let errorLogged = false;
       let waitingDrain = false;
-      const reader = payload.getReader();
+      const reader2 = payload.getReader();
       eos(res, function(err) {
         if (sourceOpen) {
           if (err != null && res.headersSent && !errorLogged) {
             errorLogged = true;
             logStreamError(err, reply, res);
           }
-          reader.cancel().catch(noop);
+          reader2.cancel().catch(noop);
         }
       });
       if (!res.headersSent) {
@@ -64628,7 +64633,7 @@ var require_reply = __commonJS({
         }
         if (res.destroyed) {
           sourceOpen = false;
-          reader.cancel().catch(noop);
+          reader2.cancel().catch(noop);
           return;
         }
         const shouldContinue = res.write(result.value);
@@ -64637,14 +64642,14 @@ var require_reply = __commonJS({
           res.once("drain", onDrain);
           return;
         }
-        reader.read().then(onRead, onReadError);
+        reader2.read().then(onRead, onReadError);
       }
       function onDrain() {
         if (!waitingDrain || !sourceOpen || res.destroyed) {
           return;
         }
         waitingDrain = false;
-        reader.read().then(onRead, onReadError);
+        reader2.read().then(onRead, onReadError);
       }
       function onReadError(err) {
         sourceOpen = false;
@@ -64658,7 +64663,7 @@ var require_reply = __commonJS({
           onErrorHook(reply, err);
         }
       }
-      reader.read().then(onRead, onReadError);
+      reader2.read().then(onRead, onReadError);
     }
     function sendStream(payload, res, reply) {
       let sourceOpen = true;
@@ -64801,7 +64806,7 @@ var require_reply = __commonJS({
     }
     function buildReply(R) {
       const props = R.props.slice();
-      function _Reply(res, request2, log) {
+      function _Reply(res, request2, log2) {
         this.raw = res;
         this[kReplyIsError] = false;
         this[kReplyErrorHandlerCalled] = false;
@@ -64812,7 +64817,7 @@ var require_reply = __commonJS({
         this[kReplyTrailers] = null;
         this[kReplyStartTime] = void 0;
         this[kReplyEndTime] = void 0;
-        this.log = log;
+        this.log = log2;
         let prop;
         for (let i = 0; i < props.length; i++) {
           prop = props[i];
@@ -65783,11 +65788,11 @@ var require_proxy_addr = __commonJS({
     }
     function parseipNotation(note) {
       const pos = note.lastIndexOf("/");
-      const str2 = pos !== -1 ? note.substring(0, pos) : note;
-      if (!isip(str2)) {
-        throw new TypeError("invalid IP address: " + str2);
+      const str4 = pos !== -1 ? note.substring(0, pos) : note;
+      if (!isip(str4)) {
+        throw new TypeError("invalid IP address: " + str4);
       }
-      let ip = parseip(str2);
+      let ip = parseip(str4);
       if (pos === -1 && ip.kind() === "ipv6" && ip.isIPv4MappedAddress()) {
         ip = ip.toIPv4Address();
       }
@@ -65928,13 +65933,13 @@ var require_request = __commonJS({
       querystring: kSchemaQuerystring,
       query: kSchemaQuerystring
     };
-    function Request(id, params, req, query, log, context) {
+    function Request(id, params, req, query, log2, context) {
       this.id = id;
       this[kRouteContext] = context;
       this.params = params;
       this.raw = req;
       this.query = query;
-      this.log = log;
+      this.log = log2;
       this.body = void 0;
     }
     Request.props = [];
@@ -65967,13 +65972,13 @@ var require_request = __commonJS({
     }
     function buildRegularRequest(R) {
       const props = R.props.slice();
-      function _Request(id, params, req, query, log, context) {
+      function _Request(id, params, req, query, log2, context) {
         this.id = id;
         this[kRouteContext] = context;
         this.params = params;
         this.raw = req;
         this.query = query;
-        this.log = log;
+        this.log = log2;
         this.body = void 0;
         let prop;
         for (let i = 0; i < props.length; i++) {
@@ -66823,9 +66828,9 @@ var require_code = __commonJS({
     };
     exports2.Name = Name;
     var _Code = class extends _CodeOrName {
-      constructor(code) {
+      constructor(code2) {
         super();
-        this._items = typeof code === "string" ? [code] : code;
+        this._items = typeof code2 === "string" ? [code2] : code2;
       }
       toString() {
         return this.str;
@@ -66852,17 +66857,17 @@ var require_code = __commonJS({
     exports2._Code = _Code;
     exports2.nil = new _Code("");
     function _(strs, ...args) {
-      const code = [strs[0]];
+      const code2 = [strs[0]];
       let i = 0;
       while (i < args.length) {
-        addCodeArg(code, args[i]);
-        code.push(strs[++i]);
+        addCodeArg(code2, args[i]);
+        code2.push(strs[++i]);
       }
-      return new _Code(code);
+      return new _Code(code2);
     }
     exports2._ = _;
     var plus = new _Code("+");
-    function str2(strs, ...args) {
+    function str4(strs, ...args) {
       const expr = [safeStringify(strs[0])];
       let i = 0;
       while (i < args.length) {
@@ -66873,14 +66878,14 @@ var require_code = __commonJS({
       optimize(expr);
       return new _Code(expr);
     }
-    exports2.str = str2;
-    function addCodeArg(code, arg) {
+    exports2.str = str4;
+    function addCodeArg(code2, arg) {
       if (arg instanceof _Code)
-        code.push(...arg._items);
+        code2.push(...arg._items);
       else if (arg instanceof Name)
-        code.push(arg);
+        code2.push(arg);
       else
-        code.push(interpolate(arg));
+        code2.push(interpolate(arg));
     }
     exports2.addCodeArg = addCodeArg;
     function optimize(expr) {
@@ -66916,7 +66921,7 @@ var require_code = __commonJS({
       return;
     }
     function strConcat(c1, c2) {
-      return c2.emptyStr() ? c1 : c1.emptyStr() ? c2 : str2`${c1}${c2}`;
+      return c2.emptyStr() ? c1 : c1.emptyStr() ? c2 : str4`${c1}${c2}`;
     }
     exports2.strConcat = strConcat;
     function interpolate(x) {
@@ -67064,7 +67069,7 @@ var require_scope = __commonJS({
         }, usedValues, getCode);
       }
       _reduceValues(values, valueCode, usedValues = {}, getCode) {
-        let code = code_1.nil;
+        let code2 = code_1.nil;
         for (const prefix in values) {
           const vs = values[prefix];
           if (!vs)
@@ -67077,16 +67082,16 @@ var require_scope = __commonJS({
             let c = valueCode(name);
             if (c) {
               const def = this.opts.es5 ? exports2.varKinds.var : exports2.varKinds.const;
-              code = (0, code_1._)`${code}${def} ${name} = ${c};${this.opts._n}`;
+              code2 = (0, code_1._)`${code2}${def} ${name} = ${c};${this.opts._n}`;
             } else if (c = getCode === null || getCode === void 0 ? void 0 : getCode(name)) {
-              code = (0, code_1._)`${code}${c}${this.opts._n}`;
+              code2 = (0, code_1._)`${code2}${c}${this.opts._n}`;
             } else {
               throw new ValueError(name);
             }
             nameSet.set(name, UsedValueState.Completed);
           });
         }
-        return code;
+        return code2;
       }
     };
     exports2.ValueScope = ValueScope;
@@ -67246,9 +67251,9 @@ var require_codegen2 = __commonJS({
       }
     };
     var AnyCode = class extends Node {
-      constructor(code) {
+      constructor(code2) {
         super();
-        this.code = code;
+        this.code = code2;
       }
       render({ _n }) {
         return `${this.code};` + _n;
@@ -67270,7 +67275,7 @@ var require_codegen2 = __commonJS({
         this.nodes = nodes;
       }
       render(opts) {
-        return this.nodes.reduce((code, n) => code + n.render(opts), "");
+        return this.nodes.reduce((code2, n) => code2 + n.render(opts), "");
       }
       optimizeNodes() {
         const { nodes } = this;
@@ -67318,10 +67323,10 @@ var require_codegen2 = __commonJS({
         this.condition = condition;
       }
       render(opts) {
-        let code = `if(${this.condition})` + super.render(opts);
+        let code2 = `if(${this.condition})` + super.render(opts);
         if (this.else)
-          code += "else " + this.else.render(opts);
-        return code;
+          code2 += "else " + this.else.render(opts);
+        return code2;
       }
       optimizeNodes() {
         super.optimizeNodes();
@@ -67442,12 +67447,12 @@ var require_codegen2 = __commonJS({
     Return.kind = "return";
     var Try = class extends BlockNode {
       render(opts) {
-        let code = "try" + super.render(opts);
+        let code2 = "try" + super.render(opts);
         if (this.catch)
-          code += this.catch.render(opts);
+          code2 += this.catch.render(opts);
         if (this.finally)
-          code += this.finally.render(opts);
-        return code;
+          code2 += this.finally.render(opts);
+        return code2;
       }
       optimizeNodes() {
         var _a, _b;
@@ -67564,18 +67569,18 @@ var require_codegen2 = __commonJS({
       }
       // returns code for object literal for the passed argument list of key-value pairs
       object(...keyValues) {
-        const code = ["{"];
+        const code2 = ["{"];
         for (const [key, value] of keyValues) {
-          if (code.length > 1)
-            code.push(",");
-          code.push(key);
+          if (code2.length > 1)
+            code2.push(",");
+          code2.push(key);
           if (key !== value || this.opts.es5) {
-            code.push(":");
-            (0, code_1.addCodeArg)(code, value);
+            code2.push(":");
+            (0, code_1.addCodeArg)(code2, value);
           }
         }
-        code.push("}");
-        return new code_1._Code(code);
+        code2.push("}");
+        return new code_1._Code(code2);
       }
       // `if` clause (or statement if `thenBody` and, optionally, `elseBody` are passed)
       if(condition, thenBody, elseBody) {
@@ -67878,22 +67883,22 @@ var require_util3 = __commonJS({
       return (0, codegen_1._)`${topSchemaRef}${schemaPath}${(0, codegen_1.getProperty)(keyword)}`;
     }
     exports2.schemaRefOrVal = schemaRefOrVal;
-    function unescapeFragment(str2) {
-      return unescapeJsonPointer(decodeURIComponent(str2));
+    function unescapeFragment(str4) {
+      return unescapeJsonPointer(decodeURIComponent(str4));
     }
     exports2.unescapeFragment = unescapeFragment;
-    function escapeFragment(str2) {
-      return encodeURIComponent(escapeJsonPointer(str2));
+    function escapeFragment(str4) {
+      return encodeURIComponent(escapeJsonPointer(str4));
     }
     exports2.escapeFragment = escapeFragment;
-    function escapeJsonPointer(str2) {
-      if (typeof str2 == "number")
-        return `${str2}`;
-      return str2.replace(/~/g, "~0").replace(/\//g, "~1");
+    function escapeJsonPointer(str4) {
+      if (typeof str4 == "number")
+        return `${str4}`;
+      return str4.replace(/~/g, "~0").replace(/\//g, "~1");
     }
     exports2.escapeJsonPointer = escapeJsonPointer;
-    function unescapeJsonPointer(str2) {
-      return str2.replace(/~1/g, "/").replace(/~0/g, "~");
+    function unescapeJsonPointer(str4) {
+      return str4.replace(/~1/g, "/").replace(/~0/g, "~");
     }
     exports2.unescapeJsonPointer = unescapeJsonPointer;
     function eachItem(xs, f) {
@@ -68918,8 +68923,8 @@ var require_json_schema_traverse = __commonJS({
         post(schema, jsonPtr, rootSchema, parentJsonPtr, parentKeyword, parentSchema, keyIndex);
       }
     }
-    function escapeJsonPtr(str2) {
-      return str2.replace(/~/g, "~0").replace(/\//g, "~1");
+    function escapeJsonPtr(str4) {
+      return str4.replace(/~/g, "~0").replace(/\//g, "~1");
     }
   }
 });
@@ -69745,7 +69750,7 @@ var require_compile = __commonJS({
       const schOrFunc = root.refs[ref];
       if (schOrFunc)
         return schOrFunc;
-      let _sch = resolve6.call(this, root, ref);
+      let _sch = resolve8.call(this, root, ref);
       if (_sch === void 0) {
         const schema = (_a = root.localRefs) === null || _a === void 0 ? void 0 : _a[ref];
         const { schemaId } = this.opts;
@@ -69772,7 +69777,7 @@ var require_compile = __commonJS({
     function sameSchemaEnv(s1, s2) {
       return s1.schema === s2.schema && s1.root === s2.root && s1.baseId === s2.baseId;
     }
-    function resolve6(root, ref) {
+    function resolve8(root, ref) {
       let sch;
       while (typeof (sch = this.refs[ref]) == "string")
         ref = sch;
@@ -69894,22 +69899,22 @@ var require_utils2 = __commonJS({
     }
     function stringArrayToHexStripped(input) {
       let acc = "";
-      let code = 0;
+      let code2 = 0;
       let i = 0;
       for (i = 0; i < input.length; i++) {
-        code = input[i].charCodeAt(0);
-        if (code === 48) {
+        code2 = input[i].charCodeAt(0);
+        if (code2 === 48) {
           continue;
         }
-        if (!(code >= 48 && code <= 57 || code >= 65 && code <= 70 || code >= 97 && code <= 102)) {
+        if (!(code2 >= 48 && code2 <= 57 || code2 >= 65 && code2 <= 70 || code2 >= 97 && code2 <= 102)) {
           return "";
         }
         acc += input[i];
         break;
       }
       for (i += 1; i < input.length; i++) {
-        code = input[i].charCodeAt(0);
-        if (!(code >= 48 && code <= 57 || code >= 65 && code <= 70 || code >= 97 && code <= 102)) {
+        code2 = input[i].charCodeAt(0);
+        if (!(code2 >= 48 && code2 <= 57 || code2 >= 65 && code2 <= 70 || code2 >= 97 && code2 <= 102)) {
           return "";
         }
         acc += input[i];
@@ -70016,15 +70021,15 @@ var require_utils2 = __commonJS({
         isIPV6: true
       };
     }
-    function findToken(str2, token) {
+    function findToken(str4, token) {
       let ind = 0;
-      for (let i = 0; i < str2.length; i++) {
-        if (str2[i] === token) ind++;
+      for (let i = 0; i < str4.length; i++) {
+        if (str4[i] === token) ind++;
       }
       return ind;
     }
-    function removeDotSegments(path10) {
-      let input = path10;
+    function removeDotSegments(path18) {
+      let input = path18;
       const output = [];
       let nextSlash = -1;
       let len = 0;
@@ -70098,11 +70103,11 @@ var require_utils2 = __commonJS({
       }
       return output.join("");
     }
-    function removeDotSegmentsRelative(path10) {
-      if (path10 === "" || path10[0] === "/") {
-        return removeDotSegments(path10);
+    function removeDotSegmentsRelative(path18) {
+      if (path18 === "" || path18[0] === "/") {
+        return removeDotSegments(path18);
       }
-      const segments = path10.split("/");
+      const segments = path18.split("/");
       const last = segments.length - 1;
       const output = [];
       let trailingDirectory = false;
@@ -70182,15 +70187,15 @@ var require_utils2 = __commonJS({
         if (isPathCharacter(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += isEscapeSafe(code) ? ch : BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += isEscapeSafe(code2) ? ch : BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -70221,15 +70226,15 @@ var require_utils2 = __commonJS({
         if (isPathCharacter(ch) && (ch !== ":" || !firstSegment)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -70256,15 +70261,15 @@ var require_utils2 = __commonJS({
         if (isAllowed(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -70309,15 +70314,15 @@ var require_utils2 = __commonJS({
         if (isQueryFragmentCharacter(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += isEscapeSafe(code) ? ch : BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += isEscapeSafe(code2) ? ch : BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -70465,8 +70470,8 @@ var require_schemes = __commonJS({
       }
       if (wsComponent.resourceName) {
         const queryIndex = wsComponent.resourceName.indexOf("?");
-        const path10 = queryIndex === -1 ? wsComponent.resourceName : wsComponent.resourceName.slice(0, queryIndex);
-        wsComponent.path = path10 && path10 !== "/" ? path10 : void 0;
+        const path18 = queryIndex === -1 ? wsComponent.resourceName : wsComponent.resourceName.slice(0, queryIndex);
+        wsComponent.path = path18 && path18 !== "/" ? path18 : void 0;
         wsComponent.query = queryIndex === -1 ? void 0 : wsComponent.resourceName.slice(queryIndex + 1);
         wsComponent.resourceName = void 0;
       }
@@ -70636,7 +70641,7 @@ var require_fast_uri = __commonJS({
       }
       return uri;
     }
-    function resolve6(baseURI, relativeURI, options) {
+    function resolve8(baseURI, relativeURI, options) {
       const schemelessOptions = options ? Object.assign({ scheme: "null" }, options) : { scheme: "null" };
       const {
         parsed: baseParsed,
@@ -70814,12 +70819,12 @@ var require_fast_uri = __commonJS({
     }
     function hasMalformedPercentEncoding(component) {
       if (component === void 0) return false;
-      let percent = component.indexOf("%");
-      while (percent !== -1) {
-        if (percent + 2 >= component.length || !/^[\da-f]{2}$/iu.test(component.slice(percent + 1, percent + 3))) {
+      let percent2 = component.indexOf("%");
+      while (percent2 !== -1) {
+        if (percent2 + 2 >= component.length || !/^[\da-f]{2}$/iu.test(component.slice(percent2 + 1, percent2 + 3))) {
           return true;
         }
-        percent = component.indexOf("%", percent + 3);
+        percent2 = component.indexOf("%", percent2 + 3);
       }
       return false;
     }
@@ -71027,7 +71032,7 @@ var require_fast_uri = __commonJS({
     var fastUri = {
       SCHEMES,
       normalize: normalize2,
-      resolve: resolve6,
+      resolve: resolve8,
       resolveComponent,
       equal,
       serialize,
@@ -71089,7 +71094,7 @@ var require_core = __commonJS({
     var util_1 = require_util3();
     var $dataRefSchema = require_data();
     var uri_1 = require_uri();
-    var defaultRegExp = (str2, flags) => new RegExp(str2, flags);
+    var defaultRegExp = (str4, flags) => new RegExp(str4, flags);
     defaultRegExp.code = "new RegExp";
     var META_IGNORE_OPTIONS = ["removeAdditional", "useDefaults", "coerceTypes"];
     var EXT_SCOPE_NAMES = /* @__PURE__ */ new Set([
@@ -71531,11 +71536,11 @@ var require_core = __commonJS({
     Ajv.ValidationError = validation_error_1.default;
     Ajv.MissingRefError = ref_error_1.default;
     exports2.default = Ajv;
-    function checkOptions(checkOpts, options, msg, log = "error") {
+    function checkOptions(checkOpts, options, msg, log2 = "error") {
       for (const key in checkOpts) {
         const opt = key;
         if (opt in options)
-          this.logger[log](`${msg}: option ${key}. ${checkOpts[opt]}`);
+          this.logger[log2](`${msg}: option ${key}. ${checkOpts[opt]}`);
       }
     }
     function getSchEnv(keyRef) {
@@ -71884,16 +71889,16 @@ var require_ucs2length = __commonJS({
   "node_modules/ajv/dist/runtime/ucs2length.js"(exports2) {
     "use strict";
     Object.defineProperty(exports2, "__esModule", { value: true });
-    function ucs2length(str2) {
-      const len = str2.length;
+    function ucs2length(str4) {
+      const len = str4.length;
       let length = 0;
       let pos = 0;
       let value;
       while (pos < len) {
         length++;
-        value = str2.charCodeAt(pos++);
+        value = str4.charCodeAt(pos++);
         if (value >= 55296 && value <= 56319 && pos < len) {
-          value = str2.charCodeAt(pos);
+          value = str4.charCodeAt(pos);
           if ((value & 64512) === 56320)
             pos++;
         }
@@ -73275,8 +73280,8 @@ var require_format = __commonJS({
             }
           }
           function getFormat(fmtDef) {
-            const code = fmtDef instanceof RegExp ? (0, codegen_1.regexpCode)(fmtDef) : opts.code.formats ? (0, codegen_1._)`${opts.code.formats}${(0, codegen_1.getProperty)(schema)}` : void 0;
-            const fmt2 = gen.scopeValue("formats", { key: schema, ref: fmtDef, code });
+            const code2 = fmtDef instanceof RegExp ? (0, codegen_1.regexpCode)(fmtDef) : opts.code.formats ? (0, codegen_1._)`${opts.code.formats}${(0, codegen_1.getProperty)(schema)}` : void 0;
+            const fmt2 = gen.scopeValue("formats", { key: schema, ref: fmtDef, code: code2 });
             if (typeof fmtDef == "object" && !(fmtDef instanceof RegExp)) {
               return [fmtDef.type || "string", fmtDef.validate, (0, codegen_1._)`${fmt2}.validate`];
             }
@@ -73809,13 +73814,13 @@ var require_timestamp = __commonJS({
     var DATE = /^(\d\d\d\d)-(\d\d)-(\d\d)$/;
     var TIME = /^(\d\d):(\d\d):(\d\d)(?:\.\d+)?(?:z|([+-]\d\d)(?::?(\d\d))?)$/i;
     var DAYS = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    function validTimestamp(str2, allowDate) {
-      const dt = str2.split(DT_SEPARATOR);
+    function validTimestamp(str4, allowDate) {
+      const dt = str4.split(DT_SEPARATOR);
       return dt.length === 2 && validDate(dt[0]) && validTime(dt[1]) || allowDate && dt.length === 1 && validDate(dt[0]);
     }
     exports2.default = validTimestamp;
-    function validDate(str2) {
-      const matches = DATE.exec(str2);
+    function validDate(str4) {
+      const matches = DATE.exec(str4);
       if (!matches)
         return false;
       const y = +matches[1];
@@ -73824,8 +73829,8 @@ var require_timestamp = __commonJS({
       return m >= 1 && m <= 12 && d >= 1 && (d <= DAYS[m] || // leap year: https://tools.ietf.org/html/rfc3339#appendix-C
       m === 2 && d === 29 && (y % 100 === 0 ? y % 400 === 0 : y % 4 === 0));
     }
-    function validTime(str2) {
-      const matches = TIME.exec(str2);
+    function validTime(str4) {
+      const matches = TIME.exec(str4);
       if (!matches)
         return false;
       const hr = +matches[1];
@@ -74888,7 +74893,7 @@ var require_parseJson = __commonJS({
     var CODE_A = "a".charCodeAt(0);
     var CODE_0 = "0".charCodeAt(0);
     function parseJsonString(s, pos) {
-      let str2 = "";
+      let str4 = "";
       let c;
       parseJsonString.message = void 0;
       while (true) {
@@ -74898,14 +74903,14 @@ var require_parseJson = __commonJS({
         if (c === "\\") {
           c = s[pos];
           if (c in escapedChars) {
-            str2 += escapedChars[c];
+            str4 += escapedChars[c];
             pos++;
           } else if (c === "u") {
             pos++;
             let count = 4;
-            let code = 0;
+            let code2 = 0;
             while (count--) {
-              code <<= 4;
+              code2 <<= 4;
               c = s[pos];
               if (c === void 0) {
                 errorMessage("unexpected end");
@@ -74913,16 +74918,16 @@ var require_parseJson = __commonJS({
               }
               c = c.toLowerCase();
               if (c >= "a" && c <= "f") {
-                code += c.charCodeAt(0) - CODE_A + 10;
+                code2 += c.charCodeAt(0) - CODE_A + 10;
               } else if (c >= "0" && c <= "9") {
-                code += c.charCodeAt(0) - CODE_0;
+                code2 += c.charCodeAt(0) - CODE_0;
               } else {
                 errorMessage(`unexpected token ${c}`);
                 return void 0;
               }
               pos++;
             }
-            str2 += String.fromCharCode(code);
+            str4 += String.fromCharCode(code2);
           } else {
             errorMessage(`unexpected token ${c}`);
             return void 0;
@@ -74932,7 +74937,7 @@ var require_parseJson = __commonJS({
           return void 0;
         } else {
           if (c.charCodeAt(0) >= 32) {
-            str2 += c;
+            str4 += c;
           } else {
             errorMessage(`unexpected token ${c}`);
             return void 0;
@@ -74940,7 +74945,7 @@ var require_parseJson = __commonJS({
         }
       }
       parseJsonString.position = pos;
-      return str2;
+      return str4;
       function errorMessage(msg) {
         parseJsonString.position = pos;
         parseJsonString.message = msg;
@@ -75410,22 +75415,22 @@ var require_utils3 = __commonJS({
     var isLiteralRegName = RegExp.prototype.test.bind(/^[A-Za-z0-9\-._~!$&'()*+,;=]*$/u);
     function stringArrayToHexStripped(input) {
       let acc = "";
-      let code = 0;
+      let code2 = 0;
       let i = 0;
       for (i = 0; i < input.length; i++) {
-        code = input[i].charCodeAt(0);
-        if (code === 48) {
+        code2 = input[i].charCodeAt(0);
+        if (code2 === 48) {
           continue;
         }
-        if (!(code >= 48 && code <= 57 || code >= 65 && code <= 70 || code >= 97 && code <= 102)) {
+        if (!(code2 >= 48 && code2 <= 57 || code2 >= 65 && code2 <= 70 || code2 >= 97 && code2 <= 102)) {
           return "";
         }
         acc += input[i];
         break;
       }
       for (i += 1; i < input.length; i++) {
-        code = input[i].charCodeAt(0);
-        if (!(code >= 48 && code <= 57 || code >= 65 && code <= 70 || code >= 97 && code <= 102)) {
+        code2 = input[i].charCodeAt(0);
+        if (!(code2 >= 48 && code2 <= 57 || code2 >= 65 && code2 <= 70 || code2 >= 97 && code2 <= 102)) {
           return "";
         }
         acc += input[i];
@@ -75537,15 +75542,15 @@ var require_utils3 = __commonJS({
         isIPV6: true
       };
     }
-    function findToken(str2, token) {
+    function findToken(str4, token) {
       let ind = 0;
-      for (let i = 0; i < str2.length; i++) {
-        if (str2[i] === token) ind++;
+      for (let i = 0; i < str4.length; i++) {
+        if (str4[i] === token) ind++;
       }
       return ind;
     }
-    function removeDotSegments(path10) {
-      let input = path10;
+    function removeDotSegments(path18) {
+      let input = path18;
       const output = [];
       let nextSlash = -1;
       let len = 0;
@@ -75619,11 +75624,11 @@ var require_utils3 = __commonJS({
       }
       return output.join("");
     }
-    function removeDotSegmentsRelative(path10) {
-      if (path10 === "" || path10[0] === "/") {
-        return removeDotSegments(path10);
+    function removeDotSegmentsRelative(path18) {
+      if (path18 === "" || path18[0] === "/") {
+        return removeDotSegments(path18);
       }
-      const segments = path10.split("/");
+      const segments = path18.split("/");
       const last = segments.length - 1;
       const output = [];
       let trailingDirectory = false;
@@ -75724,15 +75729,15 @@ var require_utils3 = __commonJS({
         if (isPathCharacter(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += isEscapeSafe(code) ? ch : BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += isEscapeSafe(code2) ? ch : BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -75763,15 +75768,15 @@ var require_utils3 = __commonJS({
         if (isPathCharacter(ch) && (ch !== ":" || !firstSegment)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -75804,15 +75809,15 @@ var require_utils3 = __commonJS({
         if (isQueryFragmentCharacter(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += isEscapeSafe(code) ? ch : BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += isEscapeSafe(code2) ? ch : BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += percentEncodeNonAscii(65533);
@@ -75839,15 +75844,15 @@ var require_utils3 = __commonJS({
         if (isAllowed(ch)) {
           output += ch;
         } else {
-          const code = input.charCodeAt(i);
-          if (code < 128) {
-            output += BYTE_HEX[code];
-          } else if (code < 55296 || code > 57343) {
-            output += allowNonAscii ? ch : percentEncodeNonAscii(code);
-          } else if (code <= 56319 && i + 1 < input.length) {
+          const code2 = input.charCodeAt(i);
+          if (code2 < 128) {
+            output += BYTE_HEX[code2];
+          } else if (code2 < 55296 || code2 > 57343) {
+            output += allowNonAscii ? ch : percentEncodeNonAscii(code2);
+          } else if (code2 <= 56319 && i + 1 < input.length) {
             const low = input.charCodeAt(i + 1);
             if (low >= 56320 && low <= 57343) {
-              output += allowNonAscii ? ch + input[i + 1] : percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+              output += allowNonAscii ? ch + input[i + 1] : percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
               i++;
             } else {
               output += allowNonAscii ? "�" : percentEncodeNonAscii(65533);
@@ -75880,15 +75885,15 @@ var require_utils3 = __commonJS({
             continue;
           }
         }
-        const code = input.charCodeAt(i);
-        if (code < 128) {
-          output += isEscapeSafe(code) ? ch : BYTE_HEX[code];
-        } else if (code < 55296 || code > 57343) {
-          output += percentEncodeNonAscii(code);
-        } else if (code <= 56319 && i + 1 < input.length) {
+        const code2 = input.charCodeAt(i);
+        if (code2 < 128) {
+          output += isEscapeSafe(code2) ? ch : BYTE_HEX[code2];
+        } else if (code2 < 55296 || code2 > 57343) {
+          output += percentEncodeNonAscii(code2);
+        } else if (code2 <= 56319 && i + 1 < input.length) {
           const low = input.charCodeAt(i + 1);
           if (low >= 56320 && low <= 57343) {
-            output += percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+            output += percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
             i++;
           } else {
             output += percentEncodeNonAscii(65533);
@@ -76043,8 +76048,8 @@ var require_schemes2 = __commonJS({
       }
       if (wsComponent.resourceName) {
         const queryIndex = wsComponent.resourceName.indexOf("?");
-        const path10 = queryIndex === -1 ? wsComponent.resourceName : wsComponent.resourceName.slice(0, queryIndex);
-        wsComponent.path = path10 && path10 !== "/" ? path10 : void 0;
+        const path18 = queryIndex === -1 ? wsComponent.resourceName : wsComponent.resourceName.slice(0, queryIndex);
+        wsComponent.path = path18 && path18 !== "/" ? path18 : void 0;
         wsComponent.query = queryIndex === -1 ? void 0 : wsComponent.resourceName.slice(queryIndex + 1);
         wsComponent.resourceName = void 0;
       }
@@ -76181,21 +76186,21 @@ var require_schemes2 = __commonJS({
     var MAILTO_DOMAIN_ERROR = "URI mailto has an invalid recipient domain.";
     var MAILTO_AUTHORITY_ERROR = "URI mailto must not have an authority component.";
     var HAS_SURROGATE = /[\uD800-\uDFFF]/u;
-    function decodeHex(str2) {
-      if (typeof str2 !== "string" || str2.indexOf("%") === -1) {
-        return str2;
+    function decodeHex(str4) {
+      if (typeof str4 !== "string" || str4.indexOf("%") === -1) {
+        return str4;
       }
       try {
-        return decodeURIComponent(str2);
+        return decodeURIComponent(str4);
       } catch {
-        return str2;
+        return str4;
       }
     }
     function replaceLoneSurrogates(input) {
       let result = "";
       for (let i = 0; i < input.length; i++) {
-        const code = input.charCodeAt(i);
-        if (code >= 55296 && code <= 56319 && i + 1 < input.length) {
+        const code2 = input.charCodeAt(i);
+        if (code2 >= 55296 && code2 <= 56319 && i + 1 < input.length) {
           const low = input.charCodeAt(i + 1);
           if (low >= 56320 && low <= 57343) {
             result += input[i] + input[i + 1];
@@ -76203,7 +76208,7 @@ var require_schemes2 = __commonJS({
             continue;
           }
         }
-        result += code >= 55296 && code <= 57343 ? "�" : input[i];
+        result += code2 >= 55296 && code2 <= 57343 ? "�" : input[i];
       }
       return result;
     }
@@ -76214,26 +76219,26 @@ var require_schemes2 = __commonJS({
       const table = set.table;
       let result = "";
       for (let i = 0; i < input.length; i++) {
-        const code = input.charCodeAt(i);
-        if (code < 128) {
-          if (table[code] === 1) {
+        const code2 = input.charCodeAt(i);
+        if (code2 < 128) {
+          if (table[code2] === 1) {
             result += input[i];
-          } else if (code === 37 && i + 2 < input.length && HEX_PAIR.test(input.slice(i + 1, i + 3))) {
+          } else if (code2 === 37 && i + 2 < input.length && HEX_PAIR.test(input.slice(i + 1, i + 3))) {
             result += "%" + input.slice(i + 1, i + 3).toUpperCase();
             i += 2;
           } else {
-            result += BYTE_HEX[code];
+            result += BYTE_HEX[code2];
           }
           continue;
         }
-        if (code < 55296 || code > 57343) {
-          result += set.allowNonAscii ? input[i] : percentEncodeNonAscii(code);
+        if (code2 < 55296 || code2 > 57343) {
+          result += set.allowNonAscii ? input[i] : percentEncodeNonAscii(code2);
           continue;
         }
-        if (code <= 56319 && i + 1 < input.length) {
+        if (code2 <= 56319 && i + 1 < input.length) {
           const low = input.charCodeAt(i + 1);
           if (low >= 56320 && low <= 57343) {
-            result += set.allowNonAscii ? input[i] + input[i + 1] : percentEncodeNonAscii(65536 + (code - 55296 << 10) + (low - 56320));
+            result += set.allowNonAscii ? input[i] + input[i + 1] : percentEncodeNonAscii(65536 + (code2 - 55296 << 10) + (low - 56320));
             i++;
             continue;
           }
@@ -76328,9 +76333,9 @@ var require_schemes2 = __commonJS({
           to[i] = decodeHex(rawAddr);
           continue;
         }
-        const local = decodeHex(rawAddr.slice(0, atIdx));
+        const local2 = decodeHex(rawAddr.slice(0, atIdx));
         const domain = mailtoNormalizeDomain(decodeHex(rawAddr.slice(atIdx + 1)), options, mailtoComponent);
-        to[i] = local + "@" + domain;
+        to[i] = local2 + "@" + domain;
       }
       if (to.length) mailtoComponent.to = to;
       return mailtoComponent;
@@ -76366,10 +76371,10 @@ var require_schemes2 = __commonJS({
           const atIdx = addr.lastIndexOf("@");
           const rawLocal = atIdx >= 0 ? addr.slice(0, atIdx) : addr;
           const rawDomain = atIdx >= 0 ? addr.slice(atIdx + 1) : "";
-          const local = encodeWithAllow(rawLocal, LOCAL_PART);
+          const local2 = encodeWithAllow(rawLocal, LOCAL_PART);
           const decodedDomain = decodeHex(rawDomain);
           const normalizedDomain = mailtoNormalizeDomain(decodedDomain, options);
-          to[i] = local + "@" + mailtoEncodeDomain(normalizedDomain, options);
+          to[i] = local2 + "@" + mailtoEncodeDomain(normalizedDomain, options);
         }
         mailtoComponent.path = to.join(",");
         options.skipEscape = true;
@@ -76464,7 +76469,7 @@ var require_fast_uri2 = __commonJS({
       }
       return uri;
     }
-    function resolve6(baseURI, relativeURI, options) {
+    function resolve8(baseURI, relativeURI, options) {
       const schemelessOptions = options ? Object.assign({ scheme: "null" }, options) : { scheme: "null" };
       const {
         parsed: baseParsed,
@@ -76663,12 +76668,12 @@ var require_fast_uri2 = __commonJS({
     }
     function hasMalformedPercentEncoding(component) {
       if (component === void 0) return false;
-      let percent = component.indexOf("%");
-      while (percent !== -1) {
-        if (percent + 2 >= component.length || !/^[\da-f]{2}$/iu.test(component.slice(percent + 1, percent + 3))) {
+      let percent2 = component.indexOf("%");
+      while (percent2 !== -1) {
+        if (percent2 + 2 >= component.length || !/^[\da-f]{2}$/iu.test(component.slice(percent2 + 1, percent2 + 3))) {
           return true;
         }
-        percent = component.indexOf("%", percent + 3);
+        percent2 = component.indexOf("%", percent2 + 3);
       }
       return false;
     }
@@ -76891,7 +76896,7 @@ var require_fast_uri2 = __commonJS({
     var fastUri = {
       SCHEMES,
       normalize: normalize2,
-      resolve: resolve6,
+      resolve: resolve8,
       resolveComponent,
       equal,
       serialize,
@@ -76998,8 +77003,8 @@ var require_formats = __commonJS({
     }
     var DATE = /^(\d\d\d\d)-(\d\d)-(\d\d)$/;
     var DAYS = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    function date(str2) {
-      const matches = DATE.exec(str2);
+    function date(str4) {
+      const matches = DATE.exec(str4);
       if (!matches)
         return false;
       const year2 = +matches[1];
@@ -77018,8 +77023,8 @@ var require_formats = __commonJS({
     }
     var TIME = /^(\d\d):(\d\d):(\d\d(?:\.\d+)?)(z|([+-])(\d\d)(?::?(\d\d))?)?$/i;
     function getTime(strictTimeZone) {
-      return function time(str2) {
-        const matches = TIME.exec(str2);
+      return function time(str4) {
+        const matches = TIME.exec(str4);
         if (!matches)
           return false;
         const hr = +matches[1];
@@ -77065,8 +77070,8 @@ var require_formats = __commonJS({
     var DATE_TIME_SEPARATOR = /t|\s/i;
     function getDateTime(strictTimeZone) {
       const time = getTime(strictTimeZone);
-      return function date_time(str2) {
-        const dateTime = str2.split(DATE_TIME_SEPARATOR);
+      return function date_time(str4) {
+        const dateTime = str4.split(DATE_TIME_SEPARATOR);
         return dateTime.length === 2 && date(dateTime[0]) && time(dateTime[1]);
       };
     }
@@ -77091,13 +77096,13 @@ var require_formats = __commonJS({
     }
     var NOT_URI_FRAGMENT = /\/|:/;
     var URI = /^(?:[a-z][a-z0-9+\-.]*:)(?:\/?\/(?:(?:[a-z0-9\-._~!$&'()*+,;=:]|%[0-9a-f]{2})*@)?(?:\[(?:(?:(?:(?:[0-9a-f]{1,4}:){6}|::(?:[0-9a-f]{1,4}:){5}|(?:[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){4}|(?:(?:[0-9a-f]{1,4}:){0,1}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){3}|(?:(?:[0-9a-f]{1,4}:){0,2}[0-9a-f]{1,4})?::(?:[0-9a-f]{1,4}:){2}|(?:(?:[0-9a-f]{1,4}:){0,3}[0-9a-f]{1,4})?::[0-9a-f]{1,4}:|(?:(?:[0-9a-f]{1,4}:){0,4}[0-9a-f]{1,4})?::)(?:[0-9a-f]{1,4}:[0-9a-f]{1,4}|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?))|(?:(?:[0-9a-f]{1,4}:){0,5}[0-9a-f]{1,4})?::[0-9a-f]{1,4}|(?:(?:[0-9a-f]{1,4}:){0,6}[0-9a-f]{1,4})?::)|[Vv][0-9a-f]+\.[a-z0-9\-._~!$&'()*+,;=:]+)\]|(?:(?:25[0-5]|2[0-4]\d|[01]?\d\d?)\.){3}(?:25[0-5]|2[0-4]\d|[01]?\d\d?)|(?:[a-z0-9\-._~!$&'()*+,;=]|%[0-9a-f]{2})*)(?::\d*)?(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*|\/(?:(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*)?|(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})+(?:\/(?:[a-z0-9\-._~!$&'()*+,;=:@]|%[0-9a-f]{2})*)*)(?:\?(?:[a-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9a-f]{2})*)?(?:#(?:[a-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9a-f]{2})*)?$/i;
-    function uri(str2) {
-      return NOT_URI_FRAGMENT.test(str2) && URI.test(str2);
+    function uri(str4) {
+      return NOT_URI_FRAGMENT.test(str4) && URI.test(str4);
     }
     var BYTE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/gm;
-    function byte(str2) {
+    function byte(str4) {
       BYTE.lastIndex = 0;
-      return BYTE.test(str2);
+      return BYTE.test(str4);
     }
     var MIN_INT32 = -(2 ** 31);
     var MAX_INT322 = 2 ** 31 - 1;
@@ -77111,11 +77116,11 @@ var require_formats = __commonJS({
       return true;
     }
     var Z_ANCHOR = /[^\\]\\Z/;
-    function regex(str2) {
-      if (Z_ANCHOR.test(str2))
+    function regex(str4) {
+      if (Z_ANCHOR.test(str4))
         return false;
       try {
-        new RegExp(str2);
+        new RegExp(str4);
         return true;
       } catch (e) {
         return false;
@@ -77225,12 +77230,12 @@ var require_dist = __commonJS({
         throw new Error(`Unknown format "${name}"`);
       return f;
     };
-    function addFormats(ajv, list, fs8, exportName) {
+    function addFormats(ajv, list, fs15, exportName) {
       var _a;
       var _b;
       (_a = (_b = ajv.opts.code).formats) !== null && _a !== void 0 ? _a : _b.formats = (0, codegen_1._)`require("ajv-formats/dist/formats").${exportName}`;
       for (const f of list)
-        ajv.addFormat(f, fs8[f]);
+        ajv.addFormat(f, fs15[f]);
     }
     module2.exports = exports2 = formatsPlugin;
     Object.defineProperty(exports2, "__esModule", { value: true });
@@ -77342,16 +77347,16 @@ var require_standalone = __commonJS({
       function multiExportsCode(schemas, getValidateFunc) {
         var _a;
         const usedValues = {};
-        let code = (0, code_1._)`"use strict";`;
+        let code2 = (0, code_1._)`"use strict";`;
         for (const name in schemas) {
           const v = getValidateFunc(schemas[name]);
           if (v) {
             const vCode = validateCode(usedValues, v.source);
             const exportSyntax = ajv.opts.code.esm ? (0, code_1._)`export const ${(0, code_1.getEsmExportName)(name)}` : (0, code_1._)`exports${(0, code_1.getProperty)(name)}`;
-            code = (0, code_1._)`${code}${_n}${exportSyntax} = ${(_a = v.source) === null || _a === void 0 ? void 0 : _a.validateName};${_n}${vCode}`;
+            code2 = (0, code_1._)`${code2}${_n}${exportSyntax} = ${(_a = v.source) === null || _a === void 0 ? void 0 : _a.validateName};${_n}${vCode}`;
           }
         }
-        return `${code}`;
+        return `${code2}`;
       }
       function validateCode(usedValues, s) {
         if (!s)
@@ -77360,8 +77365,8 @@ var require_standalone = __commonJS({
           return code_1.nil;
         setUsedState(s.validateName, scope_1.UsedValueState.Started);
         const scopeCode = ajv.scope.scopeCode(s.scopeValues, usedValues, refValidateCode);
-        const code = new code_1._Code(`${scopeCode}${_n}${s.validateCode}`);
-        return s.evaluated ? (0, code_1._)`${code}${s.validateName}.evaluated = ${s.evaluated};${_n}` : code;
+        const code2 = new code_1._Code(`${scopeCode}${_n}${s.validateCode}`);
+        return s.evaluated ? (0, code_1._)`${code2}${s.validateName}.evaluated = ${s.evaluated};${_n}` : code2;
         function refValidateCode(n) {
           var _a;
           const vRef = (_a = n.value) === null || _a === void 0 ? void 0 : _a.ref;
@@ -79914,7 +79919,7 @@ const asInteger = serializer.asInteger.bind(serializer)
     }
     function assertObjectDepth(schema, maxDepth, name) {
       const stack = [{ value: schema, depth: 0, exit: false }];
-      const path10 = /* @__PURE__ */ new WeakSet();
+      const path18 = /* @__PURE__ */ new WeakSet();
       let hasRef = false;
       while (stack.length > 0) {
         const entry = stack.pop();
@@ -79924,13 +79929,13 @@ const asInteger = serializer.asInteger.bind(serializer)
           throw schemaDepthError(maxDepth, name);
         }
         if (entry.exit) {
-          path10.delete(value);
+          path18.delete(value);
           continue;
         }
-        if (path10.has(value)) {
+        if (path18.has(value)) {
           throw new Error("schema contains a circular object reference; use $ref instead");
         }
-        path10.add(value);
+        path18.add(value);
         stack.push({ value, depth: entry.depth, exit: true });
         for (const key in value) {
           const child = value[key];
@@ -80217,13 +80222,13 @@ const asInteger = serializer.asInteger.bind(serializer)
       if (hasRef) {
         detectRecursiveSchemas(context, location);
       }
-      let code = null;
+      let code2 = null;
       let projection = null;
       if (context.objectMechanism === "native" && (options.forceProjection === true || PROJECTION_SUPPORTED)) {
         projection = buildProjection(schema);
       }
       if (projection === null) {
-        code = buildValue(context, location, "input");
+        code2 = buildValue(context, location, "input");
       }
       let contextFunctionCode = `
     ${serializerFns}
@@ -80242,7 +80247,7 @@ const asInteger = serializer.asInteger.bind(serializer)
   `;
       if (projection !== null) {
         contextFunctionCode += projection;
-      } else if (code === "json += anonymous0(input)") {
+      } else if (code2 === "json += anonymous0(input)") {
         contextFunctionCode += `
     ${context.functions.join("\n")}
     const main = anonymous0
@@ -80252,7 +80257,7 @@ const asInteger = serializer.asInteger.bind(serializer)
         contextFunctionCode += `
     function main (input) {
       let json = ''
-      ${code}
+      ${code2}
       return json
     }
     ${context.functions.join("\n")}
@@ -80342,7 +80347,7 @@ ${contextFunctionCode}`,
     function buildExtraObjectPropertiesSerializer(context, location, addComma, objVar) {
       const schema = location.schema;
       const propertiesKeys = Object.keys(schema.properties || {});
-      let code = `
+      let code2 = `
     for (const key of Object.keys(${objVar})) {
       if (
         ${propertiesKeys.length > 0 ? propertiesKeys.map((k) => `key === ${JSON.stringify(k)}`).join(" || ") + " ||" : ""}
@@ -80357,7 +80362,7 @@ ${contextFunctionCode}`,
       if (patternPropertiesSchema !== void 0) {
         for (const propertyKey in patternPropertiesSchema) {
           const propertyLocation = patternPropertiesLocation.getPropertyLocation(propertyKey);
-          code += `
+          code2 += `
         if (/${propertyKey.replace(/\\*\//g, "\\/")}/.test(key)) {
           ${addComma}
           json += asString(key) + JSON_STR_COLONS
@@ -80371,23 +80376,23 @@ ${contextFunctionCode}`,
       const additionalPropertiesSchema = additionalPropertiesLocation.schema;
       if (additionalPropertiesSchema !== void 0 && additionalPropertiesSchema !== false) {
         if (additionalPropertiesSchema === true) {
-          code += `
+          code2 += `
         ${addComma}
         json += asString(key) + JSON_STR_COLONS + JSON.stringify(value)
       `;
         } else {
           const propertyLocation = location.getPropertyLocation("additionalProperties");
-          code += `
+          code2 += `
         ${addComma}
         json += asString(key) + JSON_STR_COLONS
         ${buildValue(context, propertyLocation, "value")}
       `;
         }
       }
-      code += `
+      code2 += `
     }
   `;
-      return code;
+      return code2;
     }
     function buildInnerObject(context, location, objVar, isReturnForm) {
       const schema = location.schema;
@@ -80400,11 +80405,11 @@ ${contextFunctionCode}`,
           return required1 === required2 ? 0 : required1 ? -1 : 1;
         }
       );
-      let code = "";
+      let code2 = "";
       for (const key of requiredProperties) {
         if (!propertiesKeys.includes(key)) {
           const sanitizedKey = JSON.stringify(key);
-          code += `if (${objVar}[${sanitizedKey}] === undefined) throw new Error('${sanitizedKey.replace(/'/g, "\\'")} is required!')
+          code2 += `if (${objVar}[${sanitizedKey}] === undefined) throw new Error('${sanitizedKey.replace(/'/g, "\\'")} is required!')
 `;
         }
       }
@@ -80424,37 +80429,37 @@ ${contextFunctionCode}`,
           const defaultValue = resolvedLocation.schema.default;
           const isRequired = requiredProperties.includes(key);
           const keyPrefix = (i === 0 ? "{" : ",") + sanitizedKey + ":";
-          code += `
+          code2 += `
       const ${value} = ${objVar}[${sanitizedKey}]
       if (${value} !== undefined) {
         json += ${JSON.stringify(keyPrefix)}
         ${buildValue(context, resolvedLocation, `${value}`)}
       }`;
           if (defaultValue !== void 0) {
-            code += ` else {
+            code2 += ` else {
         json += ${JSON.stringify(keyPrefix + JSON.stringify(defaultValue))}
       }
       `;
           } else if (isRequired) {
-            code += ` else {
+            code2 += ` else {
         throw new Error('${sanitizedKey.replace(/'/g, "\\'")} is required!')
       }
       `;
           } else {
-            code += "\n";
+            code2 += "\n";
           }
         }
         addComma = "json += JSON_STR_COMMA";
       } else {
         const needsRuntimeComma = propertiesKeys.length > 1 || schema.patternProperties || schema.additionalProperties !== void 0 && schema.additionalProperties !== false;
         if (needsRuntimeComma) {
-          code += `let addComma_${localUid} = false
+          code2 += `let addComma_${localUid} = false
 `;
           addComma = `json += addComma_${localUid} ? JSON_STR_COMMA : ((addComma_${localUid} = true), JSON_STR_BEGIN_OBJECT)`;
           emptyObjectGuard = `if (!addComma_${localUid}) json += JSON_STR_BEGIN_OBJECT
 `;
         } else if (propertiesKeys.length === 0) {
-          code += "json += JSON_STR_BEGIN_OBJECT\n";
+          code2 += "json += JSON_STR_BEGIN_OBJECT\n";
         }
         for (const key of propertiesKeys) {
           let propertyLocation = propertiesLocation.getPropertyLocation(key);
@@ -80467,7 +80472,7 @@ ${contextFunctionCode}`,
           const isRequired = requiredProperties.includes(key);
           const keyColon = sanitizedKey + ":";
           const addProperty = needsRuntimeComma ? `json += addComma_${localUid} ? ${JSON.stringify("," + keyColon)} : ((addComma_${localUid} = true), ${JSON.stringify("{" + keyColon)})` : `json += ${JSON.stringify("{" + keyColon)}`;
-          code += `
+          code2 += `
           const ${value} = ${objVar}[${sanitizedKey}]
           if (${value} !== undefined) {
             ${addProperty}
@@ -80476,40 +80481,40 @@ ${contextFunctionCode}`,
           if (defaultValue !== void 0) {
             const defaultValueLiteral = JSON.stringify(sanitizedKey + ":" + JSON.stringify(defaultValue));
             if (needsRuntimeComma) {
-              code += ` else {
+              code2 += ` else {
             ${addComma}
             json += ${defaultValueLiteral}
           }
           `;
             } else {
-              code += ` else {
+              code2 += ` else {
             json += ${JSON.stringify("{" + sanitizedKey + ":" + JSON.stringify(defaultValue))}
           }
           `;
             }
           } else if (isRequired) {
-            code += ` else {
+            code2 += ` else {
             throw new Error('${sanitizedKey.replace(/'/g, "\\'")} is required!')
           }
           `;
           } else if (!needsRuntimeComma) {
-            code += ` else {
+            code2 += ` else {
             json += JSON_STR_BEGIN_OBJECT
           }
           `;
           } else {
-            code += "\n";
+            code2 += "\n";
           }
         }
       }
       if (schema.patternProperties || schema.additionalProperties) {
-        code += buildExtraObjectPropertiesSerializer(context, location, addComma, objVar);
+        code2 += buildExtraObjectPropertiesSerializer(context, location, addComma, objVar);
       }
       if (emptyObjectGuard !== null) {
-        code += emptyObjectGuard;
+        code2 += emptyObjectGuard;
       }
-      code += isReturnForm ? "\nreturn json + JSON_STR_END_OBJECT\n" : "\njson += JSON_STR_END_OBJECT\n";
-      return code;
+      code2 += isReturnForm ? "\nreturn json + JSON_STR_END_OBJECT\n" : "\njson += JSON_STR_END_OBJECT\n";
+      return code2;
     }
     function mergeLocations(context, mergedSchemaId, mergedLocations) {
       for (let i = 0, mergedLocationsLength = mergedLocations.length; i < mergedLocationsLength; i++) {
@@ -80586,7 +80591,7 @@ ${contextFunctionCode}`,
       }
       context.buildingSet.add(schema);
       const objVar = `obj_${context.uid++}`;
-      const code = `
+      const code2 = `
     const ${objVar} = ${toJSON(input)}
     if (${objVar} === null) {
       json += ${nullable ? "JSON_STR_NULL" : "JSON_STR_EMPTY_OBJECT"}
@@ -80595,7 +80600,7 @@ ${contextFunctionCode}`,
     }
   `;
       context.buildingSet.delete(schema);
-      return code;
+      return code2;
     }
     function getPrimitiveArrayFastPathCondition(itemsSchema) {
       if (Array.isArray(itemsSchema) || itemsSchema.$ref !== void 0 || typeof itemsSchema.type !== "string" || itemsSchema.const !== void 0 || itemsSchema.nullable === true || itemsSchema.allOf !== void 0 || itemsSchema.anyOf !== void 0 || itemsSchema.oneOf !== void 0 || itemsSchema.if !== void 0) {
@@ -80758,15 +80763,15 @@ ${contextFunctionCode}`,
         }`;
           }
         } else {
-          const code = buildValue(context, itemsLocation, "value");
+          const code2 = buildValue(context, itemsLocation, "value");
           functionCode += `
       if (arrayLength > 0) {
         const value = obj[0]
-        ${code}
+        ${code2}
         for (let i = 1; i < arrayLength; i++) {
           json += JSON_STR_COMMA
           const value = obj[i]
-          ${code}
+          ${code2}
         }
       }`;
         }
@@ -80842,15 +80847,15 @@ ${contextFunctionCode}`,
         }`;
         }
       } else {
-        const code = buildValue(context, itemsLocation, "value");
+        const code2 = buildValue(context, itemsLocation, "value");
         inlinedCode += `
       if (arrayLength_${objVar} > 0) {
         const value = ${objVar}[0]
-        ${code}
+        ${code2}
         for (let i = 1; i < arrayLength_${objVar}; i++) {
           json += JSON_STR_COMMA
           const value = ${objVar}[i]
-          ${code}
+          ${code2}
         }
       }`;
       }
@@ -80916,21 +80921,21 @@ ${contextFunctionCode}`,
     function buildMultiTypeSerializer(context, location, input) {
       const schema = location.schema;
       const types4 = [...schema.type].sort((t1) => t1 === "null" ? -1 : 1);
-      let code = "";
+      let code2 = "";
       types4.forEach((type, index) => {
         location.schema = { ...location.schema, type };
         const nestedResult = buildSingleTypeSerializer(context, location, input);
         const statement = index === 0 ? "if" : "else if";
         switch (type) {
           case "null":
-            code += `
+            code2 += `
           ${statement} (${input} === null) {
             ${nestedResult}
           }
           `;
             break;
           case "string": {
-            code += `
+            code2 += `
           ${statement}(
             typeof ${input} === "string" ||
             ${input} === null ||
@@ -80948,7 +80953,7 @@ ${contextFunctionCode}`,
             break;
           }
           case "array": {
-            code += `
+            code2 += `
           ${statement}(Array.isArray(${input})) {
             ${nestedResult}
           }
@@ -80956,7 +80961,7 @@ ${contextFunctionCode}`,
             break;
           }
           case "integer": {
-            code += `
+            code2 += `
           ${statement}(Number.isInteger(${input}) || ${input} === null) {
             ${nestedResult}
           }
@@ -80964,7 +80969,7 @@ ${contextFunctionCode}`,
             break;
           }
           case "object": {
-            code += `
+            code2 += `
           ${statement}((typeof ${input} === "object" && !Array.isArray(${input})) || ${input} === null) {
             ${nestedResult}
           }
@@ -80972,7 +80977,7 @@ ${contextFunctionCode}`,
             break;
           }
           default: {
-            code += `
+            code2 += `
           ${statement}(typeof ${input} === "${type}" || ${input} === null) {
             ${nestedResult}
           }
@@ -80981,10 +80986,10 @@ ${contextFunctionCode}`,
           }
         }
       });
-      code += `
+      code2 += `
     else throw new TypeError(${JSON.stringify(`The value of '${getSafeSchemaRef(context, location)}' does not match schema definition.`)})
   `;
-      return code;
+      return code2;
     }
     function buildSingleTypeSerializer(context, location, input) {
       const schema = location.schema;
@@ -81117,21 +81122,21 @@ ${contextFunctionCode}`,
       const schema = location.schema;
       const type = schema.type;
       const hasNullType = Array.isArray(type) && type.includes("null");
-      let code = "";
+      let code2 = "";
       if (hasNullType) {
-        code += `
+        code2 += `
       if (${input} === null) {
         json += JSON_STR_NULL
       } else {
     `;
       }
-      code += `json += ${JSON.stringify(JSON.stringify(schema.const))}`;
+      code2 += `json += ${JSON.stringify(JSON.stringify(schema.const))}`;
       if (hasNullType) {
-        code += `
+        code2 += `
       }
     `;
       }
-      return code;
+      return code2;
     }
     function buildAllOf(context, location, input) {
       const schema = location.schema;
@@ -81175,7 +81180,7 @@ ${contextFunctionCode}`,
       );
       const oneOfsLocation = location.getPropertyLocation(type);
       const withoutIsEmpty = isEmptyObjectSchema(schemaWithoutAnyOf);
-      let code = "";
+      let code2 = "";
       for (let index = 0, oneOfsLength = oneOfs.length; index < oneOfsLength; index++) {
         const optionLocation = oneOfsLocation.getPropertyLocation(index);
         const optionSchema = optionLocation.schema;
@@ -81216,16 +81221,16 @@ ${contextFunctionCode}`,
         }
         const schemaRef = getValidatorSchemaRef(context, optionLocation);
         context.validatorSchemaRefs.add(schemaRef);
-        code += `
+        code2 += `
       ${index === 0 ? "if" : "else if"}(${buildValidation(context, schemaRef, input)}) {
         ${nestedResult}
       }
     `;
       }
-      code += `
+      code2 += `
     else throw new TypeError(${JSON.stringify(`The value of '${getSafeSchemaRef(context, location)}' does not match schema definition.`)})
   `;
-      return code;
+      return code2;
     }
     function buildIfThenElse(context, location, input) {
       context.validatorSchemasIds.add(location.schemaId);
@@ -81312,36 +81317,36 @@ ${contextFunctionCode}`,
           schema.type = inferredType;
         }
       }
-      let code = "";
+      let code2 = "";
       const type = schema.type;
       const nullable = schema.nullable === true;
       if (nullable) {
-        code += `
+        code2 += `
       if (${input} === null) {
         json += JSON_STR_NULL
       } else {
     `;
       }
       if (schema.const !== void 0) {
-        code += buildConstSerializer(location, input);
+        code2 += buildConstSerializer(location, input);
       } else if (Array.isArray(type)) {
-        code += buildMultiTypeSerializer(context, location, input);
+        code2 += buildMultiTypeSerializer(context, location, input);
       } else {
-        code += buildSingleTypeSerializer(context, location, input);
+        code2 += buildSingleTypeSerializer(context, location, input);
       }
       if (nullable) {
-        code += `
+        code2 += `
       }
     `;
       }
-      return code;
+      return code2;
     }
     module2.exports = build;
     module2.exports.default = build;
     module2.exports.build = build;
     module2.exports.validLargeArrayMechanisms = validLargeArrayMechanisms;
-    module2.exports.restore = function({ code, validator, serializer }) {
-      return Function.apply(null, ["validator", "serializer", code]).apply(null, [validator, serializer]);
+    module2.exports.restore = function({ code: code2, validator, serializer }) {
+      return Function.apply(null, ["validator", "serializer", code2]).apply(null, [validator, serializer]);
     };
   }
 });
@@ -81794,9 +81799,9 @@ var require_semver = __commonJS({
         } else {
           this.prerelease = m[4].split(".").map((id) => {
             if (/^[0-9]+$/.test(id)) {
-              const num2 = +id;
-              if (num2 >= 0 && num2 < MAX_SAFE_INTEGER) {
-                return num2;
+              const num3 = +id;
+              if (num3 >= 0 && num3 < MAX_SAFE_INTEGER) {
+                return num3;
               }
             }
             return id;
@@ -82062,11 +82067,11 @@ var require_clean = __commonJS({
   "node_modules/fastify/node_modules/semver/functions/clean.js"(exports2, module2) {
     "use strict";
     var parse3 = require_parse3();
-    var clean = (version, options) => {
+    var clean2 = (version, options) => {
       const s = parse3(version.trim().replace(/^[=v]+/, ""), options);
       return s ? s.version : null;
     };
-    module2.exports = clean;
+    module2.exports = clean2;
   }
 });
 
@@ -83654,7 +83659,7 @@ var require_semver2 = __commonJS({
     var identifiers = require_identifiers();
     var parse3 = require_parse3();
     var valid = require_valid();
-    var clean = require_clean();
+    var clean2 = require_clean();
     var inc = require_inc();
     var diff = require_diff();
     var major = require_major();
@@ -83693,7 +83698,7 @@ var require_semver2 = __commonJS({
     module2.exports = {
       parse: parse3,
       valid,
-      clean,
+      clean: clean2,
       inc,
       diff,
       major,
@@ -84604,24 +84609,24 @@ var require_querystring = __commonJS({
       0
       // 112 - 127
     ]);
-    function encodeString(str2) {
-      const len = str2.length;
+    function encodeString(str4) {
+      const len = str4.length;
       if (len === 0) return "";
       let out = "";
       let lastPos = 0;
       let i = 0;
       outer: for (; i < len; i++) {
-        let c = str2.charCodeAt(i);
+        let c = str4.charCodeAt(i);
         while (c < 128) {
           if (noEscape[c] !== 1) {
-            if (lastPos < i) out += str2.slice(lastPos, i);
+            if (lastPos < i) out += str4.slice(lastPos, i);
             lastPos = i + 1;
             out += hexTable[c];
           }
           if (++i === len) break outer;
-          c = str2.charCodeAt(i);
+          c = str4.charCodeAt(i);
         }
-        if (lastPos < i) out += str2.slice(lastPos, i);
+        if (lastPos < i) out += str4.slice(lastPos, i);
         if (c < 2048) {
           lastPos = i + 1;
           out += hexTable[192 | c >> 6] + hexTable[128 | c & 63];
@@ -84636,13 +84641,13 @@ var require_querystring = __commonJS({
         if (i >= len) {
           throw new Error("URI malformed");
         }
-        const c2 = str2.charCodeAt(i) & 1023;
+        const c2 = str4.charCodeAt(i) & 1023;
         lastPos = i + 1;
         c = 65536 + ((c & 1023) << 10 | c2);
         out += hexTable[240 | c >> 18] + hexTable[128 | c >> 12 & 63] + hexTable[128 | c >> 6 & 63] + hexTable[128 | c & 63];
       }
-      if (lastPos === 0) return str2;
-      if (lastPos < len) return out + str2.slice(lastPos);
+      if (lastPos === 0) return str4;
+      if (lastPos < len) return out + str4.slice(lastPos);
       return out;
     }
     module2.exports = { encodeString };
@@ -84883,13 +84888,13 @@ var require_util4 = __commonJS({
     var types_1 = require_types10();
     var sets = __importStar3(require_sets());
     var CTRL = "@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^ ?";
-    var strToChars = (str2) => {
+    var strToChars = (str4) => {
       const charsRegex = /(\[\\b\])|(\\)?\\(?:u([A-F0-9]{4})|x([A-F0-9]{2})|c([@A-Z[\\\]^?])|([0tnvfr]))/g;
-      return str2.replace(charsRegex, (s, b, lbs, a16, b16, dctrl, eslsh) => {
+      return str4.replace(charsRegex, (s, b, lbs, a16, b16, dctrl, eslsh) => {
         if (lbs) {
           return s;
         }
-        let code = b ? 8 : a16 ? parseInt(a16, 16) : b16 ? parseInt(b16, 16) : dctrl ? CTRL.indexOf(dctrl) : {
+        let code2 = b ? 8 : a16 ? parseInt(a16, 16) : b16 ? parseInt(b16, 16) : dctrl ? CTRL.indexOf(dctrl) : {
           0: 0,
           t: 9,
           n: 10,
@@ -84897,16 +84902,16 @@ var require_util4 = __commonJS({
           f: 12,
           r: 13
         }[eslsh];
-        let c = String.fromCharCode(code);
+        let c = String.fromCharCode(code2);
         return /[[\]{}^$.|?*+()]/.test(c) ? `\\${c}` : c;
       });
     };
     exports2.strToChars = strToChars;
-    var tokenizeClass = (str2, regexpStr = "") => {
+    var tokenizeClass = (str4, regexpStr = "") => {
       var _a, _b, _c, _d, _e, _f, _g;
       let tokens = [], rs, c;
       const regexp = /\\(?:(w)|(d)|(s)|(W)|(D)|(S))|((?:(?:\\)(.)|([^\]\\]))-(((?:\\)])|(((?:\\)?([^\]])))))|(\])|(?:\\)?([^])/g;
-      while ((rs = regexp.exec(str2)) !== null) {
+      while ((rs = regexp.exec(str4)) !== null) {
         const p = (_g = (_f = (_e = (_d = (_c = (_b = (_a = rs[1] && sets.words()) !== null && _a !== void 0 ? _a : rs[2] && sets.ints()) !== null && _b !== void 0 ? _b : rs[3] && sets.whitespace()) !== null && _c !== void 0 ? _c : rs[4] && sets.notWords()) !== null && _d !== void 0 ? _d : rs[5] && sets.notInts()) !== null && _e !== void 0 ? _e : rs[6] && sets.notWhitespace()) !== null && _f !== void 0 ? _f : rs[7] && {
           type: types_1.types.RANGE,
           from: (rs[8] || rs[9]).charCodeAt(0),
@@ -84984,15 +84989,15 @@ var require_tokenizer = __commonJS({
       const repeatErr = (col) => {
         throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: Nothing to repeat at column ${col - 1}`);
       };
-      let str2 = util3.strToChars(regexpStr);
-      while (i < str2.length) {
-        switch (c = str2[i++]) {
+      let str4 = util3.strToChars(regexpStr);
+      while (i < str4.length) {
+        switch (c = str4[i++]) {
           // Handle escaped characters, inclues a few sets.
           case "\\":
-            if (i === str2.length) {
+            if (i === str4.length) {
               throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: \\ at end of pattern`);
             }
-            switch (c = str2[i++]) {
+            switch (c = str4[i++]) {
               case "b":
                 last.push({ type: types_1.types.POSITION, value: "b" });
                 break;
@@ -85020,8 +85025,8 @@ var require_tokenizer = __commonJS({
               default:
                 if (digit.test(c)) {
                   let digits = c;
-                  while (i < str2.length && digit.test(str2[i])) {
-                    digits += str2[i++];
+                  while (i < str4.length && digit.test(str4[i])) {
+                    digits += str4[i++];
                   }
                   let value = parseInt(digits, 10);
                   const reference = { type: types_1.types.REFERENCE, value };
@@ -85042,13 +85047,13 @@ var require_tokenizer = __commonJS({
           // Handle custom sets.
           case "[": {
             let not;
-            if (str2[i] === "^") {
+            if (str4[i] === "^") {
               not = true;
               i++;
             } else {
               not = false;
             }
-            let classTokens = util3.tokenizeClass(str2.slice(i), regexpStr);
+            let classTokens = util3.tokenizeClass(str4.slice(i), regexpStr);
             i += classTokens[1];
             last.push({
               type: types_1.types.SET,
@@ -85068,8 +85073,8 @@ var require_tokenizer = __commonJS({
               stack: [],
               remember: true
             };
-            if (str2[i] === "?") {
-              c = str2[i + 1];
+            if (str4[i] === "?") {
+              c = str4[i + 1];
               i += 2;
               if (c === "=") {
                 group.followedBy = true;
@@ -85079,18 +85084,18 @@ var require_tokenizer = __commonJS({
                 group.remember = false;
               } else if (c === "<") {
                 let name = "";
-                if (captureGroupFirstChar.test(str2[i])) {
-                  name += str2[i];
+                if (captureGroupFirstChar.test(str4[i])) {
+                  name += str4[i];
                   i++;
                 } else {
-                  throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: Invalid capture group name, character '${str2[i]}' after '<' at column ${i + 1}`);
+                  throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: Invalid capture group name, character '${str4[i]}' after '<' at column ${i + 1}`);
                 }
-                while (i < str2.length && captureGroupChars.test(str2[i])) {
-                  name += str2[i];
+                while (i < str4.length && captureGroupChars.test(str4[i])) {
+                  name += str4[i];
                   i++;
                 }
-                if (str2[i] !== ">") {
-                  throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: Unclosed capture group name, expected '>', found '${str2[i]}' at column ${i + 1}`);
+                if (str4[i] !== ">") {
+                  throw new SyntaxError(`Invalid regular expression: /${regexpStr}/: Unclosed capture group name, expected '>', found '${str4[i]}' at column ${i + 1}`);
                 }
                 group.name = name;
                 i++;
@@ -85133,7 +85138,7 @@ var require_tokenizer = __commonJS({
           // This design is chosen because there could be more than
           // one repetition symbols in a regex i.e. `a?+{2,3}`.
           case "{": {
-            let rs = /^(\d+)(,(\d+)?)?\}/.exec(str2.slice(i)), min, max;
+            let rs = /^(\d+)(,(\d+)?)?\}/.exec(str4.slice(i)), min, max;
             if (rs !== null) {
               if (last.length === 0) {
                 repeatErr(i);
@@ -85909,8 +85914,8 @@ var require_node = __commonJS({
         return matchSingleCharPrefix;
       }
       if (prefix.length >= LONG_PREFIX_MIN_LENGTH) {
-        return function matchLongPrefix(path10, i) {
-          return path10.indexOf(prefix, i) === i;
+        return function matchLongPrefix(path18, i) {
+          return path18.indexOf(prefix, i) === i;
         };
       }
       const lines = [];
@@ -85961,13 +85966,13 @@ return ${lines.join(" && ")}`);
           this.staticChildrenNodes[index] = node;
         }
       }
-      findStaticMatchingChild(path10, pathIndex) {
-        const charCode = path10.charCodeAt(pathIndex);
+      findStaticMatchingChild(path18, pathIndex) {
+        const charCode = path18.charCodeAt(pathIndex);
         const charCodes = this.staticChildrenCharCodes;
         for (let i = 0; i < charCodes.length; i++) {
           if (charCodes[i] === charCode) {
             const staticChild = this.staticChildrenNodes[i];
-            if (staticChild.matchPrefix(path10, pathIndex)) {
+            if (staticChild.matchPrefix(path18, pathIndex)) {
               return staticChild;
             }
             return null;
@@ -85975,34 +85980,34 @@ return ${lines.join(" && ")}`);
         }
         return null;
       }
-      getStaticChild(path10, pathIndex = 0) {
-        if (path10.length === pathIndex) {
+      getStaticChild(path18, pathIndex = 0) {
+        if (path18.length === pathIndex) {
           return this;
         }
-        const staticChild = this.findStaticMatchingChild(path10, pathIndex);
+        const staticChild = this.findStaticMatchingChild(path18, pathIndex);
         if (staticChild) {
-          return staticChild.getStaticChild(path10, pathIndex + staticChild.prefix.length);
+          return staticChild.getStaticChild(path18, pathIndex + staticChild.prefix.length);
         }
         return null;
       }
-      createStaticChild(path10) {
-        if (path10.length === 0) {
+      createStaticChild(path18) {
+        if (path18.length === 0) {
           return this;
         }
-        const childIndex = this.staticChildrenCharCodes.indexOf(path10.charCodeAt(0));
+        const childIndex = this.staticChildrenCharCodes.indexOf(path18.charCodeAt(0));
         let staticChild = childIndex === -1 ? void 0 : this.staticChildrenNodes[childIndex];
         if (staticChild) {
           let i = 1;
           for (; i < staticChild.prefix.length; i++) {
-            if (path10.charCodeAt(i) !== staticChild.prefix.charCodeAt(i)) {
+            if (path18.charCodeAt(i) !== staticChild.prefix.charCodeAt(i)) {
               staticChild = staticChild.split(this, i);
               break;
             }
           }
-          return staticChild.createStaticChild(path10.slice(i));
+          return staticChild.createStaticChild(path18.slice(i));
         }
-        const node = createStaticNode(path10);
-        this.setStaticChild(path10.charAt(0), node);
+        const node = createStaticNode(path18);
+        this.setStaticChild(path18.charAt(0), node);
         return node;
       }
       getParametricChild(regex) {
@@ -86050,8 +86055,8 @@ return ${lines.join(" && ")}`);
       // static child, then the first parametric child, then the wildcard. Every
       // sibling that is skipped over is pushed on nodeStack as a flat triple
       // (node, pathIndex, paramsCount) so lookup can backtrack to it later.
-      getNextNode(path10, pathIndex, nodeStack, paramsCount) {
-        let node = this.findStaticMatchingChild(path10, pathIndex);
+      getNextNode(path18, pathIndex, nodeStack, paramsCount) {
+        let node = this.findStaticMatchingChild(path18, pathIndex);
         let parametricBrotherNodeIndex = 0;
         if (node === null) {
           if (this.parametricChildren.length === 0) {
@@ -86134,62 +86139,62 @@ var require_url_sanitizer = __commonJS({
       return String.fromCharCode(charCode);
     }
     var MIN_NATIVE_SCAN_LENGTH = 12;
-    function safeDecodeURI(path10, useSemicolonDelimiter) {
-      if (path10.length >= MIN_NATIVE_SCAN_LENGTH) {
-        return safeDecodeURINativeScan(path10, useSemicolonDelimiter);
+    function safeDecodeURI(path18, useSemicolonDelimiter) {
+      if (path18.length >= MIN_NATIVE_SCAN_LENGTH) {
+        return safeDecodeURINativeScan(path18, useSemicolonDelimiter);
       }
-      return safeDecodeURICharScan(path10, useSemicolonDelimiter, 1);
+      return safeDecodeURICharScan(path18, useSemicolonDelimiter, 1);
     }
-    function safeDecodeURINativeScan(path10, useSemicolonDelimiter) {
-      const percentIndex = path10.indexOf("%", 1);
-      let delimIndex = path10.indexOf("?", 1);
-      const hashIndex = path10.indexOf("#", 1);
+    function safeDecodeURINativeScan(path18, useSemicolonDelimiter) {
+      const percentIndex = path18.indexOf("%", 1);
+      let delimIndex = path18.indexOf("?", 1);
+      const hashIndex = path18.indexOf("#", 1);
       if (hashIndex !== -1 && (delimIndex === -1 || hashIndex < delimIndex)) {
         delimIndex = hashIndex;
       }
       if (useSemicolonDelimiter) {
-        const semicolonIndex = path10.indexOf(";", 1);
+        const semicolonIndex = path18.indexOf(";", 1);
         if (semicolonIndex !== -1 && (delimIndex === -1 || semicolonIndex < delimIndex)) {
           delimIndex = semicolonIndex;
         }
       }
       if (percentIndex === -1 || delimIndex !== -1 && percentIndex > delimIndex) {
         if (delimIndex === -1) {
-          return { path: path10, querystring: "", shouldDecodeParam: false };
+          return { path: path18, querystring: "", shouldDecodeParam: false };
         }
         return {
-          path: path10.slice(0, delimIndex),
-          querystring: path10.slice(delimIndex + 1),
+          path: path18.slice(0, delimIndex),
+          querystring: path18.slice(delimIndex + 1),
           shouldDecodeParam: false
         };
       }
-      return safeDecodeURIPercentScan(path10, useSemicolonDelimiter, percentIndex);
+      return safeDecodeURIPercentScan(path18, useSemicolonDelimiter, percentIndex);
     }
-    function safeDecodeURICharScan(path10, useSemicolonDelimiter, startIndex) {
-      for (let i = startIndex; i < path10.length; i++) {
-        const charCode = path10.charCodeAt(i);
+    function safeDecodeURICharScan(path18, useSemicolonDelimiter, startIndex) {
+      for (let i = startIndex; i < path18.length; i++) {
+        const charCode = path18.charCodeAt(i);
         if (charCode === 37) {
-          return safeDecodeURIPercentScan(path10, useSemicolonDelimiter, i);
+          return safeDecodeURIPercentScan(path18, useSemicolonDelimiter, i);
         } else if (charCode === 63 || charCode === 35 || charCode === 59 && useSemicolonDelimiter) {
           return {
-            path: path10.slice(0, i),
-            querystring: path10.slice(i + 1),
+            path: path18.slice(0, i),
+            querystring: path18.slice(i + 1),
             shouldDecodeParam: false
           };
         }
       }
-      return { path: path10, querystring: "", shouldDecodeParam: false };
+      return { path: path18, querystring: "", shouldDecodeParam: false };
     }
-    function safeDecodeURIPercentScan(path10, useSemicolonDelimiter, startIndex) {
+    function safeDecodeURIPercentScan(path18, useSemicolonDelimiter, startIndex) {
       let shouldDecode = false;
       let shouldDecodeParam = false;
       let querystring = "";
       let percentIndexes = null;
       let pathEnd = -1;
-      for (let i = startIndex; i < path10.length; i++) {
-        const charCode = path10.charCodeAt(i);
+      for (let i = startIndex; i < path18.length; i++) {
+        const charCode = path18.charCodeAt(i);
         if (charCode === 37) {
-          const componentCharCode = decodeComponentCharCode(path10.charCodeAt(i + 1), path10.charCodeAt(i + 2));
+          const componentCharCode = decodeComponentCharCode(path18.charCodeAt(i + 1), path18.charCodeAt(i + 2));
           if (componentCharCode === 0) {
             shouldDecode = true;
           } else {
@@ -86202,22 +86207,22 @@ var require_url_sanitizer = __commonJS({
             i += 2;
           }
         } else if (charCode === 63 || charCode === 35 || charCode === 59 && useSemicolonDelimiter) {
-          querystring = path10.slice(i + 1);
+          querystring = path18.slice(i + 1);
           pathEnd = i;
           break;
         }
       }
       let decodedPath;
       if (percentIndexes === null) {
-        decodedPath = pathEnd === -1 ? path10 : path10.slice(0, pathEnd);
+        decodedPath = pathEnd === -1 ? path18 : path18.slice(0, pathEnd);
       } else {
         const parts = [];
         let last = 0;
         for (const index of percentIndexes) {
-          parts.push(path10.slice(last, index), "%2525");
+          parts.push(path18.slice(last, index), "%2525");
           last = index + 3;
         }
-        parts.push(path10.slice(last, pathEnd === -1 ? path10.length : pathEnd));
+        parts.push(path18.slice(last, pathEnd === -1 ? path18.length : pathEnd));
         decodedPath = parts.join("");
       }
       if (shouldDecode) decodedPath = decodeURI(decodedPath);
@@ -86270,9 +86275,9 @@ var require_compiler = __commonJS({
       });
     }
     var TreeCompiler = class {
-      constructor(router, raw, target = "find") {
+      constructor(router, raw2, target = "find") {
         this.router = router;
-        this.raw = raw;
+        this.raw = raw2;
         this.lookup = target === "lookup";
         this.constNames = [];
         this.constValues = [];
@@ -86358,10 +86363,10 @@ var require_compiler = __commonJS({
           }
           source.push(...this.lines, "}");
         }
-        const code = source.join("\n");
-        const factory = new Function("NullObject", "decodeParam", "slow", "FLAG", "NO_MATCH", ...this.constNames, code);
+        const code2 = source.join("\n");
+        const factory = new Function("NullObject", "decodeParam", "slow", "FLAG", "NO_MATCH", ...this.constNames, code2);
         const fn = factory(NullObject2, safeDecodeURIComponent, slow, FLAG, NO_MATCH, ...this.constValues);
-        fn.source = code;
+        fn.source = code2;
         return fn;
       }
       // Locals for the parameter values collected from slot `from` on. Four are
@@ -86395,8 +86400,8 @@ var require_compiler = __commonJS({
       // consumes the rest of the path, so its scanner knows the length up front
       // and can pick the strategy before looping.
       scanFunction(name, stops, knowsLength) {
-        const checks = stops.concat(37).map((code) => `c === ${code}`).join(" || ");
-        const charClass = stops.concat(37).map((code) => "\\x" + code.toString(16).padStart(2, "0")).join("");
+        const checks = stops.concat(37).map((code2) => `c === ${code2}`).join(" || ");
+        const charClass = stops.concat(37).map((code2) => "\\x" + code2.toString(16).padStart(2, "0")).join("");
         const lines = [
           // A global regex with lastIndex finds the first stop char in one
           // native call, without allocating a match result.
@@ -86735,14 +86740,14 @@ var require_compiler = __commonJS({
     }
     function compileTree(router, root) {
       const sanitized = new TreeCompiler(router, false).compile(root, null);
-      const slow = function findSanitized(path10, derivedConstraints) {
-        return router._findSanitized(sanitized, path10, derivedConstraints);
+      const slow = function findSanitized(path18, derivedConstraints) {
+        return router._findSanitized(sanitized, path18, derivedConstraints);
       };
       if (!supportsRawMatching(router, root)) {
         return {
           find: slow,
-          lookup: function lookupSanitized(path10, derivedConstraints, req, res, ctx) {
-            return router.callHandler(slow(path10, derivedConstraints), req, res, ctx);
+          lookup: function lookupSanitized(path18, derivedConstraints, req, res, ctx) {
+            return router.callHandler(slow(path18, derivedConstraints), req, res, ctx);
           }
         };
       }
@@ -87142,7 +87147,7 @@ var require_find_my_way = __commonJS({
       const byPattern = router._routesByMethodAndPattern.get(method);
       return byPattern === void 0 ? void 0 : byPattern.get(pattern);
     }
-    Router.prototype.on = function on(method, path10, opts, handler, store) {
+    Router.prototype.on = function on(method, path18, opts, handler, store) {
       if (typeof opts === "function") {
         if (handler !== void 0) {
           store = handler;
@@ -87150,34 +87155,34 @@ var require_find_my_way = __commonJS({
         handler = opts;
         opts = {};
       }
-      assert(typeof path10 === "string", "Path should be a string");
-      assert(path10.length > 0, "The path could not be empty");
-      assert(path10[0] === "/" || path10[0] === "*", "The first character of a path should be `/` or `*`");
+      assert(typeof path18 === "string", "Path should be a string");
+      assert(path18.length > 0, "The path could not be empty");
+      assert(path18[0] === "/" || path18[0] === "*", "The first character of a path should be `/` or `*`");
       assert(typeof handler === "function", "Handler should be a function");
-      const optionalParamMatch = path10.match(OPTIONAL_PARAM_REGEXP);
+      const optionalParamMatch = path18.match(OPTIONAL_PARAM_REGEXP);
       if (optionalParamMatch) {
-        assert(path10.length === optionalParamMatch.index + optionalParamMatch[0].length, "Optional Parameter needs to be the last parameter of the path");
-        const pathFull = path10.replace(OPTIONAL_PARAM_REGEXP, "$1$2");
-        const pathOptional = path10.replace(OPTIONAL_PARAM_REGEXP, "$2") || "/";
+        assert(path18.length === optionalParamMatch.index + optionalParamMatch[0].length, "Optional Parameter needs to be the last parameter of the path");
+        const pathFull = path18.replace(OPTIONAL_PARAM_REGEXP, "$1$2");
+        const pathOptional = path18.replace(OPTIONAL_PARAM_REGEXP, "$2") || "/";
         this.on(method, pathFull, opts, handler, store);
         this.on(method, pathOptional, opts, handler, store);
         return;
       }
-      const route = path10;
+      const route = path18;
       if (this.ignoreDuplicateSlashes) {
-        path10 = removeDuplicateSlashes(path10);
+        path18 = removeDuplicateSlashes(path18);
       }
       if (this.ignoreTrailingSlash) {
-        path10 = trimLastSlash(path10);
+        path18 = trimLastSlash(path18);
       }
       const methods = Array.isArray(method) ? method : [method];
       for (const method2 of methods) {
         assert(typeof method2 === "string", "Method should be a string");
         assert(httpMethods.includes(method2), `Method '${method2}' is not an http method.`);
-        this._on(method2, path10, opts, handler, store, route);
+        this._on(method2, path18, opts, handler, store, route);
       }
     };
-    Router.prototype._on = function _on(method, path10, opts, handler, store) {
+    Router.prototype._on = function _on(method, path18, opts, handler, store) {
       let constraints = {};
       if (opts.constraints !== void 0) {
         assert(typeof opts.constraints === "object" && opts.constraints !== null, "Constraints should be an object");
@@ -87192,7 +87197,7 @@ var require_find_my_way = __commonJS({
       if (this.trees[method] === void 0) {
         this.trees[method] = createStaticNode("/");
       }
-      let pattern = path10;
+      let pattern = path18;
       if (pattern === "*" && this.trees[method].prefix.length !== 0) {
         const currentRoot = this.trees[method];
         this.trees[method] = createStaticNode("");
@@ -87307,7 +87312,7 @@ var require_find_my_way = __commonJS({
           }
         }
       }
-      const route = { method, path: path10, pattern, params, opts, handler, store };
+      const route = { method, path: path18, pattern, params, opts, handler, store };
       this.routes.push(route);
       if (sameRoutes !== void 0) {
         sameRoutes.push(route);
@@ -87321,15 +87326,15 @@ var require_find_my_way = __commonJS({
       }
       currentNode.addRoute(route, this.constrainer);
     };
-    Router.prototype.hasRoute = function hasRoute(method, path10, constraints) {
-      const route = this.findRoute(method, path10, constraints);
+    Router.prototype.hasRoute = function hasRoute(method, path18, constraints) {
+      const route = this.findRoute(method, path18, constraints);
       return route !== null;
     };
-    Router.prototype.findRoute = function findNode(method, path10, constraints = {}) {
+    Router.prototype.findRoute = function findNode(method, path18, constraints = {}) {
       if (this.trees[method] === void 0) {
         return null;
       }
-      let pattern = path10;
+      let pattern = path18;
       let currentNode = this.trees[method];
       let parentNodePathIndex = currentNode.prefix.length;
       const params = [];
@@ -87457,39 +87462,39 @@ var require_find_my_way = __commonJS({
       this.routes = [];
       this._routesByMethodAndPattern = /* @__PURE__ */ new Map();
     };
-    Router.prototype.off = function off(method, path10, constraints) {
-      assert(typeof path10 === "string", "Path should be a string");
-      assert(path10.length > 0, "The path could not be empty");
-      assert(path10[0] === "/" || path10[0] === "*", "The first character of a path should be `/` or `*`");
+    Router.prototype.off = function off(method, path18, constraints) {
+      assert(typeof path18 === "string", "Path should be a string");
+      assert(path18.length > 0, "The path could not be empty");
+      assert(path18[0] === "/" || path18[0] === "*", "The first character of a path should be `/` or `*`");
       assert(
         typeof constraints === "undefined" || typeof constraints === "object" && !Array.isArray(constraints) && constraints !== null,
         "Constraints should be an object or undefined."
       );
-      const optionalParamMatch = path10.match(OPTIONAL_PARAM_REGEXP);
+      const optionalParamMatch = path18.match(OPTIONAL_PARAM_REGEXP);
       if (optionalParamMatch) {
-        assert(path10.length === optionalParamMatch.index + optionalParamMatch[0].length, "Optional Parameter needs to be the last parameter of the path");
-        const pathFull = path10.replace(OPTIONAL_PARAM_REGEXP, "$1$2");
-        const pathOptional = path10.replace(OPTIONAL_PARAM_REGEXP, "$2") || "/";
+        assert(path18.length === optionalParamMatch.index + optionalParamMatch[0].length, "Optional Parameter needs to be the last parameter of the path");
+        const pathFull = path18.replace(OPTIONAL_PARAM_REGEXP, "$1$2");
+        const pathOptional = path18.replace(OPTIONAL_PARAM_REGEXP, "$2") || "/";
         this.off(method, pathFull, constraints);
         this.off(method, pathOptional, constraints);
         return;
       }
       if (this.ignoreDuplicateSlashes) {
-        path10 = removeDuplicateSlashes(path10);
+        path18 = removeDuplicateSlashes(path18);
       }
       if (this.ignoreTrailingSlash) {
-        path10 = trimLastSlash(path10);
+        path18 = trimLastSlash(path18);
       }
       const methods = Array.isArray(method) ? method : [method];
       for (const method2 of methods) {
-        this._off(method2, path10, constraints);
+        this._off(method2, path18, constraints);
       }
     };
-    Router.prototype._off = function _off(method, path10, constraints) {
+    Router.prototype._off = function _off(method, path18, constraints) {
       assert(typeof method === "string", "Method should be a string");
       assert(httpMethods.includes(method), `Method '${method}' is not an http method.`);
       function matcherWithoutConstraints(route) {
-        return method !== route.method || path10 !== route.path;
+        return method !== route.method || path18 !== route.path;
       }
       function matcherWithConstraints(route) {
         return matcherWithoutConstraints(route) || !deepEqual(constraints, route.opts.constraints || {});
@@ -87526,40 +87531,40 @@ var require_find_my_way = __commonJS({
       if (handle === null) return this._defaultRoute(req, res, ctx);
       return ctx === void 0 ? handle.handler(req, res, handle.params, handle.store, handle.searchParams) : handle.handler.call(ctx, req, res, handle.params, handle.store, handle.searchParams);
     };
-    Router.prototype.find = function find(method, path10, derivedConstraints) {
+    Router.prototype.find = function find(method, path18, derivedConstraints) {
       let currentNode = method === "GET" ? this._treeGET : this.trees[method];
       if (currentNode == null) return null;
-      if (path10.charCodeAt(0) !== 47) {
-        const absolutePath = getPathFromAbsoluteUrl(path10);
+      if (path18.charCodeAt(0) !== 47) {
+        const absolutePath = getPathFromAbsoluteUrl(path18);
         if (absolutePath === null) {
-          return this._onBadUrl(path10);
+          return this._onBadUrl(path18);
         }
-        path10 = absolutePath;
+        path18 = absolutePath;
       }
       let sanitizedUrl;
       let querystring2;
       let shouldDecodeParam;
       try {
-        sanitizedUrl = path10.length >= MIN_NATIVE_SCAN_LENGTH ? safeDecodeURINativeScan(path10, this.useSemicolonDelimiter) : safeDecodeURICharScan(path10, this.useSemicolonDelimiter, 1);
-        path10 = sanitizedUrl.path;
+        sanitizedUrl = path18.length >= MIN_NATIVE_SCAN_LENGTH ? safeDecodeURINativeScan(path18, this.useSemicolonDelimiter) : safeDecodeURICharScan(path18, this.useSemicolonDelimiter, 1);
+        path18 = sanitizedUrl.path;
         querystring2 = sanitizedUrl.querystring;
         shouldDecodeParam = sanitizedUrl.shouldDecodeParam;
       } catch (error) {
-        return this._onBadUrl(path10);
+        return this._onBadUrl(path18);
       }
       if (this.ignoreDuplicateSlashes) {
-        path10 = removeDuplicateSlashes(path10);
+        path18 = removeDuplicateSlashes(path18);
       }
       if (this.ignoreTrailingSlash) {
-        path10 = trimLastSlash(path10);
+        path18 = trimLastSlash(path18);
       }
-      const originPath = path10;
+      const originPath = path18;
       if (this.caseSensitive === false) {
-        path10 = path10.toLowerCase();
+        path18 = path18.toLowerCase();
       }
       const maxParamLength = this.maxParamLength;
       let pathIndex = currentNode.prefix.length;
-      const pathLen = path10.length;
+      const pathLen = path18.length;
       let paramsCount = 0;
       let param0, param1, param2, param3;
       let extraParams = null;
@@ -87577,7 +87582,7 @@ var require_find_my_way = __commonJS({
             };
           }
         }
-        let node = currentNode.getNextNode(path10, pathIndex, brothersNodesStack, paramsCount);
+        let node = currentNode.getNextNode(path18, pathIndex, brothersNodesStack, paramsCount);
         if (node === null) {
           if (brothersNodesStack.length === 0) {
             if (maxParamLengthExceeded && this.onMaxParamLength) {
@@ -87691,13 +87696,13 @@ var require_find_my_way = __commonJS({
       }
       return compiled;
     };
-    Router.prototype._findCompiled = function _findCompiled(method, path10, derivedConstraints) {
+    Router.prototype._findCompiled = function _findCompiled(method, path18, derivedConstraints) {
       let compiled = method === "GET" ? this._compiledGET : this._compiledTrees[method];
       if (compiled == null) {
         compiled = this._compileTree(method);
         if (compiled === null) return null;
       }
-      return compiled.find(path10, derivedConstraints);
+      return compiled.find(path18, derivedConstraints);
     };
     Router.prototype._lookupCompiled = function _lookupCompiled(req, res, ctx, done) {
       if (typeof ctx === "function" || done !== void 0) {
@@ -87712,42 +87717,42 @@ var require_find_my_way = __commonJS({
       }
       return compiled.lookup(req.url, derivedConstraints, req, res, ctx);
     };
-    Router.prototype._findSanitized = function _findSanitized(matcher, path10, derivedConstraints) {
-      if (path10.charCodeAt(0) !== 47) {
-        const absolutePath = getPathFromAbsoluteUrl(path10);
+    Router.prototype._findSanitized = function _findSanitized(matcher, path18, derivedConstraints) {
+      if (path18.charCodeAt(0) !== 47) {
+        const absolutePath = getPathFromAbsoluteUrl(path18);
         if (absolutePath === null) {
-          return this._onBadUrl(path10);
+          return this._onBadUrl(path18);
         }
-        path10 = absolutePath;
+        path18 = absolutePath;
       }
       let sanitizedUrl;
       let querystring2;
       let shouldDecodeParam;
       try {
-        sanitizedUrl = path10.length >= MIN_NATIVE_SCAN_LENGTH ? safeDecodeURINativeScan(path10, this.useSemicolonDelimiter) : safeDecodeURICharScan(path10, this.useSemicolonDelimiter, 1);
-        path10 = sanitizedUrl.path;
+        sanitizedUrl = path18.length >= MIN_NATIVE_SCAN_LENGTH ? safeDecodeURINativeScan(path18, this.useSemicolonDelimiter) : safeDecodeURICharScan(path18, this.useSemicolonDelimiter, 1);
+        path18 = sanitizedUrl.path;
         querystring2 = sanitizedUrl.querystring;
         shouldDecodeParam = sanitizedUrl.shouldDecodeParam;
       } catch (error) {
-        return this._onBadUrl(path10);
+        return this._onBadUrl(path18);
       }
       if (this.ignoreDuplicateSlashes) {
-        path10 = removeDuplicateSlashes(path10);
+        path18 = removeDuplicateSlashes(path18);
       }
       if (this.ignoreTrailingSlash) {
-        path10 = trimLastSlash(path10);
+        path18 = trimLastSlash(path18);
       }
-      const originPath = path10;
+      const originPath = path18;
       if (this.caseSensitive === false) {
-        path10 = path10.toLowerCase();
+        path18 = path18.toLowerCase();
       }
-      return matcher(path10, originPath, shouldDecodeParam, derivedConstraints, querystring2);
+      return matcher(path18, originPath, shouldDecodeParam, derivedConstraints, querystring2);
     };
     Router.prototype._rebuild = function(routes) {
       this.reset();
       for (const route of routes) {
-        const { method, path: path10, opts, handler, store } = route;
-        this._on(method, path10, opts, handler, store);
+        const { method, path: path18, opts, handler, store } = route;
+        this._on(method, path18, opts, handler, store);
       }
     };
     Router.prototype._defaultRoute = function(req, res, ctx) {
@@ -87758,24 +87763,24 @@ var require_find_my_way = __commonJS({
         res.end();
       }
     };
-    Router.prototype._onBadUrl = function(path10) {
+    Router.prototype._onBadUrl = function(path18) {
       if (this.onBadUrl === null) {
         return null;
       }
       const onBadUrl = this.onBadUrl;
       return {
-        handler: (req, res, ctx) => onBadUrl(path10, req, res),
+        handler: (req, res, ctx) => onBadUrl(path18, req, res),
         params: {},
         store: null
       };
     };
-    Router.prototype._onMaxParamLength = function(path10) {
+    Router.prototype._onMaxParamLength = function(path18) {
       if (this.onMaxParamLength === null) {
         return null;
       }
       const onMaxParamLength = this.onMaxParamLength;
       return {
-        handler: (req, res, ctx) => onMaxParamLength(path10, req, res),
+        handler: (req, res, ctx) => onMaxParamLength(path18, req, res),
         params: {},
         store: null
       };
@@ -87807,12 +87812,12 @@ var require_find_my_way = __commonJS({
       if (!httpMethods.hasOwnProperty(i)) continue;
       const m = httpMethods[i];
       const methodName = m.toLowerCase();
-      Router.prototype[methodName] = function(path10, handler, store) {
-        return this.on(m, path10, handler, store);
+      Router.prototype[methodName] = function(path18, handler, store) {
+        return this.on(m, path18, handler, store);
       };
     }
-    Router.prototype.all = function(path10, handler, store) {
-      this.on(httpMethods, path10, handler, store);
+    Router.prototype.all = function(path18, handler, store) {
+      this.on(httpMethods, path18, handler, store);
     };
     Router.sanitizeUrlPath = function sanitizeUrlPath(url, useSemicolonDelimiter) {
       const decoded = safeDecodeURI(url, useSemicolonDelimiter);
@@ -87861,14 +87866,14 @@ var require_find_my_way = __commonJS({
       }
       return url.slice(pathStart);
     }
-    function removeDuplicateSlashes(path10) {
-      return path10.indexOf("//") !== -1 ? path10.replace(REMOVE_DUPLICATE_SLASHES_REGEXP, "/") : path10;
+    function removeDuplicateSlashes(path18) {
+      return path18.indexOf("//") !== -1 ? path18.replace(REMOVE_DUPLICATE_SLASHES_REGEXP, "/") : path18;
     }
-    function trimLastSlash(path10) {
-      if (path10.length > 1 && path10.charCodeAt(path10.length - 1) === 47) {
-        return path10.slice(0, -1);
+    function trimLastSlash(path18) {
+      if (path18.length > 1 && path18.charCodeAt(path18.length - 1) === 47) {
+        return path18.slice(0, -1);
       }
-      return path10;
+      return path18;
     }
     function trimRegExpStartAndEnd(regexString) {
       if (regexString.charCodeAt(1) === 94) {
@@ -87879,22 +87884,22 @@ var require_find_my_way = __commonJS({
       }
       return regexString;
     }
-    function getClosingParenthensePosition(path10, idx) {
+    function getClosingParenthensePosition(path18, idx) {
       let parentheses = 1;
-      while (idx < path10.length) {
+      while (idx < path18.length) {
         idx++;
-        if (path10.charCodeAt(idx) === 92) {
+        if (path18.charCodeAt(idx) === 92) {
           idx++;
           continue;
         }
-        if (path10.charCodeAt(idx) === 41) {
+        if (path18.charCodeAt(idx) === 41) {
           parentheses--;
-        } else if (path10.charCodeAt(idx) === 40) {
+        } else if (path18.charCodeAt(idx) === 40) {
           parentheses++;
         }
         if (!parentheses) return idx;
       }
-      throw new TypeError('Invalid regexp expression in "' + path10 + '"');
+      throw new TypeError('Invalid regexp expression in "' + path18 + '"');
     }
     function defaultBuildPrettyMeta(route) {
       if (!route) return {};
@@ -88130,12 +88135,12 @@ var require_route = __commonJS({
       function route({ options: options2, isFastify }) {
         throwIfAlreadyStarted("Cannot add route!");
         const opts = { ...options2 };
-        const path10 = opts.url || opts.path || "";
+        const path18 = opts.url || opts.path || "";
         if (!opts.handler) {
-          throw new FST_ERR_ROUTE_MISSING_HANDLER(opts.method, path10);
+          throw new FST_ERR_ROUTE_MISSING_HANDLER(opts.method, path18);
         }
         if (opts.errorHandler !== void 0 && typeof opts.errorHandler !== "function") {
-          throw new FST_ERR_ROUTE_HANDLER_NOT_FN(opts.method, path10);
+          throw new FST_ERR_ROUTE_HANDLER_NOT_FN(opts.method, path18);
         }
         validateBodyLimitOption(opts.bodyLimit);
         validateHandlerTimeoutOption(opts.handlerTimeout);
@@ -88145,22 +88150,22 @@ var require_route = __commonJS({
         if (Array.isArray(opts.method)) {
           for (let i = 0; i < opts.method.length; ++i) {
             opts.method[i] = normalizeAndValidateMethod.call(this, opts.method[i]);
-            validateSchemaBodyOption.call(this, opts.method[i], path10, opts.schema);
+            validateSchemaBodyOption.call(this, opts.method[i], path18, opts.schema);
             isGetRoute = opts.method.includes("GET");
             isHeadRoute = opts.method.includes("HEAD");
           }
         } else {
           opts.method = normalizeAndValidateMethod.call(this, opts.method);
-          validateSchemaBodyOption.call(this, opts.method, path10, opts.schema);
+          validateSchemaBodyOption.call(this, opts.method, path18, opts.schema);
           isGetRoute = opts.method === "GET";
           isHeadRoute = opts.method === "HEAD";
         }
         const headOpts = shouldExposeHead && isGetRoute ? { ...options2 } : null;
         const prefix = this[kRoutePrefix];
-        if (path10 === "/" && prefix.length > 0 && opts.method !== "HEAD") {
+        if (path18 === "/" && prefix.length > 0 && opts.method !== "HEAD") {
           switch (opts.prefixTrailingSlash) {
             case "slash":
-              addNewRoute.call(this, { path: path10, isFastify });
+              addNewRoute.call(this, { path: path18, isFastify });
               break;
             case "no-slash":
               addNewRoute.call(this, { path: "", isFastify });
@@ -88169,20 +88174,20 @@ var require_route = __commonJS({
             default:
               addNewRoute.call(this, { path: "", isFastify });
               if (ignoreTrailingSlash !== true && (ignoreDuplicateSlashes !== true || !prefix.endsWith("/"))) {
-                addNewRoute.call(this, { path: path10, prefixing: true, isFastify });
+                addNewRoute.call(this, { path: path18, prefixing: true, isFastify });
               }
           }
-        } else if (path10[0] === "/" && prefix.endsWith("/")) {
-          addNewRoute.call(this, { path: path10.slice(1), isFastify });
+        } else if (path18[0] === "/" && prefix.endsWith("/")) {
+          addNewRoute.call(this, { path: path18.slice(1), isFastify });
         } else {
-          addNewRoute.call(this, { path: path10, isFastify });
+          addNewRoute.call(this, { path: path18, isFastify });
         }
         return this;
-        function addNewRoute({ path: path11, prefixing = false, isFastify: isFastify2 = false }) {
-          const url = prefix + path11;
+        function addNewRoute({ path: path19, prefixing = false, isFastify: isFastify2 = false }) {
+          const url = prefix + path19;
           opts.url = url;
           opts.path = url;
-          opts.routePath = path11;
+          opts.routePath = path19;
           opts.prefix = prefix;
           opts.logLevel = opts.logLevel || this[kLogLevel];
           validateLogLevelOption(opts.logLevel, opts.method, opts.url, logger);
@@ -88315,7 +88320,7 @@ var require_route = __commonJS({
           });
           if (shouldExposeHead && isGetRoute && !isHeadRoute && !hasHEADHandler) {
             const onSendHandlers = parseHeadOnSendHandlers(headOpts.onSend);
-            prepareRoute.call(this, { method: "HEAD", url: path11, options: { ...headOpts, onSend: onSendHandlers }, isFastify: true });
+            prepareRoute.call(this, { method: "HEAD", url: path19, options: { ...headOpts, onSend: onSendHandlers }, isFastify: true });
           }
         }
       }
@@ -88449,9 +88454,9 @@ var require_route = __commonJS({
       }
       return method;
     }
-    function validateSchemaBodyOption(method, path10, schema) {
+    function validateSchemaBodyOption(method, path18, schema) {
       if (this[kSupportedHTTPMethods].bodyless.has(method) && schema?.body) {
-        throw new FST_ERR_ROUTE_BODY_VALIDATION_SCHEMA_NOT_SUPPORTED(method, path10);
+        throw new FST_ERR_ROUTE_BODY_VALIDATION_SCHEMA_NOT_SUPPORTED(method, path18);
       }
     }
     function validateBodyLimitOption(bodyLimit) {
@@ -88466,11 +88471,11 @@ var require_route = __commonJS({
         throw new FST_ERR_ROUTE_HANDLER_TIMEOUT_OPTION_NOT_INT(handlerTimeout);
       }
     }
-    function validateLogLevelOption(logLevel, method, path10, logger) {
+    function validateLogLevelOption(logLevel, method, path18, logger) {
       if (logLevel == null || logLevel === "") return;
       if (logger?.levels?.values == null) return;
       if (typeof logLevel !== "string" || logger.levels.values[logLevel] === void 0) {
-        throw new FST_ERR_ROUTE_LOG_LEVEL_INVALID(method, path10, logLevel);
+        throw new FST_ERR_ROUTE_LOG_LEVEL_INVALID(method, path18, logLevel);
       }
     }
     function runPreParsing(err, request2, reply) {
@@ -88864,25 +88869,25 @@ __export(dist_exports, {
   stringifyCookie: () => stringifyCookie,
   stringifySetCookie: () => stringifySetCookie
 });
-function parseCookie(str2, options) {
+function parseCookie(str4, options) {
   const obj = new NullObject();
-  const len = str2.length;
+  const len = str4.length;
   if (len < 2)
     return obj;
   const dec = options?.decode ?? defaultDecode;
   let index = 0;
   do {
-    const eqIdx = eqIndex(str2, index, len);
+    const eqIdx = eqIndex(str4, index, len);
     if (eqIdx === len)
       break;
-    const endIdx = endIndex(str2, index, len);
+    const endIdx = endIndex(str4, index, len);
     if (eqIdx > endIdx) {
-      index = str2.lastIndexOf(";", eqIdx - 1) + 1;
+      index = str4.lastIndexOf(";", eqIdx - 1) + 1;
       continue;
     }
-    const key = valueSlice(str2, index, eqIdx);
+    const key = valueSlice(str4, index, eqIdx);
     if (obj[key] === void 0) {
-      obj[key] = dec(valueSlice(str2, eqIdx + 1, endIdx));
+      obj[key] = dec(valueSlice(str4, eqIdx + 1, endIdx));
     }
     index = endIdx + 1;
   } while (index < len);
@@ -88891,7 +88896,7 @@ function parseCookie(str2, options) {
 function stringifyCookie(cookie, options) {
   const enc = options?.encode ?? defaultEncode;
   const keys = Object.keys(cookie);
-  let str2 = "";
+  let str4 = "";
   for (let i = 0; i < keys.length; i++) {
     const name = keys[i];
     const val = cookie[name];
@@ -88904,11 +88909,11 @@ function stringifyCookie(cookie, options) {
     if (enc !== defaultEncode && !cookieValueRegExp.test(value)) {
       throw new TypeError(`cookie value is invalid: ${val}`);
     }
-    if (str2)
-      str2 += "; ";
-    str2 += name + "=" + value;
+    if (str4)
+      str4 += "; ";
+    str4 += name + "=" + value;
   }
-  return str2;
+  return str4;
 }
 function stringifySetCookie(cookie, options) {
   const enc = options?.encode ?? defaultEncode;
@@ -88919,52 +88924,52 @@ function stringifySetCookie(cookie, options) {
   if (enc !== defaultEncode && !cookieValueRegExp.test(value)) {
     throw new TypeError(`cookie value is invalid: ${cookie.value}`);
   }
-  let str2 = cookie.name + "=" + value;
+  let str4 = cookie.name + "=" + value;
   if (cookie.maxAge !== void 0) {
     if (!Number.isSafeInteger(cookie.maxAge)) {
       throw new TypeError(`cookie maxAge is invalid: ${cookie.maxAge}`);
     }
-    str2 += "; Max-Age=" + cookie.maxAge;
+    str4 += "; Max-Age=" + cookie.maxAge;
   }
   if (cookie.domain) {
     if (!domainValueRegExp.test(cookie.domain)) {
       throw new TypeError(`cookie domain is invalid: ${cookie.domain}`);
     }
-    str2 += "; Domain=" + cookie.domain;
+    str4 += "; Domain=" + cookie.domain;
   }
   if (cookie.path) {
     if (!pathValueRegExp.test(cookie.path)) {
       throw new TypeError(`cookie path is invalid: ${cookie.path}`);
     }
-    str2 += "; Path=" + cookie.path;
+    str4 += "; Path=" + cookie.path;
   }
   if (cookie.expires) {
     const year2 = cookie.expires.getUTCFullYear();
     if (!(year2 >= 1601 && year2 <= 9999)) {
       throw new TypeError(`cookie expires is invalid: ${cookie.expires}`);
     }
-    str2 += "; Expires=" + cookie.expires.toUTCString();
+    str4 += "; Expires=" + cookie.expires.toUTCString();
   }
   if (cookie.httpOnly) {
-    str2 += "; HttpOnly";
+    str4 += "; HttpOnly";
   }
   if (cookie.secure) {
-    str2 += "; Secure";
+    str4 += "; Secure";
   }
   if (cookie.partitioned) {
-    str2 += "; Partitioned";
+    str4 += "; Partitioned";
   }
   if (cookie.priority) {
     const priority = typeof cookie.priority === "string" ? cookie.priority.toLowerCase() : void 0;
     switch (priority) {
       case "low":
-        str2 += "; Priority=Low";
+        str4 += "; Priority=Low";
         break;
       case "medium":
-        str2 += "; Priority=Medium";
+        str4 += "; Priority=Medium";
         break;
       case "high":
-        str2 += "; Priority=High";
+        str4 += "; Priority=High";
         break;
       default:
         throw new TypeError(`cookie priority is invalid: ${cookie.priority}`);
@@ -88975,36 +88980,36 @@ function stringifySetCookie(cookie, options) {
     switch (sameSite) {
       case true:
       case "strict":
-        str2 += "; SameSite=Strict";
+        str4 += "; SameSite=Strict";
         break;
       case "lax":
-        str2 += "; SameSite=Lax";
+        str4 += "; SameSite=Lax";
         break;
       case "none":
-        str2 += "; SameSite=None";
+        str4 += "; SameSite=None";
         break;
       default:
         throw new TypeError(`cookie sameSite is invalid: ${cookie.sameSite}`);
     }
   }
-  return str2;
+  return str4;
 }
-function parseSetCookie(str2, options) {
+function parseSetCookie(str4, options) {
   const dec = options?.decode ?? defaultDecode;
-  const len = str2.length;
-  const endIdx = endIndex(str2, 0, len);
-  let eqIdx = eqIndex(str2, 0, len);
+  const len = str4.length;
+  const endIdx = endIndex(str4, 0, len);
+  let eqIdx = eqIndex(str4, 0, len);
   const setCookie = eqIdx < endIdx ? {
-    name: valueSlice(str2, 0, eqIdx),
-    value: dec(valueSlice(str2, eqIdx + 1, endIdx))
-  } : { name: "", value: dec(valueSlice(str2, 0, endIdx)) };
+    name: valueSlice(str4, 0, eqIdx),
+    value: dec(valueSlice(str4, eqIdx + 1, endIdx))
+  } : { name: "", value: dec(valueSlice(str4, 0, endIdx)) };
   let index = endIdx + 1;
   while (index < len) {
-    const endIdx2 = endIndex(str2, index, len);
+    const endIdx2 = endIndex(str4, index, len);
     if (eqIdx < index)
-      eqIdx = eqIndex(str2, index, len);
-    const attr = eqIdx < endIdx2 ? valueSlice(str2, index, eqIdx) : valueSlice(str2, index, endIdx2);
-    const val = eqIdx < endIdx2 ? valueSlice(str2, eqIdx + 1, endIdx2) : void 0;
+      eqIdx = eqIndex(str4, index, len);
+    const attr = eqIdx < endIdx2 ? valueSlice(str4, index, eqIdx) : valueSlice(str4, index, endIdx2);
+    const val = eqIdx < endIdx2 ? valueSlice(str4, eqIdx + 1, endIdx2) : void 0;
     switch (attr.toLowerCase()) {
       case "httponly":
         setCookie.httpOnly = true;
@@ -89053,43 +89058,43 @@ function parseSetCookie(str2, options) {
   }
   return setCookie;
 }
-function endIndex(str2, min, len) {
-  const index = str2.indexOf(";", min);
+function endIndex(str4, min, len) {
+  const index = str4.indexOf(";", min);
   return index === -1 ? len : index;
 }
-function eqIndex(str2, min, len) {
-  const index = str2.indexOf("=", min);
+function eqIndex(str4, min, len) {
+  const index = str4.indexOf("=", min);
   return index === -1 ? len : index;
 }
-function valueSlice(str2, min, max) {
+function valueSlice(str4, min, max) {
   if (min === max)
     return "";
   let start = min;
   let end = max;
   do {
-    const code = str2.charCodeAt(start);
-    if (code !== 32 && code !== 9)
+    const code2 = str4.charCodeAt(start);
+    if (code2 !== 32 && code2 !== 9)
       break;
   } while (++start < end);
   while (end > start) {
-    const code = str2.charCodeAt(end - 1);
-    if (code !== 32 && code !== 9)
+    const code2 = str4.charCodeAt(end - 1);
+    if (code2 !== 32 && code2 !== 9)
       break;
     end--;
   }
-  return str2.slice(start, end);
+  return str4.slice(start, end);
 }
-function defaultDecode(str2) {
-  if (str2.indexOf("%") === -1)
-    return str2;
+function defaultDecode(str4) {
+  if (str4.indexOf("%") === -1)
+    return str4;
   try {
-    return decodeURIComponent(str2);
+    return decodeURIComponent(str4);
   } catch (e) {
-    return str2;
+    return str4;
   }
 }
-function defaultEncode(str2) {
-  return cookieOctetInvalidRegExp.test(str2) ? encodeURIComponent(str2) : str2;
+function defaultEncode(str4) {
+  return cookieOctetInvalidRegExp.test(str4) ? encodeURIComponent(str4) : str4;
 }
 var cookieNameRegExp, cookieValueRegExp, cookieOctetInvalidRegExp, domainValueRegExp, pathValueRegExp, maxAgeRegExp, NullObject;
 var init_dist = __esm({
@@ -89115,14 +89120,14 @@ var require_cookies = __commonJS({
     "use strict";
     var { stringifySetCookie: stringifySetCookie2 } = (init_dist(), __toCommonJS(dist_exports));
     function cookiePathMatches(cookiePath, requestPath) {
-      const path10 = cookiePath || "/";
-      if (requestPath === path10) {
+      const path18 = cookiePath || "/";
+      if (requestPath === path18) {
         return true;
       }
-      if (!requestPath.startsWith(path10)) {
+      if (!requestPath.startsWith(path18)) {
         return false;
       }
-      return path10.endsWith("/") || requestPath.charAt(path10.length) === "/";
+      return path18.endsWith("/") || requestPath.charAt(path18.length) === "/";
     }
     function listCookies(cookies) {
       if (Array.isArray(cookies)) {
@@ -89204,7 +89209,7 @@ var require_form_data = __commonJS({
       const boundary = `----formdata-${randomUUID()}`;
       const prefix = `--${boundary}\r
 Content-Disposition: form-data`;
-      const escape2 = (str2) => str2.replace(/\n/g, "%0A").replace(/\r/g, "%0D").replace(/"/g, "%22");
+      const escape2 = (str4) => str4.replace(/\n/g, "%0A").replace(/\r/g, "%0D").replace(/"/g, "%22");
       const normalizeLinefeeds = (value) => value.replace(/\r?\n|\r/g, "\r\n");
       const linebreak = new Uint8Array([13, 10]);
       async function* asyncIterator() {
@@ -89233,9 +89238,9 @@ Content-Type: ${value.type || "application/octet-stream"}\r
         }
         yield textEncoder.encode(`--${boundary}--`);
       }
-      const stream = Readable.from(asyncIterator());
+      const stream2 = Readable.from(asyncIterator());
       return {
-        stream,
+        stream: stream2,
         contentType: `multipart/form-data; boundary=${boundary}`
       };
     }
@@ -89379,10 +89384,10 @@ var require_request2 = __commonJS({
       let payload = options.payload || options.body || null;
       let payloadResume = payload && typeof payload.resume === "function";
       if (isFormDataLike(payload)) {
-        const stream = formDataToStream(payload);
-        payload = stream.stream;
+        const stream2 = formDataToStream(payload);
+        payload = stream2.stream;
         payloadResume = true;
-        this.headers["content-type"] = stream.contentType;
+        this.headers["content-type"] = stream2.contentType;
         this.headers["transfer-encoding"] = "chunked";
       }
       if (payload && typeof payload !== "string" && !payloadResume && !Buffer.isBuffer(payload)) {
@@ -89505,8 +89510,8 @@ var require_set_cookie = __commonJS({
     function createNullObj() {
       return /* @__PURE__ */ Object.create(null);
     }
-    function isNonEmptyString(str2) {
-      return typeof str2 === "string" && !!str2.trim();
+    function isNonEmptyString(str4) {
+      return typeof str4 === "string" && !!str4.trim();
     }
     function parseString(setCookieValue, options) {
       var parts = setCookieValue.split(";");
@@ -89594,19 +89599,19 @@ var require_set_cookie = __commonJS({
       }
       return { name: trimWsp(name), value: trimWsp(value) };
     }
-    function trimWsp(str2) {
+    function trimWsp(str4) {
       var start = 0;
-      var end = str2.length;
-      while (start < end && isWsp(str2.charCodeAt(start))) {
+      var end = str4.length;
+      while (start < end && isWsp(str4.charCodeAt(start))) {
         start += 1;
       }
-      while (end > start && isWsp(str2.charCodeAt(end - 1))) {
+      while (end > start && isWsp(str4.charCodeAt(end - 1))) {
         end -= 1;
       }
-      return str2.substring(start, end);
+      return str4.substring(start, end);
     }
-    function isWsp(code) {
-      return code === 32 || code === 9;
+    function isWsp(code2) {
+      return code2 === 32 || code2 === 9;
     }
     function parseSetCookie2(input, options) {
       options = options ? Object.assign({}, defaultParseOptions, options) : defaultParseOptions;
@@ -89647,13 +89652,13 @@ var require_set_cookie = __commonJS({
         input = input.map(splitCookiesString).flat();
       }
       if (!options.map) {
-        return input.map(function(str2) {
-          return parseString(str2, options);
+        return input.map(function(str4) {
+          return parseString(str4, options);
         }).filter(Boolean);
       } else {
         var cookies = createNullObj();
-        return input.reduce(function(cookies2, str2) {
-          var cookie = parseString(str2, options);
+        return input.reduce(function(cookies2, str4) {
+          var cookie = parseString(str4, options);
           if (cookie) {
             cookies2[cookie.name] = cookie;
           }
@@ -90968,9 +90973,9 @@ var require_light_my_request = __commonJS({
         const res = new Response(req, callback);
         return makeRequest(dispatchFunc, server, req, res);
       } else {
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           const req = new RequestConstructor(options);
-          const res = new Response(req, resolve6, reject);
+          const res = new Response(req, resolve8, reject);
           makeRequest(dispatchFunc, server, req, res);
         });
       }
@@ -91648,19 +91653,19 @@ var require_fastify = __commonJS({
         }
         fourOhFour.router.lookup(req, res);
       }
-      function onBadUrl(path10, req, res) {
+      function onBadUrl(path18, req, res) {
         if (options.frameworkErrors) {
           const id = getGenReqId(routeEventContext.server, req);
           const childLogger = createChildLogger(routeEventContext, options.logger, req, id);
           const request2 = new Request(id, null, req, null, childLogger, routeEventContext);
           const reply = new Reply(res, request2, childLogger);
           routeEventContext.server[kLogController].incomingRequest(request2, reply);
-          return options.frameworkErrors(new FST_ERR_BAD_URL(path10), request2, reply);
+          return options.frameworkErrors(new FST_ERR_BAD_URL(path18), request2, reply);
         }
         const body = JSON.stringify({
           error: "Bad Request",
           code: "FST_ERR_BAD_URL",
-          message: `'${path10}' is not a valid url component`,
+          message: `'${path18}' is not a valid url component`,
           statusCode: 400
         });
         res.writeHead(400, {
@@ -91669,19 +91674,19 @@ var require_fastify = __commonJS({
         });
         res.end(body);
       }
-      function onMaxParamLength(path10, req, res) {
+      function onMaxParamLength(path18, req, res) {
         if (options.frameworkErrors) {
           const id = getGenReqId(routeEventContext.server, req);
           const childLogger = createChildLogger(routeEventContext, options.logger, req, id);
           const request2 = new Request(id, null, req, null, childLogger, routeEventContext);
           const reply = new Reply(res, request2, childLogger);
           routeEventContext.server[kLogController].incomingRequest(request2, reply);
-          return options.frameworkErrors(new FST_ERR_MAX_PARAM_LENGTH(path10), request2, reply);
+          return options.frameworkErrors(new FST_ERR_MAX_PARAM_LENGTH(path18), request2, reply);
         }
         const body = JSON.stringify({
           error: "Bad Request",
           code: "FST_ERR_MAX_PARAM_LENGTH",
-          message: `'${path10}' is exceeding the max param length`,
+          message: `'${path18}' is exceeding the max param length`,
           statusCode: 414
         });
         res.writeHead(414, {
@@ -92213,14 +92218,14 @@ var require_registry4 = __commonJS({
       sharedLabelCache.set(labels, flattened);
       return flattened;
     }
-    function escapeLabelValue(str2) {
-      if (typeof str2 !== "string") {
-        return str2;
+    function escapeLabelValue(str4) {
+      if (typeof str4 !== "string") {
+        return str4;
       }
-      return escapeString(str2).replace(/"/g, '\\"');
+      return escapeString(str4).replace(/"/g, '\\"');
     }
-    function escapeString(str2) {
-      return str2.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
+    function escapeString(str4) {
+      return str4.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
     }
     function standardizeCounterName(name) {
       return name.replace(/_total$/, "");
@@ -93932,14 +93937,14 @@ var require_pushgateway = __commonJS({
       const gatewayUrlParsed = url.parse(this.gatewayUrl);
       const gatewayUrlPath = gatewayUrlParsed.pathname && gatewayUrlParsed.pathname !== "/" ? gatewayUrlParsed.pathname : "";
       const jobPath = job ? `/job/${encodeURIComponent(job)}${generateGroupings(groupings)}` : "";
-      const path10 = `${gatewayUrlPath}/metrics${jobPath}`;
-      const target = url.resolve(this.gatewayUrl, path10);
+      const path18 = `${gatewayUrlPath}/metrics${jobPath}`;
+      const target = url.resolve(this.gatewayUrl, path18);
       const requestParams = url.parse(target);
       const httpModule = isHttps(requestParams.href) ? https3 : http5;
       const options = Object.assign(requestParams, this.requestOptions, {
         method
       });
-      return new Promise((resolve6, reject) => {
+      return new Promise((resolve8, reject) => {
         if (method === "DELETE" && options.headers) {
           delete options.headers["Content-Encoding"];
         }
@@ -93955,7 +93960,7 @@ var require_pushgateway = __commonJS({
                 new Error(`push failed with status ${resp.statusCode}, ${body}`)
               );
             } else {
-              resolve6({ resp, body });
+              resolve8({ resp, body });
             }
           });
         });
@@ -94341,15 +94346,15 @@ var require_utils4 = __commonJS({
     function createBaggage(entries = {}) {
       return new require_baggage_impl2.BaggageImpl(new Map(Object.entries(entries)));
     }
-    function baggageEntryMetadataFromString(str2) {
-      if (typeof str2 !== "string") {
-        diag.error(`Cannot create baggage metadata from unknown type: ${typeof str2}`);
-        str2 = "";
+    function baggageEntryMetadataFromString(str4) {
+      if (typeof str4 !== "string") {
+        diag.error(`Cannot create baggage metadata from unknown type: ${typeof str4}`);
+        str4 = "";
       }
       return {
         __TYPE__: require_symbol2.baggageEntryMetadataSymbol,
         toString() {
-          return str2;
+          return str4;
         }
       };
     }
@@ -95622,8 +95627,8 @@ var require_propagation = __commonJS({
       * @param carrier Carrier to extract context from
       * @param getter Function used to extract keys from a carrier
       */
-      extract(context, carrier, getter = require_TextMapPropagator2.defaultTextMapGetter) {
-        return this._getGlobalPropagator().extract(context, carrier, getter);
+      extract(context, carrier, getter2 = require_TextMapPropagator2.defaultTextMapGetter) {
+        return this._getGlobalPropagator().extract(context, carrier, getter2);
       }
       /**
       * Return a list of all fields which may be used by the propagator.
@@ -95907,7 +95912,7 @@ var require_osMemoryHeapLinux = __commonJS({
   "node_modules/prom-client/lib/metrics/osMemoryHeapLinux.js"(exports2, module2) {
     "use strict";
     var Gauge2 = require_gauge();
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     var values = ["VmSize", "VmRSS", "VmData"];
     var PROCESS_RESIDENT_MEMORY = "process_resident_memory_bytes";
     var PROCESS_VIRTUAL_MEMORY = "process_virtual_memory_bytes";
@@ -95938,7 +95943,7 @@ var require_osMemoryHeapLinux = __commonJS({
         // Use this one metric's `collect` to set all metrics' values.
         collect() {
           try {
-            const stat = fs8.readFileSync("/proc/self/status", "utf8");
+            const stat = fs15.readFileSync("/proc/self/status", "utf8");
             const structuredOutput = structureOutput(stat);
             residentMemGauge.set(labels, structuredOutput.VmRSS);
             virtualMemGauge.set(labels, structuredOutput.VmSize);
@@ -96018,7 +96023,7 @@ var require_processOpenFileDescriptors = __commonJS({
   "node_modules/prom-client/lib/metrics/processOpenFileDescriptors.js"(exports2, module2) {
     "use strict";
     var Gauge2 = require_gauge();
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     var process2 = require("process");
     var PROCESS_OPEN_FDS = "process_open_fds";
     module2.exports = (registry, config = {}) => {
@@ -96035,7 +96040,7 @@ var require_processOpenFileDescriptors = __commonJS({
         labelNames,
         collect() {
           try {
-            const fds = fs8.readdirSync("/proc/self/fd");
+            const fds = fs15.readdirSync("/proc/self/fd");
             this.set(labels, fds.length - 1);
           } catch {
           }
@@ -96051,13 +96056,13 @@ var require_processMaxFileDescriptors = __commonJS({
   "node_modules/prom-client/lib/metrics/processMaxFileDescriptors.js"(exports2, module2) {
     "use strict";
     var Gauge2 = require_gauge();
-    var fs8 = require("fs");
+    var fs15 = require("fs");
     var PROCESS_MAX_FDS = "process_max_fds";
     var maxFds;
     module2.exports = (registry, config = {}) => {
       if (maxFds === void 0) {
         try {
-          const limits = fs8.readFileSync("/proc/self/limits", "utf8");
+          const limits = fs15.readFileSync("/proc/self/limits", "utf8");
           const lines = limits.split("\n");
           for (const line of lines) {
             if (line.startsWith("Max open files")) {
@@ -96729,13 +96734,13 @@ var require_cluster = __commonJS({
        */
       clusterMetrics() {
         const requestId = requestCtr++;
-        return new Promise((resolve6, reject) => {
+        return new Promise((resolve8, reject) => {
           let settled = false;
           function done(err, result) {
             if (settled) return;
             settled = true;
             if (err) reject(err);
-            else resolve6(result);
+            else resolve8(result);
           }
           const request2 = {
             responses: [],
@@ -96982,20 +96987,29 @@ function validateEnvelope(candidate) {
   if (!isObject2(e.data)) return { error: "data must be a JSON object" };
   return { event: e };
 }
-var CONTENT_TYPE_STRUCTURED, CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, MAX_ID_LENGTH, DEFAULT_MAX_BATCH, EventsBodyError, RFC3339, isObject2;
+function stableId(...parts) {
+  const ns = Buffer.from(ID_NAMESPACE.replace(/-/g, ""), "hex");
+  const h = (0, import_node_crypto14.createHash)("sha256").update(ns).update(JSON.stringify(parts)).digest().subarray(0, 16);
+  h[6] = h[6] & 15 | 128;
+  h[8] = h[8] & 63 | 128;
+  const hex = h.toString("hex");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+var import_node_crypto14, CONTENT_TYPE_STRUCTURED, CONTENT_TYPE_BATCH, CONTENT_TYPE_JSON, MAX_ID_LENGTH, DEFAULT_MAX_BATCH, EventsBodyError, RFC3339, isObject2, ID_NAMESPACE;
 var init_cloudevents = __esm({
   "src/server/metering/cloudevents.ts"() {
     "use strict";
+    import_node_crypto14 = require("node:crypto");
     CONTENT_TYPE_STRUCTURED = "application/cloudevents+json";
     CONTENT_TYPE_BATCH = "application/cloudevents-batch+json";
     CONTENT_TYPE_JSON = "application/json";
     MAX_ID_LENGTH = 256;
     DEFAULT_MAX_BATCH = 1e3;
     EventsBodyError = class extends Error {
-      constructor(status3, code, message2) {
+      constructor(status4, code2, message2) {
         super(message2);
-        this.status = status3;
-        this.code = code;
+        this.status = status4;
+        this.code = code2;
         this.name = "EventsBodyError";
       }
       status;
@@ -97003,6 +97017,7 @@ var init_cloudevents = __esm({
     };
     RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
     isObject2 = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
+    ID_NAMESPACE = "3c1f6f0e-8e4b-4c1a-9b1e-5b8d6a2f7c10";
   }
 });
 
@@ -97091,7 +97106,33 @@ function parseEventsBody(contentType, body, opts = {}) {
     })
   };
 }
-var BUILD_COMPLETED, JOB_COMPLETED, EVENT_TYPES, BUILD_STATUSES, CACHE_RATIO_TOLERANCE, MAX_STRING, MAX_DATA_BYTES, DIGEST2;
+function envelope(type, id, org, data, opts) {
+  const t = opts.time === void 0 ? /* @__PURE__ */ new Date() : new Date(opts.time);
+  return {
+    specversion: "1.0",
+    id,
+    source: opts.source ?? DEFAULT_SOURCE,
+    type,
+    subject: org,
+    time: t.toISOString(),
+    datacontenttype: "application/json",
+    data
+  };
+}
+function buildRecordId(leaseId, buildId) {
+  return stableId(BUILD_COMPLETED, leaseId, buildId);
+}
+function jobRecordId(leaseId, jobId) {
+  return stableId(JOB_COMPLETED, leaseId, jobId);
+}
+function buildCompletedEvent(org, data, opts = {}) {
+  const cache_ratio = data.cache_ratio ?? (data.total_steps > 0 ? data.cached_steps / data.total_steps : 0);
+  return envelope(BUILD_COMPLETED, buildRecordId(data.lease_id, data.build_id), org, { ...data, cache_ratio }, opts);
+}
+function jobCompletedEvent(org, data, opts = {}) {
+  return envelope(JOB_COMPLETED, jobRecordId(data.lease_id, data.job_id), org, data, opts);
+}
+var BUILD_COMPLETED, JOB_COMPLETED, EVENT_TYPES, BUILD_STATUSES, CACHE_RATIO_TOLERANCE, MAX_STRING, MAX_DATA_BYTES, DIGEST2, DEFAULT_SOURCE;
 var init_events = __esm({
   "src/server/metering/events.ts"() {
     "use strict";
@@ -97104,6 +97145,7 @@ var init_events = __esm({
     MAX_STRING = 256;
     MAX_DATA_BYTES = 16 * 1024;
     DIGEST2 = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
+    DEFAULT_SOURCE = "urn:buildcloud:ci";
   }
 });
 
@@ -97281,8 +97323,8 @@ function createMetrics() {
     })
   };
 }
-function sendError2(reply, status3, code, message2) {
-  return reply.code(status3).send({ error: { code, message: message2 } });
+function sendError2(reply, status4, code2, message2) {
+  return reply.code(status4).send({ error: { code: code2, message: message2 } });
 }
 function buildHttpApp(deps) {
   const now = deps.now ?? Date.now;
@@ -97296,11 +97338,11 @@ function buildHttpApp(deps) {
   app.removeAllContentTypeParsers();
   app.addContentTypeParser("*", { parseAs: "buffer" }, (_req, body, done) => done(null, body));
   app.setErrorHandler((err, req, reply) => {
-    const status3 = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
-    if (status3 === 413) {
+    const status4 = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status4 === 413) {
       return sendError2(reply, 413, "payload_too_large", `request body exceeds ${bodyLimit} bytes; send smaller batches`);
     }
-    if (status3 < 500) return sendError2(reply, status3, FASTIFY_CODES[err.code] ?? "bad_request", err.message);
+    if (status4 < 500) return sendError2(reply, status4, FASTIFY_CODES[err.code] ?? "bad_request", err.message);
     req.log.error({ err, url: req.url }, "request failed");
     return sendError2(reply, 500, "internal", "internal error; the request may be retried");
   });
@@ -97460,14 +97502,14 @@ function serverInfoFile(stateDir) {
 function storeFile(stateDir) {
   return path6.join(stateDir, "buildcloud.db");
 }
-async function startServer(config, log) {
+async function startServer(config, log2) {
   const cleanups = [];
   const stopAll = async () => {
     for (const fn of cleanups.reverse()) {
       try {
         await fn();
       } catch (err) {
-        log.warn({ err: String(err) }, "cleanup step failed");
+        log2.warn({ err: String(err) }, "cleanup step failed");
       }
     }
     cleanups.length = 0;
@@ -97495,7 +97537,7 @@ async function startServer(config, log) {
           "No registry for the org cache: Debian's docker-registry was not found. Install it (apt-get install docker-registry) or pass --registry URL of an OCI registry."
         );
       }
-      const registry = new EmbeddedRegistry({ dir: path6.join(config.stateDir, "registry"), registryPath: bin, log });
+      const registry = new EmbeddedRegistry({ dir: path6.join(config.stateDir, "registry"), registryPath: bin, log: log2 });
       await registry.start();
       cleanups.push(() => registry.stop());
       upstream = { socketPath: registry.socketPath };
@@ -97504,12 +97546,12 @@ async function startServer(config, log) {
     let driver = null;
     if (config.driver === "dockerd") {
       const dockerd = findDockerd();
-      if (dockerd) driver = new DockerdDriver({ rootDir: path6.join(config.stateDir, "builders"), dockerdPath: dockerd, subnetPool: config.subnetPool, log });
-      else log.warn("dockerd not found: provisioning will be refused until docker.io is installed");
+      if (dockerd) driver = new DockerdDriver({ rootDir: path6.join(config.stateDir, "builders"), dockerdPath: dockerd, subnetPool: config.subnetPool, log: log2 });
+      else log2.warn("dockerd not found: provisioning will be refused until docker.io is installed");
     }
     if (driver?.cleanupOrphans) {
       const removed = await driver.cleanupOrphans();
-      if (removed.length) log.warn({ removed }, "removed builders a previous run left behind");
+      if (removed.length) log2.warn({ removed }, "removed builders a previous run left behind");
     }
     let leases = null;
     const pool = driver ? new BuilderPool({
@@ -97519,7 +97561,7 @@ async function startServer(config, log) {
       warmPool: config.warmPool,
       maxBuilders: config.maxBuilders,
       graceMs: config.graceMs,
-      log,
+      log: log2,
       onActivity: (fp) => leases?.activity(fp),
       onChange: () => {
         metrics.activeBuilders.set(pool?.count() ?? 0);
@@ -97528,7 +97570,7 @@ async function startServer(config, log) {
     }) : null;
     if (pool) cleanups.push(() => pool.stop());
     let registryPrincipal = async () => null;
-    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
+    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log: log2 });
     await proxy.listen();
     cleanups.push(() => proxy.close());
     let meteringUrl = "";
@@ -97540,32 +97582,32 @@ async function startServer(config, log) {
       config,
       registryHost: proxy.host,
       meteringUrl: () => meteringUrl,
-      log,
+      log: log2,
       metrics
     });
     leases = lm;
     registryPrincipal = (u, p) => lm.registryPrincipal(u, p);
     const recovered = await lm.recover();
-    if (recovered) log.warn({ leases: recovered }, "ended leases left active by a previous run");
+    if (recovered) log2.warn({ leases: recovered }, "ended leases left active by a previous run");
     lm.startReaper();
     cleanups.push(() => lm.stop());
     pool?.refill();
     const authenticator = new Authenticator(store, signingKey, adminToken);
     const oidc = new OidcVerifier({ allowInsecureIssuers: config.insecureOidcIssuers });
     const grpcServer = new grpc4.Server({ "grpc.max_receive_message_length": 1 << 20 });
-    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log });
+    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log: log2 });
     const grpcPort = await new Promise(
-      (resolve6, reject) => grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, grpc4.ServerCredentials.createInsecure(), (err, port) => err ? reject(err) : resolve6(port))
+      (resolve8, reject) => grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, grpc4.ServerCredentials.createInsecure(), (err, port) => err ? reject(err) : resolve8(port))
     );
     cleanups.push(
-      () => new Promise((resolve6) => {
+      () => new Promise((resolve8) => {
         const t = setTimeout(() => {
           grpcServer.forceShutdown();
-          resolve6();
+          resolve8();
         }, 3e3);
         grpcServer.tryShutdown(() => {
           clearTimeout(t);
-          resolve6();
+          resolve8();
         });
       })
     );
@@ -97577,7 +97619,7 @@ async function startServer(config, log) {
       },
       metrics,
       usage: (org, month) => computeUsage(store, org, month, Date.now(), lm.activeSeconds(org)),
-      log
+      log: log2
     });
     await app.listen({ host: config.host, port: config.httpPort });
     cleanups.push(() => app.close());
@@ -97673,9 +97715,9 @@ function registerServe(program3) {
       subnetPool: o.subnetPool,
       insecureOidcIssuers: Boolean(o.insecureOidcIssuers)
     });
-    const log = createLogger();
+    const log2 = createLogger();
     const { startServer: startServer2 } = await Promise.resolve().then(() => (init_server(), server_exports));
-    const server = await startServer2(config, log);
+    const server = await startServer2(config, log2);
     process.env.BUILDCLOUD_SERVING = "1";
     const i = server.info;
     if (o.json) process.stdout.write(JSON.stringify(i) + "\n");
@@ -97695,11 +97737,11 @@ function registerServe(program3) {
     const stop = (signal2) => {
       if (stopping) return;
       stopping = true;
-      log.info({ signal: signal2 }, "stopping: ending leases, destroying builders, stopping the registry");
+      log2.info({ signal: signal2 }, "stopping: ending leases, destroying builders, stopping the registry");
       server.stop().then(
         () => process.exit(0),
         (err) => {
-          log.error({ err: String(err) }, "stop failed");
+          log2.error({ err: String(err) }, "stop failed");
           process.exit(1);
         }
       );
@@ -97914,12 +97956,2172 @@ function fmt(n) {
   return typeof n === "number" ? String(+n.toFixed(2)) : "0";
 }
 
+// src/cli/ci.ts
+var fs14 = __toESM(require("fs"));
+var path17 = __toESM(require("path"));
+
+// src/core/inputs.ts
+var SETUP_INPUTS = [
+  { name: "endpoint", type: "string", default: "", description: "gRPC address of the Build Cloud control plane: host:port, grpc://host:port or grpcs://host:port. Falls back to the BUILDCLOUD_ENDPOINT variable." },
+  { name: "token", type: "string", default: "", secret: true, description: "Org token (buildcloud admin token create). Leave empty to exchange the CI job's OIDC token instead. Falls back to the BUILDCLOUD_TOKEN variable." },
+  { name: "org", type: "string", default: "", description: "Org to act for. Empty: the token's own org." },
+  { name: "oidc-audience", type: "string", default: "buildcloud", description: "Audience of the OIDC token exchanged for an access token; must match the org's trust rule." },
+  { name: "platforms", type: "list", default: "", description: "Platforms to get a builder for, comma- or newline-separated (e.g. linux/amd64). Empty: the control plane's native platform." },
+  { name: "scope", type: "enum", options: ["pipeline", "job"], default: "pipeline", description: "pipeline: every job of the pipeline shares one builder per platform; job: this job gets its own." },
+  { name: "cache", type: "boolean", default: "true", description: "Import and export the org-wide layer cache (forks only import)." },
+  { name: "fallback", type: "enum", options: ["none", "local"], default: "none", description: "none: fail when no builder can be had; local: build on the runner's own Docker instead, with a warning." },
+  { name: "summary", type: "boolean", default: "true", description: "Write a summary of builds, cached steps and minutes for the job." },
+  { name: "pr-comment", type: "boolean", default: "false", only: "github", description: "Keep one comment on the pull request with the pipeline's build minutes and cache ratio, updated in place." },
+  { name: "github-token", type: "string", default: "", githubDefault: "${{ github.token }}", secret: true, only: "github", description: "Token for the pull request comment (needs pull-requests: write)." },
+  { name: "job-id", type: "string", default: "", githubDefault: "${{ github.job }}-${{ strategy.job-index }}-${{ job.check_run_id }}", description: "Id of this job within the pipeline, unique across matrix and parallel legs. Empty: derived from the CI's variables." },
+  { name: "metering-endpoint", type: "string", default: "", description: "Where usage records (CloudEvents) are sent. Empty: the control plane's own metering endpoint." },
+  { name: "provision-timeout", type: "number", default: "120", description: "Seconds to keep retrying while the control plane is unavailable or at capacity." }
+];
+var BUILD_INPUTS = [
+  { name: "context", type: "string", default: ".", description: "Build context directory." },
+  { name: "file", type: "string", default: "", description: "Path to the Dockerfile. Empty: Dockerfile in the context." },
+  { name: "tags", type: "list", default: "", description: "Image tags, comma- or newline-separated." },
+  { name: "build-args", type: "list", default: "", description: "Build arguments, one KEY=VALUE per line." },
+  { name: "target", type: "string", default: "", description: "Target stage to build." },
+  { name: "labels", type: "list", default: "", description: "Image labels, one KEY=VALUE per line." },
+  { name: "push", type: "boolean", default: "false", description: "Push the tags after the build." },
+  { name: "platforms", type: "list", default: "", description: "Platforms to build for. Empty: the builder's platform." },
+  { name: "no-cache", type: "boolean", default: "false", description: "Build without using any cache." },
+  { name: "pull", type: "boolean", default: "false", description: "Always pull newer base images." }
+];
+function envName(input) {
+  return `BUILDCLOUD_${input.toUpperCase().replace(/-/g, "_")}`;
+}
+
+// src/core/settings.ts
+var InputError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "InputError";
+  }
+};
+var TRUE = ["true", "True", "TRUE", "1", "yes"];
+var FALSE = ["false", "False", "FALSE", "0", "no"];
+function raw(def, get5) {
+  const v = get5(def.name);
+  return v === void 0 || v === null || v === "" ? def.default : String(v);
+}
+function boolInput(def, get5) {
+  const v = raw(def, get5).trim();
+  if (TRUE.includes(v)) return true;
+  if (FALSE.includes(v)) return false;
+  throw new InputError(`Invalid input '${def.name}': '${v}'. Expected true or false.`);
+}
+function listInput(def, get5, perLine = false) {
+  const v = raw(def, get5);
+  const parts = perLine ? v.split(/\r?\n/) : v.split(/[\n,]/);
+  return parts.map((s) => s.trim()).filter(Boolean);
+}
+function enumInput(def, get5) {
+  const v = raw(def, get5).trim();
+  if (!def.options.includes(v)) throw new InputError(`Invalid input '${def.name}': '${v}'. Expected one of: ${def.options.join(", ")}.`);
+  return v;
+}
+function numberInput(def, get5, min, max) {
+  const v = raw(def, get5).trim();
+  if (!/^\d+$/.test(v) || Number(v) < min || Number(v) > max) {
+    throw new InputError(`Invalid input '${def.name}': '${v}'. Expected a whole number from ${min} to ${max}.`);
+  }
+  return Number(v);
+}
+function str2(def, get5) {
+  return raw(def, get5).trim();
+}
+function byName(defs) {
+  return Object.fromEntries(defs.map((d) => [d.name, d]));
+}
+var S = byName(SETUP_INPUTS);
+var B = byName(BUILD_INPUTS);
+var PLATFORM2 = /^[a-z0-9]+\/[a-z0-9_]+(\/v[0-9]+)?$/;
+function platforms(def, get5) {
+  const list = listInput(def, get5);
+  for (const p of list) if (!PLATFORM2.test(p)) throw new InputError(`Invalid input '${def.name}': '${p}'. Expected os/arch such as linux/amd64.`);
+  return list;
+}
+function setupSettings(get5) {
+  const endpoint = str2(S.endpoint, get5);
+  if (endpoint && !/^(grpcs?:\/\/)?[^/\s:]+:\d{1,5}\/?$/.test(endpoint)) {
+    throw new InputError(`Invalid input 'endpoint': '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
+  }
+  const metering = str2(S["metering-endpoint"], get5);
+  if (metering && !/^https?:\/\/\S+$/.test(metering)) {
+    throw new InputError(`Invalid input 'metering-endpoint': '${metering}'. Expected an http:// or https:// URL.`);
+  }
+  const org = str2(S.org, get5);
+  if (org && !/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(org)) {
+    throw new InputError(`Invalid input 'org': '${org}'. Expected lowercase letters, digits and single . _ - between them.`);
+  }
+  const jobId = str2(S["job-id"], get5);
+  if (jobId.length > 200 || /\s/.test(jobId)) throw new InputError(`Invalid input 'job-id': '${jobId.slice(0, 60)}'. Expected up to 200 characters without spaces.`);
+  return {
+    endpoint,
+    token: str2(S.token, get5),
+    org,
+    oidcAudience: str2(S["oidc-audience"], get5),
+    platforms: platforms(S.platforms, get5),
+    scope: enumInput(S.scope, get5),
+    cache: boolInput(S.cache, get5),
+    fallback: enumInput(S.fallback, get5),
+    summary: boolInput(S.summary, get5),
+    prComment: boolInput(S["pr-comment"], get5),
+    githubToken: str2(S["github-token"], get5),
+    jobId,
+    meteringEndpoint: metering,
+    provisionTimeoutS: numberInput(S["provision-timeout"], get5, 1, 3600)
+  };
+}
+function buildSettings(get5) {
+  const buildArgs2 = listInput(B["build-args"], get5, true);
+  for (const a of buildArgs2) if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(a)) throw new InputError(`Invalid input 'build-args': '${a.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  const labels = listInput(B.labels, get5, true);
+  for (const l of labels) if (!/^[^=\s]+=/.test(l)) throw new InputError(`Invalid input 'labels': '${l.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  const context = str2(B.context, get5);
+  return {
+    context,
+    file: str2(B.file, get5),
+    tags: listInput(B.tags, get5),
+    buildArgs: buildArgs2,
+    target: str2(B.target, get5),
+    labels,
+    push: boolInput(B.push, get5),
+    platforms: platforms(B.platforms, get5),
+    noCache: boolInput(B["no-cache"], get5),
+    pull: boolInput(B.pull, get5)
+  };
+}
+
+// src/core/setup.ts
+var fs12 = __toESM(require("fs"));
+var os6 = __toESM(require("os"));
+var path14 = __toESM(require("path"));
+
+// src/core/api-client.ts
+var grpc5 = __toESM(require_src3());
+init_proto();
+var TRANSIENT = /* @__PURE__ */ new Set([grpc5.status.UNAVAILABLE, grpc5.status.DEADLINE_EXCEEDED, grpc5.status.ABORTED]);
+var ControlPlaneError = class extends Error {
+  constructor(method, code2, details, attempts) {
+    super(`${method} failed: ${details || grpc5.status[code2]} (${grpc5.status[code2]}${attempts > 1 ? `, after ${attempts} attempts` : ""})`);
+    this.method = method;
+    this.code = code2;
+    this.details = details;
+    this.attempts = attempts;
+    this.name = "ControlPlaneError";
+  }
+  method;
+  code;
+  details;
+  attempts;
+  get transient() {
+    return TRANSIENT.has(this.code);
+  }
+};
+function parseEndpoint(endpoint) {
+  const m = /^(?:(grpcs?):\/\/)?([^/\s]+?)\/?$/.exec(endpoint.trim());
+  if (!m || !/:\d+$/.test(m[2])) {
+    throw new Error(`Invalid endpoint '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
+  }
+  return { address: m[2], secure: m[1] === "grpcs" };
+}
+function backoffDelay(attempt, baseMs, maxMs, random = Math.random) {
+  return Math.floor(random() * Math.min(maxMs, baseMs * 2 ** (attempt - 1)));
+}
+var ApiClient = class {
+  bc;
+  auth;
+  o;
+  constructor(opts) {
+    this.o = { deadlineMs: 3e4, attempts: 5, baseDelayMs: 500, maxDelayMs: 8e3, ...opts };
+    const { address, secure } = parseEndpoint(opts.endpoint);
+    const creds = secure ? grpc5.credentials.createSsl() : grpc5.credentials.createInsecure();
+    const { BuildCloud, Auth } = services();
+    this.bc = new BuildCloud(address, creds);
+    this.auth = new Auth(address, creds);
+  }
+  setToken(token) {
+    this.o.token = token;
+  }
+  provision(req) {
+    return this.call(this.bc, "Provision", req);
+  }
+  release(leaseId) {
+    return this.call(this.bc, "Release", { leaseId });
+  }
+  get(leaseId) {
+    return this.call(this.bc, "Get", { leaseId });
+  }
+  exchangeToken(oidcToken, org = "") {
+    return this.call(this.auth, "ExchangeToken", { oidcToken, org }, false);
+  }
+  close() {
+    this.bc.close();
+    this.auth.close();
+  }
+  async call(client, method, req, authed = true) {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await new Promise((resolve8, reject) => {
+          const md = new grpc5.Metadata();
+          if (authed && this.o.token) md.set("authorization", `Bearer ${this.o.token}`);
+          client[method](
+            req,
+            md,
+            { deadline: Date.now() + this.o.deadlineMs },
+            (err, res) => err ? reject(new ControlPlaneError(method, err.code, err.details, attempt)) : resolve8(res)
+          );
+        });
+      } catch (err) {
+        const e = err;
+        if (!e.transient || attempt >= this.o.attempts) throw e;
+        const delayMs = backoffDelay(attempt, this.o.baseDelayMs, this.o.maxDelayMs);
+        this.o.onRetry?.({ method, attempt, delayMs, error: e.details });
+        await new Promise((r) => setTimeout(r, delayMs));
+      }
+    }
+  }
+};
+
+// src/core/auth.ts
+var AuthMissingError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "AuthMissingError";
+  }
+};
+var DEFAULT_AUDIENCE = "buildcloud";
+var DEFAULT_OIDC_TOKEN_ENV = "BUILDCLOUD_ID_TOKEN";
+var ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+var get4 = (env, name) => (env[name] ?? "").trim();
+var lowerFirst = (s) => s.charAt(0).toLowerCase() + s.slice(1);
+function chooseCredential(identity, settings, env, githubOidc) {
+  const token = (settings.token ?? "").trim() || get4(env, "BUILDCLOUD_TOKEN");
+  if (token) return { kind: "token", token };
+  const audience = settings.audience || DEFAULT_AUDIENCE;
+  const tokenEnv = settings.oidcTokenEnv || DEFAULT_OIDC_TOKEN_ENV;
+  if (!ENV_NAME.test(tokenEnv)) {
+    throw new AuthMissingError(`Invalid OIDC token variable name '${tokenEnv}'. Expected a variable name such as ${DEFAULT_OIDC_TOKEN_ENV}.`);
+  }
+  if (settings.oidc === "off") {
+    throw new AuthMissingError(`No Build Cloud credential: OIDC is off and no token was given. ${tokenHint(identity.provider)}`);
+  }
+  const named = get4(env, tokenEnv);
+  if (named) return { kind: "oidc", source: { kind: "env", name: tokenEnv, value: named } };
+  switch (identity.provider) {
+    case "github": {
+      if (get4(env, "ACTIONS_ID_TOKEN_REQUEST_URL") && get4(env, "ACTIONS_ID_TOKEN_REQUEST_TOKEN")) {
+        return { kind: "oidc", source: { kind: "github", fetch: githubOidc ?? githubIdTokenFetcher(env) } };
+      }
+      throw new AuthMissingError(githubMissing(identity.fork, get4(env, "GITHUB_EVENT_NAME")));
+    }
+    case "gitlab":
+      throw new AuthMissingError(gitlabMissing(identity.fork, tokenEnv, audience));
+    case "circleci": {
+      for (const name of ["CIRCLE_OIDC_TOKEN_V2", "CIRCLE_OIDC_TOKEN"]) {
+        const value = get4(env, name);
+        if (value) return { kind: "oidc", source: { kind: "env", name, value } };
+      }
+      throw new AuthMissingError(circleciMissing(identity.fork));
+    }
+    default:
+      throw new AuthMissingError(`No Build Cloud credential. ${tokenHint("local")}`);
+  }
+}
+function tokenHint(provider) {
+  switch (provider) {
+    case "github":
+      return "Pass `token: ${{ secrets.BUILDCLOUD_TOKEN }}` (an org token from `buildcloud admin token create --org ORG`).";
+    case "gitlab":
+      return "Set a masked CI/CD variable BUILDCLOUD_TOKEN holding an org token (`buildcloud admin token create --org ORG`).";
+    case "circleci":
+      return "Set BUILDCLOUD_TOKEN to an org token (`buildcloud admin token create --org ORG`) in a context the job uses.";
+    default:
+      return "Pass --token or set BUILDCLOUD_TOKEN to an org token (`buildcloud admin token create --org ORG`).";
+  }
+}
+function githubMissing(fork, event) {
+  if (fork && event !== "pull_request_target") {
+    return "No Build Cloud credential: this is a pull request from a fork, and GitHub gives such workflows no OIDC token and no secrets, whatever `permissions:` says. Either skip Build Cloud for forks (`if: github.event.pull_request.head.repo.full_name == github.repository`), or run the workflow on `pull_request_target`, which has the id-token and secrets: but it runs with the base repository's credentials, so never check out and build the fork's code there without a maintainer's review (e.g. gate it on a label or an environment with required reviewers).";
+  }
+  return "No Build Cloud credential: GitHub gave this job no OIDC token (ACTIONS_ID_TOKEN_REQUEST_URL is not set). Add to the job:\n  permissions:\n    id-token: write\n    contents: read\n(once a job lists permissions, the ones not listed are none, so keep contents: read for actions/checkout), or " + lowerFirst(tokenHint("github"));
+}
+function gitlabMissing(fork, tokenEnv, audience) {
+  const add = `Add to the job:
+  id_tokens:
+    ${tokenEnv}:
+      aud: ${audience}
+(a job-level id_tokens replaces default:id_tokens, so list it in the job that runs Build Cloud), or set a masked CI/CD variable BUILDCLOUD_TOKEN holding an org token (\`buildcloud admin token create --org ORG\`); a protected variable reaches only pipelines of protected branches and tags.`;
+  const forkNote = fork ? " This merge request comes from a fork: by default its pipeline runs in the fork project, with the fork's configuration and variables, so the parent's BUILDCLOUD_TOKEN is not there and its id token names the fork; a member of the parent project can run the pipeline in the parent project instead." : "";
+  return `No Build Cloud credential: the job has no ID token in $${tokenEnv}. ${add}${forkNote}`;
+}
+function circleciMissing(fork) {
+  if (fork) {
+    return `No Build Cloud credential: this is a build of a forked pull request, and CircleCI gives it no OIDC token and no secrets unless "Pass secrets to builds from forked pull requests" is on (Project Settings > Advanced). If you turn it on, restrict the org's trust to your repository's oidc.circleci.com/vcs-origin, since any fork can then get a token; otherwise skip Build Cloud for forked PRs.`;
+  }
+  return `No Build Cloud credential: CircleCI gave this job no OIDC token (CIRCLE_OIDC_TOKEN_V2 and CIRCLE_OIDC_TOKEN are not set). CircleCI cloud sets them in every job; CircleCI server needs v4.4 or later and is not supported air-gapped, and some setups issue them only to jobs that use a context, so add \`context: <name>\` to the job in the workflow. Or ${lowerFirst(tokenHint("circleci"))}`;
+}
+function githubIdTokenFetcher(env, attempts = 3, delayMs = 1e3) {
+  return async (audience) => {
+    const url = get4(env, "ACTIONS_ID_TOKEN_REQUEST_URL");
+    const bearer2 = get4(env, "ACTIONS_ID_TOKEN_REQUEST_TOKEN");
+    if (!url || !bearer2) throw new AuthMissingError(githubMissing(false, ""));
+    const target = `${url}${url.includes("?") ? "&" : "?"}audience=${encodeURIComponent(audience)}`;
+    let last = "";
+    for (let i = 1; i <= attempts; i++) {
+      try {
+        const res = await fetch(target, { headers: { Authorization: `Bearer ${bearer2}`, Accept: "application/json" } });
+        const body = await res.text();
+        if (res.ok) {
+          const value = JSON.parse(body).value;
+          if (typeof value === "string" && value) return value;
+          throw new Error('the response has no "value"');
+        }
+        last = `HTTP ${res.status}`;
+        if (res.status < 500 && res.status !== 429) break;
+      } catch (err) {
+        last = err.message;
+      }
+      if (i < attempts) await new Promise((r) => setTimeout(r, delayMs * i));
+    }
+    throw new Error(`Could not get GitHub's OIDC token for audience '${audience}': ${last}`);
+  };
+}
+
+// src/core/identity.ts
+var import_node_crypto15 = require("node:crypto");
+var import_node_fs4 = require("node:fs");
+var os4 = __toESM(require("node:os"));
+var path10 = __toESM(require("node:path"));
+var IdentityError = class extends Error {
+  constructor(message2, variable) {
+    super(message2);
+    this.variable = variable;
+    this.name = "IdentityError";
+  }
+  variable;
+};
+var CI_NAME = { github: "GitHub Actions", gitlab: "GitLab CI", circleci: "CircleCI", local: "a local run" };
+function detectProvider(env) {
+  if (env.GITHUB_ACTIONS === "true") return "github";
+  if (env.GITLAB_CI === "true") return "gitlab";
+  if (env.CIRCLECI === "true") return "circleci";
+  return "local";
+}
+function readJsonFile(file) {
+  return JSON.parse((0, import_node_fs4.readFileSync)(file, "utf8"));
+}
+function reader(env, provider) {
+  const opt = (name) => {
+    const v = (env[name] ?? "").trim();
+    return provider === "circleci" && v === "<nil>" ? "" : v;
+  };
+  const req = (name) => {
+    const v = opt(name);
+    if (!v) throw new IdentityError(`${name} is not set: is this running in ${CI_NAME[provider]}?`, name);
+    return v;
+  };
+  return { opt, req };
+}
+function identityFromEnv(env, readEvent = readJsonFile, overrides = {}) {
+  const provider = overrides.provider ?? detectProvider(env);
+  const base = provider === "github" ? github(env, readEvent) : provider === "gitlab" ? gitlab(env) : provider === "circleci" ? circleci(env) : local(env);
+  const id = { provider, ...base };
+  for (const [k, v] of Object.entries(overrides)) {
+    if (v !== void 0 && v !== "") id[k] = v;
+  }
+  id.pipelineKey = toKey(id.pipelineKey);
+  id.jobId = toKey(id.jobId);
+  return id;
+}
+var KEY_MAX = 200;
+function toKey(raw2) {
+  const s = raw2.trim().replace(/\s+/g, "-");
+  if (s.length <= KEY_MAX && /^[\x21-\x7e]+$/.test(s)) return s;
+  const prefix = s.replace(/[^\x21-\x7e]+/g, "_").slice(0, 100);
+  return `${prefix}~${sha2562(raw2).slice(0, 16)}`;
+}
+function readPayload(env, readEvent) {
+  const file = reader(env, "github").req("GITHUB_EVENT_PATH");
+  let payload;
+  try {
+    payload = readEvent(file);
+  } catch (err) {
+    throw new IdentityError(`Cannot read the event payload ${file} (GITHUB_EVENT_PATH): ${err.message}`, "GITHUB_EVENT_PATH");
+  }
+  if (!payload || typeof payload !== "object") {
+    throw new IdentityError(`The event payload ${file} (GITHUB_EVENT_PATH) is not a JSON object`, "GITHUB_EVENT_PATH");
+  }
+  return payload;
+}
+var str3 = (v) => typeof v === "string" ? v : typeof v === "number" ? String(v) : "";
+var int2 = (v) => {
+  const n = typeof v === "number" ? v : typeof v === "string" && /^\d+$/.test(v) ? Number(v) : NaN;
+  return Number.isSafeInteger(n) && n > 0 ? n : null;
+};
+function github(env, readEvent) {
+  const { opt, req } = reader(env, "github");
+  const repository = req("GITHUB_REPOSITORY");
+  const runId = req("GITHUB_RUN_ID");
+  const attempt = req("GITHUB_RUN_ATTEMPT");
+  const job = req("GITHUB_JOB");
+  const payload = readPayload(env, readEvent);
+  const repoId = opt("GITHUB_REPOSITORY_ID") || str3(payload.repository?.id);
+  if (!repoId) throw new IdentityError("GITHUB_REPOSITORY_ID is not set: is this running in GitHub Actions?", "GITHUB_REPOSITORY_ID");
+  const pr = payload.pull_request;
+  const fork = pr ? str3(pr.head?.repo?.id) !== repoId : false;
+  const refType = opt("GITHUB_REF_TYPE");
+  const ref = opt("GITHUB_REF");
+  let branch = opt("GITHUB_HEAD_REF") || str3(pr?.head?.ref);
+  if (!branch && refType === "branch") branch = opt("GITHUB_REF_NAME");
+  if (!branch && !refType && ref.startsWith("refs/heads/")) branch = ref.slice("refs/heads/".length);
+  const server = (opt("GITHUB_SERVER_URL") || "https://github.com").replace(/\/+$/, "");
+  return {
+    org: opt("GITHUB_REPOSITORY_OWNER") || repository.split("/")[0],
+    project: repository,
+    pipelineKey: `${repoId}/${runId}/${attempt}`,
+    // GITHUB_JOB is the same for every matrix leg; the action's job-id input normally overrides this. Without it,
+    // legs still differ by runner, since one runner runs one job at a time.
+    jobId: opt("RUNNER_NAME") ? `${job}@${opt("RUNNER_NAME")}` : job,
+    jobName: job,
+    branch,
+    // Not in any variable; '' (unknown) lets the control plane fall back to the branch itself.
+    defaultBranch: str3(payload.repository?.default_branch),
+    fork,
+    actor: opt("GITHUB_ACTOR"),
+    runUrl: `${server}/${repository}/actions/runs/${runId}`,
+    pullRequest: int2(pr?.number),
+    sha: opt("GITHUB_SHA")
+  };
+}
+function gitlab(env) {
+  const { opt, req } = reader(env, "gitlab");
+  const projectPath = req("CI_PROJECT_PATH");
+  const projectId = req("CI_PROJECT_ID");
+  const pipelineId = req("CI_PIPELINE_ID");
+  const jobId = req("CI_JOB_ID");
+  const org = opt("CI_PROJECT_ROOT_NAMESPACE") || opt("CI_PROJECT_NAMESPACE").split("/")[0];
+  if (!org) throw new IdentityError("CI_PROJECT_ROOT_NAMESPACE is not set: is this running in GitLab CI?", "CI_PROJECT_ROOT_NAMESPACE");
+  const source = opt("CI_MERGE_REQUEST_SOURCE_PROJECT_ID");
+  const target = opt("CI_MERGE_REQUEST_PROJECT_ID");
+  const fork = source !== "" && (source !== projectId || target !== "" && source !== target);
+  const mr = opt("CI_MERGE_REQUEST_IID");
+  let branch = opt("CI_COMMIT_BRANCH") || opt("CI_MERGE_REQUEST_SOURCE_BRANCH_NAME");
+  if (!branch && mr && !opt("CI_COMMIT_TAG")) branch = opt("CI_COMMIT_REF_NAME");
+  const server = opt("CI_SERVER_URL").replace(/\/+$/, "");
+  return {
+    org,
+    project: projectPath,
+    pipelineKey: `${projectId}/${pipelineId}`,
+    jobId,
+    // unique on the instance, so parallel: and parallel:matrix legs differ already
+    jobName: opt("CI_JOB_NAME") || jobId,
+    branch,
+    defaultBranch: opt("CI_DEFAULT_BRANCH"),
+    fork,
+    actor: opt("GITLAB_USER_LOGIN"),
+    runUrl: opt("CI_PIPELINE_URL") || opt("CI_JOB_URL") || (server ? `${server}/${projectPath}/-/pipelines/${pipelineId}` : ""),
+    pullRequest: int2(mr),
+    sha: opt("CI_COMMIT_SHA")
+  };
+}
+function circleci(env) {
+  const { opt, req } = reader(env, "circleci");
+  const owner = req("CIRCLE_PROJECT_USERNAME");
+  const repo = req("CIRCLE_PROJECT_REPONAME");
+  const pipelineKey = opt("CIRCLE_WORKFLOW_ID") || opt("CIRCLE_PIPELINE_ID");
+  if (!pipelineKey) throw new IdentityError("CIRCLE_WORKFLOW_ID is not set: is this running in CircleCI?", "CIRCLE_WORKFLOW_ID");
+  let jobId = opt("CIRCLE_WORKFLOW_JOB_ID") || opt("CIRCLE_BUILD_NUM");
+  if (!jobId) throw new IdentityError("CIRCLE_WORKFLOW_JOB_ID is not set: is this running in CircleCI?", "CIRCLE_WORKFLOW_JOB_ID");
+  let jobName = opt("CIRCLE_JOB") || jobId;
+  const total = Number(opt("CIRCLE_NODE_TOTAL") || "1");
+  if (total > 1) {
+    const index = req("CIRCLE_NODE_INDEX");
+    if (!/^\d+$/.test(index)) throw new IdentityError(`CIRCLE_NODE_INDEX '${index}' is not a number: is this running in CircleCI?`, "CIRCLE_NODE_INDEX");
+    jobId = `${jobId}/${index}`;
+    jobName = `${jobName} (${Number(index) + 1}/${total})`;
+  }
+  const prUrl = /\/(\d+)\/?$/.exec(opt("CIRCLE_PULL_REQUEST"));
+  return {
+    org: owner,
+    project: `${owner}/${repo}`,
+    pipelineKey,
+    jobId,
+    jobName,
+    branch: opt("CIRCLE_BRANCH"),
+    // No variable holds it: `pipeline.git.branch.is_default` is only a boolean, it cannot name the branch. So an
+    // explicit setting (an override), or BUILDCLOUD_DEFAULT_BRANCH (e.g. from a context), else the common default.
+    defaultBranch: opt("BUILDCLOUD_DEFAULT_BRANCH") || "main",
+    // Set only on forked PRs (GitHub OAuth and Bitbucket Cloud).
+    fork: Boolean(opt("CIRCLE_PR_NUMBER") || opt("CIRCLE_PR_REPONAME")),
+    actor: opt("CIRCLE_USERNAME"),
+    runUrl: opt("CIRCLE_BUILD_URL"),
+    pullRequest: int2(opt("CIRCLE_PR_NUMBER")) ?? (prUrl ? int2(prUrl[1]) : null),
+    sha: opt("CIRCLE_SHA1")
+  };
+}
+function local(env) {
+  const { opt } = reader(env, "local");
+  const host = os4.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, "-") || "host";
+  const run = opt("BUILDCLOUD_PIPELINE_ID") || String(process.pid);
+  const jobId = opt("BUILDCLOUD_JOB_ID") || "local";
+  return {
+    org: "",
+    // the token's own org
+    project: opt("BUILDCLOUD_PROJECT") || path10.basename(opt("PWD") || process.cwd()) || "local",
+    pipelineKey: `local/${host}/${run}`,
+    jobId,
+    jobName: jobId,
+    // A local run has no CI to ask: the branch is given, or the cache is the default branch's.
+    branch: opt("BUILDCLOUD_BRANCH") || opt("BUILDCLOUD_DEFAULT_BRANCH") || "main",
+    defaultBranch: opt("BUILDCLOUD_DEFAULT_BRANCH") || "main",
+    fork: false,
+    actor: opt("USER") || opt("USERNAME"),
+    runUrl: "",
+    pullRequest: null,
+    sha: ""
+  };
+}
+var sha2562 = (s) => (0, import_node_crypto15.createHash)("sha256").update(s, "utf8").digest("hex");
+function localName(identity, suffix = "") {
+  const hash = sha2562(`${identity.provider}\0${identity.pipelineKey}\0${identity.jobId}`).slice(0, 12);
+  const base = `buildcloud-${hash}`;
+  const room = 63 - base.length - 1;
+  const tail = suffix.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, room).replace(/-+$/, "");
+  return tail ? `${base}-${tail}` : base;
+}
+
+// src/core/docker-cli.ts
+var import_child_process = require("child_process");
+var fs8 = __toESM(require("fs"));
+var path11 = __toESM(require("path"));
+var DockerNotUsableError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "DockerNotUsableError";
+  }
+};
+function dockerEnv(base, extra = {}) {
+  const env = { ...base, ...extra };
+  delete env.DOCKER_CONTEXT;
+  for (const k of Object.keys(env)) if (env[k] === void 0) delete env[k];
+  return env;
+}
+function runDocker(file, args, env, timeoutMs = 6e4) {
+  return new Promise((resolve8) => {
+    (0, import_child_process.execFile)(file, args, { env, timeout: timeoutMs, maxBuffer: 16 << 20, encoding: "utf8" }, (err, stdout, stderr) => {
+      const e = err;
+      if (e && typeof e.code === "string") return resolve8({ code: null, stdout, stderr, error: e.code });
+      if (e?.killed) return resolve8({ code: null, stdout, stderr, error: `timed out after ${timeoutMs} ms` });
+      resolve8({ code: e ? typeof e.code === "number" ? e.code : null : 0, stdout, stderr });
+    });
+  });
+}
+var FALLBACK_PATHS = ["/usr/bin/docker", "/usr/local/bin/docker"];
+function dockerCandidates(env) {
+  const dirs = (env.PATH ?? "").split(path11.delimiter).filter((d) => path11.isAbsolute(d));
+  const seen = /* @__PURE__ */ new Set();
+  const out = [];
+  for (const p of [...dirs.map((d) => path11.join(d, "docker")), ...FALLBACK_PATHS]) {
+    let key = p;
+    try {
+      key = fs8.realpathSync(p);
+    } catch {
+    }
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push(p);
+    }
+  }
+  return out;
+}
+async function probeOne(p, env, probe) {
+  const v = await probe(p, ["--version"], env);
+  if (v.error || v.code !== 0) return { path: p, version: "", buildx: "", classicBuildKit: false, missing: true };
+  const version = /version\s+([^\s,]+)/i.exec(v.stdout)?.[1] ?? "unknown";
+  const bx = await probe(p, ["buildx", "version"], env);
+  const bxOut = bx.stdout.trim();
+  if (bx.code === 0 && /buildx/.test(bxOut)) {
+    return { path: p, version, buildx: /\s(v?\d+\.\d+\S*)/.exec(bxOut)?.[1] ?? "unknown", classicBuildKit: false, missing: false };
+  }
+  const help = await probe(p, ["build", "--help"], { ...env, DOCKER_BUILDKIT: "1" });
+  return { path: p, version, buildx: "", classicBuildKit: help.code === 0, missing: false };
+}
+function why(p) {
+  if (p.classicBuildKit) return `${p.path} ${p.version} has no buildx plugin`;
+  return `${p.path} ${p.version} has no buildx plugin and cannot build with BuildKit without it`;
+}
+var INSTALL_HINT = "Install the buildx plugin (docker-buildx-plugin from Docker's apt repository, or a release binary as ~/.docker/cli-plugins/docker-buildx), or Debian's docker.io package (its 20.10 client /usr/bin/docker builds with BuildKit via DOCKER_BUILDKIT=1), or set BUILDCLOUD_DOCKER to the path of a client that has one.";
+async function resolveDocker(env = process.env, probe = runDocker) {
+  const override = env.BUILDCLOUD_DOCKER?.trim();
+  const candidates = override ? [override] : dockerCandidates(env);
+  const src = override ? " (BUILDCLOUD_DOCKER)" : "";
+  const because = (ps) => ps.length ? ` because ${ps.map(why).join("; ")}` : "";
+  const passed = [];
+  for (const c of candidates) {
+    const p = await probeOne(c, dockerEnv(env), probe);
+    if (p.missing) continue;
+    if (p.buildx) {
+      return { path: p.path, version: p.version, buildx: true, buildxVersion: p.buildx, reason: `using ${p.path}${src} ${p.version} with buildx ${p.buildx}${because(passed)}` };
+    }
+    passed.push(p);
+  }
+  const i = passed.findIndex((p) => p.classicBuildKit);
+  if (i >= 0) {
+    const { path: file, version } = passed[i];
+    return { path: file, version, buildx: false, buildxVersion: "", reason: `using ${file}${src} ${version} (no buildx; BuildKit via DOCKER_BUILDKIT=1)${because(passed.slice(0, i))}` };
+  }
+  if (override && passed.length === 0) throw new DockerNotUsableError(`BUILDCLOUD_DOCKER is '${override}', which does not run as a docker client. ${INSTALL_HINT}`);
+  if (passed.length === 0) throw new DockerNotUsableError(`No docker client found (looked for: ${candidates.join(", ")}). ${INSTALL_HINT}`);
+  const lead = override ? `BUILDCLOUD_DOCKER is '${override}', which is not usable: ` : "No usable docker client: ";
+  throw new DockerNotUsableError(`${lead}${passed.map(why).join("; ")}. ${INSTALL_HINT}`);
+}
+var DOMAIN = String.raw`(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?`;
+var COMPONENT2 = String.raw`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`;
+var REFERENCE = new RegExp(String.raw`^(?:${DOMAIN}/)?${COMPONENT2}(?:/${COMPONENT2})*(?::[\w][\w.-]{0,127})?$`);
+var PLATFORM3 = /^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/;
+var STAGE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+var NETWORKS = ["default", "host", "none"];
+function isValidReference(ref) {
+  const name = ref.replace(/:[\w][\w.-]{0,127}$/, "");
+  return REFERENCE.test(ref) && name.length <= 255;
+}
+function parseKeyValueLines(lines, input) {
+  const out = {};
+  for (const raw2 of lines) {
+    const line = raw2.trim();
+    if (!line) continue;
+    const eq = line.indexOf("=");
+    if (eq <= 0 || /\s/.test(line.slice(0, eq))) throw new InputError(`Invalid input '${input}': '${line.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+    out[line.slice(0, eq)] = line.slice(eq + 1);
+  }
+  return out;
+}
+function checkKeys(rec, input) {
+  for (const k of Object.keys(rec ?? {})) {
+    if (!k || k.includes("=") || /\s/.test(k)) throw new InputError(`Invalid input '${input}': key '${k.slice(0, 60)}'. Expected KEY=VALUE with a non-empty KEY.`);
+  }
+}
+function validateBuildOptions(opts, client) {
+  if (!opts.context.trim()) throw new InputError(`Invalid input 'context': empty. Expected a directory or a Git URL.`);
+  if (opts.context.startsWith("-")) throw new InputError(`Invalid input 'context': '${opts.context}'. It must not start with '-' (write ./${opts.context}).`);
+  if (opts.file !== void 0 && opts.file !== "" && opts.file.startsWith("-")) throw new InputError(`Invalid input 'file': '${opts.file}'. It must not start with '-' (write ./${opts.file}).`);
+  for (const t of opts.tags) if (!isValidReference(t)) throw new InputError(`Invalid input 'tags': '${t}'. Expected an image reference such as registry.example.com/team/app:1.2 (lowercase name, tag of letters, digits, . _ -).`);
+  for (const p of opts.platforms) if (!PLATFORM3.test(p)) throw new InputError(`Invalid input 'platforms': '${p}'. Expected os/arch such as linux/amd64 or linux/arm/v7.`);
+  if (opts.target && !STAGE.test(opts.target)) throw new InputError(`Invalid input 'target': '${opts.target}'. Expected a stage name from the Dockerfile.`);
+  if (opts.network && !NETWORKS.includes(opts.network)) throw new InputError(`Invalid input 'network': '${opts.network}'. Expected one of: ${NETWORKS.join(", ")}.`);
+  checkKeys(opts.buildArgs, "build-args");
+  checkKeys(opts.labels, "labels");
+  if (opts.push && opts.tags.length === 0) throw new InputError(`Invalid input 'push': true needs at least one image in 'tags'.`);
+  const oneNodeEngine = !client.buildx || client.driver !== "remote";
+  if (opts.platforms.length > 1 && oneNodeEngine) {
+    throw new InputError(`Invalid input 'platforms': '${opts.platforms.join(",")}'. A Docker Engine builder builds one platform per build; build each platform separately or use a BuildKit builder with buildx.`);
+  }
+  if (opts.platforms.length > 1 && !opts.push && opts.tags.length > 0) {
+    throw new InputError(`Invalid input 'push': a multi-platform image cannot be loaded into a local Docker; set push to true.`);
+  }
+}
+function checkRefs(cache) {
+  for (const r of [...cache.importRefs, cache.exportRef].filter(Boolean)) {
+    if (!isValidReference(r)) throw new Error(`The control plane returned an invalid cache ref '${r}'.`);
+  }
+}
+function commonFlags(opts) {
+  const a = [];
+  if (opts.file) a.push("-f", opts.file);
+  if (opts.target) a.push("--target", opts.target);
+  if (opts.platforms.length) a.push("--platform", opts.platforms.join(","));
+  if (opts.network && opts.network !== "default") a.push("--network", opts.network);
+  if (opts.pull) a.push("--pull");
+  if (opts.noCache) a.push("--no-cache");
+  for (const [k, v] of Object.entries(opts.buildArgs)) if (k !== "BUILDKIT_INLINE_CACHE") a.push("--build-arg", `${k}=${v}`);
+  for (const [k, v] of Object.entries(opts.labels ?? {})) a.push("--label", `${k}=${v}`);
+  return a;
+}
+function exporting(opts, cache) {
+  return opts.exportCache && cache.exportRef !== "";
+}
+function inlineCache(client) {
+  return !client.buildx || client.driver !== "remote";
+}
+function buildArgs(opts, cache, client) {
+  validateBuildOptions(opts, client);
+  checkRefs(cache);
+  const imports = opts.noCache ? [] : cache.importRefs;
+  const exp = exporting(opts, cache);
+  if (!client.buildx) {
+    const a2 = ["build", "--progress=plain", "--build-arg", "BUILDKIT_INLINE_CACHE=1"];
+    for (const r of imports) a2.push("--cache-from", r);
+    a2.push(...commonFlags(opts));
+    if (client.iidFile) a2.push("--iidfile", client.iidFile);
+    for (const t of opts.tags) a2.push("-t", t);
+    if (exp) a2.push("-t", cache.exportRef);
+    return [...a2, opts.context];
+  }
+  if (!client.builder) throw new Error("buildArgs: a buildx build needs the builder name");
+  if (!client.metadataFile) throw new Error("buildArgs: a buildx build needs a metadata file path");
+  const a = ["buildx", "build", "--builder", client.builder, "--progress=plain"];
+  for (const r of imports) a.push("--cache-from", `type=registry,ref=${r}`);
+  if (exp && inlineCache(client)) a.push("--cache-to", "type=inline");
+  if (exp && !inlineCache(client)) a.push("--cache-to", `type=registry,ref=${cache.exportRef},mode=max,ignore-error=true`);
+  a.push(...commonFlags(opts), "--metadata-file", client.metadataFile);
+  for (const t of opts.tags) a.push("-t", t);
+  if (exp && inlineCache(client)) a.push("-t", cache.exportRef);
+  if (inlineCache(client)) a.push("--load");
+  else if (opts.push) a.push("--push");
+  else if (opts.tags.length) a.push("--load");
+  return [...a, opts.context];
+}
+function pushesAfterBuild(opts, cache, client) {
+  if (!inlineCache(client)) return [];
+  const out = exporting(opts, cache) ? [{ ref: cache.exportRef, cache: true }] : [];
+  return [...out, ...opts.push ? opts.tags.map((ref) => ({ ref, cache: false })) : []];
+}
+var CONTEXT_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.+-]+$/;
+var TCP = /^tcp:\/\/[^\s/,"]+:\d{1,5}$/;
+function csvField(kv) {
+  return /[",\n]/.test(kv) ? `"${kv.replace(/"/g, '""')}"` : kv;
+}
+function checkEndpoint(name, address, certDir) {
+  if (!CONTEXT_NAME.test(name)) throw new Error(`Invalid docker context name '${name}': expected ${CONTEXT_NAME.source}.`);
+  if (!TCP.test(address)) throw new Error(`Invalid builder address '${address}': expected tcp://host:port.`);
+  if (!path11.isAbsolute(certDir)) throw new Error(`Cert directory '${certDir}' must be an absolute path.`);
+}
+function contextCreateArgs(name, address, certDir) {
+  checkEndpoint(name, address, certDir);
+  const fields = [`host=${address}`, `ca=${path11.join(certDir, "ca.pem")}`, `cert=${path11.join(certDir, "cert.pem")}`, `key=${path11.join(certDir, "key.pem")}`];
+  return ["context", "create", name, "--description", "Build Cloud remote builder", "--docker", fields.map(csvField).join(",")];
+}
+function buildxCreateArgs(name, endpoints, certDir) {
+  if (endpoints.length === 0) throw new Error("buildxCreateArgs: no endpoints");
+  return endpoints.map((ep, i) => {
+    checkEndpoint(name, ep.address, certDir);
+    const a = ["buildx", "create", "--name", name];
+    if (i > 0) a.push("--append");
+    a.push("--node", `${name}${i}`);
+    if (i === 0) a.push("--driver", "remote");
+    for (const [k, f] of [["cacert", "ca.pem"], ["cert", "cert.pem"], ["key", "key.pem"]]) a.push("--driver-opt", csvField(`${k}=${path11.join(certDir, f)}`));
+    if (ep.platform) a.push("--platform", ep.platform);
+    return [...a, ep.address];
+  });
+}
+
+// src/core/runner-config.ts
+var import_fs2 = require("fs");
+var fs9 = __toESM(require("fs"));
+var os5 = __toESM(require("os"));
+var path12 = __toESM(require("path"));
+var RunnerConfigError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "RunnerConfigError";
+  }
+};
+function platformSlug(platform) {
+  return platform.replace(/[^a-zA-Z0-9]+/g, "-") || "native";
+}
+function defaultUserConfig() {
+  return process.env.DOCKER_CONFIG || path12.join(os5.homedir(), ".docker");
+}
+async function readUserConfig(dir, warnings) {
+  const file = path12.join(dir, "config.json");
+  let text2;
+  try {
+    text2 = await import_fs2.promises.readFile(file, "utf8");
+  } catch {
+    return {};
+  }
+  try {
+    const v = JSON.parse(text2);
+    if (v && typeof v === "object" && !Array.isArray(v)) return v;
+  } catch {
+  }
+  warnings.push(`${file} is not valid JSON; earlier docker logins are not carried over to the builder's config.`);
+  return {};
+}
+function privateConfig(user, host, auth) {
+  const cfg = { ...user, auths: { ...user.auths ?? {}, [host]: { auth } } };
+  delete cfg.currentContext;
+  if (cfg.credsStore || cfg.credHelpers) cfg.credHelpers = { ...cfg.credHelpers ?? {}, [host]: "" };
+  return cfg;
+}
+function must(r, what) {
+  if (r.code !== 0) throw new RunnerConfigError(`${what} failed: ${(r.stderr || r.stdout || r.error || `exit ${r.code}`).trim()}`);
+}
+function checkLease(lease) {
+  if (!lease.tls?.caPem || !lease.tls.certPem || !lease.tls.keyPem) {
+    throw new RunnerConfigError(`Lease ${lease.id} carries no TLS material: only Provision's reply has it, so configure the runner from that reply.`);
+  }
+  if (lease.builders.length === 0) throw new RunnerConfigError(`Lease ${lease.id} has no builders.`);
+  const kinds = new Set(lease.builders.map((b) => b.kind === "ENDPOINT_KIND_BUILDKIT" ? "buildkit" : "docker"));
+  if (kinds.size > 1) throw new RunnerConfigError(`Lease ${lease.id} mixes Docker Engine and BuildKit endpoints; one kind per lease is supported.`);
+  return { kind: lease.builders[0].kind };
+}
+async function configureRunner(lease, name, opts) {
+  const { kind } = checkLease(lease);
+  const run = opts.run ?? runDocker;
+  const buildkit = kind === "ENDPOINT_KIND_BUILDKIT";
+  if (buildkit && !opts.docker.buildx) {
+    throw new RunnerConfigError(`Lease ${lease.id} offers a BuildKit endpoint, which only buildx can drive, and ${opts.docker.path} has no buildx plugin. Install buildx, or use a control plane with Docker Engine builders.`);
+  }
+  const warnings = [];
+  await import_fs2.promises.mkdir(opts.tempRoot, { recursive: true });
+  const dir = await import_fs2.promises.mkdtemp(path12.join(opts.tempRoot, "buildcloud-"));
+  try {
+    await import_fs2.promises.chmod(dir, 448);
+    const certDir = path12.join(dir, "certs");
+    const dockerConfig = path12.join(dir, "docker-config");
+    await import_fs2.promises.mkdir(certDir, { mode: 448 });
+    await import_fs2.promises.mkdir(dockerConfig, { mode: 448 });
+    const tls2 = lease.tls;
+    for (const [file, pem] of [["ca.pem", tls2.caPem], ["cert.pem", tls2.certPem], ["key.pem", tls2.keyPem]]) {
+      await import_fs2.promises.writeFile(path12.join(certDir, file), pem, { mode: 384 });
+    }
+    const userDir = opts.userDockerConfig ?? defaultUserConfig();
+    const user = await readUserConfig(userDir, warnings);
+    const secrets = [tls2.keyPem, ...tls2.keyPem.split(/\r?\n/).filter((l) => l.trim() && !l.startsWith("-----"))];
+    let cfgJson = { ...user };
+    delete cfgJson.currentContext;
+    const reg = lease.cache?.registry;
+    if (reg?.host) {
+      const auth = Buffer.from(`${reg.username}:${reg.password}`).toString("base64");
+      cfgJson = privateConfig(user, reg.host, auth);
+      if (reg.password) secrets.push(reg.password, auth);
+    }
+    await import_fs2.promises.writeFile(path12.join(dockerConfig, "config.json"), JSON.stringify(cfgJson, null, 2), { mode: 384 });
+    const plugins = path12.join(userDir, "cli-plugins");
+    if (fs9.existsSync(plugins)) await import_fs2.promises.symlink(plugins, path12.join(dockerConfig, "cli-plugins"));
+    const env = dockerEnv(process.env, { DOCKER_CONFIG: dockerConfig, DOCKER_HOST: void 0 });
+    const contexts = [];
+    let buildxBuilder = "";
+    if (buildkit) {
+      buildxBuilder = name;
+      for (const args of buildxCreateArgs(name, lease.builders, certDir)) must(await run(opts.docker.path, args, env), `docker ${args.slice(0, 2).join(" ")}`);
+    } else {
+      for (const [i, b] of lease.builders.entries()) {
+        const ctx = i === 0 ? name : `${name}-${platformSlug(b.platform)}`;
+        must(await run(opts.docker.path, contextCreateArgs(ctx, b.address, certDir), env), `docker context create ${ctx}`);
+        contexts.push(ctx);
+      }
+    }
+    const contextName = contexts[0] ?? "";
+    const builderName = buildkit ? buildxBuilder : contextName;
+    const runnerEnv = { DOCKER_CONFIG: dockerConfig, DOCKER_BUILDKIT: "1" };
+    if (!buildkit) Object.assign(runnerEnv, { DOCKER_HOST: lease.builders[0].address, DOCKER_TLS_VERIFY: "1", DOCKER_CERT_PATH: certDir });
+    if (opts.docker.buildx) runnerEnv.BUILDX_BUILDER = builderName;
+    return { name, dir, certDir, dockerConfig, contextName, contexts, buildxBuilder, builderName, driver: buildkit ? "remote" : "docker", env: runnerEnv, secrets, warnings };
+  } catch (err) {
+    await import_fs2.promises.rm(dir, { recursive: true, force: true });
+    throw err;
+  }
+}
+async function cleanupRunner(cfg, docker, run = runDocker) {
+  const warnings = [];
+  if (!fs9.existsSync(cfg.dir)) return warnings;
+  const env = dockerEnv(process.env, { DOCKER_CONFIG: cfg.dockerConfig, DOCKER_HOST: void 0 });
+  const attempt = async (args) => {
+    try {
+      const r = await run(docker.path, args, env);
+      if (r.code !== 0) warnings.push(`docker ${args.join(" ")} failed: ${(r.stderr || r.stdout || r.error || "").trim()}`);
+    } catch (err) {
+      warnings.push(`docker ${args.join(" ")} failed: ${err.message}`);
+    }
+  };
+  if (cfg.buildxBuilder) await attempt(["buildx", "rm", cfg.buildxBuilder]);
+  for (const c of cfg.contexts) await attempt(["context", "rm", "--force", c]);
+  try {
+    await import_fs2.promises.rm(cfg.dir, { recursive: true, force: true });
+  } catch (err) {
+    warnings.push(`could not remove ${cfg.dir}: ${err.message}`);
+  }
+  return warnings;
+}
+
+// src/core/metering-spool.ts
+var import_node_crypto16 = require("node:crypto");
+var import_node_fs5 = require("node:fs");
+var import_node_path2 = require("node:path");
+init_cloudevents();
+var RECORD = /^[0-9a-f]{64}\.json$/;
+var TEMP_PREFIX = ".tmp-";
+var STALE_TEMP_MS = 10 * 60 * 1e3;
+function recordFileName(id) {
+  return `${(0, import_node_crypto16.createHash)("sha256").update(id).digest("hex")}.json`;
+}
+var isCode = (err, ...codes) => codes.includes(err?.code ?? "");
+function checkEvent(event) {
+  if (typeof event !== "object" || event === null || typeof event.id !== "string" || event.id.length === 0) {
+    throw new TypeError("a usage record must be a CloudEvent with a non-empty string id");
+  }
+  if (event.id.length > MAX_ID_LENGTH) throw new TypeError(`a usage record id must be at most ${MAX_ID_LENGTH} characters`);
+}
+var MeteringSpool = class {
+  constructor(dir) {
+    this.dir = dir;
+  }
+  dir;
+  ready;
+  /** Stores a record durably (typed events as built by events.ts). Resolves once it is on disk; an id already stored is a no-op. */
+  async add(event) {
+    checkEvent(event);
+    await this.init();
+    const target = (0, import_node_path2.join)(this.dir, recordFileName(event.id));
+    if (await exists2(target)) return;
+    await this.writeAtomic(target, JSON.stringify(event));
+  }
+  /** All records not yet acknowledged, oldest first. Temp files of unfinished writes are not records. */
+  async pending() {
+    const names = await this.list();
+    const out = [];
+    for (const name of names) {
+      const path18 = (0, import_node_path2.join)(this.dir, name);
+      let text2;
+      try {
+        text2 = await import_node_fs5.promises.readFile(path18, "utf8");
+      } catch (err) {
+        if (isCode(err, "ENOENT")) continue;
+        throw err;
+      }
+      const event = parseRecord(text2);
+      if (!event || recordFileName(event.id) !== name) {
+        await import_node_fs5.promises.rename(path18, `${path18}.corrupt`).catch(() => void 0);
+        continue;
+      }
+      out.push(event);
+    }
+    return out.sort((a, b) => (a.time ?? "").localeCompare(b.time ?? "") || a.id.localeCompare(b.id));
+  }
+  /** Forgets records the endpoint has answered for. Unknown or already acked ids are fine (another process). */
+  async ack(ids) {
+    if (ids.length === 0) return;
+    await this.init();
+    for (const id of new Set(ids)) {
+      await import_node_fs5.promises.unlink((0, import_node_path2.join)(this.dir, recordFileName(id))).catch((err) => {
+        if (!isCode(err, "ENOENT")) throw err;
+      });
+    }
+    await syncDir(this.dir);
+  }
+  /**
+   * Writes every pending record to one JSON file (an array of events), for a CI wrapper to carry to a later job
+   * through a cache or an artifact. Returns how many records it holds. The file is replaced atomically.
+   */
+  async exportTo(file) {
+    const events = await this.pending();
+    await this.writeAtomic(file, JSON.stringify(events));
+    return events.length;
+  }
+  /** Adds the records of a file written by exportTo. A missing file is an empty one (nothing was carried). */
+  async importFrom(file) {
+    let text2;
+    try {
+      text2 = await import_node_fs5.promises.readFile(file, "utf8");
+    } catch (err) {
+      if (isCode(err, "ENOENT")) return { added: 0, skipped: 0 };
+      throw err;
+    }
+    let list;
+    try {
+      list = JSON.parse(text2);
+    } catch {
+      list = null;
+    }
+    if (!Array.isArray(list)) return { added: 0, skipped: 1 };
+    const known = new Set(await this.list());
+    const result = { added: 0, skipped: 0 };
+    for (const item of list) {
+      const event = asEvent(item);
+      if (!event) {
+        result.skipped++;
+        continue;
+      }
+      await this.add(event);
+      const name = recordFileName(event.id);
+      if (!known.has(name)) result.added++;
+      known.add(name);
+    }
+    return result;
+  }
+  init() {
+    this.ready ??= (async () => {
+      await import_node_fs5.promises.mkdir(this.dir, { recursive: true, mode: 448 });
+      await import_node_fs5.promises.chmod(this.dir, 448);
+    })();
+    return this.ready;
+  }
+  async list() {
+    let names;
+    try {
+      names = await import_node_fs5.promises.readdir(this.dir);
+    } catch (err) {
+      if (isCode(err, "ENOENT")) return [];
+      throw err;
+    }
+    await this.removeStaleTemps(names.filter((n) => n.startsWith(TEMP_PREFIX)));
+    return names.filter((n) => RECORD.test(n)).sort();
+  }
+  async removeStaleTemps(temps) {
+    const now = Date.now();
+    for (const name of temps) {
+      const path18 = (0, import_node_path2.join)(this.dir, name);
+      const st = await import_node_fs5.promises.stat(path18).catch(() => null);
+      if (st && now - st.mtimeMs > STALE_TEMP_MS) await import_node_fs5.promises.unlink(path18).catch(() => void 0);
+    }
+  }
+  // Write, fsync, rename, fsync the directory: after this resolves the record survives a power cut, and at no
+  // moment can a reader see half of it.
+  async writeAtomic(target, content) {
+    await this.init();
+    const dir = (0, import_node_path2.dirname)(target);
+    await import_node_fs5.promises.mkdir(dir, { recursive: true });
+    const temp = (0, import_node_path2.join)(dir, `${TEMP_PREFIX}${process.pid}-${(0, import_node_crypto16.randomBytes)(6).toString("hex")}`);
+    const fh = await import_node_fs5.promises.open(temp, "wx", 384);
+    try {
+      await fh.writeFile(content, "utf8");
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    try {
+      await import_node_fs5.promises.chmod(temp, 384);
+      await import_node_fs5.promises.rename(temp, target);
+    } catch (err) {
+      await import_node_fs5.promises.unlink(temp).catch(() => void 0);
+      throw err;
+    }
+    await syncDir(dir);
+  }
+};
+function parseRecord(text2) {
+  try {
+    return asEvent(JSON.parse(text2));
+  } catch {
+    return null;
+  }
+}
+function asEvent(v) {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return null;
+  const id = v.id;
+  return typeof id === "string" && id.length > 0 && id.length <= MAX_ID_LENGTH ? v : null;
+}
+async function exists2(path18) {
+  try {
+    await import_node_fs5.promises.access(path18);
+    return true;
+  } catch {
+    return false;
+  }
+}
+async function syncDir(dir) {
+  let fh;
+  try {
+    fh = await import_node_fs5.promises.open(dir, "r");
+    await fh.sync();
+  } catch {
+  } finally {
+    await fh?.close().catch(() => void 0);
+  }
+}
+
+// src/core/metering-client.ts
+init_cloudevents();
+var PREFIX = "Build Cloud metering:";
+var MAX_REJECTION_WARNINGS = 10;
+function backoffDelay2(attempt, baseMs, maxMs, random = Math.random) {
+  return Math.floor(random() * Math.min(maxMs, baseMs * 2 ** (attempt - 1)));
+}
+function parseRetryAfter(value, now = Date.now()) {
+  if (value === null || value.trim() === "") return void 0;
+  const v = value.trim();
+  if (/^\d+$/.test(v)) return Number(v) * 1e3;
+  const at = Date.parse(v);
+  return Number.isNaN(at) ? void 0 : Math.max(0, at - now);
+}
+async function flushSpool(spool, opts) {
+  const o = {
+    batchSize: 100,
+    attempts: 5,
+    baseDelayMs: 500,
+    maxDelayMs: 1e4,
+    deadlineMs: 3e4,
+    requestTimeoutMs: 1e4,
+    fetchImpl: globalThis.fetch,
+    sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+    random: Math.random,
+    now: Date.now,
+    ...stripUndefined(opts)
+  };
+  const token = opts.token ?? "";
+  const result = { sent: 0, accepted: 0, duplicate: 0, rejected: [], pending: 0, warnings: [] };
+  const redact = (s) => token.length >= 4 ? s.split(token).join("***") : s;
+  const warn = (msg) => result.warnings.push(redact(`${PREFIX} ${msg}`));
+  const log2 = (level, msg) => {
+    try {
+      o.log?.(level, redact(msg));
+    } catch {
+    }
+  };
+  let events;
+  try {
+    events = await spool.pending();
+  } catch (err) {
+    warn(`could not read the spool${spool.dir ? ` ${spool.dir}` : ""}: ${errorText(err)}; nothing was sent`);
+    return result;
+  }
+  result.pending = events.length;
+  if (events.length === 0) return result;
+  const url = eventsUrl(String(opts.endpoint ?? ""));
+  if (typeof url !== "string") {
+    warn(`${url.error}; ${events.length} usage record(s) stay in the spool`);
+    return result;
+  }
+  if (!token) {
+    warn(`no token to send usage records with; ${events.length} record(s) stay in the spool`);
+    return result;
+  }
+  const deadline = o.now() + o.deadlineMs;
+  const size = Math.min(Math.max(1, Math.floor(o.batchSize)), DEFAULT_MAX_BATCH);
+  const queue = [];
+  for (let i = 0; i < events.length; i += size) queue.push(events.slice(i, i + size));
+  const post = async (batch, timeoutMs) => {
+    let res;
+    let text2;
+    try {
+      res = await o.fetchImpl(url, {
+        method: "POST",
+        headers: { "content-type": CONTENT_TYPE_BATCH, authorization: `Bearer ${token}`, accept: "application/json" },
+        body: JSON.stringify(batch),
+        signal: AbortSignal.timeout(timeoutMs)
+      });
+      text2 = await res.text();
+    } catch (err) {
+      return { kind: "retry", why: fetchErrorText(err, timeoutMs) };
+    }
+    const why2 = `HTTP ${res.status}${serverMessage(text2)}`;
+    if (res.status >= 200 && res.status < 300) {
+      const answers = parseAnswers(text2, batch);
+      return answers ? { kind: "answered", answers } : { kind: "retry", why: `HTTP ${res.status} with an unreadable body` };
+    }
+    if (res.status === 429 || res.status === 503) {
+      return { kind: "retry", why: why2, retryAfterMs: parseRetryAfter(res.headers.get("retry-after"), o.now()) };
+    }
+    if (res.status >= 500) return { kind: "retry", why: why2 };
+    if (res.status === 413) return { kind: "split", why: why2 };
+    if (res.status === 401 || res.status === 403) return { kind: "stop", why: `the endpoint refused the token (${why2})` };
+    return { kind: "stop", why: `the endpoint refused the request (${why2})` };
+  };
+  const record = async (batch, answers) => {
+    const answered = [];
+    batch.forEach((ev, i) => {
+      const a = answers.get(i);
+      if (!a) return;
+      answered.push(ev.id);
+      if (a.status === "accepted") result.accepted++;
+      else if (a.status === "duplicate") result.duplicate++;
+      else result.rejected.push({ id: ev.id, reason: a.reason ?? "no reason given" });
+    });
+    result.sent += answered.length;
+    if (answered.length < batch.length) {
+      warn(`the endpoint answered for ${answered.length} of ${batch.length} record(s); the rest stay in the spool`);
+    }
+    try {
+      await spool.ack(answered);
+      result.pending -= answered.length;
+    } catch (err) {
+      warn(`could not remove ${answered.length} answered record(s) from the spool: ${errorText(err)}`);
+    }
+  };
+  const sendBatch = async (batch) => {
+    for (let attempt = 1; ; attempt++) {
+      const remaining = deadline - o.now();
+      if (remaining <= 0) return `the flush deadline of ${o.deadlineMs} ms passed`;
+      const out = await post(batch, Math.min(o.requestTimeoutMs, remaining));
+      if (out.kind === "answered") {
+        await record(batch, out.answers);
+        return void 0;
+      }
+      if (out.kind === "stop") return out.why;
+      if (out.kind === "split") {
+        if (batch.length > 1) {
+          const half = Math.ceil(batch.length / 2);
+          queue.unshift(batch.slice(0, half), batch.slice(half));
+          log2("debug", `${out.why}: splitting a batch of ${batch.length}`);
+          return void 0;
+        }
+        warn(`record ${batch[0].id} is too large for the endpoint (${out.why}); it stays in the spool`);
+        return void 0;
+      }
+      if (attempt >= o.attempts) return `${out.why}, after ${attempt} attempts`;
+      const left = deadline - o.now();
+      if (out.retryAfterMs !== void 0 && out.retryAfterMs >= left) {
+        return `${out.why}; the endpoint asked to retry after ${Math.ceil(out.retryAfterMs / 1e3)} s, past the flush deadline`;
+      }
+      const delay = Math.min(out.retryAfterMs ?? backoffDelay2(attempt, o.baseDelayMs, o.maxDelayMs, o.random), left);
+      log2("debug", `${out.why}; retrying ${batch.length} record(s) in ${delay} ms (attempt ${attempt + 1}/${o.attempts})`);
+      await o.sleep(delay);
+    }
+  };
+  const stopped = (why2) => warn(
+    `${result.pending} usage record(s) not sent yet to ${displayUrl(url)}: ${why2}. They stay in the spool${spool.dir ? ` (${spool.dir})` : ""} and are sent by a later flush.`
+  );
+  try {
+    while (queue.length > 0) {
+      const stop = await sendBatch(queue.shift());
+      if (stop) {
+        stopped(stop);
+        break;
+      }
+    }
+  } catch (err) {
+    stopped(`unexpected error: ${errorText(err)}`);
+  }
+  for (const r of result.rejected.slice(0, MAX_REJECTION_WARNINGS)) warn(`record ${r.id} was rejected and dropped: ${r.reason}`);
+  if (result.rejected.length > MAX_REJECTION_WARNINGS) {
+    warn(`${result.rejected.length - MAX_REJECTION_WARNINGS} more record(s) were rejected and dropped`);
+  }
+  log2("info", `sent ${result.sent} usage record(s): ${result.accepted} accepted, ${result.duplicate} duplicate, ${result.rejected.length} rejected; ${result.pending} pending`);
+  return result;
+}
+function eventsUrl(endpoint) {
+  let u;
+  try {
+    u = new URL(endpoint.trim());
+  } catch {
+    return { error: `invalid metering endpoint; expected http(s)://host:port` };
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") return { error: `metering endpoint must be http(s)://host:port, not ${u.protocol}` };
+  if (u.username || u.password) return { error: "metering endpoint must not hold credentials; the token is sent as a bearer token" };
+  const p = u.pathname.replace(/\/+$/, "");
+  return /\/events$/.test(p) ? `${u.origin}${p}` : `${u.origin}${p}/v1/events`;
+}
+var displayUrl = (url) => url.replace(/\/v1\/events$/, "");
+function parseAnswers(text2, batch) {
+  let body;
+  try {
+    body = JSON.parse(text2);
+  } catch {
+    return null;
+  }
+  const results = body?.results;
+  if (!Array.isArray(results)) return null;
+  const answers = /* @__PURE__ */ new Map();
+  for (const r of results) {
+    if (typeof r !== "object" || r === null) continue;
+    const status4 = r.status;
+    if (status4 !== "accepted" && status4 !== "duplicate" && status4 !== "rejected") continue;
+    const i = r.index;
+    if (typeof i !== "number" || !Number.isInteger(i) || i < 0 || i >= batch.length) continue;
+    if (typeof r.id === "string" && r.id !== batch[i].id) continue;
+    answers.set(i, { status: status4, ...typeof r.reason === "string" ? { reason: r.reason } : {} });
+  }
+  return answers;
+}
+function serverMessage(text2) {
+  try {
+    const msg = JSON.parse(text2)?.error?.message;
+    return typeof msg === "string" ? `: ${msg.slice(0, 300)}` : "";
+  } catch {
+    return "";
+  }
+}
+function fetchErrorText(err, timeoutMs) {
+  const e = err;
+  if (e?.name === "TimeoutError" || e?.name === "AbortError") return `no reply within ${timeoutMs} ms`;
+  const cause = e?.cause?.message ?? e?.cause?.code;
+  return cause ? `${e.message ?? "request failed"} (${cause})` : e?.message ?? String(err);
+}
+var errorText = (err) => err instanceof Error ? err.message : String(err);
+function stripUndefined(o) {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== void 0));
+}
+
+// src/core/session.ts
+var fs11 = __toESM(require("fs"));
+var path13 = __toESM(require("path"));
+var SESSION_ENV = "BUILDCLOUD_SESSION";
+var SessionError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "SessionError";
+  }
+};
+function sessionFile(dir) {
+  return path13.join(dir, "session.json");
+}
+function withoutSecrets(lease, runner) {
+  const cache = lease.cache ? { ...lease.cache, registry: lease.cache.registry ? { ...lease.cache.registry, password: "" } : null } : null;
+  return { lease: { ...lease, tls: null, cache }, runner: { ...runner, secrets: [] } };
+}
+function saveSession(s) {
+  fs11.mkdirSync(s.dir, { recursive: true, mode: 448 });
+  const file = sessionFile(s.dir);
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs11.writeFileSync(tmp, JSON.stringify(s), { mode: 384 });
+  fs11.renameSync(tmp, file);
+  return file;
+}
+function loadSession(file) {
+  if (!file) throw new SessionError(`No Build Cloud session in this job: ${SESSION_ENV} is not set. Run the setup step (the Build Cloud action, or buildcloud setup) earlier in the same job.`);
+  let s;
+  try {
+    s = JSON.parse(fs11.readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new SessionError(`Cannot read the Build Cloud session ${file}: ${err.message}. Was it removed by an earlier report step?`);
+  }
+  if (s.version !== 1) throw new SessionError(`Unsupported session version in ${file}; setup and build must come from the same release.`);
+  return s;
+}
+function buildsFile(s) {
+  return path13.join(s.dir, "builds.jsonl");
+}
+function recordBuild(s, b) {
+  fs11.appendFileSync(buildsFile(s), JSON.stringify(b) + "\n", { mode: 384 });
+}
+function readBuilds(s) {
+  let text2 = "";
+  try {
+    text2 = fs11.readFileSync(buildsFile(s), "utf8");
+  } catch {
+    return [];
+  }
+  return text2.split("\n").filter(Boolean).flatMap((l) => {
+    try {
+      return [JSON.parse(l)];
+    } catch {
+      return [];
+    }
+  });
+}
+function nextBuildId(s) {
+  return `${s.identity.jobId}#${readBuilds(s).length + 1}`;
+}
+
+// src/core/setup.ts
+var SetupError = class extends Error {
+  constructor(message2) {
+    super(message2);
+    this.name = "SetupError";
+  }
+};
+function defaultSpoolDir(env) {
+  return env.BUILDCLOUD_SPOOL_DIR || path14.join(env.HOME || os6.homedir(), ".cache", "buildcloud", "spool");
+}
+async function setup(settings, deps) {
+  const { env, log: log2 } = deps;
+  const now = deps.now ?? Date.now;
+  const identity = identityFromEnv(env, void 0, { jobId: settings.jobId });
+  const endpoint = settings.endpoint || env.BUILDCLOUD_ENDPOINT || "";
+  if (!endpoint) throw new SetupError("Missing input 'endpoint': the gRPC address of the Build Cloud control plane (host:port), or set BUILDCLOUD_ENDPOINT.");
+  log2.info(`Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || "(none)"}${identity.fork ? ", fork" : ""})`);
+  const docker = await resolveDocker(env);
+  log2.info(docker.reason);
+  const api = new ApiClient({
+    endpoint,
+    onRetry: (r) => log2.warn(`Build Cloud: ${r.method} failed (${r.error}); retrying in ${(r.delayMs / 1e3).toFixed(1)} s (attempt ${r.attempt + 1})`)
+  });
+  try {
+    const token = await credential(settings, identity, deps, api);
+    api.setToken(token);
+    const spoolFor = (org) => path14.join(deps.spoolDir ?? defaultSpoolDir(env), org || "unknown-org");
+    let lease;
+    try {
+      lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1e3, now);
+    } catch (err) {
+      if (settings.fallback !== "local" || !(err instanceof ControlPlaneError) || !err.transient) throw err;
+      log2.warn(`Build Cloud: NO REMOTE BUILDER (${err.message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
+      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now()));
+    }
+    const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? " (shared with the pipeline)" : x.warm ? " (warm)" : " (cold start)"}`);
+    log2.info(`Build Cloud: lease ${lease.id} on ${b.join(", ")}`);
+    const name = localName(identity);
+    let cfg;
+    try {
+      cfg = await configureRunner(lease, name, { tempRoot: deps.tempRoot || env.RUNNER_TEMP || os6.tmpdir(), docker });
+    } catch (err) {
+      await api.release(lease.id).catch(() => void 0);
+      throw err;
+    }
+    for (const s of cfg.secrets) deps.mask(s);
+    const stripped = withoutSecrets(
+      settings.cache ? lease : { ...lease, cache: lease.cache ? { ...lease.cache, importRefs: [], exportRef: "" } : null },
+      cfg
+    );
+    const session = {
+      version: 1,
+      dir: cfg.dir,
+      identity,
+      org: lease.org,
+      endpoint,
+      token,
+      meteringUrl: settings.meteringEndpoint || lease.meteringUrl,
+      spoolDir: spoolFor(lease.org),
+      lease: stripped.lease,
+      runner: stripped.runner,
+      docker,
+      env: { ...cfg.env },
+      fallback: false,
+      cache: settings.cache,
+      summary: settings.summary,
+      prComment: settings.prComment,
+      startedAtMs: now()
+    };
+    await sendLeftovers(session, log2);
+    return finish(session);
+  } finally {
+    api.close();
+  }
+}
+async function credential(settings, identity, deps, api) {
+  const c = chooseCredential(identity, { token: settings.token, oidc: "auto", audience: settings.oidcAudience }, deps.env, deps.githubOidc);
+  if (c.kind === "token") {
+    deps.mask(c.token);
+    return c.token;
+  }
+  const oidcToken = c.source.kind === "github" ? await c.source.fetch(settings.oidcAudience) : c.source.value;
+  deps.mask(oidcToken);
+  const ex = await api.exchangeToken(oidcToken, settings.org);
+  deps.mask(ex.accessToken);
+  deps.log.info(`Build Cloud: OIDC token exchanged for an access token of org ${ex.org}`);
+  return ex.accessToken;
+}
+async function provisionWithin(api, s, id, budgetMs, now) {
+  const end = now() + budgetMs;
+  for (; ; ) {
+    try {
+      return await api.provision({
+        org: s.org,
+        pipelineKey: id.pipelineKey,
+        jobId: id.jobId,
+        platforms: s.platforms,
+        scope: s.scope === "job" ? "SCOPE_JOB" : "SCOPE_PIPELINE",
+        identity: { provider: id.provider, project: id.project, branch: id.branch, defaultBranch: id.defaultBranch, fork: id.fork, actor: id.actor, runUrl: id.runUrl }
+      });
+    } catch (err) {
+      if (!(err instanceof ControlPlaneError) || !err.transient || now() >= end) throw err;
+    }
+  }
+}
+function localSession(s, identity, endpoint, token, spoolDir, docker, startedAtMs) {
+  const dir = fs12.mkdtempSync(path14.join(os6.tmpdir(), `${localName(identity)}-local-`));
+  return {
+    version: 1,
+    dir,
+    identity,
+    org: s.org,
+    endpoint,
+    token,
+    meteringUrl: s.meteringEndpoint,
+    spoolDir,
+    lease: null,
+    runner: null,
+    docker,
+    env: { DOCKER_BUILDKIT: "1" },
+    fallback: true,
+    cache: false,
+    summary: s.summary,
+    prComment: s.prComment,
+    startedAtMs
+  };
+}
+function finish(session) {
+  const file = saveSession(session);
+  const l = session.lease;
+  const outputs = {
+    builder: session.runner?.builderName ?? "",
+    "docker-host": session.env.DOCKER_HOST ?? "",
+    "lease-id": l?.id ?? "",
+    "cache-from": (l?.cache?.importRefs ?? []).join("\n"),
+    "cache-to": l?.cache?.exportRef ?? "",
+    platforms: (l?.builders ?? []).map((b) => b.platform).join(","),
+    fallback: String(session.fallback)
+  };
+  return { session, sessionFile: file, outputs, exportEnv: { ...session.env, BUILDCLOUD_SESSION: file } };
+}
+async function sendLeftovers(session, log2) {
+  if (!session.meteringUrl) return;
+  const spool = new MeteringSpool(session.spoolDir);
+  if ((await spool.pending()).length === 0) return;
+  const r = await flushSpool(spool, { endpoint: session.meteringUrl, token: session.token, deadlineMs: 1e4 });
+  if (r.sent) log2.info(`Build Cloud: sent ${r.sent} usage record(s) left by earlier jobs`);
+  for (const w of r.warnings) log2.warn(w);
+}
+
+// src/core/build-step.ts
+var path16 = __toESM(require("path"));
+
+// src/core/build.ts
+var import_child_process2 = require("child_process");
+var import_fs3 = require("fs");
+var path15 = __toESM(require("path"));
+var STEP = /^\[\s*(?:[^\s\]]+\s+){0,2}\d+\/\d+\]\s+([A-Za-z]+)/;
+function isStepName(name) {
+  const m = STEP.exec(name);
+  return m !== null && m[1].toUpperCase() !== "FROM";
+}
+var ProgressParser = class {
+  byId = /* @__PURE__ */ new Map();
+  push(line) {
+    const m = /^#(\d+) (.*)$/.exec(line.replace(/\r$/, ""));
+    if (!m) return;
+    const id = Number(m[1]);
+    const rest = m[2].trim();
+    let v = this.byId.get(id);
+    if (!v) {
+      this.byId.set(id, { id, name: rest, cached: false, status: "running" });
+      return;
+    }
+    if (rest === "CACHED") {
+      v.cached = true;
+      v.status = "cached";
+    } else if (rest === "CANCELED") {
+      if (!v.cached) v.status = "canceled";
+    } else if (/^ERROR\b/.test(rest)) {
+      v.status = "error";
+      v.error = rest.replace(/^ERROR:?\s*/, "");
+    } else {
+      const done = /^DONE (\d+(?:\.\d+)?)s$/.exec(rest);
+      if (done) {
+        v.durationMs = Math.round(Number(done[1]) * 1e3);
+        if (!v.cached) v.status = "done";
+      }
+    }
+  }
+  /** Every vertex, internal ones included (e.g. "exporting cache to registry"). */
+  vertices() {
+    return [...this.byId.values()].map((v) => ({ ...v }));
+  }
+  result() {
+    const steps = [...this.byId.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
+    return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
+  }
+};
+var TAIL = 60;
+var KILL_AFTER_MS = 1e4;
+var seq = 0;
+function stream(file, args, env, onLine, signal2) {
+  return new Promise((resolve8, reject) => {
+    if (signal2.aborted) return resolve8({ code: null, signal: "SIGINT" });
+    const child = (0, import_child_process2.spawn)(file, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    const splitter = () => {
+      let buf = "";
+      return {
+        data: (d) => {
+          buf += d.toString("utf8");
+          const lines = buf.split("\n");
+          buf = lines.pop();
+          for (const l of lines) onLine(l);
+        },
+        end: () => buf && onLine(buf)
+      };
+    };
+    const out = splitter();
+    const err = splitter();
+    child.stdout.on("data", out.data);
+    child.stderr.on("data", err.data);
+    let killer;
+    const abort = () => {
+      child.kill("SIGINT");
+      killer = setTimeout(() => child.kill("SIGKILL"), KILL_AFTER_MS);
+    };
+    signal2.addEventListener("abort", abort, { once: true });
+    child.on("error", (e) => {
+      signal2.removeEventListener("abort", abort);
+      reject(e);
+    });
+    child.on("close", (code2, sig) => {
+      signal2.removeEventListener("abort", abort);
+      if (killer) clearTimeout(killer);
+      out.end();
+      err.end();
+      resolve8({ code: code2, signal: sig });
+    });
+  });
+}
+async function readJson(file) {
+  try {
+    return JSON.parse(await import_fs3.promises.readFile(file, "utf8"));
+  } catch {
+    return null;
+  }
+}
+async function runBuild(opts, cfg, lease, docker, io = {}) {
+  const started = Date.now();
+  const n = ++seq;
+  const client = {
+    buildx: docker.buildx,
+    builder: cfg.builderName,
+    driver: cfg.driver,
+    metadataFile: path15.join(cfg.dir, `metadata-${n}.json`),
+    iidFile: path15.join(cfg.dir, `iid-${n}`)
+  };
+  const cache = { importRefs: lease.cache?.importRefs ?? [], exportRef: lease.cache?.exportRef ?? "" };
+  const argv = buildArgs(opts, cache, client);
+  const env = dockerEnv(process.env, { ...cfg.env });
+  const tail = [];
+  const parser = new ProgressParser();
+  const warnings = [];
+  const pushed = [];
+  let cacheExported = false;
+  let digest2;
+  const emit = (line) => {
+    tail.push(line);
+    if (tail.length > TAIL) tail.shift();
+    io.onLine?.(line);
+  };
+  const controller = new AbortController();
+  const onAbort = () => controller.abort();
+  io.signal?.addEventListener("abort", onAbort, { once: true });
+  if (io.signal?.aborted) controller.abort();
+  const trap = io.trapSignals !== false;
+  if (trap) {
+    process.on("SIGINT", onAbort);
+    process.on("SIGTERM", onAbort);
+  }
+  const finish2 = (status4, exitCode, extra = {}) => {
+    const p = parser.result();
+    return {
+      status: status4,
+      exitCode,
+      durationMs: Date.now() - started,
+      totalSteps: p.totalSteps,
+      cachedSteps: p.cachedSteps,
+      cacheRatio: p.totalSteps ? p.cachedSteps / p.totalSteps : 0,
+      digest: digest2,
+      steps: p.steps,
+      cacheExported,
+      pushed,
+      outputTail: tail.slice(),
+      warnings,
+      ...extra
+    };
+  };
+  try {
+    const built = await stream(docker.path, argv, env, (l) => {
+      parser.push(l);
+      emit(l);
+    }, controller.signal);
+    const progress = parser.result();
+    const canceledStep = progress.steps.some((s) => s.status === "canceled") && !progress.steps.some((s) => s.status === "error");
+    if (controller.signal.aborted || built.signal || built.code !== 0 && canceledStep) return finish2("cancelled", built.code);
+    if (built.code !== 0) return finish2("failure", built.code);
+    let imageId;
+    if (docker.buildx) {
+      const meta = await readJson(client.metadataFile);
+      imageId = meta?.["containerimage.config.digest"];
+      if (opts.push && cfg.driver === "remote") digest2 = meta?.["containerimage.digest"];
+    } else {
+      imageId = (await import_fs3.promises.readFile(client.iidFile, "utf8").catch(() => "")).trim() || void 0;
+    }
+    for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
+      let out = "";
+      const r = await stream(docker.path, ["push", ref], env, (l) => {
+        out += `${l}
+`;
+        emit(l);
+      }, controller.signal);
+      if (controller.signal.aborted || r.signal) return finish2("cancelled", r.code, { imageId });
+      if (r.code !== 0) {
+        if (isExport) {
+          warnings.push(`could not export the build cache to ${ref} (docker push exited ${r.code}); later builds will not reuse this one's layers`);
+          continue;
+        }
+        return finish2("failure", r.code, { imageId });
+      }
+      pushed.push(ref);
+      if (isExport) cacheExported = true;
+      const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
+      if (d && !isExport && !digest2) digest2 = d;
+    }
+    if (docker.buildx && cfg.driver === "remote" && opts.exportCache && cache.exportRef) {
+      const failed = parser.vertices().find((v) => v.name.startsWith("exporting cache") && v.status === "error");
+      if (failed) warnings.push(`could not export the build cache to ${cache.exportRef}: ${failed.error}; later builds will not reuse this one's layers`);
+      cacheExported = !failed;
+    }
+    return finish2("success", built.code, { imageId });
+  } finally {
+    io.signal?.removeEventListener("abort", onAbort);
+    if (trap) {
+      process.off("SIGINT", onAbort);
+      process.off("SIGTERM", onAbort);
+    }
+    await import_fs3.promises.rm(client.metadataFile, { force: true });
+    await import_fs3.promises.rm(client.iidFile, { force: true });
+  }
+}
+
+// src/core/build-step.ts
+init_events();
+function buildOptions(s, session) {
+  return {
+    context: path16.resolve(s.context),
+    file: s.file ? path16.resolve(s.file) : void 0,
+    tags: s.tags,
+    buildArgs: parseKeyValueLines(s.buildArgs, "build-args"),
+    target: s.target || void 0,
+    push: s.push,
+    platforms: s.platforms,
+    labels: parseKeyValueLines(s.labels, "labels"),
+    noCache: s.noCache,
+    pull: s.pull,
+    exportCache: session.cache && !session.identity.fork
+  };
+}
+function localRunner(session) {
+  return {
+    name: "local",
+    dir: session.dir,
+    certDir: "",
+    dockerConfig: process.env.DOCKER_CONFIG || "",
+    contextName: "",
+    contexts: [],
+    buildxBuilder: "",
+    builderName: "",
+    driver: "docker",
+    env: { DOCKER_BUILDKIT: "1" },
+    secrets: [],
+    warnings: []
+  };
+}
+async function buildStep(session, settings, deps) {
+  const opts = buildOptions(settings, session);
+  const buildId = nextBuildId(session);
+  const lease = session.lease ?? { cache: null, builders: [] };
+  const run = await runBuild(opts, session.runner ?? localRunner(session), lease, session.docker, deps.io ?? {});
+  const platform = opts.platforms.join(",") || session.lease?.builders[0]?.platform || "local";
+  const build = {
+    buildId,
+    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : void 0),
+    platform,
+    status: run.status,
+    durationMs: run.durationMs,
+    totalSteps: run.totalSteps,
+    cachedSteps: run.cachedSteps,
+    digest: run.digest,
+    builderId: session.lease?.builders[0]?.builderId
+  };
+  recordBuild(session, build);
+  const warnings = [...run.warnings];
+  if (session.lease) {
+    try {
+      await new MeteringSpool(session.spoolDir).add(
+        buildCompletedEvent(session.org, {
+          lease_id: session.lease.id,
+          build_id: buildId,
+          platform,
+          status: run.status,
+          duration_ms: Math.round(run.durationMs),
+          total_steps: run.totalSteps,
+          cached_steps: run.cachedSteps,
+          ...run.digest ? { image_digest: run.digest } : {},
+          actor: session.identity.actor,
+          provider: session.identity.provider,
+          project: session.identity.project,
+          pipeline_key: session.identity.pipelineKey,
+          job_id: session.identity.jobId
+        })
+      );
+    } catch (err) {
+      warnings.push(`Build Cloud metering: could not spool the build record: ${err.message}`);
+    }
+  }
+  for (const w of warnings) deps.log.warn(w);
+  const outputs = {
+    digest: run.digest ?? "",
+    "image-id": run.imageId ?? "",
+    "cache-ratio": run.cacheRatio.toFixed(4),
+    "cached-steps": String(run.cachedSteps),
+    "total-steps": String(run.totalSteps),
+    duration: (run.durationMs / 1e3).toFixed(2)
+  };
+  deps.log.info(
+    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ", org cache exported" : ""}`
+  );
+  return { build, run, outputs, warnings };
+}
+
+// src/core/report.ts
+var fs13 = __toESM(require("fs"));
+
+// src/core/summary.ts
+var MAX_TABLE_ROWS = 1e3;
+var MAX_TABLE_BYTES = 900 * 1024;
+var MAX_FIELD = 256;
+var MAX_WARNINGS = 20;
+var MAX_WARNING_CHARS = 500;
+var NORTH_STAR = 0.8;
+var num2 = (n) => typeof n === "number" && Number.isFinite(n) && n > 0 ? n : 0;
+function totalsOf(builds) {
+  const t = { builds: builds.length, succeeded: 0, failed: 0, cancelled: 0, durationMs: 0, totalSteps: 0, cachedSteps: 0, withCache: 0 };
+  for (const b of builds) {
+    if (b.status === "success") t.succeeded++;
+    else if (b.status === "failure") t.failed++;
+    else t.cancelled++;
+    t.durationMs += num2(b.durationMs);
+    t.totalSteps += num2(b.totalSteps);
+    t.cachedSteps += Math.min(num2(b.cachedSteps), num2(b.totalSteps));
+    if (num2(b.cachedSteps) > 0) t.withCache++;
+  }
+  return t;
+}
+function clean(s, max = MAX_FIELD) {
+  const flat = (s ?? "").replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "").replace(/[\x00-\x1f\x7f\u2028\u2029]/g, " ").trim();
+  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
+}
+var MD_ENTITIES = {
+  "&": "&amp;",
+  "<": "&lt;",
+  ">": "&gt;",
+  '"': "&quot;",
+  "'": "&#39;",
+  "|": "&#124;",
+  "`": "&#96;",
+  "\\": "&#92;",
+  "*": "&#42;",
+  "_": "&#95;",
+  "[": "&#91;",
+  "]": "&#93;",
+  "~": "&#126;"
+};
+function escapeMarkdown(s, max = MAX_FIELD) {
+  return clean(s, max).replace(/[&<>"'|`\\*_[\]~]/g, (c) => MD_ENTITIES[c]).replace(/(^|[^\w])@/g, "$1@&#8203;");
+}
+var code = (s) => /^[\w.:/-]{1,128}$/.test(s) ? `\`${s}\`` : escapeMarkdown(s);
+function safeUrl(u) {
+  if (!u) return void 0;
+  try {
+    const url = new URL(u);
+    if (url.protocol !== "https:" && url.protocol !== "http:") return void 0;
+    return url.href.replace(/\(/g, "%28").replace(/\)/g, "%29");
+  } catch {
+    return void 0;
+  }
+}
+function formatDuration(ms) {
+  const v = Math.round(num2(ms));
+  if (v < 1e3) return `${v} ms`;
+  if (v < 6e4) return `${(v / 1e3).toFixed(1)} s`;
+  const s = Math.round(v / 1e3);
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor(s % 3600 / 60)).padStart(2, "0")}m`;
+}
+function percent(part, whole) {
+  if (!(whole > 0)) return "–";
+  const p = Math.round(part / whole * 100);
+  if (p === 100 && part < whole) return "99%";
+  if (p === 0 && part > 0) return "1%";
+  return `${p}%`;
+}
+var minutes2 = (seconds) => (Math.ceil(num2(seconds) / 60 * 100) / 100).toFixed(2);
+var STATUS_MD = { success: "✅ success", failure: "❌ failure", cancelled: "⏹️ cancelled" };
+var plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+function builderLine(s, fmt2) {
+  const parts = [];
+  if (s.leaseId) parts.push(`lease ${fmt2(s.leaseId)}`);
+  if (s.builderShared !== void 0) parts.push(s.builderShared ? "shared with the pipeline's other jobs" : "this job only");
+  if (s.builderWarm !== void 0) parts.push(s.builderWarm ? "warm start" : "cold start");
+  return parts.length ? parts.join(" · ") : void 0;
+}
+function headline(t, md) {
+  const b = md ? (x) => `**${x}**` : (x) => x;
+  const outcome = [`${t.succeeded} succeeded`, ...t.failed ? [`${t.failed} failed`] : [], ...t.cancelled ? [`${t.cancelled} cancelled`] : []];
+  return `${b(plural(t.builds, "build"))} (${outcome.join(", ")}), cache ratio ${b(percent(t.cachedSteps, t.totalSteps))} (${t.cachedSteps} of ${plural(t.totalSteps, "step")} cached)`;
+}
+function renderSummary(s) {
+  const t = totalsOf(s.builds);
+  const out = [`## ${escapeMarkdown(s.title || "Build Cloud", 100)}`, ""];
+  if (t.builds === 0) {
+    out.push("No image builds ran in this job.", "");
+  } else {
+    out.push(headline(t, true), "");
+    out.push("| Image / target | Platform | Status | Duration | Steps | Cached steps | Cached % | Builder |");
+    out.push("|---|---|---|--:|--:|--:|--:|---|");
+    let bytes = 0;
+    let shown = 0;
+    for (const b of s.builds) {
+      const row = `| ${escapeMarkdown(b.image || b.buildId)} | ${escapeMarkdown(b.platform)} | ${STATUS_MD[b.status] ?? escapeMarkdown(b.status)} | ${formatDuration(b.durationMs)} | ${num2(b.totalSteps)} | ${num2(b.cachedSteps)} | ${percent(num2(b.cachedSteps), num2(b.totalSteps))} | ${b.builderId ? escapeMarkdown(b.builderId) : "–"} |`;
+      bytes += Buffer.byteLength(row) + 1;
+      if (shown >= MAX_TABLE_ROWS || bytes > MAX_TABLE_BYTES) break;
+      out.push(row);
+      shown++;
+    }
+    out.push("");
+    if (shown < t.builds) {
+      out.push(`_${t.builds - shown} more builds are not listed, to keep this summary under GitHub's 1 MiB limit; the totals count all ${t.builds}._`, "");
+    }
+  }
+  out.push("| Totals | |", "|---|---|");
+  out.push(`| Builds | ${t.builds} |`);
+  out.push(`| Build time (sum of builds) | ${formatDuration(t.durationMs)} |`);
+  if (s.jobWallMs !== void 0) out.push(`| Job wall time | ${formatDuration(s.jobWallMs)} |`);
+  if (s.billedSeconds !== void 0) out.push(`| Billed minutes (this job's lease) | ${minutes2(s.billedSeconds)} |`);
+  out.push(`| Cache ratio (this job) | ${percent(t.cachedSteps, t.totalSteps)} |`);
+  out.push(`| Builds with a cached step | ${percent(t.withCache, t.builds)} (goal ${NORTH_STAR * 100}%) |`);
+  if (s.pipeline) out.push(`| Pipeline cache ratio | ${percent(num2(s.pipeline.cachedSteps), num2(s.pipeline.totalSteps))} |`);
+  out.push("");
+  const builder = builderLine(s, code);
+  if (builder) out.push(`**Builder:** ${builder}`, "");
+  const links = [["Run", safeUrl(s.runUrl)], ["Usage", safeUrl(s.usageUrl)]].filter(([, u]) => u).map(([n, u]) => `[${n}](${u})`);
+  if (links.length) out.push(links.join(" · "), "");
+  const warnings = s.warnings ?? [];
+  if (warnings.length) {
+    out.push("### Warnings", "", ...warnings.slice(0, MAX_WARNINGS).map((w) => `- ${escapeMarkdown(w, MAX_WARNING_CHARS)}`));
+    if (warnings.length > MAX_WARNINGS) out.push(`- … and ${warnings.length - MAX_WARNINGS} more`);
+    out.push("");
+  }
+  return out.join("\n");
+}
+function renderText(s) {
+  const t = totalsOf(s.builds);
+  const out = [`${clean(s.title, 100) || "Build Cloud"}: ${t.builds === 0 ? "no image builds ran in this job" : headline(t, false)}`];
+  s.builds.slice(0, MAX_TABLE_ROWS).forEach((b) => {
+    const cached2 = `cached ${num2(b.cachedSteps)}/${num2(b.totalSteps)} (${percent(num2(b.cachedSteps), num2(b.totalSteps))})`;
+    const builder2 = b.builderId ? `  builder ${clean(b.builderId)}` : "";
+    out.push(`  ${b.status.padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached2}${builder2}  ${clean(b.image || b.buildId)}`);
+  });
+  if (t.builds > MAX_TABLE_ROWS) out.push(`  … ${t.builds - MAX_TABLE_ROWS} more builds not listed`);
+  const totals = [`build time ${formatDuration(t.durationMs)}`];
+  if (s.jobWallMs !== void 0) totals.push(`job wall time ${formatDuration(s.jobWallMs)}`);
+  if (s.billedSeconds !== void 0) totals.push(`billed minutes ${minutes2(s.billedSeconds)}`);
+  totals.push(`builds with a cached step ${percent(t.withCache, t.builds)}`);
+  if (s.pipeline) totals.push(`pipeline cache ratio ${percent(num2(s.pipeline.cachedSteps), num2(s.pipeline.totalSteps))}`);
+  out.push(`Totals: ${totals.join(", ")}`);
+  const builder = builderLine(s, (id) => clean(id));
+  if (builder) out.push(`Builder: ${builder}`);
+  const run = safeUrl(s.runUrl);
+  const usage = safeUrl(s.usageUrl);
+  if (run) out.push(`Run: ${run}`);
+  if (usage) out.push(`Usage: ${usage}`);
+  const warnings = s.warnings ?? [];
+  for (const w of warnings.slice(0, MAX_WARNINGS)) out.push(`Warning: ${clean(w, MAX_WARNING_CHARS)}`);
+  if (warnings.length > MAX_WARNINGS) out.push(`Warning: … and ${warnings.length - MAX_WARNINGS} more`);
+  return `${out.join("\n")}
+`;
+}
+
+// src/core/report.ts
+init_events();
+async function report(session, deps) {
+  const now = deps.now ?? Date.now;
+  const warnings = [];
+  const builds = readBuilds(session);
+  const lease = session.lease;
+  let billedSeconds = null;
+  if (lease) {
+    const spool = new MeteringSpool(session.spoolDir);
+    try {
+      await spool.add(
+        jobCompletedEvent(session.org, {
+          lease_id: lease.id,
+          job_id: session.identity.jobId,
+          wall_seconds: Math.max(0, Math.round((now() - lease.createdAtMs) / 1e3)),
+          builds: builds.length,
+          actor: session.identity.actor,
+          provider: session.identity.provider,
+          project: session.identity.project,
+          pipeline_key: session.identity.pipelineKey
+        })
+      );
+    } catch (err) {
+      warnings.push(`Build Cloud metering: could not spool the job record: ${err.message}`);
+    }
+    const api = new ApiClient({ endpoint: session.endpoint, token: session.token, attempts: 4, deadlineMs: 15e3 });
+    try {
+      const released = await api.release(lease.id);
+      billedSeconds = released.billedSeconds;
+      deps.log.info(`Build Cloud: released lease ${lease.id} (${billedSeconds} s billed)`);
+    } catch (err) {
+      warnings.push(`Build Cloud: could not release lease ${lease.id} (${err.message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`);
+    } finally {
+      api.close();
+    }
+  }
+  let flush = null;
+  if (lease && session.meteringUrl) {
+    flush = await flushSpool(new MeteringSpool(session.spoolDir), {
+      endpoint: session.meteringUrl,
+      token: session.token,
+      deadlineMs: deps.meteringDeadlineMs ?? 3e4
+    });
+    warnings.push(...flush.warnings);
+  }
+  if (session.runner) {
+    try {
+      warnings.push(...await cleanupRunner(session.runner, session.docker));
+    } catch (err) {
+      warnings.push(`Build Cloud cleanup: ${err.message}`);
+    }
+  }
+  try {
+    fs13.rmSync(session.dir, { recursive: true, force: true });
+  } catch (err) {
+    warnings.push(`Build Cloud cleanup: could not remove ${session.dir}: ${err.message}`);
+  }
+  for (const w of warnings) deps.log.warn(w);
+  const t = totalsOf(builds);
+  const summary = {
+    builds,
+    leaseId: lease?.id,
+    builderShared: lease ? lease.builders.some((b) => b.shared) : void 0,
+    builderWarm: lease ? lease.builders.every((b) => b.warm || b.shared) : void 0,
+    jobWallMs: lease ? now() - lease.createdAtMs : void 0,
+    billedSeconds: billedSeconds ?? void 0,
+    pipeline: { totalSteps: t.totalSteps, cachedSteps: t.cachedSteps },
+    runUrl: session.identity.runUrl || void 0,
+    warnings: session.fallback ? ["No remote builder: this job built on the runner's own Docker (fallback: local).", ...warnings] : warnings
+  };
+  return { builds, billedSeconds, flush, warnings, summary, markdown: renderSummary(summary), text: renderText(summary) };
+}
+
+// src/cli/ci-output.ts
+function shellQuote(value) {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+var NAME2 = /^[A-Za-z_][A-Za-z0-9_]*$/;
+function exportLines(env) {
+  return Object.entries(env).map(([k, v]) => {
+    if (!NAME2.test(k)) throw new Error(`not a variable name: ${k}`);
+    return `export ${k}=${shellQuote(v)}`;
+  }).join("\n") + "\n";
+}
+function dotenvLines(values) {
+  return Object.entries(values).map(([k, v]) => {
+    if (!/^[A-Za-z0-9_]+$/.test(k)) throw new Error(`not a dotenv key: ${k}`);
+    const clean2 = v.split(/\r?\n/).filter(Boolean).join(",").replace(/[\s"']/g, "");
+    return `${k}=${clean2}`;
+  }).join("\n") + "\n";
+}
+function metricsReport(m) {
+  const n = (x) => Number.isFinite(x) ? String(+x.toFixed(4)) : "0";
+  return [
+    `buildcloud_build_minutes ${n(m.buildMinutes)}`,
+    `buildcloud_builds ${m.builds}`,
+    `buildcloud_build_seconds ${n(m.buildSeconds)}`,
+    `buildcloud_total_steps ${m.totalSteps}`,
+    `buildcloud_cached_steps ${m.cachedSteps}`,
+    `buildcloud_cache_ratio ${n(m.cacheRatio)}`,
+    "# EOF",
+    ""
+  ].join("\n");
+}
+var RENAMED = { platforms: "BUILDCLOUD_BUILDER_PLATFORMS", fallback: "BUILDCLOUD_FALLBACK_USED" };
+function outputsAsEnv(outputs) {
+  return Object.fromEntries(Object.entries(outputs).map(([k, v]) => [RENAMED[k] ?? `BUILDCLOUD_${k.toUpperCase().replace(/-/g, "_")}`, v]));
+}
+
+// src/cli/ci.ts
+var log = {
+  info: (m) => process.stderr.write(`${m}
+`),
+  warn: (m) => process.stderr.write(`warning: ${m}
+`),
+  debug: (m) => process.env.BUILDCLOUD_DEBUG ? process.stderr.write(`debug: ${m}
+`) : void 0
+};
+function camel(name) {
+  return name.replace(/-([a-z])/g, (_, c) => c.toUpperCase());
+}
+function addInputs(cmd, defs) {
+  for (const d of defs) {
+    if (d.only === "github") continue;
+    if (d.name === "no-cache") {
+      cmd.addOption(new Option("--no-cache", `${d.description} (env ${envName(d.name)})`));
+      continue;
+    }
+    const flag = d.type === "boolean" ? `--${d.name} [bool]` : `--${d.name} <value>`;
+    const o = new Option(flag, `${d.description} (env ${envName(d.name)}; default ${JSON.stringify(d.default)})`);
+    if (d.options) o.choices(d.options);
+    cmd.addOption(o);
+  }
+}
+function getter(opts, env) {
+  return (name) => {
+    if (name === "no-cache" && opts.cache === false) return "true";
+    const v = opts[camel(name)];
+    if (v === true) return "true";
+    if (typeof v === "string") return v;
+    return env[envName(name)] ?? "";
+  };
+}
+function appendFile(file, text2) {
+  fs14.mkdirSync(path17.dirname(path17.resolve(file)), { recursive: true });
+  fs14.appendFileSync(file, text2, { mode: 384 });
+}
+function writeFile(file, text2) {
+  fs14.mkdirSync(path17.dirname(path17.resolve(file)), { recursive: true });
+  fs14.writeFileSync(file, text2, { mode: 420 });
+}
+function registerCi(program3) {
+  const setupCmd = program3.command("setup").description("Provision the pipeline's remote builder and configure this job's docker client for it (run before building).").option("--export-file <file>", "append `export NAME=value` lines for later steps (CircleCI: default $BASH_ENV; GitLab: source it)").option("--dotenv <file>", "write the outputs as a dotenv file (GitLab artifacts:reports:dotenv)").option("--json", "print the outputs as JSON on stdout", false);
+  addInputs(setupCmd, SETUP_INPUTS);
+  setupCmd.action(async (o) => {
+    const settings = setupSettings(getter(o, process.env));
+    const r = await setup(settings, { env: process.env, log, mask: () => void 0 });
+    const vars = { ...r.exportEnv, ...outputsAsEnv(r.outputs) };
+    const exportFile = o.exportFile || (detectProvider(process.env) === "circleci" ? process.env.BASH_ENV : "");
+    if (exportFile) appendFile(exportFile, exportLines(vars));
+    if (o.dotenv) writeFile(o.dotenv, dotenvLines(outputsAsEnv(r.outputs)));
+    if (o.json) process.stdout.write(JSON.stringify({ outputs: r.outputs, env: r.exportEnv }) + "\n");
+    log.info(`Build Cloud: builder ready at ${r.outputs["docker-host"] || "the local docker (fallback)"}; session ${r.sessionFile}`);
+    if (!exportFile && !o.json) process.stdout.write(exportLines(vars));
+  });
+  const buildCmd = program3.command("build").description("Build an image on the job's builder with the org cache (after `buildcloud setup`).").option("--session <file>", `the session setup made (env ${SESSION_ENV})`).option("--dotenv <file>", "append the outputs (BUILDCLOUD_DIGEST, BUILDCLOUD_CACHE_RATIO, ...) as dotenv lines").option("--export-file <file>", "append the outputs as `export` lines (CircleCI: default $BASH_ENV)").option("--json", "print the outputs as JSON on stdout", false);
+  addInputs(buildCmd, BUILD_INPUTS);
+  buildCmd.action(async (o) => {
+    const session = loadSession(o.session || process.env[SESSION_ENV]);
+    const settings = buildSettings(getter(o, process.env));
+    const r = await buildStep(session, settings, { log, io: { onLine: (l) => process.stderr.write(l + "\n") } });
+    const vars = outputsAsEnv(r.outputs);
+    if (o.dotenv) appendFile(o.dotenv, dotenvLines(vars));
+    const exportFile = o.exportFile || (detectProvider(process.env) === "circleci" ? process.env.BASH_ENV : "");
+    if (exportFile) appendFile(exportFile, exportLines(vars));
+    if (o.json) process.stdout.write(JSON.stringify(r.outputs) + "\n");
+    if (r.run.status !== "success") {
+      throw new CliError(`docker build ${r.run.status === "cancelled" ? "was cancelled" : `failed (exit ${r.run.exitCode})`}`, r.run.status === "cancelled" ? 130 : 1);
+    }
+  });
+  program3.command("report").description("Send usage records, release the lease, remove local certs and contexts, and write the summary. Run always, also after a failed or cancelled build; its own problems are warnings.").option("--session <file>", `the session setup made (env ${SESSION_ENV})`).option("--summary-file <file>", "write the summary as markdown (CircleCI: store it as an artifact)").option("--metrics <file>", "write an OpenMetrics report (GitLab artifacts:reports:metrics)").option("--dotenv <file>", "write BUILDCLOUD_BUILD_MINUTES, BUILDCLOUD_CACHE_RATIO, ... as dotenv (GitLab artifacts:reports:dotenv)").option("--json", "print the result as JSON on stdout", false).action(async (o) => {
+    const file = o.session || process.env[SESSION_ENV];
+    if (!file || !fs14.existsSync(file)) {
+      log.info("Build Cloud: no session in this job (setup did not run or already reported); nothing to release.");
+      return;
+    }
+    const session = loadSession(file);
+    const r = await report(session, { log });
+    const t = totalsOf(r.builds);
+    const minutes3 = (r.billedSeconds ?? 0) / 60;
+    const ratio = t.totalSteps ? t.cachedSteps / t.totalSteps : 0;
+    if (o.summaryFile) writeFile(o.summaryFile, r.markdown);
+    if (o.metrics) {
+      writeFile(o.metrics, metricsReport({ buildMinutes: minutes3, builds: t.builds, totalSteps: t.totalSteps, cachedSteps: t.cachedSteps, cacheRatio: ratio, buildSeconds: t.durationMs / 1e3 }));
+    }
+    if (o.dotenv) {
+      writeFile(
+        o.dotenv,
+        dotenvLines({
+          BUILDCLOUD_LEASE_ID: session.lease?.id ?? "",
+          BUILDCLOUD_BUILD_MINUTES: minutes3.toFixed(2),
+          BUILDCLOUD_BUILDS: String(t.builds),
+          BUILDCLOUD_TOTAL_STEPS: String(t.totalSteps),
+          BUILDCLOUD_CACHED_STEPS: String(t.cachedSteps),
+          BUILDCLOUD_CACHE_RATIO: ratio.toFixed(4)
+        })
+      );
+    }
+    if (o.json) process.stdout.write(JSON.stringify({ builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio }) + "\n");
+    else process.stderr.write(r.text + "\n");
+  });
+}
+
 // src/cli/index.ts
 function program2() {
   const p = new Command("buildcloud").description("Build Cloud for CI: ephemeral remote builders per pipeline, an org-wide layer cache, build-minute metering.").version(process.env.BUILDCLOUD_VERSION || "0.1.0").showHelpAfterError().exitOverride();
   registerServe(p);
   registerAdmin(p);
   registerUsage(p);
+  registerCi(p);
   return p;
 }
 async function main(argv) {
@@ -97929,15 +100131,15 @@ async function main(argv) {
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
     const e = err;
-    const known = e && ["CliError", "ConfigError", "ApiError", "StoreConflict", "AuthError"].includes(e.name);
-    process.stderr.write(`buildcloud: ${known ? e.message : e?.stack || String(err)}
+    const bug = !e || ["Error", "TypeError", "ReferenceError", "RangeError", "SyntaxError"].includes(e.name);
+    process.stderr.write(`buildcloud: ${bug || process.env.BUILDCLOUD_DEBUG ? e?.stack || String(err) : e.message}
 `);
     return err instanceof CliError ? err.exitCode : 1;
   }
 }
 if (require.main === module) {
-  main(process.argv).then((code) => {
-    if (code !== 0 || !process.env.BUILDCLOUD_SERVING) process.exit(code);
+  main(process.argv).then((code2) => {
+    if (code2 !== 0 || !process.env.BUILDCLOUD_SERVING) process.exit(code2);
   });
 }
 // Annotate the CommonJS export names for ESM import in node:

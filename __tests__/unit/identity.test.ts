@@ -217,7 +217,7 @@ describe('identityFromEnv: each CI', () => {
   test('local defaults: host, pid, cwd', () => {
     const id = identityFromEnv({ PWD: '/home/jdoe/src/widget-api' });
     expect(id.pipelineKey).toBe(`local/${os.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, '-')}/${process.pid}`);
-    expect(id).toMatchObject({ provider: 'local', org: '', project: 'widget-api', jobId: 'local', branch: '', fork: false, runUrl: '' });
+    expect(id).toMatchObject({ provider: 'local', org: '', project: 'widget-api', jobId: 'local', branch: 'main', defaultBranch: 'main', fork: false, runUrl: '' });
     expect(identityFromEnv({}).project).toBe(path.basename(process.cwd()));
   });
 

@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { registerServe } from './serve';
 import { registerAdmin } from './admin';
 import { registerUsage } from './usage';
+import { registerCi } from './ci';
 import { CliError } from './errors';
 
 export function program(): Command {
@@ -14,6 +15,7 @@ export function program(): Command {
   registerServe(p);
   registerAdmin(p);
   registerUsage(p);
+  registerCi(p);
   return p;
 }
 
@@ -24,8 +26,9 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
     const e = err as Error;
-    const known = e && ['CliError', 'ConfigError', 'ApiError', 'StoreConflict', 'AuthError'].includes(e.name);
-    process.stderr.write(`buildcloud: ${known ? e.message : e?.stack || String(err)}\n`);
+    // Our errors are named classes whose message says what to fix; a stack is for bugs (or BUILDCLOUD_DEBUG).
+    const bug = !e || ['Error', 'TypeError', 'ReferenceError', 'RangeError', 'SyntaxError'].includes(e.name);
+    process.stderr.write(`buildcloud: ${bug || process.env.BUILDCLOUD_DEBUG ? e?.stack || String(err) : e.message}\n`);
     return err instanceof CliError ? err.exitCode : 1;
   }
 }

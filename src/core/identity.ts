@@ -253,8 +253,9 @@ function local(env: Env): Base {
     pipelineKey: `local/${host}/${run}`,
     jobId,
     jobName: jobId,
-    branch: opt('BUILDCLOUD_BRANCH'),
-    defaultBranch: opt('BUILDCLOUD_DEFAULT_BRANCH'),
+    // A local run has no CI to ask: the branch is given, or the cache is the default branch's.
+    branch: opt('BUILDCLOUD_BRANCH') || opt('BUILDCLOUD_DEFAULT_BRANCH') || 'main',
+    defaultBranch: opt('BUILDCLOUD_DEFAULT_BRANCH') || 'main',
     fork: false,
     actor: opt('USER') || opt('USERNAME'),
     runUrl: '',

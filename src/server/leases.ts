@@ -91,14 +91,19 @@ export class LeaseManager {
       runUrl: id?.runUrl ?? ''
     };
     if (!identity.project) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
-    const refs = cacheRefs({
-      registryHost: this.d.registryHost,
-      org,
-      project: identity.project,
-      branch: identity.branch,
-      defaultBranch: identity.defaultBranch || identity.branch,
-      fork: identity.fork
-    });
+    let refs: ReturnType<typeof cacheRefs>;
+    try {
+      refs = cacheRefs({
+        registryHost: this.d.registryHost,
+        org,
+        project: identity.project,
+        branch: identity.branch,
+        defaultBranch: identity.defaultBranch || identity.branch,
+        fork: identity.fork
+      });
+    } catch (err) {
+      throw invalid(`Invalid identity: ${(err as Error).message}`);
+    }
 
     const left = await this.balanceOf(org);
     if (!canProvision(left.leftSeconds)) {

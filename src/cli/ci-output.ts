@@ -1,0 +1,66 @@
+// Writing results in each CI's own form: shell export lines (sourced in GitLab, appended to CircleCI's $BASH_ENV),
+// GitLab dotenv reports and OpenMetrics reports. Pure formatting, table-tested.
+
+// Single-quoted for POSIX shells: the only character that needs care inside single quotes is the quote itself.
+export function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
+const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+export function exportLines(env: Record<string, string>): string {
+  return (
+    Object.entries(env)
+      .map(([k, v]) => {
+        if (!NAME.test(k)) throw new Error(`not a variable name: ${k}`);
+        return `export ${k}=${shellQuote(v)}`;
+      })
+      .join('\n') + '\n'
+  );
+}
+
+// GitLab dotenv: KEY=VALUE, keys [A-Za-z0-9_], no multiline values, no quotes or spaces handled: values that
+// cannot be written as they are get a safe form (newlines become commas, spaces are kept out by construction).
+export function dotenvLines(values: Record<string, string>): string {
+  return (
+    Object.entries(values)
+      .map(([k, v]) => {
+        if (!/^[A-Za-z0-9_]+$/.test(k)) throw new Error(`not a dotenv key: ${k}`);
+        const clean = v.split(/\r?\n/).filter(Boolean).join(',').replace(/[\s"']/g, '');
+        return `${k}=${clean}`;
+      })
+      .join('\n') + '\n'
+  );
+}
+
+export interface MetricsInput {
+  buildMinutes: number; // billed minutes of this job's lease
+  builds: number;
+  totalSteps: number;
+  cachedSteps: number;
+  cacheRatio: number;
+  buildSeconds: number;
+}
+
+// GitLab's metrics report (artifacts:reports:metrics): OpenMetrics text, `name value` lines.
+export function metricsReport(m: MetricsInput): string {
+  const n = (x: number) => (Number.isFinite(x) ? String(+x.toFixed(4)) : '0');
+  return [
+    `buildcloud_build_minutes ${n(m.buildMinutes)}`,
+    `buildcloud_builds ${m.builds}`,
+    `buildcloud_build_seconds ${n(m.buildSeconds)}`,
+    `buildcloud_total_steps ${m.totalSteps}`,
+    `buildcloud_cached_steps ${m.cachedSteps}`,
+    `buildcloud_cache_ratio ${n(m.cacheRatio)}`,
+    '# EOF',
+    ''
+  ].join('\n');
+}
+
+// Outputs whose plain variable name would be read back as an input of the same name by a later step.
+const RENAMED: Record<string, string> = { platforms: 'BUILDCLOUD_BUILDER_PLATFORMS', fallback: 'BUILDCLOUD_FALLBACK_USED' };
+
+// Output names as variables: `docker-host` → BUILDCLOUD_DOCKER_HOST.
+export function outputsAsEnv(outputs: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(outputs).map(([k, v]) => [RENAMED[k] ?? `BUILDCLOUD_${k.toUpperCase().replace(/-/g, '_')}`, v]));
+}
