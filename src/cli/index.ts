@@ -4,6 +4,7 @@ import { registerServe } from './serve';
 import { registerAdmin } from './admin';
 import { registerUsage } from './usage';
 import { registerCi } from './ci';
+import { registerDemo } from './demo';
 import { CliError } from './errors';
 
 export function program(): Command {
@@ -16,6 +17,7 @@ export function program(): Command {
   registerAdmin(p);
   registerUsage(p);
   registerCi(p);
+  registerDemo(p);
   return p;
 }
 

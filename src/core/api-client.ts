@@ -1,6 +1,7 @@
 // The CI side's client of the control plane's gRPC API: a deadline on every call, transient failures retried
 // with exponential backoff and full jitter, permanent ones reported at once with the server's message.
 import * as grpc from '@grpc/grpc-js';
+import { backoffDelay } from './backoff';
 import { services, type ExchangeTokenResponseMsg, type LeaseMsg, type ProvisionRequestMsg } from '../common/proto';
 
 export interface ApiClientOptions {
@@ -31,17 +32,14 @@ export class ControlPlaneError extends Error {
 }
 
 export function parseEndpoint(endpoint: string): { address: string; secure: boolean } {
-  const m = /^(?:(grpcs?):\/\/)?([^/\s]+?)\/?$/.exec(endpoint.trim());
-  if (!m || !/:\d+$/.test(m[2])) {
+  const m = /^(?:(grpcs?):\/\/)?((?:\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+):(\d{1,5}))\/?$/.exec(endpoint.trim());
+  if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) {
     throw new Error(`Invalid endpoint '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
   }
   return { address: m[2], secure: m[1] === 'grpcs' };
 }
 
-// Full jitter: a random delay up to the exponential bound, so parallel jobs do not retry in lockstep.
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
-  return Math.floor(random() * Math.min(maxMs, baseMs * 2 ** (attempt - 1)));
-}
+export { backoffDelay };
 
 export class ApiClient {
   private readonly bc: grpc.Client & Record<string, any>;
@@ -61,8 +59,9 @@ export class ApiClient {
     this.o.token = token;
   }
 
-  provision(req: ProvisionRequestMsg): Promise<LeaseMsg> {
-    return this.call(this.bc, 'Provision', req);
+  // `limits` bound one call (e.g. to what is left of a caller's own time budget).
+  provision(req: ProvisionRequestMsg, limits?: { attempts?: number; deadlineMs?: number }): Promise<LeaseMsg> {
+    return this.call(this.bc, 'Provision', req, true, limits);
   }
 
   release(leaseId: string): Promise<LeaseMsg> {
@@ -82,19 +81,27 @@ export class ApiClient {
     this.auth.close();
   }
 
-  private async call<T>(client: grpc.Client & Record<string, any>, method: string, req: object, authed = true): Promise<T> {
+  private async call<T>(
+    client: grpc.Client & Record<string, any>,
+    method: string,
+    req: object,
+    authed = true,
+    limits: { attempts?: number; deadlineMs?: number } = {}
+  ): Promise<T> {
+    const attempts = limits.attempts ?? this.o.attempts;
+    const deadlineMs = limits.deadlineMs ?? this.o.deadlineMs;
     for (let attempt = 1; ; attempt++) {
       try {
         return await new Promise<T>((resolve, reject) => {
           const md = new grpc.Metadata();
           if (authed && this.o.token) md.set('authorization', `Bearer ${this.o.token}`);
-          client[method](req, md, { deadline: Date.now() + this.o.deadlineMs }, (err: grpc.ServiceError | null, res: T) =>
+          client[method](req, md, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) =>
             err ? reject(new ControlPlaneError(method, err.code, err.details, attempt)) : resolve(res)
           );
         });
       } catch (err) {
         const e = err as ControlPlaneError;
-        if (!e.transient || attempt >= this.o.attempts) throw e;
+        if (!e.transient || attempt >= attempts) throw e;
         const delayMs = backoffDelay(attempt, this.o.baseDelayMs, this.o.maxDelayMs);
         this.o.onRetry?.({ method, attempt, delayMs, error: e.details });
         await new Promise((r) => setTimeout(r, delayMs));

@@ -4,6 +4,7 @@
 // back as warnings for the CI wrapper to show, and unsent records wait in the spool for a later flush.
 import { CONTENT_TYPE_BATCH, DEFAULT_MAX_BATCH, type CloudEvent } from '../server/metering/cloudevents';
 import type { MeteringSpool } from './metering-spool';
+import { backoffDelay } from './backoff';
 
 export type MeteringLogLevel = 'debug' | 'info' | 'warning';
 
@@ -49,10 +50,7 @@ type Outcome =
 const PREFIX = 'Build Cloud metering:';
 const MAX_REJECTION_WARNINGS = 10;
 
-/** Full jitter: a random delay up to the exponential bound, so parallel jobs do not retry in lockstep. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random: () => number = Math.random): number {
-  return Math.floor(random() * Math.min(maxMs, baseMs * 2 ** (attempt - 1)));
-}
+export { backoffDelay };
 
 /** Retry-After in ms: delay-seconds or an HTTP date (RFC 9110); undefined when absent or unreadable. */
 export function parseRetryAfter(value: string | null, now: number = Date.now()): number | undefined {

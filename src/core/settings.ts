@@ -98,7 +98,8 @@ function platforms(def: InputDef, get: Getter): string[] {
 
 export function setupSettings(get: Getter): SetupSettings {
   const endpoint = str(S.endpoint, get);
-  if (endpoint && !/^(grpcs?:\/\/)?[^/\s:]+:\d{1,5}\/?$/.test(endpoint)) {
+  const port = /:(\d{1,5})\/?$/.exec(endpoint)?.[1];
+  if (endpoint && (!/^(grpcs?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^/\s:[\]]+):\d{1,5}\/?$/.test(endpoint) || Number(port) < 1 || Number(port) > 65535)) {
     throw new InputError(`Invalid input 'endpoint': '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
   }
   const metering = str(S['metering-endpoint'], get);

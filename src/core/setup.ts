@@ -3,11 +3,11 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ApiClient, ControlPlaneError } from './api-client';
+import { ApiClient, ControlPlaneError, backoffDelay } from './api-client';
 import { chooseCredential } from './auth';
 import { identityFromEnv, localName, type Env, type Identity } from './identity';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
-import { configureRunner } from './runner-config';
+import { cleanupRunner, configureRunner } from './runner-config';
 import { MeteringSpool } from './metering-spool';
 import { flushSpool } from './metering-client';
 import { saveSession, withoutSecrets, type Session } from './session';
@@ -64,56 +64,58 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
     onRetry: (r) => log.warn(`Build Cloud: ${r.method} failed (${r.error}); retrying in ${(r.delayMs / 1000).toFixed(1)} s (attempt ${r.attempt + 1})`)
   });
   try {
-    const token = await credential(settings, identity, deps, api);
-    api.setToken(token);
     // One spool per org: records of another org sent with this org's token would be rejected and dropped.
     const spoolFor = (org: string) => path.join(deps.spoolDir ?? defaultSpoolDir(env), org || 'unknown-org');
+    let token = '';
     let lease: LeaseMsg;
     try {
-      lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now);
+      token = await credential(settings, identity, deps, api);
+      api.setToken(token);
+      lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now, log);
     } catch (err) {
       if (settings.fallback !== 'local' || !(err instanceof ControlPlaneError) || !err.transient) throw err;
       log.warn(`Build Cloud: NO REMOTE BUILDER (${err.message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
-      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now()));
+      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir()));
     }
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
     log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
-    const name = localName(identity);
-    let cfg;
+    let cfg: Awaited<ReturnType<typeof configureRunner>> | null = null;
     try {
-      cfg = await configureRunner(lease, name, { tempRoot: deps.tempRoot || env.RUNNER_TEMP || os.tmpdir(), docker });
+      cfg = await configureRunner(lease, localName(identity), { tempRoot: deps.tempRoot || env.RUNNER_TEMP || os.tmpdir(), docker });
+      for (const s of cfg.secrets) deps.mask(s);
+      const stripped = withoutSecrets(
+        settings.cache ? lease : { ...lease, cache: lease.cache ? { ...lease.cache, importRefs: [], exportRef: '' } : null },
+        cfg
+      );
+      const session: Session = {
+        version: 1,
+        dir: cfg.dir,
+        identity,
+        org: lease.org,
+        endpoint,
+        token,
+        meteringUrl: settings.meteringEndpoint || lease.meteringUrl,
+        spoolDir: spoolFor(lease.org),
+        lease: stripped.lease,
+        runner: stripped.runner,
+        docker,
+        env: { ...cfg.env } as Record<string, string>,
+        fallback: false,
+        cache: settings.cache,
+        summary: settings.summary,
+        prComment: settings.prComment,
+        startedAtMs: now()
+      };
+      const result = finish(session);
+      // Records a dead earlier job could not send go out now: best effort, it never fails setup.
+      await sendLeftovers(session, log).catch((err) => log.warn(`Build Cloud metering: could not send earlier records: ${(err as Error).message}`));
+      return result;
     } catch (err) {
       // Nobody would release a lease this job cannot use: give it back now rather than at the idle timeout.
+      if (cfg) await cleanupRunner(cfg, docker).catch(() => undefined);
       await api.release(lease.id).catch(() => undefined);
       throw err;
     }
-    for (const s of cfg.secrets) deps.mask(s);
-    const stripped = withoutSecrets(
-      settings.cache ? lease : { ...lease, cache: lease.cache ? { ...lease.cache, importRefs: [], exportRef: '' } : null },
-      cfg
-    );
-    const session: Session = {
-      version: 1,
-      dir: cfg.dir,
-      identity,
-      org: lease.org,
-      endpoint,
-      token,
-      meteringUrl: settings.meteringEndpoint || lease.meteringUrl,
-      spoolDir: spoolFor(lease.org),
-      lease: stripped.lease,
-      runner: stripped.runner,
-      docker,
-      env: { ...cfg.env } as Record<string, string>,
-      fallback: false,
-      cache: settings.cache,
-      summary: settings.summary,
-      prComment: settings.prComment,
-      startedAtMs: now()
-    };
-    // Records a dead earlier job could not send go out now (best effort, short budget).
-    await sendLeftovers(session, log);
-    return finish(session);
   } finally {
     api.close();
   }
@@ -134,9 +136,11 @@ async function credential(settings: SetupSettings, identity: Identity, deps: Set
 }
 
 // Transient failures (unavailable, at capacity) are retried until the deadline; permanent ones surface at once.
-async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, budgetMs: number, now: () => number): Promise<LeaseMsg> {
+async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, budgetMs: number, now: () => number, log: Log): Promise<LeaseMsg> {
   const end = now() + budgetMs;
+  let attempt = 0;
   for (;;) {
+    const left = Math.max(1000, end - now());
     try {
       return await api.provision({
         org: s.org,
@@ -145,15 +149,18 @@ async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, b
         platforms: s.platforms,
         scope: s.scope === 'job' ? 'SCOPE_JOB' : 'SCOPE_PIPELINE',
         identity: { provider: id.provider, project: id.project, branch: id.branch, defaultBranch: id.defaultBranch, fork: id.fork, actor: id.actor, runUrl: id.runUrl }
-      });
+      }, { attempts: 1, deadlineMs: Math.min(30_000, left) });
     } catch (err) {
       if (!(err instanceof ControlPlaneError) || !err.transient || now() >= end) throw err;
+      const delayMs = Math.min(backoffDelay(++attempt, 500, 8000), Math.max(0, end - now()));
+      log.warn(`Build Cloud: Provision failed (${err.details || err.message}); retrying in ${(delayMs / 1000).toFixed(1)} s`);
+      await new Promise((r) => setTimeout(r, delayMs));
     }
   }
 }
 
-function localSession(s: SetupSettings, identity: Identity, endpoint: string, token: string, spoolDir: string, docker: ResolvedDocker, startedAtMs: number): Session {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${localName(identity)}-local-`));
+function localSession(s: SetupSettings, identity: Identity, endpoint: string, token: string, spoolDir: string, docker: ResolvedDocker, startedAtMs: number, tempRoot: string): Session {
+  const dir = fs.mkdtempSync(path.join(tempRoot, `${localName(identity)}-local-`));
   return {
     version: 1,
     dir,

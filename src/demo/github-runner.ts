@@ -1,4 +1,4 @@
-// Runs a JavaScript action's bundled entry the way the GitHub runner does: node24, INPUT_* from `with` and the
+// Runs a JavaScript action's bundled entry the way the GitHub runner does (used by the demo and the tests): node24, INPUT_* from `with` and the
 // action.yml defaults (expressions evaluated against a job context), fresh file-command files per step
 // (GITHUB_OUTPUT, GITHUB_STATE, GITHUB_ENV, GITHUB_PATH, GITHUB_STEP_SUMMARY), env from earlier steps' GITHUB_ENV,
 // and STATE_* from the main step in the post step.
@@ -7,8 +7,9 @@ import { randomUUID } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import YAML from 'yaml';
-import { ROOT } from './server';
 
+// The repository root: src/demo/ when run from source (tests), dist/ when bundled into the CLI.
+export const ROOT = process.env.BUILDCLOUD_ROOT || (fs.existsSync(path.resolve(__dirname, '../../action.yml')) ? path.resolve(__dirname, '../..') : path.resolve(__dirname, '..'));
 export const NODE24 = path.join(ROOT, '.tools/node24/node_modules/.bin/node');
 
 export function requireNode24(): void {

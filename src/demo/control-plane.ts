@@ -1,0 +1,88 @@
+// The demo's control plane: the real `buildcloud serve` as a child process, an org with a bucket of minutes,
+// and a base image in the org's registry (nothing can be pulled from the internet here, and a fresh builder
+// must find `FROM` somewhere real).
+import { spawn, spawnSync, type ChildProcess } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import * as readline from 'readline';
+import { ApiClient } from '../core/api-client';
+import { configureRunner, cleanupRunner } from '../core/runner-config';
+import { resolveDocker } from '../core/docker-cli';
+
+export interface DemoServer {
+  proc: ChildProcess;
+  stateDir: string;
+  grpc: string;
+  http: string;
+  registry: string;
+  stop(): Promise<void>;
+}
+
+export async function startControlPlane(cli: string, stateDir: string, extra: string[]): Promise<DemoServer> {
+  const args = [cli, 'serve', '--state-dir', stateDir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
+  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = fs.createWriteStream(path.join(os.tmpdir(), `buildcloud-demo-serve-${proc.pid}.log`));
+  proc.stderr!.pipe(log);
+  const info = await new Promise<Record<string, string>>((resolve, reject) => {
+    proc.once('exit', (code) => reject(new Error(`buildcloud serve exited (${code}); its log: ${log.path}`)));
+    readline.createInterface({ input: proc.stdout! }).once('line', (l) => resolve(JSON.parse(l)));
+  });
+  return {
+    proc,
+    stateDir,
+    grpc: info.grpc,
+    http: info.http,
+    registry: info.registry,
+    stop: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null) return resolve();
+        proc.once('exit', () => resolve());
+        proc.kill('SIGTERM');
+      })
+  };
+}
+
+export function adminCli(cli: string, args: string[]): string {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`buildcloud ${args.slice(0, 3).join(' ')} failed: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+// A busybox rootfs imported as an image on a builder of the org and pushed to the org's registry namespace.
+export async function pushBaseImage(server: DemoServer, token: string, ref: string, work: string): Promise<void> {
+  const root = path.join(work, 'rootfs');
+  fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
+  fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
+  fs.copyFileSync('/bin/busybox', path.join(root, 'bin/busybox'));
+  fs.chmodSync(path.join(root, 'bin/busybox'), 0o755);
+  const applets = spawnSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  for (const a of applets) if (a !== 'busybox') fs.symlinkSync('busybox', path.join(root, 'bin', a));
+  fs.writeFileSync(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
+  const tar = path.join(work, 'rootfs.tar');
+  const t = spawnSync('tar', ['-C', root, '-cf', tar, '.']);
+  if (t.status !== 0) throw new Error(`tar failed: ${t.stderr}`);
+
+  const api = new ApiClient({ endpoint: server.grpc, token });
+  const lease = await api.provision({
+    org: '',
+    pipelineKey: `demo/bootstrap/${Date.now()}`,
+    jobId: 'base-image',
+    platforms: [],
+    scope: 'SCOPE_JOB',
+    identity: { provider: 'local', project: 'base/busybox', branch: 'main', defaultBranch: 'main', fork: false, actor: 'demo', runUrl: '' }
+  });
+  const docker = await resolveDocker(process.env);
+  const cfg = await configureRunner(lease, `buildcloud-demo-base-${process.pid}`, { tempRoot: work, docker });
+  try {
+    const env = { ...process.env, ...cfg.env } as NodeJS.ProcessEnv;
+    const imp = spawnSync(docker.path, ['import', '-c', 'ENV PATH=/bin', '-c', 'CMD ["/bin/sh"]', tar, ref], { env, encoding: 'utf8' });
+    if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
+    const push = spawnSync(docker.path, ['push', ref], { env, encoding: 'utf8' });
+    if (push.status !== 0) throw new Error(`docker push ${ref} failed: ${push.stderr}`);
+  } finally {
+    await cleanupRunner(cfg, docker);
+    await api.release(lease.id).catch(() => undefined);
+    api.close();
+  }
+}

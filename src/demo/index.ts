@@ -1,0 +1,94 @@
+// `buildcloud demo`: the whole product for real on one machine. The embedded control plane (with its registry and
+// dockerd builders), a demo org with a bucket of minutes, and three pipelines of four parallel jobs building
+// examples/app, with a code change between pipelines; then a report in the terminal and as an HTML page.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { adminCli, pushBaseImage, startControlPlane, type DemoServer } from './control-plane';
+import { runGithubPipeline } from './github-pipeline';
+import { ROOT } from './github-runner';
+import { renderHtml, renderText, untouchedSteps, type DemoUsage, type JobOutcome } from './report';
+
+export interface DemoOptions {
+  reportFile: string;
+  keep: boolean;
+  log: (msg: string) => void;
+}
+
+const TARGETS = (process.env.BUILDCLOUD_DEMO_TARGETS || 'api,worker,web,migrations').split(',');
+const ORG = 'demo';
+const PROJECT = 'demo/app';
+
+async function usageOf(server: DemoServer, token: string, pipelines: Record<string, string>): Promise<DemoUsage> {
+  const get = async (p: string) => {
+    const r = await fetch(`${server.http}${p}`, { headers: { authorization: `Bearer ${token}` } });
+    if (!r.ok) throw new Error(`GET ${p}: HTTP ${r.status}`);
+    return (await r.json()) as Record<string, any>;
+  };
+  const u = await get(`/v1/orgs/${ORG}/usage`);
+  const pipelineMinutes: Record<string, number> = {};
+  for (const [name, key] of Object.entries(pipelines)) {
+    pipelineMinutes[name] = (await get(`/v1/orgs/${ORG}/pipelines/usage?key=${encodeURIComponent(key)}`)).billedSeconds / 60;
+  }
+  return {
+    minutesUsed: u.minutes.used,
+    minutesLeft: u.minutes.left,
+    minutesBought: u.minutes.bought,
+    builds: u.builds.count,
+    withCachedStepShare: u.builds.withCachedStepShare,
+    avgCacheRatio: u.builds.avgCacheRatio,
+    pipelineMinutes
+  };
+}
+
+function changeCode(workspace: string, version: number): void {
+  const f = path.join(workspace, 'examples/app/src/app.txt');
+  fs.writeFileSync(f, fs.readFileSync(f, 'utf8').replace(/version: \d+/, `version: ${version}`));
+}
+
+export async function runDemo(o: DemoOptions): Promise<number> {
+  const cli = path.join(ROOT, 'dist/cli.js');
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'buildcloud-demo-'));
+  o.log(`Starting the control plane (state in ${work}/state)`);
+  const server = await startControlPlane(cli, path.join(work, 'state'), ['--warm-pool', '2', '--grace', '30s', '--idle-timeout', '5m']);
+  let ok = false;
+  try {
+    adminCli(cli, ['admin', 'org', 'create', ORG, '--minutes', '60', '--state-dir', server.stateDir]);
+    const token = adminCli(cli, ['admin', 'token', 'create', '--org', ORG, '--label', 'demo', '--state-dir', server.stateDir]);
+    o.log(`Org '${ORG}' with 60 build minutes; control plane at ${server.grpc}, registry ${server.registry}`);
+    const base = `${server.registry}/${ORG}/base/busybox:1`;
+    await pushBaseImage(server, token, base, work);
+    o.log(`Base image ${base} pushed to the org registry`);
+
+    const workspace = path.join(work, 'repo');
+    fs.cpSync(path.join(ROOT, 'examples/app'), path.join(workspace, 'examples/app'), { recursive: true });
+    const dockerfile = fs.readFileSync(path.join(workspace, 'examples/app/Dockerfile'), 'utf8');
+    const common = { project: PROJECT, workspace, context: 'examples/app', targets: TARGETS, buildArgs: [`BASE=${base}`], endpoint: server.grpc, token, work, onProgress: o.log };
+
+    const jobs: JobOutcome[] = [];
+    const pipelines: Record<string, string> = {};
+    for (const [i, runId] of ['5001', '5002', '5003'].entries()) {
+      if (i > 0) {
+        changeCode(workspace, i + 1);
+        o.log(`Code change: examples/app/src/app.txt now at version ${i + 1}`);
+      }
+      const results = await runGithubPipeline({ ...common, runId });
+      for (const r of results) if (i > 0) r.untouchedSteps = untouchedSteps(dockerfile, r.target, 'src/');
+      jobs.push(...results);
+      pipelines[results[0].pipeline] = `700001/${runId}/1`;
+    }
+
+    const usage = await usageOf(server, token, pipelines);
+    const reused = jobs.filter((j) => j.untouchedSteps !== undefined).every((j) => j.cachedSteps >= (j.untouchedSteps ?? 0));
+    ok = jobs.every((j) => j.status === 'success') && usage.withCachedStepShare >= 0.8 && reused;
+    process.stdout.write(renderText(jobs, usage) + '\n');
+    fs.writeFileSync(o.reportFile, renderHtml(jobs, usage, { generatedAt: new Date().toISOString(), ok }));
+    o.log(`HTML report: ${o.reportFile}`);
+    if (!ok) o.log('DEMO FAILED: a build failed, fewer than 80% of builds had a cached step, or a build rebuilt a step the change left untouched');
+    return ok ? 0 : 1;
+  } finally {
+    o.log('Stopping the control plane (ending leases, destroying builders, stopping the registry)');
+    await server.stop();
+    if (!o.keep) fs.rmSync(work, { recursive: true, force: true });
+  }
+}
