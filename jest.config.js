@@ -5,7 +5,8 @@ const base = {
     '^.+\\.ts$': ['ts-jest', { diagnostics: false }],
     '\\.proto$': '<rootDir>/__tests__/helpers/text-transform.js'
   },
-  moduleFileExtensions: ['ts', 'js', 'json', 'proto']
+  moduleFileExtensions: ['ts', 'js', 'json', 'proto'],
+  setupFiles: ['<rootDir>/__tests__/helpers/sqlite-realm.js']
 };
 const e2e = { ...base, testTimeout: 180000 };
 module.exports = {
