@@ -26,5 +26,7 @@ fi
 npm ci --no-audit --no-fund --loglevel=error
 # GitHub runs actions on node24: the action tests run the bundles with it (the binary ships in an npm package).
 [ -x .tools/node24/node_modules/.bin/node ] || npm install --no-save --no-audit --no-fund --loglevel=error --prefix .tools/node24 node@24
+# The real GitLab CI interpreter for the component's tests and the demo (runs on node24).
+[ -x .tools/gitlab-ci-local/node_modules/gitlab-ci-local/dist/index.js ] || npm install --no-save --no-audit --no-fund --loglevel=error --prefix .tools/gitlab-ci-local gitlab-ci-local@4.75.1
 node scripts/build.mjs
 echo "setup.sh: ready (docker client: /usr/bin/docker $(/usr/bin/docker --version 2>/dev/null | cut -d' ' -f3 | tr -d ,))"
