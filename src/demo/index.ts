@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { adminCli, pushBaseImage, startControlPlane, type DemoServer } from './control-plane';
 import { runGithubPipeline } from './github-pipeline';
+import { gitlabPipelineKey, runGitlabPipeline } from './gitlab-pipeline';
 import { ROOT } from './github-runner';
 import { renderHtml, renderText, untouchedSteps, type DemoUsage, type JobOutcome } from './report';
 
@@ -67,15 +68,21 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 
     const jobs: JobOutcome[] = [];
     const pipelines: Record<string, string> = {};
-    for (const [i, runId] of ['5001', '5002', '5003'].entries()) {
+    // One pipeline per CI, one org cache across them: each CI's project resolves to the same demo/app.
+    const runs: Array<{ name: string; key: string; run: () => Promise<JobOutcome[]> }> = [
+      { name: 'github run 5001', key: '700001/5001/1', run: () => runGithubPipeline({ ...common, runId: '5001' }) },
+      { name: 'gitlab pipeline 7002', key: gitlabPipelineKey('7002'), run: () => runGitlabPipeline({ ...common, pipelineId: '7002' }) },
+      { name: 'github run 5003', key: '700001/5003/1', run: () => runGithubPipeline({ ...common, runId: '5003' }) }
+    ];
+    for (const [i, p] of runs.entries()) {
       if (i > 0) {
         changeCode(workspace, i + 1);
         o.log(`Code change: examples/app/src/app.txt now at version ${i + 1}`);
       }
-      const results = await runGithubPipeline({ ...common, runId });
+      const results = await p.run();
       for (const r of results) if (i > 0) r.untouchedSteps = untouchedSteps(dockerfile, r.target, 'src/');
       jobs.push(...results);
-      pipelines[results[0].pipeline] = `700001/${runId}/1`;
+      pipelines[p.name] = p.key;
     }
 
     const usage = await usageOf(server, token, pipelines);
