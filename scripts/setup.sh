@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need=()
-for pair in dockerd:docker.io docker-registry:docker-registry busybox:busybox-static iptables:iptables ip:iproute2 skopeo:skopeo rsync:rsync git:git chromium:chromium; do
+for pair in dockerd:docker.io docker-registry:docker-registry busybox:busybox-static iptables:iptables ip:iproute2 skopeo:skopeo rsync:rsync git:git chromium:chromium shellcheck:shellcheck; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -1,0 +1,247 @@
+// The CircleCI orb for real: the packed plugins/circleci/orb.yml, compiled and run the way CircleCI runs it
+// (__tests__/helpers/circleci-harness.ts: `<< parameters >>` substitution, `bash -eo pipefail` steps, $BASH_ENV,
+// `when: always`, artifacts, CIRCLE_* variables), with the bundled CLI (`node dist/cli.js`, the orb's `cli`
+// parameter) against the real control plane, real dockerd builders and the org-cache registry.
+import * as fs from 'fs';
+import * as path from 'path';
+import { adminSetup, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
+import { makeBusyboxContext } from '../helpers/busybox-context';
+import { context, describeJob, loadOrb, runWorkflow, stepNamed, tmpRoot, type Config, type JobResult, type Orb, type WorkflowResult } from '../helpers/circleci-harness';
+
+const CLI_CMD = `node ${CLI}`;
+const DOCKERFILE = [
+  'RUN echo "deps v1" > /deps.txt && sleep 1',
+  'RUN cat /deps.txt > /layer2.txt',
+  'COPY app.txt /app.txt',
+  'ARG PAYLOAD=none',
+  `RUN printf '%s' "$PAYLOAD" > /payload.txt && cat /app.txt /deps.txt > /built.txt`
+].join('\n');
+
+let server: ServerProcess;
+let token: string;
+let orb: Orb;
+let work: string;
+let repo: string; // what `checkout` copies into each job's working directory
+const timings: Record<string, unknown> = {}; // measured here; the report quotes them
+
+async function usage(): Promise<any> {
+  const res = await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${token}` } });
+  return res.json();
+}
+
+async function lease(id: string) {
+  const c = new TestClient(server.info.grpc, token);
+  try {
+    return await c.get(id);
+  } finally {
+    c.close();
+  }
+}
+
+// A project whose `buildcloud` context holds the endpoint and the org token, as the examples recommend.
+function run(config: Config, workflow: string, opts: { workflowId: string; checkoutFrom?: string }): Promise<WorkflowResult> {
+  return runWorkflow(context(config, { orbs: { buildcloud: orb } }), workflow, {
+    workRoot: work,
+    workflowId: opts.workflowId,
+    checkoutFrom: opts.checkoutFrom ?? repo,
+    contexts: { buildcloud: { BUILDCLOUD_ENDPOINT: server.info.grpc, BUILDCLOUD_TOKEN: token } }
+  });
+}
+
+function job(r: WorkflowResult, name: string): JobResult {
+  const j = r[name];
+  if (j === 'blocked' || !j) throw new Error(`job ${name} did not run`);
+  return j;
+}
+
+function expectSuccess(j: JobResult): void {
+  if (j.status !== 'success') throw new Error(`job ${j.name} failed:\n${describeJob(j)}`);
+}
+
+const summaryOf = (j: JobResult) => {
+  const a = j.artifacts.find((x) => x.destination === 'buildcloud-summary.md');
+  expect(a?.stored).toBeTruthy();
+  return fs.readFileSync(a!.stored, 'utf8');
+};
+
+beforeAll(async () => {
+  orb = loadOrb();
+  work = tmpRoot('bc-circleci-');
+  server = await startServer(['--idle-timeout', '60s', '--grace', '1s', '--warm-pool', '1']);
+  token = adminSetup(server.stateDir, 'acme', 120);
+  repo = path.join(work, 'repo');
+  await makeBusyboxContext(repo, DOCKERFILE);
+  fs.writeFileSync(path.join(repo, 'app.txt'), 'app v1\n');
+});
+
+afterAll(async () => {
+  expect(await server?.stop()).toBe(0);
+  if (server) fs.rmSync(server.stateDir, { recursive: true, force: true });
+  if (work) fs.rmSync(work, { recursive: true, force: true });
+  console.log(`circleci e2e timings (ms): ${JSON.stringify(timings)}`);
+});
+
+describe('the orb against the real control plane, run the way CircleCI runs it', () => {
+  let first: { api: JobResult; worker: JobResult };
+
+  test("parallel jobs of one workflow running the orb's build job share one builder", async () => {
+    const cfg: Config = {
+      version: 2.1,
+      orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+      workflows: {
+        images: {
+          jobs: ['api', 'worker'].map((name) => ({ 'buildcloud/build': { name, context: 'buildcloud', cli: CLI_CMD, tags: `acme/${name}:ci`, build_args: `PAYLOAD=${name}` } }))
+        }
+      }
+    };
+    const t = Date.now();
+    const r = await run(cfg, 'images', { workflowId: 'a1b2c3d4-0000-4000-8000-000000000001' });
+    timings.parallelWorkflow = Date.now() - t;
+    first = { api: job(r, 'api'), worker: job(r, 'worker') };
+    for (const j of Object.values(first)) expectSuccess(j);
+    const { api, worker } = first;
+    expect(api.steps.map((s) => s.step.name)).toEqual(['checkout', 'Build Cloud setup', 'Build Cloud build', 'Build Cloud report', 'store_artifacts']);
+    // Both ran at once...
+    expect(api.startedAt).toBeLessThan(worker.endedAt);
+    expect(worker.startedAt).toBeLessThan(api.endedAt);
+    // ...on the same builder, each with its own lease and local names.
+    expect(api.exported.BUILDCLOUD_DOCKER_HOST).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+$/);
+    expect(worker.exported.BUILDCLOUD_DOCKER_HOST).toBe(api.exported.BUILDCLOUD_DOCKER_HOST);
+    expect(worker.exported.BUILDCLOUD_LEASE_ID).not.toBe(api.exported.BUILDCLOUD_LEASE_ID);
+    expect(worker.exported.BUILDCLOUD_BUILDER).not.toBe(api.exported.BUILDCLOUD_BUILDER);
+    expect(api.exported.BUILDCLOUD_CACHE_TO).toBe(`${server.info.registry}/acme/acme/widget-api/cache:main`);
+    expect(api.exported.BUILDCLOUD_FALLBACK_USED).toBe('false');
+    // Each job's last step differs (PAYLOAD); the steps before it are the same, and on the shared builder the job that
+    // comes second finds them built already. (Two jobs building the very same thing at the same moment is another
+    // story: BuildKit runs it once and only one job's progress shows the steps; the other reports 0 of 0.)
+    const totals = [api, worker].map((j) => Number(j.exported.BUILDCLOUD_TOTAL_STEPS));
+    expect(Math.max(...totals)).toBe(5);
+    timings.parallelSteps = totals;
+    timings.parallelCachedSteps = [api, worker].map((j) => Number(j.exported.BUILDCLOUD_CACHED_STEPS));
+    expect(Math.max(...(timings.parallelCachedSteps as number[]))).toBeGreaterThan(0);
+    for (const j of [api, worker]) {
+      expect(Number(j.exported.BUILDCLOUD_TOTAL_STEPS)).toBeGreaterThanOrEqual(1);
+      expect(j.exported.BUILDCLOUD_IMAGE_ID).toMatch(/^sha256:[0-9a-f]{64}$/);
+      expect(Number(j.exported.BUILDCLOUD_DURATION)).toBeGreaterThan(0);
+      // report handed the job its own docker back: nothing points at the released builder any more.
+      expect(j.exported.DOCKER_HOST).toBeUndefined();
+      expect(j.exported.DOCKER_CERT_PATH).toBeUndefined();
+      expect(j.exported.BUILDCLOUD_SESSION).toBeUndefined();
+      expect(stepNamed(j, 'Build Cloud report').output).toMatch(/released lease/);
+      // The summary artifact carries this job's numbers.
+      const summary = summaryOf(j);
+      expect(summary).toMatch(/^## Build Cloud/);
+      expect(summary).toMatch(new RegExp(`\\(${j.exported.BUILDCLOUD_CACHED_STEPS} of ${j.exported.BUILDCLOUD_TOTAL_STEPS} steps? cached\\)`));
+      expect(summary).toContain(j.exported.BUILDCLOUD_LEASE_ID);
+      expect(summary).toContain(`acme/${j.name}:ci`);
+    }
+    // The token came from the context through the token parameter's variable, and was never printed.
+    expect(api.steps.map((s) => s.output).join('')).not.toContain(token);
+
+    const u = await usage();
+    expect(u.builds.count).toBe(2);
+    expect(u.leases.count).toBeGreaterThanOrEqual(2);
+    await waitFor('both leases ended', async () => (await usage()).leases.active === 0);
+  });
+
+  test('a second workflow reuses the org cache: cached steps on a fresh lease', async () => {
+    expect(first).toBeDefined();
+    fs.writeFileSync(path.join(repo, 'app.txt'), 'app v2\n'); // a code change: the steps before COPY stay cached
+    const cfg: Config = {
+      version: 2.1,
+      orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+      workflows: { images: { jobs: [{ 'buildcloud/build': { name: 'api', context: 'buildcloud', cli: CLI_CMD, tags: 'acme/api:ci' } }] } }
+    };
+    const t = Date.now();
+    const r = await run(cfg, 'images', { workflowId: 'a1b2c3d4-0000-4000-8000-000000000002' });
+    timings.secondWorkflow = Date.now() - t;
+    const api = job(r, 'api');
+    expectSuccess(api);
+    expect(api.exported.BUILDCLOUD_LEASE_ID).not.toBe(first.api.exported.BUILDCLOUD_LEASE_ID);
+    expect(Number(api.exported.BUILDCLOUD_CACHED_STEPS)).toBeGreaterThan(0);
+    expect(Number(api.exported.BUILDCLOUD_CACHED_STEPS)).toBeLessThan(Number(api.exported.BUILDCLOUD_TOTAL_STEPS));
+    expect(Number(api.exported.BUILDCLOUD_CACHE_RATIO)).toBeGreaterThan(0);
+    expect(stepNamed(api, 'Build Cloud build').output).toMatch(/importing cache manifest/);
+    expect(summaryOf(api)).toMatch(new RegExp(`\\(${api.exported.BUILDCLOUD_CACHED_STEPS} of ${api.exported.BUILDCLOUD_TOTAL_STEPS} steps? cached\\)`));
+    const u = await usage();
+    expect(u.builds.count).toBe(3);
+    expect(u.builds.cachedSteps).toBeGreaterThan(0);
+  });
+
+  test('a failing build step is followed by report (when: always), which releases the lease', async () => {
+    const broken = path.join(work, 'broken-repo');
+    await makeBusyboxContext(broken, 'RUN echo about to fail && exit 3\n');
+    const cfg: Config = {
+      version: 2.1,
+      orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+      workflows: { images: { jobs: [{ 'buildcloud/build': { name: 'broken', context: 'buildcloud', cli: CLI_CMD } }] } }
+    };
+    const r = await run(cfg, 'images', { workflowId: 'a1b2c3d4-0000-4000-8000-000000000003', checkoutFrom: broken });
+    const j = job(r, 'broken');
+    expect(j.status).toBe('failed');
+    expect(j.steps.map((s) => [s.step.name, s.status])).toEqual([
+      ['checkout', 'success'],
+      ['Build Cloud setup', 'success'],
+      ['Build Cloud build', 'failed'],
+      ['Build Cloud report', 'success'],
+      ['store_artifacts', 'success']
+    ]);
+    expect(stepNamed(j, 'Build Cloud build').output).toMatch(/docker build failed/);
+    const leaseId = j.exported.BUILDCLOUD_LEASE_ID;
+    expect(leaseId).toBeTruthy();
+    expect((await lease(leaseId)).state).toBe('LEASE_STATE_RELEASED');
+    expect((await usage()).leases.active).toBe(0);
+    expect(summaryOf(j)).toMatch(/1 failed/);
+  });
+
+  test('parameters with quotes, $(...), backticks and newlines reach the CLI unchanged and execute nothing', async () => {
+    const marker = path.join(work, `pwned-${process.pid}-${Date.now()}`);
+    // One line per build argument and label; inside a line anything goes.
+    const evil = `it's "quoted" $(touch ${marker}) \`touch ${marker}\`; touch ${marker} && echo $HOME | cat \\ {{.}} %s end`;
+    const badTag = `acme/evil:ci$(touch ${marker})`;
+    // The user's own docker commands between setup and report: the image is on the builder, reached through
+    // DOCKER_HOST from $BASH_ENV. /usr/bin/docker is Debian's 20.10 client (/usr/local/bin/docker has no buildx).
+    const read = [
+      `/usr/bin/docker image inspect acme/evil:ci --format '{{json .Config.Labels}}' > labels.json`,
+      'id=$(/usr/bin/docker create acme/evil:ci /bin/true)',
+      '/usr/bin/docker cp "$id:/payload.txt" payload.txt',
+      '/usr/bin/docker rm "$id" > /dev/null'
+    ].join('\n');
+    const cfg: Config = {
+      version: 2.1,
+      orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+      jobs: {
+        evil: {
+          executor: 'buildcloud/default',
+          steps: [
+            'checkout',
+            { 'buildcloud/setup': { cli: CLI_CMD } },
+            { 'buildcloud/build': { cli: CLI_CMD, tags: 'acme/evil:ci', build_args: `PAYLOAD=${evil}\nOTHER=two words`, labels: `org.example.evil=${evil}\norg.example.plain=ok` } },
+            { run: { name: 'Read what reached the image', command: read } },
+            { 'buildcloud/build': { cli: CLI_CMD, tags: `acme/evil:fine\n${badTag}` } },
+            { 'buildcloud/report': { cli: CLI_CMD } },
+            { run: { name: 'After report', when: 'always', command: 'echo "docker host now: ${DOCKER_HOST:-unset}"' } }
+          ]
+        }
+      },
+      workflows: { evil: { jobs: [{ evil: { context: 'buildcloud' } }] } }
+    };
+    const r = await run(cfg, 'evil', { workflowId: 'a1b2c3d4-0000-4000-8000-000000000004' });
+    const j = job(r, 'evil');
+    const statuses = j.steps.map((s) => s.status);
+    if (statuses[1] !== 'success' || statuses[2] !== 'success' || statuses[3] !== 'success') throw new Error(describeJob(j));
+    // The build argument ran through the Dockerfile's RUN into the image, and the label into its config, intact.
+    expect(fs.readFileSync(path.join(j.workingDirectory, 'payload.txt'), 'utf8')).toBe(evil);
+    expect(JSON.parse(fs.readFileSync(path.join(j.workingDirectory, 'labels.json'), 'utf8'))).toMatchObject({ 'org.example.evil': evil, 'org.example.plain': 'ok' });
+    // A tag that is no image reference reaches docker as it was written, and docker refuses it; report still runs.
+    expect(j.steps.map((s) => [s.step.name, s.status]).slice(4)).toEqual([
+      ['Build Cloud build', 'failed'],
+      ['Build Cloud report', 'success'],
+      ['After report', 'success']
+    ]);
+    expect(j.steps[4].output).toContain(badTag);
+    expect(j.steps[6].output).toContain('docker host now: unset');
+    expect(fs.existsSync(marker)).toBe(false);
+    expect((await lease(j.exported.BUILDCLOUD_LEASE_ID)).state).toBe('LEASE_STATE_RELEASED');
+  });
+});
