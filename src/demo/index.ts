@@ -7,6 +7,7 @@ import * as path from 'path';
 import { adminCli, pushBaseImage, startControlPlane, type DemoServer } from './control-plane';
 import { runGithubPipeline } from './github-pipeline';
 import { gitlabPipelineKey, runGitlabPipeline } from './gitlab-pipeline';
+import { runCircleciPipeline } from './circleci-pipeline';
 import { ROOT } from './github-runner';
 import { renderHtml, renderText, untouchedSteps, type DemoUsage, type JobOutcome } from './report';
 
@@ -19,6 +20,7 @@ export interface DemoOptions {
 const TARGETS = (process.env.BUILDCLOUD_DEMO_TARGETS || 'api,worker,web,migrations').split(',');
 const ORG = 'demo';
 const PROJECT = 'demo/app';
+const WORKFLOW = '4f7238f8-bbeb-4428-912f-da28c816002f';
 
 async function usageOf(server: DemoServer, token: string, pipelines: Record<string, string>): Promise<DemoUsage> {
   const get = async (p: string) => {
@@ -72,7 +74,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const runs: Array<{ name: string; key: string; run: () => Promise<JobOutcome[]> }> = [
       { name: 'github run 5001', key: '700001/5001/1', run: () => runGithubPipeline({ ...common, runId: '5001' }) },
       { name: 'gitlab pipeline 7002', key: gitlabPipelineKey('7002'), run: () => runGitlabPipeline({ ...common, pipelineId: '7002' }) },
-      { name: 'github run 5003', key: '700001/5003/1', run: () => runGithubPipeline({ ...common, runId: '5003' }) }
+      { name: 'circleci workflow 4f7238f8', key: WORKFLOW, run: () => runCircleciPipeline({ ...common, workflowId: WORKFLOW }) }
     ];
     for (const [i, p] of runs.entries()) {
       if (i > 0) {
