@@ -9,6 +9,7 @@ import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../common/log';
 import { orgRepoPrefix } from './cache-refs';
+import { CacheRepairs, IMAGE_MANIFEST_TYPES, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
 
 export interface RegistryPrincipal {
   org: string;
@@ -38,6 +39,8 @@ const UUID = '[A-Za-z0-9_.=-]+';
 // authorise is exactly the name the registry will act on.
 const ROUTE = new RegExp(`^/v2/(${NAME})/(manifests/(?:${TAG}|${DIGEST})|blobs/(?:${DIGEST}|uploads/(?:${UUID})?)|tags/list)$`);
 const NAME_ONLY = new RegExp(`^${NAME}$`);
+const TAG_ONLY = new RegExp(`^${TAG}$`);
+const DIGEST_ONLY = new RegExp(`^${DIGEST}$`);
 const MAX_PATH = 4096;
 
 // Never forwarded: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer the
@@ -84,6 +87,7 @@ export class RegistryProxy {
   private readonly agent: http.Agent;
   private readonly upstreamUrl: URL | null;
   private readonly orgPrefix: (org: string) => string;
+  private readonly repairs: CacheRepairs;
   private address: AddressInfo | null = null;
 
   constructor(opts: RegistryProxyOptions) {
@@ -92,6 +96,7 @@ export class RegistryProxy {
     this.upstreamUrl = 'url' in opts.upstream ? new URL(opts.upstream.url) : null;
     // keepAlive with no socket cap: parallel jobs each get their own upstream connection, never a shared queue.
     this.agent = this.upstreamUrl?.protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
+    this.repairs = new CacheRepairs((method, p, o) => this.upstreamCall(method, p, o), opts.log);
     this.server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: Error) => {
         opts.log?.error({ err: err.message }, 'registry proxy: request failed');
@@ -128,7 +133,14 @@ export class RegistryProxy {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
     });
+    // Pending cache repairs finish first (bounded), while the upstream registry is still up.
+    await this.repairs.close();
     this.agent.destroy();
+  }
+
+  /** Resolves when no cache repair is queued or running (tests; shutdown uses close()). */
+  repairsIdle(): Promise<void> {
+    return this.repairs.idle();
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -162,6 +174,7 @@ export class RegistryProxy {
     // mount and the registry starts an ordinary upload (202), which clients handle like a failed mount.
     const froms = query.getAll('from');
     const mountAllowed = froms.length === 1 && NAME_ONLY.test(froms[0]) && froms[0].startsWith(prefix);
+    let target = rawUrl;
     if ((query.has('mount') || froms.length > 0) && !mountAllowed) {
       // Rebuild from the raw pairs (URLSearchParams would re-encode the signed _state needlessly), comparing
       // DECODED keys, as the registry does: "%6Dount" is "mount" too.
@@ -169,9 +182,24 @@ export class RegistryProxy {
         const key = decodeQueryKey(pair.split('=')[0]);
         return key !== null && key !== 'mount' && key !== 'from';
       });
-      return this.forward(req, res, kept.length ? `${pathname}?${kept.join('&')}` : pathname);
+      target = kept.length ? `${pathname}?${kept.join('&')}` : pathname;
     }
-    return this.forward(req, res, rawUrl);
+    // Inline-cache repair (cache-repair.ts): an image manifest pushed to a cache tag is repaired after the push;
+    // reads of that tag wait (briefly) for a repair still under way, so the next build imports the repaired one.
+    const tag = name.endsWith('/cache') && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
+    if (TAG_ONLY.test(tag)) {
+      const type = String(req.headers['content-type'] ?? '').split(';')[0].trim();
+      if (req.method === 'PUT' && IMAGE_MANIFEST_TYPES.includes(type)) {
+        const push = this.repairs.begin(name, tag, res);
+        const previous = await this.repairs.current(name, tag); // before the push lands: the previous cache
+        return this.forward(req, res, target, (status, headers) => {
+          const digest = headers['docker-content-digest'];
+          if (status >= 200 && status < 300 && typeof digest === 'string' && DIGEST_ONLY.test(digest)) push.landed(digest, previous);
+        });
+      }
+      if (req.method === 'GET' || req.method === 'HEAD') await this.repairs.settled(name, tag);
+    }
+    return this.forward(req, res, target);
   }
 
   private async authenticate(req: http.IncomingMessage): Promise<RegistryPrincipal | null> {
@@ -180,7 +208,7 @@ export class RegistryProxy {
     return this.opts.authenticate(creds.username, creds.password);
   }
 
-  private forward(req: http.IncomingMessage, res: http.ServerResponse, pathAndQuery: string): void {
+  private forward(req: http.IncomingMessage, res: http.ServerResponse, pathAndQuery: string, onResponse?: (status: number, headers: http.IncomingHttpHeaders) => void): void {
     const clientHost = req.headers.host ?? this.host;
     const headers = filterHeaders(req.headers, DROP_REQUEST);
     const up = this.opts.upstream;
@@ -210,6 +238,7 @@ export class RegistryProxy {
         this.opts.log?.error({ path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream registry refused the configured credentials');
         return sendError(res, 502, 'UNAVAILABLE', 'the cache registry refused the control plane\'s credentials');
       }
+      onResponse?.(upRes.statusCode ?? 502, upRes.headers);
       const outHeaders = filterHeaders(upRes.headers, DROP_RESPONSE);
       const loc = upRes.headers.location;
       if (loc) outHeaders.location = rewriteLocation(loc, upstreamHost, clientHost);
@@ -231,6 +260,53 @@ export class RegistryProxy {
     req.on('error', () => upReq.destroy());
     req.pipe(upReq);
   }
+
+  /**
+   * A request of the control plane's own to the upstream registry (the cache repair's reads and writes): a path
+   * on the upstream, with its credentials; or an absolute URL (a blob storage redirect), without them.
+   */
+  private upstreamCall(method: string, target: string, o: UpstreamCallOptions = {}): Promise<UpstreamReply> {
+    const headers: http.OutgoingHttpHeaders = { ...o.headers };
+    if (o.body) headers['content-length'] = o.body.length;
+    if (/^https?:\/\//.test(target)) {
+      const u = new URL(target);
+      return requestOnce(u.protocol === 'https:' ? https : http, { method, hostname: u.hostname, port: u.port || undefined, path: `${u.pathname}${u.search}`, headers }, o);
+    }
+    const up = this.opts.upstream;
+    let options: http.RequestOptions;
+    if ('socketPath' in up) {
+      headers.host = this.host; // as for clients' requests; only the path of a returned Location is used
+      options = { socketPath: up.socketPath };
+    } else {
+      const u = this.upstreamUrl as URL;
+      headers.host = u.host;
+      options = { protocol: u.protocol, hostname: u.hostname, port: u.port || undefined };
+      if (up.username !== undefined) headers.authorization = `Basic ${Buffer.from(`${up.username}:${up.password ?? ''}`).toString('base64')}`;
+    }
+    const transport = this.upstreamUrl?.protocol === 'https:' ? https : http;
+    return requestOnce(transport, { ...options, agent: this.agent, method, path: target, headers }, o);
+  }
+}
+
+function requestOnce(transport: typeof http | typeof https, options: http.RequestOptions, o: UpstreamCallOptions): Promise<UpstreamReply> {
+  const maxBytes = o.maxBytes ?? 64 * 1024;
+  return new Promise((resolve, reject) => {
+    const req = transport.request(options, (upRes) => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      upRes.on('data', (c: Buffer) => {
+        n += c.length;
+        if (n > maxBytes) return req.destroy(new Error(`response larger than ${maxBytes} bytes`));
+        chunks.push(c);
+      });
+      upRes.on('end', () => resolve({ status: upRes.statusCode ?? 0, headers: upRes.headers, body: Buffer.concat(chunks) }));
+      upRes.on('error', reject);
+      upRes.on('aborted', () => reject(new Error('upstream response aborted')));
+    });
+    req.setTimeout(o.timeoutMs ?? 15_000, () => req.destroy(new Error('upstream request timed out')));
+    req.on('error', reject);
+    req.end(o.body);
+  });
 }
 
 function decodeQueryKey(raw: string): string | null {

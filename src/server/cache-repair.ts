@@ -1,0 +1,530 @@
+// Repairs BuildKit 0.8 inline-cache metadata that lost its layer results (moby/buildkit#1981: "cache-from with
+// BUILDKIT_INLINE_CACHE does not work every second time"), on push, in the control plane. Two parts: the pure
+// decode/merge/encode of configs and manifests (repairInlineCache and helpers: bytes in, bytes out), and
+// CacheRepairs, which decides when to repair a cache tag and reads and writes it through a transport the
+// registry proxy supplies (registry-proxy.ts only hooks it into manifest pushes).
+//
+// The inline cache is `moby.buildkit.cache.v0` in the image config: base64 of a JSON ARRAY of cache records
+// (BuildKit's inline exporter marshals CacheConfig.Records only; the importer rebuilds the layers list from the
+// image manifest, layer i having parent i-1). So a record's result {"layer": k} means "the chain of the
+// manifest's layers 0..k". When a build's steps were hits from an IMPORTED cache, BuildKit 0.8 exports those
+// records without "layers", and the next fresh builder importing the image misses every step.
+//
+// The repair gives such a record the result its twin had in the previous cache of the same tag, when:
+//  - the twin is the SAME cache key: same digest and, recursively, the same inputs (selectors and linked
+//    records). A digest alone is not a key: "COPY src/ ." has the same digest whatever src/ holds; what differs
+//    is the linked context record. Matching digests only would hand a step a result built from other inputs.
+//  - the twin's layer chain (previous manifest's layers 0..k) is exactly the new manifest's layers 0..k, so the
+//    importer finds the same blobs at the same index (it reads layers from this manifest only).
+// Everything else in the config is kept byte for byte: only the base64 value is replaced.
+import { createHash } from 'node:crypto';
+import type { Logger } from '../common/log';
+
+export const INLINE_CACHE_KEY = 'moby.buildkit.cache.v0';
+/** Configs (and manifests) larger than this are not read, let alone rewritten. */
+export const MAX_CONFIG_BYTES = 4 << 20;
+export const DOCKER_MANIFEST_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
+export const OCI_MANIFEST_V1 = 'application/vnd.oci.image.manifest.v1+json';
+/** Single-image manifests: the only kinds whose config can carry an inline cache we know how to repair. */
+export const IMAGE_MANIFEST_TYPES: readonly string[] = [DOCKER_MANIFEST_V2, OCI_MANIFEST_V1];
+
+const DIGEST = /^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-f0-9]{32,}$/;
+
+export interface CacheResult {
+  layer: number;
+  createdAt?: string;
+}
+export interface CacheInput {
+  selector?: string;
+  link: number;
+}
+export interface CacheRecord {
+  layers?: CacheResult[];
+  chains?: unknown[]; // ChainedResults (newer BuildKit): a result too; never touched
+  digest: string;
+  inputs?: CacheInput[][];
+  [k: string]: unknown;
+}
+
+export interface ImageManifest {
+  mediaType?: string;
+  config: { mediaType?: string; digest: string; size: number };
+  layers: string[]; // blob digests, bottom first
+}
+
+/** One pushed image of a cache tag: its manifest's layer digests and its config's exact bytes. */
+export interface InlineCacheImage {
+  layers: string[];
+  config: Buffer;
+}
+
+export type RepairOutcome =
+  | { repaired: true; config: Buffer; records: string[] } // records: digests that got their layers back
+  | { repaired: false; reason: string };
+
+export function sha256Digest(b: Buffer): string {
+  return `sha256:${createHash('sha256').update(b).digest('hex')}`;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+const isIndex = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0;
+
+/** A single-image manifest (Docker schema 2 or OCI); throws on anything else (lists, indexes, schema 1). */
+export function parseImageManifest(bytes: Buffer): ImageManifest {
+  if (bytes.length > MAX_CONFIG_BYTES) throw new Error(`manifest is larger than ${MAX_CONFIG_BYTES} bytes`);
+  const m: unknown = JSON.parse(bytes.toString('utf8'));
+  if (!isObject(m) || m.schemaVersion !== 2) throw new Error('not a schema 2 manifest');
+  if (m.mediaType !== undefined && !IMAGE_MANIFEST_TYPES.includes(m.mediaType as string)) throw new Error(`not an image manifest (${String(m.mediaType)})`);
+  const c = m.config;
+  if (!isObject(c) || typeof c.digest !== 'string' || !DIGEST.test(c.digest) || !isIndex(c.size)) throw new Error('manifest has no valid config descriptor');
+  if (!Array.isArray(m.layers)) throw new Error('manifest has no layers');
+  const layers = m.layers.map((l) => {
+    if (!isObject(l) || typeof l.digest !== 'string' || !DIGEST.test(l.digest)) throw new Error('manifest has an invalid layer descriptor');
+    return l.digest;
+  });
+  return {
+    mediaType: m.mediaType as string | undefined,
+    config: { mediaType: c.mediaType as string | undefined, digest: c.digest, size: c.size },
+    layers
+  };
+}
+
+/** The manifest with another config descriptor (digest, size); mediaType, layers and the rest unchanged. */
+export function manifestWithConfig(bytes: Buffer, config: { digest: string; size: number }): Buffer {
+  const m = JSON.parse(bytes.toString('utf8')) as { config: { digest: string; size: number } };
+  m.config = { ...m.config, digest: config.digest, size: config.size };
+  return Buffer.from(JSON.stringify(m, null, 3), 'utf8'); // Docker's own indentation
+}
+
+function validRecords(v: unknown): v is CacheRecord[] {
+  if (!Array.isArray(v)) return false;
+  for (const r of v) {
+    if (!isObject(r) || typeof r.digest !== 'string' || !DIGEST.test(r.digest)) return false;
+    if (r.layers !== undefined && !(Array.isArray(r.layers) && r.layers.every((x) => isObject(x) && isIndex(x.layer)))) return false;
+    if (r.inputs !== undefined) {
+      if (!Array.isArray(r.inputs)) return false;
+      for (const slot of r.inputs) {
+        if (!Array.isArray(slot)) return false;
+        for (const i of slot) {
+          if (!isObject(i) || !isIndex(i.link) || i.link >= v.length) return false;
+          if (i.selector !== undefined && typeof i.selector !== 'string') return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+interface Decoded {
+  json: Record<string, unknown>;
+  raw: string; // the base64 value as it appears in the config
+  records: CacheRecord[];
+  diffIds: number;
+}
+
+/** The inline cache records of an image config; null when the config has none. Throws when malformed. */
+export function decodeInlineCache(config: Buffer): CacheRecord[] | null {
+  return decode(config)?.records ?? null;
+}
+
+function decode(config: Buffer): Decoded | null {
+  if (config.length > MAX_CONFIG_BYTES) throw new Error(`image config is larger than ${MAX_CONFIG_BYTES} bytes`);
+  const json: unknown = JSON.parse(config.toString('utf8'));
+  if (!isObject(json)) throw new Error('image config is not a JSON object');
+  const raw = json[INLINE_CACHE_KEY];
+  if (raw === undefined || raw === null) return null;
+  if (typeof raw !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(raw)) throw new Error(`${INLINE_CACHE_KEY} is not base64`);
+  const records: unknown = JSON.parse(Buffer.from(raw, 'base64').toString('utf8'));
+  // BuildKit's inline format is an array of records. The {"layers","records"} CacheConfig object is the format of
+  // registry-type cache manifests, never of an image config: refuse rather than guess.
+  if (!validRecords(records)) throw new Error(`${INLINE_CACHE_KEY} is not an array of cache records`);
+  const rootfs = json.rootfs;
+  const diffIds = isObject(rootfs) && Array.isArray(rootfs.diff_ids) ? rootfs.diff_ids.length : -1;
+  return { json, raw, records, diffIds };
+}
+
+/**
+ * A structural key per record: digest plus, per input slot, the sorted set of (selector, key of linked record).
+ * Two records with equal keys are the same cache key to BuildKit, whichever image they came from. Throws on a
+ * cycle (BuildKit never writes one).
+ */
+function recordKeys(records: CacheRecord[]): string[] {
+  const keys: Array<string | undefined> = new Array(records.length);
+  const visiting = new Set<number>();
+  const keyOf = (i: number): string => {
+    const done = keys[i];
+    if (done !== undefined) return done;
+    if (visiting.has(i)) throw new Error('cache records link in a cycle');
+    visiting.add(i);
+    const r = records[i];
+    const slots = (r.inputs ?? []).map((slot) => [...new Set(slot.map((inp) => `${inp.selector ?? ''}\u0000${keyOf(inp.link)}`))].sort());
+    visiting.delete(i);
+    const k = createHash('sha256').update(JSON.stringify([r.digest, slots])).digest('hex');
+    keys[i] = k;
+    return k;
+  };
+  return records.map((_, i) => keyOf(i));
+}
+
+const hasResult = (r: CacheRecord): boolean => (r.layers?.length ?? 0) > 0 || (Array.isArray(r.chains) && r.chains.length > 0);
+
+/**
+ * Gives records of `next` that lost their layer results the results of the same cache key in a previous image
+ * of the tag, where the same blobs sit at the same place in `next`'s manifest. `previous` is nearest first (the
+ * tag's content before this push, then the one before that, ...); the first image with a usable twin wins.
+ * Returns the new config bytes, or why nothing changed.
+ */
+export function repairInlineCache(next: InlineCacheImage, previous: InlineCacheImage | readonly InlineCacheImage[] | null): RepairOutcome {
+  let n: Decoded | null;
+  try {
+    n = decode(next.config);
+  } catch (err) {
+    return { repaired: false, reason: `new config: ${(err as Error).message}` };
+  }
+  if (!n) return { repaired: false, reason: 'no inline cache in the image config' };
+  const missing = n.records.map((r, i) => (hasResult(r) ? -1 : i)).filter((i) => i >= 0);
+  if (missing.length === 0) return { repaired: false, reason: 'every cache record has its layers' };
+  if (n.diffIds !== next.layers.length) return { repaired: false, reason: 'new image: manifest layers and config diff_ids disagree' };
+  const previousList = previous === null ? [] : Array.isArray(previous) ? previous : [previous as InlineCacheImage];
+  if (previousList.length === 0) return { repaired: false, reason: 'no previous cache for this tag' };
+  let nKeys: string[];
+  try {
+    nKeys = recordKeys(n.records);
+  } catch (err) {
+    return { repaired: false, reason: `new config: ${(err as Error).message}` };
+  }
+
+  // Per cache key, the results found in the previous images whose layer chain is also the new image's.
+  const usable = new Map<string, CacheResult[]>();
+  const problems: string[] = [];
+  for (const [at, prev] of previousList.entries()) {
+    let p: Decoded | null;
+    let pKeys: string[];
+    try {
+      p = decode(prev.config);
+      if (!p) throw new Error('no inline cache');
+      if (p.diffIds !== prev.layers.length) throw new Error('manifest layers and config diff_ids disagree');
+      pKeys = recordKeys(p.records);
+    } catch (err) {
+      problems.push(`previous image ${at}: ${(err as Error).message}`);
+      continue;
+    }
+    const found = new Map<string, CacheResult[]>();
+    p.records.forEach((r, i) => {
+      for (const res of r.layers ?? []) {
+        const k = res.layer;
+        // Same blobs 0..k in both manifests: the importer finds the twin's result at index k of the new image.
+        if (k >= prev.layers.length || k >= next.layers.length) continue;
+        let same = true;
+        for (let j = 0; j <= k && same; j++) same = prev.layers[j] === next.layers[j];
+        const list = found.get(pKeys[i]) ?? [];
+        if (same && !list.some((x) => x.layer === k)) list.push(res.createdAt === undefined ? { layer: k } : { layer: k, createdAt: res.createdAt });
+        if (list.length) found.set(pKeys[i], list);
+      }
+    });
+    for (const [key, list] of found) if (!usable.has(key)) usable.set(key, list); // nearest image first
+  }
+
+  const repaired: string[] = [];
+  const records = n.records.map((r) => ({ ...r }));
+  for (const i of missing) {
+    const results = usable.get(nKeys[i]);
+    if (!results) continue;
+    // BuildKit's own field order: layers first.
+    const { layers: _drop, ...rest } = records[i];
+    records[i] = { layers: results.map((x) => ({ ...x })), ...rest };
+    repaired.push(records[i].digest);
+  }
+  if (repaired.length === 0) {
+    const why = problems.length === previousList.length ? problems.join('; ') : 'no record without layers has a twin with the same blobs in a previous cache';
+    return { repaired: false, reason: why };
+  }
+
+  const encoded = Buffer.from(JSON.stringify(records), 'utf8').toString('base64');
+  const text = next.config.toString('utf8');
+  const needle = `"${n.raw}"`;
+  const at = text.indexOf(needle);
+  if (at < 0 || text.indexOf(needle, at + 1) >= 0) return { repaired: false, reason: `${INLINE_CACHE_KEY} value is not found exactly once in the raw config` };
+  const config = Buffer.from(text.slice(0, at) + `"${encoded}"` + text.slice(at + needle.length), 'utf8');
+  if (config.length > MAX_CONFIG_BYTES) return { repaired: false, reason: `the repaired config would exceed ${MAX_CONFIG_BYTES} bytes` };
+  return { repaired: true, config, records: repaired };
+}
+
+// ---- the registry side: when to repair, reading and writing the tag (the transport is the proxy's) ----
+
+export interface UpstreamCallOptions {
+  headers?: Record<string, string | number>;
+  body?: Buffer;
+  maxBytes?: number; // a longer response body fails the call; default 64 KiB
+  timeoutMs?: number; // default 15 s
+}
+export interface UpstreamReply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+}
+/** target: a path on the upstream registry (sent with its credentials), or an absolute URL (sent without). */
+export type UpstreamCall = (method: string, target: string, o?: UpstreamCallOptions) => Promise<UpstreamReply>;
+
+const MANIFEST_ACCEPT = IMAGE_MANIFEST_TYPES.join(', ');
+const MAX_TAG_STATES = 1024;
+const MAX_REMEMBERED = 16;
+const READ_WAIT_MS = 5_000; // a pull waits at most this long for a repair of its tag
+const CLOSE_WAIT_MS = 30_000;
+
+interface Landed {
+  at: number; // landing order within the tag
+  previous: string | null; // what the tag held just before this push (read at its PUT)
+}
+interface Written {
+  of: string; // the client push this manifest is the repaired form of (or a copy of)
+  at: number; // the tag's landing count when it was written
+}
+
+// Per repository:tag. All pushes of a tag go through this proxy, so it knows which client pushes landed in what
+// order, and which manifests it wrote itself.
+interface TagState {
+  inflight: number; // client pushes begun and not yet landed or failed
+  queued: number; // repair jobs queued or running
+  tail: Promise<void>; // the per-tag queue: jobs of one tag run one at a time
+  sweepWanted: boolean; // a job stood down for a push in flight that may yet fail
+  landings: number;
+  newest: string; // the client push that landed last
+  pushes: Map<string, Landed>; // client pushes that landed (bounded, by digest)
+  ours: Map<string, Written>; // manifests the repair wrote (bounded, by digest)
+  repairedOf: Map<string, string>; // client push → the repaired manifest written for it (bounded)
+}
+
+export class CacheRepairs {
+  private readonly tags = new Map<string, TagState>();
+  private readonly running = new Set<Promise<void>>();
+  private closing = false;
+
+  constructor(private readonly call: UpstreamCall, private readonly log?: Logger) {}
+
+  /**
+   * A client's push of an image manifest to name:tag starts. Call landed() once the registry accepted it (2xx,
+   * with the digest it computed and what the tag held before, read before forwarding the push); `res` closing
+   * without landed() means the push failed.
+   */
+  begin(name: string, tag: string, res: { once(event: 'close', listener: () => void): unknown }): { landed: (digest: string, previous: string | null) => void } {
+    const state = this.state(`${name}:${tag}`);
+    state.inflight++;
+    let done = false;
+    res.once('close', () => {
+      if (done) return;
+      done = true;
+      state.inflight--;
+      if (state.sweepWanted && state.inflight === 0 && !this.closing) this.enqueue(name, tag, state);
+    });
+    return {
+      landed: (digest, previous) => {
+        if (done) return;
+        done = true;
+        state.inflight--;
+        state.newest = digest;
+        const known = state.pushes.get(digest);
+        // A re-push of the same image keeps what the tag held before its first push (not the image itself).
+        const before = previous !== digest ? previous : (known?.previous ?? null);
+        remember(state.pushes, digest, { at: ++state.landings, previous: known?.previous ?? before });
+        if (!this.closing) this.enqueue(name, tag, state);
+      }
+    };
+  }
+
+  /** The digest name:tag points at now, null when it does not exist or cannot be read (never throws). */
+  async current(name: string, tag: string, timeoutMs = 2_000): Promise<string | null> {
+    try {
+      const r = await this.call('HEAD', `/v2/${name}/manifests/${tag}`, { headers: { accept: MANIFEST_ACCEPT }, timeoutMs });
+      const d = r.headers['docker-content-digest'];
+      return r.status === 200 && typeof d === 'string' && DIGEST.test(d) ? d : null;
+    } catch (err) {
+      this.log?.warn({ repository: name, tag, err: (err as Error).message }, 'registry proxy: could not read a cache tag (its inline cache will not be repaired)');
+      return null;
+    }
+  }
+
+  /** Waits (at most READ_WAIT_MS) until no repair of name:tag is queued or running. */
+  async settled(name: string, tag: string): Promise<void> {
+    const state = this.tags.get(`${name}:${tag}`);
+    if (!state || state.queued === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([state.tail, new Promise<void>((r) => (timer = setTimeout(r, READ_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
+  async idle(): Promise<void> {
+    while (this.running.size) await Promise.allSettled([...this.running]);
+  }
+
+  /** No new repairs; waits for the queued and running ones (at most CLOSE_WAIT_MS; each call has its own timeout). */
+  async close(): Promise<void> {
+    this.closing = true;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.idle(), new Promise<void>((r) => (timer = setTimeout(r, CLOSE_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
+  private state(key: string): TagState {
+    let s = this.tags.get(key);
+    if (s) {
+      this.tags.delete(key); // re-insert: the map's order is least recently used first
+    } else {
+      s = { inflight: 0, queued: 0, tail: Promise.resolve(), sweepWanted: false, landings: 0, newest: '', pushes: new Map(), ours: new Map(), repairedOf: new Map() };
+      for (const [k, old] of this.tags) {
+        if (this.tags.size < MAX_TAG_STATES) break;
+        if (old.queued === 0 && old.inflight === 0) this.tags.delete(k);
+      }
+    }
+    this.tags.set(key, s);
+    return s;
+  }
+
+  private enqueue(name: string, tag: string, state: TagState): void {
+    state.queued++;
+    const job = state.tail.then(async () => {
+      try {
+        await this.sweep(name, tag, state);
+      } catch (err) {
+        this.log?.warn({ repository: name, tag, err: (err as Error).message }, 'registry proxy: inline cache repair failed; the push stands as it was');
+      }
+    });
+    state.tail = job.finally(() => state.queued--);
+    const tracked = state.tail.finally(() => this.running.delete(tracked));
+    this.running.add(tracked);
+  }
+
+  /**
+   * The tag's earlier contents to take results from, nearest first: what it held before push `d`, as repaired if
+   * its repair replaced it; where it was not repaired, also what the tag held before THAT push, and so on.
+   */
+  private previousChain(state: TagState, d: string): string[] {
+    const chain: string[] = [];
+    let p = state.pushes.get(d)?.previous ?? null;
+    while (p && p !== d && chain.length < 4 && !chain.includes(p)) {
+      const repaired = state.repairedOf.get(p);
+      chain.push(repaired ?? p);
+      if (repaired) break; // a repaired manifest already carries what its own previous ones could give
+      p = state.pushes.get(p)?.previous ?? null;
+    }
+    return chain;
+  }
+
+  /**
+   * One job per landed push, run one at a time per tag. Only the last queued job acts, once no push of the tag
+   * is in flight: it brings the tag to the repaired form of the client push the registry kept last. The
+   * registry has no compare-and-swap; a client push that lands while a repair is written is caught by its own
+   * job, which finds the repair older than that push and writes the push (repaired) back.
+   */
+  private async sweep(name: string, tag: string, state: TagState): Promise<void> {
+    if (state.queued > 1) return; // a later job will look at the tag after more pushes landed
+    if (state.inflight > 0) {
+      state.sweepWanted = true; // that push's landing queues the next job (or its failure, see begin())
+      return;
+    }
+    state.sweepWanted = false;
+    const current = await this.current(name, tag);
+    if (!current) return;
+    let target: string;
+    const written = state.ours.get(current);
+    if (state.pushes.has(current)) {
+      target = current; // a client push, as it landed: repair it if it lost layers
+    } else if (written) {
+      const newest = state.pushes.get(state.newest);
+      if (!newest || newest.at <= written.at) return; // our repair of the newest push: nothing to do
+      target = state.newest; // our repair landed after a newer client push: bring that push back
+    } else {
+      return this.log?.debug({ repository: name, tag, current }, 'registry proxy: cache tag holds a manifest not pushed through this proxy; left alone');
+    }
+    const repaired = state.repairedOf.get(target);
+    if (repaired) {
+      // Repaired before, and an older write of ours (or the push itself) landed on top: write the repair again.
+      if (current !== repaired) await this.write(name, tag, state, target, await this.getVerified(name, 'manifests', repaired, { accept: MANIFEST_ACCEPT }));
+      return;
+    }
+
+    const ctx = { repository: name, tag, digest: target };
+    const manifestBytes = await this.getVerified(name, 'manifests', target, { accept: MANIFEST_ACCEPT });
+    const manifest = parseImageManifest(manifestBytes);
+    const previous = this.previousChain(state, target);
+    let body: Buffer | null = null;
+    let records = 0;
+    if (previous.length && manifest.config.size <= MAX_CONFIG_BYTES) {
+      const next: InlineCacheImage = { layers: manifest.layers, config: await this.getVerified(name, 'blobs', manifest.config.digest) };
+      const prev: InlineCacheImage[] = [];
+      for (const d of previous) {
+        const m = parseImageManifest(await this.getVerified(name, 'manifests', d, { accept: MANIFEST_ACCEPT }));
+        if (m.config.size <= MAX_CONFIG_BYTES) prev.push({ layers: m.layers, config: await this.getVerified(name, 'blobs', m.config.digest) });
+      }
+      const outcome = repairInlineCache(next, prev);
+      if (outcome.repaired) {
+        const config = { digest: sha256Digest(outcome.config), size: outcome.config.length };
+        await this.uploadBlob(name, config.digest, outcome.config);
+        body = manifestWithConfig(manifestBytes, config);
+        records = outcome.records.length;
+      } else {
+        this.log?.debug({ ...ctx, reason: outcome.reason }, 'registry proxy: inline cache left as pushed');
+      }
+    }
+    if (body) {
+      const d = await this.write(name, tag, state, target, body);
+      remember(state.repairedOf, target, d);
+      this.log?.info({ ...ctx, repaired: d, records, from: previous }, 'registry proxy: repaired inline cache records that lost their layers (moby/buildkit#1981)');
+    } else if (current !== target) {
+      await this.write(name, tag, state, target, manifestBytes);
+      this.log?.info({ ...ctx, replaced: current }, 'registry proxy: put the newest push of a cache tag back over an older repair');
+    }
+  }
+
+  /** Writes the tag as the (repaired) form of client push `of`. */
+  private async write(name: string, tag: string, state: TagState, of: string, body: Buffer): Promise<string> {
+    // Counted BEFORE the write: a push landing while it is under way may have landed before it or after it, and
+    // is then taken to be newer (its job finds this write and puts that push back, repaired).
+    const at = state.landings;
+    const d = await this.putManifest(name, tag, body, parseImageManifest(body).mediaType ?? DOCKER_MANIFEST_V2);
+    if (d !== of) remember(state.ours, d, { of, at }); // the push's own bytes stay that push
+    return d;
+  }
+
+  /** A manifest or blob of this repository, bounded and checked against its digest. */
+  private async getVerified(name: string, kind: 'manifests' | 'blobs', digest: string, headers: Record<string, string> = {}): Promise<Buffer> {
+    let r = await this.call('GET', `/v2/${name}/${kind}/${digest}`, { headers, maxBytes: MAX_CONFIG_BYTES });
+    const loc = r.headers.location;
+    if (kind === 'blobs' && r.status >= 300 && r.status < 400 && typeof loc === 'string') {
+      // A blob storage redirect (S3 and the like): an absolute URL is fetched without the registry's credentials.
+      const u = new URL(loc, 'http://upstream.invalid');
+      r = await this.call('GET', u.host === 'upstream.invalid' ? `${u.pathname}${u.search}` : u.toString(), { maxBytes: MAX_CONFIG_BYTES });
+    }
+    if (r.status !== 200) throw new Error(`GET ${kind}/${digest}: HTTP ${r.status}`);
+    if (sha256Digest(r.body) !== digest) throw new Error(`GET ${kind}/${digest}: content does not match its digest`);
+    return r.body;
+  }
+
+  private async uploadBlob(name: string, digest: string, data: Buffer): Promise<void> {
+    if ((await this.call('HEAD', `/v2/${name}/blobs/${digest}`)).status === 200) return;
+    const start = await this.call('POST', `/v2/${name}/blobs/uploads/`, { headers: { 'content-length': 0 } });
+    const loc = start.headers.location;
+    if (start.status !== 202 || typeof loc !== 'string') throw new Error(`starting a blob upload: HTTP ${start.status}`);
+    const u = new URL(loc, 'http://upstream.invalid');
+    const put = await this.call('PUT', `${u.pathname}${u.search ? `${u.search}&` : '?'}digest=${encodeURIComponent(digest)}`, {
+      headers: { 'content-type': 'application/octet-stream' },
+      body: data
+    });
+    if (put.status !== 201) throw new Error(`uploading the repaired config: HTTP ${put.status}`);
+  }
+
+  private async putManifest(name: string, tag: string, body: Buffer, mediaType: string): Promise<string> {
+    const r = await this.call('PUT', `/v2/${name}/manifests/${tag}`, { headers: { 'content-type': mediaType }, body });
+    if (r.status !== 201) throw new Error(`PUT manifests/${tag}: HTTP ${r.status} ${r.body.toString('utf8').slice(0, 200)}`);
+    return sha256Digest(body);
+  }
+}
+
+function remember<V>(map: Map<string, V>, key: string, value: V): void {
+  map.delete(key);
+  map.set(key, value);
+  if (map.size > MAX_REMEMBERED) map.delete(map.keys().next().value as string);
+}
