@@ -86,11 +86,11 @@ function esc(s: string): string {
 
 function barChart(title: string, id: string, rows: Array<{ label: string; value: number; max: number; text: string }>): string {
   const h = 22;
-  const w = 520;
+  const w = 680; // label column 290 px, bars up to 280 px, then the value
   const bars = rows
     .map((r, i) => {
-      const bw = r.max > 0 ? Math.round((r.value / r.max) * 300) : 0;
-      return `<g transform="translate(0,${i * h})"><text x="0" y="15" font-size="12">${esc(r.label)}</text><rect x="190" y="3" width="${bw}" height="15" fill="#2b7bb9"></rect><text x="${195 + bw}" y="15" font-size="12" data-value="${r.value}">${esc(r.text)}</text></g>`;
+      const bw = r.max > 0 ? Math.round((r.value / r.max) * 280) : 0;
+      return `<g transform="translate(0,${i * h})"><text x="0" y="15" font-size="12">${esc(r.label)}</text><rect x="290" y="3" width="${bw}" height="15" fill="#2b7bb9"></rect><text x="${295 + bw}" y="15" font-size="12" data-value="${r.value}">${esc(r.text)}</text></g>`;
     })
     .join('');
   return `<figure id="${id}"><figcaption>${esc(title)}</figcaption><svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${rows.length * h + 4}" role="img" aria-label="${esc(title)}">${bars}</svg></figure>`;
