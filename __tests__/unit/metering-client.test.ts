@@ -70,7 +70,13 @@ const opts = (over: Partial<FlushOptions> = {}): FlushOptions => ({
 });
 
 beforeAll(() => nock.disableNetConnect());
-afterAll(() => nock.enableNetConnect());
+// nock patches Node's shared http module for the whole worker process; later test files (real servers, real
+// proxies) must get it back untouched.
+afterAll(() => {
+  nock.cleanAll();
+  nock.enableNetConnect();
+  nock.restore();
+});
 beforeEach(() => {
   root = mkdtempSync(join(tmpdir(), 'metering-client-'));
   spool = new MeteringSpool(join(root, 'spool'));

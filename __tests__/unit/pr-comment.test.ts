@@ -18,7 +18,13 @@ const others = (from: number, count: number) => Array.from({ length: count }, (_
 const github = () => nock(GITHUB).matchHeader('authorization', /^(token|bearer) ghs_job_token_123$/i);
 
 beforeAll(() => nock.disableNetConnect());
-afterAll(() => nock.enableNetConnect());
+// nock patches Node's shared http module for the whole worker process; later test files (real servers, real
+// proxies) must get it back untouched.
+afterAll(() => {
+  nock.cleanAll();
+  nock.enableNetConnect();
+  nock.restore();
+});
 afterEach(() => {
   const pending = nock.pendingMocks();
   nock.cleanAll();
