@@ -34,6 +34,19 @@ const readYaml = (f: string) => YAML.parse(fs.readFileSync(f, 'utf8'));
 const ymlFiles = (kind: string) => (fs.existsSync(path.join(SRC, kind)) ? fs.readdirSync(path.join(SRC, kind)).filter((f) => f.endsWith('.yml')).sort() : []);
 const source = (kind: string, name: string): Component => readYaml(path.join(SRC, kind, `${name}.yml`));
 const scripts = () => fs.readdirSync(path.join(SRC, 'scripts')).filter((f) => f.endsWith('.sh')).sort();
+// The one script of all three commands: PARAM_STEP (setup | build | report) runs its step_<name>() function.
+const SCRIPT = path.join(SRC, 'scripts/buildcloud.sh');
+const STEPS = ['setup', 'build', 'report'];
+const stepBody = (text: string, name: string) => {
+  const m = text.match(new RegExp(`^step_${name}\\(\\) \\{\\n[\\s\\S]*?^\\}$`, 'm'));
+  if (!m) throw new Error(`scripts/buildcloud.sh has no step_${name}() function`);
+  return m[0];
+};
+// What one step runs: its own function and the shared code, without the other steps' functions.
+const stepScript = (name: string) => {
+  const text = fs.readFileSync(SCRIPT, 'utf8');
+  return STEPS.filter((s) => s !== name).reduce((acc, s) => acc.replace(stepBody(text, s), ''), text);
+};
 const snake = (s: string) => s.replace(/-/g, '_');
 const plain = (defs: InputDef[]) => defs.filter((d) => !d.only);
 const PARAM_REF = /<<\s*parameters\./;
@@ -102,15 +115,15 @@ describe('parameters agree with src/core/inputs.ts', () => {
   });
 
   test('each script maps PARAM_<NAME> to the CLI input BUILDCLOUD_<NAME>, for every input and nothing else', () => {
-    const mapped = (script: string) =>
-      [...fs.readFileSync(path.join(SRC, 'scripts', script), 'utf8').matchAll(/^\s*bc_input (\w+) "\$\{PARAM_(\w+):-\}"$/gm)].map((m) => {
+    const mapped = (step: string) =>
+      [...stepScript(step).matchAll(/^\s*bc_input (\w+) "\$\{PARAM_(\w+):-\}"$/gm)].map((m) => {
         expect(m[2]).toBe(m[1]);
         return `BUILDCLOUD_${m[1]}`;
       });
-    expect(mapped('setup.sh')).toEqual(plain(SETUP_INPUTS).filter((d) => d.name !== 'token').map((d) => envName(d.name)));
-    expect(mapped('build.sh')).toEqual(plain(BUILD_INPUTS).map((d) => envName(d.name)));
+    expect(mapped('setup')).toEqual(plain(SETUP_INPUTS).filter((d) => d.name !== 'token').map((d) => envName(d.name)));
+    expect(mapped('build')).toEqual(plain(BUILD_INPUTS).map((d) => envName(d.name)));
     // The token goes by indirection: the parameter names the variable.
-    expect(fs.readFileSync(path.join(SRC, 'scripts/setup.sh'), 'utf8')).toContain('export BUILDCLOUD_TOKEN="${!token_var:-}"');
+    expect(stepBody(fs.readFileSync(SCRIPT, 'utf8'), 'setup')).toContain('export BUILDCLOUD_TOKEN="${!token_var:-}"');
   });
 });
 
@@ -120,7 +133,7 @@ describe('orb development kit layout and orb-tools review checks', () => {
     expect(ymlFiles('commands')).toEqual(['build.yml', 'report.yml', 'setup.yml']);
     expect(ymlFiles('jobs')).toEqual(['build.yml']);
     expect(ymlFiles('executors')).toEqual(['default.yml']);
-    expect(scripts()).toEqual(['build.sh', 'report.sh', 'setup.sh']);
+    expect(scripts()).toEqual(['buildcloud.sh']);
     expect(readYaml(path.join(SRC, '@orb.yml')).version).toBe(2.1);
   });
 
@@ -195,6 +208,11 @@ describe('orb development kit layout and orb-tools review checks', () => {
           expect(PARAM_REF.test(String(r.shell ?? ''))).toBe(false);
           for (const [k, v] of Object.entries(r.environment ?? {})) {
             expect(k).toMatch(/^PARAM_[A-Z0-9_]+$/);
+            // The one fixed value: which step of scripts/buildcloud.sh the command runs, the command's own name.
+            if (k === 'PARAM_STEP' && kind === 'commands') {
+              expect(v).toBe(f.replace(/\.yml$/, ''));
+              continue;
+            }
             expect(String(v)).toMatch(/^<< parameters\.[a-z_]+ >>$/); // the whole value, nothing spliced around it
           }
         }
@@ -210,10 +228,10 @@ describe('orb development kit layout and orb-tools review checks', () => {
     for (const name of ['setup', 'build', 'report']) {
       const c = source('commands', name);
       const [run] = runSteps(c) as Array<{ environment: Record<string, string>; command: string }>;
-      expect(run.command).toBe(`<<include(scripts/${name}.sh)>>`);
+      expect(run.command).toBe('<<include(scripts/buildcloud.sh)>>');
       const envName = (p: string) => (p === 'token' ? 'PARAM_TOKEN_VAR' : `PARAM_${p.toUpperCase()}`);
-      expect(run.environment).toEqual(Object.fromEntries(Object.keys(c.parameters!).map((p) => [envName(p), `<< parameters.${p} >>`])));
-      const read = new Set([...fs.readFileSync(path.join(SRC, `scripts/${name}.sh`), 'utf8').matchAll(/\bPARAM_[A-Z0-9_]+/g)].map((m) => m[0]));
+      expect(run.environment).toEqual({ PARAM_STEP: name, ...Object.fromEntries(Object.keys(c.parameters!).map((p) => [envName(p), `<< parameters.${p} >>`])) });
+      const read = new Set([...stepScript(name).matchAll(/\bPARAM_[A-Z0-9_]+/g)].map((m) => m[0]));
       expect([...read].sort()).toEqual(Object.keys(run.environment).sort());
     }
   });
@@ -254,7 +272,7 @@ describe('scripts/pack-orb.mjs', () => {
       expect(a).toBe(fs.readFileSync(PACKED, 'utf8'));
       expect(a).toMatch(/^ {10}command: \|\n {12}#!\/usr\/bin\/env bash\n/m);
       for (const name of ['setup', 'build', 'report']) {
-        expect((runSteps(orb.commands![name])[0] as { command: string }).command).toBe(fs.readFileSync(path.join(SRC, `scripts/${name}.sh`), 'utf8'));
+        expect((runSteps(orb.commands![name])[0] as { command: string }).command).toBe(fs.readFileSync(SCRIPT, 'utf8'));
       }
       // Every source file is a key named by its file name.
       expect(Object.keys(orb.commands!)).toEqual(['build', 'report', 'setup']);
@@ -522,8 +540,8 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
 
   test('the setup script checks the token variable name itself before reading it indirectly', () => {
     const m = marker();
-    const r = spawnSync('bash', ['-eo', 'pipefail', path.join(SRC, 'scripts/setup.sh')], {
-      env: { PATH: process.env.PATH, HOME: work, BASH_ENV: path.join(work, 'unused-bash-env'), PARAM_TOKEN_VAR: `a[$(touch ${m})]`, PARAM_CLI: cli(), STUB_RECORD: record },
+    const r = spawnSync('bash', ['-eo', 'pipefail', SCRIPT], {
+      env: { PATH: process.env.PATH, HOME: work, BASH_ENV: path.join(work, 'unused-bash-env'), PARAM_STEP: 'setup', PARAM_TOKEN_VAR: `a[$(touch ${m})]`, PARAM_CLI: cli(), STUB_RECORD: record },
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe']
     });
