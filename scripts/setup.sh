@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" != 0 ]; then
-  echo "setup.sh: run as root (sudo bash scripts/setup.sh): it installs Debian packages and builders need root." >&2
+  echo "setup.sh: run as root: it installs Debian packages and builders need root." >&2
   exit 1
 fi
 
