@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../common/log';
 import { ConfigError, DEFAULTS, defaultStateDir, parseDuration, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
@@ -22,6 +23,8 @@ export function registerServe(program: Command): void {
     .option('--access-token-ttl <duration>', 'lifetime of access tokens from OIDC exchange', '2h')
     .option('--subnet-pool <cidr>', "builders' bridge networks are /24s from this pool", DEFAULTS.subnetPool)
     .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
+    .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
+    .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
     .option('--json', 'print where it listens as one JSON line on stdout', false)
     .action(async (o) => {
       const config: ServerConfig = validateConfig({
@@ -40,7 +43,8 @@ export function registerServe(program: Command): void {
         reapIntervalMs: DEFAULTS.reapIntervalMs,
         accessTokenTtlS: Math.round(parseDuration(o.accessTokenTtl, '--access-token-ttl') / 1000),
         subnetPool: o.subnetPool,
-        insecureOidcIssuers: Boolean(o.insecureOidcIssuers)
+        insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
+        tls: tlsFiles(o.tlsCert, o.tlsKey)
       });
       const log = createLogger();
       const { startServer } = await import('../server/server');
@@ -71,6 +75,15 @@ export function registerServe(program: Command): void {
       process.on('SIGINT', () => stop('SIGINT'));
       process.on('SIGTERM', () => stop('SIGTERM'));
     });
+}
+
+function tlsFiles(cert: string | undefined, key: string | undefined): ServerConfig['tls'] {
+  if (!cert && !key) return null;
+  if (!cert || !key) throw new ConfigError('Give --tls-cert and --tls-key together (PEM files of the server certificate and its key).');
+  for (const [flag, file] of [['--tls-cert', cert], ['--tls-key', key]]) {
+    if (!fs.existsSync(file)) throw new ConfigError(`Invalid ${flag} '${file}': no such file.`);
+  }
+  return { certFile: path.resolve(cert), keyFile: path.resolve(key) };
 }
 
 function badDriver(name: string): never {

@@ -1,5 +1,6 @@
 // The CI side's client of the control plane's gRPC API: a deadline on every call, transient failures retried
 // with exponential backoff and full jitter, permanent ones reported at once with the server's message.
+import * as fs from 'fs';
 import * as grpc from '@grpc/grpc-js';
 import { backoffDelay } from './backoff';
 import { services, type ExchangeTokenResponseMsg, type LeaseMsg, type ProvisionRequestMsg } from '../common/proto';
@@ -49,7 +50,9 @@ export class ApiClient {
   constructor(opts: ApiClientOptions) {
     this.o = { deadlineMs: 30_000, attempts: 5, baseDelayMs: 500, maxDelayMs: 8_000, ...opts };
     const { address, secure } = parseEndpoint(opts.endpoint);
-    const creds = secure ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
+    // grpcs:// trusts the system roots, plus a private CA from BUILDCLOUD_CA_FILE (PEM) for self-hosted planes.
+    const ca = process.env.BUILDCLOUD_CA_FILE ? fs.readFileSync(process.env.BUILDCLOUD_CA_FILE) : undefined;
+    const creds = secure ? grpc.credentials.createSsl(ca) : grpc.credentials.createInsecure();
     const { BuildCloud, Auth } = services();
     this.bc = new BuildCloud(address, creds) as any;
     this.auth = new Auth(address, creds) as any;

@@ -19,6 +19,7 @@ export interface ServerConfig {
   accessTokenTtlS: number;
   subnetPool: string;
   insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
+  tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
 }
 
 export const DEFAULTS = {

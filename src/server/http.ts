@@ -30,6 +30,7 @@ export interface HttpDeps {
   maxBatch?: number; // events per request, default 1000
   bodyLimitBytes?: number; // default 4 MiB
   now?: () => number;
+  tls?: { cert: string; key: string }; // serve HTTPS (PEM)
 }
 
 export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
@@ -120,6 +121,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   const maxBatch = deps.maxBatch ?? DEFAULT_MAX_BATCH;
   const bodyLimit = deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
   const app = Fastify({
+    ...(deps.tls ? { https: { cert: deps.tls.cert, key: deps.tls.key } } : {}),
     ...(deps.log ? { loggerInstance: deps.log } : { logger: false }),
     bodyLimit,
     logController: new QuietRequestLogs()

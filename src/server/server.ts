@@ -146,10 +146,14 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
 
     const authenticator = new Authenticator(store, signingKey, adminToken);
     const oidc = new OidcVerifier({ allowInsecureIssuers: config.insecureOidcIssuers });
+    const tls = config.tls ? { cert: fs.readFileSync(config.tls.certFile, 'utf8'), key: fs.readFileSync(config.tls.keyFile, 'utf8') } : undefined;
+    const creds = tls
+      ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.cert), private_key: Buffer.from(tls.key) }], false)
+      : grpc.ServerCredentials.createInsecure();
     const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': 1 << 20 });
     addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log });
     const grpcPort = await new Promise<number>((resolve, reject) =>
-      grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)))
+      grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
     );
     cleanups.push(
       () =>
@@ -173,19 +177,21 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       },
       metrics,
       usage: (org, month) => computeUsage(store, org, month, Date.now(), lm.activeSeconds(org)),
-      log
+      log,
+      tls
     });
     await app.listen({ host: config.host, port: config.httpPort });
     cleanups.push(() => app.close());
     const addr = app.server.address();
     const httpPort = typeof addr === 'object' && addr ? addr.port : config.httpPort;
-    meteringUrl = `http://${config.host}:${httpPort}/v1/events`;
+    const scheme = tls ? 'https' : 'http';
+    meteringUrl = `${scheme}://${config.host}:${httpPort}/v1/events`;
 
     const info: ServerInfo = {
       pid: process.pid,
       stateDir: config.stateDir,
-      grpc: `${config.host}:${grpcPort}`,
-      http: `http://${config.host}:${httpPort}`,
+      grpc: `${tls ? 'grpcs://' : ''}${config.host}:${grpcPort}`,
+      http: `${scheme}://${config.host}:${httpPort}`,
       registry: proxy.host,
       driver: driver ? driver.name : 'none',
       platforms: driver?.platforms() ?? [],
