@@ -22,6 +22,8 @@ export function registerServe(program: Command): void {
     .option('--grace <duration>', 'keep a released builder this long for later stages of the pipeline', '60s')
     .option('--access-token-ttl <duration>', 'lifetime of access tokens from OIDC exchange', '2h')
     .option('--subnet-pool <cidr>', "builders' bridge networks are /24s from this pool", DEFAULTS.subnetPool)
+    .option('--builder-nat', "outbound NAT for builders' RUN steps (iptables rules of our own; turns IPv4 forwarding on)", DEFAULTS.builderNat)
+    .option('--no-builder-nat', 'builders get no outbound NAT and the host firewall is left alone')
     .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
     .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
@@ -43,6 +45,7 @@ export function registerServe(program: Command): void {
         reapIntervalMs: DEFAULTS.reapIntervalMs,
         accessTokenTtlS: Math.round(parseDuration(o.accessTokenTtl, '--access-token-ttl') / 1000),
         subnetPool: o.subnetPool,
+        builderNat: o.builderNat !== false,
         insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
         tls: tlsFiles(o.tlsCert, o.tlsKey)
       });

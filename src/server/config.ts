@@ -18,6 +18,7 @@ export interface ServerConfig {
   reapIntervalMs: number;
   accessTokenTtlS: number;
   subnetPool: string;
+  builderNat: boolean; // outbound NAT for builders' RUN steps: iptables rules of our own, IPv4 forwarding on
   insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
   tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
 }
@@ -34,7 +35,8 @@ export const DEFAULTS = {
   graceMs: 60_000, // later stages of the pipeline reuse the warm builder
   reapIntervalMs: 1_000,
   accessTokenTtlS: 2 * 3600,
-  subnetPool: '10.213.0.0/16'
+  subnetPool: '10.213.0.0/16',
+  builderNat: true
 };
 
 export function defaultStateDir(): string {

@@ -92,7 +92,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     let driver: Driver | null = null;
     if (config.driver === 'dockerd') {
       const dockerd = findDockerd();
-      if (dockerd) driver = new DockerdDriver({ rootDir: path.join(config.stateDir, 'builders'), dockerdPath: dockerd, subnetPool: config.subnetPool, log });
+      if (dockerd) driver = new DockerdDriver({ rootDir: path.join(config.stateDir, 'builders'), dockerdPath: dockerd, subnetPool: config.subnetPool, builderNat: config.builderNat, log });
       else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
     }
     if (driver?.cleanupOrphans) {

@@ -8,13 +8,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Logger } from '../../common/log';
 import { silentLogger } from '../../common/log';
-import { BridgeAllocator, DEFAULT_SUBNET_POOL, hostTool, runCommand } from './bridge';
+import { BridgeAllocator, BuilderNat, DEFAULT_SUBNET_POOL, hostTool, runCommand } from './bridge';
 import type { BuilderHandle, Driver } from './driver';
 
 export interface DockerdDriverOptions {
   rootDir: string;
   dockerdPath?: string;
   subnetPool?: string;
+  // Outbound NAT for RUN steps (default true): iptables rules per builder bridge, see BuilderNat in bridge.ts.
+  builderNat?: boolean;
   log?: Logger;
   startTimeoutMs?: number;
 }
@@ -35,6 +37,7 @@ interface State {
   bridge: string;
   subnet: string | null;
   pid: number | null;
+  nat?: boolean; // rules were added for the bridge (absent in state files of older versions)
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -110,6 +113,8 @@ export class DockerdDriver implements Driver {
   private readonly log: Logger;
   private readonly startTimeoutMs: number;
   private readonly bridges: BridgeAllocator;
+  private readonly nat: BuilderNat;
+  private readonly natEnabled: boolean;
   private readonly base = runtimeBase();
   private readonly children = new Map<string, ChildProcess>();
   private readonly active = new Set<string>(); // started (or starting) by this instance and not destroyed
@@ -122,6 +127,8 @@ export class DockerdDriver implements Driver {
     this.log = opts.log ?? silentLogger();
     this.startTimeoutMs = opts.startTimeoutMs ?? 60_000;
     this.bridges = new BridgeAllocator(opts.subnetPool ?? DEFAULT_SUBNET_POOL, this.log);
+    this.nat = new BuilderNat(this.log);
+    this.natEnabled = opts.builderNat ?? true;
   }
 
   platforms(): string[] {
@@ -152,7 +159,11 @@ export class DockerdDriver implements Driver {
     await fs.promises.writeFile(configFile, JSON.stringify({ features: { buildkit: true } }) + '\n', { mode: 0o600 });
     const state: State = { bridge: l.bridge, subnet: null, pid: null };
     try {
-      state.subnet = (await this.bridges.create(l.bridge)).subnet;
+      const lease = await this.bridges.create(l.bridge);
+      state.subnet = lease.subnet;
+      await this.saveState(l, state);
+      // Before dockerd starts, so no RUN step ever runs on the bridge without its isolation rules.
+      state.nat = this.natEnabled && (await this.nat.add(lease)); // false too when the host has no iptables (warned once)
       await this.saveState(l, state);
       const child = this.spawnDockerd(l, configFile);
       state.pid = child.pid ?? null;
@@ -163,7 +174,7 @@ export class DockerdDriver implements Driver {
       throw err;
     }
     const startedMs = Math.round(performance.now() - t0);
-    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, startedMs }, 'dockerd ready');
+    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, nat: state.nat ?? false, startedMs }, 'dockerd ready');
     return {
       id,
       driver: this.name,
@@ -197,6 +208,8 @@ export class DockerdDriver implements Driver {
     const ids = entries.filter((e) => ID_RE.test(e) && !this.active.has(e));
     for (const id of ids) await this.teardown(this.layout(id), null);
     await this.sweepRuntimeBase();
+    const stale = await this.nat.removeStale().catch((e) => void this.log.warn({ err: String(e) }, 'stale NAT rules not removed'));
+    if (stale?.length) this.log.info({ bridges: stale }, 'removed NAT rules of builder bridges that no longer exist');
     return ids;
   }
 
@@ -214,6 +227,7 @@ export class DockerdDriver implements Driver {
       this.log.info({ runDir, bridge: `bc${name}` }, 'removing a stale builder run dir and its bridge');
       await unmountUnder([runDir], this.log);
       await removeDir(runDir, this.log).catch((e) => this.log.warn({ runDir, err: String(e) }, 'stale run dir not removed'));
+      await this.nat.remove(`bc${name}`).catch((e) => this.log.warn({ err: String(e) }, 'stale NAT rules not removed'));
       await this.bridges.remove(`bc${name}`).catch((e) => this.log.warn({ err: String(e) }, 'stale bridge not removed'));
     }
   }
@@ -245,7 +259,7 @@ export class DockerdDriver implements Driver {
       '--pidfile', l.pidFile,
       '--host', `unix://${l.socketPath}`,
       '--bridge', l.bridge,
-      // Builders must not touch the host firewall; all of them share one host.
+      // Builders must not touch the host firewall, all of them share one host: the driver adds their NAT.
       '--iptables=false',
       '--ip-masq=false',
       '--log-level', 'info',
@@ -301,8 +315,9 @@ export class DockerdDriver implements Driver {
     }
   }
 
-  // Idempotent: stops every process of the builder, unmounts what it left mounted, removes its directories and
-  // its bridge. Used by destroy, after a failed start, and before a start to clear a crashed run's leftovers.
+  // Idempotent: stops every process of the builder, unmounts what it left mounted, removes its directories, its
+  // NAT rules and its bridge. Used by destroy, after a failed start, and before a start to clear a crashed run's
+  // leftovers.
   private async teardown(l: Layout, pid: number | null): Promise<void> {
     const state = await this.loadState(l);
     let pidFromFile: number | null = null;
@@ -321,6 +336,10 @@ export class DockerdDriver implements Driver {
     const errors: string[] = [];
     const step = (p: Promise<void>): Promise<void> => p.catch((e: unknown) => void errors.push(String(e)));
     await step(stopProcesses(live ? child.pid! : (pid ?? state?.pid ?? pidFromFile), live, marks, this.log));
+    // NAT rules before the directories (a crash in between leaves the state file for the next cleanup) and the
+    // bridge (a rule never outlives its bridge unless this fails). No state: look if this driver adds rules at all;
+    // cleanupOrphans sweeps rules of vanished bridges anyway.
+    if (state ? state.nat !== false : this.natEnabled) await step(this.nat.remove(state?.bridge ?? l.bridge));
     await step(unmountUnder([l.dir, l.runDir], this.log));
     await step(removeDir(l.dir, this.log));
     await step(removeDir(l.runDir, this.log));
