@@ -20,12 +20,36 @@
 // one shows the limit of inline cache: only the final image's layers travel, so the `deps` stage (not in the final
 // image) is rebuilt even though nothing it depends on changed. run-failed: a RUN that exits non-zero.
 // from-registry-image: FROM an image in the registry. cancelled: SIGINT to the client during a RUN.
+// concurrent-identical-*: two jobs of one pipeline (two leases, one builder) running the same cold multistage build
+// (inline cache, the cache-from and tag of runBuild) at the same moment; -solver is the client whose stream shows
+// the steps, -deduplicated the other one (moby/buildkit#4330): see stepsSolvedElsewhere.
 import * as fs from 'fs';
 import * as path from 'path';
-import { isStepName, parseProgress, ProgressParser } from '../../src/core/build';
+import { isStepName, parseProgress, ProgressParser, stepsSolvedElsewhere } from '../../src/core/build';
 
 const FIXTURES = path.join(__dirname, '../fixtures/progress');
 const fixture = (name: string) => fs.readFileSync(path.join(FIXTURES, `${name}.txt`), 'utf8');
+
+const parser = (text: string) => {
+  const p = new ProgressParser();
+  for (const l of text.split('\n')) p.push(l);
+  return p;
+};
+
+const MULTISTAGE_DOCKERFILE = `FROM scratch AS base
+ADD rootfs.tar /
+
+FROM base AS deps
+RUN echo dependencies > /deps.txt && sleep 1
+
+FROM base AS build
+COPY --from=deps /deps.txt /deps.txt
+COPY app.txt /app.txt
+RUN cat /deps.txt /app.txt > /built.txt && sleep 1
+
+FROM base
+COPY --from=build /built.txt /built.txt
+`;
 
 const MULTI = [
   '[base 1/1] ADD rootfs.tar /',
@@ -47,7 +71,10 @@ describe('parseProgress on recorded builds', () => {
     ['chained-app-changed-fresh-builder', 4, 2, ['[base 1/1] ADD rootfs.tar /', '[deps 1/1] RUN echo dependencies > /deps.txt && sleep 1']],
     ['run-failed', 3, 1, ['[1/3] ADD rootfs.tar /']],
     ['from-registry-image', 3, 0, []],
-    ['cancelled', 2, 1, ['[1/2] ADD rootfs.tar /']]
+    ['cancelled', 2, 1, ['[1/2] ADD rootfs.tar /']],
+    ['concurrent-identical-solver', 6, 0, []],
+    // What the stream shows: no step at all (stepsSolvedElsewhere gives the steps).
+    ['concurrent-identical-deduplicated', 0, 0, []]
   ] as const)('%s: %i steps, %i cached', (name, total, cached, cachedNames) => {
     const p = parseProgress(fixture(name));
     expect(p.totalSteps).toBe(total);
@@ -86,6 +113,69 @@ describe('parseProgress on recorded builds', () => {
     const text = fixture('multistage-cold');
     expect(text).toMatch(/#10 ERROR: .*not found/);
     expect(parseProgress(text).steps.some((s) => s.status === 'error')).toBe(false);
+  });
+});
+
+describe('two identical builds at the same moment on one builder', () => {
+  const solver = fixture('concurrent-identical-solver');
+  const deduplicated = fixture('concurrent-identical-deduplicated');
+
+  test('the deduplicated stream: a successful build with no step, no step name and no step digest', () => {
+    const p = parser(deduplicated);
+    expect(p.vertices().map((v) => v.name)).toEqual([
+      '[internal] load build definition from Dockerfile',
+      '[internal] load .dockerignore',
+      '[auth] sharing credentials for 127.0.0.1:32839',
+      'importing cache manifest from 127.0.0.1:32839/acme/acme/app/cache:main',
+      '[internal] load build context',
+      'exporting to image',
+      'exporting cache'
+    ]);
+    // The same image as the other job's, written by this one's export.
+    const image = /writing image (sha256:[0-9a-f]{64}) done/;
+    expect(image.exec(deduplicated)?.[1]).toBe(image.exec(solver)?.[1]);
+    // None of the other stream's step digests (the vertices differ per client; they were merged by cache key).
+    const stepDigests = [...solver.matchAll(/^#([4-9]) (sha256:[0-9a-f]{64})$/gm)].map((m) => m[2]);
+    expect(stepDigests).toHaveLength(6);
+    for (const d of stepDigests) expect(deduplicated).not.toContain(d);
+    // Six vertex numbers (#6..#11) the client was told of and never printed: the merged steps.
+    expect(p.unseenVertices()).toBe(6);
+    expect(parser(solver).unseenVertices()).toBe(0);
+  });
+
+  test('stepsSolvedElsewhere: the deduplicated job has the steps from the Dockerfile, all cached (reused, not built)', () => {
+    const p = stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE);
+    expect(p).toMatchObject({ totalSteps: 6, cachedSteps: 6 });
+    expect(p!.steps.map((s) => s.name)).toEqual(MULTI);
+    expect(p!.steps.every((s) => s.cached && s.status === 'cached' && s.id === 0)).toBe(true);
+  });
+
+  test('both jobs report the same total, and what they built adds up to one build', () => {
+    const a = parseProgress(solver);
+    const b = stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE)!;
+    expect(b.totalSteps).toBe(a.totalSteps);
+    expect(a.totalSteps - a.cachedSteps + (b.totalSteps - b.cachedSteps)).toBe(a.totalSteps);
+  });
+
+  test('stepsSolvedElsewhere leaves every stream that shows steps, or never heard of an unprinted vertex, alone', () => {
+    for (const name of fs.readdirSync(FIXTURES).map((f) => f.replace(/\.txt$/, ''))) {
+      if (name === 'concurrent-identical-deduplicated') continue;
+      expect([name, stepsSolvedElsewhere(parser(fixture(name)), MULTISTAGE_DOCKERFILE)]).toEqual([name, null]);
+    }
+    // No step and nothing unprinted: a Dockerfile of FROM alone, or a stream that is no BuildKit output.
+    const fromOnly = ['#1 [internal] load build definition from Dockerfile', '#1 DONE 0.0s', '#2 [internal] load metadata for docker.io/library/alpine:3.20', '#2 DONE 0.1s', '#3 exporting to image', '#3 DONE 0.0s'].join('\n');
+    expect(stepsSolvedElsewhere(parser(fromOnly), 'FROM alpine:3.20\n')).toBeNull();
+    expect(stepsSolvedElsewhere(parser(''), MULTISTAGE_DOCKERFILE)).toBeNull();
+  });
+
+  test('stepsSolvedElsewhere without a Dockerfile it can read, or with one of another frontend, changes nothing', () => {
+    expect(stepsSolvedElsewhere(parser(deduplicated), null)).toBeNull();
+    expect(stepsSolvedElsewhere(parser(deduplicated), `# syntax=example.com/other-frontend\n${MULTISTAGE_DOCKERFILE}`)).toBeNull();
+    expect(stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE, { target: 'no-such-stage' })).toBeNull();
+  });
+
+  test('the target and build args of the build decide the steps', () => {
+    expect(stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE, { target: 'deps' })).toMatchObject({ totalSteps: 2, cachedSteps: 2 });
   });
 });
 

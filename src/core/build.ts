@@ -4,10 +4,11 @@ import { promises as fsp } from 'fs';
 import * as path from 'path';
 import type { LeaseMsg } from '../common/proto';
 import { buildArgs, dockerEnv, pushesAfterBuild, type BuildClient, type BuildOptions, type CacheRefs, type ResolvedDocker } from './docker-cli';
+import { dockerfileSteps, type DockerfileStepOptions } from './dockerfile-steps';
 import type { RunnerConfig } from './runner-config';
 
 export interface BuildStep {
-  id: number; // BuildKit's vertex number (#N)
+  id: number; // BuildKit's vertex number (#N); 0 for a step this client's stream never showed (stepsSolvedElsewhere)
   name: string; // e.g. "[build 2/3] RUN make"
   cached: boolean;
   status: 'cached' | 'done' | 'error' | 'canceled' | 'running';
@@ -72,6 +73,15 @@ export class ProgressParser {
     return [...this.byId.values()].map((v) => ({ ...v }));
   }
 
+  /**
+   * Vertices the client was told of but never printed. The client numbers every vertex of the solve as it first
+   * hears of it and prints it once it starts, so a successful build leaves no number unprinted, except for
+   * vertices that ran for another client (stepsSolvedElsewhere).
+   */
+  unseenVertices(): number {
+    return this.byId.size ? Math.max(...this.byId.keys()) - this.byId.size : 0;
+  }
+
   result(): Progress {
     const steps = [...this.byId.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
     return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
@@ -84,6 +94,42 @@ export function parseProgress(text: string): Progress {
   return p.result();
 }
 
+/**
+ * The steps of a successful build whose stream shows none because another client's identical build solved them.
+ *
+ * BuildKit before 0.13 (Docker Engine 20.10 has 0.8) merges an edge into another job's when their cache keys match,
+ * and the merged edge's progress reaches the other job only (moby/buildkit#4330, fixed by #4347). Two jobs building
+ * the same thing at once on one builder: the vertices differ (each job's build context is its own session's), their
+ * cache keys do not, so the second job's whole solve merges into the first one's. Its stream then shows its own
+ * [internal] vertices and "exporting to image", no step at all, and numbers it never prints (the merged vertices),
+ * though its image was built, by the other job. Those steps were reused, not built, by this one: they count as
+ * cached. Which steps they were is not in the stream (no name, no digest), so they come from the Dockerfile.
+ *
+ * Only then: a stream that shows any step is left as it is, and so is one without unprinted vertices (nothing ran
+ * elsewhere) or a Dockerfile whose steps cannot be known (another frontend, a context that is not a directory).
+ */
+export function stepsSolvedElsewhere(parser: ProgressParser, dockerfile: string | null, opts: DockerfileStepOptions = {}): Progress | null {
+  if (parser.result().totalSteps > 0 || parser.unseenVertices() === 0 || dockerfile === null) return null;
+  const expected = dockerfileSteps(dockerfile, opts);
+  if (!expected?.length) return null;
+  const steps: BuildStep[] = expected.map((s) => ({ id: 0, name: s.name, cached: true, status: 'cached' }));
+  return { totalSteps: steps.length, cachedSteps: steps.length, steps };
+}
+
+// The Dockerfile of a build whose context is a local directory; null for a Git or HTTP context, or stdin.
+async function readDockerfile(opts: BuildOptions): Promise<string | null> {
+  if (opts.context === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(opts.context) || /^git@/.test(opts.context)) return null;
+  const candidates = opts.file ? [path.resolve(opts.file)] : [path.join(opts.context, 'Dockerfile'), path.join(opts.context, 'dockerfile')];
+  for (const f of candidates) {
+    try {
+      return await fsp.readFile(f, 'utf8');
+    } catch {
+      // the next name, as docker falls back to a lower-case dockerfile
+    }
+  }
+  return null;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 
 export interface BuildResult {
@@ -93,6 +139,9 @@ export interface BuildResult {
   totalSteps: number;
   cachedSteps: number;
   cacheRatio: number; // cachedSteps / totalSteps, 0 when there are no steps
+  // 'dockerfile': the stream showed no step because another job's identical build solved them; they are counted
+  // from the Dockerfile, all cached (stepsSolvedElsewhere).
+  stepsFrom: 'progress' | 'dockerfile';
   digest?: string; // of the pushed image
   imageId?: string;
   steps: BuildStep[];
@@ -188,6 +237,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   const pushed: string[] = [];
   let cacheExported = false;
   let digest: string | undefined;
+  let solvedElsewhere: Progress | null = null;
   const emit = (line: string) => {
     tail.push(line);
     if (tail.length > TAIL) tail.shift();
@@ -204,7 +254,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     process.on('SIGTERM', onAbort);
   }
   const finish = (status: BuildResult['status'], exitCode: number | null, extra: Partial<BuildResult> = {}): BuildResult => {
-    const p = parser.result();
+    const p = solvedElsewhere ?? parser.result();
     return {
       status,
       exitCode,
@@ -212,6 +262,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       totalSteps: p.totalSteps,
       cachedSteps: p.cachedSteps,
       cacheRatio: p.totalSteps ? p.cachedSteps / p.totalSteps : 0,
+      stepsFrom: solvedElsewhere ? 'dockerfile' : 'progress',
       digest,
       steps: p.steps,
       cacheExported,
@@ -232,6 +283,9 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     const canceledStep = progress.steps.some((s) => s.status === 'canceled') && !progress.steps.some((s) => s.status === 'error');
     if (controller.signal.aborted || built.signal || (built.code !== 0 && canceledStep)) return finish('cancelled', built.code);
     if (built.code !== 0) return finish('failure', built.code);
+    if (progress.totalSteps === 0 && parser.unseenVertices() > 0) {
+      solvedElsewhere = stepsSolvedElsewhere(parser, await readDockerfile(opts), { target: opts.target, buildArgs: opts.buildArgs, platforms: opts.platforms });
+    }
 
     let imageId: string | undefined;
     if (docker.buildx) {

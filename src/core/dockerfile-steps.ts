@@ -1,0 +1,272 @@
+// The build steps a Dockerfile gives for a target, read from its text alone: what BuildKit's Dockerfile frontend
+// would show as "[stage N/M] INSTR" vertices. Used when the progress stream shows none although the build ran
+// (see stepsSolvedElsewhere in build.ts). Pure: no file system, no daemon.
+//
+// Follows dockerfile2llb (BuildKit 0.8, the one in Docker Engine 20.10): a stage's steps are its ADD, COPY, RUN
+// and WORKDIR; FROM is never a step (as in isStepName); only the target stage and the stages it reaches through
+// `FROM <stage>`, `COPY --from=<stage|index>` and `RUN --mount=...,from=<stage|index>` are built; an unnamed stage
+// is "stage-<index>", and a Dockerfile of one stage has no stage name in its step names.
+import { createHash } from 'crypto';
+
+export interface DockerfileStepOptions {
+  target?: string;
+  buildArgs?: Record<string, string>;
+  platforms?: string[]; // a multi-platform build runs every step once per platform
+}
+
+export interface DockerfileStep {
+  stage: string; // stage name, or stage-<index> for an unnamed one
+  platform?: string; // only for multi-platform builds
+  name: string; // as BuildKit names the vertex: "[build 2/3] COPY app.txt /app.txt"
+}
+
+interface Instruction {
+  keyword: string; // upper case
+  rest: string; // the arguments, continuation lines joined
+}
+
+interface Stage {
+  index: number;
+  name: string; // lower case; '' when unnamed
+  base: string; // FROM's image or stage, args expanded
+  from: string; // the whole FROM but its AS name (flags included), args expanded
+  instructions: Instruction[];
+  deps: Set<number>;
+  refs: Map<Instruction, Ref[]>; // --from / mount from= of an instruction
+}
+
+interface Ref {
+  ref: string;
+  byIndex: boolean; // COPY --from=0 names the first stage; RUN --mount=from=0 an image called 0
+}
+
+const STEPS = new Set(['ADD', 'COPY', 'RUN', 'WORKDIR']);
+// Image config only: no operation of a later step changes with them.
+const METADATA = new Set(['CMD', 'ENTRYPOINT', 'EXPOSE', 'HEALTHCHECK', 'LABEL', 'MAINTAINER', 'ONBUILD', 'STOPSIGNAL', 'VOLUME']);
+
+// A `# syntax=` directive naming another frontend than Docker's own Dockerfile frontend: its steps are unknown.
+const DOCKERFILE_FRONTEND = /^(?:(?:docker\.io\/)?docker\/dockerfile(?:-upstream)?)(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?$/;
+
+function directives(lines: string[]): { escape: string; syntax: string } {
+  let escape = '\\';
+  let syntax = '';
+  for (const line of lines) {
+    const m = /^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$/.exec(line);
+    if (!m) break; // directives end at the first line that is not one (a blank line, a comment, an instruction)
+    const key = m[1].toLowerCase();
+    if (key === 'escape' && (m[2] === '`' || m[2] === '\\')) escape = m[2];
+    else if (key === 'syntax') syntax = m[2];
+  }
+  return { escape, syntax };
+}
+
+// Heredoc openers of `RUN <<EOF`, `COPY <<-"EOF" /dst`: the words whose end lines close them, in order.
+function heredocs(text: string): { word: string; strip: boolean }[] {
+  const out: { word: string; strip: boolean }[] = [];
+  for (const m of text.matchAll(/<<(-?)(["']?)([A-Za-z_][A-Za-z0-9_]*)\2/g)) out.push({ word: m[3], strip: m[1] === '-' });
+  return out;
+}
+
+export function parseInstructions(text: string): { instructions: Instruction[]; syntax: string } {
+  const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
+  const { escape, syntax } = directives(lines);
+  const out: Instruction[] = [];
+  let i = 0;
+  while (i < lines.length) {
+    const first = lines[i++];
+    if (/^\s*(#|$)/.test(first)) continue;
+    let logical = '';
+    let line = first;
+    for (;;) {
+      const trimmed = line.replace(/\s+$/, '');
+      if (trimmed.endsWith(escape) && i <= lines.length) {
+        logical += trimmed.slice(0, -1);
+        // Comment and blank lines inside a continuation are dropped, as BuildKit's parser does.
+        while (i < lines.length && /^\s*(#|$)/.test(lines[i])) i++;
+        if (i >= lines.length) break;
+        line = lines[i++];
+        continue;
+      }
+      logical += line;
+      break;
+    }
+    const m = /^\s*([A-Za-z]+)(?:\s+([\s\S]*))?$/.exec(logical);
+    if (!m) continue;
+    const keyword = m[1].toUpperCase();
+    const rest = (m[2] ?? '').trim();
+    if (keyword === 'RUN' || keyword === 'COPY' || keyword === 'ADD') {
+      // Heredoc bodies are the instruction's, not instructions. Without a closing line it was no heredoc (a
+      // frontend without heredocs, `<<` in a shell line): nothing is skipped then.
+      for (const h of heredocs(rest)) {
+        let end = i;
+        while (end < lines.length && (h.strip ? lines[end].replace(/^\t+/, '') : lines[end]) !== h.word) end++;
+        if (end < lines.length) i = end + 1;
+      }
+    }
+    out.push({ keyword, rest });
+  }
+  return { instructions: out, syntax };
+}
+
+// ${VAR}, $VAR, ${VAR:-default}, ${VAR:+alt}; unknown variables expand to '' as in BuildKit.
+function expand(word: string, vars: Record<string, string>): string {
+  return word.replace(/\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))/g, (_all, braced, op, arg, bare) => {
+    const name = braced ?? bare;
+    const set = Object.prototype.hasOwnProperty.call(vars, name) && vars[name] !== '';
+    if (op === '-') return set ? vars[name] : arg;
+    if (op === '+') return set ? arg : '';
+    return vars[name] ?? '';
+  });
+}
+
+// The leading --flag[=value] options of COPY, ADD and RUN.
+function flags(rest: string): { name: string; value: string }[] {
+  const out: { name: string; value: string }[] = [];
+  for (const tok of rest.split(/\s+/)) {
+    const m = /^--([A-Za-z-]+)(?:=(.*))?$/.exec(tok);
+    if (!m) break;
+    out.push({ name: m[1].toLowerCase(), value: m[2] ?? '' });
+  }
+  return out;
+}
+
+function mountFrom(value: string): string | undefined {
+  for (const field of value.split(',')) {
+    const [k, v] = field.split('=');
+    if (k.trim().toLowerCase() === 'from' && v) return v.trim().replace(/^["']|["']$/g, '');
+  }
+  return undefined;
+}
+
+/** The steps BuildKit would run for the target, in stage order; null when they cannot be known from the text. */
+export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}): DockerfileStep[] | null {
+  const { instructions, syntax } = parseInstructions(text);
+  if (syntax && !DOCKERFILE_FRONTEND.test(syntax.toLowerCase())) return null;
+
+  // ARGs before the first FROM are the meta args FROM lines (and --from values) are expanded with.
+  const meta: Record<string, string> = {};
+  const buildArgs = opts.buildArgs ?? {};
+  const stages: Stage[] = [];
+  for (const ins of instructions) {
+    if (ins.keyword === 'FROM') {
+      const all = ins.rest.split(/\s+/).filter(Boolean);
+      const words = all.filter((w) => !w.startsWith('--'));
+      const base = expand(words[0] ?? '', meta);
+      const name = words.length >= 3 && words[1].toLowerCase() === 'as' ? words[2].toLowerCase() : '';
+      const from = expand(all.filter((w) => w.startsWith('--')).concat(base).join(' '), meta);
+      stages.push({ index: stages.length, name, base, from, instructions: [], deps: new Set(), refs: new Map() });
+    } else if (stages.length === 0) {
+      if (ins.keyword !== 'ARG') continue;
+      for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+        const eq = decl.indexOf('=');
+        const key = eq < 0 ? decl : decl.slice(0, eq);
+        const dflt = eq < 0 ? undefined : expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), meta);
+        if (key in buildArgs) meta[key] = buildArgs[key];
+        else if (dflt !== undefined) meta[key] = dflt;
+      }
+    } else {
+      stages[stages.length - 1].instructions.push(ins);
+    }
+  }
+  if (stages.length === 0) return null; // not a Dockerfile BuildKit would build
+
+  const find = ({ ref, byIndex }: Ref, from: number): Stage | undefined => {
+    const r = expand(ref, meta).toLowerCase();
+    if (byIndex && /^\d+$/.test(r)) return Number(r) < stages.length ? stages[Number(r)] : undefined;
+    return stages.find((s) => s.name === r && s.index !== from);
+  };
+  // Images named by COPY --from / RUN --mount from: BuildKit adds each as a state of its own, which makes a
+  // one-stage Dockerfile a multi-state one as far as step names go.
+  const images = new Set<string>();
+  const baseStage = new Map<number, Stage>();
+  for (const s of stages) {
+    const b = stages.slice(0, s.index).find((x) => x.name !== '' && x.name === s.base.toLowerCase());
+    if (b) {
+      s.deps.add(b.index);
+      baseStage.set(s.index, b);
+    }
+    for (const ins of s.instructions) {
+      const refs: Ref[] = [];
+      for (const f of flags(ins.rest)) {
+        if (f.name === 'from' && (ins.keyword === 'COPY' || ins.keyword === 'ADD')) refs.push({ ref: f.value, byIndex: true });
+        if (f.name === 'mount' && ins.keyword === 'RUN') {
+          const from = mountFrom(f.value);
+          if (from) refs.push({ ref: from, byIndex: false }); // a mount's from= is a stage name or an image, no index
+        }
+      }
+      s.refs.set(ins, refs);
+      for (const r of refs) {
+        const dep = find(r, s.index);
+        if (dep) s.deps.add(dep.index);
+        else images.add(expand(r.ref, meta));
+      }
+    }
+  }
+
+  let target: Stage | undefined = stages[stages.length - 1];
+  if (opts.target) target = stages.find((s) => s.name === opts.target!.toLowerCase());
+  if (!target) return null; // docker fails the build: "target stage ... could not be found"
+  const reachable = new Set<number>();
+  const visit = (s: Stage) => {
+    if (reachable.has(s.index)) return;
+    reachable.add(s.index);
+    for (const d of s.deps) visit(stages[d]);
+  };
+  visit(target);
+
+  // One vertex per distinct operation: a step that is the same operation on the same input as an earlier one (the
+  // same RUN in two stages FROM one base) is one vertex, run and shown once (moby/buildkit#1417). A step's key is
+  // its instruction over the key of the state it runs on; ENV, ARG, USER, SHELL change later operations, so they
+  // are part of it too.
+  const stageKeys = new Map<number, string>();
+  const stepKeys = new Map<Instruction, string>();
+  const hash = (s: string) => createHash('sha256').update(s).digest('hex');
+  const keyOf = (s: Stage, path: Set<number>): string => {
+    const known = stageKeys.get(s.index);
+    if (known !== undefined) return known;
+    if (path.has(s.index)) return `cycle ${s.index}`; // docker refuses it; any key will do
+    path.add(s.index);
+    const b = baseStage.get(s.index);
+    let key = b ? keyOf(b, path) : hash(`FROM ${s.from}`);
+    for (const ins of s.instructions) {
+      if (METADATA.has(ins.keyword)) continue;
+      const inputs = (s.refs.get(ins) ?? []).map((r) => {
+        const dep = find(r, s.index);
+        return dep ? keyOf(dep, path) : `image ${expand(r.ref, meta)}`;
+      });
+      key = hash(`${key}\n${ins.keyword} ${ins.rest}\n${inputs.join('\n')}`);
+      if (STEPS.has(ins.keyword)) stepKeys.set(ins, key);
+    }
+    path.delete(s.index);
+    stageKeys.set(s.index, key);
+    return key;
+  };
+  for (const s of stages) keyOf(s, new Set());
+
+  const named = stages.length + images.size > 1;
+  const platforms = (opts.platforms ?? []).length > 1 ? opts.platforms! : [undefined];
+  const out: DockerfileStep[] = [];
+  for (const platform of platforms) {
+    const shown = new Map<string, DockerfileStep>();
+    for (const s of stages) {
+      if (!reachable.has(s.index)) continue;
+      const steps = s.instructions.filter((ins) => STEPS.has(ins.keyword));
+      // FROM an image is step 1 of M in the names (FROM scratch and FROM <stage> are not), though never counted.
+      const fromImage = s.base.toLowerCase() !== 'scratch' && !baseStage.has(s.index) ? 1 : 0;
+      const total = steps.length + fromImage;
+      const stage = s.name || `stage-${s.index}`;
+      const prefix = [platform, named ? stage : undefined].filter(Boolean).join(' ');
+      steps.forEach((ins, k) => {
+        const key = stepKeys.get(ins)!;
+        const name = `[${prefix ? `${prefix} ` : ''}${k + 1 + fromImage}/${total}] ${ins.keyword} ${ins.rest}`;
+        const step: DockerfileStep = { stage, ...(platform ? { platform } : {}), name };
+        const same = shown.get(key);
+        // One vertex, shown under the name of the last stage that has it (its name is set once per step).
+        if (same) return Object.assign(same, step);
+        shown.set(key, step);
+        out.push(step);
+      });
+    }
+  }
+  return out;
+}
