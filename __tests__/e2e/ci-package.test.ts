@@ -1,0 +1,29 @@
+// The package the GitLab component and the CircleCI orb run by default (`npx --yes @buildcloud/ci@VERSION`): packed
+// from dist/cli.js with no dependencies, installed by npx into an empty home and run from there.
+import { execFileSync, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { ROOT } from '../helpers/server';
+
+test('the CI package has the CLI and nothing else, and npx runs it with no dependencies', () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-cipkg-'));
+  const tgz = execFileSync(process.execPath, [path.join(ROOT, 'scripts/pack-ci-package.mjs'), out], { encoding: 'utf8' }).trim();
+  const files = execFileSync('tar', ['tzf', tgz], { encoding: 'utf8' }).trim().split('\n').sort();
+  expect(files).toEqual(['package/README.md', 'package/bin/buildcloud.js', 'package/package.json']);
+  const pkg = JSON.parse(execFileSync('tar', ['xzOf', tgz, 'package/package.json'], { encoding: 'utf8' }));
+  expect(pkg).toMatchObject({ name: '@buildcloud/ci', bin: { buildcloud: 'bin/buildcloud.js' } });
+  expect(pkg.dependencies).toBeUndefined();
+
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-cipkg-home-'));
+  const env = { PATH: `${path.dirname(process.execPath)}:/usr/bin:/bin`, HOME: home, npm_config_cache: path.join(home, '.npm') };
+  const r = spawnSync('npx', ['--yes', `file:${tgz}`, 'setup', '--help'], { cwd: home, env, encoding: 'utf8' });
+  expect(r.stderr).not.toMatch(/ERR!/);
+  expect(r.status).toBe(0);
+  expect(r.stdout).toMatch(/--endpoint <value>/);
+  expect(r.stdout).toMatch(/BUILDCLOUD_TOKEN/);
+  // npx installed the package alone: no dependency came with it.
+  const npx = path.join(home, '.npm', '_npx');
+  const installed = fs.readdirSync(npx).flatMap((h) => fs.readdirSync(path.join(npx, h, 'node_modules')).filter((n) => !n.startsWith('.')));
+  expect(installed).toEqual(['@buildcloud']);
+});

@@ -1,0 +1,35 @@
+// Makes the npm package the GitLab component and the CircleCI orb run by default (`npx --yes @buildcloud/ci@VERSION`):
+// the bundled CLI and nothing else, no dependencies, so a runner needs only Node.js and a docker client.
+// Usage: node scripts/pack-ci-package.mjs [OUT_DIR]  → prints the path of the .tgz (publish it with npm publish).
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+const root = resolve(new URL('..', import.meta.url).pathname);
+const out = resolve(process.argv[2] || mkdtempSync(join(tmpdir(), 'buildcloud-ci-pkg-')));
+const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
+const dir = mkdtempSync(join(tmpdir(), 'buildcloud-ci-src-'));
+mkdirSync(join(dir, 'bin'));
+copyFileSync(join(root, 'dist/cli.js'), join(dir, 'bin/buildcloud.js'));
+chmodSync(join(dir, 'bin/buildcloud.js'), 0o755);
+writeFileSync(
+  join(dir, 'package.json'),
+  JSON.stringify(
+    {
+      name: '@buildcloud/ci',
+      version,
+      description: 'The Build Cloud CLI for CI jobs (setup, build, report): no dependencies, Node.js 20+ and a docker client.',
+      license: 'Apache-2.0',
+      bin: { buildcloud: 'bin/buildcloud.js' }, // one bin: `npx @buildcloud/ci ARGS` runs it
+      files: ['bin/'],
+      engines: { node: '>=20' }
+    },
+    null,
+    2
+  ) + '\n'
+);
+writeFileSync(join(dir, 'README.md'), '# @buildcloud/ci\n\nThe `buildcloud` command for CI jobs: `setup`, `build`, `report`. See the Build Cloud repository README.\n');
+mkdirSync(out, { recursive: true });
+const file = execFileSync('npm', ['pack', '--silent', '--pack-destination', out], { cwd: dir, encoding: 'utf8' }).trim().split('\n').pop();
+process.stdout.write(join(out, file) + '\n');
