@@ -7,8 +7,9 @@ import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
 import { services, type LeaseMsg } from '../../src/common/proto';
 
-// Bundled runs (bench/) set BUILDCLOUD_ROOT, since __dirname is then a temp dir.
-export const ROOT = process.env.BUILDCLOUD_ROOT || path.resolve(__dirname, '../..');
+import { ROOT } from '../../src/demo/github-runner';
+
+export { ROOT };
 export const CLI = path.join(ROOT, 'dist/cli.js');
 
 export interface ServerProcess {

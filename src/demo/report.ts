@@ -1,6 +1,7 @@
 // The demo's report: per pipeline which builder served which job, per build the steps cached against the steps the
 // code change left untouched, minutes billed, the bucket left and the north-star share. Text for the terminal, and
 // a self-contained HTML page with charts (inline SVG, no scripts, no external assets).
+import { dockerfileSteps } from '../core/dockerfile-steps';
 
 export interface JobOutcome {
   ci: string;
@@ -28,34 +29,13 @@ export interface DemoUsage {
   pipelineMinutes: Record<string, number>;
 }
 
-const STEP = /^(RUN|COPY|ADD|WORKDIR)\b/i;
-
-// Steps of a target's stage chain before the first COPY of the changed path: what a code change cannot invalidate.
+// Steps of a target, in build order, before the first COPY/ADD of the changed path: what a code change cannot
+// invalidate. The steps come from the same Dockerfile reader that counts steps for merged builds.
 export function untouchedSteps(dockerfile: string, target: string, changedPrefix: string): number {
-  const stages = new Map<string, { parent: string; steps: string[] }>();
-  let current: { parent: string; steps: string[] } | null = null;
-  for (const raw of dockerfile.split('\n')) {
-    const line = raw.trim();
-    if (!line || line.startsWith('#')) continue;
-    const from = /^FROM\s+(\S+)(?:\s+AS\s+(\S+))?/i.exec(line);
-    if (from) {
-      current = { parent: from[1], steps: [] };
-      stages.set((from[2] ?? `#${stages.size}`).toLowerCase(), current);
-    } else if (current && STEP.test(line)) current.steps.push(line);
-  }
-  const chain: string[][] = [];
-  let name = target.toLowerCase();
-  while (stages.has(name)) {
-    const s = stages.get(name)!;
-    chain.unshift(s.steps);
-    name = s.parent.toLowerCase();
-  }
-  let n = 0;
-  for (const step of chain.flat()) {
-    if (new RegExp(`^(COPY|ADD)\\s+(--\\S+\\s+)*${changedPrefix.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`, 'i').test(step)) return n;
-    n++;
-  }
-  return n;
+  const steps = dockerfileSteps(dockerfile, { target }) ?? [];
+  const copiesChange = new RegExp(`\\] (COPY|ADD)\\s+(--\\S+\\s+)*${changedPrefix.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`, 'i');
+  const i = steps.findIndex((s) => copiesChange.test(s.name));
+  return i < 0 ? steps.length : i;
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;

@@ -73,7 +73,7 @@ export function hashToken(token: string): string {
 }
 
 // Compares digests, not the strings: equal lengths for timingSafeEqual and no length leak.
-function sameSecret(a: string, b: string): boolean {
+export function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 

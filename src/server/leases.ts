@@ -1,6 +1,7 @@
 // Leases: a job's hold on one builder per platform. Provision, release, get, reaping of abandoned leases,
 // and billing from the control plane's own lease records (per second, no minimum).
-import { createHash, randomBytes, timingSafeEqual } from 'crypto';
+import { randomBytes } from 'crypto';
+import { hashToken, sameSecret } from './auth';
 import type { Logger } from '../common/log';
 import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
 import type { LeaseEndReason, LeaseRow, Store } from './store/store';
@@ -144,7 +145,7 @@ export class LeaseManager {
       actor: identity.actor,
       certFingerprint: cert.fingerprint,
       registryUser: leaseId,
-      registryPasswordHash: sha256(registryPassword),
+      registryPasswordHash: hashToken(registryPassword),
       createdAt: now,
       lastActiveAt: now,
       endedAt: null,
@@ -188,7 +189,7 @@ export class LeaseManager {
   // A fork's pull request reads the org cache but never writes it.
   async registryPrincipal(username: string, password: string): Promise<{ org: string; readOnly: boolean } | null> {
     const l = this.live.get(username);
-    if (!l || !safeEqual(l.row.registryPasswordHash, sha256(password))) return null;
+    if (!l || !sameSecret(l.row.registryPasswordHash, hashToken(password))) return null;
     return { org: l.row.org, readOnly: Boolean(l.row.identity.fork) };
   }
 
@@ -282,13 +283,6 @@ export class LeaseManager {
   }
 }
 
-export function sha256(s: string): string {
-  return createHash('sha256').update(s).digest('hex');
-}
-
-function safeEqual(a: string, b: string): boolean {
-  return a.length === b.length && timingSafeEqual(Buffer.from(a), Buffer.from(b));
-}
 
 export function checkOrgMatch(principalOrg: string, requested: string): string {
   if (requested && requested !== principalOrg) {
