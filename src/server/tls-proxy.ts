@@ -1,11 +1,16 @@
-// The builder's network face: a mutual-TLS listener that pipes raw bytes to the engine's unix socket.
+// The builder's network face: a mutual-TLS listener in front of the engine's unix socket that admits only the
+// Docker Engine API calls a build client needs (engine-api-policy.ts) and forwards them request by request.
 // All leases share one CA, so "signed by the CA" is not enough: a connection is kept only if its client cert's
-// fingerprint is currently allowed on *this* builder. Raw piping keeps HTTP upgrades (/session, /grpc) working.
+// fingerprint is currently allowed on *this* builder. BuildKit's upgraded streams (/session, /grpc) are piped as
+// raw bytes once the engine has answered 101; nothing is ever buffered whole.
 import { createHash } from 'node:crypto';
+import * as http from 'node:http';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type { Logger } from '../common/log';
 import { silentLogger } from '../common/log';
+import { checkEngineRequest } from './engine-api-policy';
 import type { CertPair } from './pki';
 
 export interface TlsProxyOptions {
@@ -22,28 +27,35 @@ export interface TlsProxyOptions {
 interface Conn {
   fingerprint: string;
   client: tls.TLSSocket;
-  upstream: net.Socket;
+  // What this connection opened towards the engine: requests in flight and upgraded streams.
+  upstream: Set<http.ClientRequest | Duplex>;
 }
 
 const ACTIVITY_INTERVAL_MS = 1000;
 const HANDSHAKE_TIMEOUT_MS = 10_000;
 // Detects clients that vanished (CI runner killed) without a FIN, so their connections stop counting as active.
 const KEEPALIVE_MS = 30_000;
-// How long a client may keep its side open after the engine closed the connection.
-const LINGER_MS = 10_000;
 // How long a refused client gets to send its request and read the 403.
 const REFUSAL_TIMEOUT_MS = 5_000;
+// docker sends every registry credential of the user's config in X-Registry-Config with a build; Go's servers
+// (the engine's too) accept 1 MiB of headers, Node 16 KiB by default.
+const MAX_HEADER_BYTES = 1 << 20;
 const REFUSAL =
   'buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)';
+// Connection-level headers of one hop (RFC 9110 7.6.1): each side of the proxy frames its own messages.
+const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
 
 export class BuilderTlsProxy {
   private readonly opts: TlsProxyOptions;
   private readonly log: Logger;
   private readonly allowed = new Set<string>();
   private readonly conns = new Set<Conn>();
+  private readonly bySocket = new WeakMap<object, Conn>();
   private readonly rawSockets = new Set<net.Socket>();
   private readonly lastActivity = new Map<string, number>();
   private readonly server: tls.Server;
+  // Never listens: admitted TLS connections are handed to it, so Node's HTTP parser frames every request.
+  private readonly http: http.Server;
   private port = 0;
   private listening = false;
   private closed = false;
@@ -59,7 +71,6 @@ export class BuilderTlsProxy {
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
-      // docker's hijacked streams (attach, BuildKit session) close their write side and keep reading.
       allowHalfOpen: true,
     });
     this.server.on('connection', (raw: net.Socket) => {
@@ -75,6 +86,15 @@ export class BuilderTlsProxy {
       sock.destroy();
     });
     this.server.on('error', (err) => this.log.error({ err: err.message }, 'builder TLS listener error'));
+
+    // requestTimeout 0: a request body may legitimately stream for as long as a build context upload takes.
+    this.http = http.createServer({ maxHeaderSize: MAX_HEADER_BYTES, requestTimeout: 0, keepAliveTimeout: 30_000 }, (req, res) => this.onRequest(req, res));
+    this.http.on('upgrade', (req: http.IncomingMessage, sock: Duplex, head: Buffer) => this.onUpgrade(req, sock, head));
+    this.http.on('clientError', (err: NodeJS.ErrnoException, sock: Duplex) => {
+      this.log.debug({ err: err.message, code: err.code }, 'malformed request on a builder connection');
+      if (sock.writable && !(sock as net.Socket).destroyed) sock.end(rawResponse(400, 'Bad Request', 'buildcloud: malformed HTTP request'));
+      else sock.destroy();
+    });
   }
 
   get address(): string {
@@ -140,51 +160,128 @@ export class BuilderTlsProxy {
       this.refuse(client);
       return;
     }
-    const upstream = net.createConnection({ path: this.opts.socketPath, allowHalfOpen: true });
-    const conn: Conn = { fingerprint, client, upstream };
+    const conn: Conn = { fingerprint, client, upstream: new Set() };
     this.conns.add(conn);
-    upstream.on('error', (err) => {
-      this.log.warn({ err: err.message }, 'builder engine connection error');
-      this.drop(conn);
-    });
-    client.on('error', () => this.drop(conn));
-    // The client is gone: nothing the engine still sends can be delivered.
+    this.bySocket.set(client, conn);
     client.once('close', () => this.drop(conn));
-    // The engine is done: let the client drain what is still buffered (destroy would drop it), then let go.
-    upstream.once('close', () => {
-      if (!this.conns.has(conn)) return;
-      client.end();
-      setTimeout(() => this.drop(conn), LINGER_MS).unref();
-    });
-
     this.touch(fingerprint, true);
-    const onData = (): void => this.touch(fingerprint, false);
-    client.on('data', onData);
-    upstream.on('data', onData);
-    // pipe() forwards end() (half-close) in each direction and handles backpressure.
-    client.pipe(upstream);
-    upstream.pipe(client);
+    this.http.emit('connection', client);
+  }
+
+  private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const conn = this.bySocket.get(req.socket);
+    if (!conn) {
+      req.socket.destroy();
+      return;
+    }
+    this.touch(conn.fingerprint, false);
+    const decision = checkEngineRequest({ method: req.method ?? '', url: req.url ?? '' });
+    if (!decision.allowed) {
+      this.log.warn({ fingerprint: conn.fingerprint.slice(0, 16), method: req.method, path: pathOf(req.url) }, 'engine API call refused');
+      // The request's body (if any) is read and dropped so the connection stays usable for the next request.
+      req.resume();
+      sendJson(res, decision.status, decision.message);
+      return;
+    }
+    const up = http.request({ socketPath: this.opts.socketPath, method: req.method, path: req.url, headers: forwardHeaders(req), agent: false });
+    conn.upstream.add(up);
+    up.on('response', (upRes) => {
+      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardHeaders(upRes));
+      // A build streams its progress: send each piece as the engine writes it.
+      res.flushHeaders();
+      upRes.on('data', () => this.touch(conn.fingerprint, false));
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+    });
+    up.on('error', (err) => {
+      this.log.warn({ err: err.message }, 'builder engine connection error');
+      if (!res.headersSent) sendJson(res, 502, "buildcloud: the builder's engine is not answering");
+      else res.destroy();
+    });
+    up.on('close', () => conn.upstream.delete(up));
+    // The client went away before the engine finished (Ctrl-C on a build): the engine must see it go too.
+    res.on('close', () => {
+      if (!res.writableFinished) up.destroy();
+    });
+    req.on('data', () => this.touch(conn.fingerprint, false));
+    if (hasBody(req)) req.pipe(up);
+    else {
+      req.resume();
+      up.end();
+    }
+  }
+
+  // BuildKit's /session and /grpc: forwarded as an HTTP upgrade; once the engine switches protocols the two
+  // streams are piped as they are. Anything the engine does not answer with 101 ends the connection, so no
+  // later request on it can pass unchecked.
+  private onUpgrade(req: http.IncomingMessage, sock: Duplex, head: Buffer): void {
+    const conn = this.bySocket.get(req.socket);
+    if (!conn) {
+      sock.destroy();
+      return;
+    }
+    sock.on('error', () => this.drop(conn));
+    const decision = checkEngineRequest({ method: req.method ?? '', url: req.url ?? '' });
+    const upgradable = decision.allowed && (decision.route === 'session' || decision.route === 'grpc');
+    if (!upgradable) {
+      const status = decision.allowed ? 403 : decision.status;
+      const message = decision.allowed ? `buildcloud: ${req.method} ${pathOf(req.url)} cannot be upgraded on a remote builder.` : decision.message;
+      this.log.warn({ fingerprint: conn.fingerprint.slice(0, 16), method: req.method, path: pathOf(req.url) }, 'engine API upgrade refused');
+      sock.end(rawResponse(status, 'Forbidden', message));
+      return;
+    }
+    this.touch(conn.fingerprint, false);
+    const headers = forwardHeaders(req);
+    headers.push('Connection', 'Upgrade', 'Upgrade', String(req.headers.upgrade ?? ''));
+    const up = http.request({ socketPath: this.opts.socketPath, method: req.method, path: req.url, headers, agent: false });
+    conn.upstream.add(up);
+    up.on('upgrade', (upRes, upSock, upHead) => {
+      conn.upstream.add(upSock);
+      upSock.on('close', () => {
+        conn.upstream.delete(upSock);
+        sock.destroy();
+      });
+      upSock.on('error', () => sock.destroy());
+      sock.on('close', () => upSock.destroy());
+      sock.write(`HTTP/1.1 101 ${upRes.statusMessage || 'Switching Protocols'}\r\n${rawHeaderLines(upRes.rawHeaders)}\r\n`);
+      if (upHead.length) sock.write(upHead);
+      if (head.length) upSock.write(head);
+      const onData = (): void => this.touch(conn.fingerprint, false);
+      sock.on('data', onData);
+      upSock.on('data', onData);
+      sock.pipe(upSock);
+      upSock.pipe(sock);
+    });
+    up.on('response', (upRes) => {
+      // Not switched: pass the engine's answer on, then close.
+      const lines = rawHeaderLines(upRes.rawHeaders.filter((_, i, a) => !HOP_BY_HOP.has(String(a[i - (i % 2)]).toLowerCase())));
+      sock.write(`HTTP/1.1 ${upRes.statusCode} ${upRes.statusMessage ?? ''}\r\n${lines}Connection: close\r\n\r\n`);
+      upRes.pipe(sock);
+    });
+    up.on('error', (err) => {
+      this.log.warn({ err: err.message }, 'builder engine connection error');
+      sock.end(rawResponse(502, 'Bad Gateway', "buildcloud: the builder's engine is not answering"));
+    });
+    up.on('close', () => conn.upstream.delete(up));
+    up.end();
   }
 
   // A bare close shows up in the docker CLI as "error during connect: ... EOF". Answering the first request with
   // a 403 makes it print "Error response from daemon: <why>" instead. Nothing reaches the engine either way.
   private refuse(client: tls.TLSSocket): void {
-    const body = JSON.stringify({ message: REFUSAL });
-    const response =
-      'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\n' +
-      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
     const kill = setTimeout(() => client.destroy(), REFUSAL_TIMEOUT_MS);
     kill.unref();
     client.once('close', () => clearTimeout(kill));
     client.once('end', () => client.destroy());
     // Wait for the request: a response before it is "unsolicited" to Go's HTTP client, which then reports EOF.
-    client.once('data', () => client.end(response)); // further bytes are discarded: the stream stays flowing
+    client.once('data', () => client.end(rawResponse(403, 'Forbidden', REFUSAL))); // later bytes are discarded
   }
 
   private drop(conn: Conn): void {
     if (!this.conns.delete(conn)) return;
     conn.client.destroy();
-    conn.upstream.destroy();
+    for (const u of conn.upstream) u.destroy();
+    conn.upstream.clear();
   }
 
   private touch(fingerprint: string, force: boolean): void {
@@ -205,4 +302,42 @@ export class BuilderTlsProxy {
 // Accepts Node's "AB:CD:..." form too, so callers may pass either.
 function normalise(fp: string): string {
   return fp.replace(/:/g, '').toLowerCase();
+}
+
+function pathOf(url: string | undefined): string {
+  return String(url ?? '').split('?')[0].slice(0, 200);
+}
+
+// A request has a body only when it says so (RFC 9112 6.3); then its own framing is kept towards the engine, so
+// what the engine reads as one request is exactly what the policy checked.
+function hasBody(req: http.IncomingMessage): boolean {
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+}
+
+// rawHeaders (name, value, name, value, ...) without the hop-by-hop ones; a chunked request body stays chunked.
+function forwardHeaders(msg: http.IncomingMessage): string[] {
+  const out: string[] = [];
+  const raw = msg.rawHeaders;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (!HOP_BY_HOP.has(raw[i].toLowerCase())) out.push(raw[i], raw[i + 1]);
+  }
+  if (msg instanceof http.IncomingMessage && msg.method && msg.headers['transfer-encoding'] !== undefined) out.push('Transfer-Encoding', 'chunked');
+  return out;
+}
+
+function rawHeaderLines(raw: string[]): string {
+  let s = '';
+  for (let i = 0; i + 1 < raw.length; i += 2) s += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  return s;
+}
+
+function sendJson(res: http.ServerResponse, status: number, message: string): void {
+  const body = JSON.stringify({ message });
+  res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+function rawResponse(status: number, reason: string, message: string): string {
+  const body = JSON.stringify({ message });
+  return `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }
