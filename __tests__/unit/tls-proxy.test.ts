@@ -189,7 +189,7 @@ describe('BuilderTlsProxy', () => {
     const body = JSON.stringify({ Image: 'x', HostConfig: { Binds: ['/:/host'], Privileged: true } });
     const run = await exchange(sock, `POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`, /\}$/);
     expect(run).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
-    expect(JSON.parse(run.slice(run.indexOf('\r\n\r\n') + 4)).message).toMatch(/`docker run` .* not available on a remote builder; use `load: true`/);
+    expect(JSON.parse(run.slice(run.indexOf('\r\n\r\n') + 4)).message).toMatch(/containers \(`docker run`, .*\) are not available on a remote builder; use `load: true`/);
     // The connection stays usable: the refused request's body was consumed, not read as the next request.
     const ping = await exchange(sock, 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', /\r\n\r\nOK$/);
     expect(ping).toMatch(/^HTTP\/1\.1 200 /);
@@ -210,7 +210,7 @@ describe('BuilderTlsProxy', () => {
       /echo:GET:$/,
     );
     expect(out.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
-    expect(out).toContain('`docker volume` is not available');
+    expect(out).toContain('volumes (`docker volume`) are not available');
     expect(engine.seen).toEqual(['GET /_ping', 'GET /v1.41/version']);
     sock.destroy();
   });

@@ -54,16 +54,15 @@ const ROUTES: Route[] = [
 ];
 
 // What a refused call was for, so the message names the command the user typed and what to do instead.
-const REFUSALS: Array<{ path: RegExp; what: string; hint: string }> = [
-  { path: /^\/containers\/[^/]+\/exec$|^\/exec\//, what: '`docker exec`', hint: LOAD_HINT },
-  { path: /^\/containers(\/|$)/, what: '`docker run` and other container commands', hint: LOAD_HINT },
-  { path: /^\/volumes(\/|$)/, what: '`docker volume`', hint: 'a build needs no volumes: use RUN --mount=type=cache for caches' },
-  { path: /^\/networks(\/|$)/, what: '`docker network`', hint: 'RUN steps get the builder\'s own network; --network none also works' },
-  { path: /^\/images\/create$/, what: '`docker pull` and `docker import`', hint: 'a build pulls its base images itself (FROM)' },
-  { path: /^\/images\/load$/, what: '`docker load`', hint: 'a build pulls its base images itself (FROM)' },
-  { path: /^\/(swarm|services|tasks|nodes|secrets|configs)(\/|$)/, what: 'swarm commands', hint: 'a builder is not a swarm node' },
-  { path: /^\/plugins(\/|$)/, what: '`docker plugin`', hint: 'builders cannot install engine plugins' },
-  { path: /^\/commit$/, what: '`docker commit`', hint: LOAD_HINT },
+const REFUSALS: Array<{ path: RegExp; refused: string; hint: string }> = [
+  { path: /^\/(containers|exec)(\/|$)/, refused: 'containers (`docker run`, `docker exec`, `docker create`) are', hint: LOAD_HINT },
+  { path: /^\/commit$/, refused: 'containers (`docker commit`) are', hint: LOAD_HINT },
+  { path: /^\/volumes(\/|$)/, refused: 'volumes (`docker volume`) are', hint: 'a build needs none: use RUN --mount=type=cache for caches' },
+  { path: /^\/networks(\/|$)/, refused: 'networks (`docker network`) are', hint: "RUN steps get the builder's own network; --network none also works" },
+  { path: /^\/images\/create$/, refused: '`docker pull` and `docker import` are', hint: 'a build pulls its base images itself (FROM)' },
+  { path: /^\/images\/load$/, refused: '`docker load` is', hint: 'a build pulls its base images itself (FROM)' },
+  { path: /^\/(swarm|services|tasks|nodes|secrets|configs)(\/|$)/, refused: 'swarm commands are', hint: 'a builder is not a swarm node' },
+  { path: /^\/plugins(\/|$)/, refused: 'engine plugins (`docker plugin`) are', hint: 'builders run with the plugins they have' },
 ];
 
 // Only the request's own network (the default bridge of the builder) or none: `host` would put RUN steps in the
@@ -112,7 +111,7 @@ export function checkEngineRequest(req: EngineRequest): EngineDecision {
     return { allowed: true, route: r.name };
   }
   const known = REFUSALS.find((r) => r.path.test(path));
-  if (known) return { allowed: false, status: 403, message: `${PREFIX}: ${known.what} is not available on a remote builder; ${known.hint}.` };
+  if (known) return { allowed: false, status: 403, message: `${PREFIX}: ${known.refused} not available on a remote builder; ${known.hint}.` };
   return { allowed: false, status: 403, message: `${PREFIX}: ${method} ${printable(path)} is not available on a remote builder.` };
 }
 
