@@ -201,11 +201,14 @@ describe('the orb against the real control plane, run the way CircleCI runs it',
     const badTag = `acme/evil:ci$(touch ${marker})`;
     // The user's own docker commands between setup and report: the image is on the builder, reached through
     // DOCKER_HOST from $BASH_ENV. /usr/bin/docker is Debian's 20.10 client (/usr/local/bin/docker has no buildx).
+    // The builder runs no containers (no `docker create`/`cp`): the file is read from the exported image instead.
     const read = [
       `/usr/bin/docker image inspect acme/evil:ci --format '{{json .Config.Labels}}' > labels.json`,
-      'id=$(/usr/bin/docker create acme/evil:ci /bin/true)',
-      '/usr/bin/docker cp "$id:/payload.txt" payload.txt',
-      '/usr/bin/docker rm "$id" > /dev/null'
+      't=$(mktemp -d)',
+      '/usr/bin/docker save acme/evil:ci -o "$t/image.tar"',
+      'tar -xf "$t/image.tar" -C "$t"',
+      'for layer in "$t"/*/layer.tar; do tar -xOf "$layer" --wildcards payload.txt ./payload.txt 2>/dev/null || true; done > payload.txt',
+      'rm -rf "$t"'
     ].join('\n');
     const cfg: Config = {
       version: 2.1,

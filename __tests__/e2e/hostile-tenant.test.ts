@@ -14,6 +14,8 @@ import { makeOutsideHost, removeOutsideHost, unusedNet, usedAddresses, type Outs
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
 import { runBuild } from '../../src/core/build';
+import { loadImage } from '../../src/core/load-image';
+import { runnerDocker, startRunnerEngine, stopRunnerEngine } from '../helpers/runner-engine';
 import type { LeaseMsg } from '../../src/common/proto';
 
 const REFUSED = /Error response from daemon: Build Cloud builders run builds only/;
@@ -248,6 +250,21 @@ describe('still works', () => {
       expect(JSON.parse(await tags())).toEqual({ name: 'me/app', tags: ['1'] });
     } finally {
       reg.kill('SIGKILL');
+    }
+  });
+
+  test("load: true brings the built image into the runner's own engine (docker save through the front)", async () => {
+    const engine = await startRunnerEngine();
+    try {
+      expect(runnerDocker(['images', '-q'], engine.host)).toEqual({ status: 0, out: '' });
+      const built = await runBuild(opts({ tags: ['hostile-app:loaded'] }), cfg, betaLease, docker);
+      expect(built.status).toBe('success');
+      const runnerEnv = { PATH: process.env.PATH, HOME: work, DOCKER_HOST: engine.host };
+      const out = await loadImage({ docker: docker.path, refs: ['hostile-app:loaded'], builderEnv: env, runnerEnv, engine: engine.host });
+      expect(out).toMatchObject({ loaded: true, refs: ['hostile-app:loaded'] });
+      expect(runnerDocker(['image', 'inspect', '--format', '{{.Id}}', 'hostile-app:loaded'], engine.host)).toEqual({ status: 0, out: built.imageId });
+    } finally {
+      await stopRunnerEngine(engine);
     }
   });
 

@@ -130,7 +130,14 @@ describe('buildArgs', () => {
     ['buildx, remote driver, no tags: the result stays in the builder', base({ tags: [], buildArgs: {} }), FORK, BX_REMOTE,
       ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '.']],
     ['buildx, remote driver, two platforms', base({ push: true, platforms: ['linux/amd64', 'linux/arm64'], buildArgs: {} }), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--platform', 'linux/amd64,linux/arm64', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']]
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--platform', 'linux/amd64,linux/arm64', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']],
+    // load: a Docker Engine builder keeps the image and load-image.ts streams it over after the build: argv unchanged.
+    ['20.10 with load: the same argv (the load is a step of its own)', base({ load: true }), FORK, CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
+    ['buildx, remote driver, load without tags: buildx loads it', base({ load: true, tags: [], buildArgs: {} }), FORK, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '--load', '.']],
+    ['buildx, remote driver, push and load: both exporters', base({ load: true, push: true, buildArgs: {} }), FORK, BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '--load', '.']]
   ])('%s', (_what, opts, cache, client, argv) => {
     expect(buildArgs(opts, cache, client)).toEqual(argv);
   });
@@ -143,6 +150,8 @@ describe('buildArgs', () => {
     ['two platforms on the 20.10 path', { platforms: ['linux/amd64', 'linux/arm64'] }, CLASSIC, /Invalid input 'platforms': 'linux\/amd64,linux\/arm64'\. A Docker Engine builder builds one platform per build/],
     ['two platforms on a docker-driver builder', { platforms: ['linux/amd64', 'linux/arm64'], push: true }, BX_DOCKER, /one platform per build/],
     ['two platforms loaded locally', { platforms: ['linux/amd64', 'linux/arm64'] }, BX_REMOTE, /Invalid input 'push': a multi-platform image cannot be loaded/],
+    ['load with two platforms, pushed too', { platforms: ['linux/amd64', 'linux/arm64'], push: true, load: true }, BX_REMOTE, /^Invalid input 'load': a multi-platform image cannot be loaded into a local Docker; build one platform to load, or set push to true instead of load\.$/],
+    ['load with two platforms on a Docker Engine builder: load named first', { platforms: ['linux/amd64', 'linux/arm64'], load: true }, CLASSIC, /^Invalid input 'load': a multi-platform image cannot be loaded/],
     ['push without tags', { push: true, tags: [] }, CLASSIC, /Invalid input 'push': true needs at least one image in 'tags'/],
     ['a context that is a flag', { context: '--file=/etc/passwd' }, CLASSIC, /Invalid input 'context': '--file=\/etc\/passwd'\. It must not start with '-'/],
     ['an empty context', { context: ' ' }, CLASSIC, /Invalid input 'context': empty/],

@@ -190,7 +190,7 @@ describe('inputs reach the CLI through variables only', () => {
 
   test.each([
     ['the defaults', {}],
-    ['every boolean flipped and other values', { cache: false, summary: false, push: true, 'no-cache': true, pull: true, 'provision-timeout': 30, scope: 'job' }]
+    ['every boolean flipped and other values', { cache: false, summary: false, push: true, load: true, 'no-cache': true, pull: true, 'provision-timeout': 30, scope: 'job' }]
   ])('after GitLab interpolation (%s) every variable is a string or an integer, as GitLab requires', (_, overrides) => {
     const resolved = interpolate(body, withDefaults(overrides)) as Obj;
     for (const name of Object.keys(resolved)) {

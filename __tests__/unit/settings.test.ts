@@ -39,6 +39,7 @@ const BUILD_FIELDS: Record<string, keyof BuildSettings> = {
   target: 'target',
   labels: 'labels',
   push: 'push',
+  load: 'load',
   platforms: 'platforms',
   'no-cache': 'noCache',
   pull: 'pull'
@@ -91,7 +92,7 @@ describe('defaults', () => {
       summary: true, prComment: false, githubToken: '', jobId: '', meteringEndpoint: '', provisionTimeoutS: 120
     });
     expect(buildSettings(inputs())).toEqual({
-      context: '.', file: '', tags: [], buildArgs: [], target: '', labels: [], push: false, platforms: [], noCache: false, pull: false
+      context: '.', file: '', tags: [], buildArgs: [], target: '', labels: [], push: false, load: false, platforms: [], noCache: false, pull: false
     });
   });
 
@@ -136,7 +137,7 @@ describe('accepted values', () => {
     expect(setupSettings(inputs({ [name]: value }))[SETUP_FIELDS[name]]).toBe(expected);
   });
 
-  test.each((['push', 'no-cache', 'pull'] as const).flatMap((name) => BOOLEANS.map(([v, b]) => [name, v, b] as const)))(
+  test.each((['push', 'load', 'no-cache', 'pull'] as const).flatMap((name) => BOOLEANS.map(([v, b]) => [name, v, b] as const)))(
     'build boolean %s %j → %s',
     (name, value, expected) => {
       expect(buildSettings(inputs({ [name]: value }))[BUILD_FIELDS[name]]).toBe(expected);
@@ -215,6 +216,7 @@ describe('every validation error names the input and the expectation', () => {
     ['labels', 'a-label-without-value', "Invalid input 'labels': 'a-label-without-value'. Expected KEY=VALUE on each line."],
     ['labels', 'two words=x', "Invalid input 'labels': 'two words=x'. Expected KEY=VALUE on each line."],
     ['push', 'sometimes', "Invalid input 'push': 'sometimes'. Expected true or false."],
+    ['load', 'maybe', "Invalid input 'load': 'maybe'. Expected true or false."],
     ['no-cache', 'y', "Invalid input 'no-cache': 'y'. Expected true or false."],
     ['pull', 'always', "Invalid input 'pull': 'always'. Expected true or false."],
     ['platforms', 'linux/amd64,windows', "Invalid input 'platforms': 'windows'. Expected os/arch such as linux/amd64."]

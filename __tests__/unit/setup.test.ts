@@ -161,6 +161,17 @@ describe('provisioning with an org token', () => {
     expect(deps.log.warn).not.toHaveBeenCalled();
   });
 
+  test("the runner's own docker settings before setup are kept for load (only those set), in the session and the env", async () => {
+    Object.assign(env, { DOCKER_HOST: 'tcp://docker:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/certs/client' });
+    const r = await setup(settings(), deps);
+    const cfg = await mockedConfigureRunner.mock.results[0].value;
+    const kept = { BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376', BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client' };
+    expect(r.exportEnv).toEqual({ ...cfg.env, ...kept, [SESSION_ENV]: r.sessionFile });
+    // DOCKER_* themselves point at the builder now.
+    expect(r.exportEnv.DOCKER_HOST).toBe('tcp://127.0.0.1:23750');
+    expect(JSON.parse(fs.readFileSync(r.sessionFile, 'utf8')).env).toMatchObject(kept);
+  });
+
   test('configureRunner gets the lease with its TLS material, a per-job name and RUNNER_TEMP', async () => {
     await setup(settings(), deps);
     expect(mockedResolveDocker).toHaveBeenCalledWith(env);

@@ -25,7 +25,7 @@ function camel(name: string): string {
 }
 
 // One flag per input; booleans may be given bare (`--push`) or with a value (`--push false`).
-function addInputs(cmd: Command, defs: InputDef[]): void {
+export function addInputs(cmd: Command, defs: InputDef[]): void {
   for (const d of defs) {
     if (d.only === 'github') continue;
     if (d.name === 'no-cache') {
@@ -39,7 +39,7 @@ function addInputs(cmd: Command, defs: InputDef[]): void {
   }
 }
 
-function getter(opts: Record<string, unknown>, env: NodeJS.ProcessEnv): Getter {
+export function getter(opts: Record<string, unknown>, env: NodeJS.ProcessEnv): Getter {
   return (name) => {
     if (name === 'no-cache' && opts.cache === false) return 'true';
     const v = opts[camel(name)];
@@ -99,6 +99,7 @@ export function registerCi(program: Command): void {
     if (r.run.status !== 'success') {
       throw new CliError(`docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`, r.run.status === 'cancelled' ? 130 : 1);
     }
+    if (r.loadError) throw new CliError(r.loadError, 1);
   });
 
   program

@@ -2,7 +2,8 @@
 // summary, and spool its usage record (written to disk before anything is sent).
 import * as path from 'path';
 import { runBuild, type BuildResult as RunResult, type BuildIO } from './build';
-import { parseKeyValueLines, type BuildOptions } from './docker-cli';
+import { dockerEnv, parseKeyValueLines, type BuildOptions } from './docker-cli';
+import { imagesToLoad, loadImage, runnerEngineEnv, runnerEngineName, type LoadDeps, type LoadOutcome } from './load-image';
 import { MeteringSpool } from './metering-spool';
 import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
@@ -16,6 +17,10 @@ export interface BuildStepResult {
   run: RunResult;
   outputs: Record<string, string>;
   warnings: string[];
+  // load: true after a successful build. A failed load is its own outcome: the build stays a success (in the
+  // job's record and in metering), and the wrapper fails the step with loadError.
+  load?: LoadOutcome;
+  loadError?: string;
 }
 
 export function buildOptions(s: BuildSettings, session: Session): BuildOptions {
@@ -26,6 +31,7 @@ export function buildOptions(s: BuildSettings, session: Session): BuildOptions {
     buildArgs: parseKeyValueLines(s.buildArgs, 'build-args'),
     target: s.target || undefined,
     push: s.push,
+    load: s.load,
     platforms: s.platforms,
     labels: parseKeyValueLines(s.labels, 'labels'),
     noCache: s.noCache,
@@ -52,26 +58,45 @@ function localRunner(session: Session): RunnerConfig {
   };
 }
 
-export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO }): Promise<BuildStepResult> {
+// Where the built image already is, when load has nothing left to do; null when it must be streamed over.
+function loadedAlready(session: Session): string | null {
+  if (!session.runner) return "the build ran on the runner's own Docker (fallback: local)";
+  if (session.runner.driver === 'remote') return "buildx loaded it into the runner's Docker as part of the build";
+  return null;
+}
+
+async function loadStep(session: Session, opts: BuildOptions, run: RunResult, deps: { log: Log; io?: BuildIO; load?: LoadDeps }): Promise<LoadOutcome> {
+  const refs = imagesToLoad(opts.tags, run.imageId);
+  const engine = runnerEngineName(session.env);
+  const already = loadedAlready(session);
+  if (already) {
+    deps.log.info(`Build Cloud: load: ${already}`);
+    return { loaded: true, refs, engine, durationMs: 0, bytes: 0, loadedLines: [] };
+  }
+  deps.log.info(`Build Cloud: loading ${refs.join(', ') || '(no image)'} from the builder into the runner's Docker engine at ${engine}`);
+  const out = await loadImage(
+    {
+      docker: session.docker.path,
+      refs,
+      builderEnv: dockerEnv(process.env, { ...session.runner!.env }),
+      runnerEnv: runnerEngineEnv(process.env, session.env),
+      engine
+    },
+    { signal: deps.io?.signal, ...deps.load }
+  );
+  for (const l of out.loadedLines) deps.io?.onLine?.(l);
+  return out;
+}
+
+export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO; load?: LoadDeps }): Promise<BuildStepResult> {
   const opts = buildOptions(settings, session);
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, deps.io ?? {});
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
-  const build: BuildResult = {
-    buildId,
-    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : undefined),
-    platform,
-    status: run.status,
-    durationMs: run.durationMs,
-    totalSteps: run.totalSteps,
-    cachedSteps: run.cachedSteps,
-    digest: run.digest,
-    builderId: session.lease?.builders[0]?.builderId
-  };
-  recordBuild(session, build);
   const warnings = [...run.warnings];
   if (session.lease) {
+    // Spooled before any load: the build's record is the build's outcome, whatever the load does after it.
     try {
       await new MeteringSpool(session.spoolDir).add(
         buildCompletedEvent(session.org, {
@@ -94,6 +119,20 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
       warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
     }
   }
+  const load = settings.load && run.status === 'success' ? await loadStep(session, opts, run, deps) : undefined;
+  const build: BuildResult = {
+    buildId,
+    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : undefined),
+    platform,
+    status: run.status,
+    durationMs: run.durationMs,
+    totalSteps: run.totalSteps,
+    cachedSteps: run.cachedSteps,
+    digest: run.digest,
+    builderId: session.lease?.builders[0]?.builderId,
+    ...(settings.load ? { loaded: Boolean(load?.loaded) } : {})
+  };
+  recordBuild(session, build);
   for (const w of warnings) deps.log.warn(w);
   const outputs = {
     digest: run.digest ?? '',
@@ -101,10 +140,13 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     'cache-ratio': run.cacheRatio.toFixed(4),
     'cached-steps': String(run.cachedSteps),
     'total-steps': String(run.totalSteps),
-    duration: (run.durationMs / 1000).toFixed(2)
+    duration: (run.durationMs / 1000).toFixed(2),
+    loaded: String(Boolean(load?.loaded))
   };
+  const loadNote = !load ? '' : load.loaded ? `, loaded into the runner's Docker (${load.engine})` : ", NOT loaded into the runner's Docker";
   deps.log.info(
-    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ', org cache exported' : ''}`
+    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
   );
-  return { build, run, outputs, warnings };
+  const loadError = load?.error ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}` : undefined;
+  return { build, run, outputs, warnings, ...(load ? { load } : {}), ...(loadError ? { loadError } : {}) };
 }

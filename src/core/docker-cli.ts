@@ -145,6 +145,9 @@ export interface BuildOptions {
   buildArgs: Record<string, string>;
   target?: string;
   push: boolean;
+  // Into the runner's own Docker engine after the build: load-image.ts for Docker Engine builders; a BuildKit
+  // builder (buildx remote driver) loads through buildx's own --load.
+  load?: boolean;
   platforms: string[];
   labels?: Record<string, string>;
   noCache?: boolean;
@@ -212,14 +215,20 @@ export function validateBuildOptions(opts: BuildOptions, client: BuildClient): v
   checkKeys(opts.buildArgs, 'build-args');
   checkKeys(opts.labels, 'labels');
   if (opts.push && opts.tags.length === 0) throw new InputError(`Invalid input 'push': true needs at least one image in 'tags'.`);
+  // docker load takes one platform's image: asked for, that is the user's mistake to name first.
+  if (opts.platforms.length > 1 && opts.load) {
+    throw new InputError(`Invalid input 'load': ${MULTI_PLATFORM_LOAD}; build one platform to load, or set push to true instead of load.`);
+  }
   const oneNodeEngine = !client.buildx || client.driver !== 'remote';
   if (opts.platforms.length > 1 && oneNodeEngine) {
     throw new InputError(`Invalid input 'platforms': '${opts.platforms.join(',')}'. A Docker Engine builder builds one platform per build; build each platform separately or use a BuildKit builder with buildx.`);
   }
   if (opts.platforms.length > 1 && !opts.push && opts.tags.length > 0) {
-    throw new InputError(`Invalid input 'push': a multi-platform image cannot be loaded into a local Docker; set push to true.`);
+    throw new InputError(`Invalid input 'push': ${MULTI_PLATFORM_LOAD}; set push to true.`);
   }
 }
+
+const MULTI_PLATFORM_LOAD = 'a multi-platform image cannot be loaded into a local Docker';
 
 function checkRefs(cache: CacheRefs): void {
   for (const r of [...cache.importRefs, cache.exportRef].filter(Boolean)) {
@@ -277,9 +286,12 @@ export function buildArgs(opts: BuildOptions, cache: CacheRefs, client: BuildCli
   for (const t of opts.tags) a.push('-t', t);
   if (exp && inlineCache(client)) a.push('-t', cache.exportRef);
   // The docker driver keeps the image in the engine; pushes then go through `docker push` (pushesAfterBuild).
+  // A remote builder loads through buildx itself (an image tarball streamed to the docker engine of the client's
+  // own endpoint, the runner's: setup leaves DOCKER_HOST alone for BuildKit leases). --push with --load needs
+  // buildx and BuildKit 0.13 or later (multiple exporters); older ones refuse the pair with their own error.
   if (inlineCache(client)) a.push('--load');
-  else if (opts.push) a.push('--push');
-  else if (opts.tags.length) a.push('--load');
+  else if (opts.push) a.push('--push', ...(opts.load ? ['--load'] : []));
+  else if (opts.tags.length || opts.load) a.push('--load');
   return [...a, opts.context];
 }
 

@@ -56,6 +56,7 @@ export const BUILD_INPUTS: InputDef[] = [
   { name: 'target', type: 'string', default: '', description: 'Target stage to build.' },
   { name: 'labels', type: 'list', default: '', description: 'Image labels, one KEY=VALUE per line.' },
   { name: 'push', type: 'boolean', default: 'false', description: 'Push the tags after the build.' },
+  { name: 'load', type: 'boolean', default: 'false', description: "Load the built image into the runner's own Docker engine after the build (docker save on the builder piped into docker load), so later steps can docker run it there. Needs a Docker engine on the runner; one platform only." },
   { name: 'platforms', type: 'list', default: '', description: 'Platforms to build for. Empty: the builder\'s platform.' },
   { name: 'no-cache', type: 'boolean', default: 'false', description: 'Build without using any cache.' },
   { name: 'pull', type: 'boolean', default: 'false', description: 'Always pull newer base images.' }
@@ -67,7 +68,8 @@ export const BUILD_OUTPUTS: OutputDef[] = [
   { name: 'cache-ratio', description: 'Cached steps divided by total steps, 0 to 1.' },
   { name: 'cached-steps', description: 'Build steps reused from the cache.' },
   { name: 'total-steps', description: 'Build steps in the build.' },
-  { name: 'duration', description: 'Build duration in seconds.' }
+  { name: 'duration', description: 'Build duration in seconds.' },
+  { name: 'loaded', description: "true when the image was loaded into the runner's own Docker engine (load: true), else false." }
 ];
 
 export function envName(input: string): string {

@@ -15,11 +15,32 @@ import { buildxCreateArgs, contextCreateArgs, dockerEnv, runDocker, type BuildxD
 export interface RunnerEnv {
   DOCKER_CONFIG: string;
   DOCKER_BUILDKIT: '1';
-  // Set for Docker Engine endpoints: later `docker build|push|run` steps talk to the builder directly.
+  // Set for Docker Engine endpoints: later `docker build|push` steps talk to the builder directly (it runs no
+  // containers: `load` puts the image into the runner's own engine for that).
   DOCKER_HOST?: string;
   DOCKER_TLS_VERIFY?: '1';
   DOCKER_CERT_PATH?: string;
   BUILDX_BUILDER?: string; // where buildx exists
+}
+
+// The runner's own docker settings, as the job had them before setup pointed DOCKER_* at the builder: `load`
+// sends the built image to that engine. Setup records each one that is set as BUILDCLOUD_RUNNER_<NAME>.
+export const RUNNER_DOCKER_VARS = ['DOCKER_HOST', 'DOCKER_TLS_VERIFY', 'DOCKER_CERT_PATH', 'DOCKER_CONTEXT', 'DOCKER_CONFIG'] as const;
+export const runnerDockerVar = (name: string): string => `BUILDCLOUD_RUNNER_${name}`;
+
+/**
+ * BUILDCLOUD_RUNNER_<NAME> for each runner docker setting set in `env`, the job's environment before this setup.
+ * In a job where setup already ran (BUILDCLOUD_SESSION set), DOCKER_* hold the builder's values: the record that
+ * earlier setup made is carried over instead.
+ */
+export function runnerDockerRecord(env: NodeJS.ProcessEnv): Record<string, string> {
+  const earlier = Boolean(env.BUILDCLOUD_SESSION);
+  const out: Record<string, string> = {};
+  for (const name of RUNNER_DOCKER_VARS) {
+    const v = earlier ? env[runnerDockerVar(name)] : env[name];
+    if (v) out[runnerDockerVar(name)] = v;
+  }
+  return out;
 }
 
 export interface RunnerConfig {

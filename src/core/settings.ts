@@ -36,6 +36,7 @@ export interface BuildSettings {
   target: string;
   labels: string[];
   push: boolean;
+  load: boolean;
   platforms: string[];
   noCache: boolean;
   pull: boolean;
@@ -144,6 +145,7 @@ export function buildSettings(get: Getter): BuildSettings {
     target: str(B.target, get),
     labels,
     push: boolInput(B.push, get),
+    load: boolInput(B.load, get),
     platforms: platforms(B.platforms, get),
     noCache: boolInput(B['no-cache'], get),
     pull: boolInput(B.pull, get)

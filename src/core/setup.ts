@@ -7,7 +7,7 @@ import { ApiClient, ControlPlaneError, backoffDelay } from './api-client';
 import { chooseCredential } from './auth';
 import { identityFromEnv, localName, type Env, type Identity } from './identity';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
-import { cleanupRunner, configureRunner } from './runner-config';
+import { cleanupRunner, configureRunner, runnerDockerRecord } from './runner-config';
 import { MeteringSpool } from './metering-spool';
 import { flushSpool } from './metering-client';
 import { saveSession, withoutSecrets, type Session } from './session';
@@ -99,7 +99,8 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
         lease: stripped.lease,
         runner: stripped.runner,
         docker,
-        env: { ...cfg.env } as Record<string, string>,
+        // Where `load` sends images: the runner's own engine, as DOCKER_* named it before this setup.
+        env: { ...cfg.env, ...runnerDockerRecord(env) } as Record<string, string>,
         fallback: false,
         cache: settings.cache,
         summary: settings.summary,

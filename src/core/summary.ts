@@ -16,6 +16,7 @@ export interface BuildResult {
   cachedSteps: number;
   digest?: string;
   builderId?: string;
+  loaded?: boolean; // load: true was asked for: whether the image reached the runner's own Docker engine
 }
 
 export interface JobSummary {

@@ -13,6 +13,8 @@ export async function run(): Promise<void> {
     for (const [k, v] of Object.entries(r.outputs)) core.setOutput(k, v);
     if (r.run.status !== 'success') {
       core.setFailed(`docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${r.run.outputTail.slice(-5).join(' | ')}`);
+    } else if (r.loadError) {
+      core.setFailed(r.loadError);
     }
   } catch (err) {
     core.setFailed(errorMessage(err));

@@ -6,10 +6,11 @@
 #           `buildcloud setup` appends `export NAME='value'` lines (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH,
 #           DOCKER_CONFIG, DOCKER_BUILDKIT, BUILDCLOUD_SESSION and the BUILDCLOUD_* outputs) to $BASH_ENV, which
 #           CircleCI's bash sources at the start of every later step.
-#   build   build an image on the builder that setup provisioned, with the org-wide layer cache.
-#           `buildcloud build` appends BUILDCLOUD_DIGEST, BUILDCLOUD_IMAGE_ID, BUILDCLOUD_CACHE_RATIO,
-#           BUILDCLOUD_CACHED_STEPS, BUILDCLOUD_TOTAL_STEPS and BUILDCLOUD_DURATION to $BASH_ENV for later steps, and
-#           exits non-zero when the build fails.
+#   build   build an image on the builder that setup provisioned, with the org-wide layer cache (and with load,
+#           stream it into the job's own Docker engine). `buildcloud build` appends BUILDCLOUD_DIGEST,
+#           BUILDCLOUD_IMAGE_ID, BUILDCLOUD_CACHE_RATIO, BUILDCLOUD_CACHED_STEPS, BUILDCLOUD_TOTAL_STEPS,
+#           BUILDCLOUD_DURATION and BUILDCLOUD_LOADED to $BASH_ENV for later steps, and exits non-zero when the build
+#           or the load fails.
 #   report  run always (after success or failure): send the usage records, release the lease, remove the certs and
 #           the private docker config, and write the job's summary as markdown for store_artifacts. Its own problems
 #           (metering, cleanup) are warnings: `buildcloud report` exits 0 for them.
@@ -117,6 +118,7 @@ step_build() {
   bc_input TARGET "${PARAM_TARGET:-}"
   bc_input LABELS "${PARAM_LABELS:-}"
   bc_input PUSH "${PARAM_PUSH:-}"
+  bc_input LOAD "${PARAM_LOAD:-}"
   bc_input PLATFORMS "${PARAM_PLATFORMS:-}"
   bc_input NO_CACHE "${PARAM_NO_CACHE:-}"
   bc_input PULL "${PARAM_PULL:-}"

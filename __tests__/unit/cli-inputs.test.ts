@@ -1,0 +1,39 @@
+// `buildcloud build` reads each input as a flag or its BUILDCLOUD_* variable, the flag first: the same names the
+// action, the GitLab component and the CircleCI orb pass (the orb and the component through the variables).
+import { Command } from 'commander';
+import { addInputs, getter } from '../../src/cli/ci';
+import { BUILD_INPUTS } from '../../src/core/inputs';
+import { buildSettings, InputError } from '../../src/core/settings';
+
+function parse(argv: string[], env: NodeJS.ProcessEnv = {}) {
+  const cmd = new Command('build').exitOverride();
+  addInputs(cmd, BUILD_INPUTS);
+  cmd.parse(argv, { from: 'user' });
+  return buildSettings(getter(cmd.opts(), env));
+}
+
+describe('load', () => {
+  test.each<[string[], NodeJS.ProcessEnv, boolean]>([
+    [[], {}, false],
+    [['--load'], {}, true],
+    [['--load', 'true'], {}, true],
+    [['--load', 'false'], {}, false],
+    [[], { BUILDCLOUD_LOAD: 'true' }, true],
+    [[], { BUILDCLOUD_LOAD: ' true' }, true], // the GitLab component's " $[[ inputs.load ]]"
+    [['--load', 'false'], { BUILDCLOUD_LOAD: 'true' }, false], // the flag wins
+    [['--push', '--load', '--tags', 'acme/app:1'], {}, true]
+  ])('%j with %j → %s', (argv, env, load) => {
+    expect(parse(argv, env).load).toBe(load);
+  });
+
+  test('a value that is not a boolean names the input', () => {
+    expect(() => parse([], { BUILDCLOUD_LOAD: 'maybe' })).toThrow(InputError);
+    expect(() => parse(['--load', 'sometimes'])).toThrow("Invalid input 'load': 'sometimes'. Expected true or false.");
+  });
+
+  test('every build input is a flag, load among them', () => {
+    const cmd = new Command('build');
+    addInputs(cmd, BUILD_INPUTS);
+    expect(cmd.options.map((o) => o.long)).toEqual(BUILD_INPUTS.map((d) => `--${d.name}`));
+  });
+});
