@@ -1,6 +1,6 @@
 // Real builders end to end: DockerdDriver starts dockerd, BuilderTlsProxy is its mutual-TLS face, and Debian's
 // docker 20.10 client (/usr/bin/docker; the 28.x client in /usr/local/bin lacks buildx) builds through it.
-import { execFile } from 'child_process';
+import { execFile, spawnSync } from 'child_process';
 import { existsSync, promises as fs, readdirSync, readFileSync } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -148,12 +148,12 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     return b;
   }
 
+  // Straight from the engine's socket: a lease's front refuses network calls (engine-api-policy.ts).
   async function bridgeOf(b: Builder): Promise<{ name: string; subnet: string }> {
-    const r = await docker(
-      ['network', 'inspect', 'bridge', '--format', '{{index .Options "com.docker.network.bridge.name"}} {{(index .IPAM.Config 0).Subnet}}'],
-      b.port,
-      certA,
-    );
+    const args = ['network', 'inspect', 'bridge', '--format', '{{index .Options "com.docker.network.bridge.name"}} {{(index .IPAM.Config 0).Subnet}}'];
+    const viaFront = await docker(args, b.port, certA);
+    expect(viaFront.stderr).toMatch(/networks \(`docker network`\) are not available on a remote builder/);
+    const r = spawnSync('/usr/bin/docker', ['-H', `unix://${b.handle.socketPath}`, ...args], { encoding: 'utf8' });
     expect(r.stderr).toBe('');
     const [name, subnet] = r.stdout.trim().split(' ');
     return { name, subnet };
@@ -203,6 +203,16 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     expect(second.code).toBe(0);
     expect(second.stderr).toContain('CACHED');
     expect(second.stderr).not.toContain('inet '); // the RUN steps did not run again
+
+    // The engine itself refuses BuildKit's network-host entitlement (daemon.json), whatever reaches its socket;
+    // --network none still builds. (builder-userns.test.ts checks the same under --userns-remap.)
+    const engineCfg = path.join(tmp, 'config-entitlements');
+    const netCtx = path.join(tmp, 'ctx-entitlements');
+    await makeBusyboxContext(netCtx, 'RUN echo entitlements\n');
+    const hostNet = await dockerLocal(['build', '--no-cache', '--network', 'host', '.'], a.handle, engineCfg, netCtx);
+    expect(hostNet.code).not.toBe(0);
+    expect(hostNet.stderr).toMatch(/entitlement network\.host is not allowed/);
+    expect((await dockerLocal(['build', '--no-cache', '--network', 'none', '.'], a.handle, engineCfg, netCtx)).code).toBe(0);
 
     // Same CA, another lease, not allowed on this builder: refused.
     const other = await docker(['version', '--format', '{{.Server.Version}}'], a.port, certB);

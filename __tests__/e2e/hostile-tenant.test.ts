@@ -5,10 +5,12 @@
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as http from 'http';
+import * as https from 'https';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
-import { adminSetup, docker as dockerRun, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
+import { adminSetup, docker as dockerRun, dockerEnvFor, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
+import { Pki } from '../../src/server/pki';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { makeOutsideHost, removeOutsideHost, unusedNet, usedAddresses, type OutsideHost } from '../helpers/outside-hosts';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
@@ -214,6 +216,31 @@ describe('refused, with a message, and nothing changed on the host', () => {
     const fromHost = await new Promise<string>((resolve, reject) => http.get(`http://${own}:${hostPort}/`, (res) => res.on('data', (d) => resolve(String(d)))).on('error', reject));
     expect(fromHost).toBe('host\n');
   });
+  test("the engine's own fetches (ADD <url>, FROM) reach the internet but not the host's loopback, its listeners, the LAN or link-local hosts", () => {
+    const [inet, lan, ll] = outside;
+    const port = (a: string) => a.split(':').pop();
+    const targets: Record<string, string> = {
+      internet: `http://${inet.far}:8080/`,
+      lan: `http://${lan.far}:8080/`,
+      'link-local': `http://${ll.far}:8080/`,
+      'host-listener-loopback': `http://127.0.0.1:${hostPort}/`,
+      'host-listener-other-address': `http://${inet.host}:${hostPort}/`,
+      'control-plane-http': `http://127.0.0.1:${port(server.info.http)}/metrics`,
+    };
+    const seen: Record<string, string> = {};
+    for (const [name, url] of Object.entries(targets)) {
+      fs.writeFileSync(path.join(base, 'Dockerfile.fetch'), `FROM scratch\nADD ${url} /fetched\n`);
+      const r = sh(['build', '--no-cache', '--progress', 'plain', '-f', path.join(base, 'Dockerfile.fetch'), base]);
+      seen[name] = r.status === 0 ? 'FETCHED' : /connection refused/.test(r.out) ? 'REFUSED' : `other: ${r.out.slice(-300)}`;
+    }
+    const expected = Object.fromEntries(Object.keys(targets).map((k) => [k, k === 'internet' ? 'FETCHED' : 'REFUSED']));
+    expect(seen).toEqual(expected);
+    // A base image from a LAN registry: refused the same way, with the address in the message.
+    fs.writeFileSync(path.join(base, 'Dockerfile.from'), `FROM ${lan.far}:8080/base:1\n`);
+    const from = sh(['build', '--progress', 'plain', '-f', path.join(base, 'Dockerfile.from'), base]);
+    expect(from.status).not.toBe(0);
+    expect(from.out).toMatch(new RegExp(`${lan.far.replace(/\./g, '\\.')}:8080.*connection refused`));
+  });
 });
 
 describe('still works', () => {
@@ -227,29 +254,40 @@ describe('still works', () => {
     expect(r.pushed).toEqual([betaLease.cache!.exportRef]);
   });
 
-  test('push to a registry of the user, given as a tag', async () => {
-    const port = await freePort();
+  test('push to a registry of the user on the internet, given as a tag (TLS, its CA trusted by the host)', async () => {
+    const inet = outside[0];
+    const port = 5000;
     const dir = path.join(work, 'user-registry');
     fs.mkdirSync(dir);
+    const ca = await Pki.loadOrCreate(path.join(dir, 'pki'));
+    const cert = await ca.issueServer([inet.far]);
+    fs.writeFileSync(path.join(dir, 'cert.pem'), cert.certPem);
+    fs.writeFileSync(path.join(dir, 'key.pem'), cert.keyPem, { mode: 0o600 });
     const config = path.join(dir, 'config.yml');
-    fs.writeFileSync(config, `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\nhttp:\n  addr: 127.0.0.1:${port}\n`);
-    const reg = spawn('/usr/bin/docker-registry', ['serve', config], { stdio: 'ignore' });
+    fs.writeFileSync(
+      config,
+      `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\nhttp:\n  addr: ${inet.far}:${port}\n  tls:\n    certificate: ${dir}/cert.pem\n    key: ${dir}/key.pem\n`,
+    );
+    // Every engine of this host reads a registry's CA from /etc/docker/certs.d/<host:port>/ca.crt.
+    const trust = `/etc/docker/certs.d/${inet.far}:${port}`;
+    fs.mkdirSync(trust, { recursive: true });
+    fs.writeFileSync(path.join(trust, 'ca.crt'), ca.caPem);
+    const reg = spawn('ip', ['netns', 'exec', inet.ns, '/usr/bin/docker-registry', 'serve', config], { stdio: 'ignore' });
     try {
-      const tags = async (): Promise<string> =>
-        new Promise((resolve, reject) => http.get(`http://127.0.0.1:${port}/v2/me/app/tags/list`, (res) => { let b = ''; res.on('data', (d) => (b += d)); res.on('end', () => resolve(b)); }).on('error', reject));
-      for (let i = 0; ; i++) {
-        const up = await tags().then(() => true, () => false);
-        if (up) break;
-        if (i > 100) throw new Error('the user registry did not start');
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      const tag = `127.0.0.1:${port}/me/app:1`;
+      const agent = new https.Agent({ ca: ca.caPem });
+      const tags = (): Promise<string> =>
+        new Promise((resolve, reject) =>
+          https.get(`https://${inet.far}:${port}/v2/me/app/tags/list`, { agent }, (res) => { let b = ''; res.on('data', (d) => (b += d)); res.on('end', () => resolve(b)); }).on('error', reject),
+        );
+      await waitFor('the user registry', () => tags().then(() => true), 10_000, 50);
+      const tag = `${inet.far}:${port}/me/app:1`;
       const r = await runBuild(opts({ tags: [tag], push: true }), cfg, betaLease, docker);
       expect(r).toMatchObject({ status: 'success' });
       expect(r.pushed).toContain(tag);
       expect(JSON.parse(await tags())).toEqual({ name: 'me/app', tags: ['1'] });
     } finally {
       reg.kill('SIGKILL');
+      fs.rmSync(trust, { recursive: true, force: true });
     }
   });
 

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../common/log';
-import { ConfigError, DEFAULTS, defaultStateDir, parseDuration, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
+import { ConfigError, DEFAULTS, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
 
 export function registerServe(program: Command): void {
   program
@@ -22,8 +22,10 @@ export function registerServe(program: Command): void {
     .option('--grace <duration>', 'keep a released builder this long for later stages of the pipeline', '60s')
     .option('--access-token-ttl <duration>', 'lifetime of access tokens from OIDC exchange', '2h')
     .option('--subnet-pool <cidr>', "builders' bridge networks are /24s from this pool", DEFAULTS.subnetPool)
+    .option('--builder-isolation <mode>', "how builders' engines are kept from this host: none (rootful engines) | userns (dockerd --userns-remap; on Docker Engine before 26, ADD of a local archive yields an empty layer)", DEFAULTS.builderIsolation)
     .option('--builder-nat', "outbound NAT for builders' RUN steps (iptables rules of our own; turns IPv4 forwarding on)", DEFAULTS.builderNat)
-    .option('--no-builder-nat', 'builders get no outbound NAT and the host firewall is left alone')
+    .option('--no-builder-nat', 'builders get no outbound NAT and no egress filtering; the host firewall is left alone')
+    .option('--builder-egress-allow <cidr>', "an IPv4 range builders' RUN steps may reach although it is private or link-local (repeatable)", collect, [])
     .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
     .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
@@ -45,7 +47,9 @@ export function registerServe(program: Command): void {
         reapIntervalMs: DEFAULTS.reapIntervalMs,
         accessTokenTtlS: Math.round(parseDuration(o.accessTokenTtl, '--access-token-ttl') / 1000),
         subnetPool: o.subnetPool,
+        builderIsolation: parseBuilderIsolation(o.builderIsolation),
         builderNat: o.builderNat !== false,
+        builderEgressAllow: parseEgressAllow(o.builderEgressAllow),
         insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
         tls: tlsFiles(o.tlsCert, o.tlsKey)
       });
@@ -58,7 +62,7 @@ export function registerServe(program: Command): void {
       else {
         process.stdout.write(
           `buildcloud serve: ready\n  gRPC      ${i.grpc}\n  HTTP      ${i.http}  (metering, usage, /healthz, /metrics)\n` +
-            `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}\n  state     ${i.stateDir}\n` +
+            `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}${i.builderIsolation ? `, builder isolation ${i.builderIsolation}` : ''}\n  state     ${i.stateDir}\n` +
             `  admin token in ${i.adminTokenFile}\n`
         );
       }
@@ -87,6 +91,10 @@ function tlsFiles(cert: string | undefined, key: string | undefined): ServerConf
     if (!fs.existsSync(file)) throw new ConfigError(`Invalid ${flag} '${file}': no such file.`);
   }
   return { certFile: path.resolve(cert), keyFile: path.resolve(key) };
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
 }
 
 function badDriver(name: string): never {

@@ -1,6 +1,8 @@
 // Settings of `buildcloud serve`: one validated object, defaults documented in docs/operations.md.
 import * as os from 'os';
 import * as path from 'path';
+import { BUILDER_ISOLATION_SETTINGS, type BuilderIsolationSetting } from './drivers/builder-isolation';
+import { normalizeIpv4Cidr } from './drivers/builder-egress';
 
 export interface ServerConfig {
   stateDir: string;
@@ -18,7 +20,9 @@ export interface ServerConfig {
   reapIntervalMs: number;
   accessTokenTtlS: number;
   subnetPool: string;
+  builderIsolation: BuilderIsolationSetting; // how builders' engines are kept from the host (drivers/builder-isolation.ts)
   builderNat: boolean; // outbound NAT for builders' RUN steps: iptables rules of our own, IPv4 forwarding on
+  builderEgressAllow: string[]; // IPv4 CIDRs RUN steps may reach although private or link-local (normalized)
   insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
   tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
 }
@@ -36,7 +40,10 @@ export const DEFAULTS = {
   reapIntervalMs: 1_000,
   accessTokenTtlS: 2 * 3600,
   subnetPool: '10.213.0.0/16',
-  builderNat: true
+  // userns where the engine builds correctly under it (drivers/builder-isolation.ts).
+  builderIsolation: 'auto' as BuilderIsolationSetting,
+  builderNat: true,
+  builderEgressAllow: [] as string[]
 };
 
 export function defaultStateDir(): string {
@@ -81,6 +88,29 @@ export function parseRegistryUrl(value: string): string {
     throw new ConfigError(`Invalid --registry '${value}'. Expected an http:// or https:// URL.`);
   }
   return u.toString().replace(/\/$/, '');
+}
+
+// --builder-egress-allow, one range per use of the flag: normalized to the network address as iptables stores it,
+// duplicates dropped.
+export function parseEgressAllow(values: string[]): string[] {
+  const out: string[] = [];
+  for (const v of values) {
+    const cidr = normalizeIpv4Cidr(String(v));
+    if (!cidr) throw new ConfigError(`Invalid --builder-egress-allow '${v}'. Expected an IPv4 CIDR such as 10.20.0.0/16.`);
+    if (!out.includes(cidr)) out.push(cidr);
+  }
+  return out;
+}
+
+export function parseBuilderIsolation(value: string): BuilderIsolationSetting {
+  const v = String(value).trim();
+  if ((BUILDER_ISOLATION_SETTINGS as readonly string[]).includes(v)) return v as BuilderIsolationSetting;
+  if (v === 'rootless') {
+    throw new ConfigError(
+      "Invalid --builder-isolation 'rootless': not supported. A rootless builder's engine reaches the network through slirp4netns, so it cannot reach the org-cache registry on this host's loopback, and its RUN steps bypass the builder egress rules (see docs/operations.md). Use auto, userns, or none on a host without user namespaces."
+    );
+  }
+  throw new ConfigError(`Invalid --builder-isolation '${value}'. Expected ${BUILDER_ISOLATION_SETTINGS.join(', ')}.`);
 }
 
 export function validateConfig(c: ServerConfig): ServerConfig {

@@ -116,6 +116,15 @@ export class RegistryProxy {
     return `${h}:${this.address.port}`;
   }
 
+  /**
+   * Where a builder's engine connects to push and pull the org cache, for its egress rules: the listening address
+   * (0.0.0.0 is reached as 127.0.0.1), or null for an IPv6 listener (engines' IPv6 egress has no such exception).
+   */
+  get engineEndpoint(): { address: string; port: number } | null {
+    if (!this.address || this.address.family === 'IPv6') return null;
+    return { address: this.address.address === '0.0.0.0' ? '127.0.0.1' : this.address.address, port: this.address.port };
+  }
+
   listen(): Promise<number> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);

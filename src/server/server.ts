@@ -12,6 +12,7 @@ import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSignin
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
 import { RegistryProxy } from './registry-proxy';
 import { DockerdDriver, findDockerd } from './drivers/dockerd';
+import { dockerdVersion, resolveIsolation, type BuilderIsolation } from './drivers/builder-isolation';
 import type { Driver } from './drivers/driver';
 import { BuilderPool } from './builders';
 import { LeaseManager } from './leases';
@@ -26,6 +27,7 @@ export interface ServerInfo {
   http: string; // http://host:port
   registry: string; // host:port builders push the org cache to
   driver: string;
+  builderIsolation: string | null; // userns | none; null without a builder driver
   platforms: string[];
   adminTokenFile: string;
 }
@@ -89,11 +91,40 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     }
 
     const metrics = createMetrics();
+    let registryPrincipal: (u: string, p: string) => Promise<{ org: string; readOnly: boolean } | null> = async () => null;
+    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
+    await proxy.listen();
+    cleanups.push(() => proxy.close());
+
+    // Builders' engines reach no address of this host but the registry proxy (drivers/engine-egress.ts): it listens
+    // before the first builder starts.
     let driver: Driver | null = null;
+    let builderIsolation: BuilderIsolation | null = null;
     if (config.driver === 'dockerd') {
       const dockerd = findDockerd();
-      if (dockerd) driver = new DockerdDriver({ rootDir: path.join(config.stateDir, 'builders'), dockerdPath: dockerd, subnetPool: config.subnetPool, builderNat: config.builderNat, log });
-      else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
+      if (dockerd) {
+        const resolved = resolveIsolation(config.builderIsolation, await dockerdVersion(dockerd));
+        builderIsolation = resolved.mode;
+        const registry = proxy.engineEndpoint;
+        driver = new DockerdDriver({
+          isolation: resolved.mode,
+          rootDir: path.join(config.stateDir, 'builders'),
+          dockerdPath: dockerd,
+          subnetPool: config.subnetPool,
+          builderNat: config.builderNat,
+          builderEgressAllow: config.builderEgressAllow,
+          engineEndpoints: registry ? [registry] : [],
+          log
+        });
+        if (resolved.mode === 'none') {
+          log.warn(
+            { builderIsolation: 'none', reason: resolved.reason },
+            'BUILDERS RUN WITHOUT USER NAMESPACES: a RUN step that escapes its container is root on this host. The engine API allow-list and the egress rules still hold.'
+          );
+        } else {
+          log.info({ builderIsolation: 'userns', reason: resolved.reason }, 'builders run with user namespaces (dockerd --userns-remap)');
+        }
+      } else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
     }
     if (driver?.cleanupOrphans) {
       const removed = await driver.cleanupOrphans();
@@ -118,11 +149,6 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
         })
       : null;
     if (pool) cleanups.push(() => pool.stop());
-
-    let registryPrincipal: (u: string, p: string) => Promise<{ org: string; readOnly: boolean } | null> = async () => null;
-    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
-    await proxy.listen();
-    cleanups.push(() => proxy.close());
 
     let meteringUrl = '';
     const lm = new LeaseManager({
@@ -194,6 +220,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       http: `${scheme}://${config.host}:${httpPort}`,
       registry: proxy.host,
       driver: driver ? driver.name : 'none',
+      builderIsolation,
       platforms: driver?.platforms() ?? [],
       adminTokenFile: path.join(config.stateDir, 'admin-token')
     };

@@ -1,5 +1,6 @@
 // Builders as private Docker Engines: one `dockerd` per builder with its own data root, exec root, bridge and
-// a unix socket nobody else can reach (the control plane puts a mutual-TLS proxy in front of it).
+// a unix socket nobody else can reach (the control plane puts a mutual-TLS proxy in front of it). With isolation
+// 'userns' each engine runs with --userns-remap: its containers' and RUN steps' root is a subordinate uid.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -10,21 +11,31 @@ import type { Logger } from '../../common/log';
 import { silentLogger } from '../../common/log';
 import { BridgeAllocator, BuilderNat, DEFAULT_SUBNET_POOL, hostTool, runCommand } from './bridge';
 import type { BuilderHandle, Driver } from './driver';
+import { daemonConfig, type BuilderIsolation } from './builder-isolation';
+import { EngineCgroups, engineCgroupPath, type EngineEndpoint } from './engine-egress';
+import { linkExists } from './host-tools';
 
 export interface DockerdDriverOptions {
   rootDir: string;
   dockerdPath?: string;
   subnetPool?: string;
-  // Outbound NAT for RUN steps (default true): iptables rules per builder bridge, see BuilderNat in bridge.ts.
+  // Outbound NAT and egress filtering for RUN steps (default true): iptables rules per builder bridge, see
+  // BuilderNat in bridge.ts. False: no rules at all, so no filtering either (warned at construction).
   builderNat?: boolean;
+  // IPv4 CIDRs RUN steps may reach although they are private or link-local (serve --builder-egress-allow).
+  builderEgressAllow?: string[];
+  // Addresses of this host the engine itself must reach (the org-cache registry proxy); with builderNat, every
+  // other address of the host and every blocked range is closed to the engine's own traffic (engine-egress.ts).
+  engineEndpoints?: EngineEndpoint[];
+  isolation?: BuilderIsolation; // default 'none'
   log?: Logger;
   startTimeoutMs?: number;
 }
 
 interface Layout {
   id: string;
-  dir: string; // rootDir/<id>: config, log, state, data root
-  dataRoot: string;
+  dir: string; // rootDir/<id>: config, log, state (private to the control plane)
+  dataRoot: string; // dataBase/<short>: images, build cache, containers' layers
   runDir: string; // short path: unix sockets (ours and containerd's, under the exec root) must fit in 107 bytes
   execRoot: string;
   socketPath: string;
@@ -38,6 +49,7 @@ interface State {
   subnet: string | null;
   pid: number | null;
   nat?: boolean; // rules were added for the bridge (absent in state files of older versions)
+  cgroup?: boolean; // the engine's own cgroup was made (engine-egress.ts)
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -79,6 +91,19 @@ export function ping(socketPath: string, timeoutMs = 1000): Promise<boolean> {
   });
 }
 
+// Builders' data roots live here, not under rootDir. With --userns-remap the remapped root must traverse every
+// parent of its data root (dockerd refuses to start otherwise: "restricts access to the remapped root"), and
+// rootDir is inside the control plane's state dir, which is 0700 and holds the admin token, the CA key, the
+// signing keys and the database, and is itself often in a 0700 home (/root/.buildcloud). Making those
+// traversable would put every secret one wrong file mode away from every local user, and /root cannot be opened
+// at all. This base holds nothing but data roots: it is 0711 (traversable, not listable) and dockerd makes each
+// data root 0710 root:<remapped gid>. Every isolation mode uses it, so cleanup looks in one place.
+// Returns the directories that are ours, outermost first; the last one is the base.
+function dataBaseDirs(): string[] {
+  if (process.getuid?.() === 0) return ['/var/lib/buildcloud', '/var/lib/buildcloud/builders'];
+  return [path.join(os.tmpdir(), `bc-data-${process.getuid?.() ?? 'u'}`)];
+}
+
 function runtimeBase(): string {
   // /run is tmpfs and short; elsewhere (non-root) fall back to the temp dir, still short enough in practice.
   if (process.getuid?.() === 0 && fs.existsSync('/run')) return '/run/bc';
@@ -116,6 +141,12 @@ export class DockerdDriver implements Driver {
   private readonly nat: BuilderNat;
   private readonly natEnabled: boolean;
   private readonly base = runtimeBase();
+  private readonly dataBaseDirs = dataBaseDirs();
+  private readonly dataBase = this.dataBaseDirs[this.dataBaseDirs.length - 1];
+  private dataBaseReady: Promise<void> | null = null;
+  private readonly isolationMode: BuilderIsolation;
+  private readonly engineEndpoints: EngineEndpoint[];
+  private readonly cgroups = new EngineCgroups();
   private readonly children = new Map<string, ChildProcess>();
   private readonly active = new Set<string>(); // started (or starting) by this instance and not destroyed
 
@@ -127,8 +158,21 @@ export class DockerdDriver implements Driver {
     this.log = opts.log ?? silentLogger();
     this.startTimeoutMs = opts.startTimeoutMs ?? 60_000;
     this.bridges = new BridgeAllocator(opts.subnetPool ?? DEFAULT_SUBNET_POOL, this.log);
-    this.nat = new BuilderNat(this.log);
+    this.nat = new BuilderNat(this.log, { egressAllow: opts.builderEgressAllow });
     this.natEnabled = opts.builderNat ?? true;
+    this.isolationMode = opts.isolation ?? 'none';
+    this.engineEndpoints = opts.engineEndpoints ?? [];
+    if (this.natEnabled && !this.cgroups.mount()) {
+      this.log.warn("no cgroup v2 hierarchy is mounted: builders' engines cannot be held to the egress rules, so a Dockerfile can make them fetch from this host's loopback, private and link-local addresses (ADD <url>, FROM)");
+    }
+    if (!this.natEnabled) {
+      this.log.warn('builder NAT is off: RUN steps get no outbound NAT and no egress filtering (they can reach this host on their bridge, and whatever its firewall lets through)');
+      if (opts.builderEgressAllow?.length) this.log.warn({ builderEgressAllow: opts.builderEgressAllow }, 'builder egress allow-list ignored: builder NAT is off');
+    }
+  }
+
+  get isolation(): BuilderIsolation {
+    return this.isolationMode;
   }
 
   platforms(): string[] {
@@ -151,21 +195,34 @@ export class DockerdDriver implements Driver {
   private async startIn(l: Layout, t0: number): Promise<BuilderHandle> {
     const id = l.id;
     await this.teardown(l, null); // leftovers of a crashed run with the same id would break the new one
-    await fs.promises.mkdir(l.dataRoot, { recursive: true, mode: 0o700 });
+    await fs.promises.mkdir(l.dir, { recursive: true, mode: 0o700 });
     await fs.promises.chmod(l.dir, 0o700);
+    await this.prepareDataBase();
+    // 0711 for the remapped root; dockerd narrows it to 0710 root:<remapped gid> itself.
+    await fs.promises.mkdir(l.dataRoot, { recursive: true, mode: 0o711 });
     await fs.promises.mkdir(l.execRoot, { recursive: true, mode: 0o700 });
     await fs.promises.chmod(l.runDir, 0o700);
     const configFile = path.join(l.dir, 'daemon.json');
-    await fs.promises.writeFile(configFile, JSON.stringify({ features: { buildkit: true } }) + '\n', { mode: 0o600 });
+    await fs.promises.writeFile(configFile, JSON.stringify(daemonConfig(this.isolationMode)) + '\n', { mode: 0o600 });
     const state: State = { bridge: l.bridge, subnet: null, pid: null };
     try {
       const lease = await this.bridges.create(l.bridge);
       state.subnet = lease.subnet;
       await this.saveState(l, state);
+      // The engine's own cgroup, before its rules (iptables resolves the path when a rule is added) and before it
+      // starts (it is born in it): its own traffic is filtered from its first connection.
+      let procsFile: string | null = null;
+      if (this.natEnabled && this.cgroups.mount()) {
+        procsFile = await this.cgroups.create(l.bridge);
+        state.cgroup = true;
+        await this.saveState(l, state);
+      }
+      const engine = procsFile ? { cgroup: engineCgroupPath(l.bridge), endpoints: this.engineEndpoints } : undefined;
       // Before dockerd starts, so no RUN step ever runs on the bridge without its isolation rules.
-      state.nat = this.natEnabled && (await this.nat.add(lease)); // false too when the host has no iptables (warned once)
+      state.nat = this.natEnabled && (await this.nat.add(lease, engine)); // false too when the host has no iptables (warned once)
       await this.saveState(l, state);
-      const child = this.spawnDockerd(l, configFile);
+      // Under userns the first dockerd on a host creates the `dockremap` user (four at once did not race).
+      const child = this.spawnDockerd(l, configFile, state.nat ? procsFile : null);
       state.pid = child.pid ?? null;
       await this.saveState(l, state);
       await this.waitReady(l, child);
@@ -174,7 +231,7 @@ export class DockerdDriver implements Driver {
       throw err;
     }
     const startedMs = Math.round(performance.now() - t0);
-    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, nat: state.nat ?? false, startedMs }, 'dockerd ready');
+    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, nat: state.nat ?? false, isolation: this.isolationMode, startedMs }, 'dockerd ready');
     return {
       id,
       driver: this.name,
@@ -208,8 +265,15 @@ export class DockerdDriver implements Driver {
     const ids = entries.filter((e) => ID_RE.test(e) && !this.active.has(e));
     for (const id of ids) await this.teardown(this.layout(id), null);
     await this.sweepRuntimeBase();
+    await this.sweepDataBase();
     const stale = await this.nat.removeStale().catch((e) => void this.log.warn({ err: String(e) }, 'stale NAT rules not removed'));
     if (stale?.length) this.log.info({ bridges: stale }, 'removed NAT rules of builder bridges that no longer exist');
+    // Engine cgroups whose bridge is gone (a bridge is made before its cgroup and removed after it): stale, after
+    // their rules are (a rule names its cgroup).
+    for (const bridge of await this.cgroups.list()) {
+      if (await linkExists(bridge)) continue;
+      await this.cgroups.remove(bridge).catch((e) => this.log.warn({ bridge, err: String(e) }, 'stale engine cgroup not removed'));
+    }
     return ids;
   }
 
@@ -232,6 +296,36 @@ export class DockerdDriver implements Driver {
     }
   }
 
+  // Data roots no process uses any more whose builder directory is gone: left by a control plane that died
+  // between the two removals of a teardown, or whose rootDir was deleted with builders in it. Same age rule.
+  private async sweepDataBase(minAgeMs = 10 * 60_000): Promise<void> {
+    const names = await fs.promises.readdir(this.dataBase).catch(() => [] as string[]);
+    const procs = [...(await listProcs(false)).values()];
+    for (const name of names.filter((n) => /^[0-9a-f]{10}$/.test(n))) {
+      const dataRoot = path.join(this.dataBase, name);
+      const st = await fs.promises.stat(dataRoot).catch(() => null);
+      if (!st || Date.now() - st.mtimeMs < minAgeMs) continue;
+      if (fs.existsSync(path.join(this.base, name))) continue; // its run dir is there: sweepRuntimeBase's call
+      if (procs.some((p) => mentions(p, { paths: [dataRoot], execIds: [] }))) continue;
+      this.log.info({ dataRoot }, 'removing a stale builder data root');
+      await unmountUnder([dataRoot], this.log);
+      await removeDir(dataRoot, this.log).catch((e) => this.log.warn({ dataRoot, err: String(e) }, 'stale data root not removed'));
+    }
+  }
+
+  // The data base's directories are ours: (re)made 0711 once per driver, whatever an administrator or an older
+  // version left.
+  private prepareDataBase(): Promise<void> {
+    this.dataBaseReady ??= (async () => {
+      await fs.promises.mkdir(this.dataBase, { recursive: true, mode: 0o711 });
+      for (const d of this.dataBaseDirs) await fs.promises.chmod(d, 0o711);
+    })().catch((err: unknown) => {
+      this.dataBaseReady = null;
+      throw err;
+    });
+    return this.dataBaseReady;
+  }
+
   private layout(id: string): Layout {
     if (!ID_RE.test(id)) throw new Error(`invalid builder id: ${JSON.stringify(id)}`);
     // Derived from (rootDir, id) so two control planes on one host never share a run dir or a bridge name.
@@ -241,7 +335,7 @@ export class DockerdDriver implements Driver {
     return {
       id,
       dir,
-      dataRoot: path.join(dir, 'data'),
+      dataRoot: path.join(this.dataBase, short),
       runDir,
       execRoot: path.join(runDir, 'exec'),
       socketPath: path.join(runDir, 'docker.sock'),
@@ -251,7 +345,10 @@ export class DockerdDriver implements Driver {
     };
   }
 
-  private spawnDockerd(l: Layout, configFile: string): ChildProcess {
+  // With `procsFile`, dockerd is born in its own cgroup: a shell writes its pid there and execs dockerd, so no
+  // connection of the engine (or of its containerd) is ever made from outside it. No input of anyone reaches the
+  // shell's text; the paths are its arguments.
+  private spawnDockerd(l: Layout, configFile: string, procsFile: string | null): ChildProcess {
     const args = [
       '--config-file', configFile,
       '--data-root', l.dataRoot,
@@ -270,7 +367,10 @@ export class DockerdDriver implements Driver {
     const logFd = fs.openSync(l.logFile, 'a', 0o600);
     try {
       // Own session: a Ctrl-C on the control plane's terminal must not reach builders before it destroys them.
-      const child = spawn(this.dockerdPath, args, { detached: true, stdio: ['ignore', logFd, logFd], env });
+      const [file, argv] = procsFile
+        ? ['/bin/sh', ['-c', 'echo $$ > "$1" || exit 97; shift; exec "$@"', 'sh', procsFile, this.dockerdPath, ...args]]
+        : [this.dockerdPath, args];
+      const child = spawn(file, argv, { detached: true, stdio: ['ignore', logFd, logFd], env });
       child.on('error', (err) => {
         spawnErrors.set(child, err);
         this.log.error({ builder: l.id, err: err.message }, 'dockerd spawn error');
@@ -328,7 +428,8 @@ export class DockerdDriver implements Driver {
     }
     // Anything whose command line names our run dir or data root is ours: dockerd, its containerd and the
     // containerd shims that outlive containerd by design.
-    const marks = { paths: [l.runDir, l.dataRoot], execIds: await executorIds(l.dataRoot) };
+    // l.dir also covers a builder of an older version, whose data root was l.dir/data.
+    const marks = { paths: [l.runDir, l.dataRoot, l.dir], execIds: await executorIds([l.dataRoot, path.join(l.dir, 'data')]) };
     // A child we spawned and Node has not reaped cannot have had its pid recycled.
     const child = this.children.get(l.id);
     const live = child?.pid !== undefined && child.exitCode === null && child.signalCode === null;
@@ -340,7 +441,11 @@ export class DockerdDriver implements Driver {
     // bridge (a rule never outlives its bridge unless this fails). No state: look if this driver adds rules at all;
     // cleanupOrphans sweeps rules of vanished bridges anyway.
     if (state ? state.nat !== false : this.natEnabled) await step(this.nat.remove(state?.bridge ?? l.bridge));
-    await step(unmountUnder([l.dir, l.runDir], this.log));
+    // The engine's cgroup after its rules (a rule names it) and after its processes.
+    if (state ? state.cgroup === true : this.natEnabled) await step(this.cgroups.remove(state?.bridge ?? l.bridge));
+    await step(unmountUnder([l.dir, l.dataRoot, l.runDir], this.log));
+    // The data root before l.dir: while l.dir (with state.json) is there, cleanupOrphans finds the builder again.
+    await step(removeDir(l.dataRoot, this.log));
     await step(removeDir(l.dir, this.log));
     await step(removeDir(l.runDir, this.log));
     await step(this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined));
@@ -410,14 +515,23 @@ function mentions(p: Proc, marks: Marks): boolean {
   );
 }
 
-async function executorIds(dataRoot: string): Promise<string[]> {
-  try {
-    const entries = await fs.promises.readdir(path.join(dataRoot, 'buildkit', 'executor'), { withFileTypes: true });
-    return entries.filter((e) => e.isDirectory() && /^[a-z0-9]{16,}$/.test(e.name)).map((e) => e.name);
-  } catch {
-    return [];
+// BuildKit's executor dirs: <data root>/buildkit/executor, or <data root>/<uid>.<gid>/buildkit/executor under
+// --userns-remap, which moves the daemon's whole root one level down.
+async function executorIds(dataRoots: string[]): Promise<string[]> {
+  const dirs: string[] = [];
+  for (const root of dataRoots) {
+    dirs.push(path.join(root, 'buildkit', 'executor'));
+    const remapped = await fs.promises.readdir(root).catch(() => [] as string[]);
+    for (const e of remapped) if (/^\d+\.\d+$/.test(e)) dirs.push(path.join(root, e, 'buildkit', 'executor'));
   }
+  const ids: string[] = [];
+  for (const dir of dirs) {
+    const entries = await fs.promises.readdir(dir, { withFileTypes: true }).catch(() => []);
+    ids.push(...entries.filter((e) => e.isDirectory() && /^[a-z0-9]{16,}$/.test(e.name)).map((e) => e.name));
+  }
+  return ids;
 }
+
 
 function victimsOf(procs: Map<number, Proc>, root: number | null, trusted: boolean, markers: Marks): Proc[] {
   const found = new Map<number, Proc>();

@@ -7,7 +7,7 @@ export interface BuilderHandle {
   kind: 'docker' | 'buildkit';
   // Where the control plane reaches the engine itself (never given to clients): a unix socket path.
   socketPath: string;
-  // Private directory of this builder (data root, exec root, logs): removed on destroy.
+  // Private directory of this builder (config, state, logs): removed on destroy, with the data and exec roots.
   dir: string;
   pid: number | null;
   startedMs: number; // how long the engine took to become ready
