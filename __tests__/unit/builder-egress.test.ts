@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { BridgeLease } from '../../src/server/drivers/bridge';
 import { BuilderNat, natRules, natTag, NAT_CHAINS, type NatRule } from '../../src/server/drivers/builder-nat';
+import { cgroup2Mount } from '../../src/server/drivers/engine-egress';
 import { BLOCKED_IPV4_RANGES, dnsExceptions, normalizeIpv4Cidr, parseNameservers, readNameservers } from '../../src/server/drivers/builder-egress';
 import { ConfigError, parseEgressAllow, type ServerConfig } from '../../src/server/config';
 
@@ -68,6 +69,26 @@ describe('natRules', () => {
     ],
   ])('%s', (_name, policy, expected) => {
     expect(natRules(lease, policy).map(show)).toEqual(expected);
+  });
+
+  test("the engine's own traffic: the registry proxy, every resolver (loopback too), allowed ranges; then no address of the host and no blocked range, refused at once", () => {
+    const engine = { cgroup: 'buildcloud/bc0123456789', endpoints: [{ address: '127.0.0.1', port: 7645 }] };
+    const out = natRules(lease, { allow: ['10.1.0.0/16'], nameservers: ['127.0.0.53', '10.0.0.2'], engine });
+    // The bridge's rules come first and are what they are without an engine.
+    expect(out.filter((r) => r.chain !== 'BUILDCLOUD-OUTPUT')).toEqual(natRules(lease, { allow: ['10.1.0.0/16'], nameservers: ['127.0.0.53', '10.0.0.2'] }));
+    const OUT = 'iptables -t filter -A BUILDCLOUD-OUTPUT -m cgroup --path buildcloud/bc0123456789';
+    const OUT6 = 'ip6tables -t filter -A BUILDCLOUD-OUTPUT -m cgroup --path buildcloud/bc0123456789';
+    const resolver = (ns: string) => ['udp', 'tcp'].map((p) => `${OUT} -d ${ns}/32 -p ${p} -m ${p} --dport 53 -j ACCEPT`);
+    expect(out.filter((r) => r.chain === 'BUILDCLOUD-OUTPUT').map(show)).toEqual([
+      `${OUT} -d 127.0.0.1/32 -p tcp -m tcp --dport 7645 -j ACCEPT`,
+      ...resolver('127.0.0.53'),
+      ...resolver('10.0.0.2'),
+      `${OUT} -d 10.1.0.0/16 -j ACCEPT`,
+      `${OUT} -m addrtype --dst-type LOCAL -j REJECT`,
+      ...BLOCKED_IPV4_RANGES.map((r) => `${OUT} -d ${r} -j REJECT`),
+      `${OUT6} -m addrtype --dst-type LOCAL -j REJECT`,
+      ...['fe80::/10', 'fc00::/7', 'ff00::/8', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48'].map((r) => `${OUT6} -d ${r} -j REJECT`),
+    ]);
   });
 
   test('every private, shared, loopback, link-local, multicast and reserved IPv4 range is dropped', () => {
@@ -175,5 +196,16 @@ describe('--builder-egress-allow', () => {
     expect(bad).toBeInstanceOf(ConfigError);
     expect(String(bad)).toContain("Invalid --builder-egress-allow 'lan'. Expected an IPv4 CIDR such as 10.20.0.0/16.");
     expect(started).toHaveLength(2);
+  });
+});
+
+describe('cgroup2Mount', () => {
+  test.each([
+    ['hybrid (cgroup v1 controllers, v2 at unified)', '35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory', '/sys/fs/cgroup/unified'],
+    ['unified', '29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot', '/sys/fs/cgroup'],
+    ['v1 only', '36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory', null],
+    ['a bind mount of a sub-cgroup is not the root', '40 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw', null],
+  ])('%s', (_name, mountinfo, expected) => {
+    expect(cgroup2Mount(mountinfo)).toBe(expected);
   });
 });

@@ -19840,6 +19840,7 @@ var BUILD_INPUTS = [
   { name: "target", type: "string", default: "", description: "Target stage to build." },
   { name: "labels", type: "list", default: "", description: "Image labels, one KEY=VALUE per line." },
   { name: "push", type: "boolean", default: "false", description: "Push the tags after the build." },
+  { name: "load", type: "boolean", default: "false", description: "Load the built image into the runner's own Docker engine after the build (docker save on the builder piped into docker load), so later steps can docker run it there. Needs a Docker engine on the runner; one platform only." },
   { name: "platforms", type: "list", default: "", description: "Platforms to build for. Empty: the builder's platform." },
   { name: "no-cache", type: "boolean", default: "false", description: "Build without using any cache." },
   { name: "pull", type: "boolean", default: "false", description: "Always pull newer base images." }
@@ -19897,6 +19898,7 @@ function buildSettings(get) {
     target: str(B.target, get),
     labels,
     push: boolInput(B.push, get),
+    load: boolInput(B.load, get),
     platforms: platforms(B.platforms, get),
     noCache: boolInput(B["no-cache"], get),
     pull: boolInput(B.pull, get)
@@ -19907,16 +19909,27 @@ function buildSettings(get) {
 var path3 = __toESM(require("path"));
 
 // src/core/build.ts
-var import_child_process = require("child_process");
+var import_child_process2 = require("child_process");
 var import_fs = require("fs");
 var path = __toESM(require("path"));
 
 // src/core/docker-cli.ts
+var import_child_process = require("child_process");
 function dockerEnv(base, extra = {}) {
   const env = { ...base, ...extra };
   delete env.DOCKER_CONTEXT;
   for (const k of Object.keys(env)) if (env[k] === void 0) delete env[k];
   return env;
+}
+function runDocker(file, args, env, timeoutMs = 6e4) {
+  return new Promise((resolve3) => {
+    (0, import_child_process.execFile)(file, args, { env, timeout: timeoutMs, maxBuffer: 16 << 20, encoding: "utf8" }, (err, stdout, stderr) => {
+      const e = err;
+      if (e && typeof e.code === "string") return resolve3({ code: null, stdout, stderr, error: e.code });
+      if (e?.killed) return resolve3({ code: null, stdout, stderr, error: `timed out after ${timeoutMs} ms` });
+      resolve3({ code: e ? typeof e.code === "number" ? e.code : null : 0, stdout, stderr });
+    });
+  });
 }
 var DOMAIN = String.raw`(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?`;
 var COMPONENT = String.raw`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*`;
@@ -19955,14 +19968,18 @@ function validateBuildOptions(opts, client) {
   checkKeys(opts.buildArgs, "build-args");
   checkKeys(opts.labels, "labels");
   if (opts.push && opts.tags.length === 0) throw new InputError(`Invalid input 'push': true needs at least one image in 'tags'.`);
+  if (opts.platforms.length > 1 && opts.load) {
+    throw new InputError(`Invalid input 'load': ${MULTI_PLATFORM_LOAD}; build one platform to load, or set push to true instead of load.`);
+  }
   const oneNodeEngine = !client.buildx || client.driver !== "remote";
   if (opts.platforms.length > 1 && oneNodeEngine) {
     throw new InputError(`Invalid input 'platforms': '${opts.platforms.join(",")}'. A Docker Engine builder builds one platform per build; build each platform separately or use a BuildKit builder with buildx.`);
   }
   if (opts.platforms.length > 1 && !opts.push && opts.tags.length > 0) {
-    throw new InputError(`Invalid input 'push': a multi-platform image cannot be loaded into a local Docker; set push to true.`);
+    throw new InputError(`Invalid input 'push': ${MULTI_PLATFORM_LOAD}; set push to true.`);
   }
 }
+var MULTI_PLATFORM_LOAD = "a multi-platform image cannot be loaded into a local Docker";
 function checkRefs(cache) {
   for (const r of [...cache.importRefs, cache.exportRef].filter(Boolean)) {
     if (!isValidReference(r)) throw new Error(`The control plane returned an invalid cache ref '${r}'.`);
@@ -20010,8 +20027,8 @@ function buildArgs(opts, cache, client) {
   for (const t of opts.tags) a.push("-t", t);
   if (exp && inlineCache(client)) a.push("-t", cache.exportRef);
   if (inlineCache(client)) a.push("--load");
-  else if (opts.push) a.push("--push");
-  else if (opts.tags.length) a.push("--load");
+  else if (opts.push) a.push("--push", ...opts.load ? ["--load"] : []);
+  else if (opts.tags.length || opts.load) a.push("--load");
   return [...a, opts.context];
 }
 function pushesAfterBuild(opts, cache, client) {
@@ -20299,7 +20316,7 @@ var seq = 0;
 function stream(file, args, env, onLine, signal) {
   return new Promise((resolve3, reject) => {
     if (signal.aborted) return resolve3({ code: null, signal: "SIGINT" });
-    const child = (0, import_child_process.spawn)(file, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = (0, import_child_process2.spawn)(file, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     const splitter = () => {
       let buf = "";
       return {
@@ -20450,6 +20467,143 @@ async function runBuild(opts, cfg, lease, docker, io = {}) {
     await import_fs.promises.rm(client.metadataFile, { force: true });
     await import_fs.promises.rm(client.iidFile, { force: true });
   }
+}
+
+// src/core/load-image.ts
+var import_child_process3 = require("child_process");
+
+// src/core/runner-config.ts
+var RUNNER_DOCKER_VARS = ["DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT", "DOCKER_CONFIG"];
+var runnerDockerVar = (name) => `BUILDCLOUD_RUNNER_${name}`;
+
+// src/core/load-image.ts
+var DEFAULT_ENGINE = "unix:///var/run/docker.sock";
+var PING_TIMEOUT_MS = 2e4;
+var KILL_AFTER_MS2 = 5e3;
+var KEEP = 4096;
+function runnerEngineEnv(base, record) {
+  const env = { ...base };
+  for (const name of RUNNER_DOCKER_VARS) {
+    const v = record[runnerDockerVar(name)];
+    if (v) env[name] = v;
+    else delete env[name];
+  }
+  return env;
+}
+function runnerEngineName(record) {
+  const host = record[runnerDockerVar("DOCKER_HOST")];
+  const ctx = record[runnerDockerVar("DOCKER_CONTEXT")];
+  return host || (ctx ? `docker context ${ctx}` : DEFAULT_ENGINE);
+}
+function imagesToLoad(tags, imageId) {
+  if (tags.length) return [...tags];
+  return imageId ? [imageId] : [];
+}
+var pingArgs = () => ["version", "--format", "{{.Server.Version}}"];
+var saveArgs = (refs) => ["save", ...refs];
+var loadArgs = () => ["load"];
+function tailOf(buf, d) {
+  const s = buf + d.toString("utf8");
+  return s.length > KEEP ? s.slice(-KEEP) : s;
+}
+function pipeSaveLoad(file, refs, builderEnv, runnerEnv, opts = {}) {
+  const sp = opts.spawn ?? import_child_process3.spawn;
+  return new Promise((resolve3) => {
+    const save = { code: null, signal: null, stderr: "" };
+    const load = { code: null, signal: null, stderr: "", stdout: "" };
+    let bytes = 0;
+    let cancelled = false;
+    let open = 2;
+    let saveDone = false;
+    let loadDone = false;
+    let killer;
+    const saver = sp(file, saveArgs(refs), { env: builderEnv, stdio: ["ignore", "pipe", "pipe"] });
+    const loader = sp(file, loadArgs(), { env: runnerEnv, stdio: ["pipe", "pipe", "pipe"] });
+    const stopSave = () => {
+      if (saveDone) return;
+      save.stoppedByUs = true;
+      saver.stdout?.unpipe();
+      saver.stdout?.destroy();
+      killer = setTimeout(() => saver.kill("SIGKILL"), KILL_AFTER_MS2);
+    };
+    const abort = () => {
+      cancelled = true;
+      stopSave();
+      if (!saveDone) saver.kill("SIGTERM");
+      if (!loadDone) loader.kill("SIGTERM");
+    };
+    const ended = () => {
+      if (--open > 0) return;
+      if (killer) clearTimeout(killer);
+      opts.signal?.removeEventListener("abort", abort);
+      resolve3({ save, load, bytes, cancelled });
+    };
+    const endSave = (code, signal, error) => {
+      if (saveDone) return;
+      saveDone = true;
+      Object.assign(save, { code, signal }, error ? { error } : {});
+      if (error) loader.stdin?.end();
+      ended();
+    };
+    const endLoad = (code, signal, error) => {
+      if (loadDone) return;
+      loadDone = true;
+      Object.assign(load, { code, signal }, error ? { error } : {});
+      if (code === 0) saver.stdout?.resume();
+      else stopSave();
+      ended();
+    };
+    saver.stdout.on("data", (d) => bytes += d.length);
+    saver.stdout.pipe(loader.stdin);
+    loader.stdin.on("error", () => void 0);
+    saver.stdout.on("error", () => void 0);
+    saver.stderr.on("data", (d) => save.stderr = tailOf(save.stderr, d));
+    loader.stderr.on("data", (d) => load.stderr = tailOf(load.stderr, d));
+    loader.stdout.on("data", (d) => load.stdout = tailOf(load.stdout, d));
+    saver.on("error", (e) => endSave(null, null, e.code || e.message));
+    loader.on("error", (e) => endLoad(null, null, e.code || e.message));
+    saver.on("close", (code, signal) => endSave(code, signal));
+    loader.on("close", (code, signal) => endLoad(code, signal));
+    if (opts.signal?.aborted) abort();
+    else opts.signal?.addEventListener("abort", abort, { once: true });
+  });
+}
+function how(s) {
+  if (s.error) return `could not run (${s.error})`;
+  if (s.signal) return `was ended by ${s.signal}`;
+  return `exited ${s.code}`;
+}
+function detail(stderr) {
+  const lines = stderr.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  return lines.length ? `: ${lines.slice(-3).join(" | ").replace(/\.$/, "")}` : "";
+}
+function pipeFailure(r, refs, engine) {
+  if (r.cancelled) return "loading the image was cancelled";
+  const saveFailed = r.save.code !== 0 && !r.save.stoppedByUs && r.save.signal !== "SIGPIPE";
+  if (saveFailed) return `docker ${saveArgs(refs).join(" ")} on the builder ${how(r.save)}${detail(r.save.stderr)}`;
+  if (r.load.code !== 0) return `docker load into the runner's Docker engine at ${engine} ${how(r.load)}${detail(r.load.stderr)}`;
+  if (r.save.code !== 0) return `docker ${saveArgs(refs).join(" ")} on the builder ${how(r.save)}${detail(r.save.stderr)}`;
+  return null;
+}
+async function loadImage(p, deps = {}) {
+  const now = deps.now ?? Date.now;
+  const started = now();
+  const base = { refs: p.refs, engine: p.engine, bytes: 0, loadedLines: [] };
+  const fail = (error, extra = {}) => ({ ...base, loaded: false, durationMs: now() - started, error, ...extra });
+  if (p.refs.length === 0) return fail("the build named no tag and reported no image id, so there is no image to load; set tags");
+  const probe = deps.probe ?? ((f, a, e) => runDocker(f, a, e, PING_TIMEOUT_MS));
+  const ping = await probe(p.docker, pingArgs(), p.runnerEnv);
+  if (ping.code !== 0) {
+    const why = detail(ping.stderr || ping.error || `exit ${ping.code}`).replace(/^: /, "") || `docker version ${ping.error ?? `exited ${ping.code}`}`;
+    return fail(
+      `load: true needs a Docker engine on this runner, and none answers at ${p.engine}: ${why}. Set push: true instead of load (and pull the image where it is needed), or run this job on a runner with a Docker engine (GitLab: a docker:dind service; CircleCI: a machine executor; GitHub: an ubuntu runner).`
+    );
+  }
+  const r = await pipeSaveLoad(p.docker, p.refs, p.builderEnv, p.runnerEnv, { spawn: deps.spawn, signal: deps.signal });
+  const loadedLines = r.load.stdout.split(/\r?\n/).map((l) => l.trim()).filter((l) => /^Loaded image/.test(l));
+  const failure = pipeFailure(r, p.refs, p.engine);
+  if (failure) return fail(failure, { bytes: r.bytes, loadedLines });
+  return { ...base, loaded: true, durationMs: now() - started, bytes: r.bytes, loadedLines };
 }
 
 // src/core/metering-spool.ts
@@ -20732,6 +20886,7 @@ function buildOptions(s, session) {
     buildArgs: parseKeyValueLines(s.buildArgs, "build-args"),
     target: s.target || void 0,
     push: s.push,
+    load: s.load,
     platforms: s.platforms,
     labels: parseKeyValueLines(s.labels, "labels"),
     noCache: s.noCache,
@@ -20755,24 +20910,39 @@ function localRunner(session) {
     warnings: []
   };
 }
+function loadedAlready(session) {
+  if (!session.runner) return "the build ran on the runner's own Docker (fallback: local)";
+  if (session.runner.driver === "remote") return "buildx loaded it into the runner's Docker as part of the build";
+  return null;
+}
+async function loadStep(session, opts, run2, deps) {
+  const refs = imagesToLoad(opts.tags, run2.imageId);
+  const engine = runnerEngineName(session.env);
+  const already = loadedAlready(session);
+  if (already) {
+    deps.log.info(`Build Cloud: load: ${already}`);
+    return { loaded: true, refs, engine, durationMs: 0, bytes: 0, loadedLines: [] };
+  }
+  deps.log.info(`Build Cloud: loading ${refs.join(", ") || "(no image)"} from the builder into the runner's Docker engine at ${engine}`);
+  const out = await loadImage(
+    {
+      docker: session.docker.path,
+      refs,
+      builderEnv: dockerEnv(process.env, { ...session.runner.env }),
+      runnerEnv: runnerEngineEnv(process.env, session.env),
+      engine
+    },
+    { signal: deps.io?.signal, ...deps.load }
+  );
+  for (const l of out.loadedLines) deps.io?.onLine?.(l);
+  return out;
+}
 async function buildStep(session, settings, deps) {
   const opts = buildOptions(settings, session);
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const run2 = await runBuild(opts, session.runner ?? localRunner(session), lease, session.docker, deps.io ?? {});
   const platform = opts.platforms.join(",") || session.lease?.builders[0]?.platform || "local";
-  const build = {
-    buildId,
-    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : void 0),
-    platform,
-    status: run2.status,
-    durationMs: run2.durationMs,
-    totalSteps: run2.totalSteps,
-    cachedSteps: run2.cachedSteps,
-    digest: run2.digest,
-    builderId: session.lease?.builders[0]?.builderId
-  };
-  recordBuild(session, build);
   const warnings = [...run2.warnings];
   if (session.lease) {
     try {
@@ -20797,6 +20967,20 @@ async function buildStep(session, settings, deps) {
       warnings.push(`Build Cloud metering: could not spool the build record: ${err.message}`);
     }
   }
+  const load = settings.load && run2.status === "success" ? await loadStep(session, opts, run2, deps) : void 0;
+  const build = {
+    buildId,
+    image: opts.tags[0] || (opts.target ? `target ${opts.target}` : void 0),
+    platform,
+    status: run2.status,
+    durationMs: run2.durationMs,
+    totalSteps: run2.totalSteps,
+    cachedSteps: run2.cachedSteps,
+    digest: run2.digest,
+    builderId: session.lease?.builders[0]?.builderId,
+    ...settings.load ? { loaded: Boolean(load?.loaded) } : {}
+  };
+  recordBuild(session, build);
   for (const w of warnings) deps.log.warn(w);
   const outputs = {
     digest: run2.digest ?? "",
@@ -20804,12 +20988,15 @@ async function buildStep(session, settings, deps) {
     "cache-ratio": run2.cacheRatio.toFixed(4),
     "cached-steps": String(run2.cachedSteps),
     "total-steps": String(run2.totalSteps),
-    duration: (run2.durationMs / 1e3).toFixed(2)
+    duration: (run2.durationMs / 1e3).toFixed(2),
+    loaded: String(Boolean(load?.loaded))
   };
+  const loadNote = !load ? "" : load.loaded ? `, loaded into the runner's Docker (${load.engine})` : ", NOT loaded into the runner's Docker";
   deps.log.info(
-    `Build Cloud: build ${run2.status} in ${outputs.duration} s, ${run2.cachedSteps} of ${run2.totalSteps} steps cached${run2.cacheExported ? ", org cache exported" : ""}`
+    `Build Cloud: build ${run2.status} in ${outputs.duration} s, ${run2.cachedSteps} of ${run2.totalSteps} steps cached${run2.cacheExported ? ", org cache exported" : ""}${loadNote}`
   );
-  return { build, run: run2, outputs, warnings };
+  const loadError = load?.error ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}` : void 0;
+  return { build, run: run2, outputs, warnings, ...load ? { load } : {}, ...loadError ? { loadError } : {} };
 }
 
 // src/github/state.ts
@@ -20830,6 +21017,8 @@ async function run() {
     for (const [k, v] of Object.entries(r.outputs)) core2.setOutput(k, v);
     if (r.run.status !== "success") {
       core2.setFailed(`docker build ${r.run.status === "cancelled" ? "was cancelled" : `failed (exit ${r.run.exitCode})`}: ${r.run.outputTail.slice(-5).join(" | ")}`);
+    } else if (r.loadError) {
+      core2.setFailed(r.loadError);
     }
   } catch (err) {
     core2.setFailed(errorMessage(err));
