@@ -49,9 +49,12 @@ export function adminCli(cli: string, args: string[]): string {
   return r.stdout.trim();
 }
 
-// A busybox rootfs imported as an image on a builder of the org and pushed to the org's registry namespace.
+// A busybox rootfs built into an image on a builder of the org (builders build; they do not `docker import`) and
+// pushed to the org's registry namespace. COPY of a directory, not ADD of an archive: correct under user namespaces
+// on every engine (drivers/builder-isolation.ts).
 export async function pushBaseImage(server: DemoServer, token: string, ref: string, work: string): Promise<void> {
-  const root = path.join(work, 'rootfs');
+  const ctx = path.join(work, 'base-image');
+  const root = path.join(ctx, 'rootfs');
   fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
   fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
   fs.copyFileSync('/bin/busybox', path.join(root, 'bin/busybox'));
@@ -59,9 +62,7 @@ export async function pushBaseImage(server: DemoServer, token: string, ref: stri
   const applets = spawnSync('/bin/busybox', ['--list'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
   for (const a of applets) if (a !== 'busybox') fs.symlinkSync('busybox', path.join(root, 'bin', a));
   fs.writeFileSync(path.join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-  const tar = path.join(work, 'rootfs.tar');
-  const t = spawnSync('tar', ['-C', root, '-cf', tar, '.']);
-  if (t.status !== 0) throw new Error(`tar failed: ${t.stderr}`);
+  fs.writeFileSync(path.join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD ["/bin/sh"]\n');
 
   const api = new ApiClient({ endpoint: server.grpc, token });
   const lease = await api.provision({
@@ -76,8 +77,8 @@ export async function pushBaseImage(server: DemoServer, token: string, ref: stri
   const cfg = await configureRunner(lease, `buildcloud-demo-base-${process.pid}`, { tempRoot: work, docker });
   try {
     const env = { ...process.env, ...cfg.env } as NodeJS.ProcessEnv;
-    const imp = spawnSync(docker.path, ['import', '-c', 'ENV PATH=/bin', '-c', 'CMD ["/bin/sh"]', tar, ref], { env, encoding: 'utf8' });
-    if (imp.status !== 0) throw new Error(`docker import failed: ${imp.stderr}`);
+    const built = spawnSync(docker.path, ['build', '-q', '-t', ref, ctx], { env, encoding: 'utf8' });
+    if (built.status !== 0) throw new Error(`docker build of the base image failed: ${built.stderr}`);
     const push = spawnSync(docker.path, ['push', ref], { env, encoding: 'utf8' });
     if (push.status !== 0) throw new Error(`docker push ${ref} failed: ${push.stderr}`);
   } finally {
