@@ -27,8 +27,14 @@ interface Result {
 function dockerOn(handle: BuilderHandle, args: string[], configDir: string, cwd?: string): Promise<Result> {
   return new Promise((resolve) => {
     const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, DOCKER_HOST: `unix://${handle.socketPath}`, DOCKER_CONFIG: configDir, DOCKER_BUILDKIT: '1' };
-    execFile(DOCKER, args, { env, cwd, timeout: 120_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
-      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, out: `${stdout}${stderr}` });
+    const t0 = Date.now();
+    // 60 s, well inside the test's own timeout: a call that hangs fails as itself, named, with its output so far
+    // (seen once in CI under heavy load: the first test ran into jest's 180 s timeout and nothing said which call).
+    execFile(DOCKER, args, { env, cwd, timeout: 60_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+      const ms = Date.now() - t0;
+      const timedOut = Boolean(err && (err as NodeJS.ErrnoException & { killed?: boolean }).killed);
+      const note = timedOut ? `\n[docker ${args.join(' ')} killed after ${ms} ms]` : '';
+      resolve({ code: err ? (typeof err.code === 'number' ? err.code : 1) : 0, out: `${stdout}${stderr}${note}` });
     });
   });
 }
@@ -154,7 +160,11 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     const ctx = path.join(tmp, 'ctx-a');
     await copyContext(ctx, 'RUN cat /proc/self/uid_map > /uid_map && id -u > /id\nRUN sleep 3.6161\n');
     const build = dockerOn(h, ['build', '--progress=plain', '-o', `type=local,dest=${path.join(tmp, 'out-a')}`, '.'], cfg, ctx);
-    await waitFor('the RUN step to run', () => pidsRunning('sleep 3.6161').length > 0);
+    let settled: Result | null = null;
+    void build.then((r) => (settled = r));
+    // A build that ends without its RUN step ever running fails here with its output, not after a minute of polling.
+    await waitFor('the RUN step to run', () => pidsRunning('sleep 3.6161').length > 0 || settled !== null);
+    expect(settled ?? { code: 'still running' }).toMatchObject({ code: 'still running' });
     const [pid] = pidsRunning('sleep 3.6161');
     expect(hostUid(pid)).toBe(base);
     const built = await build;

@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as http from 'http';
 import * as https from 'https';
 import * as net from 'net';
+import * as tls from 'tls';
 import * as os from 'os';
 import * as path from 'path';
 import { adminSetup, docker as dockerRun, dockerEnvFor, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
@@ -166,6 +167,32 @@ describe('refused, with a message, and nothing changed on the host', () => {
     const r = sh(['build', '--network', 'host', '-t', 'x:1', base]);
     expect(r.status).not.toBe(0);
     expect(r.out).toMatch(/--network "host" is not allowed/);
+  });
+
+  test('build options smuggled in a form-encoded body (Go prefers them over the query) are refused before the engine', async () => {
+    const [host, port] = betaLease.builders[0].address.replace('tcp://', '').split(':');
+    const certs = env.DOCKER_CERT_PATH!;
+    const sock = tls.connect({
+      host,
+      port: Number(port),
+      ca: fs.readFileSync(path.join(certs, 'ca.pem')),
+      cert: fs.readFileSync(path.join(certs, 'cert.pem')),
+      key: fs.readFileSync(path.join(certs, 'key.pem')),
+      servername: 'localhost',
+    });
+    const form = 'version=1&networkmode=host&cgroupparent=/evil&t=smuggled:1';
+    const answer = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      sock.on('data', (d) => (got += d));
+      sock.on('close', () => resolve(got));
+      sock.on('error', reject);
+      sock.on('secureConnect', () =>
+        sock.write(`POST /v1.41/build?version=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\nConnection: close\r\n\r\n${form}`),
+      );
+    });
+    expect(answer).toMatch(/^HTTP\/1\.1 400 /);
+    expect(answer).toContain('form-encoded request bodies (application/x-www-form-urlencoded) are not accepted');
+    expect(sh(['image', 'inspect', 'smuggled:1']).status).not.toBe(0);
   });
 
   test("another lease's builder refuses this lease's cert, and this one refuses the other's", () => {

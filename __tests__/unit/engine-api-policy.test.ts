@@ -81,6 +81,26 @@ describe('checkEngineRequest', () => {
     expect(d.message).toMatch(/^Build Cloud builders run builds only/);
   });
 
+  // Go's FormValue prefers a form-encoded body over the query: a body must never carry options past the policy.
+  test.each([
+    ['application/x-www-form-urlencoded'],
+    ['Application/X-WWW-Form-URLEncoded ; charset=utf-8'],
+    ['  application/x-www-form-urlencoded'],
+    ['multipart/form-data; boundary=x'],
+  ])('refuses a form-encoded body (%j) on an allowed route', (ct) => {
+    const d = checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [ct] });
+    expect(d).toMatchObject({ allowed: false, status: 400 });
+    if (!d.allowed) expect(d.message).toMatch(/form-encoded request bodies .* are not accepted; options go in the query string/);
+  });
+
+  it('refuses two Content-Type headers, and allows what build clients send', () => {
+    expect(checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: ['application/x-tar', 'application/x-www-form-urlencoded'] })).toMatchObject({ allowed: false, status: 400 });
+    for (const ct of ['application/x-tar', 'application/json', 'text/plain', 'application/octet-stream']) {
+      expect(checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [ct] })).toMatchObject({ allowed: true });
+    }
+    expect(checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [] })).toMatchObject({ allowed: true });
+  });
+
   it('names the upgradable BuildKit routes so the front may switch protocols for them only', () => {
     expect(checkEngineRequest({ method: 'POST', url: '/v1.41/session' })).toEqual({ allowed: true, route: 'session' });
     expect(checkEngineRequest({ method: 'POST', url: '/grpc' })).toEqual({ allowed: true, route: 'grpc' });

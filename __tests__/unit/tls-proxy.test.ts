@@ -231,6 +231,22 @@ describe('BuilderTlsProxy', () => {
     sock.destroy();
   });
 
+  it('refuses a form-encoded body, which the engine would read as options over the checked query', async () => {
+    const { p, port } = await proxy();
+    p.allow(leaseA.fingerprint);
+    const sock = await open(port);
+    const form = 'version=1&networkmode=host';
+    const out = await exchange(
+      sock,
+      `POST /v1.41/build?version=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\n\r\n${form}`,
+      /\}$/,
+    );
+    expect(out).toMatch(/^HTTP\/1\.1 400 /);
+    expect(out).toContain('form-encoded request bodies');
+    expect(engine.seen).toEqual([]);
+    sock.destroy();
+  });
+
   it('switches protocols for BuildKit\'s session and pipes the raw stream both ways', async () => {
     const { p, port } = await proxy();
     p.allow(leaseA.fingerprint);

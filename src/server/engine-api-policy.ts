@@ -9,10 +9,14 @@
 // moby's API server (api/server/router/{build,image,distribution,system,session,grpc}), each with or without the
 // `/v<major>.<minor>` prefix the client adds (moby api/server/server.go versionMatcher).
 
-/** A request as the front sees it: the method and the request target (path and query, not decoded). */
+/**
+ * A request as the front sees it: the method, the request target (path and query, not decoded) and every
+ * Content-Type header it carries (raw values, in order; none when absent).
+ */
 export interface EngineRequest {
   method: string;
   url: string;
+  contentTypes?: string[];
 }
 
 /** `allowed: false` carries the message the docker CLI prints as "Error response from daemon: <message>". */
@@ -93,9 +97,26 @@ export function stripVersion(path: string): string {
 // refused outright: what we check must be exactly what the engine routes.
 const UNCLEAN = /\/\.{1,2}(\/|$)|\/\/|%2e|%2f|%5c|\\/i;
 
+// The engine reads its options with Go's Request.FormValue, which prefers values from a form-encoded body over the
+// query string (net/http parsePostForm: Content-Type application/x-www-form-urlencoded, media type compared
+// lower-cased and trimmed, the first header only; multipart/form-data through ParseMultipartForm). A body like
+// `version=1&networkmode=host` would then override a query the policy checked. No build client sends form bodies:
+// refuse them, and any request whose Content-Type is ambiguous.
+const FORM_MEDIA_TYPES = new Set(['application/x-www-form-urlencoded', 'multipart/form-data']);
+
+function checkContentType(contentTypes: string[]): string | null {
+  if (contentTypes.length > 1) return `${PREFIX}: a request may carry one Content-Type header, not ${contentTypes.length}.`;
+  if (contentTypes.length === 0) return null;
+  const media = contentTypes[0].split(';')[0].trim().toLowerCase();
+  if (FORM_MEDIA_TYPES.has(media)) return `${PREFIX}: form-encoded request bodies (${media}) are not accepted; options go in the query string.`;
+  return null;
+}
+
 /** Decides one request. Pure: no I/O; the same request always gets the same answer. */
 export function checkEngineRequest(req: EngineRequest): EngineDecision {
   const method = req.method.toUpperCase();
+  const badType = checkContentType(req.contentTypes ?? []);
+  if (badType) return { allowed: false, status: 400, message: badType };
   const q = req.url.indexOf('?');
   const rawPath = q < 0 ? req.url : req.url.slice(0, q);
   const query = new URLSearchParams(q < 0 ? '' : req.url.slice(q + 1));

@@ -175,7 +175,7 @@ export class BuilderTlsProxy {
       return;
     }
     this.touch(conn.fingerprint, false);
-    const decision = checkEngineRequest({ method: req.method ?? '', url: req.url ?? '' });
+    const decision = checkEngineRequest(engineRequest(req));
     if (!decision.allowed) {
       this.log.warn({ fingerprint: conn.fingerprint.slice(0, 16), method: req.method, path: pathOf(req.url) }, 'engine API call refused');
       // The request's body (if any) is read and dropped so the connection stays usable for the next request.
@@ -221,7 +221,7 @@ export class BuilderTlsProxy {
       return;
     }
     sock.on('error', () => this.drop(conn));
-    const decision = checkEngineRequest({ method: req.method ?? '', url: req.url ?? '' });
+    const decision = checkEngineRequest(engineRequest(req));
     const upgradable = decision.allowed && (decision.route === 'session' || decision.route === 'grpc');
     if (!upgradable) {
       const status = decision.allowed ? 403 : decision.status;
@@ -302,6 +302,14 @@ export class BuilderTlsProxy {
 // Accepts Node's "AB:CD:..." form too, so callers may pass either.
 function normalise(fp: string): string {
   return fp.replace(/:/g, '').toLowerCase();
+}
+
+// What the policy decides on: the method, the target, and every Content-Type header as sent (Node keeps only the
+// first in req.headers, the engine too; the policy refuses more than one rather than trust that both agree).
+function engineRequest(req: http.IncomingMessage): { method: string; url: string; contentTypes: string[] } {
+  const contentTypes: string[] = [];
+  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) if (req.rawHeaders[i].toLowerCase() === 'content-type') contentTypes.push(req.rawHeaders[i + 1]);
+  return { method: req.method ?? '', url: req.url ?? '', contentTypes };
 }
 
 function pathOf(url: string | undefined): string {
