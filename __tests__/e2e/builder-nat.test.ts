@@ -4,7 +4,7 @@
 // 169.254.169.254). Each is a veth pair whose far end lives in its own namespace with no route back to the
 // builders' subnets, like a real host. All traffic stays on this machine: no probe goes to an address of the
 // real network.
-import { execFile, spawn, type ChildProcess } from 'child_process';
+import { execFile, type ChildProcess } from 'child_process';
 import { existsSync, promises as fs } from 'fs';
 import * as http from 'http';
 import type { AddressInfo } from 'net';
@@ -17,6 +17,7 @@ import type { BuilderHandle } from '../../src/server/drivers/driver';
 import { hostTool } from '../../src/server/drivers/host-tools';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { adminSetup, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
+import { httpGet, ipToInt, makeOutsideHost, removeOutsideHost, unusedNet, usedAddresses } from '../helpers/outside-hosts';
 
 const DOCKER = '/usr/bin/docker';
 const IP = hostTool('ip');
@@ -52,20 +53,6 @@ async function rules4(): Promise<string> {
 // Every rule of the host in those tables, IPv4 and IPv6.
 async function allRules(): Promise<string> {
   return (await rules4()) + (await must(IP6TABLES, ['-w', '-S']));
-}
-
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((n, p) => n * 256 + Number(p), 0);
-}
-
-function httpGet(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get(url, { timeout: 5000 }, (res) => {
-      let body = '';
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve(body));
-    }).on('error', reject);
-  });
 }
 
 interface Net {
@@ -104,36 +91,12 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
   const roots: string[] = [];
 
   // A veth pair to a new namespace: `hostCidr` on our end, `farCidr` on the far end, an HTTP server there on
-  // port 8080 answering `<label>seen-from <client address>`.
+  // port 8080 answering `<label>seen-from <client address>` (helpers/outside-hosts.ts).
   async function makeOutside(o: (typeof outside)['inet'], hostCidr: string, farCidr: string): Promise<void> {
-    o.host = hostCidr.split('/')[0];
-    o.far = farCidr.split('/')[0];
-    await must(IP, ['netns', 'add', o.ns]);
-    await must(IP, ['link', 'add', o.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', o.ns]);
-    await must(IP, ['addr', 'add', hostCidr, 'dev', o.hostIf]);
-    await must(IP, ['link', 'set', o.hostIf, 'up']);
-    await must(IP, ['netns', 'exec', o.ns, IP, 'addr', 'add', farCidr, 'dev', 'eth0']);
-    await must(IP, ['netns', 'exec', o.ns, IP, 'link', 'set', 'eth0', 'up']);
-    await must(IP, ['netns', 'exec', o.ns, IP, 'link', 'set', 'lo', 'up']);
-    // No default route in the namespace: it can answer the host's address on the veth only.
-    const script = `require('http').createServer((q, r) => r.end(${JSON.stringify(o.label)} + 'seen-from ' + q.socket.remoteAddress + '\\n'))` +
-      `.listen(8080, ${JSON.stringify(o.far)}, () => console.log('listening'))`;
-    const srv = spawn(IP, ['netns', 'exec', o.ns, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    nsServers.push(srv);
-    await new Promise<void>((resolve, reject) => {
-      srv.stdout!.on('data', (d) => String(d).includes('listening') && resolve());
-      srv.once('exit', (code) => reject(new Error(`the server in ${o.ns} exited with ${code}`)));
-    });
-    // The host itself reaches it (and is seen with its address on the veth).
-    expect(await httpGet(`http://${o.far}:8080/`)).toBe(`${o.label}seen-from ${o.host}\n`);
-  }
-
-  // A random one of `candidates` (first addresses of networks of `size` addresses) holding no address that an
-  // interface or a route of the host names.
-  function unusedNet(used: number[], candidates: string[], size: number): string {
-    const free = candidates.filter((c) => !used.some((u) => u >= ipToInt(c) && u < ipToInt(c) + size));
-    if (free.length === 0) throw new Error(`none of ${candidates[0]}... is unused on this host`);
-    return free[Math.floor(Math.random() * free.length)];
+    const made = await makeOutsideHost({ ns: o.ns, hostIf: o.hostIf, hostCidr, farCidr, label: o.label });
+    o.host = made.host;
+    o.far = made.far;
+    nsServers.push(made.server);
   }
 
   beforeAll(async () => {
@@ -142,8 +105,7 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
     if (!path.isAbsolute(IPTABLES) || !path.isAbsolute(IP6TABLES)) throw new Error('iptables and ip6tables are needed: apt-get install -y iptables');
     tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'bc-e2e-nat-'));
 
-    const shown = (await must(IP, ['-4', '-o', 'addr', 'show'])) + (await must(IP, ['-4', 'route', 'show', 'table', 'all']));
-    const used = [...shown.matchAll(/\b(\d+\.\d+\.\d+\.\d+)\b/g)].map((m) => ipToInt(m[1]));
+    const used = await usedAddresses();
     const range = (n: number, f: (i: number) => string) => [...Array(n).keys()].map(f);
     // "The internet": a /30 of TEST-NET-3 (203.0.113.0/24), public as far as the builders' rules go.
     const inet = ipToInt(unusedNet(used, range(64, (i) => `203.0.113.${i * 4}`), 4));
@@ -182,12 +144,7 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
     }
     for (const { driver, handle } of live) await driver.destroy(handle).catch(() => undefined);
     for (const root of roots) await new DockerdDriver({ rootDir: root }).cleanupOrphans().catch(() => undefined);
-    for (const o of Object.values(outside)) {
-      await run(IP, ['netns', 'del', o.ns]);
-      // The namespace takes its end of the veth (and so ours) with it, asynchronously.
-      for (let i = 0; i < 50 && (await run(IP, ['link', 'show', 'dev', o.hostIf])).code === 0; i++) await new Promise((r) => setTimeout(r, 100));
-      await run(IP, ['link', 'del', 'dev', o.hostIf]);
-    }
+    for (const o of Object.values(outside)) await removeOutsideHost(o);
     if (tmp) await fs.rm(tmp, { recursive: true, force: true });
   });
 

@@ -14,6 +14,7 @@ import type { BuilderIsolation } from '../../src/server/drivers/builder-isolatio
 import type { BuilderHandle } from '../../src/server/drivers/driver';
 import { decodeInlineCache } from '../../src/server/cache-repair';
 import { makeBusyboxContext } from '../helpers/busybox-context';
+import { mountsUnder, processesMentioning } from '../helpers/host-state';
 import { adminSetup, docker as dockerVia, dockerEnvFor, startServer, TestClient } from '../helpers/server';
 
 const DOCKER = '/usr/bin/docker';
@@ -70,26 +71,6 @@ function pidsRunning(cmd: string): number[] {
 
 function hostUid(pid: number): number {
   return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
-}
-
-function processesMentioning(markers: string[]): string[] {
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
-      if (markers.some((m) => cmd.includes(m))) out.push(`${pid} ${cmd}`);
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
-function mountsUnder(dirs: string[]): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((mp) => mp && dirs.some((d) => mp === d || mp.startsWith(`${d}/`)));
 }
 
 function linkExists(name: string): boolean {

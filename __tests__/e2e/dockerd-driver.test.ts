@@ -9,6 +9,7 @@ import type { BuilderHandle } from '../../src/server/drivers/driver';
 import { Pki, CertPair } from '../../src/server/pki';
 import { BuilderTlsProxy } from '../../src/server/tls-proxy';
 import { makeBusyboxContext } from '../helpers/busybox-context';
+import { mountsUnder, processesMentioning } from '../helpers/host-state';
 
 const DOCKER = '/usr/bin/docker';
 
@@ -63,26 +64,6 @@ async function writeCertDir(dir: string, caPem: string, pair: CertPair): Promise
 }
 
 // Processes whose command line names one of the builder's private paths: dockerd, containerd, shims.
-function processesMentioning(markers: string[]): string[] {
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
-      if (markers.some((m) => cmd.includes(m))) out.push(`${pid} ${cmd}`);
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
-
-function mountsUnder(dirs: string[]): string[] {
-  return readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' ')[4])
-    .filter((mp) => mp && dirs.some((d) => mp === d || mp.startsWith(`${d}/`)));
-}
-
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, ms = 60_000): Promise<void> {
   const until = Date.now() + ms;
   while (!(await cond())) {
