@@ -16,13 +16,15 @@ export interface DemoServer {
   grpc: string;
   http: string;
   registry: string;
+  logFile: string; // serve's stderr: kept when the demo fails, removed when it passes
   stop(): Promise<void>;
 }
 
 export async function startControlPlane(cli: string, stateDir: string, extra: string[]): Promise<DemoServer> {
   const args = [cli, 'serve', '--state-dir', stateDir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
   const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const log = fs.createWriteStream(path.join(os.tmpdir(), `buildcloud-demo-serve-${proc.pid}.log`));
+  const logFile = path.join(os.tmpdir(), `buildcloud-demo-serve-${proc.pid}.log`);
+  const log = fs.createWriteStream(logFile, { mode: 0o600 });
   proc.stderr!.pipe(log);
   const info = await new Promise<Record<string, string>>((resolve, reject) => {
     proc.once('exit', (code) => reject(new Error(`buildcloud serve exited (${code}); its log: ${log.path}`)));
@@ -34,6 +36,7 @@ export async function startControlPlane(cli: string, stateDir: string, extra: st
     grpc: info.grpc,
     http: info.http,
     registry: info.registry,
+    logFile,
     stop: () =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve();

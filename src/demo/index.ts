@@ -99,5 +99,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     o.log('Stopping the control plane (ending leases, destroying builders, stopping the registry)');
     await server.stop();
     if (!o.keep) fs.rmSync(work, { recursive: true, force: true });
+    if (ok && !o.keep) fs.rmSync(server.logFile, { force: true });
+    else o.log(`Control plane log: ${server.logFile}`);
   }
 }
