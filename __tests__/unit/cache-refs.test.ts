@@ -1,4 +1,4 @@
-import { cacheRefs, orgRepoPrefix, repoComponent, tagFor, CacheRefInput } from '../../src/server/cache-refs';
+import { cacheRefs, orgRepoPrefix, registryScope, repoComponent, tagFor, CacheRefInput } from '../../src/server/cache-refs';
 
 const HOST = '127.0.0.1:5000';
 const base: CacheRefInput = { registryHost: HOST, org: 'acme', project: 'widget', branch: 'main', defaultBranch: 'main', fork: false };
@@ -10,9 +10,9 @@ describe('cacheRefs', () => {
     // GitHub: GITHUB_REPOSITORY_OWNER / repo name / GITHUB_REF_NAME / default_branch
     ['GitHub push to the default branch', {}, [`${HOST}/acme/widget/cache:main`], `${HOST}/acme/widget/cache:main`],
     ['GitHub feature branch', { branch: 'feature/login' },
-      [`${HOST}/acme/widget/cache:feature-login`, `${HOST}/acme/widget/cache:main`], `${HOST}/acme/widget/cache:feature-login`],
+      [`${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`, `${HOST}/acme/widget/cache:main`], `${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`],
     ['GitHub uppercase owner and repo', { org: 'Acme', project: 'Widget.API', branch: 'Release/2.0' },
-      [`${HOST}/acme/widget.api/cache:Release-2.0`, `${HOST}/acme/widget.api/cache:main`], `${HOST}/acme/widget.api/cache:Release-2.0`],
+      [`${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`, `${HOST}/acme/widget.api/cache:main`], `${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`],
     ['GitHub pull request from a fork imports only', { branch: 'patch-1', fork: true },
       [`${HOST}/acme/widget/cache:patch-1`, `${HOST}/acme/widget/cache:main`], ''],
     ['GitHub fork PR whose branch is also "main"', { branch: 'main', fork: true }, [`${HOST}/acme/widget/cache:main`], ''],
@@ -24,10 +24,10 @@ describe('cacheRefs', () => {
     ['GitLab nested namespace with odd characters', { org: 'ACME', project: 'Platform/Tools_/widget--api', branch: 'main' },
       [`${HOST}/acme/platform/tools/widget-api/cache:main`], `${HOST}/acme/platform/tools/widget-api/cache:main`],
     ['GitLab merge request branch with slashes', { project: 'grp/sub/app', branch: 'user/jane/fix#12' },
-      [`${HOST}/acme/grp/sub/app/cache:user-jane-fix-12`, `${HOST}/acme/grp/sub/app/cache:main`], `${HOST}/acme/grp/sub/app/cache:user-jane-fix-12`],
+      [`${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`, `${HOST}/acme/grp/sub/app/cache:main`], `${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`],
     // CircleCI: CIRCLE_PROJECT_USERNAME / CIRCLE_PROJECT_REPONAME / CIRCLE_BRANCH; no default branch variable
     ['CircleCI without a default branch', { registryHost: 'registry.example.com', org: 'acme-corp', project: 'api_server', branch: 'feature/x', defaultBranch: '' },
-      [`registry.example.com/acme-corp/api_server/cache:feature-x`], `registry.example.com/acme-corp/api_server/cache:feature-x`],
+      [`registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`], `registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`],
     // Registry hosts
     ['IPv6 loopback host', { registryHost: '[::1]:5000' }, ['[::1]:5000/acme/widget/cache:main'], '[::1]:5000/acme/widget/cache:main'],
   ])('%s', (_name, over, importRefs, exportRef) => {
@@ -57,20 +57,38 @@ describe('cacheRefs', () => {
   });
 });
 
+describe('registryScope', () => {
+  test.each<[string, Partial<CacheRefInput>, string[], { repository: string; tag: string } | null]>([
+    ['default branch', {}, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'main' }],
+    ['feature branch: writes its tag only, reads its project', { branch: 'feature-x' }, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'feature-x' }],
+    ['fork: reads, writes nothing', { branch: 'patch-1', fork: true }, ['acme/widget/cache'], null],
+    ['tag build: reads the default branch, writes nothing', { branch: '' }, ['acme/widget/cache'], null],
+    ['IPv6 host with a port', { registryHost: '[::1]:5000', project: 'a/b' }, ['acme/a/b/cache'], { repository: 'acme/a/b/cache', tag: 'main' }],
+  ])('%s', (_n, over, pull, push) => {
+    const input = { ...base, ...over };
+    expect(registryScope(cacheRefs(input), input.registryHost)).toEqual({ pull, push });
+  });
+});
+
 describe('tagFor', () => {
   test.each<[string, string]>([
     ['main', 'main'],
-    ['feature/login', 'feature-login'],
-    ['Feature/Login', 'Feature-Login'], // tags are case-sensitive: keep case
+    ['feature/login', 'feature-login-df7c7aeb3560'], // sanitised, so hashed: a branch named "feature-login" keeps its own tag
+    ['Feature/Login', 'Feature-Login-1ce27709f2ad'], // tags are case-sensitive: keep case
     ['release-1.2.3', 'release-1.2.3'],
     ['_private', '_private'],
-    ['.hidden', 'hidden'],
-    ['-dash', 'dash'],
-    ['a//b\\c', 'a-b-c'],
-    ['fix: "quotes" & spaces', 'fix-quotes-spaces'],
-    ['dependabot/npm_and_yarn/lodash-4.17.21', 'dependabot-npm_and_yarn-lodash-4.17.21'],
-    ['trailing.', 'trailing'],
-    ['  padded  ', 'padded'],
+    ['.hidden', 'hidden-1692419006a8'],
+    ['-dash', 'dash-b693fbbf1c05'],
+    ['a//b\\c', 'a-b-c-cd2cb6d6f538'],
+    ['fix: "quotes" & spaces', 'fix-quotes-spaces-bc3f8b72611c'],
+    ['dependabot/npm_and_yarn/lodash-4.17.21', 'dependabot-npm_and_yarn-lodash-4.17.21-b7180b7c4ed0'],
+    ['trailing.', 'trailing.'], // a valid tag as it is
+    ['  padded  ', 'padded-3d4a55719d2e'],
+    ['main!', 'main-516dbe907e26'],
+    ['main@', 'main-cef55ccefe34'],
+    ['main+', 'main-972c576fb7b3'],
+    ['main-0123456789ab', 'main-0123456789ab-49f5241a73fd'], // looks hashed: hashed again, so no branch can claim a hashed tag
+    ['main-123', 'main-123'],
   ])('%j → %j', (branch, tag) => {
     expect(tagFor(branch)).toBe(tag);
     expect(tag).toMatch(TAG_RE);
@@ -93,6 +111,22 @@ describe('tagFor', () => {
     expect(ta).not.toBe(tb);
     expect(ta.startsWith('feature-xxx')).toBe(true);
     expect(tagFor(a)).toBe(ta); // stable
+  });
+
+  test('injective: branches that sanitise alike get different tags, and none of them gets the plain one', () => {
+    const names = ['main', 'main!', 'main@', 'main+', 'main/', ' main', 'Main', 'main-', 'main.', '.main', 'main-516dbe907e26'];
+    const tags = names.map(tagFor);
+    expect(new Set(tags).size).toBe(names.length);
+    expect(tags.filter((t) => t === 'main')).toEqual(['main']);
+    for (const t of tags) expect(t).toMatch(TAG_RE);
+  });
+
+  test('a hashed tag that does not fit is cut before the suffix, which stays whole', () => {
+    const b = 'x/'.repeat(100);
+    const t = tagFor(b);
+    expect(t).toHaveLength(128);
+    expect(t).toMatch(/^x-x-.*-[0-9a-f]{12}$/);
+    expect(t).toMatch(TAG_RE);
   });
 
   test('a name of exactly 128 characters is kept', () => {

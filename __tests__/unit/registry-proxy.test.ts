@@ -15,12 +15,17 @@ const USERS: Record<string, { password: string; principal: RegistryPrincipal }> 
   'acme-ci': { password: 's3cret-acme', principal: { org: 'acme' } },
   'globex-ci': { password: 's3cret-globex', principal: { org: 'globex' } },
   'acme-fork': { password: 's3cret-fork', principal: { org: 'acme', readOnly: true } },
+  // Leases as the control plane builds them (leases.ts registryPrincipal → cache-refs registryScope).
+  'lease-feat': { password: 's3cret-feat', principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: { repository: 'acme/app/cache', tag: 'feature-x' } } } },
+  'lease-notag': { password: 's3cret-notag', principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: null } } },
 };
 const authenticate = async (u: string, p: string): Promise<RegistryPrincipal | null> => (USERS[u]?.password === p ? USERS[u].principal : null);
 const basic = (u: string, p: string): string => 'Basic ' + Buffer.from(`${u}:${p}`).toString('base64');
 const ACME = basic('acme-ci', 's3cret-acme');
 const GLOBEX = basic('globex-ci', 's3cret-globex');
 const FORK = basic('acme-fork', 's3cret-fork');
+const FEAT = basic('lease-feat', 's3cret-feat');
+const NOTAG = basic('lease-notag', 's3cret-notag');
 
 let tmp: string;
 let socketPath: string;
@@ -205,6 +210,68 @@ describe('path rules', () => {
     const urlPath = '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/other/cache';
     await call(proxy, 'POST', urlPath, { auth: ACME });
     expect(seen[0].url).toBe(urlPath);
+  });
+});
+
+describe('lease scope: a lease writes only its export ref and reads only its refs\' repositories', () => {
+  const D = `sha256:${'d'.repeat(64)}`;
+  test.each<[string, string, string, number]>([
+    // What docker 20.10 and BuildKit do when pushing the lease's own export ref: all allowed.
+    ['HEAD a blob in its repository', 'HEAD', `/v2/acme/app/cache/blobs/${D}`, 200],
+    ['start an upload', 'POST', '/v2/acme/app/cache/blobs/uploads/', 200],
+    ['send a chunk', 'PATCH', '/v2/acme/app/cache/blobs/uploads/u-1?_state=x', 200],
+    ['finish an upload', 'PUT', `/v2/acme/app/cache/blobs/uploads/u-1?_state=x&digest=${D}`, 200],
+    ['cancel an upload', 'DELETE', '/v2/acme/app/cache/blobs/uploads/u-1', 200],
+    ['PUT its export tag', 'PUT', '/v2/acme/app/cache/manifests/feature-x', 200],
+    ['PUT a manifest by digest (index children, content-addressed: moves no tag)', 'PUT', `/v2/acme/app/cache/manifests/${D}`, 200],
+    ['read the default branch\'s tag it imports', 'GET', '/v2/acme/app/cache/manifests/main', 200],
+    // The attacks.
+    ['PUT the default branch\'s tag', 'PUT', '/v2/acme/app/cache/manifests/main', 403],
+    ['PUT a look-alike tag', 'PUT', '/v2/acme/app/cache/manifests/feature-x2', 403],
+    ['upload into another project\'s cache', 'POST', '/v2/acme/other-project/cache/blobs/uploads/', 403],
+    ['PUT another project\'s tag', 'PUT', '/v2/acme/other-project/cache/manifests/feature-x', 403],
+    ['read another project\'s cache', 'GET', '/v2/acme/other-project/cache/manifests/main', 403],
+    ['DELETE a manifest by digest (would drop another branch\'s cache)', 'DELETE', `/v2/acme/app/cache/manifests/${D}`, 403],
+    ['DELETE a blob', 'DELETE', `/v2/acme/app/cache/blobs/${D}`, 403],
+    ['DELETE its own tag', 'DELETE', '/v2/acme/app/cache/manifests/feature-x', 403],
+  ])('%s: %s %s → %d', async (_n, method, urlPath, status) => {
+    const r = await call(proxy, method, urlPath, { auth: FEAT, body: method === 'PUT' || method === 'PATCH' ? '{}' : undefined });
+    expect(r.status).toBe(status);
+    if (status === 403) {
+      expect(errorCode(r)).toBe('DENIED');
+      expect(seen).toHaveLength(0);
+    } else {
+      expect(seen.map((x) => x.url)).toEqual([urlPath]);
+    }
+  });
+
+  test('a refused write says which ref the lease may write', async () => {
+    const r = await call(proxy, 'PUT', '/v2/acme/app/cache/manifests/main', { auth: FEAT, body: '{}' });
+    expect(JSON.parse(r.body).errors[0].message).toBe(
+      `PUT acme/app/cache/manifests/main is denied: this lease may write only "${proxy.host}/acme/app/cache:feature-x" (its export ref)`
+    );
+  });
+
+  test('a refused read names the repositories the lease may read', async () => {
+    const r = await call(proxy, 'GET', '/v2/acme/other-project/cache/manifests/main', { auth: FEAT });
+    expect(JSON.parse(r.body).errors[0].message).toContain('may read only its cache refs\' repositories ("acme/app/cache")');
+  });
+
+  test('a lease without an export ref (a tag build) writes nothing and is told why', async () => {
+    expect((await call(proxy, 'GET', '/v2/acme/app/cache/manifests/main', { auth: NOTAG })).status).toBe(200);
+    const r = await call(proxy, 'POST', '/v2/acme/app/cache/blobs/uploads/', { auth: NOTAG });
+    expect(r.status).toBe(403);
+    expect(JSON.parse(r.body).errors[0].message).toContain('this lease may not write the org cache (it has no export ref');
+  });
+
+  test.each<[string, string, string]>([
+    ['from its own repository: kept', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache'],
+    ['from another project of its org: dropped (it may not read there)', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/other/cache', '/v2/acme/app/cache/blobs/uploads/'],
+    ['from another org: dropped', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=globex/app/cache', '/v2/acme/app/cache/blobs/uploads/'],
+  ])('a mount %s', async (_n, urlPath, forwarded) => {
+    const r = await call(proxy, 'POST', urlPath, { auth: FEAT });
+    expect(r.status).toBe(200);
+    expect(seen[0].url).toBe(forwarded);
   });
 });
 

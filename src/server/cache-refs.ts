@@ -25,6 +25,9 @@ export interface CacheRefsResult {
 const COMPONENT = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
 const TAG = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const TAG_MAX = 128;
+// The suffix a sanitised branch name gets; a name that is already a valid tag but ends like this is hashed too.
+const BRANCH_HASH_HEX = 12;
+const HASHED_SUFFIX = /-[0-9a-f]{12}$/;
 // distribution rejects names (host + path) longer than this with NAME_INVALID.
 const NAME_TOTAL_MAX = 255;
 // host[:port], a DNS name or IPv4 address, or a bracketed IPv6 literal. No scheme, no path.
@@ -82,23 +85,25 @@ export function orgRepoPrefix(org: string): string {
 }
 
 /**
- * A branch name → a valid tag. Case is kept (tags are case-sensitive); runs of other characters become "-"
- * ("feature/login" → "feature-login"). Names longer than 128 characters are cut and get a hash of the WHOLE
- * branch name, so two long branches that share a prefix never share a tag. A name with nothing usable left
- * (e.g. only non-ASCII letters) becomes "branch-<hash>".
+ * A branch name → a valid tag, injectively: two different branch names never share a tag, because a shared tag is
+ * a shared cache and the default branch's cache is trusted by release builds (a branch "main!" must not write
+ * "main"). A name that is already a valid tag is kept as it is (case too: tags are case-sensitive), unless it ends
+ * the way hashed tags end. Any other name is sanitised (runs of other characters become "-", "feature/login" →
+ * "feature-login"), cut to fit 128 characters, and gets "-" + a hash of the WHOLE original name; a name with
+ * nothing usable left becomes "branch-<hash>". Kept names never end in "-<12 hex>" and hashed ones always do, so
+ * the two sets cannot meet; two hashed ones meet only on a 48-bit hash collision. 48 bits, not the 32 of an
+ * 8-digit suffix: the attacker chooses the branch name, and a 32-bit second preimage takes a laptop minutes.
  */
 export function tagFor(branch: string): string {
-  const b = branch.trim();
-  if (b === '') throw new Error('branch is empty: expected a branch name such as "main" or "feature/login"');
-  let tag = b
+  if (branch.trim() === '') throw new Error('branch is empty: expected a branch name such as "main" or "feature/login"');
+  if (TAG.test(branch) && !HASHED_SUFFIX.test(branch)) return branch;
+  const suffix = `-${shortHash(branch, BRANCH_HASH_HEX)}`;
+  const base = branch
     .replace(/[^A-Za-z0-9_.-]+/g, '-')
     .replace(/^[.-]+/, '')
+    .slice(0, TAG_MAX - suffix.length)
     .replace(/[.-]+$/, '');
-  if (tag === '') return `branch-${shortHash(b, 12)}`;
-  if (tag.length > TAG_MAX) {
-    const suffix = `-${shortHash(b, 12)}`;
-    tag = tag.slice(0, TAG_MAX - suffix.length).replace(/[.-]+$/, '') + suffix;
-  }
+  const tag = base === '' ? `branch${suffix}` : `${base}${suffix}`;
   if (!TAG.test(tag)) throw new Error(`branch "${branch}" could not be turned into a valid tag (got "${tag}")`); // defensive: unreachable
   return tag;
 }
@@ -131,4 +136,26 @@ export function cacheRefs(input: CacheRefInput): CacheRefsResult {
   // Without a branch (tag builds) there is no branch cache to write; the default branch's is left to its own builds.
   const exportRef = input.fork || branchTag === '' ? '' : `${repo}:${branchTag}`;
   return { importRefs, exportRef };
+}
+
+/** What one lease may do in the org cache, as the registry proxy checks it (repositories without the host). */
+export interface RegistryScope {
+  pull: string[]; // repositories it may read: its import refs' and its export ref's
+  push: { repository: string; tag: string } | null; // the one tag it may write; null: it writes nothing
+}
+
+/** A lease's refs → its registry scope. Refs not on `registryHost` are ignored (they cannot reach the proxy). */
+export function registryScope(refs: CacheRefsResult, registryHost: string): RegistryScope {
+  const split = (ref: string): { repository: string; tag: string } | null => {
+    const host = `${registryHost}/`;
+    const i = ref.lastIndexOf(':');
+    if (!ref.startsWith(host) || i <= host.length) return null;
+    return { repository: ref.slice(host.length, i), tag: ref.slice(i + 1) };
+  };
+  const push = refs.exportRef ? split(refs.exportRef) : null;
+  const pull: string[] = [];
+  for (const r of [...refs.importRefs.map(split), push]) {
+    if (r && !pull.includes(r.repository)) pull.push(r.repository);
+  }
+  return { pull, push };
 }

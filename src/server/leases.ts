@@ -4,12 +4,23 @@ import { randomBytes } from 'crypto';
 import { hashToken, sameSecret } from './auth';
 import type { Logger } from '../common/log';
 import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
-import type { LeaseEndReason, LeaseRow, Store } from './store/store';
+import type { LeaseEndReason, LeaseRow, ReserveResult, Store } from './store/store';
 import type { ServerConfig } from './config';
 import type { Pki } from './pki';
 import { BuilderPool, newId, type LiveBuilder } from './builders';
-import { cacheRefs } from './cache-refs';
-import { balance, billableSeconds, canProvision, reapDecision } from './billing';
+import { cacheRefs, registryScope } from './cache-refs';
+import type { RegistryPrincipal } from './registry-proxy';
+import {
+  balance,
+  billableSeconds,
+  MIN_LEASE_SECONDS,
+  minutesUp,
+  reapDecision,
+  RESERVATION_CHUNK_SECONDS,
+  reservationEnd,
+  reservationState,
+  settledSeconds
+} from './billing';
 import { denied, exhausted, invalid, notFound, precondition } from './errors';
 import { normalisePlatforms, validateKey } from './validate';
 import type { ServerMetrics } from './metrics-types';
@@ -51,7 +62,7 @@ export class LeaseManager {
   async recover(): Promise<number> {
     const stale = await this.d.store.activeLeases();
     for (const l of stale) {
-      await this.d.store.endLease(l.id, l.lastActiveAt, 'server_stopped', billableSeconds(l.createdAt, l.lastActiveAt));
+      await this.d.store.endLease(l.id, l.lastActiveAt, 'server_stopped', settledSeconds(l.createdAt, l.lastActiveAt, l.reservedSeconds));
     }
     return stale.length;
   }
@@ -106,32 +117,10 @@ export class LeaseManager {
       throw invalid(`Invalid identity: ${(err as Error).message}`);
     }
 
-    const left = await this.balanceOf(org);
-    if (!canProvision(left.leftSeconds)) {
-      this.d.metrics.provisions.inc({ result: 'bucket_empty' });
-      throw exhausted(
-        `Org '${org}' has no build minutes left (${left.minutesUsed} of ${left.minutesBought} used). ` +
-          `Add a bucket: buildcloud admin bucket add --org ${org} --minutes N`
-      );
-    }
-
+    const limits = await this.d.store.getOrgLimits(org);
     const leaseId = newId('l');
     const cert = await this.d.pki.issueClient(leaseId, this.d.config.maxTtlMs + 3600_000);
     const registryPassword = randomBytes(24).toString('base64url');
-    const acquired: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }> = [];
-    try {
-      for (const platform of platforms) {
-        const shareKey = scope === 'job' ? `${org}\0${pipelineKey}\0job\0${jobId}\0${leaseId}\0${platform}` : `${org}\0${pipelineKey}\0${platform}`;
-        const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
-        a.builder.proxy.allow(cert.fingerprint);
-        acquired.push(a);
-      }
-    } catch (err) {
-      for (const a of acquired) pool.release(a.builder.id, leaseId, cert.fingerprint);
-      this.d.metrics.provisions.inc({ result: 'error' });
-      throw err;
-    }
-
     const now = this.now();
     const row: LeaseRow = {
       id: leaseId,
@@ -140,7 +129,7 @@ export class LeaseManager {
       jobId,
       scope,
       platforms,
-      builderIds: acquired.map((a) => a.builder.id),
+      builderIds: [], // set once acquired: the lease is stored first, holding its reservation
       identity,
       actor: identity.actor,
       certFingerprint: cert.fingerprint,
@@ -152,7 +141,38 @@ export class LeaseManager {
       endReason: null,
       billedSeconds: null
     };
-    await this.d.store.insertLease(row);
+    // Minutes are reserved before any builder is taken, in one transaction with the balance and max-leases
+    // checks: concurrent provisions cannot race past the bucket (docs/metering.md, "Buckets of minutes").
+    const reserved = await this.d.store.reserveLease(row, { minSeconds: MIN_LEASE_SECONDS, chunkSeconds: RESERVATION_CHUNK_SECONDS });
+    if (!reserved.ok) {
+      this.d.metrics.provisions.inc({ result: reserved.limit === 'balance' ? 'bucket_empty' : 'org_limit' });
+      throw exhausted(refusal(org, reserved));
+    }
+    row.reservedSeconds = reserved.reservedSeconds;
+    pool.limitOrg(org, limits.maxBuilders);
+    const acquired: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }> = [];
+    try {
+      for (const platform of platforms) {
+        // The project is part of the key: pipeline keys are visible in run URLs, and a builder holds its project's
+        // images and in-flight builds, so a lease of another project sending the same key gets its own builder.
+        // JSON keeps the parts apart whatever characters the project holds.
+        const shareKey = scope === 'job'
+          ? JSON.stringify([org, identity.project, pipelineKey, 'job', jobId, leaseId, platform])
+          : JSON.stringify([org, identity.project, pipelineKey, platform]);
+        const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
+        a.builder.proxy.allow(cert.fingerprint);
+        acquired.push(a);
+      }
+    } catch (err) {
+      for (const a of acquired) pool.release(a.builder.id, leaseId, cert.fingerprint);
+      // No builder, no bill: the reservation goes back to the bucket.
+      await this.d.store.endLease(leaseId, now, 'failed', 0).catch(() => undefined);
+      this.d.metrics.provisions.inc({ result: 'error' });
+      throw err;
+    }
+
+    row.builderIds = acquired.map((a) => a.builder.id);
+    await this.d.store.setLeaseBuilders(leaseId, row.builderIds);
     this.live.set(leaseId, { row, lastActiveAt: now, persistedActiveAt: now });
     this.byFingerprint.set(cert.fingerprint, leaseId);
     const allWarm = acquired.every((a) => a.warm || a.shared);
@@ -185,12 +205,21 @@ export class LeaseManager {
     return this.toMsg(row);
   }
 
-  // Registry proxy credentials: the lease id and its password, valid while the lease is active.
-  // A fork's pull request reads the org cache but never writes it.
-  async registryPrincipal(username: string, password: string): Promise<{ org: string; readOnly: boolean } | null> {
+  // Registry proxy credentials: the lease id and its password, valid while the lease is active. The principal
+  // carries the lease's exact scope: it reads its import refs' repositories and writes only its export ref's tag
+  // (none for a fork's pull request). The refs are recomputed from the stored identity with the same inputs as
+  // Provision's, so the scope is exactly what the lease was told.
+  async registryPrincipal(username: string, password: string): Promise<RegistryPrincipal | null> {
     const l = this.live.get(username);
     if (!l || !sameSecret(l.row.registryPasswordHash, hashToken(password))) return null;
-    return { org: l.row.org, readOnly: Boolean(l.row.identity.fork) };
+    const i = l.row.identity;
+    const readOnly = Boolean(i.fork);
+    try {
+      const refs = cacheRefs({ registryHost: this.d.registryHost, org: l.row.org, project: i.project, branch: i.branch, defaultBranch: i.defaultBranch || i.branch, fork: readOnly });
+      return { org: l.row.org, readOnly, scope: registryScope(refs, this.d.registryHost) };
+    } catch {
+      return { org: l.row.org, readOnly: true, scope: { pull: [], push: null } }; // unreachable (Provision checked): fail closed
+    }
   }
 
   async balanceOf(org: string): Promise<ReturnType<typeof balance>> {
@@ -214,7 +243,10 @@ export class LeaseManager {
       // An open connection (a long, quiet build step) is a sign of life: the idle clock restarts when it closes.
       if (open) this.activity(l.row.certFingerprint);
       const decision = reapDecision({ createdAt: l.row.createdAt, lastActiveAt: l.lastActiveAt }, now, opts, open);
-      if (!decision) continue;
+      if (!decision) {
+        await this.holdReservation(l, now);
+        continue;
+      }
       this.d.log.warn({ lease: l.row.id, org: l.row.org, reason: decision.reason }, 'reaping abandoned lease');
       this.d.metrics.reapedLeases.inc({ reason: decision.reason });
       await this.end(l.row, decision.endedAt, decision.reason);
@@ -227,8 +259,25 @@ export class LeaseManager {
     for (const l of [...this.live.values()]) await this.end(l.row, now, 'server_stopped');
   }
 
+  // Extends a live lease's reservation shortly before it runs out; when the bucket has nothing left and the
+  // reservation is used up, the lease ends (bucket_exhausted), billed exactly its reservation.
+  private async holdReservation(l: LiveLease, now: number): Promise<void> {
+    const state = reservationState(l.row.createdAt, l.row.reservedSeconds, now);
+    if (state === 'ok') return;
+    const next = await this.d.store.extendReservation(l.row.id, RESERVATION_CHUNK_SECONDS);
+    if (next === null) return; // ended meanwhile (release, another replica)
+    if (next > (l.row.reservedSeconds ?? 0)) {
+      l.row.reservedSeconds = next;
+      return;
+    }
+    if (state !== 'exhausted') return;
+    this.d.log.warn({ lease: l.row.id, org: l.row.org, reservedSeconds: next }, 'ending lease: bucket of minutes exhausted');
+    this.d.metrics.reapedLeases.inc({ reason: 'bucket_exhausted' });
+    await this.end(l.row, reservationEnd(l.row.createdAt, next), 'bucket_exhausted');
+  }
+
   private async end(row: LeaseRow, endedAt: number, reason: LeaseEndReason): Promise<void> {
-    const billed = billableSeconds(row.createdAt, endedAt);
+    const billed = settledSeconds(row.createdAt, endedAt, row.reservedSeconds);
     await this.d.store.endLease(row.id, endedAt, reason, billed);
     this.live.delete(row.id);
     this.byFingerprint.delete(row.certFingerprint);
@@ -278,9 +327,49 @@ export class LeaseManager {
       cache: null,
       billedSeconds: row.billedSeconds ?? 0,
       idleTimeoutS: Math.round(this.d.config.idleTimeoutMs / 1000),
-      meteringUrl: this.d.meteringUrl()
+      meteringUrl: this.d.meteringUrl(),
+      endReason: row.endReason ?? '',
+      endMessage: row.endedAt === null ? '' : endMessage(row)
     };
   }
+}
+
+// Why a lease ended, in words the job can act on (Get and Release answer it).
+export function endMessage(row: Pick<LeaseRow, 'org' | 'endReason' | 'reservedSeconds' | 'billedSeconds'>): string {
+  switch (row.endReason) {
+    case 'released':
+      return 'Released by the job.';
+    case 'idle':
+      return 'Ended by the control plane: no sign of life for the idle timeout.';
+    case 'ttl':
+      return 'Ended by the control plane: the lease reached its maximum TTL (--max-ttl).';
+    case 'server_stopped':
+      return 'Ended because the control plane stopped.';
+    case 'failed':
+      return 'Provisioning failed; nothing was billed.';
+    case 'bucket_exhausted':
+      return (
+        `Ended by the control plane: org '${row.org}' ran out of build minutes (this lease used its reservation of ` +
+        `${row.reservedSeconds ?? 0} s and the bucket had none left). Add a bucket: buildcloud admin bucket add --org ${row.org} --minutes N`
+      );
+    default:
+      return '';
+  }
+}
+
+// The RESOURCE_EXHAUSTED message of a refused reservation: what ran out, and the command that adds to it.
+export function refusal(org: string, r: Exclude<ReserveResult, { ok: true }>): string {
+  if (r.limit === 'max_leases') {
+    return (
+      `Org '${org}' is at its limit of ${r.maxLeases} concurrent lease(s) (${r.activeLeases} active). Release a lease or wait ` +
+      `for one to end, or raise the limit: buildcloud admin org set --org ${org} --max-leases N`
+    );
+  }
+  return (
+    `Org '${org}' has no build minutes left to start a lease: ${minutesUp(r.unreservedSeconds)} of ${minutesUp(r.boughtSeconds)} ` +
+    `minutes unreserved (${minutesUp(r.usedSeconds)} billed, ${minutesUp(r.reservedSeconds)} reserved by running leases; ` +
+    `a lease reserves at least ${MIN_LEASE_SECONDS / 60} minute). Add a bucket: buildcloud admin bucket add --org ${org} --minutes N`
+  );
 }
 
 

@@ -4,17 +4,22 @@
 // insecure-allowed registry, with Basic credentials the control plane issued. The upstream registry has no auth
 // of its own (the embedded one listens on a private unix socket), so THIS is the access check: a caller may only
 // touch repositories under its org's prefix ("acme/..."), may not list the catalog, and nothing else is routed.
+// Within the org a lease has an exact scope (leaseDenial below): it reads its import refs' repositories and
+// writes only its export ref's tag, so a feature branch cannot plant layers in the cache release builds import.
 import * as http from 'node:http';
 import * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../common/log';
-import { orgRepoPrefix } from './cache-refs';
+import { orgRepoPrefix, type RegistryScope } from './cache-refs';
 import { CacheRepairs, IMAGE_MANIFEST_TYPES, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
 
 export interface RegistryPrincipal {
   org: string;
   // Forks import only: a read-only principal may GET/HEAD but never push (an addition to the brief's shape).
   readOnly?: boolean;
+  // A lease's exact scope within the org. Absent: the whole org prefix (a credential for the org itself; the
+  // control plane's leases always carry one).
+  scope?: RegistryScope;
 }
 
 export type RegistryUpstream = { socketPath: string } | { url: string; username?: string; password?: string };
@@ -179,10 +184,14 @@ export class RegistryProxy {
     if (principal.readOnly && req.method !== 'GET' && req.method !== 'HEAD') {
       return sendError(res, 403, 'DENIED', `this token is read-only (e.g. a fork's pull request): ${req.method} on "${name}" is not allowed`);
     }
-    // A cross-repository mount reads the blob from `from`: only from the caller's own org. Otherwise drop the
-    // mount and the registry starts an ordinary upload (202), which clients handle like a failed mount.
+    const scope = principal.scope;
+    const denial = scope ? leaseDenial(scope, req.method ?? '', name, m[2], this.address ? this.host : '') : null;
+    if (denial) return sendError(res, 403, 'DENIED', denial);
+    // A cross-repository mount reads the blob from `from`: only from a repository the caller may read (its org's;
+    // a lease's own import repositories). Otherwise drop the mount and the registry starts an ordinary upload
+    // (202), which clients handle like a failed mount: docker offers mounts from wherever it pulled a layer.
     const froms = query.getAll('from');
-    const mountAllowed = froms.length === 1 && NAME_ONLY.test(froms[0]) && froms[0].startsWith(prefix);
+    const mountAllowed = froms.length === 1 && NAME_ONLY.test(froms[0]) && froms[0].startsWith(prefix) && (!scope || mayRead(scope, froms[0]));
     let target = rawUrl;
     if ((query.has('mount') || froms.length > 0) && !mountAllowed) {
       // Rebuild from the raw pairs (URLSearchParams would re-encode the signed _state needlessly), comparing
@@ -316,6 +325,41 @@ function requestOnce(transport: typeof http | typeof https, options: http.Reques
     req.on('error', reject);
     req.end(o.body);
   });
+}
+
+function mayRead(scope: RegistryScope, name: string): boolean {
+  return scope.pull.includes(name) || scope.push?.repository === name;
+}
+
+/**
+ * Why a lease may not make this request, or null when it may. `tail` is the part of the path after the name
+ * (manifests/<ref>, blobs/<digest>, blobs/uploads/[<uuid>], tags/list). Reads: its import and export repositories.
+ * Writes, in its export repository only: blob uploads (POST/PATCH/PUT, and DELETE to cancel one), a manifest PUT
+ * with its export tag, and a manifest PUT by digest. The digest PUT is allowed because containerd and BuildKit
+ * push the per-platform manifests of an index by digest before the index by tag (multi-platform builds,
+ * `--cache-to type=registry`), and it is harmless: content-addressed, it moves no tag, so nothing another build
+ * imports by tag changes. Deleting manifests or blobs is never allowed: in the shared cache repository a digest
+ * DELETE would remove another branch's cache.
+ */
+export function leaseDenial(scope: RegistryScope, method: string, name: string, tail: string, registryHost = ''): string | null {
+  const ref = scope.push ? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}` : '';
+  const mayWrite = ref ? `this lease may write only "${ref}" (its export ref)` : 'this lease may not write the org cache (it has no export ref: a fork\'s pull request or a build without a branch)';
+  if (method === 'GET' || method === 'HEAD') {
+    if (mayRead(scope, name)) return null;
+    const readable = scope.pull.map((r) => `"${r}"`).join(', ') || 'none';
+    return `read access to repository "${name}" is denied: this lease may read only its cache refs' repositories (${readable})`;
+  }
+  const what = `${method} ${name}/${tail}`;
+  if (!scope.push || name !== scope.push.repository) return `${what} is denied: ${mayWrite}`;
+  if (tail.startsWith('blobs/uploads/')) {
+    return ['POST', 'PATCH', 'PUT', 'DELETE'].includes(method) ? null : `${what} is denied: not a blob upload`;
+  }
+  if (tail.startsWith('manifests/') && method === 'PUT') {
+    const r = tail.slice('manifests/'.length);
+    if (r === scope.push.tag || DIGEST_ONLY.test(r)) return null;
+    return `${what} is denied: ${mayWrite}`;
+  }
+  return `${what} is denied: a lease may upload blobs and put manifests, nothing else; ${mayWrite}`;
 }
 
 function decodeQueryKey(raw: string): string | null {

@@ -10,7 +10,7 @@ import type { Store } from './store/store';
 import { Pki } from './pki';
 import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSigningKey } from './auth';
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
-import { RegistryProxy } from './registry-proxy';
+import { RegistryProxy, type RegistryPrincipal } from './registry-proxy';
 import { DockerdDriver, findDockerd } from './drivers/dockerd';
 import { dockerdVersion, resolveIsolation, type BuilderIsolation } from './drivers/builder-isolation';
 import type { Driver } from './drivers/driver';
@@ -91,7 +91,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     }
 
     const metrics = createMetrics();
-    let registryPrincipal: (u: string, p: string) => Promise<{ org: string; readOnly: boolean } | null> = async () => null;
+    let registryPrincipal: (u: string, p: string) => Promise<RegistryPrincipal | null> = async () => null;
     const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
     await proxy.listen();
     cleanups.push(() => proxy.close());
