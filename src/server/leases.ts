@@ -213,9 +213,10 @@ export class LeaseManager {
     const l = this.live.get(username);
     if (!l || !sameSecret(l.row.registryPasswordHash, hashToken(password))) return null;
     const i = l.row.identity;
+    const str = (v: unknown): string => (typeof v === 'string' ? v : '');
     const readOnly = Boolean(i.fork);
     try {
-      const refs = cacheRefs({ registryHost: this.d.registryHost, org: l.row.org, project: i.project, branch: i.branch, defaultBranch: i.defaultBranch || i.branch, fork: readOnly });
+      const refs = cacheRefs({ registryHost: this.d.registryHost, org: l.row.org, project: str(i.project), branch: str(i.branch), defaultBranch: str(i.defaultBranch) || str(i.branch), fork: readOnly });
       return { org: l.row.org, readOnly, scope: registryScope(refs, this.d.registryHost) };
     } catch {
       return { org: l.row.org, readOnly: true, scope: { pull: [], push: null } }; // unreachable (Provision checked): fail closed
