@@ -10,10 +10,12 @@ import {
   issueAccessToken,
   loadOrCreateAdminToken,
   loadOrCreateSigningKey,
+  trustDigest,
   verifyAccessToken,
   type SigningKey
 } from '../../src/server/auth';
 import { MemoryStore } from '../helpers/memory-store';
+import type { TrustRow } from '../../src/server/store/store';
 
 const NOW = Date.UTC(2026, 7, 20, 12, 0, 0);
 let dir: string;
@@ -21,6 +23,7 @@ let key: SigningKey;
 let adminToken: string;
 let store: MemoryStore;
 let auth: Authenticator;
+let trust: TrustRow; // the rule access tokens in these tests were "exchanged" under
 
 const mode = async (p: string) => (await fs.stat(p)).mode & 0o777;
 
@@ -30,6 +33,7 @@ beforeEach(async () => {
   adminToken = await loadOrCreateAdminToken(path.join(dir, 'state'));
   store = new MemoryStore();
   await store.createOrg('acme', NOW);
+  trust = await store.addTrust({ org: 'acme', issuer: 'https://issuer.example', audience: 'buildcloud', claim: 'repository_owner', value: 'acme', createdAt: NOW });
   auth = new Authenticator(store, key, adminToken, () => NOW);
 });
 afterEach(async () => {
@@ -91,7 +95,7 @@ describe('signing key', () => {
     expect(key.publicJwk).toMatchObject({ kid: key.kid, alg: 'ES256', use: 'sig' });
     expect(key.publicJwk).not.toHaveProperty('d');
 
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
     const again = await loadOrCreateSigningKey(state);
     expect(again.kid).toBe(key.kid);
     await expect(verifyAccessToken(again, token, NOW)).resolves.toMatchObject({ org: 'acme' });
@@ -123,6 +127,7 @@ describe('access tokens', () => {
       org: 'acme',
       subject: 'repo:acme/widget:ref:refs/heads/main',
       ttlSeconds: 3600,
+      trust,
       claims: { provider: 'github', org: 'evil', sub: 'evil', exp: 9999999999, iss: 'evil' },
       nowMs: NOW
     });
@@ -143,7 +148,7 @@ describe('access tokens', () => {
   });
 
   it('rejects an expired token', async () => {
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW - 120_000 });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW - 120_000, trust });
     await expect(auth.authenticate(token)).resolves.toBeNull();
     const err = await verifyAccessToken(key, token, NOW).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AuthError);
@@ -152,18 +157,18 @@ describe('access tokens', () => {
   });
 
   it('rejects a tampered payload, a foreign key, and a JWT with the wrong typ or audience', async () => {
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
     const [h, p, s] = token.split('.');
     const forged = Buffer.from(JSON.stringify({ ...decodeJwt(token), org: 'other' })).toString('base64url');
     await expect(auth.authenticate(`${h}.${forged}.${s}`)).resolves.toBeNull();
     await expect(auth.authenticate(`${h}.${p}.${s.slice(0, -4)}AAAA`)).resolves.toBeNull();
 
     const otherKey = await loadOrCreateSigningKey(path.join(dir, 'other'));
-    const foreign = await issueAccessToken(otherKey, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW });
+    const foreign = await issueAccessToken(otherKey, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
     await expect(auth.authenticate(foreign.token)).resolves.toBeNull();
 
     const sign = (typ: string, aud: string) =>
-      new SignJWT({ org: 'acme' })
+      new SignJWT({ org: 'acme', trust: trustDigest(trust) })
         .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ })
         .setIssuer('buildcloud')
         .setAudience(aud)
@@ -176,9 +181,40 @@ describe('access tokens', () => {
     await expect(auth.authenticate(await sign('at+jwt', 'buildcloud-api'))).resolves.toMatchObject({ org: 'acme' });
   });
 
+  it('is accepted only while the trust rule it was exchanged under still exists, unchanged, for its org', async () => {
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 3600, trust, nowMs: NOW });
+    expect(decodeJwt(token).trust).toBe(trustDigest(trust));
+    await expect(auth.authenticate(token)).resolves.toMatchObject({ org: 'acme', via: 'access-token' });
+    // The rule is removed (buildcloud admin trust remove): the very next request is refused.
+    await store.removeTrust(trust.id);
+    await expect(auth.authenticate(token)).resolves.toBeNull();
+    // A new rule that happens to get the same id does not revive the token.
+    const reused: TrustRow = { ...trust, value: 'someone-else' };
+    store.trust.push(reused);
+    await expect(auth.authenticate(token)).resolves.toBeNull();
+  });
+
+  it('is refused when the rule belongs to another org, or when the token names no rule at all', async () => {
+    await store.createOrg('beta', NOW);
+    const betaRule = await store.addTrust({ org: 'beta', issuer: 'https://issuer.example', audience: 'buildcloud', claim: 'repository_owner', value: 'beta', createdAt: NOW });
+    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, trust: betaRule, nowMs: NOW })).rejects.toThrow(/trust rule/);
+    const sign = (claims: Record<string, unknown>) =>
+      new SignJWT(claims)
+        .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ: 'at+jwt' })
+        .setIssuer('buildcloud')
+        .setAudience('buildcloud-api')
+        .setSubject('s')
+        .setIssuedAt(NOW / 1000)
+        .setExpirationTime(NOW / 1000 + 60)
+        .sign(key.privateKey);
+    await expect(auth.authenticate(await sign({ org: 'acme', trust: trustDigest(betaRule) }))).resolves.toBeNull();
+    await expect(auth.authenticate(await sign({ org: 'acme' }))).resolves.toBeNull();
+    await expect(verifyAccessToken(key, await sign({ org: 'acme' }), NOW)).rejects.toThrow(/trust rule/);
+  });
+
   it('validates its inputs', async () => {
-    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 0 })).rejects.toThrow(RangeError);
-    await expect(issueAccessToken(key, { org: '', subject: 's', ttlSeconds: 60 })).rejects.toThrow(/org/);
+    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 0, trust })).rejects.toThrow(RangeError);
+    await expect(issueAccessToken(key, { org: '', subject: 's', ttlSeconds: 60, trust })).rejects.toThrow(/org/);
   });
 });
 

@@ -3,7 +3,7 @@
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import { exportJWK, generateKeyPair, SignJWT, UnsecuredJWT, type JWK, type JWTPayload, type KeyLike } from 'jose';
-import { AuthError, OidcVerifier, trustPreset, type OidcVerifierOptions } from '../../src/server/oidc';
+import { AuthError, OIDC_REFUSAL, OidcVerifier, trustPreset, type OidcVerifierOptions } from '../../src/server/oidc';
 import type { TrustRow } from '../../src/server/store/store';
 
 interface SigningKeyPair {
@@ -190,6 +190,7 @@ describe('successful exchanges', () => {
     const token = await github.sign(githubClaims());
     const res = await verifier().exchange(token, trusts);
     expect(res.org).toBe('acme');
+    expect(res.trust).toBe(trusts[0]); // access tokens are bound to the rule that matched
     expect(res.subject).toBe('repo:acme-corp/widget-api:ref:refs/heads/main');
     expect(res.claims).toMatchObject({ repository: 'acme-corp/widget-api', run_id: '9876543210' });
   });
@@ -259,13 +260,20 @@ describe('rejected tokens', () => {
     expect((await authError(verifier().exchange(token, trusts))).code).toBe('invalid_token');
   });
 
-  it('issuer nobody trusts → untrusted_issuer naming it and the admin command; nothing is fetched', async () => {
+  it('issuer nobody trusts → untrusted_issuer naming it (for the log); nothing is fetched', async () => {
     const token = await github.sign(githubClaims({ iss: 'https://token.actions.example.net' }));
     const err = await authError(verifier().exchange(token, trusts));
     expect(err.code).toBe('untrusted_issuer');
     expect(err.message).toContain('"https://token.actions.example.net"');
-    expect(err.message).toContain('buildcloud admin trust add --org <org> --github-owner');
     expect(github.discoveryHits).toBe(0);
+  });
+
+  it("the caller's refusal names the admin command and nothing of the trust table", () => {
+    expect(OIDC_REFUSAL).toContain('buildcloud admin trust add --org <org> --github-owner');
+    for (const t of trusts) {
+      expect(OIDC_REFUSAL).not.toContain(t.org);
+      expect(OIDC_REFUSAL).not.toContain(t.value);
+    }
   });
 
   it("a trusted issuer's name on a token signed by another issuer's key → invalid_token", async () => {
@@ -341,6 +349,17 @@ describe('requestedOrg', () => {
     const nobody = await authError(v.exchange(token, both, 'nobody'));
     expect(nobody.code).toBe('untrusted_issuer');
     expect(nobody.message).toContain('org "nobody"');
+  });
+
+  it('the signature is checked before the requested org: a forged or unsigned token fails the same way for any org', async () => {
+    const forgedKey = await newKey('gh-1');
+    const forged = await github.sign(githubClaims(), forgedKey);
+    const unsigned = new UnsecuredJWT(githubClaims({ iss: github.issuer, exp: now() + 300 })).encode();
+    const v = verifier();
+    for (const org of [undefined, 'acme', 'nobody', 'platform']) {
+      expect((await authError(v.exchange(forged, trusts, org))).code).toBe('invalid_token');
+      expect((await authError(v.exchange(unsigned, trusts, org))).code).toBe('invalid_token');
+    }
   });
 });
 

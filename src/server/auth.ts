@@ -1,6 +1,11 @@
 // Who is calling the control plane: org tokens (long-lived, stored hashed), the server's own short-lived access
-// tokens (ES256 JWTs, handed out for an org token or a CI's OIDC token) and the admin token. Nothing here logs;
-// a token never appears in an error message either, so callers can log errors freely.
+// tokens (ES256 JWTs, handed out for a CI's OIDC token) and the admin token. Nothing here logs; a token never
+// appears in an error message either, so callers can log errors freely.
+//
+// An access token is re-checked on every use, not only by its signature: it names the trust rule it was exchanged
+// under (id and a digest of the rule), and is accepted only while that rule still exists unchanged. Removing a rule
+// (`buildcloud admin trust remove`) therefore ends every access token it produced at their next request, not when
+// they expire. Org tokens are looked up (and their revocation seen) on every use already.
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'crypto';
 import { promises as fs } from 'fs';
 import * as path from 'path';
@@ -15,10 +20,10 @@ import {
   type JWTPayload,
   type KeyLike
 } from 'jose';
-import type { Store, TokenRow } from './store/store';
+import type { Store, TokenRow, TrustRow } from './store/store';
 import { AuthError } from './oidc';
 
-export { AuthError, OidcVerifier, trustPreset } from './oidc';
+export { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, OidcVerifier, trustPreset } from './oidc';
 export type { AuthErrorCode, OidcExchangeResult, OidcVerifierOptions, TrustPresetKind, TrustPresetOptions } from './oidc';
 
 export const ACCESS_TOKEN_ISSUER = 'buildcloud';
@@ -26,7 +31,10 @@ export const ACCESS_TOKEN_AUDIENCE = 'buildcloud-api';
 const ACCESS_TOKEN_TYP = 'at+jwt';
 const MAX_ACCESS_TOKEN_TTL_S = 7 * 24 * 3600;
 // Claims the server sets itself; `claims` passed by a caller must not be able to overwrite them.
-const RESERVED_CLAIMS = new Set(['iss', 'aud', 'sub', 'exp', 'iat', 'nbf', 'jti', 'org']);
+const RESERVED_CLAIMS = new Set(['iss', 'aud', 'sub', 'exp', 'iat', 'nbf', 'jti', 'org', 'trust']);
+// `trust` claim: "<rule id>.<first 16 hex of sha256 over the rule>". The digest makes a rule id that a store reuses
+// after a removal (SQLite may hand out a deleted rowid again) unable to revive old tokens.
+const TRUST_CLAIM_RE = /^([0-9]{1,15})\.([0-9a-f]{16})$/;
 
 const ORG_TOKEN_RE = /^bct_([A-Za-z0-9]{12})_([A-Za-z0-9]{32,128})$/;
 const ADMIN_TOKEN_RE = /^bca_[A-Za-z0-9]{32,128}$/;
@@ -51,6 +59,7 @@ export interface AccessTokenRequest {
   org: string;
   subject: string;
   ttlSeconds: number;
+  trust: TrustRow; // the rule the OIDC token matched; the access token lives only as long as it does
   claims?: Record<string, unknown>;
   nowMs?: number; // for tests; defaults to Date.now()
 }
@@ -59,6 +68,12 @@ export interface AccessTokenClaims extends JWTPayload {
   org: string;
   sub: string;
   exp: number;
+  trust: string;
+}
+
+export function trustDigest(t: Pick<TrustRow, 'id' | 'org' | 'issuer' | 'audience' | 'claim' | 'value' | 'createdAt'>): string {
+  const h = createHash('sha256').update([t.id, t.org, t.issuer, t.audience, t.claim, t.value, t.createdAt].join('\0'), 'utf8').digest('hex');
+  return `${t.id}.${h.slice(0, 16)}`;
 }
 
 // Base62 so the token survives copy/paste, shells, URLs and the `_` separators; `randomInt` is unbiased.
@@ -173,6 +188,7 @@ export async function issueAccessToken(
 ): Promise<{ token: string; expiresAtMs: number }> {
   if (!req.org) throw new TypeError('issueAccessToken: org is required');
   if (!req.subject) throw new TypeError('issueAccessToken: subject is required');
+  if (!req.trust || req.trust.org !== req.org) throw new TypeError('issueAccessToken: the trust rule of the same org is required');
   if (!Number.isInteger(req.ttlSeconds) || req.ttlSeconds < 1 || req.ttlSeconds > MAX_ACCESS_TOKEN_TTL_S) {
     throw new RangeError(`issueAccessToken: ttlSeconds must be an integer in 1..${MAX_ACCESS_TOKEN_TTL_S}`);
   }
@@ -180,7 +196,7 @@ export async function issueAccessToken(
   for (const [k, v] of Object.entries(req.claims ?? {})) if (!RESERVED_CLAIMS.has(k)) extra[k] = v;
   const iat = Math.floor((req.nowMs ?? Date.now()) / 1000);
   const exp = iat + req.ttlSeconds;
-  const token = await new SignJWT({ ...extra, org: req.org })
+  const token = await new SignJWT({ ...extra, org: req.org, trust: trustDigest(req.trust) })
     .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ: ACCESS_TOKEN_TYP })
     .setIssuer(ACCESS_TOKEN_ISSUER)
     .setAudience(ACCESS_TOKEN_AUDIENCE)
@@ -213,6 +229,10 @@ export async function verifyAccessToken(key: SigningKey, token: string, nowMs?: 
   if (typeof payload.org !== 'string' || !payload.org || typeof payload.sub !== 'string') {
     throw new AuthError('invalid_token', 'the access token has no org or subject');
   }
+  // Tokens signed before access tokens named their trust rule cannot be re-checked: refused, the job exchanges again.
+  if (typeof payload.trust !== 'string' || !TRUST_CLAIM_RE.test(payload.trust)) {
+    throw new AuthError('invalid_token', 'the access token does not name its trust rule; exchange the OIDC token again');
+  }
   return payload as AccessTokenClaims;
 }
 
@@ -240,12 +260,23 @@ export class Authenticator {
     if (token.split('.').length === 3) {
       try {
         const claims = await verifyAccessToken(this.key, token, this.now());
+        if (!(await this.trustStillHolds(claims))) return null;
         return { kind: 'org', org: claims.org, subject: claims.sub, via: 'access-token' };
       } catch {
         return null;
       }
     }
     return null;
+  }
+
+  // The rule the token was exchanged under must still exist, for the same org, unchanged. One indexed read of a
+  // small table per request: the price of removal taking effect at once (no cache, so replicas agree too).
+  private async trustStillHolds(claims: AccessTokenClaims): Promise<boolean> {
+    const m = TRUST_CLAIM_RE.exec(claims.trust);
+    if (!m) return false;
+    const rows = await this.store.listTrust(claims.org);
+    const row = rows.find((r) => r.id === Number(m[1]));
+    return Boolean(row && row.org === claims.org && trustDigest(row) === claims.trust);
   }
 
   private async orgToken(token: string): Promise<Principal | null> {

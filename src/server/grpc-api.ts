@@ -2,11 +2,11 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/log';
 import { services, type ProvisionRequestMsg, type ExchangeTokenResponseMsg } from '../common/proto';
-import { ApiError, invalid, unauthenticated } from './errors';
+import { ApiError, denied, invalid, unauthenticated, unavailable } from './errors';
 import { checkOrgMatch, type LeaseManager } from './leases';
 import type { Store } from './store/store';
-import { AuthError, issueAccessToken, type Authenticator, type OidcVerifier, type SigningKey } from './auth';
-import { validateOrgName } from './validate';
+import { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, issueAccessToken, type Authenticator, type OidcVerifier, type SigningKey } from './auth';
+import { validateOrgName, validateProvisionIdentity } from './validate';
 
 export interface GrpcApiDeps {
   leases: LeaseManager;
@@ -27,8 +27,9 @@ function unary<Req, Res>(log: Logger, name: string, fn: Handler<Req, Res>): grpc
       (err: unknown) => {
         if (err instanceof ApiError) return callback({ code: err.code, details: err.message });
         if (err instanceof AuthError) {
-          const code = err.code === 'claim_mismatch' ? grpc.status.PERMISSION_DENIED : grpc.status.UNAUTHENTICATED;
-          return callback({ code, details: err.message });
+          // AuthError messages are for the operator (they may name rules and orgs); the caller gets the generic one.
+          log.warn({ rpc: name, reason: err.code, detail: err.message }, 'authentication refused');
+          return callback({ code: grpc.status.PERMISSION_DENIED, details: OIDC_REFUSAL });
         }
         log.error({ rpc: name, err: err instanceof Error ? err.stack : String(err) }, 'internal error');
         callback({ code: grpc.status.INTERNAL, details: `Internal error in ${name}; the control plane's log has the details.` });
@@ -64,6 +65,7 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
   server.addService(BuildCloud.service, {
     Provision: unary<ProvisionRequestMsg, unknown>(d.log, 'Provision', async (call) => {
       const org = await callerOrg(call.metadata, call.request.org);
+      validateProvisionIdentity(call.request);
       return d.leases.provision(org, call.request);
     }),
     Release: unary<{ leaseId: string }, unknown>(d.log, 'Release', async (call) => {
@@ -82,10 +84,20 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
       if (!oidcToken) throw invalid('Missing oidc_token. Expected the CI job\'s OIDC token (a JWT).');
       if (oidcToken.length > 16384) throw invalid('Invalid oidc_token: longer than 16384 characters.');
       if (org) validateOrgName(org);
-      const trusts = await d.store.listTrust(org || undefined);
-      const verified = await d.oidc.exchange(oidcToken, trusts, org || undefined);
-      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS });
-      d.log.info({ org: verified.org, subject: verified.subject }, 'oidc token exchanged');
+      // Every org's rules: the verifier checks the signature before it looks at which org was asked for.
+      const trusts = await d.store.listTrust();
+      let verified;
+      try {
+        verified = await d.oidc.exchange(oidcToken, trusts, org || undefined);
+      } catch (err) {
+        if (!(err instanceof AuthError)) throw err;
+        // The detail (which rule, which claim, which check) stays in this log; the caller learns only "refused".
+        d.log.warn({ rpc: 'ExchangeToken', reason: err.code, detail: err.message, requestedOrg: org || undefined }, 'oidc token refused');
+        if (err.code === 'discovery_failed') throw unavailable(OIDC_UNAVAILABLE);
+        throw denied(OIDC_REFUSAL);
+      }
+      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS, trust: verified.trust });
+      d.log.info({ org: verified.org, subject: verified.subject, trustRule: verified.trust.id }, 'oidc token exchanged');
       return { accessToken: issued.token, org: verified.org, expiresAtMs: issued.expiresAtMs };
     })
   });

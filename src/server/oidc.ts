@@ -1,6 +1,11 @@
 // Exchange of a CI's OIDC token (GitHub Actions, GitLab id_tokens, CircleCI) for an org: the token must come from
 // an issuer some org trusts, be signed by a key the issuer publishes, be meant for the trust row's audience, and
 // carry the trust row's claim with exactly the trusted value. See CI-REFERENCE.md §3 for each CI's claims.
+//
+// Every AuthError message here is for the control plane's log (it names rules, orgs and claims); callers of
+// ExchangeToken get OIDC_REFUSAL instead (grpc-api.ts), so a refusal tells an outsider nothing about who trusts what.
+// The order is part of the contract: the signature is verified against the issuer's keys before any org is looked
+// at, so an unsigned or forged token cannot even time the difference between orgs.
 import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
 import type { TrustRow } from './store/store';
 
@@ -35,6 +40,7 @@ export interface OidcExchangeResult {
   org: string;
   subject: string;
   claims: JWTPayload;
+  trust: TrustRow; // the rule that matched: access tokens are bound to it (auth.ts) so removing it ends them
 }
 
 // Asymmetric algorithms only: `none` and HS* would let anyone who knows (or guesses) the "key" mint tokens.
@@ -42,8 +48,18 @@ const ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256
 const CLOCK_TOLERANCE_S = 30;
 const MAX_TOKEN_LENGTH = 16 * 1024;
 const MAX_DISCOVERY_BYTES = 256 * 1024;
-const TRUST_HINT =
-  'an admin can add trust with `buildcloud admin trust add --org <org> --github-owner <owner> | --gitlab-namespace <path> [--issuer <url>] | --circleci-org-id <uuid>`';
+
+// The one answer a caller gets for any refused OIDC token: unknown issuer, bad or missing signature, expired, wrong
+// audience, no matching rule, or a rule of another org. It says what the caller can check on its own side and who
+// can fix the rest; nothing in it depends on the trust table.
+export const OIDC_REFUSAL =
+  'This OIDC token is not trusted by this control plane. Check that the job requests a fresh token with the audience ' +
+  'the operator configured (default: buildcloud); otherwise ask the operator to run `buildcloud admin trust add --org <org> ' +
+  '--github-owner <owner> | --gitlab-namespace <path> [--issuer <url>] | --circleci-org-id <uuid>` for your CI\'s issuer and ' +
+  'namespace. The control plane\'s log says which check failed.';
+// When the issuer's keys cannot be loaded the token can be neither accepted nor refused: the caller may retry.
+export const OIDC_UNAVAILABLE =
+  'The control plane could not verify this OIDC token right now (its issuer\'s signing keys could not be loaded). Retry later; if it persists, ask the operator (the log has the details).';
 
 export const normalizeIssuer = (iss: string): string => iss.replace(/\/+$/, '');
 
@@ -84,17 +100,14 @@ export class OidcVerifier {
       throw new AuthError('invalid_token', 'the OIDC token is not a JWT (expected header.payload.signature)');
     }
     if (typeof alg !== 'string' || !ALGORITHMS.includes(alg)) {
-      throw new AuthError('invalid_token', `the OIDC token uses alg "${String(alg)}"; only ${ALGORITHMS.join(', ')} are accepted`);
+      throw new AuthError('invalid_token', `the OIDC token uses alg ${show(alg)}; only ${ALGORITHMS.join(', ')} are accepted`);
     }
     if (typeof iss !== 'string' || !iss) throw new AuthError('invalid_token', 'the OIDC token has no "iss" claim');
 
     const issuer = normalizeIssuer(iss);
-    const scoped = requestedOrg === undefined ? trusts : trusts.filter((t) => t.org === requestedOrg);
-    const candidates = scoped.filter((t) => normalizeIssuer(t.issuer) === issuer);
-    if (candidates.length === 0) {
-      const who = requestedOrg === undefined ? 'no org' : `org "${requestedOrg}"`;
-      throw new AuthError('untrusted_issuer', `OIDC issuer "${iss}" is not trusted by ${who}; ${TRUST_HINT}`);
-    }
+    // Every org's rules for this issuer: which orgs trust it must not change what happens before the signature check.
+    const issuerRows = trusts.filter((t) => normalizeIssuer(t.issuer) === issuer);
+    if (issuerRows.length === 0) throw new AuthError('untrusted_issuer', `no trust rule names the issuer ${show(iss)}`);
 
     const entry = await this.discover(issuer);
     let payload: JWTPayload;
@@ -106,7 +119,12 @@ export class OidcVerifier {
         requiredClaims: ['exp', 'sub']
       }));
     } catch (err) {
-      throw mapVerifyError(err, iss);
+      throw mapVerifyError(err, issuer);
+    }
+    // Only now, with a token its issuer signed, does anything depend on an org.
+    const candidates = requestedOrg === undefined ? issuerRows : issuerRows.filter((t) => t.org === requestedOrg);
+    if (candidates.length === 0) {
+      throw new AuthError('untrusted_issuer', `org ${show(requestedOrg)} has no trust rule for the issuer ${show(iss)} (rules of other orgs: ${ruleIds(issuerRows)})`);
     }
     return matchTrust(payload, candidates);
   }
@@ -213,6 +231,7 @@ function audiences(payload: JWTPayload): string[] {
 }
 
 const show = (v: unknown): string => (v === undefined ? '(absent)' : String(JSON.stringify(v)).slice(0, 200));
+const ruleIds = (rows: TrustRow[]): string => rows.map((t) => `#${t.id}`).join(', ') || 'none';
 
 // First row (in the given order) whose audience and claim both match wins. Matching is exact: GitLab's
 // namespace_path "platform" does NOT match a project in "platform/tools"; add one rule per namespace instead.
@@ -221,16 +240,16 @@ function matchTrust(payload: JWTPayload, candidates: TrustRow[]): OidcExchangeRe
   const audOk = candidates.filter((t) => aud.includes(t.audience));
   if (audOk.length === 0) {
     const want = [...new Set(candidates.map((t) => t.audience))].map((a) => `"${a}"`).join(' or ');
-    throw new AuthError('audience_mismatch', `the OIDC token's audience is ${show(payload.aud)}, expected ${want}; request the token with that audience`);
+    throw new AuthError('audience_mismatch', `the OIDC token's audience is ${show(payload.aud)}, rules ${ruleIds(candidates)} expect ${want}`);
   }
   const misses: string[] = [];
   for (const t of audOk) {
     const found = claimValue(payload, t.claim);
     // Strings only: an array claim (e.g. CircleCI context-ids) would turn "equals" into "contains".
     if (typeof found === 'string' && found === t.value) {
-      return { org: t.org, subject: payload.sub as string, claims: payload };
+      return { org: t.org, subject: payload.sub as string, claims: payload, trust: t };
     }
-    misses.push(`org "${t.org}" expects ${t.claim}="${t.value}", the token has ${t.claim}=${show(found)}`);
+    misses.push(`rule #${t.id} of org "${t.org}" expects ${t.claim}="${t.value}", the token has ${t.claim}=${show(found)}`);
   }
   throw new AuthError('claim_mismatch', `no trust rule matched the OIDC token from ${String(payload.iss)}: ${misses.slice(0, 5).join('; ')}`);
 }

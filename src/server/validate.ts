@@ -14,10 +14,85 @@ export function validateOrgName(name: string, field = 'org'): string {
 
 export function validateKey(value: string, field: string, max = 256): string {
   if (!value) throw invalid(`Missing ${field}. Expected a non-empty string of up to ${max} printable characters.`);
-  if (value.length > max || !PRINTABLE.test(value)) {
-    throw invalid(`Invalid ${field} '${truncate(value)}'. Expected up to ${max} printable ASCII characters without spaces.`);
+  if (value.length > max) throw invalid(tooLong(field, value, max, 'printable ASCII characters without spaces'));
+  if (!PRINTABLE.test(value)) {
+    throw invalid(`Invalid ${field} '${truncate(value, 40)}'. Expected up to ${max} printable ASCII characters without spaces.`);
   }
   return value;
+}
+
+// ---- identity of a Provision request ---------------------------------------------------------------------------
+// Every field a client sends about itself is bounded here, before anything is stored, logged or used to build a
+// name: one table, documented in docs/api.md ("Limits of identity fields"). An error names the field, its limit and
+// the rule; it quotes at most 40 characters of the value (escaped), never the whole of an oversize one.
+
+export interface IdentityFieldRule {
+  field: string; // as the caller names it (proto field name)
+  max: number; // characters
+  rule: string; // what is allowed, for the error message and the docs
+  re: RegExp; // applied to non-empty values
+  required?: boolean;
+}
+
+// No control characters, no whitespace: values end up in refs, logs, summaries and metrics labels.
+const NO_SPACE_OR_CONTROL = /^[^\s\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+$/u;
+const URL_CHARS = /^https?:\/\/[\x21-\x7e]+$/;
+
+export const IDENTITY_LIMITS: Record<'provider' | 'project' | 'branch' | 'defaultBranch' | 'actor' | 'runUrl', IdentityFieldRule> = {
+  provider: { field: 'identity.provider', max: 32, rule: 'lowercase letters, digits and - (e.g. github, gitlab, circleci, local)', re: /^[a-z][a-z0-9-]*$/ },
+  project: { field: 'identity.project', max: 256, rule: 'printable ASCII characters without spaces (e.g. acme/widget-api)', re: PRINTABLE, required: true },
+  branch: { field: 'identity.branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
+  defaultBranch: { field: 'identity.default_branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
+  actor: { field: 'identity.actor', max: 255, rule: 'characters without whitespace or control characters (a user login)', re: NO_SPACE_OR_CONTROL },
+  runUrl: { field: 'identity.run_url', max: 2048, rule: 'an http:// or https:// URL of printable ASCII characters without spaces', re: URL_CHARS }
+};
+export const PIPELINE_KEY_MAX = 256;
+export const JOB_ID_MAX = 256;
+
+export interface IdentityFields {
+  provider?: string;
+  project?: string;
+  branch?: string;
+  defaultBranch?: string;
+  actor?: string;
+  runUrl?: string;
+  fork?: boolean;
+}
+
+function tooLong(field: string, value: string, max: number, rule: string): string {
+  return `Invalid ${field}: ${value.length} characters, the limit is ${max} (${rule}). The value starts '${truncate(escape(value), 40)}'.`;
+}
+
+// Control and non-ASCII characters as \u escapes: the message must not carry a newline or a terminal escape back.
+function escape(s: string): string {
+  return s.replace(/[^\x20-\x7e]/gu, (c) => `\\u{${c.codePointAt(0)!.toString(16)}}`);
+}
+
+export function validateIdentityField(name: keyof typeof IDENTITY_LIMITS, value: unknown): string {
+  const r = IDENTITY_LIMITS[name];
+  if (value !== undefined && value !== null && typeof value !== 'string') throw invalid(`Invalid ${r.field}: expected a string.`);
+  const v = (value as string | undefined | null) ?? '';
+  if (!v) {
+    if (r.required) throw invalid(`Missing ${r.field}. Expected up to ${r.max} ${r.rule}.`);
+    return v;
+  }
+  if (v.length > r.max) throw invalid(tooLong(r.field, v, r.max, r.rule));
+  if (!r.re.test(v)) throw invalid(`Invalid ${r.field} '${truncate(escape(v), 40)}'. Expected up to ${r.max} ${r.rule}.`);
+  return v;
+}
+
+// The whole request's caller-supplied identity, checked before the lease manager sees it. Fields the lease
+// manager checks itself (project required, platforms) keep their own messages; this only adds bounds.
+export function validateProvisionIdentity(req: { pipelineKey?: string; jobId?: string; identity?: IdentityFields | null }): void {
+  // Oversize keys are refused here without echoing them; the lease manager checks the rest of their rules.
+  for (const [field, v, max] of [['pipeline_key', req.pipelineKey, PIPELINE_KEY_MAX], ['job_id', req.jobId, JOB_ID_MAX]] as const) {
+    if (typeof v === 'string' && v.length > max) throw invalid(tooLong(field, v, max, 'printable ASCII characters without spaces'));
+  }
+  const id = req.identity ?? {};
+  for (const name of Object.keys(IDENTITY_LIMITS) as Array<keyof typeof IDENTITY_LIMITS>) {
+    if (name === 'project' && !id.project) continue; // "Missing identity.project" comes from the lease manager
+    validateIdentityField(name, id[name]);
+  }
 }
 
 export function normalisePlatforms(requested: string[], available: string[]): string[] {
