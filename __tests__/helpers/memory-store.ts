@@ -1,13 +1,18 @@
 // An in-memory Store for unit tests: the whole interface with plain maps and arrays, no persistence. Rows are
 // copied on the way in and out so a test that mutates a returned row cannot change the store behind its back
 // (the SQLite store behaves the same way).
+import { extensionGrant, initialReservation, unreservedSeconds } from '../../src/server/billing';
 import {
   StoreConflict,
   type BucketRow,
   type InsertResult,
   type LeaseEndReason,
   type LeaseRow,
+  type OrgLimitsPatch,
+  type OrgLimitsRow,
   type OrgRow,
+  type ReservePolicy,
+  type ReserveResult,
   type Store,
   type TokenRow,
   type TrustRow,
@@ -22,7 +27,8 @@ export class MemoryStore implements Store {
   readonly buckets: BucketRow[] = [];
   readonly trust: TrustRow[] = [];
   readonly leases = new Map<string, LeaseRow>();
-  readonly usage = new Map<string, UsageRecordRow>();
+  readonly usage = new Map<string, UsageRecordRow>(); // by JSON [org, id]
+  readonly limits = new Map<string, OrgLimitsRow>();
   private nextBucketId = 1;
   private nextTrustId = 1;
   closed = false;
@@ -66,6 +72,53 @@ export class MemoryStore implements Store {
   }
   async bucketSeconds(org: string): Promise<number> {
     return this.buckets.filter((b) => b.org === org).reduce((sum, b) => sum + b.seconds, 0);
+  }
+
+  async getOrgLimits(org: string): Promise<OrgLimitsRow> {
+    return copy(this.limits.get(org) ?? { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null });
+  }
+  async setOrgLimits(org: string, patch: OrgLimitsPatch, now: number): Promise<OrgLimitsRow> {
+    const cur = await this.getOrgLimits(org);
+    const defined = Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined));
+    const next: OrgLimitsRow = { ...cur, ...defined, org, updatedAt: now };
+    this.limits.set(org, next);
+    return copy(next);
+  }
+  // Single-threaded: each method runs to completion without awaiting, like SQLite's transaction.
+  private book(org: string) {
+    const active = [...this.leases.values()].filter((l) => l.org === org && l.endedAt === null);
+    const book = {
+      boughtSeconds: this.buckets.filter((b) => b.org === org).reduce((sum, b) => sum + b.seconds, 0),
+      overdraftSeconds: this.limits.get(org)?.overdraftSeconds ?? 0,
+      billedSeconds: [...this.leases.values()].filter((l) => l.org === org && l.endedAt !== null).reduce((s, l) => s + (l.billedSeconds ?? 0), 0),
+      reservedSeconds: active.reduce((s, l) => s + (l.reservedSeconds ?? 0), 0)
+    };
+    return { book, active: active.length, unreserved: unreservedSeconds(book) };
+  }
+  async reserveLease(row: LeaseRow, policy: ReservePolicy): Promise<ReserveResult> {
+    const { book, active, unreserved } = this.book(row.org);
+    const maxLeases = this.limits.get(row.org)?.maxLeases ?? null;
+    if (maxLeases !== null && active >= maxLeases) return { ok: false, limit: 'max_leases', maxLeases, activeLeases: active };
+    const grant = initialReservation(unreserved, policy.minSeconds, policy.chunkSeconds);
+    if (grant === null) {
+      return { ok: false, limit: 'balance', unreservedSeconds: unreserved, boughtSeconds: book.boughtSeconds, usedSeconds: book.billedSeconds, reservedSeconds: book.reservedSeconds };
+    }
+    if (this.leases.has(row.id)) throw new StoreConflict(`lease "${row.id}" already exists`);
+    this.leases.set(row.id, copy({ ...row, reservedSeconds: grant }));
+    return { ok: true, reservedSeconds: grant };
+  }
+  async extendReservation(id: string, chunkSeconds: number): Promise<number | null> {
+    const row = this.leases.get(id);
+    if (!row || row.endedAt !== null) return null;
+    row.reservedSeconds = (row.reservedSeconds ?? 0) + extensionGrant(this.book(row.org).unreserved, chunkSeconds);
+    return row.reservedSeconds;
+  }
+  async setLeaseBuilders(id: string, builderIds: string[]): Promise<void> {
+    const row = this.leases.get(id);
+    if (row) row.builderIds = [...builderIds];
+  }
+  async reservedSeconds(org: string): Promise<number> {
+    return this.book(org).book.reservedSeconds;
   }
 
   async addTrust(row: Omit<TrustRow, 'id'>): Promise<TrustRow> {
@@ -124,8 +177,9 @@ export class MemoryStore implements Store {
   }
 
   async insertUsageRecord(row: UsageRecordRow): Promise<InsertResult> {
-    if (this.usage.has(row.id)) return 'duplicate';
-    this.usage.set(row.id, copy(row));
+    const key = JSON.stringify([row.org, row.id]);
+    if (this.usage.has(key)) return 'duplicate';
+    this.usage.set(key, copy(row));
     return 'inserted';
   }
   // Event time in [sinceMs, untilMs), oldest first.

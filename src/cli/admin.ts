@@ -38,6 +38,12 @@ function minutes(v: string): number {
   return parseIntFlag(v, '--minutes', 0, 100_000_000);
 }
 
+// A per-org cap: a whole number of at least 1, or 'unlimited' (stored as null).
+function limit(v: string, flag: string): number | null {
+  if (String(v).trim() === 'unlimited') return null;
+  return parseIntFlag(v, flag, 1, 1_000_000);
+}
+
 function print(json: boolean, value: unknown, text: string): void {
   process.stdout.write(json ? JSON.stringify(value) + '\n' : text + '\n');
 }
@@ -77,6 +83,60 @@ export function registerAdmin(program: Command): void {
           rows.push({ org: r.name, minutesBought: bought / 60, minutesUsed: +(used / 60).toFixed(2) });
         }
         print(o.json, rows, rows.map((r) => `${r.org}\t${r.minutesUsed} of ${r.minutesBought} minutes used`).join('\n') || '(no orgs)');
+      });
+    });
+
+  org
+    .command('set')
+    .description("Set an org's limits: concurrent builders and leases (so one org cannot starve the others), and its overdraft.")
+    .requiredOption('--org <name>', 'the org')
+    .option('--max-builders <n>', "builders the org's leases may hold at once, or 'unlimited' (default: unlimited; --max-builders of serve still applies)")
+    .option('--max-leases <n>', "active leases the org may hold at once, or 'unlimited' (default: unlimited)")
+    .option('--overdraft-minutes <n>', 'minutes leases may run past the bucket, taken from the next bucket (default 0: prepaid only)')
+    .option(...stateOpt)
+    .option('--json', 'print JSON', false)
+    .action(async (o) => {
+      const patch = {
+        maxBuilders: o.maxBuilders === undefined ? undefined : limit(o.maxBuilders, '--max-builders'),
+        maxLeases: o.maxLeases === undefined ? undefined : limit(o.maxLeases, '--max-leases'),
+        overdraftSeconds: o.overdraftMinutes === undefined ? undefined : parseIntFlag(o.overdraftMinutes, '--overdraft-minutes', 0, 100_000_000) * 60
+      };
+      if (Object.values(patch).every((v) => v === undefined)) {
+        throw new CliError('Nothing to set. Give --max-builders, --max-leases or --overdraft-minutes.');
+      }
+      await withStore(o.stateDir, async (store) => {
+        await requireOrg(store, o.org);
+        const r = await store.setOrgLimits(o.org, patch, Date.now());
+        const out = { org: r.org, maxBuilders: r.maxBuilders, maxLeases: r.maxLeases, overdraftMinutes: r.overdraftSeconds / 60 };
+        const show = (n: number | null) => (n === null ? 'unlimited' : String(n));
+        print(o.json, out, `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes.`);
+      });
+    });
+  org
+    .command('show <name>')
+    .description("Show an org's limits and its bucket: bought, billed, reserved by running leases.")
+    .option(...stateOpt)
+    .option('--json', 'print JSON', false)
+    .action(async (name: string, o) => {
+      await withStore(o.stateDir, async (store) => {
+        await requireOrg(store, name);
+        const r = await store.getOrgLimits(name);
+        const out = {
+          org: name,
+          maxBuilders: r.maxBuilders,
+          maxLeases: r.maxLeases,
+          overdraftMinutes: r.overdraftSeconds / 60,
+          minutesBought: (await store.bucketSeconds(name)) / 60,
+          minutesBilled: +((await store.billedSeconds(name)) / 60).toFixed(2),
+          minutesReserved: +((await store.reservedSeconds(name)) / 60).toFixed(2)
+        };
+        const show = (n: number | null) => (n === null ? 'unlimited' : String(n));
+        print(
+          o.json,
+          out,
+          `Org '${name}': max builders ${show(out.maxBuilders)}, max leases ${show(out.maxLeases)}, overdraft ${out.overdraftMinutes} minutes; ` +
+            `${out.minutesBilled} of ${out.minutesBought} minutes billed, ${out.minutesReserved} reserved by running leases.`
+        );
       });
     });
 

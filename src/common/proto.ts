@@ -78,6 +78,8 @@ export interface LeaseMsg {
   billedSeconds: number;
   idleTimeoutS: number;
   meteringUrl: string;
+  endReason?: string; // once ended: released, idle, ttl, bucket_exhausted, server_stopped, failed
+  endMessage?: string; // once ended: why, in words the job can act on
 }
 
 export interface ExchangeTokenResponseMsg {

@@ -94,9 +94,68 @@ export function balance(bucketSeconds: number, billedSeconds: number, activeSeco
   };
 }
 
-/** An exhausted (or overdrawn) bucket refuses new builders up front rather than failing a build halfway. */
-export function canProvision(leftSeconds: number): boolean {
-  return leftSeconds > 0;
+/**
+ * Whether a new lease can start: the org's unreserved balance covers a minimum lease. An exhausted (or fully
+ * reserved) bucket refuses new builders up front rather than failing a build halfway.
+ */
+export function canProvision(unreservedSeconds: number, minSeconds = MIN_LEASE_SECONDS): boolean {
+  return unreservedSeconds >= minSeconds && unreservedSeconds > 0;
+}
+
+// Reservations (docs/metering.md, "Buckets of minutes"). A lease holds a reservation of the org's bucket from
+// Provision on: it starts with one chunk and the reaper extends it by a chunk while the lease lives, as long as
+// the bucket has unreserved seconds. A lease is never billed past its reservation, and the reservations of all
+// active leases plus what ended leases were billed never exceed the buckets plus the org's overdraft, so an org
+// cannot run past its prepaid minutes however many leases it opens at once.
+export const MIN_LEASE_SECONDS = 60; // the smallest reservation a lease starts with
+export const RESERVATION_CHUNK_SECONDS = 60; // first reservation and each extension
+export const EXTEND_AHEAD_SECONDS = 30; // extend when less than this is left of the reservation
+
+export interface ReservationBook {
+  boughtSeconds: number; // all buckets
+  overdraftSeconds: number; // the org's allowed overdraft (default 0)
+  billedSeconds: number; // ended leases
+  reservedSeconds: number; // active leases' reservations
+}
+
+/** Seconds not yet billed nor held by an active lease: what new leases and extensions may take. */
+export function unreservedSeconds(b: ReservationBook): number {
+  const raw = b.boughtSeconds + b.overdraftSeconds - b.billedSeconds - b.reservedSeconds;
+  return Number.isFinite(raw) ? Math.max(0, raw) : 0;
+}
+
+/** The first reservation of a new lease, or null when the unreserved balance cannot cover a minimum lease. */
+export function initialReservation(unreserved: number, minSeconds: number, chunkSeconds: number): number | null {
+  if (!canProvision(unreserved, minSeconds)) return null;
+  return Math.max(minSeconds, Math.min(chunkSeconds, unreserved));
+}
+
+/** An extension of a live lease's reservation: up to one chunk, whatever is left (0 when nothing is). */
+export function extensionGrant(unreserved: number, chunkSeconds: number): number {
+  return Math.max(0, Math.min(chunkSeconds, Math.floor(unreserved)));
+}
+
+/** When a lease's reservation is used up. A legacy lease (reservation 0) never is. */
+export function reservationEnd(createdAtMs: number, reservedSeconds: number | undefined): number {
+  return reservedSeconds && reservedSeconds > 0 ? createdAtMs + reservedSeconds * 1000 : Number.POSITIVE_INFINITY;
+}
+
+/**
+ * What the reaper does about a live lease's reservation at `now`: nothing, extend it (less than
+ * EXTEND_AHEAD_SECONDS left), or, when an extension found nothing left and the reservation has run out, end it.
+ */
+export function reservationState(createdAtMs: number, reservedSeconds: number | undefined, now: number): 'ok' | 'extend' | 'exhausted' {
+  const end = reservationEnd(createdAtMs, reservedSeconds);
+  if (end === Number.POSITIVE_INFINITY) return 'ok';
+  if (now >= end) return 'exhausted';
+  if (end - now < EXTEND_AHEAD_SECONDS * 1000) return 'extend';
+  return 'ok';
+}
+
+/** Seconds billed for a lease that ended at endedAtMs: per second, never past its reservation. */
+export function settledSeconds(createdAtMs: number, endedAtMs: number, reservedSeconds: number | undefined): number {
+  const billed = billableSeconds(createdAtMs, endedAtMs);
+  return reservedSeconds && reservedSeconds > 0 ? Math.min(billed, reservedSeconds) : billed;
 }
 
 /** What the summary needs from one `dev.buildcloud.build.completed` record. */

@@ -5,7 +5,7 @@ import type { Logger } from '../common/log';
 import type { Driver, BuilderHandle } from './drivers/driver';
 import { BuilderTlsProxy } from './tls-proxy';
 import type { Pki, CertPair } from './pki';
-import { unavailable } from './errors';
+import { exhausted, unavailable } from './errors';
 
 export interface LiveBuilder {
   id: string;
@@ -47,6 +47,8 @@ export class BuilderPool {
   private readonly live = new Map<string, LiveBuilder>();
   private readonly byShareKey = new Map<string, LiveBuilder>();
   private starting = 0;
+  private readonly startingFor = new Map<string, number>(); // cold starts under way, per org
+  private readonly orgMax = new Map<string, number>(); // per-org cap on assigned builders (admin org set)
   private stopped = false;
   private serverCert: Promise<CertPair> | null = null;
 
@@ -84,6 +86,19 @@ export class BuilderPool {
     }
   }
 
+  /** The org's cap on builders it holds at once (null: none of its own; --max-builders still applies). */
+  limitOrg(org: string, max: number | null): void {
+    if (max === null) this.orgMax.delete(org);
+    else this.orgMax.set(org, max);
+  }
+
+  /** Builders the org holds now: assigned to its leases or starting for it (grace ones are on their way out). */
+  orgBuilders(org: string): number {
+    let n = this.startingFor.get(org) ?? 0;
+    for (const b of this.live.values()) if (b.org === org && b.state === 'assigned') n++;
+    return n;
+  }
+
   // One builder for (shareKey, platform): the pipeline's existing one, a warm one, or a cold start.
   async acquire(shareKey: string, org: string, platform: string, leaseId: string): Promise<Acquired> {
     const existing = this.byShareKey.get(shareKey);
@@ -94,16 +109,30 @@ export class BuilderPool {
       existing.holders.add(leaseId);
       return { builder: existing, warm: false, shared: true };
     }
+    // Checked and counted without an await in between (a cold start counts from here), so concurrent
+    // provisions of one org cannot all pass the check before any builder is assigned.
+    const orgMax = this.orgMax.get(org);
+    if (orgMax !== undefined && this.orgBuilders(org) >= orgMax) {
+      throw exhausted(
+        `Org '${org}' is at its limit of ${orgMax} concurrent builder(s). Release a lease or wait for one to end, ` +
+          `or raise the limit: buildcloud admin org set --org ${org} --max-builders N`
+      );
+    }
     let builder = [...this.live.values()].find((b) => b.state === 'warm' && b.platform === platform);
     const warm = Boolean(builder);
     if (!builder) {
       if (this.size >= this.opts.maxBuilders) {
         throw unavailable(`The control plane is at capacity (${this.opts.maxBuilders} builders, --max-builders). Retry shortly.`);
       }
+      this.startingFor.set(org, (this.startingFor.get(org) ?? 0) + 1);
       try {
         builder = await this.startBuilder(platform, 'assigned');
       } catch (err) {
         throw unavailable(`Could not start a builder for ${platform}: ${(err as Error).message}`);
+      } finally {
+        const n = (this.startingFor.get(org) ?? 1) - 1;
+        if (n > 0) this.startingFor.set(org, n);
+        else this.startingFor.delete(org);
       }
       // Another job of the same pipeline may have raced us while this one was starting: share theirs.
       const raced = this.byShareKey.get(shareKey);

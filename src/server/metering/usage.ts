@@ -8,7 +8,8 @@ import {
   canProvision,
   minutesUp,
   NORTH_STAR_GOAL,
-  summarizeBuilds
+  summarizeBuilds,
+  unreservedSeconds
 } from '../billing';
 import { Store, UsageRecordRow } from '../store/store';
 import { BUILD_COMPLETED, JOB_COMPLETED } from './events';
@@ -27,6 +28,8 @@ export interface UsageReport {
     billed: number; // ended leases, all time
     active: number; // running leases so far
     usedInMonth: number; // leases that ended in the month, plus active ones when it is the current month
+    reserved: number; // held by running leases (see docs/metering.md, reservations)
+    unreserved: number; // buckets + overdraft − billed − reserved: what new leases may take
   };
   canProvision: boolean;
   leases: { count: number; ended: number; active: number };
@@ -105,14 +108,17 @@ export async function computeUsage(
   if (!range) throw new RangeError(`month must be YYYY-MM, got "${month}"`);
   const current = now >= range.start && now < range.end;
 
-  const [bought, billedAll, billedFrom, billedAfter, active, records] = await Promise.all([
+  const [bought, billedAll, billedFrom, billedAfter, active, records, reserved, limits] = await Promise.all([
     store.bucketSeconds(org),
     store.billedSeconds(org),
     store.billedSeconds(org, range.start),
     store.billedSeconds(org, range.end),
     store.activeLeases(org),
-    store.usageRecords(org, range.start, range.end)
+    store.usageRecords(org, range.start, range.end),
+    store.reservedSeconds(org),
+    store.getOrgLimits(org)
   ]);
+  const unreserved = unreservedSeconds({ boughtSeconds: bought, overdraftSeconds: limits.overdraftSeconds, billedSeconds: billedAll, reservedSeconds: reserved });
   const activeSeconds = activeLeaseSeconds ?? active.reduce((s, l) => s + billableSeconds(l.createdAt, now), 0);
   const bal = balance(bought, billedAll, activeSeconds);
   // "ended at or after start" minus "ended at or after end" = ended within the month.
@@ -158,9 +164,11 @@ export async function computeUsage(
       overdraft: bal.overdraftSeconds,
       billed: billedAll,
       active: activeSeconds,
-      usedInMonth
+      usedInMonth,
+      reserved,
+      unreserved
     },
-    canProvision: canProvision(bal.leftSeconds),
+    canProvision: canProvision(unreserved),
     leases: { count: ended + activeInMonth, ended, active: activeInMonth },
     builds: {
       count: summary.builds,

@@ -5,12 +5,17 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { extensionGrant, initialReservation, unreservedSeconds } from '../billing';
 import {
   BucketRow,
   InsertResult,
   LeaseEndReason,
   LeaseRow,
+  OrgLimitsPatch,
+  OrgLimitsRow,
   OrgRow,
+  ReservePolicy,
+  ReserveResult,
   Store,
   StoreConflict,
   TokenRow,
@@ -64,6 +69,26 @@ const MIGRATIONS: string[] = [
     id TEXT PRIMARY KEY, org TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
     received_at INTEGER NOT NULL, lease_id TEXT, data TEXT NOT NULL CHECK (json_valid(data)));
   CREATE INDEX usage_records_org_time ON usage_records (org, time);
+  `,
+  // 2: trust boundaries per org (issue 9). Usage record ids are unique per org, not globally, so no org can
+  // make another's record a duplicate; existing records keep their org and id. Leases hold a reservation of
+  // their org's bucket; leases from before this migration have none (0) and are not capped. Per-org limits.
+  `
+  CREATE TABLE usage_records_v2 (
+    org TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
+    received_at INTEGER NOT NULL, lease_id TEXT, data TEXT NOT NULL CHECK (json_valid(data)),
+    PRIMARY KEY (org, id));
+  INSERT INTO usage_records_v2 (org, id, type, time, received_at, lease_id, data)
+    SELECT org, id, type, time, received_at, lease_id, data FROM usage_records;
+  DROP TABLE usage_records;
+  ALTER TABLE usage_records_v2 RENAME TO usage_records;
+  CREATE INDEX usage_records_org_time ON usage_records (org, time);
+
+  ALTER TABLE leases ADD COLUMN reserved_seconds INTEGER NOT NULL DEFAULT 0;
+
+  CREATE TABLE org_limits (
+    org TEXT PRIMARY KEY, max_builders INTEGER, max_leases INTEGER,
+    overdraft_seconds INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL);
   `
 ];
 
@@ -87,10 +112,12 @@ interface LeaseDbRow {
   ended_at: number | null;
   end_reason: LeaseEndReason | null;
   billed_seconds: number | null;
+  reserved_seconds: number;
 }
 
 const LEASE_COLUMNS = `id, org, pipeline_key, job_id, scope, platforms, builder_ids, identity, actor, cert_fingerprint,
-  registry_user, registry_password_hash, created_at, last_active_at, ended_at, end_reason, billed_seconds`;
+  registry_user, registry_password_hash, created_at, last_active_at, ended_at, end_reason, billed_seconds,
+  reserved_seconds`;
 
 function leaseFromDb(r: LeaseDbRow): LeaseRow {
   return {
@@ -110,8 +137,17 @@ function leaseFromDb(r: LeaseDbRow): LeaseRow {
     lastActiveAt: r.last_active_at,
     endedAt: r.ended_at,
     endReason: r.end_reason,
-    billedSeconds: r.billed_seconds
+    billedSeconds: r.billed_seconds,
+    reservedSeconds: r.reserved_seconds
   };
+}
+
+interface OrgLimitsDbRow {
+  org: string;
+  max_builders: number | null;
+  max_leases: number | null;
+  overdraft_seconds: number;
+  updated_at: number;
 }
 
 const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt FROM tokens';
@@ -178,7 +214,7 @@ export class SqliteStore implements Store {
       removeTrust: db.prepare('DELETE FROM trust WHERE id = ?'),
       insertLease: db.prepare(`INSERT INTO leases (${LEASE_COLUMNS}) VALUES (@id, @org, @pipelineKey, @jobId, @scope,
         @platforms, @builderIds, @identity, @actor, @certFingerprint, @registryUser, @registryPasswordHash, @createdAt,
-        @lastActiveAt, @endedAt, @endReason, @billedSeconds)`),
+        @lastActiveAt, @endedAt, @endReason, @billedSeconds, @reservedSeconds)`),
       getLease: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE id = ?`),
       // Only active leases are touched: activity after the end must not move a billed lease.
       touchLease: db.prepare(
@@ -200,10 +236,22 @@ export class SqliteStore implements Store {
       countEnded: db.prepare(
         'SELECT COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ?'
       ),
-      // ON CONFLICT(id) rather than OR IGNORE: only a repeated id is a duplicate; any other constraint
+      // ON CONFLICT rather than OR IGNORE: only a repeated (org, id) is a duplicate; any other constraint
       // failure must still throw.
       insertRecord: db.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data)
-        VALUES (@id, @org, @type, @time, @receivedAt, @leaseId, @data) ON CONFLICT (id) DO NOTHING`),
+        VALUES (@id, @org, @type, @time, @receivedAt, @leaseId, @data) ON CONFLICT (org, id) DO NOTHING`),
+      getLimits: db.prepare('SELECT org, max_builders, max_leases, overdraft_seconds, updated_at FROM org_limits WHERE org = ?'),
+      upsertLimits: db.prepare(`INSERT INTO org_limits (org, max_builders, max_leases, overdraft_seconds, updated_at)
+        VALUES (@org, @maxBuilders, @maxLeases, @overdraftSeconds, @updatedAt)
+        ON CONFLICT (org) DO UPDATE SET max_builders = excluded.max_builders, max_leases = excluded.max_leases,
+          overdraft_seconds = excluded.overdraft_seconds, updated_at = excluded.updated_at`),
+      billedAll: db.prepare('SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL'),
+      reservedActive: db.prepare(
+        'SELECT COALESCE(SUM(reserved_seconds), 0) AS s, COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NULL'
+      ),
+      leaseOrg: db.prepare('SELECT org, reserved_seconds FROM leases WHERE id = ? AND ended_at IS NULL'),
+      addReservation: db.prepare('UPDATE leases SET reserved_seconds = reserved_seconds + ? WHERE id = ? AND ended_at IS NULL'),
+      setBuilders: db.prepare('UPDATE leases SET builder_ids = ? WHERE id = ?'),
       records: db.prepare(`SELECT id, org, type, time, received_at AS receivedAt, lease_id AS leaseId, data
         FROM usage_records WHERE org = ? AND time >= ? AND time < ? ORDER BY time, id`)
     };
@@ -258,6 +306,86 @@ export class SqliteStore implements Store {
     return (this.st.bucketSeconds.get(org) as { s: number }).s;
   }
 
+  async getOrgLimits(org: string): Promise<OrgLimitsRow> {
+    const r = this.st.getLimits.get(org) as OrgLimitsDbRow | undefined;
+    if (!r) return { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null };
+    return { org, maxBuilders: r.max_builders, maxLeases: r.max_leases, overdraftSeconds: r.overdraft_seconds, updatedAt: r.updated_at };
+  }
+
+  async setOrgLimits(org: string, patch: OrgLimitsPatch, now: number): Promise<OrgLimitsRow> {
+    for (const [k, v] of Object.entries(patch)) if (v !== null && v !== undefined) requireInt(k, v);
+    const set = this.db.transaction(() => {
+      const cur = this.getOrgLimitsSync(org);
+      const next = { ...cur, ...Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)), org, updatedAt: now };
+      this.st.upsertLimits.run(next);
+      return next as OrgLimitsRow;
+    });
+    return set.immediate();
+  }
+
+  private getOrgLimitsSync(org: string): OrgLimitsRow {
+    const r = this.st.getLimits.get(org) as OrgLimitsDbRow | undefined;
+    if (!r) return { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null };
+    return { org, maxBuilders: r.max_builders, maxLeases: r.max_leases, overdraftSeconds: r.overdraft_seconds, updatedAt: r.updated_at };
+  }
+
+  // The org's book inside a transaction: buckets, overdraft, billed, and what its active leases hold.
+  private bookSync(org: string) {
+    const limits = this.getOrgLimitsSync(org);
+    const active = this.st.reservedActive.get(org) as { s: number; n: number };
+    const book = {
+      boughtSeconds: (this.st.bucketSeconds.get(org) as { s: number }).s,
+      overdraftSeconds: limits.overdraftSeconds,
+      billedSeconds: (this.st.billedAll.get(org) as { s: number }).s,
+      reservedSeconds: active.s
+    };
+    return { limits, book, activeLeases: active.n, unreserved: unreservedSeconds(book) };
+  }
+
+  async reserveLease(row: LeaseRow, policy: ReservePolicy): Promise<ReserveResult> {
+    // IMMEDIATE: the write lock is taken before the balance is read, so two provisions (in this process or
+    // another one on the same file) never both see the same unreserved seconds.
+    const tx = this.db.transaction((): ReserveResult => {
+      const { limits, book, activeLeases, unreserved } = this.bookSync(row.org);
+      if (limits.maxLeases !== null && activeLeases >= limits.maxLeases) {
+        return { ok: false, limit: 'max_leases', maxLeases: limits.maxLeases, activeLeases };
+      }
+      const grant = initialReservation(unreserved, policy.minSeconds, policy.chunkSeconds);
+      if (grant === null) {
+        return {
+          ok: false,
+          limit: 'balance',
+          unreservedSeconds: unreserved,
+          boughtSeconds: book.boughtSeconds,
+          usedSeconds: book.billedSeconds,
+          reservedSeconds: book.reservedSeconds
+        };
+      }
+      this.insertLeaseSync({ ...row, reservedSeconds: grant });
+      return { ok: true, reservedSeconds: grant };
+    });
+    return tx.immediate();
+  }
+
+  async extendReservation(id: string, chunkSeconds: number): Promise<number | null> {
+    const tx = this.db.transaction((): number | null => {
+      const l = this.st.leaseOrg.get(id) as { org: string; reserved_seconds: number } | undefined;
+      if (!l) return null;
+      const grant = extensionGrant(this.bookSync(l.org).unreserved, chunkSeconds);
+      if (grant > 0) this.st.addReservation.run(grant, id);
+      return l.reserved_seconds + grant;
+    });
+    return tx.immediate();
+  }
+
+  async setLeaseBuilders(id: string, builderIds: string[]): Promise<void> {
+    this.st.setBuilders.run(JSON.stringify(builderIds), id);
+  }
+
+  async reservedSeconds(org: string): Promise<number> {
+    return (this.st.reservedActive.get(org) as { s: number }).s;
+  }
+
   async addTrust(row: Omit<TrustRow, 'id'>): Promise<TrustRow> {
     const id = Number(this.st.insertTrust.run(row).lastInsertRowid);
     return { id, ...row };
@@ -272,12 +400,17 @@ export class SqliteStore implements Store {
   }
 
   async insertLease(row: LeaseRow): Promise<void> {
+    this.insertLeaseSync(row);
+  }
+
+  private insertLeaseSync(row: LeaseRow): void {
     try {
       this.st.insertLease.run({
         ...row,
         platforms: JSON.stringify(row.platforms),
         builderIds: JSON.stringify(row.builderIds),
-        identity: JSON.stringify(row.identity)
+        identity: JSON.stringify(row.identity),
+        reservedSeconds: row.reservedSeconds ?? 0
       });
     } catch (err) {
       if (isUniqueViolation(err)) throw new StoreConflict(`lease "${row.id}" already exists`);

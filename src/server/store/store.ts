@@ -33,7 +33,30 @@ export interface TrustRow {
   createdAt: number;
 }
 
-export type LeaseEndReason = 'released' | 'idle' | 'ttl' | 'server_stopped' | 'failed';
+// bucket_exhausted: the lease used up its reservation of minutes and the org's bucket had none left to extend it.
+export type LeaseEndReason = 'released' | 'idle' | 'ttl' | 'server_stopped' | 'failed' | 'bucket_exhausted';
+
+// Per-org caps (`buildcloud admin org set`). null = no cap of the org's own (the server-wide limits still apply).
+export interface OrgLimitsRow {
+  org: string;
+  maxBuilders: number | null; // concurrent builders the org's leases hold
+  maxLeases: number | null; // concurrent active leases
+  overdraftSeconds: number; // how far reservations may go past the bucket (default 0: prepaid only)
+  updatedAt: number | null; // null: never set, these are the defaults
+}
+
+export type OrgLimitsPatch = Partial<Pick<OrgLimitsRow, 'maxBuilders' | 'maxLeases' | 'overdraftSeconds'>>;
+
+// What a provision may reserve, decided in one transaction with the insert (see reserveLease).
+export interface ReservePolicy {
+  minSeconds: number; // the smallest reservation a lease may start with: less unreserved balance refuses it
+  chunkSeconds: number; // what a lease reserves at first (and each extension), at most the unreserved balance
+}
+
+export type ReserveResult =
+  | { ok: true; reservedSeconds: number }
+  | { ok: false; limit: 'balance'; unreservedSeconds: number; boughtSeconds: number; usedSeconds: number; reservedSeconds: number }
+  | { ok: false; limit: 'max_leases'; maxLeases: number; activeLeases: number };
 
 export interface LeaseRow {
   id: string;
@@ -53,10 +76,13 @@ export interface LeaseRow {
   endedAt: number | null;
   endReason: LeaseEndReason | null;
   billedSeconds: number | null;
+  // Seconds of the org's bucket held for this lease; the lease is billed at most this much. 0 or absent: a
+  // lease from before reservations existed (not capped).
+  reservedSeconds?: number;
 }
 
 export interface UsageRecordRow {
-  id: string; // CloudEvent id: the idempotency key
+  id: string; // CloudEvent id: the idempotency key within the org (records are keyed by (org, id))
   org: string;
   type: string;
   time: number; // event time
@@ -83,6 +109,10 @@ export interface Store {
   addBucket(org: string, seconds: number, note: string, now: number): Promise<BucketRow>;
   bucketSeconds(org: string): Promise<number>; // sum of all buckets
 
+  // per-org limits and overdraft
+  getOrgLimits(org: string): Promise<OrgLimitsRow>; // the defaults when never set
+  setOrgLimits(org: string, patch: OrgLimitsPatch, now: number): Promise<OrgLimitsRow>;
+
   // OIDC trust
   addTrust(row: Omit<TrustRow, 'id'>): Promise<TrustRow>;
   listTrust(org?: string): Promise<TrustRow[]>;
@@ -90,6 +120,15 @@ export interface Store {
 
   // leases
   insertLease(row: LeaseRow): Promise<void>;
+  // Atomically: check the org's unreserved balance (buckets + overdraft − billed − active reservations) and its
+  // max-leases cap, then insert the lease holding its reservation. Concurrent callers (other requests, other
+  // processes on the same file) cannot both take the same seconds.
+  reserveLease(row: LeaseRow, policy: ReservePolicy): Promise<ReserveResult>;
+  // Atomically adds up to chunkSeconds of unreserved balance to an active lease; returns its new reservation
+  // (unchanged when nothing is left), or null when the lease is not active.
+  extendReservation(id: string, chunkSeconds: number): Promise<number | null>;
+  setLeaseBuilders(id: string, builderIds: string[]): Promise<void>;
+  reservedSeconds(org: string): Promise<number>; // held by the org's active leases
   getLease(id: string): Promise<LeaseRow | null>;
   touchLease(id: string, now: number): Promise<void>; // lastActiveAt = max(lastActiveAt, now)
   endLease(id: string, endedAt: number, reason: LeaseEndReason, billedSeconds: number): Promise<boolean>; // false if already ended
@@ -98,7 +137,7 @@ export interface Store {
   // billed seconds of ended leases of the org; with sinceMs, only leases that ended at or after it
   billedSeconds(org: string, sinceMs?: number): Promise<number>;
 
-  // usage records (metering)
+  // usage records (metering): a record is a duplicate only of the same org's record with the same id
   insertUsageRecord(row: UsageRecordRow): Promise<InsertResult>;
   usageRecords(org: string, sinceMs: number, untilMs: number): Promise<UsageRecordRow[]>;
 
