@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../common/log';
-import { ConfigError, DEFAULTS, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
+import { ConfigError, DEFAULTS, checkListenSecurity, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
 
 export function registerServe(program: Command): void {
   program
@@ -29,6 +29,7 @@ export function registerServe(program: Command): void {
     .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
     .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
+    .option('--insecure', 'allow plaintext gRPC and HTTP on a non-loopback --host (without it, such a host needs --tls-cert/--tls-key); warns at every start', false)
     .option('--json', 'print where it listens as one JSON line on stdout', false)
     .action(async (o) => {
       const config: ServerConfig = validateConfig({
@@ -51,9 +52,16 @@ export function registerServe(program: Command): void {
         builderNat: o.builderNat !== false,
         builderEgressAllow: parseEgressAllow(o.builderEgressAllow),
         insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
-        tls: tlsFiles(o.tlsCert, o.tlsKey)
+        tls: tlsFiles(o.tlsCert, o.tlsKey),
+        insecure: Boolean(o.insecure)
       });
+      const insecureWarning = checkListenSecurity(config); // throws before anything listens
       const log = createLogger();
+      if (insecureWarning) {
+        // Both: a plain line a human sees in a terminal or a journal, and a structured one for log pipelines.
+        process.stderr.write(`buildcloud serve: ${insecureWarning}\n`);
+        log.warn({ host: config.host, insecure: true }, insecureWarning);
+      }
       const { startServer } = await import('../server/server');
       const server = await startServer(config, log);
       process.env.BUILDCLOUD_SERVING = '1';

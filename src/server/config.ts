@@ -25,6 +25,7 @@ export interface ServerConfig {
   builderEgressAllow: string[]; // IPv4 CIDRs RUN steps may reach although private or link-local (normalized)
   insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
   tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
+  insecure?: boolean; // --insecure: plaintext although --host is not loopback (checkListenSecurity)
 }
 
 export const DEFAULTS = {
@@ -77,17 +78,51 @@ export function parseIntFlag(value: string, flag: string, min: number, max: numb
   return n;
 }
 
+// A URL as it may be shown in an error or a log: the password of its userinfo becomes ***. Works on strings that are
+// not valid URLs too (the error for an unparsable --registry must not echo its password either).
+export function redactUrl(value: string): string {
+  return String(value).replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/?#@]*)@/i, (_m, scheme: string, userinfo: string) => {
+    const colon = userinfo.indexOf(':');
+    return colon < 0 ? `${scheme}${userinfo}@` : `${scheme}${userinfo.slice(0, colon)}:***@`;
+  });
+}
+
 export function parseRegistryUrl(value: string): string {
   let u: URL;
   try {
     u = new URL(value);
   } catch {
-    throw new ConfigError(`Invalid --registry '${value}'. Expected a URL such as http://127.0.0.1:5000.`);
+    throw new ConfigError(`Invalid --registry '${redactUrl(value)}'. Expected a URL such as http://127.0.0.1:5000.`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-    throw new ConfigError(`Invalid --registry '${value}'. Expected an http:// or https:// URL.`);
+    throw new ConfigError(`Invalid --registry '${redactUrl(value)}'. Expected an http:// or https:// URL.`);
   }
   return u.toString().replace(/\/$/, '');
+}
+
+// Loopback only: 127.0.0.0/8, ::1 and localhost. 0.0.0.0 and :: listen on every address, so they are not.
+export function isLoopbackHost(host: string): boolean {
+  const h = String(host).trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  return /^127(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(h);
+}
+
+export const INSECURE_WARNING =
+  'WARNING: serving gRPC and HTTP WITHOUT TLS on a non-loopback address (--insecure). Every Provision reply carries a ' +
+  "lease's private key, CA and registry password, and tokens travel in the clear: anyone on the network path can take " +
+  'them. Give --tls-cert and --tls-key instead (docs/operations.md).';
+
+// TLS by default off loopback: what Provision replies carry must not cross a network in the clear unless the operator
+// said so. Returns the warning to print at every start when --insecure is what allows it, null when nothing to say.
+export function checkListenSecurity(c: Pick<ServerConfig, 'host' | 'tls' | 'insecure'>): string | null {
+  if (c.tls || isLoopbackHost(c.host)) return null;
+  if (!c.insecure) {
+    throw new ConfigError(
+      `Refusing to listen on ${c.host} without TLS: Provision replies carry private keys and registry passwords. ` +
+        'Give --tls-cert <file> and --tls-key <file> (PEM), or --insecure to serve plaintext anyway (for a private, trusted network only).'
+    );
+  }
+  return INSECURE_WARNING;
 }
 
 // --builder-egress-allow, one range per use of the flag: normalized to the network address as iptables stores it,
