@@ -1,0 +1,253 @@
+// Issue 9, findings 5, 6 and 7, tried as an attacker against the real `buildcloud serve` (the bundled CLI), real
+// builders and a real OIDC issuer on loopback (discovery document + JWKS over HTTP, GitLab id_token claims):
+// - ExchangeToken gives one generic answer to a token from an untrusted namespace, an unsigned token, a token
+//   signed by another key and a token of an unknown issuer, and names no org or namespace; the detail is in the log.
+// - An access token stops working at the next request after its trust rule is removed.
+// - `serve --host <this host's address>` without TLS does not start; with --insecure it warns at every start.
+// - A 900 KB identity.actor is refused naming the field and its limit.
+// Each refusal has its accepted control beside it.
+import * as fs from 'fs';
+import * as http from 'http';
+import type { AddressInfo } from 'net';
+import * as os from 'os';
+import * as path from 'path';
+import * as grpc from '@grpc/grpc-js';
+import { exportJWK, generateKeyPair, SignJWT, UnsecuredJWT, type JWK, type JWTPayload, type KeyLike } from 'jose';
+import { ApiClient, ControlPlaneError } from '../../src/core/api-client';
+import type { LeaseMsg } from '../../src/common/proto';
+import { Pki } from '../../src/server/pki';
+import { OIDC_REFUSAL } from '../../src/server/oidc';
+import { adminSetup, cli, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
+
+interface Key {
+  kid: string;
+  privateKey: KeyLike;
+  jwk: JWK;
+}
+
+async function newKey(kid: string): Promise<Key> {
+  const { privateKey, publicKey } = await generateKeyPair('RS256');
+  return { kid, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg: 'RS256', use: 'sig' } };
+}
+
+// A GitLab instance's OIDC side: /.well-known/openid-configuration and the JWKS it names.
+class LocalIssuer {
+  base = '';
+  private readonly server = http.createServer((req, res) => {
+    const json = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
+    if (req.url === '/gitlab/.well-known/openid-configuration') json({ issuer: this.issuer, jwks_uri: `${this.issuer}/oauth/discovery/keys`, id_token_signing_alg_values_supported: ['RS256'] });
+    else if (req.url === '/gitlab/oauth/discovery/keys') json({ keys: [this.key.jwk] });
+    else res.writeHead(404).end();
+  });
+  constructor(readonly key: Key) {}
+  get issuer(): string {
+    return `${this.base}/gitlab`;
+  }
+  async start(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    this.base = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+  }
+  async stop(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+  // A GitLab `id_tokens` token of a job in project <ns>/widget-api (CI-REFERENCE.md §3).
+  claims(namespace: string, o: JWTPayload = {}): JWTPayload {
+    const now = Math.floor(Date.now() / 1000);
+    return {
+      iss: this.issuer,
+      sub: `project_path:${namespace}/widget-api:ref_type:branch:ref:main`,
+      aud: 'buildcloud',
+      iat: now,
+      nbf: now - 5,
+      exp: now + 300,
+      namespace_id: '72',
+      namespace_path: namespace,
+      project_id: '4821',
+      project_path: `${namespace}/widget-api`,
+      pipeline_id: '1093344',
+      job_id: '55012931',
+      ref: 'main',
+      ref_type: 'branch',
+      ref_protected: 'true',
+      user_login: 'mallory',
+      ...o
+    };
+  }
+  sign(claims: JWTPayload, key: Key = this.key): Promise<string> {
+    return new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: key.kid, typ: 'JWT' }).sign(key.privateKey);
+  }
+}
+
+let issuer: LocalIssuer;
+let server: ServerProcess;
+let acmeRule: number;
+const leases: Array<{ client: TestClient; lease: LeaseMsg }> = [];
+const clients: Array<{ close(): void }> = [];
+
+const identity = (actor = 'mallory') => ({ provider: 'gitlab', project: 'acme-group/widget-api', branch: 'main', defaultBranch: 'main', fork: false, actor, runUrl: '' });
+
+async function exchange(oidcToken: string, org = ''): Promise<{ accessToken: string; org: string } | ControlPlaneError> {
+  const api = new ApiClient({ endpoint: server.info.grpc, attempts: 1, deadlineMs: 20_000 });
+  clients.push(api);
+  return api.exchangeToken(oidcToken, org).catch((e: ControlPlaneError) => e);
+}
+
+async function provision(token: string, pipelineKey: string, actor?: string): Promise<LeaseMsg> {
+  const client = new TestClient(server.info.grpc, token);
+  clients.push(client);
+  const lease = await client.provision({ pipelineKey, jobId: 'build', identity: identity(actor) });
+  leases.push({ client, lease });
+  return lease;
+}
+
+function trustAdd(org: string, namespace: string): number {
+  const r = cli(['admin', 'trust', 'add', '--org', org, '--gitlab-namespace', namespace, '--issuer', issuer.issuer, '--state-dir', server.stateDir, '--json']);
+  if (r.status !== 0) throw new Error(r.stderr);
+  return (JSON.parse(r.stdout) as { id: number }).id;
+}
+
+beforeAll(async () => {
+  issuer = new LocalIssuer(await newKey('gl-1'));
+  await issuer.start();
+  server = await startServer(['--insecure-oidc-issuers', '--warm-pool', '0', '--grace', '1s', '--idle-timeout', '60s']);
+  adminSetup(server.stateDir, 'acme', 1000);
+  adminSetup(server.stateDir, 'beta', 1000);
+  acmeRule = trustAdd('acme', 'acme-group');
+  // Another org's rule on the same issuer: nothing of it may reach a caller.
+  trustAdd('beta', 'beta-secret-ns');
+});
+
+afterAll(async () => {
+  for (const { client, lease } of leases) await client.release(lease.id).catch(() => undefined);
+  for (const c of clients) c.close();
+  expect(await server?.stop()).toBe(0);
+  await issuer?.stop();
+});
+
+describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
+  test('control: a token of the trusted namespace exchanges, and the access token provisions', async () => {
+    const res = await exchange(await issuer.sign(issuer.claims('acme-group')));
+    if (res instanceof Error) throw res;
+    expect(res.org).toBe('acme');
+    const lease = await provision(res.accessToken, 'gl/4821/1001');
+    expect(lease.org).toBe('acme');
+  });
+
+  test('untrusted namespace, unsigned, signed by another key, unknown issuer: all one generic PERMISSION_DENIED', async () => {
+    const forger = await newKey('gl-1'); // the issuer's kid, another key
+    const attempts: Array<[string, string, string?]> = [
+      ['untrusted namespace', await issuer.sign(issuer.claims('evil-group'))],
+      ['untrusted namespace, asking for org beta', await issuer.sign(issuer.claims('evil-group')), 'beta'],
+      ["acme's namespace, asking for org beta", await issuer.sign(issuer.claims('acme-group')), 'beta'],
+      ['unknown org', await issuer.sign(issuer.claims('acme-group')), 'nobody'],
+      ['unsigned (alg none)', new UnsecuredJWT(issuer.claims('acme-group')).encode()],
+      ['unsigned, asking for org beta', new UnsecuredJWT(issuer.claims('beta-secret-ns')).encode(), 'beta'],
+      ['signed by another key', await issuer.sign(issuer.claims('acme-group'), forger)],
+      ['signed by another key, asking for org beta', await issuer.sign(issuer.claims('beta-secret-ns'), forger), 'beta'],
+      ['unknown issuer', await issuer.sign(issuer.claims('acme-group', { iss: 'https://gitlab.attacker.example' }))],
+      ['wrong audience', await issuer.sign(issuer.claims('acme-group', { aud: 'https://gitlab.com' }))]
+    ];
+    for (const [what, token, org] of attempts) {
+      const res = await exchange(token, org);
+      expect([what, res instanceof ControlPlaneError]).toEqual([what, true]);
+      const err = res as ControlPlaneError;
+      expect([what, err.code, err.details]).toEqual([what, grpc.status.PERMISSION_DENIED, OIDC_REFUSAL]);
+    }
+    // The one answer names the fix and nothing of the trust table.
+    expect(OIDC_REFUSAL).toContain('buildcloud admin trust add');
+    for (const secret of ['acme', 'beta', 'acme-group', 'beta-secret-ns', issuer.issuer]) expect(OIDC_REFUSAL).not.toContain(secret);
+  });
+
+  test("the server's log keeps the detail (which rule, which claim) at warn", async () => {
+    await exchange(await issuer.sign(issuer.claims('evil-group')));
+    const line = await waitFor('the refusal in the log', async () =>
+      server
+        .stderr()
+        .split('\n')
+        .find((l) => l.includes('oidc token refused') && l.includes('evil-group'))
+    );
+    const entry = JSON.parse(line) as { level: number; reason: string; detail: string };
+    expect(entry.level).toBe(40); // pino warn
+    expect(entry.reason).toBe('claim_mismatch');
+    expect(entry.detail).toContain(`rule #${acmeRule} of org "acme" expects namespace_path="acme-group"`);
+    expect(entry.detail).toContain('namespace_path="evil-group"');
+  });
+
+  test('an access token stops working at the next request once its trust rule is removed', async () => {
+    const rule = trustAdd('acme', 'acme-other');
+    const res = await exchange(await issuer.sign(issuer.claims('acme-other')));
+    if (res instanceof Error) throw res;
+    await provision(res.accessToken, 'gl/4821/1002'); // control: works while the rule exists
+    const removed = cli(['admin', 'trust', 'remove', String(rule), '--state-dir', server.stateDir]);
+    expect(removed.status).toBe(0);
+    const err = (await provision(res.accessToken, 'gl/4821/1002').catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+    expect(err.code).toBe(grpc.status.UNAUTHENTICATED);
+    // And a fresh exchange for that namespace is refused like any other.
+    const again = (await exchange(await issuer.sign(issuer.claims('acme-other')))) as ControlPlaneError;
+    expect([again.code, again.details]).toEqual([grpc.status.PERMISSION_DENIED, OIDC_REFUSAL]);
+  });
+});
+
+describe('identity fields are bounded (finding 7)', () => {
+  test('a 900 KB actor is refused naming identity.actor and its limit; control: a normal actor is accepted', async () => {
+    const token = adminSetup(server.stateDir, 'gamma', 1000);
+    const big = 'm'.repeat(900 * 1024);
+    const err = (await provision(token, 'gl/4821/2001', big).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(err.details).toMatch(/^Invalid identity\.actor: 921600 characters, the limit is 255 /);
+    expect(err.details.length).toBeLessThan(400);
+    const ok = await provision(token, 'gl/4821/2001', 'mallory');
+    expect(ok.org).toBe('gamma');
+  });
+});
+
+describe('TLS by default off loopback (finding 6)', () => {
+  // This host's own non-loopback address (what an operator would pass to reach it from other machines).
+  const address =
+    Object.values(os.networkInterfaces())
+      .flat()
+      .find((i) => i && i.family === 'IPv4' && !i.internal)?.address ?? '0.0.0.0';
+  const quick = ['--driver', 'none', '--warm-pool', '0'];
+  const started: ServerProcess[] = [];
+  afterAll(async () => {
+    for (const s of started) await s.stop();
+  });
+
+  test(`serve --host ${address} without TLS refuses to start, naming --tls-cert, --tls-key and --insecure`, async () => {
+    const err = (await startServer(['--host', address, ...quick]).catch((e: Error) => e)) as Error;
+    expect(err).toBeInstanceOf(Error);
+    expect(err.message).toMatch(/exited \(1\) before it was ready/);
+    expect(err.message).toContain(`Refusing to listen on ${address} without TLS`);
+    for (const flag of ['--tls-cert', '--tls-key', '--insecure']) expect(err.message).toContain(flag);
+  });
+
+  test('control: with --insecure it starts, and warns at every start', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-insecure-'));
+    for (let i = 0; i < 2; i++) {
+      const s = await startServer(['--host', address, '--insecure', ...quick], dir);
+      started.push(s);
+      expect(s.info.grpc).toBe(`${address}:${s.info.grpc.split(':').pop()}`);
+      await waitFor('the warning', async () => s.stderr().includes('WARNING: serving gRPC and HTTP WITHOUT TLS on a non-loopback address (--insecure)'));
+      expect(await s.stop()).toBe(0);
+    }
+  });
+
+  test('control: with --tls-cert/--tls-key it starts, serving grpcs', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-tls-host-'));
+    const pki = await Pki.loadOrCreate(path.join(dir, 'operator-ca'));
+    const cert = await pki.issueServer([address]);
+    fs.writeFileSync(path.join(dir, 'server.pem'), cert.certPem);
+    fs.writeFileSync(path.join(dir, 'server-key.pem'), cert.keyPem, { mode: 0o600 });
+    const s = await startServer(['--host', address, '--tls-cert', path.join(dir, 'server.pem'), '--tls-key', path.join(dir, 'server-key.pem'), ...quick]);
+    started.push(s);
+    expect(s.info.grpc).toMatch(/^grpcs:\/\//);
+    expect(s.stderr()).not.toContain('WITHOUT TLS');
+  });
+
+  test('a --registry URL with a password is never echoed', async () => {
+    const err = (await startServer(['--registry', 'ftp://cache-bot:hunter2-s3cret@registry.example.com', ...quick]).catch((e: Error) => e)) as Error;
+    expect(err.message).toContain("Invalid --registry 'ftp://cache-bot:***@registry.example.com'");
+    expect(err.message).not.toContain('hunter2');
+  });
+});
