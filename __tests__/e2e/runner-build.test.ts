@@ -123,7 +123,9 @@ describe('one pipeline, then a second one on a fresh builder', () => {
 
   test('cold build: every step runs, the cache is exported and the image pushed', async () => {
     const lines: string[] = [];
-    const tag = `${lease1.cache!.registry!.host}/acme/acme/app/image:v1`;
+    // The user's image goes to the lease's export ref: a lease may push nothing else to the org cache registry
+    // (docs/security.md, trust-boundary-cache.test.ts), and builders here reach no other registry.
+    const tag = lease1.cache!.exportRef;
     const r = await runBuild(opts({ tags: [tag], push: true }), cfg1, lease1, docker, { onLine: (l) => lines.push(l) });
     timings.cold = r.durationMs;
     expect(r).toMatchObject({ status: 'success', exitCode: 0, totalSteps: 4, cachedSteps: 0, cacheRatio: 0, cacheExported: true, warnings: [] });

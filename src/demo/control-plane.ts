@@ -55,7 +55,10 @@ export function adminCli(cli: string, args: string[]): string {
 // A busybox rootfs built into an image on a builder of the org (builders build; they do not `docker import`) and
 // pushed to the org's registry namespace. COPY of a directory, not ADD of an archive: correct under user namespaces
 // on every engine (drivers/builder-isolation.ts).
-export async function pushBaseImage(server: DemoServer, token: string, ref: string, work: string): Promise<void> {
+// The base image goes where the demo's builds may read it: a lease writes only its own export ref and reads only its
+// project's cache repository (docs/security.md), so a bootstrap lease of the demo's project pushes it to its export
+// ref, a tag of that repository. Returns the ref.
+export async function pushBaseImage(server: DemoServer, token: string, project: string, work: string): Promise<string> {
   const ctx = path.join(work, 'base-image');
   const root = path.join(ctx, 'rootfs');
   fs.mkdirSync(path.join(root, 'bin'), { recursive: true });
@@ -74,8 +77,14 @@ export async function pushBaseImage(server: DemoServer, token: string, ref: stri
     jobId: 'base-image',
     platforms: [],
     scope: 'SCOPE_JOB',
-    identity: { provider: 'local', project: 'base/busybox', branch: 'main', defaultBranch: 'main', fork: false, actor: 'demo', runUrl: '' }
+    identity: { provider: 'local', project, branch: 'base-image', defaultBranch: 'main', fork: false, actor: 'demo', runUrl: '' }
   });
+  const ref = lease.cache?.exportRef ?? '';
+  if (!ref) {
+    await api.release(lease.id).catch(() => undefined);
+    api.close();
+    throw new Error('the bootstrap lease has no export ref to push the base image to');
+  }
   const docker = await resolveDocker(process.env);
   const cfg = await configureRunner(lease, `buildcloud-demo-base-${process.pid}`, { tempRoot: work, docker });
   try {
@@ -84,6 +93,7 @@ export async function pushBaseImage(server: DemoServer, token: string, ref: stri
     if (built.status !== 0) throw new Error(`docker build of the base image failed: ${built.stderr}`);
     const push = spawnSync(docker.path, ['push', ref], { env, encoding: 'utf8' });
     if (push.status !== 0) throw new Error(`docker push ${ref} failed: ${push.stderr}`);
+    return ref;
   } finally {
     await cleanupRunner(cfg, docker);
     await api.release(lease.id).catch(() => undefined);

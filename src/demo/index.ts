@@ -59,8 +59,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     adminCli(cli, ['admin', 'org', 'create', ORG, '--minutes', '60', '--state-dir', server.stateDir]);
     const token = adminCli(cli, ['admin', 'token', 'create', '--org', ORG, '--label', 'demo', '--state-dir', server.stateDir]);
     o.log(`Org '${ORG}' with 60 build minutes; control plane at ${server.grpc}, registry ${server.registry}`);
-    const base = `${server.registry}/${ORG}/base/busybox:1`;
-    await pushBaseImage(server, token, base, work);
+    const base = await pushBaseImage(server, token, PROJECT, work);
     o.log(`Base image ${base} pushed to the org registry`);
 
     const workspace = path.join(work, 'repo');
