@@ -58,12 +58,12 @@ describe('cacheRefs', () => {
 });
 
 describe('registryScope', () => {
-  test.each<[string, Partial<CacheRefInput>, string[], { repository: string; tag: string } | null]>([
-    ['default branch', {}, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'main' }],
-    ['feature branch: writes its tag only, reads its project', { branch: 'feature-x' }, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'feature-x' }],
+  test.each<[string, Partial<CacheRefInput>, string[], { repository: string; tag: string; ref: string } | null]>([
+    ['default branch', {}, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'main', ref: `${HOST}/acme/widget/cache:main` }],
+    ['feature branch: writes its tag only, reads its project', { branch: 'feature-x' }, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'feature-x', ref: `${HOST}/acme/widget/cache:feature-x` }],
     ['fork: reads, writes nothing', { branch: 'patch-1', fork: true }, ['acme/widget/cache'], null],
     ['tag build: reads the default branch, writes nothing', { branch: '' }, ['acme/widget/cache'], null],
-    ['IPv6 host with a port', { registryHost: '[::1]:5000', project: 'a/b' }, ['acme/a/b/cache'], { repository: 'acme/a/b/cache', tag: 'main' }],
+    ['IPv6 host with a port', { registryHost: '[::1]:5000', project: 'a/b' }, ['acme/a/b/cache'], { repository: 'acme/a/b/cache', tag: 'main', ref: '[::1]:5000/acme/a/b/cache:main' }],
   ])('%s', (_n, over, pull, push) => {
     const input = { ...base, ...over };
     expect(registryScope(cacheRefs(input), input.registryHost)).toEqual({ pull, push });

@@ -141,7 +141,7 @@ export function cacheRefs(input: CacheRefInput): CacheRefsResult {
 /** What one lease may do in the org cache, as the registry proxy checks it (repositories without the host). */
 export interface RegistryScope {
   pull: string[]; // repositories it may read: its import refs' and its export ref's
-  push: { repository: string; tag: string } | null; // the one tag it may write; null: it writes nothing
+  push: { repository: string; tag: string; ref?: string } | null; // the one tag it may write (ref: as the lease was told it); null: it writes nothing
 }
 
 /** A lease's refs → its registry scope. Refs not on `registryHost` are ignored (they cannot reach the proxy). */
@@ -152,7 +152,8 @@ export function registryScope(refs: CacheRefsResult, registryHost: string): Regi
     if (!ref.startsWith(host) || i <= host.length) return null;
     return { repository: ref.slice(host.length, i), tag: ref.slice(i + 1) };
   };
-  const push = refs.exportRef ? split(refs.exportRef) : null;
+  const parsed = refs.exportRef ? split(refs.exportRef) : null;
+  const push = parsed ? { ...parsed, ref: refs.exportRef } : null;
   const pull: string[] = [];
   for (const r of [...refs.importRefs.map(split), push]) {
     if (r && !pull.includes(r.repository)) pull.push(r.repository);

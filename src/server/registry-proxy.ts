@@ -342,7 +342,7 @@ function mayRead(scope: RegistryScope, name: string): boolean {
  * DELETE would remove another branch's cache.
  */
 export function leaseDenial(scope: RegistryScope, method: string, name: string, tail: string, registryHost = ''): string | null {
-  const ref = scope.push ? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}` : '';
+  const ref = scope.push ? scope.push.ref ?? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}` : '';
   const mayWrite = ref ? `this lease may write only "${ref}" (its export ref)` : 'this lease may not write the org cache (it has no export ref: a fork\'s pull request or a build without a branch)';
   if (method === 'GET' || method === 'HEAD') {
     if (mayRead(scope, name)) return null;
