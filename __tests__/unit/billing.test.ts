@@ -75,11 +75,16 @@ describe('balance / canProvision', () => {
   });
 
   test.each([
-    [1, true],
+    [60, true],
+    [59, false], // less than a minimum lease
     [0, false],
     [-5, false]
   ])('canProvision(%p) = %p', (left, want) => {
     expect(canProvision(left)).toBe(want);
+  });
+  test('a smaller minimum lease', () => {
+    expect(canProvision(1, 1)).toBe(true);
+    expect(canProvision(0, 0)).toBe(false);
   });
 });
 

@@ -189,13 +189,17 @@ describe('POST /v1/events', () => {
     expect(r.json().rejected).toBe(2);
   });
 
-  test("an id already used by another org is a duplicate and leaks nothing", async () => {
+  test("another org sending a record with the same id cannot make the org's record a duplicate", async () => {
     const e = build('b1');
-    expect((await post([e])).json().accepted).toBe(1);
+    // beta squats acme's id first: it is beta's own record, counted for beta.
     const forged = { ...e, subject: 'beta', data: { ...e.data, lease_id: 'L-beta' } };
     const r = await post([forged], { token: 'tok-beta' });
-    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'duplicate' }], accepted: 0, duplicate: 1, rejected: 0 });
-    expect(await store.usageRecords('beta', 0, NOW * 2)).toEqual([]);
+    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0 });
+    // acme's real record is still accepted, and its resend is the duplicate.
+    expect((await post([e])).json().results).toEqual([{ index: 0, id: e.id, status: 'accepted' }]);
+    expect((await post([e])).json().results).toEqual([{ index: 0, id: e.id, status: 'duplicate' }]);
+    expect((await store.usageRecords('acme', 0, NOW * 2)).map((x) => x.data.lease_id)).toEqual(['L-acme']);
+    expect((await store.usageRecords('beta', 0, NOW * 2)).map((x) => x.data.lease_id)).toEqual(['L-beta']);
   });
 
   test('job records are accepted', async () => {
@@ -319,7 +323,7 @@ describe('GET /v1/orgs/:org/usage', () => {
     expect(r.statusCode).toBe(200);
     const u = r.json();
     expect(u).toMatchObject({ org: 'acme', month: '2025-01', generatedAt: '2025-01-15T12:00:00.000Z', canProvision: true });
-    expect(u.seconds).toEqual({ bought: 6000, used: 721, left: 5279, overdraft: 0, billed: 691, active: 30, usedInMonth: 121 });
+    expect(u.seconds).toEqual({ bought: 6000, used: 721, left: 5279, overdraft: 0, billed: 691, active: 30, usedInMonth: 121, reserved: 0, unreserved: 5309 });
     expect(u.minutes).toEqual({ bought: 100, used: 12.02, left: 87.98, overdraft: 0, usedInMonth: 2.02 });
     expect(u.leases).toEqual({ count: 2, ended: 1, active: 1 });
     expect(u.builds).toMatchObject({ count: 4, succeeded: 3, failed: 1, cancelled: 0, northStarGoal: 0.8, northStarMet: false });

@@ -117,7 +117,7 @@ describe('SqliteStore', () => {
     await expect(s.insertLease(lease())).rejects.toBeInstanceOf(StoreConflict);
     // A bad row is a bug, not a conflict: it fails loudly with SQLite's own error.
     await expect(s.insertLease(lease({ id: 'bad', scope: 'weird' as 'job' }))).rejects.toThrow(/CHECK constraint failed/);
-    expect(await s.getLease('l1')).toEqual(lease());
+    expect(await s.getLease('l1')).toEqual({ ...lease(), reservedSeconds: 0 });
     expect(await s.getLease('zz')).toBeNull();
 
     await s.touchLease('l1', 5000);
@@ -147,15 +147,16 @@ describe('SqliteStore', () => {
     expect(await s.countEndedLeases('acme', 0, 20_001)).toBe(2);
   });
 
-  test('usage records: inserted once per id, whatever the org', async () => {
+  test('usage records: inserted once per (org, id); another org cannot make a record a duplicate', async () => {
     const s = open();
     const rec = { id: 'r1', org: 'acme', type: 't', time: 100, receivedAt: 200, leaseId: 'l1', data: { a: [1, 2], b: { c: 'x' } } };
+    // beta squats acme's id first: stored as beta's own record, and acme's is still new.
+    expect(await s.insertUsageRecord({ ...rec, org: 'beta', leaseId: 'lb', data: { evil: true } })).toBe('inserted');
     expect(await s.insertUsageRecord(rec)).toBe('inserted');
     expect(await s.insertUsageRecord(rec)).toBe('duplicate');
-    // Another org reusing the id: duplicate, and its row does not replace or reveal acme's.
-    expect(await s.insertUsageRecord({ ...rec, org: 'beta', data: { evil: true } })).toBe('duplicate');
-    expect(await s.usageRecords('beta', 0, 1000)).toEqual([]);
+    expect(await s.insertUsageRecord({ ...rec, org: 'beta', data: { again: true } })).toBe('duplicate');
     expect(await s.usageRecords('acme', 0, 1000)).toEqual([rec]);
+    expect((await s.usageRecords('beta', 0, 1000)).map((r) => r.data)).toEqual([{ evil: true }]);
 
     await s.insertUsageRecord({ ...rec, id: 'r2', time: 500, leaseId: null });
     expect((await s.usageRecords('acme', 100, 500)).map((r) => r.id)).toEqual(['r1']); // [since, until)

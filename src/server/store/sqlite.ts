@@ -28,7 +28,7 @@ export const BUSY_TIMEOUT_MS = 5000;
 // Schema migrations, applied in order; PRAGMA user_version counts how many ran. Append, never edit: a
 // database made by an older buildcloud is brought forward by running only the migrations it lacks.
 // Arrays and objects are JSON text, checked by json_valid so that a bad write fails loudly, not a later read.
-const MIGRATIONS: string[] = [
+export const MIGRATIONS: string[] = [
   `
   CREATE TABLE orgs (name TEXT PRIMARY KEY, created_at INTEGER NOT NULL);
 
