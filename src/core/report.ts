@@ -58,6 +58,10 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
       const released = await api.release(lease.id);
       billedSeconds = released.billedSeconds;
       deps.log.info(`Build Cloud: released lease ${lease.id} (${billedSeconds} s billed)`);
+      // The control plane ended it before the job did (e.g. the org's bucket ran out): say why, in the job.
+      if (released.endReason && released.endReason !== 'released') {
+        warnings.push(`Build Cloud: lease ${lease.id} had already ended: ${released.endMessage || released.endReason}`);
+      }
     } catch (err) {
       warnings.push(`Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`);
     } finally {
