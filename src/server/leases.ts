@@ -21,7 +21,8 @@ import {
   reservationState,
   settledSeconds
 } from './billing';
-import { denied, exhausted, invalid, notFound, precondition } from './errors';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import { ApiError, denied, exhausted, invalid, notFound, precondition } from './errors';
 import { normalisePlatforms, validateKey } from './validate';
 import type { ServerMetrics } from './metrics-types';
 import { KeyedMutex } from './mutex';
@@ -167,7 +168,8 @@ export class LeaseManager {
       for (const a of acquired) pool.release(a.builder.id, leaseId, cert.fingerprint);
       // No builder, no bill: the reservation goes back to the bucket.
       await this.d.store.endLease(leaseId, now, 'failed', 0).catch(() => undefined);
-      this.d.metrics.provisions.inc({ result: 'error' });
+      const orgCap = err instanceof ApiError && err.code === grpcStatus.RESOURCE_EXHAUSTED; // the org's --max-builders
+      this.d.metrics.provisions.inc({ result: orgCap ? 'org_limit' : 'error' });
       throw err;
     }
 
