@@ -129,7 +129,7 @@ describe('examples/gitlab/.gitlab-ci.yml on gitlab-ci-local', () => {
       expect(artifact(exampleRepo, f.job, 'buildcloud-summary.md')).toContain(f.env.BUILDCLOUD_LEASE_ID);
     }
     // Inputs holding CI/CD variables expand at run time: the api image is tagged $CI_REGISTRY_IMAGE/api:$CI_COMMIT_SHORT_SHA.
-    expect(p.log('build-api').join('\n')).toMatch(/naming to local-registry\.gitlab\.example\.com\/acme\/widgets\/api:[0-9a-f]{8} done/);
+    expect(p.log('build-api').join('\n')).toMatch(/naming to local-registry\.gitlab\.example\.com\/acme\/widgets\/api:[0-9a-f]{8}( [0-9.]+s)? done/);
 
     const usage = await pipelineUsage(key);
     expect(usage).toMatchObject({ leases: 4, activeLeases: 0, builds: 4, failed: 0 });
