@@ -7,77 +7,22 @@
 // - A 900 KB identity.actor is refused naming the field and its limit.
 // Each refusal has its accepted control beside it.
 import * as fs from 'fs';
-import * as http from 'http';
-import type { AddressInfo } from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import { exportJWK, generateKeyPair, SignJWT, UnsecuredJWT, type JWK, type JWTPayload, type KeyLike } from 'jose';
+import { UnsecuredJWT, type JWTPayload } from 'jose';
 import { ApiClient, ControlPlaneError } from '../../src/core/api-client';
 import type { LeaseMsg } from '../../src/common/proto';
 import { Pki } from '../../src/server/pki';
 import { OIDC_REFUSAL } from '../../src/server/oidc';
 import { adminSetup, cli, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
+import { gitlabClaims, LocalIssuer, newIssuerKey } from '../helpers/oidc-issuer';
 
-interface Key {
-  kid: string;
-  privateKey: KeyLike;
-  jwk: JWK;
-}
-
-async function newKey(kid: string): Promise<Key> {
-  const { privateKey, publicKey } = await generateKeyPair('RS256');
-  return { kid, privateKey, jwk: { ...(await exportJWK(publicKey)), kid, alg: 'RS256', use: 'sig' } };
-}
-
-// A GitLab instance's OIDC side: /.well-known/openid-configuration and the JWKS it names.
-class LocalIssuer {
-  base = '';
-  private readonly server = http.createServer((req, res) => {
-    const json = (body: unknown) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(body));
-    if (req.url === '/gitlab/.well-known/openid-configuration') json({ issuer: this.issuer, jwks_uri: `${this.issuer}/oauth/discovery/keys`, id_token_signing_alg_values_supported: ['RS256'] });
-    else if (req.url === '/gitlab/oauth/discovery/keys') json({ keys: [this.key.jwk] });
-    else res.writeHead(404).end();
-  });
-  constructor(readonly key: Key) {}
-  get issuer(): string {
-    return `${this.base}/gitlab`;
-  }
-  async start(): Promise<void> {
-    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
-    this.base = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
-  }
-  async stop(): Promise<void> {
-    this.server.closeAllConnections();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-  // A GitLab `id_tokens` token of a job in project <ns>/widget-api (CI-REFERENCE.md §3).
-  claims(namespace: string, o: JWTPayload = {}): JWTPayload {
-    const now = Math.floor(Date.now() / 1000);
-    return {
-      iss: this.issuer,
-      sub: `project_path:${namespace}/widget-api:ref_type:branch:ref:main`,
-      aud: 'buildcloud',
-      iat: now,
-      nbf: now - 5,
-      exp: now + 300,
-      namespace_id: '72',
-      namespace_path: namespace,
-      project_id: '4821',
-      project_path: `${namespace}/widget-api`,
-      pipeline_id: '1093344',
-      job_id: '55012931',
-      ref: 'main',
-      ref_type: 'branch',
-      ref_protected: 'true',
-      user_login: 'mallory',
-      ...o
-    };
-  }
-  sign(claims: JWTPayload, key: Key = this.key): Promise<string> {
-    return new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: key.kid, typ: 'JWT' }).sign(key.privateKey);
-  }
-}
+// A GitLab id_token of a job in <namespace>/widget-api, from the local issuer (CI-REFERENCE.md §3).
+const claims = (namespace: string, o: JWTPayload = {}): JWTPayload => {
+  const now = Math.floor(Date.now() / 1000);
+  return { iss: issuer.issuer, iat: now, nbf: now - 5, exp: now + 300, ...gitlabClaims(namespace, 'widget-api', o) };
+};
 
 let issuer: LocalIssuer;
 let server: ServerProcess;
@@ -108,8 +53,7 @@ function trustAdd(org: string, namespace: string): number {
 }
 
 beforeAll(async () => {
-  issuer = new LocalIssuer(await newKey('gl-1'));
-  await issuer.start();
+  issuer = await new LocalIssuer(await newIssuerKey('gl-1'), '/gitlab').start();
   server = await startServer(['--insecure-oidc-issuers', '--warm-pool', '0', '--grace', '1s', '--idle-timeout', '60s']);
   adminSetup(server.stateDir, 'acme', 1000);
   adminSetup(server.stateDir, 'beta', 1000);
@@ -127,7 +71,7 @@ afterAll(async () => {
 
 describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
   test('control: a token of the trusted namespace exchanges, and the access token provisions', async () => {
-    const res = await exchange(await issuer.sign(issuer.claims('acme-group')));
+    const res = await exchange(await issuer.sign(claims('acme-group')));
     if (res instanceof Error) throw res;
     expect(res.org).toBe('acme');
     const lease = await provision(res.accessToken, 'gl/4821/1001');
@@ -135,18 +79,18 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
   });
 
   test('untrusted namespace, unsigned, signed by another key, unknown issuer: all one generic PERMISSION_DENIED', async () => {
-    const forger = await newKey('gl-1'); // the issuer's kid, another key
+    const forger = await newIssuerKey('gl-1'); // the issuer's kid, another key
     const attempts: Array<[string, string, string?]> = [
-      ['untrusted namespace', await issuer.sign(issuer.claims('evil-group'))],
-      ['untrusted namespace, asking for org beta', await issuer.sign(issuer.claims('evil-group')), 'beta'],
-      ["acme's namespace, asking for org beta", await issuer.sign(issuer.claims('acme-group')), 'beta'],
-      ['unknown org', await issuer.sign(issuer.claims('acme-group')), 'nobody'],
-      ['unsigned (alg none)', new UnsecuredJWT(issuer.claims('acme-group')).encode()],
-      ['unsigned, asking for org beta', new UnsecuredJWT(issuer.claims('beta-secret-ns')).encode(), 'beta'],
-      ['signed by another key', await issuer.sign(issuer.claims('acme-group'), forger)],
-      ['signed by another key, asking for org beta', await issuer.sign(issuer.claims('beta-secret-ns'), forger), 'beta'],
-      ['unknown issuer', await issuer.sign(issuer.claims('acme-group', { iss: 'https://gitlab.attacker.example' }))],
-      ['wrong audience', await issuer.sign(issuer.claims('acme-group', { aud: 'https://gitlab.com' }))]
+      ['untrusted namespace', await issuer.sign(claims('evil-group'))],
+      ['untrusted namespace, asking for org beta', await issuer.sign(claims('evil-group')), 'beta'],
+      ["acme's namespace, asking for org beta", await issuer.sign(claims('acme-group')), 'beta'],
+      ['unknown org', await issuer.sign(claims('acme-group')), 'nobody'],
+      ['unsigned (alg none)', new UnsecuredJWT(claims('acme-group')).encode()],
+      ['unsigned, asking for org beta', new UnsecuredJWT(claims('beta-secret-ns')).encode(), 'beta'],
+      ['signed by another key', await issuer.sign(claims('acme-group'), forger)],
+      ['signed by another key, asking for org beta', await issuer.sign(claims('beta-secret-ns'), forger), 'beta'],
+      ['unknown issuer', await issuer.sign(claims('acme-group', { iss: 'https://gitlab.attacker.example' }))],
+      ['wrong audience', await issuer.sign(claims('acme-group', { aud: 'https://gitlab.com' }))]
     ];
     for (const [what, token, org] of attempts) {
       const res = await exchange(token, org);
@@ -160,7 +104,7 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
   });
 
   test("the server's log keeps the detail (which rule, which claim) at warn", async () => {
-    await exchange(await issuer.sign(issuer.claims('evil-group')));
+    await exchange(await issuer.sign(claims('evil-group')));
     const line = await waitFor('the refusal in the log', async () =>
       server
         .stderr()
@@ -176,7 +120,7 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
 
   test('an access token stops working at the next request once its trust rule is removed', async () => {
     const rule = trustAdd('acme', 'acme-other');
-    const res = await exchange(await issuer.sign(issuer.claims('acme-other')));
+    const res = await exchange(await issuer.sign(claims('acme-other')));
     if (res instanceof Error) throw res;
     await provision(res.accessToken, 'gl/4821/1002'); // control: works while the rule exists
     const removed = cli(['admin', 'trust', 'remove', String(rule), '--state-dir', server.stateDir]);
@@ -184,7 +128,7 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
     const err = (await provision(res.accessToken, 'gl/4821/1002').catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.UNAUTHENTICATED);
     // And a fresh exchange for that namespace is refused like any other.
-    const again = (await exchange(await issuer.sign(issuer.claims('acme-other')))) as ControlPlaneError;
+    const again = (await exchange(await issuer.sign(claims('acme-other')))) as ControlPlaneError;
     expect([again.code, again.details]).toEqual([grpc.status.PERMISSION_DENIED, OIDC_REFUSAL]);
   });
 });
@@ -211,7 +155,8 @@ describe('TLS by default off loopback (finding 6)', () => {
   const quick = ['--driver', 'none', '--warm-pool', '0'];
   const started: ServerProcess[] = [];
   afterAll(async () => {
-    for (const s of started) await s.stop();
+    // Only those still running: stop() waits for an exit that a process already gone (e.g. killed) never sends.
+    for (const s of started) if (s.proc.exitCode === null && s.proc.signalCode === null) await s.stop();
   });
 
   test(`serve --host ${address} without TLS refuses to start, naming --tls-cert, --tls-key and --insecure`, async () => {
