@@ -70,7 +70,7 @@ export const MIGRATIONS: string[] = [
     received_at INTEGER NOT NULL, lease_id TEXT, data TEXT NOT NULL CHECK (json_valid(data)));
   CREATE INDEX usage_records_org_time ON usage_records (org, time);
   `,
-  // 2: trust boundaries per org (issue 9). Usage record ids are unique per org, not globally, so no org can
+  // 2: trust boundaries per org. Usage record ids are unique per org, not globally, so no org can
   // make another's record a duplicate; existing records keep their org and id. Leases hold a reservation of
   // their org's bucket; leases from before this migration have none (0) and are not capped. Per-org limits.
   `
