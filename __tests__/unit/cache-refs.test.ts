@@ -1,4 +1,8 @@
+import { createHash } from 'crypto';
 import { cacheRefs, orgRepoPrefix, registryScope, repoComponent, tagFor, CacheRefInput } from '../../src/server/cache-refs';
+
+// The suffix a project path segment gets when it is not a valid repository component as it is (lower-cased).
+const h = (segment: string): string => createHash('sha256').update(segment.toLowerCase()).digest('hex').slice(0, 12);
 
 const HOST = '127.0.0.1:5000';
 const base: CacheRefInput = { registryHost: HOST, org: 'acme', project: 'widget', branch: 'main', defaultBranch: 'main', fork: false };
@@ -21,8 +25,9 @@ describe('cacheRefs', () => {
     ['GitLab nested namespace', { org: 'acme', project: 'platform/tools/widget-api', branch: 'develop', defaultBranch: 'master' },
       [`${HOST}/acme/platform/tools/widget-api/cache:develop`, `${HOST}/acme/platform/tools/widget-api/cache:master`],
       `${HOST}/acme/platform/tools/widget-api/cache:develop`],
+    // Not merged into platform/tools/widget-api: odd segments keep a hash of themselves.
     ['GitLab nested namespace with odd characters', { org: 'ACME', project: 'Platform/Tools_/widget--api', branch: 'main' },
-      [`${HOST}/acme/platform/tools/widget-api/cache:main`], `${HOST}/acme/platform/tools/widget-api/cache:main`],
+      [`${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`], `${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`],
     ['GitLab merge request branch with slashes', { project: 'grp/sub/app', branch: 'user/jane/fix#12' },
       [`${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`, `${HOST}/acme/grp/sub/app/cache:main`], `${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`],
     // CircleCI: CIRCLE_PROJECT_USERNAME / CIRCLE_PROJECT_REPONAME / CIRCLE_BRANCH; no default branch variable
@@ -145,12 +150,22 @@ describe('repoComponent', () => {
     ['ACME', 'acme'],
     ['platform/tools/widget-api', 'platform/tools/widget-api'],
     ['/leading/and/trailing/', 'leading/and/trailing'],
-    ['My Project', 'my-project'],
-    ['a__b--c..d', 'a_b-c.d'],
-    ['-x-', 'x'],
+    ['Platform/Widget-API', 'platform/widget-api'], // case folds: GitHub and GitLab paths are case-insensitive
+    ['My Project', `my-project-${h('My Project')}`],
+    ['a__b--c..d', `a_b-c.d-${h('a__b--c..d')}`],
+    ['-x-', `x-${h('-x-')}`],
+    // A valid segment that ends like a hashed one is hashed too, so no name can take another's hashed path.
+    [`app-${h('_app')}`, `app-${h('_app')}-${h(`app-${h('_app')}`)}`],
   ])('%j → %j', (input, out) => {
     expect(repoComponent(input, 'project')).toBe(out);
     expect(out).toMatch(REPO_RE);
+  });
+
+  test('different project paths never share a repository (case aside)', () => {
+    const paths = ['app', '_app', 'app_', '.app', 'my-app', 'my--app', 'my-_app', 'my_app', 'my.app', 'grp/app', 'grp/_app'];
+    const repos = paths.map((p) => { try { return repoComponent(p, 'project'); } catch { return `error:${p}`; } });
+    expect(new Set(repos).size).toBe(paths.length);
+    expect(repoComponent('Acme-App', 'project')).toBe(repoComponent('acme-app', 'project'));
   });
 
   test('errors name the field', () => {

@@ -50,9 +50,12 @@ function normalizeSegment(seg: string): string {
 }
 
 /**
- * A CI value (org, project path) → a valid repository path: components joined by "/". Case folds and invalid
- * characters become "-", but empty segments ("a//b") and segments with no letter or digit ("..") are errors:
- * guessing there would silently merge unrelated projects' caches.
+ * A CI value (org, project path) → a valid repository path: components joined by "/", injectively up to case
+ * (project paths are case-insensitive on GitHub and GitLab). A segment that is a valid component once lower-cased
+ * is kept; any other is cleaned up (invalid characters become "-", separators collapse) and gets "-" and 12 hex
+ * digits of the SHA-256 of the lower-cased segment, so "my--app", "_app" or "app_" never share "my-app"'s or "app"'s
+ * cache repository (a valid segment that already ends like a hashed one is hashed too). Empty segments ("a//b") and
+ * segments with no letter or digit ("..") are errors.
  */
 export function repoComponent(s: string, field: string): string {
   const trimmed = s.trim().replace(/^\/+|\/+$/g, '');
@@ -60,11 +63,13 @@ export function repoComponent(s: string, field: string): string {
     throw new Error(`${field} is empty: expected a repository path of ${COMPONENT_HELP} (e.g. "acme" or "platform/widget-api")`);
   }
   const out = trimmed.split('/').map((seg) => {
+    const lowered = seg.toLowerCase();
+    if (COMPONENT.test(lowered) && !HASHED_SUFFIX.test(lowered)) return lowered;
     const c = normalizeSegment(seg);
     if (c === '' || !COMPONENT.test(c)) {
       throw new Error(`${field} "${s}" has a path segment "${seg}" without a letter or digit: expected ${COMPONENT_HELP}, segments separated by "/"`);
     }
-    return c;
+    return `${c}-${shortHash(lowered, BRANCH_HASH_HEX)}`;
   });
   return out.join('/');
 }
