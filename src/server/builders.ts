@@ -50,6 +50,7 @@ export class BuilderPool {
   private readonly startingFor = new Map<string, number>(); // cold starts under way, per org
   private readonly orgMax = new Map<string, number>(); // per-org cap on assigned builders (admin org set)
   private stopped = false;
+  private readonly inflight = new Set<Promise<unknown>>(); // starts under way
   private serverCert: Promise<CertPair> | null = null;
 
   constructor(private readonly opts: BuilderPoolOptions) {}
@@ -191,10 +192,21 @@ export class BuilderPool {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // Starts under way (a warm-pool refill, a cold start) finish first and, seeing `stopped`, destroy what they
+    // made: a builder still starting when the stop came must not outlive the control plane.
+    await Promise.allSettled([...this.inflight]);
     await Promise.all([...this.live.keys()].map((id) => this.destroy(id, 'control plane stopping')));
   }
 
-  private async startBuilder(platform: string, state: 'warm' | 'assigned'): Promise<LiveBuilder> {
+  private startBuilder(platform: string, state: 'warm' | 'assigned'): Promise<LiveBuilder> {
+    const started = this.startBuilderNow(platform, state);
+    this.inflight.add(started);
+    const done = (): void => void this.inflight.delete(started);
+    started.then(done, done);
+    return started;
+  }
+
+  private async startBuilderNow(platform: string, state: 'warm' | 'assigned'): Promise<LiveBuilder> {
     this.starting++;
     try {
       const id = newId('b');
