@@ -17,7 +17,8 @@ export interface ServerProcess {
   stateDir: string;
   info: { grpc: string; http: string; registry: string; driver: string; platforms: string[]; adminTokenFile: string; pid: number };
   stderr: () => string;
-  stop(): Promise<number | null>;
+  // The exit code, or the name of the signal that ended the process (so a test's failure says which).
+  stop(): Promise<number | NodeJS.Signals | null>;
 }
 
 export function requireBinaries(): void {
@@ -61,8 +62,8 @@ export async function startServer(extra: string[] = [], stateDir?: string): Prom
     stderr: () => err,
     stop: () =>
       new Promise((resolve) => {
-        if (proc.exitCode !== null) return resolve(proc.exitCode);
-        proc.once('exit', (code) => resolve(code));
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode ?? proc.signalCode);
+        proc.once('exit', (code, signal) => resolve(code ?? signal));
         proc.kill('SIGTERM');
       })
   };
