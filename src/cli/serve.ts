@@ -62,24 +62,20 @@ export function registerServe(program: Command): void {
         process.stderr.write(`buildcloud serve: ${insecureWarning}\n`);
         log.warn({ host: config.host, insecure: true }, insecureWarning);
       }
-      const { startServer } = await import('../server/server');
-      const server = await startServer(config, log);
-      process.env.BUILDCLOUD_SERVING = '1';
-      const i = server.info;
-      if (o.json) process.stdout.write(JSON.stringify(i) + '\n');
-      else {
-        process.stdout.write(
-          `buildcloud serve: ready\n  gRPC      ${i.grpc}\n  HTTP      ${i.http}  (metering, usage, /healthz, /metrics)\n` +
-            `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}${i.builderIsolation ? `, builder isolation ${i.builderIsolation}` : ''}\n  state     ${i.stateDir}\n` +
-            `  admin token in ${i.adminTokenFile}\n`
-        );
-      }
-      let stopping = false;
+      // Signal handlers go in before anything starts: a SIGTERM that arrives while the server starts, or in the
+      // instant between the ready line and the line after it (a supervisor reacting to "ready"), must stop the
+      // server cleanly, not kill the process by default action and leave its builders and registry behind.
+      let server: Awaited<ReturnType<typeof import('../server/server').startServer>> | null = null;
+      let stopSignal: string | null = null;
       const stop = (signal: string) => {
-        if (stopping) return;
-        stopping = true;
+        if (stopSignal) return;
+        stopSignal = signal;
+        if (server) shutDown(server, signal);
+        else log.info({ signal }, 'stop requested while starting: stopping as soon as the start completes');
+      };
+      const shutDown = (s: NonNullable<typeof server>, signal: string) => {
         log.info({ signal }, 'stopping: ending leases, destroying builders, stopping the registry');
-        server.stop().then(
+        s.stop().then(
           () => process.exit(0),
           (err) => {
             log.error({ err: String(err) }, 'stop failed');
@@ -89,6 +85,21 @@ export function registerServe(program: Command): void {
       };
       process.on('SIGINT', () => stop('SIGINT'));
       process.on('SIGTERM', () => stop('SIGTERM'));
+      // From here the process lives until a signal's stop calls process.exit: the CLI must not exit when this
+      // action returns (src/cli/index.ts), including when a stop was asked for during the start.
+      process.env.BUILDCLOUD_SERVING = '1';
+      const { startServer } = await import('../server/server');
+      server = await startServer(config, log);
+      if (stopSignal) return shutDown(server, stopSignal);
+      const i = server.info;
+      if (o.json) process.stdout.write(JSON.stringify(i) + '\n');
+      else {
+        process.stdout.write(
+          `buildcloud serve: ready\n  gRPC      ${i.grpc}\n  HTTP      ${i.http}  (metering, usage, /healthz, /metrics)\n` +
+            `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}${i.builderIsolation ? `, builder isolation ${i.builderIsolation}` : ''}\n  state     ${i.stateDir}\n` +
+            `  admin token in ${i.adminTokenFile}\n`
+        );
+      }
     });
 }
 
