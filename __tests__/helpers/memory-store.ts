@@ -75,7 +75,7 @@ export class MemoryStore implements Store {
   }
 
   async getOrgLimits(org: string): Promise<OrgLimitsRow> {
-    return copy(this.limits.get(org) ?? { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null });
+    return copy(this.limits.get(org) ?? { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: null });
   }
   async setOrgLimits(org: string, patch: OrgLimitsPatch, now: number): Promise<OrgLimitsRow> {
     const cur = await this.getOrgLimits(org);

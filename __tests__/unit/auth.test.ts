@@ -1,3 +1,4 @@
+import { encodeVerified, type VerifiedIdentity } from '../../src/server/scope';
 import { promises as fs } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -24,6 +25,8 @@ let adminToken: string;
 let store: MemoryStore;
 let auth: Authenticator;
 let trust: TrustRow; // the rule access tokens in these tests were "exchanged" under
+// What the OIDC token of those exchanges proved: the access token's scope.
+const verified: VerifiedIdentity = { provider: 'github', project: 'acme/widget', branch: 'main', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '' };
 
 const mode = async (p: string) => (await fs.stat(p)).mode & 0o777;
 
@@ -45,7 +48,7 @@ describe('org tokens', () => {
     const { token, row } = await createOrgToken(store, 'acme', 'ci', NOW);
     expect(token).toMatch(/^bct_[A-Za-z0-9]{12}_[A-Za-z0-9]{32,}$/);
     expect(token.startsWith(`bct_${row.id}_`)).toBe(true);
-    expect(row).toEqual({ id: row.id, org: 'acme', hash: hashToken(token), label: 'ci', createdAt: NOW, revokedAt: null });
+    expect(row).toEqual({ id: row.id, org: 'acme', hash: hashToken(token), label: 'ci', createdAt: NOW, revokedAt: null, scope: null });
     expect(hashToken(token)).toMatch(/^[0-9a-f]{64}$/);
     expect(JSON.stringify([...store.tokens.values()])).not.toContain(token.split('_')[2]);
 
@@ -95,7 +98,7 @@ describe('signing key', () => {
     expect(key.publicJwk).toMatchObject({ kid: key.kid, alg: 'ES256', use: 'sig' });
     expect(key.publicJwk).not.toHaveProperty('d');
 
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust, verified });
     const again = await loadOrCreateSigningKey(state);
     expect(again.kid).toBe(key.kid);
     await expect(verifyAccessToken(again, token, NOW)).resolves.toMatchObject({ org: 'acme' });
@@ -128,7 +131,8 @@ describe('access tokens', () => {
       subject: 'repo:acme/widget:ref:refs/heads/main',
       ttlSeconds: 3600,
       trust,
-      claims: { provider: 'github', org: 'evil', sub: 'evil', exp: 9999999999, iss: 'evil' },
+      verified,
+      claims: { provider: 'github', org: 'evil', sub: 'evil', exp: 9999999999, iss: 'evil', bcid: { p: 'github', prj: 'evil/x', br: 'main' } },
       nowMs: NOW
     });
     expect(expiresAtMs).toBe(NOW + 3600_000);
@@ -139,16 +143,18 @@ describe('access tokens', () => {
     expect(payload.exp).toBe(NOW / 1000 + 3600);
 
     await expect(verifyAccessToken(key, token, NOW + 1000)).resolves.toMatchObject({ org: 'acme', provider: 'github' });
+    // The scope is the verified identity it was issued with, never a caller-supplied bcid claim.
     await expect(auth.authenticate(token)).resolves.toEqual({
       kind: 'org',
       org: 'acme',
       subject: 'repo:acme/widget:ref:refs/heads/main',
-      via: 'access-token'
+      via: 'access-token',
+      scope: { projects: null, branches: null, readOnly: false, verified }
     });
   });
 
   it('rejects an expired token', async () => {
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW - 120_000, trust });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW - 120_000, trust, verified });
     await expect(auth.authenticate(token)).resolves.toBeNull();
     const err = await verifyAccessToken(key, token, NOW).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AuthError);
@@ -157,18 +163,18 @@ describe('access tokens', () => {
   });
 
   it('rejects a tampered payload, a foreign key, and a JWT with the wrong typ or audience', async () => {
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust, verified });
     const [h, p, s] = token.split('.');
     const forged = Buffer.from(JSON.stringify({ ...decodeJwt(token), org: 'other' })).toString('base64url');
     await expect(auth.authenticate(`${h}.${forged}.${s}`)).resolves.toBeNull();
     await expect(auth.authenticate(`${h}.${p}.${s.slice(0, -4)}AAAA`)).resolves.toBeNull();
 
     const otherKey = await loadOrCreateSigningKey(path.join(dir, 'other'));
-    const foreign = await issueAccessToken(otherKey, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust });
+    const foreign = await issueAccessToken(otherKey, { org: 'acme', subject: 's', ttlSeconds: 60, nowMs: NOW, trust, verified });
     await expect(auth.authenticate(foreign.token)).resolves.toBeNull();
 
-    const sign = (typ: string, aud: string) =>
-      new SignJWT({ org: 'acme', trust: trustDigest(trust) })
+    const sign = (typ: string, aud: string, bcid: unknown = encodeVerified(verified)) =>
+      new SignJWT({ org: 'acme', trust: trustDigest(trust), bcid } as Record<string, unknown>)
         .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ })
         .setIssuer('buildcloud')
         .setAudience(aud)
@@ -179,10 +185,13 @@ describe('access tokens', () => {
     await expect(auth.authenticate(await sign('JWT', 'buildcloud-api'))).resolves.toBeNull();
     await expect(auth.authenticate(await sign('at+jwt', 'something-else'))).resolves.toBeNull();
     await expect(auth.authenticate(await sign('at+jwt', 'buildcloud-api'))).resolves.toMatchObject({ org: 'acme' });
+    // Without the verified identity (a token from before scopes, or a malformed one) it cannot be scoped: refused.
+    await expect(auth.authenticate(await sign('at+jwt', 'buildcloud-api', null))).resolves.toBeNull();
+    await expect(auth.authenticate(await sign('at+jwt', 'buildcloud-api', { p: 'jenkins', prj: 'a/b', br: 'main' }))).resolves.toBeNull();
   });
 
   it('is accepted only while the trust rule it was exchanged under still exists, unchanged, for its org', async () => {
-    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 3600, trust, nowMs: NOW });
+    const { token } = await issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 3600, trust, nowMs: NOW, verified });
     expect(decodeJwt(token).trust).toBe(trustDigest(trust));
     await expect(auth.authenticate(token)).resolves.toMatchObject({ org: 'acme', via: 'access-token' });
     // The rule is removed (buildcloud admin trust remove): the very next request is refused.
@@ -197,7 +206,7 @@ describe('access tokens', () => {
   it('is refused when the rule belongs to another org, or when the token names no rule at all', async () => {
     await store.createOrg('beta', NOW);
     const betaRule = await store.addTrust({ org: 'beta', issuer: 'https://issuer.example', audience: 'buildcloud', claim: 'repository_owner', value: 'beta', createdAt: NOW });
-    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, trust: betaRule, nowMs: NOW })).rejects.toThrow(/trust rule/);
+    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, trust: betaRule, nowMs: NOW, verified })).rejects.toThrow(/trust rule/);
     const sign = (claims: Record<string, unknown>) =>
       new SignJWT(claims)
         .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ: 'at+jwt' })
@@ -213,8 +222,8 @@ describe('access tokens', () => {
   });
 
   it('validates its inputs', async () => {
-    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 0, trust })).rejects.toThrow(RangeError);
-    await expect(issueAccessToken(key, { org: '', subject: 's', ttlSeconds: 60, trust })).rejects.toThrow(/org/);
+    await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 0, trust, verified })).rejects.toThrow(RangeError);
+    await expect(issueAccessToken(key, { org: '', subject: 's', ttlSeconds: 60, trust, verified })).rejects.toThrow(/org/);
   });
 });
 

@@ -74,16 +74,20 @@ describe('SqliteStore', () => {
 
   test('tokens: create, find by hash, revoke once, list', async () => {
     const s = open();
-    const t = { id: 't1', org: 'acme', hash: 'h1', label: 'ci', createdAt: 1, revokedAt: null };
+    const t = { id: 't1', org: 'acme', hash: 'h1', label: 'ci', createdAt: 1, revokedAt: null, scope: null };
     await s.createToken(t);
     await s.createToken({ ...t, id: 't2', hash: 'h2' });
     await expect(s.createToken({ ...t, id: 't3' })).rejects.toBeInstanceOf(StoreConflict); // same hash
     expect(await s.findTokenByHash('h1')).toEqual(t);
     expect(await s.findTokenByHash('zz')).toBeNull();
+    // A scoped token keeps its scope (migration 3).
+    const scoped = { ...t, id: 't4', hash: 'h4', scope: { projects: ['acme/app'], branches: ['main', 'release/*'], readOnly: true } };
+    await s.createToken(scoped);
+    expect(await s.findTokenByHash('h4')).toEqual(scoped);
     expect(await s.revokeToken('t1', 9)).toBe(true);
     expect(await s.revokeToken('t1', 10)).toBe(false);
     expect((await s.findTokenByHash('h1'))?.revokedAt).toBe(9);
-    expect((await s.listTokens('acme')).map((x) => x.id)).toEqual(['t1', 't2']);
+    expect((await s.listTokens('acme')).map((x) => x.id)).toEqual(['t1', 't2', 't4']);
     expect(await s.listTokens('beta')).toEqual([]);
   });
 

@@ -93,23 +93,30 @@ export function registerAdmin(program: Command): void {
     .option('--max-builders <n>', "builders the org's leases may hold at once, or 'unlimited' (default: unlimited; --max-builders of serve still applies)")
     .option('--max-leases <n>', "active leases the org may hold at once, or 'unlimited' (default: unlimited)")
     .option('--overdraft-minutes <n>', 'minutes leases may run past the bucket, taken from the next bucket (default 0: prepaid only)')
+    .option(
+      '--protected-branches <patterns>',
+      "branches whose cache only a lease proven to run on them may write, e.g. 'main,release/*', or 'default' (main, master)"
+    )
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
       const patch = {
         maxBuilders: o.maxBuilders === undefined ? undefined : limit(o.maxBuilders, '--max-builders'),
         maxLeases: o.maxLeases === undefined ? undefined : limit(o.maxLeases, '--max-leases'),
-        overdraftSeconds: o.overdraftMinutes === undefined ? undefined : parseIntFlag(o.overdraftMinutes, '--overdraft-minutes', 0, 100_000_000) * 60
+        overdraftSeconds: o.overdraftMinutes === undefined ? undefined : parseIntFlag(o.overdraftMinutes, '--overdraft-minutes', 0, 100_000_000) * 60,
+        protectedBranches: o.protectedBranches === undefined ? undefined : o.protectedBranches === 'default' ? null : await patterns(o.protectedBranches, '--protected-branches')
       };
       if (Object.values(patch).every((v) => v === undefined)) {
-        throw new CliError('Nothing to set. Give --max-builders, --max-leases or --overdraft-minutes.');
+        throw new CliError('Nothing to set. Give --max-builders, --max-leases, --overdraft-minutes or --protected-branches.');
       }
       await withStore(o.stateDir, async (store) => {
         await requireOrg(store, o.org);
         const r = await store.setOrgLimits(o.org, patch, Date.now());
-        const out = { org: r.org, maxBuilders: r.maxBuilders, maxLeases: r.maxLeases, overdraftMinutes: r.overdraftSeconds / 60 };
+        const { DEFAULT_PROTECTED_BRANCHES } = await import('../server/scope');
+        const prot = r.protectedBranches ?? DEFAULT_PROTECTED_BRANCHES;
+        const out = { org: r.org, maxBuilders: r.maxBuilders, maxLeases: r.maxLeases, overdraftMinutes: r.overdraftSeconds / 60, protectedBranches: prot };
         const show = (n: number | null) => (n === null ? 'unlimited' : String(n));
-        print(o.json, out, `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes.`);
+        print(o.json, out, `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes, protected branches ${prot.join(', ')}.`);
       });
     });
   org
@@ -146,14 +153,21 @@ export function registerAdmin(program: Command): void {
     .description('Create an org token. It is printed once and stored only as a hash.')
     .requiredOption('--org <name>', 'the org the token acts for')
     .option('--label <text>', 'what the token is for', 'ci')
+    .option('--project <pattern>', "a project it may provision for, e.g. acme/app or 'acme/*' (repeatable; without any: every project, the org-admin token)", collect, [])
+    .option('--branches <patterns>', "branches it may provision for, e.g. 'main,release/*' or '*,!main'; a protected branch's cache is written only when named without a wildcard")
+    .option('--read-only', 'its leases read the org cache and never write it (pull requests, untrusted pipelines)', false)
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
       const { createOrgToken } = await import('../server/auth');
+      const projects: string[] = o.project.length ? await patterns(o.project.join(','), '--project') : [];
+      const branches = o.branches === undefined ? null : await patterns(o.branches, '--branches');
+      const scoped = projects.length > 0 || branches !== null || o.readOnly === true;
+      const scope = scoped ? { projects: projects.length ? projects : null, branches, readOnly: o.readOnly === true } : null;
       await withStore(o.stateDir, async (store) => {
         await requireOrg(store, o.org);
-        const { token: secret, row } = await createOrgToken(store, o.org, String(o.label).slice(0, 100), Date.now());
-        print(o.json, { id: row.id, org: row.org, token: secret }, secret);
+        const { token: secret, row } = await createOrgToken(store, o.org, String(o.label).slice(0, 100), Date.now(), scope);
+        print(o.json, { id: row.id, org: row.org, token: secret, scope: row.scope }, secret);
       });
     });
   token
@@ -165,8 +179,8 @@ export function registerAdmin(program: Command): void {
     .action(async (o) => {
       await withStore(o.stateDir, async (store) => {
         await requireOrg(store, o.org);
-        const rows = (await store.listTokens(o.org)).map((t) => ({ id: t.id, label: t.label, createdAt: new Date(t.createdAt).toISOString(), revoked: t.revokedAt !== null }));
-        print(o.json, rows, rows.map((t) => `${t.id}\t${t.label}\t${t.createdAt}${t.revoked ? '\trevoked' : ''}`).join('\n') || '(no tokens)');
+        const rows = (await store.listTokens(o.org)).map((t) => ({ id: t.id, label: t.label, createdAt: new Date(t.createdAt).toISOString(), revoked: t.revokedAt !== null, scope: t.scope }));
+        print(o.json, rows, rows.map((t) => `${t.id}\t${t.label}\t${t.createdAt}\t${scopeText(t.scope)}${t.revoked ? '\trevoked' : ''}`).join('\n') || '(no tokens)');
       });
     });
   token
@@ -263,4 +277,23 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
         process.stdout.write(`Removed trust rule ${id}.\n`);
       });
     });
+}
+
+function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+// Pattern lists of --project, --branches and --protected-branches (src/server/scope.ts parsePatterns).
+async function patterns(raw: string, flag: string): Promise<string[]> {
+  const { parsePatterns } = await import('../server/scope');
+  try {
+    return parsePatterns(raw, flag);
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+}
+
+function scopeText(scope: { projects: string[] | null; branches: string[] | null; readOnly: boolean } | null): string {
+  if (!scope) return 'org-admin (any project, any branch)';
+  return `projects ${scope.projects?.join(',') ?? 'any'}; branches ${scope.branches?.join(',') ?? 'any'}${scope.readOnly ? '; read-only' : ''}`;
 }

@@ -74,7 +74,7 @@ export interface LeaseMsg {
   expiresAtMs: number;
   builders: BuilderEndpointMsg[];
   tls: { caPem: string; certPem: string; keyPem: string } | null;
-  cache: { importRefs: string[]; exportRef: string; registry: { host: string; username: string; password: string } | null } | null;
+  cache: { importRefs: string[]; exportRef: string; registry: { host: string; username: string; password: string } | null; readOnlyReason?: string } | null;
   billedSeconds: number;
   idleTimeoutS: number;
   meteringUrl: string;

@@ -79,6 +79,10 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
     }
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
     log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
+    // The control plane decides what this job may write (docs/security.md); say it when the answer is "nothing".
+    if (settings.cache && lease.cache && !lease.cache.exportRef && lease.cache.readOnlyReason) {
+      log.info(`Build Cloud: the org cache is read-only for this job (${lease.cache.readOnlyReason}): it imports ${lease.cache.importRefs.join(', ') || 'nothing'} and exports nothing.`);
+    }
     let cfg: Awaited<ReturnType<typeof configureRunner>> | null = null;
     try {
       cfg = await configureRunner(lease, localName(identity), { tempRoot: deps.tempRoot || env.RUNNER_TEMP || os.tmpdir(), docker });

@@ -22,6 +22,7 @@ import {
 } from 'jose';
 import type { Store, TokenRow, TrustRow } from './store/store';
 import { AuthError } from './oidc';
+import { decodeVerified, encodeVerified, type PrincipalScope, type VerifiedIdentity } from './scope';
 
 export { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, OidcVerifier, trustPreset } from './oidc';
 export type { AuthErrorCode, OidcExchangeResult, OidcVerifierOptions, TrustPresetKind, TrustPresetOptions } from './oidc';
@@ -31,7 +32,7 @@ export const ACCESS_TOKEN_AUDIENCE = 'buildcloud-api';
 const ACCESS_TOKEN_TYP = 'at+jwt';
 const MAX_ACCESS_TOKEN_TTL_S = 7 * 24 * 3600;
 // Claims the server sets itself; `claims` passed by a caller must not be able to overwrite them.
-const RESERVED_CLAIMS = new Set(['iss', 'aud', 'sub', 'exp', 'iat', 'nbf', 'jti', 'org', 'trust']);
+const RESERVED_CLAIMS = new Set(['iss', 'aud', 'sub', 'exp', 'iat', 'nbf', 'jti', 'org', 'trust', 'bcid']);
 // `trust` claim: "<rule id>.<first 16 hex of sha256 over the rule>". The digest makes a rule id that a store reuses
 // after a removal (SQLite may hand out a deleted rowid again) unable to revive old tokens.
 const TRUST_CLAIM_RE = /^([0-9]{1,15})\.([0-9a-f]{16})$/;
@@ -45,6 +46,9 @@ export interface Principal {
   org: string | null;
   subject: string;
   via: 'org-token' | 'access-token' | 'admin-token';
+  // What it may act for inside its org (src/server/scope.ts). Undefined: the admin token, or an unscoped org
+  // token (the org-admin credential: any project, any branch, identity as the request sends it).
+  scope?: PrincipalScope;
 }
 
 export interface SigningKey {
@@ -60,6 +64,7 @@ export interface AccessTokenRequest {
   subject: string;
   ttlSeconds: number;
   trust: TrustRow; // the rule the OIDC token matched; the access token lives only as long as it does
+  verified: VerifiedIdentity; // what the OIDC token's claims prove (project, branch, ...): the token's scope
   claims?: Record<string, unknown>;
   nowMs?: number; // for tests; defaults to Date.now()
 }
@@ -69,6 +74,7 @@ export interface AccessTokenClaims extends JWTPayload {
   sub: string;
   exp: number;
   trust: string;
+  bcid: Record<string, unknown>; // scope.ts encodeVerified(): the verified identity
 }
 
 export function trustDigest(t: Pick<TrustRow, 'id' | 'org' | 'issuer' | 'audience' | 'claim' | 'value' | 'createdAt'>): string {
@@ -92,15 +98,21 @@ export function sameSecret(a: string, b: string): boolean {
   return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
+/**
+ * Creates an org token: `bct_<id>_<secret>`, stored as its SHA-256 only. `scope` null makes the org-admin
+ * credential (any project and branch); otherwise leases provisioned with it stay inside `scope`
+ * (src/server/scope.ts resolveLeaseIdentity). The secret is returned once and never stored.
+ */
 export async function createOrgToken(
   store: Store,
   org: string,
   label: string,
-  now: number
+  now: number,
+  scope: TokenRow['scope'] = null
 ): Promise<{ token: string; row: TokenRow }> {
   const id = randomBase62(12);
   const token = `bct_${id}_${randomBase62(43)}`; // 43 base62 chars ≈ 256 bits
-  const row: TokenRow = { id, org, hash: hashToken(token), label, createdAt: now, revokedAt: null };
+  const row: TokenRow = { id, org, hash: hashToken(token), label, createdAt: now, revokedAt: null, scope };
   await store.createToken(row);
   return { token, row };
 }
@@ -196,7 +208,7 @@ export async function issueAccessToken(
   for (const [k, v] of Object.entries(req.claims ?? {})) if (!RESERVED_CLAIMS.has(k)) extra[k] = v;
   const iat = Math.floor((req.nowMs ?? Date.now()) / 1000);
   const exp = iat + req.ttlSeconds;
-  const token = await new SignJWT({ ...extra, org: req.org, trust: trustDigest(req.trust) })
+  const token = await new SignJWT({ ...extra, org: req.org, trust: trustDigest(req.trust), bcid: encodeVerified(req.verified) })
     .setProtectedHeader({ alg: 'ES256', kid: key.kid, typ: ACCESS_TOKEN_TYP })
     .setIssuer(ACCESS_TOKEN_ISSUER)
     .setAudience(ACCESS_TOKEN_AUDIENCE)
@@ -233,6 +245,10 @@ export async function verifyAccessToken(key: SigningKey, token: string, nowMs?: 
   if (typeof payload.trust !== 'string' || !TRUST_CLAIM_RE.test(payload.trust)) {
     throw new AuthError('invalid_token', 'the access token does not name its trust rule; exchange the OIDC token again');
   }
+  // Nor can tokens signed before they carried the verified identity be scoped: refused the same way.
+  if (!decodeVerified(payload.bcid)) {
+    throw new AuthError('invalid_token', 'the access token carries no verified identity; exchange the OIDC token again');
+  }
   return payload as AccessTokenClaims;
 }
 
@@ -261,7 +277,8 @@ export class Authenticator {
       try {
         const claims = await verifyAccessToken(this.key, token, this.now());
         if (!(await this.trustStillHolds(claims))) return null;
-        return { kind: 'org', org: claims.org, subject: claims.sub, via: 'access-token' };
+        const verified = decodeVerified(claims.bcid) as VerifiedIdentity; // verifyAccessToken checked it
+        return { kind: 'org', org: claims.org, subject: claims.sub, via: 'access-token', scope: { projects: null, branches: null, readOnly: false, verified } };
       } catch {
         return null;
       }
@@ -289,6 +306,8 @@ export class Authenticator {
     if (!row || row.hash.length !== hash.length) return null;
     if (!timingSafeEqual(Buffer.from(row.hash, 'utf8'), Buffer.from(hash, 'utf8')) || row.id !== m[1]) return null;
     if (row.revokedAt !== null) return null;
-    return { kind: 'org', org: row.org, subject: `token:${row.id}`, via: 'org-token' };
+    const principal: Principal = { kind: 'org', org: row.org, subject: `token:${row.id}`, via: 'org-token' };
+    if (row.scope) principal.scope = { ...row.scope, verified: null };
+    return principal;
   }
 }

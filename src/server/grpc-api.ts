@@ -5,7 +5,8 @@ import { services, type ProvisionRequestMsg, type ExchangeTokenResponseMsg } fro
 import { ApiError, denied, invalid, unauthenticated, unavailable } from './errors';
 import { checkOrgMatch, type LeaseManager } from './leases';
 import type { Store } from './store/store';
-import { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, issueAccessToken, type Authenticator, type OidcVerifier, type SigningKey } from './auth';
+import { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, issueAccessToken, type Authenticator, type OidcVerifier, type Principal, type SigningKey } from './auth';
+import { ScopeError, verifiedIdentityFromClaims, type VerifiedIdentity } from './scope';
 import { validateOrgName, validateProvisionIdentity } from './validate';
 
 export interface GrpcApiDeps {
@@ -50,23 +51,24 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
   const { BuildCloud, Auth } = services();
 
   // The org a call acts for: an org token's own org; the admin token acts for the org named in the request.
-  async function callerOrg(md: grpc.Metadata, requested: string): Promise<string> {
+  async function caller(md: grpc.Metadata, requested: string): Promise<{ org: string; principal: Principal }> {
     const p = await d.authenticator.authenticate(bearer(md));
     if (!p) throw unauthenticated('Invalid, expired or revoked token. Create a new one with: buildcloud admin token create --org ORG');
     if (p.kind === 'admin') {
       if (!requested) throw invalid('Missing org. The admin token must name the org it acts for.');
       validateOrgName(requested);
       if (!(await d.store.getOrg(requested))) throw new ApiError(grpc.status.NOT_FOUND, `Org '${requested}' not found.`);
-      return requested;
+      return { org: requested, principal: p };
     }
-    return checkOrgMatch(p.org as string, requested);
+    return { org: checkOrgMatch(p.org as string, requested), principal: p };
   }
+  const callerOrg = async (md: grpc.Metadata, requested: string): Promise<string> => (await caller(md, requested)).org;
 
   server.addService(BuildCloud.service, {
     Provision: unary<ProvisionRequestMsg, unknown>(d.log, 'Provision', async (call) => {
-      const org = await callerOrg(call.metadata, call.request.org);
+      const { org, principal } = await caller(call.metadata, call.request.org);
       validateProvisionIdentity(call.request);
-      return d.leases.provision(org, call.request);
+      return d.leases.provision(org, call.request, principal.scope);
     }),
     Release: unary<{ leaseId: string }, unknown>(d.log, 'Release', async (call) => {
       const org = await callerOrg(call.metadata, '');
@@ -96,8 +98,19 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
         if (err.code === 'discovery_failed') throw unavailable(OIDC_UNAVAILABLE);
         throw denied(OIDC_REFUSAL);
       }
-      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS, trust: verified.trust });
-      d.log.info({ org: verified.org, subject: verified.subject, trustRule: verified.trust.id }, 'oidc token exchanged');
+      // The token is trusted; what it proves (project, branch, pull request, protection) becomes the scope of every
+      // lease provisioned with the access token. A token that names no project gets none: said plainly, since the
+      // caller holds a token this org trusts.
+      let identity: VerifiedIdentity;
+      try {
+        identity = verifiedIdentityFromClaims(verified.claims);
+      } catch (err) {
+        if (!(err instanceof ScopeError)) throw err;
+        d.log.warn({ rpc: 'ExchangeToken', org: verified.org, trustRule: verified.trust.id, detail: err.message }, 'oidc token names no project');
+        throw denied(err.message);
+      }
+      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS, trust: verified.trust, verified: identity });
+      d.log.info({ org: verified.org, subject: verified.subject, trustRule: verified.trust.id, project: identity.project, branch: identity.branch, readOnly: identity.readOnly }, 'oidc token exchanged');
       return { accessToken: issued.token, org: verified.org, expiresAtMs: issued.expiresAtMs };
     })
   });

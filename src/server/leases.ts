@@ -26,6 +26,7 @@ import { ApiError, denied, exhausted, invalid, notFound, precondition } from './
 import { normalisePlatforms, validateKey } from './validate';
 import type { ServerMetrics } from './metrics-types';
 import { KeyedMutex } from './mutex';
+import { DEFAULT_PROTECTED_BRANCHES, ScopeError, resolveLeaseIdentity, type LeaseIdentity, type PrincipalScope } from './scope';
 
 interface LiveLease {
   row: LeaseRow;
@@ -85,7 +86,13 @@ export class LeaseManager {
     }
   }
 
-  async provision(org: string, req: ProvisionRequestMsg): Promise<LeaseMsg> {
+  /**
+   * Provisions a lease for `org`: applies the credential's `scope` to the requested identity (scope.ts; undefined =
+   * the org-admin credential), reserves minutes, acquires a builder per platform. Throws ApiError:
+   * INVALID_ARGUMENT (bad identity), PERMISSION_DENIED (identity outside the credential's scope),
+   * RESOURCE_EXHAUSTED (bucket or org limits), FAILED_PRECONDITION (no driver).
+   */
+  async provision(org: string, req: ProvisionRequestMsg, credentialScope?: PrincipalScope): Promise<LeaseMsg> {
     const started = this.now();
     const pool = this.d.pool;
     if (!pool) throw precondition('This control plane has no builder driver (dockerd was not found). Install docker.io or start serve with --driver dockerd on a host that has it.');
@@ -101,9 +108,25 @@ export class LeaseManager {
       defaultBranch: id?.defaultBranch ?? '',
       fork: Boolean(id?.fork),
       actor: id?.actor ?? '',
-      runUrl: id?.runUrl ?? ''
+      runUrl: id?.runUrl ?? '',
+      // Set below from the credential's scope; stored with the lease so the registry proxy's scope matches.
+      readOnly: false,
+      readOnlyReason: '',
+      verified: false
     };
-    if (!identity.project) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
+    if (!identity.project && !credentialScope?.verified) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
+    const limits = await this.d.store.getOrgLimits(org);
+    // The credential decides what the request may claim: project and branch from verified OIDC claims, a scoped
+    // token's patterns, and who may write a protected branch's cache (scope.ts).
+    let resolved: LeaseIdentity;
+    try {
+      resolved = resolveLeaseIdentity(credentialScope, identity, limits.protectedBranches ?? DEFAULT_PROTECTED_BRANCHES);
+    } catch (err) {
+      if (!(err instanceof ScopeError)) throw err;
+      this.d.metrics.provisions.inc({ result: 'denied' });
+      throw denied(err.message);
+    }
+    Object.assign(identity, { project: resolved.project, branch: resolved.branch, readOnly: resolved.readOnly, readOnlyReason: resolved.readOnlyReason, verified: resolved.verified });
     let refs: ReturnType<typeof cacheRefs>;
     try {
       refs = cacheRefs({
@@ -112,13 +135,12 @@ export class LeaseManager {
         project: identity.project,
         branch: identity.branch,
         defaultBranch: identity.defaultBranch || identity.branch,
-        fork: identity.fork
+        fork: resolved.readOnly
       });
     } catch (err) {
       throw invalid(`Invalid identity: ${(err as Error).message}`);
     }
 
-    const limits = await this.d.store.getOrgLimits(org);
     const leaseId = newId('l');
     const cert = await this.d.pki.issueClient(leaseId, this.d.config.maxTtlMs + 3600_000);
     const registryPassword = randomBytes(24).toString('base64url');
@@ -185,7 +207,12 @@ export class LeaseManager {
 
     const msg = this.toMsg(row, acquired);
     msg.tls = { caPem: this.d.pki.caPem, certPem: cert.certPem, keyPem: cert.keyPem };
-    msg.cache = { importRefs: refs.importRefs, exportRef: refs.exportRef, registry: { host: this.d.registryHost, username: leaseId, password: registryPassword } };
+    msg.cache = {
+      importRefs: refs.importRefs,
+      exportRef: refs.exportRef,
+      registry: { host: this.d.registryHost, username: leaseId, password: registryPassword },
+      readOnlyReason: refs.exportRef === '' ? resolved.readOnlyReason || (identity.branch === '' ? 'no branch (a tag build or a detached ref)' : '') : ''
+    };
     return msg;
   }
 
@@ -216,7 +243,8 @@ export class LeaseManager {
     if (!l || !sameSecret(l.row.registryPasswordHash, hashToken(password))) return null;
     const i = l.row.identity;
     const str = (v: unknown): string => (typeof v === 'string' ? v : '');
-    const readOnly = Boolean(i.fork);
+    // Leases stored before identity.readOnly existed: a fork was their only read-only case.
+    const readOnly = Boolean(i.fork) || i.readOnly === true;
     try {
       const refs = cacheRefs({ registryHost: this.d.registryHost, org: l.row.org, project: str(i.project), branch: str(i.branch), defaultBranch: str(i.defaultBranch) || str(i.branch), fork: readOnly });
       return { org: l.row.org, readOnly, scope: registryScope(refs, this.d.registryHost) };

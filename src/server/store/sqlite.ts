@@ -89,6 +89,12 @@ export const MIGRATIONS: string[] = [
   CREATE TABLE org_limits (
     org TEXT PRIMARY KEY, max_builders INTEGER, max_leases INTEGER,
     overdraft_seconds INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL);
+  `,
+  // 3: scoped org tokens (JSON {projects, branches, readOnly}; NULL = the org-admin token, as every token made
+  // before) and each org's protected branches (JSON array of patterns; NULL = the default, main and master).
+  `
+  ALTER TABLE tokens ADD COLUMN scope TEXT CHECK (scope IS NULL OR json_valid(scope));
+  ALTER TABLE org_limits ADD COLUMN protected_branches TEXT CHECK (protected_branches IS NULL OR json_valid(protected_branches));
   `
 ];
 
@@ -147,10 +153,29 @@ interface OrgLimitsDbRow {
   max_builders: number | null;
   max_leases: number | null;
   overdraft_seconds: number;
+  protected_branches: string | null;
   updated_at: number;
 }
 
-const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt FROM tokens';
+function limitsFromDb(org: string, r: OrgLimitsDbRow | undefined): OrgLimitsRow {
+  if (!r) return { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: null };
+  return {
+    org,
+    maxBuilders: r.max_builders,
+    maxLeases: r.max_leases,
+    overdraftSeconds: r.overdraft_seconds,
+    protectedBranches: r.protected_branches === null ? null : (JSON.parse(r.protected_branches) as string[]),
+    updatedAt: r.updated_at
+  };
+}
+
+interface TokenDbRow extends Omit<TokenRow, 'scope'> {
+  scope: string | null;
+}
+
+const tokenFromDb = (r: TokenDbRow): TokenRow => ({ ...r, scope: r.scope === null ? null : (JSON.parse(r.scope) as TokenRow['scope']) });
+
+const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt, scope FROM tokens';
 const TRUST_SELECT =
   'SELECT id, org, issuer, audience, claim, value, created_at AS createdAt FROM trust';
 
@@ -199,7 +224,7 @@ export class SqliteStore implements Store {
       getOrg: db.prepare('SELECT name, created_at AS createdAt FROM orgs WHERE name = ?'),
       listOrgs: db.prepare('SELECT name, created_at AS createdAt FROM orgs ORDER BY name'),
       insertToken: db.prepare(
-        'INSERT INTO tokens (id, org, hash, label, created_at, revoked_at) VALUES (@id, @org, @hash, @label, @createdAt, @revokedAt)'
+        'INSERT INTO tokens (id, org, hash, label, created_at, revoked_at, scope) VALUES (@id, @org, @hash, @label, @createdAt, @revokedAt, @scope)'
       ),
       tokenByHash: db.prepare(`${TOKEN_SELECT} WHERE hash = ?`),
       revokeToken: db.prepare('UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL'),
@@ -240,11 +265,12 @@ export class SqliteStore implements Store {
       // failure must still throw.
       insertRecord: db.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data)
         VALUES (@id, @org, @type, @time, @receivedAt, @leaseId, @data) ON CONFLICT (org, id) DO NOTHING`),
-      getLimits: db.prepare('SELECT org, max_builders, max_leases, overdraft_seconds, updated_at FROM org_limits WHERE org = ?'),
-      upsertLimits: db.prepare(`INSERT INTO org_limits (org, max_builders, max_leases, overdraft_seconds, updated_at)
-        VALUES (@org, @maxBuilders, @maxLeases, @overdraftSeconds, @updatedAt)
+      getLimits: db.prepare('SELECT org, max_builders, max_leases, overdraft_seconds, protected_branches, updated_at FROM org_limits WHERE org = ?'),
+      upsertLimits: db.prepare(`INSERT INTO org_limits (org, max_builders, max_leases, overdraft_seconds, protected_branches, updated_at)
+        VALUES (@org, @maxBuilders, @maxLeases, @overdraftSeconds, @protectedBranches, @updatedAt)
         ON CONFLICT (org) DO UPDATE SET max_builders = excluded.max_builders, max_leases = excluded.max_leases,
-          overdraft_seconds = excluded.overdraft_seconds, updated_at = excluded.updated_at`),
+          overdraft_seconds = excluded.overdraft_seconds, protected_branches = excluded.protected_branches,
+          updated_at = excluded.updated_at`),
       billedAll: db.prepare('SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL'),
       reservedActive: db.prepare(
         'SELECT COALESCE(SUM(reserved_seconds), 0) AS s, COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NULL'
@@ -277,7 +303,7 @@ export class SqliteStore implements Store {
 
   async createToken(row: TokenRow): Promise<void> {
     try {
-      this.st.insertToken.run(row);
+      this.st.insertToken.run({ ...row, scope: row.scope === null ? null : JSON.stringify(row.scope) });
     } catch (err) {
       if (isUniqueViolation(err)) throw new StoreConflict(`token "${row.id}" already exists`);
       throw err;
@@ -285,7 +311,8 @@ export class SqliteStore implements Store {
   }
 
   async findTokenByHash(hash: string): Promise<TokenRow | null> {
-    return (this.st.tokenByHash.get(hash) as TokenRow | undefined) ?? null;
+    const r = this.st.tokenByHash.get(hash) as TokenDbRow | undefined;
+    return r ? tokenFromDb(r) : null;
   }
 
   async revokeToken(id: string, now: number): Promise<boolean> {
@@ -293,7 +320,7 @@ export class SqliteStore implements Store {
   }
 
   async listTokens(org: string): Promise<TokenRow[]> {
-    return this.st.listTokens.all(org) as TokenRow[];
+    return (this.st.listTokens.all(org) as TokenDbRow[]).map(tokenFromDb);
   }
 
   async addBucket(org: string, seconds: number, note: string, now: number): Promise<BucketRow> {
@@ -307,26 +334,22 @@ export class SqliteStore implements Store {
   }
 
   async getOrgLimits(org: string): Promise<OrgLimitsRow> {
-    const r = this.st.getLimits.get(org) as OrgLimitsDbRow | undefined;
-    if (!r) return { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null };
-    return { org, maxBuilders: r.max_builders, maxLeases: r.max_leases, overdraftSeconds: r.overdraft_seconds, updatedAt: r.updated_at };
+    return limitsFromDb(org, this.st.getLimits.get(org) as OrgLimitsDbRow | undefined);
   }
 
   async setOrgLimits(org: string, patch: OrgLimitsPatch, now: number): Promise<OrgLimitsRow> {
-    for (const [k, v] of Object.entries(patch)) if (v !== null && v !== undefined) requireInt(k, v);
+    for (const [k, v] of Object.entries(patch)) if (typeof v === 'number') requireInt(k, v);
     const set = this.db.transaction(() => {
       const cur = this.getOrgLimitsSync(org);
       const next = { ...cur, ...Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)), org, updatedAt: now };
-      this.st.upsertLimits.run(next);
+      this.st.upsertLimits.run({ ...next, protectedBranches: next.protectedBranches ? JSON.stringify(next.protectedBranches) : null });
       return next as OrgLimitsRow;
     });
     return set.immediate();
   }
 
   private getOrgLimitsSync(org: string): OrgLimitsRow {
-    const r = this.st.getLimits.get(org) as OrgLimitsDbRow | undefined;
-    if (!r) return { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null };
-    return { org, maxBuilders: r.max_builders, maxLeases: r.max_leases, overdraftSeconds: r.overdraft_seconds, updatedAt: r.updated_at };
+    return limitsFromDb(org, this.st.getLimits.get(org) as OrgLimitsDbRow | undefined);
   }
 
   // The org's book inside a transaction: buckets, overdraft, billed, and what its active leases hold.

@@ -13,6 +13,9 @@ export interface TokenRow {
   label: string;
   createdAt: number;
   revokedAt: number | null;
+  // null: the org-admin credential (any project, any branch). Otherwise src/server/scope.ts's PrincipalScope
+  // without `verified`: what `admin token create --project/--branches/--read-only` gave it.
+  scope: { projects: string[] | null; branches: string[] | null; readOnly: boolean } | null;
 }
 
 export interface BucketRow {
@@ -42,10 +45,11 @@ export interface OrgLimitsRow {
   maxBuilders: number | null; // concurrent builders the org's leases hold
   maxLeases: number | null; // concurrent active leases
   overdraftSeconds: number; // how far reservations may go past the bucket (default 0: prepaid only)
+  protectedBranches: string[] | null; // branch patterns whose cache only a proven lease writes; null: main, master
   updatedAt: number | null; // null: never set, these are the defaults
 }
 
-export type OrgLimitsPatch = Partial<Pick<OrgLimitsRow, 'maxBuilders' | 'maxLeases' | 'overdraftSeconds'>>;
+export type OrgLimitsPatch = Partial<Pick<OrgLimitsRow, 'maxBuilders' | 'maxLeases' | 'overdraftSeconds' | 'protectedBranches'>>;
 
 // What a provision may reserve, decided in one transaction with the insert (see reserveLease).
 export interface ReservePolicy {

@@ -1,0 +1,162 @@
+// What a credential may claim when it provisions: identity from verified OIDC claims, scoped org tokens, and who
+// may write a protected branch's cache. Each CI's token shape is CI-REFERENCE.md §3's.
+import {
+  DEFAULT_PROTECTED_BRANCHES,
+  ScopeError,
+  decodeVerified,
+  encodeVerified,
+  matchesPatterns,
+  parsePatterns,
+  resolveLeaseIdentity,
+  scopeCoversProject,
+  verifiedIdentityFromClaims,
+  type PrincipalScope,
+  type VerifiedIdentity
+} from '../../src/server/scope';
+
+const req = (over: Partial<{ project: string; branch: string; defaultBranch: string; fork: boolean }> = {}) => ({
+  project: '',
+  branch: '',
+  defaultBranch: '',
+  fork: false,
+  ...over
+});
+const oidc = (v: Partial<VerifiedIdentity>): PrincipalScope => ({
+  projects: null,
+  branches: null,
+  readOnly: false,
+  verified: { provider: 'github', project: 'acme/app', branch: 'feature-x', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '', ...v }
+});
+const token = (projects: string[] | null, branches: string[] | null, readOnly = false): PrincipalScope => ({ projects, branches, readOnly, verified: null });
+const P = DEFAULT_PROTECTED_BRANCHES;
+
+describe('verified identity from each CI\'s claims', () => {
+  test('GitHub push: repository and refs/heads/<branch>; ref_protected read when present', () => {
+    expect(verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'push', ref: 'refs/heads/release/1.2', ref_protected: 'true' })).toEqual({
+      provider: 'github', project: 'acme/app', branch: 'release/1.2', changeRequest: false, refProtected: true, readOnly: false, readOnlyReason: ''
+    });
+  });
+  test('GitHub tag: no branch (never writes)', () => {
+    expect(verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'push', ref: 'refs/tags/v1' }).branch).toBe('');
+  });
+  test('GitHub pull_request: the head_ref is the branch, and it is a change request', () => {
+    const v = verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'pull_request', ref: 'refs/pull/7/merge', head_ref: 'feature-x', base_ref: 'main' });
+    expect(v).toMatchObject({ branch: 'feature-x', changeRequest: true, readOnly: false });
+  });
+  test('GitHub pull_request_target: read-only, whatever the branch', () => {
+    const v = verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'pull_request_target', ref: 'refs/heads/main', head_ref: 'main' });
+    expect(v).toMatchObject({ branch: 'main', changeRequest: true, readOnly: true });
+    expect(v.readOnlyReason).toMatch(/pull_request_target/);
+  });
+  test('GitLab: project_path; ref is the branch only when ref_type is branch; merge request pipelines flagged', () => {
+    expect(verifiedIdentityFromClaims({ project_path: 'platform/tools/api', ref: 'main', ref_type: 'branch', ref_protected: 'true', pipeline_source: 'push' })).toMatchObject({
+      provider: 'gitlab', project: 'platform/tools/api', branch: 'main', changeRequest: false, refProtected: true
+    });
+    expect(verifiedIdentityFromClaims({ project_path: 'p/a', ref: 'v1.0', ref_type: 'tag' }).branch).toBe('');
+    expect(verifiedIdentityFromClaims({ project_path: 'p/a', ref: 'main', ref_type: 'branch', ref_protected: 'false', pipeline_source: 'merge_request_event' })).toMatchObject({
+      changeRequest: true, refProtected: false
+    });
+  });
+  test('CircleCI: the project from vcs-origin, the branch from vcs-ref; no vcs-origin (custom webhook) is refused', () => {
+    const org = 'oidc.circleci.com/org-id';
+    expect(
+      verifiedIdentityFromClaims({ [org]: 'u', 'oidc.circleci.com/vcs-origin': 'github.com/acme/app', 'oidc.circleci.com/vcs-ref': 'refs/heads/main' })
+    ).toMatchObject({ provider: 'circleci', project: 'acme/app', branch: 'main' });
+    expect(() => verifiedIdentityFromClaims({ [org]: 'u' })).toThrow(/vcs-origin is absent/);
+  });
+  test('a token of no known CI shape names no project: refused', () => {
+    expect(() => verifiedIdentityFromClaims({ repository_owner: 'acme' })).toThrow(ScopeError);
+  });
+  test('encode/decode round-trips; a forged or partial claim decodes to null', () => {
+    const v = verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'pull_request_target', head_ref: 'x' });
+    expect(decodeVerified(JSON.parse(JSON.stringify(encodeVerified(v))))).toEqual(v);
+    expect(decodeVerified({ p: 'jenkins', prj: 'a', br: 'b' })).toBeNull();
+    expect(decodeVerified({ p: 'github', prj: 'a' })).toBeNull();
+    expect(decodeVerified(undefined)).toBeNull();
+  });
+});
+
+describe('patterns', () => {
+  test('globs, exclusions, case rules', () => {
+    const p = parsePatterns('main, release/*, !release/old', '--branches');
+    expect(p).toEqual(['main', 'release/*', '!release/old']);
+    expect(matchesPatterns(p, 'main')).toBe(true);
+    expect(matchesPatterns(p, 'release/1.2')).toBe(true);
+    expect(matchesPatterns(p, 'release/old')).toBe(false);
+    expect(matchesPatterns(p, 'Main')).toBe(false); // branches are case-sensitive
+    expect(matchesPatterns(['*', '!main'], 'main')).toBe(false);
+    expect(matchesPatterns(['!main'], 'feature')).toBe(true);
+    expect(matchesPatterns(['acme/*'], 'ACME/App', true)).toBe(true);
+    expect(matchesPatterns(['main.x'], 'mainyx')).toBe(false); // regex characters are literal
+  });
+  test('bad lists name the flag', () => {
+    expect(() => parsePatterns(' , ', '--branches')).toThrow(/--branches/);
+    expect(() => parsePatterns('ma in', '--branches')).toThrow(/--branches pattern 'ma in'/);
+    expect(() => parsePatterns('!', '--project')).toThrow(/--project/);
+  });
+});
+
+describe('resolveLeaseIdentity', () => {
+  test('the org-admin token (no scope): the request as sent; a fork is read-only', () => {
+    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'main' }), P)).toMatchObject({ project: 'acme/x', branch: 'main', readOnly: false, verified: false });
+    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'f', fork: true }), P)).toMatchObject({ readOnly: true, readOnlyReason: 'a pull request from a fork' });
+  });
+
+  test('OIDC: project and branch come from the claims; an empty request is filled in', () => {
+    expect(resolveLeaseIdentity(oidc({}), req(), P)).toMatchObject({ project: 'acme/app', branch: 'feature-x', readOnly: false, verified: true });
+    expect(resolveLeaseIdentity(oidc({}), req({ project: 'ACME/App', branch: 'feature-x' }), P).project).toBe('acme/app');
+  });
+  test("OIDC: claiming another project or another branch is refused, naming both", () => {
+    expect(() => resolveLeaseIdentity(oidc({}), req({ project: 'acme/other-project' }), P)).toThrow(/identity.project 'acme\/other-project' is not the project of this job's OIDC token \('acme\/app'\)/);
+    expect(() => resolveLeaseIdentity(oidc({}), req({ branch: 'main' }), P)).toThrow(/identity.branch 'main' is not the branch of this job's OIDC token \('feature-x'\)/);
+  });
+  test('OIDC: the request may narrow (a fork flag makes it read-only)', () => {
+    expect(resolveLeaseIdentity(oidc({}), req({ fork: true }), P)).toMatchObject({ readOnly: true });
+  });
+  test('OIDC: main from a push writes; from a pull/merge request, or an unprotected ref, it is read-only', () => {
+    expect(resolveLeaseIdentity(oidc({ branch: 'main' }), req(), P)).toMatchObject({ branch: 'main', readOnly: false });
+    expect(resolveLeaseIdentity(oidc({ branch: 'main', refProtected: true }), req(), P).readOnly).toBe(false);
+    const mr = resolveLeaseIdentity(oidc({ provider: 'gitlab', branch: 'main', changeRequest: true }), req(), P);
+    expect(mr).toMatchObject({ readOnly: true });
+    expect(mr.readOnlyReason).toMatch(/merge request pipeline/);
+    expect(resolveLeaseIdentity(oidc({ branch: 'main', refProtected: false }), req(), P).readOnlyReason).toMatch(/ref_protected false/);
+    // A feature branch's own pull request still writes its own branch's cache.
+    expect(resolveLeaseIdentity(oidc({ branch: 'feature-x', changeRequest: true }), req(), P).readOnly).toBe(false);
+  });
+  test("the request's default branch counts as protected too (it can only add protection)", () => {
+    expect(resolveLeaseIdentity(oidc({ branch: 'develop', changeRequest: true }), req({ defaultBranch: 'develop' }), P).readOnly).toBe(true);
+    expect(resolveLeaseIdentity(oidc({ branch: 'develop', changeRequest: true }), req({ defaultBranch: 'main' }), P).readOnly).toBe(false);
+    // The org's own list: release/* protected.
+    expect(resolveLeaseIdentity(oidc({ branch: 'release/2', changeRequest: true }), req(), ['main', 'release/*']).readOnly).toBe(true);
+  });
+  test('OIDC pull_request_target: read-only', () => {
+    expect(resolveLeaseIdentity(oidc({ branch: 'x', readOnly: true, readOnlyReason: 'r' }), req(), P)).toMatchObject({ readOnly: true, readOnlyReason: 'r' });
+  });
+
+  test('scoped token: projects and branches must match; errors name the patterns', () => {
+    const t = token(['acme/app'], ['*', '!main']);
+    expect(resolveLeaseIdentity(t, req({ project: 'acme/app', branch: 'feature-x' }), P)).toMatchObject({ readOnly: false });
+    expect(() => resolveLeaseIdentity(t, req({ project: 'acme/other', branch: 'feature-x' }), P)).toThrow(/outside this token's projects \(acme\/app\)/);
+    expect(() => resolveLeaseIdentity(t, req({ project: 'acme/app', branch: 'main' }), P)).toThrow(/outside this token's branches/);
+  });
+  test('scoped token: a protected branch is written only when --branches names it without a wildcard', () => {
+    expect(resolveLeaseIdentity(token(null, ['*']), req({ project: 'a/b', branch: 'main' }), P)).toMatchObject({ readOnly: true });
+    expect(resolveLeaseIdentity(token(null, ['main']), req({ project: 'a/b', branch: 'main' }), P)).toMatchObject({ readOnly: false });
+    expect(resolveLeaseIdentity(token(['a/b'], null), req({ project: 'a/b', branch: 'main' }), P).readOnlyReason).toMatch(/no --branches naming it/);
+    expect(resolveLeaseIdentity(token(['a/b'], null), req({ project: 'a/b', branch: 'feature' }), P).readOnly).toBe(false);
+  });
+  test('scoped token: --read-only', () => {
+    expect(resolveLeaseIdentity(token(null, null, true), req({ project: 'a/b', branch: 'feature' }), P)).toMatchObject({ readOnly: true, readOnlyReason: 'the credential is read-only' });
+  });
+  test('a tag build (no branch) passes branch patterns and writes nothing', () => {
+    expect(resolveLeaseIdentity(token(null, ['main']), req({ project: 'a/b', branch: '' }), P)).toMatchObject({ branch: '', readOnly: false });
+  });
+});
+
+test('scopeCoversProject', () => {
+  expect(scopeCoversProject(undefined, 'any/thing')).toBe(true);
+  expect(scopeCoversProject(oidc({}), 'ACME/app')).toBe(true);
+  expect(scopeCoversProject(oidc({}), 'acme/other')).toBe(false);
+  expect(scopeCoversProject(token(['acme/*'], null), 'acme/x')).toBe(true);
+  expect(scopeCoversProject(token(['acme/a'], null), 'acme/x')).toBe(false);
+});
