@@ -60,7 +60,7 @@ export function chooseCredential(
       if (get(env, 'ACTIONS_ID_TOKEN_REQUEST_URL') && get(env, 'ACTIONS_ID_TOKEN_REQUEST_TOKEN')) {
         return { kind: 'oidc', source: { kind: 'github', fetch: githubOidc ?? githubIdTokenFetcher(env) } };
       }
-      throw new AuthMissingError(githubMissing(identity.fork, get(env, 'GITHUB_EVENT_NAME')));
+      throw new AuthMissingError(githubMissing(identity.fork, get(env, 'GITHUB_EVENT_NAME'), get(env, 'GITHUB_ACTOR')));
     }
     case 'gitlab':
       throw new AuthMissingError(gitlabMissing(identity.fork, tokenEnv, audience));
@@ -90,7 +90,35 @@ function tokenHint(provider: Identity['provider']): string {
   }
 }
 
-function githubMissing(fork: boolean, event: string): string {
+// GitHub's login of Dependabot: github.actor (GITHUB_ACTOR) of every run it starts. It stays the actor when someone
+// else re-runs the run (that person is GITHUB_TRIGGERING_ACTOR), and so do the restrictions below.
+export const DEPENDABOT_ACTOR = 'dependabot[bot]';
+
+/**
+ * The message for a GitHub job with neither a token nor an ID token request URL: the cause and what works.
+ * - Dependabot started the run (`actor`). GitHub treats the runs Dependabot starts (pull_request, push, ...) like a
+ *   fork's: a read-only GITHUB_TOKEN, and "Secrets are populated from Dependabot secrets. GitHub Actions secrets are
+ *   not available." ("Restrictions when Dependabot triggers events",
+ *   https://docs.github.com/en/code-security/dependabot/troubleshooting-dependabot/troubleshooting-dependabot-on-github-actions).
+ *   Such runs fail with "Unable to get ACTIONS_ID_TOKEN_REQUEST_URL" even with `permissions: id-token: write`
+ *   (google-github-actions/auth#51), so the permission advice would mislead: what works is the org token stored
+ *   as a Dependabot secret too, skipping Build Cloud for Dependabot, or `fallback: local`.
+ * - A fork's pull request (not pull_request_target): no OIDC token and no secrets, whatever `permissions:` says.
+ * - Otherwise the job lacks `permissions: id-token: write` (or a token).
+ */
+export function githubMissing(fork: boolean, event: string, actor = ''): string {
+  const fallback = " Or set the input `fallback: local` to build on the runner's own Docker instead (no remote builder, no org cache).";
+  if (actor === DEPENDABOT_ACTOR) {
+    return (
+      `No Build Cloud credential: Dependabot started this run (github.actor is ${DEPENDABOT_ACTOR}), and GitHub gives ` +
+      "Dependabot's runs no OIDC token (ACTIONS_ID_TOKEN_REQUEST_URL is not set) and no GitHub Actions secrets, only " +
+      'Dependabot secrets, so `secrets.BUILDCLOUD_TOKEN` is empty here. Store the org token also as a Dependabot secret ' +
+      'of the same name (Settings > Secrets and variables > Dependabot, or `gh secret set BUILDCLOUD_TOKEN --app dependabot`); ' +
+      'a token for this repository that never writes the org cache is enough: ' +
+      '`buildcloud admin token create --org ORG --project OWNER/REPO --read-only`. Or skip Build Cloud for Dependabot ' +
+      `(\`if: github.actor != '${DEPENDABOT_ACTOR}'\`).${fallback}`
+    );
+  }
   if (fork && event !== 'pull_request_target') {
     return (
       'No Build Cloud credential: this is a pull request from a fork, and GitHub gives such workflows no OIDC token ' +
@@ -98,7 +126,7 @@ function githubMissing(fork: boolean, event: string): string {
       "(`if: github.event.pull_request.head.repo.full_name == github.repository`), or run the workflow on " +
       '`pull_request_target`, which has the id-token and secrets: but it runs with the base repository\'s ' +
       "credentials, so never check out and build the fork's code there without a maintainer's review " +
-      '(e.g. gate it on a label or an environment with required reviewers).'
+      `(e.g. gate it on a label or an environment with required reviewers).${fallback}`
     );
   }
   return (
@@ -118,7 +146,8 @@ function gitlabMissing(fork: boolean, tokenEnv: string, audience: string): strin
   const forkNote = fork
     ? " This merge request comes from a fork: by default its pipeline runs in the fork project, with the fork's " +
       "configuration and variables, so the parent's BUILDCLOUD_TOKEN is not there and its id token names the fork; " +
-      'a member of the parent project can run the pipeline in the parent project instead.'
+      'a member of the parent project can run the pipeline in the parent project instead. Or set the input ' +
+      "`fallback: local` to build on the runner's own Docker."
     : '';
   return `No Build Cloud credential: the job has no ID token in $${tokenEnv}. ${add}${forkNote}`;
 }
@@ -129,7 +158,8 @@ function circleciMissing(fork: boolean): string {
       'No Build Cloud credential: this is a build of a forked pull request, and CircleCI gives it no OIDC token and ' +
       'no secrets unless "Pass secrets to builds from forked pull requests" is on (Project Settings > Advanced). If you ' +
       "turn it on, restrict the org's trust to your repository's oidc.circleci.com/vcs-origin, since any fork can " +
-      'then get a token; otherwise skip Build Cloud for forked PRs.'
+      'then get a token; otherwise skip Build Cloud for forked PRs, or set the parameter `fallback: local` to build ' +
+      "on the job's own Docker."
     );
   }
   return (
@@ -149,7 +179,7 @@ export function githubIdTokenFetcher(env: Env, attempts = 3, delayMs = 1000): (a
   return async (audience: string) => {
     const url = get(env, 'ACTIONS_ID_TOKEN_REQUEST_URL');
     const bearer = get(env, 'ACTIONS_ID_TOKEN_REQUEST_TOKEN');
-    if (!url || !bearer) throw new AuthMissingError(githubMissing(false, ''));
+    if (!url || !bearer) throw new AuthMissingError(githubMissing(false, '', get(env, 'GITHUB_ACTOR')));
     const target = `${url}${url.includes('?') ? '&' : '?'}audience=${encodeURIComponent(audience)}`;
     let last = '';
     for (let i = 1; i <= attempts; i++) {
