@@ -30,7 +30,8 @@ let acmeRule: number;
 const leases: Array<{ client: TestClient; lease: LeaseMsg }> = [];
 const clients: Array<{ close(): void }> = [];
 
-const identity = (actor = 'mallory') => ({ provider: 'gitlab', project: 'acme-group/widget-api', branch: 'main', defaultBranch: 'main', fork: false, actor, runUrl: '' });
+type Ident = { provider: string; project: string; branch: string; defaultBranch: string; fork: boolean; actor: string; runUrl: string };
+const identity = (actor = 'mallory', o: Partial<Ident> = {}): Ident => ({ provider: 'gitlab', project: 'acme-group/widget-api', branch: 'main', defaultBranch: 'main', fork: false, actor, runUrl: '', ...o });
 
 async function exchange(oidcToken: string, org = ''): Promise<{ accessToken: string; org: string } | ControlPlaneError> {
   const api = new ApiClient({ endpoint: server.info.grpc, attempts: 1, deadlineMs: 20_000 });
@@ -38,10 +39,10 @@ async function exchange(oidcToken: string, org = ''): Promise<{ accessToken: str
   return api.exchangeToken(oidcToken, org).catch((e: ControlPlaneError) => e);
 }
 
-async function provision(token: string, pipelineKey: string, actor?: string): Promise<LeaseMsg> {
+async function provision(token: string, pipelineKey: string, actor?: string, o: Partial<Ident> = {}): Promise<LeaseMsg> {
   const client = new TestClient(server.info.grpc, token);
   clients.push(client);
-  const lease = await client.provision({ pipelineKey, jobId: 'build', identity: identity(actor) });
+  const lease = await client.provision({ pipelineKey, jobId: 'build', identity: identity(actor, o) });
   leases.push({ client, lease });
   return lease;
 }
@@ -122,14 +123,111 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
     const rule = trustAdd('acme', 'acme-other');
     const res = await exchange(await issuer.sign(claims('acme-other')));
     if (res instanceof Error) throw res;
-    await provision(res.accessToken, 'gl/4821/1002'); // control: works while the rule exists
+    const own = { project: 'acme-other/widget-api' }; // the project its token's claims name
+    await provision(res.accessToken, 'gl/4821/1002', undefined, own); // control: works while the rule exists
     const removed = cli(['admin', 'trust', 'remove', String(rule), '--state-dir', server.stateDir]);
     expect(removed.status).toBe(0);
-    const err = (await provision(res.accessToken, 'gl/4821/1002').catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+    const err = (await provision(res.accessToken, 'gl/4821/1002', undefined, own).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
     expect(err.code).toBe(grpc.status.UNAUTHENTICATED);
     // And a fresh exchange for that namespace is refused like any other.
     const again = (await exchange(await issuer.sign(claims('acme-other')))) as ControlPlaneError;
     expect([again.code, again.details]).toEqual([grpc.status.PERMISSION_DENIED, OIDC_REFUSAL]);
+  });
+});
+
+// Findings 1 and 2 once more, with the identity a job claims: the credential, not the request, decides.
+describe('identity that chooses scope is verified', () => {
+  const access = async (o: JWTPayload): Promise<string> => {
+    const res = await exchange(await issuer.sign(claims('acme-group', o)));
+    if (res instanceof Error) throw res;
+    return res.accessToken;
+  };
+  const feature = { ref: 'feature-x', ref_protected: 'false', sub: 'project_path:acme-group/widget-api:ref_type:branch:ref:feature-x' };
+  const denied = async (token: string, o: Partial<Ident>): Promise<grpc.ServiceError> =>
+    (await provision(token, 'gl/4821/3001', undefined, o).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+
+  test("a feature-x job's OIDC token cannot claim another project, nor main; its own identity gets its own ref", async () => {
+    const token = await access(feature);
+    const other = await denied(token, { project: 'acme-group/billing', branch: 'feature-x' });
+    expect([other.code, other.details]).toEqual([
+      grpc.status.PERMISSION_DENIED,
+      "identity.project 'acme-group/billing' is not the project of this job's OIDC token ('acme-group/widget-api'): a job provisions only for its own project."
+    ]);
+    const main = await denied(token, { branch: 'main' });
+    expect(main.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(main.details).toMatch(/identity\.branch 'main' is not the branch of this job's OIDC token \('feature-x'\)/);
+    // Control: the request may leave project and branch out; the claims fill them in.
+    const lease = await provision(token, 'gl/4821/3002', undefined, { project: '', branch: '' });
+    expect(lease.cache?.exportRef).toBe(`${server.info.registry}/acme/acme-group/widget-api/cache:feature-x`);
+  });
+
+  test('main from a merge request pipeline (ref unprotected) gets a read-only lease and is told why; a protected push on main writes main', async () => {
+    const mr = await access({ pipeline_source: 'merge_request_event', ref_protected: 'false' });
+    const ro = await provision(mr, 'gl/4821/3003');
+    expect(ro.cache?.exportRef).toBe('');
+    expect(ro.cache?.importRefs).toEqual([`${server.info.registry}/acme/acme-group/widget-api/cache:main`]);
+    expect(ro.cache?.readOnlyReason).toMatch(/'main' is a protected branch and this is a merge request pipeline/);
+    const push = await access({});
+    const rw = await provision(push, 'gl/4821/3004');
+    expect(rw.cache?.exportRef).toBe(`${server.info.registry}/acme/acme-group/widget-api/cache:main`);
+  });
+
+  test("another project's OIDC job sending the same pipeline key never joins the first one's builder", async () => {
+    const a = await provision(await access({}), 'gl/shared/1');
+    const b = await provision(await access({ project_path: 'acme-group/billing' }), 'gl/shared/1', undefined, { project: 'acme-group/billing' });
+    const a2 = await provision(await access({}), 'gl/shared/1');
+    expect(b.builders[0].builderId).not.toBe(a.builders[0].builderId);
+    expect(a2.builders[0].builderId).toBe(a.builders[0].builderId); // control: the same project shares
+  });
+
+  test('scoped org tokens: --project and --branches bound the request; a protected branch is written only when named', async () => {
+    const mint = (...args: string[]): string => {
+      const r = cli(['admin', 'token', 'create', '--org', 'acme', '--state-dir', server.stateDir, ...args]);
+      if (r.status !== 0) throw new Error(r.stderr);
+      return r.stdout.trim();
+    };
+    const features = mint('--project', 'acme-group/widget-api', '--branches', '*');
+    const outside = await denied(features, { project: 'acme-group/billing', branch: 'feature-x' });
+    expect([outside.code, outside.details]).toEqual([grpc.status.PERMISSION_DENIED, "identity.project 'acme-group/billing' is outside this token's projects (acme-group/widget-api)."]);
+    // '*' covers main, but a wildcard does not name a protected branch: read-only there, writes elsewhere.
+    const onMain = await provision(features, 'gl/4821/3005');
+    expect(onMain.cache?.exportRef).toBe('');
+    expect(onMain.cache?.readOnlyReason).toMatch(/this token's --branches do not name it/);
+    const onFeature = await provision(features, 'gl/4821/3006', undefined, { branch: 'feature-x' });
+    expect(onFeature.cache?.exportRef).toBe(`${server.info.registry}/acme/acme-group/widget-api/cache:feature-x`);
+    // The release token names main: it writes it.
+    const release = mint('--project', 'acme-group/widget-api', '--branches', 'main');
+    expect((await provision(release, 'gl/4821/3007')).cache?.exportRef).toBe(`${server.info.registry}/acme/acme-group/widget-api/cache:main`);
+    const notMain = await denied(release, { branch: 'feature-x' });
+    expect(notMain.details).toBe("identity.branch 'feature-x' is outside this token's branches (main).");
+    // --read-only: never writes.
+    const ro = mint('--read-only');
+    const roLease = await provision(ro, 'gl/4821/3008', undefined, { branch: 'feature-x' });
+    expect([roLease.cache?.exportRef, roLease.cache?.readOnlyReason]).toEqual(['', 'the credential is read-only']);
+    // token list says what each can do, never a secret.
+    const list = cli(['admin', 'token', 'list', '--org', 'acme', '--state-dir', server.stateDir]);
+    expect(list.stdout).toContain('projects acme-group/widget-api; branches main');
+    expect(list.stdout).toContain('projects any; branches any; read-only');
+    for (const t of [features, release, ro]) expect(list.stdout).not.toContain(t.split('_')[2]);
+  });
+
+  test('an org can protect more branches: release/* from a merge request is then read-only', async () => {
+    const set = cli(['admin', 'org', 'set', '--org', 'acme', '--protected-branches', 'main,release/*', '--state-dir', server.stateDir]);
+    expect(set.stdout).toContain('protected branches main, release/*');
+    const rel = { ref: 'release/2', pipeline_source: 'merge_request_event', sub: 'project_path:acme-group/widget-api:ref_type:branch:ref:release/2' };
+    const lease = await provision(await access(rel), 'gl/4821/3009', undefined, { branch: 'release/2' });
+    expect(lease.cache?.exportRef).toBe('');
+    const reset = cli(['admin', 'org', 'set', '--org', 'acme', '--protected-branches', 'default', '--state-dir', server.stateDir]);
+    expect(reset.stdout).toContain('protected branches main, master');
+    const again = await provision(await access(rel), 'gl/4821/3010', undefined, { branch: 'release/2' });
+    expect(again.cache?.exportRef).toMatch(/cache:release-2-[0-9a-f]{12}$/);
+  });
+
+  test('a token that names no project (none of the three CIs\' claims) is refused at exchange, saying so', async () => {
+    const bare = { iss: issuer.issuer, aud: 'buildcloud', sub: 'x', namespace_path: 'acme-group', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 300 };
+    const res = (await exchange(await issuer.sign(bare))) as ControlPlaneError;
+    expect(res.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(res.details).toMatch(/names no repository or project/);
   });
 });
 
