@@ -11,8 +11,9 @@ import {
   summarizeBuilds,
   unreservedSeconds
 } from '../billing';
-import { Store, UsageRecordRow } from '../store/store';
+import { Store } from '../store/store';
 import { BUILD_COMPLETED, JOB_COMPLETED } from './events';
+import { recordQueries, type RecordFacts } from './record-queries';
 
 export interface UsageReport {
   org: string;
@@ -79,21 +80,23 @@ const text = (v: unknown): string => (typeof v === 'string' ? v : '');
 
 // Records were validated on the way in; reading them defensively still keeps one odd row (an older
 // schema, a manual edit) from breaking the whole report.
-function buildFacts(r: UsageRecordRow): BuildFacts {
-  const d = r.data;
+function factsToBuild(f: RecordFacts): BuildFacts {
   return {
-    status: text(d.status),
-    totalSteps: num(d.total_steps),
-    cachedSteps: num(d.cached_steps),
-    cacheRatio: num(d.cache_ratio),
-    durationMs: num(d.duration_ms),
-    actor: text(d.actor) || undefined
+    status: text(f.status),
+    totalSteps: num(f.totalSteps),
+    cachedSteps: num(f.cachedSteps),
+    cacheRatio: num(f.cacheRatio),
+    durationMs: num(f.durationMs),
+    actor: text(f.actor) || undefined
   };
 }
 
 const TOP_USERS = 10;
 
 /**
+ * The org's usage report for `month` (YYYY-MM, UTC). Throws RangeError for a malformed month. The month's records
+ * are read in pages with the event loop free between them (record-queries.ts), so a large org's report slows down
+ * only itself.
  * @param activeLeaseSeconds seconds the org's running leases have used so far, as the lease manager bills
  *   them; when omitted, each active lease counts from its creation to `now`.
  */
@@ -108,16 +111,32 @@ export async function computeUsage(
   if (!range) throw new RangeError(`month must be YYYY-MM, got "${month}"`);
   const current = now >= range.start && now < range.end;
 
-  const [bought, billedAll, billedFrom, billedAfter, active, records, reserved, limits] = await Promise.all([
+  const [bought, billedAll, billedFrom, billedAfter, active, reserved, limits] = await Promise.all([
     store.bucketSeconds(org),
     store.billedSeconds(org),
     store.billedSeconds(org, range.start),
     store.billedSeconds(org, range.end),
     store.activeLeases(org),
-    store.usageRecords(org, range.start, range.end),
     store.reservedSeconds(org),
     store.getOrgLimits(org)
   ]);
+  const builds: BuildFacts[] = [];
+  const jobActors = new Set<string>();
+  const leaseIds = new Set<string>();
+  let jobCount = 0;
+  let jobWallSeconds = 0;
+  for await (const page of recordQueries(store).factPages(org, range.start, range.end)) {
+    for (const f of page) {
+      if (f.leaseId) leaseIds.add(f.leaseId);
+      if (f.type === BUILD_COMPLETED) builds.push(factsToBuild(f));
+      else if (f.type === JOB_COMPLETED) {
+        jobCount++;
+        jobWallSeconds += num(f.wallSeconds);
+        const actor = text(f.actor);
+        if (actor) jobActors.add(actor);
+      }
+    }
+  }
   const unreserved = unreservedSeconds({ boughtSeconds: bought, overdraftSeconds: limits.overdraftSeconds, billedSeconds: billedAll, reservedSeconds: reserved });
   const activeSeconds = activeLeaseSeconds ?? active.reduce((s, l) => s + billableSeconds(l.createdAt, now), 0);
   const bal = balance(bought, billedAll, activeSeconds);
@@ -127,20 +146,15 @@ export async function computeUsage(
 
   const ended = canCountLeases(store)
     ? await store.countEndedLeases(org, range.start, range.end)
-    : new Set(records.map((r) => r.leaseId).filter((id): id is string => !!id)).size; // best effort
+    : leaseIds.size; // best effort
   const activeInMonth = current ? active.length : 0;
 
-  const builds = records.filter((r) => r.type === BUILD_COMPLETED).map(buildFacts);
-  const jobs = records.filter((r) => r.type === JOB_COMPLETED);
   const summary = summarizeBuilds(builds);
 
   // Users: actors named by any record of the month (builds and jobs), ranked by builds.
   const perActor = new Map<string, number>();
   for (const b of builds) if (b.actor) perActor.set(b.actor, (perActor.get(b.actor) ?? 0) + 1);
-  for (const j of jobs) {
-    const actor = text(j.data.actor);
-    if (actor && !perActor.has(actor)) perActor.set(actor, 0);
-  }
+  for (const actor of jobActors) if (!perActor.has(actor)) perActor.set(actor, 0);
   const top = [...perActor.entries()]
     .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
     .slice(0, TOP_USERS)
@@ -183,7 +197,7 @@ export async function computeUsage(
       northStarGoal: NORTH_STAR_GOAL,
       northStarMet: summary.builds > 0 && summary.withCachedStepShare >= NORTH_STAR_GOAL
     },
-    jobs: { count: jobs.length, wallSeconds: Math.round(jobs.reduce((s, j) => s + num(j.data.wall_seconds), 0)) },
+    jobs: { count: jobCount, wallSeconds: Math.round(jobWallSeconds) },
     users: { distinct: perActor.size, top }
   };
 }
@@ -209,8 +223,13 @@ export async function pipelineUsage(store: Store, org: string, pipelineKey: stri
   let billedSeconds = 0;
   for (const l of leases) billedSeconds += l.billedSeconds ?? billableSeconds(l.createdAt, now);
   const since = leases.length ? Math.min(...leases.map((l) => l.createdAt)) - 3600_000 : now;
-  const records = leases.length ? await store.usageRecords(org, since, now + 3600_000) : [];
-  const builds = records.filter((r) => r.type === BUILD_COMPLETED && r.leaseId !== null && ids.has(r.leaseId)).map(buildFacts);
+  // In pages, like computeUsage: the window holds every record of the org in it, not only this pipeline's.
+  const builds: BuildFacts[] = [];
+  if (leases.length) {
+    for await (const page of recordQueries(store).factPages(org, since, now + 3600_000)) {
+      for (const f of page) if (f.type === BUILD_COMPLETED && f.leaseId !== null && ids.has(f.leaseId)) builds.push(factsToBuild(f));
+    }
+  }
   const sum = summarizeBuilds(builds);
   return {
     org,
