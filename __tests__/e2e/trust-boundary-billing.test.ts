@@ -188,3 +188,43 @@ describe('buckets that hold', () => {
     expect(u.seconds).toMatchObject({ bought: 60, used: 60, overdraft: 0, reserved: 0, unreserved: 0 });
   });
 });
+
+// Finding 4's second half with no admin action at all: by default one org cannot take every builder, and idle
+// builders of one org never keep another from building.
+describe('capacity is shared by default', () => {
+  let small: ServerProcess;
+  const own: TestClient[] = [];
+  afterAll(async () => {
+    for (const c of own) c.close();
+    if (small) expect(await small.stop()).toBe(0);
+  });
+
+  test('--max-builders 4: acme gets 3 (the default 3/4 share), beta still gets one, and later a builder acme left in grace', async () => {
+    small = await startServer(['--max-builders', '4', '--warm-pool', '0', '--grace', '10m']);
+    const client = (name: string) => {
+      const c = new TestClient(small.info.grpc, adminSetup(small.stateDir, name, 600));
+      own.push(c);
+      return c;
+    };
+    const acme = client('acme');
+    const beta = client('beta');
+    const a = [];
+    for (let i = 0; i < 3; i++) a.push(await acme.provision({ pipelineKey: `acme/${i}/1`, jobId: 'build' }));
+    const fourth = (await acme.provision({ pipelineKey: 'acme/3/1', jobId: 'build' }).catch((e) => e)) as grpc.ServiceError;
+    expect(fourth.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(fourth.details).toContain("Org 'acme' is at its limit of 3 concurrent builder(s)");
+    const b1 = await beta.provision({ pipelineKey: 'beta/1/1', jobId: 'build' });
+    expect(b1.builders).toHaveLength(1);
+    // acme's first pipeline ends; its builder waits out a 10-minute grace. The pool is full (3 acme + 1 beta), but
+    // beta's next pipeline takes the idle builder's place instead of being refused.
+    await acme.release(a[0].id);
+    const b2 = await beta.provision({ pipelineKey: 'beta/2/1', jobId: 'build' });
+    expect(b2.builders[0].builderId).not.toBe(a[0].builders[0].builderId);
+    await waitFor('the evicted builder to be logged', async () => small.stderr().includes('at capacity: making room for another lease'));
+    // Every builder held now: the next one is refused, and nothing held is evicted.
+    const full = (await beta.provision({ pipelineKey: 'beta/3/1', jobId: 'build' }).catch((e) => e)) as grpc.ServiceError;
+    expect(full.code).toBe(grpc.status.UNAVAILABLE);
+    for (const l of [...a.slice(1)]) await acme.release(l.id);
+    for (const l of [b1, b2]) await beta.release(l.id);
+  });
+});

@@ -70,3 +70,28 @@ test('concurrent cold starts of one org stop at its cap; another org still gets 
   pool.limitOrg('acme', null);
   await expect(pool.acquire('acme-p10', 'acme', 'linux/amd64', 'l10')).resolves.toMatchObject({ shared: false });
 });
+
+test("at capacity, idle builders give way: acme's builders in their grace period never keep beta from building", async () => {
+  await pool.stop();
+  driver = new SlowDriver();
+  let destroyed = 0;
+  driver.destroy = async () => void destroyed++;
+  const pki = await Pki.loadOrCreate(dir);
+  pool = new BuilderPool({ driver, pki, host: '127.0.0.1', warmPool: 0, maxBuilders: 2, graceMs: 60_000, log, onActivity: () => undefined });
+  const a1 = await pool.acquire('acme-p1', 'acme', 'linux/amd64', 'a1');
+  const a2 = await pool.acquire('acme-p2', 'acme', 'linux/amd64', 'a2');
+  // Full and every builder held: refused, nothing destroyed.
+  const full = (await pool.acquire('beta-p1', 'beta', 'linux/amd64', 'b0').catch((e: ApiError) => e)) as ApiError;
+  expect(full.code).toBe(grpc.status.UNAVAILABLE);
+  expect(destroyed).toBe(0);
+  // acme's jobs end: both builders wait out their grace for later stages. beta's job takes the older one's place.
+  pool.release(a1.builder.id, 'a1', 'fp1');
+  pool.release(a2.builder.id, 'a2', 'fp2');
+  const b = await pool.acquire('beta-p1', 'beta', 'linux/amd64', 'b1');
+  expect(b.shared).toBe(false);
+  expect(destroyed).toBe(1);
+  expect(pool.orgBuilders('beta')).toBe(1);
+  // The other acme builder still serves acme's next stage (shared, no cold start).
+  const again = await pool.acquire('acme-p2', 'acme', 'linux/amd64', 'a3');
+  expect([again.shared, again.builder.id]).toEqual([true, a2.builder.id]);
+});

@@ -18,6 +18,7 @@ export interface LiveBuilder {
   holders: Set<string>; // lease ids
   graceTimer: NodeJS.Timeout | null;
   state: 'warm' | 'assigned' | 'grace' | 'destroying';
+  graceSince?: number; // unix ms its grace period began (the oldest gives way first when the pool is full)
   destroyed: Promise<void> | null; // set once destruction starts: stop() must wait for one already under way
 }
 
@@ -110,21 +111,27 @@ export class BuilderPool {
       existing.holders.add(leaseId);
       return { builder: existing, warm: false, shared: true };
     }
-    // Checked and counted without an await in between (a cold start counts from here), so concurrent
-    // provisions of one org cannot all pass the check before any builder is assigned.
-    const orgMax = this.orgMax.get(org);
-    if (orgMax !== undefined && this.orgBuilders(org) >= orgMax) {
-      throw exhausted(
-        `Org '${org}' is at its limit of ${orgMax} concurrent builder(s). Release a lease or wait for one to end, ` +
-          `or raise the limit: buildcloud admin org set --org ${org} --max-builders N`
-      );
+    let builder: LiveBuilder | undefined;
+    for (;;) {
+      // Checked and counted without an await in between (a cold start counts from here), so concurrent
+      // provisions of one org cannot all pass the check before any builder is assigned.
+      const orgMax = this.orgMax.get(org);
+      if (orgMax !== undefined && this.orgBuilders(org) >= orgMax) {
+        throw exhausted(
+          `Org '${org}' is at its limit of ${orgMax} concurrent builder(s). Release a lease or wait for one to end, ` +
+            `or raise the limit: buildcloud admin org set --org ${org} --max-builders N`
+        );
+      }
+      builder = [...this.live.values()].find((b) => b.state === 'warm' && b.platform === platform);
+      if (builder || this.size < this.opts.maxBuilders) break;
+      // At capacity: a builder nobody holds (in its grace period, or warm for another platform) gives way, so
+      // idle builders of one org never keep another org from building. Then everything is checked again.
+      const idle = this.evictable(platform);
+      if (!idle) throw unavailable(`The control plane is at capacity (${this.opts.maxBuilders} builders, --max-builders). Retry shortly.`);
+      await this.destroy(idle.id, 'at capacity: making room for another lease');
     }
-    let builder = [...this.live.values()].find((b) => b.state === 'warm' && b.platform === platform);
     const warm = Boolean(builder);
     if (!builder) {
-      if (this.size >= this.opts.maxBuilders) {
-        throw unavailable(`The control plane is at capacity (${this.opts.maxBuilders} builders, --max-builders). Retry shortly.`);
-      }
       this.startingFor.set(org, (this.startingFor.get(org) ?? 0) + 1);
       try {
         builder = await this.startBuilder(platform, 'assigned');
@@ -152,6 +159,17 @@ export class BuilderPool {
     return { builder, warm, shared: false };
   }
 
+  // The idle builder to destroy when the pool is full: the one longest in its grace period, else a warm one of
+  // another platform (a warm one of this platform would have been taken). Null when every builder is held.
+  private evictable(platform: string): LiveBuilder | null {
+    let best: LiveBuilder | null = null;
+    for (const b of this.live.values()) {
+      if (b.state === 'grace' && (!best || best.state !== 'grace' || (b.graceSince ?? 0) < (best.graceSince ?? 0))) best = b;
+      else if (!best && b.state === 'warm' && b.platform !== platform) best = b;
+    }
+    return best;
+  }
+
   // Drops a lease's hold; the last one starts the grace period, after which the builder is destroyed.
   release(builderId: string, leaseId: string, fingerprint: string): void {
     const b = this.live.get(builderId);
@@ -160,6 +178,7 @@ export class BuilderPool {
     b.holders.delete(leaseId);
     if (b.holders.size > 0 || b.state === 'destroying') return;
     b.state = 'grace';
+    b.graceSince = Date.now();
     if (b.graceTimer) clearTimeout(b.graceTimer);
     b.graceTimer = setTimeout(() => void this.destroy(b.id, 'grace period over'), this.opts.graceMs);
     b.graceTimer.unref();

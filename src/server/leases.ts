@@ -5,7 +5,7 @@ import { hashToken, sameSecret } from './auth';
 import type { Logger } from '../common/log';
 import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
 import type { LeaseEndReason, LeaseRow, ReserveResult, Store } from './store/store';
-import type { ServerConfig } from './config';
+import { orgMaxBuildersDefault, type ServerConfig } from './config';
 import type { Pki } from './pki';
 import { BuilderPool, newId, type LiveBuilder } from './builders';
 import { cacheRefs, registryScope } from './cache-refs';
@@ -172,7 +172,13 @@ export class LeaseManager {
       throw exhausted(refusal(org, reserved));
     }
     row.reservedSeconds = reserved.reservedSeconds;
-    pool.limitOrg(org, limits.maxBuilders);
+    // The org's own cap, else, when several orgs share this control plane, the server's per-org share
+    // (--org-max-builders, default 3/4 of --max-builders): one org alone cannot hold every builder.
+    let serverOrgMax: number | null = null;
+    if (limits.maxBuilders === null && (await this.d.store.listOrgs()).length > 1) {
+      serverOrgMax = this.d.config.orgMaxBuilders === undefined ? orgMaxBuildersDefault(this.d.config.maxBuilders) : this.d.config.orgMaxBuilders;
+    }
+    pool.limitOrg(org, limits.maxBuilders ?? serverOrgMax);
     const acquired: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }> = [];
     try {
       for (const platform of platforms) {
