@@ -110,6 +110,10 @@ describe('resolveLeaseIdentity', () => {
     expect(() => resolveLeaseIdentity(oidc({}), req({ project: 'acme/other-project' }), P)).toThrow(/identity.project 'acme\/other-project' is not the project of this job's OIDC token \('acme\/app'\)/);
     expect(() => resolveLeaseIdentity(oidc({}), req({ branch: 'main' }), P)).toThrow(/identity.branch 'main' is not the branch of this job's OIDC token \('feature-x'\)/);
   });
+  test('OIDC: a token naming no branch (a tag) with a job naming one: that branch, read-only', () => {
+    expect(resolveLeaseIdentity(oidc({ branch: '' }), req({ branch: 'feature-y' }), P)).toMatchObject({ branch: 'feature-y', readOnly: true, readOnlyReason: "this job's OIDC token names no branch, so 'feature-y' is not proven" });
+    expect(resolveLeaseIdentity(oidc({ branch: '' }), req({ branch: '' }), P)).toMatchObject({ branch: '', readOnly: false });
+  });
   test('OIDC: the request may narrow (a fork flag makes it read-only)', () => {
     expect(resolveLeaseIdentity(oidc({}), req({ fork: true }), P)).toMatchObject({ readOnly: true });
   });

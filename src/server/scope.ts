@@ -209,13 +209,16 @@ export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: Req
     if (req.project && req.project.toLowerCase() !== v.project.toLowerCase()) {
       throw new ScopeError(`identity.project '${req.project}' is not the project of this job's OIDC token ('${v.project}'): a job provisions only for its own project.`);
     }
-    if (req.branch && req.branch !== v.branch) {
-      throw new ScopeError(`identity.branch '${req.branch}' is not the branch of this job's OIDC token ('${v.branch || 'none: a tag or another ref'}'): a job provisions only for its own branch.`);
+    if (req.branch && v.branch && req.branch !== v.branch) {
+      throw new ScopeError(`identity.branch '${req.branch}' is not the branch of this job's OIDC token ('${v.branch}'): a job provisions only for its own branch.`);
     }
     out.project = v.project;
-    out.branch = v.branch;
     out.verified = true;
     if (v.readOnly) narrow(v.readOnlyReason);
+    if (v.branch) out.branch = v.branch;
+    // The token names no branch (a tag, or a ref GitLab does not call a branch) but the job does: it may read that
+    // branch's cache, as any job of the project may, and write nothing.
+    else if (req.branch) narrow(`this job's OIDC token names no branch, so '${req.branch}' is not proven`);
   }
   if (scope.projects && !matchesPatterns(scope.projects, out.project, true)) {
     throw new ScopeError(`identity.project '${out.project}' is outside this token's projects (${scope.projects.join(', ')}).`);
