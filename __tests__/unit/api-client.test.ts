@@ -163,6 +163,78 @@ describe('transient failures are retried', () => {
   });
 });
 
+describe('rate limits: RESOURCE_EXHAUSTED with `retry-after` is retried after the delay, without it is not', () => {
+  // What the control plane sends for a rate limit (src/server/grpc-api.ts): the delay in trailing metadata.
+  const rateLimited = (seconds: string) => {
+    const metadata = new grpc.Metadata();
+    metadata.set('retry-after', seconds);
+    return { ...rpcError(grpc.status.RESOURCE_EXHAUSTED, `Rate limit exceeded: ... retry after ${seconds} s.`), metadata };
+  };
+
+  test('a rate limit is waited out (the server\'s delay plus at most 10% jitter), then the call succeeds', async () => {
+    plane.on('Provision', (req, n) => {
+      if (n === 1) throw rateLimited('2');
+      return leaseFor(req);
+    });
+    const slept: number[] = [];
+    const onRetry = jest.fn();
+    const lease = await client({ onRetry, sleep: async (ms) => void slept.push(ms) }).provision(REQ);
+    expect(lease.id).toBe('lease-0001');
+    expect(plane.callsOf('Provision')).toHaveLength(2);
+    expect(slept).toHaveLength(1);
+    expect(slept[0]).toBeGreaterThanOrEqual(2000);
+    expect(slept[0]).toBeLessThan(2200);
+    expect(onRetry.mock.calls[0][0]).toMatchObject({ method: 'Provision', attempt: 1, delayMs: slept[0] });
+  });
+
+  test('the error says it is a rate limit and how long to wait; attempts still bound the retries', async () => {
+    plane.on('Provision', () => {
+      throw rateLimited('1');
+    });
+    const slept: number[] = [];
+    const err = await failure(client({ attempts: 3, sleep: async (ms) => void slept.push(ms) }).provision(REQ));
+    expect(plane.callsOf('Provision')).toHaveLength(3);
+    expect(slept).toHaveLength(2);
+    expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(err.rateLimited).toBe(true);
+    expect(err.retryAfterMs).toBe(1000);
+    expect(err.transient).toBe(false);
+  });
+
+  test('a delay longer than maxRetryAfterMs is reported at once, not waited for', async () => {
+    plane.on('Provision', () => {
+      throw rateLimited('120');
+    });
+    const slept: number[] = [];
+    const err = await failure(client({ maxRetryAfterMs: 30_000, sleep: async (ms) => void slept.push(ms) }).provision(REQ));
+    expect(plane.callsOf('Provision')).toHaveLength(1);
+    expect(slept).toEqual([]);
+    expect(err.rateLimited).toBe(true);
+    expect(err.retryAfterMs).toBe(120_000);
+  });
+
+  test('RESOURCE_EXHAUSTED without retry-after (no build minutes left) is not retried', async () => {
+    plane.on('Provision', () => {
+      throw rpcError(grpc.status.RESOURCE_EXHAUSTED, "Org 'acme' has no build minutes left");
+    });
+    const slept: number[] = [];
+    const err = await failure(client({ sleep: async (ms) => void slept.push(ms) }).provision(REQ));
+    expect(plane.callsOf('Provision')).toHaveLength(1);
+    expect(slept).toEqual([]);
+    expect(err.rateLimited).toBe(false);
+    expect(err.retryAfterMs).toBeUndefined();
+  });
+
+  test('a retry-after that is not whole seconds is ignored: the error is permanent', async () => {
+    plane.on('Provision', () => {
+      throw rateLimited('soon');
+    });
+    const err = await failure(client().provision(REQ));
+    expect(plane.callsOf('Provision')).toHaveLength(1);
+    expect(err.rateLimited).toBe(false);
+  });
+});
+
 describe('permanent failures are reported at once with the server\'s message', () => {
   test.each([
     ['UNAUTHENTICATED', grpc.status.UNAUTHENTICATED, 'invalid or expired token'],

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { buildHttpApp, createMetrics, HttpDeps, Principal } from '../../src/server/http';
 import { buildCompletedEvent, jobCompletedEvent } from '../../src/server/metering/events';
 import { computeUsage } from '../../src/server/metering/usage';
+import { RateLimiter } from '../../src/server/rate-limit';
 import { openSqliteStore, SqliteStore } from '../../src/server/store/sqlite';
 import { LeaseRow } from '../../src/server/store/store';
 
@@ -352,5 +353,142 @@ describe('GET /v1/orgs/:org/usage', () => {
     expect(u.seconds).toMatchObject({ left: 0, overdraft: 30 });
     expect(u.minutes).toMatchObject({ left: 0, overdraft: 0.5 });
     expect(u.canProvision).toBe(false);
+  });
+});
+
+describe('rate limit and record caps (issue 9)', () => {
+  let clock: number;
+  const limited = (over: Partial<HttpDeps> = {}) => {
+    clock = NOW;
+    return makeApp({
+      now: () => clock,
+      recordLimiter: new RateLimiter({
+        limit: 'records', flag: '--record-rate', burstFlag: '--record-burst', unit: 'usage records', ratePerSecond: 10, burst: 20, now: () => clock,
+        onLimited: () => metrics.rateLimited.inc({ limit: 'records' }) // as server.ts wires it
+      }),
+      ...over
+    });
+  };
+  const batch = (prefix: string, n: number, over: Parameters<typeof build>[1] = {}) => Array.from({ length: n }, (_, i) => build(`${prefix}${i}`, over));
+
+  test('records are counted per event: a batch over what is left → 429 with Retry-After and the flag, nothing stored', async () => {
+    const a = limited();
+    try {
+      expect((await post(batch('a', 15), { a })).statusCode).toBe(200); // 5 left
+      const r = await post(batch('b', 10), { a });
+      expect(r.statusCode).toBe(429);
+      expect(r.headers['retry-after']).toBe('1'); // 5 more at 10/s: 0.5 s, rounded up to whole seconds
+      expect(r.json()).toEqual({
+        error: {
+          code: 'rate_limited',
+          limit: 'records',
+          flag: '--record-rate',
+          retryAfterSeconds: 1,
+          message:
+            "Rate limit exceeded: at most 10 usage records per second per credential (bursts of 20); retry after 1 s. The control plane's operator sets this limit with --record-rate and --record-burst."
+        }
+      });
+      expect(await store.usageRecords('acme', 0, NOW * 2)).toHaveLength(15);
+      // The same batch once the bucket has refilled: accepted.
+      clock += 500;
+      expect((await post(batch('b', 10), { a })).json()).toMatchObject({ accepted: 10 });
+    } finally {
+      await a.close();
+    }
+  });
+
+  test('an empty bucket is refused before the body is even parsed; another org keeps being served', async () => {
+    const a = limited();
+    try {
+      await post(batch('a', 20), { a });
+      const r = await post('{not json', { a });
+      expect(r.statusCode).toBe(429); // not 400: the body was never looked at
+      expect(r.headers['retry-after']).toBe('1');
+      const beta = await post([build('x', { org: 'beta', lease: 'L-beta' })], { a, token: 'tok-beta' });
+      expect(beta.statusCode).toBe(200);
+      expect(beta.json()).toMatchObject({ accepted: 1 });
+      const m = await request(a, { method: 'GET', url: '/metrics' });
+      expect(m.body).toMatch(/^buildcloud_rate_limited_total\{limit="records"\} 1$/m);
+    } finally {
+      await a.close();
+    }
+  });
+
+  test('the key is the credential: two principals with the same limitKey share one bucket', async () => {
+    const a = limited({
+      authenticate: async (bearer) =>
+        bearer === 'tok-acme' || bearer === 'tok-acme-2' ? { kind: 'org', org: 'acme', subject: `s-${bearer}`, limitKey: 'token:same' } : null
+    });
+    try {
+      expect((await post(batch('a', 20), { a })).statusCode).toBe(200);
+      expect((await post(batch('b', 1), { a, token: 'tok-acme-2' })).statusCode).toBe(429);
+    } finally {
+      await a.close();
+    }
+  });
+
+  test('per-lease cap: records beyond it are rejected one by one, naming the cap and its flag; resends stay duplicates', async () => {
+    await store.insertLease(lease('L-acme-2', 'acme'));
+    const a = makeApp({ recordCaps: { perLease: 3, perOrgDay: 0 } });
+    try {
+      const first = batch('a', 2);
+      expect((await post(first, { a })).json()).toMatchObject({ accepted: 2 });
+      const r = (await post([...batch('b', 3), first[0], build('other', { lease: 'L-acme-2' })], { a })).json();
+      expect(r.results.map((x: { status: string }) => x.status)).toEqual(['accepted', 'rejected', 'rejected', 'duplicate', 'accepted']);
+      expect(r.results[1].reason).toBe(
+        'lease "L-acme" already holds 3 usage records, the most one lease may store (set by --max-records-per-lease); this record was not stored'
+      );
+      expect((await store.usageRecords('acme', 0, NOW * 2)).filter((x) => x.leaseId === 'L-acme')).toHaveLength(3);
+      // A resend of a stored record past the cap is still a duplicate, not a rejection.
+      expect((await post([first[1]], { a })).json().results[0].status).toBe('duplicate');
+    } finally {
+      await a.close();
+    }
+  });
+
+  test('per-org daily cap counts what the org stored today (also before this process started), by arrival', async () => {
+    await post(batch('old', 2)); // stored by the default app: the capped app counts them from the store
+    await store.insertLease(lease('L-acme-2', 'acme'));
+    let clock = NOW;
+    const a = makeApp({ now: () => clock, recordCaps: { perLease: 0, perOrgDay: 4 } });
+    try {
+      const r = (await post([...batch('a', 2), build('c', { lease: 'L-acme-2' })], { a })).json();
+      expect(r.results.map((x: { status: string }) => x.status)).toEqual(['accepted', 'accepted', 'rejected']);
+      expect(r.results[2].reason).toMatch(/^org "acme" already stored 4 usage records today \(UTC\), the most one org may store per day \(set by --max-records-per-org-day\); this record was not stored/);
+      // beta has its own count.
+      expect((await post([build('x', { org: 'beta', lease: 'L-beta' })], { a, token: 'tok-beta' })).json()).toMatchObject({ accepted: 1 });
+      // The next UTC day starts from zero.
+      clock = NOW + 86_400_000;
+      expect((await post([build('c', { lease: 'L-acme-2' })], { a })).json()).toMatchObject({ accepted: 1 });
+    } finally {
+      await a.close();
+    }
+  });
+});
+
+describe('usage report of a large org', () => {
+  test('reads the month in pages: the event loop runs between them, and the totals match every record', async () => {
+    const insert = store.db.prepare('INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    const n = 5000; // over two pages of 2000
+    store.db.transaction(() => {
+      for (let i = 0; i < n; i++) {
+        const e = build(`big${i}`, { cached: i % 2, actor: `u${i % 7}`, time: NOW - 1000 - (i % 10) }); // many equal times
+        insert.run(e.id, 'acme', e.type, Date.parse(e.time as string), NOW, 'L-acme', JSON.stringify(e.data));
+      }
+    })();
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const immediates: Promise<void>[] = [];
+    let turns = 0;
+    const spin = () => {
+      turns++;
+      if (turns < 1000) immediates.push(new Promise((r) => setImmediate(() => r(spin()))));
+    };
+    spin();
+    const report = await computeUsage(store, 'acme', '2025-01', NOW);
+    clearInterval(timer);
+    expect(turns).toBeGreaterThan(2); // other work ran while the report was being made
+    expect(report.builds).toMatchObject({ count: n, cachedSteps: n / 2, totalSteps: 4 * n, succeeded: n });
+    expect(report.users.distinct).toBe(7);
   });
 });

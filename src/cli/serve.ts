@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../common/log';
-import { ConfigError, DEFAULTS, checkListenSecurity, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
+import { ConfigError, DEFAULTS, DEFAULT_LIMITS, checkListenSecurity, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseLimits, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
 
 export function registerServe(program: Command): void {
   program
@@ -30,6 +30,12 @@ export function registerServe(program: Command): void {
     .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
     .option('--insecure', 'allow plaintext gRPC and HTTP on a non-loopback --host (without it, such a host needs --tls-cert/--tls-key); warns at every start', false)
+    .option('--provision-rate <per-second>', 'Provision calls per second per credential, refused beyond with RESOURCE_EXHAUSTED (0 = no limit)', String(DEFAULT_LIMITS.provisionRate))
+    .option('--provision-burst <n>', 'Provision calls one credential may make at once after idling', String(DEFAULT_LIMITS.provisionBurst))
+    .option('--record-rate <per-second>', 'usage records (events, not requests) per second per credential, refused beyond with HTTP 429 (0 = no limit)', String(DEFAULT_LIMITS.recordRate))
+    .option('--record-burst <n>', 'usage records one credential may send at once after idling (at least 1000)', String(DEFAULT_LIMITS.recordBurst))
+    .option('--max-records-per-lease <n>', 'usage records stored per lease; more are rejected (0 = no cap)', String(DEFAULT_LIMITS.maxRecordsPerLease))
+    .option('--max-records-per-org-day <n>', 'usage records an org may store per UTC day; more are rejected (0 = no cap)', String(DEFAULT_LIMITS.maxRecordsPerOrgDay))
     .option('--json', 'print where it listens as one JSON line on stdout', false)
     .action(async (o) => {
       const config: ServerConfig = validateConfig({
@@ -53,7 +59,8 @@ export function registerServe(program: Command): void {
         builderEgressAllow: parseEgressAllow(o.builderEgressAllow),
         insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
         tls: tlsFiles(o.tlsCert, o.tlsKey),
-        insecure: Boolean(o.insecure)
+        insecure: Boolean(o.insecure),
+        limits: parseLimits(o)
       });
       const insecureWarning = checkListenSecurity(config); // throws before anything listens
       const log = createLogger();

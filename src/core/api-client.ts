@@ -13,6 +13,10 @@ export interface ApiClientOptions {
   baseDelayMs?: number;
   maxDelayMs?: number;
   onRetry?: (info: { method: string; attempt: number; delayMs: number; error: string }) => void;
+  // A rate limit (RESOURCE_EXHAUSTED with `retry-after` metadata) is retried after the server's delay, unless that
+  // delay is longer than this (ms, default 30_000): then the error is reported at once.
+  maxRetryAfterMs?: number;
+  sleep?: (ms: number) => Promise<void>; // injectable for tests
 }
 
 const TRANSIENT = new Set([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.ABORTED]);
@@ -22,7 +26,9 @@ export class ControlPlaneError extends Error {
     readonly method: string,
     readonly code: grpc.status,
     readonly details: string,
-    readonly attempts: number
+    readonly attempts: number,
+    // From the server's `retry-after` trailing metadata (whole seconds), in ms; only rate limits send it.
+    readonly retryAfterMs?: number
   ) {
     super(`${method} failed: ${details || grpc.status[code]} (${grpc.status[code]}${attempts > 1 ? `, after ${attempts} attempts` : ''})`);
     this.name = 'ControlPlaneError';
@@ -30,6 +36,20 @@ export class ControlPlaneError extends Error {
   get transient(): boolean {
     return TRANSIENT.has(this.code);
   }
+  /**
+   * A per-credential rate limit: RESOURCE_EXHAUSTED that says when to retry. RESOURCE_EXHAUSTED without `retry-after`
+   * (no build minutes left, an org's lease or builder cap) is not: waiting does not change it.
+   */
+  get rateLimited(): boolean {
+    return this.code === grpc.status.RESOURCE_EXHAUSTED && this.retryAfterMs !== undefined;
+  }
+}
+
+/** `retry-after` metadata as ms: whole seconds only; undefined when absent or not a number of seconds. */
+export function retryAfterFromMetadata(md: grpc.Metadata | undefined): number | undefined {
+  const v = md?.get('retry-after')[0];
+  const s = typeof v === 'string' ? v.trim() : '';
+  return /^\d{1,6}$/.test(s) ? Number(s) * 1000 : undefined;
 }
 
 export function parseEndpoint(endpoint: string): { address: string; secure: boolean } {
@@ -48,7 +68,15 @@ export class ApiClient {
   private readonly o: Required<Omit<ApiClientOptions, 'token' | 'onRetry'>> & Pick<ApiClientOptions, 'token' | 'onRetry'>;
 
   constructor(opts: ApiClientOptions) {
-    this.o = { deadlineMs: 30_000, attempts: 5, baseDelayMs: 500, maxDelayMs: 8_000, ...opts };
+    this.o = {
+      deadlineMs: 30_000,
+      attempts: 5,
+      baseDelayMs: 500,
+      maxDelayMs: 8_000,
+      maxRetryAfterMs: 30_000,
+      sleep: (ms: number) => new Promise((r) => setTimeout(r, ms)),
+      ...opts
+    };
     const { address, secure } = parseEndpoint(opts.endpoint);
     // grpcs:// trusts the system roots, plus a private CA from BUILDCLOUD_CA_FILE (PEM) for self-hosted planes.
     const ca = process.env.BUILDCLOUD_CA_FILE ? fs.readFileSync(process.env.BUILDCLOUD_CA_FILE) : undefined;
@@ -99,15 +127,19 @@ export class ApiClient {
           const md = new grpc.Metadata();
           if (authed && this.o.token) md.set('authorization', `Bearer ${this.o.token}`);
           client[method](req, md, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) =>
-            err ? reject(new ControlPlaneError(method, err.code, err.details, attempt)) : resolve(res)
+            err ? reject(new ControlPlaneError(method, err.code, err.details, attempt, retryAfterFromMetadata(err.metadata))) : resolve(res)
           );
         });
       } catch (err) {
         const e = err as ControlPlaneError;
-        if (!e.transient || attempt >= attempts) throw e;
-        const delayMs = backoffDelay(attempt, this.o.baseDelayMs, this.o.maxDelayMs);
+        const waitable = e.rateLimited && (e.retryAfterMs as number) <= this.o.maxRetryAfterMs;
+        if (!(e.transient || waitable) || attempt >= attempts) throw e;
+        // A rate limit: the server's delay plus up to 10% jitter, so the jobs it refused together do not return together.
+        const delayMs = waitable
+          ? (e.retryAfterMs as number) + Math.floor(Math.random() * 0.1 * (e.retryAfterMs as number))
+          : backoffDelay(attempt, this.o.baseDelayMs, this.o.maxDelayMs);
         this.o.onRetry?.({ method, attempt, delayMs, error: e.details });
-        await new Promise((r) => setTimeout(r, delayMs));
+        await this.o.sleep(delayMs);
       }
     }
   }

@@ -26,6 +26,61 @@ export interface ServerConfig {
   insecureOidcIssuers: boolean; // accept http:// issuers (tests, self-hosted GitLab on a private network)
   tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
   insecure?: boolean; // --insecure: plaintext although --host is not loopback (checkListenSecurity)
+  limits?: ServeLimits; // rate limits and record caps (docs/operations.md); DEFAULT_LIMITS when absent
+}
+
+// Per-credential rate limits and usage-record caps (issue 9). A rate of 0 (or a cap of 0) turns that limit off.
+export interface ServeLimits {
+  provisionRate: number; // Provision calls per second per credential (--provision-rate)
+  provisionBurst: number; // Provision calls at once after idling (--provision-burst)
+  recordRate: number; // usage records (events, not requests) per second per credential (--record-rate)
+  recordBurst: number; // records at once (--record-burst); at least one full batch (1000)
+  maxRecordsPerLease: number; // stored usage records per lease (--max-records-per-lease)
+  maxRecordsPerOrgDay: number; // usage records an org may store per UTC day (--max-records-per-org-day)
+}
+
+// Far above legitimate use: the demo runs 12 builds, e2e tests provision 50 at once with one token, and a job's post
+// step sends its records in batches of 100. A flood from one credential is slowed down long before it hurts.
+export const DEFAULT_LIMITS: ServeLimits = {
+  provisionRate: 20,
+  provisionBurst: 200,
+  recordRate: 500,
+  recordBurst: 5000,
+  maxRecordsPerLease: 10_000,
+  maxRecordsPerOrgDay: 200_000
+};
+
+// The batch limit of POST /v1/events: a record burst below it would refuse a full batch for ever.
+const MIN_RECORD_BURST = 1000;
+
+/**
+ * Parses the rate and cap flags of `serve` (strings as commander gives them). Throws ConfigError naming the flag and
+ * what it expects. Rates are numbers of units per second (decimals allowed, e.g. 0.5); bursts and caps whole numbers.
+ */
+export function parseLimits(o: Partial<Record<keyof ServeLimits, string>>): ServeLimits {
+  const rate = (v: string | undefined, flag: string, dflt: number): number => {
+    if (v === undefined) return dflt;
+    const s = String(v).trim();
+    const n = Number(s);
+    if (!/^\d+(\.\d+)?$/.test(s) || !(n <= 1_000_000)) {
+      throw new ConfigError(`Invalid ${flag} '${v}'. Expected a number per second from 0 (no limit) to 1000000, e.g. 20 or 0.5.`);
+    }
+    return n;
+  };
+  const whole = (v: string | undefined, flag: string, dflt: number, min: number, max: number): number =>
+    v === undefined ? dflt : parseIntFlag(v, flag, min, max);
+  const l: ServeLimits = {
+    provisionRate: rate(o.provisionRate, '--provision-rate', DEFAULT_LIMITS.provisionRate),
+    provisionBurst: whole(o.provisionBurst, '--provision-burst', DEFAULT_LIMITS.provisionBurst, 1, 1_000_000),
+    recordRate: rate(o.recordRate, '--record-rate', DEFAULT_LIMITS.recordRate),
+    recordBurst: whole(o.recordBurst, '--record-burst', DEFAULT_LIMITS.recordBurst, 1, 100_000_000),
+    maxRecordsPerLease: whole(o.maxRecordsPerLease, '--max-records-per-lease', DEFAULT_LIMITS.maxRecordsPerLease, 0, 100_000_000),
+    maxRecordsPerOrgDay: whole(o.maxRecordsPerOrgDay, '--max-records-per-org-day', DEFAULT_LIMITS.maxRecordsPerOrgDay, 0, 1_000_000_000)
+  };
+  if (l.recordBurst < MIN_RECORD_BURST) {
+    throw new ConfigError(`Invalid --record-burst '${o.recordBurst}'. Expected a whole number of at least ${MIN_RECORD_BURST} (one full batch of POST /v1/events).`);
+  }
+  return l;
 }
 
 export const DEFAULTS = {

@@ -8,6 +8,7 @@ import type { Store } from './store/store';
 import { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, issueAccessToken, type Authenticator, type OidcVerifier, type Principal, type SigningKey } from './auth';
 import { ScopeError, verifiedIdentityFromClaims, type VerifiedIdentity } from './scope';
 import { validateOrgName, validateProvisionIdentity } from './validate';
+import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
 
 export interface GrpcApiDeps {
   leases: LeaseManager;
@@ -17,6 +18,7 @@ export interface GrpcApiDeps {
   signingKey: SigningKey;
   accessTokenTtlS: number;
   log: Logger;
+  provisionLimiter?: RateLimiter | null; // Provision calls per credential (--provision-rate); none: no limit
 }
 
 type Handler<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
@@ -26,6 +28,13 @@ function unary<Req, Res>(log: Logger, name: string, fn: Handler<Req, Res>): grpc
     fn(call).then(
       (res) => callback(null, res),
       (err: unknown) => {
+        if (err instanceof RateLimited) {
+          // The wait is in the message for people and in trailing metadata for clients: `retry-after` (whole seconds)
+          // tells a rate limit, worth retrying after it, from RESOURCE_EXHAUSTED for an empty bucket, which is not.
+          const metadata = new grpc.Metadata();
+          metadata.set('retry-after', String(err.retryAfterSeconds));
+          return callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: err.message, metadata });
+        }
         if (err instanceof ApiError) return callback({ code: err.code, details: err.message });
         if (err instanceof AuthError) {
           // AuthError messages are for the operator (they may name rules and orgs); the caller gets the generic one.
@@ -67,6 +76,7 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
   server.addService(BuildCloud.service, {
     Provision: unary<ProvisionRequestMsg, unknown>(d.log, 'Provision', async (call) => {
       const { org, principal } = await caller(call.metadata, call.request.org);
+      d.provisionLimiter?.check(rateLimitKey(principal)); // after authentication: a stranger cannot drain a token's bucket
       validateProvisionIdentity(call.request);
       return d.leases.provision(org, call.request, principal.scope);
     }),

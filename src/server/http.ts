@@ -5,13 +5,22 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Logger } from '../common/log';
 import { EventsBodyError } from './metering/cloudevents';
 import { parseEventsBody } from './metering/events';
+import { recordQueries } from './metering/record-queries';
 import { monthOf, parseMonth, pipelineUsage, UsageReport } from './metering/usage';
+import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
 import { Store } from './store/store';
 
 export interface Principal {
   kind: 'org' | 'admin';
   org: string | null; // null for admin
   subject: string; // who, for logs: token id or OIDC subject
+  limitKey?: string; // the credential's rate-limit key (rate-limit.ts rateLimitKey); derived from the above when absent
+}
+
+/** Caps on stored usage records (0 = no cap). Records beyond a cap are rejected one by one, never stored. */
+export interface RecordCaps {
+  perLease: number; // records stored per lease (--max-records-per-lease)
+  perOrgDay: number; // records an org stores per UTC day, counted by arrival (--max-records-per-org-day)
 }
 
 export interface HttpMetrics {
@@ -31,6 +40,8 @@ export interface HttpDeps {
   bodyLimitBytes?: number; // default 4 MiB
   now?: () => number;
   tls?: { cert: string; key: string }; // serve HTTPS (PEM)
+  recordLimiter?: RateLimiter | null; // usage records per second per credential; none: no limit
+  recordCaps?: RecordCaps; // default: no caps
 }
 
 export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
@@ -55,7 +66,13 @@ export function createMetrics() {
     }),
     recordsRejected: new Counter({
       name: 'buildcloud_usage_records_rejected_total',
-      help: 'Usage records refused as invalid or not belonging to the caller',
+      help: 'Usage records refused as invalid, not belonging to the caller, or over a record cap',
+      registers
+    }),
+    rateLimited: new Counter({
+      name: 'buildcloud_rate_limited_total',
+      help: 'Requests refused by a per-credential rate limit, by limit (provision, records)',
+      labelNames: ['limit'] as const,
       registers
     }),
     provisions: new Counter({
@@ -97,6 +114,16 @@ function sendError(reply: FastifyReply, status: number, code: string, message: s
   return reply.code(status).send({ error: { code, message } });
 }
 
+// 429 with Retry-After (whole seconds) and an error that names the limit and the flag that sets it.
+function sendRateLimited(reply: FastifyReply, err: RateLimited): FastifyReply {
+  reply.header('retry-after', String(err.retryAfterSeconds));
+  return reply.code(429).send({
+    error: { code: 'rate_limited', message: err.message, limit: err.limit, flag: err.flag, retryAfterSeconds: err.retryAfterSeconds }
+  });
+}
+
+const DAY_MS = 86_400_000;
+
 // Fastify's own errors (body parsing, limits) mapped to stable codes that clients can switch on.
 const FASTIFY_CODES: Record<string, string> = {
   FST_ERR_CTP_BODY_TOO_LARGE: 'payload_too_large',
@@ -120,6 +147,24 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   const now = deps.now ?? Date.now;
   const maxBatch = deps.maxBatch ?? DEFAULT_MAX_BATCH;
   const bodyLimit = deps.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
+  const limiter = deps.recordLimiter ?? null;
+  const caps: RecordCaps = deps.recordCaps ?? { perLease: 0, perOrgDay: 0 };
+  const queries = recordQueries(deps.store); // made now: on SQLite it creates its indexes at start, not mid-request
+  // Records each org stored on the current UTC day: counted from the store once per org and day, then kept here.
+  const orgDays = new Map<string, { day: number; count: number; ready: Promise<void> }>();
+  const orgDay = async (org: string, receivedAt: number) => {
+    const day = Math.floor(receivedAt / DAY_MS);
+    let e = orgDays.get(org);
+    if (!e || e.day !== day) {
+      if (orgDays.size >= 100_000) orgDays.clear(); // orgs are made by an admin; this bound is only a backstop
+      const entry = { day, count: 0, ready: Promise.resolve() };
+      entry.ready = queries.countOrgRecordsSince(org, day * DAY_MS).then((n) => void (entry.count += n));
+      orgDays.set(org, entry);
+      e = entry;
+    }
+    await e.ready;
+    return e;
+  };
   const app = Fastify({
     ...(deps.tls ? { https: { cert: deps.tls.cert, key: deps.tls.key } } : {}),
     ...(deps.log ? { loggerInstance: deps.log } : { logger: false }),
@@ -178,15 +223,24 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       return sendError(reply, 403, 'forbidden', 'usage records are sent with an org token; an admin token has no org');
     }
     const org = principal.org;
+    const key = principal.limitKey ?? rateLimitKey(principal);
     let parsed;
     try {
+      // An empty bucket refuses before the body is parsed; a batch is charged per event once its size is known.
+      limiter?.precheck(key);
       parsed = parseEventsBody(req.headers['content-type'], req.body ?? '', { maxBatch });
+      limiter?.check(key, parsed.events.length);
     } catch (err) {
       if (err instanceof EventsBodyError) return sendError(reply, err.status, err.code, err.message);
+      if (err instanceof RateLimited) {
+        req.log.debug({ org, key, limit: err.limit, retryAfterSeconds: err.retryAfterSeconds }, 'rate limited');
+        return sendRateLimited(reply, err);
+      }
       throw err;
     }
     const receivedAt = now();
     const leaseOwned = new Map<string, boolean>(); // batches name the same lease many times
+    const leaseStored = new Map<string, number>(); // records each lease holds, counted once per request
     const results: RecordResult[] = [];
     for (const pe of parsed.events) {
       const base = { index: pe.index, id: pe.id ?? null };
@@ -212,6 +266,33 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         reject(`data.lease_id "${leaseId}" is not a lease of org "${org}"`);
         continue;
       }
+      // Record caps: a record over one is rejected (not stored), unless it is a resend of one stored already.
+      let stored = caps.perLease > 0 ? leaseStored.get(leaseId) : 0;
+      if (stored === undefined) {
+        stored = await queries.countLeaseRecords(org, leaseId);
+        leaseStored.set(leaseId, stored);
+      }
+      const day = caps.perOrgDay > 0 ? await orgDay(org, receivedAt) : null;
+      const overLease = caps.perLease > 0 && stored >= caps.perLease;
+      const overDay = day !== null && day.count >= caps.perOrgDay;
+      if ((overLease || overDay) && (await queries.recordExists(org, ev.id))) {
+        results.push({ ...base, status: 'duplicate' });
+        continue;
+      }
+      if (overLease) {
+        reject(
+          `lease "${leaseId}" already holds ${caps.perLease} usage records, the most one lease may store ` +
+            `(set by --max-records-per-lease); this record was not stored`
+        );
+        continue;
+      }
+      if (overDay) {
+        reject(
+          `org "${org}" already stored ${caps.perOrgDay} usage records today (UTC), the most one org may store per day ` +
+            `(set by --max-records-per-org-day); this record was not stored. Billing is unaffected: it comes from leases`
+        );
+        continue;
+      }
       // A store failure here throws: the client retries the whole batch, and what was already stored
       // comes back as duplicate, so nothing is counted twice.
       const inserted = await deps.store.insertUsageRecord({
@@ -223,6 +304,10 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         leaseId,
         data: ev.data
       });
+      if (inserted === 'inserted') {
+        if (caps.perLease > 0) leaseStored.set(leaseId, stored + 1);
+        if (day) day.count++;
+      }
       results.push({ ...base, status: inserted === 'inserted' ? 'accepted' : 'duplicate' });
     }
     const count = (s: RecordStatus) => results.filter((r) => r.status === s).length;

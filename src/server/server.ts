@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/log';
-import { ConfigError, type ServerConfig } from './config';
+import { ConfigError, DEFAULT_LIMITS, type ServerConfig } from './config';
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { Pki } from './pki';
@@ -19,6 +19,7 @@ import { LeaseManager } from './leases';
 import { addGrpcApi } from './grpc-api';
 import { buildHttpApp, createMetrics } from './http';
 import { computeUsage } from './metering/usage';
+import { createServeLimiters, rateLimitKey } from './rate-limit';
 
 export interface ServerInfo {
   pid: number;
@@ -177,7 +178,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.cert), private_key: Buffer.from(tls.key) }], false)
       : grpc.ServerCredentials.createInsecure();
     const grpcServer = new grpc.Server({ 'grpc.max_receive_message_length': 1 << 20 });
-    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log });
+    // Per-credential rate limits and record caps (issue 9; docs/metering.md, docs/api.md).
+    const limits = config.limits ?? DEFAULT_LIMITS;
+    const limiters = createServeLimiters(limits, (limit) => metrics.rateLimited.inc({ limit }));
+    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log, provisionLimiter: limiters.provision });
     const grpcPort = await new Promise<number>((resolve, reject) =>
       grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
     );
@@ -199,8 +203,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       store,
       authenticate: async (token) => {
         const p = await authenticator.authenticate(token);
-        return p ? { kind: p.kind, org: p.org, subject: p.subject } : null;
+        return p ? { kind: p.kind, org: p.org, subject: p.subject, limitKey: rateLimitKey(p) } : null;
       },
+      recordLimiter: limiters.records,
+      recordCaps: { perLease: limits.maxRecordsPerLease, perOrgDay: limits.maxRecordsPerOrgDay },
       metrics,
       usage: (org, month) => computeUsage(store, org, month, Date.now(), lm.activeSeconds(org)),
       log,
