@@ -1,7 +1,8 @@
 // Measures the usage report of an org with many usage records (issue 9: 150,000 records from one lease filled the
 // database to 320 MB and a usage query then blocked the event loop ~2 s). Prints the report's wall time and the
 // longest stall of the event loop while it ran (a 1 ms interval timer's largest gap).
-// Run: node scripts/run-ts.mjs bench/usage-query.ts [records] [padBytes]
+// Run: NODE_PATH=$PWD/node_modules node scripts/run-ts.mjs bench/usage-query.ts [records] [padBytes]
+// (NODE_PATH: run-ts bundles to a temp dir and leaves the native better-sqlite3 outside the bundle)
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,7 +47,7 @@ async function main(): Promise<void> {
   recordQueries(store); // creates its indexes once, as the server does at start
   console.log(`record-queries indexes made in ${(performance.now() - t1).toFixed(0)} ms`);
   const before: typeof computeUsage | null = null; // to compare: the previous computeUsage, e.g. from git show
-  for (const [label, fn] of [...(before ? [['before', before] as const] : []), ['after', computeUsage] as const]) {
+  for (const [label, fn] of [...(before ? [['before', before] as const] : []), ['current', computeUsage] as const]) {
   for (const org of ['acme', 'acme', 'beta']) {
     let last = performance.now();
     let maxGap = 0;
