@@ -8,10 +8,12 @@
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { EmbeddedRegistry, findRegistryBinary } from '../../src/server/registry';
-import { RegistryPrincipal, RegistryProxy } from '../../src/server/registry-proxy';
+import { Pki } from '../../src/server/pki';
+import { RegistryPrincipal, RegistryProxy, registryProxyTls } from '../../src/server/registry-proxy';
 import { decodeInlineCache, parseImageManifest, type CacheRecord } from '../../src/server/cache-repair';
 import { parseProgress } from '../../src/core/build';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
@@ -22,10 +24,11 @@ const FIXTURES = path.join(__dirname, '../fixtures/inline-cache');
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 interface Reply { status: number; headers: http.IncomingHttpHeaders; body: Buffer }
+let proxyCa = ''; // the test CA that issued the proxy's cert (it serves HTTPS only)
 function request(host: string, method: string, urlPath: string, creds: string, body?: Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<Reply> {
-  const u = new URL(urlPath, `http://${host}`);
+  const u = new URL(urlPath, `https://${host}`);
   return new Promise((resolve, reject) => {
-    const req = http.request({ hostname: u.hostname, port: Number(u.port), method, path: u.pathname + u.search, headers: { authorization: 'Basic ' + Buffer.from(creds).toString('base64'), ...headers } }, (res) => {
+    const req = https.request({ hostname: u.hostname, port: Number(u.port), ca: proxyCa, method, path: u.pathname + u.search, headers: { authorization: 'Basic ' + Buffer.from(creds).toString('base64'), ...headers } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
@@ -86,8 +89,11 @@ describe('the registry proxy repairs inline cache on push (real registry, real c
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-cache-chain-'));
     registry = new EmbeddedRegistry({ dir: path.join(tmp, 'registry') });
     await registry.start();
+    const pki = await Pki.loadOrCreate(path.join(tmp, 'pki'));
+    proxyCa = pki.caPem;
     proxy = new RegistryProxy({
       upstream: { socketPath: registry.socketPath },
+      tls: await registryProxyTls('127.0.0.1', pki),
       authenticate: async (u, p): Promise<RegistryPrincipal | null> => (`${u}:${p}` === ACME ? { org: 'acme' } : null)
     });
     await proxy.listen();

@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { spawn, spawnSync } from 'child_process';
 import * as grpc from '@grpc/grpc-js';
-import { adminSetup, cli, docker, dockerEnvFor, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
+import { adminSetup, cli, docker, dockerEnvFor, registryRequest, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import type { LeaseMsg } from '../../src/common/proto';
 
@@ -193,17 +193,17 @@ describe('buildcloud serve with real builders', () => {
     expect(b.cache!.importRefs.every((r) => r.startsWith(`${server.info.registry}/beta/`))).toBe(true);
     const repo = firstExport.slice(server.info.registry.length + 1).split(':')[0];
     const creds = (l: LeaseMsg) => 'Basic ' + Buffer.from(`${l.cache!.registry!.username}:${l.cache!.registry!.password}`).toString('base64');
-    const manifest = `http://${server.info.registry}/v2/${repo}/manifests/main`;
+    const manifest = `https://${server.info.registry}/v2/${repo}/manifests/main`;
     const accept = 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json';
-    expect((await fetch(manifest, { headers: { authorization: creds(a), accept } })).status).toBe(200);
-    expect((await fetch(manifest, { headers: { authorization: creds(b), accept } })).status).toBe(403);
+    expect((await registryRequest(server.info, manifest, { headers: { authorization: creds(a), accept } })).status).toBe(200);
+    expect((await registryRequest(server.info, manifest, { headers: { authorization: creds(b), accept } })).status).toBe(403);
     // Pulled through B's own builder with B's credentials: refused too.
     const envB = dockerEnvFor(b, path.join(work, 'beta-pull'));
     const pull = docker(['pull', firstExport], envB);
     expect(pull.status).not.toBe(0);
     // A released lease's registry credentials stop working.
     await acme.release(a.id);
-    expect((await fetch(manifest, { headers: { authorization: creds(a), accept } })).status).toBe(401);
+    expect((await registryRequest(server.info, manifest, { headers: { authorization: creds(a), accept } })).status).toBe(401);
     await beta.release(b.id);
   });
 

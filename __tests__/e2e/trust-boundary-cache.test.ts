@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
+import { adminSetup, docker, dockerEnvFor, registryRequest, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import type { LeaseMsg } from '../../src/common/proto';
 
@@ -36,8 +36,8 @@ async function registry(l: LeaseMsg, method: string, repoPath: string, init: { b
     accept: MANIFEST_V2
   };
   if (init.contentType) headers['content-type'] = init.contentType;
-  const res = await fetch(`http://${r.host}/v2/${repoPath}`, { method, headers, body: init.body });
-  return { status: res.status, body: await res.text(), digest: res.headers.get('docker-content-digest') ?? '' };
+  const res = await registryRequest(server.info, `https://${r.host}/v2/${repoPath}`, { method, headers, body: init.body });
+  return { status: res.status, body: res.body, digest: String(res.headers['docker-content-digest'] ?? '') };
 }
 
 // "host/acme/acme/app/cache:main" → { repo: "acme/acme/app/cache", tag: "main" }

@@ -1,6 +1,7 @@
 // Starts the real control plane (the bundled CLI, as users run it) and talks to it over real gRPC and HTTP.
 import { spawn, spawnSync, type ChildProcess } from 'child_process';
 import * as fs from 'fs';
+import * as https from 'https';
 import * as os from 'os';
 import * as path from 'path';
 import * as readline from 'readline';
@@ -15,7 +16,7 @@ export const CLI = path.join(ROOT, 'dist/cli.js');
 export interface ServerProcess {
   proc: ChildProcess;
   stateDir: string;
-  info: { grpc: string; http: string; registry: string; driver: string; platforms: string[]; adminTokenFile: string; pid: number };
+  info: { grpc: string; http: string; registry: string; registryCaFile: string; driver: string; platforms: string[]; adminTokenFile: string; pid: number };
   stderr: () => string;
   // The exit code, or the name of the signal that ended the process (so a test's failure says which).
   stop(): Promise<number | NodeJS.Signals | null>;
@@ -67,6 +68,26 @@ export async function startServer(extra: string[] = [], stateDir?: string): Prom
         proc.kill('SIGTERM');
       })
   };
+}
+
+// One request to the org-cache registry proxy over HTTPS (plain HTTP is answered on loopback only, for BuildKit),
+// verified against the PEM serve names in server.json (registryCaFile). `url` is https://<registry>/v2/...
+export function registryRequest(
+  info: Pick<ServerProcess['info'], 'registryCaFile'>,
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string } = {}
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string }> {
+  const ca = fs.readFileSync(info.registryCaFile, 'utf8');
+  return new Promise((resolve, reject) => {
+    const req = https.request(url, { method: init.method ?? 'GET', headers: init.headers, ca }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
 }
 
 // Runs the bundled CLI to completion.

@@ -1,11 +1,16 @@
-import { createHash } from 'node:crypto';
+import { X509Certificate, createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as https from 'node:https';
+import * as net from 'node:net';
+import * as tls from 'node:tls';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
-import { RegistryPrincipal, RegistryProxy, RegistryProxyOptions } from '../../src/server/registry-proxy';
+import { Pki } from '../../src/server/pki';
+import { installRegistryTrust, REGISTRY_TRUST_FILE } from '../../src/server/drivers/dockerd';
+import { isLoopbackAddress, RegistryPrincipal, RegistryProxy, RegistryProxyOptions, RegistryProxyTls, registryProxyTls } from '../../src/server/registry-proxy';
 
 // A fake upstream registry on a unix socket: records what reaches it, answers with a per-test handler.
 interface Seen { method: string; url: string; headers: http.IncomingHttpHeaders; sha256: string; bytes: number; aborted: boolean }
@@ -34,6 +39,8 @@ let seen: Seen[];
 let handler: Handler;
 let proxy: RegistryProxy;
 let logLines: string[];
+let pki: Pki;
+let proxyTls: RegistryProxyTls; // a cert of the test CA for 127.0.0.1
 
 const okHandler: Handler = (req, res) => {
   res.writeHead(200, { 'Content-Type': 'application/json', 'Docker-Distribution-API-Version': 'registry/2.0' });
@@ -65,7 +72,7 @@ function startUpstream(sock: string): Promise<http.Server> {
 
 async function makeProxy(over: Partial<RegistryProxyOptions> = {}): Promise<RegistryProxy> {
   const logStream = new Writable({ write(chunk, _enc, cb) { logLines.push(String(chunk)); cb(); } });
-  const p = new RegistryProxy({ upstream: { socketPath }, authenticate, log: pino({ level: 'debug' }, logStream), ...over });
+  const p = new RegistryProxy({ upstream: { socketPath }, authenticate, tls: proxyTls, log: pino({ level: 'debug' }, logStream), ...over });
   await p.listen();
   return p;
 }
@@ -74,7 +81,7 @@ interface Reply { status: number; headers: http.IncomingHttpHeaders; body: strin
 function call(p: RegistryProxy, method: string, urlPath: string, opts: { auth?: string; body?: Buffer | string; headers?: http.OutgoingHttpHeaders } = {}): Promise<Reply> {
   const [hostname, port] = p.host.split(':');
   return new Promise((resolve, reject) => {
-    const req = http.request({ hostname, port: Number(port), method, path: urlPath, headers: { ...(opts.auth ? { authorization: opts.auth } : {}), ...opts.headers } }, (res) => {
+    const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method, path: urlPath, headers: { ...(opts.auth ? { authorization: opts.auth } : {}), ...opts.headers } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
@@ -92,6 +99,8 @@ beforeAll(async () => {
   socketPath = path.join(tmp, 'up.sock');
   seen = [];
   upstream = await startUpstream(socketPath);
+  pki = await Pki.loadOrCreate(path.join(tmp, 'pki'));
+  proxyTls = await registryProxyTls('127.0.0.1', pki);
 });
 afterAll(async () => {
   await new Promise((r) => upstream.close(r));
@@ -286,7 +295,7 @@ describe('forwarding', () => {
     };
     const r = await call(proxy, 'PATCH', '/v2/acme/app/cache/blobs/uploads/u-1?_state=abc', { auth: ACME, body: Buffer.alloc(100, 1), headers: { 'content-range': '0-99' } });
     expect(r.status).toBe(202);
-    expect(r.headers.location).toBe(`http://${proxy.host}/v2/acme/app/cache/blobs/uploads/u-1?_state=xyz`);
+    expect(r.headers.location).toBe(`https://${proxy.host}/v2/acme/app/cache/blobs/uploads/u-1?_state=xyz`);
     expect(r.headers['docker-upload-uuid']).toBe('u-1');
     expect(r.headers.range).toBe('0-99');
     expect(seen[0].headers['content-range']).toBe('0-99');
@@ -308,7 +317,7 @@ describe('forwarding', () => {
     proxy = await makeProxy({ upstream: { url: `http://127.0.0.1:${upPort}`, username: 'cp', password: 'up-pass' } });
     try {
       const r = await call(proxy, 'POST', '/v2/acme/a/blobs/uploads/', { auth: ACME });
-      expect(r.headers.location).toBe(`http://${proxy.host}/v2/acme/a/blobs/uploads/u-2?_state=s`);
+      expect(r.headers.location).toBe(`https://${proxy.host}/v2/acme/a/blobs/uploads/u-2?_state=s`);
       expect(seen[0].headers.authorization).toBe(basic('cp', 'up-pass'));
       expect(seen[0].headers.host).toBe(`127.0.0.1:${upPort}`);
       const g = await call(proxy, 'GET', `/v2/acme/a/blobs/sha256:${'c'.repeat(64)}`, { auth: ACME });
@@ -338,7 +347,7 @@ describe('forwarding', () => {
     const [hostname, port] = proxy.host.split(':');
     const firstSeen = new Promise<void>((resolve) => upstream.once('upstream-data', () => resolve()));
     const done = new Promise<number>((resolve, reject) => {
-      const req = http.request({ hostname, port: Number(port), method: 'PUT', path: `/v2/acme/a/blobs/uploads/u?digest=sha256:${'d'.repeat(64)}`, headers: { authorization: ACME } },
+      const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method: 'PUT', path: `/v2/acme/a/blobs/uploads/u?digest=sha256:${'d'.repeat(64)}`, headers: { authorization: ACME } },
         (res) => { res.resume(); resolve(res.statusCode ?? 0); });
       req.on('error', reject);
       req.write(Buffer.alloc(64 * 1024, 7));
@@ -359,7 +368,7 @@ describe('forwarding', () => {
     };
     const [hostname, port] = proxy.host.split(':');
     const total = await new Promise<number>((resolve, reject) => {
-      http.get({ hostname, port: Number(port), path: `/v2/acme/a/blobs/sha256:${'e'.repeat(64)}`, headers: { authorization: ACME } }, (res) => {
+      https.get({ hostname, port: Number(port), ca: pki.caPem, path: `/v2/acme/a/blobs/sha256:${'e'.repeat(64)}`, headers: { authorization: ACME } }, (res) => {
         let n = 0;
         res.on('data', (c: Buffer) => { n += c.length; finish(); });
         res.on('end', () => resolve(n));
@@ -382,7 +391,7 @@ describe('forwarding', () => {
     const [hostname, port] = proxy.host.split(':');
     const upstreamAborted = new Promise<void>((resolve) => upstream.once('upstream-aborted', () => resolve()));
     const gotData = new Promise<void>((resolve) => upstream.once('upstream-data', () => resolve()));
-    const req = http.request({ hostname, port: Number(port), method: 'PATCH', path: '/v2/acme/a/blobs/uploads/u', headers: { authorization: ACME, 'content-length': String(10 * 1024 * 1024) } });
+    const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method: 'PATCH', path: '/v2/acme/a/blobs/uploads/u', headers: { authorization: ACME, 'content-length': String(10 * 1024 * 1024) } });
     req.on('error', () => undefined);
     req.write(Buffer.alloc(128 * 1024));
     await gotData;
@@ -425,5 +434,177 @@ describe('forwarding', () => {
     const logs = logLines.join('');
     expect(logs).toContain('/v2/'); // the proxy did log at debug
     for (const secret of ['s3cret-acme', 'wrong-pass-xyz', ACME.slice(6), 'acme-ci:']) expect(logs).not.toContain(secret);
+  });
+});
+
+const hostOf = (p: RegistryProxy): string => p.host.split(':')[0];
+const portOf = (p: RegistryProxy): number => Number(p.host.split(':')[1]);
+
+describe('TLS (the proxy serves HTTPS only)', () => {
+
+  test('a client trusting the control plane\'s CA completes the handshake; the cert names the proxy\'s IP', async () => {
+    const peer = await new Promise<tls.PeerCertificate>((resolve, reject) => {
+      const s = tls.connect({ host: hostOf(proxy), port: portOf(proxy), ca: pki.caPem }, () => {
+        const c = s.getPeerCertificate();
+        s.end();
+        resolve(c);
+      });
+      s.on('error', reject);
+    });
+    expect(peer.subjectaltname).toBe('IP Address:127.0.0.1');
+    expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(200);
+  });
+
+  test('a client that does not trust the CA is refused by its own verification', async () => {
+    const err = await new Promise<Error>((resolve) => {
+      const s = tls.connect({ host: hostOf(proxy), port: portOf(proxy) }, () => resolve(new Error('connected')));
+      s.on('error', resolve);
+    });
+    expect((err as NodeJS.ErrnoException).code).toMatch(/SELF_SIGNED|UNABLE_TO_GET_ISSUER|UNABLE_TO_VERIFY/);
+  });
+
+  test('plain HTTP gets no registry answer, and nothing reaches the upstream', async () => {
+    const received = await new Promise<string>((resolve) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect({ host: hostOf(proxy), port: portOf(proxy) }, () => {
+        s.write(`GET /v2/ HTTP/1.1\r\nHost: ${proxy.host}\r\nAuthorization: ${ACME}\r\n\r\n`);
+      });
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    });
+    expect(received).not.toMatch(/HTTP\/1\.[01]/);
+    expect(seen).toHaveLength(0);
+    // And an HTTP client sees the connection fail.
+    await expect(new Promise((resolve, reject) => {
+      http.get({ host: hostOf(proxy), port: portOf(proxy), path: '/v2/', headers: { authorization: ACME } }, resolve).on('error', reject);
+    })).rejects.toThrow();
+    expect(logLines.join('')).not.toContain('s3cret-acme');
+  });
+});
+
+describe('plain HTTP on loopback, and registryProxyTls', () => {
+  // What a raw plain-HTTP GET /v2/ with credentials gets back from host:port before the connection closes.
+  const plainGet = (hostname: string, port: number): Promise<string> => new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const s = net.connect({ host: hostname, port }, () => s.write(`GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: ${ACME}\r\nConnection: close\r\n\r\n`));
+    s.on('data', (c: Buffer) => chunks.push(c));
+    s.on('error', () => undefined);
+    s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+  });
+
+  test.each([
+    ['127.0.0.1', true], ['127.9.8.7', true], ['::1', true], ['::ffff:127.0.0.1', true],
+    ['10.0.0.1', false], ['0.0.0.0', false], ['::', false], ['fe80::1', false], [undefined, false],
+  ])('isLoopbackAddress(%s) is %s', (a, expected) => {
+    expect(isLoopbackAddress(a)).toBe(expected);
+  });
+
+  test('with plainHttpOnLoopback, a connection to a loopback address gets plain HTTP answered, and TLS still works', async () => {
+    await proxy.close();
+    proxy = await makeProxy({ plainHttpOnLoopback: true });
+    expect(await plainGet(hostOf(proxy), portOf(proxy))).toMatch(/^HTTP\/1\.1 200 /);
+    expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(200);
+    // Upload Locations come back in the scheme the client used.
+    handler = (req, res) => { res.writeHead(202, { Location: `http://${req.headers.host}/v2/acme/a/blobs/uploads/u-3?_state=s` }); res.end(); };
+    const plainLocation = await new Promise<string>((resolve, reject) => {
+      http.request({ host: hostOf(proxy), port: portOf(proxy), method: 'POST', path: '/v2/acme/a/blobs/uploads/', headers: { authorization: ACME } }, (res) => {
+        res.resume();
+        resolve(String(res.headers.location));
+      }).on('error', reject).end();
+    });
+    expect(plainLocation).toBe(`http://${proxy.host}/v2/acme/a/blobs/uploads/u-3?_state=s`);
+    expect((await call(proxy, 'POST', '/v2/acme/a/blobs/uploads/', { auth: ACME })).headers.location).toBe(`https://${proxy.host}/v2/acme/a/blobs/uploads/u-3?_state=s`);
+  });
+
+  test('with plainHttpOnLoopback, a connection to a non-loopback address of this host still gets no plain-HTTP answer', async () => {
+    const address = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+    if (!address) throw new Error('this test needs a non-loopback IPv4 address on this host (none found)');
+    await proxy.close();
+    const own = await registryProxyTls(address, pki);
+    proxy = await makeProxy({ plainHttpOnLoopback: true, host: address, tls: own });
+    expect(await plainGet(address, portOf(proxy))).toBe('');
+    const r = await new Promise<number>((resolve, reject) => {
+      https.get({ host: address, port: portOf(proxy), path: '/v2/', ca: pki.caPem, headers: { authorization: ACME } }, (res) => { res.resume(); resolve(res.statusCode ?? 0); }).on('error', reject);
+    });
+    expect(r).toBe(200);
+  });
+
+  test('without an operator cert: a cert of the control plane\'s CA for the host (IP or DNS SAN), trusted through the CA', async () => {
+    const ip = await registryProxyTls('10.1.2.3', pki);
+    expect(ip.source).toBe('control-plane-ca');
+    expect(ip.trustPem).toBe(pki.caPem);
+    const x = new X509Certificate(ip.cert);
+    expect(x.subjectAltName).toBe('IP Address:10.1.2.3');
+    expect(x.verify(new X509Certificate(pki.caPem).publicKey)).toBe(true);
+    const dns = new X509Certificate((await registryProxyTls('cp.example.com', pki)).cert);
+    expect(dns.subjectAltName).toBe('DNS:cp.example.com');
+  });
+
+  test('an operator cert that names the host is used as it is and is what engines trust; one for another host is not', async () => {
+    const operatorCa = await Pki.loadOrCreate(path.join(tmp, 'operator-pki'));
+    const op = await operatorCa.issueServer(['10.1.2.3', 'cp.example.com']);
+    const operator = { cert: op.certPem, key: op.keyPem };
+    for (const host of ['10.1.2.3', 'cp.example.com']) {
+      const id = await registryProxyTls(host, pki, operator);
+      expect(id).toEqual({ cert: op.certPem, key: op.keyPem, trustPem: op.certPem, source: 'operator' });
+    }
+    const other = await registryProxyTls('127.0.0.1', pki, operator);
+    expect(other.source).toBe('control-plane-ca');
+    expect(other.cert).not.toBe(op.certPem);
+  });
+
+  test('an operator cert that is not PEM is refused naming --tls-cert, without echoing the key', async () => {
+    const err = (await registryProxyTls('10.1.2.3', pki, { cert: 'not a cert', key: 'PRIVATE-KEY-MATERIAL' }).catch((e: Error) => e)) as Error;
+    expect(err.message).toContain('--tls-cert');
+    expect(err.message).not.toContain('PRIVATE-KEY-MATERIAL');
+  });
+
+  test('the proxy serves an operator\'s cert', async () => {
+    const operatorCa = await Pki.loadOrCreate(path.join(tmp, 'operator-pki'));
+    const op = await operatorCa.issueServer(['127.0.0.1']);
+    await proxy.close();
+    proxy = await makeProxy({ tls: { cert: op.certPem, key: op.keyPem } });
+    const fp = await new Promise<string>((resolve, reject) => {
+      const s = tls.connect({ host: hostOf(proxy), port: portOf(proxy), ca: operatorCa.caPem }, () => {
+        resolve(s.getPeerCertificate().fingerprint256.replace(/:/g, '').toLowerCase());
+        s.end();
+      });
+      s.on('error', reject);
+    });
+    expect(fp).toBe(op.fingerprint);
+  });
+});
+
+describe('installRegistryTrust (what builders\' dockerd reads for the proxy)', () => {
+  test('writes <certsDir>/<host:port>/buildcloud-ca.crt 0644, and removes it and its directory again', async () => {
+    const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
+    const remove = await installRegistryTrust('192.0.2.7:7645', pki.caPem, { certsDir });
+    const file = path.join(certsDir, '192.0.2.7:7645', REGISTRY_TRUST_FILE);
+    expect(fs.readFileSync(file, 'utf8')).toBe(pki.caPem);
+    expect(fs.statSync(file).mode & 0o777).toBe(0o644);
+    await remove();
+    expect(fs.existsSync(path.dirname(file))).toBe(false);
+  });
+
+  test('a file of the operator\'s own in that directory stays, and so does the directory', async () => {
+    const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
+    fs.mkdirSync(path.join(certsDir, '192.0.2.7:7645'));
+    fs.writeFileSync(path.join(certsDir, '192.0.2.7:7645', 'ca.crt'), 'theirs');
+    await (await installRegistryTrust('192.0.2.7:7645', pki.caPem, { certsDir }))();
+    expect(fs.readFileSync(path.join(certsDir, '192.0.2.7:7645', 'ca.crt'), 'utf8')).toBe('theirs');
+  });
+
+  test('a start after a crash removes the previous run\'s file (recorded in the state dir)', async () => {
+    const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
+    const recordFile = path.join(tmp, `record-${process.hrtime.bigint()}`);
+    await installRegistryTrust('192.0.2.7:1111', pki.caPem, { certsDir, recordFile }); // "crashed": never removed
+    await installRegistryTrust('192.0.2.7:2222', pki.caPem, { certsDir, recordFile });
+    expect(fs.readdirSync(certsDir)).toEqual(['192.0.2.7:2222']);
+    expect(fs.readFileSync(recordFile, 'utf8').trim()).toBe(path.join(certsDir, '192.0.2.7:2222', REGISTRY_TRUST_FILE));
+  });
+
+  test.each(['../etc:1', '192.0.2.7', 'a/b:1', '', 'host:port'])('a registry host %j is refused, naming the expected form', async (host) => {
+    await expect(installRegistryTrust(host, pki.caPem, { certsDir: tmp })).rejects.toThrow(/expected host:port/);
   });
 });

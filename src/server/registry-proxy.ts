@@ -1,14 +1,18 @@
 // Org isolation in front of the cache registry.
 //
-// Builders' dockerd/BuildKit (and skopeo, docker CLI) talk to 127.0.0.1:PORT, which Docker treats as an
-// insecure-allowed registry, with Basic credentials the control plane issued. The upstream registry has no auth
+// Builders' dockerd/BuildKit (and skopeo, docker CLI) talk to it over TLS (registryProxyTls below: the operator's
+// --tls-cert, or a cert of the control plane's CA) with Basic credentials the control plane issued. Plain HTTP is
+// answered only on a connection made to a loopback address, and only when the control plane listens on loopback
+// (plainHttpOnLoopback): BuildKit cannot speak TLS to a loopback registry. The upstream registry has no auth
 // of its own (the embedded one listens on a private unix socket), so THIS is the access check: a caller may only
 // touch repositories under its org's prefix ("acme/..."), may not list the catalog, and nothing else is routed.
 // Within the org a lease has an exact scope (leaseDenial below): it reads its import refs' repositories and
 // writes only its export ref's tag, so a feature branch cannot plant layers in the cache release builds import.
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { X509Certificate } from 'node:crypto';
+import * as net from 'node:net';
+import { isIP, type AddressInfo } from 'node:net';
 import type { Logger } from '../common/log';
 import { orgRepoPrefix, type RegistryScope } from './cache-refs';
 import { CacheRepairs, IMAGE_MANIFEST_TYPES, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
@@ -24,9 +28,26 @@ export interface RegistryPrincipal {
 
 export type RegistryUpstream = { socketPath: string } | { url: string; username?: string; password?: string };
 
+/** The proxy's TLS identity: PEM strings (Basic credentials travel on every request, so the proxy always has one). */
+export interface RegistryProxyTls {
+  cert: string; // PEM: the server cert, then any intermediates
+  key: string; // PEM: its private key
+}
+
 export interface RegistryProxyOptions {
   upstream: RegistryUpstream;
   authenticate: (username: string, password: string) => Promise<RegistryPrincipal | null>;
+  tls: RegistryProxyTls;
+  /**
+   * Also answer plain HTTP, on connections whose local address is loopback (127.0.0.0/8, ::1) only; default false:
+   * TLS only. Needed when the proxy's host is loopback, because BuildKit inside dockerd (cache imports with
+   * `--cache-from`, FROM pulls) always speaks plain HTTP to a registry at a loopback address: containerd's
+   * remotes/docker MatchLocalhost (net.IP.IsLoopback in containerd 1.6, which Debian 12's dockerd 20.10 links) is
+   * applied by BuildKit's util/resolver whenever no PlainHTTP is configured, and dockerd's daemon.json cannot
+   * configure it; seen here as `Head "http://127.0.0.2:PORT/v2/...": EOF` against a TLS-only proxy (127.0.0.1
+   * alike). Loopback traffic never leaves the host.
+   */
+  plainHttpOnLoopback?: boolean;
   host?: string; // default 127.0.0.1
   port?: number; // default 0: any free port
   log?: Logger;
@@ -88,7 +109,10 @@ function filterHeaders(headers: http.IncomingHttpHeaders, drop: Set<string>): ht
 
 export class RegistryProxy {
   private readonly opts: RegistryProxyOptions;
-  private readonly server: http.Server;
+  private readonly server: net.Server; // the port: dispatches each connection to tlsServer or plainServer
+  private readonly tlsServer: https.Server;
+  private readonly plainServer: http.Server | null;
+  private readonly sockets = new Set<net.Socket>();
   private readonly agent: http.Agent;
   private readonly upstreamUrl: URL | null;
   private readonly orgPrefix: (org: string) => string;
@@ -102,19 +126,43 @@ export class RegistryProxy {
     // keepAlive with no socket cap: parallel jobs each get their own upstream connection, never a shared queue.
     this.agent = this.upstreamUrl?.protocol === 'https:' ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
     this.repairs = new CacheRepairs((method, p, o) => this.upstreamCall(method, p, o), opts.log);
-    this.server = http.createServer((req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse): void => {
       this.handle(req, res).catch((err: Error) => {
         opts.log?.error({ err: err.message }, 'registry proxy: request failed');
         sendError(res, 500, 'UNKNOWN', 'internal error in the registry proxy');
       });
+    };
+    this.tlsServer = https.createServer({ cert: opts.tls.cert, key: opts.tls.key, minVersion: 'TLSv1.2' }, onRequest);
+    this.tlsServer.on('tlsClientError', (_err, socket) => socket.destroy());
+    this.plainServer = opts.plainHttpOnLoopback ? http.createServer(onRequest) : null;
+    for (const srv of [this.tlsServer, this.plainServer]) {
+      if (!srv) continue;
+      // Blob uploads can take long: no whole-request deadline, only one for the headers.
+      srv.requestTimeout = 0;
+      srv.headersTimeout = 60_000;
+      srv.on('clientError', (_err, socket) => socket.destroy());
+    }
+    // The first byte of a connection says which protocol it speaks: 0x16 is a TLS handshake record (RFC 8446 5.1).
+    // Anything else is plain HTTP, answered only when allowed and the connection is to a loopback address; otherwise
+    // the socket is destroyed unread, so a credential sent in clear is never parsed, let alone answered.
+    this.server = net.createServer((socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+      socket.setTimeout(60_000, () => socket.destroy()); // a connection that never says anything
+      socket.once('data', (first: Buffer) => {
+        socket.setTimeout(0);
+        socket.pause();
+        socket.unshift(first);
+        const target = first[0] === 0x16 ? this.tlsServer : this.plainServer && isLoopbackAddress(socket.localAddress) ? this.plainServer : null;
+        if (!target) return socket.destroy();
+        target.emit('connection', socket);
+        process.nextTick(() => socket.resume());
+      });
+      socket.on('error', () => socket.destroy());
     });
-    // Blob uploads can take long: no whole-request deadline, only one for the headers.
-    this.server.requestTimeout = 0;
-    this.server.headersTimeout = 60_000;
-    this.server.on('clientError', (_err, socket) => socket.destroy());
   }
 
-  /** "127.0.0.1:PORT", the registry host builders use in image refs. Valid after listen(). */
+  /** "127.0.0.1:PORT" (IPv6: "[addr]:PORT"), the registry host builders use in image refs. Valid after listen(). */
   get host(): string {
     if (!this.address) throw new Error('registry proxy is not listening');
     const h = this.address.family === 'IPv6' ? `[${this.address.address}]` : this.address.address;
@@ -136,6 +184,9 @@ export class RegistryProxy {
       this.server.listen(this.opts.port ?? 0, this.opts.host ?? '127.0.0.1', () => {
         this.server.off('error', reject);
         this.address = this.server.address() as AddressInfo;
+        // The inner servers never listen themselves: 'listening' starts their headersTimeout checks (node:http).
+        this.tlsServer.emit('listening');
+        this.plainServer?.emit('listening');
         this.opts.log?.info({ host: this.host }, 'registry proxy listening');
         resolve(this.address.port);
       });
@@ -145,7 +196,7 @@ export class RegistryProxy {
   async close(): Promise<void> {
     await new Promise<void>((resolve) => {
       this.server.close(() => resolve());
-      this.server.closeAllConnections();
+      for (const socket of this.sockets) socket.destroy();
     });
     // Pending cache repairs finish first (bounded), while the upstream registry is still up.
     await this.repairs.close();
@@ -228,6 +279,8 @@ export class RegistryProxy {
 
   private forward(req: http.IncomingMessage, res: http.ServerResponse, pathAndQuery: string, onResponse?: (status: number, headers: http.IncomingHttpHeaders) => void): void {
     const clientHost = req.headers.host ?? this.host;
+    // Locations come back in the scheme the client used (plain HTTP only on loopback, see plainHttpOnLoopback).
+    const clientScheme = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
     const headers = filterHeaders(req.headers, DROP_REQUEST);
     const up = this.opts.upstream;
     let upstreamHost: string;
@@ -259,7 +312,7 @@ export class RegistryProxy {
       onResponse?.(upRes.statusCode ?? 502, upRes.headers);
       const outHeaders = filterHeaders(upRes.headers, DROP_RESPONSE);
       const loc = upRes.headers.location;
-      if (loc) outHeaders.location = rewriteLocation(loc, upstreamHost, clientHost);
+      if (loc) outHeaders.location = rewriteLocation(loc, upstreamHost, clientHost, clientScheme);
       res.writeHead(upRes.statusCode ?? 502, outHeaders);
       upRes.pipe(res);
       upRes.on('error', () => res.destroy());
@@ -304,6 +357,49 @@ export class RegistryProxy {
     const transport = this.upstreamUrl?.protocol === 'https:' ? https : http;
     return requestOnce(transport, { ...options, agent: this.agent, method, path: target, headers }, o);
   }
+}
+
+/** True for an IPv4 loopback address (127.0.0.0/8), ::1, or either IPv4-mapped (::ffff:127.x.y.z). */
+export function isLoopbackAddress(address: string | undefined): boolean {
+  const a = String(address ?? '').toLowerCase().replace(/^::ffff:/, '');
+  return a === '::1' || (isIP(a) === 4 && a.startsWith('127.'));
+}
+
+/** The proxy's cert and what builders' engines must trust for it (see registryProxyTls). */
+export interface RegistryProxyIdentity extends RegistryProxyTls {
+  trustPem: string; // PEM certificates an engine trusts for the proxy (certs.d/<host:port>/buildcloud-ca.crt)
+  source: 'operator' | 'control-plane-ca';
+}
+
+/**
+ * The registry proxy's TLS identity for `host` (its listen address: an IP literal or a DNS name).
+ * - `operator` (serve --tls-cert/--tls-key, PEM strings) when its first certificate names `host` (an IP SAN for an
+ *   IP, a DNS SAN or CN match for a name, per Node's X509Certificate.checkIP/checkHost). Engines then trust exactly
+ *   the certificates of that file (the leaf and any chain): Go's crypto/x509 accepts a leaf found in its root pool,
+ *   so a public CA, a private CA and a self-signed cert all work, and only that cert is trusted for the proxy.
+ * - Otherwise (no --tls-cert, as on the loopback default, or a cert for another name) a server cert issued now by
+ *   the control plane's CA with `host` as its SAN, kept in memory only (a new one each start); engines trust the
+ *   CA's cert.
+ * Throws when the operator's cert cannot be parsed, naming the flag; never includes key material.
+ */
+export async function registryProxyTls(
+  host: string,
+  pki: { caPem: string; issueServer(hosts: string[]): Promise<{ certPem: string; keyPem: string }> },
+  operator?: RegistryProxyTls,
+): Promise<RegistryProxyIdentity> {
+  const bare = host.replace(/^\[(.*)\]$/, '$1');
+  if (operator) {
+    let cert: X509Certificate;
+    try {
+      cert = new X509Certificate(operator.cert);
+    } catch (err) {
+      throw new Error(`--tls-cert is not a PEM certificate (${(err as Error).message}): expected the server cert first, then any intermediates`);
+    }
+    const covers = isIP(bare) ? cert.checkIP(bare) !== undefined : cert.checkHost(bare) !== undefined;
+    if (covers) return { cert: operator.cert, key: operator.key, trustPem: operator.cert, source: 'operator' };
+  }
+  const issued = await pki.issueServer([bare]);
+  return { cert: issued.certPem, key: issued.keyPem, trustPem: pki.caPem, source: 'control-plane-ca' };
 }
 
 function requestOnce(transport: typeof http | typeof https, options: http.RequestOptions, o: UpstreamCallOptions): Promise<UpstreamReply> {
@@ -372,12 +468,12 @@ function decodeQueryKey(raw: string): string | null {
 
 // Absolute Location URLs that point at the upstream registry are turned back into URLs of this proxy; anything
 // else (relative URLs, redirects to blob storage) is left alone.
-function rewriteLocation(location: string, upstreamHost: string, clientHost: string): string {
+function rewriteLocation(location: string, upstreamHost: string, clientHost: string, scheme: 'http' | 'https'): string {
   if (location.startsWith('/')) return location;
   try {
     const u = new URL(location);
     if (u.host !== upstreamHost) return location;
-    return `http://${clientHost}${u.pathname}${u.search}`;
+    return `${scheme}://${clientHost}${u.pathname}${u.search}`;
   } catch {
     return location;
   }

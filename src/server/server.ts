@@ -4,14 +4,14 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../common/log';
-import { ConfigError, DEFAULT_LIMITS, type ServerConfig } from './config';
+import { ConfigError, DEFAULT_LIMITS, isLoopbackHost, type ServerConfig } from './config';
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { Pki } from './pki';
 import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSigningKey } from './auth';
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
-import { RegistryProxy, type RegistryPrincipal } from './registry-proxy';
-import { DockerdDriver, findDockerd } from './drivers/dockerd';
+import { RegistryProxy, registryProxyTls, type RegistryPrincipal } from './registry-proxy';
+import { DockerdDriver, findDockerd, installRegistryTrust } from './drivers/dockerd';
 import { dockerdVersion, resolveIsolation, type BuilderIsolation } from './drivers/builder-isolation';
 import type { Driver } from './drivers/driver';
 import { BuilderPool } from './builders';
@@ -26,7 +26,8 @@ export interface ServerInfo {
   stateDir: string;
   grpc: string; // host:port
   http: string; // http://host:port
-  registry: string; // host:port builders push the org cache to
+  registry: string; // host:port builders push the org cache to (HTTPS; plain HTTP too on a loopback host)
+  registryCaFile: string; // PEM that verifies the registry proxy's cert (what builders' engines trust for it)
   driver: string;
   builderIsolation: string | null; // userns | none; null without a builder driver
   platforms: string[];
@@ -93,9 +94,17 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
 
     const metrics = createMetrics();
     let registryPrincipal: (u: string, p: string) => Promise<RegistryPrincipal | null> = async () => null;
-    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), host: config.host, port: config.registryPort, log });
+    const tls = config.tls ? { cert: fs.readFileSync(config.tls.certFile, 'utf8'), key: fs.readFileSync(config.tls.keyFile, 'utf8') } : undefined;
+    // The proxy serves HTTPS (the operator's cert when it names --host, else one of our CA); plain HTTP only on a
+    // loopback host, for BuildKit, which cannot speak TLS to a loopback registry (RegistryProxyOptions).
+    const loopback = isLoopbackHost(config.host);
+    const proxyTls = await registryProxyTls(config.host, pki, tls);
+    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), tls: proxyTls, plainHttpOnLoopback: loopback, host: config.host, port: config.registryPort, log });
     await proxy.listen();
     cleanups.push(() => proxy.close());
+    log.info({ registry: proxy.host, cert: proxyTls.source, plainHttp: loopback ? 'loopback connections' : 'refused' }, 'registry proxy serves TLS');
+    const registryCaFile = path.join(config.stateDir, 'registry-ca.pem');
+    fs.writeFileSync(registryCaFile, proxyTls.trustPem, { mode: 0o644 });
 
     // Builders' engines reach no address of this host but the registry proxy (drivers/engine-egress.ts): it listens
     // before the first builder starts.
@@ -104,6 +113,10 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     if (config.driver === 'dockerd') {
       const dockerd = findDockerd();
       if (dockerd) {
+        // Off loopback engines verify the proxy's cert: trust goes in before the first builder's dockerd starts (its
+        // BuildKit reads certs.d once, at start) and is removed after the pool's builders (cleanups run in reverse).
+        // On loopback neither engine client reads it (dockerd skips verification for 127.0.0.0/8, BuildKit uses HTTP).
+        if (!loopback) cleanups.push(await installRegistryTrust(proxy.host, proxyTls.trustPem, { recordFile: path.join(config.stateDir, 'registry-trust') }));
         const resolved = resolveIsolation(config.builderIsolation, await dockerdVersion(dockerd));
         builderIsolation = resolved.mode;
         const registry = proxy.engineEndpoint;
@@ -173,7 +186,6 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
 
     const authenticator = new Authenticator(store, signingKey, adminToken);
     const oidc = new OidcVerifier({ allowInsecureIssuers: config.insecureOidcIssuers });
-    const tls = config.tls ? { cert: fs.readFileSync(config.tls.certFile, 'utf8'), key: fs.readFileSync(config.tls.keyFile, 'utf8') } : undefined;
     const creds = tls
       ? grpc.ServerCredentials.createSsl(null, [{ cert_chain: Buffer.from(tls.cert), private_key: Buffer.from(tls.key) }], false)
       : grpc.ServerCredentials.createInsecure();
@@ -225,6 +237,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       grpc: `${tls ? 'grpcs://' : ''}${config.host}:${grpcPort}`,
       http: `${scheme}://${config.host}:${httpPort}`,
       registry: proxy.host,
+      registryCaFile,
       driver: driver ? driver.name : 'none',
       builderIsolation,
       platforms: driver?.platforms() ?? [],
