@@ -137,6 +137,11 @@ describe('ExchangeToken tells an outsider nothing (finding 5)', () => {
 
 // Findings 1 and 2 once more, with the identity a job claims: the credential, not the request, decides.
 describe('identity that chooses scope is verified', () => {
+  // Each lease of a new pipeline holds a builder: release them as each test ends, as a CI job's report step would,
+  // so the org stays inside its default share of the pool (--org-max-builders).
+  afterEach(async () => {
+    for (const { client, lease } of leases.splice(0)) await client.release(lease.id).catch(() => undefined);
+  });
   const access = async (o: JWTPayload): Promise<string> => {
     const res = await exchange(await issuer.sign(claims('acme-group', o)));
     if (res instanceof Error) throw res;
@@ -178,6 +183,20 @@ describe('identity that chooses scope is verified', () => {
     const a2 = await provision(await access({}), 'gl/shared/1');
     expect(b.builders[0].builderId).not.toBe(a.builders[0].builderId);
     expect(a2.builders[0].builderId).toBe(a.builders[0].builderId); // control: the same project shares
+  });
+
+  test("another project's job cannot release or even see a lease of this project (lease ids are in CI logs)", async () => {
+    const victim = await provision(await access({}), 'gl/4821/3011');
+    const intruder = new TestClient(server.info.grpc, await access({ project_path: 'acme-group/billing' }));
+    clients.push(intruder);
+    for (const call of [() => intruder.release(victim.id), () => intruder.get(victim.id)]) {
+      const err = (await call().catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+      expect([err.code, err.details]).toEqual([grpc.status.NOT_FOUND, `Lease '${victim.id}' not found for org 'acme'.`]);
+    }
+    // Control: its own project's token sees it, and it is still active.
+    const own = new TestClient(server.info.grpc, await access({}));
+    clients.push(own);
+    expect((await own.get(victim.id)).state).toBe('LEASE_STATE_ACTIVE');
   });
 
   test('scoped org tokens: --project and --branches bound the request; a protected branch is written only when named', async () => {

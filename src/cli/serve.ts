@@ -17,6 +17,7 @@ export function registerServe(program: Command): void {
     .option('--driver <name>', 'builder driver: dockerd | none', 'dockerd')
     .option('--warm-pool <n>', 'ready builders kept for fast provisioning', String(DEFAULTS.warmPool))
     .option('--max-builders <n>', 'most builders alive at once', String(DEFAULTS.maxBuilders))
+    .option('--org-max-builders <n>', "builders one org may hold at once unless `admin org set --max-builders` says otherwise, or 'unlimited' (default: 3/4 of --max-builders)")
     .option('--idle-timeout <duration>', 'end a lease with no sign of life for this long', '10m')
     .option('--max-ttl <duration>', 'end any lease this long after it started', '2h')
     .option('--grace <duration>', 'keep a released builder this long for later stages of the pipeline', '60s')
@@ -48,6 +49,7 @@ export function registerServe(program: Command): void {
         driver: o.driver === 'none' ? 'none' : o.driver === 'dockerd' ? 'dockerd' : badDriver(o.driver),
         warmPool: parseIntFlag(o.warmPool, '--warm-pool', 0, 64),
         maxBuilders: parseIntFlag(o.maxBuilders, '--max-builders', 1, 1024),
+        orgMaxBuilders: o.orgMaxBuilders === undefined ? undefined : o.orgMaxBuilders === 'unlimited' ? null : parseIntFlag(o.orgMaxBuilders, '--org-max-builders', 1, 1024),
         idleTimeoutMs: parseDuration(o.idleTimeout, '--idle-timeout'),
         maxTtlMs: parseDuration(o.maxTtl, '--max-ttl'),
         graceMs: parseDuration(o.grace, '--grace'),

@@ -14,6 +14,9 @@ export interface ServerConfig {
   driver: 'dockerd' | 'none';
   warmPool: number;
   maxBuilders: number;
+  // Builders one org may hold at once unless `admin org set --max-builders` says otherwise: null = no cap of its
+  // own; undefined = orgMaxBuildersDefault(maxBuilders), so one org alone never takes the whole pool.
+  orgMaxBuilders?: number | null;
   idleTimeoutMs: number;
   maxTtlMs: number;
   graceMs: number;
@@ -101,6 +104,11 @@ export const DEFAULTS = {
   builderNat: true,
   builderEgressAllow: [] as string[]
 };
+
+/** The default per-org builder cap: three quarters of --max-builders (at least 1), a quarter kept for the rest. */
+export function orgMaxBuildersDefault(maxBuilders: number): number {
+  return Math.max(1, Math.floor((maxBuilders * 3) / 4));
+}
 
 export function defaultStateDir(): string {
   return process.env.BUILDCLOUD_STATE_DIR || path.join(os.homedir(), '.buildcloud');

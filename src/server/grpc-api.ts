@@ -71,7 +71,6 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
     }
     return { org: checkOrgMatch(p.org as string, requested), principal: p };
   }
-  const callerOrg = async (md: grpc.Metadata, requested: string): Promise<string> => (await caller(md, requested)).org;
 
   server.addService(BuildCloud.service, {
     Provision: unary<ProvisionRequestMsg, unknown>(d.log, 'Provision', async (call) => {
@@ -81,12 +80,12 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
       return d.leases.provision(org, call.request, principal.scope);
     }),
     Release: unary<{ leaseId: string }, unknown>(d.log, 'Release', async (call) => {
-      const org = await callerOrg(call.metadata, '');
-      return d.leases.release(org, call.request.leaseId);
+      const { org, principal } = await caller(call.metadata, '');
+      return d.leases.release(org, call.request.leaseId, principal.scope);
     }),
     Get: unary<{ leaseId: string }, unknown>(d.log, 'Get', async (call) => {
-      const org = await callerOrg(call.metadata, '');
-      return d.leases.get(org, call.request.leaseId);
+      const { org, principal } = await caller(call.metadata, '');
+      return d.leases.get(org, call.request.leaseId, principal.scope);
     })
   });
 

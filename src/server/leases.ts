@@ -26,7 +26,7 @@ import { ApiError, denied, exhausted, invalid, notFound, precondition } from './
 import { normalisePlatforms, validateKey } from './validate';
 import type { ServerMetrics } from './metrics-types';
 import { KeyedMutex } from './mutex';
-import { DEFAULT_PROTECTED_BRANCHES, ScopeError, resolveLeaseIdentity, type LeaseIdentity, type PrincipalScope } from './scope';
+import { DEFAULT_PROTECTED_BRANCHES, ScopeError, resolveLeaseIdentity, scopeCoversProject, type LeaseIdentity, type PrincipalScope } from './scope';
 
 interface LiveLease {
   row: LeaseRow;
@@ -222,14 +222,16 @@ export class LeaseManager {
     return msg;
   }
 
-  async release(org: string, leaseId: string): Promise<LeaseMsg> {
-    const row = await this.owned(org, leaseId);
+  /** Ends a lease of `org` within the credential's `scope` (NOT_FOUND otherwise); idempotent. */
+  async release(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseMsg> {
+    const row = await this.owned(org, leaseId, scope);
     if (row.endedAt === null) await this.end(row, this.now(), 'released');
     return this.toMsg((await this.d.store.getLease(leaseId)) ?? row);
   }
 
-  async get(org: string, leaseId: string): Promise<LeaseMsg> {
-    const row = await this.owned(org, leaseId);
+  /** A lease of `org` within the credential's `scope` (NOT_FOUND otherwise); a heartbeat for a live one. */
+  async get(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseMsg> {
+    const row = await this.owned(org, leaseId, scope);
     const l = this.live.get(leaseId);
     if (l) {
       l.lastActiveAt = this.now();
@@ -324,10 +326,13 @@ export class LeaseManager {
   }
 
   // Another org's lease is reported as missing, never as forbidden: its existence is not revealed.
-  private async owned(org: string, leaseId: string): Promise<LeaseRow> {
+  // A lease of a project outside the credential's scope (another project's OIDC job, a token scoped elsewhere)
+  // is missing to it as well: lease ids are printed in CI logs, and releasing one would end another team's build.
+  private async owned(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseRow> {
     validateKey(leaseId, 'lease_id', 64);
     const row = await this.d.store.getLease(leaseId);
-    if (!row || row.org !== org) throw notFound(`Lease '${leaseId}' not found for org '${org}'.`);
+    const project = typeof row?.identity.project === 'string' ? row.identity.project : '';
+    if (!row || row.org !== org || !scopeCoversProject(scope, project)) throw notFound(`Lease '${leaseId}' not found for org '${org}'.`);
     return row;
   }
 
