@@ -160,13 +160,18 @@ describe.each([
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(true);
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(false);
     expect((await s.reserveLease(lease('beta'), POLICY)).ok).toBe(true);
-    expect(await s.getOrgLimits('acme')).toEqual({ org: 'acme', maxBuilders: null, maxLeases: null, overdraftSeconds: 0, updatedAt: null });
+    expect(await s.getOrgLimits('acme')).toEqual({ org: 'acme', maxBuilders: null, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: null });
     await s.setOrgLimits('acme', { overdraftSeconds: 60 }, 7);
+    // Protected branches are kept apart from the numeric limits, and a later patch leaves them as they are.
+    await s.setOrgLimits('acme', { protectedBranches: ['main', 'release/*'] }, 8);
+    expect((await s.getOrgLimits('acme')).protectedBranches).toEqual(['main', 'release/*']);
+    await s.setOrgLimits('acme', { maxLeases: null }, 9);
+    expect(await s.getOrgLimits('acme')).toMatchObject({ overdraftSeconds: 60, protectedBranches: ['main', 'release/*'] });
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(true); // the overdraft, and no further
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(false);
 
     await s.setOrgLimits('beta', { maxLeases: 2, maxBuilders: 3 }, 8);
-    expect(await s.getOrgLimits('beta')).toEqual({ org: 'beta', maxBuilders: 3, maxLeases: 2, overdraftSeconds: 0, updatedAt: 8 });
+    expect(await s.getOrgLimits('beta')).toEqual({ org: 'beta', maxBuilders: 3, maxLeases: 2, overdraftSeconds: 0, protectedBranches: null, updatedAt: 8 });
     expect((await s.reserveLease(lease('beta'), POLICY)).ok).toBe(true);
     expect(await s.reserveLease(lease('beta'), POLICY)).toEqual({ ok: false, limit: 'max_leases', maxLeases: 2, activeLeases: 2 });
     // A patch changes only what it names; null lifts a cap.
