@@ -176,7 +176,7 @@ describe.each([
     expect(await s.reserveLease(lease('beta'), POLICY)).toEqual({ ok: false, limit: 'max_leases', maxLeases: 2, activeLeases: 2 });
     // A patch changes only what it names; null lifts a cap.
     await s.setOrgLimits('beta', { maxLeases: null }, 9);
-    expect(await s.getOrgLimits('beta')).toEqual({ org: 'beta', maxBuilders: 3, maxLeases: null, overdraftSeconds: 0, updatedAt: 9 });
+    expect(await s.getOrgLimits('beta')).toEqual({ org: 'beta', maxBuilders: 3, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: 9 });
     expect((await s.reserveLease(lease('beta'), POLICY)).ok).toBe(true);
     await s.close();
   });
