@@ -227,7 +227,7 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
     .option('--github-owner <owner>', 'GitHub: tokens whose repository_owner is this user or organization')
     .option('--gitlab-namespace <path>', 'GitLab: tokens whose namespace_path is exactly this group path')
     .option('--circleci-org-id <uuid>', 'CircleCI: tokens of this organization id')
-    .option('--issuer <url>', 'the token issuer (GitLab: your instance URL, default https://gitlab.com)')
+    .option('--issuer <url>', 'the token issuer (GitHub Enterprise Server: https://HOSTNAME/_services/token; GitLab: your instance URL, default https://gitlab.com; CircleCI: default https://oidc.circleci.com/org/<uuid>)')
     .option('--claim <name>', 'claim to check (with --issuer and --value for a custom rule)')
     .option('--value <value>', 'value the claim must equal')
     .option('--audience <aud>', 'required aud (default: buildcloud; CircleCI: the org id)')
@@ -239,9 +239,10 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
       if (chosen > 1) throw new CliError('Give only one of --github-owner, --gitlab-namespace, --circleci-org-id.');
       let rule;
       try {
-        if (o.githubOwner) rule = trustPreset('github', { owner: o.githubOwner, audience: o.audience });
+        // --issuer goes to every preset: GHES and CircleCI server issue tokens from their own URLs.
+        if (o.githubOwner) rule = trustPreset('github', { owner: o.githubOwner, issuer: o.issuer, audience: o.audience });
         else if (o.gitlabNamespace) rule = trustPreset('gitlab', { namespace: o.gitlabNamespace, issuer: o.issuer, audience: o.audience });
-        else if (o.circleciOrgId) rule = trustPreset('circleci', { orgId: o.circleciOrgId, audience: o.audience });
+        else if (o.circleciOrgId) rule = trustPreset('circleci', { orgId: o.circleciOrgId, issuer: o.issuer, audience: o.audience });
         else {
           if (!o.issuer || !o.claim || !o.value) throw new CliError('Missing rule. Give --github-owner, --gitlab-namespace or --circleci-org-id, or --issuer, --claim and --value together.');
           rule = { issuer: String(o.issuer).replace(/\/+$/, ''), claim: o.claim, value: o.value, audience: o.audience || 'buildcloud' };
