@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { ApiClient, ControlPlaneError, backoffDelay } from './api-client';
-import { chooseCredential } from './auth';
+import { AuthMissingError, chooseCredential } from './auth';
 import { identityFromEnv, localName, type Env, type Identity } from './identity';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
 import { cleanupRunner, configureRunner, runnerDockerRecord } from './runner-config';
@@ -73,8 +73,11 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
       api.setToken(token);
       lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now, log);
     } catch (err) {
-      if (settings.fallback !== 'local' || !(err instanceof ControlPlaneError) || !err.transient) throw err;
-      log.warn(`Build Cloud: NO REMOTE BUILDER (${err.message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
+      // fallback: local covers a control plane that cannot serve now, and a job CI gives no credential at all (a
+      // fork's pull request, a Dependabot run): it builds, and the warning says why it built without Build Cloud.
+      const usable = (err instanceof ControlPlaneError && err.transient) || err instanceof AuthMissingError;
+      if (settings.fallback !== 'local' || !usable) throw err;
+      log.warn(`Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
       return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir()));
     }
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
