@@ -14,7 +14,14 @@ const NOW = Date.UTC(2025, 0, 15, 12, 0, 0); // 2025-01-15T12:00:00Z
 const TOKENS: Record<string, Principal> = {
   'tok-acme': { kind: 'org', org: 'acme', subject: 't-acme' },
   'tok-beta': { kind: 'org', org: 'beta', subject: 't-beta' },
-  'tok-admin': { kind: 'admin', org: null, subject: 'admin' }
+  'tok-admin': { kind: 'admin', org: null, subject: 'admin' },
+  // An OIDC job of acme/app (its access token's verified project).
+  'tok-acme-app': {
+    kind: 'org',
+    org: 'acme',
+    subject: 'repo:acme/app',
+    scope: { projects: null, branches: null, readOnly: false, verified: { provider: 'github', project: 'acme/app', branch: 'main', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '' } }
+  }
 };
 
 let dir: string;
@@ -150,7 +157,7 @@ describe('POST /v1/events', () => {
     const e = build('b1');
     const r = await post(e, { type: 'application/cloudevents+json' });
     expect(r.statusCode).toBe(200);
-    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0 });
+    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0, deferred: 0 });
     const [rec] = await store.usageRecords('acme', 0, NOW * 2);
     expect(rec).toMatchObject({ id: e.id, org: 'acme', leaseId: 'L-acme', time: NOW - 1000, receivedAt: NOW });
     expect(rec.data).toMatchObject({ build_id: 'b1', cache_ratio: 0.5 });
@@ -190,12 +197,36 @@ describe('POST /v1/events', () => {
     expect(r.json().rejected).toBe(2);
   });
 
+  test("a project's credential cannot write another project's records; they are deferred, not stored and not dropped", async () => {
+    await store.insertLease(lease('L-app', 'acme', { identity: { project: 'acme/app' } }));
+    await store.insertLease(lease('L-billing', 'acme', { identity: { project: 'acme/billing' } }));
+    const r = await post([build('b1', { lease: 'L-app' }), build('b2', { lease: 'L-billing' })], { token: 'tok-acme-app' });
+    expect(r.json()).toMatchObject({ accepted: 1, rejected: 0, deferred: 1 });
+    expect(r.json().results[1]).toEqual({
+      index: 1,
+      id: expect.any(String),
+      status: 'deferred',
+      reason: 'data.lease_id "L-billing" is a lease of another project than this credential\'s; send it with a credential of that project'
+    });
+    expect((await store.usageRecords('acme', 0, NOW * 2)).map((x) => x.data.lease_id)).toEqual(['L-app']);
+    // Control: the org-admin token (unscoped) sends it.
+    expect((await post([build('b2', { lease: 'L-billing' })])).json()).toMatchObject({ accepted: 1, deferred: 0 });
+  });
+
+  test("a pipeline's usage shows a project-scoped credential only its own project's leases (pipeline keys are in run URLs)", async () => {
+    await store.insertLease(lease('L-app', 'acme', { pipelineKey: 'shared', identity: { project: 'acme/app' } }));
+    await store.insertLease(lease('L-billing', 'acme', { pipelineKey: 'shared', identity: { project: 'acme/billing' } }));
+    const get = (token: string) => request(app, { method: 'GET', url: '/v1/orgs/acme/pipelines/usage?key=shared', headers: { authorization: `Bearer ${token}` } });
+    expect((await get('tok-acme-app')).json().leases).toBe(1);
+    expect((await get('tok-acme')).json().leases).toBe(2); // control: the org-admin token sees both
+  });
+
   test("another org sending a record with the same id cannot make the org's record a duplicate", async () => {
     const e = build('b1');
     // beta squats acme's id first: it is beta's own record, counted for beta.
     const forged = { ...e, subject: 'beta', data: { ...e.data, lease_id: 'L-beta' } };
     const r = await post([forged], { token: 'tok-beta' });
-    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0 });
+    expect(r.json()).toEqual({ results: [{ index: 0, id: e.id, status: 'accepted' }], accepted: 1, duplicate: 0, rejected: 0, deferred: 0 });
     // acme's real record is still accepted, and its resend is the duplicate.
     expect((await post([e])).json().results).toEqual([{ index: 0, id: e.id, status: 'accepted' }]);
     expect((await post([e])).json().results).toEqual([{ index: 0, id: e.id, status: 'duplicate' }]);

@@ -302,6 +302,21 @@ describe('flushSpool', () => {
     expect([...server.stored].sort()).toEqual([a.id, b.id].sort()); // ...stored once each
   });
 
+  it("keeps a deferred record (another project's lease, on a spool two projects share) for a job of that project", async () => {
+    const other = event('other');
+    await spool.add(other);
+    await spool.add(event('own'));
+    const reason = 'data.lease_id "lease-9" is a lease of another project than this credential\'s; send it with a credential of that project';
+    events().reply(200, (uri, body) => {
+      const r = answer(uri, body);
+      return { ...r, results: r.results.map((x: { id: string }) => (x.id === other.id ? { ...x, status: 'deferred', reason } : x)) };
+    });
+    const r = await flushSpool(spool, opts());
+    expect(r).toMatchObject({ sent: 1, accepted: 1, rejected: [], pending: 1 });
+    expect(r.warnings).toEqual([`Build Cloud metering: 1 record(s) stay in the spool for a job of their own project: ${reason}`]);
+    expect(await ids()).toEqual([other.id]);
+  });
+
   it('keeps records the reply does not answer for', async () => {
     await spool.add(event('b1'));
     await spool.add(event('b2'));

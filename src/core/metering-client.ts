@@ -40,7 +40,9 @@ export interface FlushResult {
 
 export type FlushableSpool = Pick<MeteringSpool, 'pending' | 'ack'> & { readonly dir?: string };
 
-type RecordAnswer = { status: 'accepted' | 'duplicate' | 'rejected'; reason?: string };
+// deferred: the server keeps no copy and asks for it to be sent with another credential (a record of another
+// project's lease, flushed from a spool two projects share): it stays in the spool.
+type RecordAnswer = { status: 'accepted' | 'duplicate' | 'rejected' | 'deferred'; reason?: string };
 type Outcome =
   | { kind: 'answered'; answers: Map<number, RecordAnswer> }
   | { kind: 'retry'; why: string; retryAfterMs?: number }
@@ -144,16 +146,23 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
 
   const record = async (batch: CloudEvent[], answers: Map<number, RecordAnswer>) => {
     const answered: string[] = [];
+    const deferred: string[] = [];
     batch.forEach((ev, i) => {
       const a = answers.get(i);
       if (!a) return; // not answered for: it stays and goes again next time
+      if (a.status === 'deferred') {
+        deferred.push(a.reason ?? 'another credential must send it');
+        return;
+      }
       answered.push(ev.id);
       if (a.status === 'accepted') result.accepted++;
       else if (a.status === 'duplicate') result.duplicate++;
       else result.rejected.push({ id: ev.id, reason: a.reason ?? 'no reason given' });
     });
     result.sent += answered.length;
-    if (answered.length < batch.length) {
+    if (deferred.length > 0) {
+      warn(`${deferred.length} record(s) stay in the spool for a job of their own project: ${deferred[0]}`);
+    } else if (answered.length < batch.length) {
       warn(`the endpoint answered for ${answered.length} of ${batch.length} record(s); the rest stay in the spool`);
     }
     try {
@@ -255,7 +264,7 @@ function parseAnswers(text: string, batch: CloudEvent[]): Map<number, RecordAnsw
   for (const r of results as Array<Record<string, unknown>>) {
     if (typeof r !== 'object' || r === null) continue;
     const status = r.status;
-    if (status !== 'accepted' && status !== 'duplicate' && status !== 'rejected') continue;
+    if (status !== 'accepted' && status !== 'duplicate' && status !== 'rejected' && status !== 'deferred') continue;
     const i = r.index;
     // An answer counts only when it names the record we sent there: a mismatched reply must not drop records.
     if (typeof i !== 'number' || !Number.isInteger(i) || i < 0 || i >= batch.length) continue;

@@ -1,5 +1,6 @@
 // The control plane's HTTP API: the metering endpoint (usage records as CloudEvents), usage queries,
 // Prometheus metrics and health. The contract is docs/metering.md; keep the two in step.
+import { scopeCoversProject, type PrincipalScope } from './scope';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from '../common/log';
@@ -15,6 +16,7 @@ export interface Principal {
   org: string | null; // null for admin
   subject: string; // who, for logs: token id or OIDC subject
   limitKey?: string; // the credential's rate-limit key (rate-limit.ts rateLimitKey); derived from the above when absent
+  scope?: PrincipalScope; // the credential's project scope (scope.ts); undefined: the whole org
 }
 
 /** Caps on stored usage records (0 = no cap). Records beyond a cap are rejected one by one, never stored. */
@@ -102,7 +104,10 @@ export function createMetrics() {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-export type RecordStatus = 'accepted' | 'duplicate' | 'rejected';
+// deferred: a valid record of a lease of the org but of a project outside the sending credential's scope (a job of
+// another project flushing a spool it shares with this one, on a shared runner): not stored, not dropped; a
+// client keeps it for a credential of that project.
+export type RecordStatus = 'accepted' | 'duplicate' | 'rejected' | 'deferred';
 export interface RecordResult {
   index: number;
   id: string | null;
@@ -239,7 +244,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       throw err;
     }
     const receivedAt = now();
-    const leaseOwned = new Map<string, boolean>(); // batches name the same lease many times
+    const leaseOwned = new Map<string, 'own' | 'other-project' | 'no'>(); // batches name the same lease many times
     const leaseStored = new Map<string, number>(); // records each lease holds, counted once per request
     const results: RecordResult[] = [];
     for (const pe of parsed.events) {
@@ -259,11 +264,19 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       const leaseId = ev.data.lease_id as string;
       let owned = leaseOwned.get(leaseId);
       if (owned === undefined) {
-        owned = (await deps.store.getLease(leaseId))?.org === org;
+        const lease = await deps.store.getLease(leaseId);
+        const project = typeof lease?.identity.project === 'string' ? lease.identity.project : '';
+        owned = lease?.org !== org ? 'no' : scopeCoversProject(principal.scope, project) ? 'own' : 'other-project';
         leaseOwned.set(leaseId, owned);
       }
-      if (!owned) {
+      if (owned === 'no') {
         reject(`data.lease_id "${leaseId}" is not a lease of org "${org}"`);
+        continue;
+      }
+      // A lease of another project of the org: this credential may not write its records (they would count in
+      // that project's builds), but they are not wrong either. Kept by the client for a job of that project.
+      if (owned === 'other-project') {
+        results.push({ ...base, status: 'deferred', reason: `data.lease_id "${leaseId}" is a lease of another project than this credential's; send it with a credential of that project` });
         continue;
       }
       // Record caps: a record over one is rejected (not stored), unless it is a resend of one stored already.
@@ -314,11 +327,13 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     const accepted = count('accepted');
     const duplicate = count('duplicate');
     const rejected = count('rejected');
+    const deferred = count('deferred');
     deps.metrics.recordsAccepted.inc(accepted);
     deps.metrics.recordsDuplicate.inc(duplicate);
     deps.metrics.recordsRejected.inc(rejected);
     if (rejected > 0) req.log.warn({ org, subject: principal.subject, rejected }, 'usage records rejected');
-    return { results, accepted, duplicate, rejected };
+    if (deferred > 0) req.log.info({ org, subject: principal.subject, deferred }, 'usage records of another project deferred');
+    return { results, accepted, duplicate, rejected, deferred };
   });
 
   app.get<{ Params: { org: string }; Querystring: { month?: unknown } }>(
@@ -350,7 +365,8 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       if (typeof key !== 'string' || !key || key.length > 256) {
         return sendError(reply, 400, 'invalid_parameter', 'query parameter "key" must be the pipeline key (1-256 characters)');
       }
-      return pipelineUsage(deps.store, org, key, now());
+      // Pipeline keys are visible in run URLs: a project-scoped credential sees its own project's leases only.
+      return pipelineUsage(deps.store, org, key, now(), (l) => scopeCoversProject(principal.scope, typeof l.identity.project === 'string' ? l.identity.project : ''));
     }
   );
 

@@ -215,7 +215,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       store,
       authenticate: async (token) => {
         const p = await authenticator.authenticate(token);
-        return p ? { kind: p.kind, org: p.org, subject: p.subject, limitKey: rateLimitKey(p) } : null;
+        return p ? { kind: p.kind, org: p.org, subject: p.subject, limitKey: rateLimitKey(p), scope: p.scope } : null;
       },
       recordLimiter: limiters.records,
       recordCaps: { perLease: limits.maxRecordsPerLease, perOrgDay: limits.maxRecordsPerOrgDay },

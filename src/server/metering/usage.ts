@@ -217,8 +217,15 @@ export interface PipelineUsage {
 }
 
 /** One pipeline's leases and builds: what its pull request comment shows. */
-export async function pipelineUsage(store: Store, org: string, pipelineKey: string, now: number): Promise<PipelineUsage> {
-  const leases = await store.leasesOfPipeline(org, pipelineKey);
+export async function pipelineUsage(
+  store: Store,
+  org: string,
+  pipelineKey: string,
+  now: number,
+  // Which leases the caller may see (a project-scoped credential: its own project's); all by default.
+  visible: (lease: { identity: Record<string, unknown> }) => boolean = () => true
+): Promise<PipelineUsage> {
+  const leases = (await store.leasesOfPipeline(org, pipelineKey)).filter(visible);
   const ids = new Set(leases.map((l) => l.id));
   let billedSeconds = 0;
   for (const l of leases) billedSeconds += l.billedSeconds ?? billableSeconds(l.createdAt, now);
