@@ -15,6 +15,7 @@ import { ApiClient, ControlPlaneError } from '../../src/core/api-client';
 import type { LeaseMsg } from '../../src/common/proto';
 import { Pki } from '../../src/server/pki';
 import { OIDC_REFUSAL } from '../../src/server/oidc';
+import { buildCompletedEvent } from '../../src/server/metering/events';
 import { adminSetup, cli, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
 import { gitlabClaims, LocalIssuer, newIssuerKey } from '../helpers/oidc-issuer';
 
@@ -197,6 +198,24 @@ describe('identity that chooses scope is verified', () => {
     const own = new TestClient(server.info.grpc, await access({}));
     clients.push(own);
     expect((await own.get(victim.id)).state).toBe('LEASE_STATE_ACTIVE');
+  });
+
+  test("another project's job cannot post usage records for this project's lease: deferred, not stored; its own are accepted", async () => {
+    const ownToken = await access({});
+    const victim = await provision(ownToken, 'gl/4821/3012');
+    const intruderToken = await access({ project_path: 'acme-group/billing' });
+    const record = (buildId: string) =>
+      buildCompletedEvent('acme', { lease_id: victim.id, build_id: buildId, platform: 'linux/amd64', status: 'success', duration_ms: 1000, total_steps: 5, cached_steps: 5, actor: 'mallory' }, { source: '/buildcloud/gitlab' });
+    const post = async (token: string, ev: object) => {
+      const r = await fetch(`${server.info.http}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/cloudevents-batch+json' }, body: JSON.stringify([ev]) });
+      expect(r.status).toBe(200);
+      return (await r.json()) as { accepted: number; deferred: number; results: Array<{ status: string; reason?: string }> };
+    };
+    const forged = await post(intruderToken, record('forged-1'));
+    expect(forged).toMatchObject({ accepted: 0, deferred: 1 });
+    expect(forged.results[0].reason).toMatch(/is a lease of another project than this credential's/);
+    // Control: the lease's own project sends its record.
+    expect(await post(ownToken, record('real-1'))).toMatchObject({ accepted: 1, deferred: 0 });
   });
 
   test('scoped org tokens: --project and --branches bound the request; a protected branch is written only when named', async () => {
