@@ -52,6 +52,9 @@ describe('SqliteStore', () => {
     expect(s.db.pragma('busy_timeout', { simple: true })).toBe(5000);
     expect(s.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(migrate(s.db)).toBe(SCHEMA_VERSION); // idempotent: nothing left to run
+    // The record caps count per lease and per org since a time without a table scan (migration 4).
+    const idx = (s.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records'").all() as Array<{ name: string }>).map((r) => r.name);
+    expect(idx).toEqual(expect.arrayContaining(['usage_records_org_lease', 'usage_records_org_received']));
   });
 
   test('a schema from a newer buildcloud is refused with a clear error', () => {

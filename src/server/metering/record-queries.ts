@@ -66,10 +66,7 @@ export function recordQueries(store: Store): RecordQueries {
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function sqliteQueries(db: SqliteDb): RecordQueries {
-  // Idempotent and cheap once made; kept out of the store's numbered migrations so that this module owns what only
-  // it queries. (org, lease_id): the per-lease cap; (org, received_at): the per-org daily cap.
-  db.exec(`CREATE INDEX IF NOT EXISTS usage_records_org_lease ON usage_records (org, lease_id);
-    CREATE INDEX IF NOT EXISTS usage_records_org_received ON usage_records (org, received_at);`);
+  // The per-lease and per-org-day caps' counts use indexes of migration 4 (src/server/store/sqlite.ts).
   const countLease = db.prepare('SELECT COUNT(*) AS n FROM usage_records WHERE org = ? AND lease_id = ?');
   const countSince = db.prepare('SELECT COUNT(*) AS n FROM usage_records WHERE org = ? AND received_at >= ?');
   const exists = db.prepare('SELECT 1 AS x FROM usage_records WHERE org = ? AND id = ?');

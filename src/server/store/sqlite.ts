@@ -95,6 +95,13 @@ export const MIGRATIONS: string[] = [
   `
   ALTER TABLE tokens ADD COLUMN scope TEXT CHECK (scope IS NULL OR json_valid(scope));
   ALTER TABLE org_limits ADD COLUMN protected_branches TEXT CHECK (protected_branches IS NULL OR json_valid(protected_branches));
+  `,
+  // 4: the counts behind the record caps (src/server/metering/record-queries.ts): records per lease
+  // (--max-records-per-lease) and records an org stored since a time (--max-records-per-org-day). IF NOT EXISTS:
+  // databases of builds between migration 3 and this one made them at start.
+  `
+  CREATE INDEX IF NOT EXISTS usage_records_org_lease ON usage_records (org, lease_id);
+  CREATE INDEX IF NOT EXISTS usage_records_org_received ON usage_records (org, received_at);
   `
 ];
 
