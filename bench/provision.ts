@@ -9,7 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../__tests__/helpers/server';
 import { makeBusyboxContext } from '../__tests__/helpers/busybox-context';
-import type { LeaseMsg } from '../src/common/proto';
+import type { LeaseMsg } from '../src/contract/grpc';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5);
 

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { openSqliteStore } from '../src/server/store/sqlite';
 import { computeUsage } from '../src/server/metering/usage';
 import { recordQueries } from '../src/server/metering/record-queries';
-import { buildCompletedEvent } from '../src/server/metering/events';
+import { buildCompletedEvent } from '../src/contract/metering-events';
 
 async function main(): Promise<void> {
   const n = Number(process.argv[2] ?? 150_000);

@@ -13,7 +13,7 @@ import { makeBusyboxContext } from '../helpers/busybox-context';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
 import { parseProgress, runBuild, type BuildResult } from '../../src/core/build';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 // The multistage Dockerfile of the progress fixtures: six steps, two of them a second long, so the second job
 // joins while the first one's solve is under way.

@@ -7,7 +7,7 @@ import { spawn, spawnSync } from 'child_process';
 import * as grpc from '@grpc/grpc-js';
 import { adminSetup, cli, docker, dockerEnvFor, registryRequest, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 const DOCKERFILE = ['RUN echo dependencies > /deps.txt && sleep 1', 'RUN cat /deps.txt > /copy.txt && echo built > /built.txt'].join('\n');
 

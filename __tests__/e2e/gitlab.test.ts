@@ -10,7 +10,7 @@ import { stringify } from 'yaml';
 import { adminSetup, docker, dockerEnvFor, startServer, CLI, ROOT, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { artifact, dotenvReport, initRepo, parseMetrics, requireGitlabCiLocal, runGitlabCiLocal, type PipelineRun } from '../helpers/gitlab-ci-local';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 const COMPONENT = 'plugins/gitlab/templates/buildcloud.yml';
 const EXAMPLE = path.join(ROOT, 'examples/gitlab');

@@ -19,7 +19,7 @@ import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '.
 import { runBuild } from '../../src/core/build';
 import { loadImage } from '../../src/core/load-image';
 import { runnerDocker, startRunnerEngine, stopRunnerEngine } from '../helpers/runner-engine';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 const REFUSED = /Error response from daemon: Build Cloud builders run builds only/;
 

@@ -16,7 +16,7 @@ import * as path from 'path';
 import YAML from 'yaml';
 import type { JWTPayload } from 'jose';
 import { OIDC_REFUSAL } from '../../src/server/oidc';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 import type { Session } from '../../src/core/session';
 import { adminSetup, cli, CLI, ROOT, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { githubJobEnv, requireNode24, runStep, type StepResult } from '../../src/demo/github-runner';

@@ -10,7 +10,7 @@ import { makeBusyboxContext } from '../helpers/busybox-context';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
 import { runBuild } from '../../src/core/build';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 // Multi-stage, each stage built on the previous one: with inline cache (the 20.10 path) the layers of every stage
 // are in the final image, so all of them travel through the registry. Editing app.txt leaves two steps untouched.

@@ -12,10 +12,10 @@ import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { UnsecuredJWT, type JWTPayload } from 'jose';
 import { ApiClient, ControlPlaneError } from '../../src/core/api-client';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 import { Pki } from '../../src/server/pki';
 import { OIDC_REFUSAL } from '../../src/server/oidc';
-import { buildCompletedEvent } from '../../src/server/metering/events';
+import { buildCompletedEvent } from '../../src/contract/metering-events';
 import { adminSetup, cli, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
 import { gitlabClaims, LocalIssuer, newIssuerKey } from '../helpers/oidc-issuer';
 

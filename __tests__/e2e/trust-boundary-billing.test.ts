@@ -4,8 +4,8 @@
 // accepted control beside it.
 import * as grpc from '@grpc/grpc-js';
 import { adminSetup, cli, startServer, TestClient, waitFor, type ServerProcess } from '../helpers/server';
-import { buildCompletedEvent } from '../../src/server/metering/events';
-import type { LeaseMsg } from '../../src/common/proto';
+import { buildCompletedEvent } from '../../src/contract/metering-events';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 let server: ServerProcess;
 const clients: TestClient[] = [];

@@ -8,7 +8,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { adminSetup, docker, dockerEnvFor, registryRequest, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import type { LeaseMsg } from '../../src/common/proto';
+import type { LeaseMsg } from '../../src/contract/grpc';
 
 const MANIFEST_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
 

@@ -6,7 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
-import { services, type LeaseMsg } from '../../src/common/proto';
+import { services, type LeaseMsg } from '../../src/contract/grpc';
 
 import { ROOT } from '../../src/demo/github-runner';
 

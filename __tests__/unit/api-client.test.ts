@@ -2,7 +2,7 @@
 // transient failures, permanent failures at once, and the pure endpoint and backoff helpers.
 import * as grpc from '@grpc/grpc-js';
 import { ApiClient, backoffDelay, ControlPlaneError, parseEndpoint, type ApiClientOptions } from '../../src/core/api-client';
-import type { ProvisionRequestMsg } from '../../src/common/proto';
+import type { ProvisionRequestMsg } from '../../src/contract/grpc';
 import { FakeControlPlane, hang, leaseFor, rpcError } from '../fixtures/fake-control-plane';
 
 const REQ: ProvisionRequestMsg = {

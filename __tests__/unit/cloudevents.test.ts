@@ -1,4 +1,4 @@
-import { EventsBodyError, isRfc3339, mediaType, stableId } from '../../src/server/metering/cloudevents';
+import { EventsBodyError, isRfc3339, mediaType, stableId } from '../../src/contract/cloudevents';
 import {
   BUILD_COMPLETED,
   JOB_COMPLETED,
@@ -7,7 +7,7 @@ import {
   jobCompletedEvent,
   parseEventsBody,
   validateEvent
-} from '../../src/server/metering/events';
+} from '../../src/contract/metering-events';
 
 const buildData = {
   lease_id: 'lease-1',

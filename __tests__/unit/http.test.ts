@@ -4,7 +4,7 @@ import pino from 'pino';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildHttpApp, createMetrics, HttpDeps, Principal } from '../../src/server/http';
-import { buildCompletedEvent, jobCompletedEvent } from '../../src/server/metering/events';
+import { buildCompletedEvent, jobCompletedEvent } from '../../src/contract/metering-events';
 import { computeUsage } from '../../src/server/metering/usage';
 import { RateLimiter } from '../../src/server/rate-limit';
 import { openSqliteStore, SqliteStore } from '../../src/server/store/sqlite';

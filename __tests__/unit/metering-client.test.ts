@@ -5,8 +5,8 @@ import { join } from 'node:path';
 import nock from 'nock';
 import { backoffDelay, flushSpool, FlushOptions, parseRetryAfter } from '../../src/core/metering-client';
 import { MeteringSpool } from '../../src/core/metering-spool';
-import { CONTENT_TYPE_BATCH, type CloudEvent } from '../../src/server/metering/cloudevents';
-import { buildCompletedEvent } from '../../src/server/metering/events';
+import { CONTENT_TYPE_BATCH, type CloudEvent } from '../../src/contract/cloudevents';
+import { buildCompletedEvent } from '../../src/contract/metering-events';
 
 // nock 14 intercepts the global fetch (undici) the client calls, through @mswjs/interceptors.
 

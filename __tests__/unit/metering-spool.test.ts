@@ -4,7 +4,7 @@ import { mkdtempSync, promises as fs, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { MeteringSpool, recordFileName } from '../../src/core/metering-spool';
-import { buildCompletedEvent, buildRecordId } from '../../src/server/metering/events';
+import { buildCompletedEvent, buildRecordId } from '../../src/contract/metering-events';
 
 const event = (build: string, lease = 'lease-1', minute = 0) =>
   buildCompletedEvent(
@@ -99,7 +99,7 @@ describe('MeteringSpool', () => {
       stdin: {
         contents: `
           import { MeteringSpool } from './src/core/metering-spool';
-          import { buildCompletedEvent } from './src/server/metering/events';
+          import { buildCompletedEvent } from './src/contract/metering-events';
           const [dir, name] = process.argv.slice(2);
           const ev = (b: string) => buildCompletedEvent('acme', { lease_id: 'lease-1', build_id: b, platform: 'linux/amd64',
             status: 'success', duration_ms: 1, total_steps: 1, cached_steps: 1 }, { time: 0 });

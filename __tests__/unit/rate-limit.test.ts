@@ -187,7 +187,7 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
   const grpc = require('@grpc/grpc-js') as typeof import('@grpc/grpc-js');
   const { addGrpcApi } = require('../../src/server/grpc-api') as typeof import('../../src/server/grpc-api');
   const { ApiClient } = require('../../src/core/api-client') as typeof import('../../src/core/api-client');
-  const { silentLogger } = require('../../src/common/log') as typeof import('../../src/common/log');
+  const { silentLogger } = require('../../src/server/log') as typeof import('../../src/server/log');
 
   const PRINCIPALS: Record<string, object> = {
     'bct_acme': { kind: 'org', org: 'acme', subject: 'token:acme1', via: 'org-token' },

@@ -12,7 +12,7 @@ import { configureRunner, type RunnerConfig } from '../../src/core/runner-config
 import { SESSION_ENV, type Session } from '../../src/core/session';
 import { setupSettings } from '../../src/core/settings';
 import { setup, type SetupDeps } from '../../src/core/setup';
-import type { LeaseMsg, ProvisionRequestMsg } from '../../src/common/proto';
+import type { LeaseMsg, ProvisionRequestMsg } from '../../src/contract/grpc';
 import { FakeControlPlane, leaseFor, REGISTRY_PASSWORD, rpcError, TLS } from '../fixtures/fake-control-plane';
 
 jest.mock('../../src/core/docker-cli', () => ({ ...jest.requireActual('../../src/core/docker-cli'), resolveDocker: jest.fn() }));

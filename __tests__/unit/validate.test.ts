@@ -2,7 +2,8 @@
 // refusal names the field and its limit without echoing an oversize value back.
 import * as grpc from '@grpc/grpc-js';
 import { ApiError } from '../../src/server/errors';
-import { IDENTITY_LIMITS, validateKey, validateProvisionIdentity } from '../../src/server/validate';
+import { IDENTITY_LIMITS } from '../../src/contract/rules';
+import { validateKey, validateProvisionIdentity } from '../../src/server/validate';
 
 const ok = { provider: 'github', project: 'acme/widget-api', branch: 'feature/x', defaultBranch: 'main', actor: 'dependabot[bot]', runUrl: 'https://github.com/acme/widget-api/actions/runs/1/attempts/2', fork: false };
 

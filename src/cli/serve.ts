@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
-import { createLogger } from '../common/log';
+import { createLogger } from '../server/log';
 import { ConfigError, DEFAULTS, DEFAULT_LIMITS, checkListenSecurity, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseLimits, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
 
 export function registerServe(program: Command): void {

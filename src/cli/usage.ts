@@ -2,6 +2,8 @@
 import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
+import { orgUsagePath, type ErrorBody, type UsageReport } from '../contract/http-api';
+import { NORTH_STAR_GOAL } from '../contract/rules';
 import { defaultStateDir } from '../server/config';
 import { CliError } from './errors';
 
@@ -45,20 +47,24 @@ export function registerUsage(program: Command): void {
     .action(async (o) => {
       const t = resolveTarget(o);
       const month = o.month || new Date().toISOString().slice(0, 7);
-      const url = `${t.endpoint}/v1/orgs/${encodeURIComponent(o.org)}/usage?month=${encodeURIComponent(month)}`;
+      const url = `${t.endpoint}${orgUsagePath(o.org, month)}`;
       let res: Response;
       try {
         res = await fetch(url, { headers: { authorization: `Bearer ${t.token}` }, signal: AbortSignal.timeout(15_000) });
       } catch (err) {
         throw new CliError(`Cannot reach the control plane at ${t.endpoint}: ${(err as Error).message}`);
       }
-      const body = (await res.json().catch(() => ({}))) as Record<string, any>;
-      if (!res.ok) throw new CliError(`Usage request failed (HTTP ${res.status}): ${body?.error?.message ?? 'no details'}`);
-      process.stdout.write(o.json ? JSON.stringify(body) + '\n' : renderUsage(body) + '\n');
+      const body = (await res.json().catch(() => ({}))) as unknown;
+      if (!res.ok) throw new CliError(`Usage request failed (HTTP ${res.status}): ${(body as Partial<ErrorBody>)?.error?.message ?? 'no details'}`);
+      process.stdout.write(o.json ? JSON.stringify(body) + '\n' : renderUsage(body as UsageReport) + '\n');
     });
 }
 
-export function renderUsage(u: Record<string, any>): string {
+/**
+ * The usage report as a few lines of text. Reads defensively (a missing section prints as zero or n/a): the report
+ * may come from an older or newer control plane than this CLI.
+ */
+export function renderUsage(u: DeepPartial<UsageReport>): string {
   const pct = (x: number | null | undefined) => (x === null || x === undefined ? 'n/a' : `${(x * 100).toFixed(1)}%`);
   const m = u.minutes ?? {};
   const b = u.builds ?? {};
@@ -67,10 +73,12 @@ export function renderUsage(u: Record<string, any>): string {
     `  minutes   ${fmt(m.usedInMonth)} used this month; ${fmt(m.used)} used, ${fmt(m.left)} left of ${fmt(m.bought)} bought${m.overdraft ? ` (overdraft ${fmt(m.overdraft)})` : ''}`,
     `  leases    ${u.leases?.count ?? 0} (${u.leases?.active ?? 0} active)`,
     `  builds    ${b.count ?? 0} (${b.succeeded ?? 0} succeeded, ${b.failed ?? 0} failed)`,
-    `  cache     average ratio ${pct(b.avgCacheRatio)}; builds with a cached step ${pct(b.withCachedStepShare)} (goal ${pct(b.northStarGoal ?? 0.8)})`,
+    `  cache     average ratio ${pct(b.avgCacheRatio)}; builds with a cached step ${pct(b.withCachedStepShare)} (goal ${pct(b.northStarGoal ?? NORTH_STAR_GOAL)})`,
     `  users     ${u.users?.distinct ?? 0} distinct this month`
   ].join('\n');
 }
+
+type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? DeepPartial<T[K]> : T[K] };
 
 function fmt(n: unknown): string {
   return typeof n === 'number' ? String(+n.toFixed(2)) : '0';

@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as grpc from '@grpc/grpc-js';
 import { backoffDelay } from './backoff';
-import { services, type ExchangeTokenResponseMsg, type LeaseMsg, type ProvisionRequestMsg } from '../common/proto';
+import { services, type ExchangeTokenResponseMsg, type LeaseMsg, type ProvisionRequestMsg } from '../contract/grpc';
 
 export interface ApiClientOptions {
   endpoint: string; // host:port, grpc://host:port, or grpcs://host:port (TLS)

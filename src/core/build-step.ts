@@ -9,7 +9,7 @@ import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
 import type { BuildResult } from './summary';
-import { buildCompletedEvent } from '../server/metering/events';
+import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
 
 export interface BuildStepResult {

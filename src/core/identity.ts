@@ -5,6 +5,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { KEY_PATTERN } from '../contract/rules';
 
 export type Provider = 'github' | 'gitlab' | 'circleci' | 'local';
 export type Env = Record<string, string | undefined>;
@@ -80,12 +81,12 @@ export function identityFromEnv(env: Env, readEvent: (file: string) => unknown =
 }
 
 // Keys travel to the control plane, which accepts up to 256 printable ASCII characters without spaces
-// (src/server/validate.ts). Whitespace (RUNNER_NAME "GitHub Actions 12") becomes '-'; anything else that does not
+// (src/contract/rules.ts). Whitespace (RUNNER_NAME "GitHub Actions 12") becomes '-'; anything else that does not
 // fit keeps a readable prefix plus a hash of the whole value, so two distinct inputs never map to one key.
 const KEY_MAX = 200;
 export function toKey(raw: string): string {
   const s = raw.trim().replace(/\s+/g, '-');
-  if (s.length <= KEY_MAX && /^[\x21-\x7e]+$/.test(s)) return s;
+  if (s.length <= KEY_MAX && KEY_PATTERN.test(s)) return s;
   const prefix = s.replace(/[^\x21-\x7e]+/g, '_').slice(0, 100);
   return `${prefix}~${sha256(raw).slice(0, 16)}`;
 }

@@ -2,7 +2,8 @@
 // counted once by the endpoint, so anything may be resent: a record leaves the spool only once the endpoint has
 // answered for it. Metering must never fail a build, so nothing here throws for metering trouble; problems come
 // back as warnings for the CI wrapper to show, and unsent records wait in the spool for a later flush.
-import { CONTENT_TYPE_BATCH, DEFAULT_MAX_BATCH, type CloudEvent } from '../server/metering/cloudevents';
+import { CONTENT_TYPE_BATCH, DEFAULT_MAX_BATCH, type CloudEvent } from '../contract/cloudevents';
+import { EVENTS_PATH, RECORD_STATUSES, type EventsResponse, type RecordResult, type RecordStatus } from '../contract/http-api';
 import type { MeteringSpool } from './metering-spool';
 import { backoffDelay } from './backoff';
 
@@ -42,7 +43,7 @@ export type FlushableSpool = Pick<MeteringSpool, 'pending' | 'ack'> & { readonly
 
 // deferred: the server keeps no copy and asks for it to be sent with another credential (a record of another
 // project's lease, flushed from a spool two projects share): it stays in the spool.
-type RecordAnswer = { status: 'accepted' | 'duplicate' | 'rejected' | 'deferred'; reason?: string };
+type RecordAnswer = Pick<RecordResult, 'status' | 'reason'>;
 type Outcome =
   | { kind: 'answered'; answers: Map<number, RecordAnswer> }
   | { kind: 'retry'; why: string; retryAfterMs?: number }
@@ -245,10 +246,10 @@ function eventsUrl(endpoint: string): string | { error: string } {
   // A full events URL (the lease's metering_url, or another CloudEvents service's ingest path) is used as it is;
   // a bare base URL gets the control plane's path.
   const p = u.pathname.replace(/\/+$/, '');
-  return /\/events$/.test(p) ? `${u.origin}${p}` : `${u.origin}${p}/v1/events`;
+  return /\/events$/.test(p) ? `${u.origin}${p}` : `${u.origin}${p}${EVENTS_PATH}`;
 }
 
-const displayUrl = (url: string) => url.replace(/\/v1\/events$/, '');
+const displayUrl = (url: string) => (url.endsWith(EVENTS_PATH) ? url.slice(0, -EVENTS_PATH.length) : url);
 
 // Maps the endpoint's per-record results to batch positions. null when the body is not the contract's reply.
 function parseAnswers(text: string, batch: CloudEvent[]): Map<number, RecordAnswer> | null {
@@ -258,18 +259,19 @@ function parseAnswers(text: string, batch: CloudEvent[]): Map<number, RecordAnsw
   } catch {
     return null;
   }
-  const results = (body as { results?: unknown } | null)?.results;
+  // Read as the contract's reply (EventsResponse), but every field is checked: a proxy or another service may answer.
+  const results = (body as Partial<Record<keyof EventsResponse, unknown>> | null)?.results;
   if (!Array.isArray(results)) return null;
   const answers = new Map<number, RecordAnswer>();
-  for (const r of results as Array<Record<string, unknown>>) {
+  for (const r of results as Array<Partial<Record<keyof RecordResult, unknown>> | null>) {
     if (typeof r !== 'object' || r === null) continue;
     const status = r.status;
-    if (status !== 'accepted' && status !== 'duplicate' && status !== 'rejected' && status !== 'deferred') continue;
+    if (!RECORD_STATUSES.includes(status as RecordStatus)) continue;
     const i = r.index;
     // An answer counts only when it names the record we sent there: a mismatched reply must not drop records.
     if (typeof i !== 'number' || !Number.isInteger(i) || i < 0 || i >= batch.length) continue;
     if (typeof r.id === 'string' && r.id !== batch[i].id) continue;
-    answers.set(i, { status, ...(typeof r.reason === 'string' ? { reason: r.reason } : {}) });
+    answers.set(i, { status: status as RecordStatus, ...(typeof r.reason === 'string' ? { reason: r.reason } : {}) });
   }
   return answers;
 }

@@ -9,8 +9,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { CloudEvent } from '../server/metering/cloudevents';
-import { MAX_ID_LENGTH } from '../server/metering/cloudevents';
+import type { CloudEvent } from '../contract/cloudevents';
+import { MAX_ID_LENGTH } from '../contract/cloudevents';
 
 const RECORD = /^[0-9a-f]{64}\.json$/;
 const TEMP_PREFIX = '.tmp-';

@@ -8,7 +8,7 @@ import { flushSpool, type FlushResult } from './metering-client';
 import { cleanupRunner } from './runner-config';
 import { readBuilds, type Session } from './session';
 import { renderSummary, renderText, totalsOf, type BuildResult, type JobSummary } from './summary';
-import { jobCompletedEvent } from '../server/metering/events';
+import { jobCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
 
 export interface ReportDeps {

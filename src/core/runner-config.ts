@@ -9,7 +9,7 @@ import { promises as fsp } from 'fs';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import type { BuilderEndpointMsg, LeaseMsg } from '../common/proto';
+import type { BuilderEndpointMsg, LeaseMsg } from '../contract/grpc';
 import { buildxCreateArgs, contextCreateArgs, dockerEnv, runDocker, type BuildxDriver, type CommandResult, type ResolvedDocker } from './docker-cli';
 
 export interface RunnerEnv {

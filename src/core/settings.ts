@@ -1,5 +1,6 @@
 // Validated settings from raw inputs. Each wrapper supplies `get(name)` (GitHub: core.getInput; CLI: a flag or a
 // BUILDCLOUD_* variable); every error names the input and what is expected.
+import { ORG_PATTERN, PLATFORM_PATTERN } from '../contract/rules';
 import { BUILD_INPUTS, SETUP_INPUTS, type InputDef } from './inputs';
 
 export class InputError extends Error {
@@ -89,7 +90,7 @@ function byName(defs: InputDef[]): Record<string, InputDef> {
 const S = byName(SETUP_INPUTS);
 const B = byName(BUILD_INPUTS);
 
-const PLATFORM = /^[a-z0-9]+\/[a-z0-9_]+(\/v[0-9]+)?$/;
+const PLATFORM = PLATFORM_PATTERN; // the control plane's own rule (src/contract/rules.ts)
 
 function platforms(def: InputDef, get: Getter): string[] {
   const list = listInput(def, get);
@@ -108,7 +109,7 @@ export function setupSettings(get: Getter): SetupSettings {
     throw new InputError(`Invalid input 'metering-endpoint': '${metering}'. Expected an http:// or https:// URL.`);
   }
   const org = str(S.org, get);
-  if (org && !/^[a-z0-9]+(?:[._-][a-z0-9]+)*$/.test(org)) {
+  if (org && !ORG_PATTERN.test(org)) {
     throw new InputError(`Invalid input 'org': '${org}'. Expected lowercase letters, digits and single . _ - between them.`);
   }
   const jobId = str(S['job-id'], get);

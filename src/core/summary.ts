@@ -3,8 +3,8 @@
 //
 // Image tags and branch names come from users; they are escaped so that none can break a table, open a code
 // span, inject HTML or mention someone, and everything is bounded to stay under GitHub's 1 MiB step summary.
-
-export type BuildStatus = 'success' | 'failure' | 'cancelled';
+import type { BuildStatus } from '../contract/metering-events';
+import { MAX_RECORD_STRING, NORTH_STAR_GOAL } from '../contract/rules';
 
 export interface BuildResult {
   buildId: string;
@@ -62,10 +62,10 @@ export const MAX_TABLE_ROWS = 1000;
 // GitHub refuses a step summary over 1 MiB. Rows stop at 900 KiB; the rest is bounded too: at most 20 warnings
 // of 500 characters, each at most ~6 bytes once escaped (~60 KB), plus a few fixed lines.
 export const MAX_TABLE_BYTES = 900 * 1024;
-const MAX_FIELD = 256; // the endpoint's own limit on strings; longer ones are cut
+const MAX_FIELD = MAX_RECORD_STRING; // the endpoint's own limit on strings; longer ones are cut
 const MAX_WARNINGS = 20;
 const MAX_WARNING_CHARS = 500;
-const NORTH_STAR = 0.8;
+const NORTH_STAR = NORTH_STAR_GOAL;
 
 const num = (n: number | undefined) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0);
 

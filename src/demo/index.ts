@@ -4,6 +4,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { orgUsagePath, pipelineUsagePath, type PipelineUsage, type UsageReport } from '../contract/http-api';
+import { NORTH_STAR_GOAL } from '../contract/rules';
 import { adminCli, pushBaseImage, startControlPlane, type DemoServer } from './control-plane';
 import { runGithubPipeline } from './github-pipeline';
 import { gitlabPipelineKey, runGitlabPipeline } from './gitlab-pipeline';
@@ -23,15 +25,15 @@ const PROJECT = 'demo/app';
 const WORKFLOW = '4f7238f8-bbeb-4428-912f-da28c816002f';
 
 async function usageOf(server: DemoServer, token: string, pipelines: Record<string, string>): Promise<DemoUsage> {
-  const get = async (p: string) => {
+  const get = async <T>(p: string): Promise<T> => {
     const r = await fetch(`${server.http}${p}`, { headers: { authorization: `Bearer ${token}` } });
     if (!r.ok) throw new Error(`GET ${p}: HTTP ${r.status}`);
-    return (await r.json()) as Record<string, any>;
+    return (await r.json()) as T;
   };
-  const u = await get(`/v1/orgs/${ORG}/usage`);
+  const u = await get<UsageReport>(orgUsagePath(ORG));
   const pipelineMinutes: Record<string, number> = {};
   for (const [name, key] of Object.entries(pipelines)) {
-    pipelineMinutes[name] = (await get(`/v1/orgs/${ORG}/pipelines/usage?key=${encodeURIComponent(key)}`)).billedSeconds / 60;
+    pipelineMinutes[name] = (await get<PipelineUsage>(pipelineUsagePath(ORG, key))).billedSeconds / 60;
   }
   return {
     minutesUsed: u.minutes.used,
@@ -88,7 +90,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
 
     const usage = await usageOf(server, token, pipelines);
     const reused = jobs.filter((j) => j.untouchedSteps !== undefined).every((j) => j.cachedSteps >= (j.untouchedSteps ?? 0));
-    ok = jobs.every((j) => j.status === 'success') && usage.withCachedStepShare >= 0.8 && reused;
+    ok = jobs.every((j) => j.status === 'success') && usage.withCachedStepShare >= NORTH_STAR_GOAL && reused;
     process.stdout.write(renderText(jobs, usage) + '\n');
     fs.writeFileSync(o.reportFile, renderHtml(jobs, usage, { generatedAt: new Date().toISOString(), ok }));
     o.log(`HTML report: ${o.reportFile}`);

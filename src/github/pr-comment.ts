@@ -1,6 +1,7 @@
 // One comment per pull request with the pipeline's minutes and cache ratio, found by its marker and updated in
 // place by every job of the pipeline.
 import { Octokit } from '@octokit/rest';
+import { pipelineUsagePath, type PipelineUsage } from '../contract/http-api';
 import { PR_COMMENT_MARKER, renderPrComment, type PipelineSummary } from '../core/summary';
 
 export interface PrTarget {
@@ -26,12 +27,12 @@ export async function upsertPrComment(t: PrTarget, p: PipelineSummary, octokit =
 // The pipeline's figures from the control plane (all its jobs), falling back to this job's own.
 export async function pipelineFigures(httpBase: string, org: string, pipelineKey: string, token: string): Promise<Partial<PipelineSummary> | null> {
   try {
-    const res = await fetch(`${httpBase}/v1/orgs/${encodeURIComponent(org)}/pipelines/usage?key=${encodeURIComponent(pipelineKey)}`, {
+    const res = await fetch(`${httpBase}${pipelineUsagePath(org, pipelineKey)}`, {
       headers: { authorization: `Bearer ${token}` },
       signal: AbortSignal.timeout(10_000)
     });
     if (!res.ok) return null;
-    const u = (await res.json()) as Record<string, number>;
+    const u = (await res.json()) as PipelineUsage;
     return { builds: u.builds, failed: u.failed, buildsWithCache: u.buildsWithCache, totalSteps: u.totalSteps, cachedSteps: u.cachedSteps, billedSeconds: u.billedSeconds };
   } catch {
     return null;

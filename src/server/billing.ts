@@ -184,8 +184,6 @@ export interface BuildSummary {
   distinctActors: number;
 }
 
-export const NORTH_STAR_GOAL = 0.8;
-
 const round4 = (x: number): number => Math.round(x * 10000) / 10000;
 
 export function summarizeBuilds(builds: BuildFacts[]): BuildSummary {

@@ -1,7 +1,7 @@
 // Live builders: the warm pool, sharing per pipeline (refcount of lease holders), the grace period after the
 // last release, and destruction. Builders live only in memory: a control plane that stops takes them down.
 import { randomBytes } from 'crypto';
-import type { Logger } from '../common/log';
+import type { Logger } from './log';
 import type { Driver, BuilderHandle } from './drivers/driver';
 import { BuilderTlsProxy } from './tls-proxy';
 import type { Pki, CertPair } from './pki';

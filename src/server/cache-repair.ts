@@ -18,7 +18,7 @@
 //    importer finds the same blobs at the same index (it reads layers from this manifest only).
 // Everything else in the config is kept byte for byte: only the base64 value is replaced.
 import { createHash } from 'node:crypto';
-import type { Logger } from '../common/log';
+import type { Logger } from './log';
 
 export const INLINE_CACHE_KEY = 'moby.buildkit.cache.v0';
 /** Configs (and manifests) larger than this are not read, let alone rewritten. */

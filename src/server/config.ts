@@ -1,6 +1,7 @@
 // Settings of `buildcloud serve`: one validated object, defaults documented in docs/operations.md.
 import * as os from 'os';
 import * as path from 'path';
+import { DEFAULT_MAX_BATCH } from '../contract/cloudevents';
 import { BUILDER_ISOLATION_SETTINGS, type BuilderIsolationSetting } from './drivers/builder-isolation';
 import { normalizeIpv4Cidr } from './drivers/builder-egress';
 
@@ -54,7 +55,7 @@ export const DEFAULT_LIMITS: ServeLimits = {
 };
 
 // The batch limit of POST /v1/events: a record burst below it would refuse a full batch for ever.
-const MIN_RECORD_BURST = 1000;
+const MIN_RECORD_BURST = DEFAULT_MAX_BATCH;
 
 /**
  * Parses the rate and cap flags of `serve` (strings as commander gives them). Throws ConfigError naming the flag and

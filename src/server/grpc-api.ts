@@ -1,7 +1,7 @@
 // The gRPC face of the control plane: authentication from metadata, one error boundary per call.
 import * as grpc from '@grpc/grpc-js';
-import type { Logger } from '../common/log';
-import { services, type ProvisionRequestMsg, type ExchangeTokenResponseMsg } from '../common/proto';
+import type { Logger } from './log';
+import { services, type ProvisionRequestMsg, type ExchangeTokenResponseMsg } from '../contract/grpc';
 import { ApiError, denied, invalid, unauthenticated, unavailable } from './errors';
 import { checkOrgMatch, type LeaseManager } from './leases';
 import type { Store } from './store/store';

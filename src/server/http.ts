@@ -3,11 +3,12 @@
 import { scopeCoversProject, type PrincipalScope } from './scope';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { Logger } from '../common/log';
-import { EventsBodyError } from './metering/cloudevents';
-import { parseEventsBody } from './metering/events';
+import type { Logger } from './log';
+import { DEFAULT_MAX_BATCH, EventsBodyError } from '../contract/cloudevents';
+import type { EventsResponse, RecordResult, RecordStatus, UsageReport } from '../contract/http-api';
+import { parseEventsBody } from '../contract/metering-events';
 import { recordQueries } from './metering/record-queries';
-import { monthOf, parseMonth, pipelineUsage, UsageReport } from './metering/usage';
+import { monthOf, parseMonth, pipelineUsage } from './metering/usage';
 import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
 import { Store } from './store/store';
 
@@ -47,7 +48,6 @@ export interface HttpDeps {
 }
 
 export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
-export const DEFAULT_MAX_BATCH = 1000;
 
 /** All metrics of the control plane, in a registry of their own (tests make several). */
 export function createMetrics() {
@@ -104,16 +104,7 @@ export function createMetrics() {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-// deferred: a valid record of a lease of the org but of a project outside the sending credential's scope (a job of
-// another project flushing a spool it shares with this one, on a shared runner): not stored, not dropped; a
-// client keeps it for a credential of that project.
-export type RecordStatus = 'accepted' | 'duplicate' | 'rejected' | 'deferred';
-export interface RecordResult {
-  index: number;
-  id: string | null;
-  status: RecordStatus;
-  reason?: string;
-}
+// What each record's status means (deferred included): src/contract/http-api.ts, RecordStatus.
 
 function sendError(reply: FastifyReply, status: number, code: string, message: string): FastifyReply {
   return reply.code(status).send({ error: { code, message } });
@@ -333,7 +324,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     deps.metrics.recordsRejected.inc(rejected);
     if (rejected > 0) req.log.warn({ org, subject: principal.subject, rejected }, 'usage records rejected');
     if (deferred > 0) req.log.info({ org, subject: principal.subject, deferred }, 'usage records of another project deferred');
-    return { results, accepted, duplicate, rejected, deferred };
+    return { results, accepted, duplicate, rejected, deferred } satisfies EventsResponse;
   });
 
   app.get<{ Params: { org: string }; Querystring: { month?: unknown } }>(

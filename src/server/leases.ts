@@ -2,8 +2,8 @@
 // and billing from the control plane's own lease records (per second, no minimum).
 import { randomBytes } from 'crypto';
 import { hashToken, sameSecret } from './auth';
-import type { Logger } from '../common/log';
-import type { LeaseMsg, ProvisionRequestMsg } from '../common/proto';
+import type { Logger } from './log';
+import type { LeaseMsg, ProvisionRequestMsg } from '../contract/grpc';
 import type { LeaseEndReason, LeaseRow, ReserveResult, Store } from './store/store';
 import { orgMaxBuildersDefault, type ServerConfig } from './config';
 import type { Pki } from './pki';

@@ -13,7 +13,7 @@ import * as https from 'node:https';
 import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import { isIP, type AddressInfo } from 'node:net';
-import type { Logger } from '../common/log';
+import type { Logger } from './log';
 import { orgRepoPrefix, type RegistryScope } from './cache-refs';
 import { CacheRepairs, IMAGE_MANIFEST_TYPES, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
 

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { Logger } from '../common/log';
+import type { Logger } from './log';
 
 export interface EmbeddedRegistryOptions {
   dir: string; // private state: config, data/, registry.log (and the socket when the path is short enough)

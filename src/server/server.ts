@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import type { Logger } from '../common/log';
+import type { Logger } from './log';
 import { ConfigError, DEFAULT_LIMITS, isLoopbackHost, type ServerConfig } from './config';
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';

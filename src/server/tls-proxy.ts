@@ -8,8 +8,8 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../common/log';
-import { silentLogger } from '../common/log';
+import type { Logger } from './log';
+import { silentLogger } from './log';
 import { checkEngineRequest } from './engine-api-policy';
 import type { CertPair } from './pki';
 

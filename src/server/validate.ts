@@ -1,18 +1,25 @@
 // Validation of what clients send: every error names the field and what is expected.
 import { invalid } from './errors';
-
-const PRINTABLE = /^[\x21-\x7e]+$/;
-const PLATFORM = /^[a-z0-9]+\/[a-z0-9_]+(\/v[0-9]+)?$/;
-const ORG = /^[a-z0-9]+(?:[._-][a-z0-9]+)*$/;
+import {
+  IDENTITY_LIMITS,
+  JOB_ID_MAX,
+  KEY_MAX,
+  KEY_PATTERN as PRINTABLE,
+  MAX_PLATFORMS,
+  ORG_MAX,
+  ORG_PATTERN as ORG,
+  PIPELINE_KEY_MAX,
+  PLATFORM_PATTERN as PLATFORM
+} from '../contract/rules';
 
 export function validateOrgName(name: string, field = 'org'): string {
-  if (!name || name.length > 64 || !ORG.test(name)) {
-    throw invalid(`Invalid ${field} '${truncate(name)}'. Expected 1-64 lowercase letters, digits and single . _ - between them (e.g. acme-corp).`);
+  if (!name || name.length > ORG_MAX || !ORG.test(name)) {
+    throw invalid(`Invalid ${field} '${truncate(name)}'. Expected 1-${ORG_MAX} lowercase letters, digits and single . _ - between them (e.g. acme-corp).`);
   }
   return name;
 }
 
-export function validateKey(value: string, field: string, max = 256): string {
+export function validateKey(value: string, field: string, max = KEY_MAX): string {
   if (!value) throw invalid(`Missing ${field}. Expected a non-empty string of up to ${max} printable characters.`);
   if (value.length > max) throw invalid(tooLong(field, value, max, 'printable ASCII characters without spaces'));
   if (!PRINTABLE.test(value)) {
@@ -26,28 +33,7 @@ export function validateKey(value: string, field: string, max = 256): string {
 // name: one table, documented in docs/api.md ("Limits of identity fields"). An error names the field, its limit and
 // the rule; it quotes at most 40 characters of the value (escaped), never the whole of an oversize one.
 
-export interface IdentityFieldRule {
-  field: string; // as the caller names it (proto field name)
-  max: number; // characters
-  rule: string; // what is allowed, for the error message and the docs
-  re: RegExp; // applied to non-empty values
-  required?: boolean;
-}
-
-// No control characters, no whitespace: values end up in refs, logs, summaries and metrics labels.
-const NO_SPACE_OR_CONTROL = /^[^\s\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+$/u;
-const URL_CHARS = /^https?:\/\/[\x21-\x7e]+$/;
-
-export const IDENTITY_LIMITS: Record<'provider' | 'project' | 'branch' | 'defaultBranch' | 'actor' | 'runUrl', IdentityFieldRule> = {
-  provider: { field: 'identity.provider', max: 32, rule: 'lowercase letters, digits and - (e.g. github, gitlab, circleci, local)', re: /^[a-z][a-z0-9-]*$/ },
-  project: { field: 'identity.project', max: 256, rule: 'printable ASCII characters without spaces (e.g. acme/widget-api)', re: PRINTABLE, required: true },
-  branch: { field: 'identity.branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
-  defaultBranch: { field: 'identity.default_branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
-  actor: { field: 'identity.actor', max: 255, rule: 'characters without whitespace or control characters (a user login)', re: NO_SPACE_OR_CONTROL },
-  runUrl: { field: 'identity.run_url', max: 2048, rule: 'an http:// or https:// URL of printable ASCII characters without spaces', re: URL_CHARS }
-};
-export const PIPELINE_KEY_MAX = 256;
-export const JOB_ID_MAX = 256;
+// The table itself (IDENTITY_LIMITS) is contract: src/contract/rules.ts, which the runner checks its inputs with too.
 
 export interface IdentityFields {
   provider?: string;
@@ -97,7 +83,7 @@ export function validateProvisionIdentity(req: { pipelineKey?: string; jobId?: s
 
 export function normalisePlatforms(requested: string[], available: string[]): string[] {
   const list = requested.length ? requested : available.slice(0, 1);
-  if (list.length > 8) throw invalid(`Invalid platforms: ${list.length} given. Expected at most 8.`);
+  if (list.length > MAX_PLATFORMS) throw invalid(`Invalid platforms: ${list.length} given. Expected at most ${MAX_PLATFORMS}.`);
   const out: string[] = [];
   for (const raw of list) {
     const p = String(raw).trim().toLowerCase();

@@ -2,7 +2,7 @@
 // (a bridge, never host), so cache keys match across builders, and a user's plain `docker build` needs no
 // --network flag. Daemons must not share docker0: each would rewrite it and leave state behind.
 import * as fs from 'node:fs';
-import type { Logger } from '../../common/log';
+import type { Logger } from '../log';
 import { hostTool, linkExists, runCommand } from './host-tools';
 
 // The rules of builder bridges (builder-nat.ts) and the host's tools (host-tools.ts), where importers of this

@@ -1,6 +1,6 @@
 // Outbound NAT and egress filtering of builder bridges, with iptables (and ip6tables) rules of our own.
 import * as fs from 'node:fs';
-import type { Logger } from '../../common/log';
+import type { Logger } from '../log';
 import type { BridgeLease } from './bridge';
 import { BLOCKED_IPV4_RANGES, DEFAULT_RESOLV_CONF_PATHS, dnsExceptions, normalizeIpv4Cidr, readNameservers } from './builder-egress';
 import { BLOCKED_IPV6_RANGES, type EngineEndpoint } from './engine-egress';

@@ -3,7 +3,7 @@
 // and remove what it left mounted.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { Logger } from '../../common/log';
+import type { Logger } from '../log';
 import { hostTool, runCommand } from './host-tools';
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -7,49 +7,14 @@ import {
   BuildFacts,
   canProvision,
   minutesUp,
-  NORTH_STAR_GOAL,
   summarizeBuilds,
   unreservedSeconds
 } from '../billing';
+import type { PipelineUsage, UsageReport } from '../../contract/http-api';
+import { BUILD_COMPLETED, JOB_COMPLETED } from '../../contract/metering-events';
+import { NORTH_STAR_GOAL } from '../../contract/rules';
 import { Store } from '../store/store';
-import { BUILD_COMPLETED, JOB_COMPLETED } from './events';
 import { recordQueries, type RecordFacts } from './record-queries';
-
-export interface UsageReport {
-  org: string;
-  month: string; // YYYY-MM (UTC)
-  generatedAt: string; // RFC 3339
-  // The bucket balance now (buckets are prepaid and do not expire at a month's end).
-  minutes: { bought: number; used: number; left: number; overdraft: number; usedInMonth: number };
-  seconds: {
-    bought: number;
-    used: number; // billed + active, all time
-    left: number;
-    overdraft: number;
-    billed: number; // ended leases, all time
-    active: number; // running leases so far
-    usedInMonth: number; // leases that ended in the month, plus active ones when it is the current month
-    reserved: number; // held by running leases (see docs/metering.md, reservations)
-    unreserved: number; // buckets + overdraft − billed − reserved: what new leases may take
-  };
-  canProvision: boolean;
-  leases: { count: number; ended: number; active: number };
-  builds: {
-    count: number;
-    succeeded: number;
-    failed: number;
-    cancelled: number;
-    totalSteps: number;
-    cachedSteps: number;
-    durationSeconds: number;
-    avgCacheRatio: number;
-    withCachedStepShare: number;
-    northStarGoal: number;
-    northStarMet: boolean;
-  };
-  jobs: { count: number; wallSeconds: number };
-  users: { distinct: number; top: Array<{ actor: string; builds: number }> };
-}
 
 const MONTH = /^(\d{4})-(0[1-9]|1[0-2])$/;
 
@@ -200,20 +165,6 @@ export async function computeUsage(
     jobs: { count: jobCount, wallSeconds: Math.round(jobWallSeconds) },
     users: { distinct: perActor.size, top }
   };
-}
-
-export interface PipelineUsage {
-  org: string;
-  pipelineKey: string;
-  leases: number;
-  activeLeases: number;
-  billedSeconds: number; // ended leases as billed, active ones up to now
-  builds: number;
-  failed: number;
-  buildsWithCache: number;
-  totalSteps: number;
-  cachedSteps: number;
-  avgCacheRatio: number;
 }
 
 /** One pipeline's leases and builds: what its pull request comment shows. */

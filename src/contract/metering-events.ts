@@ -1,5 +1,6 @@
-// The Build Cloud usage records: the two event types, their data, validation and builders. Kept free of
-// server dependencies so the CI client bundles the same definitions it is checked against.
+// The Build Cloud usage records: the two event types, their data, validation and builders. Contract: the CI client
+// builds its records with these and the metering endpoint checks them with the same code, so the two cannot drift.
+import { MAX_RECORD_STRING as MAX_STRING } from './rules';
 import {
   CloudEvent,
   DEFAULT_MAX_BATCH,
@@ -49,7 +50,6 @@ export interface JobCompletedData {
 
 // The ratio is derived data; a client may round it, but not disagree with its own step counts.
 export const CACHE_RATIO_TOLERANCE = 0.001;
-const MAX_STRING = 256;
 // Records are analytics detail, not a storage service: a record's data beyond this is refused.
 export const MAX_DATA_BYTES = 16 * 1024;
 
