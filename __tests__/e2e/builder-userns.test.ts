@@ -12,7 +12,7 @@ import * as path from 'path';
 import { DockerdDriver, findDockerd } from '../../src/server/drivers/dockerd';
 import type { BuilderIsolation } from '../../src/server/drivers/builder-isolation';
 import type { BuilderHandle } from '../../src/server/drivers/driver';
-import { decodeInlineCache } from '../../src/server/cache-repair';
+import { decodeInlineCache } from '../../src/server/inline-cache';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { mountsUnder, processesMentioning } from '../helpers/host-state';
 import { adminSetup, docker as dockerVia, dockerEnvFor, startServer, TestClient } from '../helpers/server';

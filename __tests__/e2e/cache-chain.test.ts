@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { EmbeddedRegistry, findRegistryBinary } from '../../src/server/registry';
 import { Pki } from '../../src/server/pki';
 import { RegistryPrincipal, RegistryProxy, registryProxyTls } from '../../src/server/registry-proxy';
-import { decodeInlineCache, parseImageManifest, type CacheRecord } from '../../src/server/cache-repair';
+import { decodeInlineCache, parseImageManifest, type CacheRecord } from '../../src/server/inline-cache';
 import { parseProgress } from '../../src/core/build';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';

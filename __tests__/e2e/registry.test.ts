@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import { DOCKER_CERTS_DIR, REGISTRY_TRUST_FILE } from '../../src/server/drivers/dockerd';
+import { DOCKER_CERTS_DIR, REGISTRY_TRUST_FILE } from '../../src/server/drivers/registry-trust';
 import { EmbeddedRegistry, findRegistryBinary } from '../../src/server/registry';
 import { Pki } from '../../src/server/pki';
 import { RegistryPrincipal, RegistryProxy, registryProxyTls } from '../../src/server/registry-proxy';

@@ -2,7 +2,7 @@
 // an HTTP server in it. Egress tests send traffic only to these, never to a real private or link-local address.
 import { spawn, execFile, type ChildProcess } from 'child_process';
 import * as http from 'http';
-import { hostTool } from '../../src/server/drivers/bridge';
+import { hostTool } from '../../src/server/drivers/host-tools';
 
 const IP = hostTool('ip');
 

@@ -5,8 +5,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
+import { CacheRepairs, type UpstreamCall, type UpstreamCallOptions } from '../../src/server/cache-repair';
 import {
-  CacheRepairs,
   INLINE_CACHE_KEY,
   MAX_CONFIG_BYTES,
   decodeInlineCache,
@@ -15,10 +15,8 @@ import {
   repairInlineCache,
   sha256Digest,
   type CacheRecord,
-  type InlineCacheImage,
-  type UpstreamCall,
-  type UpstreamCallOptions
-} from '../../src/server/cache-repair';
+  type InlineCacheImage
+} from '../../src/server/inline-cache';
 
 const FIXTURES = path.join(__dirname, '../fixtures/inline-cache');
 const read = (name: string): Buffer => fs.readFileSync(path.join(FIXTURES, name));

@@ -3,7 +3,8 @@
 import * as http from 'http';
 import type { AddressInfo } from 'net';
 import { exportJWK, generateKeyPair, SignJWT, UnsecuredJWT, type JWK, type JWTPayload, type KeyLike } from 'jose';
-import { AuthError, OIDC_REFUSAL, OidcVerifier, trustPreset, type OidcVerifierOptions } from '../../src/server/oidc';
+import { AuthError, OIDC_REFUSAL, OidcVerifier, type OidcVerifierOptions } from '../../src/server/oidc';
+import { trustPreset } from '../../src/server/trust-presets';
 import type { TrustRow } from '../../src/server/store/store';
 
 interface SigningKeyPair {

@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { Pki } from '../../src/server/pki';
-import { installRegistryTrust, REGISTRY_TRUST_FILE } from '../../src/server/drivers/dockerd';
+import { installRegistryTrust, REGISTRY_TRUST_FILE } from '../../src/server/drivers/registry-trust';
 import { isLoopbackAddress, RegistryPrincipal, RegistryProxy, RegistryProxyOptions, RegistryProxyTls, registryProxyTls } from '../../src/server/registry-proxy';
 
 // A fake upstream registry on a unix socket: records what reaches it, answers with a per-test handler.

@@ -234,7 +234,7 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
-      const { trustPreset } = await import('../server/auth');
+      const { trustPreset } = await import('../server/trust-presets');
       const chosen = [o.githubOwner, o.gitlabNamespace, o.circleciOrgId].filter(Boolean).length;
       if (chosen > 1) throw new CliError('Give only one of --github-owner, --gitlab-namespace, --circleci-org-id.');
       let rule;

@@ -24,8 +24,8 @@ import type { Store, TokenRow, TrustRow } from './store/store';
 import { AuthError } from './oidc';
 import { decodeVerified, encodeVerified, type PrincipalScope, type VerifiedIdentity } from './scope';
 
-export { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, OidcVerifier, trustPreset } from './oidc';
-export type { AuthErrorCode, OidcExchangeResult, OidcVerifierOptions, TrustPresetKind, TrustPresetOptions } from './oidc';
+export { AuthError, OIDC_REFUSAL, OIDC_UNAVAILABLE, OidcVerifier } from './oidc';
+export type { AuthErrorCode, OidcExchangeResult, OidcVerifierOptions } from './oidc';
 
 export const ACCESS_TOKEN_ISSUER = 'buildcloud';
 export const ACCESS_TOKEN_AUDIENCE = 'buildcloud-api';

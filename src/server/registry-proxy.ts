@@ -15,7 +15,8 @@ import * as net from 'node:net';
 import { isIP, type AddressInfo } from 'node:net';
 import type { Logger } from './log';
 import { orgRepoPrefix, type RegistryScope } from './cache-refs';
-import { CacheRepairs, IMAGE_MANIFEST_TYPES, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
+import { CacheRepairs, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
+import { IMAGE_MANIFEST_TYPES } from './inline-cache';
 
 export interface RegistryPrincipal {
   org: string;

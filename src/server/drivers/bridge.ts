@@ -4,12 +4,7 @@
 import * as fs from 'node:fs';
 import type { Logger } from '../log';
 import { hostTool, linkExists, runCommand } from './host-tools';
-
-// The rules of builder bridges (builder-nat.ts) and the host's tools (host-tools.ts), where importers of this
-// module have always found them.
-export { BuilderNat, NAT_CHAINS, natRules, natTag, splitRule } from './builder-nat';
-export type { BuilderNatOptions, EgressPolicy, IpFamily, NatRule } from './builder-nat';
-export { hostTool, linkExists, runCommand } from './host-tools';
+import { intToIp, overlaps, parseCidr, poolSubnets, type Net } from './subnets';
 
 export const DEFAULT_SUBNET_POOL = '10.213.0.0/16';
 
@@ -19,47 +14,9 @@ export interface BridgeLease {
   gateway: string; // the bridge's own address, e.g. 10.213.7.1
 }
 
-interface Net {
-  base: number; // network address as an unsigned 32-bit int
-  size: number; // number of addresses
-}
-
 // Subnets handed out by this process and not yet released. Shared by every allocator of the process, because
 // `ip addr add` happily puts one subnet on two bridges and tests run several control planes in one process.
 const inFlight = new Set<number>();
-
-export function ipToInt(ip: string): number {
-  const parts = ip.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255)) {
-    throw new Error(`not an IPv4 address: ${ip}`);
-  }
-  return ((parts[0] << 24) | (parts[1] << 16) | (parts[2] << 8) | parts[3]) >>> 0;
-}
-
-export function intToIp(n: number): string {
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
-}
-
-function parseCidr(cidr: string): Net {
-  const [ip, bits] = cidr.split('/');
-  const prefix = Number(bits);
-  if (!Number.isInteger(prefix) || prefix < 0 || prefix > 32) throw new Error(`bad CIDR: ${cidr}`);
-  const size = 2 ** (32 - prefix);
-  return { base: ipToInt(ip) - (ipToInt(ip) % size), size };
-}
-
-// The /24s of the pool, e.g. 10.213.0.0/16 gives 256 of them.
-export function poolSubnets(pool: string): number[] {
-  const net = parseCidr(pool);
-  if (net.size < 256) throw new Error(`subnet pool ${pool} is smaller than a /24`);
-  const out: number[] = [];
-  for (let b = net.base; b < net.base + net.size; b += 256) out.push(b);
-  return out;
-}
-
-function overlaps(a: Net, b: Net): boolean {
-  return a.base < b.base + b.size && b.base < a.base + a.size;
-}
 
 interface HostAddr {
   ifname: string;
