@@ -186,6 +186,22 @@ describe('identity that chooses scope is verified', () => {
     expect(a2.builders[0].builderId).toBe(a.builders[0].builderId); // control: the same project shares
   });
 
+  test("a pull request's read-only job sending main's pipeline key gets a builder of its own, and cannot release main's lease", async () => {
+    const main = await provision(await access({}), 'gl/4821/4001');
+    const mrToken = await access({ pipeline_source: 'merge_request_event', ref_protected: 'false' });
+    const mr = await provision(mrToken, 'gl/4821/4001');
+    expect(mr.cache?.exportRef).toBe('');
+    // Sharing main's builder would let it tag images that main's build then uses and pushes to cache:main.
+    expect(mr.builders[0].builderId).not.toBe(main.builders[0].builderId);
+    const mrClient = new TestClient(server.info.grpc, mrToken);
+    clients.push(mrClient);
+    const err = (await mrClient.release(main.id).catch((e: grpc.ServiceError) => e)) as grpc.ServiceError;
+    expect(err.code).toBe(grpc.status.NOT_FOUND);
+    // Control: a second job of main's pipeline shares main's builder.
+    const main2 = await provision(await access({}), 'gl/4821/4001');
+    expect(main2.builders[0].builderId).toBe(main.builders[0].builderId);
+  });
+
   test("another project's job cannot release or even see a lease of this project (lease ids are in CI logs)", async () => {
     const victim = await provision(await access({}), 'gl/4821/3011');
     const intruder = new TestClient(server.info.grpc, await access({ project_path: 'acme-group/billing' }));
@@ -213,7 +229,7 @@ describe('identity that chooses scope is verified', () => {
     };
     const forged = await post(intruderToken, record('forged-1'));
     expect(forged).toMatchObject({ accepted: 0, deferred: 1 });
-    expect(forged.results[0].reason).toMatch(/is a lease of another project than this credential's/);
+    expect(forged.results[0].reason).toMatch(/is a lease this credential did not provision/);
     // Control: the lease's own project sends its record.
     expect(await post(ownToken, record('real-1'))).toMatchObject({ accepted: 1, deferred: 0 });
   });
@@ -227,6 +243,12 @@ describe('identity that chooses scope is verified', () => {
     const features = mint('--project', 'acme-group/widget-api', '--branches', '*');
     const outside = await denied(features, { project: 'acme-group/billing', branch: 'feature-x' });
     expect([outside.code, outside.details]).toEqual([grpc.status.PERMISSION_DENIED, "identity.project 'acme-group/billing' is outside this token's projects (acme-group/widget-api)."]);
+    // A trailing or leading slash names the same project: an exclusion holds against it.
+    const notSecret = mint('--project', 'acme-group/*,!acme-group/secret', '--branches', '*');
+    for (const project of ['acme-group/secret', 'acme-group/secret/', '/acme-group/Secret']) {
+      const e = await denied(notSecret, { project, branch: 'feature-x' });
+      expect(e.code).toBe(grpc.status.PERMISSION_DENIED);
+    }
     // '*' covers main, but a wildcard does not name a protected branch: read-only there, writes elsewhere.
     const onMain = await provision(features, 'gl/4821/3005');
     expect(onMain.cache?.exportRef).toBe('');
@@ -265,7 +287,7 @@ describe('identity that chooses scope is verified', () => {
     const bare = { iss: issuer.issuer, aud: 'buildcloud', sub: 'x', namespace_path: 'acme-group', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 300 };
     const res = (await exchange(await issuer.sign(bare))) as ControlPlaneError;
     expect(res.code).toBe(grpc.status.PERMISSION_DENIED);
-    expect(res.details).toMatch(/names no repository or project/);
+    expect(res.details).toMatch(/This GitLab OIDC token names no project \(claim project_path\)/);
   });
 });
 

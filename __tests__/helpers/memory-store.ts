@@ -177,7 +177,7 @@ export class MemoryStore implements Store {
   }
 
   async insertUsageRecord(row: UsageRecordRow): Promise<InsertResult> {
-    const key = JSON.stringify([row.org, row.id]);
+    const key = JSON.stringify([row.org, row.leaseId ?? '', row.id]); // keyed like SQLite's migration 5
     if (this.usage.has(key)) return 'duplicate';
     this.usage.set(key, copy(row));
     return 'inserted';

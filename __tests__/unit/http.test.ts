@@ -198,15 +198,19 @@ describe('POST /v1/events', () => {
   });
 
   test("a project's credential cannot write another project's records; they are deferred, not stored and not dropped", async () => {
-    await store.insertLease(lease('L-app', 'acme', { identity: { project: 'acme/app' } }));
-    await store.insertLease(lease('L-billing', 'acme', { identity: { project: 'acme/billing' } }));
+    await store.insertLease(lease('L-app', 'acme', { identity: { project: 'acme/app', branch: 'main' } }));
+    await store.insertLease(lease('L-billing', 'acme', { identity: { project: 'acme/billing', branch: 'main' } }));
+    // A pull request's read-only lease of acme/app: a push's credential of acme/app does not cover it either.
+    await store.insertLease(lease('L-app-pr', 'acme', { identity: { project: 'acme/app', branch: 'main', readOnly: true, changeRequest: true } }));
+    const pr = await post([build('b3', { lease: 'L-app-pr' })], { token: 'tok-acme-app' });
+    expect(pr.json()).toMatchObject({ accepted: 0, deferred: 1 });
     const r = await post([build('b1', { lease: 'L-app' }), build('b2', { lease: 'L-billing' })], { token: 'tok-acme-app' });
     expect(r.json()).toMatchObject({ accepted: 1, rejected: 0, deferred: 1 });
     expect(r.json().results[1]).toEqual({
       index: 1,
       id: expect.any(String),
       status: 'deferred',
-      reason: 'data.lease_id "L-billing" is a lease of another project than this credential\'s; send it with a credential of that project'
+      reason: 'data.lease_id "L-billing" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease\'s job'
     });
     expect((await store.usageRecords('acme', 0, NOW * 2)).map((x) => x.data.lease_id)).toEqual(['L-app']);
     // Control: the org-admin token (unscoped) sends it.
@@ -219,6 +223,22 @@ describe('POST /v1/events', () => {
     const get = (token: string) => request(app, { method: 'GET', url: '/v1/orgs/acme/pipelines/usage?key=shared', headers: { authorization: `Bearer ${token}` } });
     expect((await get('tok-acme-app')).json().leases).toBe(1);
     expect((await get('tok-acme')).json().leases).toBe(2); // control: the org-admin token sees both
+  });
+
+  test("within an org, a record id posted first for another lease never makes this lease's record a duplicate", async () => {
+    await store.insertLease(lease('L-other', 'acme'));
+    const real = build('b1'); // the id acme's client derives for its build on L-acme
+    const squat = { ...real, data: { ...real.data, lease_id: 'L-other' } };
+    expect((await post([squat])).json().results[0].status).toBe('accepted'); // a record of L-other, kept as such
+    expect((await post([real])).json().results[0].status).toBe('accepted');
+    expect((await post([real])).json().results[0].status).toBe('duplicate'); // control: its own resend
+  });
+
+  test("a project-scoped credential cannot read the whole org's usage report (every project's actors and builds)", async () => {
+    const r = await request(app, { method: 'GET', url: '/v1/orgs/acme/usage', headers: { authorization: 'Bearer tok-acme-app' } });
+    expect(r.statusCode).toBe(403);
+    expect(r.json().error.message).toMatch(/project-scoped credential .* cannot read the whole org's usage/);
+    expect((await request(app, { method: 'GET', url: '/v1/orgs/acme/usage', headers: { authorization: 'Bearer tok-acme' } })).statusCode).toBe(200);
   });
 
   test("another org sending a record with the same id cannot make the org's record a duplicate", async () => {

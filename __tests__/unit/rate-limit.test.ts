@@ -161,7 +161,7 @@ describe('serve flags', () => {
   test('0 turns a rate off', () => {
     const limits = parseLimits({ provisionRate: '0', recordRate: '0', maxRecordsPerLease: '0', maxRecordsPerOrgDay: '0' });
     expect(limits).toMatchObject({ provisionRate: 0, recordRate: 0, maxRecordsPerLease: 0, maxRecordsPerOrgDay: 0 });
-    expect(createServeLimiters(limits)).toEqual({ provision: null, records: null });
+    expect(createServeLimiters(limits)).toEqual({ provision: null, records: null, exchange: null });
   });
 
   test('decimal rates are allowed', () => {

@@ -243,6 +243,12 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
     ['DELETE a manifest by digest (would drop another branch\'s cache)', 'DELETE', `/v2/acme/app/cache/manifests/${D}`, 403],
     ['DELETE a blob', 'DELETE', `/v2/acme/app/cache/blobs/${D}`, 403],
     ['DELETE its own tag', 'DELETE', '/v2/acme/app/cache/manifests/feature-x', 403],
+    // Digest-shaped refs the registry parses as TAGS (it registers only sha256/sha512 of full length, lower case).
+    ['PUT "main:<hex>" (a tag to the registry)', 'PUT', `/v2/acme/app/cache/manifests/main:${'0'.repeat(32)}`, 403],
+    ['PUT a short sha256', 'PUT', `/v2/acme/app/cache/manifests/sha256:${'a'.repeat(32)}`, 403],
+    ['PUT an upper-case sha256', 'PUT', `/v2/acme/app/cache/manifests/sha256:${'A'.repeat(64)}`, 403],
+    ['PUT an unregistered algorithm', 'PUT', `/v2/acme/app/cache/manifests/md5:${'a'.repeat(32)}`, 403],
+    ['PUT a sha512 (registered)', 'PUT', `/v2/acme/app/cache/manifests/sha512:${'b'.repeat(128)}`, 200],
   ])('%s: %s %s → %d', async (_n, method, urlPath, status) => {
     const r = await call(proxy, method, urlPath, { auth: FEAT, body: method === 'PUT' || method === 'PATCH' ? '{}' : undefined });
     expect(r.status).toBe(status);
@@ -252,6 +258,18 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
     } else {
       expect(seen.map((x) => x.url)).toEqual([urlPath]);
     }
+  });
+
+  test("the registry's own 5xx body (storage driver, paths on this host) never reaches a lease", async () => {
+    handler = (_req, res) => {
+      res.writeHead(500, { 'content-type': 'application/json' });
+      res.end('{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":{"DriverName":"filesystem","Path":"/docker/registry/v2/repositories/acme/app/cache/_manifests"}}]}');
+    };
+    const r = await call(proxy, 'GET', '/v2/acme/app/cache/manifests/main', { auth: FEAT });
+    expect(r.status).toBe(502);
+    expect(r.body).not.toContain('/docker/registry');
+    expect(r.body).not.toContain('filesystem');
+    expect(errorCode(r)).toBe('UNAVAILABLE');
   });
 
   test('a refused write says which ref the lease may write', async () => {

@@ -7,7 +7,10 @@ import {
   encodeVerified,
   matchesPatterns,
   parsePatterns,
+  canonicalProject,
+  providerOfRule,
   resolveLeaseIdentity,
+  scopeCoversLease,
   scopeCoversProject,
   verifiedIdentityFromClaims,
   type PrincipalScope,
@@ -163,4 +166,66 @@ test('scopeCoversProject', () => {
   expect(scopeCoversProject(oidc({}), 'acme/other')).toBe(false);
   expect(scopeCoversProject(token(['acme/*'], null), 'acme/x')).toBe(true);
   expect(scopeCoversProject(token(['acme/a'], null), 'acme/x')).toBe(false);
+});
+
+describe('what a trust rule trusts bounds the claims (defence in depth: real CIs sign only their own shapes)', () => {
+  test('the CI is the rule\'s, not the claims\' shape', () => {
+    expect(providerOfRule('repository_owner')).toBe('github');
+    expect(providerOfRule('namespace_path')).toBe('gitlab');
+    expect(providerOfRule('oidc.circleci.com/org-id')).toBe('circleci');
+    expect(providerOfRule('custom')).toBeNull();
+    // A GitLab rule's token with GitHub-shaped claims names no GitLab project: refused.
+    expect(() => verifiedIdentityFromClaims({ repository: 'acme/other', event_name: 'push', ref: 'refs/heads/main' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/names no project/);
+  });
+  test('a GitLab project outside the trusted namespace, a GitHub repository of another owner: refused', () => {
+    expect(() => verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'other-ns/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/not inside what its trust rule trusts/);
+    expect(verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'acme/sub/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' }).project).toBe('acme/sub/app');
+    expect(() => verifiedIdentityFromClaims({ repository: 'evil/app', repository_owner: 'acme', event_name: 'push' }, { claim: 'repository_owner', value: 'acme' })).toThrow(/not inside/);
+    expect(() => verifiedIdentityFromClaims({ 'oidc.circleci.com/org-id': 'u', 'oidc.circleci.com/vcs-origin': 'github.com' })).toThrow(/no owner\/repo/);
+  });
+  test('GitHub: only events that build their own ref write; workflow_run, issue_comment and the like read', () => {
+    const gh = (event_name: string) => verifiedIdentityFromClaims({ repository: 'acme/app', repository_owner: 'acme', event_name, ref: 'refs/heads/main' });
+    for (const e of ['push', 'schedule', 'workflow_dispatch', 'merge_group']) expect(gh(e).readOnly).toBe(false);
+    for (const e of ['workflow_run', 'issue_comment', 'check_suite', 'deployment']) {
+      expect(gh(e)).toMatchObject({ readOnly: true, readOnlyReason: expect.stringContaining(`a ${e} run may build code other than its ref's`) });
+    }
+  });
+  test('GitLab: an external pull request pipeline is a change request', () => {
+    expect(verifiedIdentityFromClaims({ project_path: 'a/b', ref: 'main', ref_type: 'branch', pipeline_source: 'external_pull_request_event' }).changeRequest).toBe(true);
+  });
+});
+
+describe('projects compare in one canonical form', () => {
+  test("'acme/secret/' and '/acme/secret' are acme/secret: an exclusion holds", () => {
+    expect(canonicalProject(' /acme/secret// ')).toBe('acme/secret');
+    const t = token(['acme/*', '!acme/secret'], ['*']);
+    for (const p of ['acme/secret', 'acme/secret/', 'acme/Secret/', 'acme/secret//', '/acme/secret']) {
+      expect(() => resolveLeaseIdentity(t, req({ project: p, branch: 'f' }), P)).toThrow(/outside this token's projects/);
+    }
+    expect(resolveLeaseIdentity(t, req({ project: 'acme/app/', branch: 'f' }), P).project).toBe('acme/app');
+  });
+});
+
+describe('scopeCoversLease: a credential acts only on leases it could have provisioned itself', () => {
+  const lease = (o: Record<string, unknown>) => ({ project: 'acme/app', branch: 'main', readOnly: false, changeRequest: false, ...o });
+  test('the org-admin token: every lease of its org', () => {
+    expect(scopeCoversLease(undefined, lease({ project: 'x/y' }))).toBe(true);
+  });
+  test("a push's OIDC credential: its project and branch; not a pull request's lease", () => {
+    const push = oidc({ branch: 'main' });
+    expect(scopeCoversLease(push, lease({}))).toBe(true);
+    expect(scopeCoversLease(push, lease({ branch: 'feature-x' }))).toBe(false);
+    expect(scopeCoversLease(push, lease({ project: 'acme/billing' }))).toBe(false);
+    expect(scopeCoversLease(push, lease({ readOnly: true, changeRequest: true }))).toBe(false);
+  });
+  test("a pull request's credential (even on main) never covers the push's lease of main", () => {
+    const pr = oidc({ branch: 'main', changeRequest: true });
+    expect(scopeCoversLease(pr, lease({}))).toBe(false);
+    expect(scopeCoversLease(pr, lease({ readOnly: true, changeRequest: true }))).toBe(true);
+  });
+  test('a --read-only token covers only read-only leases; --branches bound the branch', () => {
+    expect(scopeCoversLease(token(['acme/app'], ['feature-*'], true), lease({}))).toBe(false);
+    expect(scopeCoversLease(token(['acme/app'], ['feature-*'], true), lease({ branch: 'feature-1', readOnly: true }))).toBe(true);
+    expect(scopeCoversLease(token(['acme/app'], ['feature-*']), lease({ branch: 'main' }))).toBe(false);
+  });
 });

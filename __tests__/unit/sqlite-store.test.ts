@@ -52,9 +52,11 @@ describe('SqliteStore', () => {
     expect(s.db.pragma('busy_timeout', { simple: true })).toBe(5000);
     expect(s.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(migrate(s.db)).toBe(SCHEMA_VERSION); // idempotent: nothing left to run
-    // The record caps count per lease and per org since a time without a table scan (migration 4).
-    const idx = (s.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'usage_records'").all() as Array<{ name: string }>).map((r) => r.name);
-    expect(idx).toEqual(expect.arrayContaining(['usage_records_org_lease', 'usage_records_org_received']));
+    // The record caps count per lease and per org since a time without a table scan: the (org, lease_id, id) key
+    // of migration 5 and the (org, received_at) index.
+    const plan = (sql: string) => JSON.stringify(s.db.prepare(`EXPLAIN QUERY PLAN ${sql}`).all('acme', 'l1'));
+    expect(plan('SELECT COUNT(*) FROM usage_records WHERE org = ? AND lease_id = ?')).toMatch(/USING (COVERING )?INDEX sqlite_autoindex_usage_records_1/);
+    expect(plan('SELECT COUNT(*) FROM usage_records WHERE org = ? AND received_at >= ?')).toMatch(/USING (COVERING )?INDEX usage_records_org_received/);
   });
 
   test('a schema from a newer buildcloud is refused with a clear error', () => {
@@ -154,21 +156,24 @@ describe('SqliteStore', () => {
     expect(await s.countEndedLeases('acme', 0, 20_001)).toBe(2);
   });
 
-  test('usage records: inserted once per (org, id); another org cannot make a record a duplicate', async () => {
+  test('usage records: inserted once per (org, lease, id); another org, or another lease, cannot make a record a duplicate', async () => {
     const s = open();
     const rec = { id: 'r1', org: 'acme', type: 't', time: 100, receivedAt: 200, leaseId: 'l1', data: { a: [1, 2], b: { c: 'x' } } };
     // beta squats acme's id first: stored as beta's own record, and acme's is still new.
     expect(await s.insertUsageRecord({ ...rec, org: 'beta', leaseId: 'lb', data: { evil: true } })).toBe('inserted');
     expect(await s.insertUsageRecord(rec)).toBe('inserted');
     expect(await s.insertUsageRecord(rec)).toBe('duplicate');
-    expect(await s.insertUsageRecord({ ...rec, org: 'beta', data: { again: true } })).toBe('duplicate');
+    expect(await s.insertUsageRecord({ ...rec, org: 'beta', leaseId: 'lb', data: { again: true } })).toBe('duplicate');
     expect(await s.usageRecords('acme', 0, 1000)).toEqual([rec]);
     expect((await s.usageRecords('beta', 0, 1000)).map((r) => r.data)).toEqual([{ evil: true }]);
+    // Within acme: the same id on another lease is another record (migration 5), never the first one's duplicate.
+    expect(await s.insertUsageRecord({ ...rec, leaseId: 'l2', time: 150 })).toBe('inserted');
+    expect((await s.usageRecords('acme', 0, 1000)).map((r) => r.leaseId)).toEqual(['l1', 'l2']);
 
     await s.insertUsageRecord({ ...rec, id: 'r2', time: 500, leaseId: null });
-    expect((await s.usageRecords('acme', 100, 500)).map((r) => r.id)).toEqual(['r1']); // [since, until)
-    expect((await s.usageRecords('acme', 101, 501)).map((r) => r.id)).toEqual(['r2']);
-    expect((await s.usageRecords('acme', 0, 1000))[1].leaseId).toBeNull();
+    expect((await s.usageRecords('acme', 100, 500)).map((r) => r.id)).toEqual(['r1', 'r1']); // [since, until)
+    expect((await s.usageRecords('acme', 151, 501)).map((r) => r.id)).toEqual(['r2']);
+    expect((await s.usageRecords('acme', 151, 501))[0].leaseId).toBeNull();
   });
 
   test('two connections on one file: both see each other, a lease ends once', async () => {

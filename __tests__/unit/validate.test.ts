@@ -78,3 +78,9 @@ test('oversize pipeline_key and job_id are refused by length, without the value'
   expect(refusal(() => validateKey('j'.repeat(300), 'job_id')).message).toMatch(/^Invalid job_id: 300 characters, the limit is 256 /);
   expect(refusal(() => validateKey('a b', 'job_id')).message).toBe("Invalid job_id 'a b'. Expected up to 256 printable ASCII characters without spaces.");
 });
+
+test('truncate: control and bidi characters of a caller value are escaped, so an error cannot forge lines or colours in a CI log', () => {
+  const { truncate } = jest.requireActual('../../src/server/validate') as typeof import('../../src/server/validate');
+  expect(truncate('ab\ncd\x1b[31m\u202eok')).toBe('ab\\u000acd\\u001b[31m\\u202eok');
+  expect(truncate('x'.repeat(100), 10)).toBe('xxxxxxxxxx...');
+});

@@ -19,6 +19,14 @@ export interface GrpcApiDeps {
   accessTokenTtlS: number;
   log: Logger;
   provisionLimiter?: RateLimiter | null; // Provision calls per credential (--provision-rate); none: no limit
+  exchangeLimiter?: RateLimiter | null; // ExchangeToken calls per client address; none: no limit
+}
+
+// The client's address from grpc-js's peer string ("ipv4:127.0.0.1:5000", "[::1]:5000", "127.0.0.1:5000").
+function peerAddress(peer: string): string {
+  const p = peer.replace(/^ipv[46]:/, '');
+  const m = /^\[([^\]]+)\]:\d+$/.exec(p) ?? /^(.*):\d+$/.exec(p);
+  return m ? m[1] : p;
 }
 
 type Handler<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>;
@@ -63,9 +71,10 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
   async function caller(md: grpc.Metadata, requested: string): Promise<{ org: string; principal: Principal }> {
     const p = await d.authenticator.authenticate(bearer(md));
     if (!p) throw unauthenticated('Invalid, expired or revoked token. Create a new one with: buildcloud admin token create --org ORG');
+    // Checked for every caller before it is compared or quoted: a bounded, printable name (validate.ts).
+    if (requested) validateOrgName(requested);
     if (p.kind === 'admin') {
       if (!requested) throw invalid('Missing org. The admin token must name the org it acts for.');
-      validateOrgName(requested);
       if (!(await d.store.getOrg(requested))) throw new ApiError(grpc.status.NOT_FOUND, `Org '${requested}' not found.`);
       return { org: requested, principal: p };
     }
@@ -92,6 +101,7 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
   server.addService(Auth.service, {
     ExchangeToken: unary<{ oidcToken: string; org: string }, ExchangeTokenResponseMsg>(d.log, 'ExchangeToken', async (call) => {
       const { oidcToken, org } = call.request;
+      d.exchangeLimiter?.check(`peer:${peerAddress(call.getPeer())}`);
       if (!oidcToken) throw invalid('Missing oidc_token. Expected the CI job\'s OIDC token (a JWT).');
       if (oidcToken.length > 16384) throw invalid('Invalid oidc_token: longer than 16384 characters.');
       if (org) validateOrgName(org);
@@ -112,7 +122,7 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
       // caller holds a token this org trusts.
       let identity: VerifiedIdentity;
       try {
-        identity = verifiedIdentityFromClaims(verified.claims);
+        identity = verifiedIdentityFromClaims(verified.claims, verified.trust);
       } catch (err) {
         if (!(err instanceof ScopeError)) throw err;
         d.log.warn({ rpc: 'ExchangeToken', org: verified.org, trustRule: verified.trust.id, detail: err.message }, 'oidc token names no project');

@@ -1,6 +1,6 @@
 // The control plane's HTTP API: the metering endpoint (usage records as CloudEvents), usage queries,
 // Prometheus metrics and health. The contract is docs/metering.md; keep the two in step.
-import { scopeCoversProject, type PrincipalScope } from './scope';
+import { scopeCoversLease, scopeCoversProject, type PrincipalScope } from './scope';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply, FastifyRequest, LogController } from 'fastify';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from './log';
@@ -256,8 +256,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       let owned = leaseOwned.get(leaseId);
       if (owned === undefined) {
         const lease = await deps.store.getLease(leaseId);
-        const project = typeof lease?.identity.project === 'string' ? lease.identity.project : '';
-        owned = lease?.org !== org ? 'no' : scopeCoversProject(principal.scope, project) ? 'own' : 'other-project';
+        owned = !lease || lease.org !== org ? 'no' : scopeCoversLease(principal.scope, lease.identity) ? 'own' : 'other-project';
         leaseOwned.set(leaseId, owned);
       }
       if (owned === 'no') {
@@ -267,7 +266,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       // A lease of another project of the org: this credential may not write its records (they would count in
       // that project's builds), but they are not wrong either. Kept by the client for a job of that project.
       if (owned === 'other-project') {
-        results.push({ ...base, status: 'deferred', reason: `data.lease_id "${leaseId}" is a lease of another project than this credential's; send it with a credential of that project` });
+        results.push({ ...base, status: 'deferred', reason: `data.lease_id "${leaseId}" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease's job` });
         continue;
       }
       // Record caps: a record over one is rejected (not stored), unless it is a resend of one stored already.
@@ -279,7 +278,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       const day = caps.perOrgDay > 0 ? await orgDay(org, receivedAt) : null;
       const overLease = caps.perLease > 0 && stored >= caps.perLease;
       const overDay = day !== null && day.count >= caps.perOrgDay;
-      if ((overLease || overDay) && (await queries.recordExists(org, ev.id))) {
+      if ((overLease || overDay) && (await queries.recordExists(org, leaseId, ev.id))) {
         results.push({ ...base, status: 'duplicate' });
         continue;
       }
@@ -337,6 +336,10 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       const notFound = () => sendError(reply, 404, 'not_found', `org "${org}" not found`);
       if (principal.kind === 'org' && principal.org !== org) return notFound();
       if (principal.kind === 'admin' && !(await deps.store.getOrg(org))) return notFound();
+      // The org's report covers every project (actors, builds, minutes): for its admin, not one project's jobs.
+      if (principal.scope) {
+        return sendError(reply, 403, 'forbidden', 'a project-scoped credential (an OIDC access token or a --project/--branches token) cannot read the whole org\'s usage; use an unscoped org token (buildcloud admin token create --org ORG)');
+      }
       const month = req.query.month ?? monthOf(now());
       if (typeof month !== 'string' || !parseMonth(month)) {
         return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');

@@ -26,7 +26,7 @@ import { ApiError, denied, exhausted, invalid, notFound, precondition } from './
 import { normalisePlatforms, validateKey } from './validate';
 import type { ServerMetrics } from './metrics-types';
 import { KeyedMutex } from './mutex';
-import { DEFAULT_PROTECTED_BRANCHES, ScopeError, resolveLeaseIdentity, scopeCoversProject, type LeaseIdentity, type PrincipalScope } from './scope';
+import { DEFAULT_PROTECTED_BRANCHES, ScopeError, resolveLeaseIdentity, scopeCoversLease, type LeaseIdentity, type PrincipalScope } from './scope';
 
 interface LiveLease {
   row: LeaseRow;
@@ -112,7 +112,8 @@ export class LeaseManager {
       // Set below from the credential's scope; stored with the lease so the registry proxy's scope matches.
       readOnly: false,
       readOnlyReason: '',
-      verified: false
+      verified: false,
+      changeRequest: false
     };
     if (!identity.project && !credentialScope?.verified) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
     const limits = await this.d.store.getOrgLimits(org);
@@ -126,7 +127,7 @@ export class LeaseManager {
       this.d.metrics.provisions.inc({ result: 'denied' });
       throw denied(err.message);
     }
-    Object.assign(identity, { project: resolved.project, branch: resolved.branch, readOnly: resolved.readOnly, readOnlyReason: resolved.readOnlyReason, verified: resolved.verified });
+    Object.assign(identity, { project: resolved.project, branch: resolved.branch, readOnly: resolved.readOnly, readOnlyReason: resolved.readOnlyReason, verified: resolved.verified, changeRequest: resolved.changeRequest });
     let refs: ReturnType<typeof cacheRefs>;
     try {
       refs = cacheRefs({
@@ -182,12 +183,15 @@ export class LeaseManager {
     const acquired: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }> = [];
     try {
       for (const platform of platforms) {
-        // The project is part of the key: pipeline keys are visible in run URLs, and a builder holds its project's
-        // images and in-flight builds, so a lease of another project sending the same key gets its own builder.
-        // JSON keeps the parts apart whatever characters the project holds.
+        // A builder holds its leases' images and in-flight builds, and pipeline keys are visible in run URLs, so
+        // only leases of one trust level share it: the same project and what it may write (its export ref; a
+        // read-only lease, only with read-only leases of its branch). Otherwise a pull request's read-only job
+        // sending main's pipeline key would tag images on main's builder that main's build then uses and pushes
+        // to cache:main. JSON keeps the parts apart whatever characters they hold.
+        const writes = refs.exportRef !== '' ? `writes:${refs.exportRef}` : `read-only:${identity.branch}`;
         const shareKey = scope === 'job'
           ? JSON.stringify([org, identity.project, pipelineKey, 'job', jobId, leaseId, platform])
-          : JSON.stringify([org, identity.project, pipelineKey, platform]);
+          : JSON.stringify([org, identity.project, pipelineKey, writes, platform]);
         const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
         a.builder.proxy.allow(cert.fingerprint);
         acquired.push(a);
@@ -326,13 +330,13 @@ export class LeaseManager {
   }
 
   // Another org's lease is reported as missing, never as forbidden: its existence is not revealed.
-  // A lease of a project outside the credential's scope (another project's OIDC job, a token scoped elsewhere)
-  // is missing to it as well: lease ids are printed in CI logs, and releasing one would end another team's build.
+  // A lease the credential could not have provisioned itself (another project's, another branch's, a push's lease
+  // to a pull request's job: scope.ts scopeCoversLease) is missing to it as well: lease ids are printed in CI
+  // logs, and releasing one would end another team's (or the release) build.
   private async owned(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseRow> {
     validateKey(leaseId, 'lease_id', 64);
     const row = await this.d.store.getLease(leaseId);
-    const project = typeof row?.identity.project === 'string' ? row.identity.project : '';
-    if (!row || row.org !== org || !scopeCoversProject(scope, project)) throw notFound(`Lease '${leaseId}' not found for org '${org}'.`);
+    if (!row || row.org !== org || !scopeCoversLease(scope, row.identity)) throw notFound(`Lease '${leaseId}' not found for org '${org}'.`);
     return row;
   }
 

@@ -177,12 +177,15 @@ export class RateLimiter {
 export interface ServeLimiters {
   provision: RateLimiter | null;
   records: RateLimiter | null;
+  // ExchangeToken calls per client address (the caller is not authenticated yet): at the Provision rate, so a
+  // flood of tokens (good or bad) neither mints access tokens without bound nor fills the log with refusals.
+  exchange: RateLimiter | null;
 }
 
 /** Makes the Provision and metering limiters from the serve flags; `onLimited` sees each refusal (for metrics). */
 export function createServeLimiters(
   l: Pick<ServeLimits, 'provisionRate' | 'provisionBurst' | 'recordRate' | 'recordBurst'>,
-  onLimited?: (limit: 'provision' | 'records') => void
+  onLimited?: (limit: 'provision' | 'records' | 'exchange') => void
 ): ServeLimiters {
   return {
     provision:
@@ -192,6 +195,10 @@ export function createServeLimiters(
     records:
       l.recordRate > 0
         ? new RateLimiter({ limit: 'records', flag: '--record-rate', burstFlag: '--record-burst', unit: 'usage records', ratePerSecond: l.recordRate, burst: l.recordBurst, onLimited: () => onLimited?.('records') })
+        : null,
+    exchange:
+      l.provisionRate > 0
+        ? new RateLimiter({ limit: 'exchange', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'ExchangeToken calls per client address', ratePerSecond: l.provisionRate, burst: l.provisionBurst, onLimited: () => onLimited?.('exchange') })
         : null
   };
 }

@@ -68,6 +68,10 @@ const ROUTE = new RegExp(`^/v2/(${NAME})/(manifests/(?:${TAG}|${DIGEST})|blobs/(
 const NAME_ONLY = new RegExp(`^${NAME}$`);
 const TAG_ONLY = new RegExp(`^${TAG}$`);
 const DIGEST_ONLY = new RegExp(`^${DIGEST}$`);
+// What a lease may PUT a manifest by: a digest the registry really takes as one (distribution registers sha256 and
+// sha512, lower-case hex of their full length). Anything else digest-shaped ("main:000…", "sha256:<32 hex>",
+// upper case) the registry parses as a TAG, so allowing it would let a lease write tags other than its own.
+const PUT_DIGEST = /^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 const MAX_PATH = 4096;
 
 // Never forwarded: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer the
@@ -311,6 +315,12 @@ export class RegistryProxy {
         return sendError(res, 502, 'UNAVAILABLE', 'the cache registry refused the control plane\'s credentials');
       }
       onResponse?.(upRes.statusCode ?? 502, upRes.headers);
+      if ((upRes.statusCode ?? 502) >= 500) {
+        // The registry's own 5xx bodies name its storage driver and paths on this host: logged, never forwarded.
+        upRes.resume();
+        this.opts.log?.warn({ status: upRes.statusCode, path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream server error');
+        return sendError(res, 502, 'UNAVAILABLE', `the cache registry failed (HTTP ${upRes.statusCode}); the control plane's log has the request`);
+      }
       const outHeaders = filterHeaders(upRes.headers, DROP_RESPONSE);
       const loc = upRes.headers.location;
       if (loc) outHeaders.location = rewriteLocation(loc, upstreamHost, clientHost, clientScheme);
@@ -453,7 +463,7 @@ export function leaseDenial(scope: RegistryScope, method: string, name: string, 
   }
   if (tail.startsWith('manifests/') && method === 'PUT') {
     const r = tail.slice('manifests/'.length);
-    if (r === scope.push.tag || DIGEST_ONLY.test(r)) return null;
+    if (r === scope.push.tag || PUT_DIGEST.test(r)) return null;
     return `${what} is denied: ${mayWrite}`;
   }
   return `${what} is denied: a lease may upload blobs and put manifests, nothing else; ${mayWrite}`;

@@ -50,6 +50,7 @@ export interface LeaseIdentity {
   readOnly: boolean; // no export ref: a fork, a read-only credential, or a branch it may not write
   readOnlyReason: string; // '' when it writes; otherwise for the job's log
   verified: boolean; // project and branch came from verified OIDC claims
+  changeRequest: boolean; // verified: a pull/merge request's job (scopeCoversLease keeps it off a push's leases)
 }
 
 /** Why a Provision's identity was refused: the message is for the job's log (no secret, no other org). */
@@ -115,18 +116,44 @@ const claimBool = (c: JWTPayload, k: string): boolean | null => {
 
 // GitHub events whose ref is refs/pull/N/merge and whose branch is the pull request's head_ref.
 const GITHUB_PR_EVENTS = new Set(['pull_request', 'pull_request_review', 'pull_request_review_comment']);
+// GitHub events whose job builds the code of its ref (a push, a schedule or a manual run of that ref, a release of
+// it, the merge queue's own ref). Any other event that runs on a branch (workflow_run, issue_comment,
+// pull_request_target, check_suite, deployment, ...) runs the branch's workflow but may check out other code
+// (a fork's pull request, an artifact of another run): such a job reads the cache and writes nothing.
+const GITHUB_WRITE_EVENTS = new Set(['push', 'schedule', 'workflow_dispatch', 'repository_dispatch', 'release', 'merge_group', 'create']);
+// GitLab pipeline sources of a change request: merge request pipelines and external (GitHub) pull requests.
+const GITLAB_CHANGE_REQUEST_SOURCES = new Set(['merge_request_event', 'external_pull_request_event']);
+
+/** Which CI a trust rule's claim belongs to (the presets of `admin trust add`); null for a custom rule. */
+export function providerOfRule(claim: string): OidcProvider | null {
+  if (claim === 'repository_owner' || claim === 'repository_owner_id' || claim === 'repository' || claim === 'repository_id') return 'github';
+  if (claim === 'namespace_path' || claim === 'namespace_id' || claim === 'project_path' || claim === 'project_id') return 'gitlab';
+  if (claim.startsWith('oidc.circleci.com/')) return 'circleci';
+  return null;
+}
 
 /**
- * A verified OIDC token's claims → the identity they prove. Throws ScopeError when the token names no project
- * (a CircleCI custom-webhook trigger has no vcs-origin; an issuer of none of the three CIs), since no cache scope
- * can then be chosen safely.
+ * A verified OIDC token's claims → the identity they prove. The CI is the one of the trust rule that accepted the
+ * token (`rule`: its claim and value), and the project must lie inside what the rule trusts: a GitHub repository
+ * of the trusted owner, a GitLab project inside the trusted namespace. Throws ScopeError when the token names no
+ * project (a CircleCI custom-webhook trigger has no vcs-origin; a custom rule of none of the three CIs) or one
+ * outside its rule, since no cache scope can then be chosen safely.
  */
-export function verifiedIdentityFromClaims(c: JWTPayload): VerifiedIdentity {
+export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string; value: string }): VerifiedIdentity {
   const base = { changeRequest: false, refProtected: null as boolean | null, readOnly: false, readOnlyReason: '' };
   const branchOf = (ref: string): string => (ref.startsWith('refs/heads/') ? ref.slice('refs/heads/'.length) : '');
-  if (claimStr(c, 'repository') && claimStr(c, 'event_name')) {
+  const provider =
+    (rule && providerOfRule(rule.claim)) ??
+    (claimStr(c, 'repository') && claimStr(c, 'event_name') ? 'github' : claimStr(c, 'project_path') ? 'gitlab' : claimStr(c, 'oidc.circleci.com/org-id') ? 'circleci' : null);
+  const outside = (what: string) => new ScopeError(`This OIDC token's ${what} is not inside what its trust rule trusts: no cache scope can be chosen for it.`);
+  if (provider === 'github') {
+    const project = claimStr(c, 'repository');
+    const owner = claimStr(c, 'repository_owner');
+    if (!/^[^/]+\/[^/]+$/.test(project)) throw new ScopeError('This GitHub OIDC token names no repository (claim repository): no cache scope can be chosen for it.');
+    if (owner && project.split('/')[0].toLowerCase() !== owner.toLowerCase()) throw outside('repository');
+    if (rule?.claim === 'repository_owner' && project.split('/')[0].toLowerCase() !== rule.value.toLowerCase()) throw outside('repository');
     const event = claimStr(c, 'event_name');
-    const id: VerifiedIdentity = { ...base, provider: 'github', project: claimStr(c, 'repository'), branch: branchOf(claimStr(c, 'ref')), refProtected: claimBool(c, 'ref_protected') };
+    const id: VerifiedIdentity = { ...base, provider: 'github', project, branch: branchOf(claimStr(c, 'ref')), refProtected: claimBool(c, 'ref_protected') };
     if (GITHUB_PR_EVENTS.has(event)) {
       id.changeRequest = true;
       id.branch = claimStr(c, 'head_ref');
@@ -137,25 +164,32 @@ export function verifiedIdentityFromClaims(c: JWTPayload): VerifiedIdentity {
       id.branch = claimStr(c, 'head_ref');
       id.readOnly = true;
       id.readOnlyReason = 'a pull_request_target run may build code from a fork, and its OIDC token cannot tell';
+    } else if (!GITHUB_WRITE_EVENTS.has(event)) {
+      id.readOnly = true;
+      id.readOnlyReason = `a ${event || 'run without event_name'} run may build code other than its ref's (a pull request's, another run's artifacts)`;
     }
     return id;
   }
-  if (claimStr(c, 'project_path')) {
+  if (provider === 'gitlab') {
+    const project = claimStr(c, 'project_path');
+    if (!project || !project.includes('/')) throw new ScopeError('This GitLab OIDC token names no project (claim project_path): no cache scope can be chosen for it.');
+    const ns = rule?.claim === 'namespace_path' ? rule.value : claimStr(c, 'namespace_path');
+    if (ns && !project.toLowerCase().startsWith(`${ns.toLowerCase()}/`)) throw outside('project_path');
     return {
       ...base,
       provider: 'gitlab',
-      project: claimStr(c, 'project_path'),
+      project,
       branch: claimStr(c, 'ref_type') === 'branch' ? claimStr(c, 'ref') : '',
-      changeRequest: claimStr(c, 'pipeline_source') === 'merge_request_event',
+      changeRequest: GITLAB_CHANGE_REQUEST_SOURCES.has(claimStr(c, 'pipeline_source')),
       refProtected: claimBool(c, 'ref_protected')
     };
   }
-  if (claimStr(c, 'oidc.circleci.com/org-id')) {
+  if (provider === 'circleci') {
     const origin = claimStr(c, 'oidc.circleci.com/vcs-origin');
-    if (!origin) {
-      throw new ScopeError('This CircleCI OIDC token names no repository (oidc.circleci.com/vcs-origin is absent, as for custom webhook triggers): use an org token scoped with `buildcloud admin token create --org ORG --project P`.');
-    }
     const project = origin.split('/').slice(1).join('/'); // github.com/org/repo → org/repo
+    if (!origin || !/^[^/]+\/[^/]+/.test(project)) {
+      throw new ScopeError('This CircleCI OIDC token names no repository (oidc.circleci.com/vcs-origin is absent, as for custom webhook triggers, or has no owner/repo): use an org token scoped with `buildcloud admin token create --org ORG --project P`.');
+    }
     return { ...base, provider: 'circleci', project, branch: branchOf(claimStr(c, 'oidc.circleci.com/vcs-ref')) };
   }
   throw new ScopeError('This OIDC token names no repository or project (claims repository, project_path or oidc.circleci.com/vcs-origin): no cache scope can be chosen for it.');
@@ -195,8 +229,17 @@ export interface RequestedIdentity {
  * branch outside the scope; narrows to read-only (with a reason) when the lease may not write its branch's cache.
  * `protectedBranches`: the org's patterns (DEFAULT_PROTECTED_BRANCHES when never set).
  */
+/**
+ * A project path as scopes compare it: trimmed, no leading or trailing "/" (the cache repository ignores them, so
+ * "acme/secret/" must not slip past a pattern excluding "acme/secret"). Case is kept; comparisons ignore it.
+ */
+export function canonicalProject(project: string): string {
+  return project.trim().replace(/^\/+|\/+$/g, '');
+}
+
 export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: RequestedIdentity, protectedBranches: string[]): LeaseIdentity {
-  const out: LeaseIdentity = { project: req.project, branch: req.branch, defaultBranch: req.defaultBranch, fork: req.fork, readOnly: req.fork, readOnlyReason: req.fork ? 'a pull request from a fork' : '', verified: false };
+  req = { ...req, project: canonicalProject(req.project) };
+  const out: LeaseIdentity = { project: req.project, branch: req.branch, defaultBranch: req.defaultBranch, fork: req.fork, readOnly: req.fork, readOnlyReason: req.fork ? 'a pull request from a fork' : '', verified: false, changeRequest: false };
   if (!scope) return out;
   const narrow = (why: string) => {
     if (!out.readOnly) {
@@ -214,6 +257,7 @@ export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: Req
     }
     out.project = v.project;
     out.verified = true;
+    out.changeRequest = v.changeRequest;
     if (v.readOnly) narrow(v.readOnlyReason);
     if (v.branch) out.branch = v.branch;
     // The token names no branch (a tag, or a ref GitLab does not call a branch) but the job does: it may read that
@@ -248,6 +292,29 @@ export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: Req
 /** May a credential with this scope act on (read usage of, post records for) a lease of `project`? */
 export function scopeCoversProject(scope: PrincipalScope | undefined, project: string): boolean {
   if (!scope) return true;
-  if (scope.verified && scope.verified.project.toLowerCase() !== project.toLowerCase()) return false;
-  return !scope.projects || matchesPatterns(scope.projects, project, true);
+  const p = canonicalProject(project);
+  if (scope.verified && scope.verified.project.toLowerCase() !== p.toLowerCase()) return false;
+  return !scope.projects || matchesPatterns(scope.projects, p, true);
+}
+
+/**
+ * May a credential act on (release, read, post records for) this lease? Only on one it could have provisioned
+ * itself, at its own trust level: the same project; with a verified identity the same branch; inside a scoped
+ * token's branches; and a read-only credential only on read-only leases. So a pull request's job cannot end, or
+ * add builds to, the main branch's lease of its own project, although lease ids are printed in CI logs.
+ * `lease`: the stored identity (project, branch, readOnly, fork).
+ */
+export function scopeCoversLease(scope: PrincipalScope | undefined, lease: Record<string, unknown>): boolean {
+  if (!scope) return true;
+  const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+  if (!scopeCoversProject(scope, str(lease.project))) return false;
+  const branch = str(lease.branch);
+  const leaseReadOnly = lease.readOnly === true || lease.fork === true;
+  const v = scope.verified;
+  if (v && v.branch !== '' && branch !== v.branch) return false;
+  if (scope.branches && branch !== '' && !matchesPatterns(scope.branches, branch)) return false;
+  if ((scope.readOnly || v?.readOnly) && !leaseReadOnly) return false;
+  // A pull/merge request's job acts only on pull/merge request leases, and a push's only on a push's.
+  if (v && v.changeRequest !== (lease.changeRequest === true)) return false;
+  return true;
 }

@@ -96,7 +96,13 @@ export function normalisePlatforms(requested: string[], available: string[]): st
   return out;
 }
 
+/**
+ * A caller's value as an error message may quote it: control characters (newlines, ESC of terminal colour codes)
+ * shown as JSON escapes, cut to `n` characters. An error is printed in CI logs and terminals, so a value must not
+ * be able to forge lines or colours there.
+ */
 export function truncate(s: unknown, n = 80): string {
   const str = String(s ?? '');
-  return str.length > n ? `${str.slice(0, n)}...` : str;
+  const cut = str.length > n ? `${str.slice(0, n)}...` : str;
+  return cut.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }

@@ -25,7 +25,7 @@ export interface RecordQueries {
   /** Records of the org received at or after `sinceMs` (unix ms, server time). */
   countOrgRecordsSince(org: string, sinceMs: number): Promise<number>;
   /** Whether the org holds a record with this id (an idempotent resend, not a new record). */
-  recordExists(org: string, id: string): Promise<boolean>;
+  recordExists(org: string, leaseId: string, id: string): Promise<boolean>; // records are keyed by (org, lease_id, id)
   /**
    * The org's records with event time in [sinceMs, untilMs), in pages of at most `pageSize`. Each page is one short
    * indexed query; the caller awaits between pages, so other requests run in between.
@@ -69,10 +69,10 @@ function sqliteQueries(db: SqliteDb): RecordQueries {
   // The per-lease and per-org-day caps' counts use indexes of migration 4 (src/server/store/sqlite.ts).
   const countLease = db.prepare('SELECT COUNT(*) AS n FROM usage_records WHERE org = ? AND lease_id = ?');
   const countSince = db.prepare('SELECT COUNT(*) AS n FROM usage_records WHERE org = ? AND received_at >= ?');
-  const exists = db.prepare('SELECT 1 AS x FROM usage_records WHERE org = ? AND id = ?');
+  const exists = db.prepare('SELECT 1 AS x FROM usage_records WHERE org = ? AND lease_id = ? AND id = ?');
   // Keyset paging on (time, rowid): the order of the (org, time) index itself, so each page is an index range scan
   // with no sort. Only the fields a report uses leave SQLite: not the whole JSON of data.
-  const page = db.prepare(`SELECT rowid AS rid, time, type, lease_id AS leaseId,
+  const page = db.prepare(`SELECT rowid AS rid, time, type, NULLIF(lease_id, '') AS leaseId,
       json_extract(data, '$.status') AS status, json_extract(data, '$.total_steps') AS totalSteps,
       json_extract(data, '$.cached_steps') AS cachedSteps, json_extract(data, '$.cache_ratio') AS cacheRatio,
       json_extract(data, '$.duration_ms') AS durationMs, json_extract(data, '$.actor') AS actor,
@@ -82,7 +82,7 @@ function sqliteQueries(db: SqliteDb): RecordQueries {
   return {
     countLeaseRecords: async (org, leaseId) => (countLease.get(org, leaseId) as { n: number }).n,
     countOrgRecordsSince: async (org, sinceMs) => (countSince.get(org, sinceMs) as { n: number }).n,
-    recordExists: async (org, id) => exists.get(org, id) !== undefined,
+    recordExists: async (org, leaseId, id) => exists.get(org, leaseId, id) !== undefined,
     async *factPages(org, sinceMs, untilMs, pageSize = DEFAULT_PAGE_SIZE) {
       let after: [number, number] = [Number.MIN_SAFE_INTEGER, 0];
       for (;;) {
@@ -119,7 +119,7 @@ function genericQueries(store: Store): RecordQueries {
   return {
     countLeaseRecords: async (org, leaseId) => (await all(org)).filter((r) => r.leaseId === leaseId).length,
     countOrgRecordsSince: async (org, sinceMs) => (await all(org)).filter((r) => r.receivedAt >= sinceMs).length,
-    recordExists: async (org, id) => (await all(org)).some((r) => r.id === id),
+    recordExists: async (org, leaseId, id) => (await all(org)).some((r) => r.id === id && (r.leaseId ?? '') === leaseId),
     async *factPages(org, sinceMs, untilMs, pageSize = DEFAULT_PAGE_SIZE) {
       const rows = await store.usageRecords(org, sinceMs, untilMs);
       for (let i = 0; i < rows.length; i += pageSize) yield rows.slice(i, i + pageSize).map(factsOf);

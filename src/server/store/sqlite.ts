@@ -102,6 +102,23 @@ export const MIGRATIONS: string[] = [
   `
   CREATE INDEX IF NOT EXISTS usage_records_org_lease ON usage_records (org, lease_id);
   CREATE INDEX IF NOT EXISTS usage_records_org_received ON usage_records (org, received_at);
+  `,
+  // 5: usage records are bound to the lease they name: keyed by (org, lease_id, id). Ids derive from the lease and
+  // build ids that CI logs print, so within an org another project's (or a pull request's) job could post the id
+  // your client will derive, naming a lease of its own, and make your record a duplicate. Now only a record of
+  // the same lease can be one. Every record names a lease (both event types require lease_id); rows without one
+  // keep '' . rowid order is kept, so keyset paging by (time, rowid) is unchanged.
+  `
+  CREATE TABLE usage_records_v5 (
+    org TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL, time INTEGER NOT NULL,
+    received_at INTEGER NOT NULL, lease_id TEXT NOT NULL, data TEXT NOT NULL CHECK (json_valid(data)),
+    PRIMARY KEY (org, lease_id, id));
+  INSERT INTO usage_records_v5 (rowid, org, id, type, time, received_at, lease_id, data)
+    SELECT rowid, org, id, type, time, received_at, COALESCE(lease_id, ''), data FROM usage_records;
+  DROP TABLE usage_records;
+  ALTER TABLE usage_records_v5 RENAME TO usage_records;
+  CREATE INDEX usage_records_org_time ON usage_records (org, time);
+  CREATE INDEX usage_records_org_received ON usage_records (org, received_at);
   `
 ];
 
@@ -268,10 +285,10 @@ export class SqliteStore implements Store {
       countEnded: db.prepare(
         'SELECT COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ?'
       ),
-      // ON CONFLICT rather than OR IGNORE: only a repeated (org, id) is a duplicate; any other constraint
-      // failure must still throw.
+      // ON CONFLICT rather than OR IGNORE: only a repeated (org, lease_id, id) is a duplicate; any other
+      // constraint failure must still throw.
       insertRecord: db.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data)
-        VALUES (@id, @org, @type, @time, @receivedAt, @leaseId, @data) ON CONFLICT (org, id) DO NOTHING`),
+        VALUES (@id, @org, @type, @time, @receivedAt, COALESCE(@leaseId, ''), @data) ON CONFLICT (org, lease_id, id) DO NOTHING`),
       getLimits: db.prepare('SELECT org, max_builders, max_leases, overdraft_seconds, protected_branches, updated_at FROM org_limits WHERE org = ?'),
       upsertLimits: db.prepare(`INSERT INTO org_limits (org, max_builders, max_leases, overdraft_seconds, protected_branches, updated_at)
         VALUES (@org, @maxBuilders, @maxLeases, @overdraftSeconds, @protectedBranches, @updatedAt)
@@ -285,7 +302,7 @@ export class SqliteStore implements Store {
       leaseOrg: db.prepare('SELECT org, reserved_seconds FROM leases WHERE id = ? AND ended_at IS NULL'),
       addReservation: db.prepare('UPDATE leases SET reserved_seconds = reserved_seconds + ? WHERE id = ? AND ended_at IS NULL'),
       setBuilders: db.prepare('UPDATE leases SET builder_ids = ? WHERE id = ?'),
-      records: db.prepare(`SELECT id, org, type, time, received_at AS receivedAt, lease_id AS leaseId, data
+      records: db.prepare(`SELECT id, org, type, time, received_at AS receivedAt, NULLIF(lease_id, '') AS leaseId, data
         FROM usage_records WHERE org = ? AND time >= ? AND time < ? ORDER BY time, id`)
     };
   }
