@@ -194,7 +194,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // Per-credential rate limits and record caps (issue 9; docs/metering.md, docs/api.md).
     const limits = config.limits ?? DEFAULT_LIMITS;
     const limiters = createServeLimiters(limits, (limit) => metrics.rateLimited.inc({ limit }));
-    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log, provisionLimiter: limiters.provision });
+    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log, provisionLimiter: limiters.provision, exchangeLimiter: limiters.exchange });
     const grpcPort = await new Promise<number>((resolve, reject) =>
       grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
     );
