@@ -132,3 +132,19 @@ test('record cap: a lease holding --max-records-per-lease records gets per-event
   const other = await post(second, records('acme', leases[1][1].id, 'e', 3));
   expect(((await other.json()) as { accepted: number }).accepted).toBe(3);
 });
+
+test('ExchangeToken: one client address past the burst gets RESOURCE_EXHAUSTED with retry-after, before any token is looked at', async () => {
+  const { ApiClient } = await import('../../src/core/api-client');
+  const api = new ApiClient({ endpoint: server.info.grpc, attempts: 1, deadlineMs: 20_000 });
+  try {
+    // Tokens that would each be refused (and logged) if they were looked at: the limit comes first.
+    const all = await Promise.allSettled(Array.from({ length: PROVISION_BURST + 2 }, () => api.exchangeToken('not.a.jwt', '')));
+    const codes = all.map((r) => (r.status === 'rejected' ? (r.reason as { code?: number }).code : 'ok'));
+    expect(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED)).toHaveLength(2);
+    expect(codes.filter((c) => c === grpc.status.PERMISSION_DENIED)).toHaveLength(PROVISION_BURST);
+    const limited = all.find((r) => r.status === 'rejected' && (r.reason as { code?: number }).code === grpc.status.RESOURCE_EXHAUSTED) as PromiseRejectedResult;
+    expect(String((limited.reason as Error).message)).toMatch(/ExchangeToken calls per client address/);
+  } finally {
+    api.close();
+  }
+});
