@@ -1,12 +1,12 @@
 // The CircleCI orb for real: the packed plugins/circleci/orb.yml, compiled and run the way CircleCI runs it
-// (__tests__/helpers/circleci-harness.ts: `<< parameters >>` substitution, `bash -eo pipefail` steps, $BASH_ENV,
+// (harness/circleci-runner.ts: `<< parameters >>` substitution, `bash -eo pipefail` steps, $BASH_ENV,
 // `when: always`, artifacts, CIRCLE_* variables), with the bundled CLI (`node dist/cli.js`, the orb's `cli`
 // parameter) against the real control plane, real dockerd builders and the org-cache registry.
 import * as fs from 'fs';
 import * as path from 'path';
 import { adminSetup, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import { context, describeJob, loadOrb, runWorkflow, stepNamed, tmpRoot, type Config, type JobResult, type Orb, type WorkflowResult } from '../helpers/circleci-harness';
+import { context, describeJob, loadOrb, runWorkflow, stepNamed, tmpRoot, type Config, type JobResult, type Orb, type WorkflowResult } from '../../harness/circleci-runner';
 
 const CLI_CMD = `node ${CLI}`;
 const DOCKERFILE = [

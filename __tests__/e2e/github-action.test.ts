@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
 import { adminSetup, startServer, waitFor, ROOT, type ServerProcess } from '../helpers/server';
-import { githubJobEnv, requireNode24, runStep, type JobContext, type StepResult } from '../../src/demo/github-runner';
+import { githubJobEnv, requireNode24, runStep, type JobContext, type StepResult } from '../../harness/github-runner';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 
 const ACTION = path.join(ROOT, 'action.yml');

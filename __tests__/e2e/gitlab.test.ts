@@ -9,7 +9,7 @@ import * as path from 'path';
 import { stringify } from 'yaml';
 import { adminSetup, docker, dockerEnvFor, startServer, CLI, ROOT, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import { artifact, dotenvReport, initRepo, parseMetrics, requireGitlabCiLocal, runGitlabCiLocal, type PipelineRun } from '../helpers/gitlab-ci-local';
+import { artifact, dotenvReport, initRepo, parseMetrics, requireGitlabCiLocal, runGitlabCiLocal, type PipelineRun } from '../../harness/gitlab-runner';
 import type { LeaseMsg } from '../../src/contract/grpc';
 
 const COMPONENT = 'plugins/gitlab/templates/buildcloud.yml';

@@ -19,8 +19,8 @@ import { OIDC_REFUSAL } from '../../src/server/oidc';
 import type { LeaseMsg } from '../../src/contract/grpc';
 import type { Session } from '../../src/core/session';
 import { adminSetup, cli, CLI, ROOT, startServer, TestClient, type ServerProcess } from '../helpers/server';
-import { githubJobEnv, requireNode24, runStep, type StepResult } from '../../src/demo/github-runner';
-import { context, describeJob, loadOrb, runWorkflow, tmpRoot, type Config, type JobResult, type Orb } from '../helpers/circleci-harness';
+import { githubJobEnv, requireNode24, runStep, type StepResult } from '../../harness/github-runner';
+import { context, describeJob, loadOrb, runWorkflow, tmpRoot, type Config, type JobResult, type Orb } from '../../harness/circleci-runner';
 import { circleClaims, githubClaims, gitlabClaims, LocalIssuer, newIssuerKey, type IssuerKey } from '../helpers/oidc-issuer';
 
 const ACTION = path.join(ROOT, 'action.yml');

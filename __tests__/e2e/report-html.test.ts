@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { chromium, type Browser } from 'playwright-core';
-import { renderHtml, type DemoUsage, type JobOutcome } from '../../src/demo/report';
+import { renderHtml, type DemoUsage, type JobOutcome } from '../../harness/demo-report';
 
 const CHROMIUM = '/usr/bin/chromium';
 

@@ -1,26 +1,20 @@
 // Starts the real control plane (the bundled CLI, as users run it) and talks to it over real gRPC and HTTP.
-import { spawn, spawnSync, type ChildProcess } from 'child_process';
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as https from 'https';
 import * as os from 'os';
 import * as path from 'path';
-import * as readline from 'readline';
 import * as grpc from '@grpc/grpc-js';
 import { services, type LeaseMsg } from '../../src/contract/grpc';
 
-import { ROOT } from '../../src/demo/github-runner';
+import { createOrgWithToken, runCli, startServe, type ServeProcess } from '../../harness/control-plane';
+import { ROOT } from '../../harness/github-runner';
 
 export { ROOT };
 export const CLI = path.join(ROOT, 'dist/cli.js');
 
-export interface ServerProcess {
-  proc: ChildProcess;
-  stateDir: string;
-  info: { grpc: string; http: string; registry: string; registryCaFile: string; driver: string; platforms: string[]; adminTokenFile: string; pid: number };
-  stderr: () => string;
-  // The exit code, or the name of the signal that ended the process (so a test's failure says which).
-  stop(): Promise<number | NodeJS.Signals | null>;
-}
+// The control plane as a test sees it: harness/control-plane.ts, shared with the demo.
+export type ServerProcess = ServeProcess;
 
 export function requireBinaries(): void {
   const missing: string[] = [];
@@ -36,38 +30,11 @@ export function requireBinaries(): void {
   if (missing.length) throw new Error(`End-to-end tests need real binaries that are missing: ${missing.join(', ')}. .ci/run installs them.`);
 }
 
+/** Starts the real `buildcloud serve` (after checking the binaries it needs), logging at info into memory. */
 export async function startServer(extra: string[] = [], stateDir?: string): Promise<ServerProcess> {
   requireBinaries();
   const dir = stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'bc-e2e-'));
-  const args = [CLI, 'serve', '--state-dir', dir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, BUILDCLOUD_LOG_LEVEL: 'info' } });
-  let err = '';
-  proc.stderr!.on('data', (d) => (err += d.toString()));
-  const rl = readline.createInterface({ input: proc.stdout! });
-  const info = await new Promise<ServerProcess['info']>((resolve, reject) => {
-    const onExit = (code: number | null) => reject(new Error(`buildcloud serve exited (${code}) before it was ready:\n${err}`));
-    proc.once('exit', onExit);
-    rl.once('line', (line) => {
-      proc.off('exit', onExit);
-      try {
-        resolve(JSON.parse(line));
-      } catch {
-        reject(new Error(`unexpected first line from serve: ${line}\n${err}`));
-      }
-    });
-  });
-  return {
-    proc,
-    stateDir: dir,
-    info,
-    stderr: () => err,
-    stop: () =>
-      new Promise((resolve) => {
-        if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode ?? proc.signalCode);
-        proc.once('exit', (code, signal) => resolve(code ?? signal));
-        proc.kill('SIGTERM');
-      })
-  };
+  return startServe(CLI, dir, extra, { env: { ...process.env, BUILDCLOUD_LOG_LEVEL: 'info' } });
 }
 
 // One request to the org-cache registry proxy over HTTPS (plain HTTP is answered on loopback only, for BuildKit),
@@ -90,18 +57,14 @@ export function registryRequest(
   });
 }
 
-// Runs the bundled CLI to completion.
+/** Runs the bundled CLI to completion; `env` is added to this process's environment. */
 export function cli(args: string[], env: NodeJS.ProcessEnv = {}): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, ...env } });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return runCli(CLI, args, env);
 }
 
+/** Creates `org` with `minutes` of bucket and returns an org token for it. */
 export function adminSetup(stateDir: string, org: string, minutes: number): string {
-  const c = cli(['admin', 'org', 'create', org, '--minutes', String(minutes), '--state-dir', stateDir]);
-  if (c.status !== 0) throw new Error(c.stderr);
-  const t = cli(['admin', 'token', 'create', '--org', org, '--state-dir', stateDir]);
-  if (t.status !== 0) throw new Error(t.stderr);
-  return t.stdout.trim();
+  return createOrgWithToken(CLI, stateDir, org, minutes);
 }
 
 export class TestClient {

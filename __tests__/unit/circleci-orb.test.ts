@@ -21,7 +21,7 @@ import {
   type Config,
   type Orb,
   type ParamDecl
-} from '../helpers/circleci-harness';
+} from '../../harness/circleci-runner';
 
 const ROOT = path.resolve(__dirname, '../..');
 const SRC = path.join(ROOT, 'plugins/circleci/src');

@@ -1,6 +1,6 @@
 import * as fs from 'fs';
 import * as path from 'path';
-import { untouchedSteps } from '../../src/demo/report';
+import { untouchedSteps } from '../../harness/demo-report';
 
 const app = fs.readFileSync(path.join(__dirname, '../../examples/app/Dockerfile'), 'utf8');
 

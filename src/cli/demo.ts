@@ -1,3 +1,5 @@
+// `buildcloud demo`: a thin operator command over the test harness (harness/demo.ts), loaded only when it runs. The
+// runner CLI never registers it, so neither the harness nor the CI emulators ship in @buildcloud/ci.
 import type { Command } from 'commander';
 import * as path from 'path';
 
@@ -8,7 +10,7 @@ export function registerDemo(program: Command): void {
     .option('--report <file>', 'where to write the HTML report', 'buildcloud-demo-report.html')
     .option('--keep', 'keep the temporary state and workspace for inspection', false)
     .action(async (o) => {
-      const { runDemo } = await import('../demo/index');
+      const { runDemo } = await import('../../harness/demo');
       const log = (m: string) => process.stderr.write(`[demo] ${m}\n`);
       process.exitCode = await runDemo({ reportFile: path.resolve(o.report), keep: Boolean(o.keep), log });
     });

@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { githubJobEnv, runStep, ROOT, type JobContext } from './github-runner';
-import type { JobOutcome } from './report';
+import type { JobOutcome } from './demo-report';
 
 export interface PipelineSpec {
   runId: string;

@@ -8,8 +8,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import YAML from 'yaml';
 
-// The repository root: src/demo/ when run from source (tests), dist/ when bundled into the CLI.
-export const ROOT = process.env.BUILDCLOUD_ROOT || (fs.existsSync(path.resolve(__dirname, '../../action.yml')) ? path.resolve(__dirname, '../..') : path.resolve(__dirname, '..'));
+// The repository root: the parent of harness/ when run from source (tests), of dist/ when bundled into the CLI.
+export const ROOT = process.env.BUILDCLOUD_ROOT || path.resolve(__dirname, '..');
 export const NODE24 = path.join(ROOT, '.tools/node24/node_modules/.bin/node');
 
 export function requireNode24(): void {

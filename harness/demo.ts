@@ -4,14 +4,15 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { orgUsagePath, pipelineUsagePath, type PipelineUsage, type UsageReport } from '../contract/http-api';
-import { NORTH_STAR_GOAL } from '../contract/rules';
-import { adminCli, pushBaseImage, startControlPlane, type DemoServer } from './control-plane';
+import { orgUsagePath, pipelineUsagePath, type PipelineUsage, type UsageReport } from '../src/contract/http-api';
+import { NORTH_STAR_GOAL } from '../src/contract/rules';
+import { createOrgWithToken } from './control-plane';
+import { pushBaseImage, startControlPlane, type DemoServer } from './demo-control-plane';
 import { runGithubPipeline } from './github-pipeline';
 import { gitlabPipelineKey, runGitlabPipeline } from './gitlab-pipeline';
 import { runCircleciPipeline } from './circleci-pipeline';
 import { ROOT } from './github-runner';
-import { renderHtml, renderText, untouchedSteps, type DemoUsage, type JobOutcome } from './report';
+import { renderHtml, renderText, untouchedSteps, type DemoUsage, type JobOutcome } from './demo-report';
 
 export interface DemoOptions {
   reportFile: string;
@@ -58,8 +59,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   const server = await startControlPlane(cli, path.join(work, 'state'), ['--warm-pool', '2', '--grace', '30s', '--idle-timeout', '5m']);
   let ok = false;
   try {
-    adminCli(cli, ['admin', 'org', 'create', ORG, '--minutes', '60', '--state-dir', server.stateDir]);
-    const token = adminCli(cli, ['admin', 'token', 'create', '--org', ORG, '--label', 'demo', '--state-dir', server.stateDir]);
+    const token = createOrgWithToken(cli, server.stateDir, ORG, 60, 'demo');
     o.log(`Org '${ORG}' with 60 build minutes; control plane at ${server.grpc}, registry ${server.registry}`);
     const base = await pushBaseImage(server, token, PROJECT, work);
     o.log(`Base image ${base} pushed to the org registry`);

@@ -5,7 +5,7 @@ import * as path from 'path';
 import { dotenvReport, initRepo, runGitlabCiLocal } from './gitlab-runner';
 import { ROOT } from './github-runner';
 import type { PipelineSpec } from './github-pipeline';
-import type { JobOutcome } from './report';
+import type { JobOutcome } from './demo-report';
 
 const PROJECT_ID = '4821';
 

@@ -6,7 +6,7 @@ import * as path from 'path';
 import { context, loadOrb, runWorkflow, type Config } from './circleci-runner';
 import { ROOT } from './github-runner';
 import type { PipelineSpec } from './github-pipeline';
-import type { JobOutcome } from './report';
+import type { JobOutcome } from './demo-report';
 
 export async function runCircleciPipeline(spec: Omit<PipelineSpec, 'runId'> & { workflowId: string }): Promise<JobOutcome[]> {
   const cli = `${process.execPath} ${path.join(ROOT, 'dist/cli.js')}`;

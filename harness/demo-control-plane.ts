@@ -1,14 +1,14 @@
 // The demo's control plane: the real `buildcloud serve` as a child process, an org with a bucket of minutes,
 // and a base image in the org's registry (nothing can be pulled from the internet here, and a fresh builder
 // must find `FROM` somewhere real).
-import { spawn, spawnSync, type ChildProcess } from 'child_process';
+import { spawnSync, type ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import * as readline from 'readline';
-import { ApiClient } from '../core/api-client';
-import { configureRunner, cleanupRunner } from '../core/runner-config';
-import { resolveDocker } from '../core/docker-cli';
+import { ApiClient } from '../src/core/api-client';
+import { configureRunner, cleanupRunner } from '../src/core/runner-config';
+import { resolveDocker } from '../src/core/docker-cli';
+import { startServe } from './control-plane';
 
 export interface DemoServer {
   proc: ChildProcess;
@@ -20,36 +20,21 @@ export interface DemoServer {
   stop(): Promise<void>;
 }
 
+/** The real `buildcloud serve` (control-plane.ts), its log in a temp file rather than in memory: the demo runs long. */
 export async function startControlPlane(cli: string, stateDir: string, extra: string[]): Promise<DemoServer> {
-  const args = [cli, 'serve', '--state-dir', stateDir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  const logFile = path.join(os.tmpdir(), `buildcloud-demo-serve-${proc.pid}.log`);
-  const log = fs.createWriteStream(logFile, { mode: 0o600 });
-  proc.stderr!.pipe(log);
-  const info = await new Promise<Record<string, string>>((resolve, reject) => {
-    proc.once('exit', (code) => reject(new Error(`buildcloud serve exited (${code}); its log: ${log.path}`)));
-    readline.createInterface({ input: proc.stdout! }).once('line', (l) => resolve(JSON.parse(l)));
-  });
+  const logFile = path.join(os.tmpdir(), `buildcloud-demo-serve-${process.pid}-${Date.now()}.log`);
+  const s = await startServe(cli, stateDir, extra, { logFile });
   return {
-    proc,
+    proc: s.proc,
     stateDir,
-    grpc: info.grpc,
-    http: info.http,
-    registry: info.registry,
+    grpc: s.info.grpc,
+    http: s.info.http,
+    registry: s.info.registry,
     logFile,
-    stop: () =>
-      new Promise((resolve) => {
-        if (proc.exitCode !== null) return resolve();
-        proc.once('exit', () => resolve());
-        proc.kill('SIGTERM');
-      })
+    stop: async () => {
+      await s.stop();
+    }
   };
-}
-
-export function adminCli(cli: string, args: string[]): string {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`buildcloud ${args.slice(0, 3).join(' ')} failed: ${r.stderr}`);
-  return r.stdout.trim();
 }
 
 // A busybox rootfs built into an image on a builder of the org (builders build; they do not `docker import`) and

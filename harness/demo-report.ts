@@ -1,7 +1,7 @@
 // The demo's report: per pipeline which builder served which job, per build the steps cached against the steps the
 // code change left untouched, minutes billed, the bucket left and the north-star share. Text for the terminal, and
 // a self-contained HTML page with charts (inline SVG, no scripts, no external assets).
-import { dockerfileSteps } from '../core/dockerfile-steps';
+import { dockerfileSteps } from '../src/core/dockerfile-steps';
 
 export interface JobOutcome {
   ci: string;
