@@ -4,6 +4,10 @@
 // bundle it.
 import { createHash } from 'node:crypto';
 
+/**
+ * One CloudEvents 1.0 event in JSON (structured mode). `data` is the event type's payload (a JSON object here);
+ * unknown extension attributes are kept as they are.
+ */
 export interface CloudEvent<D = Record<string, unknown>> {
   specversion: '1.0';
   id: string; // the idempotency key: the endpoint counts each id once
@@ -16,11 +20,14 @@ export interface CloudEvent<D = Record<string, unknown>> {
   [extension: string]: unknown;
 }
 
+/** Media types the metering endpoint accepts: one event, a JSON array of events, or either as plain JSON. */
 export const CONTENT_TYPE_STRUCTURED = 'application/cloudevents+json';
 export const CONTENT_TYPE_BATCH = 'application/cloudevents-batch+json';
 export const CONTENT_TYPE_JSON = 'application/json';
 
+/** Longest `id`, `type` and `subject`, in characters. */
 export const MAX_ID_LENGTH = 256;
+/** Most events in one request to the metering endpoint (a longer batch is refused with 413). */
 export const DEFAULT_MAX_BATCH = 1000;
 
 /** A problem with the request as a whole (not one event): the HTTP layer maps `status` to the reply. */
@@ -91,6 +98,7 @@ function parseJson(body: unknown): unknown {
 
 const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
+/** Whether `value` is an RFC 3339 timestamp with a time zone (`2025-01-31T12:00:00Z`) that names a real instant. */
 export function isRfc3339(value: string): boolean {
   return RFC3339.test(value) && !Number.isNaN(Date.parse(value));
 }
@@ -107,6 +115,7 @@ function isUriReference(value: string): boolean {
   }
 }
 
+/** A plain JSON object: not null, not an array. */
 export const isObject = (v: unknown): v is Record<string, unknown> =>
   typeof v === 'object' && v !== null && !Array.isArray(v);
 

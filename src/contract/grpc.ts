@@ -5,6 +5,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import * as protobuf from 'protobufjs';
 import protoText from '../../proto/buildcloud/v1/buildcloud.proto';
 
+/** How the .proto is loaded: camelCase fields, enums as their names, int64 as number, defaults filled in. */
 export const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false, // fields are camelCase in TypeScript
   longs: Number,
@@ -15,6 +16,7 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 
 let cached: grpc.GrpcObject | null = null;
 
+/** The gRPC package parsed from the bundled .proto text, once per process (later calls return the same object). */
 export function loadContract(): grpc.GrpcObject {
   if (cached) return cached;
   const root = protobuf.parse(protoText, { keepCase: false }).root;
@@ -25,6 +27,7 @@ export function loadContract(): grpc.GrpcObject {
 
 type ServiceCtor = grpc.ServiceClientConstructor;
 
+/** The client and server constructors of the two services, BuildCloud (provision, release, get) and Auth (token exchange). */
 export function services(): { BuildCloud: ServiceCtor; Auth: ServiceCtor } {
   const pkg = (loadContract().buildcloud as grpc.GrpcObject).v1 as grpc.GrpcObject;
   return { BuildCloud: pkg.BuildCloud as ServiceCtor, Auth: pkg.Auth as ServiceCtor };
@@ -35,6 +38,7 @@ export type Scope = 'SCOPE_UNSPECIFIED' | 'SCOPE_PIPELINE' | 'SCOPE_JOB';
 export type EndpointKind = 'ENDPOINT_KIND_UNSPECIFIED' | 'ENDPOINT_KIND_DOCKER' | 'ENDPOINT_KIND_BUILDKIT';
 export type LeaseState = 'LEASE_STATE_UNSPECIFIED' | 'LEASE_STATE_ACTIVE' | 'LEASE_STATE_RELEASED' | 'LEASE_STATE_EXPIRED';
 
+/** Who runs the job, as the job says (the control plane trusts only what a verified credential confirms). */
 export interface CIIdentityMsg {
   provider: string;
   project: string;
@@ -45,6 +49,7 @@ export interface CIIdentityMsg {
   runUrl: string;
 }
 
+/** Provision: builders for (org, pipeline key, platforms), shared per pipeline or per job according to `scope`. */
 export interface ProvisionRequestMsg {
   org: string;
   pipelineKey: string;
@@ -54,6 +59,7 @@ export interface ProvisionRequestMsg {
   identity: CIIdentityMsg | null;
 }
 
+/** One builder of a lease: where its Docker (or BuildKit) API answers, over the lease's mutual TLS. */
 export interface BuilderEndpointMsg {
   platform: string;
   kind: EndpointKind;
@@ -63,6 +69,10 @@ export interface BuilderEndpointMsg {
   shared: boolean;
 }
 
+/**
+ * A lease: one job's hold on its builders, with the credentials that die with it (TLS client cert, registry
+ * password), its cache refs, and where to send its usage records. Times are ms since the epoch.
+ */
 export interface LeaseMsg {
   id: string;
   org: string;
@@ -82,6 +92,7 @@ export interface LeaseMsg {
   endMessage?: string; // once ended: why, in words the job can act on
 }
 
+/** ExchangeToken: a short-lived access token for the org a CI's OIDC token was trusted for. */
 export interface ExchangeTokenResponseMsg {
   accessToken: string;
   org: string;

@@ -10,11 +10,13 @@ import {
   validateEnvelope
 } from './cloudevents';
 
+/** The two usage record types: one per image build, one per CI job that held a lease. */
 export const BUILD_COMPLETED = 'dev.buildcloud.build.completed';
 export const JOB_COMPLETED = 'dev.buildcloud.job.completed';
 export const EVENT_TYPES = [BUILD_COMPLETED, JOB_COMPLETED] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
+/** How a build ended; the same list the job summaries show. */
 export const BUILD_STATUSES = ['success', 'failure', 'cancelled'] as const;
 export type BuildStatus = (typeof BUILD_STATUSES)[number];
 
@@ -49,8 +51,10 @@ export interface JobCompletedData {
 }
 
 // The ratio is derived data; a client may round it, but not disagree with its own step counts.
+/** How far `cache_ratio` may be from cached_steps/total_steps (rounding by the client). */
 export const CACHE_RATIO_TOLERANCE = 0.001;
 // Records are analytics detail, not a storage service: a record's data beyond this is refused.
+/** Largest `data` of one record, in bytes of JSON. */
 export const MAX_DATA_BYTES = 16 * 1024;
 
 type Check = string | null; // an error naming the field, or null
@@ -75,6 +79,7 @@ function int(d: Record<string, unknown>, field: string): Check {
 // OCI digest grammar: algorithm ":" encoded.
 const DIGEST = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
+/** Checks a build.completed record's data; returns an error naming the field, or null when it is valid. */
 export function validateBuildCompleted(d: Record<string, unknown>): Check {
   for (const f of ['lease_id', 'build_id', 'platform']) {
     const err = str(d, f, true, true);
@@ -107,6 +112,7 @@ export function validateBuildCompleted(d: Record<string, unknown>): Check {
   return null;
 }
 
+/** Checks a job.completed record's data; returns an error naming the field, or null when it is valid. */
 export function validateJobCompleted(d: Record<string, unknown>): Check {
   for (const f of ['lease_id', 'provider', 'pipeline_key', 'job_id']) {
     const err = str(d, f, true, true);
@@ -139,6 +145,7 @@ export function validateEvent(candidate: unknown): { event: CloudEvent } | { err
   return err ? { error: err } : { event };
 }
 
+/** One candidate event of a request body: valid (`event`) or rejected (`error`), at its position `index`. */
 export interface ParsedEvent {
   index: number; // position in the request body
   event?: CloudEvent;
@@ -146,6 +153,7 @@ export interface ParsedEvent {
   id?: string; // the candidate's id when it had a usable one, so a rejection can be matched by the client
 }
 
+/** Limits of parseEventsBody; maxBatch defaults to DEFAULT_MAX_BATCH. */
 export interface ParseOptions {
   maxBatch?: number;
 }
@@ -165,11 +173,13 @@ export function parseEventsBody(contentType: string | undefined, body: unknown, 
   };
 }
 
+/** Envelope settings of the event builders. */
 export interface EventOptions {
   source?: string; // default urn:buildcloud:ci
   time?: Date | number | string; // default now; set it when the record is written so retries resend it as is
 }
 
+/** The `source` of records the CI client writes. */
 export const DEFAULT_SOURCE = 'urn:buildcloud:ci';
 
 function envelope<D>(type: EventType, id: string, org: string, data: D, opts: EventOptions): CloudEvent<D> {
@@ -206,6 +216,7 @@ export function buildCompletedEvent(
   return envelope(BUILD_COMPLETED, buildRecordId(data.lease_id, data.build_id), org, { ...data, cache_ratio }, opts);
 }
 
+/** Builds a job.completed event; its id is derived from (lease, job), so a resend is a duplicate, never a second record. */
 export function jobCompletedEvent(org: string, data: JobCompletedData, opts: EventOptions = {}): CloudEvent<JobCompletedData> {
   return envelope(JOB_COMPLETED, jobRecordId(data.lease_id, data.job_id), org, data, opts);
 }
