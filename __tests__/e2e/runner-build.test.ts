@@ -10,6 +10,7 @@ import { makeBusyboxContext } from '../helpers/busybox-context';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
 import { runBuild } from '../../src/core/build';
+import { contextId, contextMeta } from '../../src/core/docker-context';
 import type { LeaseMsg } from '../../src/contract/grpc';
 
 // Multi-stage, each stage built on the previous one: with inline cache (the 20.10 path) the layers of every stage
@@ -115,6 +116,22 @@ describe('one pipeline, then a second one on a fresh builder', () => {
     // The context reaches the builder through the lease's mutual TLS on its own, without DOCKER_HOST...
     const viaContext = dockerOut(['--context', cfg1.contextName, 'version', '--format', '{{.Server.Version}}'], { DOCKER_CONFIG: cfg1.dockerConfig });
     expect(viaContext).toMatchObject({ status: 0 });
+    // The context was written as files (docker-context.ts), not by `docker context create`: both clients of this
+    // machine read it and reach the builder through it, Debian's 20.10 and the 28.x one.
+    for (const client of ['/usr/bin/docker', '/usr/local/bin/docker'].filter((c) => fs.existsSync(c))) {
+      const r = spawnSync(client, ['--context', cfg1.contextName, 'version', '--format', '{{.Server.Version}}'], { env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig }, encoding: 'utf8' });
+      expect({ client, status: r.status, out: r.stdout.trim(), err: r.stderr.trim() }).toMatchObject({ client, status: 0, out: expect.stringMatching(/^\d+\.\d+/) });
+      const inspect = spawnSync(client, ['context', 'inspect', cfg1.contextName], { env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig }, encoding: 'utf8' });
+      const [seen] = JSON.parse(inspect.stdout);
+      expect({ client, ...seen, TLSMaterial: { docker: [...seen.TLSMaterial.docker].sort() }, Storage: undefined }).toEqual({
+        client,
+        Name: cfg1.contextName,
+        Metadata: { Description: 'Build Cloud remote builder' },
+        Endpoints: { docker: { Host: lease1.builders[0].address, SkipTLSVerify: false } },
+        TLSMaterial: { docker: ['ca.pem', 'cert.pem', 'key.pem'] },
+        Storage: undefined
+      });
+    }
     // ...the env does too, and the user's own config never hears of the context.
     expect(dockerOut(['version', '--format', '{{.Server.Version}}'], { ...cfg1.env }).status).toBe(0);
     expect(dockerOut(['context', 'ls', '--format', '{{.Name}}'], { DOCKER_CONFIG: cfg1.dockerConfig }).out).toContain(cfg1.contextName);
@@ -256,14 +273,20 @@ describe('buildx paths at their command boundary', () => {
     const plugins = path.join(tempRoot, 'user', 'cli-plugins');
     fs.mkdirSync(plugins, { recursive: true });
     const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER', 2), 'bc-dk', { tempRoot, docker: BUILDX, userDockerConfig: path.join(tempRoot, 'user'), run: recorder(calls) });
-    expect(calls.map((c) => c.args.slice(0, 3))).toEqual([['context', 'create', 'bc-dk'], ['context', 'create', 'bc-dk-linux-arm64']]);
+    // A client that reads the known context store gets its contexts as files: no `docker context create`.
+    expect(calls).toEqual([]);
+    for (const [ctx, host] of [['bc-dk', 'tcp://127.0.0.1:41000'], ['bc-dk-linux-arm64', 'tcp://127.0.0.1:41001']]) {
+      expect(fs.readFileSync(path.join(cfg.dockerConfig, 'contexts', 'meta', contextId(ctx), 'meta.json'), 'utf8')).toBe(contextMeta(ctx, host));
+    }
     expect(cfg).toMatchObject({ builderName: 'bc-dk', contextName: 'bc-dk', contexts: ['bc-dk', 'bc-dk-linux-arm64'], buildxBuilder: '', driver: 'docker' });
     expect(cfg.env).toMatchObject({ BUILDX_BUILDER: 'bc-dk', DOCKER_HOST: 'tcp://127.0.0.1:41000' });
     // A user-installed buildx plugin stays reachable from the private DOCKER_CONFIG.
     expect(fs.readlinkSync(path.join(cfg.dockerConfig, 'cli-plugins'))).toBe(plugins);
     const cleanup: Call[] = [];
     expect(await cleanupRunner(cfg, BUILDX, recorder(cleanup))).toEqual([]);
-    expect(cleanup.map((c) => c.args)).toEqual([['context', 'rm', '--force', 'bc-dk'], ['context', 'rm', '--force', 'bc-dk-linux-arm64']]);
+    // The contexts live in the private DOCKER_CONFIG: they go with the directory, no `docker context rm`.
+    expect(cleanup).toEqual([]);
+    expect(fs.existsSync(cfg.dir)).toBe(false);
   });
 
   test.each<[string, LeaseMsg, ResolvedDocker, RegExp]>([
@@ -275,8 +298,13 @@ describe('buildx paths at their command boundary', () => {
     expect(fs.readdirSync(tempRoot)).toEqual([]);
   });
 
-  test('a failed context create leaves nothing behind', async () => {
-    const err = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-x', { tempRoot, docker: BUILDX, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([], () => true) }).catch((e) => e);
+  test('a client outside the known context store format makes its contexts itself; a failed context create leaves nothing behind', async () => {
+    const calls: Call[] = [];
+    const unknown = { ...BUILDX, version: '29.0.0' };
+    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-y', { tempRoot, docker: unknown, userDockerConfig: path.join(tempRoot, 'none'), run: recorder(calls) });
+    expect(calls.map((c) => c.args.slice(0, 3))).toEqual([['context', 'create', 'bc-y']]);
+    await cleanupRunner(cfg, unknown, recorder([]));
+    const err = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-x', { tempRoot, docker: unknown, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([], () => true) }).catch((e) => e);
     expect(err.message).toBe('docker context create bc-x failed: cannot create');
     expect(fs.readdirSync(tempRoot)).toEqual([]);
   });

@@ -33,6 +33,12 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
   const builds = readBuilds(session);
   const lease = session.lease;
   let billedSeconds: number | null = null;
+  // Undoing the runner config needs nothing the control plane says, and nothing below reads the directory again
+  // (the builds are read): it runs alongside the release and the flush. With contexts written as files it starts
+  // no process for a Docker Engine lease (runner-config.ts cleanupRunner).
+  const cleanup: Promise<string[]> = session.runner
+    ? cleanupRunner(session.runner, session.docker).catch((err) => [`Build Cloud cleanup: ${(err as Error).message}`])
+    : Promise.resolve([]);
 
   if (lease) {
     const spool = new MeteringSpool(session.spoolDir);
@@ -79,13 +85,7 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
     warnings.push(...flush.warnings);
   }
 
-  if (session.runner) {
-    try {
-      warnings.push(...(await cleanupRunner(session.runner, session.docker)));
-    } catch (err) {
-      warnings.push(`Build Cloud cleanup: ${(err as Error).message}`);
-    }
-  }
+  warnings.push(...(await cleanup));
   try {
     fs.rmSync(session.dir, { recursive: true, force: true });
   } catch (err) {

@@ -11,6 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import type { BuilderEndpointMsg, LeaseMsg } from '../contract/grpc';
 import { buildxCreateArgs, contextCreateArgs, dockerEnv, runDocker, type BuildxDriver, type CommandResult, type ResolvedDocker } from './docker-cli';
+import { contextStoreKnown, writeDockerContext } from './docker-context';
 
 export interface RunnerEnv {
   DOCKER_CONFIG: string;
@@ -186,9 +187,13 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
       buildxBuilder = name;
       for (const args of buildxCreateArgs(name, lease.builders, certDir)) must(await run(opts.docker.path, args, env), `docker ${args.slice(0, 2).join(' ')}`);
     } else {
+      // A client that reads the known store format gets its contexts written as files (docker-context.ts): no
+      // process. Any other client makes them itself.
+      const direct = contextStoreKnown(opts.docker.version);
       for (const [i, b] of lease.builders.entries()) {
         const ctx = i === 0 ? name : `${name}-${platformSlug(b.platform)}`;
-        must(await run(opts.docker.path, contextCreateArgs(ctx, b.address, certDir), env), `docker context create ${ctx}`);
+        if (direct) await writeDockerContext(dockerConfig, ctx, b.address, certDir);
+        else must(await run(opts.docker.path, contextCreateArgs(ctx, b.address, certDir), env), `docker context create ${ctx}`);
         contexts.push(ctx);
       }
     }
@@ -206,7 +211,12 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
   }
 }
 
-/** Removes the builder, the contexts and the directory. Never throws: problems come back as warnings. */
+/**
+ * Removes the builder and the directory, and with it the contexts: they live in the private DOCKER_CONFIG inside it
+ * (contexts/meta and contexts/tls), so removing the directory is `docker context rm` without a process. A buildx
+ * remote-driver builder is still removed with `buildx rm`, buildx's own way. Never throws: problems come back as
+ * warnings.
+ */
 export async function cleanupRunner(
   cfg: RunnerConfig,
   docker: ResolvedDocker,
@@ -223,9 +233,8 @@ export async function cleanupRunner(
       warnings.push(`docker ${args.join(' ')} failed: ${(err as Error).message}`);
     }
   };
-  // A docker-driver builder is its context: `buildx rm` refuses it, `context rm` removes both.
+  // A docker-driver builder is its context (`buildx rm` refuses it): it goes with the directory.
   if (cfg.buildxBuilder) await attempt(['buildx', 'rm', cfg.buildxBuilder]);
-  for (const c of cfg.contexts) await attempt(['context', 'rm', '--force', c]);
   try {
     await fsp.rm(cfg.dir, { recursive: true, force: true });
   } catch (err) {
