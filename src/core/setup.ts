@@ -56,8 +56,19 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
   if (!endpoint) throw new SetupError("Missing input 'endpoint': the gRPC address of the Build Cloud control plane (host:port), or set BUILDCLOUD_ENDPOINT.");
   log.info(`Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`);
 
-  const docker = await resolveDocker(env);
-  log.info(docker.reason);
+  // The docker client is chosen while the credential is found (an OIDC exchange is a round trip); it is known
+  // before anything is provisioned, so a runner without a usable client never takes a lease, and its error comes
+  // first, as when the choice ran alone.
+  const dockerChoice = resolveDocker(env);
+  dockerChoice.catch(() => undefined); // awaited below, on every path
+  let chosen: ResolvedDocker | null = null;
+  const chosenDocker = async (): Promise<ResolvedDocker> => {
+    if (!chosen) {
+      chosen = await dockerChoice;
+      log.info(chosen.reason);
+    }
+    return chosen;
+  };
 
   const api = new ApiClient({
     endpoint,
@@ -69,8 +80,12 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
     let token = '';
     let lease: LeaseMsg;
     try {
-      token = await credential(settings, identity, deps, api);
+      token = await credential(settings, identity, deps, api).catch(async (err) => {
+        await chosenDocker();
+        throw err;
+      });
       api.setToken(token);
+      await chosenDocker();
       lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now, log);
     } catch (err) {
       // fallback: local covers a control plane that cannot serve now, and a job CI gives no credential at all (a
@@ -78,8 +93,9 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
       const usable = (err instanceof ControlPlaneError && err.transient) || err instanceof AuthMissingError;
       if (settings.fallback !== 'local' || !usable) throw err;
       log.warn(`Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
-      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), docker, now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir()));
+      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), await chosenDocker(), now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir()));
     }
+    const docker = await chosenDocker();
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
     log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
     // The control plane decides what this job may write (docs/security.md); say it when the answer is "nothing".
