@@ -1,13 +1,8 @@
 // The action's post step (post-if: always()): flush metering, release the lease, clean up, write the summary.
-// Its own failures are warnings: the job's outcome is the user's build's.
-import * as core from '@actions/core';
-import * as github from '@actions/github';
-import { loadSession } from '../core/session';
-import { report } from '../core/report';
-import { totalsOf } from '../core/summary';
-import { pipelineFigures, upsertPrComment } from './pr-comment';
-import { saveSpool } from './spool-cache';
-import { errorMessage, getSessionFile, getSpoolBase, log } from './state';
+// Nothing to do without a session from main; the work is in post-step.ts, loaded only when there is some.
+import * as core from './workflow-commands';
+import { getSessionFile } from './state';
+import { loadSteps } from './load-steps';
 
 export async function run(): Promise<void> {
   const file = getSessionFile();
@@ -15,37 +10,5 @@ export async function run(): Promise<void> {
     core.info('Build Cloud: setup did not get a builder; nothing to release.');
     return;
   }
-  try {
-    const session = loadSession(file);
-    const r = await core.group('Build Cloud: report and release', () => report(session, { log: log() }));
-    if (session.summary) await core.summary.addRaw(r.markdown).write();
-    const pr = session.identity.pullRequest;
-    const ghToken = core.getInput('github-token');
-    if (session.prComment && pr && ghToken && session.lease) {
-      try {
-        const base = session.meteringUrl.replace(/\/v1\/events$/, '');
-        const own = totalsOf(r.builds);
-        const figures = (await pipelineFigures(base, session.org, session.identity.pipelineKey, session.token)) ?? {
-          builds: own.builds,
-          failed: own.failed,
-          buildsWithCache: own.withCache,
-          totalSteps: own.totalSteps,
-          cachedSteps: own.cachedSteps,
-          billedSeconds: r.billedSeconds ?? undefined
-        };
-        const { owner, repo } = github.context.repo;
-        const what = await upsertPrComment(
-          { owner, repo, issueNumber: pr, token: ghToken, baseUrl: process.env.GITHUB_API_URL },
-          { builds: 0, totalSteps: 0, cachedSteps: 0, ...figures, branch: session.identity.branch, runUrl: session.identity.runUrl }
-        );
-        core.info(`Build Cloud: pull request comment ${what}`);
-      } catch (err) {
-        core.warning(`Build Cloud: could not update the pull request comment: ${errorMessage(err)}`);
-      }
-    }
-  } catch (err) {
-    core.warning(`Build Cloud post step: ${errorMessage(err)}`);
-  }
-  const spoolBase = getSpoolBase();
-  if (spoolBase) await saveSpool(spoolBase);
+  await loadSteps().postStep(file);
 }

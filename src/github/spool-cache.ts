@@ -1,38 +1,27 @@
-// Usage records that could not be sent survive to a later job through the Actions cache: restored before setup
-// (setup sends them), saved after post when some are still pending. Cache trouble only warns.
+// The Actions cache side of carrying unsent usage records between jobs (see spool-carry.ts, which loads this file
+// only when it is needed: bundled on its own as dist/github/spool-cache.js). Cache trouble only warns.
 import * as cache from '@actions/cache';
-import * as core from '@actions/core';
-import * as fs from 'fs';
-import * as path from 'path';
+import * as core from './workflow-commands';
 
 const PREFIX = 'buildcloud-metering-spool-';
 
-function pendingFiles(base: string): number {
-  let n = 0;
-  const walk = (d: string) => {
-    for (const e of fs.existsSync(d) ? fs.readdirSync(d, { withFileTypes: true }) : []) {
-      if (e.isDirectory()) walk(path.join(d, e.name));
-      else if (e.name.endsWith('.json')) n++;
-    }
-  };
-  walk(base);
-  return n;
-}
-
-export async function restoreSpool(base: string): Promise<void> {
-  if (!cache.isFeatureAvailable()) return core.debug('Actions cache not available: no earlier usage records to restore');
+/** Restores the newest carried spool into `base`; returns the cache key restored, or null (none, or unavailable). */
+export async function restoreFromCache(base: string): Promise<string | null> {
+  if (!cache.isFeatureAvailable()) {
+    core.debug('Actions cache not available: no earlier usage records to restore');
+    return null;
+  }
   try {
     const key = `${PREFIX}${process.env.GITHUB_RUN_ID}-${process.env.GITHUB_JOB}-${process.env.GITHUB_RUN_ATTEMPT}`;
-    const hit = await cache.restoreCache([base], key, [PREFIX]);
-    if (hit) core.info(`Build Cloud: restored ${pendingFiles(base)} unsent usage record(s) from an earlier job (${hit})`);
+    return (await cache.restoreCache([base], key, [PREFIX])) ?? null;
   } catch (err) {
     core.warning(`Build Cloud metering: could not restore unsent usage records: ${(err as Error).message}`);
+    return null;
   }
 }
 
-export async function saveSpool(base: string): Promise<void> {
-  const n = pendingFiles(base);
-  if (n === 0) return;
+/** Saves `base` (holding `n` unsent records) under a key unique to this job and attempt. */
+export async function saveToCache(base: string, n: number): Promise<void> {
   if (!cache.isFeatureAvailable()) {
     core.warning(`Build Cloud metering: ${n} usage record(s) are unsent and stay in ${base}; the Actions cache is not available to carry them to a later job.`);
     return;

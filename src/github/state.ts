@@ -1,5 +1,5 @@
 // Named state shared by the action's main and post steps (GITHUB_STATE → STATE_* in post).
-import * as core from '@actions/core';
+import * as core from './workflow-commands';
 
 export const State = {
   session: 'buildcloud-session',

@@ -1,0 +1,5 @@
+// The action's heavy half, loaded on demand: dist/github/steps.js beside the step's own bundle (scripts/build.mjs
+// keeps `require('./steps')` a runtime require), or the TypeScript module under the tests.
+export function loadSteps(): typeof import('./steps') {
+  return require('./steps') as typeof import('./steps');
+}
