@@ -256,8 +256,8 @@ describe('the jobs', () => {
   });
 
   test('the dotenv report stays within GitLab limits and never sets a variable the CLI reads as an input', () => {
-    // Report keys as src/cli/ci.ts writes them (the `report --dotenv` block).
-    const ci = fs.readFileSync(path.join(ROOT, 'src/cli/ci.ts'), 'utf8');
+    // Report keys as src/cli/ci-steps.ts writes them (the `report --dotenv` block).
+    const ci = fs.readFileSync(path.join(ROOT, 'src/cli/ci-steps.ts'), 'utf8');
     const reportKeys = [...ci.matchAll(/(BUILDCLOUD_[A-Z_]+): /g)].map((m) => m[1]);
     expect(reportKeys).toContain('BUILDCLOUD_BUILD_MINUTES');
     const names = (defs: { name: string }[]) => Object.keys(outputsAsEnv(Object.fromEntries(defs.map((d) => [d.name, '']))));

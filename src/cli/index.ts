@@ -5,7 +5,7 @@ import { registerAdmin } from './admin';
 import { registerUsage } from './usage';
 import { registerCi } from './ci';
 import { registerDemo } from './demo';
-import { CliError } from './errors';
+import { reportError } from './errors';
 
 export function program(): Command {
   const p = new Command('buildcloud')
@@ -27,11 +27,8 @@ export async function main(argv: string[]): Promise<number> {
     return process.exitCode ? Number(process.exitCode) : 0;
   } catch (err) {
     if (err instanceof CommanderError) return err.exitCode;
-    const e = err as Error;
     // Our errors are named classes whose message says what to fix; a stack is for bugs (or BUILDCLOUD_DEBUG).
-    const bug = !e || ['Error', 'TypeError', 'ReferenceError', 'RangeError', 'SyntaxError'].includes(e.name);
-    process.stderr.write(`buildcloud: ${bug || process.env.BUILDCLOUD_DEBUG ? e?.stack || String(err) : e.message}\n`);
-    return err instanceof CliError ? err.exitCode : 1;
+    return reportError(err);
   }
 }
 

@@ -1,0 +1,101 @@
+// What `buildcloud setup | build | report` do once their command line is read (by commander or fastParse): the
+// core for GitLab CI, CircleCI and any shell. Inputs are checked before the core loads, so a job missing one fails
+// in Node's own start-up time; the core (docker client, gRPC client, metering) is required after that (issue 10).
+import * as fs from 'fs';
+import * as path from 'path';
+import { buildSettings, setupSettings } from '../core/settings';
+import { requireEndpoint } from '../core/endpoint';
+import { detectProvider } from '../core/identity';
+import { loadSession, SESSION_ENV } from '../core/session';
+import { dotenvLines, exportLines, metricsReport, outputsAsEnv } from './ci-output';
+import { CliError } from './errors';
+import { getter } from './runner-args';
+
+export type StepOptions = Record<string, unknown>;
+
+const log = {
+  info: (m: string) => process.stderr.write(`${m}\n`),
+  warn: (m: string) => process.stderr.write(`warning: ${m}\n`),
+  debug: (m: string) => (process.env.BUILDCLOUD_DEBUG ? process.stderr.write(`debug: ${m}\n`) : undefined)
+};
+
+function appendFile(file: string, text: string): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  fs.appendFileSync(file, text, { mode: 0o600 });
+}
+
+function writeFile(file: string, text: string): void {
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  fs.writeFileSync(file, text, { mode: 0o644 });
+}
+
+const str = (v: unknown): string => (typeof v === 'string' ? v : '');
+
+/** `buildcloud setup`: provisions, configures docker, writes the outputs where the flags say. Throws on failure. */
+export async function runSetup(o: StepOptions): Promise<void> {
+  const settings = setupSettings(getter(o, process.env));
+  requireEndpoint(settings, process.env);
+  const { setup } = require('../core/setup') as typeof import('../core/setup');
+  const r = await setup(settings, { env: process.env, log, mask: () => undefined });
+  const vars = { ...r.exportEnv, ...outputsAsEnv(r.outputs) };
+  const exportFile = str(o.exportFile) || (detectProvider(process.env) === 'circleci' ? process.env.BASH_ENV : '');
+  if (exportFile) appendFile(exportFile, exportLines(vars));
+  if (o.dotenv) writeFile(str(o.dotenv), dotenvLines(outputsAsEnv(r.outputs)));
+  if (o.json) process.stdout.write(JSON.stringify({ outputs: r.outputs, env: r.exportEnv }) + '\n');
+  log.info(`Build Cloud: builder ready at ${r.outputs['docker-host'] || 'the local docker (fallback)'}; session ${r.sessionFile}`);
+  if (!exportFile && !o.json) process.stdout.write(exportLines(vars));
+}
+
+/** `buildcloud build`: builds on the session's builder; throws CliError (exit 1, or 130 when cancelled) on failure. */
+export async function runBuild(o: StepOptions): Promise<void> {
+  const session = loadSession(str(o.session) || process.env[SESSION_ENV]);
+  const settings = buildSettings(getter(o, process.env));
+  const { buildStep } = require('../core/build-step') as typeof import('../core/build-step');
+  const r = await buildStep(session, settings, { log, io: { onLine: (l) => process.stderr.write(l + '\n') } });
+  const vars = outputsAsEnv(r.outputs);
+  if (o.dotenv) appendFile(str(o.dotenv), dotenvLines(vars));
+  const exportFile = str(o.exportFile) || (detectProvider(process.env) === 'circleci' ? process.env.BASH_ENV : '');
+  if (exportFile) appendFile(exportFile, exportLines(vars));
+  if (o.json) process.stdout.write(JSON.stringify(r.outputs) + '\n');
+  if (r.run.status !== 'success') {
+    throw new CliError(`docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`, r.run.status === 'cancelled' ? 130 : 1);
+  }
+  if (r.loadError) throw new CliError(r.loadError, 1);
+}
+
+/** `buildcloud report`: sends usage, releases the lease, writes the summary; its own problems are warnings. */
+export async function runReport(o: StepOptions): Promise<void> {
+  const file = str(o.session) || process.env[SESSION_ENV];
+  if (!file || !fs.existsSync(file)) {
+    log.info('Build Cloud: no session in this job (setup did not run or already reported); nothing to release.');
+    return;
+  }
+  const { report } = require('../core/report') as typeof import('../core/report');
+  const { totalsOf } = require('../core/summary') as typeof import('../core/summary');
+  const session = loadSession(file);
+  const r = await report(session, { log });
+  const t = totalsOf(r.builds);
+  const minutes = (r.billedSeconds ?? 0) / 60;
+  const ratio = t.totalSteps ? t.cachedSteps / t.totalSteps : 0;
+  if (o.summaryFile) writeFile(str(o.summaryFile), r.markdown);
+  if (o.metrics) {
+    writeFile(str(o.metrics), metricsReport({ buildMinutes: minutes, builds: t.builds, totalSteps: t.totalSteps, cachedSteps: t.cachedSteps, cacheRatio: ratio, buildSeconds: t.durationMs / 1000 }));
+  }
+  if (o.dotenv) {
+    writeFile(
+      str(o.dotenv),
+      dotenvLines({
+        BUILDCLOUD_LEASE_ID: session.lease?.id ?? '',
+        BUILDCLOUD_BUILD_MINUTES: minutes.toFixed(2),
+        BUILDCLOUD_BUILDS: String(t.builds),
+        BUILDCLOUD_TOTAL_STEPS: String(t.totalSteps),
+        BUILDCLOUD_CACHED_STEPS: String(t.cachedSteps),
+        BUILDCLOUD_CACHE_RATIO: ratio.toFixed(4)
+      })
+    );
+  }
+  if (o.json) process.stdout.write(JSON.stringify({ builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio }) + '\n');
+  else process.stderr.write(r.text + '\n');
+}
+
+export const RUN_STEP = { setup: runSetup, build: runBuild, report: runReport } as const;

@@ -1,0 +1,38 @@
+// The runner CLI: `buildcloud setup | build | report`, what every GitLab and CircleCI job runs and what
+// `@buildcloud/ci` ships (dist/runner.js). It never loads server, admin or demo code. This half reads a well-formed
+// command line and checks the first inputs without loading commander, the core or the gRPC client: start-up is most
+// of what a job failing on its inputs pays (issue 10). The rest is runner-steps.ts (dist/runner-steps.js).
+import { buildSettings, setupSettings } from '../core/settings';
+import { requireEndpoint } from '../core/endpoint';
+import { loadSession, SESSION_ENV } from '../core/session';
+import { reportError } from './errors';
+import { fastParse, getter, type RunnerCommand } from './runner-args';
+
+function loadRunnerSteps(): typeof import('./runner-steps') {
+  return require('./runner-steps') as typeof import('./runner-steps');
+}
+
+/** The checks each step makes before anything else (the steps make them again, at no cost): throws what they throw. */
+export function checkInputs(command: RunnerCommand, opts: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
+  if (command === 'setup') requireEndpoint(setupSettings(getter(opts, env)), env);
+  if (command === 'build') {
+    loadSession((typeof opts.session === 'string' && opts.session) || env[SESSION_ENV]);
+    buildSettings(getter(opts, env));
+  }
+}
+
+/** Runs the runner CLI on `argv` (process.argv shape); resolves to the exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const parsed = fastParse(argv);
+  if (!parsed) return loadRunnerSteps().viaCommander(argv);
+  try {
+    checkInputs(parsed.command, parsed.opts, process.env);
+  } catch (err) {
+    return reportError(err);
+  }
+  return loadRunnerSteps().runStep(parsed.command, parsed.opts);
+}
+
+if (require.main === module) {
+  main(process.argv).then((code) => process.exit(code));
+}
