@@ -11,6 +11,7 @@ import { cleanupRunner, configureRunner, runnerDockerRecord } from './runner-con
 import { MeteringSpool } from './metering-spool';
 import { flushSpool } from './metering-client';
 import { saveSession, withoutSecrets, type Session } from './session';
+import { requireEndpoint } from './endpoint';
 import type { SetupSettings } from './settings';
 import type { LeaseMsg } from '../common/proto';
 
@@ -37,12 +38,7 @@ export interface SetupResult {
   exportEnv: Record<string, string>; // for later steps of the job
 }
 
-export class SetupError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SetupError';
-  }
-}
+export { SetupError } from './endpoint';
 
 export function defaultSpoolDir(env: Env): string {
   return env.BUILDCLOUD_SPOOL_DIR || path.join(env.HOME || os.homedir(), '.cache', 'buildcloud', 'spool');
@@ -52,8 +48,7 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
   const { env, log } = deps;
   const now = deps.now ?? Date.now;
   const identity = identityFromEnv(env, undefined, { jobId: settings.jobId });
-  const endpoint = settings.endpoint || env.BUILDCLOUD_ENDPOINT || '';
-  if (!endpoint) throw new SetupError("Missing input 'endpoint': the gRPC address of the Build Cloud control plane (host:port), or set BUILDCLOUD_ENDPOINT.");
+  const endpoint = requireEndpoint(settings, env);
   log.info(`Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`);
 
   // The docker client is chosen while the credential is found (an OIDC exchange is a round trip); it is known
