@@ -4,7 +4,6 @@ import * as core from './workflow-commands';
 import { fullCore } from './full-core';
 import type { SetupSettings } from '../core/settings';
 import { defaultSpoolDir, setup } from '../core/setup';
-import { restoreSpool } from './spool-carry';
 import { errorMessage, log, setSessionFile, setSpoolBase } from './state';
 
 /** Runs setup for `settings`; failures become the step's error (core.setFailed), never a throw. */
@@ -12,8 +11,9 @@ export async function mainStep(settings: SetupSettings): Promise<void> {
   try {
     if (settings.token) core.setSecret(settings.token);
     const spoolBase = defaultSpoolDir(process.env);
+    // Records an earlier job carried through the Actions cache are restored by post, before its report sends the
+    // spool: asking the cache means loading @actions/cache (0.2-0.6 s here), which main would pay before every build.
     setSpoolBase(spoolBase);
-    await restoreSpool(spoolBase);
     const r = await core.group('Build Cloud: provision a remote builder', () =>
       setup(settings, {
         env: process.env,

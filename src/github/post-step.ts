@@ -7,11 +7,14 @@ import { fullCore } from './full-core';
 import { loadSession } from '../core/session';
 import { report } from '../core/report';
 import { totalsOf } from '../core/summary';
-import { saveSpool } from './spool-carry';
+import { restoreSpool, saveSpool } from './spool-carry';
 import { errorMessage, getSpoolBase, log } from './state';
 
 /** Reports and releases the session saved in `file`; every failure is a warning, never a throw. */
 export async function postStep(file: string): Promise<void> {
+  const spoolBase = getSpoolBase();
+  // Earlier jobs' unsent records join this job's spool, so the report below sends them with its own.
+  if (spoolBase) await restoreSpool(spoolBase);
   try {
     const session = loadSession(file);
     const r = await core.group('Build Cloud: report and release', () => report(session, { log: log() }));
@@ -45,6 +48,5 @@ export async function postStep(file: string): Promise<void> {
   } catch (err) {
     core.warning(`Build Cloud post step: ${errorMessage(err)}`);
   }
-  const spoolBase = getSpoolBase();
   if (spoolBase) await saveSpool(spoolBase);
 }
