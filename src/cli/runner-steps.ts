@@ -1,8 +1,6 @@
 // The runner CLI's heavy half (dist/runner-steps.js beside dist/runner.js): the steps with the core they drive,
-// and commander for help, errors and whatever fastParse leaves to it. Loaded by runner.ts once the command line
-// and the first inputs are known to be usable (issue 10).
-import { Command, CommanderError } from 'commander';
-import { registerCi } from './ci';
+// and commander for help, errors and whatever fastParse leaves to it (evaluated only then). Loaded by runner.ts
+// once the command line and the first inputs are known to be usable (issue 10).
 import { RUN_STEP } from './ci-steps';
 import { reportError } from './errors';
 import type { RunnerCommand } from './runner-args';
@@ -21,6 +19,8 @@ export async function runStep(command: RunnerCommand, opts: Record<string, unkno
 
 /** Parses and runs `argv` (process.argv shape) with commander: help, `--version`, errors; resolves to the exit code. */
 export async function viaCommander(argv: string[]): Promise<number> {
+  const { Command, CommanderError } = require('commander') as typeof import('commander');
+  const { registerCi } = require('./ci') as typeof import('./ci');
   const p = new Command('buildcloud')
     .description(DESCRIPTION)
     .version(process.env.BUILDCLOUD_VERSION || '0.1.0')
