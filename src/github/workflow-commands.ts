@@ -63,8 +63,11 @@ export function exportVariable(name: string, value: unknown): void {
 
 /** core.setSecret: masks `secret` in the job's log. */
 export const setSecret = (secret: string): void => issueCommand('add-mask', {}, secret);
+/** core.info: a plain log line. */
 export const info = (message: string): void => writeOut(message + os.EOL);
+/** core.debug: shown when the job runs with step debug logging. */
 export const debug = (message: string): void => issueCommand('debug', {}, message);
+/** core.warning: a warning annotation. */
 export const warning = (message: string): void => issueCommand('warning', {}, message);
 
 /** core.setFailed: an error annotation, and exit code 1 when the step ends. */
