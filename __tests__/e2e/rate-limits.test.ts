@@ -143,7 +143,7 @@ test('ExchangeToken: one client address past the burst gets RESOURCE_EXHAUSTED w
     expect(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED)).toHaveLength(2);
     expect(codes.filter((c) => c === grpc.status.PERMISSION_DENIED)).toHaveLength(PROVISION_BURST);
     const limited = all.find((r) => r.status === 'rejected' && (r.reason as { code?: number }).code === grpc.status.RESOURCE_EXHAUSTED) as PromiseRejectedResult;
-    expect(String((limited.reason as Error).message)).toMatch(/ExchangeToken calls per client address/);
+    expect(String((limited.reason as Error).message)).toMatch(/at most [0-9.]+ ExchangeToken calls per second per client address/);
   } finally {
     api.close();
   }

@@ -182,12 +182,15 @@ describe('what a trust rule trusts bounds the claims (defence in depth: real CIs
     expect(verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'acme/sub/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' }).project).toBe('acme/sub/app');
     expect(() => verifiedIdentityFromClaims({ repository: 'evil/app', repository_owner: 'acme', event_name: 'push' }, { claim: 'repository_owner', value: 'acme' })).toThrow(/not inside/);
     expect(() => verifiedIdentityFromClaims({ 'oidc.circleci.com/org-id': 'u', 'oidc.circleci.com/vcs-origin': 'github.com' })).toThrow(/no owner\/repo/);
+    // Dot segments climb out of the trusted namespace in a path reader's eyes: refused at exchange.
+    expect(() => verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'acme/../other-ns/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/not inside/);
+    expect(() => verifiedIdentityFromClaims({ repository: 'acme/..', repository_owner: 'acme', event_name: 'push' })).toThrow(/names no repository/);
   });
   test('GitHub: only events that build their own ref write; workflow_run, issue_comment and the like read', () => {
     const gh = (event_name: string) => verifiedIdentityFromClaims({ repository: 'acme/app', repository_owner: 'acme', event_name, ref: 'refs/heads/main' });
     for (const e of ['push', 'schedule', 'workflow_dispatch', 'merge_group']) expect(gh(e).readOnly).toBe(false);
     for (const e of ['workflow_run', 'issue_comment', 'check_suite', 'deployment']) {
-      expect(gh(e)).toMatchObject({ readOnly: true, readOnlyReason: expect.stringContaining(`a ${e} run may build code other than its ref's`) });
+      expect(gh(e)).toMatchObject({ readOnly: true, readOnlyReason: expect.stringContaining(`a run for the '${e}' event may build code other than its ref's`) });
     }
   });
   test('GitLab: an external pull request pipeline is a change request', () => {

@@ -137,6 +137,7 @@ export interface RateLimiterOptions extends TokenBucketsOptions {
   flag: string; // the `buildcloud serve` flag that sets the rate
   burstFlag: string; // the flag that sets the burst
   unit: string; // what is counted, plural: "Provision calls", "usage records"
+  per?: string; // whose bucket, for the message (default "credential")
   onLimited?: (key: string) => void; // e.g. a metrics counter
 }
 
@@ -167,7 +168,7 @@ export class RateLimiter {
       this.o.limit,
       this.o.flag,
       s,
-      `Rate limit exceeded: at most ${this.o.ratePerSecond} ${this.o.unit} per second per credential (bursts of ${this.o.burst}); ` +
+      `Rate limit exceeded: at most ${this.o.ratePerSecond} ${this.o.unit} per second per ${this.o.per ?? 'credential'} (bursts of ${this.o.burst}); ` +
         `retry after ${s} s. The control plane's operator sets this limit with ${this.o.flag} and ${this.o.burstFlag}.`
     );
   }
@@ -198,7 +199,7 @@ export function createServeLimiters(
         : null,
     exchange:
       l.provisionRate > 0
-        ? new RateLimiter({ limit: 'exchange', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'ExchangeToken calls per client address', ratePerSecond: l.provisionRate, burst: l.provisionBurst, onLimited: () => onLimited?.('exchange') })
+        ? new RateLimiter({ limit: 'exchange', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'ExchangeToken calls', per: 'client address', ratePerSecond: l.provisionRate, burst: l.provisionBurst, onLimited: () => onLimited?.('exchange') })
         : null
   };
 }

@@ -146,10 +146,12 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
     (rule && providerOfRule(rule.claim)) ??
     (claimStr(c, 'repository') && claimStr(c, 'event_name') ? 'github' : claimStr(c, 'project_path') ? 'gitlab' : claimStr(c, 'oidc.circleci.com/org-id') ? 'circleci' : null);
   const outside = (what: string) => new ScopeError(`This OIDC token's ${what} is not inside what its trust rule trusts: no cache scope can be chosen for it.`);
+  // Paths with empty, '.' or '..' segments are not paths any CI gives a project: refused before any prefix check.
+  const oddPath = (p: string) => p.split('/').some((seg) => seg === '' || seg === '.' || seg === '..');
   if (provider === 'github') {
     const project = claimStr(c, 'repository');
     const owner = claimStr(c, 'repository_owner');
-    if (!/^[^/]+\/[^/]+$/.test(project)) throw new ScopeError('This GitHub OIDC token names no repository (claim repository): no cache scope can be chosen for it.');
+    if (!/^[^/]+\/[^/]+$/.test(project) || oddPath(project)) throw new ScopeError('This GitHub OIDC token names no repository (claim repository): no cache scope can be chosen for it.');
     if (owner && project.split('/')[0].toLowerCase() !== owner.toLowerCase()) throw outside('repository');
     if (rule?.claim === 'repository_owner' && project.split('/')[0].toLowerCase() !== rule.value.toLowerCase()) throw outside('repository');
     const event = claimStr(c, 'event_name');
@@ -166,13 +168,14 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
       id.readOnlyReason = 'a pull_request_target run may build code from a fork, and its OIDC token cannot tell';
     } else if (!GITHUB_WRITE_EVENTS.has(event)) {
       id.readOnly = true;
-      id.readOnlyReason = `a ${event || 'run without event_name'} run may build code other than its ref's (a pull request's, another run's artifacts)`;
+      id.readOnlyReason = `a run for the ${event ? `'${event}' event` : 'event it does not name'} may build code other than its ref's (a pull request's, another run's artifacts)`;
     }
     return id;
   }
   if (provider === 'gitlab') {
     const project = claimStr(c, 'project_path');
     if (!project || !project.includes('/')) throw new ScopeError('This GitLab OIDC token names no project (claim project_path): no cache scope can be chosen for it.');
+    if (oddPath(project)) throw outside('project_path');
     const ns = rule?.claim === 'namespace_path' ? rule.value : claimStr(c, 'namespace_path');
     if (ns && !project.toLowerCase().startsWith(`${ns.toLowerCase()}/`)) throw outside('project_path');
     return {
@@ -187,7 +190,7 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
   if (provider === 'circleci') {
     const origin = claimStr(c, 'oidc.circleci.com/vcs-origin');
     const project = origin.split('/').slice(1).join('/'); // github.com/org/repo → org/repo
-    if (!origin || !/^[^/]+\/[^/]+/.test(project)) {
+    if (!origin || !/^[^/]+\/[^/]+/.test(project) || oddPath(project)) {
       throw new ScopeError('This CircleCI OIDC token names no repository (oidc.circleci.com/vcs-origin is absent, as for custom webhook triggers, or has no owner/repo): use an org token scoped with `buildcloud admin token create --org ORG --project P`.');
     }
     return { ...base, provider: 'circleci', project, branch: branchOf(claimStr(c, 'oidc.circleci.com/vcs-ref')) };
