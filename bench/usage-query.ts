@@ -43,7 +43,7 @@ async function main(): Promise<void> {
   store.db.pragma('wal_checkpoint(TRUNCATE)');
   console.log(`inserted ${n} records (+10 of another org) in ${Date.now() - t0} ms; db ${(statSync(file).size / 1e6).toFixed(0)} MB`);
 
-  let t1 = performance.now();
+  const t1 = performance.now();
   recordQueries(store); // creates its indexes once, as the server does at start
   console.log(`record-queries indexes made in ${(performance.now() - t1).toFixed(0)} ms`);
   const before: typeof computeUsage | null = null; // to compare: the previous computeUsage, e.g. from git show

@@ -64,9 +64,9 @@ function evaluateDefault(value: string, ctx: JobContext): string {
 }
 
 export function inputEnv(actionYml: string, withInputs: Record<string, string>, ctx: JobContext): Record<string, string> {
-  const action = YAML.parse(fs.readFileSync(actionYml, 'utf8'));
+  const action = YAML.parse(fs.readFileSync(actionYml, 'utf8')) as { inputs?: Record<string, { default?: unknown }> };
   const env: Record<string, string> = {};
-  for (const [name, def] of Object.entries<any>(action.inputs ?? {})) {
+  for (const [name, def] of Object.entries(action.inputs ?? {})) {
     const v = name in withInputs ? withInputs[name] : evaluateDefault(String(def.default ?? ''), ctx);
     env[`INPUT_${name.replace(/ /g, '_').toUpperCase()}`] = v;
   }

@@ -7,6 +7,7 @@ import * as path from 'path';
 import { adminSetup, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { context, describeJob, loadOrb, runWorkflow, stepNamed, tmpRoot, type Config, type JobResult, type Orb, type WorkflowResult } from '../../harness/circleci-runner';
+import type { UsageReport } from '../../src/contract/http-api';
 
 const CLI_CMD = `node ${CLI}`;
 const DOCKERFILE = [
@@ -24,9 +25,9 @@ let work: string;
 let repo: string; // what `checkout` copies into each job's working directory
 const timings: Record<string, unknown> = {}; // measured here; the report quotes them
 
-async function usage(): Promise<any> {
+async function usage(): Promise<UsageReport> {
   const res = await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${token}` } });
-  return res.json();
+  return (await res.json()) as UsageReport;
 }
 
 async function lease(id: string) {

@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import { adminSetup, cli, docker, dockerEnvFor, registryRequest, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import type { LeaseMsg } from '../../src/contract/grpc';
+import type { EventsResponse } from '../../src/contract/http-api';
 
 const DOCKERFILE = ['RUN echo dependencies > /deps.txt && sleep 1', 'RUN cat /deps.txt > /copy.txt && echo built > /built.txt'].join('\n');
 
@@ -155,7 +156,7 @@ describe('buildcloud serve with real builders', () => {
         method: 'POST',
         headers: { authorization: `Bearer ${acmeToken}`, 'content-type': 'application/cloudevents-batch+json' },
         body: JSON.stringify([event])
-      }).then((r) => r.json() as Promise<any>);
+      }).then((r) => r.json() as Promise<EventsResponse>);
     expect((await send()).results[0].status).toBe('accepted');
     expect((await send()).results[0].status).toBe('duplicate');
     const usage = JSON.parse(cli(['usage', '--org', 'acme', '--json', '--state-dir', server.stateDir]).stdout);

@@ -1,7 +1,7 @@
 // Real builders end to end: DockerdDriver starts dockerd, BuilderTlsProxy is its mutual-TLS face, and Debian's
 // docker 20.10 client (/usr/bin/docker; the 28.x client in /usr/local/bin lacks buildx) builds through it.
 import { execFile, spawnSync } from 'child_process';
-import { existsSync, promises as fs, readdirSync, readFileSync } from 'fs';
+import { existsSync, promises as fs } from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { DockerdDriver, findDockerd } from '../../src/server/drivers/dockerd';

@@ -7,6 +7,7 @@ import { spawnSync } from 'child_process';
 import { adminSetup, startServer, waitFor, ROOT, type ServerProcess } from '../helpers/server';
 import { githubJobEnv, requireNode24, runStep, type JobContext, type StepResult } from '../../harness/github-runner';
 import { makeBusyboxContext } from '../helpers/busybox-context';
+import type { UsageReport } from '../../src/contract/http-api';
 
 const ACTION = path.join(ROOT, 'action.yml');
 const BUILD = path.join(ROOT, 'build/action.yml');
@@ -26,9 +27,9 @@ function dockerdAlive(builderId: string): boolean {
   return spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).stdout.split('\n').some((l) => l.includes('dockerd') && l.includes(builderId));
 }
 
-async function usage(): Promise<any> {
+async function usage(): Promise<UsageReport> {
   const res = await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${token}` } });
-  return res.json();
+  return (await res.json()) as UsageReport;
 }
 
 // One job: its own RUNNER_TEMP and context; steps share the env the runner builds from GITHUB_ENV.

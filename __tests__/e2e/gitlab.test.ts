@@ -11,6 +11,7 @@ import { adminSetup, docker, dockerEnvFor, startServer, CLI, ROOT, TestClient, t
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { artifact, dotenvReport, initRepo, parseMetrics, requireGitlabCiLocal, runGitlabCiLocal, type PipelineRun } from '../../harness/gitlab-runner';
 import type { LeaseMsg } from '../../src/contract/grpc';
+import type { PipelineUsage, UsageReport } from '../../src/contract/http-api';
 
 const COMPONENT = 'plugins/gitlab/templates/buildcloud.yml';
 const EXAMPLE = path.join(ROOT, 'examples/gitlab');
@@ -24,12 +25,12 @@ let vendoredCli: string;
 let exampleRepo: string;
 const timings: Record<string, number> = {};
 
-async function get(url: string): Promise<any> {
+async function get<T>(url: string): Promise<T> {
   const res = await fetch(`${server.info.http}${url}`, { headers: { authorization: `Bearer ${token}` } });
   if (!res.ok) throw new Error(`GET ${url}: HTTP ${res.status} ${await res.text()}`);
-  return res.json();
+  return (await res.json()) as T;
 }
-const pipelineUsage = (key: string) => get(`/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`);
+const pipelineUsage = (key: string) => get<PipelineUsage>(`/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`);
 
 // A repository laid out like this one, so the example's paths (the component file, the context) resolve the same.
 async function makeRepo(name: string, pipeline: string, app: { from?: string; dockerfile?: string }): Promise<string> {
@@ -90,7 +91,6 @@ afterAll(async () => {
   client?.close();
   if (server) expect(await server.stop()).toBe(0);
   if (work) fs.rmSync(work, { recursive: true, force: true });
-  // eslint-disable-next-line no-console
   console.log(`gitlab e2e timings (ms): ${JSON.stringify(timings)}`);
 });
 
@@ -245,7 +245,7 @@ test('a failing build still reports and releases its lease; hostile inputs reach
   } finally {
     if (!released) await client.release(holder.id).catch(() => undefined);
   }
-  const org = await get('/v1/orgs/acme/usage');
+  const org = await get<UsageReport>('/v1/orgs/acme/usage');
   expect(org.leases.active).toBe(0);
   expect(org.builds.count).toBeGreaterThanOrEqual(pipelineBuilds);
   expect(org.builds.failed).toBeGreaterThanOrEqual(1);

@@ -240,7 +240,7 @@ describe('GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_URL through the action', () =
 
 const component = (() => {
   const docs = YAML.parseAllDocuments(fs.readFileSync(GITLAB_COMPONENT, 'utf8'), { merge: true });
-  const job = (docs[docs.length - 1].toJS() as Record<string, any>)['.buildcloud'];
+  const job = (docs[docs.length - 1].toJS() as Record<string, { before_script: string[]; after_script: string[]; id_tokens?: object }>)['.buildcloud'];
   return { before: job.before_script as string[], after: job.after_script as string[], idTokens: Object.keys(job.id_tokens ?? {}) };
 })();
 

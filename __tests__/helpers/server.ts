@@ -10,6 +10,9 @@ import { services, type LeaseMsg } from '../../src/contract/grpc';
 import { createOrgWithToken, runCli, startServe, type ServeProcess } from '../../harness/control-plane';
 import { ROOT } from '../../harness/github-runner';
 
+/** A client of a service loaded from the .proto: its methods are named at run time. */
+type ServiceClient = InstanceType<grpc.ServiceClientConstructor>;
+
 export { ROOT };
 export const CLI = path.join(ROOT, 'dist/cli.js');
 
@@ -68,10 +71,10 @@ export function adminSetup(stateDir: string, org: string, minutes: number): stri
 }
 
 export class TestClient {
-  private readonly bc: grpc.Client & Record<string, any>;
+  private readonly bc: ServiceClient;
   constructor(address: string, private readonly token: string) {
     const { BuildCloud } = services();
-    this.bc = new BuildCloud(address, grpc.credentials.createInsecure()) as any;
+    this.bc = new BuildCloud(address, grpc.credentials.createInsecure());
   }
   private call<T>(method: string, req: object): Promise<T> {
     const md = new grpc.Metadata();

@@ -320,9 +320,11 @@ describe('scripts/pack-orb.mjs', () => {
 });
 
 // CircleCI's own schemas and parser. Not a dependency of the product: a devDependency of the tests.
-function parser(): any {
+// Required, not imported: a missing devDependency fails with the line to install it rather than at module load.
+function parser(): typeof import('@circleci/circleci-config-parser') {
   try {
-    return require(PARSER);
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded here so that its absence names the fix
+    return require(PARSER) as typeof import('@circleci/circleci-config-parser');
   } catch {
     throw new Error(`${PARSER} is not installed: ${PARSER_INSTALL} (CircleCI's JSON schemas and Validator, used to validate the packed orb).`);
   }
@@ -353,16 +355,18 @@ function compiledWithDefaults(o: Orb): Record<string, unknown> {
 
 describe("CircleCI's config schema (@circleci/circleci-config-parser)", () => {
   const kinds = () => {
-    const { mapping } = require('@circleci/circleci-config-sdk');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- the parser's own dependency, loaded after parser() says whether it is there
+    const { mapping } = require('@circleci/circleci-config-sdk') as typeof import('@circleci/circleci-config-sdk');
     return mapping;
   };
 
   test('commands, the job and their parameter lists validate as written', () => {
     const { Validator } = parser();
     const mapping = kinds();
-    const check = (type: unknown, value: unknown, sub?: unknown) => {
+    type Validate = typeof Validator.validateGenerable;
+    const check = (type: Parameters<Validate>[0], value: unknown, sub?: Parameters<Validate>[2]) => {
       const r = Validator.validateGenerable(type, value, sub);
-      return r === true ? true : JSON.stringify(r.errors, null, 1);
+      return r === true ? true : JSON.stringify(r && r.errors, null, 1);
     };
     for (const [n, c] of Object.entries(orb.commands!)) {
       expect([n, check(mapping.GenerableType.REUSABLE_COMMAND, c)]).toEqual([n, true]);
@@ -381,8 +385,8 @@ describe("CircleCI's config schema (@circleci/circleci-config-parser)", () => {
     const { parseConfig } = parser();
     const cfg = parseConfig({ ...compiledWithDefaults(orb), workflows: {} });
     expect(cfg.jobs.map((j: { name: string }) => j.name)).toEqual(['build']);
-    expect(cfg.commands.map((c: { name: string }) => c.name).sort()).toEqual(['build', 'report', 'setup']);
-    expect(cfg.executors.map((e: { name: string }) => e.name)).toEqual(['default']);
+    expect(cfg.commands!.map((c: { name: string }) => c.name).sort()).toEqual(['build', 'report', 'setup']);
+    expect(cfg.executors!.map((e: { name: string }) => e.name)).toEqual(['default']);
     const generated = YAML.parse(cfg.stringify());
     expect(generated.executors.default.docker[0].image).toBe('cimg/node:lts');
   });

@@ -2,6 +2,10 @@
 // key each credential is limited under, the refusal's wording, and the serve flags that set the limits.
 import { ConfigError, DEFAULT_LIMITS, parseLimits } from '../../src/server/config';
 import { createServeLimiters, RateLimited, RateLimiter, rateLimitKey, TokenBuckets } from '../../src/server/rate-limit';
+import * as grpc from '@grpc/grpc-js';
+import { addGrpcApi } from '../../src/server/grpc-api';
+import { ApiClient } from '../../src/core/api-client';
+import { silentLogger } from '../../src/server/log';
 
 let clock: number;
 const now = () => clock;
@@ -184,11 +188,6 @@ describe('serve flags', () => {
 describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
   // The real gRPC API with a scripted authenticator and lease manager: only the limit's wiring is under test.
   /* eslint-disable @typescript-eslint/no-explicit-any */
-  const grpc = require('@grpc/grpc-js') as typeof import('@grpc/grpc-js');
-  const { addGrpcApi } = require('../../src/server/grpc-api') as typeof import('../../src/server/grpc-api');
-  const { ApiClient } = require('../../src/core/api-client') as typeof import('../../src/core/api-client');
-  const { silentLogger } = require('../../src/server/log') as typeof import('../../src/server/log');
-
   const PRINCIPALS: Record<string, object> = {
     'bct_acme': { kind: 'org', org: 'acme', subject: 'token:acme1', via: 'org-token' },
     'bct_beta': { kind: 'org', org: 'beta', subject: 'token:beta1', via: 'org-token' }
@@ -201,7 +200,7 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
     scope: 'SCOPE_PIPELINE',
     identity: { provider: 'github', project: 'acme/app', branch: 'main', defaultBranch: 'main', fork: false, actor: 'octocat', runUrl: '' }
   } as any;
-  let server: import('@grpc/grpc-js').Server;
+  let server: grpc.Server;
   let address: string;
   let provisioned: string[];
   const clients: InstanceType<typeof ApiClient>[] = [];

@@ -20,7 +20,8 @@ const saved = { ...process.env };
 beforeEach(() => {
   jest.clearAllMocks();
   out = [];
-  // The module object itself: the writer reads writeSync from it at each call.
+  // The module object itself (an import would be a copy): the writer reads writeSync from it at each call.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   jest.spyOn(require('fs') as typeof fs, 'writeSync').mockImplementation(((fd: number, s: string) => (fd === 1 ? out.push(s) : 0)) as typeof fs.writeSync);
   base = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-carry-'));
   delete process.env.ACTIONS_CACHE_URL;

@@ -63,6 +63,7 @@ test.each([
   const err = refusal(() => validateProvisionIdentity({ pipelineKey: 'p', jobId: 'j', identity: { ...ok, [name]: value } }));
   expect(err.message).toContain(`Invalid ${field} '`);
   expect(err.message).toContain(`Expected up to ${IDENTITY_LIMITS[name as keyof typeof IDENTITY_LIMITS].max} `);
+  // eslint-disable-next-line no-control-regex -- the message must carry no control characters
   expect(err.message).not.toMatch(/[\n\u001b\u202e]/);
 });
 

@@ -35,6 +35,7 @@ const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 export async function runSetup(o: StepOptions): Promise<void> {
   const settings = setupSettings(getter(o, process.env));
   requireEndpoint(settings, process.env);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { setup } = require('../core/setup') as typeof import('../core/setup');
   const r = await setup(settings, { env: process.env, log, mask: () => undefined });
   const vars = { ...r.exportEnv, ...outputsAsEnv(r.outputs) };
@@ -50,6 +51,7 @@ export async function runSetup(o: StepOptions): Promise<void> {
 export async function runBuild(o: StepOptions): Promise<void> {
   const session = loadSession(str(o.session) || process.env[SESSION_ENV]);
   const settings = buildSettings(getter(o, process.env));
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { buildStep } = require('../core/build-step') as typeof import('../core/build-step');
   const r = await buildStep(session, settings, { log, io: { onLine: (l) => process.stderr.write(l + '\n') } });
   const vars = outputsAsEnv(r.outputs);
@@ -70,7 +72,9 @@ export async function runReport(o: StepOptions): Promise<void> {
     log.info('Build Cloud: no session in this job (setup did not run or already reported); nothing to release.');
     return;
   }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { report } = require('../core/report') as typeof import('../core/report');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { totalsOf } = require('../core/summary') as typeof import('../core/summary');
   const session = loadSession(file);
   const r = await report(session, { log });

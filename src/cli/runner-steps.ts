@@ -19,7 +19,9 @@ export async function runStep(command: RunnerCommand, opts: Record<string, unkno
 
 /** Parses and runs `argv` (process.argv shape) with commander: help, `--version`, errors; resolves to the exit code. */
 export async function viaCommander(argv: string[]): Promise<number> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { Command, CommanderError } = require('commander') as typeof import('commander');
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { registerCi } = require('./ci') as typeof import('./ci');
   const p = new Command('buildcloud')
     .description(DESCRIPTION)

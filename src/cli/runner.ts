@@ -9,6 +9,7 @@ import { reportError } from './errors';
 import { fastParse, getter, type RunnerCommand } from './runner-args';
 
 function loadRunnerSteps(): typeof import('./runner-steps') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   return require('./runner-steps') as typeof import('./runner-steps');
 }
 

@@ -106,6 +106,7 @@ export function isRfc3339(value: string): boolean {
 // A URI-reference (RFC 3986): absolute (`https://ci.example/acme`, `urn:buildcloud:ci`) or relative
 // (`/buildcloud/github`). Whitespace and control characters are never part of one.
 function isUriReference(value: string): boolean {
+  // eslint-disable-next-line no-control-regex -- control characters are what this looks for
   if (value.length === 0 || value.length > 2048 || /[\s\x00-\x1f\x7f]/.test(value)) return false;
   try {
     new URL(value, 'http://base.invalid/');

@@ -5,6 +5,9 @@ import * as grpc from '@grpc/grpc-js';
 import { backoffDelay } from './backoff';
 import { services, type ExchangeTokenResponseMsg, type LeaseMsg, type ProvisionRequestMsg } from '../contract/grpc';
 
+/** A client of a service loaded from the .proto: its methods are named at run time. */
+type ServiceClient = InstanceType<grpc.ServiceClientConstructor>;
+
 export interface ApiClientOptions {
   endpoint: string; // host:port, grpc://host:port, or grpcs://host:port (TLS)
   token?: string;
@@ -53,7 +56,7 @@ export function retryAfterFromMetadata(md: grpc.Metadata | undefined): number | 
 }
 
 export function parseEndpoint(endpoint: string): { address: string; secure: boolean } {
-  const m = /^(?:(grpcs?):\/\/)?((?:\[[0-9a-fA-F:.]+\]|[^/\s:\[\]]+):(\d{1,5}))\/?$/.exec(endpoint.trim());
+  const m = /^(?:(grpcs?):\/\/)?((?:\[[0-9a-fA-F:.]+\]|[^/\s:[\]]+):(\d{1,5}))\/?$/.exec(endpoint.trim());
   if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) {
     throw new Error(`Invalid endpoint '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
   }
@@ -63,8 +66,8 @@ export function parseEndpoint(endpoint: string): { address: string; secure: bool
 export { backoffDelay };
 
 export class ApiClient {
-  private readonly bc: grpc.Client & Record<string, any>;
-  private readonly auth: grpc.Client & Record<string, any>;
+  private readonly bc: ServiceClient;
+  private readonly auth: ServiceClient;
   private readonly o: Required<Omit<ApiClientOptions, 'token' | 'onRetry'>> & Pick<ApiClientOptions, 'token' | 'onRetry'>;
 
   constructor(opts: ApiClientOptions) {
@@ -82,8 +85,8 @@ export class ApiClient {
     const ca = process.env.BUILDCLOUD_CA_FILE ? fs.readFileSync(process.env.BUILDCLOUD_CA_FILE) : undefined;
     const creds = secure ? grpc.credentials.createSsl(ca) : grpc.credentials.createInsecure();
     const { BuildCloud, Auth } = services();
-    this.bc = new BuildCloud(address, creds) as any;
-    this.auth = new Auth(address, creds) as any;
+    this.bc = new BuildCloud(address, creds);
+    this.auth = new Auth(address, creds);
   }
 
   setToken(token: string): void {
@@ -113,7 +116,7 @@ export class ApiClient {
   }
 
   private async call<T>(
-    client: grpc.Client & Record<string, any>,
+    client: ServiceClient,
     method: string,
     req: object,
     authed = true,

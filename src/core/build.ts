@@ -45,7 +45,7 @@ export class ProgressParser {
     if (!m) return;
     const id = Number(m[1]);
     const rest = m[2].trim();
-    let v = this.byId.get(id);
+    const v = this.byId.get(id);
     if (!v) {
       // The first line of a vertex is its name; a vertex may be printed again later under the same number.
       this.byId.set(id, { id, name: rest, cached: false, status: 'running' });
@@ -209,9 +209,10 @@ function stream(file: string, args: string[], env: NodeJS.ProcessEnv, onLine: (l
   });
 }
 
-async function readJson(file: string): Promise<Record<string, any> | null> {
+/** buildx's --metadata-file: the fields read here are strings (digests); others may be objects. */
+async function readJson(file: string): Promise<Record<string, string | undefined> | null> {
   try {
-    return JSON.parse(await fsp.readFile(file, 'utf8'));
+    return JSON.parse(await fsp.readFile(file, 'utf8')) as Record<string, string | undefined>;
   } catch {
     return null;
   }

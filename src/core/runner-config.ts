@@ -99,7 +99,16 @@ function defaultUserConfig(): string {
   return process.env.DOCKER_CONFIG || path.join(os.homedir(), '.docker');
 }
 
-async function readUserConfig(dir: string, warnings: string[]): Promise<Record<string, any>> {
+/** The fields of docker's config.json this file reads or writes; the rest is carried over as it is. */
+interface DockerConfigFile {
+  auths?: Record<string, unknown>;
+  credsStore?: string;
+  credHelpers?: Record<string, string>;
+  currentContext?: string;
+  [field: string]: unknown;
+}
+
+async function readUserConfig(dir: string, warnings: string[]): Promise<DockerConfigFile> {
   const file = path.join(dir, 'config.json');
   let text: string;
   try {
@@ -108,8 +117,8 @@ async function readUserConfig(dir: string, warnings: string[]): Promise<Record<s
     return {}; // no config yet: nobody logged in
   }
   try {
-    const v = JSON.parse(text);
-    if (v && typeof v === 'object' && !Array.isArray(v)) return v;
+    const v: unknown = JSON.parse(text);
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as DockerConfigFile;
   } catch {
     // fall through
   }
@@ -118,8 +127,8 @@ async function readUserConfig(dir: string, warnings: string[]): Promise<Record<s
 }
 
 // The private config: the user's, minus what would break it here, plus the cache registry's login.
-function privateConfig(user: Record<string, any>, host: string, auth: string): Record<string, any> {
-  const cfg: Record<string, any> = { ...user, auths: { ...(user.auths ?? {}), [host]: { auth } } };
+function privateConfig(user: DockerConfigFile, host: string, auth: string): DockerConfigFile {
+  const cfg: DockerConfigFile = { ...user, auths: { ...(user.auths ?? {}), [host]: { auth } } };
   // Names a context of the user's store, which the private store does not have.
   delete cfg.currentContext;
   // With a credsStore or credHelpers, docker asks the helper first and never reads `auths`; an empty helper for

@@ -23,7 +23,9 @@ export async function postStep(file: string): Promise<void> {
     const ghToken = core.getInput('github-token');
     if (session.prComment && pr && ghToken && session.lease) {
       try {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
         const { pipelineFigures, upsertPrComment } = require('./pr-comment') as typeof import('./pr-comment');
+        // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
         const github = require('@actions/github') as typeof import('@actions/github');
         const base = session.meteringUrl.replace(/\/v1\/events$/, '');
         const own = totalsOf(r.builds);

@@ -29,6 +29,7 @@ export function cacheServiceOffered(env: NodeJS.ProcessEnv = process.env): boole
 }
 
 function cacheClient(): typeof import('./spool-cache') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   return require('./spool-cache') as typeof import('./spool-cache');
 }
 

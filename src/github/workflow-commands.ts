@@ -43,6 +43,7 @@ export function getState(name: string): string {
 // GITHUB_STATE, GITHUB_OUTPUT and GITHUB_ENV files; the crypto-using file-command module loads only when one is written.
 function keyValue(file: 'STATE' | 'OUTPUT' | 'ENV', legacy: string, name: string, value: unknown): void {
   if (process.env[`GITHUB_${file}`]) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
     const fc = require('@actions/core/lib/file-command') as typeof import('@actions/core/lib/file-command');
     fc.issueFileCommand(file, fc.prepareKeyValueMessage(name, value));
     return;

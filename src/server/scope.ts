@@ -80,6 +80,7 @@ export function parsePatterns(raw: string, flag: string): string[] {
   if (list.length > PATTERN_MAX) throw new ScopeError(`Invalid ${flag}: ${list.length} patterns, at most ${PATTERN_MAX}.`);
   for (const p of list) {
     const body = p.startsWith('!') ? p.slice(1) : p;
+    // eslint-disable-next-line no-control-regex -- control characters are what this looks for
     if (body === '' || body.length > PATTERN_LEN || /[\s\x00-\x1f]/.test(body) || body.includes('!')) {
       throw new ScopeError(`Invalid ${flag} pattern '${p.slice(0, 80)}': expected a name, '*' wildcards and an optional leading '!', no spaces.`);
     }

@@ -104,5 +104,6 @@ export function normalisePlatforms(requested: string[], available: string[]): st
 export function truncate(s: unknown, n = 80): string {
   const str = String(s ?? '');
   const cut = str.length > n ? `${str.slice(0, n)}...` : str;
+  // eslint-disable-next-line no-control-regex -- control characters are what this looks for
   return cut.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
