@@ -83,10 +83,14 @@ export function totalsOf(builds: BuildResult[]): BuildTotals {
   return t;
 }
 
+// eslint-disable-next-line no-control-regex -- control characters are what this looks for
+const ANSI_ESCAPE = /\x1b\[[0-9;?]*[A-Za-z]/g;
+// eslint-disable-next-line no-control-regex -- control characters are what this looks for
+const CONTROL = /[\x00-\x1f\x7f\u2028\u2029]/g;
+
 /** Newlines, ANSI escapes and other control characters out, length bounded: the same for every output. */
 function clean(s: string | undefined, max = MAX_FIELD): string {
-  // eslint-disable-next-line no-control-regex -- control characters are what this looks for
-  const flat = (s ?? '').replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/[\x00-\x1f\x7f\u2028\u2029]/g, ' ').trim();
+  const flat = (s ?? '').replace(ANSI_ESCAPE, '').replace(CONTROL, ' ').trim();
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 }
 
