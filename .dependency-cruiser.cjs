@@ -53,8 +53,7 @@ module.exports = {
     },
     {
       name: 'runner-not-reaching-server',
-      comment:
-        'Nor by a detour: nothing the runner CLI or the GitHub Action imports, however indirectly, is control-plane code.',
+      comment: 'Nor by a detour: nothing the runner CLI or the GitHub Action imports, however indirectly, is control-plane code.',
       severity: 'error',
       from: { path: [RUNNER_CLI, '^src/github/'] },
       to: { path: '^src/server/', reachable: true }

@@ -56,7 +56,14 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-bench-'));
   const result: Record<string, unknown> = {
     bench: 'provision',
-    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, kernel: os.release(), dockerd: dockerdVersion() },
+    machine: {
+      cpus: os.cpus().length,
+      model: os.cpus()[0]?.model,
+      memGiB: Math.round(os.totalmem() / 2 ** 30),
+      node: process.version,
+      kernel: os.release(),
+      dockerd: dockerdVersion()
+    },
     commit: gitCommit(),
     when: new Date().toISOString(),
     rounds: ROUNDS

@@ -61,7 +61,12 @@ const lastJson = (stdout: string) => JSON.parse(stdout.trim().split('\n').pop()!
 
 class Jobs {
   private n = 0;
-  constructor(private readonly server: ServerProcess, private readonly token: string, private readonly work: string, private readonly pipeline: string) {}
+  constructor(
+    private readonly server: ServerProcess,
+    private readonly token: string,
+    private readonly work: string,
+    private readonly pipeline: string
+  ) {}
 
   /** A shell CI job's environment: nothing of this process leaks in. */
   env(): NodeJS.ProcessEnv {
@@ -119,7 +124,14 @@ async function timeline(jobs: Jobs, work: string): Promise<Record<string, { wall
     const file = path.join(work, `timeline-${step}.jsonl`);
     const r = await timed(NODE, [CLI, step, '--json'], { ...env, BENCH_TIMELINE_OUT: file });
     if (r.code !== 0) throw new Error(`${step} with the timeline hook failed:\n${r.stderr}`);
-    out[step] = { wallMs: Math.round(r.ms), marks: fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l)) };
+    out[step] = {
+      wallMs: Math.round(r.ms),
+      marks: fs
+        .readFileSync(file, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+    };
     if (step === 'setup') env = { ...env, ...lastJson(r.stdout).env };
   }
   return out;
@@ -185,7 +197,14 @@ async function main(): Promise<void> {
 
     const result = {
       bench: 'setup-report',
-      machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, kernel: os.release(), loadavg: os.loadavg().map((x) => +x.toFixed(2)) },
+      machine: {
+        cpus: os.cpus().length,
+        model: os.cpus()[0]?.model,
+        memGiB: Math.round(os.totalmem() / 2 ** 30),
+        node: process.version,
+        kernel: os.release(),
+        loadavg: os.loadavg().map((x) => +x.toFixed(2))
+      },
       commit: gitCommit(),
       when: new Date().toISOString(),
       rounds: ROUNDS,

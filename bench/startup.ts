@@ -131,9 +131,21 @@ async function main(): Promise<void> {
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
   const reqEnv = (spool: string) =>
-    cleanEnv({ BUILDCLOUD_ENDPOINT: `127.0.0.1:${port}`, BUILDCLOUD_TOKEN: 'bench-token', BUILDCLOUD_DOCKER: stub, BUILDCLOUD_SPOOL_DIR: spool, BUILDCLOUD_FALLBACK: 'none' });
+    cleanEnv({
+      BUILDCLOUD_ENDPOINT: `127.0.0.1:${port}`,
+      BUILDCLOUD_TOKEN: 'bench-token',
+      BUILDCLOUD_DOCKER: stub,
+      BUILDCLOUD_SPOOL_DIR: spool,
+      BUILDCLOUD_FALLBACK: 'none'
+    });
   // The action reads its inputs as INPUT_*; RUNNER_TEMP keeps its files in the bench's own directory.
-  const actionEnv = (spool: string) => ({ ...reqEnv(spool), INPUT_ENDPOINT: `127.0.0.1:${port}`, INPUT_TOKEN: 'bench-token', INPUT_FALLBACK: 'none', RUNNER_TEMP: work });
+  const actionEnv = (spool: string) => ({
+    ...reqEnv(spool),
+    INPUT_ENDPOINT: `127.0.0.1:${port}`,
+    INPUT_TOKEN: 'bench-token',
+    INPUT_FALLBACK: 'none',
+    RUNNER_TEMP: work
+  });
 
   const runs: Record<string, number[]> = {};
   const add = (k: string, v: number) => (runs[k] ??= []).push(v);
@@ -156,7 +168,14 @@ async function main(): Promise<void> {
   const dirty = git(['status', '--porcelain', '--', 'src', 'scripts', 'dist']) !== '';
   const result = {
     bench: 'startup',
-    machine: { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version, kernel: os.release(), loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100) },
+    machine: {
+      cpu: os.cpus()[0]?.model ?? 'unknown',
+      cores: os.cpus().length,
+      memGiB: Math.round(os.totalmem() / 2 ** 30),
+      node: process.version,
+      kernel: os.release(),
+      loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100)
+    },
     commit: git(['rev-parse', 'HEAD']) + (dirty ? '+dirty' : ''),
     when: new Date().toISOString(),
     rounds: ROUNDS,

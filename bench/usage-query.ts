@@ -21,9 +21,23 @@ async function main(): Promise<void> {
   await store.createOrg('acme', 0);
   await store.createOrg('beta', 0);
   const lease = {
-    id: 'L1', org: 'acme', pipelineKey: 'p', jobId: 'j', scope: 'pipeline' as const, platforms: ['linux/amd64'], builderIds: [],
-    identity: {}, actor: 'a', certFingerprint: 'f', registryUser: 'u', registryPasswordHash: 'h', createdAt: now - 3600_000,
-    lastActiveAt: now, endedAt: null, endReason: null, billedSeconds: null
+    id: 'L1',
+    org: 'acme',
+    pipelineKey: 'p',
+    jobId: 'j',
+    scope: 'pipeline' as const,
+    platforms: ['linux/amd64'],
+    builderIds: [],
+    identity: {},
+    actor: 'a',
+    certFingerprint: 'f',
+    registryUser: 'u',
+    registryPasswordHash: 'h',
+    createdAt: now - 3600_000,
+    lastActiveAt: now,
+    endedAt: null,
+    endReason: null,
+    billedSeconds: null
   };
   await store.insertLease(lease);
   const t0 = Date.now();
@@ -31,12 +45,29 @@ async function main(): Promise<void> {
   const padding = 'x'.repeat(pad);
   store.db.transaction(() => {
     for (let i = 0; i < n; i++) {
-      const ev = buildCompletedEvent('acme', { lease_id: 'L1', build_id: String(i), platform: 'linux/amd64', status: 'success', duration_ms: 1000, total_steps: 4, cached_steps: i % 4, actor: `user${i % 50}` });
+      const ev = buildCompletedEvent('acme', {
+        lease_id: 'L1',
+        build_id: String(i),
+        platform: 'linux/amd64',
+        status: 'success',
+        duration_ms: 1000,
+        total_steps: 4,
+        cached_steps: i % 4,
+        actor: `user${i % 50}`
+      });
       insert.run(ev.id, 'acme', ev.type, now - 1000 - i, now, 'L1', JSON.stringify({ ...ev.data, pad: padding }));
     }
     // Another org's few records: its report must not pay for acme's flood.
     for (let i = 0; i < 10; i++) {
-      const ev = buildCompletedEvent('beta', { lease_id: 'LB', build_id: String(i), platform: 'linux/amd64', status: 'success', duration_ms: 1000, total_steps: 4, cached_steps: 1 });
+      const ev = buildCompletedEvent('beta', {
+        lease_id: 'LB',
+        build_id: String(i),
+        platform: 'linux/amd64',
+        status: 'success',
+        duration_ms: 1000,
+        total_steps: 4,
+        cached_steps: 1
+      });
       insert.run(ev.id, 'beta', ev.type, now - 1000 - i, now, 'LB', JSON.stringify(ev.data));
     }
   })();
@@ -48,21 +79,23 @@ async function main(): Promise<void> {
   console.log(`record-queries indexes made in ${(performance.now() - t1).toFixed(0)} ms`);
   const before: typeof computeUsage | null = null; // to compare: the previous computeUsage, e.g. from git show
   for (const [label, fn] of [...(before ? [['before', before] as const] : []), ['current', computeUsage] as const]) {
-  for (const org of ['acme', 'acme', 'beta']) {
-    let last = performance.now();
-    let maxGap = 0;
-    const timer = setInterval(() => {
-      const t = performance.now();
-      maxGap = Math.max(maxGap, t - last);
-      last = t;
-    }, 1);
-    const s = performance.now();
-    const r = await fn(store, org, '2026-11', now);
-    const wall = performance.now() - s;
-    await new Promise((res) => setTimeout(res, 5));
-    clearInterval(timer);
-    console.log(`${label} ${org}: computeUsage ${wall.toFixed(0)} ms wall, longest event-loop stall ${maxGap.toFixed(0)} ms; builds ${r.builds.count}, users ${r.users.distinct}, cachedSteps ${r.builds.cachedSteps}`);
-  }
+    for (const org of ['acme', 'acme', 'beta']) {
+      let last = performance.now();
+      let maxGap = 0;
+      const timer = setInterval(() => {
+        const t = performance.now();
+        maxGap = Math.max(maxGap, t - last);
+        last = t;
+      }, 1);
+      const s = performance.now();
+      const r = await fn(store, org, '2026-11', now);
+      const wall = performance.now() - s;
+      await new Promise((res) => setTimeout(res, 5));
+      clearInterval(timer);
+      console.log(
+        `${label} ${org}: computeUsage ${wall.toFixed(0)} ms wall, longest event-loop stall ${maxGap.toFixed(0)} ms; builds ${r.builds.count}, users ${r.users.distinct}, cachedSteps ${r.builds.cachedSteps}`
+      );
+    }
   }
   await store.close();
   rmSync(dir, { recursive: true, force: true });

@@ -17,7 +17,15 @@ export async function runCircleciPipeline(spec: Omit<PipelineSpec, 'runId'> & { 
     workflows: {
       images: {
         jobs: spec.targets.map((t) => ({
-          'buildcloud/build': { name: `image-${t}`, context: 'buildcloud', cli, build_context: spec.context, target: t, tags: `demo/${t}:circleci`, build_args: spec.buildArgs.join('\n') }
+          'buildcloud/build': {
+            name: `image-${t}`,
+            context: 'buildcloud',
+            cli,
+            build_context: spec.context,
+            target: t,
+            tags: `demo/${t}:circleci`,
+            build_args: spec.buildArgs.join('\n')
+          }
         }))
       }
     }
@@ -51,7 +59,13 @@ export async function runCircleciPipeline(spec: Omit<PipelineSpec, 'runId'> & { 
       totalSteps: Number(e.BUILDCLOUD_TOTAL_STEPS ?? 0),
       cachedSteps: Number(e.BUILDCLOUD_CACHED_STEPS ?? 0),
       wallMs: Date.now() - started,
-      error: j?.status === 'success' ? undefined : (j?.steps.filter((s) => s.status === 'failed').map((s) => s.output.slice(-400)).join('\n') ?? 'blocked')
+      error:
+        j?.status === 'success'
+          ? undefined
+          : (j?.steps
+              .filter((s) => s.status === 'failed')
+              .map((s) => s.output.slice(-400))
+              .join('\n') ?? 'blocked')
     };
   });
 }

@@ -217,8 +217,9 @@ function expandSteps(steps: unknown, scope: Scope, ctx: Context, origin: string[
   if (!Array.isArray(steps)) throw new ConfigError(`${origin.join(' > ') || 'job'}: steps must be a list`);
   const out: Step[] = [];
   for (const raw of steps) {
-    const [key, arg] = typeof raw === 'string' ? [raw, {}] : Object.entries((raw ?? {}) as Obj)[0] ?? ['', null];
-    if (raw && typeof raw === 'object' && Object.keys(raw).length !== 1) throw new ConfigError(`${origin.join(' > ')}: a step has exactly one key: ${JSON.stringify(raw)}`);
+    const [key, arg] = typeof raw === 'string' ? [raw, {}] : (Object.entries((raw ?? {}) as Obj)[0] ?? ['', null]);
+    if (raw && typeof raw === 'object' && Object.keys(raw).length !== 1)
+      throw new ConfigError(`${origin.join(' > ')}: a step has exactly one key: ${JSON.stringify(raw)}`);
     if (key === 'run') {
       const r = (typeof arg === 'string' ? { command: arg } : arg) as Obj;
       if (typeof r.command !== 'string') throw new ConfigError(`${origin.join(' > ')}: run needs a command`);
@@ -437,7 +438,13 @@ export function jobEnv(job: ExpandedJob, opts: RunOptions, dirs: { home: string;
 
 const tilde = (p: string, home: string) => (p === '~' ? home : p.startsWith('~/') ? path.join(home, p.slice(2)) : p);
 
-function exec(argv: string[], cwd: string, env: Record<string, string>, timeoutMs: number, onLine?: (l: string) => void): Promise<{ code: number | null; output: string }> {
+function exec(
+  argv: string[],
+  cwd: string,
+  env: Record<string, string>,
+  timeoutMs: number,
+  onLine?: (l: string) => void
+): Promise<{ code: number | null; output: string }> {
   return new Promise((resolve) => {
     // stdin is /dev/null: with a socket there (node's default), Debian's bash would take itself for an sshd session
     // and read ~/.bashrc instead of $BASH_ENV.
@@ -539,7 +546,19 @@ export async function runExpandedJob(job: ExpandedJob, opts: RunOptions): Promis
       .filter(Boolean)
       .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)])
   );
-  return { name, status: failed ? 'failed' : 'success', steps: results, artifacts, env, exported, bashEnvFile: bashEnv, home, workingDirectory: workdir, startedAt, endedAt: Date.now() };
+  return {
+    name,
+    status: failed ? 'failed' : 'success',
+    steps: results,
+    artifacts,
+    env,
+    exported,
+    bashEnvFile: bashEnv,
+    home,
+    workingDirectory: workdir,
+    startedAt,
+    endedAt: Date.now()
+  };
 }
 
 export function runJob(ctx: Context, ref: string, args: Obj, opts: RunOptions): Promise<JobResult> {

@@ -45,7 +45,9 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
   for (const p of [...new Set(jobs.map((j) => j.pipeline))]) {
     const js = jobs.filter((j) => j.pipeline === p);
     const builders = [...new Set(js.map((j) => j.builder))];
-    out.push(`\n${p} (${js[0].ci}) — ${js.length} jobs on ${builders.length} builder${builders.length === 1 ? '' : 's'}, ${(u.pipelineMinutes[p] ?? 0).toFixed(2)} min billed`);
+    out.push(
+      `\n${p} (${js[0].ci}) — ${js.length} jobs on ${builders.length} builder${builders.length === 1 ? '' : 's'}, ${(u.pipelineMinutes[p] ?? 0).toFixed(2)} min billed`
+    );
     for (const j of js) {
       const expect = j.untouchedSteps === undefined ? '' : `  (untouched by the change: ${j.untouchedSteps})`;
       out.push(
@@ -86,7 +88,12 @@ export function renderHtml(jobs: JobOutcome[], u: DemoUsage, meta: { generatedAt
   const ratioChart = barChart(
     'Cache ratio per build',
     'chart-cache-ratio',
-    jobs.map((j) => ({ label: `${j.pipeline}: ${j.target}`, value: j.totalSteps ? j.cachedSteps / j.totalSteps : 0, max: 1, text: j.totalSteps ? pct(j.cachedSteps / j.totalSteps) : '–' }))
+    jobs.map((j) => ({
+      label: `${j.pipeline}: ${j.target}`,
+      value: j.totalSteps ? j.cachedSteps / j.totalSteps : 0,
+      max: 1,
+      text: j.totalSteps ? pct(j.cachedSteps / j.totalSteps) : '–'
+    }))
   );
   const maxMin = Math.max(0.01, ...Object.values(u.pipelineMinutes));
   const minutesChart = barChart(

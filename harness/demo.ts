@@ -67,7 +67,17 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     const workspace = path.join(work, 'repo');
     fs.cpSync(path.join(ROOT, 'examples/app'), path.join(workspace, 'examples/app'), { recursive: true });
     const dockerfile = fs.readFileSync(path.join(workspace, 'examples/app/Dockerfile'), 'utf8');
-    const common = { project: PROJECT, workspace, context: 'examples/app', targets: TARGETS, buildArgs: [`BASE=${base}`], endpoint: server.grpc, token, work, onProgress: o.log };
+    const common = {
+      project: PROJECT,
+      workspace,
+      context: 'examples/app',
+      targets: TARGETS,
+      buildArgs: [`BASE=${base}`],
+      endpoint: server.grpc,
+      token,
+      work,
+      onProgress: o.log
+    };
 
     const jobs: JobOutcome[] = [];
     const pipelines: Record<string, string> = {};

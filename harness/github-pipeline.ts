@@ -34,12 +34,17 @@ async function job(spec: PipelineSpec, index: number, target: string): Promise<J
   let build = null;
   if (!main.failed) {
     spec.onProgress(`github run ${spec.runId} job ${target}: building on ${main.outputs['docker-host']}`);
-    build = await runStep(path.join(ROOT, 'build/action.yml'), 'main', {
-      context: path.join(spec.workspace, spec.context),
-      target,
-      tags: `demo/${target}:${spec.runId}`,
-      'build-args': spec.buildArgs.join('\n')
-    }, env);
+    build = await runStep(
+      path.join(ROOT, 'build/action.yml'),
+      'main',
+      {
+        context: path.join(spec.workspace, spec.context),
+        target,
+        tags: `demo/${target}:${spec.runId}`,
+        'build-args': spec.buildArgs.join('\n')
+      },
+      env
+    );
   }
   // Each job's log stays in its runner temp dir (kept with --keep) for anyone who wants the detail.
   fs.writeFileSync(path.join(temp, 'job.log'), `${main.stdout}\n${build?.stdout ?? ''}`);
@@ -62,7 +67,11 @@ async function job(spec: PipelineSpec, index: number, target: string): Promise<J
 }
 
 function lastLines(s: string): string {
-  return s.split('\n').filter((l) => l.startsWith('::error::') || /error|failed/i.test(l)).slice(-5).join('\n');
+  return s
+    .split('\n')
+    .filter((l) => l.startsWith('::error::') || /error|failed/i.test(l))
+    .slice(-5)
+    .join('\n');
 }
 
 export async function runGithubPipeline(spec: PipelineSpec): Promise<JobOutcome[]> {

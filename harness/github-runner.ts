@@ -13,7 +13,8 @@ export const ROOT = process.env.BUILDCLOUD_ROOT || path.resolve(__dirname, '..')
 export const NODE24 = path.join(ROOT, '.tools/node24/node_modules/.bin/node');
 
 export function requireNode24(): void {
-  if (!fs.existsSync(NODE24)) throw new Error(`GitHub runs actions on node24; ${NODE24} is missing. scripts/setup.sh installs it (npm install --prefix .tools/node24 node@24).`);
+  if (!fs.existsSync(NODE24))
+    throw new Error(`GitHub runs actions on node24; ${NODE24} is missing. scripts/setup.sh installs it (npm install --prefix .tools/node24 node@24).`);
 }
 
 export interface StepResult {
@@ -114,11 +115,31 @@ export async function runStep(
   const read = (k: string) => parseFileCommands(fs.readFileSync(files[k], 'utf8'));
   const failed = code !== 0 || /^::error::/m.test(stdout);
   const warnings = [...stdout.matchAll(/^::warning::(.*)$/gm)].map((m) => m[1]);
-  return { code, stdout, outputs: read('GITHUB_OUTPUT'), state: read('GITHUB_STATE'), env: read('GITHUB_ENV'), summary: fs.readFileSync(files.GITHUB_STEP_SUMMARY, 'utf8'), failed, warnings };
+  return {
+    code,
+    stdout,
+    outputs: read('GITHUB_OUTPUT'),
+    state: read('GITHUB_STATE'),
+    env: read('GITHUB_ENV'),
+    summary: fs.readFileSync(files.GITHUB_STEP_SUMMARY, 'utf8'),
+    failed,
+    warnings
+  };
 }
 
 // The environment of a GitHub Actions job for a push (or pull request) of one run.
-export function githubJobEnv(o: { runId: string; job: string; attempt?: string; repoId?: string; repo?: string; branch?: string; eventPath: string; temp: string; home: string; extra?: Record<string, string> }): Record<string, string> {
+export function githubJobEnv(o: {
+  runId: string;
+  job: string;
+  attempt?: string;
+  repoId?: string;
+  repo?: string;
+  branch?: string;
+  eventPath: string;
+  temp: string;
+  home: string;
+  extra?: Record<string, string>;
+}): Record<string, string> {
   const repo = o.repo ?? 'acme/widget-api';
   return {
     PATH: process.env.PATH ?? '',

@@ -38,7 +38,13 @@ export async function runGitlabPipeline(spec: Omit<PipelineSpec, 'runId'> & { pi
   spec.onProgress(`gitlab pipeline ${spec.pipelineId}: ${spec.targets.length} parallel jobs (gitlab-ci-local)`);
   const started = Date.now();
   const run = await runGitlabCiLocal(repo, {
-    variables: { BUILDCLOUD_ENDPOINT: spec.endpoint, BUILDCLOUD_TOKEN: spec.token, CI_PROJECT_ID: PROJECT_ID, CI_PIPELINE_ID: spec.pipelineId, GITLAB_USER_LOGIN: 'demo' },
+    variables: {
+      BUILDCLOUD_ENDPOINT: spec.endpoint,
+      BUILDCLOUD_TOKEN: spec.token,
+      CI_PROJECT_ID: PROJECT_ID,
+      CI_PIPELINE_ID: spec.pipelineId,
+      GITLAB_USER_LOGIN: 'demo'
+    },
     inputs: { cli: `${process.execPath} ${path.join(ROOT, 'dist/cli.js')}` },
     predefined: ['CI_PROJECT_ID', 'CI_PIPELINE_ID', 'GITLAB_USER_LOGIN'],
     timeoutMs: 600_000
@@ -65,7 +71,13 @@ export async function runGitlabPipeline(spec: Omit<PipelineSpec, 'runId'> & { pi
       totalSteps: Number(env.BUILDCLOUD_TOTAL_STEPS ?? 0),
       cachedSteps: Number(env.BUILDCLOUD_CACHED_STEPS ?? 0),
       wallMs: Date.now() - started,
-      error: ok ? undefined : run.log(job).filter((l) => /error|fail/i.test(l)).slice(-5).join('\n') || `job ${run.results[job] ?? 'did not run'}`
+      error: ok
+        ? undefined
+        : run
+            .log(job)
+            .filter((l) => /error|fail/i.test(l))
+            .slice(-5)
+            .join('\n') || `job ${run.results[job] ?? 'did not run'}`
     };
   });
 }

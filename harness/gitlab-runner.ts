@@ -34,7 +34,9 @@ export function requireGitlabCiLocal(): void {
     if (spawnSync('sh', ['-c', `command -v ${bin}`]).status !== 0) missing.push(`${bin} (apt-get install -y ${pkg})`);
   }
   if (missing.length) {
-    throw new Error(`The GitLab e2e test needs gitlab-ci-local on Node 24 with rsync; missing: ${missing.join(', ')}. scripts/setup.sh should run:\n  ${INSTALL_LINES.join('\n  ')}`);
+    throw new Error(
+      `The GitLab e2e test needs gitlab-ci-local on Node 24 with rsync; missing: ${missing.join(', ')}. scripts/setup.sh should run:\n  ${INSTALL_LINES.join('\n  ')}`
+    );
   }
 }
 

@@ -93,22 +93,33 @@ const LICENSE_FILE = /^(licen[cs]e|copying|notice)(\.(md|txt|markdown))?$/i;
 /** The licence notices of every package any bundle holds, sorted by package directory: one deterministic text. */
 export function licensesText(metas) {
   const dirs = new Set();
-  for (const m of metas) for (const input of Object.keys(m.inputs)) {
-    const d = packageDirOf(input);
-    if (d) dirs.add(d);
-  }
+  for (const m of metas)
+    for (const input of Object.keys(m.inputs)) {
+      const d = packageDirOf(input);
+      if (d) dirs.add(d);
+    }
   const blocks = [];
   for (const d of [...dirs].sort()) {
     // A bundled subpath (node_modules/x/lib/y) can carry a package.json of its own; the package is its nearest one.
     const pkg = JSON.parse(readFileSync(join(d, 'package.json'), 'utf8'));
-    const files = readdirSync(d).filter((f) => LICENSE_FILE.test(f) && statSync(join(d, f)).isFile()).sort();
-    const license = typeof pkg.license === 'string' ? pkg.license : pkg.license?.type ?? (pkg.licenses ?? []).map((l) => l.type).join(' OR ');
+    const files = readdirSync(d)
+      .filter((f) => LICENSE_FILE.test(f) && statSync(join(d, f)).isFile())
+      .sort();
+    const license = typeof pkg.license === 'string' ? pkg.license : (pkg.license?.type ?? (pkg.licenses ?? []).map((l) => l.type).join(' OR '));
     const texts = files.map((f) => readFileSync(join(d, f), 'utf8').replace(/\r\n/g, '\n').trim());
     blocks.push(
-      [`${pkg.name}@${pkg.version}`, `License: ${license || 'UNKNOWN'}`, ...(texts.length ? texts : ['(the package ships no licence file; its package.json names the licence above)'])].join('\n\n')
+      [
+        `${pkg.name}@${pkg.version}`,
+        `License: ${license || 'UNKNOWN'}`,
+        ...(texts.length ? texts : ['(the package ships no licence file; its package.json names the licence above)'])
+      ].join('\n\n')
     );
   }
-  return `Third-party software bundled in dist/ (${blocks.length} packages), with each package's licence as it ships it.\n\n` + blocks.join('\n\n' + '-'.repeat(80) + '\n\n') + '\n';
+  return (
+    `Third-party software bundled in dist/ (${blocks.length} packages), with each package's licence as it ships it.\n\n` +
+    blocks.join('\n\n' + '-'.repeat(80) + '\n\n') +
+    '\n'
+  );
 }
 
 function filesUnder(dir) {

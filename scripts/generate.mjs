@@ -62,7 +62,10 @@ export async function generate() {
 const cell = (s) => String(s).replace(/\|/g, '\\|').replace(/\n/g, ' ');
 
 function inputsTable(defs) {
-  const rows = defs.map((d) => `| \`${d.name}\` | ${cell(d.githubDefault ?? d.default) ? `\`${cell(d.githubDefault ?? d.default)}\`` : ''} | \`${m_env(d.name)}\` | ${cell(d.description)}${d.options ? ` (${d.options.join(', ')})` : ''}${d.only ? ' GitHub only.' : ''} |`);
+  const rows = defs.map(
+    (d) =>
+      `| \`${d.name}\` | ${cell(d.githubDefault ?? d.default) ? `\`${cell(d.githubDefault ?? d.default)}\`` : ''} | \`${m_env(d.name)}\` | ${cell(d.description)}${d.options ? ` (${d.options.join(', ')})` : ''}${d.only ? ' GitHub only.' : ''} |`
+  );
   return ['| input | default | CLI / GitLab / CircleCI variable | description |', '|---|---|---|---|', ...rows].join('\n');
 }
 

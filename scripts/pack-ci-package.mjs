@@ -32,7 +32,10 @@ writeFileSync(
     2
   ) + '\n'
 );
-writeFileSync(join(dir, 'README.md'), '# @buildcloud/ci\n\nThe `buildcloud` command for CI jobs: `setup`, `build`, `report`. See the Build Cloud repository README.\n');
+writeFileSync(
+  join(dir, 'README.md'),
+  '# @buildcloud/ci\n\nThe `buildcloud` command for CI jobs: `setup`, `build`, `report`. See the Build Cloud repository README.\n'
+);
 mkdirSync(out, { recursive: true });
 const file = execFileSync('npm', ['pack', '--silent', '--pack-destination', out], { cwd: dir, encoding: 'utf8' }).trim().split('\n').pop();
 process.stdout.write(join(out, file) + '\n');

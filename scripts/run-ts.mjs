@@ -12,7 +12,18 @@ if (!entry) {
 }
 const dir = mkdtempSync(join(tmpdir(), 'bc-run-'));
 const out = join(dir, 'main.cjs');
-await build({ entryPoints: [resolve(entry)], outfile: out, bundle: true, platform: 'node', target: 'node20', format: 'cjs', external: ['better-sqlite3'], loader: { '.proto': 'text' }, logLevel: 'warning', nodePaths: [resolve('node_modules')] });
+await build({
+  entryPoints: [resolve(entry)],
+  outfile: out,
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  external: ['better-sqlite3'],
+  loader: { '.proto': 'text' },
+  logLevel: 'warning',
+  nodePaths: [resolve('node_modules')]
+});
 const r = spawnSync(process.execPath, [out, ...args], { stdio: 'inherit', env: { ...process.env, BUILDCLOUD_ROOT: process.cwd() } });
 rmSync(dir, { recursive: true, force: true });
 process.exit(r.status ?? 1);

@@ -75,7 +75,7 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
   const outside = {
     inet: { ns: `bcnat-${suffix}`, hostIf: `xnat${suffix}`, host: '', far: '', label: '' },
     lan: { ns: `bclan-${suffix}`, hostIf: `xlan${suffix}`, host: '', far: '', label: 'lan ' },
-    ll: { ns: `bcll-${suffix}`, hostIf: `xll${suffix}`, host: '', far: '', label: 'link-local ' },
+    ll: { ns: `bcll-${suffix}`, hostIf: `xll${suffix}`, host: '', far: '', label: 'link-local ' }
   };
   let lanNet = ''; // e.g. 10.199.37.0/24
   let llNet = ''; // e.g. 169.254.37.0/24
@@ -108,15 +108,29 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
     const used = await usedAddresses();
     const range = (n: number, f: (i: number) => string) => [...Array(n).keys()].map(f);
     // "The internet": a /30 of TEST-NET-3 (203.0.113.0/24), public as far as the builders' rules go.
-    const inet = ipToInt(unusedNet(used, range(64, (i) => `203.0.113.${i * 4}`), 4));
+    const inet = ipToInt(
+      unusedNet(
+        used,
+        range(64, (i) => `203.0.113.${i * 4}`),
+        4
+      )
+    );
     await makeOutside(outside.inet, `203.0.113.${(inet % 256) + 1}/30`, `203.0.113.${(inet % 256) + 2}/30`);
     // A LAN host: private, 10.199.c.2/24. The host's end 10.199.c.1 is what a masqueraded builder looks like.
-    lanNet = `${unusedNet(used, range(254, (i) => `10.199.${i + 1}.0`), 256)}/24`;
+    lanNet = `${unusedNet(
+      used,
+      range(254, (i) => `10.199.${i + 1}.0`),
+      256
+    )}/24`;
     const lan = lanNet.split('.').slice(0, 3).join('.');
     await makeOutside(outside.lan, `${lan}.1/24`, `${lan}.2/24`);
     // A link-local host: 169.254.d.2/24, outside 169.254.169.0/24 (the metadata service's) and the reserved first
     // and last /24 (RFC 3927).
-    llNet = `${unusedNet(used, range(253, (i) => `169.254.${i + 1}.0`).filter((n) => n !== '169.254.169.0'), 256)}/24`;
+    llNet = `${unusedNet(
+      used,
+      range(253, (i) => `169.254.${i + 1}.0`).filter((n) => n !== '169.254.169.0'),
+      256
+    )}/24`;
     const ll = llNet.split('.').slice(0, 3).join('.');
     await makeOutside(outside.ll, `${ll}.1/24`, `${ll}.2/24`);
 
@@ -160,14 +174,22 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
   async function start(driver: DockerdDriver, id: string): Promise<Builder & { handle: BuilderHandle }> {
     const handle = await driver.start(id);
     live.push({ driver, handle });
-    const env: NodeJS.ProcessEnv = { ...process.env, DOCKER_BUILDKIT: '1', DOCKER_HOST: `unix://${handle.socketPath}`, DOCKER_CONFIG: path.join(tmp, `config-${id}`) };
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      DOCKER_BUILDKIT: '1',
+      DOCKER_HOST: `unix://${handle.socketPath}`,
+      DOCKER_CONFIG: path.join(tmp, `config-${id}`)
+    };
     delete env.DOCKER_CONTEXT;
     return { handle, env, net: await inspectNet(env) };
   }
 
   async function destroy(driver: DockerdDriver, handle: BuilderHandle): Promise<void> {
     await driver.destroy(handle);
-    live.splice(live.findIndex((b) => b.handle === handle), 1);
+    live.splice(
+      live.findIndex((b) => b.handle === handle),
+      1
+    );
   }
 
   // One RUN step fetching every URL at once (each within 4 s; not `wget -T`, which segfaults in Debian 12's busybox
@@ -188,7 +210,12 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
   const url = (host: string, port = 8080) => `http://${host}:${port}/`;
 
   it('RUN steps reach the internet, masqueraded, and nothing else: not the host, other builders, private or link-local hosts', async () => {
-    const [a, b, c, e] = await Promise.all([start(natDriver, 'nat-a'), start(natDriver, 'nat-b'), start(plainDriver, 'plain-c'), start(allowDriver, 'allow-e')]);
+    const [a, b, c, e] = await Promise.all([
+      start(natDriver, 'nat-a'),
+      start(natDriver, 'nat-b'),
+      start(plainDriver, 'plain-c'),
+      start(allowDriver, 'allow-e')
+    ]);
     expect((await fs.readFile('/proc/sys/net/ipv4/ip_forward', 'utf8')).trim()).toBe('1');
 
     // Our chains, jumped to from the built-in ones, hold the rules of A, B and E and nothing of C.
@@ -238,7 +265,7 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
       probe(a, 'a', [inet, hostVia(a), hostVia(b), webB, lan, ll]),
       probe(b, 'b', [inet, hostVia(b), hostVia(a)]),
       probe(c, 'c', [inet, hostVia(c), hostVia(a)]),
-      probe(e, 'e', [inet, lan, ll, hostVia(e)]),
+      probe(e, 'e', [inet, lan, ll, hostVia(e)])
     ]);
     // Out through the host, seen with the host's address (masquerade), not the container's.
     for (const from of [fromA, fromB, fromE]) expect(from.get(inet)).toBe(`seen-from ${outside.inet.host}`);
@@ -302,7 +329,7 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
     expect(server.stderr()).toContain('no egress filtering');
     expect(server.stderr()).toContain('builder egress allow-list ignored');
     await expect(startServer(['--builder-egress-allow', '10.0.0.0/33', '--warm-pool', '0'])).rejects.toThrow(
-      "Invalid --builder-egress-allow '10.0.0.0/33'. Expected an IPv4 CIDR such as 10.20.0.0/16.",
+      "Invalid --builder-egress-allow '10.0.0.0/33'. Expected an IPv4 CIDR such as 10.20.0.0/16."
     );
   });
 
@@ -318,7 +345,10 @@ describe('builder outbound NAT and egress filtering (iptables) with network name
 
     const restarted = new DockerdDriver({ rootDir: roots[2] });
     expect(await restarted.cleanupOrphans()).toEqual(['orphan-d']);
-    live.splice(live.findIndex((b) => b.handle === d.handle), 1);
+    live.splice(
+      live.findIndex((b) => b.handle === d.handle),
+      1
+    );
     const rules = await allRules();
     expect(rules).not.toContain(d.net.bridge);
     expect(rules).not.toContain(d.net.subnet);

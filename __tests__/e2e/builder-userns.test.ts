@@ -52,7 +52,9 @@ async function copyContext(dir: string, body: string): Promise<void> {
 }
 
 function subordinateStart(user: string): number {
-  const line = readFileSync('/etc/subuid', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`));
+  const line = readFileSync('/etc/subuid', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${user}:`));
   if (!line) throw new Error(`no /etc/subuid range for ${user}`);
   return Number(line.split(':')[1]);
 }
@@ -173,7 +175,10 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
 
     const dataRoot = path.dirname(engineRoot);
     await driver.destroy(h);
-    started.splice(started.findIndex((s) => s.handle === h), 1);
+    started.splice(
+      started.findIndex((s) => s.handle === h),
+      1
+    );
     expect(existsSync(dataRoot)).toBe(false);
     expect(existsSync(h.dir)).toBe(false);
     expect(processesMentioning([dataRoot, h.dir, path.dirname(h.socketPath)])).toEqual([]);
@@ -199,7 +204,10 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
 
     const restarted = new DockerdDriver({ rootDir: path.dirname(h.dir), isolation: 'userns' });
     expect(await restarted.cleanupOrphans()).toEqual(['ns-crash']);
-    started.splice(started.findIndex((s) => s.handle === h), 1);
+    started.splice(
+      started.findIndex((s) => s.handle === h),
+      1
+    );
     expect(pidsRunning('sleep 6262')).toEqual([]);
     expect(processesMentioning([dataRoot, h.dir, path.dirname(h.socketPath)])).toEqual([]);
     expect(mountsUnder([dataRoot, h.dir, path.dirname(h.socketPath)])).toEqual([]);
@@ -251,7 +259,9 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     expect(ns.keys).toEqual(plain.keys); // same cache key: an org cache mixes the two layers up
     const entries = (saved: string): number => {
       const manifest = JSON.parse(readFileSync(path.join(saved, 'manifest.json'), 'utf8'))[0];
-      return spawnSync('tar', ['-tf', path.join(saved, manifest.Layers[0])], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).length;
+      return spawnSync('tar', ['-tf', path.join(saved, manifest.Layers[0])], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter(Boolean).length;
     };
     expect(entries(plain.saved)).toBeGreaterThan(100);
     expect(entries(ns.saved)).toBe(0);
@@ -260,7 +270,11 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
 
 describe('buildcloud serve --builder-isolation', () => {
   it('runs userns builders behind the lease endpoint and says so in its start-up info; refuses rootless', async () => {
-    const bad = spawnSync(process.execPath, [path.join(__dirname, '../../dist/cli.js'), 'serve', '--builder-isolation', 'rootless', '--state-dir', path.join(os.tmpdir(), 'bc-never')], { encoding: 'utf8' });
+    const bad = spawnSync(
+      process.execPath,
+      [path.join(__dirname, '../../dist/cli.js'), 'serve', '--builder-isolation', 'rootless', '--state-dir', path.join(os.tmpdir(), 'bc-never')],
+      { encoding: 'utf8' }
+    );
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/Invalid --builder-isolation 'rootless': not supported/);
 
@@ -294,7 +308,7 @@ describe('buildcloud serve --builder-isolation', () => {
     expect(server.stderr()).toMatch(/builders run with user namespaces/);
   });
 
-  it("the default (auto) runs user namespaces only on an engine that builds correctly with them, and says why not", async () => {
+  it('the default (auto) runs user namespaces only on an engine that builds correctly with them, and says why not', async () => {
     const version = spawnSync(findDockerd()!, ['--version'], { encoding: 'utf8' }).stdout;
     const major = Number(/Docker version (\d+)\./.exec(version)?.[1]);
     const server = await startServer(['--warm-pool', '0']);

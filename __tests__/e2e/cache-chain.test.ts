@@ -23,17 +23,31 @@ const DOCKER_V2 = 'application/vnd.docker.distribution.manifest.v2+json';
 const FIXTURES = path.join(__dirname, '../fixtures/inline-cache');
 const sha = (b: Buffer): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-interface Reply { status: number; headers: http.IncomingHttpHeaders; body: Buffer }
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
 let proxyCa = ''; // the test CA that issued the proxy's cert (it serves HTTPS only)
 function request(host: string, method: string, urlPath: string, creds: string, body?: Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<Reply> {
   const u = new URL(urlPath, `https://${host}`);
   return new Promise((resolve, reject) => {
-    const req = https.request({ hostname: u.hostname, port: Number(u.port), ca: proxyCa, method, path: u.pathname + u.search, headers: { authorization: 'Basic ' + Buffer.from(creds).toString('base64'), ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
+    const req = https.request(
+      {
+        hostname: u.hostname,
+        port: Number(u.port),
+        ca: proxyCa,
+        method,
+        path: u.pathname + u.search,
+        headers: { authorization: 'Basic ' + Buffer.from(creds).toString('base64'), ...headers }
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      }
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -56,7 +70,9 @@ describe('the registry proxy repairs inline cache on push (real registry, real c
     const start = await request(proxy.host, 'POST', `/v2/${repo}/blobs/uploads/`, ACME);
     expect(start.status).toBe(202);
     const loc = String(start.headers.location);
-    const done = await request(proxy.host, 'PUT', `${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(digest)}`, ACME, data, { 'content-type': 'application/octet-stream' });
+    const done = await request(proxy.host, 'PUT', `${loc}${loc.includes('?') ? '&' : '?'}digest=${encodeURIComponent(digest)}`, ACME, data, {
+      'content-type': 'application/octet-stream'
+    });
     expect(done.status).toBe(201);
     return digest;
   }
@@ -85,7 +101,7 @@ describe('the registry proxy repairs inline cache on push (real registry, real c
   const blobs = (n: number): Buffer[] => Array.from({ length: n }, () => randomBytes(64));
 
   beforeAll(async () => {
-    if (!findRegistryBinary()) throw new Error('this test needs Debian\'s docker-registry: apt-get install -y docker-registry');
+    if (!findRegistryBinary()) throw new Error("this test needs Debian's docker-registry: apt-get install -y docker-registry");
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-cache-chain-'));
     registry = new EmbeddedRegistry({ dir: path.join(tmp, 'registry') });
     await registry.start();

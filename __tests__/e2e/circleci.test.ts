@@ -6,7 +6,18 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { adminSetup, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import { context, describeJob, loadOrb, runWorkflow, stepNamed, tmpRoot, type Config, type JobResult, type Orb, type WorkflowResult } from '../../harness/circleci-runner';
+import {
+  context,
+  describeJob,
+  loadOrb,
+  runWorkflow,
+  stepNamed,
+  tmpRoot,
+  type Config,
+  type JobResult,
+  type Orb,
+  type WorkflowResult
+} from '../../harness/circleci-runner';
 import type { UsageReport } from '../../src/contract/http-api';
 
 const CLI_CMD = `node ${CLI}`;
@@ -91,7 +102,9 @@ describe('the orb against the real control plane, run the way CircleCI runs it',
       orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
       workflows: {
         images: {
-          jobs: ['api', 'worker'].map((name) => ({ 'buildcloud/build': { name, context: 'buildcloud', cli: CLI_CMD, tags: `acme/${name}:ci`, build_args: `PAYLOAD=${name}` } }))
+          jobs: ['api', 'worker'].map((name) => ({
+            'buildcloud/build': { name, context: 'buildcloud', cli: CLI_CMD, tags: `acme/${name}:ci`, build_args: `PAYLOAD=${name}` }
+          }))
         }
       }
     };
@@ -220,7 +233,14 @@ describe('the orb against the real control plane, run the way CircleCI runs it',
           steps: [
             'checkout',
             { 'buildcloud/setup': { cli: CLI_CMD } },
-            { 'buildcloud/build': { cli: CLI_CMD, tags: 'acme/evil:ci', build_args: `PAYLOAD=${evil}\nOTHER=two words`, labels: `org.example.evil=${evil}\norg.example.plain=ok` } },
+            {
+              'buildcloud/build': {
+                cli: CLI_CMD,
+                tags: 'acme/evil:ci',
+                build_args: `PAYLOAD=${evil}\nOTHER=two words`,
+                labels: `org.example.evil=${evil}\norg.example.plain=ok`
+              }
+            },
             { run: { name: 'Read what reached the image', command: read } },
             { 'buildcloud/build': { cli: CLI_CMD, tags: `acme/evil:fine\n${badTag}` } },
             { 'buildcloud/report': { cli: CLI_CMD } },
@@ -236,7 +256,10 @@ describe('the orb against the real control plane, run the way CircleCI runs it',
     if (statuses[1] !== 'success' || statuses[2] !== 'success' || statuses[3] !== 'success') throw new Error(describeJob(j));
     // The build argument ran through the Dockerfile's RUN into the image, and the label into its config, intact.
     expect(fs.readFileSync(path.join(j.workingDirectory, 'payload.txt'), 'utf8')).toBe(evil);
-    expect(JSON.parse(fs.readFileSync(path.join(j.workingDirectory, 'labels.json'), 'utf8'))).toMatchObject({ 'org.example.evil': evil, 'org.example.plain': 'ok' });
+    expect(JSON.parse(fs.readFileSync(path.join(j.workingDirectory, 'labels.json'), 'utf8'))).toMatchObject({
+      'org.example.evil': evil,
+      'org.example.plain': 'ok'
+    });
     // A tag that is no image reference reaches docker as it was written, and docker refuses it; report still runs.
     expect(j.steps.map((s) => [s.step.name, s.status]).slice(4)).toEqual([
       ['Build Cloud build', 'failed'],

@@ -101,7 +101,9 @@ describe('runBuild: two leases of one pipeline, the same build at once', () => {
       // deduplicated step count must still be observed on an attempt where both builds succeeded.
       const failed = results.findIndex((r) => r.status !== 'success');
       if (failed >= 0) {
-        console.warn(`attempt ${attempt}: build ${failed} ${results[failed].status} (exit ${results[failed].exitCode}); output:\n${lines[failed].slice(-40).join('\n')}`);
+        console.warn(
+          `attempt ${attempt}: build ${failed} ${results[failed].status} (exit ${results[failed].exitCode}); output:\n${lines[failed].slice(-40).join('\n')}`
+        );
         continue;
       }
       const [a, b] = results;
@@ -147,7 +149,11 @@ function cli(args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
 
 describe('two CI jobs through the CLI: setup, build, report', () => {
   test('each job reports and meters the build steps; the pipeline is metered one build of work', async () => {
-    const host = os.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, '-') || 'host';
+    const host =
+      os
+        .hostname()
+        .toLowerCase()
+        .replace(/[^a-z0-9.-]+/g, '-') || 'host';
     let deduplicated = false;
     for (let attempt = 1; attempt <= ATTEMPTS && !deduplicated; attempt++) {
       const pipelineId = `concurrent-${process.pid}-${attempt}`;
@@ -190,7 +196,9 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
       expect(reported.map((bs) => bs.map((b) => b.totalSteps))).toEqual([[STEPS], [STEPS]]);
       // What the control plane metered for the pipeline: two builds, their steps, one build of work.
       const key = `local/${host}/${pipelineId}`;
-      const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, { headers: { authorization: `Bearer ${token}` } });
+      const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, {
+        headers: { authorization: `Bearer ${token}` }
+      });
       expect(res.status).toBe(200);
       const usage = (await res.json()) as { totalSteps: number; cachedSteps: number };
       expect(usage).toMatchObject({ leases: 2, builds: 2, totalSteps: 2 * STEPS });

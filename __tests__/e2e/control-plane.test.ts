@@ -102,7 +102,7 @@ describe('buildcloud serve with real builders', () => {
     await waitFor('builder destroyed', async () => !dockerdRunningFor(builderId) && !fs.existsSync(path.join(server.stateDir, 'builders', builderId)));
   });
 
-  test('a second pipeline gets a fresh builder that reuses the first one\'s layers through the registry', async () => {
+  test("a second pipeline gets a fresh builder that reuses the first one's layers through the registry", async () => {
     expect(firstExport).not.toBe('');
     const l = await acme.provision({ pipelineKey: 'repo1/run2/1', jobId: 'build' });
     const env = dockerEnvFor(l, path.join(work, 'pipeline2'));
@@ -149,7 +149,17 @@ describe('buildcloud serve with real builders', () => {
       subject: 'acme',
       time: new Date().toISOString(),
       datacontenttype: 'application/json',
-      data: { lease_id: l.id, build_id: '1', platform: 'linux/amd64', status: 'success', duration_ms: 1200, total_steps: 4, cached_steps: 3, cache_ratio: 0.75, actor: 'dev' }
+      data: {
+        lease_id: l.id,
+        build_id: '1',
+        platform: 'linux/amd64',
+        status: 'success',
+        duration_ms: 1200,
+        total_steps: 4,
+        cached_steps: 3,
+        cache_ratio: 0.75,
+        actor: 'dev'
+      }
     };
     const send = () =>
       fetch(`${server.info.http}/v1/events`, {
@@ -219,7 +229,11 @@ describe('buildcloud serve with real builders', () => {
     const e3 = (await bad.provision({ pipelineKey: 'p/1', jobId: 'j' }).catch((e) => e)) as grpc.ServiceError;
     bad.close();
     expect(e3.code).toBe(grpc.status.UNAUTHENTICATED);
-    const junk = await fetch(`${server.info.http}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${acmeToken}`, 'content-type': 'application/json' }, body: '{not json' });
+    const junk = await fetch(`${server.info.http}/v1/events`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${acmeToken}`, 'content-type': 'application/json' },
+      body: '{not json'
+    });
     expect(junk.status).toBe(400);
     expect((await fetch(`${server.info.http}/healthz`)).status).toBe(200);
     expect(fs.existsSync(CLI)).toBe(true);

@@ -44,9 +44,9 @@ function docker(args: string[], port: number, certDir: string, cwd?: string): Pr
       DOCKER_HOST: `tcp://127.0.0.1:${port}`,
       DOCKER_TLS_VERIFY: '1',
       DOCKER_CERT_PATH: certDir,
-      DOCKER_CONFIG: path.join(certDir, 'config'), // never the machine's ~/.docker (contexts, credential helpers)
+      DOCKER_CONFIG: path.join(certDir, 'config') // never the machine's ~/.docker (contexts, credential helpers)
     },
-    cwd,
+    cwd
   );
 }
 
@@ -241,15 +241,18 @@ describe('DockerdDriver + BuilderTlsProxy with the real docker client', () => {
     const ctx = path.join(tmp, `ctx-${id}`);
     await makeBusyboxContext(ctx, 'RUN true\n');
     expect((await dockerLocal(['build', '-q', '-t', 'img', '.'], handle, cfg, ctx)).code).toBe(0);
-    const bridge = (await dockerLocal(['network', 'inspect', 'bridge', '--format', '{{index .Options "com.docker.network.bridge.name"}}'], handle, cfg)).stdout.trim();
+    const bridge = (
+      await dockerLocal(['network', 'inspect', 'bridge', '--format', '{{index .Options "com.docker.network.bridge.name"}}'], handle, cfg)
+    ).stdout.trim();
     expect(await linkExists(bridge)).toBe(true);
     // A running container (its shim outlives containerd by design) and a build in the middle of a RUN step.
     expect((await dockerLocal(['run', '-d', 'img', 'sleep', `${tag}1`], handle, cfg)).code).toBe(0);
     const slow = path.join(tmp, `slow-${id}`);
     await makeBusyboxContext(slow, `RUN sleep ${tag}2\n`);
     const build = dockerLocal(['build', '--progress=plain', '.'], handle, cfg, slow);
-    await waitFor('the container and the RUN step to be running', () =>
-      processesMentioning([`sleep ${tag}1`]).length > 0 && processesMentioning([`sleep ${tag}2`]).length > 0,
+    await waitFor(
+      'the container and the RUN step to be running',
+      () => processesMentioning([`sleep ${tag}1`]).length > 0 && processesMentioning([`sleep ${tag}2`]).length > 0
     );
     return { handle, bridge, build };
   }

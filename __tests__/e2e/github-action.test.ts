@@ -24,7 +24,9 @@ let work: string;
 let workspace: string;
 
 function dockerdAlive(builderId: string): boolean {
-  return spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' }).stdout.split('\n').some((l) => l.includes('dockerd') && l.includes(builderId));
+  return spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .some((l) => l.includes('dockerd') && l.includes(builderId));
 }
 
 async function usage(): Promise<UsageReport> {
@@ -104,7 +106,10 @@ describe('the GitHub Action, run the way the runner runs it', () => {
     expect(a.env.BUILDCLOUD_SESSION).toBeTruthy();
     // The token never reaches the log; the lease's key is masked and on disk 0600.
     // (::add-mask:: lines are the masking commands themselves; the runner never prints them.)
-    const printed = ma.stdout.split('\n').filter((l) => !l.startsWith('::add-mask::')).join('\n');
+    const printed = ma.stdout
+      .split('\n')
+      .filter((l) => !l.startsWith('::add-mask::'))
+      .join('\n');
     expect(printed).not.toContain(token);
     const certDir = a.env.DOCKER_CERT_PATH;
     expect(fs.statSync(certDir).mode & 0o777).toBe(0o700);

@@ -141,7 +141,9 @@ describe('examples/gitlab/.gitlab-ci.yml on gitlab-ci-local', () => {
     const api = first[0].env;
     const notes = p.log('release-notes').join('\n');
     expect(notes).toContain(`> api image ${api.BUILDCLOUD_IMAGE_ID} built on ${api.BUILDCLOUD_DOCKER_HOST} (lease ${api.BUILDCLOUD_LEASE_ID})`);
-    expect(notes).toContain(`> api cache ${api.BUILDCLOUD_CACHED_STEPS}/${api.BUILDCLOUD_TOTAL_STEPS} steps (ratio ${api.BUILDCLOUD_CACHE_RATIO}), ${api.BUILDCLOUD_BUILD_MINUTES} build minutes`);
+    expect(notes).toContain(
+      `> api cache ${api.BUILDCLOUD_CACHED_STEPS}/${api.BUILDCLOUD_TOTAL_STEPS} steps (ratio ${api.BUILDCLOUD_CACHE_RATIO}), ${api.BUILDCLOUD_BUILD_MINUTES} build minutes`
+    );
   });
 
   test('a second pipeline, on a fresh builder, builds from the org cache the first one exported', async () => {
@@ -203,7 +205,11 @@ test('a failing build still reports and releases its lease; hostile inputs reach
   const repo = await makeRepo('hostile', pipeline, { dockerfile });
   // The test holds a lease of the same pipeline so the builder, and the image built on it, outlive the jobs.
   const key = '4242/9001';
-  const holder = await client.provision({ pipelineKey: key, jobId: 'e2e-holder', identity: { provider: 'gitlab', project: 'acme/widgets', branch: 'main', defaultBranch: 'main', actor: 'e2e' } });
+  const holder = await client.provision({
+    pipelineKey: key,
+    jobId: 'e2e-holder',
+    identity: { provider: 'gitlab', project: 'acme/widgets', branch: 'main', defaultBranch: 'main', actor: 'e2e' }
+  });
   let released = false;
   let pipelineBuilds = 0;
   try {

@@ -66,7 +66,15 @@ function freePort(): Promise<number> {
   });
 }
 
-const opts = (o: Partial<BuildOptions> = {}): BuildOptions => ({ context: base, tags: [], buildArgs: {}, push: false, platforms: [], exportCache: false, ...o });
+const opts = (o: Partial<BuildOptions> = {}): BuildOptions => ({
+  context: base,
+  tags: [],
+  buildArgs: {},
+  push: false,
+  platforms: [],
+  exportCache: false,
+  ...o
+});
 
 beforeAll(async () => {
   if (process.getuid?.() !== 0) throw new Error('the hostile-tenant e2e tests must run as root (dockerd, ip netns, iptables)');
@@ -75,7 +83,11 @@ beforeAll(async () => {
   acme = new TestClient(server.info.grpc, adminSetup(server.stateDir, 'acme', 60));
   beta = new TestClient(server.info.grpc, adminSetup(server.stateDir, 'beta', 60));
   docker = await resolveDocker();
-  betaLease = await beta.provision({ pipelineKey: 'beta/pipe/1', jobId: 'evil', identity: { provider: 'local', project: 'beta/app', branch: 'main', defaultBranch: 'main', actor: 'mallory' } });
+  betaLease = await beta.provision({
+    pipelineKey: 'beta/pipe/1',
+    jobId: 'evil',
+    identity: { provider: 'local', project: 'beta/app', branch: 'main', defaultBranch: 'main', actor: 'mallory' }
+  });
   acmeLease = await acme.provision({ pipelineKey: 'acme/pipe/1', jobId: 'build' });
   expect(acmeLease.builders[0].builderId).not.toBe(betaLease.builders[0].builderId);
   env = dockerEnvFor(betaLease, path.join(work, 'beta'));
@@ -91,12 +103,42 @@ beforeAll(async () => {
   const used = await usedAddresses();
   const range = (n: number, f: (i: number) => string) => [...Array(n).keys()].map(f);
   const suffix = String(process.pid % 100000);
-  const inet = unusedNet(used, range(64, (i) => `203.0.113.${i * 4}`), 4).split('.').map(Number)[3];
-  outside.push(await makeOutsideHost({ ns: `bcht-inet-${suffix}`, hostIf: `xhti${suffix}`, hostCidr: `203.0.113.${inet + 1}/30`, farCidr: `203.0.113.${inet + 2}/30`, label: '' }));
-  const lan = unusedNet(used, range(254, (i) => `10.199.${i + 1}.0`), 256).split('.').slice(0, 3).join('.');
+  const inet = unusedNet(
+    used,
+    range(64, (i) => `203.0.113.${i * 4}`),
+    4
+  )
+    .split('.')
+    .map(Number)[3];
+  outside.push(
+    await makeOutsideHost({
+      ns: `bcht-inet-${suffix}`,
+      hostIf: `xhti${suffix}`,
+      hostCidr: `203.0.113.${inet + 1}/30`,
+      farCidr: `203.0.113.${inet + 2}/30`,
+      label: ''
+    })
+  );
+  const lan = unusedNet(
+    used,
+    range(254, (i) => `10.199.${i + 1}.0`),
+    256
+  )
+    .split('.')
+    .slice(0, 3)
+    .join('.');
   outside.push(await makeOutsideHost({ ns: `bcht-lan-${suffix}`, hostIf: `xhtl${suffix}`, hostCidr: `${lan}.1/24`, farCidr: `${lan}.2/24`, label: 'lan ' }));
-  const ll = unusedNet(used, range(253, (i) => `169.254.${i + 1}.0`).filter((n) => n !== '169.254.169.0'), 256).split('.').slice(0, 3).join('.');
-  outside.push(await makeOutsideHost({ ns: `bcht-ll-${suffix}`, hostIf: `xhtk${suffix}`, hostCidr: `${ll}.1/24`, farCidr: `${ll}.2/24`, label: 'link-local ' }));
+  const ll = unusedNet(
+    used,
+    range(253, (i) => `169.254.${i + 1}.0`).filter((n) => n !== '169.254.169.0'),
+    256
+  )
+    .split('.')
+    .slice(0, 3)
+    .join('.');
+  outside.push(
+    await makeOutsideHost({ ns: `bcht-ll-${suffix}`, hostIf: `xhtk${suffix}`, hostCidr: `${ll}.1/24`, farCidr: `${ll}.2/24`, label: 'link-local ' })
+  );
 
   // A listener of the host on every address: a control plane started with --host 0.0.0.0 looks like this.
   hostListener = http.createServer((_q, r) => {
@@ -120,10 +162,19 @@ afterAll(async () => {
 });
 
 describe('refused, with a message, and nothing changed on the host', () => {
-  test('docker run with / bind-mounted cannot read the control plane\'s secrets', () => {
+  test("docker run with / bind-mounted cannot read the control plane's secrets", () => {
     const secret = fs.readFileSync(server.info.adminTokenFile, 'utf8').trim();
     const caKey = fs.readFileSync(path.join(server.stateDir, 'pki', 'ca-key.pem'), 'utf8');
-    const r = sh(['run', '--rm', '-v', '/:/host', 'hostile:1', 'sh', '-c', `cat /host${server.info.adminTokenFile}; head -c 200 /host${server.stateDir}/pki/ca-key.pem`]);
+    const r = sh([
+      'run',
+      '--rm',
+      '-v',
+      '/:/host',
+      'hostile:1',
+      'sh',
+      '-c',
+      `cat /host${server.info.adminTokenFile}; head -c 200 /host${server.stateDir}/pki/ca-key.pem`
+    ]);
     expect(r.status).not.toBe(0);
     expect(r.out).toMatch(REFUSED);
     expect(r.out).toContain('containers (`docker run`, `docker exec`, `docker create`) are not available on a remote builder; use `load: true`');
@@ -178,7 +229,7 @@ describe('refused, with a message, and nothing changed on the host', () => {
       ca: fs.readFileSync(path.join(certs, 'ca.pem')),
       cert: fs.readFileSync(path.join(certs, 'cert.pem')),
       key: fs.readFileSync(path.join(certs, 'key.pem')),
-      servername: 'localhost',
+      servername: 'localhost'
     });
     const form = 'version=1&networkmode=host&cgroupparent=/evil&t=smuggled:1';
     const answer = await new Promise<string>((resolve, reject) => {
@@ -187,7 +238,9 @@ describe('refused, with a message, and nothing changed on the host', () => {
       sock.on('close', () => resolve(got));
       sock.on('error', reject);
       sock.on('secureConnect', () =>
-        sock.write(`POST /v1.41/build?version=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\nConnection: close\r\n\r\n${form}`),
+        sock.write(
+          `POST /v1.41/build?version=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\nConnection: close\r\n\r\n${form}`
+        )
       );
     });
     expect(answer).toMatch(/^HTTP\/1\.1 400 /);
@@ -220,13 +273,15 @@ describe('refused, with a message, and nothing changed on the host', () => {
       'control-plane-grpc': `GATEWAY:${port(server.info.grpc)}`,
       'control-plane-http': `GATEWAY:${port(server.info.http)}`,
       'control-plane-registry': `GATEWAY:${port(server.info.registry)}`,
-      'other-builder-front': `GATEWAY:${port(acmeLease.builders[0].address)}`,
+      'other-builder-front': `GATEWAY:${port(acmeLease.builders[0].address)}`
     };
     for (const [bridge, gw] of gateways) targets[`bridge-${bridge}`] = `${gw}:${hostPort}`;
-    const list = Object.entries(targets).map(([k, v]) => `${k}=${v}`).join(' ');
+    const list = Object.entries(targets)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(' ');
     fs.writeFileSync(
       path.join(base, 'Dockerfile.probe'),
-      `FROM hostile:1\nARG TARGETS\nRUN GW=$(ip route | awk '/^default/ {print $3}'); echo "GATEWAY-IS $GW"; for t in $TARGETS; do ( n=\${t%%=*}; a=$(echo \${t#*=} | sed "s/GATEWAY/$GW/"); h=\${a%:*}; p=\${a##*:}; if [ "$h" = "$GW" ] && [ "\${n#bridge-}" != "$n" ]; then echo "PROBE $n SELF"; elif nc -w 3 $h $p -e true 2>/dev/null; then echo "PROBE $n REACHED"; else echo "PROBE $n BLOCKED"; fi ) & done; wait\n`,
+      `FROM hostile:1\nARG TARGETS\nRUN GW=$(ip route | awk '/^default/ {print $3}'); echo "GATEWAY-IS $GW"; for t in $TARGETS; do ( n=\${t%%=*}; a=$(echo \${t#*=} | sed "s/GATEWAY/$GW/"); h=\${a%:*}; p=\${a##*:}; if [ "$h" = "$GW" ] && [ "\${n#bridge-}" != "$n" ]; then echo "PROBE $n SELF"; elif nc -w 3 $h $p -e true 2>/dev/null; then echo "PROBE $n REACHED"; else echo "PROBE $n BLOCKED"; fi ) & done; wait\n`
     );
     const hitsBefore = hostListenerHits;
     const r = sh(['build', '--no-cache', '--progress', 'plain', '-f', path.join(base, 'Dockerfile.probe'), '--build-arg', `TARGETS=${list}`, base]);
@@ -240,7 +295,9 @@ describe('refused, with a message, and nothing changed on the host', () => {
     expect(Object.values(seen).filter((v) => v === 'SELF')).toHaveLength(1);
     // The host's listener was reachable from the host itself all along: the refusals are the rules' doing.
     expect(hostListenerHits).toBe(hitsBefore);
-    const fromHost = await new Promise<string>((resolve, reject) => http.get(`http://${own}:${hostPort}/`, (res) => res.on('data', (d) => resolve(String(d)))).on('error', reject));
+    const fromHost = await new Promise<string>((resolve, reject) =>
+      http.get(`http://${own}:${hostPort}/`, (res) => res.on('data', (d) => resolve(String(d)))).on('error', reject)
+    );
     expect(fromHost).toBe('host\n');
   });
   test("the engine's own fetches (ADD <url>, FROM) reach the internet but not the host's loopback, its listeners, the LAN or link-local hosts", () => {
@@ -252,7 +309,7 @@ describe('refused, with a message, and nothing changed on the host', () => {
       'link-local': `http://${ll.far}:8080/`,
       'host-listener-loopback': `http://127.0.0.1:${hostPort}/`,
       'host-listener-other-address': `http://${inet.host}:${hostPort}/`,
-      'control-plane-http': `http://127.0.0.1:${port(server.info.http)}/metrics`,
+      'control-plane-http': `http://127.0.0.1:${port(server.info.http)}/metrics`
     };
     const seen: Record<string, string> = {};
     for (const [name, url] of Object.entries(targets)) {
@@ -274,7 +331,7 @@ describe('still works', () => {
   test('a multi-stage build with RUN steps, its cache exported to the org cache', async () => {
     fs.writeFileSync(
       path.join(base, 'Dockerfile.multi'),
-      'FROM hostile:1 AS deps\nRUN echo deps > /deps.txt\nFROM hostile:1\nCOPY --from=deps /deps.txt /deps.txt\nRUN cat /deps.txt > /built.txt\n',
+      'FROM hostile:1 AS deps\nRUN echo deps > /deps.txt\nFROM hostile:1\nCOPY --from=deps /deps.txt /deps.txt\nRUN cat /deps.txt > /built.txt\n'
     );
     const r = await runBuild(opts({ file: path.join(base, 'Dockerfile.multi'), exportCache: true }), cfg, betaLease, docker);
     expect(r).toMatchObject({ status: 'success', cacheExported: true });
@@ -293,7 +350,7 @@ describe('still works', () => {
     const config = path.join(dir, 'config.yml');
     fs.writeFileSync(
       config,
-      `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\nhttp:\n  addr: ${inet.far}:${port}\n  tls:\n    certificate: ${dir}/cert.pem\n    key: ${dir}/key.pem\n`,
+      `version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: ${dir}/data\nhttp:\n  addr: ${inet.far}:${port}\n  tls:\n    certificate: ${dir}/cert.pem\n    key: ${dir}/key.pem\n`
     );
     // Every engine of this host reads a registry's CA from /etc/docker/certs.d/<host:port>/ca.crt.
     const trust = `/etc/docker/certs.d/${inet.far}:${port}`;
@@ -304,7 +361,13 @@ describe('still works', () => {
       const agent = new https.Agent({ ca: ca.caPem });
       const tags = (): Promise<string> =>
         new Promise((resolve, reject) =>
-          https.get(`https://${inet.far}:${port}/v2/me/app/tags/list`, { agent }, (res) => { let b = ''; res.on('data', (d) => (b += d)); res.on('end', () => resolve(b)); }).on('error', reject),
+          https
+            .get(`https://${inet.far}:${port}/v2/me/app/tags/list`, { agent }, (res) => {
+              let b = '';
+              res.on('data', (d) => (b += d));
+              res.on('end', () => resolve(b));
+            })
+            .on('error', reject)
         );
       await waitFor('the user registry', () => tags().then(() => true), 10_000, 50);
       const tag = `${inet.far}:${port}/me/app:1`;
@@ -338,7 +401,10 @@ describe('still works', () => {
     await makeBusyboxContext(slow, 'RUN echo started && sleep 60\n');
     const ac = new AbortController();
     const t = Date.now();
-    const r = await runBuild(opts({ context: slow }), cfg, betaLease, docker, { signal: ac.signal, onLine: (l) => /#\d+ [\d.]+ started/.test(l) && ac.abort() });
+    const r = await runBuild(opts({ context: slow }), cfg, betaLease, docker, {
+      signal: ac.signal,
+      onLine: (l) => /#\d+ [\d.]+ started/.test(l) && ac.abort()
+    });
     expect(r.status).toBe('cancelled');
     expect(Date.now() - t).toBeLessThan(30_000);
     expect(sh(['version', '--format', '{{.Server.Version}}']).status).toBe(0);

@@ -82,7 +82,7 @@ afterAll(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-test('build --load: the image goes from the builder into the runner\'s own engine, and was not there before', () => {
+test("build --load: the image goes from the builder into the runner's own engine, and was not there before", () => {
   const host = engine!.host;
   const tag = 'acme/load-test:ci';
   // A fresh engine: no image at all, so not this one.
@@ -100,7 +100,11 @@ test('build --load: the image goes from the builder into the runner\'s own engin
   expect(out['image-id']).toMatch(/^sha256:[0-9a-f]{64}$/);
   expect(b.stderr).toContain(`Build Cloud: loading ${tag} from the builder into the runner's Docker engine at ${host}`);
   expect(b.stderr).toContain(`Loaded image: ${tag}`);
-  expect(b.stderr).toMatch(new RegExp(`Build Cloud: build success in [\\d.]+ s, \\d of \\d steps cached, org cache exported, loaded into the runner's Docker \\(${host.replace(/[/.]/g, '\\$&')}\\)`));
+  expect(b.stderr).toMatch(
+    new RegExp(
+      `Build Cloud: build success in [\\d.]+ s, \\d of \\d steps cached, org cache exported, loaded into the runner's Docker \\(${host.replace(/[/.]/g, '\\$&')}\\)`
+    )
+  );
 
   // In the runner's engine, by id (the same image the builder built) and by tag.
   expect(runnerDocker(['image', 'inspect', '--format', '{{.Id}}', out['image-id']], host)).toEqual({ status: 0, out: out['image-id'] });
@@ -137,7 +141,12 @@ test('no engine answers on the runner: the step fails with one clear error, the 
   expect(r.status).toBe(0);
   expect(lastJson(r.stdout).builds).toEqual([expect.objectContaining({ status: 'success', loaded: false })]);
   // What the control plane metered for the pipeline: one build, none failed.
-  const key = `local/${os.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, '-') || 'host'}/${env.BUILDCLOUD_PIPELINE_ID}`;
+  const key = `local/${
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9.-]+/g, '-') || 'host'
+  }/${env.BUILDCLOUD_PIPELINE_ID}`;
   const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, { headers: { authorization: `Bearer ${token}` } });
   expect(res.status).toBe(200);
   expect(await res.json()).toMatchObject({ builds: 1, failed: 0 });

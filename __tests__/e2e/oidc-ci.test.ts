@@ -123,7 +123,13 @@ class GithubJob {
     const eventPath = path.join(this.temp, 'event.json');
     const repository = { id: REPO_ID, full_name: repo, default_branch: 'main', fork: false };
     const payload = pr
-      ? { action: 'opened', number: 57, pull_request: { number: 57, user: { login: actor }, head: { ref: o.headRef, repo: { id: REPO_ID } }, base: { ref: 'main', repo: { id: REPO_ID } } }, repository, sender: { login: actor } }
+      ? {
+          action: 'opened',
+          number: 57,
+          pull_request: { number: 57, user: { login: actor }, head: { ref: o.headRef, repo: { id: REPO_ID } }, base: { ref: 'main', repo: { id: REPO_ID } } },
+          repository,
+          sender: { login: actor }
+        }
       : { ref: 'refs/heads/main', repository, sender: { login: actor } };
     fs.writeFileSync(eventPath, JSON.stringify(payload));
     // pull_request runs on the merge ref, pull_request_target on the base branch, push on the branch pushed.
@@ -176,7 +182,7 @@ function failure(r: StepResult): string {
 }
 
 describe('GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_URL through the action', () => {
-  test('control: a push to main sets up with no org token; the lease exports to the claims\' project and branch', async () => {
+  test("control: a push to main sets up with no org token; the lease exports to the claims' project and branch", async () => {
     gh.githubClaims = githubClaims('acme/widget-api', { event_name: 'push', ref: 'refs/heads/main' });
     const job = new GithubJob('2001');
     const m = await job.main();
@@ -208,12 +214,19 @@ describe('GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_URL through the action', () =
     expectNoSecret(m.stdout, gh.issued);
   });
 
-  test('pull_request_target: the lease only reads the cache, and the job\'s log says why', async () => {
-    gh.githubClaims = githubClaims('acme/widget-api', { event_name: 'pull_request_target', ref: 'refs/heads/main', head_ref: 'feature/login', base_ref: 'main' });
+  test("pull_request_target: the lease only reads the cache, and the job's log says why", async () => {
+    gh.githubClaims = githubClaims('acme/widget-api', {
+      event_name: 'pull_request_target',
+      ref: 'refs/heads/main',
+      head_ref: 'feature/login',
+      base_ref: 'main'
+    });
     const job = new GithubJob('2003', { event: 'pull_request_target', headRef: 'feature/login' });
     const m = await job.main();
     if (m.failed) throw new Error(m.stdout);
-    expect(m.stdout).toContain('the org cache is read-only for this job (a pull_request_target run may build code from a fork, and its OIDC token cannot tell)');
+    expect(m.stdout).toContain(
+      'the org cache is read-only for this job (a pull_request_target run may build code from a fork, and its OIDC token cannot tell)'
+    );
     expect(m.outputs['cache-to']).toBe('');
     const cache = sessionCache(m.env.BUILDCLOUD_SESSION);
     expect(cache.exportRef).toBe('');
@@ -223,7 +236,7 @@ describe('GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_URL through the action', () =
     expect((await job.post()).failed).toBe(false);
   });
 
-  test('a token signed by another key, from the issuer\'s own endpoint: the one generic refusal', async () => {
+  test("a token signed by another key, from the issuer's own endpoint: the one generic refusal", async () => {
     gh.githubClaims = githubClaims('acme/widget-api', { event_name: 'push', ref: 'refs/heads/main' });
     gh.githubSignWith = forger;
     try {
@@ -346,12 +359,12 @@ async function gitlabJob(o: GitlabRun): Promise<GitlabResult> {
 
 const glToken = (o: JWTPayload = {}, namespace = 'acme-group', key?: IssuerKey) => gl.sign(gitlabClaims(namespace, 'widget-api', o), key);
 
-describe('GitLab CI: the id_tokens variable through the component\'s scripts and the CLI', () => {
+describe("GitLab CI: the id_tokens variable through the component's scripts and the CLI", () => {
   test('the component declares the id_tokens variable the CLI reads', () => {
     expect(component.idTokens).toEqual(['BUILDCLOUD_ID_TOKEN']);
   });
 
-  test('control: a push pipeline on main sets up with no org token; the lease exports to the claims\' project and branch', async () => {
+  test("control: a push pipeline on main sets up with no org token; the lease exports to the claims' project and branch", async () => {
     const token = await glToken();
     const r = await gitlabJob({ idToken: token });
     if (r.code !== 0) throw new Error(r.log);
@@ -382,7 +395,9 @@ describe('GitLab CI: the id_tokens variable through the component\'s scripts and
     const token = await glToken({ pipeline_source: 'merge_request_event', ref: 'main', ref_protected: 'true' });
     const r = await gitlabJob({ mergeRequest: { source: 'main', target: 'stable' }, idToken: token });
     if (r.code !== 0) throw new Error(r.log);
-    expect(r.log).toContain("Build Cloud: the org cache is read-only for this job ('main' is a protected branch and this is a merge request pipeline (its code is not the branch's))");
+    expect(r.log).toContain(
+      "Build Cloud: the org cache is read-only for this job ('main' is a protected branch and this is a merge request pipeline (its code is not the branch's))"
+    );
     expect(r.setup.BUILDCLOUD_CACHE_TO).toBe('');
     const cache = sessionCache(r.session);
     expect(cache.exportRef).toBe('');
@@ -428,7 +443,12 @@ async function circleJob(o: { reponame?: string; token: string }): Promise<JobRe
     projectUsername: 'acme',
     projectReponame: o.reponame ?? 'widget-api',
     // CircleCI sets both in every job; the V2 one is preferred. No BUILDCLOUD_TOKEN anywhere.
-    projectEnv: { BUILDCLOUD_ENDPOINT: server.info.grpc, BUILDCLOUD_SPOOL_DIR: path.join(work, 'spool'), CIRCLE_OIDC_TOKEN_V2: o.token, CIRCLE_OIDC_TOKEN: 'v1-not-used' }
+    projectEnv: {
+      BUILDCLOUD_ENDPOINT: server.info.grpc,
+      BUILDCLOUD_SPOOL_DIR: path.join(work, 'spool'),
+      CIRCLE_OIDC_TOKEN_V2: o.token,
+      CIRCLE_OIDC_TOKEN: 'v1-not-used'
+    }
   });
   const j = r.image;
   if (!j || j === 'blocked') throw new Error('the job did not run');
@@ -443,7 +463,7 @@ async function circleReport(j: JobResult): Promise<{ code: number | null; out: s
 const ccToken = (o: JWTPayload = {}, key?: IssuerKey) => cc.sign(circleClaims(CIRCLE_ORG_ID, 'github.com/acme/widget-api', o), key);
 
 describe('CircleCI: CIRCLE_OIDC_TOKEN_V2 through the orb and the CLI', () => {
-  test('control: a build of main sets up with no org token; the lease exports to the claims\' project and branch', async () => {
+  test("control: a build of main sets up with no org token; the lease exports to the claims' project and branch", async () => {
     const token = await ccToken();
     const j = await circleJob({ token });
     if (j.status !== 'success') throw new Error(describeJob(j));
@@ -492,7 +512,7 @@ describe('a Dependabot pull request through the action (issue 9: it got the gene
     expect(error).not.toContain('id-token: write');
   });
 
-  test('with fallback: local it builds on the runner\'s Docker, and the warning says why', async () => {
+  test("with fallback: local it builds on the runner's Docker, and the warning says why", async () => {
     const job = dependabot('2102');
     const m = await job.main({ fallback: 'local' });
     if (m.failed) throw new Error(m.stdout);

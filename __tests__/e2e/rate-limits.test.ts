@@ -31,7 +31,15 @@ const betaIdentity = { provider: 'local', project: 'beta/app', branch: 'main', d
 
 function records(org: string, leaseId: string, prefix: string, n: number) {
   return Array.from({ length: n }, (_, i) =>
-    buildCompletedEvent(org, { lease_id: leaseId, build_id: `${prefix}-${i}`, platform: 'linux/amd64', status: 'success', duration_ms: 1000, total_steps: 2, cached_steps: 1 })
+    buildCompletedEvent(org, {
+      lease_id: leaseId,
+      build_id: `${prefix}-${i}`,
+      platform: 'linux/amd64',
+      status: 'success',
+      duration_ms: 1000,
+      total_steps: 2,
+      cached_steps: 1
+    })
   );
 }
 
@@ -47,13 +55,20 @@ beforeAll(async () => {
   // Low limits so that a test can reach them: 1 Provision per 10 s in bursts of 3; 1 record per second in bursts of
   // one full batch; a lease holds at most one batch of records.
   server = await startServer([
-    '--grace', '1s',
-    '--warm-pool', '1',
-    '--provision-rate', '0.1',
-    '--provision-burst', String(PROVISION_BURST),
-    '--record-rate', '1',
-    '--record-burst', String(RECORD_BURST),
-    '--max-records-per-lease', String(LEASE_CAP)
+    '--grace',
+    '1s',
+    '--warm-pool',
+    '1',
+    '--provision-rate',
+    '0.1',
+    '--provision-burst',
+    String(PROVISION_BURST),
+    '--record-rate',
+    '1',
+    '--record-burst',
+    String(RECORD_BURST),
+    '--max-records-per-lease',
+    String(LEASE_CAP)
   ]);
   acmeToken = adminSetup(server.stateDir, 'acme', 60);
   betaToken = adminSetup(server.stateDir, 'beta', 60);
@@ -111,7 +126,9 @@ test('metering: records are counted per event; past the burst → 429 with Retry
   expect(((await control.json()) as { accepted: number }).accepted).toBe(10);
 
   // Nothing of the refused request was stored: acme's report counts exactly the first batch.
-  const usage = (await (await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${acmeToken}` } })).json()) as { builds: { count: number } };
+  const usage = (await (await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${acmeToken}` } })).json()) as {
+    builds: { count: number };
+  };
   expect(usage.builds.count).toBe(RECORD_BURST);
 });
 
@@ -142,7 +159,9 @@ test('ExchangeToken: one client address past the burst gets RESOURCE_EXHAUSTED w
     const codes = all.map((r) => (r.status === 'rejected' ? (r.reason as { code?: number }).code : 'ok'));
     expect(codes.filter((c) => c === grpc.status.RESOURCE_EXHAUSTED)).toHaveLength(2);
     expect(codes.filter((c) => c === grpc.status.PERMISSION_DENIED)).toHaveLength(PROVISION_BURST);
-    const limited = all.find((r) => r.status === 'rejected' && (r.reason as { code?: number }).code === grpc.status.RESOURCE_EXHAUSTED) as PromiseRejectedResult;
+    const limited = all.find(
+      (r) => r.status === 'rejected' && (r.reason as { code?: number }).code === grpc.status.RESOURCE_EXHAUSTED
+    ) as PromiseRejectedResult;
     expect(String((limited.reason as Error).message)).toMatch(/at most [0-9.]+ ExchangeToken calls per second per client address/);
   } finally {
     api.close();

@@ -18,7 +18,7 @@ import { RegistryPrincipal, RegistryProxy, registryProxyTls } from '../../src/se
 
 const USERS: Record<string, { password: string; org: string }> = {
   'acme-ci': { password: 'acme-pass', org: 'acme' },
-  'globex-ci': { password: 'globex-pass', org: 'globex' },
+  'globex-ci': { password: 'globex-pass', org: 'globex' }
 };
 const ACME = 'acme-ci:acme-pass';
 const GLOBEX = 'globex-ci:globex-pass';
@@ -37,7 +37,9 @@ const sha256 = (b: Buffer | string): string => createHash('sha256').update(b).di
 
 function tarFile(name: string, content: Buffer): Buffer {
   const h = Buffer.alloc(512);
-  const put = (s: string, off: number, len: number): void => { h.write(s.slice(0, len), off, 'ascii'); };
+  const put = (s: string, off: number, len: number): void => {
+    h.write(s.slice(0, len), off, 'ascii');
+  };
   const octal = (n: number, len: number): string => n.toString(8).padStart(len - 1, '0') + '\0';
   put(name, 0, 100);
   put(octal(0o644, 8), 100, 8);
@@ -56,7 +58,11 @@ function tarFile(name: string, content: Buffer): Buffer {
   return Buffer.concat([h, content, pad]);
 }
 
-interface Image { dir: string; manifestDigest: string; blobs: string[] }
+interface Image {
+  dir: string;
+  manifestDigest: string;
+  blobs: string[];
+}
 
 function writeBlob(dir: string, b: Buffer): { digest: string; size: number } {
   const hex = sha256(b);
@@ -71,17 +77,35 @@ function makeImage(dir: string, files: Array<Array<[string, Buffer]>>): Image {
     const tar = Buffer.concat([...entries.map(([n, c]) => tarFile(n, c)), Buffer.alloc(1024)]);
     return { diffId: `sha256:${sha256(tar)}`, ...writeBlob(dir, gzipSync(tar)) };
   });
-  const config = writeBlob(dir, Buffer.from(JSON.stringify({
-    architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) },
-  })));
-  const manifest = writeBlob(dir, Buffer.from(JSON.stringify({
-    schemaVersion: 2, mediaType: OCI_MANIFEST,
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-    layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size })),
-  })));
-  fs.writeFileSync(path.join(dir, 'index.json'), JSON.stringify({
-    schemaVersion: 2, manifests: [{ mediaType: OCI_MANIFEST, ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }],
-  }));
+  const config = writeBlob(
+    dir,
+    Buffer.from(
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        config: {},
+        rootfs: { type: 'layers', diff_ids: layers.map((l) => l.diffId) }
+      })
+    )
+  );
+  const manifest = writeBlob(
+    dir,
+    Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: OCI_MANIFEST,
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+        layers: layers.map((l) => ({ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: l.digest, size: l.size }))
+      })
+    )
+  );
+  fs.writeFileSync(
+    path.join(dir, 'index.json'),
+    JSON.stringify({
+      schemaVersion: 2,
+      manifests: [{ mediaType: OCI_MANIFEST, ...manifest, annotations: { 'org.opencontainers.image.ref.name': 'latest' } }]
+    })
+  );
   return { dir, manifestDigest: manifest.digest, blobs: [config.digest, ...layers.map((l) => l.digest)] };
 }
 
@@ -94,17 +118,24 @@ function run(argv: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; st
   });
 }
 
-interface Reply { status: number; headers: http.IncomingHttpHeaders; body: Buffer }
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
 function request(host: string, method: string, urlPath: string, creds: string | null, body?: Buffer, headers: http.OutgoingHttpHeaders = {}): Promise<Reply> {
   const u = new URL(urlPath, `https://${host}`);
   const auth = creds ? { authorization: 'Basic ' + Buffer.from(creds).toString('base64') } : {};
   return new Promise((resolve, reject) => {
-    const req = https.request({ hostname: u.hostname, port: Number(u.port), ca: pki.caPem, method, path: u.pathname + u.search, headers: { ...auth, ...headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
-      res.on('error', reject);
-    });
+    const req = https.request(
+      { hostname: u.hostname, port: Number(u.port), ca: pki.caPem, method, path: u.pathname + u.search, headers: { ...auth, ...headers } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      }
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -120,7 +151,10 @@ let skopeo: string;
 let env: NodeJS.ProcessEnv;
 const skopeoArgs = (...a: string[]): string[] => [skopeo, '--insecure-policy', ...a];
 const push = (img: Image, ref: string, creds: string) =>
-  run(skopeoArgs('copy', '--preserve-digests', `--dest-creds=${creds}`, `--dest-cert-dir=${certDir}`, `oci:${img.dir}:latest`, `docker://${proxy.host}/${ref}`), env);
+  run(
+    skopeoArgs('copy', '--preserve-digests', `--dest-creds=${creds}`, `--dest-cert-dir=${certDir}`, `oci:${img.dir}:latest`, `docker://${proxy.host}/${ref}`),
+    env
+  );
 
 beforeAll(async () => {
   const registryBin = findRegistryBinary();
@@ -142,7 +176,7 @@ beforeAll(async () => {
   proxy = new RegistryProxy({
     upstream: { socketPath: registry.socketPath },
     tls: await registryProxyTls('127.0.0.1', pki), // TLS only: no plainHttpOnLoopback
-    authenticate: async (u, p): Promise<RegistryPrincipal | null> => (USERS[u]?.password === p ? { org: USERS[u].org } : null),
+    authenticate: async (u, p): Promise<RegistryPrincipal | null> => (USERS[u]?.password === p ? { org: USERS[u].org } : null)
   });
   await proxy.listen();
 });
@@ -177,7 +211,17 @@ describe('org cache through the proxy', () => {
 
   test('org A reads its image back (skopeo) with the same digests', async () => {
     const out = path.join(tmp, 'pulled-a');
-    const r = await run(skopeoArgs('copy', '--preserve-digests', `--src-creds=${ACME}`, `--src-cert-dir=${certDir}`, `docker://${proxy.host}/acme/app/cache:main`, `oci:${out}:main`), env);
+    const r = await run(
+      skopeoArgs(
+        'copy',
+        '--preserve-digests',
+        `--src-creds=${ACME}`,
+        `--src-cert-dir=${certDir}`,
+        `docker://${proxy.host}/acme/app/cache:main`,
+        `oci:${out}:main`
+      ),
+      env
+    );
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const index = JSON.parse(fs.readFileSync(path.join(out, 'index.json'), 'utf8'));
@@ -185,7 +229,7 @@ describe('org cache through the proxy', () => {
     for (const b of imgA.blobs) expect(fs.existsSync(path.join(out, 'blobs', 'sha256', b.slice(7)))).toBe(true);
   });
 
-  test('org B gets 403 on org A\'s manifest and blobs, and on the catalog', async () => {
+  test("org B gets 403 on org A's manifest and blobs, and on the catalog", async () => {
     const m = await request(proxy.host, 'GET', '/v2/acme/app/cache/manifests/main', GLOBEX, undefined, { accept: OCI_MANIFEST });
     expect(m.status).toBe(403);
     expect(errCode(m)).toBe('DENIED');
@@ -203,7 +247,7 @@ describe('org cache through the proxy', () => {
     expect(s.stderr).toMatch(/denied|403/i);
   });
 
-  test('org B cannot mount org A\'s blob into its own repository by digest', async () => {
+  test("org B cannot mount org A's blob into its own repository by digest", async () => {
     const layer = imgA.blobs[1];
     const r = await request(proxy.host, 'POST', `/v2/globex/x/cache/blobs/uploads/?mount=${layer}&from=acme/app/cache`, GLOBEX);
     expect(r.status).toBe(202); // a fresh upload session, not 201 Created
@@ -234,7 +278,9 @@ describe('org cache through the proxy', () => {
     for (const size of [100_000, 200_000]) {
       const chunk = blob.subarray(offset, offset + size);
       const p = await request(proxy.host, 'PATCH', location, ACME, chunk, {
-        'content-type': 'application/octet-stream', 'content-range': `${offset}-${offset + size - 1}`, 'content-length': size,
+        'content-type': 'application/octet-stream',
+        'content-range': `${offset}-${offset + size - 1}`,
+        'content-length': size
       });
       expect(p.status).toBe(202);
       offset += size;
@@ -288,7 +334,7 @@ function plainHttp(host: string, creds: string): Promise<string> {
 }
 
 describe('TLS only', () => {
-  test('a client that does not trust the control plane\'s CA is refused (skopeo verifies by default)', async () => {
+  test("a client that does not trust the control plane's CA is refused (skopeo verifies by default)", async () => {
     const s = await run(skopeoArgs('inspect', '--raw', `--creds=${ACME}`, `docker://${proxy.host}/acme/app/cache:main`), env);
     expect(s.code).not.toBe(0);
     expect(s.stderr).toMatch(/x509|certificate/i);
@@ -299,7 +345,7 @@ describe('TLS only', () => {
     expect(await plainHttp(proxy.host, ACME)).not.toMatch(/HTTP\/1\.[01]/);
   });
 
-  test('an operator\'s cert of a CA the engines were never given: trusting the served cert itself suffices (Go)', async () => {
+  test("an operator's cert of a CA the engines were never given: trusting the served cert itself suffices (Go)", async () => {
     // What serve writes to certs.d for --tls-cert is that file's certificates, not a CA: Go's crypto/x509 (skopeo
     // here, dockerd and BuildKit on builders) accepts a leaf that is itself in the root pool.
     const operatorCa = await Pki.loadOrCreate(path.join(tmp, 'operator-pki'));
@@ -309,11 +355,18 @@ describe('TLS only', () => {
     const pinned = path.join(tmp, 'pinned-certs');
     fs.mkdirSync(pinned);
     fs.writeFileSync(path.join(pinned, 'buildcloud-ca.crt'), id.trustPem);
-    const other = new RegistryProxy({ upstream: { socketPath: registry.socketPath }, tls: id, authenticate: async (u, p) => (USERS[u]?.password === p ? { org: USERS[u].org } : null) });
+    const other = new RegistryProxy({
+      upstream: { socketPath: registry.socketPath },
+      tls: id,
+      authenticate: async (u, p) => (USERS[u]?.password === p ? { org: USERS[u].org } : null)
+    });
     await other.listen();
     try {
       const img = makeImage(path.join(tmp, 'img-pinned'), [[['pinned.txt', Buffer.from('pinned\n')]]]);
-      const ok = await run(skopeoArgs('copy', `--dest-creds=${ACME}`, `--dest-cert-dir=${pinned}`, `oci:${img.dir}:latest`, `docker://${other.host}/acme/pinned/cache:main`), env);
+      const ok = await run(
+        skopeoArgs('copy', `--dest-creds=${ACME}`, `--dest-cert-dir=${pinned}`, `oci:${img.dir}:latest`, `docker://${other.host}/acme/pinned/cache:main`),
+        env
+      );
       expect(ok.stderr).toBe('');
       expect(ok.code).toBe(0);
       // Control: the control plane's own CA does not vouch for the operator's cert.
@@ -334,8 +387,11 @@ describe('builders push and pull the org cache through the TLS-only proxy (serve
   let acme: TestClient;
   let work: string;
   let trustFile: string;
-  const address = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
-  const provision = (pipelineKey: string) => acme.provision({ pipelineKey, jobId: 'build', identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' } });
+  const address = Object.values(os.networkInterfaces())
+    .flat()
+    .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+  const provision = (pipelineKey: string) =>
+    acme.provision({ pipelineKey, jobId: 'build', identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' } });
 
   beforeAll(async () => {
     if (!address) throw new Error('this test needs a non-loopback IPv4 address on this host (none found)');
@@ -353,7 +409,7 @@ describe('builders push and pull the org cache through the TLS-only proxy (serve
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
-  test('builders\' engines trust the control plane\'s CA for the proxy, in a public file', () => {
+  test("builders' engines trust the control plane's CA for the proxy, in a public file", () => {
     expect(server.info.registry).toBe(`${address}:${server.info.registry.split(':').pop()}`);
     const ca = fs.readFileSync(path.join(server.stateDir, 'pki', 'ca.pem'), 'utf8');
     expect(fs.readFileSync(server.info.registryCaFile, 'utf8')).toBe(ca);
@@ -386,7 +442,9 @@ describe('builders push and pull the org cache through the TLS-only proxy (serve
     expect(imported.out).not.toMatch(/ERROR/);
     expect(imported.out).toMatch(/importing cache manifest from/);
     // The RUN step's own record ends CACHED, after pulling its layers from the registry (the builder is fresh).
-    expect(imported.out).toMatch(/#(\d+) \[2\/2\] RUN echo cached-through-tls[^\n]*\n(?:#\1 [^\n]*\n)*?#\1 pulling sha256:[^\n]*\n(?:#\1 [^\n]*\n)*?#\1 CACHED/);
+    expect(imported.out).toMatch(
+      /#(\d+) \[2\/2\] RUN echo cached-through-tls[^\n]*\n(?:#\1 [^\n]*\n)*?#\1 pulling sha256:[^\n]*\n(?:#\1 [^\n]*\n)*?#\1 CACHED/
+    );
     expect(imported.status).toBe(0);
     // A build FROM the pushed image pulls it through the proxy (builders allow no `docker pull`: FROM is the way).
     const fromCtx = path.join(work, 'from-ctx');

@@ -29,7 +29,15 @@ beforeAll(async () => {
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (scripts/setup.sh does).`);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync'
+    ]
   });
 });
 
@@ -38,8 +46,21 @@ afterAll(async () => {
 });
 
 test('the report renders without errors and its numbers read back', async () => {
-  const jobs = [job('github run 1', 'api', 0), job('github run 1', 'web', 5), job('gitlab pipeline 2', 'api', 4, 4), job('gitlab pipeline 2', 'web<script>alert(1)</script>', 6, 4)];
-  const usage: DemoUsage = { minutesUsed: 1.75, minutesLeft: 58.25, minutesBought: 60, builds: 4, withCachedStepShare: 0.75, avgCacheRatio: 0.54, pipelineMinutes: { 'github run 1': 1.2, 'gitlab pipeline 2': 0.55 } };
+  const jobs = [
+    job('github run 1', 'api', 0),
+    job('github run 1', 'web', 5),
+    job('gitlab pipeline 2', 'api', 4, 4),
+    job('gitlab pipeline 2', 'web<script>alert(1)</script>', 6, 4)
+  ];
+  const usage: DemoUsage = {
+    minutesUsed: 1.75,
+    minutesLeft: 58.25,
+    minutesBought: 60,
+    builds: 4,
+    withCachedStepShare: 0.75,
+    avgCacheRatio: 0.54,
+    pipelineMinutes: { 'github run 1': 1.2, 'gitlab pipeline 2': 0.55 }
+  };
   const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'bc-report-')), 'report.html');
   fs.writeFileSync(file, renderHtml(jobs, usage, { generatedAt: '2026-11-23T12:00:00Z', ok: false }));
 
@@ -58,9 +79,9 @@ test('the report renders without errors and its numbers read back', async () => 
   expect(Number(await page.locator('#kpi-north-star').getAttribute('data-value'))).toBe(0.75);
   expect(Number(await page.locator('#kpi-minutes-used').getAttribute('data-value'))).toBe(1.75);
   expect(Number(await page.locator('#kpi-minutes-left').getAttribute('data-value'))).toBe(58.25);
-  const rows = await page.locator('#builds tbody tr.build').evaluateAll((trs) =>
-    trs.map((tr) => ({ cached: Number(tr.getAttribute('data-cached')), untouched: tr.getAttribute('data-untouched') }))
-  );
+  const rows = await page
+    .locator('#builds tbody tr.build')
+    .evaluateAll((trs) => trs.map((tr) => ({ cached: Number(tr.getAttribute('data-cached')), untouched: tr.getAttribute('data-untouched') })));
   expect(rows).toEqual([
     { cached: 0, untouched: null },
     { cached: 5, untouched: null },

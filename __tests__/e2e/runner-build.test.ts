@@ -45,7 +45,11 @@ function dockerOut(args: string[], env: NodeJS.ProcessEnv): { status: number | n
 }
 
 async function provision(pipelineKey: string, identity: object = {}): Promise<LeaseMsg> {
-  return client.provision({ pipelineKey, jobId: 'build', identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev', ...identity } });
+  return client.provision({
+    pipelineKey,
+    jobId: 'build',
+    identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev', ...identity }
+  });
 }
 
 beforeAll(async () => {
@@ -61,7 +65,10 @@ beforeAll(async () => {
   // not exist here. None of it may break the builder's config, and none of it may be written to.
   userConfig = path.join(work, 'user-docker');
   fs.mkdirSync(userConfig);
-  fs.writeFileSync(path.join(userConfig, 'config.json'), JSON.stringify({ auths: { 'ghcr.io': { auth: Buffer.from('me:pat').toString('base64') } }, currentContext: 'my-laptop', credsStore: 'bc-no-such-helper' }));
+  fs.writeFileSync(
+    path.join(userConfig, 'config.json'),
+    JSON.stringify({ auths: { 'ghcr.io': { auth: Buffer.from('me:pat').toString('base64') } }, currentContext: 'my-laptop', credsStore: 'bc-no-such-helper' })
+  );
 });
 
 afterAll(async () => {
@@ -90,7 +97,11 @@ describe('one pipeline, then a second one on a fresh builder', () => {
 
   test('configureRunner: private 0700 dir, 0600 certs and config, a context only it can see', async () => {
     lease1 = await provision('repo/pipeline-1/1');
-    cfg1 = await configureRunner(lease1, runnerName(['local', 'acme/app', lease1.pipelineKey, 'build']), { tempRoot: path.join(work, 'tmp'), docker, userDockerConfig: userConfig });
+    cfg1 = await configureRunner(lease1, runnerName(['local', 'acme/app', lease1.pipelineKey, 'build']), {
+      tempRoot: path.join(work, 'tmp'),
+      docker,
+      userDockerConfig: userConfig
+    });
     expect(cfg1.name).toMatch(/^bc-local-acme-app-repo-pipeline-1-1-build-[0-9a-f]{8}$/);
     for (const d of [cfg1.dir, cfg1.certDir, cfg1.dockerConfig]) expect(mode(d)).toBe(0o700);
     for (const f of ['ca.pem', 'cert.pem', 'key.pem']) expect(mode(path.join(cfg1.certDir, f))).toBe(0o600);
@@ -112,16 +123,32 @@ describe('one pipeline, then a second one on a fresh builder', () => {
     expect(cfg1.contextName).toBe(cfg1.name);
     // A docker context is also the buildx builder of the docker driver: one name for both.
     expect(cfg1.builderName).toBe(cfg1.contextName);
-    expect(cfg1.env).toMatchObject({ DOCKER_HOST: lease1.builders[0].address, DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: cfg1.certDir, DOCKER_CONFIG: cfg1.dockerConfig, DOCKER_BUILDKIT: '1' });
+    expect(cfg1.env).toMatchObject({
+      DOCKER_HOST: lease1.builders[0].address,
+      DOCKER_TLS_VERIFY: '1',
+      DOCKER_CERT_PATH: cfg1.certDir,
+      DOCKER_CONFIG: cfg1.dockerConfig,
+      DOCKER_BUILDKIT: '1'
+    });
     // The context reaches the builder through the lease's mutual TLS on its own, without DOCKER_HOST...
     const viaContext = dockerOut(['--context', cfg1.contextName, 'version', '--format', '{{.Server.Version}}'], { DOCKER_CONFIG: cfg1.dockerConfig });
     expect(viaContext).toMatchObject({ status: 0 });
     // The context was written as files (docker-context.ts), not by `docker context create`: both clients of this
     // machine read it and reach the builder through it, Debian's 20.10 and the 28.x one.
     for (const client of ['/usr/bin/docker', '/usr/local/bin/docker'].filter((c) => fs.existsSync(c))) {
-      const r = spawnSync(client, ['--context', cfg1.contextName, 'version', '--format', '{{.Server.Version}}'], { env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig }, encoding: 'utf8' });
-      expect({ client, status: r.status, out: r.stdout.trim(), err: r.stderr.trim() }).toMatchObject({ client, status: 0, out: expect.stringMatching(/^\d+\.\d+/) });
-      const inspect = spawnSync(client, ['context', 'inspect', cfg1.contextName], { env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig }, encoding: 'utf8' });
+      const r = spawnSync(client, ['--context', cfg1.contextName, 'version', '--format', '{{.Server.Version}}'], {
+        env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig },
+        encoding: 'utf8'
+      });
+      expect({ client, status: r.status, out: r.stdout.trim(), err: r.stderr.trim() }).toMatchObject({
+        client,
+        status: 0,
+        out: expect.stringMatching(/^\d+\.\d+/)
+      });
+      const inspect = spawnSync(client, ['context', 'inspect', cfg1.contextName], {
+        env: { PATH: process.env.PATH, HOME: work, DOCKER_CONFIG: cfg1.dockerConfig },
+        encoding: 'utf8'
+      });
       const [seen] = JSON.parse(inspect.stdout);
       expect({ client, ...seen, TLSMaterial: { docker: [...seen.TLSMaterial.docker].sort() }, Storage: undefined }).toEqual({
         client,
@@ -184,7 +211,11 @@ describe('one pipeline, then a second one on a fresh builder', () => {
   test("a second pipeline's fresh builder reuses every step the code change left untouched", async () => {
     const lease2 = await provision('repo/pipeline-2/1');
     expect(lease2.builders[0].builderId).not.toBe(lease1.builders[0].builderId);
-    const cfg2 = await configureRunner(lease2, runnerName(['local', 'acme/app', lease2.pipelineKey, 'build']), { tempRoot: path.join(work, 'tmp'), docker, userDockerConfig: userConfig });
+    const cfg2 = await configureRunner(lease2, runnerName(['local', 'acme/app', lease2.pipelineKey, 'build']), {
+      tempRoot: path.join(work, 'tmp'),
+      docker,
+      userDockerConfig: userConfig
+    });
     try {
       fs.writeFileSync(path.join(ctx, 'app.txt'), 'app v2\n');
       const r = await runBuild(opts(), cfg2, lease2, docker);
@@ -199,7 +230,11 @@ describe('one pipeline, then a second one on a fresh builder', () => {
       fs.writeFileSync(path.join(ctx, 'app.txt'), 'app v2\n');
       const lease3 = await provision('repo/pipeline-3/1', { fork: true });
       expect(lease3.cache!.exportRef).toBe('');
-      const cfg3 = await configureRunner(lease3, runnerName(['local', 'acme/app', lease3.pipelineKey, 'build']), { tempRoot: path.join(work, 'tmp'), docker, userDockerConfig: userConfig });
+      const cfg3 = await configureRunner(lease3, runnerName(['local', 'acme/app', lease3.pipelineKey, 'build']), {
+        tempRoot: path.join(work, 'tmp'),
+        docker,
+        userDockerConfig: userConfig
+      });
       const r3 = await runBuild(opts(), cfg3, lease3, docker);
       timings.freshBuilderImported = r3.durationMs;
       expect(r3).toMatchObject({ status: 'success', totalSteps: 4, cachedSteps: 4 });
@@ -232,16 +267,33 @@ describe('buildx paths at their command boundary', () => {
   type Call = { file: string; args: string[]; env: NodeJS.ProcessEnv };
   const BUILDX: ResolvedDocker = { path: '/fake/docker', version: '27.5.1', buildx: true, buildxVersion: 'v0.20.1', reason: 'test' };
   const fakeLease = (kind: LeaseMsg['builders'][0]['kind'], n = 1): LeaseMsg => ({
-    id: 'lease-x', org: 'acme', pipelineKey: 'p/1', jobId: 'j', scope: 'SCOPE_PIPELINE', state: 'LEASE_STATE_ACTIVE', createdAtMs: 0, expiresAtMs: 0,
-    builders: ['linux/amd64', 'linux/arm64'].slice(0, n).map((platform, i) => ({ platform, kind, address: `tcp://127.0.0.1:${41000 + i}`, builderId: `b${i}`, warm: false, shared: false })),
+    id: 'lease-x',
+    org: 'acme',
+    pipelineKey: 'p/1',
+    jobId: 'j',
+    scope: 'SCOPE_PIPELINE',
+    state: 'LEASE_STATE_ACTIVE',
+    createdAtMs: 0,
+    expiresAtMs: 0,
+    builders: ['linux/amd64', 'linux/arm64']
+      .slice(0, n)
+      .map((platform, i) => ({ platform, kind, address: `tcp://127.0.0.1:${41000 + i}`, builderId: `b${i}`, warm: false, shared: false })),
     tls: { caPem: 'CA', certPem: 'CERT', keyPem: 'KEY' },
-    cache: { importRefs: ['127.0.0.1:5000/acme/app/cache:main'], exportRef: '127.0.0.1:5000/acme/app/cache:main', registry: { host: '127.0.0.1:5000', username: 'u', password: 'pw' } },
-    billedSeconds: 0, idleTimeoutS: 600, meteringUrl: ''
+    cache: {
+      importRefs: ['127.0.0.1:5000/acme/app/cache:main'],
+      exportRef: '127.0.0.1:5000/acme/app/cache:main',
+      registry: { host: '127.0.0.1:5000', username: 'u', password: 'pw' }
+    },
+    billedSeconds: 0,
+    idleTimeoutS: 600,
+    meteringUrl: ''
   });
-  const recorder = (calls: Call[], fail: (args: string[]) => boolean = () => false) => async (file: string, args: string[], env: NodeJS.ProcessEnv) => {
-    calls.push({ file, args, env });
-    return fail(args) ? { code: 1, stdout: '', stderr: `cannot ${args[1]}` } : { code: 0, stdout: '', stderr: '' };
-  };
+  const recorder =
+    (calls: Call[], fail: (args: string[]) => boolean = () => false) =>
+    async (file: string, args: string[], env: NodeJS.ProcessEnv) => {
+      calls.push({ file, args, env });
+      return fail(args) ? { code: 1, stdout: '', stderr: `cannot ${args[1]}` } : { code: 0, stdout: '', stderr: '' };
+    };
   let tempRoot: string;
   beforeEach(() => {
     tempRoot = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-runner-bx-'));
@@ -250,7 +302,12 @@ describe('buildx paths at their command boundary', () => {
 
   test('BuildKit endpoints: one remote-driver builder, a node per platform, no DOCKER_HOST', async () => {
     const calls: Call[] = [];
-    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_BUILDKIT', 2), 'bc-bk', { tempRoot, docker: BUILDX, userDockerConfig: path.join(tempRoot, 'none'), run: recorder(calls) });
+    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_BUILDKIT', 2), 'bc-bk', {
+      tempRoot,
+      docker: BUILDX,
+      userDockerConfig: path.join(tempRoot, 'none'),
+      run: recorder(calls)
+    });
     expect(calls.map((c) => c.args.slice(0, 6))).toEqual([
       ['buildx', 'create', '--name', 'bc-bk', '--node', 'bc-bk0'],
       ['buildx', 'create', '--name', 'bc-bk', '--append', '--node']
@@ -262,7 +319,11 @@ describe('buildx paths at their command boundary', () => {
     expect(cfg.env).toEqual({ DOCKER_CONFIG: cfg.dockerConfig, DOCKER_BUILDKIT: '1', BUILDX_BUILDER: 'bc-bk' });
 
     const cleanup: Call[] = [];
-    const warnings = await cleanupRunner(cfg, BUILDX, recorder(cleanup, () => true));
+    const warnings = await cleanupRunner(
+      cfg,
+      BUILDX,
+      recorder(cleanup, () => true)
+    );
     expect(cleanup.map((c) => c.args)).toEqual([['buildx', 'rm', 'bc-bk']]);
     expect(warnings).toEqual(['docker buildx rm bc-bk failed: cannot rm']); // warned, not thrown
     expect(fs.existsSync(cfg.dir)).toBe(false);
@@ -272,10 +333,18 @@ describe('buildx paths at their command boundary', () => {
     const calls: Call[] = [];
     const plugins = path.join(tempRoot, 'user', 'cli-plugins');
     fs.mkdirSync(plugins, { recursive: true });
-    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER', 2), 'bc-dk', { tempRoot, docker: BUILDX, userDockerConfig: path.join(tempRoot, 'user'), run: recorder(calls) });
+    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER', 2), 'bc-dk', {
+      tempRoot,
+      docker: BUILDX,
+      userDockerConfig: path.join(tempRoot, 'user'),
+      run: recorder(calls)
+    });
     // A client that reads the known context store gets its contexts as files: no `docker context create`.
     expect(calls).toEqual([]);
-    for (const [ctx, host] of [['bc-dk', 'tcp://127.0.0.1:41000'], ['bc-dk-linux-arm64', 'tcp://127.0.0.1:41001']]) {
+    for (const [ctx, host] of [
+      ['bc-dk', 'tcp://127.0.0.1:41000'],
+      ['bc-dk-linux-arm64', 'tcp://127.0.0.1:41001']
+    ]) {
       expect(fs.readFileSync(path.join(cfg.dockerConfig, 'contexts', 'meta', contextId(ctx), 'meta.json'), 'utf8')).toBe(contextMeta(ctx, host));
     }
     expect(cfg).toMatchObject({ builderName: 'bc-dk', contextName: 'bc-dk', contexts: ['bc-dk', 'bc-dk-linux-arm64'], buildxBuilder: '', driver: 'docker' });
@@ -290,7 +359,12 @@ describe('buildx paths at their command boundary', () => {
   });
 
   test.each<[string, LeaseMsg, ResolvedDocker, RegExp]>([
-    ['a BuildKit endpoint without buildx', fakeLease('ENDPOINT_KIND_BUILDKIT'), { ...BUILDX, buildx: false, path: '/usr/bin/docker' }, /only buildx can drive, and \/usr\/bin\/docker has no buildx plugin/],
+    [
+      'a BuildKit endpoint without buildx',
+      fakeLease('ENDPOINT_KIND_BUILDKIT'),
+      { ...BUILDX, buildx: false, path: '/usr/bin/docker' },
+      /only buildx can drive, and \/usr\/bin\/docker has no buildx plugin/
+    ],
     ['a lease without TLS material', { ...fakeLease('ENDPOINT_KIND_DOCKER'), tls: null }, BUILDX, /carries no TLS material: only Provision's reply has it/],
     ['a lease without builders', { ...fakeLease('ENDPOINT_KIND_DOCKER'), builders: [] }, BUILDX, /has no builders/]
   ])('refuses %s', async (_what, lease, docker, message) => {
@@ -301,10 +375,20 @@ describe('buildx paths at their command boundary', () => {
   test('a client outside the known context store format makes its contexts itself; a failed context create leaves nothing behind', async () => {
     const calls: Call[] = [];
     const unknown = { ...BUILDX, version: '29.0.0' };
-    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-y', { tempRoot, docker: unknown, userDockerConfig: path.join(tempRoot, 'none'), run: recorder(calls) });
+    const cfg = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-y', {
+      tempRoot,
+      docker: unknown,
+      userDockerConfig: path.join(tempRoot, 'none'),
+      run: recorder(calls)
+    });
     expect(calls.map((c) => c.args.slice(0, 3))).toEqual([['context', 'create', 'bc-y']]);
     await cleanupRunner(cfg, unknown, recorder([]));
-    const err = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-x', { tempRoot, docker: unknown, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([], () => true) }).catch((e) => e);
+    const err = await configureRunner(fakeLease('ENDPOINT_KIND_DOCKER'), 'bc-x', {
+      tempRoot,
+      docker: unknown,
+      userDockerConfig: path.join(tempRoot, 'none'),
+      run: recorder([], () => true)
+    }).catch((e) => e);
     expect(err.message).toBe('docker context create bc-x failed: cannot create');
     expect(fs.readdirSync(tempRoot)).toEqual([]);
   });
@@ -315,24 +399,44 @@ describe('buildx paths at their command boundary', () => {
     const log = path.join(tempRoot, 'argv.json');
     const progress = path.join(tempRoot, 'progress.txt');
     fs.writeFileSync(progress, progressText);
-    fs.writeFileSync(fake, `#!${process.execPath}
+    fs.writeFileSync(
+      fake,
+      `#!${process.execPath}
 const fs = require('fs');
 const a = process.argv.slice(2);
 fs.writeFileSync(${JSON.stringify(log)}, JSON.stringify(a));
 const m = a.indexOf('--metadata-file');
 fs.writeFileSync(a[m + 1], JSON.stringify({ 'containerimage.digest': 'sha256:${'d'.repeat(64)}', 'containerimage.config.digest': 'sha256:${'c'.repeat(64)}' }));
 process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
-`, { mode: 0o755 });
+`,
+      { mode: 0o755 }
+    );
     return { docker: { ...BUILDX, path: fake }, argv: () => JSON.parse(fs.readFileSync(log, 'utf8')) };
   }
-  const pushOpts = (): BuildOptions => ({ context: tempRoot, tags: ['127.0.0.1:5000/acme/app:1'], buildArgs: {}, push: true, platforms: ['linux/amd64'], exportCache: true });
+  const pushOpts = (): BuildOptions => ({
+    context: tempRoot,
+    tags: ['127.0.0.1:5000/acme/app:1'],
+    buildArgs: {},
+    push: true,
+    platforms: ['linux/amd64'],
+    exportCache: true
+  });
 
   test('runBuild with buildx on a remote builder: buildx pushes, the digest comes from the metadata file', async () => {
     const fake = fakeBuildx(fs.readFileSync(path.join(__dirname, '../fixtures/progress/multistage-imported-fresh-builder.txt'), 'utf8'));
     const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
     const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
     const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
-    expect(r).toMatchObject({ status: 'success', totalSteps: 6, cachedSteps: 6, digest: `sha256:${'d'.repeat(64)}`, imageId: `sha256:${'c'.repeat(64)}`, cacheExported: true, pushed: [], warnings: [] });
+    expect(r).toMatchObject({
+      status: 'success',
+      totalSteps: 6,
+      cachedSteps: 6,
+      digest: `sha256:${'d'.repeat(64)}`,
+      imageId: `sha256:${'c'.repeat(64)}`,
+      cacheExported: true,
+      pushed: [],
+      warnings: []
+    });
     const argv = fake.argv();
     expect(argv.slice(0, 5)).toEqual(['buildx', 'build', '--builder', 'bc-bk', '--progress=plain']);
     expect(argv).toContain('type=registry,ref=127.0.0.1:5000/acme/app/cache:main,mode=max,ignore-error=true');
@@ -343,12 +447,23 @@ process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
   });
 
   test('a registry cache export that fails (ignored by buildx) is a warning, not a failure', async () => {
-    const fake = fakeBuildx(['#1 [build 1/1] RUN make', '#1 DONE 0.5s', '', '#2 exporting cache to registry', '#2 ERROR: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable', ''].join('\n'));
+    const fake = fakeBuildx(
+      [
+        '#1 [build 1/1] RUN make',
+        '#1 DONE 0.5s',
+        '',
+        '#2 exporting cache to registry',
+        '#2 ERROR: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable',
+        ''
+      ].join('\n')
+    );
     const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
     const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
     const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
     expect(r).toMatchObject({ status: 'success', totalSteps: 1, cacheExported: false });
-    expect(r.warnings).toEqual(["could not export the build cache to 127.0.0.1:5000/acme/app/cache:main: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable; later builds will not reuse this one's layers"]);
+    expect(r.warnings).toEqual([
+      "could not export the build cache to 127.0.0.1:5000/acme/app/cache:main: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable; later builds will not reuse this one's layers"
+    ]);
     await cleanupRunner(cfg, fake.docker, recorder([]));
   });
 });

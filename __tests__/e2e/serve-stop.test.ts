@@ -16,7 +16,12 @@ function builderBridges(): string[] {
 const entries = (dir: string): string[] => (fs.existsSync(dir) ? fs.readdirSync(dir) : []);
 
 test('SIGTERM while the warm pool is starting: no builder outlives the control plane', async () => {
-  const before = { bridges: builderBridges(), run: entries('/run/bc'), data: entries('/var/lib/buildcloud/builders'), cgroups: entries('/sys/fs/cgroup/unified/buildcloud') };
+  const before = {
+    bridges: builderBridges(),
+    run: entries('/run/bc'),
+    data: entries('/var/lib/buildcloud/builders'),
+    cgroups: entries('/sys/fs/cgroup/unified/buildcloud')
+  };
   // Ready is printed before the pool has started its builders: stop right away, with two starts under way.
   const server = await startServer(['--warm-pool', '2']);
   expect(await server.stop()).toBe(0);
@@ -34,10 +39,14 @@ test('SIGTERM while the warm pool is starting: no builder outlives the control p
 // exit 0, and no process of its own (the registry) left running.
 test('SIGTERM during start-up: a clean stop (exit 0), the registry it started is stopped too', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-stop-starting-'));
-  const proc = spawn(process.execPath, [CLI, 'serve', '--state-dir', dir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', '--warm-pool', '1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, BUILDCLOUD_LOG_LEVEL: 'info' }
-  });
+  const proc = spawn(
+    process.execPath,
+    [CLI, 'serve', '--state-dir', dir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', '--warm-pool', '1'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, BUILDCLOUD_LOG_LEVEL: 'info' }
+    }
+  );
   let stderr = '';
   proc.stdout!.resume();
   const exited = new Promise<number | string | null>((resolve) => proc.once('exit', (code, signal) => resolve(code ?? signal)));

@@ -20,7 +20,16 @@ beforeAll(async () => {
   fs.writeFileSync(path.join(dir, 'server-key.pem'), cert.keyPem, { mode: 0o600 });
   caFile = path.join(dir, 'ca.pem');
   fs.writeFileSync(caFile, pki.caPem);
-  server = await startServer(['--tls-cert', path.join(dir, 'server.pem'), '--tls-key', path.join(dir, 'server-key.pem'), '--warm-pool', '0', '--driver', 'none']);
+  server = await startServer([
+    '--tls-cert',
+    path.join(dir, 'server.pem'),
+    '--tls-key',
+    path.join(dir, 'server-key.pem'),
+    '--warm-pool',
+    '0',
+    '--driver',
+    'none'
+  ]);
   token = adminSetup(server.stateDir, 'acme', 10);
 });
 
@@ -36,13 +45,17 @@ test('gRPC is served over TLS: a client trusting the CA gets answers, a plaintex
   process.env.BUILDCLOUD_CA_FILE = caFile;
   const secure = new ApiClient({ endpoint: server.info.grpc, token, attempts: 1 });
   // --driver none: the call reaches the server's own logic (FAILED_PRECONDITION), so TLS and auth both worked.
-  const err = (await secure.provision({ org: '', pipelineKey: 'p/1', jobId: 'j', platforms: [], scope: 'SCOPE_PIPELINE', identity }).catch((e) => e)) as ControlPlaneError;
+  const err = (await secure
+    .provision({ org: '', pipelineKey: 'p/1', jobId: 'j', platforms: [], scope: 'SCOPE_PIPELINE', identity })
+    .catch((e) => e)) as ControlPlaneError;
   secure.close();
   expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
   expect(err.details).toMatch(/no builder driver/);
 
   const plain = new ApiClient({ endpoint: server.info.grpc.replace('grpcs://', 'grpc://'), token, attempts: 1, deadlineMs: 3000 });
-  const refused = (await plain.provision({ org: '', pipelineKey: 'p/1', jobId: 'j', platforms: [], scope: 'SCOPE_PIPELINE', identity }).catch((e) => e)) as ControlPlaneError;
+  const refused = (await plain
+    .provision({ org: '', pipelineKey: 'p/1', jobId: 'j', platforms: [], scope: 'SCOPE_PIPELINE', identity })
+    .catch((e) => e)) as ControlPlaneError;
   plain.close();
   expect([grpc.status.UNAVAILABLE, grpc.status.DEADLINE_EXCEEDED, grpc.status.INTERNAL]).toContain(refused.code);
 });
@@ -60,5 +73,7 @@ test('HTTP (metering, usage, health) is served over TLS with the same certificat
   });
   expect(JSON.parse(body)).toEqual({ status: 'ok' });
   // Without the CA the certificate is not trusted.
-  await expect(new Promise((resolve, reject) => https.get(`${server.info.http}/healthz`, resolve).on('error', reject))).rejects.toThrow(/self.signed|unable to verify|certificate/i);
+  await expect(new Promise((resolve, reject) => https.get(`${server.info.http}/healthz`, resolve).on('error', reject))).rejects.toThrow(
+    /self.signed|unable to verify|certificate/i
+  );
 });

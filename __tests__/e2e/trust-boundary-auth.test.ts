@@ -32,7 +32,16 @@ const leases: Array<{ client: TestClient; lease: LeaseMsg }> = [];
 const clients: Array<{ close(): void }> = [];
 
 type Ident = { provider: string; project: string; branch: string; defaultBranch: string; fork: boolean; actor: string; runUrl: string };
-const identity = (actor = 'mallory', o: Partial<Ident> = {}): Ident => ({ provider: 'gitlab', project: 'acme-group/widget-api', branch: 'main', defaultBranch: 'main', fork: false, actor, runUrl: '', ...o });
+const identity = (actor = 'mallory', o: Partial<Ident> = {}): Ident => ({
+  provider: 'gitlab',
+  project: 'acme-group/widget-api',
+  branch: 'main',
+  defaultBranch: 'main',
+  fork: false,
+  actor,
+  runUrl: '',
+  ...o
+});
 
 async function exchange(oidcToken: string, org = ''): Promise<{ accessToken: string; org: string } | ControlPlaneError> {
   const api = new ApiClient({ endpoint: server.info.grpc, attempts: 1, deadlineMs: 20_000 });
@@ -221,9 +230,26 @@ describe('identity that chooses scope is verified', () => {
     const victim = await provision(ownToken, 'gl/4821/3012');
     const intruderToken = await access({ project_path: 'acme-group/billing' });
     const record = (buildId: string) =>
-      buildCompletedEvent('acme', { lease_id: victim.id, build_id: buildId, platform: 'linux/amd64', status: 'success', duration_ms: 1000, total_steps: 5, cached_steps: 5, actor: 'mallory' }, { source: '/buildcloud/gitlab' });
+      buildCompletedEvent(
+        'acme',
+        {
+          lease_id: victim.id,
+          build_id: buildId,
+          platform: 'linux/amd64',
+          status: 'success',
+          duration_ms: 1000,
+          total_steps: 5,
+          cached_steps: 5,
+          actor: 'mallory'
+        },
+        { source: '/buildcloud/gitlab' }
+      );
     const post = async (token: string, ev: object) => {
-      const r = await fetch(`${server.info.http}/v1/events`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/cloudevents-batch+json' }, body: JSON.stringify([ev]) });
+      const r = await fetch(`${server.info.http}/v1/events`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/cloudevents-batch+json' },
+        body: JSON.stringify([ev])
+      });
       expect(r.status).toBe(200);
       return (await r.json()) as { accepted: number; deferred: number; results: Array<{ status: string; reason?: string }> };
     };
@@ -242,7 +268,10 @@ describe('identity that chooses scope is verified', () => {
     };
     const features = mint('--project', 'acme-group/widget-api', '--branches', '*');
     const outside = await denied(features, { project: 'acme-group/billing', branch: 'feature-x' });
-    expect([outside.code, outside.details]).toEqual([grpc.status.PERMISSION_DENIED, "identity.project 'acme-group/billing' is outside this token's projects (acme-group/widget-api)."]);
+    expect([outside.code, outside.details]).toEqual([
+      grpc.status.PERMISSION_DENIED,
+      "identity.project 'acme-group/billing' is outside this token's projects (acme-group/widget-api)."
+    ]);
     // A trailing or leading slash names the same project: an exclusion holds against it.
     const notSecret = mint('--project', 'acme-group/*,!acme-group/secret', '--branches', '*');
     for (const project of ['acme-group/secret', 'acme-group/secret/', '/acme-group/Secret']) {
@@ -283,8 +312,15 @@ describe('identity that chooses scope is verified', () => {
     expect(again.cache?.exportRef).toMatch(/cache:release-2-[0-9a-f]{12}$/);
   });
 
-  test('a token that names no project (none of the three CIs\' claims) is refused at exchange, saying so', async () => {
-    const bare = { iss: issuer.issuer, aud: 'buildcloud', sub: 'x', namespace_path: 'acme-group', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 300 };
+  test("a token that names no project (none of the three CIs' claims) is refused at exchange, saying so", async () => {
+    const bare = {
+      iss: issuer.issuer,
+      aud: 'buildcloud',
+      sub: 'x',
+      namespace_path: 'acme-group',
+      iat: Math.floor(Date.now() / 1000),
+      exp: Math.floor(Date.now() / 1000) + 300
+    };
     const res = (await exchange(await issuer.sign(bare))) as ControlPlaneError;
     expect(res.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(res.details).toMatch(/This GitLab OIDC token names no project \(claim project_path\)/);

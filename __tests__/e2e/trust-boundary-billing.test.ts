@@ -65,7 +65,11 @@ describe('records are per org', () => {
     const acme = org('acme', 60);
     const beta = org('beta', 60);
     const a = await acme.provision({ pipelineKey: 'acme/1/1', jobId: 'build' });
-    const b = await beta.provision({ pipelineKey: 'beta/1/1', jobId: 'build', identity: { provider: 'local', project: 'beta/app', branch: 'main', defaultBranch: 'main' } });
+    const b = await beta.provision({
+      pipelineKey: 'beta/1/1',
+      jobId: 'build',
+      identity: { provider: 'local', project: 'beta/app', branch: 'main', defaultBranch: 'main' }
+    });
     const data = { build_id: '1', platform: 'linux/amd64', status: 'success' as const, duration_ms: 1000, total_steps: 2, cached_steps: 1 };
     // The client's id: lease id + build id, both printed in CI logs.
     const real = buildCompletedEvent('acme', { ...data, lease_id: a.id });
@@ -79,7 +83,9 @@ describe('records are per org', () => {
     expect((await post(tokens.acme, [real])).results).toEqual([{ index: 0, id: real.id, status: 'accepted' }]);
     expect((await post(tokens.acme, [real])).results).toEqual([{ index: 0, id: real.id, status: 'duplicate' }]);
     // And beta's squat did not land in acme's analytics.
-    const report = (await (await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${tokens.acme}` } })).json()) as { builds: { count: number } };
+    const report = (await (await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${tokens.acme}` } })).json()) as {
+      builds: { count: number };
+    };
     expect(report.builds.count).toBe(1);
     await acme.release(a.id);
     await beta.release(b.id);

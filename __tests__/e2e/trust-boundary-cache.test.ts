@@ -29,7 +29,12 @@ async function lease(project: string, branch: string, pipelineKey: string, jobId
 }
 
 // Raw registry API call through the proxy with the lease's own registry credentials.
-async function registry(l: LeaseMsg, method: string, repoPath: string, init: { body?: string; contentType?: string } = {}): Promise<{ status: number; body: string; digest: string }> {
+async function registry(
+  l: LeaseMsg,
+  method: string,
+  repoPath: string,
+  init: { body?: string; contentType?: string } = {}
+): Promise<{ status: number; body: string; digest: string }> {
   const r = l.cache!.registry!;
   const headers: Record<string, string> = {
     authorization: `Basic ${Buffer.from(`${r.username}:${r.password}`).toString('base64')}`,
@@ -74,7 +79,7 @@ describe('what a lease may write and read in the org cache', () => {
   let mainRef = '';
   let mainDigest = '';
 
-  test('control: the default branch\'s lease pushes its own export ref (cache:main) with docker push', async () => {
+  test("control: the default branch's lease pushes its own export ref (cache:main) with docker push", async () => {
     const l = await lease('acme/app', 'main', 'app/run-main/1');
     mainRef = l.cache!.exportRef;
     expect(mainRef).toBe(`${server.info.registry}/acme/acme/app/cache:main`);
@@ -111,7 +116,10 @@ describe('what a lease may write and read in the org cache', () => {
     expect(manifest.status).toBe(200);
     const put = await registry(l, 'PUT', `${repo}/manifests/main`, { body: manifest.body, contentType: MANIFEST_V2 });
     expect(put.status).toBe(403);
-    expect(JSON.parse(put.body).errors[0]).toEqual({ code: 'DENIED', message: `PUT ${repo}/manifests/main is denied: this lease may write only "${own}" (its export ref)` });
+    expect(JSON.parse(put.body).errors[0]).toEqual({
+      code: 'DENIED',
+      message: `PUT ${repo}/manifests/main is denied: this lease may write only "${own}" (its export ref)`
+    });
     // Control in raw HTTP: the same manifest onto its own tag is accepted.
     expect((await registry(l, 'PUT', `${repo}/manifests/${tag}`, { body: manifest.body, contentType: MANIFEST_V2 })).status).toBe(201);
     // Nor may it delete the default branch's manifest by digest (same repository).
@@ -121,7 +129,7 @@ describe('what a lease may write and read in the org cache', () => {
     expect((await registry(l, 'HEAD', `${repo}/manifests/main`)).digest).toBe(mainDigest);
   });
 
-  test('a lease of acme/app cannot push to, or read, acme/other-project\'s cache; other-project\'s own lease can', async () => {
+  test("a lease of acme/app cannot push to, or read, acme/other-project's cache; other-project's own lease can", async () => {
     const other = await lease('acme/other-project', 'main', 'other/run/1');
     const otherRef = other.cache!.exportRef;
     expect(otherRef).toBe(`${server.info.registry}/acme/acme/other-project/cache:main`);
@@ -148,7 +156,7 @@ describe('what a lease may write and read in the org cache', () => {
     expect(ok.status).toBe(0);
   });
 
-  test('a fork\'s lease pushes nothing, not even its own branch\'s tag', async () => {
+  test("a fork's lease pushes nothing, not even its own branch's tag", async () => {
     const l = await acme.provision({ pipelineKey: 'app/run-fork/1', jobId: 'build', identity: { ...identity('acme/app', 'patch-1'), fork: true } });
     leases.push(l);
     expect(l.cache!.exportRef).toBe('');

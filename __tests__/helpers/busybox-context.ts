@@ -52,18 +52,7 @@ export async function makeBusyboxContext(dir: string, dockerfileBody: string): P
     }
     await fs.writeFile(path.join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
     await fs.writeFile(path.join(root, 'etc', 'group'), 'root:x:0:\nnogroup:x:65534:\n');
-    await run('tar', [
-      '--sort=name',
-      '--mtime=@0',
-      '--owner=0',
-      '--group=0',
-      '--numeric-owner',
-      '-C',
-      root,
-      '-cf',
-      path.join(dir, 'rootfs.tar'),
-      '.',
-    ]);
+    await run('tar', ['--sort=name', '--mtime=@0', '--owner=0', '--group=0', '--numeric-owner', '-C', root, '-cf', path.join(dir, 'rootfs.tar'), '.']);
   } finally {
     await fs.rm(stage, { recursive: true, force: true });
   }

@@ -62,7 +62,10 @@ export class MemoryStore implements Store {
     return true;
   }
   async listTokens(org: string): Promise<TokenRow[]> {
-    return [...this.tokens.values()].filter((t) => t.org === org).sort((a, b) => a.createdAt - b.createdAt).map(copy);
+    return [...this.tokens.values()]
+      .filter((t) => t.org === org)
+      .sort((a, b) => a.createdAt - b.createdAt)
+      .map(copy);
   }
 
   async addBucket(org: string, seconds: number, note: string, now: number): Promise<BucketRow> {
@@ -101,7 +104,14 @@ export class MemoryStore implements Store {
     if (maxLeases !== null && active >= maxLeases) return { ok: false, limit: 'max_leases', maxLeases, activeLeases: active };
     const grant = initialReservation(unreserved, policy.minSeconds, policy.chunkSeconds);
     if (grant === null) {
-      return { ok: false, limit: 'balance', unreservedSeconds: unreserved, boughtSeconds: book.boughtSeconds, usedSeconds: book.billedSeconds, reservedSeconds: book.reservedSeconds };
+      return {
+        ok: false,
+        limit: 'balance',
+        unreservedSeconds: unreserved,
+        boughtSeconds: book.boughtSeconds,
+        usedSeconds: book.billedSeconds,
+        reservedSeconds: book.reservedSeconds
+      };
     }
     if (this.leases.has(row.id)) throw new StoreConflict(`lease "${row.id}" already exists`);
     this.leases.set(row.id, copy({ ...row, reservedSeconds: grant }));

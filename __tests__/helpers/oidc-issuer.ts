@@ -69,7 +69,10 @@ export class LocalIssuer {
         res.writeHead(401).end();
         return;
       }
-      const value = await this.sign({ ...this.githubClaims, aud: url.searchParams.get('audience') ?? 'https://github.com/acme' }, this.githubSignWith ?? this.key);
+      const value = await this.sign(
+        { ...this.githubClaims, aud: url.searchParams.get('audience') ?? 'https://github.com/acme' },
+        this.githubSignWith ?? this.key
+      );
       this.issued.push(value);
       json({ value });
     } else {

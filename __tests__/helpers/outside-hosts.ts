@@ -17,7 +17,7 @@ export interface OutsideHost {
 function run(file: string, args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(file, args, { maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
-      resolve({ code: err ? Number((err as NodeJS.ErrnoException & { code?: number }).code) || 1 : 0, stdout: String(stdout), stderr: String(stderr) }),
+      resolve({ code: err ? Number((err as NodeJS.ErrnoException & { code?: number }).code) || 1 : 0, stdout: String(stdout), stderr: String(stderr) })
     );
   });
 }

@@ -23,15 +23,32 @@ export async function startRunnerEngine(): Promise<RunnerEngine> {
   fs.writeFileSync(path.join(dir, 'daemon.json'), '{}');
   const sock = path.join(dir, 'docker.sock');
   const log = fs.openSync(path.join(dir, 'dockerd.log'), 'a');
-  const args = ['--config-file', path.join(dir, 'daemon.json'), '--data-root', path.join(dir, 'root'), '--exec-root', path.join(dir, 'exec'),
-    '--pidfile', path.join(dir, 'docker.pid'), '-H', `unix://${sock}`, '--bridge=none', '--iptables=false', '--ip-masq=false'];
+  const args = [
+    '--config-file',
+    path.join(dir, 'daemon.json'),
+    '--data-root',
+    path.join(dir, 'root'),
+    '--exec-root',
+    path.join(dir, 'exec'),
+    '--pidfile',
+    path.join(dir, 'docker.pid'),
+    '-H',
+    `unix://${sock}`,
+    '--bridge=none',
+    '--iptables=false',
+    '--ip-masq=false'
+  ];
   const proc = spawn('/usr/sbin/dockerd', args, { stdio: ['ignore', log, log], env: { PATH: process.env.PATH } });
   fs.closeSync(log);
   const host = `unix://${sock}`;
-  await waitFor('the runner engine', async () => {
-    if (proc.exitCode !== null) throw new Error(`dockerd exited ${proc.exitCode}: ${fs.readFileSync(path.join(dir, 'dockerd.log'), 'utf8').slice(-2000)}`);
-    return runnerDocker(['version', '--format', '{{.Server.Version}}'], host).status === 0;
-  }, 30_000);
+  await waitFor(
+    'the runner engine',
+    async () => {
+      if (proc.exitCode !== null) throw new Error(`dockerd exited ${proc.exitCode}: ${fs.readFileSync(path.join(dir, 'dockerd.log'), 'utf8').slice(-2000)}`);
+      return runnerDocker(['version', '--format', '{{.Server.Version}}'], host).status === 0;
+    },
+    30_000
+  );
   return { proc, dir, host };
 }
 

@@ -72,7 +72,10 @@ export function adminSetup(stateDir: string, org: string, minutes: number): stri
 
 export class TestClient {
   private readonly bc: ServiceClient;
-  constructor(address: string, private readonly token: string) {
+  constructor(
+    address: string,
+    private readonly token: string
+  ) {
     const { BuildCloud } = services();
     this.bc = new BuildCloud(address, grpc.credentials.createInsecure());
   }
@@ -84,7 +87,11 @@ export class TestClient {
     );
   }
   provision(req: { org?: string; pipelineKey: string; jobId: string; platforms?: string[]; scope?: string; identity?: object }): Promise<LeaseMsg> {
-    return this.call('Provision', { platforms: [], identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' }, ...req });
+    return this.call('Provision', {
+      platforms: [],
+      identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' },
+      ...req
+    });
   }
   release(leaseId: string): Promise<LeaseMsg> {
     return this.call('Release', { leaseId });

@@ -45,7 +45,10 @@ async function failure(p: Promise<unknown>): Promise<ControlPlaneError> {
 
 describe('metadata', () => {
   test('BuildCloud calls carry the token as `authorization: Bearer <token>`', async () => {
-    plane.on('Provision', (req) => leaseFor(req)).on('Get', (req) => ({ ...leaseFor(REQ), id: req.leaseId })).on('Release', (req) => ({ ...leaseFor(REQ), id: req.leaseId, state: 'LEASE_STATE_RELEASED' }));
+    plane
+      .on('Provision', (req) => leaseFor(req))
+      .on('Get', (req) => ({ ...leaseFor(REQ), id: req.leaseId }))
+      .on('Release', (req) => ({ ...leaseFor(REQ), id: req.leaseId, state: 'LEASE_STATE_RELEASED' }));
     const c = client();
     const lease = await c.provision(REQ);
     expect(lease.id).toBe('lease-0001');
@@ -171,7 +174,7 @@ describe('rate limits: RESOURCE_EXHAUSTED with `retry-after` is retried after th
     return { ...rpcError(grpc.status.RESOURCE_EXHAUSTED, `Rate limit exceeded: ... retry after ${seconds} s.`), metadata };
   };
 
-  test('a rate limit is waited out (the server\'s delay plus at most 10% jitter), then the call succeeds', async () => {
+  test("a rate limit is waited out (the server's delay plus at most 10% jitter), then the call succeeds", async () => {
     plane.on('Provision', (req, n) => {
       if (n === 1) throw rateLimited('2');
       return leaseFor(req);
@@ -235,7 +238,7 @@ describe('rate limits: RESOURCE_EXHAUSTED with `retry-after` is retried after th
   });
 });
 
-describe('permanent failures are reported at once with the server\'s message', () => {
+describe("permanent failures are reported at once with the server's message", () => {
   test.each([
     ['UNAUTHENTICATED', grpc.status.UNAUTHENTICATED, 'invalid or expired token'],
     ['RESOURCE_EXHAUSTED', grpc.status.RESOURCE_EXHAUSTED, 'no build minutes left'],

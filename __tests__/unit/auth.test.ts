@@ -26,7 +26,15 @@ let store: MemoryStore;
 let auth: Authenticator;
 let trust: TrustRow; // the rule access tokens in these tests were "exchanged" under
 // What the OIDC token of those exchanges proved: the access token's scope.
-const verified: VerifiedIdentity = { provider: 'github', project: 'acme/widget', branch: 'main', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '' };
+const verified: VerifiedIdentity = {
+  provider: 'github',
+  project: 'acme/widget',
+  branch: 'main',
+  changeRequest: false,
+  refProtected: null,
+  readOnly: false,
+  readOnlyReason: ''
+};
 
 const mode = async (p: string) => (await fs.stat(p)).mode & 0o777;
 
@@ -36,7 +44,14 @@ beforeEach(async () => {
   adminToken = await loadOrCreateAdminToken(path.join(dir, 'state'));
   store = new MemoryStore();
   await store.createOrg('acme', NOW);
-  trust = await store.addTrust({ org: 'acme', issuer: 'https://issuer.example', audience: 'buildcloud', claim: 'repository_owner', value: 'acme', createdAt: NOW });
+  trust = await store.addTrust({
+    org: 'acme',
+    issuer: 'https://issuer.example',
+    audience: 'buildcloud',
+    claim: 'repository_owner',
+    value: 'acme',
+    createdAt: NOW
+  });
   auth = new Authenticator(store, key, adminToken, () => NOW);
 });
 afterEach(async () => {
@@ -205,7 +220,14 @@ describe('access tokens', () => {
 
   it('is refused when the rule belongs to another org, or when the token names no rule at all', async () => {
     await store.createOrg('beta', NOW);
-    const betaRule = await store.addTrust({ org: 'beta', issuer: 'https://issuer.example', audience: 'buildcloud', claim: 'repository_owner', value: 'beta', createdAt: NOW });
+    const betaRule = await store.addTrust({
+      org: 'beta',
+      issuer: 'https://issuer.example',
+      audience: 'buildcloud',
+      claim: 'repository_owner',
+      value: 'beta',
+      createdAt: NOW
+    });
     await expect(issueAccessToken(key, { org: 'acme', subject: 's', ttlSeconds: 60, trust: betaRule, nowMs: NOW, verified })).rejects.toThrow(/trust rule/);
     const sign = (claims: Record<string, unknown>) =>
       new SignJWT(claims)

@@ -1,12 +1,4 @@
-import {
-  balance,
-  billableSeconds,
-  canProvision,
-  leaseDeadline,
-  reapDecision,
-  summarizeBuilds,
-  BuildFacts
-} from '../../src/server/billing';
+import { balance, billableSeconds, canProvision, leaseDeadline, reapDecision, summarizeBuilds, BuildFacts } from '../../src/server/billing';
 
 describe('billableSeconds', () => {
   test.each([

@@ -15,7 +15,7 @@ jest.mock('../../src/server/server', () => ({
   startServer: async (config: ServerConfig) => {
     started.push(config);
     throw new Error('not starting in a unit test');
-  },
+  }
 }));
 import { registerServe } from '../../src/cli/serve';
 
@@ -36,7 +36,7 @@ const DROPS = BLOCKED_IPV4_RANGES.map((r) => `${FWD} -i bc0123456789 -d ${r} -j 
 const HEAD = [
   'iptables -t nat -A BUILDCLOUD-POSTROUTING -s 10.213.7.0/24 ! -o bc0123456789 -j MASQUERADE',
   `${FWD} -i bc0123456789 -o bc0123456789 -j ACCEPT`,
-  `${FWD} -i bc0123456789 -o bc+ -j DROP`,
+  `${FWD} -i bc0123456789 -o bc+ -j DROP`
 ];
 const TAIL = [
   `${FWD} -i bc0123456789 -j ACCEPT`,
@@ -45,7 +45,7 @@ const TAIL = [
   'iptables -t filter -A BUILDCLOUD-INPUT -i bc0123456789 -j DROP',
   'ip6tables -t filter -A BUILDCLOUD-INPUT -i bc0123456789 -j DROP',
   'ip6tables -t filter -A BUILDCLOUD-FORWARD -i bc0123456789 -j DROP',
-  'ip6tables -t filter -A BUILDCLOUD-FORWARD -o bc0123456789 -j DROP',
+  'ip6tables -t filter -A BUILDCLOUD-FORWARD -o bc0123456789 -j DROP'
 ];
 const dns = (ns: string) => ['udp', 'tcp'].map((p) => `${FWD} -i bc0123456789 -d ${ns}/32 -p ${p} -m ${p} --dport 53 -j ACCEPT`);
 
@@ -55,18 +55,18 @@ describe('natRules', () => {
     [
       'allowed ranges, in the order given, after the other-builders drop and before the range drops',
       { allow: ['10.199.3.0/24', '192.168.50.0/23'], nameservers: [] },
-      [...HEAD, `${FWD} -i bc0123456789 -d 10.199.3.0/24 -j ACCEPT`, `${FWD} -i bc0123456789 -d 192.168.50.0/23 -j ACCEPT`, ...DROPS, ...TAIL],
+      [...HEAD, `${FWD} -i bc0123456789 -d 10.199.3.0/24 -j ACCEPT`, `${FWD} -i bc0123456789 -d 192.168.50.0/23 -j ACCEPT`, ...DROPS, ...TAIL]
     ],
     [
       'port 53 of private and link-local resolvers (cloud VPC, GCP metadata), not of public or loopback ones',
       { allow: [], nameservers: ['10.0.0.2', '8.8.8.8', '127.0.0.53', '169.254.169.254'] },
-      [...HEAD, ...dns('10.0.0.2'), ...dns('169.254.169.254'), ...DROPS, ...TAIL],
+      [...HEAD, ...dns('10.0.0.2'), ...dns('169.254.169.254'), ...DROPS, ...TAIL]
     ],
     [
       'allowed ranges before the DNS exceptions',
       { allow: ['100.64.0.0/10'], nameservers: ['100.100.100.100'] },
-      [...HEAD, `${FWD} -i bc0123456789 -d 100.64.0.0/10 -j ACCEPT`, ...dns('100.100.100.100'), ...DROPS, ...TAIL],
-    ],
+      [...HEAD, `${FWD} -i bc0123456789 -d 100.64.0.0/10 -j ACCEPT`, ...dns('100.100.100.100'), ...DROPS, ...TAIL]
+    ]
   ])('%s', (_name, policy, expected) => {
     expect(natRules(lease, policy).map(show)).toEqual(expected);
   });
@@ -87,7 +87,7 @@ describe('natRules', () => {
       `${OUT} -m addrtype --dst-type LOCAL -j REJECT`,
       ...BLOCKED_IPV4_RANGES.map((r) => `${OUT} -d ${r} -j REJECT`),
       `${OUT6} -m addrtype --dst-type LOCAL -j REJECT`,
-      ...['fe80::/10', 'fc00::/7', 'ff00::/8', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48'].map((r) => `${OUT6} -d ${r} -j REJECT`),
+      ...['fe80::/10', 'fc00::/7', 'ff00::/8', '::ffff:0:0/96', '64:ff9b::/96', '64:ff9b:1::/48'].map((r) => `${OUT6} -d ${r} -j REJECT`)
     ]);
   });
 
@@ -103,7 +103,7 @@ describe('natRules', () => {
       '192.168.0.0/16',
       '198.18.0.0/15',
       '224.0.0.0/4',
-      '240.0.0.0/4',
+      '240.0.0.0/4'
     ]);
   });
 
@@ -124,15 +124,19 @@ describe('natRules', () => {
 
 describe('resolvers', () => {
   test('IPv4 nameserver lines only, first occurrence kept', () => {
-    const text = '# generated\nsearch example.internal\nnameserver 10.0.0.2\nnameserver fd00::53\n;nameserver 9.9.9.9\n  nameserver 8.8.8.8 \nnameserver 10.0.0.2\noptions ndots:1\n';
+    const text =
+      '# generated\nsearch example.internal\nnameserver 10.0.0.2\nnameserver fd00::53\n;nameserver 9.9.9.9\n  nameserver 8.8.8.8 \nnameserver 10.0.0.2\noptions ndots:1\n';
     expect(parseNameservers(text)).toEqual(['10.0.0.2', '8.8.8.8']);
   });
 
   test.each<[string[], string[]]>([
     [['8.8.8.8', '1.1.1.1'], []],
     [['10.0.0.2'], ['10.0.0.2']],
-    [['172.31.0.2', '192.168.1.1', '100.100.100.100', '169.254.169.253'], ['172.31.0.2', '192.168.1.1', '100.100.100.100', '169.254.169.253']],
-    [['127.0.0.53', '127.0.0.11'], []], // Docker replaces loopback resolvers: nothing to open
+    [
+      ['172.31.0.2', '192.168.1.1', '100.100.100.100', '169.254.169.253'],
+      ['172.31.0.2', '192.168.1.1', '100.100.100.100', '169.254.169.253']
+    ],
+    [['127.0.0.53', '127.0.0.11'], []] // Docker replaces loopback resolvers: nothing to open
   ])('DNS exceptions for %j: %j', (nameservers, expected) => {
     expect(dnsExceptions(nameservers)).toEqual(expected);
   });
@@ -161,14 +165,14 @@ describe('--builder-egress-allow', () => {
     ['10.0.0.256/24', null],
     ['fd00::/8', null],
     ['10.0.0.0/8 ', '10.0.0.0/8'],
-    ['', null],
+    ['', null]
   ])('%j → %j', (value, expected) => {
     expect(normalizeIpv4Cidr(value)).toBe(expected);
   });
 
   test('errors name the flag and the expected form; duplicates collapse', () => {
     expect(() => parseEgressAllow(['10.0.0.0/8', '10.0.0.0/33'])).toThrow(
-      new ConfigError("Invalid --builder-egress-allow '10.0.0.0/33'. Expected an IPv4 CIDR such as 10.20.0.0/16."),
+      new ConfigError("Invalid --builder-egress-allow '10.0.0.0/33'. Expected an IPv4 CIDR such as 10.20.0.0/16.")
     );
     expect(parseEgressAllow(['10.0.0.0/8', '10.1.2.3/8', '192.168.0.0/16'])).toEqual(['10.0.0.0/8', '192.168.0.0/16']);
   });
@@ -182,7 +186,7 @@ describe('--builder-egress-allow', () => {
     registerServe(program);
     return program.parseAsync(['node', 'buildcloud', 'serve', '--state-dir', os.tmpdir(), ...args]).then(
       () => null,
-      (err: Error) => err,
+      (err: Error) => err
     );
   }
 
@@ -201,10 +205,14 @@ describe('--builder-egress-allow', () => {
 
 describe('cgroup2Mount', () => {
   test.each([
-    ['hybrid (cgroup v1 controllers, v2 at unified)', '35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory', '/sys/fs/cgroup/unified'],
+    [
+      'hybrid (cgroup v1 controllers, v2 at unified)',
+      '35 24 0:30 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate\n36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory',
+      '/sys/fs/cgroup/unified'
+    ],
     ['unified', '29 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot', '/sys/fs/cgroup'],
     ['v1 only', '36 24 0:31 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory', null],
-    ['a bind mount of a sub-cgroup is not the root', '40 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw', null],
+    ['a bind mount of a sub-cgroup is not the root', '40 24 0:26 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw', null]
   ])('%s', (_name, mountinfo, expected) => {
     expect(cgroup2Mount(mountinfo)).toBe(expected);
   });

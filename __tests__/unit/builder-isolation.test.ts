@@ -7,7 +7,7 @@ describe('parseBuilderIsolation', () => {
     ['userns', 'userns'],
     ['none', 'none'],
     ['auto', 'auto'],
-    [' userns ', 'userns'],
+    [' userns ', 'userns']
   ])('%j -> %s', (value, expected) => {
     expect(parseBuilderIsolation(value)).toBe(expected);
   });
@@ -31,7 +31,7 @@ describe('daemonConfig', () => {
   const entitlements = { 'network-host': false, 'security-insecure': false };
   test.each([
     ['userns', { features: { buildkit: true }, builder: { entitlements }, 'userns-remap': 'default' }],
-    ['none', { features: { buildkit: true }, builder: { entitlements } }],
+    ['none', { features: { buildkit: true }, builder: { entitlements } }]
   ] as const)('%s', (mode, expected) => {
     expect(daemonConfig(mode)).toEqual(expected);
   });
@@ -42,7 +42,7 @@ describe('resolveIsolation', () => {
     ['Docker version 20.10.24+dfsg1, build 5d6db84', { major: 20, minor: 10 }],
     ['Docker version 26.1.3, build b72abbb', { major: 26, minor: 1 }],
     ['dockerd: command not found', null],
-    ['', null],
+    ['', null]
   ])('parseDockerdVersion(%j)', (out, expected) => {
     expect(parseDockerdVersion(out)).toEqual(expected);
   });
@@ -56,7 +56,7 @@ describe('resolveIsolation', () => {
     ['auto', 'garbage', 'none', /unknown version/],
     // An explicit choice is kept whatever the engine.
     ['userns', 'Docker version 20.10.24+dfsg1, build 5d6db84', 'userns', /--builder-isolation userns/],
-    ['none', 'Docker version 27.3.1, build 41ca978', 'none', /--builder-isolation none/],
+    ['none', 'Docker version 27.3.1, build 41ca978', 'none', /--builder-isolation none/]
   ] as const)('%s with %j runs %s', (setting, version, mode, reason) => {
     const r = resolveIsolation(setting, version);
     expect(r.mode).toBe(mode);

@@ -13,28 +13,55 @@ describe('cacheRefs', () => {
   test.each<[string, Partial<CacheRefInput>, string[], string]>([
     // GitHub: GITHUB_REPOSITORY_OWNER / repo name / GITHUB_REF_NAME / default_branch
     ['GitHub push to the default branch', {}, [`${HOST}/acme/widget/cache:main`], `${HOST}/acme/widget/cache:main`],
-    ['GitHub feature branch', { branch: 'feature/login' },
-      [`${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`, `${HOST}/acme/widget/cache:main`], `${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`],
-    ['GitHub uppercase owner and repo', { org: 'Acme', project: 'Widget.API', branch: 'Release/2.0' },
-      [`${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`, `${HOST}/acme/widget.api/cache:main`], `${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`],
-    ['GitHub pull request from a fork imports only', { branch: 'patch-1', fork: true },
-      [`${HOST}/acme/widget/cache:patch-1`, `${HOST}/acme/widget/cache:main`], ''],
+    [
+      'GitHub feature branch',
+      { branch: 'feature/login' },
+      [`${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`, `${HOST}/acme/widget/cache:main`],
+      `${HOST}/acme/widget/cache:feature-login-df7c7aeb3560`
+    ],
+    [
+      'GitHub uppercase owner and repo',
+      { org: 'Acme', project: 'Widget.API', branch: 'Release/2.0' },
+      [`${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`, `${HOST}/acme/widget.api/cache:main`],
+      `${HOST}/acme/widget.api/cache:Release-2.0-5f7627c6da5f`
+    ],
+    [
+      'GitHub pull request from a fork imports only',
+      { branch: 'patch-1', fork: true },
+      [`${HOST}/acme/widget/cache:patch-1`, `${HOST}/acme/widget/cache:main`],
+      ''
+    ],
     ['GitHub fork PR whose branch is also "main"', { branch: 'main', fork: true }, [`${HOST}/acme/widget/cache:main`], ''],
     ['GitHub tag build (no branch) imports the default branch only', { branch: '' }, [`${HOST}/acme/widget/cache:main`], ''],
     // GitLab: CI_PROJECT_ROOT_NAMESPACE / the rest of CI_PROJECT_PATH / CI_COMMIT_REF_NAME / CI_DEFAULT_BRANCH
-    ['GitLab nested namespace', { org: 'acme', project: 'platform/tools/widget-api', branch: 'develop', defaultBranch: 'master' },
+    [
+      'GitLab nested namespace',
+      { org: 'acme', project: 'platform/tools/widget-api', branch: 'develop', defaultBranch: 'master' },
       [`${HOST}/acme/platform/tools/widget-api/cache:develop`, `${HOST}/acme/platform/tools/widget-api/cache:master`],
-      `${HOST}/acme/platform/tools/widget-api/cache:develop`],
+      `${HOST}/acme/platform/tools/widget-api/cache:develop`
+    ],
     // Not merged into platform/tools/widget-api: odd segments keep a hash of themselves.
-    ['GitLab nested namespace with odd characters', { org: 'ACME', project: 'Platform/Tools_/widget--api', branch: 'main' },
-      [`${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`], `${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`],
-    ['GitLab merge request branch with slashes', { project: 'grp/sub/app', branch: 'user/jane/fix#12' },
-      [`${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`, `${HOST}/acme/grp/sub/app/cache:main`], `${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`],
+    [
+      'GitLab nested namespace with odd characters',
+      { org: 'ACME', project: 'Platform/Tools_/widget--api', branch: 'main' },
+      [`${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`],
+      `${HOST}/acme/platform/tools-${h('Tools_')}/widget-api-${h('widget--api')}/cache:main`
+    ],
+    [
+      'GitLab merge request branch with slashes',
+      { project: 'grp/sub/app', branch: 'user/jane/fix#12' },
+      [`${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`, `${HOST}/acme/grp/sub/app/cache:main`],
+      `${HOST}/acme/grp/sub/app/cache:user-jane-fix-12-24c80fc614c9`
+    ],
     // CircleCI: CIRCLE_PROJECT_USERNAME / CIRCLE_PROJECT_REPONAME / CIRCLE_BRANCH; no default branch variable
-    ['CircleCI without a default branch', { registryHost: 'registry.example.com', org: 'acme-corp', project: 'api_server', branch: 'feature/x', defaultBranch: '' },
-      [`registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`], `registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`],
+    [
+      'CircleCI without a default branch',
+      { registryHost: 'registry.example.com', org: 'acme-corp', project: 'api_server', branch: 'feature/x', defaultBranch: '' },
+      [`registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`],
+      `registry.example.com/acme-corp/api_server/cache:feature-x-217d2bf51f16`
+    ],
     // Registry hosts
-    ['IPv6 loopback host', { registryHost: '[::1]:5000' }, ['[::1]:5000/acme/widget/cache:main'], '[::1]:5000/acme/widget/cache:main'],
+    ['IPv6 loopback host', { registryHost: '[::1]:5000' }, ['[::1]:5000/acme/widget/cache:main'], '[::1]:5000/acme/widget/cache:main']
   ])('%s', (_name, over, importRefs, exportRef) => {
     expect(cacheRefs({ ...base, ...over })).toEqual({ importRefs, exportRef });
   });
@@ -56,7 +83,7 @@ describe('cacheRefs', () => {
     ['registry host with a path', { registryHost: 'reg:5000/x' }, /^registryHost .* is invalid/],
     ['empty registry host', { registryHost: '' }, /^registryHost "" is invalid/],
     ['no branch at all', { branch: '', defaultBranch: '' }, /^branch and defaultBranch are both empty/],
-    ['project too long for a repository name', { project: 'p'.repeat(250) }, /^project "p+" is too long/],
+    ['project too long for a repository name', { project: 'p'.repeat(250) }, /^project "p+" is too long/]
   ])('rejects %s', (_name, over, message) => {
     expect(() => cacheRefs({ ...base, ...over })).toThrow(message);
   });
@@ -65,10 +92,20 @@ describe('cacheRefs', () => {
 describe('registryScope', () => {
   test.each<[string, Partial<CacheRefInput>, string[], { repository: string; tag: string; ref: string } | null]>([
     ['default branch', {}, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'main', ref: `${HOST}/acme/widget/cache:main` }],
-    ['feature branch: writes its tag only, reads its project', { branch: 'feature-x' }, ['acme/widget/cache'], { repository: 'acme/widget/cache', tag: 'feature-x', ref: `${HOST}/acme/widget/cache:feature-x` }],
+    [
+      'feature branch: writes its tag only, reads its project',
+      { branch: 'feature-x' },
+      ['acme/widget/cache'],
+      { repository: 'acme/widget/cache', tag: 'feature-x', ref: `${HOST}/acme/widget/cache:feature-x` }
+    ],
     ['fork: reads, writes nothing', { branch: 'patch-1', fork: true }, ['acme/widget/cache'], null],
     ['tag build: reads the default branch, writes nothing', { branch: '' }, ['acme/widget/cache'], null],
-    ['IPv6 host with a port', { registryHost: '[::1]:5000', project: 'a/b' }, ['acme/a/b/cache'], { repository: 'acme/a/b/cache', tag: 'main', ref: '[::1]:5000/acme/a/b/cache:main' }],
+    [
+      'IPv6 host with a port',
+      { registryHost: '[::1]:5000', project: 'a/b' },
+      ['acme/a/b/cache'],
+      { repository: 'acme/a/b/cache', tag: 'main', ref: '[::1]:5000/acme/a/b/cache:main' }
+    ]
   ])('%s', (_n, over, pull, push) => {
     const input = { ...base, ...over };
     expect(registryScope(cacheRefs(input), input.registryHost)).toEqual({ pull, push });
@@ -93,7 +130,7 @@ describe('tagFor', () => {
     ['main@', 'main-cef55ccefe34'],
     ['main+', 'main-972c576fb7b3'],
     ['main-0123456789ab', 'main-0123456789ab-49f5241a73fd'], // looks hashed: hashed again, so no branch can claim a hashed tag
-    ['main-123', 'main-123'],
+    ['main-123', 'main-123']
   ])('%j → %j', (branch, tag) => {
     expect(tagFor(branch)).toBe(tag);
     expect(tag).toMatch(TAG_RE);
@@ -155,7 +192,7 @@ describe('repoComponent', () => {
     ['a__b--c..d', `a_b-c.d-${h('a__b--c..d')}`],
     ['-x-', `x-${h('-x-')}`],
     // A valid segment that ends like a hashed one is hashed too, so no name can take another's hashed path.
-    [`app-${h('_app')}`, `app-${h('_app')}-${h(`app-${h('_app')}`)}`],
+    [`app-${h('_app')}`, `app-${h('_app')}-${h(`app-${h('_app')}`)}`]
   ])('%j → %j', (input, out) => {
     expect(repoComponent(input, 'project')).toBe(out);
     expect(out).toMatch(REPO_RE);
@@ -163,7 +200,13 @@ describe('repoComponent', () => {
 
   test('different project paths never share a repository (case aside)', () => {
     const paths = ['app', '_app', 'app_', '.app', 'my-app', 'my--app', 'my-_app', 'my_app', 'my.app', 'grp/app', 'grp/_app'];
-    const repos = paths.map((p) => { try { return repoComponent(p, 'project'); } catch { return `error:${p}`; } });
+    const repos = paths.map((p) => {
+      try {
+        return repoComponent(p, 'project');
+      } catch {
+        return `error:${p}`;
+      }
+    });
     expect(new Set(repos).size).toBe(paths.length);
     expect(repoComponent('Acme-App', 'project')).toBe(repoComponent('acme-app', 'project'));
   });
@@ -179,7 +222,7 @@ describe('orgRepoPrefix', () => {
     ['acme', 'acme/'],
     ['Acme', 'acme/'],
     ['acme-corp', 'acme-corp/'],
-    ['a.b_c', 'a.b_c/'],
+    ['a.b_c', 'a.b_c/']
   ])('%j → %j', (org, prefix) => {
     expect(orgRepoPrefix(org)).toBe(prefix);
   });

@@ -80,7 +80,7 @@ describe('the fixtures are what the bug report says', () => {
 });
 
 describe('repairInlineCache on real configs', () => {
-  test('pipeline 2 gets pipeline 1\'s results back for exactly the four untouched steps', () => {
+  test("pipeline 2 gets pipeline 1's results back for exactly the four untouched steps", () => {
     const out = repairInlineCache(image(P2), image(P1));
     if (!out.repaired) throw new Error(out.reason);
     expect(out.records.sort()).toEqual([...UNTOUCHED].sort());
@@ -130,19 +130,65 @@ describe('repairInlineCache on real configs', () => {
     ['no previous cache', () => image(P2), () => null, /no previous cache/],
     ['an empty list of previous images', () => image(P2), () => [], /no previous cache/],
     // Pipeline 3 rebuilt everything: its blobs from layer 1 on are not pipeline 1's, so no chain matches.
-    ['other blobs at the twin\'s layers', () => ({ config: P2.config, layers: P3.layers }), () => image(P1), /no record without layers has a twin/],
+    ["other blobs at the twin's layers", () => ({ config: P2.config, layers: P3.layers }), () => image(P1), /no record without layers has a twin/],
     ['the previous image is the one that lost them too', () => image(P2), () => image(P2), /no record without layers has a twin/],
     ['a cold build (nothing lost but source records, which never have layers)', () => image(P1), () => image(P2), /no record without layers has a twin/],
-    ['manifest and config disagree on the number of layers', () => ({ config: P2.config, layers: P2.layers.slice(0, 7) }), () => image(P1), /diff_ids disagree/],
-    ['a previous image whose manifest and config disagree', () => image(P2), () => ({ config: P1.config, layers: P1.layers.slice(0, 7) }), /previous image 0: .*diff_ids disagree/],
-    ['a config without an inline cache', () => ({ config: Buffer.from('{"architecture":"amd64","rootfs":{"diff_ids":[]}}'), layers: [] }), () => image(P1), /no inline cache/],
+    [
+      'manifest and config disagree on the number of layers',
+      () => ({ config: P2.config, layers: P2.layers.slice(0, 7) }),
+      () => image(P1),
+      /diff_ids disagree/
+    ],
+    [
+      'a previous image whose manifest and config disagree',
+      () => image(P2),
+      () => ({ config: P1.config, layers: P1.layers.slice(0, 7) }),
+      /previous image 0: .*diff_ids disagree/
+    ],
+    [
+      'a config without an inline cache',
+      () => ({ config: Buffer.from('{"architecture":"amd64","rootfs":{"diff_ids":[]}}'), layers: [] }),
+      () => image(P1),
+      /no inline cache/
+    ],
     ['a cache value that is not base64', () => ({ config: Buffer.from(`{"${INLINE_CACHE_KEY}":"not base64!"}`), layers: [] }), () => image(P1), /not base64/],
     ['a config that is not JSON', () => ({ config: Buffer.from('{"architecture":'), layers: [] }), () => image(P1), /new config/],
     // The {"layers","records"} object is the registry-cache format, not what BuildKit puts in an image config.
-    ['the CacheConfig object format', () => ({ config: editRecords(P2.config, (rs) => ({ layers: [], records: rs })), layers: P2.layers }), () => image(P1), /not an array of cache records/],
-    ['a link out of range', () => ({ config: editRecords(P2.config, (rs) => { rs[1].inputs = [[{ link: 99 }]]; }), layers: P2.layers }), () => image(P1), /not an array of cache records/],
-    ['records that link in a cycle', () => ({ config: editRecords(P2.config, (rs) => { rs[0].inputs = [[{ link: 1 }]]; rs[1].inputs = [[{ link: 0 }]]; }), layers: P2.layers }), () => image(P1), /cycle/],
-    ['a config over the size limit', () => ({ config: Buffer.concat([P2.config, Buffer.alloc(MAX_CONFIG_BYTES, 32)]), layers: P2.layers }), () => image(P1), /larger than/],
+    [
+      'the CacheConfig object format',
+      () => ({ config: editRecords(P2.config, (rs) => ({ layers: [], records: rs })), layers: P2.layers }),
+      () => image(P1),
+      /not an array of cache records/
+    ],
+    [
+      'a link out of range',
+      () => ({
+        config: editRecords(P2.config, (rs) => {
+          rs[1].inputs = [[{ link: 99 }]];
+        }),
+        layers: P2.layers
+      }),
+      () => image(P1),
+      /not an array of cache records/
+    ],
+    [
+      'records that link in a cycle',
+      () => ({
+        config: editRecords(P2.config, (rs) => {
+          rs[0].inputs = [[{ link: 1 }]];
+          rs[1].inputs = [[{ link: 0 }]];
+        }),
+        layers: P2.layers
+      }),
+      () => image(P1),
+      /cycle/
+    ],
+    [
+      'a config over the size limit',
+      () => ({ config: Buffer.concat([P2.config, Buffer.alloc(MAX_CONFIG_BYTES, 32)]), layers: P2.layers }),
+      () => image(P1),
+      /larger than/
+    ]
   ])('nothing changes: %s', (_name, next, previous, reason) => {
     expect(repairInlineCache(next(), previous())).toEqual({ repaired: false, reason: expect.stringMatching(reason) });
   });
@@ -161,7 +207,9 @@ describe('repairInlineCache on real configs', () => {
     expect(record(P2.config, COPY_SRC).inputs).toEqual(record(P1.config, COPY_SRC).inputs); // same link indexes...
     const ctx = (c: Buffer): string => records(c)[record(c, COPY_SRC).inputs![1][0].link].digest;
     expect(ctx(P2.config)).not.toBe(ctx(P1.config)); // ...to different context records
-    const lost = editRecords(P2.config, (rs) => { delete rs.find((r) => r.digest === COPY_SRC)!.layers; });
+    const lost = editRecords(P2.config, (rs) => {
+      delete rs.find((r) => r.digest === COPY_SRC)!.layers;
+    });
     const out = repairInlineCache({ config: lost, layers: P1.layers }, image(P1));
     if (!out.repaired) throw new Error(out.reason);
     expect(out.records).not.toContain(COPY_SRC);
@@ -182,14 +230,19 @@ describe('manifests', () => {
     const b = JSON.parse(m.toString('utf8'));
     expect(b.config).toEqual({ ...a.config, digest: sha256Digest(Buffer.from('x')), size: 1 });
     expect({ ...b, config: null }).toEqual({ ...a, config: null });
-    expect(m.toString('utf8')).toBe(P2.manifest.toString('utf8').replace(a.config.digest, sha256Digest(Buffer.from('x'))).replace(`"size": ${a.config.size}`, '"size": 1'));
+    expect(m.toString('utf8')).toBe(
+      P2.manifest
+        .toString('utf8')
+        .replace(a.config.digest, sha256Digest(Buffer.from('x')))
+        .replace(`"size": ${a.config.size}`, '"size": 1')
+    );
   });
 
   test.each<[string, object]>([
     ['a manifest list', { schemaVersion: 2, mediaType: 'application/vnd.docker.distribution.manifest.list.v2+json', manifests: [] }],
     ['schema 1', { schemaVersion: 1, fsLayers: [] }],
     ['no config', { schemaVersion: 2, layers: [] }],
-    ['a bad layer digest', { schemaVersion: 2, config: { digest: `sha256:${'a'.repeat(64)}`, size: 1 }, layers: [{ digest: 'nope' }] }],
+    ['a bad layer digest', { schemaVersion: 2, config: { digest: `sha256:${'a'.repeat(64)}`, size: 1 }, layers: [{ digest: 'nope' }] }]
   ])('parseImageManifest refuses %s', (_n, m) => {
     expect(() => parseImageManifest(Buffer.from(JSON.stringify(m)))).toThrow();
   });
@@ -219,7 +272,11 @@ class MemRegistry {
   readonly call: UpstreamCall = async (method: string, target: string, o: UpstreamCallOptions = {}) => {
     const u = new URL(target, 'http://registry.invalid');
     this.log.push(`${method} ${u.pathname}`);
-    const reply = (status: number, body: Buffer = Buffer.alloc(0), headers: Record<string, string> = {}) => ({ status, headers, body: method === 'HEAD' ? Buffer.alloc(0) : body });
+    const reply = (status: number, body: Buffer = Buffer.alloc(0), headers: Record<string, string> = {}) => ({
+      status,
+      headers,
+      body: method === 'HEAD' ? Buffer.alloc(0) : body
+    });
     let m = /^\/v2\/(.+)\/manifests\/([^/]+)$/.exec(u.pathname);
     if (m) {
       const [, name, ref] = m;
@@ -278,7 +335,10 @@ let repairs: CacheRepairs;
 let logs: string[];
 
 /** A client's push as the proxy sees it: begin, read the previous, the registry takes it, landed. */
-async function clientPush(p: { manifest: Buffer; config: Buffer }, commit = true): Promise<{ digest: string; commit: () => void; landed: () => void; failed: () => void }> {
+async function clientPush(
+  p: { manifest: Buffer; config: Buffer },
+  commit = true
+): Promise<{ digest: string; commit: () => void; landed: () => void; failed: () => void }> {
   reg.blobs.set(sha256Digest(p.config), p.config);
   const res = new EventEmitter();
   const push = repairs.begin(REPO, 'main', res as never);
@@ -286,7 +346,15 @@ async function clientPush(p: { manifest: Buffer; config: Buffer }, commit = true
   const digest = sha256Digest(p.manifest);
   const doCommit = (): void => void reg.putManifest(REPO, 'main', p.manifest);
   if (commit) doCommit();
-  return { digest, commit: doCommit, landed: () => { push.landed(digest, previous); res.emit('close'); }, failed: () => res.emit('close') };
+  return {
+    digest,
+    commit: doCommit,
+    landed: () => {
+      push.landed(digest, previous);
+      res.emit('close');
+    },
+    failed: () => res.emit('close')
+  };
 }
 const pushNow = async (p: { manifest: Buffer; config: Buffer }): Promise<string> => {
   const r = await clientPush(p);
@@ -304,7 +372,15 @@ const lostLayers = (config: Buffer): number => UNTOUCHED.filter((d) => !layerOf(
 beforeEach(() => {
   reg = new MemRegistry();
   logs = [];
-  const log = pino({ level: 'debug' }, new Writable({ write(c, _e, cb) { logs.push(String(c)); cb(); } }));
+  const log = pino(
+    { level: 'debug' },
+    new Writable({
+      write(c, _e, cb) {
+        logs.push(String(c));
+        cb();
+      }
+    })
+  );
   repairs = new CacheRepairs(reg.call, log);
 });
 
@@ -352,7 +428,10 @@ describe('CacheRepairs: one tag, pushes through the proxy', () => {
     expect(reg.log.filter((l) => l === `PUT /v2/${REPO}/manifests/main`)).toHaveLength(1);
   });
 
-  test.each([['first', 'second'], ['second', 'first']])('the registry keeps the push it took last, whatever order the proxy saw them land in (%s landed first)', async (first) => {
+  test.each([
+    ['first', 'second'],
+    ['second', 'first']
+  ])('the registry keeps the push it took last, whatever order the proxy saw them land in (%s landed first)', async (first) => {
     await pushNow(P1);
     await repairs.idle();
     const a = await clientPush(variant(P2, 1), false);
@@ -381,7 +460,7 @@ describe('CacheRepairs: one tag, pushes through the proxy', () => {
     expect(lostLayers(reg.tagConfig(REPO, 'main'))).toBe(0);
   });
 
-  test('a repair that lands after a newer push is undone by the newer push\'s own repair', async () => {
+  test("a repair that lands after a newer push is undone by the newer push's own repair", async () => {
     await pushNow(P1);
     await repairs.idle();
     const hold = gate();

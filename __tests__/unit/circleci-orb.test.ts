@@ -31,9 +31,19 @@ const PARSER = '@circleci/circleci-config-parser';
 const PARSER_INSTALL = 'npm install --save-dev @circleci/circleci-config-parser@0.10.0-alpha.3';
 
 const readYaml = (f: string) => YAML.parse(fs.readFileSync(f, 'utf8'));
-const ymlFiles = (kind: string) => (fs.existsSync(path.join(SRC, kind)) ? fs.readdirSync(path.join(SRC, kind)).filter((f) => f.endsWith('.yml')).sort() : []);
+const ymlFiles = (kind: string) =>
+  fs.existsSync(path.join(SRC, kind))
+    ? fs
+        .readdirSync(path.join(SRC, kind))
+        .filter((f) => f.endsWith('.yml'))
+        .sort()
+    : [];
 const source = (kind: string, name: string): Component => readYaml(path.join(SRC, kind, `${name}.yml`));
-const scripts = () => fs.readdirSync(path.join(SRC, 'scripts')).filter((f) => f.endsWith('.sh')).sort();
+const scripts = () =>
+  fs
+    .readdirSync(path.join(SRC, 'scripts'))
+    .filter((f) => f.endsWith('.sh'))
+    .sort();
 // The one script of all three commands: PARAM_STEP (setup | build | report) runs its step_<name>() function.
 const SCRIPT = path.join(SRC, 'scripts/buildcloud.sh');
 const STEPS = ['setup', 'build', 'report'];
@@ -120,7 +130,11 @@ describe('parameters agree with src/core/inputs.ts', () => {
         expect(m[2]).toBe(m[1]);
         return `BUILDCLOUD_${m[1]}`;
       });
-    expect(mapped('setup')).toEqual(plain(SETUP_INPUTS).filter((d) => d.name !== 'token').map((d) => envName(d.name)));
+    expect(mapped('setup')).toEqual(
+      plain(SETUP_INPUTS)
+        .filter((d) => d.name !== 'token')
+        .map((d) => envName(d.name))
+    );
     expect(mapped('build')).toEqual(plain(BUILD_INPUTS).map((d) => envName(d.name)));
     // The token goes by indirection: the parameter names the variable.
     expect(stepBody(fs.readFileSync(SCRIPT, 'utf8'), 'setup')).toContain('export BUILDCLOUD_TOKEN="${!token_var:-}"');
@@ -224,13 +238,16 @@ describe('orb development kit layout and orb-tools review checks', () => {
     }
   });
 
-  test("each command passes every parameter as PARAM_<NAME>, and its script reads exactly those variables", () => {
+  test('each command passes every parameter as PARAM_<NAME>, and its script reads exactly those variables', () => {
     for (const name of ['setup', 'build', 'report']) {
       const c = source('commands', name);
       const [run] = runSteps(c) as Array<{ environment: Record<string, string>; command: string }>;
       expect(run.command).toBe('<<include(scripts/buildcloud.sh)>>');
       const envName = (p: string) => (p === 'token' ? 'PARAM_TOKEN_VAR' : `PARAM_${p.toUpperCase()}`);
-      expect(run.environment).toEqual({ PARAM_STEP: name, ...Object.fromEntries(Object.keys(c.parameters!).map((p) => [envName(p), `<< parameters.${p} >>`])) });
+      expect(run.environment).toEqual({
+        PARAM_STEP: name,
+        ...Object.fromEntries(Object.keys(c.parameters!).map((p) => [envName(p), `<< parameters.${p} >>`]))
+      });
       const read = new Set([...stepScript(name).matchAll(/\bPARAM_[A-Z0-9_]+/g)].map((m) => m[0]));
       expect([...read].sort()).toEqual(Object.keys(run.environment).sort());
     }
@@ -344,7 +361,12 @@ function compiledWithDefaults(o: Orb): Record<string, unknown> {
           Array.isArray(n)
             ? n.map(stringEnv)
             : n && typeof n === 'object'
-              ? Object.fromEntries(Object.entries(n).map(([k, v]) => [k, k === 'environment' && v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([e, x]) => [e, String(x)])) : stringEnv(v)]))
+              ? Object.fromEntries(
+                  Object.entries(n).map(([k, v]) => [
+                    k,
+                    k === 'environment' && v && typeof v === 'object' ? Object.fromEntries(Object.entries(v).map(([e, x]) => [e, String(x)])) : stringEnv(v)
+                  ])
+                )
               : n;
         return [name, { ...(stringEnv(compiled) as object), parameters }];
       })
@@ -457,7 +479,14 @@ describe('the orb run the way CircleCI runs it, against a stand-in CLI', () => {
   let record: string;
   const marker = () => path.join(work, `pwned-${Math.random().toString(36).slice(2)}`);
   const calls = (): Array<{ argv: string[]; env: Record<string, string> }> =>
-    fs.existsSync(record) ? fs.readFileSync(record, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+    fs.existsSync(record)
+      ? fs
+          .readFileSync(record, 'utf8')
+          .trim()
+          .split('\n')
+          .filter(Boolean)
+          .map((l) => JSON.parse(l))
+      : [];
 
   beforeAll(() => {
     work = tmpRoot('bc-orb-unit-');
@@ -485,21 +514,32 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
     jobs: { image: { docker: [{ image: 'cimg/node:lts', environment: { DOCKER_HOST: 'unix:///var/run/user-docker.sock' } }], steps } },
     ...extra
   });
-  const run = (cfg: Config, env: Record<string, string> = {}) =>
-    runJob(context(cfg), 'image', {}, { workRoot: work, env: { STUB_RECORD: record, ...env } });
+  const run = (cfg: Config, env: Record<string, string> = {}) => runJob(context(cfg), 'image', {}, { workRoot: work, env: { STUB_RECORD: record, ...env } });
   const cli = () => `node ${stub}`;
 
   test('tags, build_args and labels with quotes, $(...), backticks and newlines reach the CLI unchanged, and run nothing', async () => {
     const m = marker();
     const evil = `it's "quoted" $(touch ${m}) \`touch ${m}\`; touch ${m} && echo $HOME \\ end`;
-    const values = { tags: `acme/app:ci\n${evil}`, build_args: `A=${evil}\nB=two words`, labels: `x.evil=${evil}\ny=<< parameters.tags >>`, target: `t$(touch ${m})` };
+    const values = {
+      tags: `acme/app:ci\n${evil}`,
+      build_args: `A=${evil}\nB=two words`,
+      labels: `x.evil=${evil}\ny=<< parameters.tags >>`,
+      target: `t$(touch ${m})`
+    };
     // In a config, a literal "<< parameters." is written \<<; the orb's own substitution never reads a value again.
     const given = { ...values, labels: values.labels.replace('<<', '\\<<') };
-    const r = await run(userConfig([{ 'buildcloud/setup': { cli: cli() } }, { 'buildcloud/build': { cli: cli(), ...given } }, { 'buildcloud/report': { cli: cli() } }]));
+    const r = await run(
+      userConfig([{ 'buildcloud/setup': { cli: cli() } }, { 'buildcloud/build': { cli: cli(), ...given } }, { 'buildcloud/report': { cli: cli() } }])
+    );
     expect(r.status).toBe('success');
     const build = calls().find((c) => c.argv[0] === 'build')!;
     expect(build.argv).toEqual(['build', '--export-file', r.bashEnvFile]);
-    expect(build.env).toMatchObject({ BUILDCLOUD_TAGS: values.tags, BUILDCLOUD_BUILD_ARGS: values.build_args, BUILDCLOUD_LABELS: values.labels, BUILDCLOUD_TARGET: values.target });
+    expect(build.env).toMatchObject({
+      BUILDCLOUD_TAGS: values.tags,
+      BUILDCLOUD_BUILD_ARGS: values.build_args,
+      BUILDCLOUD_LABELS: values.labels,
+      BUILDCLOUD_TARGET: values.target
+    });
     // Later steps see what setup and build appended to $BASH_ENV.
     expect(build.env).toMatchObject({ DOCKER_HOST: 'tcp://127.0.0.1:9', BUILDCLOUD_SESSION: '/tmp/bc-session.json' });
     expect(fs.existsSync(m)).toBe(false);
@@ -507,14 +547,25 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
 
   test('the token parameter names a variable; its value goes to the CLI and never into the log', async () => {
     const token = `bc_secret_'"$(id)`;
-    const r = await run(userConfig([{ 'buildcloud/setup': { cli: cli(), token: 'MY_ORG_TOKEN', endpoint: 'cp.example.com:7643' } }]), { MY_ORG_TOKEN: token, BUILDCLOUD_TOKEN: 'not-this-one' });
+    const r = await run(userConfig([{ 'buildcloud/setup': { cli: cli(), token: 'MY_ORG_TOKEN', endpoint: 'cp.example.com:7643' } }]), {
+      MY_ORG_TOKEN: token,
+      BUILDCLOUD_TOKEN: 'not-this-one'
+    });
     expect(r.status).toBe('success');
     const [setup] = calls();
     expect(setup.argv).toEqual(['setup', '--export-file', r.bashEnvFile]);
-    expect(setup.env).toMatchObject({ BUILDCLOUD_TOKEN: token, BUILDCLOUD_ENDPOINT: 'cp.example.com:7643', BUILDCLOUD_SCOPE: 'pipeline', BUILDCLOUD_CACHE: 'true', BUILDCLOUD_PROVISION_TIMEOUT: '120' });
+    expect(setup.env).toMatchObject({
+      BUILDCLOUD_TOKEN: token,
+      BUILDCLOUD_ENDPOINT: 'cp.example.com:7643',
+      BUILDCLOUD_SCOPE: 'pipeline',
+      BUILDCLOUD_CACHE: 'true',
+      BUILDCLOUD_PROVISION_TIMEOUT: '120'
+    });
     expect(r.steps.map((s) => s.output).join('')).not.toContain('bc_secret');
     // CircleCI itself refuses a parameter value that is not a variable name.
-    expect(() => expandJob(context(userConfig([{ 'buildcloud/setup': { token: 'A[$(id)]' } }])), 'image')).toThrow(/parameter 'token': expected an environment variable name/);
+    expect(() => expandJob(context(userConfig([{ 'buildcloud/setup': { token: 'A[$(id)]' } }])), 'image')).toThrow(
+      /parameter 'token': expected an environment variable name/
+    );
   });
 
   test("an empty parameter leaves a context's BUILDCLOUD_* variable in effect; a given one wins", async () => {
@@ -545,7 +596,15 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
   test('the setup script checks the token variable name itself before reading it indirectly', () => {
     const m = marker();
     const r = spawnSync('bash', ['-eo', 'pipefail', SCRIPT], {
-      env: { PATH: process.env.PATH, HOME: work, BASH_ENV: path.join(work, 'unused-bash-env'), PARAM_STEP: 'setup', PARAM_TOKEN_VAR: `a[$(touch ${m})]`, PARAM_CLI: cli(), STUB_RECORD: record },
+      env: {
+        PATH: process.env.PATH,
+        HOME: work,
+        BASH_ENV: path.join(work, 'unused-bash-env'),
+        PARAM_STEP: 'setup',
+        PARAM_TOKEN_VAR: `a[$(touch ${m})]`,
+        PARAM_CLI: cli(),
+        STUB_RECORD: record
+      },
       encoding: 'utf8',
       stdio: ['ignore', 'pipe', 'pipe']
     });
@@ -555,14 +614,16 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
     expect(calls()).toEqual([]);
   });
 
-  test('after a failed build the steps after it are skipped, report runs (when: always), and later steps get the job\'s docker back', async () => {
+  test("after a failed build the steps after it are skipped, report runs (when: always), and later steps get the job's docker back", async () => {
     const r = await run(
       userConfig([
         { 'buildcloud/setup': { cli: cli() } },
         { 'buildcloud/build': { cli: cli() } },
         { run: { name: 'Use the image', command: 'echo should not run' } },
         { 'buildcloud/report': { cli: cli() } },
-        { run: { name: 'After report', when: 'always', command: 'echo "host=$DOCKER_HOST config=${DOCKER_CONFIG-unset} session=${BUILDCLOUD_SESSION-unset}"' } },
+        {
+          run: { name: 'After report', when: 'always', command: 'echo "host=$DOCKER_HOST config=${DOCKER_CONFIG-unset} session=${BUILDCLOUD_SESSION-unset}"' }
+        },
         { store_artifacts: { path: 'buildcloud/summary.md' } }
       ]),
       { STUB_BUILD_EXIT: '1' }
@@ -591,7 +652,9 @@ describe('the harness compiles config the way CircleCI does', () => {
       greet: {
         parameters: { to: { type: 'string', default: 'world' }, loud: { type: 'boolean', default: false }, extra: { type: 'steps', default: [] } },
         steps: [
-          { run: { name: 'Greet << parameters.to >>', environment: { TO: '<< parameters.to >>', LOUD: '<< parameters.loud >>' }, command: 'echo "hello $TO"' } },
+          {
+            run: { name: 'Greet << parameters.to >>', environment: { TO: '<< parameters.to >>', LOUD: '<< parameters.loud >>' }, command: 'echo "hello $TO"' }
+          },
           { when: { condition: '<< parameters.loud >>', steps: [{ run: { name: 'Shout', command: 'echo HELLO' } }] } },
           { steps: '<< parameters.extra >>' }
         ]

@@ -15,31 +15,28 @@ test('routes: paths are encoded the way the server routes them', () => {
 
 const get = (values: Record<string, string>) => (name: string) => values[name] ?? '';
 
-test.each(['acme', 'acme-corp', 'a.b_c', 'Acme', '-acme', 'acme--corp', 'acme corp', ''])(
-  'org %j: the runner and the control plane agree',
-  (org) => {
-    const server = (() => {
-      try {
-        validateOrgName(org);
-        return true;
-      } catch {
-        return false;
-      }
-    })();
-    const runner = (() => {
-      try {
-        setupSettings(get({ org }));
-        return true;
-      } catch {
-        return false;
-      }
-    })();
-    // The runner lets an empty org through (it then comes from the token); the server never does.
-    if (org === '') expect(runner).toBe(true);
-    else expect(runner).toBe(server);
-    expect(ORG_PATTERN.test(org)).toBe(server);
-  }
-);
+test.each(['acme', 'acme-corp', 'a.b_c', 'Acme', '-acme', 'acme--corp', 'acme corp', ''])('org %j: the runner and the control plane agree', (org) => {
+  const server = (() => {
+    try {
+      validateOrgName(org);
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  const runner = (() => {
+    try {
+      setupSettings(get({ org }));
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  // The runner lets an empty org through (it then comes from the token); the server never does.
+  if (org === '') expect(runner).toBe(true);
+  else expect(runner).toBe(server);
+  expect(ORG_PATTERN.test(org)).toBe(server);
+});
 
 test.each(['linux/amd64', 'linux/arm64/v8', 'linux/arm/v7', 'Linux/amd64', 'linux', 'linux/amd64/x'])('platform %j: one rule on both sides', (p) => {
   const server = (() => {

@@ -6,7 +6,10 @@ import { identityFromEnv, type Env, type Identity } from '../../src/core/identit
 
 const AUTO: AuthSettings = { oidc: 'auto', audience: 'buildcloud' };
 const JWT = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln';
-const GH_OIDC: Env = { ACTIONS_ID_TOKEN_REQUEST_URL: 'https://pipelines.actions.githubusercontent.com/abc/idtoken?api-version=2.0', ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'req-token' };
+const GH_OIDC: Env = {
+  ACTIONS_ID_TOKEN_REQUEST_URL: 'https://pipelines.actions.githubusercontent.com/abc/idtoken?api-version=2.0',
+  ACTIONS_ID_TOKEN_REQUEST_TOKEN: 'req-token'
+};
 type Who = Pick<Identity, 'provider' | 'fork'>;
 const gh: Who = { provider: 'github', fork: false };
 const ghFork: Who = { provider: 'github', fork: true };
@@ -20,27 +23,69 @@ describe('chooseCredential: what is chosen', () => {
   const wrapperFetch = async (aud: string) => `token-for-${aud}`;
   test.each<[string, Who, AuthSettings, Env, unknown]>([
     ['explicit token wins over GitHub OIDC', gh, { ...AUTO, token: ' org-token ' }, GH_OIDC, { kind: 'token', token: 'org-token' }],
-    ['BUILDCLOUD_TOKEN wins over GitLab id_tokens', gl, AUTO, { BUILDCLOUD_TOKEN: 'org-token', BUILDCLOUD_ID_TOKEN: JWT }, { kind: 'token', token: 'org-token' }],
+    [
+      'BUILDCLOUD_TOKEN wins over GitLab id_tokens',
+      gl,
+      AUTO,
+      { BUILDCLOUD_TOKEN: 'org-token', BUILDCLOUD_ID_TOKEN: JWT },
+      { kind: 'token', token: 'org-token' }
+    ],
     ['the setting wins over BUILDCLOUD_TOKEN', cc, { ...AUTO, token: 'a' }, { BUILDCLOUD_TOKEN: 'b' }, { kind: 'token', token: 'a' }],
-    ['an empty token input is no token', gl, { ...AUTO, token: '  ' }, { BUILDCLOUD_ID_TOKEN: JWT },
-      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }],
-    ['GitLab id_tokens under a custom name', gl, { ...AUTO, oidcTokenEnv: 'VAULT_ID_TOKEN' }, { VAULT_ID_TOKEN: JWT, BUILDCLOUD_ID_TOKEN: 'other' },
-      { kind: 'oidc', source: { kind: 'env', name: 'VAULT_ID_TOKEN', value: JWT } }],
-    ['CircleCI prefers the V2 token', cc, AUTO, { CIRCLE_OIDC_TOKEN: 'v1', CIRCLE_OIDC_TOKEN_V2: 'v2' },
-      { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN_V2', value: 'v2' } }],
-    ['CircleCI falls back to the V1 token', cc, AUTO, { CIRCLE_OIDC_TOKEN: 'v1' }, { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN', value: 'v1' } }],
-    ['CircleCI: a custom-aud token in BUILDCLOUD_ID_TOKEN comes first', cc, AUTO, { CIRCLE_OIDC_TOKEN_V2: 'v2', BUILDCLOUD_ID_TOKEN: JWT },
-      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }],
-    ['CircleCI forked PR with "pass secrets" on gets its token', ccFork, AUTO, { CIRCLE_OIDC_TOKEN_V2: 'v2' },
-      { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN_V2', value: 'v2' } }],
+    [
+      'an empty token input is no token',
+      gl,
+      { ...AUTO, token: '  ' },
+      { BUILDCLOUD_ID_TOKEN: JWT },
+      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }
+    ],
+    [
+      'GitLab id_tokens under a custom name',
+      gl,
+      { ...AUTO, oidcTokenEnv: 'VAULT_ID_TOKEN' },
+      { VAULT_ID_TOKEN: JWT, BUILDCLOUD_ID_TOKEN: 'other' },
+      { kind: 'oidc', source: { kind: 'env', name: 'VAULT_ID_TOKEN', value: JWT } }
+    ],
+    [
+      'CircleCI prefers the V2 token',
+      cc,
+      AUTO,
+      { CIRCLE_OIDC_TOKEN: 'v1', CIRCLE_OIDC_TOKEN_V2: 'v2' },
+      { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN_V2', value: 'v2' } }
+    ],
+    [
+      'CircleCI falls back to the V1 token',
+      cc,
+      AUTO,
+      { CIRCLE_OIDC_TOKEN: 'v1' },
+      { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN', value: 'v1' } }
+    ],
+    [
+      'CircleCI: a custom-aud token in BUILDCLOUD_ID_TOKEN comes first',
+      cc,
+      AUTO,
+      { CIRCLE_OIDC_TOKEN_V2: 'v2', BUILDCLOUD_ID_TOKEN: JWT },
+      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }
+    ],
+    [
+      'CircleCI forked PR with "pass secrets" on gets its token',
+      ccFork,
+      AUTO,
+      { CIRCLE_OIDC_TOKEN_V2: 'v2' },
+      { kind: 'oidc', source: { kind: 'env', name: 'CIRCLE_OIDC_TOKEN_V2', value: 'v2' } }
+    ],
     ['local with a token', local, AUTO, { BUILDCLOUD_TOKEN: 'org-token' }, { kind: 'token', token: 'org-token' }],
-    ['local with an OIDC token in the named variable', local, AUTO, { BUILDCLOUD_ID_TOKEN: JWT },
-      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }]
+    [
+      'local with an OIDC token in the named variable',
+      local,
+      AUTO,
+      { BUILDCLOUD_ID_TOKEN: JWT },
+      { kind: 'oidc', source: { kind: 'env', name: 'BUILDCLOUD_ID_TOKEN', value: JWT } }
+    ]
   ])('%s', (_name, who, settings, env, expected) => {
     expect(chooseCredential(who, settings, env, wrapperFetch)).toEqual(expected);
   });
 
-  test('GitHub with id-token: write uses the wrapper\'s fetcher (core.getIDToken)', async () => {
+  test("GitHub with id-token: write uses the wrapper's fetcher (core.getIDToken)", async () => {
     const cred = chooseCredential(gh, AUTO, GH_OIDC, wrapperFetch);
     expect(cred.kind).toBe('oidc');
     if (cred.kind !== 'oidc' || cred.source.kind !== 'github') throw new Error('expected a GitHub OIDC source');
@@ -61,26 +106,72 @@ describe('chooseCredential: what is chosen', () => {
 
 describe('chooseCredential: the one error says what to add here', () => {
   test.each<[string, Who, AuthSettings, Env, RegExp[], RegExp[]]>([
-    ['GitHub without id-token: write', gh, AUTO, { GITHUB_EVENT_NAME: 'push' },
+    [
+      'GitHub without id-token: write',
+      gh,
+      AUTO,
+      { GITHUB_EVENT_NAME: 'push' },
       [/ACTIONS_ID_TOKEN_REQUEST_URL is not set/, /permissions:\n {4}id-token: write\n {4}contents: read/, /token: \$\{\{ secrets\.BUILDCLOUD_TOKEN \}\}/],
-      [/fork/]],
+      [/fork/]
+    ],
     ['GitHub with only the request URL', gh, AUTO, { ACTIONS_ID_TOKEN_REQUEST_URL: GH_OIDC.ACTIONS_ID_TOKEN_REQUEST_URL }, [/id-token: write/], []],
-    ['GitHub fork pull_request', ghFork, AUTO, { GITHUB_EVENT_NAME: 'pull_request' },
+    [
+      'GitHub fork pull_request',
+      ghFork,
+      AUTO,
+      { GITHUB_EVENT_NAME: 'pull_request' },
       [/pull request from a fork/, /no OIDC token and no secrets/, /pull_request_target/, /head\.repo\.full_name == github\.repository/, /review/],
-      [/permissions:\n/]],
-    ['GitHub fork pull_request_target without permissions', ghFork, AUTO, { GITHUB_EVENT_NAME: 'pull_request_target' }, [/id-token: write/], [/GitHub gives such workflows/]],
-    ['GitLab without id_tokens', gl, AUTO, {},
-      [/no ID token in \$BUILDCLOUD_ID_TOKEN/, /id_tokens:\n {4}BUILDCLOUD_ID_TOKEN:\n {6}aud: buildcloud/, /masked\s+CI\/CD variable BUILDCLOUD_TOKEN/, /protected/],
-      [/fork/]],
-    ['GitLab with a custom variable and audience', gl, { ...AUTO, oidcTokenEnv: 'BC_JWT', audience: 'https://buildcloud.example.com' }, { BUILDCLOUD_ID_TOKEN: JWT },
-      [/\$BC_JWT/, /BC_JWT:\n {6}aud: https:\/\/buildcloud\.example\.com/], []],
+      [/permissions:\n/]
+    ],
+    [
+      'GitHub fork pull_request_target without permissions',
+      ghFork,
+      AUTO,
+      { GITHUB_EVENT_NAME: 'pull_request_target' },
+      [/id-token: write/],
+      [/GitHub gives such workflows/]
+    ],
+    [
+      'GitLab without id_tokens',
+      gl,
+      AUTO,
+      {},
+      [
+        /no ID token in \$BUILDCLOUD_ID_TOKEN/,
+        /id_tokens:\n {4}BUILDCLOUD_ID_TOKEN:\n {6}aud: buildcloud/,
+        /masked\s+CI\/CD variable BUILDCLOUD_TOKEN/,
+        /protected/
+      ],
+      [/fork/]
+    ],
+    [
+      'GitLab with a custom variable and audience',
+      gl,
+      { ...AUTO, oidcTokenEnv: 'BC_JWT', audience: 'https://buildcloud.example.com' },
+      { BUILDCLOUD_ID_TOKEN: JWT },
+      [/\$BC_JWT/, /BC_JWT:\n {6}aud: https:\/\/buildcloud\.example\.com/],
+      []
+    ],
     ['GitLab MR from a fork', glFork, AUTO, {}, [/id_tokens:/, /comes from a fork/, /fork project/], []],
-    ['CircleCI without tokens', cc, AUTO, { CIRCLE_OIDC_TOKEN: '', CIRCLE_OIDC_TOKEN_V2: '  ' },
-      [/CIRCLE_OIDC_TOKEN_V2 and CIRCLE_OIDC_TOKEN are\s+not set/, /context: <name>/, /v4\.4/, /BUILDCLOUD_TOKEN .* in a context/], [/fork/]],
+    [
+      'CircleCI without tokens',
+      cc,
+      AUTO,
+      { CIRCLE_OIDC_TOKEN: '', CIRCLE_OIDC_TOKEN_V2: '  ' },
+      [/CIRCLE_OIDC_TOKEN_V2 and CIRCLE_OIDC_TOKEN are\s+not set/, /context: <name>/, /v4\.4/, /BUILDCLOUD_TOKEN .* in a context/],
+      [/fork/]
+    ],
     ['CircleCI forked PR', ccFork, AUTO, {}, [/forked pull request/, /Pass secrets to builds from forked pull requests/, /vcs-origin/], []],
     ['local', local, AUTO, {}, [/--token or set BUILDCLOUD_TOKEN/, /buildcloud admin token create --org ORG/], []],
     ['OIDC off on GitHub, even with id-token', gh, { ...AUTO, oidc: 'off' }, GH_OIDC, [/OIDC is off and no token was given/, /secrets\.BUILDCLOUD_TOKEN/], []],
-    ['OIDC off on GitLab, even with id_tokens', gl, { ...AUTO, oidc: 'off' }, { BUILDCLOUD_ID_TOKEN: JWT }, [/OIDC is off/, /masked CI\/CD variable BUILDCLOUD_TOKEN/], []],
+    [
+      'OIDC off on GitLab, even with id_tokens',
+      gl,
+      { ...AUTO, oidc: 'off' },
+      { BUILDCLOUD_ID_TOKEN: JWT },
+      [/OIDC is off/, /masked CI\/CD variable BUILDCLOUD_TOKEN/],
+      []
+    ],
     ['OIDC off on CircleCI', cc, { ...AUTO, oidc: 'off' }, { CIRCLE_OIDC_TOKEN_V2: 'v2' }, [/OIDC is off/, /in a context/], []],
     ['OIDC off locally', local, { ...AUTO, oidc: 'off' }, {}, [/OIDC is off/, /--token/], []],
     ['a bad variable name', gl, { ...AUTO, oidcTokenEnv: 'MY-TOKEN' }, {}, [/Invalid OIDC token variable name 'MY-TOKEN'/], []]
@@ -127,19 +218,28 @@ describe('githubIdTokenFetcher', () => {
   });
 
   test('retries server errors, then succeeds', async () => {
-    replies = [[503, '{}'], [200, JSON.stringify({ value: JWT })]];
+    replies = [
+      [503, '{}'],
+      [200, JSON.stringify({ value: JWT })]
+    ];
     await expect(githubIdTokenFetcher(env(), 3, 1)('buildcloud')).resolves.toBe(JWT);
     expect(seen).toHaveLength(2);
   });
 
   test('does not retry a refusal', async () => {
-    replies = [[403, '{"message":"no"}'], [200, JSON.stringify({ value: JWT })]];
+    replies = [
+      [403, '{"message":"no"}'],
+      [200, JSON.stringify({ value: JWT })]
+    ];
     await expect(githubIdTokenFetcher(env(), 3, 1)('buildcloud')).rejects.toThrow(/audience 'buildcloud': HTTP 403/);
     expect(seen).toHaveLength(1);
   });
 
   test('a reply without a value fails after the attempts', async () => {
-    replies = [[200, '{}'], [200, 'not json']];
+    replies = [
+      [200, '{}'],
+      [200, 'not json']
+    ];
     await expect(githubIdTokenFetcher(env(), 2, 1)('buildcloud')).rejects.toThrow(/Could not get GitHub's OIDC token/);
     expect(seen).toHaveLength(2);
   });
@@ -158,7 +258,7 @@ describe('githubIdTokenFetcher', () => {
 
 // Each CI's full variable set (CI-REFERENCE.md §2.2) through identityFromEnv, as setup sees a job: the message must
 // name this situation's cause and what works here, and not advise what cannot help.
-describe('the no-credential message names the real reason, from each CI\'s real variables', () => {
+describe("the no-credential message names the real reason, from each CI's real variables", () => {
   const GH_BASE: Env = {
     CI: 'true',
     GITHUB_ACTIONS: 'true',
@@ -287,30 +387,77 @@ describe('the no-credential message names the real reason, from each CI\'s real 
   };
 
   test.each<[string, Env, unknown, RegExp[], RegExp[]]>([
-    ['GitHub: Dependabot\'s pull request', dependabotPr, dependabotPayload,
-      [/^No Build Cloud credential: Dependabot started this run \(github\.actor is dependabot\[bot\]\)/, /no OIDC token \(ACTIONS_ID_TOKEN_REQUEST_URL is not set\)/,
-        /no GitHub Actions secrets, only\s+Dependabot secrets/, /gh secret set BUILDCLOUD_TOKEN --app dependabot/,
-        /buildcloud admin token create --org ORG --project OWNER\/REPO --read-only/, /if: github\.actor != 'dependabot\[bot\]'/, /fallback: local/],
-      [/permissions:/, /id-token: write/, /from a fork/]],
-    ['GitHub: Dependabot\'s run re-run by a maintainer (github.actor stays dependabot[bot])', { ...dependabotPr, GITHUB_TRIGGERING_ACTOR: 'jdoe', GITHUB_RUN_ATTEMPT: '2' }, dependabotPayload,
-      [/Dependabot started this run/], [/id-token: write/]],
-    ['GitHub: Dependabot\'s push to its branch', { ...pushEnv('dependabot[bot]'), GITHUB_REF: `refs/heads/${DEPENDABOT_HEAD}`, GITHUB_REF_NAME: DEPENDABOT_HEAD }, pushPayload,
-      [/Dependabot started this run/, /Dependabot secret/], [/id-token: write/]],
-    ['GitHub: a fork\'s pull request', forkPr, forkPayload,
+    [
+      "GitHub: Dependabot's pull request",
+      dependabotPr,
+      dependabotPayload,
+      [
+        /^No Build Cloud credential: Dependabot started this run \(github\.actor is dependabot\[bot\]\)/,
+        /no OIDC token \(ACTIONS_ID_TOKEN_REQUEST_URL is not set\)/,
+        /no GitHub Actions secrets, only\s+Dependabot secrets/,
+        /gh secret set BUILDCLOUD_TOKEN --app dependabot/,
+        /buildcloud admin token create --org ORG --project OWNER\/REPO --read-only/,
+        /if: github\.actor != 'dependabot\[bot\]'/,
+        /fallback: local/
+      ],
+      [/permissions:/, /id-token: write/, /from a fork/]
+    ],
+    [
+      "GitHub: Dependabot's run re-run by a maintainer (github.actor stays dependabot[bot])",
+      { ...dependabotPr, GITHUB_TRIGGERING_ACTOR: 'jdoe', GITHUB_RUN_ATTEMPT: '2' },
+      dependabotPayload,
+      [/Dependabot started this run/],
+      [/id-token: write/]
+    ],
+    [
+      "GitHub: Dependabot's push to its branch",
+      { ...pushEnv('dependabot[bot]'), GITHUB_REF: `refs/heads/${DEPENDABOT_HEAD}`, GITHUB_REF_NAME: DEPENDABOT_HEAD },
+      pushPayload,
+      [/Dependabot started this run/, /Dependabot secret/],
+      [/id-token: write/]
+    ],
+    [
+      "GitHub: a fork's pull request",
+      forkPr,
+      forkPayload,
       [/pull request from a fork/, /no OIDC token\s+and no secrets/, /head\.repo\.full_name == github\.repository/, /pull_request_target/, /fallback: local/],
-      [/Dependabot/, /permissions:\n/]],
-    ['GitHub: a same-repository pull request without the permission', prEnv(59, 'feature/login', 'jdoe'), prPayload(59, 'feature/login', 712345678, 'jdoe'),
-      [/ACTIONS_ID_TOKEN_REQUEST_URL is not set/, /permissions:\n {4}id-token: write/, /secrets\.BUILDCLOUD_TOKEN/], [/Dependabot/, /fork/]],
+      [/Dependabot/, /permissions:\n/]
+    ],
+    [
+      'GitHub: a same-repository pull request without the permission',
+      prEnv(59, 'feature/login', 'jdoe'),
+      prPayload(59, 'feature/login', 712345678, 'jdoe'),
+      [/ACTIONS_ID_TOKEN_REQUEST_URL is not set/, /permissions:\n {4}id-token: write/, /secrets\.BUILDCLOUD_TOKEN/],
+      [/Dependabot/, /fork/]
+    ],
     ['GitHub: a push by a user whose login merely contains dependabot', pushEnv('dependabot'), pushPayload, [/id-token: write/], [/Dependabot started/]],
-    ['GitLab: a push pipeline without id_tokens', glPush, null,
-      [/the job has no ID token in \$BUILDCLOUD_ID_TOKEN/, /id_tokens:\n {4}BUILDCLOUD_ID_TOKEN:\n {6}aud: buildcloud/, /default:id_tokens/, /BUILDCLOUD_TOKEN/],
-      [/fork/, /fallback/]],
-    ['GitLab: a fork\'s merge request run in the fork project', glForkMr, null,
-      [/id_tokens:/, /comes from a fork/, /runs in the fork project/, /parent project/, /fallback: local/], []],
-    ['CircleCI: a forked pull request without "pass secrets"', ccForkPr, null,
-      [/build of a forked pull request/, /Pass secrets to builds from forked pull requests/, /vcs-origin/, /fallback: local/], [/context: <name>/]],
-    ['CircleCI: a branch build without OIDC tokens', ccBranch, null,
-      [/CIRCLE_OIDC_TOKEN_V2 and CIRCLE_OIDC_TOKEN are\s+not set/, /context: <name>/], [/fork/]]
+    [
+      'GitLab: a push pipeline without id_tokens',
+      glPush,
+      null,
+      [
+        /the job has no ID token in \$BUILDCLOUD_ID_TOKEN/,
+        /id_tokens:\n {4}BUILDCLOUD_ID_TOKEN:\n {6}aud: buildcloud/,
+        /default:id_tokens/,
+        /BUILDCLOUD_TOKEN/
+      ],
+      [/fork/, /fallback/]
+    ],
+    [
+      "GitLab: a fork's merge request run in the fork project",
+      glForkMr,
+      null,
+      [/id_tokens:/, /comes from a fork/, /runs in the fork project/, /parent project/, /fallback: local/],
+      []
+    ],
+    [
+      'CircleCI: a forked pull request without "pass secrets"',
+      ccForkPr,
+      null,
+      [/build of a forked pull request/, /Pass secrets to builds from forked pull requests/, /vcs-origin/, /fallback: local/],
+      [/context: <name>/]
+    ],
+    ['CircleCI: a branch build without OIDC tokens', ccBranch, null, [/CIRCLE_OIDC_TOKEN_V2 and CIRCLE_OIDC_TOKEN are\s+not set/, /context: <name>/], [/fork/]]
   ])('%s', (_name, env, payload, must, mustNot) => {
     const msg = missing(env, payload);
     for (const re of must) expect(msg).toMatch(re);

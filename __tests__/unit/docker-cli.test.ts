@@ -34,7 +34,8 @@ function fakeProbe(machine: Record<string, FakeClient>, calls: { file: string; a
     const c = machine[file];
     if (!c) return { code: null, stdout: '', stderr: '', error: 'ENOENT' };
     if (args[0] === '--version') return { code: 0, stdout: `Docker version ${c.version}, build abc1234\n`, stderr: '' };
-    if (args[0] === 'buildx') return c.buildx ? { code: 0, stdout: `${c.buildx}\n`, stderr: '' } : { code: 1, stdout: '', stderr: "docker: 'buildx' is not a docker command." };
+    if (args[0] === 'buildx')
+      return c.buildx ? { code: 0, stdout: `${c.buildx}\n`, stderr: '' } : { code: 1, stdout: '', stderr: "docker: 'buildx' is not a docker command." };
     if (args[0] === 'build') {
       return c.classicBuildKit && env.DOCKER_BUILDKIT === '1'
         ? { code: 0, stdout: 'Usage:  docker build [OPTIONS] PATH | URL | -', stderr: '' }
@@ -116,25 +117,42 @@ describe('resolveDocker', () => {
   test("this machine: a 28.x client first in PATH, Debian's 20.10 from dpkg: one process, the 28.x client's --version", async () => {
     const machine = { '/usr/local/bin/docker': NEW_NO_BUILDX, '/usr/bin/docker': DEBIAN_2010 };
     const calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = [];
-    const status = ['Package: bash', 'Status: install ok installed', 'Version: 5.2.15-2+b7', '', 'Package: docker.io', 'Status: install ok installed', 'Version: 20.10.24+dfsg1-1+deb12u1', 'Description: Linux container runtime', ''].join('\n');
+    const status = [
+      'Package: bash',
+      'Status: install ok installed',
+      'Version: 5.2.15-2+b7',
+      '',
+      'Package: docker.io',
+      'Status: install ok installed',
+      'Version: 20.10.24+dfsg1-1+deb12u1',
+      'Description: Linux container runtime',
+      ''
+    ].join('\n');
     const files = { '/var/lib/dpkg/info/docker.io.list': '/.\n/usr\n/usr/bin\n/usr/bin/docker\n/usr/sbin/dockerd\n', '/var/lib/dpkg/status': status };
     const dpkgStatus = { ...exe(50), mtimeMs: exe(1).mtimeMs + 1000 };
     const host = fakeHost(machine, files, { '/var/lib/dpkg/status': dpkgStatus });
     const d = await resolveDocker({ PATH: '/usr/local/bin:/usr/bin' }, fakeProbe(machine, calls), { host, cacheFile: '' });
-    expect(d.reason).toBe('using /usr/bin/docker 20.10.24+dfsg1 (no buildx; BuildKit via DOCKER_BUILDKIT=1) because /usr/local/bin/docker 28.2.2 has no buildx plugin and cannot build with BuildKit without it');
+    expect(d.reason).toBe(
+      'using /usr/bin/docker 20.10.24+dfsg1 (no buildx; BuildKit via DOCKER_BUILDKIT=1) because /usr/local/bin/docker 28.2.2 has no buildx plugin and cannot build with BuildKit without it'
+    );
     expect(calls.map((c) => [c.file, ...c.args])).toEqual([['/usr/local/bin/docker', '--version']]);
 
     // A binary newer than dpkg's last write was put there by hand: its package no longer says what it is.
     const replaced = fakeHost(machine, files, { '/var/lib/dpkg/status': { ...dpkgStatus, mtimeMs: exe(1).mtimeMs - 1000 } });
     const calls2: typeof calls = [];
     await resolveDocker({ PATH: '/usr/local/bin:/usr/bin' }, fakeProbe(machine, calls2), { host: replaced, cacheFile: '' });
-    expect(calls2.map((c) => [c.file, ...c.args])).toEqual([['/usr/local/bin/docker', '--version'], ['/usr/bin/docker', '--version']]);
+    expect(calls2.map((c) => [c.file, ...c.args])).toEqual([
+      ['/usr/local/bin/docker', '--version'],
+      ['/usr/bin/docker', '--version']
+    ]);
   });
 
   test('a buildx plugin file: `buildx version` proves it runs; a client it does not run with is passed over', async () => {
     const calls: { file: string; args: string[]; env: NodeJS.ProcessEnv }[] = [];
     const d = await resolveDocker({ PATH }, ...on({ '/opt/t/local/bin/docker': NEW_NO_BUILDX, '/opt/t/bin/docker': WITH_BUILDX }, calls));
-    expect(d.reason).toBe('using /opt/t/bin/docker 27.5.1 with buildx v0.20.1 because /opt/t/local/bin/docker 28.2.2 has no buildx plugin and cannot build with BuildKit without it');
+    expect(d.reason).toBe(
+      'using /opt/t/bin/docker 27.5.1 with buildx v0.20.1 because /opt/t/local/bin/docker 28.2.2 has no buildx plugin and cannot build with BuildKit without it'
+    );
     expect(calls.filter((c) => c.args[0] === 'build')).toEqual([]);
   });
 
@@ -145,9 +163,21 @@ describe('resolveDocker', () => {
     expect(d).toMatchObject({ path: '/opt/t/local/bin/docker', buildx: true, buildxVersion: 'v0.20.1' });
   });
 
-  test('the plugin directories, in the CLI\'s order: extra dirs of config.json, $DOCKER_CONFIG/cli-plugins, the system ones', () => {
-    const host: ClientHost = { stat: () => null, realpath: () => null, readFile: (p) => (p === '/cfg/config.json' ? JSON.stringify({ cliPluginsExtraDirs: ['/opt/plugins', 'relative'] }) : null) };
-    expect(pluginDirs({ DOCKER_CONFIG: '/cfg' }, host)).toEqual(['/opt/plugins', '/cfg/cli-plugins', '/usr/local/lib/docker/cli-plugins', '/usr/local/libexec/docker/cli-plugins', '/usr/lib/docker/cli-plugins', '/usr/libexec/docker/cli-plugins', '/home/linuxbrew/.linuxbrew/lib/docker/cli-plugins']);
+  test("the plugin directories, in the CLI's order: extra dirs of config.json, $DOCKER_CONFIG/cli-plugins, the system ones", () => {
+    const host: ClientHost = {
+      stat: () => null,
+      realpath: () => null,
+      readFile: (p) => (p === '/cfg/config.json' ? JSON.stringify({ cliPluginsExtraDirs: ['/opt/plugins', 'relative'] }) : null)
+    };
+    expect(pluginDirs({ DOCKER_CONFIG: '/cfg' }, host)).toEqual([
+      '/opt/plugins',
+      '/cfg/cli-plugins',
+      '/usr/local/lib/docker/cli-plugins',
+      '/usr/local/libexec/docker/cli-plugins',
+      '/usr/lib/docker/cli-plugins',
+      '/usr/libexec/docker/cli-plugins',
+      '/home/linuxbrew/.linuxbrew/lib/docker/cli-plugins'
+    ]);
     expect(pluginDirs({ HOME: '/home/u' }, host)[0]).toBe('/home/u/.docker/cli-plugins');
   });
 
@@ -155,8 +185,11 @@ describe('resolveDocker', () => {
     ['20.10.24+dfsg1-1+deb12u1', '20.10.24+dfsg1'],
     ['5:27.3.1-1~ubuntu.22.04~jammy', '27.3.1'],
     ['27.5.1+azure-1', '27.5.1+azure']
-  ])('dpkg version %s is the client\'s %s', (pkgVersion, client) => {
-    const files = { '/var/lib/dpkg/info/docker-ce-cli.list': '/usr/bin/docker\n', '/var/lib/dpkg/status': `Package: docker-ce-cli\nStatus: install ok installed\nVersion: ${pkgVersion}\n` };
+  ])("dpkg version %s is the client's %s", (pkgVersion, client) => {
+    const files = {
+      '/var/lib/dpkg/info/docker-ce-cli.list': '/usr/bin/docker\n',
+      '/var/lib/dpkg/status': `Package: docker-ce-cli\nStatus: install ok installed\nVersion: ${pkgVersion}\n`
+    };
     const host = fakeHost({ '/usr/bin/docker': DEBIAN_2010 }, files, { '/var/lib/dpkg/status': { ...exe(9), mtimeMs: Date.now() } });
     expect(dpkgVersion('/usr/bin/docker', host)).toBe(client);
   });
@@ -192,10 +225,30 @@ describe('resolveDocker', () => {
   });
 
   test.each([
-    ['only a newer client without buildx', { PATH }, { '/opt/t/local/bin/docker': NEW_NO_BUILDX }, /No usable docker client: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin and cannot build with BuildKit without it\. Install the buildx plugin/],
-    ['no client at all', { PATH }, {}, /No docker client found \(looked for: \/opt\/t\/local\/bin\/docker, \/opt\/t\/bin\/docker, \/usr\/bin\/docker, \/usr\/local\/bin\/docker\)\..*docker\.io/],
-    ['BUILDCLOUD_DOCKER without buildx or BuildKit', { PATH, BUILDCLOUD_DOCKER: '/opt/t/local/bin/docker' }, { '/opt/t/local/bin/docker': NEW_NO_BUILDX, '/opt/t/bin/docker': DEBIAN_2010 }, /^BUILDCLOUD_DOCKER is '\/opt\/t\/local\/bin\/docker', which is not usable: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin/],
-    ['BUILDCLOUD_DOCKER that does not run', { PATH, BUILDCLOUD_DOCKER: '/nope/docker' }, { '/opt/t/bin/docker': DEBIAN_2010 }, /BUILDCLOUD_DOCKER is '\/nope\/docker', which does not run as a docker client/]
+    [
+      'only a newer client without buildx',
+      { PATH },
+      { '/opt/t/local/bin/docker': NEW_NO_BUILDX },
+      /No usable docker client: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin and cannot build with BuildKit without it\. Install the buildx plugin/
+    ],
+    [
+      'no client at all',
+      { PATH },
+      {},
+      /No docker client found \(looked for: \/opt\/t\/local\/bin\/docker, \/opt\/t\/bin\/docker, \/usr\/bin\/docker, \/usr\/local\/bin\/docker\)\..*docker\.io/
+    ],
+    [
+      'BUILDCLOUD_DOCKER without buildx or BuildKit',
+      { PATH, BUILDCLOUD_DOCKER: '/opt/t/local/bin/docker' },
+      { '/opt/t/local/bin/docker': NEW_NO_BUILDX, '/opt/t/bin/docker': DEBIAN_2010 },
+      /^BUILDCLOUD_DOCKER is '\/opt\/t\/local\/bin\/docker', which is not usable: \/opt\/t\/local\/bin\/docker 28\.2\.2 has no buildx plugin/
+    ],
+    [
+      'BUILDCLOUD_DOCKER that does not run',
+      { PATH, BUILDCLOUD_DOCKER: '/nope/docker' },
+      { '/opt/t/bin/docker': DEBIAN_2010 },
+      /BUILDCLOUD_DOCKER is '\/nope\/docker', which does not run as a docker client/
+    ]
   ])('refuses: %s', async (_what, env, machine, message) => {
     const err = await resolveDocker(env, ...on(machine)).catch((e) => e);
     expect(err).toBeInstanceOf(DockerNotUsableError);
@@ -208,7 +261,15 @@ const R1 = '127.0.0.1:5000/acme/acme/app/cache:feature-x';
 const R2 = '127.0.0.1:5000/acme/acme/app/cache:main';
 const CACHE: CacheRefs = { importRefs: [R1, R2], exportRef: R1 };
 const FORK: CacheRefs = { importRefs: [R2], exportRef: '' };
-const base = (o: Partial<BuildOptions> = {}): BuildOptions => ({ context: '.', tags: ['registry.example.com/acme/app:1.2'], buildArgs: { VERSION: '1.2' }, push: false, platforms: [], exportCache: true, ...o });
+const base = (o: Partial<BuildOptions> = {}): BuildOptions => ({
+  context: '.',
+  tags: ['registry.example.com/acme/app:1.2'],
+  buildArgs: { VERSION: '1.2' },
+  push: false,
+  platforms: [],
+  exportCache: true,
+  ...o
+});
 const CLASSIC: BuildClient = { buildx: false, iidFile: '/t/iid' };
 const BX_DOCKER: BuildClient = { buildx: true, builder: 'bc-ctx', driver: 'docker', metadataFile: '/t/meta.json' };
 const BX_REMOTE: BuildClient = { buildx: true, builder: 'bc-bk', driver: 'remote', metadataFile: '/t/meta.json' };
@@ -217,32 +278,211 @@ const INLINE_HEAD = ['build', '--progress=plain', '--build-arg', 'BUILDKIT_INLIN
 
 describe('buildArgs', () => {
   test.each<[string, BuildOptions, CacheRefs, BuildClient, string[]]>([
-    ['20.10: inline cache, imports in order, the export ref as an extra tag', base(), CACHE, CLASSIC,
-      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '-t', R1, '.']],
-    ['20.10: a fork imports but never exports', base(), FORK, CLASSIC,
-      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
-    ['20.10: export turned off', base({ exportCache: false }), CACHE, CLASSIC,
-      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
-    ['20.10: every option; no-cache skips the imports; our BUILDKIT_INLINE_CACHE wins', base({ file: 'docker/Dockerfile', target: 'runtime', platforms: ['linux/amd64'], network: 'host', pull: true, noCache: true, labels: { 'org.opencontainers.image.source': 'https://x/y' }, buildArgs: { BUILDKIT_INLINE_CACHE: '0', A: 'x=y, z' } }), CACHE, { buildx: false },
-      [...INLINE_HEAD, '-f', 'docker/Dockerfile', '--target', 'runtime', '--platform', 'linux/amd64', '--network', 'host', '--pull', '--no-cache', '--build-arg', 'A=x=y, z', '--label', 'org.opencontainers.image.source=https://x/y', '-t', TAG, '-t', R1, '.']],
+    [
+      '20.10: inline cache, imports in order, the export ref as an extra tag',
+      base(),
+      CACHE,
+      CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '-t', R1, '.']
+    ],
+    [
+      '20.10: a fork imports but never exports',
+      base(),
+      FORK,
+      CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']
+    ],
+    [
+      '20.10: export turned off',
+      base({ exportCache: false }),
+      CACHE,
+      CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R1, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']
+    ],
+    [
+      '20.10: every option; no-cache skips the imports; our BUILDKIT_INLINE_CACHE wins',
+      base({
+        file: 'docker/Dockerfile',
+        target: 'runtime',
+        platforms: ['linux/amd64'],
+        network: 'host',
+        pull: true,
+        noCache: true,
+        labels: { 'org.opencontainers.image.source': 'https://x/y' },
+        buildArgs: { BUILDKIT_INLINE_CACHE: '0', A: 'x=y, z' }
+      }),
+      CACHE,
+      { buildx: false },
+      [
+        ...INLINE_HEAD,
+        '-f',
+        'docker/Dockerfile',
+        '--target',
+        'runtime',
+        '--platform',
+        'linux/amd64',
+        '--network',
+        'host',
+        '--pull',
+        '--no-cache',
+        '--build-arg',
+        'A=x=y, z',
+        '--label',
+        'org.opencontainers.image.source=https://x/y',
+        '-t',
+        TAG,
+        '-t',
+        R1,
+        '.'
+      ]
+    ],
     ['20.10: no tags, nothing to export', base({ tags: [], buildArgs: {} }), FORK, { buildx: false }, [...INLINE_HEAD, '--cache-from', R2, '.']],
-    ['buildx, docker driver (a context): inline cache, loaded, pushed afterwards', base({ push: true }), CACHE, BX_DOCKER,
-      ['buildx', 'build', '--builder', 'bc-ctx', '--progress=plain', '--cache-from', `type=registry,ref=${R1}`, '--cache-from', `type=registry,ref=${R2}`, '--cache-to', 'type=inline', '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '-t', R1, '--load', '.']],
-    ['buildx, remote driver: registry cache mode=max, pushed by buildx', base({ push: true }), CACHE, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R1}`, '--cache-from', `type=registry,ref=${R2}`, '--cache-to', `type=registry,ref=${R1},mode=max,ignore-error=true`, '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']],
-    ['buildx, remote driver, fork, not pushed: loaded', base(), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--build-arg', 'VERSION=1.2', '--metadata-file', '/t/meta.json', '-t', TAG, '--load', '.']],
-    ['buildx, remote driver, no tags: the result stays in the builder', base({ tags: [], buildArgs: {} }), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '.']],
-    ['buildx, remote driver, two platforms', base({ push: true, platforms: ['linux/amd64', 'linux/arm64'], buildArgs: {} }), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--platform', 'linux/amd64,linux/arm64', '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '.']],
+    [
+      'buildx, docker driver (a context): inline cache, loaded, pushed afterwards',
+      base({ push: true }),
+      CACHE,
+      BX_DOCKER,
+      [
+        'buildx',
+        'build',
+        '--builder',
+        'bc-ctx',
+        '--progress=plain',
+        '--cache-from',
+        `type=registry,ref=${R1}`,
+        '--cache-from',
+        `type=registry,ref=${R2}`,
+        '--cache-to',
+        'type=inline',
+        '--build-arg',
+        'VERSION=1.2',
+        '--metadata-file',
+        '/t/meta.json',
+        '-t',
+        TAG,
+        '-t',
+        R1,
+        '--load',
+        '.'
+      ]
+    ],
+    [
+      'buildx, remote driver: registry cache mode=max, pushed by buildx',
+      base({ push: true }),
+      CACHE,
+      BX_REMOTE,
+      [
+        'buildx',
+        'build',
+        '--builder',
+        'bc-bk',
+        '--progress=plain',
+        '--cache-from',
+        `type=registry,ref=${R1}`,
+        '--cache-from',
+        `type=registry,ref=${R2}`,
+        '--cache-to',
+        `type=registry,ref=${R1},mode=max,ignore-error=true`,
+        '--build-arg',
+        'VERSION=1.2',
+        '--metadata-file',
+        '/t/meta.json',
+        '-t',
+        TAG,
+        '--push',
+        '.'
+      ]
+    ],
+    [
+      'buildx, remote driver, fork, not pushed: loaded',
+      base(),
+      FORK,
+      BX_REMOTE,
+      [
+        'buildx',
+        'build',
+        '--builder',
+        'bc-bk',
+        '--progress=plain',
+        '--cache-from',
+        `type=registry,ref=${R2}`,
+        '--build-arg',
+        'VERSION=1.2',
+        '--metadata-file',
+        '/t/meta.json',
+        '-t',
+        TAG,
+        '--load',
+        '.'
+      ]
+    ],
+    [
+      'buildx, remote driver, no tags: the result stays in the builder',
+      base({ tags: [], buildArgs: {} }),
+      FORK,
+      BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '.']
+    ],
+    [
+      'buildx, remote driver, two platforms',
+      base({ push: true, platforms: ['linux/amd64', 'linux/arm64'], buildArgs: {} }),
+      FORK,
+      BX_REMOTE,
+      [
+        'buildx',
+        'build',
+        '--builder',
+        'bc-bk',
+        '--progress=plain',
+        '--cache-from',
+        `type=registry,ref=${R2}`,
+        '--platform',
+        'linux/amd64,linux/arm64',
+        '--metadata-file',
+        '/t/meta.json',
+        '-t',
+        TAG,
+        '--push',
+        '.'
+      ]
+    ],
     // load: a Docker Engine builder keeps the image and load-image.ts streams it over after the build: argv unchanged.
-    ['20.10 with load: the same argv (the load is a step of its own)', base({ load: true }), FORK, CLASSIC,
-      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']],
-    ['buildx, remote driver, load without tags: buildx loads it', base({ load: true, tags: [], buildArgs: {} }), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '--load', '.']],
-    ['buildx, remote driver, push and load: both exporters', base({ load: true, push: true, buildArgs: {} }), FORK, BX_REMOTE,
-      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '-t', TAG, '--push', '--load', '.']]
+    [
+      '20.10 with load: the same argv (the load is a step of its own)',
+      base({ load: true }),
+      FORK,
+      CLASSIC,
+      [...INLINE_HEAD, '--cache-from', R2, '--build-arg', 'VERSION=1.2', '--iidfile', '/t/iid', '-t', TAG, '.']
+    ],
+    [
+      'buildx, remote driver, load without tags: buildx loads it',
+      base({ load: true, tags: [], buildArgs: {} }),
+      FORK,
+      BX_REMOTE,
+      ['buildx', 'build', '--builder', 'bc-bk', '--progress=plain', '--cache-from', `type=registry,ref=${R2}`, '--metadata-file', '/t/meta.json', '--load', '.']
+    ],
+    [
+      'buildx, remote driver, push and load: both exporters',
+      base({ load: true, push: true, buildArgs: {} }),
+      FORK,
+      BX_REMOTE,
+      [
+        'buildx',
+        'build',
+        '--builder',
+        'bc-bk',
+        '--progress=plain',
+        '--cache-from',
+        `type=registry,ref=${R2}`,
+        '--metadata-file',
+        '/t/meta.json',
+        '-t',
+        TAG,
+        '--push',
+        '--load',
+        '.'
+      ]
+    ]
   ])('%s', (_what, opts, cache, client, argv) => {
     expect(buildArgs(opts, cache, client)).toEqual(argv);
   });
@@ -252,11 +492,26 @@ describe('buildArgs', () => {
     ['a tag that is a flag', { tags: ['--push'] }, CLASSIC, /Invalid input 'tags': '--push'/],
     ['an empty tag after the colon', { tags: ['acme/app:'] }, CLASSIC, /Invalid input 'tags'/],
     ['a platform without arch', { platforms: ['linux'] }, BX_REMOTE, /Invalid input 'platforms': 'linux'\. Expected os\/arch/],
-    ['two platforms on the 20.10 path', { platforms: ['linux/amd64', 'linux/arm64'] }, CLASSIC, /Invalid input 'platforms': 'linux\/amd64,linux\/arm64'\. A Docker Engine builder builds one platform per build/],
+    [
+      'two platforms on the 20.10 path',
+      { platforms: ['linux/amd64', 'linux/arm64'] },
+      CLASSIC,
+      /Invalid input 'platforms': 'linux\/amd64,linux\/arm64'\. A Docker Engine builder builds one platform per build/
+    ],
     ['two platforms on a docker-driver builder', { platforms: ['linux/amd64', 'linux/arm64'], push: true }, BX_DOCKER, /one platform per build/],
     ['two platforms loaded locally', { platforms: ['linux/amd64', 'linux/arm64'] }, BX_REMOTE, /Invalid input 'push': a multi-platform image cannot be loaded/],
-    ['load with two platforms, pushed too', { platforms: ['linux/amd64', 'linux/arm64'], push: true, load: true }, BX_REMOTE, /^Invalid input 'load': a multi-platform image cannot be loaded into a local Docker; build one platform to load, or set push to true instead of load\.$/],
-    ['load with two platforms on a Docker Engine builder: load named first', { platforms: ['linux/amd64', 'linux/arm64'], load: true }, CLASSIC, /^Invalid input 'load': a multi-platform image cannot be loaded/],
+    [
+      'load with two platforms, pushed too',
+      { platforms: ['linux/amd64', 'linux/arm64'], push: true, load: true },
+      BX_REMOTE,
+      /^Invalid input 'load': a multi-platform image cannot be loaded into a local Docker; build one platform to load, or set push to true instead of load\.$/
+    ],
+    [
+      'load with two platforms on a Docker Engine builder: load named first',
+      { platforms: ['linux/amd64', 'linux/arm64'], load: true },
+      CLASSIC,
+      /^Invalid input 'load': a multi-platform image cannot be loaded/
+    ],
     ['push without tags', { push: true, tags: [] }, CLASSIC, /Invalid input 'push': true needs at least one image in 'tags'/],
     ['a context that is a flag', { context: '--file=/etc/passwd' }, CLASSIC, /Invalid input 'context': '--file=\/etc\/passwd'\. It must not start with '-'/],
     ['an empty context', { context: ' ' }, CLASSIC, /Invalid input 'context': empty/],
@@ -276,7 +531,7 @@ describe('buildArgs', () => {
     expect((err as Error).message).toMatch(message);
   });
 
-  test('a bad cache ref from the control plane is a plain error, not the user\'s input', () => {
+  test("a bad cache ref from the control plane is a plain error, not the user's input", () => {
     expect(() => buildArgs(base(), { importRefs: ['NOT A REF'], exportRef: '' }, CLASSIC)).toThrow(/control plane returned an invalid cache ref 'NOT A REF'/);
   });
 
@@ -288,11 +543,29 @@ describe('buildArgs', () => {
 
 describe('pushesAfterBuild', () => {
   test.each<[string, BuildOptions, CacheRefs, BuildClient, { ref: string; cache: boolean }[]]>([
-    ['20.10, export and push: the cache first', base({ push: true }), CACHE, CLASSIC, [{ ref: R1, cache: true }, { ref: TAG, cache: false }]],
+    [
+      '20.10, export and push: the cache first',
+      base({ push: true }),
+      CACHE,
+      CLASSIC,
+      [
+        { ref: R1, cache: true },
+        { ref: TAG, cache: false }
+      ]
+    ],
     ['20.10, export only', base(), CACHE, CLASSIC, [{ ref: R1, cache: true }]],
     ['20.10, fork, push', base({ push: true }), FORK, CLASSIC, [{ ref: TAG, cache: false }]],
     ['20.10, fork, no push', base(), FORK, CLASSIC, []],
-    ['buildx docker driver behaves like 20.10', base({ push: true }), CACHE, BX_DOCKER, [{ ref: R1, cache: true }, { ref: TAG, cache: false }]],
+    [
+      'buildx docker driver behaves like 20.10',
+      base({ push: true }),
+      CACHE,
+      BX_DOCKER,
+      [
+        { ref: R1, cache: true },
+        { ref: TAG, cache: false }
+      ]
+    ],
     ['buildx remote pushes by itself', base({ push: true }), CACHE, BX_REMOTE, []]
   ])('%s', (_what, opts, cache, client, expected) => {
     expect(pushesAfterBuild(opts, cache, client)).toEqual(expected);
@@ -334,8 +607,13 @@ describe('isValidReference', () => {
 describe('contexts and builders', () => {
   test('docker context create with the lease certs', () => {
     expect(contextCreateArgs('bc-gh-1', 'tcp://127.0.0.1:40001', '/tmp/bc/certs')).toEqual([
-      'context', 'create', 'bc-gh-1', '--description', 'Build Cloud remote builder',
-      '--docker', 'host=tcp://127.0.0.1:40001,ca=/tmp/bc/certs/ca.pem,cert=/tmp/bc/certs/cert.pem,key=/tmp/bc/certs/key.pem'
+      'context',
+      'create',
+      'bc-gh-1',
+      '--description',
+      'Build Cloud remote builder',
+      '--docker',
+      'host=tcp://127.0.0.1:40001,ca=/tmp/bc/certs/ca.pem,cert=/tmp/bc/certs/cert.pem,key=/tmp/bc/certs/key.pem'
     ]);
   });
 
@@ -354,13 +632,52 @@ describe('contexts and builders', () => {
 
   test('buildx remote builder: one create, then one --append --node per further platform', () => {
     expect(
-      buildxCreateArgs('bc-bk', [
-        { platform: 'linux/amd64', address: 'tcp://10.0.0.5:1234' },
-        { platform: 'linux/arm64', address: 'tcp://10.0.0.6:1234' }
-      ], '/tmp/bc/certs')
+      buildxCreateArgs(
+        'bc-bk',
+        [
+          { platform: 'linux/amd64', address: 'tcp://10.0.0.5:1234' },
+          { platform: 'linux/arm64', address: 'tcp://10.0.0.6:1234' }
+        ],
+        '/tmp/bc/certs'
+      )
     ).toEqual([
-      ['buildx', 'create', '--name', 'bc-bk', '--node', 'bc-bk0', '--driver', 'remote', '--driver-opt', 'cacert=/tmp/bc/certs/ca.pem', '--driver-opt', 'cert=/tmp/bc/certs/cert.pem', '--driver-opt', 'key=/tmp/bc/certs/key.pem', '--platform', 'linux/amd64', 'tcp://10.0.0.5:1234'],
-      ['buildx', 'create', '--name', 'bc-bk', '--append', '--node', 'bc-bk1', '--driver-opt', 'cacert=/tmp/bc/certs/ca.pem', '--driver-opt', 'cert=/tmp/bc/certs/cert.pem', '--driver-opt', 'key=/tmp/bc/certs/key.pem', '--platform', 'linux/arm64', 'tcp://10.0.0.6:1234']
+      [
+        'buildx',
+        'create',
+        '--name',
+        'bc-bk',
+        '--node',
+        'bc-bk0',
+        '--driver',
+        'remote',
+        '--driver-opt',
+        'cacert=/tmp/bc/certs/ca.pem',
+        '--driver-opt',
+        'cert=/tmp/bc/certs/cert.pem',
+        '--driver-opt',
+        'key=/tmp/bc/certs/key.pem',
+        '--platform',
+        'linux/amd64',
+        'tcp://10.0.0.5:1234'
+      ],
+      [
+        'buildx',
+        'create',
+        '--name',
+        'bc-bk',
+        '--append',
+        '--node',
+        'bc-bk1',
+        '--driver-opt',
+        'cacert=/tmp/bc/certs/ca.pem',
+        '--driver-opt',
+        'cert=/tmp/bc/certs/cert.pem',
+        '--driver-opt',
+        'key=/tmp/bc/certs/key.pem',
+        '--platform',
+        'linux/arm64',
+        'tcp://10.0.0.6:1234'
+      ]
     ]);
   });
 
@@ -381,9 +698,20 @@ describe('contexts and builders', () => {
       await writeDockerContext(cfg, 'bc-test-1', 'tcp://127.0.0.1:2376', certs);
       const id = contextId('bc-test-1');
       const files = (fs.readdirSync(path.join(cfg, 'contexts'), { recursive: true }) as string[]).sort();
-      expect(files).toEqual(['meta', `meta/${id}`, `meta/${id}/meta.json`, 'tls', `tls/${id}`, `tls/${id}/docker`, `tls/${id}/docker/ca.pem`, `tls/${id}/docker/cert.pem`, `tls/${id}/docker/key.pem`]);
+      expect(files).toEqual([
+        'meta',
+        `meta/${id}`,
+        `meta/${id}/meta.json`,
+        'tls',
+        `tls/${id}`,
+        `tls/${id}/docker`,
+        `tls/${id}/docker/ca.pem`,
+        `tls/${id}/docker/cert.pem`,
+        `tls/${id}/docker/key.pem`
+      ]);
       expect(fs.readFileSync(path.join(cfg, 'contexts', 'meta', id, 'meta.json'), 'utf8')).toBe(contextMeta('bc-test-1', 'tcp://127.0.0.1:2376'));
-      for (const f of ['ca.pem', 'cert.pem', 'key.pem']) expect(fs.readFileSync(path.join(cfg, 'contexts', 'tls', id, 'docker', f), 'utf8')).toBe(`${f} body\n`);
+      for (const f of ['ca.pem', 'cert.pem', 'key.pem'])
+        expect(fs.readFileSync(path.join(cfg, 'contexts', 'tls', id, 'docker', f), 'utf8')).toBe(`${f} body\n`);
       for (const f of files) expect(fs.statSync(path.join(cfg, 'contexts', f)).mode & 0o777).toBe(f.endsWith('.pem') || f.endsWith('.json') ? 0o600 : 0o700);
       // Written again (same name): replaced, not an error. Removed: both directories gone, the store itself kept.
       await writeDockerContext(cfg, 'bc-test-1', 'tcp://127.0.0.1:2377', certs);

@@ -22,12 +22,17 @@ const ALLOWED: Array<[string, string]> = [
   ['POST', '/v1.41/images/registry.example.com/acme/app/push?tag=1'],
   ['GET', '/v1.41/images/get?names=app%3A1'],
   ['GET', '/v1.41/images/app:1/get'],
-  ['GET', '/v1.41/distribution/registry.example.com/acme/app:1/json'],
+  ['GET', '/v1.41/distribution/registry.example.com/acme/app:1/json']
 ];
 
 // What a hostile job tries; each with the words its message must contain.
 const REFUSED: Array<[string, string, number, RegExp]> = [
-  ['POST', '/v1.41/containers/create', 403, /^Build Cloud builders run builds only: containers \(`docker run`, `docker exec`, `docker create`\) are not available on a remote builder; use `load: true`/],
+  [
+    'POST',
+    '/v1.41/containers/create',
+    403,
+    /^Build Cloud builders run builds only: containers \(`docker run`, `docker exec`, `docker create`\) are not available on a remote builder; use `load: true`/
+  ],
   ['POST', '/containers/create?name=x', 403, /`docker run`/],
   ['POST', '/v1.41/containers/abc/start', 403, /`docker run`/],
   ['POST', '/v1.41/containers/abc/attach?stream=1', 403, /`docker run`/],
@@ -64,7 +69,7 @@ const REFUSED: Array<[string, string, number, RegExp]> = [
   ['POST', '/v1.41/images/%2e%2e/containers/create/push', 400, /not a plain API path/],
   ['GET', '/v1.41/images/.\\./json', 400, /not a plain API path/],
   ['GET', '*', 400, /not a plain API path/],
-  ['GET', 'http://127.0.0.1/_ping', 400, /not a plain API path/],
+  ['GET', 'http://127.0.0.1/_ping', 400, /not a plain API path/]
 ];
 
 describe('checkEngineRequest', () => {
@@ -86,7 +91,7 @@ describe('checkEngineRequest', () => {
     ['application/x-www-form-urlencoded'],
     ['Application/X-WWW-Form-URLEncoded ; charset=utf-8'],
     ['  application/x-www-form-urlencoded'],
-    ['multipart/form-data; boundary=x'],
+    ['multipart/form-data; boundary=x']
   ])('refuses a form-encoded body (%j) on an allowed route', (ct) => {
     const d = checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [ct] });
     expect(d).toMatchObject({ allowed: false, status: 400 });
@@ -94,7 +99,9 @@ describe('checkEngineRequest', () => {
   });
 
   it('refuses two Content-Type headers, and allows what build clients send', () => {
-    expect(checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: ['application/x-tar', 'application/x-www-form-urlencoded'] })).toMatchObject({ allowed: false, status: 400 });
+    expect(
+      checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: ['application/x-tar', 'application/x-www-form-urlencoded'] })
+    ).toMatchObject({ allowed: false, status: 400 });
     for (const ct of ['application/x-tar', 'application/json', 'text/plain', 'application/octet-stream']) {
       expect(checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [ct] })).toMatchObject({ allowed: true });
     }
@@ -120,7 +127,7 @@ describe('checkEngineRequest', () => {
     ['/v1/_ping', '/_ping'],
     ['/build', '/build'],
     ['/v1.41', '/v1.41'],
-    ['/vx/build', '/vx/build'],
+    ['/vx/build', '/vx/build']
   ])('stripVersion(%s) = %s', (input, out) => {
     expect(stripVersion(input)).toBe(out);
   });

@@ -31,7 +31,20 @@ const JOB_KEY = '$[[ inputs.job-name ]]';
 const CLI_INPUTS: InputDef[] = [...SETUP_INPUTS, ...BUILD_INPUTS].filter((d, i, all) => d.only !== 'github' && all.findIndex((x) => x.name === d.name) === i);
 const SETUP_NAMES = SETUP_INPUTS.filter((d) => d.only !== 'github').map((d) => d.name);
 const OWN_INPUTS = ['job-name', 'stage', 'cli'];
-const GLOBAL_KEYWORDS = ['default', 'include', 'stages', 'variables', 'workflow', 'image', 'services', 'cache', 'before_script', 'after_script', 'types', 'spec'];
+const GLOBAL_KEYWORDS = [
+  'default',
+  'include',
+  'stages',
+  'variables',
+  'workflow',
+  'image',
+  'services',
+  'cache',
+  'before_script',
+  'after_script',
+  'types',
+  'spec'
+];
 const SCRIPT_KEYS = ['before_script', 'script', 'after_script'];
 
 function typedDefault(d: InputDef): Json {
@@ -117,8 +130,7 @@ function unquotedExpansions(line: string): string[] {
     else if (c === '`') {
       found.push('`');
       i = line.indexOf('`', i + 1) === -1 ? line.length : line.indexOf('`', i + 1);
-    }
-    else if (c === '$') found.push(/^\$(\{[^}]*\}?|\(|[A-Za-z_][A-Za-z0-9_]*|.)/.exec(line.slice(i))![0]);
+    } else if (c === '$') found.push(/^\$(\{[^}]*\}?|\(|[A-Za-z_][A-Za-z0-9_]*|.)/.exec(line.slice(i))![0]);
   }
   return found;
 }
@@ -190,7 +202,10 @@ describe('inputs reach the CLI through variables only', () => {
 
   test.each([
     ['the defaults', {}],
-    ['every boolean flipped and other values', { cache: false, summary: false, push: true, load: true, 'no-cache': true, pull: true, 'provision-timeout': 30, scope: 'job' }]
+    [
+      'every boolean flipped and other values',
+      { cache: false, summary: false, push: true, load: true, 'no-cache': true, pull: true, 'provision-timeout': 30, scope: 'job' }
+    ]
   ])('after GitLab interpolation (%s) every variable is a string or an integer, as GitLab requires', (_, overrides) => {
     const resolved = interpolate(body, withDefaults(overrides)) as Obj;
     for (const name of Object.keys(resolved)) {

@@ -20,7 +20,12 @@ const TOKENS: Record<string, Principal> = {
     kind: 'org',
     org: 'acme',
     subject: 'repo:acme/app',
-    scope: { projects: null, branches: null, readOnly: false, verified: { provider: 'github', project: 'acme/app', branch: 'main', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '' } }
+    scope: {
+      projects: null,
+      branches: null,
+      readOnly: false,
+      verified: { provider: 'github', project: 'acme/app', branch: 'main', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '' }
+    }
   }
 };
 
@@ -59,10 +64,7 @@ interface Reply {
   json(): any; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
 const bases = new WeakMap<FastifyInstance, string>();
-async function request(
-  a: FastifyInstance,
-  opts: { method: string; url: string; headers?: Record<string, string>; payload?: string }
-): Promise<Reply> {
+async function request(a: FastifyInstance, opts: { method: string; url: string; headers?: Record<string, string>; payload?: string }): Promise<Reply> {
   let base = bases.get(a);
   if (!base) {
     base = await a.listen({ host: '127.0.0.1', port: 0 });
@@ -101,7 +103,10 @@ afterEach(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const build = (buildId: string, over: { org?: string; lease?: string; total?: number; cached?: number; status?: 'success' | 'failure'; actor?: string; time?: number } = {}) =>
+const build = (
+  buildId: string,
+  over: { org?: string; lease?: string; total?: number; cached?: number; status?: 'success' | 'failure'; actor?: string; time?: number } = {}
+) =>
   buildCompletedEvent(
     over.org ?? 'acme',
     {
@@ -210,7 +215,8 @@ describe('POST /v1/events', () => {
       index: 1,
       id: expect.any(String),
       status: 'deferred',
-      reason: 'data.lease_id "L-billing" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease\'s job'
+      reason:
+        'data.lease_id "L-billing" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease\'s job'
     });
     expect((await store.usageRecords('acme', 0, NOW * 2)).map((x) => x.data.lease_id)).toEqual(['L-app']);
     // Control: the org-admin token (unscoped) sends it.
@@ -220,7 +226,8 @@ describe('POST /v1/events', () => {
   test("a pipeline's usage shows a project-scoped credential only its own project's leases (pipeline keys are in run URLs)", async () => {
     await store.insertLease(lease('L-app', 'acme', { pipelineKey: 'shared', identity: { project: 'acme/app' } }));
     await store.insertLease(lease('L-billing', 'acme', { pipelineKey: 'shared', identity: { project: 'acme/billing' } }));
-    const get = (token: string) => request(app, { method: 'GET', url: '/v1/orgs/acme/pipelines/usage?key=shared', headers: { authorization: `Bearer ${token}` } });
+    const get = (token: string) =>
+      request(app, { method: 'GET', url: '/v1/orgs/acme/pipelines/usage?key=shared', headers: { authorization: `Bearer ${token}` } });
     expect((await get('tok-acme-app')).json().leases).toBe(1);
     expect((await get('tok-acme')).json().leases).toBe(2); // control: the org-admin token sees both
   });
@@ -255,7 +262,16 @@ describe('POST /v1/events', () => {
   });
 
   test('job records are accepted', async () => {
-    const job = jobCompletedEvent('acme', { lease_id: 'L-acme', wall_seconds: 30, builds: 1, actor: 'ann', provider: 'github', project: 'acme/api', pipeline_key: 'p', job_id: 'j' });
+    const job = jobCompletedEvent('acme', {
+      lease_id: 'L-acme',
+      wall_seconds: 30,
+      builds: 1,
+      actor: 'ann',
+      provider: 'github',
+      project: 'acme/api',
+      pipeline_key: 'p',
+      job_id: 'j'
+    });
     expect((await post([job])).json()).toMatchObject({ accepted: 1 });
   });
 
@@ -287,7 +303,12 @@ describe('POST /v1/events', () => {
   });
 
   test('no content type at all → 400 naming the content types to use', async () => {
-    const r = await request(app, { method: 'POST', url: '/v1/events', headers: { authorization: 'Bearer tok-acme' }, payload: new Uint8Array(Buffer.from('[]')) as unknown as string });
+    const r = await request(app, {
+      method: 'POST',
+      url: '/v1/events',
+      headers: { authorization: 'Bearer tok-acme' },
+      payload: new Uint8Array(Buffer.from('[]')) as unknown as string
+    });
     expect(r.statusCode).toBe(400);
     expect(r.json().error.message).toMatch(/application\/cloudevents-batch\+json/);
   });
@@ -295,7 +316,11 @@ describe('POST /v1/events', () => {
   test('a failing store gives 500 in the JSON format, and the server keeps serving', async () => {
     const broken = makeApp({
       log: pino({ level: 'silent' }),
-      store: Object.assign(Object.create(store), { insertUsageRecord: async () => { throw new Error('disk full'); } })
+      store: Object.assign(Object.create(store), {
+        insertUsageRecord: async () => {
+          throw new Error('disk full');
+        }
+      })
     });
     const r = await post([build('b1')], { a: broken });
     expect(r.statusCode).toBe(500);
@@ -316,7 +341,10 @@ describe('POST /v1/events', () => {
 
   test('a body over the byte limit → 413 in the JSON error format', async () => {
     const small = makeApp({ bodyLimitBytes: 1000 });
-    const r = await post(Array.from({ length: 10 }, (_, i) => build(`b${i}`)), { a: small });
+    const r = await post(
+      Array.from({ length: 10 }, (_, i) => build(`b${i}`)),
+      { a: small }
+    );
     expect(r.statusCode).toBe(413);
     expect(r.json().error.code).toBe('payload_too_large');
     await small.close();
@@ -355,7 +383,9 @@ describe('GET /v1/orgs/:org/usage', () => {
   test('usage numbers: minutes from lease records, detail from client records', async () => {
     await store.addBucket('acme', 6000, '100 minutes', 0);
     // Ended last month: counts against the bucket, not in January.
-    await store.insertLease(lease('L-dec', 'acme', { createdAt: Date.UTC(2024, 11, 31, 23, 0), endedAt: Date.UTC(2024, 11, 31, 23, 10), endReason: 'released', billedSeconds: 600 }));
+    await store.insertLease(
+      lease('L-dec', 'acme', { createdAt: Date.UTC(2024, 11, 31, 23, 0), endedAt: Date.UTC(2024, 11, 31, 23, 10), endReason: 'released', billedSeconds: 600 })
+    );
     // 'L-acme' ends in January after 90.5 s → 91 s; L-live is still running (30 s so far).
     await store.endLease('L-acme', NOW - 60_000 + 90_500, 'released', 91);
     await store.insertLease(lease('L-live', 'acme', { createdAt: NOW - 30_000, actor: 'dan' }));
@@ -381,7 +411,13 @@ describe('GET /v1/orgs/:org/usage', () => {
     expect(u.builds).toMatchObject({ count: 4, succeeded: 3, failed: 1, cancelled: 0, northStarGoal: 0.8, northStarMet: false });
     expect(u.builds.avgCacheRatio).toBe(0.5); // (1 + 0.5 + 0 + 0.5) / 4
     expect(u.builds.withCachedStepShare).toBe(0.75); // 3 of 4
-    expect(u.users).toEqual({ distinct: 2, top: [{ actor: 'ann', builds: 3 }, { actor: 'bob', builds: 1 }] });
+    expect(u.users).toEqual({
+      distinct: 2,
+      top: [
+        { actor: 'ann', builds: 3 },
+        { actor: 'bob', builds: 1 }
+      ]
+    });
 
     // The admin sees the same; December shows the December lease only.
     const admin = await get('/v1/orgs/acme/usage?month=2024-12', 'tok-admin');
@@ -414,7 +450,13 @@ describe('rate limit and record caps (issue 9)', () => {
     return makeApp({
       now: () => clock,
       recordLimiter: new RateLimiter({
-        limit: 'records', flag: '--record-rate', burstFlag: '--record-burst', unit: 'usage records', ratePerSecond: 10, burst: 20, now: () => clock,
+        limit: 'records',
+        flag: '--record-rate',
+        burstFlag: '--record-burst',
+        unit: 'usage records',
+        ratePerSecond: 10,
+        burst: 20,
+        now: () => clock,
         onLimited: () => metrics.rateLimited.inc({ limit: 'records' }) // as server.ts wires it
       }),
       ...over
@@ -505,7 +547,9 @@ describe('rate limit and record caps (issue 9)', () => {
     try {
       const r = (await post([...batch('a', 2), build('c', { lease: 'L-acme-2' })], { a })).json();
       expect(r.results.map((x: { status: string }) => x.status)).toEqual(['accepted', 'accepted', 'rejected']);
-      expect(r.results[2].reason).toMatch(/^org "acme" already stored 4 usage records today \(UTC\), the most one org may store per day \(set by --max-records-per-org-day\); this record was not stored/);
+      expect(r.results[2].reason).toMatch(
+        /^org "acme" already stored 4 usage records today \(UTC\), the most one org may store per day \(set by --max-records-per-org-day\); this record was not stored/
+      );
       // beta has its own count.
       expect((await post([build('x', { org: 'beta', lease: 'L-beta' })], { a, token: 'tok-beta' })).json()).toMatchObject({ accepted: 1 });
       // The next UTC day starts from zero.

@@ -29,7 +29,14 @@ const GH: Env = {
   RUNNER_ENVIRONMENT: 'github-hosted',
   RUNNER_NAME: 'GitHub Actions 12'
 };
-const GH_PUSH: Env = { ...GH, GITHUB_EVENT_NAME: 'push', GITHUB_REF: 'refs/heads/main', GITHUB_REF_NAME: 'main', GITHUB_REF_TYPE: 'branch', GITHUB_RUN_ATTEMPT: '1' };
+const GH_PUSH: Env = {
+  ...GH,
+  GITHUB_EVENT_NAME: 'push',
+  GITHUB_REF: 'refs/heads/main',
+  GITHUB_REF_NAME: 'main',
+  GITHUB_REF_TYPE: 'branch',
+  GITHUB_RUN_ATTEMPT: '1'
+};
 const GH_PR: Env = {
   ...GH,
   GITHUB_EVENT_NAME: 'pull_request',
@@ -48,7 +55,10 @@ const prPayload = (headRepoId: number | null, number = 57) => ({
   number,
   pull_request: {
     number,
-    head: { ref: 'feature/login', repo: headRepoId === null ? null : { id: headRepoId, full_name: headRepoId === 712345678 ? 'acme-corp/widget-api' : 'contributor42/widget-api' } },
+    head: {
+      ref: 'feature/login',
+      repo: headRepoId === null ? null : { id: headRepoId, full_name: headRepoId === 712345678 ? 'acme-corp/widget-api' : 'contributor42/widget-api' }
+    },
     base: { ref: 'main', repo: repoPayload }
   },
   repository: repoPayload
@@ -131,74 +141,231 @@ describe('detectProvider', () => {
 
 describe('identityFromEnv: each CI', () => {
   test.each<[string, Env, (file: string) => unknown, Partial<Identity>, Partial<Identity>]>([
-    ['GitHub push to the default branch', GH_PUSH, events(pushPayload), {},
-      { provider: 'github', org: 'acme-corp', project: 'acme-corp/widget-api', pipelineKey: '712345678/9876543210/1',
-        jobId: 'build@GitHub-Actions-12', jobName: 'build', branch: 'main', defaultBranch: 'main', fork: false, actor: 'jdoe',
-        runUrl: 'https://github.com/acme-corp/widget-api/actions/runs/9876543210', pullRequest: null, sha: GH.GITHUB_SHA }],
-    ['GitHub pull_request from a fork', GH_PR, events(prPayload(11122233)), {},
-      { pipelineKey: '712345678/9876543210/2', branch: 'feature/login', defaultBranch: 'main', fork: true, pullRequest: 57 }],
-    ['GitHub pull_request from a branch of the same repository', GH_PR, events(prPayload(712345678)), {},
-      { branch: 'feature/login', fork: false, pullRequest: 57 }],
+    [
+      'GitHub push to the default branch',
+      GH_PUSH,
+      events(pushPayload),
+      {},
+      {
+        provider: 'github',
+        org: 'acme-corp',
+        project: 'acme-corp/widget-api',
+        pipelineKey: '712345678/9876543210/1',
+        jobId: 'build@GitHub-Actions-12',
+        jobName: 'build',
+        branch: 'main',
+        defaultBranch: 'main',
+        fork: false,
+        actor: 'jdoe',
+        runUrl: 'https://github.com/acme-corp/widget-api/actions/runs/9876543210',
+        pullRequest: null,
+        sha: GH.GITHUB_SHA
+      }
+    ],
+    [
+      'GitHub pull_request from a fork',
+      GH_PR,
+      events(prPayload(11122233)),
+      {},
+      { pipelineKey: '712345678/9876543210/2', branch: 'feature/login', defaultBranch: 'main', fork: true, pullRequest: 57 }
+    ],
+    [
+      'GitHub pull_request from a branch of the same repository',
+      GH_PR,
+      events(prPayload(712345678)),
+      {},
+      { branch: 'feature/login', fork: false, pullRequest: 57 }
+    ],
     ['GitHub pull_request whose fork was deleted (head.repo null)', GH_PR, events(prPayload(null)), {}, { fork: true }],
-    ['GitHub pull_request_target from a fork (base ref, head branch)',
+    [
+      'GitHub pull_request_target from a fork (base ref, head branch)',
       { ...GH_PR, GITHUB_EVENT_NAME: 'pull_request_target', GITHUB_REF: 'refs/heads/main', GITHUB_REF_NAME: 'main' },
-      events(prPayload(11122233)), {}, { branch: 'feature/login', fork: true, pullRequest: 57 }],
-    ['GitHub pull_request_review (no GITHUB_HEAD_REF): head.ref from the payload',
-      { ...GH_PR, GITHUB_EVENT_NAME: 'pull_request_review', GITHUB_HEAD_REF: '' }, events(prPayload(11122233)), {},
-      { branch: 'feature/login', fork: true }],
-    ['GitHub tag push: no branch, so import only', GH_TAG, events({ ref: 'refs/tags/v1.4.0', repository: repoPayload }), {},
-      { branch: '', defaultBranch: 'main', fork: false }],
-    ['GitHub without GITHUB_REF_TYPE (old runner): branch from GITHUB_REF',
+      events(prPayload(11122233)),
+      {},
+      { branch: 'feature/login', fork: true, pullRequest: 57 }
+    ],
+    [
+      'GitHub pull_request_review (no GITHUB_HEAD_REF): head.ref from the payload',
+      { ...GH_PR, GITHUB_EVENT_NAME: 'pull_request_review', GITHUB_HEAD_REF: '' },
+      events(prPayload(11122233)),
+      {},
+      { branch: 'feature/login', fork: true }
+    ],
+    [
+      'GitHub tag push: no branch, so import only',
+      GH_TAG,
+      events({ ref: 'refs/tags/v1.4.0', repository: repoPayload }),
+      {},
+      { branch: '', defaultBranch: 'main', fork: false }
+    ],
+    [
+      'GitHub without GITHUB_REF_TYPE (old runner): branch from GITHUB_REF',
       { ...GH_PUSH, GITHUB_REF_TYPE: undefined, GITHUB_REF: 'refs/heads/release/2.0', GITHUB_REF_NAME: 'release/2.0' },
-      events(pushPayload), {}, { branch: 'release/2.0' }],
-    ['GitHub Enterprise Server without GITHUB_REPOSITORY_ID: id from the payload',
-      { ...GH_PUSH, GITHUB_REPOSITORY_ID: undefined, GITHUB_SERVER_URL: 'https://ghe.example.com/' }, events(pushPayload), {},
-      { pipelineKey: '712345678/9876543210/1', runUrl: 'https://ghe.example.com/acme-corp/widget-api/actions/runs/9876543210' }],
-    ['GitHub schedule event without default_branch: unknown', GH_PUSH, events({ schedule: '0 0 * * *', repository: { id: 712345678 } }), {},
-      { defaultBranch: '' }],
-    ['GitHub with the action\'s job-id override (matrix leg 3)', GH_PUSH, events(pushPayload), { jobId: 'build-3' }, { jobId: 'build-3', jobName: 'build' }],
+      events(pushPayload),
+      {},
+      { branch: 'release/2.0' }
+    ],
+    [
+      'GitHub Enterprise Server without GITHUB_REPOSITORY_ID: id from the payload',
+      { ...GH_PUSH, GITHUB_REPOSITORY_ID: undefined, GITHUB_SERVER_URL: 'https://ghe.example.com/' },
+      events(pushPayload),
+      {},
+      { pipelineKey: '712345678/9876543210/1', runUrl: 'https://ghe.example.com/acme-corp/widget-api/actions/runs/9876543210' }
+    ],
+    [
+      'GitHub schedule event without default_branch: unknown',
+      GH_PUSH,
+      events({ schedule: '0 0 * * *', repository: { id: 712345678 } }),
+      {},
+      { defaultBranch: '' }
+    ],
+    ["GitHub with the action's job-id override (matrix leg 3)", GH_PUSH, events(pushPayload), { jobId: 'build-3' }, { jobId: 'build-3', jobName: 'build' }],
     ['GitHub without RUNNER_NAME', { ...GH_PUSH, RUNNER_NAME: undefined }, events(pushPayload), {}, { jobId: 'build' }],
-    ['GitLab branch pipeline', GL_BRANCH, noEvent, {},
-      { provider: 'gitlab', org: 'platform', project: 'platform/tools/widget-api', pipelineKey: '4821/1093344', jobId: '55012931',
-        jobName: 'scan', branch: 'develop', defaultBranch: 'main', fork: false, actor: 'jdoe', runUrl: GL.CI_PIPELINE_URL,
-        pullRequest: null, sha: GL.CI_COMMIT_SHA }],
+    [
+      'GitLab branch pipeline',
+      GL_BRANCH,
+      noEvent,
+      {},
+      {
+        provider: 'gitlab',
+        org: 'platform',
+        project: 'platform/tools/widget-api',
+        pipelineKey: '4821/1093344',
+        jobId: '55012931',
+        jobName: 'scan',
+        branch: 'develop',
+        defaultBranch: 'main',
+        fork: false,
+        actor: 'jdoe',
+        runUrl: GL.CI_PIPELINE_URL,
+        pullRequest: null,
+        sha: GL.CI_COMMIT_SHA
+      }
+    ],
     ['GitLab MR pipeline (sample): branch from CI_COMMIT_REF_NAME', GL_MR, noEvent, {}, { branch: 'feature/login', fork: false, pullRequest: 57 }],
-    ['GitLab MR pipeline with the source branch variable', { ...GL_MR, CI_COMMIT_REF_NAME: 'x', CI_MERGE_REQUEST_SOURCE_BRANCH_NAME: 'feature/login' },
-      noEvent, {}, { branch: 'feature/login' }],
-    ['GitLab MR from a fork, run in the parent project', { ...GL_MR, CI_MERGE_REQUEST_SOURCE_PROJECT_ID: '9911' }, noEvent, {},
-      { project: 'platform/tools/widget-api', fork: true, pullRequest: 57 }],
-    ['GitLab MR from a fork, run in the fork project (the default)',
-      { ...GL_MR, CI_PROJECT_ID: '9911', CI_PROJECT_PATH: 'contributor42/widget-api', CI_PROJECT_NAMESPACE: 'contributor42',
-        CI_PROJECT_ROOT_NAMESPACE: 'contributor42', CI_MERGE_REQUEST_SOURCE_PROJECT_ID: '9911' }, noEvent, {},
-      { org: 'contributor42', pipelineKey: '9911/1093344', fork: true }],
-    ['GitLab nested namespace without CI_PROJECT_ROOT_NAMESPACE (old GitLab)',
+    [
+      'GitLab MR pipeline with the source branch variable',
+      { ...GL_MR, CI_COMMIT_REF_NAME: 'x', CI_MERGE_REQUEST_SOURCE_BRANCH_NAME: 'feature/login' },
+      noEvent,
+      {},
+      { branch: 'feature/login' }
+    ],
+    [
+      'GitLab MR from a fork, run in the parent project',
+      { ...GL_MR, CI_MERGE_REQUEST_SOURCE_PROJECT_ID: '9911' },
+      noEvent,
+      {},
+      { project: 'platform/tools/widget-api', fork: true, pullRequest: 57 }
+    ],
+    [
+      'GitLab MR from a fork, run in the fork project (the default)',
+      {
+        ...GL_MR,
+        CI_PROJECT_ID: '9911',
+        CI_PROJECT_PATH: 'contributor42/widget-api',
+        CI_PROJECT_NAMESPACE: 'contributor42',
+        CI_PROJECT_ROOT_NAMESPACE: 'contributor42',
+        CI_MERGE_REQUEST_SOURCE_PROJECT_ID: '9911'
+      },
+      noEvent,
+      {},
+      { org: 'contributor42', pipelineKey: '9911/1093344', fork: true }
+    ],
+    [
+      'GitLab nested namespace without CI_PROJECT_ROOT_NAMESPACE (old GitLab)',
       { ...GL_BRANCH, CI_PROJECT_ROOT_NAMESPACE: undefined, CI_PROJECT_NAMESPACE: 'acme/platform/tools', CI_PROJECT_PATH: 'acme/platform/tools/api' },
-      noEvent, {}, { org: 'acme', project: 'acme/platform/tools/api' }],
+      noEvent,
+      {},
+      { org: 'acme', project: 'acme/platform/tools/api' }
+    ],
     ['GitLab tag pipeline', { ...GL, CI_COMMIT_TAG: 'v1.4.0', CI_COMMIT_REF_NAME: 'v1.4.0' }, noEvent, {}, { branch: '' }],
-    ['GitLab without CI_PIPELINE_URL: the job URL', { ...GL_BRANCH, CI_PIPELINE_URL: undefined, CI_JOB_URL: 'https://gitlab.example.com/j/1' },
-      noEvent, {}, { runUrl: 'https://gitlab.example.com/j/1' }],
-    ['GitLab without any URL: built from the server URL', { ...GL_BRANCH, CI_PIPELINE_URL: undefined }, noEvent, {},
-      { runUrl: 'https://gitlab.example.com/platform/tools/widget-api/-/pipelines/1093344' }],
-    ['CircleCI branch build', CC_BRANCH, noEvent, {},
-      { provider: 'circleci', org: 'acme-corp', project: 'acme-corp/widget-api', pipelineKey: '4f7238f8-bbeb-4428-912f-da28c816002f',
-        jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b', jobName: 'test', branch: 'feature/login', defaultBranch: 'main', fork: false,
-        actor: 'jdoe', runUrl: CC_FORK.CIRCLE_BUILD_URL, pullRequest: null, sha: CC_FORK.CIRCLE_SHA1 }],
+    [
+      'GitLab without CI_PIPELINE_URL: the job URL',
+      { ...GL_BRANCH, CI_PIPELINE_URL: undefined, CI_JOB_URL: 'https://gitlab.example.com/j/1' },
+      noEvent,
+      {},
+      { runUrl: 'https://gitlab.example.com/j/1' }
+    ],
+    [
+      'GitLab without any URL: built from the server URL',
+      { ...GL_BRANCH, CI_PIPELINE_URL: undefined },
+      noEvent,
+      {},
+      { runUrl: 'https://gitlab.example.com/platform/tools/widget-api/-/pipelines/1093344' }
+    ],
+    [
+      'CircleCI branch build',
+      CC_BRANCH,
+      noEvent,
+      {},
+      {
+        provider: 'circleci',
+        org: 'acme-corp',
+        project: 'acme-corp/widget-api',
+        pipelineKey: '4f7238f8-bbeb-4428-912f-da28c816002f',
+        jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b',
+        jobName: 'test',
+        branch: 'feature/login',
+        defaultBranch: 'main',
+        fork: false,
+        actor: 'jdoe',
+        runUrl: CC_FORK.CIRCLE_BUILD_URL,
+        pullRequest: null,
+        sha: CC_FORK.CIRCLE_SHA1
+      }
+    ],
     ['CircleCI forked PR (sample)', CC_FORK, noEvent, {}, { branch: 'pull/57', fork: true, pullRequest: 57 }],
-    ['CircleCI PR from the same repository: number from the URL', { ...CC_BRANCH, CIRCLE_PULL_REQUEST: 'https://github.com/acme-corp/widget-api/pull/58' },
-      noEvent, {}, { fork: false, pullRequest: 58 }],
-    ['CircleCI parallelism leg 3 of 4', { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '4', CIRCLE_NODE_INDEX: '2' }, noEvent, {},
-      { jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b/2', jobName: 'test (3/4)' }],
-    ['CircleCI parallelism 1: no node suffix', { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '1', CIRCLE_NODE_INDEX: '0' }, noEvent, {},
-      { jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b' }],
-    ['CircleCI without workflow job id / workflow id: build number and pipeline id',
-      { ...CC_BRANCH, CIRCLE_WORKFLOW_JOB_ID: undefined, CIRCLE_WORKFLOW_ID: undefined }, noEvent, {},
-      { pipelineKey: '6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d', jobId: '76545' }],
+    [
+      'CircleCI PR from the same repository: number from the URL',
+      { ...CC_BRANCH, CIRCLE_PULL_REQUEST: 'https://github.com/acme-corp/widget-api/pull/58' },
+      noEvent,
+      {},
+      { fork: false, pullRequest: 58 }
+    ],
+    [
+      'CircleCI parallelism leg 3 of 4',
+      { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '4', CIRCLE_NODE_INDEX: '2' },
+      noEvent,
+      {},
+      { jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b/2', jobName: 'test (3/4)' }
+    ],
+    [
+      'CircleCI parallelism 1: no node suffix',
+      { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '1', CIRCLE_NODE_INDEX: '0' },
+      noEvent,
+      {},
+      { jobId: '0793c975-7b9f-489f-909b-5c6d7e8f9a0b' }
+    ],
+    [
+      'CircleCI without workflow job id / workflow id: build number and pipeline id',
+      { ...CC_BRANCH, CIRCLE_WORKFLOW_JOB_ID: undefined, CIRCLE_WORKFLOW_ID: undefined },
+      noEvent,
+      {},
+      { pipelineKey: '6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d', jobId: '76545' }
+    ],
     ['CircleCI default branch from BUILDCLOUD_DEFAULT_BRANCH', { ...CC_BRANCH, BUILDCLOUD_DEFAULT_BRANCH: 'master' }, noEvent, {}, { defaultBranch: 'master' }],
-    ['CircleCI default branch from a setting', { ...CC_BRANCH, BUILDCLOUD_DEFAULT_BRANCH: 'master' }, noEvent, { defaultBranch: 'trunk' }, { defaultBranch: 'trunk' }],
+    [
+      'CircleCI default branch from a setting',
+      { ...CC_BRANCH, BUILDCLOUD_DEFAULT_BRANCH: 'master' },
+      noEvent,
+      { defaultBranch: 'trunk' },
+      { defaultBranch: 'trunk' }
+    ],
     ['CircleCI tag build, "<nil>" pipeline values are unset', { ...CC_BRANCH, CIRCLE_BRANCH: '<nil>', CIRCLE_TAG: 'v1.4.0' }, noEvent, {}, { branch: '' }],
-    ['local with settings', { HOME: '/home/jdoe', USER: 'jdoe', BUILDCLOUD_PIPELINE_ID: 'run-7' }, noEvent, { org: 'acme', project: 'acme/widget', branch: 'dev' },
-      { provider: 'local', org: 'acme', project: 'acme/widget', jobId: 'local', branch: 'dev', fork: false, actor: 'jdoe', pullRequest: null }],
-    ['overrides: empty strings are "not given"', GL_BRANCH, noEvent, { jobId: '', org: '', branch: '' }, { jobId: '55012931', org: 'platform', branch: 'develop' }]
+    [
+      'local with settings',
+      { HOME: '/home/jdoe', USER: 'jdoe', BUILDCLOUD_PIPELINE_ID: 'run-7' },
+      noEvent,
+      { org: 'acme', project: 'acme/widget', branch: 'dev' },
+      { provider: 'local', org: 'acme', project: 'acme/widget', jobId: 'local', branch: 'dev', fork: false, actor: 'jdoe', pullRequest: null }
+    ],
+    [
+      'overrides: empty strings are "not given"',
+      GL_BRANCH,
+      noEvent,
+      { jobId: '', org: '', branch: '' },
+      { jobId: '55012931', org: 'platform', branch: 'develop' }
+    ]
   ])('%s', (_name, env, readEvent, overrides, expected) => {
     expect(identityFromEnv(env, readEvent, overrides)).toMatchObject(expected);
   });
@@ -216,8 +383,22 @@ describe('identityFromEnv: each CI', () => {
 
   test('local defaults: host, pid, cwd', () => {
     const id = identityFromEnv({ PWD: '/home/jdoe/src/widget-api' });
-    expect(id.pipelineKey).toBe(`local/${os.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, '-')}/${process.pid}`);
-    expect(id).toMatchObject({ provider: 'local', org: '', project: 'widget-api', jobId: 'local', branch: 'main', defaultBranch: 'main', fork: false, runUrl: '' });
+    expect(id.pipelineKey).toBe(
+      `local/${os
+        .hostname()
+        .toLowerCase()
+        .replace(/[^a-z0-9.-]+/g, '-')}/${process.pid}`
+    );
+    expect(id).toMatchObject({
+      provider: 'local',
+      org: '',
+      project: 'widget-api',
+      jobId: 'local',
+      branch: 'main',
+      defaultBranch: 'main',
+      fork: false,
+      runUrl: ''
+    });
     expect(identityFromEnv({}).project).toBe(path.basename(process.cwd()));
   });
 
@@ -241,22 +422,59 @@ describe('identityFromEnv: errors name the variable and the CI', () => {
     ['GitHub attempt', unset(GH_PUSH, 'GITHUB_RUN_ATTEMPT'), events(pushPayload), 'GITHUB_RUN_ATTEMPT', /GITHUB_RUN_ATTEMPT is not set/],
     ['GitHub job', { ...GH_PUSH, GITHUB_JOB: '  ' }, events(pushPayload), 'GITHUB_JOB', /GITHUB_JOB is not set/],
     ['GitHub event path', unset(GH_PUSH, 'GITHUB_EVENT_PATH'), events(pushPayload), 'GITHUB_EVENT_PATH', /GITHUB_EVENT_PATH is not set/],
-    ['GitHub unreadable payload', GH_PUSH, () => { throw new Error('ENOENT: no such file'); }, 'GITHUB_EVENT_PATH',
-      /Cannot read the event payload .*event\.json \(GITHUB_EVENT_PATH\): ENOENT/],
+    [
+      'GitHub unreadable payload',
+      GH_PUSH,
+      () => {
+        throw new Error('ENOENT: no such file');
+      },
+      'GITHUB_EVENT_PATH',
+      /Cannot read the event payload .*event\.json \(GITHUB_EVENT_PATH\): ENOENT/
+    ],
     ['GitHub payload not an object', GH_PUSH, () => 'oops', 'GITHUB_EVENT_PATH', /is not a JSON object/],
-    ['GitHub repository id nowhere', unset(GH_PUSH, 'GITHUB_REPOSITORY_ID'), events({}), 'GITHUB_REPOSITORY_ID', /GITHUB_REPOSITORY_ID is not set: is this running in GitHub Actions\?/],
+    [
+      'GitHub repository id nowhere',
+      unset(GH_PUSH, 'GITHUB_REPOSITORY_ID'),
+      events({}),
+      'GITHUB_REPOSITORY_ID',
+      /GITHUB_REPOSITORY_ID is not set: is this running in GitHub Actions\?/
+    ],
     ['GitLab project path', unset(GL_BRANCH, 'CI_PROJECT_PATH'), noEvent, 'CI_PROJECT_PATH', /^CI_PROJECT_PATH is not set: is this running in GitLab CI\?$/],
     ['GitLab project id', unset(GL_BRANCH, 'CI_PROJECT_ID'), noEvent, 'CI_PROJECT_ID', /CI_PROJECT_ID is not set/],
     ['GitLab pipeline id', unset(GL_BRANCH, 'CI_PIPELINE_ID'), noEvent, 'CI_PIPELINE_ID', /CI_PIPELINE_ID is not set/],
     ['GitLab job id', unset(GL_BRANCH, 'CI_JOB_ID'), noEvent, 'CI_JOB_ID', /CI_JOB_ID is not set/],
-    ['GitLab namespace', unset(GL_BRANCH, 'CI_PROJECT_ROOT_NAMESPACE', 'CI_PROJECT_NAMESPACE'), noEvent, 'CI_PROJECT_ROOT_NAMESPACE', /CI_PROJECT_ROOT_NAMESPACE is not set/],
-    ['CircleCI owner', unset(CC_BRANCH, 'CIRCLE_PROJECT_USERNAME'), noEvent, 'CIRCLE_PROJECT_USERNAME', /^CIRCLE_PROJECT_USERNAME is not set: is this running in CircleCI\?$/],
+    [
+      'GitLab namespace',
+      unset(GL_BRANCH, 'CI_PROJECT_ROOT_NAMESPACE', 'CI_PROJECT_NAMESPACE'),
+      noEvent,
+      'CI_PROJECT_ROOT_NAMESPACE',
+      /CI_PROJECT_ROOT_NAMESPACE is not set/
+    ],
+    [
+      'CircleCI owner',
+      unset(CC_BRANCH, 'CIRCLE_PROJECT_USERNAME'),
+      noEvent,
+      'CIRCLE_PROJECT_USERNAME',
+      /^CIRCLE_PROJECT_USERNAME is not set: is this running in CircleCI\?$/
+    ],
     ['CircleCI repo', unset(CC_BRANCH, 'CIRCLE_PROJECT_REPONAME'), noEvent, 'CIRCLE_PROJECT_REPONAME', /CIRCLE_PROJECT_REPONAME is not set/],
     ['CircleCI workflow', unset(CC_BRANCH, 'CIRCLE_WORKFLOW_ID', 'CIRCLE_PIPELINE_ID'), noEvent, 'CIRCLE_WORKFLOW_ID', /CIRCLE_WORKFLOW_ID is not set/],
-    ['CircleCI workflow "<nil>"', { ...unset(CC_BRANCH, 'CIRCLE_PIPELINE_ID'), CIRCLE_WORKFLOW_ID: '<nil>' }, noEvent, 'CIRCLE_WORKFLOW_ID', /CIRCLE_WORKFLOW_ID is not set/],
+    [
+      'CircleCI workflow "<nil>"',
+      { ...unset(CC_BRANCH, 'CIRCLE_PIPELINE_ID'), CIRCLE_WORKFLOW_ID: '<nil>' },
+      noEvent,
+      'CIRCLE_WORKFLOW_ID',
+      /CIRCLE_WORKFLOW_ID is not set/
+    ],
     ['CircleCI job', unset(CC_BRANCH, 'CIRCLE_WORKFLOW_JOB_ID', 'CIRCLE_BUILD_NUM'), noEvent, 'CIRCLE_WORKFLOW_JOB_ID', /CIRCLE_WORKFLOW_JOB_ID is not set/],
     ['CircleCI node index', { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '4' }, noEvent, 'CIRCLE_NODE_INDEX', /CIRCLE_NODE_INDEX is not set/],
-    ['CircleCI node index garbage', { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '4', CIRCLE_NODE_INDEX: 'x' }, noEvent, 'CIRCLE_NODE_INDEX', /CIRCLE_NODE_INDEX 'x' is not a number/]
+    [
+      'CircleCI node index garbage',
+      { ...CC_BRANCH, CIRCLE_NODE_TOTAL: '4', CIRCLE_NODE_INDEX: 'x' },
+      noEvent,
+      'CIRCLE_NODE_INDEX',
+      /CIRCLE_NODE_INDEX 'x' is not a number/
+    ]
   ])('%s', (_name, env, readEvent, variable, message) => {
     let err: unknown;
     try {

@@ -9,7 +9,18 @@ import * as path from 'path';
 import { runBuild, type BuildResult as RunResult } from '../../src/core/build';
 import { buildStep } from '../../src/core/build-step';
 import type { ResolvedDocker } from '../../src/core/docker-cli';
-import { DEFAULT_ENGINE, imagesToLoad, loadArgs, loadImage, pingArgs, pipeFailure, pipeSaveLoad, runnerEngineEnv, runnerEngineName, saveArgs } from '../../src/core/load-image';
+import {
+  DEFAULT_ENGINE,
+  imagesToLoad,
+  loadArgs,
+  loadImage,
+  pingArgs,
+  pipeFailure,
+  pipeSaveLoad,
+  runnerEngineEnv,
+  runnerEngineName,
+  saveArgs
+} from '../../src/core/load-image';
 import { MeteringSpool } from '../../src/core/metering-spool';
 import { runnerDockerRecord, type RunnerConfig } from '../../src/core/runner-config';
 import { readBuilds, type Session } from '../../src/core/session';
@@ -71,31 +82,63 @@ const sides = (extra: Record<string, string> = {}) => {
   return { builderEnv: { ...common, DOCKER_HOST: BUILDER, DOCKER_TLS_VERIFY: '1' }, runnerEnv: { ...common, DOCKER_HOST: RUNNER } };
 };
 
-describe('what setup records of the runner\'s own docker settings', () => {
+describe("what setup records of the runner's own docker settings", () => {
   test.each<[string, NodeJS.ProcessEnv, Record<string, string>]>([
-    ['nothing set: nothing recorded (docker\'s default socket)', { PATH: '/bin' }, {}],
-    ['GitLab docker:dind', { DOCKER_HOST: 'tcp://docker:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/certs/client' },
-      { BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376', BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client' }],
-    ['a context and a config dir of the user\'s', { DOCKER_CONTEXT: 'rootless', DOCKER_CONFIG: '/home/u/.docker' },
-      { BUILDCLOUD_RUNNER_DOCKER_CONTEXT: 'rootless', BUILDCLOUD_RUNNER_DOCKER_CONFIG: '/home/u/.docker' }],
+    ["nothing set: nothing recorded (docker's default socket)", { PATH: '/bin' }, {}],
+    [
+      'GitLab docker:dind',
+      { DOCKER_HOST: 'tcp://docker:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/certs/client' },
+      { BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376', BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client' }
+    ],
+    [
+      "a context and a config dir of the user's",
+      { DOCKER_CONTEXT: 'rootless', DOCKER_CONFIG: '/home/u/.docker' },
+      { BUILDCLOUD_RUNNER_DOCKER_CONTEXT: 'rootless', BUILDCLOUD_RUNNER_DOCKER_CONFIG: '/home/u/.docker' }
+    ],
     ['empty values are unset', { DOCKER_HOST: '', DOCKER_CONTEXT: '' }, {}],
-    ['setup ran before in this job: DOCKER_* are the builder\'s, the earlier record is kept',
+    [
+      "setup ran before in this job: DOCKER_* are the builder's, the earlier record is kept",
       { BUILDCLOUD_SESSION: '/t/session.json', DOCKER_HOST: BUILDER, DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_HOST: RUNNER },
-      { BUILDCLOUD_RUNNER_DOCKER_HOST: RUNNER }],
+      { BUILDCLOUD_RUNNER_DOCKER_HOST: RUNNER }
+    ],
     ['setup ran before on the default socket: still nothing', { BUILDCLOUD_SESSION: '/t/session.json', DOCKER_HOST: BUILDER }, {}]
   ])('%s', (_what, env, record) => {
     expect(runnerDockerRecord(env)).toEqual(record);
   });
 });
 
-describe('the runner\'s engine', () => {
-  test('env: DOCKER_* as recorded, the builder\'s ones gone, everything else kept', () => {
-    const jobEnv = { PATH: '/bin', HOME: '/h', DOCKER_HOST: BUILDER, DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/lease/certs', DOCKER_CONFIG: '/lease/config', DOCKER_BUILDKIT: '1' };
+describe("the runner's engine", () => {
+  test("env: DOCKER_* as recorded, the builder's ones gone, everything else kept", () => {
+    const jobEnv = {
+      PATH: '/bin',
+      HOME: '/h',
+      DOCKER_HOST: BUILDER,
+      DOCKER_TLS_VERIFY: '1',
+      DOCKER_CERT_PATH: '/lease/certs',
+      DOCKER_CONFIG: '/lease/config',
+      DOCKER_BUILDKIT: '1'
+    };
     expect(runnerEngineEnv(jobEnv, {})).toEqual({ PATH: '/bin', HOME: '/h', DOCKER_BUILDKIT: '1' });
-    expect(runnerEngineEnv(jobEnv, { BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376', BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client' })).toEqual({
-      PATH: '/bin', HOME: '/h', DOCKER_BUILDKIT: '1', DOCKER_HOST: 'tcp://docker:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/certs/client'
+    expect(
+      runnerEngineEnv(jobEnv, {
+        BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376',
+        BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1',
+        BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client'
+      })
+    ).toEqual({
+      PATH: '/bin',
+      HOME: '/h',
+      DOCKER_BUILDKIT: '1',
+      DOCKER_HOST: 'tcp://docker:2376',
+      DOCKER_TLS_VERIFY: '1',
+      DOCKER_CERT_PATH: '/certs/client'
     });
-    expect(runnerEngineEnv(jobEnv, { BUILDCLOUD_RUNNER_DOCKER_CONTEXT: 'rootless' })).toEqual({ PATH: '/bin', HOME: '/h', DOCKER_BUILDKIT: '1', DOCKER_CONTEXT: 'rootless' });
+    expect(runnerEngineEnv(jobEnv, { BUILDCLOUD_RUNNER_DOCKER_CONTEXT: 'rootless' })).toEqual({
+      PATH: '/bin',
+      HOME: '/h',
+      DOCKER_BUILDKIT: '1',
+      DOCKER_CONTEXT: 'rootless'
+    });
   });
 
   test.each([
@@ -128,7 +171,9 @@ describe('docker save (builder) | docker load (runner), with a stand-in docker',
     expect(r).toMatchObject({ save: { code: 0 }, load: { code: 0 }, bytes: 5_000_000, cancelled: false });
     expect(r.load.stdout).toContain('Loaded image: acme/app:test');
     expect(pipeFailure(r, ['acme/app:test'], RUNNER)).toBeNull();
-    expect(calls()).toEqual(expect.arrayContaining([`save DOCKER_HOST=${BUILDER} DOCKER_TLS_VERIFY=1 DOCKER_CONFIG=unset args=acme/app:test`, 'load read 5000000 bytes']));
+    expect(calls()).toEqual(
+      expect.arrayContaining([`save DOCKER_HOST=${BUILDER} DOCKER_TLS_VERIFY=1 DOCKER_CONFIG=unset args=acme/app:test`, 'load read 5000000 bytes'])
+    );
   });
 
   test('save fails: the message names docker save on the builder, not the load it starved', async () => {
@@ -136,7 +181,9 @@ describe('docker save (builder) | docker load (runner), with a stand-in docker',
     const r = await pipeSaveLoad(fake, ['acme/app:test'], builderEnv, runnerEnv);
     expect(r.save.code).toBe(1);
     expect(r.load.code).toBe(1);
-    expect(pipeFailure(r, ['acme/app:test'], RUNNER)).toBe('docker save acme/app:test on the builder exited 1: Error response from daemon: reference does not exist');
+    expect(pipeFailure(r, ['acme/app:test'], RUNNER)).toBe(
+      'docker save acme/app:test on the builder exited 1: Error response from daemon: reference does not exist'
+    );
   });
 
   test('load fails at once: save is stopped rather than left blocked on a full pipe; the message names docker load', async () => {
@@ -181,7 +228,7 @@ describe('loadImage', () => {
     expect(calls().map((c) => c.split(' ')[0])).toEqual(['version']);
   });
 
-  test('the engine answers: pinged, then streamed; docker load\'s own lines come back', async () => {
+  test("the engine answers: pinged, then streamed; docker load's own lines come back", async () => {
     const { builderEnv, runnerEnv } = sides();
     const out = await loadImage({ docker: fake, refs: ['acme/app:test'], builderEnv, runnerEnv, engine: RUNNER });
     expect(out).toMatchObject({ loaded: true, refs: ['acme/app:test'], engine: RUNNER, bytes: 3_000_000, loadedLines: ['Loaded image: acme/app:test'] });
@@ -200,21 +247,63 @@ describe('loadImage', () => {
 describe('the build step with load: true', () => {
   const DOCKER: ResolvedDocker = { path: '', version: '20.10.24', buildx: false, buildxVersion: '', reason: 'test' };
   const RUN: RunResult = {
-    status: 'success', exitCode: 0, durationMs: 1234, totalSteps: 4, cachedSteps: 3, cacheRatio: 0.75, stepsFrom: 'progress', imageId: 'sha256:' + 'b'.repeat(64),
-    steps: [], cacheExported: true, pushed: [], outputTail: [], warnings: []
+    status: 'success',
+    exitCode: 0,
+    durationMs: 1234,
+    totalSteps: 4,
+    cachedSteps: 3,
+    cacheRatio: 0.75,
+    stepsFrom: 'progress',
+    imageId: 'sha256:' + 'b'.repeat(64),
+    steps: [],
+    cacheExported: true,
+    pushed: [],
+    outputTail: [],
+    warnings: []
   };
 
   function session(over: Partial<Session> = {}, driver: RunnerConfig['driver'] = 'docker'): Session {
     const dir = path.join(tmp, 'session');
     fs.mkdirSync(dir, { recursive: true });
-    const runner = { name: 'bc', dir, certDir: path.join(dir, 'certs'), dockerConfig: path.join(dir, 'cfg'), contextName: 'bc', contexts: ['bc'], buildxBuilder: '', builderName: 'bc', driver,
-      env: { DOCKER_CONFIG: path.join(dir, 'cfg'), DOCKER_BUILDKIT: '1', DOCKER_HOST: BUILDER, DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: path.join(dir, 'certs') }, secrets: [], warnings: [] } as RunnerConfig;
+    const runner = {
+      name: 'bc',
+      dir,
+      certDir: path.join(dir, 'certs'),
+      dockerConfig: path.join(dir, 'cfg'),
+      contextName: 'bc',
+      contexts: ['bc'],
+      buildxBuilder: '',
+      builderName: 'bc',
+      driver,
+      env: {
+        DOCKER_CONFIG: path.join(dir, 'cfg'),
+        DOCKER_BUILDKIT: '1',
+        DOCKER_HOST: BUILDER,
+        DOCKER_TLS_VERIFY: '1',
+        DOCKER_CERT_PATH: path.join(dir, 'certs')
+      },
+      secrets: [],
+      warnings: []
+    } as RunnerConfig;
     return {
-      version: 1, dir, org: 'acme', endpoint: 'cp:7643', token: 't', meteringUrl: '', spoolDir: path.join(tmp, 'spool'),
+      version: 1,
+      dir,
+      org: 'acme',
+      endpoint: 'cp:7643',
+      token: 't',
+      meteringUrl: '',
+      spoolDir: path.join(tmp, 'spool'),
       identity: { provider: 'local', jobId: 'build', pipelineKey: 'p/1', project: 'acme/app', actor: 'dev' } as Session['identity'],
       lease: { id: 'lease-1', builders: [{ platform: 'linux/amd64', builderId: 'b-1' }], cache: null } as unknown as Session['lease'],
-      runner, docker: { ...DOCKER, path: fake }, env: { ...runner.env, BUILDCLOUD_RUNNER_DOCKER_HOST: RUNNER },
-      fallback: false, cache: true, summary: true, prComment: false, startedAtMs: 0, ...over
+      runner,
+      docker: { ...DOCKER, path: fake },
+      env: { ...runner.env, BUILDCLOUD_RUNNER_DOCKER_HOST: RUNNER },
+      fallback: false,
+      cache: true,
+      summary: true,
+      prComment: false,
+      startedAtMs: 0,
+      ...over
     };
   }
   const settings = (v: Record<string, string>) => buildSettings((n) => ({ context: tmp, tags: 'acme/app:test', ...v })[n] ?? '');
@@ -239,7 +328,9 @@ describe('the build step with load: true', () => {
     expect(r.loadError).toBeUndefined();
     expect(r.build).toMatchObject({ status: 'success', loaded: true });
     expect(readBuilds(s)).toEqual([r.build]);
-    expect(l.info.mock.calls.map(([m]) => m).pop()).toBe(`Build Cloud: build success in 1.23 s, 3 of 4 steps cached, org cache exported, loaded into the runner's Docker (${RUNNER})`);
+    expect(l.info.mock.calls.map(([m]) => m).pop()).toBe(
+      `Build Cloud: build success in 1.23 s, 3 of 4 steps cached, org cache exported, loaded into the runner's Docker (${RUNNER})`
+    );
     expect(calls().find((c) => c.startsWith('save'))).toContain('args=acme/app:test');
     expect(mockedRunBuild.mock.calls[0][0]).toMatchObject({ load: true, tags: ['acme/app:test'] });
   });
@@ -255,7 +346,9 @@ describe('the build step with load: true', () => {
     expect(readBuilds(s)[0]).toMatchObject({ status: 'success', loaded: false });
     const spooled = await new MeteringSpool(s.spoolDir).pending();
     expect(spooled.map((e) => (e.data as { status: string }).status)).toEqual(['success']);
-    expect(r.loadError).toMatch(/^The build succeeded \(and is recorded as a success\), but its image was not loaded into the runner's Docker: load: true needs a Docker engine on this runner, and none answers at unix:\/\/\/run\/runner-docker\.sock: /);
+    expect(r.loadError).toMatch(
+      /^The build succeeded \(and is recorded as a success\), but its image was not loaded into the runner's Docker: load: true needs a Docker engine on this runner, and none answers at unix:\/\/\/run\/runner-docker\.sock: /
+    );
     expect(l.info.mock.calls.map(([m]) => m).pop()).toMatch(/NOT loaded into the runner's Docker$/);
   });
 
@@ -279,7 +372,7 @@ describe('the build step with load: true', () => {
   });
 
   test.each([
-    ['fallback: local (built on the runner\'s Docker already)', { runner: null, lease: null, fallback: true }, 'docker' as const],
+    ["fallback: local (built on the runner's Docker already)", { runner: null, lease: null, fallback: true }, 'docker' as const],
     ['a BuildKit builder (buildx --load did it)', {}, 'remote' as const]
   ])('%s: loaded without a save', async (_what, over, driver) => {
     mockedRunBuild.mockResolvedValue(RUN);

@@ -167,7 +167,13 @@ describe('flushSpool', () => {
   it("the control plane's own rate-limit reply (429, Retry-After, the limit and flag named): waited out, then a later flush sends what is left", async () => {
     for (const b of ['b1', 'b2', 'b3']) await spool.add(event(b));
     const limited = {
-      error: { code: 'rate_limited', limit: 'records', flag: '--record-rate', retryAfterSeconds: 2, message: 'Rate limit exceeded: at most 500 usage records per second per credential (bursts of 5000); retry after 2 s.' }
+      error: {
+        code: 'rate_limited',
+        limit: 'records',
+        flag: '--record-rate',
+        retryAfterSeconds: 2,
+        message: 'Rate limit exceeded: at most 500 usage records per second per credential (bursts of 5000); retry after 2 s.'
+      }
     };
     // Every attempt of this flush is refused: nothing is lost, everything stays spooled.
     events().times(3).reply(429, limited, { 'Retry-After': '2' });
@@ -175,7 +181,9 @@ describe('flushSpool', () => {
     expect(sleeps).toEqual([2000, 2000]);
     expect(r).toMatchObject({ sent: 0, accepted: 0, rejected: [], pending: 3 });
     expect(r.warnings).toHaveLength(1);
-    expect(r.warnings[0]).toMatch(/3 usage record\(s\) not sent yet .*HTTP 429: Rate limit exceeded: at most 500 usage records per second.*after 3 attempts.*stay in the spool/);
+    expect(r.warnings[0]).toMatch(
+      /3 usage record\(s\) not sent yet .*HTTP 429: Rate limit exceeded: at most 500 usage records per second.*after 3 attempts.*stay in the spool/
+    );
     expect(await ids()).toEqual([event('b1').id, event('b2').id, event('b3').id].sort());
     // The next flush (the post step, or the next job on the runner) sends them all.
     events().times(2).reply(200, answer);
@@ -199,9 +207,7 @@ describe('flushSpool', () => {
     // The first request hangs (a black-holed connection) until the client's timeout aborts it.
     let calls = 0;
     const fetchImpl: typeof fetch = (input, init) =>
-      ++calls > 1
-        ? fetch(input, init)
-        : new Promise((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal?.reason)));
+      ++calls > 1 ? fetch(input, init) : new Promise((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal?.reason)));
     const r = await flushSpool(spool, opts({ requestTimeoutMs: 50, fetchImpl }));
     expect(r).toMatchObject({ accepted: 1, pending: 0, warnings: [] });
     expect(logs.some((l) => /no reply within 50 ms; retrying/.test(l))).toBe(true);

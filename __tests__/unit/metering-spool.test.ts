@@ -80,11 +80,7 @@ describe('MeteringSpool', () => {
 
     // One acks the first half while the other adds new records and reads.
     const more = Array.from({ length: 20 }, (_, i) => event(`c${i}`));
-    const [, , seen] = await Promise.all([
-      one.ack(events.slice(0, 30).map((e) => e.id)),
-      Promise.all(more.map((e) => two.add(e))),
-      two.pending()
-    ]);
+    const [, , seen] = await Promise.all([one.ack(events.slice(0, 30).map((e) => e.id)), Promise.all(more.map((e) => two.add(e))), two.pending()]);
     for (const e of seen) expect(e.id).toBe(buildRecordId('lease-1', e.data.build_id as string)); // only whole records
     const left = (await two.pending()).map((e) => e.id).sort();
     expect(left).toEqual([...events.slice(30), ...more].map((e) => e.id).sort());
@@ -123,10 +119,9 @@ describe('MeteringSpool', () => {
       names.map((n) => new Promise<number | null>((done) => spawn(process.execPath, [worker, dir, n], { stdio: 'inherit' }).on('exit', done)))
     );
     expect(codes).toEqual([0, 0, 0, 0]);
-    const expected = [
-      ...Array.from({ length: 40 }, (_, i) => `s${i}`),
-      ...names.flatMap((n) => Array.from({ length: 20 }, (_, i) => `${n}${2 * i + 1}`))
-    ].map((b) => buildRecordId('lease-1', b));
+    const expected = [...Array.from({ length: 40 }, (_, i) => `s${i}`), ...names.flatMap((n) => Array.from({ length: 20 }, (_, i) => `${n}${2 * i + 1}`))].map(
+      (b) => buildRecordId('lease-1', b)
+    );
     expect((await new MeteringSpool(dir).pending()).map((e) => e.id).sort()).toEqual(expected.sort());
     expect((await fs.readdir(dir)).filter((n) => !/^[0-9a-f]{64}\.json$/.test(n))).toEqual([]);
   }, 30_000);

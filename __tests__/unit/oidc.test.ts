@@ -255,9 +255,7 @@ describe('rejected tokens', () => {
   });
 
   it('a token without exp → invalid_token', async () => {
-    const token = await new SignJWT(githubClaims({ iss: github.issuer }))
-      .setProtectedHeader({ alg: 'RS256', kid: 'gh-1' })
-      .sign(github.keys[0].privateKey);
+    const token = await new SignJWT(githubClaims({ iss: github.issuer })).setProtectedHeader({ alg: 'RS256', kid: 'gh-1' }).sign(github.keys[0].privateKey);
     expect((await authError(verifier().exchange(token, trusts))).code).toBe('invalid_token');
   });
 
@@ -296,9 +294,7 @@ describe('rejected tokens', () => {
 
   it('HS256 (e.g. signed with the public key as an HMAC secret) → invalid_token', async () => {
     const secret = new TextEncoder().encode(JSON.stringify(github.keys[0].jwk));
-    const token = await new SignJWT(githubClaims({ iss: github.issuer, exp: now() + 300 }))
-      .setProtectedHeader({ alg: 'HS256', kid: 'gh-1' })
-      .sign(secret);
+    const token = await new SignJWT(githubClaims({ iss: github.issuer, exp: now() + 300 })).setProtectedHeader({ alg: 'HS256', kid: 'gh-1' }).sign(secret);
     const err = await authError(verifier().exchange(token, trusts));
     expect(err.code).toBe('invalid_token');
     expect(err.message).toContain('HS256');

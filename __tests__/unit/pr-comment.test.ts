@@ -11,7 +11,12 @@ const COMMENTS = '/repos/acme/widget-api/issues/42/comments';
 // 4 builds, 15 of 20 steps cached, 150 billed seconds → 2.50 minutes and 75%.
 const FIGURES: PipelineSummary = { builds: 4, failed: 1, buildsWithCache: 3, totalSteps: 20, cachedSteps: 15, billedSeconds: 150 };
 
-const comment = (id: number, body: string | null, login = 'github-actions[bot]') => ({ id, body, user: { login }, html_url: `https://github.com/acme/widget-api/pull/42#issuecomment-${id}` });
+const comment = (id: number, body: string | null, login = 'github-actions[bot]') => ({
+  id,
+  body,
+  user: { login },
+  html_url: `https://github.com/acme/widget-api/pull/42#issuecomment-${id}`
+});
 const others = (from: number, count: number) => Array.from({ length: count }, (_, i) => comment(from + i, `LGTM ${from + i}`, 'octocat'));
 
 // Every request must carry the job's token; anything not scripted fails the test instead of reaching the network.
@@ -34,7 +39,10 @@ afterEach(() => {
 describe('upsertPrComment', () => {
   test('no comment of ours: POST creates one with the marker, minutes and cache ratio', async () => {
     let posted: { body: string } | undefined;
-    github().get(COMMENTS).query({ per_page: '100' }).reply(200, [comment(1, 'Nice work'), comment(2, null), comment(3, 'Build Cloud is great')]);
+    github()
+      .get(COMMENTS)
+      .query({ per_page: '100' })
+      .reply(200, [comment(1, 'Nice work'), comment(2, null), comment(3, 'Build Cloud is great')]);
     github()
       .post(COMMENTS, (b) => {
         posted = b;
@@ -110,13 +118,9 @@ describe('upsertPrComment', () => {
 
 describe('pipelineFigures', () => {
   const KEY = '4242/9001/1';
-  const usage = () =>
-    nock(CP)
-      .matchHeader('authorization', 'Bearer bca_access_1')
-      .get('/v1/orgs/acme/pipelines/usage')
-      .query({ key: KEY });
+  const usage = () => nock(CP).matchHeader('authorization', 'Bearer bca_access_1').get('/v1/orgs/acme/pipelines/usage').query({ key: KEY });
 
-  test('maps the control plane\'s pipeline usage to the summary fields', async () => {
+  test("maps the control plane's pipeline usage to the summary fields", async () => {
     usage().reply(200, {
       org: 'acme',
       pipelineKey: KEY,

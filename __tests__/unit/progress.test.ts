@@ -163,7 +163,14 @@ describe('two identical builds at the same moment on one builder', () => {
       expect([name, stepsSolvedElsewhere(parser(fixture(name)), MULTISTAGE_DOCKERFILE)]).toEqual([name, null]);
     }
     // No step and nothing unprinted: a Dockerfile of FROM alone, or a stream that is no BuildKit output.
-    const fromOnly = ['#1 [internal] load build definition from Dockerfile', '#1 DONE 0.0s', '#2 [internal] load metadata for docker.io/library/alpine:3.20', '#2 DONE 0.1s', '#3 exporting to image', '#3 DONE 0.0s'].join('\n');
+    const fromOnly = [
+      '#1 [internal] load build definition from Dockerfile',
+      '#1 DONE 0.0s',
+      '#2 [internal] load metadata for docker.io/library/alpine:3.20',
+      '#2 DONE 0.1s',
+      '#3 exporting to image',
+      '#3 DONE 0.0s'
+    ].join('\n');
     expect(stepsSolvedElsewhere(parser(fromOnly), 'FROM alpine:3.20\n')).toBeNull();
     expect(stepsSolvedElsewhere(parser(''), MULTISTAGE_DOCKERFILE)).toBeNull();
   });

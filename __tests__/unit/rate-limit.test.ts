@@ -112,7 +112,16 @@ describe('rateLimitKey', () => {
 
 describe('RateLimiter', () => {
   const limiter = (onLimited?: (k: string) => void) =>
-    new RateLimiter({ limit: 'provision', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'Provision calls', ratePerSecond: 0.5, burst: 2, now, onLimited });
+    new RateLimiter({
+      limit: 'provision',
+      flag: '--provision-rate',
+      burstFlag: '--provision-burst',
+      unit: 'Provision calls',
+      ratePerSecond: 0.5,
+      burst: 2,
+      now,
+      onLimited
+    });
 
   test('refuses with whole seconds to wait (rounded up), the limit, and the flags that set it', () => {
     const seen: string[] = [];
@@ -138,7 +147,15 @@ describe('RateLimiter', () => {
   });
 
   test('a wait below one second is announced as 1 s, never 0', () => {
-    const l = new RateLimiter({ limit: 'records', flag: '--record-rate', burstFlag: '--record-burst', unit: 'usage records', ratePerSecond: 1000, burst: 1000, now });
+    const l = new RateLimiter({
+      limit: 'records',
+      flag: '--record-rate',
+      burstFlag: '--record-burst',
+      unit: 'usage records',
+      ratePerSecond: 1000,
+      burst: 1000,
+      now
+    });
     l.check('k', 1000);
     expect(() => l.check('k', 1)).toThrow(expect.objectContaining({ retryAfterSeconds: 1 }));
   });
@@ -189,8 +206,8 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
   // The real gRPC API with a scripted authenticator and lease manager: only the limit's wiring is under test.
   /* eslint-disable @typescript-eslint/no-explicit-any */
   const PRINCIPALS: Record<string, object> = {
-    'bct_acme': { kind: 'org', org: 'acme', subject: 'token:acme1', via: 'org-token' },
-    'bct_beta': { kind: 'org', org: 'beta', subject: 'token:beta1', via: 'org-token' }
+    bct_acme: { kind: 'org', org: 'acme', subject: 'token:acme1', via: 'org-token' },
+    bct_beta: { kind: 'org', org: 'beta', subject: 'token:beta1', via: 'org-token' }
   };
   const REQ = {
     org: '',
@@ -216,7 +233,14 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
       accessTokenTtlS: 60,
       log: silentLogger(),
       // 1 call per 10 s, bursts of 3: a real clock, far too slow to refill during the test.
-      provisionLimiter: new RateLimiter({ limit: 'provision', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'Provision calls', ratePerSecond: 0.1, burst: 3 })
+      provisionLimiter: new RateLimiter({
+        limit: 'provision',
+        flag: '--provision-rate',
+        burstFlag: '--provision-burst',
+        unit: 'Provision calls',
+        ratePerSecond: 0.1,
+        burst: 3
+      })
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)))
@@ -242,7 +266,9 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
       (e: any) => e
     );
     expect(err?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(err.details).toMatch(/^Rate limit exceeded: at most 0\.1 Provision calls per second per credential \(bursts of 3\); retry after 10 s\. .*--provision-rate and --provision-burst\.$/);
+    expect(err.details).toMatch(
+      /^Rate limit exceeded: at most 0\.1 Provision calls per second per credential \(bursts of 3\); retry after 10 s\. .*--provision-rate and --provision-burst\.$/
+    );
     expect(err.retryAfterMs).toBe(10_000); // from the trailing metadata
     expect(err.rateLimited).toBe(true);
     expect(provisioned).toEqual(['acme', 'acme', 'acme']); // the refused call never reached the lease manager
@@ -250,11 +276,13 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
     expect((await client('bct_beta').provision(REQ)).id).toBe('lease-4');
   });
 
-  test('an unauthenticated caller is refused as such and spends nobody\'s bucket', async () => {
-    const err = await client('bct_nobody').provision(REQ).then(
-      () => null,
-      (e: any) => e
-    );
+  test("an unauthenticated caller is refused as such and spends nobody's bucket", async () => {
+    const err = await client('bct_nobody')
+      .provision(REQ)
+      .then(
+        () => null,
+        (e: any) => e
+      );
     expect(err?.code).toBe(grpc.status.UNAUTHENTICATED);
     expect(err.retryAfterMs).toBeUndefined();
   });

@@ -13,7 +13,14 @@ import { installRegistryTrust, REGISTRY_TRUST_FILE } from '../../src/server/driv
 import { isLoopbackAddress, RegistryPrincipal, RegistryProxy, RegistryProxyOptions, RegistryProxyTls, registryProxyTls } from '../../src/server/registry-proxy';
 
 // A fake upstream registry on a unix socket: records what reaches it, answers with a per-test handler.
-interface Seen { method: string; url: string; headers: http.IncomingHttpHeaders; sha256: string; bytes: number; aborted: boolean }
+interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  sha256: string;
+  bytes: number;
+  aborted: boolean;
+}
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void;
 
 const USERS: Record<string, { password: string; principal: RegistryPrincipal }> = {
@@ -21,8 +28,11 @@ const USERS: Record<string, { password: string; principal: RegistryPrincipal }> 
   'globex-ci': { password: 's3cret-globex', principal: { org: 'globex' } },
   'acme-fork': { password: 's3cret-fork', principal: { org: 'acme', readOnly: true } },
   // Leases as the control plane builds them (leases.ts registryPrincipal → cache-refs registryScope).
-  'lease-feat': { password: 's3cret-feat', principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: { repository: 'acme/app/cache', tag: 'feature-x' } } } },
-  'lease-notag': { password: 's3cret-notag', principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: null } } },
+  'lease-feat': {
+    password: 's3cret-feat',
+    principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: { repository: 'acme/app/cache', tag: 'feature-x' } } }
+  },
+  'lease-notag': { password: 's3cret-notag', principal: { org: 'acme', scope: { pull: ['acme/app/cache'], push: null } } }
 };
 const authenticate = async (u: string, p: string): Promise<RegistryPrincipal | null> => (USERS[u]?.password === p ? USERS[u].principal : null);
 const basic = (u: string, p: string): string => 'Basic ' + Buffer.from(`${u}:${p}`).toString('base64');
@@ -60,7 +70,10 @@ function startUpstream(sock: string): Promise<http.Server> {
       if (chunks.length < 64) chunks.push(c);
       srv.emit('upstream-data', rec, bytes);
     });
-    req.on('aborted', () => { rec.aborted = true; srv.emit('upstream-aborted', rec); });
+    req.on('aborted', () => {
+      rec.aborted = true;
+      srv.emit('upstream-aborted', rec);
+    });
     req.on('end', () => {
       rec.sha256 = hash.digest('hex');
       rec.bytes = bytes;
@@ -71,22 +84,39 @@ function startUpstream(sock: string): Promise<http.Server> {
 }
 
 async function makeProxy(over: Partial<RegistryProxyOptions> = {}): Promise<RegistryProxy> {
-  const logStream = new Writable({ write(chunk, _enc, cb) { logLines.push(String(chunk)); cb(); } });
+  const logStream = new Writable({
+    write(chunk, _enc, cb) {
+      logLines.push(String(chunk));
+      cb();
+    }
+  });
   const p = new RegistryProxy({ upstream: { socketPath }, authenticate, tls: proxyTls, log: pino({ level: 'debug' }, logStream), ...over });
   await p.listen();
   return p;
 }
 
-interface Reply { status: number; headers: http.IncomingHttpHeaders; body: string }
-function call(p: RegistryProxy, method: string, urlPath: string, opts: { auth?: string; body?: Buffer | string; headers?: http.OutgoingHttpHeaders } = {}): Promise<Reply> {
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+function call(
+  p: RegistryProxy,
+  method: string,
+  urlPath: string,
+  opts: { auth?: string; body?: Buffer | string; headers?: http.OutgoingHttpHeaders } = {}
+): Promise<Reply> {
   const [hostname, port] = p.host.split(':');
   return new Promise((resolve, reject) => {
-    const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method, path: urlPath, headers: { ...(opts.auth ? { authorization: opts.auth } : {}), ...opts.headers } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
-      res.on('error', reject); // a response cut short
-    });
+    const req = https.request(
+      { hostname, port: Number(port), ca: pki.caPem, method, path: urlPath, headers: { ...(opts.auth ? { authorization: opts.auth } : {}), ...opts.headers } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('error', reject); // a response cut short
+      }
+    );
     req.on('error', reject);
     req.end(opts.body);
   });
@@ -126,7 +156,7 @@ describe('authentication', () => {
     ['a wrong password', basic('acme-ci', 'nope')],
     ['an unknown user', basic('mallory', 's3cret-acme')],
     ['a bearer token', 'Bearer abc'],
-    ['garbage', 'Basic !!!'],
+    ['garbage', 'Basic !!!']
   ])('/v2/ with %s → 401 with a Basic challenge, nothing forwarded', async (_n, auth) => {
     const r = await call(proxy, 'GET', '/v2/', { auth });
     expect(r.status).toBe(401);
@@ -136,7 +166,7 @@ describe('authentication', () => {
     expect(seen).toHaveLength(0);
   });
 
-  test('/v2/ with valid credentials is forwarded without the caller\'s credentials, with the caller\'s Host', async () => {
+  test("/v2/ with valid credentials is forwarded without the caller's credentials, with the caller's Host", async () => {
     const r = await call(proxy, 'GET', '/v2/', { auth: ACME, headers: { 'x-forwarded-host': 'evil.example' } });
     expect(r.status).toBe(200);
     expect(seen).toHaveLength(1);
@@ -153,7 +183,11 @@ describe('authentication', () => {
 
   test('authenticate throwing gives a 500 and the proxy keeps serving', async () => {
     await proxy.close();
-    proxy = await makeProxy({ authenticate: async () => { throw new Error('store down'); } });
+    proxy = await makeProxy({
+      authenticate: async () => {
+        throw new Error('store down');
+      }
+    });
     expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(500);
     expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(500);
   });
@@ -178,7 +212,7 @@ describe('path rules', () => {
     ['unknown sub-resource', 'GET', '/v2/acme/app/cache/referrers/x', 404, 'UNSUPPORTED'],
     ['uppercase repository', 'GET', '/v2/ACME/app/manifests/main', 404, 'UNSUPPORTED'],
     ['v1 API', 'GET', '/v1/search', 404, 'UNSUPPORTED'],
-    ['root', 'GET', '/', 404, 'UNSUPPORTED'],
+    ['root', 'GET', '/', 404, 'UNSUPPORTED']
   ])('%s: %s %s → %d', async (_n, method, urlPath, status, code) => {
     const r = await call(proxy, method, urlPath, { auth: ACME });
     expect(r.status).toBe(status);
@@ -208,21 +242,21 @@ describe('path rules', () => {
     ['from another org', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=globex/app/cache'],
     ['from an encoded key', '/v2/acme/app/cache/blobs/uploads/?%6Dount=sha256:x&%66rom=globex/app/cache'],
     ['with two from values', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/a&from=globex/b'],
-    ['from the bare org name', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme'],
+    ['from the bare org name', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme']
   ])('a cross-repository mount %s is dropped (plain upload instead)', async (_n, urlPath) => {
     const r = await call(proxy, 'POST', urlPath, { auth: ACME });
     expect(r.status).toBe(200);
     expect(seen[0].url).toBe('/v2/acme/app/cache/blobs/uploads/');
   });
 
-  test('a mount from the caller\'s own org is forwarded untouched', async () => {
+  test("a mount from the caller's own org is forwarded untouched", async () => {
     const urlPath = '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/other/cache';
     await call(proxy, 'POST', urlPath, { auth: ACME });
     expect(seen[0].url).toBe(urlPath);
   });
 });
 
-describe('lease scope: a lease writes only its export ref and reads only its refs\' repositories', () => {
+describe("lease scope: a lease writes only its export ref and reads only its refs' repositories", () => {
   const D = `sha256:${'d'.repeat(64)}`;
   test.each<[string, string, string, number]>([
     // What docker 20.10 and BuildKit do when pushing the lease's own export ref: all allowed.
@@ -233,14 +267,14 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
     ['cancel an upload', 'DELETE', '/v2/acme/app/cache/blobs/uploads/u-1', 200],
     ['PUT its export tag', 'PUT', '/v2/acme/app/cache/manifests/feature-x', 200],
     ['PUT a manifest by digest (index children, content-addressed: moves no tag)', 'PUT', `/v2/acme/app/cache/manifests/${D}`, 200],
-    ['read the default branch\'s tag it imports', 'GET', '/v2/acme/app/cache/manifests/main', 200],
+    ["read the default branch's tag it imports", 'GET', '/v2/acme/app/cache/manifests/main', 200],
     // The attacks.
-    ['PUT the default branch\'s tag', 'PUT', '/v2/acme/app/cache/manifests/main', 403],
+    ["PUT the default branch's tag", 'PUT', '/v2/acme/app/cache/manifests/main', 403],
     ['PUT a look-alike tag', 'PUT', '/v2/acme/app/cache/manifests/feature-x2', 403],
-    ['upload into another project\'s cache', 'POST', '/v2/acme/other-project/cache/blobs/uploads/', 403],
-    ['PUT another project\'s tag', 'PUT', '/v2/acme/other-project/cache/manifests/feature-x', 403],
-    ['read another project\'s cache', 'GET', '/v2/acme/other-project/cache/manifests/main', 403],
-    ['DELETE a manifest by digest (would drop another branch\'s cache)', 'DELETE', `/v2/acme/app/cache/manifests/${D}`, 403],
+    ["upload into another project's cache", 'POST', '/v2/acme/other-project/cache/blobs/uploads/', 403],
+    ["PUT another project's tag", 'PUT', '/v2/acme/other-project/cache/manifests/feature-x', 403],
+    ["read another project's cache", 'GET', '/v2/acme/other-project/cache/manifests/main', 403],
+    ["DELETE a manifest by digest (would drop another branch's cache)", 'DELETE', `/v2/acme/app/cache/manifests/${D}`, 403],
     ['DELETE a blob', 'DELETE', `/v2/acme/app/cache/blobs/${D}`, 403],
     ['DELETE its own tag', 'DELETE', '/v2/acme/app/cache/manifests/feature-x', 403],
     // Digest-shaped refs the registry parses as TAGS (it registers only sha256/sha512 of full length, lower case).
@@ -248,7 +282,7 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
     ['PUT a short sha256', 'PUT', `/v2/acme/app/cache/manifests/sha256:${'a'.repeat(32)}`, 403],
     ['PUT an upper-case sha256', 'PUT', `/v2/acme/app/cache/manifests/sha256:${'A'.repeat(64)}`, 403],
     ['PUT an unregistered algorithm', 'PUT', `/v2/acme/app/cache/manifests/md5:${'a'.repeat(32)}`, 403],
-    ['PUT a sha512 (registered)', 'PUT', `/v2/acme/app/cache/manifests/sha512:${'b'.repeat(128)}`, 200],
+    ['PUT a sha512 (registered)', 'PUT', `/v2/acme/app/cache/manifests/sha512:${'b'.repeat(128)}`, 200]
   ])('%s: %s %s → %d', async (_n, method, urlPath, status) => {
     const r = await call(proxy, method, urlPath, { auth: FEAT, body: method === 'PUT' || method === 'PATCH' ? '{}' : undefined });
     expect(r.status).toBe(status);
@@ -263,7 +297,9 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
   test("the registry's own 5xx body (storage driver, paths on this host) never reaches a lease", async () => {
     handler = (_req, res) => {
       res.writeHead(500, { 'content-type': 'application/json' });
-      res.end('{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":{"DriverName":"filesystem","Path":"/docker/registry/v2/repositories/acme/app/cache/_manifests"}}]}');
+      res.end(
+        '{"errors":[{"code":"UNKNOWN","message":"unknown error","detail":{"DriverName":"filesystem","Path":"/docker/registry/v2/repositories/acme/app/cache/_manifests"}}]}'
+      );
     };
     const r = await call(proxy, 'GET', '/v2/acme/app/cache/manifests/main', { auth: FEAT });
     expect(r.status).toBe(502);
@@ -292,9 +328,17 @@ describe('lease scope: a lease writes only its export ref and reads only its ref
   });
 
   test.each<[string, string, string]>([
-    ['from its own repository: kept', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache'],
-    ['from another project of its org: dropped (it may not read there)', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/other/cache', '/v2/acme/app/cache/blobs/uploads/'],
-    ['from another org: dropped', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=globex/app/cache', '/v2/acme/app/cache/blobs/uploads/'],
+    [
+      'from its own repository: kept',
+      '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache',
+      '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/app/cache'
+    ],
+    [
+      'from another project of its org: dropped (it may not read there)',
+      '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=acme/other/cache',
+      '/v2/acme/app/cache/blobs/uploads/'
+    ],
+    ['from another org: dropped', '/v2/acme/app/cache/blobs/uploads/?mount=sha256:x&from=globex/app/cache', '/v2/acme/app/cache/blobs/uploads/']
   ])('a mount %s', async (_n, urlPath, forwarded) => {
     const r = await call(proxy, 'POST', urlPath, { auth: FEAT });
     expect(r.status).toBe(200);
@@ -307,11 +351,17 @@ describe('forwarding', () => {
     handler = (req, res) => {
       res.writeHead(202, {
         Location: `http://${req.headers.host}/v2/acme/app/cache/blobs/uploads/u-1?_state=xyz`,
-        'Docker-Upload-UUID': 'u-1', Range: '0-99', 'Content-Length': '0',
+        'Docker-Upload-UUID': 'u-1',
+        Range: '0-99',
+        'Content-Length': '0'
       });
       res.end();
     };
-    const r = await call(proxy, 'PATCH', '/v2/acme/app/cache/blobs/uploads/u-1?_state=abc', { auth: ACME, body: Buffer.alloc(100, 1), headers: { 'content-range': '0-99' } });
+    const r = await call(proxy, 'PATCH', '/v2/acme/app/cache/blobs/uploads/u-1?_state=abc', {
+      auth: ACME,
+      body: Buffer.alloc(100, 1),
+      headers: { 'content-range': '0-99' }
+    });
     expect(r.status).toBe(202);
     expect(r.headers.location).toBe(`https://${proxy.host}/v2/acme/app/cache/blobs/uploads/u-1?_state=xyz`);
     expect(r.headers['docker-upload-uuid']).toBe('u-1');
@@ -323,9 +373,10 @@ describe('forwarding', () => {
   test('an external upstream gets the configured credentials and its absolute Location is rewritten to the proxy', async () => {
     const tcpUp = http.createServer((req, res) => {
       seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, sha256: '', bytes: 0, aborted: false });
-      const loc = req.url === '/v2/acme/a/blobs/uploads/'
-        ? `http://${req.headers.host}/v2/acme/a/blobs/uploads/u-2?_state=s` // absolute, upstream's own host
-        : 'https://storage.example/blob?sig=1'; // a redirect to blob storage: leave alone
+      const loc =
+        req.url === '/v2/acme/a/blobs/uploads/'
+          ? `http://${req.headers.host}/v2/acme/a/blobs/uploads/u-2?_state=s` // absolute, upstream's own host
+          : 'https://storage.example/blob?sig=1'; // a redirect to blob storage: leave alone
       res.writeHead(req.method === 'POST' ? 202 : 307, { Location: loc });
       res.end();
     });
@@ -346,8 +397,11 @@ describe('forwarding', () => {
     }
   });
 
-  test('an external upstream refusing the control plane\'s credentials is a 502, not a confusing challenge', async () => {
-    const tcpUp = http.createServer((_req, res) => { res.writeHead(401, { 'WWW-Authenticate': 'Bearer realm="x"' }); res.end(); });
+  test("an external upstream refusing the control plane's credentials is a 502, not a confusing challenge", async () => {
+    const tcpUp = http.createServer((_req, res) => {
+      res.writeHead(401, { 'WWW-Authenticate': 'Bearer realm="x"' });
+      res.end();
+    });
     await new Promise<void>((r) => tcpUp.listen(0, '127.0.0.1', () => r()));
     await proxy.close();
     proxy = await makeProxy({ upstream: { url: `http://127.0.0.1:${(tcpUp.address() as { port: number }).port}` } });
@@ -361,19 +415,37 @@ describe('forwarding', () => {
   });
 
   test('request bodies stream: the upstream sees the first chunk before the client has sent the rest', async () => {
-    handler = (_req, res) => { res.writeHead(201); res.end(); };
+    handler = (_req, res) => {
+      res.writeHead(201);
+      res.end();
+    };
     const [hostname, port] = proxy.host.split(':');
     const firstSeen = new Promise<void>((resolve) => upstream.once('upstream-data', () => resolve()));
     const done = new Promise<number>((resolve, reject) => {
-      const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method: 'PUT', path: `/v2/acme/a/blobs/uploads/u?digest=sha256:${'d'.repeat(64)}`, headers: { authorization: ACME } },
-        (res) => { res.resume(); resolve(res.statusCode ?? 0); });
+      const req = https.request(
+        {
+          hostname,
+          port: Number(port),
+          ca: pki.caPem,
+          method: 'PUT',
+          path: `/v2/acme/a/blobs/uploads/u?digest=sha256:${'d'.repeat(64)}`,
+          headers: { authorization: ACME }
+        },
+        (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        }
+      );
       req.on('error', reject);
       req.write(Buffer.alloc(64 * 1024, 7));
       // Only after the upstream got data do we send the rest: a buffering proxy would deadlock here.
       void firstSeen.then(() => req.end(Buffer.alloc(8 * 1024 * 1024, 8)));
     });
     expect(await done).toBe(201);
-    const expected = createHash('sha256').update(Buffer.alloc(64 * 1024, 7)).update(Buffer.alloc(8 * 1024 * 1024, 8)).digest('hex');
+    const expected = createHash('sha256')
+      .update(Buffer.alloc(64 * 1024, 7))
+      .update(Buffer.alloc(8 * 1024 * 1024, 8))
+      .digest('hex');
     expect(seen[0].sha256).toBe(expected);
   });
 
@@ -386,11 +458,16 @@ describe('forwarding', () => {
     };
     const [hostname, port] = proxy.host.split(':');
     const total = await new Promise<number>((resolve, reject) => {
-      https.get({ hostname, port: Number(port), ca: pki.caPem, path: `/v2/acme/a/blobs/sha256:${'e'.repeat(64)}`, headers: { authorization: ACME } }, (res) => {
-        let n = 0;
-        res.on('data', (c: Buffer) => { n += c.length; finish(); });
-        res.on('end', () => resolve(n));
-      }).on('error', reject);
+      https
+        .get({ hostname, port: Number(port), ca: pki.caPem, path: `/v2/acme/a/blobs/sha256:${'e'.repeat(64)}`, headers: { authorization: ACME } }, (res) => {
+          let n = 0;
+          res.on('data', (c: Buffer) => {
+            n += c.length;
+            finish();
+          });
+          res.on('end', () => resolve(n));
+        })
+        .on('error', reject);
     });
     expect(total).toBe(2048);
   });
@@ -405,11 +482,21 @@ describe('forwarding', () => {
   });
 
   test('a client aborting mid-upload aborts the upstream request and breaks nothing', async () => {
-    handler = (_req, res) => { res.writeHead(201); res.end(); };
+    handler = (_req, res) => {
+      res.writeHead(201);
+      res.end();
+    };
     const [hostname, port] = proxy.host.split(':');
     const upstreamAborted = new Promise<void>((resolve) => upstream.once('upstream-aborted', () => resolve()));
     const gotData = new Promise<void>((resolve) => upstream.once('upstream-data', () => resolve()));
-    const req = https.request({ hostname, port: Number(port), ca: pki.caPem, method: 'PATCH', path: '/v2/acme/a/blobs/uploads/u', headers: { authorization: ACME, 'content-length': String(10 * 1024 * 1024) } });
+    const req = https.request({
+      hostname,
+      port: Number(port),
+      ca: pki.caPem,
+      method: 'PATCH',
+      path: '/v2/acme/a/blobs/uploads/u',
+      headers: { authorization: ACME, 'content-length': String(10 * 1024 * 1024) }
+    });
     req.on('error', () => undefined);
     req.write(Buffer.alloc(128 * 1024));
     await gotData;
@@ -420,7 +507,11 @@ describe('forwarding', () => {
   });
 
   test('an upstream dying mid-response does not crash the proxy', async () => {
-    handler = (_req, res) => { res.writeHead(200, { 'Content-Length': '1000' }); res.write('partial'); setTimeout(() => res.destroy(), 20); };
+    handler = (_req, res) => {
+      res.writeHead(200, { 'Content-Length': '1000' });
+      res.write('partial');
+      setTimeout(() => res.destroy(), 20);
+    };
     await expect(call(proxy, 'GET', `/v2/acme/a/blobs/sha256:${'f'.repeat(64)}`, { auth: ACME })).rejects.toThrow();
     handler = okHandler;
     expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(200);
@@ -430,14 +521,19 @@ describe('forwarding', () => {
     // Every upstream response is held until all 20 requests have arrived: a serialising proxy would time out.
     const pending: Array<() => void> = [];
     handler = (req, res, body) => {
-      pending.push(() => { res.writeHead(201, { 'X-Echo': createHash('sha256').update(body).digest('hex') }); res.end(req.url); });
+      pending.push(() => {
+        res.writeHead(201, { 'X-Echo': createHash('sha256').update(body).digest('hex') });
+        res.end(req.url);
+      });
       if (pending.length === 20) pending.forEach((f) => f());
     };
-    const replies = await Promise.all(Array.from({ length: 20 }, (_, i) => {
-      const org = i % 2 ? 'acme' : 'globex';
-      const body = Buffer.alloc(4096 + i, i);
-      return call(proxy, 'PUT', `/v2/${org}/app${i}/cache/manifests/t${i}`, { auth: i % 2 ? ACME : GLOBEX, body }).then((r) => ({ r, i, body, org }));
-    }));
+    const replies = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => {
+        const org = i % 2 ? 'acme' : 'globex';
+        const body = Buffer.alloc(4096 + i, i);
+        return call(proxy, 'PUT', `/v2/${org}/app${i}/cache/manifests/t${i}`, { auth: i % 2 ? ACME : GLOBEX, body }).then((r) => ({ r, i, body, org }));
+      })
+    );
     for (const { r, i, body, org } of replies) {
       expect(r.status).toBe(201);
       expect(r.body).toBe(`/v2/${org}/app${i}/cache/manifests/t${i}`);
@@ -459,8 +555,7 @@ const hostOf = (p: RegistryProxy): string => p.host.split(':')[0];
 const portOf = (p: RegistryProxy): number => Number(p.host.split(':')[1]);
 
 describe('TLS (the proxy serves HTTPS only)', () => {
-
-  test('a client trusting the control plane\'s CA completes the handshake; the cert names the proxy\'s IP', async () => {
+  test("a client trusting the control plane's CA completes the handshake; the cert names the proxy's IP", async () => {
     const peer = await new Promise<tls.PeerCertificate>((resolve, reject) => {
       const s = tls.connect({ host: hostOf(proxy), port: portOf(proxy), ca: pki.caPem }, () => {
         const c = s.getPeerCertificate();
@@ -494,26 +589,36 @@ describe('TLS (the proxy serves HTTPS only)', () => {
     expect(received).not.toMatch(/HTTP\/1\.[01]/);
     expect(seen).toHaveLength(0);
     // And an HTTP client sees the connection fail.
-    await expect(new Promise((resolve, reject) => {
-      http.get({ host: hostOf(proxy), port: portOf(proxy), path: '/v2/', headers: { authorization: ACME } }, resolve).on('error', reject);
-    })).rejects.toThrow();
+    await expect(
+      new Promise((resolve, reject) => {
+        http.get({ host: hostOf(proxy), port: portOf(proxy), path: '/v2/', headers: { authorization: ACME } }, resolve).on('error', reject);
+      })
+    ).rejects.toThrow();
     expect(logLines.join('')).not.toContain('s3cret-acme');
   });
 });
 
 describe('plain HTTP on loopback, and registryProxyTls', () => {
   // What a raw plain-HTTP GET /v2/ with credentials gets back from host:port before the connection closes.
-  const plainGet = (hostname: string, port: number): Promise<string> => new Promise((resolve) => {
-    const chunks: Buffer[] = [];
-    const s = net.connect({ host: hostname, port }, () => s.write(`GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: ${ACME}\r\nConnection: close\r\n\r\n`));
-    s.on('data', (c: Buffer) => chunks.push(c));
-    s.on('error', () => undefined);
-    s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
-  });
+  const plainGet = (hostname: string, port: number): Promise<string> =>
+    new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      const s = net.connect({ host: hostname, port }, () => s.write(`GET /v2/ HTTP/1.1\r\nHost: x\r\nAuthorization: ${ACME}\r\nConnection: close\r\n\r\n`));
+      s.on('data', (c: Buffer) => chunks.push(c));
+      s.on('error', () => undefined);
+      s.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    });
 
   test.each([
-    ['127.0.0.1', true], ['127.9.8.7', true], ['::1', true], ['::ffff:127.0.0.1', true],
-    ['10.0.0.1', false], ['0.0.0.0', false], ['::', false], ['fe80::1', false], [undefined, false],
+    ['127.0.0.1', true],
+    ['127.9.8.7', true],
+    ['::1', true],
+    ['::ffff:127.0.0.1', true],
+    ['10.0.0.1', false],
+    ['0.0.0.0', false],
+    ['::', false],
+    ['fe80::1', false],
+    [undefined, false]
   ])('isLoopbackAddress(%s) is %s', (a, expected) => {
     expect(isLoopbackAddress(a)).toBe(expected);
   });
@@ -524,31 +629,46 @@ describe('plain HTTP on loopback, and registryProxyTls', () => {
     expect(await plainGet(hostOf(proxy), portOf(proxy))).toMatch(/^HTTP\/1\.1 200 /);
     expect((await call(proxy, 'GET', '/v2/', { auth: ACME })).status).toBe(200);
     // Upload Locations come back in the scheme the client used.
-    handler = (req, res) => { res.writeHead(202, { Location: `http://${req.headers.host}/v2/acme/a/blobs/uploads/u-3?_state=s` }); res.end(); };
+    handler = (req, res) => {
+      res.writeHead(202, { Location: `http://${req.headers.host}/v2/acme/a/blobs/uploads/u-3?_state=s` });
+      res.end();
+    };
     const plainLocation = await new Promise<string>((resolve, reject) => {
-      http.request({ host: hostOf(proxy), port: portOf(proxy), method: 'POST', path: '/v2/acme/a/blobs/uploads/', headers: { authorization: ACME } }, (res) => {
-        res.resume();
-        resolve(String(res.headers.location));
-      }).on('error', reject).end();
+      http
+        .request({ host: hostOf(proxy), port: portOf(proxy), method: 'POST', path: '/v2/acme/a/blobs/uploads/', headers: { authorization: ACME } }, (res) => {
+          res.resume();
+          resolve(String(res.headers.location));
+        })
+        .on('error', reject)
+        .end();
     });
     expect(plainLocation).toBe(`http://${proxy.host}/v2/acme/a/blobs/uploads/u-3?_state=s`);
-    expect((await call(proxy, 'POST', '/v2/acme/a/blobs/uploads/', { auth: ACME })).headers.location).toBe(`https://${proxy.host}/v2/acme/a/blobs/uploads/u-3?_state=s`);
+    expect((await call(proxy, 'POST', '/v2/acme/a/blobs/uploads/', { auth: ACME })).headers.location).toBe(
+      `https://${proxy.host}/v2/acme/a/blobs/uploads/u-3?_state=s`
+    );
   });
 
   test('with plainHttpOnLoopback, a connection to a non-loopback address of this host still gets no plain-HTTP answer', async () => {
-    const address = Object.values(os.networkInterfaces()).flat().find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
+    const address = Object.values(os.networkInterfaces())
+      .flat()
+      .find((i) => i && i.family === 'IPv4' && !i.internal)?.address;
     if (!address) throw new Error('this test needs a non-loopback IPv4 address on this host (none found)');
     await proxy.close();
     const own = await registryProxyTls(address, pki);
     proxy = await makeProxy({ plainHttpOnLoopback: true, host: address, tls: own });
     expect(await plainGet(address, portOf(proxy))).toBe('');
     const r = await new Promise<number>((resolve, reject) => {
-      https.get({ host: address, port: portOf(proxy), path: '/v2/', ca: pki.caPem, headers: { authorization: ACME } }, (res) => { res.resume(); resolve(res.statusCode ?? 0); }).on('error', reject);
+      https
+        .get({ host: address, port: portOf(proxy), path: '/v2/', ca: pki.caPem, headers: { authorization: ACME } }, (res) => {
+          res.resume();
+          resolve(res.statusCode ?? 0);
+        })
+        .on('error', reject);
     });
     expect(r).toBe(200);
   });
 
-  test('without an operator cert: a cert of the control plane\'s CA for the host (IP or DNS SAN), trusted through the CA', async () => {
+  test("without an operator cert: a cert of the control plane's CA for the host (IP or DNS SAN), trusted through the CA", async () => {
     const ip = await registryProxyTls('10.1.2.3', pki);
     expect(ip.source).toBe('control-plane-ca');
     expect(ip.trustPem).toBe(pki.caPem);
@@ -578,7 +698,7 @@ describe('plain HTTP on loopback, and registryProxyTls', () => {
     expect(err.message).not.toContain('PRIVATE-KEY-MATERIAL');
   });
 
-  test('the proxy serves an operator\'s cert', async () => {
+  test("the proxy serves an operator's cert", async () => {
     const operatorCa = await Pki.loadOrCreate(path.join(tmp, 'operator-pki'));
     const op = await operatorCa.issueServer(['127.0.0.1']);
     await proxy.close();
@@ -594,7 +714,7 @@ describe('plain HTTP on loopback, and registryProxyTls', () => {
   });
 });
 
-describe('installRegistryTrust (what builders\' dockerd reads for the proxy)', () => {
+describe("installRegistryTrust (what builders' dockerd reads for the proxy)", () => {
   test('writes <certsDir>/<host:port>/buildcloud-ca.crt 0644, and removes it and its directory again', async () => {
     const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
     const remove = await installRegistryTrust('192.0.2.7:7645', pki.caPem, { certsDir });
@@ -605,15 +725,17 @@ describe('installRegistryTrust (what builders\' dockerd reads for the proxy)', (
     expect(fs.existsSync(path.dirname(file))).toBe(false);
   });
 
-  test('a file of the operator\'s own in that directory stays, and so does the directory', async () => {
+  test("a file of the operator's own in that directory stays, and so does the directory", async () => {
     const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
     fs.mkdirSync(path.join(certsDir, '192.0.2.7:7645'));
     fs.writeFileSync(path.join(certsDir, '192.0.2.7:7645', 'ca.crt'), 'theirs');
-    await (await installRegistryTrust('192.0.2.7:7645', pki.caPem, { certsDir }))();
+    await (
+      await installRegistryTrust('192.0.2.7:7645', pki.caPem, { certsDir })
+    )();
     expect(fs.readFileSync(path.join(certsDir, '192.0.2.7:7645', 'ca.crt'), 'utf8')).toBe('theirs');
   });
 
-  test('a start after a crash removes the previous run\'s file (recorded in the state dir)', async () => {
+  test("a start after a crash removes the previous run's file (recorded in the state dir)", async () => {
     const certsDir = fs.mkdtempSync(path.join(tmp, 'certs.d-'));
     const recordFile = path.join(tmp, `record-${process.hrtime.bigint()}`);
     await installRegistryTrust('192.0.2.7:1111', pki.caPem, { certsDir, recordFile }); // "crashed": never removed

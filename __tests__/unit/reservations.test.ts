@@ -160,7 +160,14 @@ describe.each([
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(true);
     expect((await s.reserveLease(lease('acme'), POLICY)).ok).toBe(false);
     expect((await s.reserveLease(lease('beta'), POLICY)).ok).toBe(true);
-    expect(await s.getOrgLimits('acme')).toEqual({ org: 'acme', maxBuilders: null, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: null });
+    expect(await s.getOrgLimits('acme')).toEqual({
+      org: 'acme',
+      maxBuilders: null,
+      maxLeases: null,
+      overdraftSeconds: 0,
+      protectedBranches: null,
+      updatedAt: null
+    });
     await s.setOrgLimits('acme', { overdraftSeconds: 60 }, 7);
     // Protected branches are kept apart from the numeric limits, and a later patch leaves them as they are.
     await s.setOrgLimits('acme', { protectedBranches: ['main', 'release/*'] }, 8);
@@ -206,8 +213,12 @@ describe('SqliteStore across connections and versions', () => {
     old.exec(MIGRATIONS[0]);
     old.pragma('user_version = 1');
     old.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data) VALUES ('r1', 'acme', 't', 5, 6, 'la', '{"x":1}')`).run();
-    old.prepare(`INSERT INTO leases (id, org, pipeline_key, job_id, scope, platforms, builder_ids, identity, actor, cert_fingerprint,
-      registry_user, registry_password_hash, created_at, last_active_at) VALUES ('la', 'acme', 'p', 'j', 'pipeline', '[]', '[]', '{}', '', 'f', 'u', 'h', 1, 1)`).run();
+    old
+      .prepare(
+        `INSERT INTO leases (id, org, pipeline_key, job_id, scope, platforms, builder_ids, identity, actor, cert_fingerprint,
+      registry_user, registry_password_hash, created_at, last_active_at) VALUES ('la', 'acme', 'p', 'j', 'pipeline', '[]', '[]', '{}', '', 'f', 'u', 'h', 1, 1)`
+      )
+      .run();
     old.close();
 
     const s: SqliteStore = openSqliteStore(file);

@@ -28,22 +28,43 @@ const oidc = (v: Partial<VerifiedIdentity>): PrincipalScope => ({
   projects: null,
   branches: null,
   readOnly: false,
-  verified: { provider: 'github', project: 'acme/app', branch: 'feature-x', changeRequest: false, refProtected: null, readOnly: false, readOnlyReason: '', ...v }
+  verified: {
+    provider: 'github',
+    project: 'acme/app',
+    branch: 'feature-x',
+    changeRequest: false,
+    refProtected: null,
+    readOnly: false,
+    readOnlyReason: '',
+    ...v
+  }
 });
 const token = (projects: string[] | null, branches: string[] | null, readOnly = false): PrincipalScope => ({ projects, branches, readOnly, verified: null });
 const P = DEFAULT_PROTECTED_BRANCHES;
 
-describe('verified identity from each CI\'s claims', () => {
+describe("verified identity from each CI's claims", () => {
   test('GitHub push: repository and refs/heads/<branch>; ref_protected read when present', () => {
     expect(verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'push', ref: 'refs/heads/release/1.2', ref_protected: 'true' })).toEqual({
-      provider: 'github', project: 'acme/app', branch: 'release/1.2', changeRequest: false, refProtected: true, readOnly: false, readOnlyReason: ''
+      provider: 'github',
+      project: 'acme/app',
+      branch: 'release/1.2',
+      changeRequest: false,
+      refProtected: true,
+      readOnly: false,
+      readOnlyReason: ''
     });
   });
   test('GitHub tag: no branch (never writes)', () => {
     expect(verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'push', ref: 'refs/tags/v1' }).branch).toBe('');
   });
   test('GitHub pull_request: the head_ref is the branch, and it is a change request', () => {
-    const v = verifiedIdentityFromClaims({ repository: 'acme/app', event_name: 'pull_request', ref: 'refs/pull/7/merge', head_ref: 'feature-x', base_ref: 'main' });
+    const v = verifiedIdentityFromClaims({
+      repository: 'acme/app',
+      event_name: 'pull_request',
+      ref: 'refs/pull/7/merge',
+      head_ref: 'feature-x',
+      base_ref: 'main'
+    });
     expect(v).toMatchObject({ branch: 'feature-x', changeRequest: true, readOnly: false });
   });
   test('GitHub pull_request_target: read-only, whatever the branch', () => {
@@ -52,12 +73,21 @@ describe('verified identity from each CI\'s claims', () => {
     expect(v.readOnlyReason).toMatch(/pull_request_target/);
   });
   test('GitLab: project_path; ref is the branch only when ref_type is branch; merge request pipelines flagged', () => {
-    expect(verifiedIdentityFromClaims({ project_path: 'platform/tools/api', ref: 'main', ref_type: 'branch', ref_protected: 'true', pipeline_source: 'push' })).toMatchObject({
-      provider: 'gitlab', project: 'platform/tools/api', branch: 'main', changeRequest: false, refProtected: true
+    expect(
+      verifiedIdentityFromClaims({ project_path: 'platform/tools/api', ref: 'main', ref_type: 'branch', ref_protected: 'true', pipeline_source: 'push' })
+    ).toMatchObject({
+      provider: 'gitlab',
+      project: 'platform/tools/api',
+      branch: 'main',
+      changeRequest: false,
+      refProtected: true
     });
     expect(verifiedIdentityFromClaims({ project_path: 'p/a', ref: 'v1.0', ref_type: 'tag' }).branch).toBe('');
-    expect(verifiedIdentityFromClaims({ project_path: 'p/a', ref: 'main', ref_type: 'branch', ref_protected: 'false', pipeline_source: 'merge_request_event' })).toMatchObject({
-      changeRequest: true, refProtected: false
+    expect(
+      verifiedIdentityFromClaims({ project_path: 'p/a', ref: 'main', ref_type: 'branch', ref_protected: 'false', pipeline_source: 'merge_request_event' })
+    ).toMatchObject({
+      changeRequest: true,
+      refProtected: false
     });
   });
   test('CircleCI: the project from vcs-origin, the branch from vcs-ref; no vcs-origin (custom webhook) is refused', () => {
@@ -101,20 +131,36 @@ describe('patterns', () => {
 
 describe('resolveLeaseIdentity', () => {
   test('the org-admin token (no scope): the request as sent; a fork is read-only', () => {
-    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'main' }), P)).toMatchObject({ project: 'acme/x', branch: 'main', readOnly: false, verified: false });
-    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'f', fork: true }), P)).toMatchObject({ readOnly: true, readOnlyReason: 'a pull request from a fork' });
+    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'main' }), P)).toMatchObject({
+      project: 'acme/x',
+      branch: 'main',
+      readOnly: false,
+      verified: false
+    });
+    expect(resolveLeaseIdentity(undefined, req({ project: 'acme/x', branch: 'f', fork: true }), P)).toMatchObject({
+      readOnly: true,
+      readOnlyReason: 'a pull request from a fork'
+    });
   });
 
   test('OIDC: project and branch come from the claims; an empty request is filled in', () => {
     expect(resolveLeaseIdentity(oidc({}), req(), P)).toMatchObject({ project: 'acme/app', branch: 'feature-x', readOnly: false, verified: true });
     expect(resolveLeaseIdentity(oidc({}), req({ project: 'ACME/App', branch: 'feature-x' }), P).project).toBe('acme/app');
   });
-  test("OIDC: claiming another project or another branch is refused, naming both", () => {
-    expect(() => resolveLeaseIdentity(oidc({}), req({ project: 'acme/other-project' }), P)).toThrow(/identity.project 'acme\/other-project' is not the project of this job's OIDC token \('acme\/app'\)/);
-    expect(() => resolveLeaseIdentity(oidc({}), req({ branch: 'main' }), P)).toThrow(/identity.branch 'main' is not the branch of this job's OIDC token \('feature-x'\)/);
+  test('OIDC: claiming another project or another branch is refused, naming both', () => {
+    expect(() => resolveLeaseIdentity(oidc({}), req({ project: 'acme/other-project' }), P)).toThrow(
+      /identity.project 'acme\/other-project' is not the project of this job's OIDC token \('acme\/app'\)/
+    );
+    expect(() => resolveLeaseIdentity(oidc({}), req({ branch: 'main' }), P)).toThrow(
+      /identity.branch 'main' is not the branch of this job's OIDC token \('feature-x'\)/
+    );
   });
   test('OIDC: a token naming no branch (a tag) with a job naming one: that branch, read-only', () => {
-    expect(resolveLeaseIdentity(oidc({ branch: '' }), req({ branch: 'feature-y' }), P)).toMatchObject({ branch: 'feature-y', readOnly: true, readOnlyReason: "this job's OIDC token names no branch, so 'feature-y' is not proven" });
+    expect(resolveLeaseIdentity(oidc({ branch: '' }), req({ branch: 'feature-y' }), P)).toMatchObject({
+      branch: 'feature-y',
+      readOnly: true,
+      readOnlyReason: "this job's OIDC token names no branch, so 'feature-y' is not proven"
+    });
     expect(resolveLeaseIdentity(oidc({ branch: '' }), req({ branch: '' }), P)).toMatchObject({ branch: '', readOnly: false });
   });
   test('OIDC: the request may narrow (a fork flag makes it read-only)', () => {
@@ -153,7 +199,10 @@ describe('resolveLeaseIdentity', () => {
     expect(resolveLeaseIdentity(token(['a/b'], null), req({ project: 'a/b', branch: 'feature' }), P).readOnly).toBe(false);
   });
   test('scoped token: --read-only', () => {
-    expect(resolveLeaseIdentity(token(null, null, true), req({ project: 'a/b', branch: 'feature' }), P)).toMatchObject({ readOnly: true, readOnlyReason: 'the credential is read-only' });
+    expect(resolveLeaseIdentity(token(null, null, true), req({ project: 'a/b', branch: 'feature' }), P)).toMatchObject({
+      readOnly: true,
+      readOnlyReason: 'the credential is read-only'
+    });
   });
   test('a tag build (no branch) passes branch patterns and writes nothing', () => {
     expect(resolveLeaseIdentity(token(null, ['main']), req({ project: 'a/b', branch: '' }), P)).toMatchObject({ branch: '', readOnly: false });
@@ -169,32 +218,56 @@ test('scopeCoversProject', () => {
 });
 
 describe('what a trust rule trusts bounds the claims (defence in depth: real CIs sign only their own shapes)', () => {
-  test('the CI is the rule\'s, not the claims\' shape', () => {
+  test("the CI is the rule's, not the claims' shape", () => {
     expect(providerOfRule('repository_owner')).toBe('github');
     expect(providerOfRule('namespace_path')).toBe('gitlab');
     expect(providerOfRule('oidc.circleci.com/org-id')).toBe('circleci');
     expect(providerOfRule('custom')).toBeNull();
     // A GitLab rule's token with GitHub-shaped claims names no GitLab project: refused.
-    expect(() => verifiedIdentityFromClaims({ repository: 'acme/other', event_name: 'push', ref: 'refs/heads/main' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/names no project/);
+    expect(() =>
+      verifiedIdentityFromClaims({ repository: 'acme/other', event_name: 'push', ref: 'refs/heads/main' }, { claim: 'namespace_path', value: 'acme' })
+    ).toThrow(/names no project/);
   });
   test('a GitLab project outside the trusted namespace, a GitHub repository of another owner: refused', () => {
-    expect(() => verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'other-ns/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/not inside what its trust rule trusts/);
-    expect(verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'acme/sub/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' }).project).toBe('acme/sub/app');
-    expect(() => verifiedIdentityFromClaims({ repository: 'evil/app', repository_owner: 'acme', event_name: 'push' }, { claim: 'repository_owner', value: 'acme' })).toThrow(/not inside/);
+    expect(() =>
+      verifiedIdentityFromClaims(
+        { namespace_path: 'acme', project_path: 'other-ns/app', ref: 'main', ref_type: 'branch' },
+        { claim: 'namespace_path', value: 'acme' }
+      )
+    ).toThrow(/not inside what its trust rule trusts/);
+    expect(
+      verifiedIdentityFromClaims(
+        { namespace_path: 'acme', project_path: 'acme/sub/app', ref: 'main', ref_type: 'branch' },
+        { claim: 'namespace_path', value: 'acme' }
+      ).project
+    ).toBe('acme/sub/app');
+    expect(() =>
+      verifiedIdentityFromClaims({ repository: 'evil/app', repository_owner: 'acme', event_name: 'push' }, { claim: 'repository_owner', value: 'acme' })
+    ).toThrow(/not inside/);
     expect(() => verifiedIdentityFromClaims({ 'oidc.circleci.com/org-id': 'u', 'oidc.circleci.com/vcs-origin': 'github.com' })).toThrow(/no owner\/repo/);
     // Dot segments climb out of the trusted namespace in a path reader's eyes: refused at exchange.
-    expect(() => verifiedIdentityFromClaims({ namespace_path: 'acme', project_path: 'acme/../other-ns/app', ref: 'main', ref_type: 'branch' }, { claim: 'namespace_path', value: 'acme' })).toThrow(/not inside/);
+    expect(() =>
+      verifiedIdentityFromClaims(
+        { namespace_path: 'acme', project_path: 'acme/../other-ns/app', ref: 'main', ref_type: 'branch' },
+        { claim: 'namespace_path', value: 'acme' }
+      )
+    ).toThrow(/not inside/);
     expect(() => verifiedIdentityFromClaims({ repository: 'acme/..', repository_owner: 'acme', event_name: 'push' })).toThrow(/names no repository/);
   });
   test('GitHub: only events that build their own ref write; workflow_run, issue_comment and the like read', () => {
     const gh = (event_name: string) => verifiedIdentityFromClaims({ repository: 'acme/app', repository_owner: 'acme', event_name, ref: 'refs/heads/main' });
     for (const e of ['push', 'schedule', 'workflow_dispatch', 'merge_group']) expect(gh(e).readOnly).toBe(false);
     for (const e of ['workflow_run', 'issue_comment', 'check_suite', 'deployment']) {
-      expect(gh(e)).toMatchObject({ readOnly: true, readOnlyReason: expect.stringContaining(`a run for the '${e}' event may build code other than its ref's`) });
+      expect(gh(e)).toMatchObject({
+        readOnly: true,
+        readOnlyReason: expect.stringContaining(`a run for the '${e}' event may build code other than its ref's`)
+      });
     }
   });
   test('GitLab: an external pull request pipeline is a change request', () => {
-    expect(verifiedIdentityFromClaims({ project_path: 'a/b', ref: 'main', ref_type: 'branch', pipeline_source: 'external_pull_request_event' }).changeRequest).toBe(true);
+    expect(
+      verifiedIdentityFromClaims({ project_path: 'a/b', ref: 'main', ref_type: 'branch', pipeline_source: 'external_pull_request_event' }).changeRequest
+    ).toBe(true);
   });
 });
 

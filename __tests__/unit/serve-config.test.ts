@@ -58,16 +58,19 @@ describe('--registry never echoes a password', () => {
     expect(redactUrl(raw)).toBe(want);
   });
 
-  test.each([['ftp://bob:s3cret@host'], ['https://bob:s3cret@host:notaport'], ['https://bob:s3cret@[::1']])('parseRegistryUrl(%s) refuses without the password', (raw) => {
-    let msg = '';
-    try {
-      parseRegistryUrl(raw);
-    } catch (e) {
-      msg = (e as Error).message;
+  test.each([['ftp://bob:s3cret@host'], ['https://bob:s3cret@host:notaport'], ['https://bob:s3cret@[::1']])(
+    'parseRegistryUrl(%s) refuses without the password',
+    (raw) => {
+      let msg = '';
+      try {
+        parseRegistryUrl(raw);
+      } catch (e) {
+        msg = (e as Error).message;
+      }
+      expect(msg).toMatch(/^Invalid --registry 'https?:\/\/bob:\*\*\*@|^Invalid --registry 'ftp:\/\/bob:\*\*\*@/);
+      expect(msg).not.toContain('s3cret');
     }
-    expect(msg).toMatch(/^Invalid --registry 'https?:\/\/bob:\*\*\*@|^Invalid --registry 'ftp:\/\/bob:\*\*\*@/);
-    expect(msg).not.toContain('s3cret');
-  });
+  );
 
   it('a valid URL keeps its credentials for the server (which strips them before use)', () => {
     expect(parseRegistryUrl('https://bob:s3cret@registry.example.com/')).toBe('https://bob:s3cret@registry.example.com');

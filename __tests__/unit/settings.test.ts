@@ -53,7 +53,10 @@ function typedDefault(def: InputDef): unknown {
     case 'number':
       return Number(def.default);
     case 'list':
-      return def.default.split(/[\n,]/).map((s) => s.trim()).filter(Boolean);
+      return def.default
+        .split(/[\n,]/)
+        .map((s) => s.trim())
+        .filter(Boolean);
     default:
       return def.default;
   }
@@ -88,11 +91,33 @@ describe('defaults', () => {
   // The same, spelled out: a changed default shows up here as well as in action.yml.
   test('the defaults, literally', () => {
     expect(setupSettings(inputs())).toEqual({
-      endpoint: '', token: '', org: '', oidcAudience: 'buildcloud', platforms: [], scope: 'pipeline', cache: true, fallback: 'none',
-      summary: true, prComment: false, githubToken: '', jobId: '', meteringEndpoint: '', provisionTimeoutS: 120
+      endpoint: '',
+      token: '',
+      org: '',
+      oidcAudience: 'buildcloud',
+      platforms: [],
+      scope: 'pipeline',
+      cache: true,
+      fallback: 'none',
+      summary: true,
+      prComment: false,
+      githubToken: '',
+      jobId: '',
+      meteringEndpoint: '',
+      provisionTimeoutS: 120
     });
     expect(buildSettings(inputs())).toEqual({
-      context: '.', file: '', tags: [], buildArgs: [], target: '', labels: [], push: false, load: false, platforms: [], noCache: false, pull: false
+      context: '.',
+      file: '',
+      tags: [],
+      buildArgs: [],
+      target: '',
+      labels: [],
+      push: false,
+      load: false,
+      platforms: [],
+      noCache: false,
+      pull: false
     });
   });
 
@@ -102,7 +127,11 @@ describe('defaults', () => {
   });
 
   test('envName gives the BUILDCLOUD_* variable of an input', () => {
-    expect(['endpoint', 'provision-timeout', 'pr-comment'].map(envName)).toEqual(['BUILDCLOUD_ENDPOINT', 'BUILDCLOUD_PROVISION_TIMEOUT', 'BUILDCLOUD_PR_COMMENT']);
+    expect(['endpoint', 'provision-timeout', 'pr-comment'].map(envName)).toEqual([
+      'BUILDCLOUD_ENDPOINT',
+      'BUILDCLOUD_PROVISION_TIMEOUT',
+      'BUILDCLOUD_PR_COMMENT'
+    ]);
   });
 });
 
@@ -128,14 +157,24 @@ describe('accepted values', () => {
   });
 
   const BOOLEANS: [string, boolean][] = [
-    ['true', true], ['True', true], ['TRUE', true], ['1', true], ['yes', true], [' true ', true],
-    ['false', false], ['False', false], ['FALSE', false], ['0', false], ['no', false]
+    ['true', true],
+    ['True', true],
+    ['TRUE', true],
+    ['1', true],
+    ['yes', true],
+    [' true ', true],
+    ['false', false],
+    ['False', false],
+    ['FALSE', false],
+    ['0', false],
+    ['no', false]
   ];
-  test.each(
-    (['cache', 'summary', 'pr-comment'] as const).flatMap((name) => BOOLEANS.map(([v, b]) => [name, v, b] as const))
-  )('setup boolean %s %j → %s', (name, value, expected) => {
-    expect(setupSettings(inputs({ [name]: value }))[SETUP_FIELDS[name]]).toBe(expected);
-  });
+  test.each((['cache', 'summary', 'pr-comment'] as const).flatMap((name) => BOOLEANS.map(([v, b]) => [name, v, b] as const)))(
+    'setup boolean %s %j → %s',
+    (name, value, expected) => {
+      expect(setupSettings(inputs({ [name]: value }))[SETUP_FIELDS[name]]).toBe(expected);
+    }
+  );
 
   test.each((['push', 'load', 'no-cache', 'pull'] as const).flatMap((name) => BOOLEANS.map(([v, b]) => [name, v, b] as const)))(
     'build boolean %s %j → %s',
@@ -184,7 +223,11 @@ describe('every validation error names the input and the expectation', () => {
     ['endpoint', 'cp example.com:443', `Invalid input 'endpoint': 'cp example.com:443'. ${ENDPOINT}`],
     ['endpoint', 'grpc://cp:443/v1', `Invalid input 'endpoint': 'grpc://cp:443/v1'. ${ENDPOINT}`],
     ['metering-endpoint', 'metering.example.com', "Invalid input 'metering-endpoint': 'metering.example.com'. Expected an http:// or https:// URL."],
-    ['metering-endpoint', 'ftp://metering.example.com', "Invalid input 'metering-endpoint': 'ftp://metering.example.com'. Expected an http:// or https:// URL."],
+    [
+      'metering-endpoint',
+      'ftp://metering.example.com',
+      "Invalid input 'metering-endpoint': 'ftp://metering.example.com'. Expected an http:// or https:// URL."
+    ],
     ['org', 'Acme', "Invalid input 'org': 'Acme'. Expected lowercase letters, digits and single . _ - between them."],
     ['org', 'acme--corp', "Invalid input 'org': 'acme--corp'. Expected lowercase letters, digits and single . _ - between them."],
     ['org', '-acme', "Invalid input 'org': '-acme'. Expected lowercase letters, digits and single . _ - between them."],
@@ -248,7 +291,7 @@ describe('generated action.yml files match the input definition', () => {
       for (const o of outs) expect(action.outputs[o.name].description).toBe(o.description);
     });
 
-    test.each(defs.map((d) => [d.name, d] as const))('input %s: same default (GitHub\'s own where set), optional, described', (name, def) => {
+    test.each(defs.map((d) => [d.name, d] as const))("input %s: same default (GitHub's own where set), optional, described", (name, def) => {
       const yml = action.inputs[name];
       expect(yml.default).toBe(def.githubDefault ?? def.default);
       expect(yml.required).toBe(false);

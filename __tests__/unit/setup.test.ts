@@ -21,7 +21,13 @@ jest.mock('../../src/core/runner-config', () => ({ ...jest.requireActual('../../
 const mockedResolveDocker = jest.mocked(resolveDocker);
 const mockedConfigureRunner = jest.mocked(configureRunner);
 
-const DOCKER: ResolvedDocker = { path: '/usr/bin/docker', version: '27.3.1', buildx: true, buildxVersion: 'v0.17.1', reason: 'docker 27.3.1 with buildx v0.17.1 (first on PATH)' };
+const DOCKER: ResolvedDocker = {
+  path: '/usr/bin/docker',
+  version: '27.3.1',
+  buildx: true,
+  buildxVersion: 'v0.17.1',
+  reason: 'docker 27.3.1 with buildx v0.17.1 (first on PATH)'
+};
 const ORG_TOKEN = 'bct_tok1_org-token-s3cret';
 const JWT = 'eyJhbGciOiJSUzI1NiIsImtpZCI6IngifQ.eyJzdWIiOiJyZXBvOmFjbWUvd2lkZ2V0LWFwaTpyZWY6cmVmcy9oZWFkcy9tYWluIn0.c2lnbmF0dXJl';
 const ACCESS_TOKEN = 'bca_access-token-from-exchange';
@@ -79,7 +85,14 @@ afterEach(() => {
   for (const d of [tmp, ...cleanup]) fs.rmSync(d, { recursive: true, force: true });
 });
 
-const PROVISIONED: ProvisionRequestMsg = { org: 'acme', pipelineKey: '4242/9001/2', jobId: 'build-0-77', platforms: [], scope: 'SCOPE_PIPELINE', identity: null };
+const PROVISIONED: ProvisionRequestMsg = {
+  org: 'acme',
+  pipelineKey: '4242/9001/2',
+  jobId: 'build-0-77',
+  platforms: [],
+  scope: 'SCOPE_PIPELINE',
+  identity: null
+};
 
 /** What configureRunner makes of a lease, without docker: a private dir under tempRoot and the env it would export. */
 function fakeRunner(lease: LeaseMsg, name: string, tempRoot: string): RunnerConfig {
@@ -96,14 +109,23 @@ function fakeRunner(lease: LeaseMsg, name: string, tempRoot: string): RunnerConf
     buildxBuilder: '',
     builderName: name,
     driver: 'docker',
-    env: { DOCKER_CONFIG: dockerConfig, DOCKER_BUILDKIT: '1', DOCKER_HOST: lease.builders[0].address, DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: certDir, BUILDX_BUILDER: name },
+    env: {
+      DOCKER_CONFIG: dockerConfig,
+      DOCKER_BUILDKIT: '1',
+      DOCKER_HOST: lease.builders[0].address,
+      DOCKER_TLS_VERIFY: '1',
+      DOCKER_CERT_PATH: certDir,
+      BUILDX_BUILDER: name
+    },
     secrets: [lease.tls!.keyPem, 'TUhjQ0FRRUVJRkFLRUtFWUJPRFk=', ...(lease.cache?.registry?.password ? [lease.cache.registry.password] : [])],
     warnings: []
   };
 }
 
 const settings = (values: Record<string, string> = {}) =>
-  setupSettings((name) => ({ endpoint: plane.address, token: ORG_TOKEN, org: 'acme', platforms: 'linux/amd64,linux/arm64', 'job-id': 'build-0-77', ...values })[name] ?? '');
+  setupSettings(
+    (name) => ({ endpoint: plane.address, token: ORG_TOKEN, org: 'acme', platforms: 'linux/amd64,linux/arm64', 'job-id': 'build-0-77', ...values })[name] ?? ''
+  );
 
 async function rejection(p: Promise<unknown>): Promise<Error> {
   const err = await p.then(
@@ -165,7 +187,11 @@ describe('provisioning with an org token', () => {
     Object.assign(env, { DOCKER_HOST: 'tcp://docker:2376', DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: '/certs/client' });
     const r = await setup(settings(), deps);
     const cfg = await mockedConfigureRunner.mock.results[0].value;
-    const kept = { BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376', BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1', BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client' };
+    const kept = {
+      BUILDCLOUD_RUNNER_DOCKER_HOST: 'tcp://docker:2376',
+      BUILDCLOUD_RUNNER_DOCKER_TLS_VERIFY: '1',
+      BUILDCLOUD_RUNNER_DOCKER_CERT_PATH: '/certs/client'
+    };
     expect(r.exportEnv).toEqual({ ...cfg.env, ...kept, [SESSION_ENV]: r.sessionFile });
     // DOCKER_* themselves point at the builder now.
     expect(r.exportEnv.DOCKER_HOST).toBe('tcp://127.0.0.1:23750');
@@ -201,7 +227,7 @@ describe('provisioning with an org token', () => {
     expect(r.session).toEqual(s);
   });
 
-  test('the org token and the runner\'s secrets are masked', async () => {
+  test("the org token and the runner's secrets are masked", async () => {
     await setup(settings(), deps);
     const masked = deps.mask.mock.calls.map(([s]) => s);
     expect(masked).toContain(ORG_TOKEN);
@@ -242,7 +268,7 @@ describe('credentials', () => {
     expect(plane.calls).toHaveLength(0);
   });
 
-  test('GitHub OIDC: the job\'s token is exchanged and the access token provisions; both masked', async () => {
+  test("GitHub OIDC: the job's token is exchanged and the access token provisions; both masked", async () => {
     env.ACTIONS_ID_TOKEN_REQUEST_URL = 'https://pipelines.actions.githubusercontent.com/abc/idtoken?api-version=2.0';
     env.ACTIONS_ID_TOKEN_REQUEST_TOKEN = 'runtime-request-token';
     const githubOidc = jest.fn(async (_aud: string) => JWT);
@@ -263,7 +289,7 @@ describe('credentials', () => {
     expect(r.outputs['lease-id']).toBe('lease-0001');
   });
 
-  test('a refused exchange fails setup with the server\'s message and provisions nothing', async () => {
+  test("a refused exchange fails setup with the server's message and provisions nothing", async () => {
     env.ACTIONS_ID_TOKEN_REQUEST_URL = 'https://pipelines.actions.githubusercontent.com/abc/idtoken?api-version=2.0';
     env.ACTIONS_ID_TOKEN_REQUEST_TOKEN = 'runtime-request-token';
     plane.on('ExchangeToken', () => {
@@ -276,7 +302,7 @@ describe('credentials', () => {
 });
 
 describe('when no builder can be had', () => {
-  test.each(['none', 'local'])('RESOURCE_EXHAUSTED rejects at once with the server\'s message (fallback %s)', async (fallback) => {
+  test.each(['none', 'local'])("RESOURCE_EXHAUSTED rejects at once with the server's message (fallback %s)", async (fallback) => {
     plane.on('Provision', () => {
       throw rpcError(grpc.status.RESOURCE_EXHAUSTED, 'no build minutes left for org acme this month');
     });
@@ -299,7 +325,7 @@ describe('when no builder can be had', () => {
     return () => clock;
   }
 
-  test('UNAVAILABLE for the whole provision-timeout with fallback: local → the runner\'s Docker, loudly', async () => {
+  test("UNAVAILABLE for the whole provision-timeout with fallback: local → the runner's Docker, loudly", async () => {
     const now = unavailableForever();
     const r = await setup(settings({ fallback: 'local', 'provision-timeout': '1' }), { ...deps, now });
     cleanup.push(r.session.dir);

@@ -110,7 +110,14 @@ describe('SqliteStore', () => {
 
   test('trust rules', async () => {
     const s = open();
-    const r = { org: 'acme', issuer: 'https://token.actions.githubusercontent.com', audience: 'buildcloud', claim: 'repository_owner', value: 'acme', createdAt: 1 };
+    const r = {
+      org: 'acme',
+      issuer: 'https://token.actions.githubusercontent.com',
+      audience: 'buildcloud',
+      claim: 'repository_owner',
+      value: 'acme',
+      createdAt: 1
+    };
     const a = await s.addTrust(r);
     await s.addTrust({ ...r, org: 'beta', value: 'beta' });
     expect(a).toEqual({ id: a.id, ...r });

@@ -54,12 +54,7 @@ describe('renderSummary', () => {
       ['cache ratio **100%** (24 of 24 steps cached)', '| ghcr.io/acme/api:1.2.3 | linux/arm64 | ✅ success | 41.2 s | 12 | 12 | 100% | bld-7 |'],
       []
     ],
-    [
-      'almost all cached is not shown as all',
-      { builds: [build({ totalSteps: 1000, cachedSteps: 999 })] },
-      ['cache ratio **99%**', '| 1000 | 999 | 99% |'],
-      []
-    ],
+    ['almost all cached is not shown as all', { builds: [build({ totalSteps: 1000, cachedSteps: 999 })] }, ['cache ratio **99%**', '| 1000 | 999 | 99% |'], []],
     [
       'lease, sharing, totals, links and warnings',
       {

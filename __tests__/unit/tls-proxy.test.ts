@@ -56,12 +56,7 @@ function startEngine(socketPath: string): Promise<Engine> {
   return new Promise((resolve) => server.listen(socketPath, () => resolve({ server, seen, open })));
 }
 
-function connect(
-  port: number,
-  pki: Pki,
-  cert: CertPair | null,
-  opts: { halfOpen?: boolean; socket?: net.Socket } = {},
-): tls.TLSSocket {
+function connect(port: number, pki: Pki, cert: CertPair | null, opts: { halfOpen?: boolean; socket?: net.Socket } = {}): tls.TLSSocket {
   // allowHalfOpen reaches the underlying net.Socket at runtime but is missing from @types/node's ConnectionOptions.
   const options: tls.ConnectionOptions & { allowHalfOpen: boolean } = {
     ...(opts.socket ? { socket: opts.socket } : { host: '127.0.0.1', port }),
@@ -69,7 +64,7 @@ function connect(
     cert: cert?.certPem,
     key: cert?.keyPem,
     servername: 'localhost',
-    allowHalfOpen: opts.halfOpen ?? false,
+    allowHalfOpen: opts.halfOpen ?? false
   };
   return tls.connect(options);
 }
@@ -163,7 +158,7 @@ describe('BuilderTlsProxy', () => {
     return sock;
   }
 
-  it('forwards allowed calls, keeps the connection for the next one, and passes the engine\'s headers', async () => {
+  it("forwards allowed calls, keeps the connection for the next one, and passes the engine's headers", async () => {
     const { p, port } = await proxy();
     p.allow(leaseA.fingerprint);
     expect(p.address).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+$/);
@@ -175,7 +170,11 @@ describe('BuilderTlsProxy', () => {
     // Same connection, a body with Content-Length, then a chunked one.
     const auth = await exchange(sock, 'POST /v1.41/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello', /echo:POST:hello/);
     expect(auth).toContain('echo:POST:hello');
-    const chunked = await exchange(sock, 'POST /v1.41/auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n', /echo:POST:abcde/);
+    const chunked = await exchange(
+      sock,
+      'POST /v1.41/auth HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n',
+      /echo:POST:abcde/
+    );
     expect(chunked).toContain('echo:POST:abcde');
     expect(engine.seen).toEqual(['GET /_ping', 'POST /v1.41/auth', 'POST /v1.41/auth']);
     sock.destroy();
@@ -187,9 +186,15 @@ describe('BuilderTlsProxy', () => {
     p.allow(leaseA.fingerprint);
     const sock = await open(port);
     const body = JSON.stringify({ Image: 'x', HostConfig: { Binds: ['/:/host'], Privileged: true } });
-    const run = await exchange(sock, `POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`, /\}$/);
+    const run = await exchange(
+      sock,
+      `POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`,
+      /\}$/
+    );
     expect(run).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
-    expect(JSON.parse(run.slice(run.indexOf('\r\n\r\n') + 4)).message).toMatch(/containers \(`docker run`, .*\) are not available on a remote builder; use `load: true`/);
+    expect(JSON.parse(run.slice(run.indexOf('\r\n\r\n') + 4)).message).toMatch(
+      /containers \(`docker run`, .*\) are not available on a remote builder; use `load: true`/
+    );
     // The connection stays usable: the refused request's body was consumed, not read as the next request.
     const ping = await exchange(sock, 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', /\r\n\r\nOK$/);
     expect(ping).toMatch(/^HTTP\/1\.1 200 /);
@@ -207,7 +212,7 @@ describe('BuilderTlsProxy', () => {
     const out = await exchange(
       sock,
       'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1.41/volumes/create HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}GET /v1.41/version HTTP/1.1\r\nHost: x\r\n\r\n',
-      /echo:GET:$/,
+      /echo:GET:$/
     );
     expect(out.match(/HTTP\/1\.1 \d+/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 403', 'HTTP/1.1 200']);
     expect(out).toContain('volumes (`docker volume`) are not available');
@@ -215,14 +220,18 @@ describe('BuilderTlsProxy', () => {
     sock.destroy();
   });
 
-  it('cannot be made to smuggle a request inside another one\'s body', async () => {
+  it("cannot be made to smuggle a request inside another one's body", async () => {
     const { p, port } = await proxy();
     p.allow(leaseA.fingerprint);
     const sock = await open(port);
     const inner = 'POST /v1.41/containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n';
     // A GET with a chunked body whose payload is a whole request: the engine must get it framed as a body.
     const chunk = `${inner.length.toString(16)}\r\n${inner}\r\n0\r\n\r\n`;
-    const echoed = await exchange(sock, `GET /v1.41/version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}`, /Content-Length: 0\r\n\r\n(\r\n0\r\n\r\n)?$/);
+    const echoed = await exchange(
+      sock,
+      `GET /v1.41/version HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}`,
+      /Content-Length: 0\r\n\r\n(\r\n0\r\n\r\n)?$/
+    );
     expect(echoed).toContain(`echo:GET:${inner}`);
     // Conflicting framing is refused by the parser before anything is forwarded.
     const both = await exchange(sock, `POST /v1.41/auth HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n${chunk}`, /400/);
@@ -239,7 +248,7 @@ describe('BuilderTlsProxy', () => {
     const out = await exchange(
       sock,
       `POST /v1.41/build?version=2 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${form.length}\r\n\r\n${form}`,
-      /\}$/,
+      /\}$/
     );
     expect(out).toMatch(/^HTTP\/1\.1 400 /);
     expect(out).toContain('form-encoded request bodies');
@@ -247,12 +256,19 @@ describe('BuilderTlsProxy', () => {
     sock.destroy();
   });
 
-  it('switches protocols for BuildKit\'s session and pipes the raw stream both ways', async () => {
+  it("switches protocols for BuildKit's session and pipes the raw stream both ways", async () => {
     const { p, port } = await proxy();
     p.allow(leaseA.fingerprint);
     const agent = new https.Agent({ ca: pki.caPem, cert: leaseA.certPem, key: leaseA.keyPem });
     const echoed = await new Promise<string>((resolve, reject) => {
-      const req = https.request({ host: '127.0.0.1', port, path: '/v1.41/session', method: 'POST', agent, headers: { Connection: 'Upgrade', Upgrade: 'h2c', 'X-Docker-Expose-Session-Uuid': 'u1' } });
+      const req = https.request({
+        host: '127.0.0.1',
+        port,
+        path: '/v1.41/session',
+        method: 'POST',
+        agent,
+        headers: { Connection: 'Upgrade', Upgrade: 'h2c', 'X-Docker-Expose-Session-Uuid': 'u1' }
+      });
       req.on('upgrade', (res, sock) => {
         expect(res.statusCode).toBe(101);
         let b = '';
@@ -376,7 +392,7 @@ describe('BuilderTlsProxy', () => {
     const sock = await open(port);
     const out = await exchange(sock, 'GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n', /\}$/);
     expect(out).toMatch(/^HTTP\/1\.1 502 /);
-    expect(out).toContain("engine is not answering");
+    expect(out).toContain('engine is not answering');
     sock.destroy();
     await waitFor(() => p.activeConnections() === 0);
     const again = await open(port);
@@ -410,8 +426,6 @@ describe('BuilderTlsProxy', () => {
     await p.close();
     await closed;
     expect(p.activeConnections()).toBe(0);
-    await expect(
-      new Promise((resolve, reject) => net.connect(port, '127.0.0.1').on('connect', resolve).on('error', reject)),
-    ).rejects.toThrow(/ECONNREFUSED/);
+    await expect(new Promise((resolve, reject) => net.connect(port, '127.0.0.1').on('connect', resolve).on('error', reject))).rejects.toThrow(/ECONNREFUSED/);
   });
 });

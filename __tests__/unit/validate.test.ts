@@ -5,7 +5,15 @@ import { ApiError } from '../../src/server/errors';
 import { IDENTITY_LIMITS } from '../../src/contract/rules';
 import { validateKey, validateProvisionIdentity } from '../../src/server/validate';
 
-const ok = { provider: 'github', project: 'acme/widget-api', branch: 'feature/x', defaultBranch: 'main', actor: 'dependabot[bot]', runUrl: 'https://github.com/acme/widget-api/actions/runs/1/attempts/2', fork: false };
+const ok = {
+  provider: 'github',
+  project: 'acme/widget-api',
+  branch: 'feature/x',
+  defaultBranch: 'main',
+  actor: 'dependabot[bot]',
+  runUrl: 'https://github.com/acme/widget-api/actions/runs/1/attempts/2',
+  fork: false
+};
 
 function refusal(fn: () => unknown): ApiError {
   try {

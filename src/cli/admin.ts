@@ -104,7 +104,8 @@ export function registerAdmin(program: Command): void {
         maxBuilders: o.maxBuilders === undefined ? undefined : limit(o.maxBuilders, '--max-builders'),
         maxLeases: o.maxLeases === undefined ? undefined : limit(o.maxLeases, '--max-leases'),
         overdraftSeconds: o.overdraftMinutes === undefined ? undefined : parseIntFlag(o.overdraftMinutes, '--overdraft-minutes', 0, 100_000_000) * 60,
-        protectedBranches: o.protectedBranches === undefined ? undefined : o.protectedBranches === 'default' ? null : await patterns(o.protectedBranches, '--protected-branches')
+        protectedBranches:
+          o.protectedBranches === undefined ? undefined : o.protectedBranches === 'default' ? null : await patterns(o.protectedBranches, '--protected-branches')
       };
       if (Object.values(patch).every((v) => v === undefined)) {
         throw new CliError('Nothing to set. Give --max-builders, --max-leases, --overdraft-minutes or --protected-branches.');
@@ -116,7 +117,11 @@ export function registerAdmin(program: Command): void {
         const prot = r.protectedBranches ?? DEFAULT_PROTECTED_BRANCHES;
         const out = { org: r.org, maxBuilders: r.maxBuilders, maxLeases: r.maxLeases, overdraftMinutes: r.overdraftSeconds / 60, protectedBranches: prot };
         const show = (n: number | null) => (n === null ? 'unlimited' : String(n));
-        print(o.json, out, `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes, protected branches ${prot.join(', ')}.`);
+        print(
+          o.json,
+          out,
+          `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes, protected branches ${prot.join(', ')}.`
+        );
       });
     });
   org
@@ -153,8 +158,16 @@ export function registerAdmin(program: Command): void {
     .description('Create an org token. It is printed once and stored only as a hash.')
     .requiredOption('--org <name>', 'the org the token acts for')
     .option('--label <text>', 'what the token is for', 'ci')
-    .option('--project <pattern>', "a project it may provision for, e.g. acme/app or 'acme/*' (repeatable; without any: every project, the org-admin token)", collect, [])
-    .option('--branches <patterns>', "branches it may provision for, e.g. 'main,release/*' or '*,!main'; a protected branch's cache is written only when named without a wildcard")
+    .option(
+      '--project <pattern>',
+      "a project it may provision for, e.g. acme/app or 'acme/*' (repeatable; without any: every project, the org-admin token)",
+      collect,
+      []
+    )
+    .option(
+      '--branches <patterns>',
+      "branches it may provision for, e.g. 'main,release/*' or '*,!main'; a protected branch's cache is written only when named without a wildcard"
+    )
     .option('--read-only', 'its leases read the org cache and never write it (pull requests, untrusted pipelines)', false)
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
@@ -179,8 +192,18 @@ export function registerAdmin(program: Command): void {
     .action(async (o) => {
       await withStore(o.stateDir, async (store) => {
         await requireOrg(store, o.org);
-        const rows = (await store.listTokens(o.org)).map((t) => ({ id: t.id, label: t.label, createdAt: new Date(t.createdAt).toISOString(), revoked: t.revokedAt !== null, scope: t.scope }));
-        print(o.json, rows, rows.map((t) => `${t.id}\t${t.label}\t${t.createdAt}\t${scopeText(t.scope)}${t.revoked ? '\trevoked' : ''}`).join('\n') || '(no tokens)');
+        const rows = (await store.listTokens(o.org)).map((t) => ({
+          id: t.id,
+          label: t.label,
+          createdAt: new Date(t.createdAt).toISOString(),
+          revoked: t.revokedAt !== null,
+          scope: t.scope
+        }));
+        print(
+          o.json,
+          rows,
+          rows.map((t) => `${t.id}\t${t.label}\t${t.createdAt}\t${scopeText(t.scope)}${t.revoked ? '\trevoked' : ''}`).join('\n') || '(no tokens)'
+        );
       });
     });
   token
@@ -219,15 +242,20 @@ export function registerAdmin(program: Command): void {
 }
 
 function registerTrust(admin: Command, stateOpt: readonly [string, string, string]): void {
-  const trust = admin.command('trust').description("OIDC trust: which CI tokens may act for an org (exchanged for short-lived access tokens).");
+  const trust = admin.command('trust').description('OIDC trust: which CI tokens may act for an org (exchanged for short-lived access tokens).');
   trust
     .command('add')
-    .description('Trust a CI identity provider for an org. Give one of --github-owner, --gitlab-namespace, --circleci-org-id, or --issuer with --claim and --value.')
+    .description(
+      'Trust a CI identity provider for an org. Give one of --github-owner, --gitlab-namespace, --circleci-org-id, or --issuer with --claim and --value.'
+    )
     .requiredOption('--org <name>', 'the org')
     .option('--github-owner <owner>', 'GitHub: tokens whose repository_owner is this user or organization')
     .option('--gitlab-namespace <path>', 'GitLab: tokens whose namespace_path is exactly this group path')
     .option('--circleci-org-id <uuid>', 'CircleCI: tokens of this organization id')
-    .option('--issuer <url>', 'the token issuer (GitHub Enterprise Server: https://HOSTNAME/_services/token; GitLab: your instance URL, default https://gitlab.com; CircleCI: default https://oidc.circleci.com/org/<uuid>)')
+    .option(
+      '--issuer <url>',
+      'the token issuer (GitHub Enterprise Server: https://HOSTNAME/_services/token; GitLab: your instance URL, default https://gitlab.com; CircleCI: default https://oidc.circleci.com/org/<uuid>)'
+    )
     .option('--claim <name>', 'claim to check (with --issuer and --value for a custom rule)')
     .option('--value <value>', 'value the claim must equal')
     .option('--audience <aud>', 'required aud (default: buildcloud; CircleCI: the org id)')
@@ -244,7 +272,8 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
         else if (o.gitlabNamespace) rule = trustPreset('gitlab', { namespace: o.gitlabNamespace, issuer: o.issuer, audience: o.audience });
         else if (o.circleciOrgId) rule = trustPreset('circleci', { orgId: o.circleciOrgId, issuer: o.issuer, audience: o.audience });
         else {
-          if (!o.issuer || !o.claim || !o.value) throw new CliError('Missing rule. Give --github-owner, --gitlab-namespace or --circleci-org-id, or --issuer, --claim and --value together.');
+          if (!o.issuer || !o.claim || !o.value)
+            throw new CliError('Missing rule. Give --github-owner, --gitlab-namespace or --circleci-org-id, or --issuer, --claim and --value together.');
           rule = { issuer: String(o.issuer).replace(/\/+$/, ''), claim: o.claim, value: o.value, audience: o.audience || 'buildcloud' };
         }
       } catch (err) {

@@ -26,7 +26,11 @@ export function dotenvLines(values: Record<string, string>): string {
     Object.entries(values)
       .map(([k, v]) => {
         if (!/^[A-Za-z0-9_]+$/.test(k)) throw new Error(`not a dotenv key: ${k}`);
-        const clean = v.split(/\r?\n/).filter(Boolean).join(',').replace(/[\s"']/g, '');
+        const clean = v
+          .split(/\r?\n/)
+          .filter(Boolean)
+          .join(',')
+          .replace(/[\s"']/g, '');
         return `${k}=${clean}`;
       })
       .join('\n') + '\n'

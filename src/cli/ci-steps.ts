@@ -60,7 +60,10 @@ export async function runBuild(o: StepOptions): Promise<void> {
   if (exportFile) appendFile(exportFile, exportLines(vars));
   if (o.json) process.stdout.write(JSON.stringify(r.outputs) + '\n');
   if (r.run.status !== 'success') {
-    throw new CliError(`docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`, r.run.status === 'cancelled' ? 130 : 1);
+    throw new CliError(
+      `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`,
+      r.run.status === 'cancelled' ? 130 : 1
+    );
   }
   if (r.loadError) throw new CliError(r.loadError, 1);
 }
@@ -83,7 +86,17 @@ export async function runReport(o: StepOptions): Promise<void> {
   const ratio = t.totalSteps ? t.cachedSteps / t.totalSteps : 0;
   if (o.summaryFile) writeFile(str(o.summaryFile), r.markdown);
   if (o.metrics) {
-    writeFile(str(o.metrics), metricsReport({ buildMinutes: minutes, builds: t.builds, totalSteps: t.totalSteps, cachedSteps: t.cachedSteps, cacheRatio: ratio, buildSeconds: t.durationMs / 1000 }));
+    writeFile(
+      str(o.metrics),
+      metricsReport({
+        buildMinutes: minutes,
+        builds: t.builds,
+        totalSteps: t.totalSteps,
+        cachedSteps: t.cachedSteps,
+        cacheRatio: ratio,
+        buildSeconds: t.durationMs / 1000
+      })
+    );
   }
   if (o.dotenv) {
     writeFile(

@@ -6,7 +6,9 @@ import * as path from 'path';
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('Run the whole product on this machine: the embedded control plane, real builders and registry, and three pipelines of four parallel CI jobs; print a report and write it as HTML. Needs root and scripts/setup.sh.')
+    .description(
+      'Run the whole product on this machine: the embedded control plane, real builders and registry, and three pipelines of four parallel CI jobs; print a report and write it as HTML. Needs root and scripts/setup.sh.'
+    )
     .option('--report <file>', 'where to write the HTML report', 'buildcloud-demo-report.html')
     .option('--keep', 'keep the temporary state and workspace for inspection', false)
     .action(async (o) => {

@@ -2,12 +2,28 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createLogger } from '../server/log';
-import { ConfigError, DEFAULTS, DEFAULT_LIMITS, checkListenSecurity, defaultStateDir, parseBuilderIsolation, parseDuration, parseEgressAllow, parseIntFlag, parseLimits, parseRegistryUrl, validateConfig, type ServerConfig } from '../server/config';
+import {
+  ConfigError,
+  DEFAULTS,
+  DEFAULT_LIMITS,
+  checkListenSecurity,
+  defaultStateDir,
+  parseBuilderIsolation,
+  parseDuration,
+  parseEgressAllow,
+  parseIntFlag,
+  parseLimits,
+  parseRegistryUrl,
+  validateConfig,
+  type ServerConfig
+} from '../server/config';
 
 export function registerServe(program: Command): void {
   program
     .command('serve')
-    .description('Run the control plane: gRPC API, metering endpoint, builders (dockerd) and the org cache registry. With no flags: the embedded default on loopback.')
+    .description(
+      'Run the control plane: gRPC API, metering endpoint, builders (dockerd) and the org cache registry. With no flags: the embedded default on loopback.'
+    )
     .option('--state-dir <dir>', 'where state lives: SQLite database, CA, keys, registry data, builders (env BUILDCLOUD_STATE_DIR)', defaultStateDir())
     .option('--host <ip>', 'address to listen on for gRPC, HTTP, builders and the registry proxy', DEFAULTS.host)
     .option('--grpc-port <n>', 'gRPC port (0 = any free port)', String(DEFAULTS.grpcPort))
@@ -17,26 +33,49 @@ export function registerServe(program: Command): void {
     .option('--driver <name>', 'builder driver: dockerd | none', 'dockerd')
     .option('--warm-pool <n>', 'ready builders kept for fast provisioning', String(DEFAULTS.warmPool))
     .option('--max-builders <n>', 'most builders alive at once', String(DEFAULTS.maxBuilders))
-    .option('--org-max-builders <n>', "builders one org may hold at once unless `admin org set --max-builders` says otherwise, or 'unlimited' (default: 3/4 of --max-builders)")
+    .option(
+      '--org-max-builders <n>',
+      "builders one org may hold at once unless `admin org set --max-builders` says otherwise, or 'unlimited' (default: 3/4 of --max-builders)"
+    )
     .option('--idle-timeout <duration>', 'end a lease with no sign of life for this long', '10m')
     .option('--max-ttl <duration>', 'end any lease this long after it started', '2h')
     .option('--grace <duration>', 'keep a released builder this long for later stages of the pipeline', '60s')
     .option('--access-token-ttl <duration>', 'lifetime of access tokens from OIDC exchange', '2h')
     .option('--subnet-pool <cidr>', "builders' bridge networks are /24s from this pool", DEFAULTS.subnetPool)
-    .option('--builder-isolation <mode>', "how builders' engines are kept from this host: none (rootful engines) | userns (dockerd --userns-remap; on Docker Engine before 26, ADD of a local archive yields an empty layer)", DEFAULTS.builderIsolation)
+    .option(
+      '--builder-isolation <mode>',
+      "how builders' engines are kept from this host: none (rootful engines) | userns (dockerd --userns-remap; on Docker Engine before 26, ADD of a local archive yields an empty layer)",
+      DEFAULTS.builderIsolation
+    )
     .option('--builder-nat', "outbound NAT for builders' RUN steps (iptables rules of our own; turns IPv4 forwarding on)", DEFAULTS.builderNat)
     .option('--no-builder-nat', 'builders get no outbound NAT and no egress filtering; the host firewall is left alone')
     .option('--builder-egress-allow <cidr>', "an IPv4 range builders' RUN steps may reach although it is private or link-local (repeatable)", collect, [])
     .option('--insecure-oidc-issuers', 'accept http:// OIDC issuers (tests, self-hosted GitLab on a private network)', false)
     .option('--tls-cert <file>', 'serve gRPC and HTTP over TLS with this certificate (PEM; clients use grpcs:// and https://)')
     .option('--tls-key <file>', 'the private key of --tls-cert (PEM)')
-    .option('--insecure', 'allow plaintext gRPC and HTTP on a non-loopback --host (without it, such a host needs --tls-cert/--tls-key); warns at every start', false)
-    .option('--provision-rate <per-second>', 'Provision calls per second per credential, refused beyond with RESOURCE_EXHAUSTED (0 = no limit)', String(DEFAULT_LIMITS.provisionRate))
+    .option(
+      '--insecure',
+      'allow plaintext gRPC and HTTP on a non-loopback --host (without it, such a host needs --tls-cert/--tls-key); warns at every start',
+      false
+    )
+    .option(
+      '--provision-rate <per-second>',
+      'Provision calls per second per credential, refused beyond with RESOURCE_EXHAUSTED (0 = no limit)',
+      String(DEFAULT_LIMITS.provisionRate)
+    )
     .option('--provision-burst <n>', 'Provision calls one credential may make at once after idling', String(DEFAULT_LIMITS.provisionBurst))
-    .option('--record-rate <per-second>', 'usage records (events, not requests) per second per credential, refused beyond with HTTP 429 (0 = no limit)', String(DEFAULT_LIMITS.recordRate))
+    .option(
+      '--record-rate <per-second>',
+      'usage records (events, not requests) per second per credential, refused beyond with HTTP 429 (0 = no limit)',
+      String(DEFAULT_LIMITS.recordRate)
+    )
     .option('--record-burst <n>', 'usage records one credential may send at once after idling (at least 1000)', String(DEFAULT_LIMITS.recordBurst))
     .option('--max-records-per-lease <n>', 'usage records stored per lease; more are rejected (0 = no cap)', String(DEFAULT_LIMITS.maxRecordsPerLease))
-    .option('--max-records-per-org-day <n>', 'usage records an org may store per UTC day; more are rejected (0 = no cap)', String(DEFAULT_LIMITS.maxRecordsPerOrgDay))
+    .option(
+      '--max-records-per-org-day <n>',
+      'usage records an org may store per UTC day; more are rejected (0 = no cap)',
+      String(DEFAULT_LIMITS.maxRecordsPerOrgDay)
+    )
     .option('--json', 'print where it listens as one JSON line on stdout', false)
     .action(async (o) => {
       const config: ServerConfig = validateConfig({
@@ -49,7 +88,8 @@ export function registerServe(program: Command): void {
         driver: o.driver === 'none' ? 'none' : o.driver === 'dockerd' ? 'dockerd' : badDriver(o.driver),
         warmPool: parseIntFlag(o.warmPool, '--warm-pool', 0, 64),
         maxBuilders: parseIntFlag(o.maxBuilders, '--max-builders', 1, 1024),
-        orgMaxBuilders: o.orgMaxBuilders === undefined ? undefined : o.orgMaxBuilders === 'unlimited' ? null : parseIntFlag(o.orgMaxBuilders, '--org-max-builders', 1, 1024),
+        orgMaxBuilders:
+          o.orgMaxBuilders === undefined ? undefined : o.orgMaxBuilders === 'unlimited' ? null : parseIntFlag(o.orgMaxBuilders, '--org-max-builders', 1, 1024),
         idleTimeoutMs: parseDuration(o.idleTimeout, '--idle-timeout'),
         maxTtlMs: parseDuration(o.maxTtl, '--max-ttl'),
         graceMs: parseDuration(o.grace, '--grace'),
@@ -115,7 +155,10 @@ export function registerServe(program: Command): void {
 function tlsFiles(cert: string | undefined, key: string | undefined): ServerConfig['tls'] {
   if (!cert && !key) return null;
   if (!cert || !key) throw new ConfigError('Give --tls-cert and --tls-key together (PEM files of the server certificate and its key).');
-  for (const [flag, file] of [['--tls-cert', cert], ['--tls-key', key]]) {
+  for (const [flag, file] of [
+    ['--tls-cert', cert],
+    ['--tls-key', key]
+  ]) {
     if (!fs.existsSync(file)) throw new ConfigError(`Invalid ${flag} '${file}': no such file.`);
   }
   return { certFile: path.resolve(cert), keyFile: path.resolve(key) };

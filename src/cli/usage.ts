@@ -20,7 +20,9 @@ export function resolveTarget(o: { endpoint?: string; token?: string; stateDir: 
     try {
       endpoint = JSON.parse(fs.readFileSync(path.join(dir, 'server.json'), 'utf8')).http;
     } catch {
-      throw new CliError(`No endpoint: pass --endpoint http://HOST:PORT (or BUILDCLOUD_HTTP_ENDPOINT), or run where 'buildcloud serve' runs with --state-dir ${dir}.`);
+      throw new CliError(
+        `No endpoint: pass --endpoint http://HOST:PORT (or BUILDCLOUD_HTTP_ENDPOINT), or run where 'buildcloud serve' runs with --state-dir ${dir}.`
+      );
     }
   }
   let token = o.token || process.env.BUILDCLOUD_TOKEN || '';

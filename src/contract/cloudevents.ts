@@ -65,22 +65,14 @@ export function splitEventsBody(contentType: string | undefined, body: unknown, 
   }
   const parsed = parseJson(body);
   if (type === CONTENT_TYPE_STRUCTURED && Array.isArray(parsed)) {
-    throw new EventsBodyError(
-      400,
-      'invalid_body',
-      `${CONTENT_TYPE_STRUCTURED} carries one event object; send an array as ${CONTENT_TYPE_BATCH}`
-    );
+    throw new EventsBodyError(400, 'invalid_body', `${CONTENT_TYPE_STRUCTURED} carries one event object; send an array as ${CONTENT_TYPE_BATCH}`);
   }
   if (type === CONTENT_TYPE_BATCH && !Array.isArray(parsed)) {
     throw new EventsBodyError(400, 'invalid_body', `${CONTENT_TYPE_BATCH} must be a JSON array of events`);
   }
   const list = Array.isArray(parsed) ? parsed : [parsed];
   if (list.length > maxBatch) {
-    throw new EventsBodyError(
-      413,
-      'batch_too_large',
-      `batch has ${list.length} events, the limit is ${maxBatch}; split it into smaller batches`
-    );
+    throw new EventsBodyError(413, 'batch_too_large', `batch has ${list.length} events, the limit is ${maxBatch}; split it into smaller batches`);
   }
   return list;
 }
@@ -117,8 +109,7 @@ function isUriReference(value: string): boolean {
 }
 
 /** A plain JSON object: not null, not an array. */
-export const isObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
+export const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /**
  * Checks the CloudEvents attributes of one candidate event. Returns the event or an error naming the

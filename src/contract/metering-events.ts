@@ -1,14 +1,7 @@
 // The Build Cloud usage records: the two event types, their data, validation and builders. Contract: the CI client
 // builds its records with these and the metering endpoint checks them with the same code, so the two cannot drift.
 import { MAX_RECORD_STRING as MAX_STRING } from './rules';
-import {
-  CloudEvent,
-  DEFAULT_MAX_BATCH,
-  isObject,
-  splitEventsBody,
-  stableId,
-  validateEnvelope
-} from './cloudevents';
+import { CloudEvent, DEFAULT_MAX_BATCH, isObject, splitEventsBody, stableId, validateEnvelope } from './cloudevents';
 
 /** The two usage record types: one per image build, one per CI job that held a lease. */
 export const BUILD_COMPLETED = 'dev.buildcloud.build.completed';

@@ -44,7 +44,12 @@ export const IDENTITY_LIMITS: Record<'provider' | 'project' | 'branch' | 'defaul
   provider: { field: 'identity.provider', max: 32, rule: 'lowercase letters, digits and - (e.g. github, gitlab, circleci, local)', re: /^[a-z][a-z0-9-]*$/ },
   project: { field: 'identity.project', max: 256, rule: 'printable ASCII characters without spaces (e.g. acme/widget-api)', re: KEY_PATTERN, required: true },
   branch: { field: 'identity.branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
-  defaultBranch: { field: 'identity.default_branch', max: 255, rule: 'characters without whitespace or control characters (a git branch name)', re: NO_SPACE_OR_CONTROL },
+  defaultBranch: {
+    field: 'identity.default_branch',
+    max: 255,
+    rule: 'characters without whitespace or control characters (a git branch name)',
+    re: NO_SPACE_OR_CONTROL
+  },
   actor: { field: 'identity.actor', max: 255, rule: 'characters without whitespace or control characters (a user login)', re: NO_SPACE_OR_CONTROL },
   runUrl: { field: 'identity.run_url', max: 2048, rule: 'an http:// or https:// URL of printable ASCII characters without spaces', re: URL_CHARS }
 };

@@ -123,8 +123,8 @@ export function githubMissing(fork: boolean, event: string, actor = ''): string 
     return (
       'No Build Cloud credential: this is a pull request from a fork, and GitHub gives such workflows no OIDC token ' +
       'and no secrets, whatever `permissions:` says. Either skip Build Cloud for forks ' +
-      "(`if: github.event.pull_request.head.repo.full_name == github.repository`), or run the workflow on " +
-      '`pull_request_target`, which has the id-token and secrets: but it runs with the base repository\'s ' +
+      '(`if: github.event.pull_request.head.repo.full_name == github.repository`), or run the workflow on ' +
+      "`pull_request_target`, which has the id-token and secrets: but it runs with the base repository's " +
       "credentials, so never check out and build the fork's code there without a maintainer's review " +
       `(e.g. gate it on a label or an environment with required reviewers).${fallback}`
     );

@@ -147,6 +147,8 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   deps.log.info(
     `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
   );
-  const loadError = load?.error ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}` : undefined;
+  const loadError = load?.error
+    ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}`
+    : undefined;
   return { build, run, outputs, warnings, ...(load ? { load } : {}), ...(loadError ? { loadError } : {}) };
 }

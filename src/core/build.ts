@@ -276,10 +276,16 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
 
   try {
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
-    const built = await stream(docker.path, argv, env, (l) => {
-      parser.push(l);
-      emit(l);
-    }, controller.signal);
+    const built = await stream(
+      docker.path,
+      argv,
+      env,
+      (l) => {
+        parser.push(l);
+        emit(l);
+      },
+      controller.signal
+    );
     const progress = parser.result();
     const canceledStep = progress.steps.some((s) => s.status === 'canceled') && !progress.steps.some((s) => s.status === 'error');
     if (controller.signal.aborted || built.signal || (built.code !== 0 && canceledStep)) return finish('cancelled', built.code);
@@ -299,10 +305,16 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
 
     for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
       let out = '';
-      const r = await stream(docker.path, ['push', ref], env, (l) => {
-        out += `${l}\n`;
-        emit(l);
-      }, controller.signal);
+      const r = await stream(
+        docker.path,
+        ['push', ref],
+        env,
+        (l) => {
+          out += `${l}\n`;
+          emit(l);
+        },
+        controller.signal
+      );
       if (controller.signal.aborted || r.signal) return finish('cancelled', r.code, { imageId });
       if (r.code !== 0) {
         // The org cache is an optimisation: failing to write it warns; failing to push the user's image fails.

@@ -3,7 +3,16 @@
 // docker-context.ts; both are re-exported here for the callers that know this module.
 import { InputError } from './settings';
 
-export { DockerNotUsableError, dockerCandidates, dockerEnv, resolveDocker, runDocker, type CommandResult, type Probe, type ResolvedDocker } from './docker-client';
+export {
+  DockerNotUsableError,
+  dockerCandidates,
+  dockerEnv,
+  resolveDocker,
+  runDocker,
+  type CommandResult,
+  type Probe,
+  type ResolvedDocker
+} from './docker-client';
 export { buildxCreateArgs, contextCreateArgs } from './docker-context';
 // ---------------------------------------------------------------------------------------------------------------
 // Build argv
@@ -71,7 +80,8 @@ export function parseKeyValueLines(lines: string[], input: string): Record<strin
 
 function checkKeys(rec: Record<string, string> | undefined, input: string): void {
   for (const k of Object.keys(rec ?? {})) {
-    if (!k || k.includes('=') || /\s/.test(k)) throw new InputError(`Invalid input '${input}': key '${k.slice(0, 60)}'. Expected KEY=VALUE with a non-empty KEY.`);
+    if (!k || k.includes('=') || /\s/.test(k))
+      throw new InputError(`Invalid input '${input}': key '${k.slice(0, 60)}'. Expected KEY=VALUE with a non-empty KEY.`);
   }
 }
 
@@ -79,11 +89,18 @@ export function validateBuildOptions(opts: BuildOptions, client: BuildClient): v
   // A leading '-' would be read as a flag by docker: refuse rather than guess.
   if (!opts.context.trim()) throw new InputError(`Invalid input 'context': empty. Expected a directory or a Git URL.`);
   if (opts.context.startsWith('-')) throw new InputError(`Invalid input 'context': '${opts.context}'. It must not start with '-' (write ./${opts.context}).`);
-  if (opts.file !== undefined && opts.file !== '' && opts.file.startsWith('-')) throw new InputError(`Invalid input 'file': '${opts.file}'. It must not start with '-' (write ./${opts.file}).`);
-  for (const t of opts.tags) if (!isValidReference(t)) throw new InputError(`Invalid input 'tags': '${t}'. Expected an image reference such as registry.example.com/team/app:1.2 (lowercase name, tag of letters, digits, . _ -).`);
-  for (const p of opts.platforms) if (!PLATFORM.test(p)) throw new InputError(`Invalid input 'platforms': '${p}'. Expected os/arch such as linux/amd64 or linux/arm/v7.`);
+  if (opts.file !== undefined && opts.file !== '' && opts.file.startsWith('-'))
+    throw new InputError(`Invalid input 'file': '${opts.file}'. It must not start with '-' (write ./${opts.file}).`);
+  for (const t of opts.tags)
+    if (!isValidReference(t))
+      throw new InputError(
+        `Invalid input 'tags': '${t}'. Expected an image reference such as registry.example.com/team/app:1.2 (lowercase name, tag of letters, digits, . _ -).`
+      );
+  for (const p of opts.platforms)
+    if (!PLATFORM.test(p)) throw new InputError(`Invalid input 'platforms': '${p}'. Expected os/arch such as linux/amd64 or linux/arm/v7.`);
   if (opts.target && !STAGE.test(opts.target)) throw new InputError(`Invalid input 'target': '${opts.target}'. Expected a stage name from the Dockerfile.`);
-  if (opts.network && !NETWORKS.includes(opts.network)) throw new InputError(`Invalid input 'network': '${opts.network}'. Expected one of: ${NETWORKS.join(', ')}.`);
+  if (opts.network && !NETWORKS.includes(opts.network))
+    throw new InputError(`Invalid input 'network': '${opts.network}'. Expected one of: ${NETWORKS.join(', ')}.`);
   checkKeys(opts.buildArgs, 'build-args');
   checkKeys(opts.labels, 'labels');
   if (opts.push && opts.tags.length === 0) throw new InputError(`Invalid input 'push': true needs at least one image in 'tags'.`);
@@ -93,7 +110,9 @@ export function validateBuildOptions(opts: BuildOptions, client: BuildClient): v
   }
   const oneNodeEngine = !client.buildx || client.driver !== 'remote';
   if (opts.platforms.length > 1 && oneNodeEngine) {
-    throw new InputError(`Invalid input 'platforms': '${opts.platforms.join(',')}'. A Docker Engine builder builds one platform per build; build each platform separately or use a BuildKit builder with buildx.`);
+    throw new InputError(
+      `Invalid input 'platforms': '${opts.platforms.join(',')}'. A Docker Engine builder builds one platform per build; build each platform separately or use a BuildKit builder with buildx.`
+    );
   }
   if (opts.platforms.length > 1 && !opts.push && opts.tags.length > 0) {
     throw new InputError(`Invalid input 'push': ${MULTI_PLATFORM_LOAD}; set push to true.`);

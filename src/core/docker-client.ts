@@ -207,7 +207,9 @@ export function dpkgVersion(file: string, host: ClientHost = fsHost): string | n
 }
 
 function dpkgArch(): string {
-  return ({ x64: 'amd64', arm64: 'arm64', arm: 'armhf', ia32: 'i386', ppc64: 'ppc64el', s390x: 's390x' } as Record<string, string>)[process.arch] ?? process.arch;
+  return (
+    ({ x64: 'amd64', arm64: 'arm64', arm: 'armhf', ia32: 'i386', ppc64: 'ppc64el', s390x: 's390x' } as Record<string, string>)[process.arch] ?? process.arch
+  );
 }
 
 /** The leading major number of a docker version (20 of 20.10.24+dfsg1, 28 of 28.2.2), or null when there is none. */
@@ -275,7 +277,7 @@ function why(p: Probed): string {
 }
 
 const INSTALL_HINT =
-  'Install the buildx plugin (docker-buildx-plugin from Docker\'s apt repository, or a release binary as ~/.docker/cli-plugins/docker-buildx), ' +
+  "Install the buildx plugin (docker-buildx-plugin from Docker's apt repository, or a release binary as ~/.docker/cli-plugins/docker-buildx), " +
   "or Debian's docker.io package (its 20.10 client /usr/bin/docker builds with BuildKit via DOCKER_BUILDKIT=1), " +
   'or set BUILDCLOUD_DOCKER to the path of a client that has one.';
 
@@ -378,7 +380,9 @@ export async function resolveDocker(env: NodeJS.ProcessEnv = process.env, probe:
     for (const c of candidates) {
       if (!factsOf(c)) continue;
       // A plugin file exists: `buildx version` proves it runs with this client; the version is asked alongside.
-      const [bx, p] = pluginFacts ? await Promise.all([buildxOf(c, `${host.realpath(plugin!) ?? plugin}:${fileKey(pluginFacts)}`), versionOf(c)]) : ['', await versionOf(c)];
+      const [bx, p] = pluginFacts
+        ? await Promise.all([buildxOf(c, `${host.realpath(plugin!) ?? plugin}:${fileKey(pluginFacts)}`), versionOf(c)])
+        : ['', await versionOf(c)];
       if (p === null) continue;
       const d = await describe(c, bx);
       if (!d) continue;
@@ -391,7 +395,13 @@ export async function resolveDocker(env: NodeJS.ProcessEnv = process.env, probe:
     if (i >= 0) {
       // Only clients ahead of it in PATH order need explaining: those are what a plain `docker` would have run.
       const { path: file, version } = passed[i];
-      return { path: file, version, buildx: false, buildxVersion: '', reason: `using ${file}${src} ${version} (no buildx; BuildKit via DOCKER_BUILDKIT=1)${because(passed.slice(0, i))}` };
+      return {
+        path: file,
+        version,
+        buildx: false,
+        buildxVersion: '',
+        reason: `using ${file}${src} ${version} (no buildx; BuildKit via DOCKER_BUILDKIT=1)${because(passed.slice(0, i))}`
+      };
     }
     if (!pluginFacts) {
       // Last resort before refusing: a plugin in a directory the search above does not know.
@@ -400,7 +410,8 @@ export async function resolveDocker(env: NodeJS.ProcessEnv = process.env, probe:
         if (bx) return withBuildx({ ...p, buildx: bx }, passed.slice(0, k));
       }
     }
-    if (override && passed.length === 0) throw new DockerNotUsableError(`BUILDCLOUD_DOCKER is '${override}', which does not run as a docker client. ${INSTALL_HINT}`);
+    if (override && passed.length === 0)
+      throw new DockerNotUsableError(`BUILDCLOUD_DOCKER is '${override}', which does not run as a docker client. ${INSTALL_HINT}`);
     if (passed.length === 0) throw new DockerNotUsableError(`No docker client found (looked for: ${candidates.join(', ')}). ${INSTALL_HINT}`);
     const lead = override ? `BUILDCLOUD_DOCKER is '${override}', which is not usable: ` : 'No usable docker client: ';
     throw new DockerNotUsableError(`${lead}${passed.map(why).join('; ')}. ${INSTALL_HINT}`);

@@ -49,7 +49,12 @@ export function buildxCreateArgs(name: string, endpoints: { platform: string; ad
     a.push('--node', `${name}${i}`);
     if (i === 0) a.push('--driver', 'remote');
     // remote driver: cacert/cert/key must be absolute paths (buildx driver/remote/factory.go).
-    for (const [k, f] of [['cacert', 'ca.pem'], ['cert', 'cert.pem'], ['key', 'key.pem']]) a.push('--driver-opt', csvField(`${k}=${path.join(certDir, f)}`));
+    for (const [k, f] of [
+      ['cacert', 'ca.pem'],
+      ['cert', 'cert.pem'],
+      ['key', 'key.pem']
+    ])
+      a.push('--driver-opt', csvField(`${k}=${path.join(certDir, f)}`));
     if (ep.platform) a.push('--platform', ep.platform);
     return [...a, ep.address];
   });
@@ -96,7 +101,14 @@ export async function writeDockerContext(dockerConfig: string, name: string, add
   const id = contextId(name);
   const tlsDir = path.join(dockerConfig, 'contexts', 'tls', id, 'docker');
   const metaDir = path.join(dockerConfig, 'contexts', 'meta', id);
-  for (const d of [path.join(dockerConfig, 'contexts'), path.join(dockerConfig, 'contexts', 'tls'), path.join(dockerConfig, 'contexts', 'tls', id), tlsDir, path.join(dockerConfig, 'contexts', 'meta'), metaDir]) {
+  for (const d of [
+    path.join(dockerConfig, 'contexts'),
+    path.join(dockerConfig, 'contexts', 'tls'),
+    path.join(dockerConfig, 'contexts', 'tls', id),
+    tlsDir,
+    path.join(dockerConfig, 'contexts', 'meta'),
+    metaDir
+  ]) {
     await fsp.mkdir(d, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
       if (err.code !== 'EEXIST') throw err;
     });

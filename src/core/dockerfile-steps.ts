@@ -153,7 +153,13 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
       const words = all.filter((w) => !w.startsWith('--'));
       const base = expand(words[0] ?? '', meta);
       const name = words.length >= 3 && words[1].toLowerCase() === 'as' ? words[2].toLowerCase() : '';
-      const from = expand(all.filter((w) => w.startsWith('--')).concat(base).join(' '), meta);
+      const from = expand(
+        all
+          .filter((w) => w.startsWith('--'))
+          .concat(base)
+          .join(' '),
+        meta
+      );
       stages.push({ index: stages.length, name, base, from, instructions: [], deps: new Set(), refs: new Map() });
     } else if (stages.length === 0) {
       if (ins.keyword !== 'ARG') continue;

@@ -68,8 +68,7 @@ type Base = Omit<Identity, 'provider'>;
 
 export function identityFromEnv(env: Env, readEvent: (file: string) => unknown = readJsonFile, overrides: Partial<Identity> = {}): Identity {
   const provider = overrides.provider ?? detectProvider(env);
-  const base =
-    provider === 'github' ? github(env, readEvent) : provider === 'gitlab' ? gitlab(env) : provider === 'circleci' ? circleci(env) : local(env);
+  const base = provider === 'github' ? github(env, readEvent) : provider === 'gitlab' ? gitlab(env) : provider === 'circleci' ? circleci(env) : local(env);
   const id: Identity = { provider, ...base };
   // Wrappers pass every input, and a CI passes a missing input as '': empty strings are "not given".
   for (const [k, v] of Object.entries(overrides) as [keyof Identity, unknown][]) {
@@ -245,7 +244,11 @@ function circleci(env: Env): Base {
 
 function local(env: Env): Base {
   const { opt } = reader(env, 'local');
-  const host = os.hostname().toLowerCase().replace(/[^a-z0-9.-]+/g, '-') || 'host';
+  const host =
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9.-]+/g, '-') || 'host';
   const run = opt('BUILDCLOUD_PIPELINE_ID') || String(process.pid);
   const jobId = opt('BUILDCLOUD_JOB_ID') || 'local';
   return {

@@ -22,24 +22,87 @@ export interface OutputDef {
 }
 
 export const SETUP_INPUTS: InputDef[] = [
-  { name: 'endpoint', type: 'string', default: '', description: 'gRPC address of the Build Cloud control plane: host:port, grpc://host:port or grpcs://host:port. Falls back to the BUILDCLOUD_ENDPOINT variable.' },
-  { name: 'token', type: 'string', default: '', secret: true, description: 'Org token (buildcloud admin token create). Leave empty to exchange the CI job\'s OIDC token instead. Falls back to the BUILDCLOUD_TOKEN variable.' },
+  {
+    name: 'endpoint',
+    type: 'string',
+    default: '',
+    description:
+      'gRPC address of the Build Cloud control plane: host:port, grpc://host:port or grpcs://host:port. Falls back to the BUILDCLOUD_ENDPOINT variable.'
+  },
+  {
+    name: 'token',
+    type: 'string',
+    default: '',
+    secret: true,
+    description:
+      "Org token (buildcloud admin token create). Leave empty to exchange the CI job's OIDC token instead. Falls back to the BUILDCLOUD_TOKEN variable."
+  },
   { name: 'org', type: 'string', default: '', description: "Org to act for. Empty: the token's own org." },
-  { name: 'oidc-audience', type: 'string', default: 'buildcloud', description: 'Audience of the OIDC token exchanged for an access token; must match the org\'s trust rule.' },
-  { name: 'platforms', type: 'list', default: '', description: 'Platforms to get a builder for, comma- or newline-separated (e.g. linux/amd64). Empty: the control plane\'s native platform.' },
-  { name: 'scope', type: 'enum', options: ['pipeline', 'job'], default: 'pipeline', description: 'pipeline: every job of the pipeline shares one builder per platform; job: this job gets its own.' },
+  {
+    name: 'oidc-audience',
+    type: 'string',
+    default: 'buildcloud',
+    description: "Audience of the OIDC token exchanged for an access token; must match the org's trust rule."
+  },
+  {
+    name: 'platforms',
+    type: 'list',
+    default: '',
+    description: "Platforms to get a builder for, comma- or newline-separated (e.g. linux/amd64). Empty: the control plane's native platform."
+  },
+  {
+    name: 'scope',
+    type: 'enum',
+    options: ['pipeline', 'job'],
+    default: 'pipeline',
+    description: 'pipeline: every job of the pipeline shares one builder per platform; job: this job gets its own.'
+  },
   { name: 'cache', type: 'boolean', default: 'true', description: 'Import and export the org-wide layer cache (forks only import).' },
-  { name: 'fallback', type: 'enum', options: ['none', 'local'], default: 'none', description: "none: fail when no builder can be had; local: build on the runner's own Docker instead, with a warning." },
+  {
+    name: 'fallback',
+    type: 'enum',
+    options: ['none', 'local'],
+    default: 'none',
+    description: "none: fail when no builder can be had; local: build on the runner's own Docker instead, with a warning."
+  },
   { name: 'summary', type: 'boolean', default: 'true', description: 'Write a summary of builds, cached steps and minutes for the job.' },
-  { name: 'pr-comment', type: 'boolean', default: 'false', only: 'github', description: "Keep one comment on the pull request with the pipeline's build minutes and cache ratio, updated in place." },
-  { name: 'github-token', type: 'string', default: '', githubDefault: '${{ github.token }}', secret: true, only: 'github', description: 'Token for the pull request comment (needs pull-requests: write).' },
-  { name: 'job-id', type: 'string', default: '', githubDefault: '${{ github.job }}-${{ strategy.job-index }}-${{ job.check_run_id }}', description: 'Id of this job within the pipeline, unique across matrix and parallel legs. Empty: derived from the CI\'s variables.' },
-  { name: 'metering-endpoint', type: 'string', default: '', description: 'Where usage records (CloudEvents) are sent. Empty: the control plane\'s own metering endpoint.' },
+  {
+    name: 'pr-comment',
+    type: 'boolean',
+    default: 'false',
+    only: 'github',
+    description: "Keep one comment on the pull request with the pipeline's build minutes and cache ratio, updated in place."
+  },
+  {
+    name: 'github-token',
+    type: 'string',
+    default: '',
+    githubDefault: '${{ github.token }}',
+    secret: true,
+    only: 'github',
+    description: 'Token for the pull request comment (needs pull-requests: write).'
+  },
+  {
+    name: 'job-id',
+    type: 'string',
+    default: '',
+    githubDefault: '${{ github.job }}-${{ strategy.job-index }}-${{ job.check_run_id }}',
+    description: "Id of this job within the pipeline, unique across matrix and parallel legs. Empty: derived from the CI's variables."
+  },
+  {
+    name: 'metering-endpoint',
+    type: 'string',
+    default: '',
+    description: "Where usage records (CloudEvents) are sent. Empty: the control plane's own metering endpoint."
+  },
   { name: 'provision-timeout', type: 'number', default: '120', description: 'Seconds to keep retrying while the control plane is unavailable or at capacity.' }
 ];
 
 export const SETUP_OUTPUTS: OutputDef[] = [
-  { name: 'builder', description: 'Name of the docker context (and buildx builder where buildx exists) for the remote builder: pass it as builder to docker/build-push-action.' },
+  {
+    name: 'builder',
+    description: 'Name of the docker context (and buildx builder where buildx exists) for the remote builder: pass it as builder to docker/build-push-action.'
+  },
   { name: 'docker-host', description: 'DOCKER_HOST of the remote builder (tcp://...); DOCKER_TLS_VERIFY and DOCKER_CERT_PATH are exported too.' },
   { name: 'lease-id', description: 'Id of the lease on the builder.' },
   { name: 'cache-from', description: 'Org cache refs to import, one per line.' },
@@ -56,8 +119,14 @@ export const BUILD_INPUTS: InputDef[] = [
   { name: 'target', type: 'string', default: '', description: 'Target stage to build.' },
   { name: 'labels', type: 'list', default: '', description: 'Image labels, one KEY=VALUE per line.' },
   { name: 'push', type: 'boolean', default: 'false', description: 'Push the tags after the build.' },
-  { name: 'load', type: 'boolean', default: 'false', description: "Load the built image into the runner's own Docker engine after the build (docker save on the builder piped into docker load), so later steps can docker run it there. Needs a Docker engine on the runner; one platform only." },
-  { name: 'platforms', type: 'list', default: '', description: 'Platforms to build for. Empty: the builder\'s platform.' },
+  {
+    name: 'load',
+    type: 'boolean',
+    default: 'false',
+    description:
+      "Load the built image into the runner's own Docker engine after the build (docker save on the builder piped into docker load), so later steps can docker run it there. Needs a Docker engine on the runner; one platform only."
+  },
+  { name: 'platforms', type: 'list', default: '', description: "Platforms to build for. Empty: the builder's platform." },
   { name: 'no-cache', type: 'boolean', default: 'false', description: 'Build without using any cache.' },
   { name: 'pull', type: 'boolean', default: 'false', description: 'Always pull newer base images.' }
 ];

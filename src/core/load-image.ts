@@ -125,7 +125,8 @@ export function pipeSaveLoad(
       if (loadDone) return;
       loadDone = true;
       Object.assign(load, { code, signal }, error ? { error } : {});
-      if (code === 0) saver.stdout?.resume(); // drain: save ends by itself
+      if (code === 0)
+        saver.stdout?.resume(); // drain: save ends by itself
       else stopSave();
       ended();
     };
@@ -153,7 +154,10 @@ function how(s: SideResult): string {
 }
 
 function detail(stderr: string): string {
-  const lines = stderr.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  const lines = stderr
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines.length ? `: ${lines.slice(-3).join(' | ').replace(/\.$/, '')}` : '';
 }
 
@@ -208,7 +212,10 @@ export async function loadImage(
     );
   }
   const r = await pipeSaveLoad(p.docker, p.refs, p.builderEnv, p.runnerEnv, { spawn: deps.spawn, signal: deps.signal });
-  const loadedLines = r.load.stdout.split(/\r?\n/).map((l) => l.trim()).filter((l) => /^Loaded image/.test(l));
+  const loadedLines = r.load.stdout
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => /^Loaded image/.test(l));
   const failure = pipeFailure(r, p.refs, p.engine);
   if (failure) return fail(failure, { bytes: r.bytes, loadedLines });
   return { ...base, loaded: true, durationMs: now() - started, bytes: r.bytes, loadedLines };

@@ -229,7 +229,10 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
   if (result.rejected.length > MAX_REJECTION_WARNINGS) {
     warn(`${result.rejected.length - MAX_REJECTION_WARNINGS} more record(s) were rejected and dropped`);
   }
-  log('info', `sent ${result.sent} usage record(s): ${result.accepted} accepted, ${result.duplicate} duplicate, ${result.rejected.length} rejected; ${result.pending} pending`);
+  log(
+    'info',
+    `sent ${result.sent} usage record(s): ${result.accepted} accepted, ${result.duplicate} duplicate, ${result.rejected.length} rejected; ${result.pending} pending`
+  );
   return result;
 }
 

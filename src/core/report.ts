@@ -69,7 +69,9 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
         warnings.push(`Build Cloud: lease ${lease.id} had already ended: ${released.endMessage || released.endReason}`);
       }
     } catch (err) {
-      warnings.push(`Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`);
+      warnings.push(
+        `Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
+      );
     } finally {
       api.close();
     }
@@ -103,7 +105,7 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
     billedSeconds: billedSeconds ?? undefined,
     pipeline: { totalSteps: t.totalSteps, cachedSteps: t.cachedSteps },
     runUrl: session.identity.runUrl || undefined,
-    warnings: session.fallback ? ['No remote builder: this job built on the runner\'s own Docker (fallback: local).', ...warnings] : warnings
+    warnings: session.fallback ? ["No remote builder: this job built on the runner's own Docker (fallback: local).", ...warnings] : warnings
   };
   return { builds, billedSeconds, flush, warnings, summary, markdown: renderSummary(summary), text: renderText(summary) };
 }

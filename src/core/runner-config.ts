@@ -156,7 +156,9 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
   const run = opts.run ?? runDocker;
   const buildkit = kind === 'ENDPOINT_KIND_BUILDKIT';
   if (buildkit && !opts.docker.buildx) {
-    throw new RunnerConfigError(`Lease ${lease.id} offers a BuildKit endpoint, which only buildx can drive, and ${opts.docker.path} has no buildx plugin. Install buildx, or use a control plane with Docker Engine builders.`);
+    throw new RunnerConfigError(
+      `Lease ${lease.id} offers a BuildKit endpoint, which only buildx can drive, and ${opts.docker.path} has no buildx plugin. Install buildx, or use a control plane with Docker Engine builders.`
+    );
   }
   const warnings: string[] = [];
   await fsp.mkdir(opts.tempRoot, { recursive: true });
@@ -168,7 +170,11 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
     await fsp.mkdir(certDir, { mode: 0o700 });
     await fsp.mkdir(dockerConfig, { mode: 0o700 });
     const tls = lease.tls!;
-    for (const [file, pem] of [['ca.pem', tls.caPem], ['cert.pem', tls.certPem], ['key.pem', tls.keyPem]]) {
+    for (const [file, pem] of [
+      ['ca.pem', tls.caPem],
+      ['cert.pem', tls.certPem],
+      ['key.pem', tls.keyPem]
+    ]) {
       await fsp.writeFile(path.join(certDir, file), pem, { mode: 0o600 });
     }
 
@@ -213,7 +219,20 @@ export async function configureRunner(lease: LeaseMsg, name: string, opts: Confi
     const runnerEnv: RunnerEnv = { DOCKER_CONFIG: dockerConfig, DOCKER_BUILDKIT: '1' };
     if (!buildkit) Object.assign(runnerEnv, { DOCKER_HOST: lease.builders[0].address, DOCKER_TLS_VERIFY: '1', DOCKER_CERT_PATH: certDir });
     if (opts.docker.buildx) runnerEnv.BUILDX_BUILDER = builderName;
-    return { name, dir, certDir, dockerConfig, contextName, contexts, buildxBuilder, builderName, driver: buildkit ? 'remote' : 'docker', env: runnerEnv, secrets, warnings };
+    return {
+      name,
+      dir,
+      certDir,
+      dockerConfig,
+      contextName,
+      contexts,
+      buildxBuilder,
+      builderName,
+      driver: buildkit ? 'remote' : 'docker',
+      env: runnerEnv,
+      secrets,
+      warnings
+    };
   } catch (err) {
     await fsp.rm(dir, { recursive: true, force: true });
     throw err;

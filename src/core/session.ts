@@ -59,7 +59,10 @@ export function saveSession(s: Session): string {
 }
 
 export function loadSession(file: string | undefined): Session {
-  if (!file) throw new SessionError(`No Build Cloud session in this job: ${SESSION_ENV} is not set. Run the setup step (the Build Cloud action, or buildcloud setup) earlier in the same job.`);
+  if (!file)
+    throw new SessionError(
+      `No Build Cloud session in this job: ${SESSION_ENV} is not set. Run the setup step (the Build Cloud action, or buildcloud setup) earlier in the same job.`
+    );
   let s: Session;
   try {
     s = JSON.parse(fs.readFileSync(file, 'utf8'));

@@ -113,7 +113,8 @@ export function setupSettings(get: Getter): SetupSettings {
     throw new InputError(`Invalid input 'org': '${org}'. Expected lowercase letters, digits and single . _ - between them.`);
   }
   const jobId = str(S['job-id'], get);
-  if (jobId.length > 200 || /\s/.test(jobId)) throw new InputError(`Invalid input 'job-id': '${jobId.slice(0, 60)}'. Expected up to 200 characters without spaces.`);
+  if (jobId.length > 200 || /\s/.test(jobId))
+    throw new InputError(`Invalid input 'job-id': '${jobId.slice(0, 60)}'. Expected up to 200 characters without spaces.`);
   return {
     endpoint,
     token: str(S.token, get),
@@ -134,7 +135,8 @@ export function setupSettings(get: Getter): SetupSettings {
 
 export function buildSettings(get: Getter): BuildSettings {
   const buildArgs = listInput(B['build-args'], get, true);
-  for (const a of buildArgs) if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(a)) throw new InputError(`Invalid input 'build-args': '${a.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  for (const a of buildArgs)
+    if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(a)) throw new InputError(`Invalid input 'build-args': '${a.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
   const labels = listInput(B.labels, get, true);
   for (const l of labels) if (!/^[^=\s]+=/.test(l)) throw new InputError(`Invalid input 'labels': '${l.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
   const context = str(B.context, get);

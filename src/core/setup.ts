@@ -49,7 +49,9 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
   const now = deps.now ?? Date.now;
   const identity = identityFromEnv(env, undefined, { jobId: settings.jobId });
   const endpoint = requireEndpoint(settings, env);
-  log.info(`Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`);
+  log.info(
+    `Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`
+  );
 
   // The docker client is chosen while the credential is found (an OIDC exchange is a round trip); it is known
   // before anything is provisioned, so a runner without a usable client never takes a lease, and its error comes
@@ -87,15 +89,21 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
       // fork's pull request, a Dependabot run): it builds, and the warning says why it built without Build Cloud.
       const usable = (err instanceof ControlPlaneError && err.transient) || err instanceof AuthMissingError;
       if (settings.fallback !== 'local' || !usable) throw err;
-      log.warn(`Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`);
-      return finish(localSession(settings, identity, endpoint, token, spoolFor(settings.org), await chosenDocker(), now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir()));
+      log.warn(
+        `Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`
+      );
+      return finish(
+        localSession(settings, identity, endpoint, token, spoolFor(settings.org), await chosenDocker(), now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir())
+      );
     }
     const docker = await chosenDocker();
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
     log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
     // The control plane decides what this job may write (docs/security.md); say it when the answer is "nothing".
     if (settings.cache && lease.cache && !lease.cache.exportRef && lease.cache.readOnlyReason) {
-      log.info(`Build Cloud: the org cache is read-only for this job (${lease.cache.readOnlyReason}): it imports ${lease.cache.importRefs.join(', ') || 'nothing'} and exports nothing.`);
+      log.info(
+        `Build Cloud: the org cache is read-only for this job (${lease.cache.readOnlyReason}): it imports ${lease.cache.importRefs.join(', ') || 'nothing'} and exports nothing.`
+      );
     }
     let cfg: Awaited<ReturnType<typeof configureRunner>> | null = null;
     try {
@@ -161,14 +169,25 @@ async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, b
   for (;;) {
     const left = Math.max(1000, end - now());
     try {
-      return await api.provision({
-        org: s.org,
-        pipelineKey: id.pipelineKey,
-        jobId: id.jobId,
-        platforms: s.platforms,
-        scope: s.scope === 'job' ? 'SCOPE_JOB' : 'SCOPE_PIPELINE',
-        identity: { provider: id.provider, project: id.project, branch: id.branch, defaultBranch: id.defaultBranch, fork: id.fork, actor: id.actor, runUrl: id.runUrl }
-      }, { attempts: 1, deadlineMs: Math.min(30_000, left) });
+      return await api.provision(
+        {
+          org: s.org,
+          pipelineKey: id.pipelineKey,
+          jobId: id.jobId,
+          platforms: s.platforms,
+          scope: s.scope === 'job' ? 'SCOPE_JOB' : 'SCOPE_PIPELINE',
+          identity: {
+            provider: id.provider,
+            project: id.project,
+            branch: id.branch,
+            defaultBranch: id.defaultBranch,
+            fork: id.fork,
+            actor: id.actor,
+            runUrl: id.runUrl
+          }
+        },
+        { attempts: 1, deadlineMs: Math.min(30_000, left) }
+      );
     } catch (err) {
       if (!(err instanceof ControlPlaneError) || !err.transient || now() >= end) throw err;
       const delayMs = Math.min(backoffDelay(++attempt, 500, 8000), Math.max(0, end - now()));
@@ -178,7 +197,16 @@ async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, b
   }
 }
 
-function localSession(s: SetupSettings, identity: Identity, endpoint: string, token: string, spoolDir: string, docker: ResolvedDocker, startedAtMs: number, tempRoot: string): Session {
+function localSession(
+  s: SetupSettings,
+  identity: Identity,
+  endpoint: string,
+  token: string,
+  spoolDir: string,
+  docker: ResolvedDocker,
+  startedAtMs: number,
+  tempRoot: string
+): Session {
   const dir = fs.mkdtempSync(path.join(tempRoot, `${localName(identity)}-local-`));
   return {
     version: 1,

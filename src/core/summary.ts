@@ -95,17 +95,30 @@ function clean(s: string | undefined, max = MAX_FIELD): string {
 }
 
 const MD_ENTITIES: Record<string, string> = {
-  '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;',
-  '|': '&#124;', '`': '&#96;', '\\': '&#92;', '*': '&#42;', '_': '&#95;', '[': '&#91;', ']': '&#93;', '~': '&#126;'
+  '&': '&amp;',
+  '<': '&lt;',
+  '>': '&gt;',
+  '"': '&quot;',
+  "'": '&#39;',
+  '|': '&#124;',
+  '`': '&#96;',
+  '\\': '&#92;',
+  '*': '&#42;',
+  _: '&#95;',
+  '[': '&#91;',
+  ']': '&#93;',
+  '~': '&#126;'
 };
 
 /** User text as inert markdown: no HTML, no table cell breaks, no code spans or links, no @mentions. */
 export function escapeMarkdown(s: string | undefined, max = MAX_FIELD): string {
-  return clean(s, max)
-    .replace(/[&<>"'|`\\*_[\]~]/g, (c) => MD_ENTITIES[c])
-    // A zero-width space after an @ that could start a mention keeps "feature/@team" from notifying a team;
-    // "repo@sha256:…" is no mention and stays as it is.
-    .replace(/(^|[^\w])@/g, '$1@&#8203;');
+  return (
+    clean(s, max)
+      .replace(/[&<>"'|`\\*_[\]~]/g, (c) => MD_ENTITIES[c])
+      // A zero-width space after an @ that could start a mention keeps "feature/@team" from notifying a team;
+      // "repo@sha256:…" is no mention and stays as it is.
+      .replace(/(^|[^\w])@/g, '$1@&#8203;')
+  );
 }
 
 // Ids from the control plane in a code span when they are plainly safe there; entities would show literally.
@@ -197,7 +210,12 @@ export function renderSummary(s: JobSummary): string {
   out.push('');
   const builder = builderLine(s, code);
   if (builder) out.push(`**Builder:** ${builder}`, '');
-  const links = [['Run', safeUrl(s.runUrl)], ['Usage', safeUrl(s.usageUrl)]].filter(([, u]) => u).map(([n, u]) => `[${n}](${u})`);
+  const links = [
+    ['Run', safeUrl(s.runUrl)],
+    ['Usage', safeUrl(s.usageUrl)]
+  ]
+    .filter(([, u]) => u)
+    .map(([n, u]) => `[${n}](${u})`);
   if (links.length) out.push(links.join(' · '), '');
   const warnings = s.warnings ?? [];
   if (warnings.length) {
@@ -215,7 +233,12 @@ export function renderPrComment(p: PipelineSummary): string {
   if (p.billedSeconds !== undefined) facts.push(`**${minutes(p.billedSeconds)}** build minutes`);
   facts.push(`cache ratio **${percent(num(p.cachedSteps), num(p.totalSteps))}** (${num(p.cachedSteps)} of ${num(p.totalSteps)} steps)`);
   if (p.buildsWithCache !== undefined) facts.push(`${percent(num(p.buildsWithCache), builds)} of builds reused a cached layer`);
-  const links = [['run', safeUrl(p.runUrl)], ['usage', safeUrl(p.usageUrl)]].filter(([, u]) => u).map(([n, u]) => `[${n}](${u})`);
+  const links = [
+    ['run', safeUrl(p.runUrl)],
+    ['usage', safeUrl(p.usageUrl)]
+  ]
+    .filter(([, u]) => u)
+    .map(([n, u]) => `[${n}](${u})`);
   const branch = p.branch ? ` on ${escapeMarkdown(p.branch, 100)}` : '';
   return [PR_COMMENT_MARKER, `**Build Cloud**${branch}: ${facts.join(' · ')}${links.length ? ` · ${links.join(' · ')}` : ''}`, ''].join('\n');
 }
@@ -227,7 +250,9 @@ export function renderText(s: JobSummary): string {
   s.builds.slice(0, MAX_TABLE_ROWS).forEach((b) => {
     const cached = `cached ${num(b.cachedSteps)}/${num(b.totalSteps)} (${percent(num(b.cachedSteps), num(b.totalSteps))})`;
     const builder = b.builderId ? `  builder ${clean(b.builderId)}` : '';
-    out.push(`  ${b.status.padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached}${builder}  ${clean(b.image || b.buildId)}`);
+    out.push(
+      `  ${b.status.padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached}${builder}  ${clean(b.image || b.buildId)}`
+    );
   });
   if (t.builds > MAX_TABLE_ROWS) out.push(`  … ${t.builds - MAX_TABLE_ROWS} more builds not listed`);
   const totals = [`build time ${formatDuration(t.durationMs)}`];

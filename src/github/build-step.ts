@@ -11,7 +11,9 @@ export async function buildActionStep(session: Session, settings: BuildSettings)
     const r = await buildStep(session, settings, { log: log(), io: { onLine: (l) => process.stdout.write(l + '\n') } });
     for (const [k, v] of Object.entries(r.outputs)) core.setOutput(k, v);
     if (r.run.status !== 'success') {
-      core.setFailed(`docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${r.run.outputTail.slice(-5).join(' | ')}`);
+      core.setFailed(
+        `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${r.run.outputTail.slice(-5).join(' | ')}`
+      );
     } else if (r.loadError) {
       core.setFailed(r.loadError);
     }

@@ -12,7 +12,11 @@ export interface PrTarget {
   baseUrl?: string;
 }
 
-export async function upsertPrComment(t: PrTarget, p: PipelineSummary, octokit = new Octokit({ auth: t.token, baseUrl: t.baseUrl })): Promise<'created' | 'updated'> {
+export async function upsertPrComment(
+  t: PrTarget,
+  p: PipelineSummary,
+  octokit = new Octokit({ auth: t.token, baseUrl: t.baseUrl })
+): Promise<'created' | 'updated'> {
   const body = renderPrComment(p);
   const comments = await octokit.paginate(octokit.rest.issues.listComments, { owner: t.owner, repo: t.repo, issue_number: t.issueNumber, per_page: 100 });
   const mine = comments.find((c) => typeof c.body === 'string' && c.body.includes(PR_COMMENT_MARKER));
@@ -33,7 +37,14 @@ export async function pipelineFigures(httpBase: string, org: string, pipelineKey
     });
     if (!res.ok) return null;
     const u = (await res.json()) as PipelineUsage;
-    return { builds: u.builds, failed: u.failed, buildsWithCache: u.buildsWithCache, totalSteps: u.totalSteps, cachedSteps: u.cachedSteps, billedSeconds: u.billedSeconds };
+    return {
+      builds: u.builds,
+      failed: u.failed,
+      buildsWithCache: u.buildsWithCache,
+      totalSteps: u.totalSteps,
+      cachedSteps: u.cachedSteps,
+      billedSeconds: u.billedSeconds
+    };
   } catch {
     return null;
   }

@@ -9,17 +9,7 @@
 import { createHash, randomBytes, randomInt, timingSafeEqual } from 'crypto';
 import { promises as fs } from 'fs';
 import * as path from 'path';
-import {
-  SignJWT,
-  calculateJwkThumbprint,
-  exportJWK,
-  generateKeyPair,
-  importJWK,
-  jwtVerify,
-  type JWK,
-  type JWTPayload,
-  type KeyLike
-} from 'jose';
+import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, jwtVerify, type JWK, type JWTPayload, type KeyLike } from 'jose';
 import type { Store, TokenRow, TrustRow } from './store/store';
 import { AuthError } from './oidc';
 import { decodeVerified, encodeVerified, type PrincipalScope, type VerifiedIdentity } from './scope';
@@ -194,10 +184,7 @@ export async function loadOrCreateAdminToken(dir: string): Promise<string> {
 
 // ---- access tokens -----------------------------------------------------------------------------------------
 
-export async function issueAccessToken(
-  key: SigningKey,
-  req: AccessTokenRequest
-): Promise<{ token: string; expiresAtMs: number }> {
+export async function issueAccessToken(key: SigningKey, req: AccessTokenRequest): Promise<{ token: string; expiresAtMs: number }> {
   if (!req.org) throw new TypeError('issueAccessToken: org is required');
   if (!req.subject) throw new TypeError('issueAccessToken: subject is required');
   if (!req.trust || req.trust.org !== req.org) throw new TypeError('issueAccessToken: the trust rule of the same org is required');
@@ -235,7 +222,8 @@ export async function verifyAccessToken(key: SigningKey, token: string, nowMs?: 
       clockTolerance: 5 // replicas sharing the key may disagree on the time by a little
     }));
   } catch (err) {
-    if ((err as { code?: string }).code === 'ERR_JWT_EXPIRED') throw new AuthError('expired', 'the access token has expired; exchange an org token or OIDC token for a new one');
+    if ((err as { code?: string }).code === 'ERR_JWT_EXPIRED')
+      throw new AuthError('expired', 'the access token has expired; exchange an org token or OIDC token for a new one');
     throw new AuthError('invalid_token', 'the access token is not valid for this server');
   }
   if (typeof payload.org !== 'string' || !payload.org || typeof payload.sub !== 'string') {

@@ -43,12 +43,7 @@ export function leaseDeadline(lease: LeaseTimes, opts: ReapOptions): number {
  * should also touch the lease while connections are open, or the idle deadline computed when they close
  * would already lie in the past.
  */
-export function reapDecision(
-  lease: LeaseTimes,
-  now: number,
-  opts: ReapOptions,
-  hasOpenConnections: boolean
-): ReapDecision | null {
+export function reapDecision(lease: LeaseTimes, now: number, opts: ReapOptions, hasOpenConnections: boolean): ReapDecision | null {
   const ttlDeadline = lease.createdAt + opts.maxTtlMs;
   const idleDeadline = lease.lastActiveAt + opts.idleTimeoutMs;
   // An idle deadline before the TTL deadline passed first, so it is the one that ended the lease.

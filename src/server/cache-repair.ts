@@ -65,14 +65,21 @@ export class CacheRepairs {
   private readonly running = new Set<Promise<void>>();
   private closing = false;
 
-  constructor(private readonly call: UpstreamCall, private readonly log?: Logger) {}
+  constructor(
+    private readonly call: UpstreamCall,
+    private readonly log?: Logger
+  ) {}
 
   /**
    * A client's push of an image manifest to name:tag starts. Call landed() once the registry accepted it (2xx,
    * with the digest it computed and what the tag held before, read before forwarding the push); `res` closing
    * without landed() means the push failed.
    */
-  begin(name: string, tag: string, res: { once(event: 'close', listener: () => void): unknown }): { landed: (digest: string, previous: string | null) => void } {
+  begin(
+    name: string,
+    tag: string,
+    res: { once(event: 'close', listener: () => void): unknown }
+  ): { landed: (digest: string, previous: string | null) => void } {
     const state = this.state(`${name}:${tag}`);
     state.inflight++;
     let done = false;
@@ -104,7 +111,10 @@ export class CacheRepairs {
       const d = r.headers['docker-content-digest'];
       return r.status === 200 && typeof d === 'string' && DIGEST.test(d) ? d : null;
     } catch (err) {
-      this.log?.warn({ repository: name, tag, err: (err as Error).message }, 'registry proxy: could not read a cache tag (its inline cache will not be repaired)');
+      this.log?.warn(
+        { repository: name, tag, err: (err as Error).message },
+        'registry proxy: could not read a cache tag (its inline cache will not be repaired)'
+      );
       return null;
     }
   }
@@ -135,7 +145,17 @@ export class CacheRepairs {
     if (s) {
       this.tags.delete(key); // re-insert: the map's order is least recently used first
     } else {
-      s = { inflight: 0, queued: 0, tail: Promise.resolve(), sweepWanted: false, landings: 0, newest: '', pushes: new Map(), ours: new Map(), repairedOf: new Map() };
+      s = {
+        inflight: 0,
+        queued: 0,
+        tail: Promise.resolve(),
+        sweepWanted: false,
+        landings: 0,
+        newest: '',
+        pushes: new Map(),
+        ours: new Map(),
+        repairedOf: new Map()
+      };
       for (const [k, old] of this.tags) {
         if (this.tags.size < MAX_TAG_STATES) break;
         if (old.queued === 0 && old.inflight === 0) this.tags.delete(k);
@@ -234,7 +254,10 @@ export class CacheRepairs {
     if (body) {
       const d = await this.write(name, tag, state, target, body);
       remember(state.repairedOf, target, d);
-      this.log?.info({ ...ctx, repaired: d, records, from: previous }, 'registry proxy: repaired inline cache records that lost their layers (moby/buildkit#1981)');
+      this.log?.info(
+        { ...ctx, repaired: d, records, from: previous },
+        'registry proxy: repaired inline cache records that lost their layers (moby/buildkit#1981)'
+      );
     } else if (current !== target) {
       await this.write(name, tag, state, target, manifestBytes);
       this.log?.info({ ...ctx, replaced: current }, 'registry proxy: put the newest push of a cache tag back over an older repair');

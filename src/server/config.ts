@@ -82,7 +82,9 @@ export function parseLimits(o: Partial<Record<keyof ServeLimits, string>>): Serv
     maxRecordsPerOrgDay: whole(o.maxRecordsPerOrgDay, '--max-records-per-org-day', DEFAULT_LIMITS.maxRecordsPerOrgDay, 0, 1_000_000_000)
   };
   if (l.recordBurst < MIN_RECORD_BURST) {
-    throw new ConfigError(`Invalid --record-burst '${o.recordBurst}'. Expected a whole number of at least ${MIN_RECORD_BURST} (one full batch of POST /v1/events).`);
+    throw new ConfigError(
+      `Invalid --record-burst '${o.recordBurst}'. Expected a whole number of at least ${MIN_RECORD_BURST} (one full batch of POST /v1/events).`
+    );
   }
   return l;
 }
@@ -166,7 +168,10 @@ export function parseRegistryUrl(value: string): string {
 
 // Loopback only: 127.0.0.0/8, ::1 and localhost. 0.0.0.0 and :: listen on every address, so they are not.
 export function isLoopbackHost(host: string): boolean {
-  const h = String(host).trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  const h = String(host)
+    .trim()
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, '$1');
   if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
   return /^127(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/.test(h);
 }

@@ -54,7 +54,7 @@ const ROUTES: Route[] = [
   { method: 'GET', path: new RegExp(`^/images/${NAME}/history$`), name: 'image history' },
   { method: 'POST', path: new RegExp(`^/images/${NAME}/tag$`), name: 'image tag' },
   { method: 'POST', path: new RegExp(`^/images/${NAME}/push$`), name: 'image push' },
-  { method: 'GET', path: new RegExp(`^/distribution/${NAME}/json$`), name: 'distribution inspect' },
+  { method: 'GET', path: new RegExp(`^/distribution/${NAME}/json$`), name: 'distribution inspect' }
 ];
 
 // What a refused call was for, so the message names the command the user typed and what to do instead.
@@ -66,7 +66,7 @@ const REFUSALS: Array<{ path: RegExp; refused: string; hint: string }> = [
   { path: /^\/images\/create$/, refused: '`docker pull` and `docker import` are', hint: 'a build pulls its base images itself (FROM)' },
   { path: /^\/images\/load$/, refused: '`docker load` is', hint: 'a build pulls its base images itself (FROM)' },
   { path: /^\/(swarm|services|tasks|nodes|secrets|configs)(\/|$)/, refused: 'swarm commands are', hint: 'a builder is not a swarm node' },
-  { path: /^\/plugins(\/|$)/, refused: 'engine plugins (`docker plugin`) are', hint: 'builders run with the plugins they have' },
+  { path: /^\/plugins(\/|$)/, refused: 'engine plugins (`docker plugin`) are', hint: 'builders run with the plugins they have' }
 ];
 
 // Only the request's own network (the default bridge of the builder) or none: `host` would put RUN steps in the

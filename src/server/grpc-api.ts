@@ -60,7 +60,10 @@ function bearer(md: grpc.Metadata): string {
   const v = md.get('authorization')[0];
   const s = typeof v === 'string' ? v : v ? v.toString('utf8') : '';
   const m = /^Bearer\s+(\S+)$/i.exec(s.trim());
-  if (!m) throw unauthenticated('Missing credentials. Send metadata "authorization: Bearer <token>" with an org token (buildcloud admin token create) or an access token from Auth/ExchangeToken.');
+  if (!m)
+    throw unauthenticated(
+      'Missing credentials. Send metadata "authorization: Bearer <token>" with an org token (buildcloud admin token create) or an access token from Auth/ExchangeToken.'
+    );
   return m[1];
 }
 
@@ -102,7 +105,7 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
     ExchangeToken: unary<{ oidcToken: string; org: string }, ExchangeTokenResponseMsg>(d.log, 'ExchangeToken', async (call) => {
       const { oidcToken, org } = call.request;
       d.exchangeLimiter?.check(`peer:${peerAddress(call.getPeer())}`);
-      if (!oidcToken) throw invalid('Missing oidc_token. Expected the CI job\'s OIDC token (a JWT).');
+      if (!oidcToken) throw invalid("Missing oidc_token. Expected the CI job's OIDC token (a JWT).");
       if (oidcToken.length > 16384) throw invalid('Invalid oidc_token: longer than 16384 characters.');
       if (org) validateOrgName(org);
       // Every org's rules: the verifier checks the signature before it looks at which org was asked for.
@@ -128,8 +131,24 @@ export function addGrpcApi(server: grpc.Server, d: GrpcApiDeps): void {
         d.log.warn({ rpc: 'ExchangeToken', org: verified.org, trustRule: verified.trust.id, detail: err.message }, 'oidc token names no project');
         throw denied(err.message);
       }
-      const issued = await issueAccessToken(d.signingKey, { org: verified.org, subject: verified.subject, ttlSeconds: d.accessTokenTtlS, trust: verified.trust, verified: identity });
-      d.log.info({ org: verified.org, subject: verified.subject, trustRule: verified.trust.id, project: identity.project, branch: identity.branch, readOnly: identity.readOnly }, 'oidc token exchanged');
+      const issued = await issueAccessToken(d.signingKey, {
+        org: verified.org,
+        subject: verified.subject,
+        ttlSeconds: d.accessTokenTtlS,
+        trust: verified.trust,
+        verified: identity
+      });
+      d.log.info(
+        {
+          org: verified.org,
+          subject: verified.subject,
+          trustRule: verified.trust.id,
+          project: identity.project,
+          branch: identity.branch,
+          readOnly: identity.readOnly
+        },
+        'oidc token exchanged'
+      );
       return { accessToken: issued.token, org: verified.org, expiresAtMs: issued.expiresAtMs };
     })
   });

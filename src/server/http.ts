@@ -182,9 +182,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     req.log.error({ err, url: req.url }, 'request failed');
     return sendError(reply, 500, 'internal', 'internal error; the request may be retried');
   });
-  app.setNotFoundHandler((req, reply) =>
-    sendError(reply, 404, 'not_found', `no route ${req.method} ${req.url.split('?')[0]}; see docs/metering.md`)
-  );
+  app.setNotFoundHandler((req, reply) => sendError(reply, 404, 'not_found', `no route ${req.method} ${req.url.split('?')[0]}; see docs/metering.md`));
 
   // Principals per request; a WeakMap instead of decorating FastifyRequest keeps the types local.
   const principals = new WeakMap<FastifyRequest, Principal>();
@@ -266,7 +264,11 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       // A lease of another project of the org: this credential may not write its records (they would count in
       // that project's builds), but they are not wrong either. Kept by the client for a job of that project.
       if (owned === 'other-project') {
-        results.push({ ...base, status: 'deferred', reason: `data.lease_id "${leaseId}" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease's job` });
+        results.push({
+          ...base,
+          status: 'deferred',
+          reason: `data.lease_id "${leaseId}" is a lease this credential did not provision (another project, branch or kind of run); send it with a credential of that lease's job`
+        });
         continue;
       }
       // Record caps: a record over one is rejected (not stored), unless it is a resend of one stored already.
@@ -326,43 +328,42 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     return { results, accepted, duplicate, rejected, deferred } satisfies EventsResponse;
   });
 
-  app.get<{ Params: { org: string }; Querystring: { month?: unknown } }>(
-    '/v1/orgs/:org/usage',
-    { onRequest: authenticate },
-    async (req, reply) => {
-      const principal = principalOf(req);
-      const org = req.params.org;
-      // Another org's usage is "not found", never "forbidden": whether an org exists is not revealed.
-      const notFound = () => sendError(reply, 404, 'not_found', `org "${org}" not found`);
-      if (principal.kind === 'org' && principal.org !== org) return notFound();
-      if (principal.kind === 'admin' && !(await deps.store.getOrg(org))) return notFound();
-      // The org's report covers every project (actors, builds, minutes): for its admin, not one project's jobs.
-      if (principal.scope) {
-        return sendError(reply, 403, 'forbidden', 'a project-scoped credential (an OIDC access token or a --project/--branches token) cannot read the whole org\'s usage; use an unscoped org token (buildcloud admin token create --org ORG)');
-      }
-      const month = req.query.month ?? monthOf(now());
-      if (typeof month !== 'string' || !parseMonth(month)) {
-        return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');
-      }
-      return deps.usage(org, month);
+  app.get<{ Params: { org: string }; Querystring: { month?: unknown } }>('/v1/orgs/:org/usage', { onRequest: authenticate }, async (req, reply) => {
+    const principal = principalOf(req);
+    const org = req.params.org;
+    // Another org's usage is "not found", never "forbidden": whether an org exists is not revealed.
+    const notFound = () => sendError(reply, 404, 'not_found', `org "${org}" not found`);
+    if (principal.kind === 'org' && principal.org !== org) return notFound();
+    if (principal.kind === 'admin' && !(await deps.store.getOrg(org))) return notFound();
+    // The org's report covers every project (actors, builds, minutes): for its admin, not one project's jobs.
+    if (principal.scope) {
+      return sendError(
+        reply,
+        403,
+        'forbidden',
+        "a project-scoped credential (an OIDC access token or a --project/--branches token) cannot read the whole org's usage; use an unscoped org token (buildcloud admin token create --org ORG)"
+      );
     }
-  );
+    const month = req.query.month ?? monthOf(now());
+    if (typeof month !== 'string' || !parseMonth(month)) {
+      return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');
+    }
+    return deps.usage(org, month);
+  });
 
-  app.get<{ Params: { org: string }; Querystring: { key?: unknown } }>(
-    '/v1/orgs/:org/pipelines/usage',
-    { onRequest: authenticate },
-    async (req, reply) => {
-      const principal = principalOf(req);
-      const org = req.params.org;
-      if (principal.kind === 'org' && principal.org !== org) return sendError(reply, 404, 'not_found', `org "${org}" not found`);
-      const key = req.query.key;
-      if (typeof key !== 'string' || !key || key.length > 256) {
-        return sendError(reply, 400, 'invalid_parameter', 'query parameter "key" must be the pipeline key (1-256 characters)');
-      }
-      // Pipeline keys are visible in run URLs: a project-scoped credential sees its own project's leases only.
-      return pipelineUsage(deps.store, org, key, now(), (l) => scopeCoversProject(principal.scope, typeof l.identity.project === 'string' ? l.identity.project : ''));
+  app.get<{ Params: { org: string }; Querystring: { key?: unknown } }>('/v1/orgs/:org/pipelines/usage', { onRequest: authenticate }, async (req, reply) => {
+    const principal = principalOf(req);
+    const org = req.params.org;
+    if (principal.kind === 'org' && principal.org !== org) return sendError(reply, 404, 'not_found', `org "${org}" not found`);
+    const key = req.query.key;
+    if (typeof key !== 'string' || !key || key.length > 256) {
+      return sendError(reply, 400, 'invalid_parameter', 'query parameter "key" must be the pipeline key (1-256 characters)');
     }
-  );
+    // Pipeline keys are visible in run URLs: a project-scoped credential sees its own project's leases only.
+    return pipelineUsage(deps.store, org, key, now(), (l) =>
+      scopeCoversProject(principal.scope, typeof l.identity.project === 'string' ? l.identity.project : '')
+    );
+  });
 
   return app;
 }

@@ -161,7 +161,9 @@ function recordKeys(records: CacheRecord[]): string[] {
     const r = records[i];
     const slots = (r.inputs ?? []).map((slot) => [...new Set(slot.map((inp) => `${inp.selector ?? ''}\u0000${keyOf(inp.link)}`))].sort());
     visiting.delete(i);
-    const k = createHash('sha256').update(JSON.stringify([r.digest, slots])).digest('hex');
+    const k = createHash('sha256')
+      .update(JSON.stringify([r.digest, slots]))
+      .digest('hex');
     keys[i] = k;
     return k;
   };

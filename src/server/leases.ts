@@ -95,7 +95,10 @@ export class LeaseManager {
   async provision(org: string, req: ProvisionRequestMsg, credentialScope?: PrincipalScope): Promise<LeaseMsg> {
     const started = this.now();
     const pool = this.d.pool;
-    if (!pool) throw precondition('This control plane has no builder driver (dockerd was not found). Install docker.io or start serve with --driver dockerd on a host that has it.');
+    if (!pool)
+      throw precondition(
+        'This control plane has no builder driver (dockerd was not found). Install docker.io or start serve with --driver dockerd on a host that has it.'
+      );
     const pipelineKey = validateKey(req.pipelineKey, 'pipeline_key');
     const jobId = validateKey(req.jobId, 'job_id');
     const scope = req.scope === 'SCOPE_JOB' ? 'job' : 'pipeline';
@@ -115,7 +118,8 @@ export class LeaseManager {
       verified: false,
       changeRequest: false
     };
-    if (!identity.project && !credentialScope?.verified) throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
+    if (!identity.project && !credentialScope?.verified)
+      throw invalid('Missing identity.project. Expected the repository or project path, e.g. acme/widget-api.');
     const limits = await this.d.store.getOrgLimits(org);
     // The credential decides what the request may claim: project and branch from verified OIDC claims, a scoped
     // token's patterns, and who may write a protected branch's cache (scope.ts).
@@ -127,7 +131,14 @@ export class LeaseManager {
       this.d.metrics.provisions.inc({ result: 'denied' });
       throw denied(err.message);
     }
-    Object.assign(identity, { project: resolved.project, branch: resolved.branch, readOnly: resolved.readOnly, readOnlyReason: resolved.readOnlyReason, verified: resolved.verified, changeRequest: resolved.changeRequest });
+    Object.assign(identity, {
+      project: resolved.project,
+      branch: resolved.branch,
+      readOnly: resolved.readOnly,
+      readOnlyReason: resolved.readOnlyReason,
+      verified: resolved.verified,
+      changeRequest: resolved.changeRequest
+    });
     let refs: ReturnType<typeof cacheRefs>;
     try {
       refs = cacheRefs({
@@ -189,9 +200,10 @@ export class LeaseManager {
         // sending main's pipeline key would tag images on main's builder that main's build then uses and pushes
         // to cache:main. JSON keeps the parts apart whatever characters they hold.
         const writes = refs.exportRef !== '' ? `writes:${refs.exportRef}` : `read-only:${identity.branch}`;
-        const shareKey = scope === 'job'
-          ? JSON.stringify([org, identity.project, pipelineKey, 'job', jobId, leaseId, platform])
-          : JSON.stringify([org, identity.project, pipelineKey, writes, platform]);
+        const shareKey =
+          scope === 'job'
+            ? JSON.stringify([org, identity.project, pipelineKey, 'job', jobId, leaseId, platform])
+            : JSON.stringify([org, identity.project, pipelineKey, writes, platform]);
         const a = await this.locks.run(shareKey, () => pool.acquire(shareKey, org, platform, leaseId));
         a.builder.proxy.allow(cert.fingerprint);
         acquired.push(a);
@@ -258,7 +270,14 @@ export class LeaseManager {
     // Leases stored before identity.readOnly existed: a fork was their only read-only case.
     const readOnly = Boolean(i.fork) || i.readOnly === true;
     try {
-      const refs = cacheRefs({ registryHost: this.d.registryHost, org: l.row.org, project: str(i.project), branch: str(i.branch), defaultBranch: str(i.defaultBranch) || str(i.branch), fork: readOnly });
+      const refs = cacheRefs({
+        registryHost: this.d.registryHost,
+        org: l.row.org,
+        project: str(i.project),
+        branch: str(i.branch),
+        defaultBranch: str(i.defaultBranch) || str(i.branch),
+        fork: readOnly
+      });
       return { org: l.row.org, readOnly, scope: registryScope(refs, this.d.registryHost) };
     } catch {
       return { org: l.row.org, readOnly: true, scope: { pull: [], push: null } }; // unreachable (Provision checked): fail closed
@@ -417,7 +436,6 @@ export function refusal(org: string, r: Exclude<ReserveResult, { ok: true }>): s
     `a lease reserves at least ${MIN_LEASE_SECONDS / 60} minute). Add a bucket: buildcloud admin bucket add --org ${org} --minutes N`
   );
 }
-
 
 export function checkOrgMatch(principalOrg: string, requested: string): string {
   if (requested && requested !== principalOrg) {

@@ -9,13 +9,7 @@
 import { createRemoteJWKSet, decodeJwt, decodeProtectedHeader, jwtVerify, type JWTPayload } from 'jose';
 import type { TrustRow } from './store/store';
 
-export type AuthErrorCode =
-  | 'untrusted_issuer'
-  | 'invalid_token'
-  | 'expired'
-  | 'audience_mismatch'
-  | 'claim_mismatch'
-  | 'discovery_failed';
+export type AuthErrorCode = 'untrusted_issuer' | 'invalid_token' | 'expired' | 'audience_mismatch' | 'claim_mismatch' | 'discovery_failed';
 
 export class AuthError extends Error {
   constructor(
@@ -55,11 +49,11 @@ const MAX_DISCOVERY_BYTES = 256 * 1024;
 export const OIDC_REFUSAL =
   'This OIDC token is not trusted by this control plane. Check that the job requests a fresh token with the audience ' +
   'the operator configured (default: buildcloud); otherwise ask the operator to run `buildcloud admin trust add --org <org> ' +
-  '--github-owner <owner> | --gitlab-namespace <path> [--issuer <url>] | --circleci-org-id <uuid>` for your CI\'s issuer and ' +
-  'namespace. The control plane\'s log says which check failed.';
+  "--github-owner <owner> | --gitlab-namespace <path> [--issuer <url>] | --circleci-org-id <uuid>` for your CI's issuer and " +
+  "namespace. The control plane's log says which check failed.";
 // When the issuer's keys cannot be loaded the token can be neither accepted nor refused: the caller may retry.
 export const OIDC_UNAVAILABLE =
-  'The control plane could not verify this OIDC token right now (its issuer\'s signing keys could not be loaded). Retry later; if it persists, ask the operator (the log has the details).';
+  "The control plane could not verify this OIDC token right now (its issuer's signing keys could not be loaded). Retry later; if it persists, ask the operator (the log has the details).";
 
 export const normalizeIssuer = (iss: string): string => iss.replace(/\/+$/, '');
 
@@ -124,7 +118,10 @@ export class OidcVerifier {
     // Only now, with a token its issuer signed, does anything depend on an org.
     const candidates = requestedOrg === undefined ? issuerRows : issuerRows.filter((t) => t.org === requestedOrg);
     if (candidates.length === 0) {
-      throw new AuthError('untrusted_issuer', `org ${show(requestedOrg)} has no trust rule for the issuer ${show(iss)} (rules of other orgs: ${ruleIds(issuerRows)})`);
+      throw new AuthError(
+        'untrusted_issuer',
+        `org ${show(requestedOrg)} has no trust rule for the issuer ${show(iss)} (rules of other orgs: ${ruleIds(issuerRows)})`
+      );
     }
     return matchTrust(payload, candidates);
   }

@@ -95,12 +95,9 @@ export class Pki {
       signingAlgorithm: SIGN_ALG,
       extensions: [
         new x509.BasicConstraintsExtension(true, 0, true),
-        new x509.KeyUsagesExtension(
-          x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature,
-          true,
-        ),
-        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-      ],
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey)
+      ]
     });
     const certPem = cert.toString('pem');
     const keyPem = await exportKeyPem(keys.privateKey);
@@ -114,21 +111,14 @@ export class Pki {
   async issueServer(hosts: string[], ttlMs: number = SERVER_TTL_MS): Promise<CertPair> {
     if (hosts.length === 0) throw new Error('issueServer: at least one host is required');
     const sans: x509.JsonGeneralNames = hosts.map((h) => ({ type: isIP(h) ? 'ip' : 'dns', value: h }));
-    return this.issue({ CN: [hosts[0]] }, ttlMs, x509.ExtendedKeyUsage.serverAuth, [
-      new x509.SubjectAlternativeNameExtension(sans, false),
-    ]);
+    return this.issue({ CN: [hosts[0]] }, ttlMs, x509.ExtendedKeyUsage.serverAuth, [new x509.SubjectAlternativeNameExtension(sans, false)]);
   }
 
   async issueClient(commonName: string, ttlMs: number): Promise<CertPair> {
     return this.issue({ CN: [commonName] }, ttlMs, x509.ExtendedKeyUsage.clientAuth, []);
   }
 
-  private async issue(
-    subject: Record<string, string[]>,
-    ttlMs: number,
-    eku: x509.ExtendedKeyUsage,
-    extra: x509.Extension[],
-  ): Promise<CertPair> {
+  private async issue(subject: Record<string, string[]>, ttlMs: number, eku: x509.ExtendedKeyUsage, extra: x509.Extension[]): Promise<CertPair> {
     if (!(ttlMs > 0)) throw new Error(`certificate ttl must be positive, got ${ttlMs}`);
     const keys = (await subtle.generateKey(KEY_ALG, true, ['sign', 'verify'])) as CryptoKeyPair;
     const now = Date.now();
@@ -147,13 +137,13 @@ export class Pki {
         new x509.ExtendedKeyUsageExtension([eku], false),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
         await x509.AuthorityKeyIdentifierExtension.create(this.caCert.publicKey),
-        ...extra,
-      ],
+        ...extra
+      ]
     });
     return {
       certPem: cert.toString('pem'),
       keyPem: await exportKeyPem(keys.privateKey),
-      fingerprint: fingerprintOfDer(cert.rawData),
+      fingerprint: fingerprintOfDer(cert.rawData)
     };
   }
 }

@@ -77,9 +77,11 @@ export class TokenBuckets {
   peek(key: string, cost = 1): TakeResult {
     const b = this.buckets.get(key);
     if (!b) return { ok: true, remaining: this.burst };
-    const tokens = Math.min(this.burst, b.tokens + ((Math.max(0, this.now() - b.at)) / 1000) * this.ratePerSecond);
+    const tokens = Math.min(this.burst, b.tokens + (Math.max(0, this.now() - b.at) / 1000) * this.ratePerSecond);
     const need = Math.min(cost, this.burst);
-    return tokens >= need ? { ok: true, remaining: Math.max(0, Math.floor(tokens)) } : { ok: false, retryAfterMs: Math.ceil(((need - tokens) / this.ratePerSecond) * 1000) };
+    return tokens >= need
+      ? { ok: true, remaining: Math.max(0, Math.floor(tokens)) }
+      : { ok: false, retryAfterMs: Math.ceil(((need - tokens) / this.ratePerSecond) * 1000) };
   }
 
   private refill(key: string): Bucket {
@@ -191,15 +193,40 @@ export function createServeLimiters(
   return {
     provision:
       l.provisionRate > 0
-        ? new RateLimiter({ limit: 'provision', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'Provision calls', ratePerSecond: l.provisionRate, burst: l.provisionBurst, onLimited: () => onLimited?.('provision') })
+        ? new RateLimiter({
+            limit: 'provision',
+            flag: '--provision-rate',
+            burstFlag: '--provision-burst',
+            unit: 'Provision calls',
+            ratePerSecond: l.provisionRate,
+            burst: l.provisionBurst,
+            onLimited: () => onLimited?.('provision')
+          })
         : null,
     records:
       l.recordRate > 0
-        ? new RateLimiter({ limit: 'records', flag: '--record-rate', burstFlag: '--record-burst', unit: 'usage records', ratePerSecond: l.recordRate, burst: l.recordBurst, onLimited: () => onLimited?.('records') })
+        ? new RateLimiter({
+            limit: 'records',
+            flag: '--record-rate',
+            burstFlag: '--record-burst',
+            unit: 'usage records',
+            ratePerSecond: l.recordRate,
+            burst: l.recordBurst,
+            onLimited: () => onLimited?.('records')
+          })
         : null,
     exchange:
       l.provisionRate > 0
-        ? new RateLimiter({ limit: 'exchange', flag: '--provision-rate', burstFlag: '--provision-burst', unit: 'ExchangeToken calls', per: 'client address', ratePerSecond: l.provisionRate, burst: l.provisionBurst, onLimited: () => onLimited?.('exchange') })
+        ? new RateLimiter({
+            limit: 'exchange',
+            flag: '--provision-rate',
+            burstFlag: '--provision-burst',
+            unit: 'ExchangeToken calls',
+            per: 'client address',
+            ratePerSecond: l.provisionRate,
+            burst: l.provisionBurst,
+            onLimited: () => onLimited?.('exchange')
+          })
         : null
   };
 }

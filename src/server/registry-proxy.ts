@@ -76,11 +76,36 @@ const MAX_PATH = 4096;
 
 // Never forwarded: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer the
 // Location URLs the registry builds (X-Forwarded-*, Forwarded).
-const DROP_REQUEST = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
-  'transfer-encoding', 'upgrade', 'authorization', 'host', 'expect', 'forwarded', 'x-forwarded-for', 'x-forwarded-host',
-  'x-forwarded-proto', 'x-forwarded-port', 'x-real-ip']);
-const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer',
-  'transfer-encoding', 'upgrade', 'www-authenticate']);
+const DROP_REQUEST = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'authorization',
+  'host',
+  'expect',
+  'forwarded',
+  'x-forwarded-for',
+  'x-forwarded-host',
+  'x-forwarded-proto',
+  'x-forwarded-port',
+  'x-real-ip'
+]);
+const DROP_RESPONSE = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-authenticate',
+  'proxy-authorization',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'www-authenticate'
+]);
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 
@@ -104,7 +129,10 @@ function parseBasic(header: string | undefined): { username: string; password: s
 }
 
 function filterHeaders(headers: http.IncomingHttpHeaders, drop: Set<string>): http.OutgoingHttpHeaders {
-  const connectionListed = String(headers.connection ?? '').toLowerCase().split(',').map((s) => s.trim());
+  const connectionListed = String(headers.connection ?? '')
+    .toLowerCase()
+    .split(',')
+    .map((s) => s.trim());
   const out: http.OutgoingHttpHeaders = {};
   for (const [k, v] of Object.entries(headers)) {
     if (v !== undefined && !drop.has(k) && !connectionListed.includes(k)) out[k] = v;
@@ -262,7 +290,9 @@ export class RegistryProxy {
     // reads of that tag wait (briefly) for a repair still under way, so the next build imports the repaired one.
     const tag = name.endsWith('/cache') && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
     if (TAG_ONLY.test(tag)) {
-      const type = String(req.headers['content-type'] ?? '').split(';')[0].trim();
+      const type = String(req.headers['content-type'] ?? '')
+        .split(';')[0]
+        .trim();
       if (req.method === 'PUT' && IMAGE_MANIFEST_TYPES.includes(type)) {
         const push = this.repairs.begin(name, tag, res);
         const previous = await this.repairs.current(name, tag); // before the push lands: the previous cache
@@ -282,7 +312,12 @@ export class RegistryProxy {
     return this.opts.authenticate(creds.username, creds.password);
   }
 
-  private forward(req: http.IncomingMessage, res: http.ServerResponse, pathAndQuery: string, onResponse?: (status: number, headers: http.IncomingHttpHeaders) => void): void {
+  private forward(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    pathAndQuery: string,
+    onResponse?: (status: number, headers: http.IncomingHttpHeaders) => void
+  ): void {
     const clientHost = req.headers.host ?? this.host;
     // Locations come back in the scheme the client used (plain HTTP only on loopback, see plainHttpOnLoopback).
     const clientScheme = (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
@@ -312,7 +347,7 @@ export class RegistryProxy {
         // Only an external registry rejecting the control plane's own credentials gets here.
         upRes.resume();
         this.opts.log?.error({ path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream registry refused the configured credentials');
-        return sendError(res, 502, 'UNAVAILABLE', 'the cache registry refused the control plane\'s credentials');
+        return sendError(res, 502, 'UNAVAILABLE', "the cache registry refused the control plane's credentials");
       }
       onResponse?.(upRes.statusCode ?? 502, upRes.headers);
       if ((upRes.statusCode ?? 502) >= 500) {
@@ -352,7 +387,11 @@ export class RegistryProxy {
     if (o.body) headers['content-length'] = o.body.length;
     if (/^https?:\/\//.test(target)) {
       const u = new URL(target);
-      return requestOnce(u.protocol === 'https:' ? https : http, { method, hostname: u.hostname, port: u.port || undefined, path: `${u.pathname}${u.search}`, headers }, o);
+      return requestOnce(
+        u.protocol === 'https:' ? https : http,
+        { method, hostname: u.hostname, port: u.port || undefined, path: `${u.pathname}${u.search}`, headers },
+        o
+      );
     }
     const up = this.opts.upstream;
     let options: http.RequestOptions;
@@ -372,7 +411,9 @@ export class RegistryProxy {
 
 /** True for an IPv4 loopback address (127.0.0.0/8), ::1, or either IPv4-mapped (::ffff:127.x.y.z). */
 export function isLoopbackAddress(address: string | undefined): boolean {
-  const a = String(address ?? '').toLowerCase().replace(/^::ffff:/, '');
+  const a = String(address ?? '')
+    .toLowerCase()
+    .replace(/^::ffff:/, '');
   return a === '::1' || (isIP(a) === 4 && a.startsWith('127.'));
 }
 
@@ -396,7 +437,7 @@ export interface RegistryProxyIdentity extends RegistryProxyTls {
 export async function registryProxyTls(
   host: string,
   pki: { caPem: string; issueServer(hosts: string[]): Promise<{ certPem: string; keyPem: string }> },
-  operator?: RegistryProxyTls,
+  operator?: RegistryProxyTls
 ): Promise<RegistryProxyIdentity> {
   const bare = host.replace(/^\[(.*)\]$/, '$1');
   if (operator) {
@@ -449,8 +490,10 @@ function mayRead(scope: RegistryScope, name: string): boolean {
  * DELETE would remove another branch's cache.
  */
 export function leaseDenial(scope: RegistryScope, method: string, name: string, tail: string, registryHost = ''): string | null {
-  const ref = scope.push ? scope.push.ref ?? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}` : '';
-  const mayWrite = ref ? `this lease may write only "${ref}" (its export ref)` : 'this lease may not write the org cache (it has no export ref: a fork\'s pull request or a build without a branch)';
+  const ref = scope.push ? (scope.push.ref ?? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}`) : '';
+  const mayWrite = ref
+    ? `this lease may write only "${ref}" (its export ref)`
+    : "this lease may not write the org cache (it has no export ref: a fork's pull request or a build without a branch)";
   if (method === 'GET' || method === 'HEAD') {
     if (mayRead(scope, name)) return null;
     const readable = scope.pull.map((r) => `"${r}"`).join(', ') || 'none';

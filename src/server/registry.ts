@@ -48,14 +48,14 @@ function registryConfig(dataDir: string, socketPath: string): object {
       filesystem: { rootdirectory: dataDir },
       cache: { blobdescriptor: 'inmemory' },
       // Deletes stay off: cache entries are overwritten by tag, never removed by clients.
-      delete: { enabled: false },
+      delete: { enabled: false }
     },
     http: {
       net: 'unix',
       addr: socketPath,
       // Signs upload-session state (_state). Set explicitly so the registry does not warn and make its own.
-      secret: randomBytes(24).toString('hex'),
-    },
+      secret: randomBytes(24).toString('hex')
+    }
   };
 }
 
@@ -114,7 +114,10 @@ export class EmbeddedRegistry {
     const logFile = fs.openSync(path.join(this.dir, 'registry.log'), 'a', 0o600);
 
     const started = Date.now();
-    const child = spawn(this.registryPath, ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'], detached: true /* Ctrl-C reaches serve only; serve stops it in order */ });
+    const child = spawn(this.registryPath, ['serve', configPath], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true /* Ctrl-C reaches serve only; serve stops it in order */
+    });
     this.child = child;
     const onData = (chunk: Buffer): void => {
       fs.writeSync(logFile, chunk);

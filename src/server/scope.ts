@@ -145,14 +145,21 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
   const branchOf = (ref: string): string => (ref.startsWith('refs/heads/') ? ref.slice('refs/heads/'.length) : '');
   const provider =
     (rule && providerOfRule(rule.claim)) ??
-    (claimStr(c, 'repository') && claimStr(c, 'event_name') ? 'github' : claimStr(c, 'project_path') ? 'gitlab' : claimStr(c, 'oidc.circleci.com/org-id') ? 'circleci' : null);
+    (claimStr(c, 'repository') && claimStr(c, 'event_name')
+      ? 'github'
+      : claimStr(c, 'project_path')
+        ? 'gitlab'
+        : claimStr(c, 'oidc.circleci.com/org-id')
+          ? 'circleci'
+          : null);
   const outside = (what: string) => new ScopeError(`This OIDC token's ${what} is not inside what its trust rule trusts: no cache scope can be chosen for it.`);
   // Paths with empty, '.' or '..' segments are not paths any CI gives a project: refused before any prefix check.
   const oddPath = (p: string) => p.split('/').some((seg) => seg === '' || seg === '.' || seg === '..');
   if (provider === 'github') {
     const project = claimStr(c, 'repository');
     const owner = claimStr(c, 'repository_owner');
-    if (!/^[^/]+\/[^/]+$/.test(project) || oddPath(project)) throw new ScopeError('This GitHub OIDC token names no repository (claim repository): no cache scope can be chosen for it.');
+    if (!/^[^/]+\/[^/]+$/.test(project) || oddPath(project))
+      throw new ScopeError('This GitHub OIDC token names no repository (claim repository): no cache scope can be chosen for it.');
     if (owner && project.split('/')[0].toLowerCase() !== owner.toLowerCase()) throw outside('repository');
     if (rule?.claim === 'repository_owner' && project.split('/')[0].toLowerCase() !== rule.value.toLowerCase()) throw outside('repository');
     const event = claimStr(c, 'event_name');
@@ -175,7 +182,8 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
   }
   if (provider === 'gitlab') {
     const project = claimStr(c, 'project_path');
-    if (!project || !project.includes('/')) throw new ScopeError('This GitLab OIDC token names no project (claim project_path): no cache scope can be chosen for it.');
+    if (!project || !project.includes('/'))
+      throw new ScopeError('This GitLab OIDC token names no project (claim project_path): no cache scope can be chosen for it.');
     if (oddPath(project)) throw outside('project_path');
     const ns = rule?.claim === 'namespace_path' ? rule.value : claimStr(c, 'namespace_path');
     if (ns && !project.toLowerCase().startsWith(`${ns.toLowerCase()}/`)) throw outside('project_path');
@@ -192,11 +200,15 @@ export function verifiedIdentityFromClaims(c: JWTPayload, rule?: { claim: string
     const origin = claimStr(c, 'oidc.circleci.com/vcs-origin');
     const project = origin.split('/').slice(1).join('/'); // github.com/org/repo → org/repo
     if (!origin || !/^[^/]+\/[^/]+/.test(project) || oddPath(project)) {
-      throw new ScopeError('This CircleCI OIDC token names no repository (oidc.circleci.com/vcs-origin is absent, as for custom webhook triggers, or has no owner/repo): use an org token scoped with `buildcloud admin token create --org ORG --project P`.');
+      throw new ScopeError(
+        'This CircleCI OIDC token names no repository (oidc.circleci.com/vcs-origin is absent, as for custom webhook triggers, or has no owner/repo): use an org token scoped with `buildcloud admin token create --org ORG --project P`.'
+      );
     }
     return { ...base, provider: 'circleci', project, branch: branchOf(claimStr(c, 'oidc.circleci.com/vcs-ref')) };
   }
-  throw new ScopeError('This OIDC token names no repository or project (claims repository, project_path or oidc.circleci.com/vcs-origin): no cache scope can be chosen for it.');
+  throw new ScopeError(
+    'This OIDC token names no repository or project (claims repository, project_path or oidc.circleci.com/vcs-origin): no cache scope can be chosen for it.'
+  );
 }
 
 /** The verified identity as it rides inside an access token (compact, only what scope needs). */
@@ -243,7 +255,16 @@ export function canonicalProject(project: string): string {
 
 export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: RequestedIdentity, protectedBranches: string[]): LeaseIdentity {
   req = { ...req, project: canonicalProject(req.project) };
-  const out: LeaseIdentity = { project: req.project, branch: req.branch, defaultBranch: req.defaultBranch, fork: req.fork, readOnly: req.fork, readOnlyReason: req.fork ? 'a pull request from a fork' : '', verified: false, changeRequest: false };
+  const out: LeaseIdentity = {
+    project: req.project,
+    branch: req.branch,
+    defaultBranch: req.defaultBranch,
+    fork: req.fork,
+    readOnly: req.fork,
+    readOnlyReason: req.fork ? 'a pull request from a fork' : '',
+    verified: false,
+    changeRequest: false
+  };
   if (!scope) return out;
   const narrow = (why: string) => {
     if (!out.readOnly) {
@@ -254,10 +275,14 @@ export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: Req
   const v = scope.verified;
   if (v) {
     if (req.project && req.project.toLowerCase() !== v.project.toLowerCase()) {
-      throw new ScopeError(`identity.project '${req.project}' is not the project of this job's OIDC token ('${v.project}'): a job provisions only for its own project.`);
+      throw new ScopeError(
+        `identity.project '${req.project}' is not the project of this job's OIDC token ('${v.project}'): a job provisions only for its own project.`
+      );
     }
     if (req.branch && v.branch && req.branch !== v.branch) {
-      throw new ScopeError(`identity.branch '${req.branch}' is not the branch of this job's OIDC token ('${v.branch}'): a job provisions only for its own branch.`);
+      throw new ScopeError(
+        `identity.branch '${req.branch}' is not the branch of this job's OIDC token ('${v.branch}'): a job provisions only for its own branch.`
+      );
     }
     out.project = v.project;
     out.verified = true;
@@ -281,7 +306,10 @@ export function resolveLeaseIdentity(scope: PrincipalScope | undefined, req: Req
   const isProtected = matchesPatterns(protectedBranches, out.branch) || (out.defaultBranch !== '' && out.branch === out.defaultBranch);
   if (!isProtected) return out;
   if (v) {
-    if (v.changeRequest) narrow(`'${out.branch}' is a protected branch and this is a ${v.provider === 'gitlab' ? 'merge' : 'pull'} request pipeline (its code is not the branch's)`);
+    if (v.changeRequest)
+      narrow(
+        `'${out.branch}' is a protected branch and this is a ${v.provider === 'gitlab' ? 'merge' : 'pull'} request pipeline (its code is not the branch's)`
+      );
     else if (v.refProtected === false) narrow(`'${out.branch}' is a protected branch here but the CI reports the ref as unprotected (ref_protected false)`);
   } else if (scope.branches) {
     // A scoped token writes a protected branch only when one of its patterns names the branch without a wildcard.

@@ -100,7 +100,15 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // loopback host, for BuildKit, which cannot speak TLS to a loopback registry (RegistryProxyOptions).
     const loopback = isLoopbackHost(config.host);
     const proxyTls = await registryProxyTls(config.host, pki, tls);
-    const proxy = new RegistryProxy({ upstream, authenticate: (u, p) => registryPrincipal(u, p), tls: proxyTls, plainHttpOnLoopback: loopback, host: config.host, port: config.registryPort, log });
+    const proxy = new RegistryProxy({
+      upstream,
+      authenticate: (u, p) => registryPrincipal(u, p),
+      tls: proxyTls,
+      plainHttpOnLoopback: loopback,
+      host: config.host,
+      port: config.registryPort,
+      log
+    });
     await proxy.listen();
     cleanups.push(() => proxy.close());
     log.info({ registry: proxy.host, cert: proxyTls.source, plainHttp: loopback ? 'loopback connections' : 'refused' }, 'registry proxy serves TLS');
@@ -194,7 +202,17 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // Per-credential rate limits and record caps (issue 9; docs/metering.md, docs/api.md).
     const limits = config.limits ?? DEFAULT_LIMITS;
     const limiters = createServeLimiters(limits, (limit) => metrics.rateLimited.inc({ limit }));
-    addGrpcApi(grpcServer, { leases: lm, store, authenticator, oidc, signingKey, accessTokenTtlS: config.accessTokenTtlS, log, provisionLimiter: limiters.provision, exchangeLimiter: limiters.exchange });
+    addGrpcApi(grpcServer, {
+      leases: lm,
+      store,
+      authenticator,
+      oidc,
+      signingKey,
+      accessTokenTtlS: config.accessTokenTtlS,
+      log,
+      provisionLimiter: limiters.provision,
+      exchangeLimiter: limiters.exchange
+    });
     const grpcPort = await new Promise<number>((resolve, reject) =>
       grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
     );

@@ -40,10 +40,19 @@ const REFUSAL_TIMEOUT_MS = 5_000;
 // docker sends every registry credential of the user's config in X-Registry-Config with a build; Go's servers
 // (the engine's too) accept 1 MiB of headers, Node 16 KiB by default.
 const MAX_HEADER_BYTES = 1 << 20;
-const REFUSAL =
-  'buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)';
+const REFUSAL = 'buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)';
 // Connection-level headers of one hop (RFC 9110 7.6.1): each side of the proxy frames its own messages.
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate']);
+const HOP_BY_HOP = new Set([
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate'
+]);
 
 export class BuilderTlsProxy {
   private readonly opts: TlsProxyOptions;
@@ -71,7 +80,7 @@ export class BuilderTlsProxy {
       rejectUnauthorized: true,
       minVersion: 'TLSv1.2',
       handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
-      allowHalfOpen: true,
+      allowHalfOpen: true
     });
     this.server.on('connection', (raw: net.Socket) => {
       this.rawSockets.add(raw);
@@ -136,9 +145,7 @@ export class BuilderTlsProxy {
   }
 
   async close(): Promise<void> {
-    const closed = this.listening
-      ? new Promise<void>((resolve) => this.server.close(() => resolve()))
-      : Promise.resolve();
+    const closed = this.listening ? new Promise<void>((resolve) => this.server.close(() => resolve())) : Promise.resolve();
     this.listening = false;
     this.closed = true;
     for (const c of [...this.conns]) this.drop(c);
@@ -313,7 +320,9 @@ function engineRequest(req: http.IncomingMessage): { method: string; url: string
 }
 
 function pathOf(url: string | undefined): string {
-  return String(url ?? '').split('?')[0].slice(0, 200);
+  return String(url ?? '')
+    .split('?')[0]
+    .slice(0, 200);
 }
 
 // A request has a body only when it says so (RFC 9112 6.3); then its own framing is kept towards the engine, so

@@ -42,7 +42,8 @@ export function trustPreset(kind: TrustPresetKind, opts: TrustPresetOptions): Om
   switch (kind) {
     case 'github': {
       if (!!opts.owner === !!opts.ownerId) throw new Error('github trust needs exactly one of --github-owner <login> or --github-owner-id <number>');
-      if (opts.ownerId !== undefined && !/^[0-9]{1,20}$/.test(opts.ownerId)) throw new Error(`--github-owner-id "${opts.ownerId}" must be a number (GITHUB_REPOSITORY_OWNER_ID)`);
+      if (opts.ownerId !== undefined && !/^[0-9]{1,20}$/.test(opts.ownerId))
+        throw new Error(`--github-owner-id "${opts.ownerId}" must be a number (GITHUB_REPOSITORY_OWNER_ID)`);
       if (opts.owner !== undefined && !/^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$/.test(opts.owner)) {
         throw new Error(`--github-owner "${opts.owner}" is not a GitHub user or organization login`);
       }

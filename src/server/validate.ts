@@ -71,7 +71,10 @@ export function validateIdentityField(name: keyof typeof IDENTITY_LIMITS, value:
 // manager checks itself (project required, platforms) keep their own messages; this only adds bounds.
 export function validateProvisionIdentity(req: { pipelineKey?: string; jobId?: string; identity?: IdentityFields | null }): void {
   // Oversize keys are refused here without echoing them; the lease manager checks the rest of their rules.
-  for (const [field, v, max] of [['pipeline_key', req.pipelineKey, PIPELINE_KEY_MAX], ['job_id', req.jobId, JOB_ID_MAX]] as const) {
+  for (const [field, v, max] of [
+    ['pipeline_key', req.pipelineKey, PIPELINE_KEY_MAX],
+    ['job_id', req.jobId, JOB_ID_MAX]
+  ] as const) {
     if (typeof v === 'string' && v.length > max) throw invalid(tooLong(field, v, max, 'printable ASCII characters without spaces'));
   }
   const id = req.identity ?? {};

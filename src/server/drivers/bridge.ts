@@ -40,7 +40,10 @@ async function hostAddrs(): Promise<HostAddr[]> {
 export class BridgeAllocator {
   private readonly subnets: number[];
 
-  constructor(pool: string = DEFAULT_SUBNET_POOL, private readonly log?: Logger) {
+  constructor(
+    pool: string = DEFAULT_SUBNET_POOL,
+    private readonly log?: Logger
+  ) {
     this.subnets = poolSubnets(pool);
   }
 

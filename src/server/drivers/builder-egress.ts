@@ -20,7 +20,7 @@ export const BLOCKED_IPV4_RANGES: readonly string[] = [
   '192.168.0.0/16', // private (RFC 1918)
   '198.18.0.0/15', // benchmarking (RFC 2544): used as a private range in practice
   '224.0.0.0/4', // multicast (RFC 5771)
-  '240.0.0.0/4', // reserved (RFC 1112), with the limited broadcast 255.255.255.255
+  '240.0.0.0/4' // reserved (RFC 1112), with the limited broadcast 255.255.255.255
 ];
 
 // Where the host's resolvers are listed. Docker gives a RUN step the host's /etc/resolv.conf, or on a host with

@@ -30,7 +30,7 @@ export function resolveIsolation(setting: BuilderIsolationSetting, versionOutput
   const which = v ? `dockerd ${v.major}.${v.minor}` : `dockerd of unknown version (${JSON.stringify(versionOutput.trim().slice(0, 80))})`;
   return {
     mode: 'none',
-    reason: `${which} empties the layers of ADD <local archive> under user namespaces (moby/buildkit#4708, fixed in Docker Engine ${USERNS_SAFE_ENGINE_MAJOR})`,
+    reason: `${which} empties the layers of ADD <local archive> under user namespaces (moby/buildkit#4708, fixed in Docker Engine ${USERNS_SAFE_ENGINE_MAJOR})`
   };
 }
 
@@ -48,6 +48,6 @@ export function daemonConfig(isolation: BuilderIsolation): Record<string, unknow
   return {
     features: { buildkit: true },
     builder: { entitlements: { 'network-host': false, 'security-insecure': false } },
-    ...(isolation === 'userns' ? { 'userns-remap': 'default' } : {}),
+    ...(isolation === 'userns' ? { 'userns-remap': 'default' } : {})
   };
 }

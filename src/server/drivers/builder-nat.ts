@@ -24,7 +24,7 @@ export const NAT_CHAINS = [
   { family: 6, table: 'filter', chain: 'BUILDCLOUD-FORWARD', parent: 'FORWARD' },
   { family: 6, table: 'filter', chain: 'BUILDCLOUD-INPUT', parent: 'INPUT' },
   { family: 4, table: 'filter', chain: 'BUILDCLOUD-OUTPUT', parent: 'OUTPUT' },
-  { family: 6, table: 'filter', chain: 'BUILDCLOUD-OUTPUT', parent: 'OUTPUT' },
+  { family: 6, table: 'filter', chain: 'BUILDCLOUD-OUTPUT', parent: 'OUTPUT' }
 ] as const;
 type NatChain = (typeof NAT_CHAINS)[number];
 type NatTable = NatChain['table'];
@@ -55,7 +55,12 @@ export interface EgressPolicy {
 export function natRules(lease: BridgeLease, policy: EgressPolicy = { allow: [], nameservers: [] }): NatRule[] {
   const br = lease.name;
   const tag = ['-m', 'comment', '--comment', natTag(br)];
-  const rule = (family: IpFamily, table: NatTable, chain: string, match: string[], target: string): NatRule => ({ family, table, chain, spec: [...match, ...tag, '-j', target] });
+  const rule = (family: IpFamily, table: NatTable, chain: string, match: string[], target: string): NatRule => ({
+    family,
+    table,
+    chain,
+    spec: [...match, ...tag, '-j', target]
+  });
   const POSTROUTING = 'BUILDCLOUD-POSTROUTING';
   const FORWARD = 'BUILDCLOUD-FORWARD';
   const INPUT = 'BUILDCLOUD-INPUT';
@@ -69,7 +74,7 @@ export function natRules(lease: BridgeLease, policy: EgressPolicy = { allow: [],
     rule(4, 'filter', FORWARD, ['-i', br, '-o', ALL_BUILDER_BRIDGES], 'DROP'),
     ...policy.allow.map((cidr) => rule(4, 'filter', FORWARD, ['-i', br, '-d', cidr], 'ACCEPT')),
     ...dnsExceptions([...policy.nameservers]).flatMap((ns) =>
-      ['udp', 'tcp'].map((p) => rule(4, 'filter', FORWARD, ['-i', br, '-d', `${ns}/32`, '-p', p, '-m', p, '--dport', '53'], 'ACCEPT')),
+      ['udp', 'tcp'].map((p) => rule(4, 'filter', FORWARD, ['-i', br, '-d', `${ns}/32`, '-p', p, '-m', p, '--dport', '53'], 'ACCEPT'))
     ),
     ...BLOCKED_IPV4_RANGES.map((range) => rule(4, 'filter', FORWARD, ['-i', br, '-d', range], 'DROP')),
     rule(4, 'filter', FORWARD, ['-i', br], 'ACCEPT'),
@@ -82,7 +87,7 @@ export function natRules(lease: BridgeLease, policy: EgressPolicy = { allow: [],
     rule(6, 'filter', INPUT, ['-i', br], 'DROP'),
     rule(6, 'filter', FORWARD, ['-i', br], 'DROP'),
     rule(6, 'filter', FORWARD, ['-o', br], 'DROP'),
-    ...(policy.engine ? engineRules(policy.engine, policy, rule) : []),
+    ...(policy.engine ? engineRules(policy.engine, policy, rule) : [])
   ];
 }
 
@@ -92,7 +97,7 @@ export function natRules(lease: BridgeLease, policy: EgressPolicy = { allow: [],
 function engineRules(
   engine: NonNullable<EgressPolicy['engine']>,
   policy: EgressPolicy,
-  rule: (family: IpFamily, table: NatTable, chain: string, match: string[], target: string) => NatRule,
+  rule: (family: IpFamily, table: NatTable, chain: string, match: string[], target: string) => NatRule
 ): NatRule[] {
   const OUTPUT = 'BUILDCLOUD-OUTPUT';
   const cg = ['-m', 'cgroup', '--path', engine.cgroup];
@@ -100,14 +105,14 @@ function engineRules(
   return [
     ...engine.endpoints.map((e) => rule(4, 'filter', OUTPUT, [...cg, '-d', `${e.address}/32`, ...tcp(e.port)], 'ACCEPT')),
     ...policy.nameservers.flatMap((ns) =>
-      ['udp', 'tcp'].map((p) => rule(4, 'filter', OUTPUT, [...cg, '-d', `${ns}/32`, '-p', p, '-m', p, '--dport', '53'], 'ACCEPT')),
+      ['udp', 'tcp'].map((p) => rule(4, 'filter', OUTPUT, [...cg, '-d', `${ns}/32`, '-p', p, '-m', p, '--dport', '53'], 'ACCEPT'))
     ),
     ...policy.allow.map((cidr) => rule(4, 'filter', OUTPUT, [...cg, '-d', cidr], 'ACCEPT')),
     // REJECT, not DROP: the engine's pull, push or ADD fails at once ("connection refused") instead of hanging.
     rule(4, 'filter', OUTPUT, [...cg, '-m', 'addrtype', '--dst-type', 'LOCAL'], 'REJECT'),
     ...BLOCKED_IPV4_RANGES.map((range) => rule(4, 'filter', OUTPUT, [...cg, '-d', range], 'REJECT')),
     rule(6, 'filter', OUTPUT, [...cg, '-m', 'addrtype', '--dst-type', 'LOCAL'], 'REJECT'),
-    ...BLOCKED_IPV6_RANGES.map((range) => rule(6, 'filter', OUTPUT, [...cg, '-d', range], 'REJECT')),
+    ...BLOCKED_IPV6_RANGES.map((range) => rule(6, 'filter', OUTPUT, [...cg, '-d', range], 'REJECT'))
   ];
 }
 
@@ -143,7 +148,10 @@ export class BuilderNat {
   private readonly egressAllow: readonly string[];
   private readonly resolvConfPaths: readonly string[];
 
-  constructor(private readonly log?: Logger, opts: BuilderNatOptions = {}) {
+  constructor(
+    private readonly log?: Logger,
+    opts: BuilderNatOptions = {}
+  ) {
     this.egressAllow = (opts.egressAllow ?? []).map((c) => {
       const n = normalizeIpv4Cidr(c);
       if (!n) throw new Error(`not an IPv4 CIDR for builder egress: ${c}`);
@@ -164,10 +172,10 @@ export class BuilderNat {
       (err: Error) => {
         this.log?.warn(
           { err: err.message },
-          'iptables not found: builders get no outbound NAT (RUN steps cannot reach the internet) and no egress filtering (RUN steps can reach the host). Install it: apt-get install iptables',
+          'iptables not found: builders get no outbound NAT (RUN steps cannot reach the internet) and no egress filtering (RUN steps can reach the host). Install it: apt-get install iptables'
         );
         return false;
-      },
+      }
     );
     return this.available;
   }
@@ -176,13 +184,17 @@ export class BuilderNat {
   // without ip6tables the builder bridges' disable_ipv6 is all there is (warned once).
   private isAvailable6(quiet = false): Promise<boolean> {
     if (!fs.existsSync('/proc/sys/net/ipv6')) return Promise.resolve(false);
-    if (quiet && !this.available6) return runCommand(hostTool('ip6tables'), ['--version']).then(() => true, () => false);
+    if (quiet && !this.available6)
+      return runCommand(hostTool('ip6tables'), ['--version']).then(
+        () => true,
+        () => false
+      );
     this.available6 ??= runCommand(hostTool('ip6tables'), ['--version']).then(
       () => true,
       (err: Error) => {
         this.log?.warn({ err: err.message }, 'ip6tables not found: builders are kept off IPv6 by turning it off on their bridges only');
         return false;
-      },
+      }
     );
     return this.available6;
   }
@@ -208,7 +220,9 @@ export class BuilderNat {
         for (const r of rules) await this.iptables(r.family, r.table, ['-A', r.chain, ...r.spec]);
       } catch (err) {
         await this.removeNow(lease.name, families).catch(() => undefined);
-        throw new Error(`outbound NAT and egress rules for builder bridge ${lease.name}: ${(err as Error).message} (serve --no-builder-nat runs builders without them)`);
+        throw new Error(
+          `outbound NAT and egress rules for builder bridge ${lease.name}: ${(err as Error).message} (serve --no-builder-nat runs builders without them)`
+        );
       }
       return true;
     });
@@ -245,7 +259,10 @@ export class BuilderNat {
   // Without the warning: removal is also tried by drivers that never added rules.
   private async isAvailableQuiet(): Promise<boolean> {
     if (this.available) return this.available;
-    return runCommand(hostTool('iptables'), ['--version']).then(() => true, () => false);
+    return runCommand(hostTool('iptables'), ['--version']).then(
+      () => true,
+      () => false
+    );
   }
 
   private async enableForwarding(): Promise<void> {

@@ -62,7 +62,7 @@ const ARCH: Record<string, string> = {
   ia32: '386',
   ppc64: 'ppc64le', // Node on Linux only runs little-endian ppc64
   s390x: 's390x',
-  riscv64: 'riscv64',
+  riscv64: 'riscv64'
 };
 
 export function findDockerd(): string | null {
@@ -164,11 +164,16 @@ export class DockerdDriver implements Driver {
     this.isolationMode = opts.isolation ?? 'none';
     this.engineEndpoints = opts.engineEndpoints ?? [];
     if (this.natEnabled && !this.cgroups.mount()) {
-      this.log.warn("no cgroup v2 hierarchy is mounted: builders' engines cannot be held to the egress rules, so a Dockerfile can make them fetch from this host's loopback, private and link-local addresses (ADD <url>, FROM)");
+      this.log.warn(
+        "no cgroup v2 hierarchy is mounted: builders' engines cannot be held to the egress rules, so a Dockerfile can make them fetch from this host's loopback, private and link-local addresses (ADD <url>, FROM)"
+      );
     }
     if (!this.natEnabled) {
-      this.log.warn('builder NAT is off: RUN steps get no outbound NAT and no egress filtering (they can reach this host on their bridge, and whatever its firewall lets through)');
-      if (opts.builderEgressAllow?.length) this.log.warn({ builderEgressAllow: opts.builderEgressAllow }, 'builder egress allow-list ignored: builder NAT is off');
+      this.log.warn(
+        'builder NAT is off: RUN steps get no outbound NAT and no egress filtering (they can reach this host on their bridge, and whatever its firewall lets through)'
+      );
+      if (opts.builderEgressAllow?.length)
+        this.log.warn({ builderEgressAllow: opts.builderEgressAllow }, 'builder egress allow-list ignored: builder NAT is off');
     }
   }
 
@@ -232,7 +237,10 @@ export class DockerdDriver implements Driver {
       throw err;
     }
     const startedMs = Math.round(performance.now() - t0);
-    this.log.info({ builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, nat: state.nat ?? false, isolation: this.isolationMode, startedMs }, 'dockerd ready');
+    this.log.info(
+      { builder: id, pid: state.pid, bridge: l.bridge, subnet: state.subnet, nat: state.nat ?? false, isolation: this.isolationMode, startedMs },
+      'dockerd ready'
+    );
     return {
       id,
       driver: this.name,
@@ -241,7 +249,7 @@ export class DockerdDriver implements Driver {
       socketPath: l.socketPath,
       dir: l.dir,
       pid: state.pid,
-      startedMs,
+      startedMs
     };
   }
 
@@ -342,7 +350,7 @@ export class DockerdDriver implements Driver {
       socketPath: path.join(runDir, 'docker.sock'),
       pidFile: path.join(runDir, 'docker.pid'),
       logFile: path.join(dir, 'dockerd.log'),
-      bridge: `bc${short}`, // 12 chars: Linux allows 15
+      bridge: `bc${short}` // 12 chars: Linux allows 15
     };
   }
 
@@ -351,16 +359,23 @@ export class DockerdDriver implements Driver {
   // shell's text; the paths are its arguments.
   private spawnDockerd(l: Layout, configFile: string, procsFile: string | null): ChildProcess {
     const args = [
-      '--config-file', configFile,
-      '--data-root', l.dataRoot,
-      '--exec-root', l.execRoot,
-      '--pidfile', l.pidFile,
-      '--host', `unix://${l.socketPath}`,
-      '--bridge', l.bridge,
+      '--config-file',
+      configFile,
+      '--data-root',
+      l.dataRoot,
+      '--exec-root',
+      l.execRoot,
+      '--pidfile',
+      l.pidFile,
+      '--host',
+      `unix://${l.socketPath}`,
+      '--bridge',
+      l.bridge,
       // Builders must not touch the host firewall, all of them share one host: the driver adds their NAT.
       '--iptables=false',
       '--ip-masq=false',
-      '--log-level', 'info',
+      '--log-level',
+      'info'
     ];
     const env: NodeJS.ProcessEnv = { ...process.env, PATH: `${process.env.PATH ?? ''}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin` };
     // A control plane run by systemd (Type=notify) must not have its readiness reported by a child dockerd.

@@ -62,10 +62,7 @@ export async function listProcs(withCgroup: boolean): Promise<Map<number, Proc>>
 
 export function mentions(p: Proc, marks: Marks): boolean {
   const { paths, execIds } = marks;
-  return (
-    p.args.some((a) => paths.some((m) => a === m || a.includes(`${m}/`) || a.endsWith(`=${m}`))) ||
-    execIds.some((id) => p.cgroup.includes(id))
-  );
+  return p.args.some((a) => paths.some((m) => a === m || a.includes(`${m}/`) || a.endsWith(`=${m}`))) || execIds.some((id) => p.cgroup.includes(id));
 }
 
 // BuildKit's executor dirs: <data root>/buildkit/executor, or <data root>/<uid>.<gid>/buildkit/executor under
@@ -84,7 +81,6 @@ export async function executorIds(dataRoots: string[]): Promise<string[]> {
   }
   return ids;
 }
-
 
 function victimsOf(procs: Map<number, Proc>, root: number | null, trusted: boolean, markers: Marks): Proc[] {
   const found = new Map<number, Proc>();

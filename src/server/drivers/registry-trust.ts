@@ -25,7 +25,7 @@ const REGISTRY_HOST_RE = /^(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):[0-9
 export async function installRegistryTrust(
   registryHost: string,
   trustPem: string,
-  opts: { certsDir?: string; recordFile?: string } = {},
+  opts: { certsDir?: string; recordFile?: string } = {}
 ): Promise<() => Promise<void>> {
   if (!REGISTRY_HOST_RE.test(registryHost) || registryHost.includes('..')) {
     throw new Error(`registry host ${JSON.stringify(registryHost)} is invalid: expected host:port (e.g. "127.0.0.2:5000")`);
@@ -38,7 +38,10 @@ export async function installRegistryTrust(
     await fs.promises.rmdir(path.dirname(f)).catch(() => undefined); // only when empty: other files are not ours
   };
   if (opts.recordFile) {
-    const previous = await fs.promises.readFile(opts.recordFile, 'utf8').then((t) => t.trim(), () => '');
+    const previous = await fs.promises.readFile(opts.recordFile, 'utf8').then(
+      (t) => t.trim(),
+      () => ''
+    );
     if (previous && previous !== file && path.basename(previous) === REGISTRY_TRUST_FILE && path.dirname(path.dirname(previous)) === certsDir) {
       await remove(previous);
     }
@@ -50,7 +53,9 @@ export async function installRegistryTrust(
     await fs.promises.chmod(tmp, 0o644);
     await fs.promises.rename(tmp, file);
   } catch (err) {
-    throw new Error(`cannot write the registry proxy's CA for builders to ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)}): the dockerd driver needs root`);
+    throw new Error(
+      `cannot write the registry proxy's CA for builders to ${file} (${(err as NodeJS.ErrnoException).code ?? String(err)}): the dockerd driver needs root`
+    );
   }
   if (opts.recordFile) await fs.promises.writeFile(opts.recordFile, `${file}\n`, { mode: 0o600 });
   return async () => {

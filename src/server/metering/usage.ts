@@ -1,15 +1,7 @@
 // The usage report of one org for one calendar month (UTC). Billed minutes come only from the control
 // plane's own lease records; the clients' usage records add per-build detail (steps, cache ratio, actors)
 // and never change what an org pays.
-import {
-  balance,
-  billableSeconds,
-  BuildFacts,
-  canProvision,
-  minutesUp,
-  summarizeBuilds,
-  unreservedSeconds
-} from '../billing';
+import { balance, billableSeconds, BuildFacts, canProvision, minutesUp, summarizeBuilds, unreservedSeconds } from '../billing';
 import type { PipelineUsage, UsageReport } from '../../contract/http-api';
 import { BUILD_COMPLETED, JOB_COMPLETED } from '../../contract/metering-events';
 import { NORTH_STAR_GOAL } from '../../contract/rules';
@@ -65,13 +57,7 @@ const TOP_USERS = 10;
  * @param activeLeaseSeconds seconds the org's running leases have used so far, as the lease manager bills
  *   them; when omitted, each active lease counts from its creation to `now`.
  */
-export async function computeUsage(
-  store: Store,
-  org: string,
-  month: string,
-  now: number,
-  activeLeaseSeconds?: number
-): Promise<UsageReport> {
+export async function computeUsage(store: Store, org: string, month: string, now: number, activeLeaseSeconds?: number): Promise<UsageReport> {
   const range = parseMonth(month);
   if (!range) throw new RangeError(`month must be YYYY-MM, got "${month}"`);
   const current = now >= range.start && now < range.end;
@@ -102,16 +88,19 @@ export async function computeUsage(
       }
     }
   }
-  const unreserved = unreservedSeconds({ boughtSeconds: bought, overdraftSeconds: limits.overdraftSeconds, billedSeconds: billedAll, reservedSeconds: reserved });
+  const unreserved = unreservedSeconds({
+    boughtSeconds: bought,
+    overdraftSeconds: limits.overdraftSeconds,
+    billedSeconds: billedAll,
+    reservedSeconds: reserved
+  });
   const activeSeconds = activeLeaseSeconds ?? active.reduce((s, l) => s + billableSeconds(l.createdAt, now), 0);
   const bal = balance(bought, billedAll, activeSeconds);
   // "ended at or after start" minus "ended at or after end" = ended within the month.
   const billedInMonth = billedFrom - billedAfter;
   const usedInMonth = billedInMonth + (current ? activeSeconds : 0);
 
-  const ended = canCountLeases(store)
-    ? await store.countEndedLeases(org, range.start, range.end)
-    : leaseIds.size; // best effort
+  const ended = canCountLeases(store) ? await store.countEndedLeases(org, range.start, range.end) : leaseIds.size; // best effort
   const activeInMonth = current ? active.length : 0;
 
   const summary = summarizeBuilds(builds);

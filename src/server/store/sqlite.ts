@@ -200,8 +200,7 @@ interface TokenDbRow extends Omit<TokenRow, 'scope'> {
 const tokenFromDb = (r: TokenDbRow): TokenRow => ({ ...r, scope: r.scope === null ? null : (JSON.parse(r.scope) as TokenRow['scope']) });
 
 const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt, scope FROM tokens';
-const TRUST_SELECT =
-  'SELECT id, org, issuer, audience, claim, value, created_at AS createdAt FROM trust';
+const TRUST_SELECT = 'SELECT id, org, issuer, audience, claim, value, created_at AS createdAt FROM trust';
 
 // Only a repeated key is a conflict; other constraint failures (NOT NULL, CHECK) are bugs and stay errors.
 function isUniqueViolation(err: unknown): boolean {
@@ -220,9 +219,7 @@ export function migrate(db: Database.Database): number {
   const run = db.transaction(() => {
     const current = db.pragma('user_version', { simple: true }) as number;
     if (current > MIGRATIONS.length) {
-      throw new Error(
-        `database schema version ${current} is newer than this buildcloud supports (${MIGRATIONS.length}); upgrade buildcloud`
-      );
+      throw new Error(`database schema version ${current} is newer than this buildcloud supports (${MIGRATIONS.length}); upgrade buildcloud`);
     }
     for (let v = current; v < MIGRATIONS.length; v++) db.exec(MIGRATIONS[v]);
     db.pragma(`user_version = ${MIGRATIONS.length}`);
@@ -266,25 +263,13 @@ export class SqliteStore implements Store {
         @lastActiveAt, @endedAt, @endReason, @billedSeconds, @reservedSeconds)`),
       getLease: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE id = ?`),
       // Only active leases are touched: activity after the end must not move a billed lease.
-      touchLease: db.prepare(
-        'UPDATE leases SET last_active_at = MAX(last_active_at, ?) WHERE id = ? AND ended_at IS NULL'
-      ),
-      endLease: db.prepare(
-        'UPDATE leases SET ended_at = ?, end_reason = ?, billed_seconds = ? WHERE id = ? AND ended_at IS NULL'
-      ),
+      touchLease: db.prepare('UPDATE leases SET last_active_at = MAX(last_active_at, ?) WHERE id = ? AND ended_at IS NULL'),
+      endLease: db.prepare('UPDATE leases SET ended_at = ?, end_reason = ?, billed_seconds = ? WHERE id = ? AND ended_at IS NULL'),
       activeLeases: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE ended_at IS NULL ORDER BY created_at, id`),
-      activeLeasesOrg: db.prepare(
-        `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND ended_at IS NULL ORDER BY created_at, id`
-      ),
-      leasesOfPipeline: db.prepare(
-        `SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND pipeline_key = ? ORDER BY created_at, id LIMIT 10000`
-      ),
-      billedSince: db.prepare(
-        'SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ?'
-      ),
-      countEnded: db.prepare(
-        'SELECT COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ?'
-      ),
+      activeLeasesOrg: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND ended_at IS NULL ORDER BY created_at, id`),
+      leasesOfPipeline: db.prepare(`SELECT ${LEASE_COLUMNS} FROM leases WHERE org = ? AND pipeline_key = ? ORDER BY created_at, id LIMIT 10000`),
+      billedSince: db.prepare('SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ?'),
+      countEnded: db.prepare('SELECT COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NOT NULL AND ended_at >= ? AND ended_at < ?'),
       // ON CONFLICT rather than OR IGNORE: only a repeated (org, lease_id, id) is a duplicate; any other
       // constraint failure must still throw.
       insertRecord: db.prepare(`INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data)
@@ -296,9 +281,7 @@ export class SqliteStore implements Store {
           overdraft_seconds = excluded.overdraft_seconds, protected_branches = excluded.protected_branches,
           updated_at = excluded.updated_at`),
       billedAll: db.prepare('SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL'),
-      reservedActive: db.prepare(
-        'SELECT COALESCE(SUM(reserved_seconds), 0) AS s, COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NULL'
-      ),
+      reservedActive: db.prepare('SELECT COALESCE(SUM(reserved_seconds), 0) AS s, COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NULL'),
       leaseOrg: db.prepare('SELECT org, reserved_seconds FROM leases WHERE id = ? AND ended_at IS NULL'),
       addReservation: db.prepare('UPDATE leases SET reserved_seconds = reserved_seconds + ? WHERE id = ? AND ended_at IS NULL'),
       setBuilders: db.prepare('UPDATE leases SET builder_ids = ? WHERE id = ?'),
