@@ -403,6 +403,21 @@ describe('CacheRepairs: one tag, pushes through the proxy', () => {
     expect(logs.join('')).toMatch(/repaired inline cache records/);
   });
 
+  test('a push whose read of the tag failed (a busy registry) is repaired from the push that landed before it', async () => {
+    await pushNow(P1);
+    await repairs.idle();
+    // The proxy read nothing before this push (current() gave up): previous is null.
+    const res = new EventEmitter();
+    const push = repairs.begin(REPO, 'main', res as never);
+    reg.blobs.set(sha256Digest(P2.config), P2.config);
+    reg.putManifest(REPO, 'main', P2.manifest);
+    push.landed(sha256Digest(P2.manifest), null);
+    res.emit('close');
+    await repairs.idle();
+    expect(reg.tags.get(`${REPO}:main`)).not.toBe(sha256Digest(P2.manifest));
+    expect(lostLayers(reg.tagConfig(REPO, 'main'))).toBe(0);
+  });
+
   test('the next push that loses them again is repaired from the repaired one (the chain holds)', async () => {
     await pushNow(P1);
     await pushNow(P2);

@@ -37,6 +37,9 @@ const MAX_REMEMBERED = 16;
 const READ_WAIT_MS = 5_000; // a pull waits at most this long for a repair of its tag
 const CLOSE_WAIT_MS = 30_000;
 
+// How long a repair job waits to read the tag it repairs (the upstream call's own default).
+const SWEEP_READ_TIMEOUT_MS = 15_000;
+
 interface Landed {
   at: number; // landing order within the tag
   previous: string | null; // what the tag held just before this push (read at its PUT)
@@ -94,10 +97,14 @@ export class CacheRepairs {
         if (done) return;
         done = true;
         state.inflight--;
+        const landedBefore = state.newest;
         state.newest = digest;
         const known = state.pushes.get(digest);
-        // A re-push of the same image keeps what the tag held before its first push (not the image itself).
-        const before = previous !== digest ? previous : (known?.previous ?? null);
+        // A re-push of the same image keeps what the tag held before its first push (not the image itself). When
+        // the tag could not be read before the push (a busy registry: current() gives up after 2 s so as not to
+        // hold the push up), the push that landed just before this one is what the tag held, as far as we know.
+        const read = previous ?? (landedBefore && landedBefore !== digest ? landedBefore : null);
+        const before = read !== digest ? read : (known?.previous ?? null);
         remember(state.pushes, digest, { at: ++state.landings, previous: known?.previous ?? before });
         if (!this.closing) this.enqueue(name, tag, state);
       }
@@ -208,7 +215,8 @@ export class CacheRepairs {
       return;
     }
     state.sweepWanted = false;
-    const current = await this.current(name, tag);
+    // In the background: no client waits on this read, so a busy registry gets the upstream timeout, not 2 s.
+    const current = await this.current(name, tag, SWEEP_READ_TIMEOUT_MS);
     if (!current) return;
     let target: string;
     const written = state.ours.get(current);
