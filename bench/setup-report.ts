@@ -4,16 +4,20 @@
 // gets the pipeline's shared builder and each report releases it), timing `node dist/cli.js setup` and `report`
 // from spawn to exit. Then one more job under `strace -f -e trace=execve` lists every program each step starts.
 //
+// The steps run the runner CLI, dist/runner.js: what `@buildcloud/ci` ships and every GitLab and CircleCI job runs
+// (it loads dist/runner-steps.js beside it). The operator's dist/cli.js runs the same steps in the same rounds
+// (wallMs.cliSetup, cliReport), as the figures before the runner CLI existed were taken with it.
+//
 // Every step runs with a clean environment (PATH, HOME and the job's BUILDCLOUD_* variables): no
 // NODE_EXTRA_CA_CERTS, which costs about 60 ms per Node start here (docs/benchmarks.md), and no BUILDCLOUD_DOCKER,
 // so the docker client is chosen as a CI job would choose it (PATH order, then the usual install places).
-// `node -e 0` and `node dist/cli.js --version` (the bundle's load, no work) are timed in the same rounds,
-// interleaved, as the floor the steps stand on.
+// `node -e 0`, `node dist/runner.js --version` and `node dist/cli.js --version` (each bundle's load, no work) are
+// timed in the same rounds, interleaved, as the floor the steps stand on.
 //
 // Writes bench/results/setup-report.json (the latest run; docs/benchmarks.md quotes it) and prints the same JSON.
 // Run: node scripts/build.mjs && node scripts/run-ts.mjs bench/setup-report.ts   (BENCH_ROUNDS=N, default 7)
-// Before/after in one run: BENCH_COMPARE_CLI=/path/to/other/dist/cli.js BENCH_COMPARE_COMMIT=<sha> times that
-// bundle's setup and report in the same rounds, interleaved (wallMs.compare*).
+// Before/after in one run: BENCH_COMPARE_CLI=/path/to/other/dist/runner.js BENCH_COMPARE_COMMIT=<sha> times that
+// build's setup and report in the same rounds, interleaved (wallMs.compare*).
 import { execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -21,11 +25,13 @@ import * as path from 'path';
 import { adminSetup, startServer, CLI, type ServerProcess } from '../__tests__/helpers/server';
 
 const ROUNDS = Math.max(5, Number(process.env.BENCH_ROUNDS || 7));
-// Another build of the CLI (e.g. an older commit's dist/cli.js, from `git archive`) to time in the same rounds.
+// Another build of the runner CLI (e.g. an older commit's dist/runner.js, from `git archive`) to time in the same rounds.
 const COMPARE = process.env.BENCH_COMPARE_CLI || '';
 const NODE = process.execPath;
 // The bundle runs from a temp dir (scripts/run-ts.mjs): find bench/ from the checkout it was started in.
 const ROOT = process.env.BUILDCLOUD_ROOT || process.cwd();
+// The runner CLI, beside the operator's.
+const RUNNER = path.join(path.dirname(CLI), 'runner.js');
 
 interface Run {
   ms: number;
@@ -88,7 +94,7 @@ class Jobs {
 }
 
 /** setup then report for one job with the bundle `cli`; throws with the step's stderr when either fails. */
-async function job(jobs: Jobs, cli = CLI): Promise<{ setup: Run; report: Run }> {
+async function job(jobs: Jobs, cli = RUNNER): Promise<{ setup: Run; report: Run }> {
   const env = jobs.env();
   const setup = await timed(NODE, [cli, 'setup', '--json'], env);
   if (setup.code !== 0) throw new Error(`setup failed (${setup.code}):\n${setup.stderr}`);
@@ -122,7 +128,7 @@ async function timeline(jobs: Jobs, work: string): Promise<Record<string, { wall
   let env: NodeJS.ProcessEnv = { ...jobs.env(), NODE_OPTIONS: `--require "${hook}"` };
   for (const step of ['setup', 'report']) {
     const file = path.join(work, `timeline-${step}.jsonl`);
-    const r = await timed(NODE, [CLI, step, '--json'], { ...env, BENCH_TIMELINE_OUT: file });
+    const r = await timed(NODE, [RUNNER, step, '--json'], { ...env, BENCH_TIMELINE_OUT: file });
     if (r.code !== 0) throw new Error(`${step} with the timeline hook failed:\n${r.stderr}`);
     out[step] = {
       wallMs: Math.round(r.ms),
@@ -152,7 +158,7 @@ function execs(traceFile: string): string[] {
 }
 
 async function main(): Promise<void> {
-  if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run node scripts/build.mjs first.`);
+  for (const f of [CLI, RUNNER]) if (!fs.existsSync(f)) throw new Error(`${f} is missing: run node scripts/build.mjs first.`);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-bench-sr-'));
   fs.chmodSync(work, 0o700);
   const server = await startServer(['--warm-pool', '1', '--idle-timeout', '120s', '--grace', '120s']);
@@ -163,16 +169,21 @@ async function main(): Promise<void> {
     const warmup = await job(jobs);
     const clean = { PATH: process.env.PATH, HOME: work };
 
-    const t: Record<string, number[]> = { setup: [], report: [], nodeBare: [], cliVersion: [] };
+    const t: Record<string, number[]> = { setup: [], report: [], nodeBare: [], runnerVersion: [], cliVersion: [], cliSetup: [], cliReport: [] };
     if (COMPARE) Object.assign(t, { compareSetup: [], compareReport: [], compareCliVersion: [] });
     const shared: boolean[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       t.nodeBare.push((await timed(NODE, ['-e', '0'], clean)).ms);
+      t.runnerVersion.push((await timed(NODE, [RUNNER, '--version'], clean)).ms);
       t.cliVersion.push((await timed(NODE, [CLI, '--version'], clean)).ms);
       const r = await job(jobs);
       t.setup.push(r.setup.ms);
       t.report.push(r.report.ms);
       shared.push(/shared with the pipeline/.test(r.setup.stderr));
+      const o = await job(jobs, CLI);
+      t.cliSetup.push(o.setup.ms);
+      t.cliReport.push(o.report.ms);
+      shared.push(/shared with the pipeline/.test(o.setup.stderr));
       if (COMPARE) {
         // The other bundle in the same round, against the same server and builder: the same load for both.
         t.compareCliVersion.push((await timed(NODE, [COMPARE, '--version'], clean)).ms);
@@ -187,10 +198,10 @@ async function main(): Promise<void> {
     const strace = (args: string[]): [string, string[]] => ['strace', ['-f', '-qq', '-e', 'trace=execve', '-s', '200', '-o', traceFile, NODE, ...args]];
     // One more job, each step traced on its own.
     const tEnv = jobs.env();
-    const s = await timed(...strace([CLI, 'setup', '--json']), tEnv);
+    const s = await timed(...strace([RUNNER, 'setup', '--json']), tEnv);
     if (s.code !== 0) throw new Error(`traced setup failed:\n${s.stderr}`);
     const setupExecs = execs(traceFile);
-    const r = await timed(...strace([CLI, 'report', '--json']), { ...tEnv, ...lastJson(s.stdout).env });
+    const r = await timed(...strace([RUNNER, 'report', '--json']), { ...tEnv, ...lastJson(s.stdout).env });
     if (r.code !== 0) throw new Error(`traced report failed:\n${r.stderr}`);
     const reportExecs = execs(traceFile);
     const marks = await timeline(jobs, work);

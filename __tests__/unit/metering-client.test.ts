@@ -5,10 +5,11 @@ import { join } from 'node:path';
 import nock from 'nock';
 import { backoffDelay, flushSpool, FlushOptions, parseRetryAfter } from '../../src/core/metering-client';
 import { MeteringSpool } from '../../src/core/metering-spool';
+import { httpRequest, type HttpRequester } from '../../src/core/http-request';
 import { CONTENT_TYPE_BATCH, type CloudEvent } from '../../src/contract/cloudevents';
 import { buildCompletedEvent } from '../../src/contract/metering-events';
 
-// nock 14 intercepts the global fetch (undici) the client calls, through @mswjs/interceptors.
+// nock 14 intercepts the node:http requests the client sends (src/core/http-request.ts).
 
 const API = 'http://metering.test:7644';
 const TOKEN = 'bct_tok1_s3cr3t-value';
@@ -206,9 +207,9 @@ describe('flushSpool', () => {
     events().reply(200, answer);
     // The first request hangs (a black-holed connection) until the client's timeout aborts it.
     let calls = 0;
-    const fetchImpl: typeof fetch = (input, init) =>
-      ++calls > 1 ? fetch(input, init) : new Promise((_resolve, reject) => init?.signal?.addEventListener('abort', () => reject(init.signal?.reason)));
-    const r = await flushSpool(spool, opts({ requestTimeoutMs: 50, fetchImpl }));
+    const request: HttpRequester = (url, init) =>
+      ++calls > 1 ? httpRequest(url, init) : new Promise((_resolve, reject) => init.signal?.addEventListener('abort', () => reject(init.signal?.reason)));
+    const r = await flushSpool(spool, opts({ requestTimeoutMs: 50, request }));
     expect(r).toMatchObject({ accepted: 1, pending: 0, warnings: [] });
     expect(logs.some((l) => /no reply within 50 ms; retrying/.test(l))).toBe(true);
   });

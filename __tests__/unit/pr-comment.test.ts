@@ -1,5 +1,5 @@
 // The PR comment against a nock'ed GitHub REST API (found by its marker across pages, updated in place), and the
-// pipeline's figures against a nock'ed control plane. nock 14 intercepts the global fetch both clients use.
+// pipeline's figures against a nock'ed control plane. nock 14 intercepts both clients' requests (Octokit's fetch, and node:http for the figures).
 import nock from 'nock';
 import { pipelineFigures, upsertPrComment, type PrTarget } from '../../src/github/pr-comment';
 import { PR_COMMENT_MARKER, type PipelineSummary } from '../../src/core/summary';

@@ -3,6 +3,7 @@
 // GitHub wrapper fills with @actions/core's getIDToken (retries, masking), which the core must not import.
 // When there is nothing, ONE error says what to add for this CI and this situation (CI-REFERENCE.md §3).
 import type { Env, Identity } from './identity';
+import { httpRequest } from './http-request';
 
 export interface AuthSettings {
   token?: string;
@@ -184,17 +185,21 @@ export function githubIdTokenFetcher(env: Env, attempts = 3, delayMs = 1000): (a
     let last = '';
     for (let i = 1; i <= attempts; i++) {
       try {
-        const res = await fetch(target, { headers: { Authorization: `Bearer ${bearer}`, Accept: 'application/json' } });
-        const body = await res.text();
-        if (res.ok) {
-          const value = (JSON.parse(body) as { value?: unknown }).value;
+        // node:http, not the global fetch: src/core/http-request.ts says why.
+        const res = await httpRequest(target, {
+          headers: { authorization: `Bearer ${bearer}`, accept: 'application/json' },
+          signal: AbortSignal.timeout(30_000)
+        });
+        if (res.status >= 200 && res.status < 300) {
+          const value = (JSON.parse(res.text) as { value?: unknown }).value;
           if (typeof value === 'string' && value) return value;
           throw new Error('the response has no "value"');
         }
         last = `HTTP ${res.status}`;
         if (res.status < 500 && res.status !== 429) break; // 401/403 will not get better
       } catch (err) {
-        last = (err as Error).message;
+        const e = err as Error & { cause?: { message?: string } };
+        last = e.name === 'TimeoutError' ? 'no reply within 30000 ms' : e.cause?.message ? `${e.message} (${e.cause.message})` : e.message;
       }
       if (i < attempts) await new Promise((r) => setTimeout(r, delayMs * i));
     }

@@ -6,6 +6,7 @@ import { CONTENT_TYPE_BATCH, DEFAULT_MAX_BATCH, type CloudEvent } from '../contr
 import { EVENTS_PATH, RECORD_STATUSES, type EventsResponse, type RecordResult, type RecordStatus } from '../contract/http-api';
 import type { MeteringSpool } from './metering-spool';
 import { backoffDelay } from './backoff';
+import { headerValue, httpRequest, type HttpReply, type HttpRequester } from './http-request';
 
 export type MeteringLogLevel = 'debug' | 'info' | 'warning';
 
@@ -18,7 +19,7 @@ export interface FlushOptions {
   maxDelayMs?: number; // backoff cap, default 10_000
   deadlineMs?: number; // budget of the whole flush, default 30_000: a post step must not hang on metering
   requestTimeoutMs?: number; // per request, default 10_000 (never beyond the deadline)
-  fetchImpl?: typeof fetch;
+  request?: HttpRequester; // the HTTP seam (tests); node:http / node:https by default, not the global fetch
   sleep?: (ms: number) => Promise<void>;
   random?: () => number;
   now?: () => number;
@@ -72,7 +73,7 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
     maxDelayMs: 10_000,
     deadlineMs: 30_000,
     requestTimeoutMs: 10_000,
-    fetchImpl: globalThis.fetch,
+    request: httpRequest,
     sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
     random: Math.random,
     now: Date.now,
@@ -117,26 +118,25 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
   for (let i = 0; i < events.length; i += size) queue.push(events.slice(i, i + size));
 
   const post = async (batch: CloudEvent[], timeoutMs: number): Promise<Outcome> => {
-    let res: Response;
-    let text: string;
+    let res: HttpReply;
     try {
-      res = await o.fetchImpl(url, {
+      res = await o.request(url, {
         method: 'POST',
         headers: { 'content-type': CONTENT_TYPE_BATCH, authorization: `Bearer ${token}`, accept: 'application/json' },
         body: JSON.stringify(batch),
         signal: AbortSignal.timeout(timeoutMs)
       });
-      text = await res.text();
     } catch (err) {
-      return { kind: 'retry', why: fetchErrorText(err, timeoutMs) };
+      return { kind: 'retry', why: requestErrorText(err, timeoutMs) };
     }
+    const text = res.text;
     const why = `HTTP ${res.status}${serverMessage(text)}`;
     if (res.status >= 200 && res.status < 300) {
       const answers = parseAnswers(text, batch);
       return answers ? { kind: 'answered', answers } : { kind: 'retry', why: `HTTP ${res.status} with an unreadable body` };
     }
     if (res.status === 429 || res.status === 503) {
-      return { kind: 'retry', why, retryAfterMs: parseRetryAfter(res.headers.get('retry-after'), o.now()) };
+      return { kind: 'retry', why, retryAfterMs: parseRetryAfter(headerValue(res.headers, 'retry-after'), o.now()) };
     }
     if (res.status >= 500) return { kind: 'retry', why };
     if (res.status === 413) return { kind: 'split', why };
@@ -244,7 +244,7 @@ function eventsUrl(endpoint: string): string | { error: string } {
     return { error: `invalid metering endpoint; expected http(s)://host:port` };
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return { error: `metering endpoint must be http(s)://host:port, not ${u.protocol}` };
-  // fetch refuses URLs with credentials, and they would end up in warnings: the token is the only secret.
+  // URLs with credentials would end up in warnings: the token is the only secret.
   if (u.username || u.password) return { error: 'metering endpoint must not hold credentials; the token is sent as a bearer token' };
   // A full events URL (the lease's metering_url, or another CloudEvents service's ingest path) is used as it is;
   // a bare base URL gets the control plane's path.
@@ -288,7 +288,7 @@ function serverMessage(text: string): string {
   }
 }
 
-function fetchErrorText(err: unknown, timeoutMs: number): string {
+function requestErrorText(err: unknown, timeoutMs: number): string {
   const e = err as { name?: string; message?: string; cause?: { code?: string; message?: string } };
   if (e?.name === 'TimeoutError' || e?.name === 'AbortError') return `no reply within ${timeoutMs} ms`;
   const cause = e?.cause?.message ?? e?.cause?.code;

@@ -58,34 +58,24 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
     } catch (err) {
       warnings.push(`Build Cloud metering: could not spool the job record: ${(err as Error).message}`);
     }
-
-    const api = new ApiClient({ endpoint: session.endpoint, token: session.token, attempts: 4, deadlineMs: 15_000 });
-    try {
-      const released = await api.release(lease.id);
-      billedSeconds = released.billedSeconds;
-      deps.log.info(`Build Cloud: released lease ${lease.id} (${billedSeconds} s billed)`);
-      // The control plane ended it before the job did (e.g. the org's bucket ran out): say why, in the job.
-      if (released.endReason && released.endReason !== 'released') {
-        warnings.push(`Build Cloud: lease ${lease.id} had already ended: ${released.endMessage || released.endReason}`);
-      }
-    } catch (err) {
-      warnings.push(
-        `Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
-      );
-    } finally {
-      api.close();
-    }
   }
 
-  let flush: FlushResult | null = null;
-  if (lease && session.meteringUrl) {
-    flush = await flushSpool(new MeteringSpool(session.spoolDir), {
-      endpoint: session.meteringUrl,
-      token: session.token,
-      deadlineMs: deps.meteringDeadlineMs ?? 30_000
-    });
-    warnings.push(...flush.warnings);
-  }
+  // The release (gRPC) and the metering flush (HTTP) need nothing of each other: the endpoint takes a lease's records
+  // before or after it ends, and both carry the job's own token. They run side by side; their warnings keep the
+  // order they had when the flush waited for the release.
+  const releaseWarnings: string[] = [];
+  const released: Promise<void> = lease ? releaseLease(session, lease, deps, releaseWarnings).then((s) => void (billedSeconds = s)) : Promise.resolve();
+  const flushing: Promise<FlushResult | null> =
+    lease && session.meteringUrl
+      ? flushSpool(new MeteringSpool(session.spoolDir), {
+          endpoint: session.meteringUrl,
+          token: session.token,
+          deadlineMs: deps.meteringDeadlineMs ?? 30_000
+        })
+      : Promise.resolve(null);
+  await released;
+  const flush = await flushing;
+  warnings.push(...releaseWarnings, ...(flush?.warnings ?? []));
 
   warnings.push(...(await cleanup));
   try {
@@ -108,4 +98,24 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
     warnings: session.fallback ? ["No remote builder: this job built on the runner's own Docker (fallback: local).", ...warnings] : warnings
   };
   return { builds, billedSeconds, flush, warnings, summary, markdown: renderSummary(summary), text: renderText(summary) };
+}
+
+async function releaseLease(session: Session, lease: NonNullable<Session['lease']>, deps: ReportDeps, warnings: string[]): Promise<number | null> {
+  const api = new ApiClient({ endpoint: session.endpoint, token: session.token, attempts: 4, deadlineMs: 15_000 });
+  try {
+    const released = await api.release(lease.id);
+    deps.log.info(`Build Cloud: released lease ${lease.id} (${released.billedSeconds} s billed)`);
+    // The control plane ended it before the job did (e.g. the org's bucket ran out): say why, in the job.
+    if (released.endReason && released.endReason !== 'released') {
+      warnings.push(`Build Cloud: lease ${lease.id} had already ended: ${released.endMessage || released.endReason}`);
+    }
+    return released.billedSeconds;
+  } catch (err) {
+    warnings.push(
+      `Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
+    );
+    return null;
+  } finally {
+    api.close();
+  }
 }

@@ -2,6 +2,7 @@
 // place by every job of the pipeline.
 import { Octokit } from '@octokit/rest';
 import { pipelineUsagePath, type PipelineUsage } from '../contract/http-api';
+import { httpRequest, type HttpRequester } from '../core/http-request';
 import { PR_COMMENT_MARKER, renderPrComment, type PipelineSummary } from '../core/summary';
 
 export interface PrTarget {
@@ -29,14 +30,21 @@ export async function upsertPrComment(
 }
 
 // The pipeline's figures from the control plane (all its jobs), falling back to this job's own.
-export async function pipelineFigures(httpBase: string, org: string, pipelineKey: string, token: string): Promise<Partial<PipelineSummary> | null> {
+// node:http, not the global fetch (src/core/http-request.ts says why); @octokit keeps its own HTTP.
+export async function pipelineFigures(
+  httpBase: string,
+  org: string,
+  pipelineKey: string,
+  token: string,
+  request: HttpRequester = httpRequest
+): Promise<Partial<PipelineSummary> | null> {
   try {
-    const res = await fetch(`${httpBase}${pipelineUsagePath(org, pipelineKey)}`, {
-      headers: { authorization: `Bearer ${token}` },
+    const res = await request(`${httpBase}${pipelineUsagePath(org, pipelineKey)}`, {
+      headers: { authorization: `Bearer ${token}`, accept: 'application/json' },
       signal: AbortSignal.timeout(10_000)
     });
-    if (!res.ok) return null;
-    const u = (await res.json()) as PipelineUsage;
+    if (res.status < 200 || res.status >= 300) return null;
+    const u = JSON.parse(res.text) as PipelineUsage;
     return {
       builds: u.builds,
       failed: u.failed,
