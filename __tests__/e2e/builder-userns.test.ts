@@ -91,6 +91,8 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
   let tmp: string;
   const drivers: Array<{ root: string; isolation: BuilderIsolation }> = [];
   const started: Array<{ driver: DockerdDriver; handle: BuilderHandle }> = [];
+  let watchdog: NodeJS.Timeout | undefined; // the first test's (below): cleared however it ends
+  afterEach(() => clearTimeout(watchdog));
 
   beforeAll(async () => {
     if (!findDockerd() || !existsSync(DOCKER)) throw new Error('these tests need Docker Engine and its 20.10 client: apt-get install -y docker.io');
@@ -123,8 +125,26 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
   }
 
   it('runs RUN steps as the remapped root, keeps its data outside the private state, refuses network host', async () => {
+    // Twice in CI this test ran into jest's 180 s timeout while it takes ~13 s alone, and every call in it has a
+    // bound of its own: so that the next time says where it was, a watchdog prints the steps reached (with their
+    // times), the engine's log tail and the docker processes just before jest gives up. Diagnostic only.
+    const t0 = Date.now();
+    const steps: string[] = [];
+    const mark = (step: string): void => void steps.push(`${Date.now() - t0} ms: ${step}`);
+    let engineLog = '';
+    watchdog = setTimeout(() => {
+      const ps = spawnSync('ps', ['-eo', 'pid,etime,args'], { encoding: 'utf8' })
+        .stdout.split('\n')
+        .filter((l) => /dockerd|buildkit|docker |runc|containerd/.test(l));
+      const tail = engineLog && existsSync(engineLog) ? readFileSync(engineLog, 'utf8').slice(-4000) : '(no engine log yet)';
+      process.stderr.write(`builder-userns watchdog at ${Date.now() - t0} ms:\n${steps.join('\n')}\nprocesses:\n${ps.join('\n')}\nengine log tail:\n${tail}\n`);
+    }, 170_000);
+    watchdog.unref();
+    mark('starting the userns builder');
     const driver = driverFor('a', 'userns');
     const h = await start(driver, 'ns-a');
+    engineLog = path.join(h.dir, 'dockerd.log');
+    mark('builder started');
     const cfg = path.join(tmp, 'cfg-a');
     const info = await dockerOn(h, ['info', '--format', '{{json .SecurityOptions}}'], cfg);
     expect(info.code).toBe(0);
@@ -140,6 +160,7 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     expect(existsSync(path.join(h.dir, 'data'))).toBe(false);
 
     // A RUN step on the default network: its root is the subordinate range's first uid, on the host too.
+    mark('engine inspected; building the RUN-step context');
     const ctx = path.join(tmp, 'ctx-a');
     await copyContext(ctx, 'RUN cat /proc/self/uid_map > /uid_map && id -u > /id\nRUN sleep 3.6161\n');
     const build = dockerOn(h, ['build', '--progress=plain', '-o', `type=local,dest=${path.join(tmp, 'out-a')}`, '.'], cfg, ctx);
@@ -150,7 +171,9 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     expect(settled ?? { code: 'still running' }).toMatchObject({ code: 'still running' });
     const [pid] = pidsRunning('sleep 3.6161');
     expect(hostUid(pid)).toBe(base);
+    mark('RUN step seen on the host');
     const built = await build;
+    mark('first build done');
     expect(built.out).not.toMatch(/ERROR/);
     expect(built.code).toBe(0);
     const uidMap = (await fs.readFile(path.join(tmp, 'out-a', 'uid_map'), 'utf8')).trim().split(/\s+/).map(Number);
@@ -159,6 +182,7 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     expect((await fs.readFile(path.join(tmp, 'out-a', 'id'), 'utf8')).trim()).toBe('0');
 
     // The engine refuses the network-host entitlement itself; --network none and the default network build.
+    mark('network builds');
     const probe = path.join(tmp, 'ctx-net');
     await copyContext(probe, 'RUN echo probe\n');
     const host = await dockerOn(h, ['build', '--no-cache', '--network', 'host', '.'], cfg, probe);
@@ -168,6 +192,7 @@ describe('builders with user namespaces (real dockerd --userns-remap)', () => {
     expect((await dockerOn(h, ['build', '--no-cache', '.'], cfg, probe)).code).toBe(0);
 
     // A container too (the control plane's own socket; leases get no container API).
+    mark('container run');
     const img = await dockerOn(h, ['build', '-q', '-t', 'bb', '.'], cfg, probe);
     expect(img.code).toBe(0);
     const run = await dockerOn(h, ['run', '--rm', '--network', 'none', 'bb', 'cat', '/proc/self/uid_map'], cfg);
