@@ -15,24 +15,26 @@ import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '.
 import { parseProgress, runBuild, type BuildResult } from '../../src/core/build';
 import type { LeaseMsg } from '../../src/contract/grpc';
 
-// The multistage Dockerfile of the progress fixtures: six steps, two of them a second long, so the second job
-// joins while the first one's solve is under way.
+// The multistage Dockerfile of the progress fixtures: six steps, two of them a few seconds long. The second job is
+// started once the first one's stream shows its first RUN step running, so it joins while that solve is under way:
+// the order is set by the test, not left to timing, and there is one attempt.
 const DOCKERFILE = `FROM scratch AS base
 ADD rootfs.tar /
 
 FROM base AS deps
-RUN echo dependencies > /deps.txt && sleep 1
+RUN echo dependencies > /deps.txt && sleep 3
 
 FROM base AS build
 COPY --from=deps /deps.txt /deps.txt
 COPY app.txt /app.txt
-RUN cat /deps.txt /app.txt > /built.txt && sleep 1
+RUN cat /deps.txt /app.txt > /built.txt && sleep 2
 
 FROM base
 COPY --from=build /built.txt /built.txt
 `;
 const STEPS = 6;
-const ATTEMPTS = 3;
+// The first RUN step, as BuildKit's plain progress names it when it starts ("#7 [deps 1/1] RUN echo dependencies ...").
+const FIRST_RUN = /^#\d+ \[deps 1\/1\] RUN echo dependencies/m;
 
 let server: ServerProcess;
 let token: string;
@@ -62,10 +64,19 @@ afterAll(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-// Whether the second client joins while the first one's solve is under way is timing (it did 3 of 3 times for the
-// engineer who reported it, and every time here). If it did not, another attempt, on a new pipeline's builder and
-// a project of its own, so that the build is cold again (no builder or org cache has seen it): every step runs,
-// once, for one of the two jobs.
+/** Resolves once `has()` is true, checking whenever `onChange` is called (the stream got a line). */
+function whenSeen(has: () => boolean, what: string, timeoutMs = 60_000): { seen: Promise<void>; onChange: () => void } {
+  let resolve!: () => void;
+  let timer: NodeJS.Timeout | undefined;
+  const seen = new Promise<void>((r, reject) => {
+    resolve = r;
+    timer = setTimeout(() => reject(new Error(`${what} not seen within ${timeoutMs} ms`)), timeoutMs);
+  }).finally(() => clearTimeout(timer));
+  return { seen, onChange: () => has() && resolve() };
+}
+
+// A fresh pipeline's builder and a project of its own for each describe, so the build is cold (no builder or org
+// cache has seen it): every step runs, once, for one of the two jobs.
 describe('runBuild: two leases of one pipeline, the same build at once', () => {
   const leases: LeaseMsg[] = [];
   const cfgs: RunnerConfig[] = [];
@@ -78,52 +89,55 @@ describe('runBuild: two leases of one pipeline, the same build at once', () => {
   test('both jobs report the steps; the one BuildKit deduplicated counts them cached', async () => {
     expect(docker).toMatchObject({ path: DOCKER, buildx: false });
     const opts: BuildOptions = { context: ctx, tags: [], buildArgs: {}, push: false, platforms: [], exportCache: true };
-    let deduplicated = false;
-    for (let attempt = 1; attempt <= ATTEMPTS && !deduplicated; attempt++) {
-      const pair: { lease: LeaseMsg; cfg: RunnerConfig }[] = [];
-      for (const job of ['build-a', 'build-b']) {
-        const identity = { provider: 'local', project: `acme/runbuild-${attempt}`, branch: 'main', defaultBranch: 'main', actor: 'dev' };
-        const lease = await client.provision({ pipelineKey: `repo/concurrent/${attempt}`, jobId: job, identity });
-        leases.push(lease);
-        const cfg = await configureRunner(lease, runnerName(['local', identity.project, lease.pipelineKey, job]), { tempRoot: path.join(work, 'tmp'), docker });
-        cfgs.push(cfg);
-        pair.push({ lease, cfg });
-      }
-      // One pipeline, one builder: the two jobs share it.
-      expect(pair[1].lease.builders[0].builderId).toBe(pair[0].lease.builders[0].builderId);
-
-      const lines: string[][] = [[], []];
-      const results: BuildResult[] = await Promise.all(
-        pair.map(({ lease, cfg }, i) => runBuild(opts, cfg, lease, docker, { onLine: (l) => lines[i].push(l), trapSignals: false }))
-      );
-      // Seen once in CI (1 of ~30 runs, cause not found yet): one of the two identical builds exited 1. That is not
-      // what this test is about, so the attempt is repeated on a new builder, loudly, with the build's output; the
-      // deduplicated step count must still be observed on an attempt where both builds succeeded.
-      const failed = results.findIndex((r) => r.status !== 'success');
-      if (failed >= 0) {
-        console.warn(
-          `attempt ${attempt}: build ${failed} ${results[failed].status} (exit ${results[failed].exitCode}); output:\n${lines[failed].slice(-40).join('\n')}`
-        );
-        continue;
-      }
-      const [a, b] = results;
-      expect(a.totalSteps).toBeGreaterThan(0);
-      expect(b.totalSteps).toBe(a.totalSteps);
-      expect(a.totalSteps).toBe(STEPS);
-      expect(built(a) + built(b)).toBe(a.totalSteps);
-      expect(b.imageId).toBe(a.imageId);
-
-      const shown = lines.map((l) => parseProgress(l.join('\n')).totalSteps);
-      const i = shown.indexOf(0);
-      if (i < 0) continue; // both streams showed the steps (the second found them cached): no deduplication
-      deduplicated = true;
-      // What the deduplicated job's stream really held: no step, its image exported all the same.
-      expect(lines[i].join('\n')).toMatch(/^#\d+ exporting to image$/m);
-      expect(results[i]).toMatchObject({ stepsFrom: 'dockerfile', totalSteps: STEPS, cachedSteps: STEPS, cacheRatio: 1 });
-      expect(results[i].steps.map((s) => s.name)).toEqual(results[1 - i].steps.map((s) => s.name));
-      expect(results[1 - i]).toMatchObject({ stepsFrom: 'progress', totalSteps: STEPS, cachedSteps: 0 });
+    const pair: { lease: LeaseMsg; cfg: RunnerConfig }[] = [];
+    for (const job of ['build-a', 'build-b']) {
+      const identity = { provider: 'local', project: 'acme/runbuild', branch: 'main', defaultBranch: 'main', actor: 'dev' };
+      const lease = await client.provision({ pipelineKey: 'repo/concurrent/runbuild', jobId: job, identity });
+      leases.push(lease);
+      const cfg = await configureRunner(lease, runnerName(['local', identity.project, lease.pipelineKey, job]), { tempRoot: path.join(work, 'tmp'), docker });
+      cfgs.push(cfg);
+      pair.push({ lease, cfg });
     }
-    expect(deduplicated).toBe(true);
+    // One pipeline, one builder: the two jobs share it.
+    expect(pair[1].lease.builders[0].builderId).toBe(pair[0].lease.builders[0].builderId);
+
+    const lines: string[][] = [[], []];
+    const run = (i: number, onLine?: () => void): Promise<BuildResult> =>
+      runBuild(opts, pair[i].cfg, pair[i].lease, docker, {
+        onLine: (l) => {
+          lines[i].push(l);
+          onLine?.();
+        },
+        trapSignals: false
+      });
+    const firstRun = whenSeen(() => FIRST_RUN.test(lines[0].join('\n')), "job a's first RUN step");
+    const a = run(0, firstRun.onChange);
+    await firstRun.seen;
+    const results: BuildResult[] = await Promise.all([a, run(1)]);
+    // Both builds must succeed: a failure here is the platform's (once seen in CI as exit 1, cause not yet found),
+    // so it fails the test with both builds' output rather than being tried again.
+    for (const [i, r] of results.entries()) {
+      expect({ job: i, status: r.status, exitCode: r.exitCode, output: r.status === 'success' ? '' : lines[i].slice(-60).join('\n') }).toEqual({
+        job: i,
+        status: 'success',
+        exitCode: 0,
+        output: ''
+      });
+    }
+    const [ra, rb] = results;
+    expect(ra.totalSteps).toBe(STEPS);
+    expect(rb.totalSteps).toBe(ra.totalSteps);
+    expect(built(ra) + built(rb)).toBe(STEPS);
+    expect(rb.imageId).toBe(ra.imageId);
+
+    // Job b joined during a's solve: BuildKit showed b no step at all.
+    const shown = lines.map((l) => parseProgress(l.join('\n')).totalSteps);
+    expect(shown).toEqual([STEPS, 0]);
+    // What the deduplicated job's stream really held: no step, its image exported all the same.
+    expect(lines[1].join('\n')).toMatch(/^#\d+ exporting to image$/m);
+    expect(rb).toMatchObject({ stepsFrom: 'dockerfile', totalSteps: STEPS, cachedSteps: STEPS, cacheRatio: 1 });
+    expect(rb.steps.map((s) => s.name)).toEqual(ra.steps.map((s) => s.name));
+    expect(ra).toMatchObject({ stepsFrom: 'progress', totalSteps: STEPS, cachedSteps: 0 });
   });
 });
 
@@ -135,13 +149,16 @@ interface Run {
   stderr: string;
 }
 
-function cli(args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
+function cli(args: string[], env: NodeJS.ProcessEnv, onStderr?: (all: string) => void): Promise<Run> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      onStderr?.(stderr);
+    });
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
@@ -154,56 +171,61 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
         .hostname()
         .toLowerCase()
         .replace(/[^a-z0-9.-]+/g, '-') || 'host';
-    let deduplicated = false;
-    for (let attempt = 1; attempt <= ATTEMPTS && !deduplicated; attempt++) {
-      const pipelineId = `concurrent-${process.pid}-${attempt}`;
-      const jobs = ['a', 'b'].map((job) => {
-        const home = path.join(work, `cli-${attempt}-${job}`);
-        fs.mkdirSync(home, { recursive: true });
-        // A shell CI job's env: nothing of this test's own (no CI=..., no GITHUB_ACTIONS leaking in).
-        return {
-          PATH: process.env.PATH,
-          HOME: home,
-          RUNNER_TEMP: home,
-          BUILDCLOUD_ENDPOINT: server.info.grpc,
-          BUILDCLOUD_TOKEN: token,
-          BUILDCLOUD_PROJECT: `acme/cli-${attempt}`,
-          BUILDCLOUD_PIPELINE_ID: pipelineId,
-          BUILDCLOUD_JOB_ID: `build-${job}`,
-          BUILDCLOUD_SPOOL_DIR: path.join(home, 'spool'),
-          BUILDCLOUD_DOCKER: DOCKER
-        } as NodeJS.ProcessEnv;
-      });
-      const setups = await Promise.all(jobs.map((env) => cli(['setup', '--json'], env)));
-      for (const s of setups) expect(s).toMatchObject({ code: 0 });
-      const envs = setups.map((s, i) => ({ ...jobs[i], ...JSON.parse(s.stdout).env }));
-      expect(envs[1].DOCKER_HOST).toBe(envs[0].DOCKER_HOST);
+    const pipelineId = `concurrent-${process.pid}`;
+    const jobs = ['a', 'b'].map((job) => {
+      const home = path.join(work, `cli-${job}`);
+      fs.mkdirSync(home, { recursive: true });
+      // A shell CI job's env: nothing of this test's own (no CI=..., no GITHUB_ACTIONS leaking in).
+      return {
+        PATH: process.env.PATH,
+        HOME: home,
+        RUNNER_TEMP: home,
+        BUILDCLOUD_ENDPOINT: server.info.grpc,
+        BUILDCLOUD_TOKEN: token,
+        BUILDCLOUD_PROJECT: 'acme/cli',
+        BUILDCLOUD_PIPELINE_ID: pipelineId,
+        BUILDCLOUD_JOB_ID: `build-${job}`,
+        BUILDCLOUD_SPOOL_DIR: path.join(home, 'spool'),
+        BUILDCLOUD_DOCKER: DOCKER
+      } as NodeJS.ProcessEnv;
+    });
+    const setups = await Promise.all(jobs.map((env) => cli(['setup', '--json'], env)));
+    for (const s of setups) expect(s).toMatchObject({ code: 0 });
+    const envs = setups.map((s, i) => ({ ...jobs[i], ...JSON.parse(s.stdout).env }));
+    expect(envs[1].DOCKER_HOST).toBe(envs[0].DOCKER_HOST);
 
-      const builds = await Promise.all(envs.map((env) => cli(['build', '--json', '--context', ctx], env)));
-      for (const b of builds) expect(b).toMatchObject({ code: 0 });
-      // Both report the steps (the log line and the outputs), the same total, and one build of work between them.
-      for (const b of builds) expect(b.stderr).toMatch(new RegExp(`Build Cloud: build success in [\\d.]+ s, \\d of ${STEPS} steps cached`));
-      const outs = builds.map((b) => JSON.parse(b.stdout.trim().split('\n').pop()!) as Record<string, string>);
-      const steps = outs.map((o) => ({ totalSteps: Number(o['total-steps']), cachedSteps: Number(o['cached-steps']) }));
-      expect(steps.map((s) => s.totalSteps)).toEqual([STEPS, STEPS]);
-      expect(built(steps[0]) + built(steps[1])).toBe(STEPS);
-      // The deduplicated job's log: BuildKit's stream without a step, then all the steps, cached.
-      deduplicated = builds.some((b) => parseProgress(b.stderr).totalSteps === 0 && b.stderr.includes(`${STEPS} of ${STEPS} steps cached`));
+    // Job b starts once job a's stream shows its first RUN step running: b joins a's solve.
+    let aErr = '';
+    const firstRun = whenSeen(() => FIRST_RUN.test(aErr), "job a's first RUN step");
+    const a = cli(['build', '--json', '--context', ctx], envs[0], (all) => {
+      aErr = all;
+      firstRun.onChange();
+    });
+    await firstRun.seen;
+    const builds = await Promise.all([a, cli(['build', '--json', '--context', ctx], envs[1])]);
+    for (const b of builds) expect(b).toMatchObject({ code: 0 });
+    // Both report the steps (the log line and the outputs), the same total, and one build of work between them.
+    for (const b of builds) expect(b.stderr).toMatch(new RegExp(`Build Cloud: build success in [\\d.]+ s, \\d of ${STEPS} steps cached`));
+    const outs = builds.map((b) => JSON.parse(b.stdout.trim().split('\n').pop()!) as Record<string, string>);
+    const steps = outs.map((o) => ({ totalSteps: Number(o['total-steps']), cachedSteps: Number(o['cached-steps']) }));
+    expect(steps.map((s) => s.totalSteps)).toEqual([STEPS, STEPS]);
+    expect(built(steps[0]) + built(steps[1])).toBe(STEPS);
+    // The deduplicated job's log (b's): BuildKit's stream without a step, then all the steps, cached.
+    expect(parseProgress(builds[1].stderr).totalSteps).toBe(0);
+    expect(builds[1].stderr).toContain(`${STEPS} of ${STEPS} steps cached`);
 
-      const reports = await Promise.all(envs.map((env) => cli(['report', '--json'], env)));
-      for (const r of reports) expect(r).toMatchObject({ code: 0 });
-      const reported = reports.map((r) => JSON.parse(r.stdout.trim().split('\n').pop()!).builds as { totalSteps: number; cachedSteps: number }[]);
-      expect(reported.map((bs) => bs.map((b) => b.totalSteps))).toEqual([[STEPS], [STEPS]]);
-      // What the control plane metered for the pipeline: two builds, their steps, one build of work.
-      const key = `local/${host}/${pipelineId}`;
-      const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, {
-        headers: { authorization: `Bearer ${token}` }
-      });
-      expect(res.status).toBe(200);
-      const usage = (await res.json()) as { totalSteps: number; cachedSteps: number };
-      expect(usage).toMatchObject({ leases: 2, builds: 2, totalSteps: 2 * STEPS });
-      expect(usage.totalSteps - usage.cachedSteps).toBe(STEPS);
-    }
-    expect(deduplicated).toBe(true);
+    const reports = await Promise.all(envs.map((env) => cli(['report', '--json'], env)));
+    for (const r of reports) expect(r).toMatchObject({ code: 0 });
+    const reported = reports.map((r) => JSON.parse(r.stdout.trim().split('\n').pop()!).builds as { totalSteps: number; cachedSteps: number }[]);
+    expect(reported.map((bs) => bs.map((b) => b.totalSteps))).toEqual([[STEPS], [STEPS]]);
+    // What the control plane metered for the pipeline: two builds, their steps, one build of work.
+    const key = `local/${host}/${pipelineId}`;
+    const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, {
+      headers: { authorization: `Bearer ${token}` }
+    });
+    expect(res.status).toBe(200);
+    const usage = (await res.json()) as { totalSteps: number; cachedSteps: number };
+    expect(usage).toMatchObject({ leases: 2, builds: 2, totalSteps: 2 * STEPS });
+    expect(usage.totalSteps - usage.cachedSteps).toBe(STEPS);
   });
 });
