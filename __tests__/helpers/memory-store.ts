@@ -43,6 +43,9 @@ export class MemoryStore implements Store {
     const row = this.orgs.get(name);
     return row ? copy(row) : null;
   }
+  async countOrgs(): Promise<number> {
+    return (await this.listOrgs()).length;
+  }
   async listOrgs(): Promise<OrgRow[]> {
     return [...this.orgs.values()].sort((a, b) => a.name.localeCompare(b.name)).map(copy);
   }

@@ -75,6 +75,7 @@ describe('SqliteStore', () => {
     expect(await s.getOrg('acme')).toEqual({ name: 'acme', createdAt: 5 });
     expect(await s.getOrg('nope')).toBeNull();
     expect((await s.listOrgs()).map((o) => o.name)).toEqual(['acme', 'beta']);
+    expect(await s.countOrgs()).toBe(2);
   });
 
   test('tokens: create, find by hash, revoke once, list', async () => {

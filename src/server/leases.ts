@@ -187,7 +187,7 @@ export class LeaseManager {
     // The org's own cap, else, when several orgs share this control plane, the server's per-org share
     // (--org-max-builders, default 3/4 of --max-builders): one org alone cannot hold every builder.
     let serverOrgMax: number | null = null;
-    if (limits.maxBuilders === null && (await this.d.store.listOrgs()).length > 1) {
+    if (limits.maxBuilders === null && (await this.d.store.countOrgs()) > 1) {
       serverOrgMax = this.d.config.orgMaxBuilders === undefined ? orgMaxBuildersDefault(this.d.config.maxBuilders) : this.d.config.orgMaxBuilders;
     }
     pool.limitOrg(org, limits.maxBuilders ?? serverOrgMax);

@@ -74,17 +74,12 @@ const DIGEST_ONLY = new RegExp(`^${DIGEST}$`);
 const PUT_DIGEST = /^(?:sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 const MAX_PATH = 4096;
 
-// Never forwarded: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer the
-// Location URLs the registry builds (X-Forwarded-*, Forwarded).
+// Hop-by-hop headers (RFC 9110 §7.6.1): never forwarded either way.
+const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'];
+// Never forwarded upstream: hop-by-hop headers, the caller's credentials, and anything that would let a caller steer
+// the Location URLs the registry builds (X-Forwarded-*, Forwarded).
 const DROP_REQUEST = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
+  ...HOP_BY_HOP,
   'authorization',
   'host',
   'expect',
@@ -95,17 +90,7 @@ const DROP_REQUEST = new Set([
   'x-forwarded-port',
   'x-real-ip'
 ]);
-const DROP_RESPONSE = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'www-authenticate'
-]);
+const DROP_RESPONSE = new Set([...HOP_BY_HOP, 'www-authenticate']);
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 

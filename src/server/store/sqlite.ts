@@ -244,6 +244,7 @@ export class SqliteStore implements Store {
       insertOrg: db.prepare('INSERT INTO orgs (name, created_at) VALUES (?, ?)'),
       getOrg: db.prepare('SELECT name, created_at AS createdAt FROM orgs WHERE name = ?'),
       listOrgs: db.prepare('SELECT name, created_at AS createdAt FROM orgs ORDER BY name'),
+      countOrgs: db.prepare('SELECT COUNT(*) AS n FROM orgs'),
       insertToken: db.prepare(
         'INSERT INTO tokens (id, org, hash, label, created_at, revoked_at, scope) VALUES (@id, @org, @hash, @label, @createdAt, @revokedAt, @scope)'
       ),
@@ -306,6 +307,10 @@ export class SqliteStore implements Store {
 
   async listOrgs(): Promise<OrgRow[]> {
     return this.st.listOrgs.all() as OrgRow[];
+  }
+
+  async countOrgs(): Promise<number> {
+    return (this.st.countOrgs.get() as { n: number }).n;
   }
 
   async createToken(row: TokenRow): Promise<void> {

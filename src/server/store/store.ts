@@ -102,6 +102,7 @@ export interface Store {
   createOrg(name: string, now: number): Promise<OrgRow>; // throws StoreConflict if it exists
   getOrg(name: string): Promise<OrgRow | null>;
   listOrgs(): Promise<OrgRow[]>;
+  countOrgs(): Promise<number>; // how many orgs exist (Provision asks whether a second one does)
 
   // tokens
   createToken(row: TokenRow): Promise<void>;
