@@ -15,7 +15,7 @@ import { EmbeddedRegistry, findRegistryBinary } from '../../src/server/registry'
 import { Pki } from '../../src/server/pki';
 import { RegistryPrincipal, RegistryProxy, registryProxyTls } from '../../src/server/registry-proxy';
 import { decodeInlineCache, parseImageManifest, type CacheRecord } from '../../src/server/inline-cache';
-import { parseProgress } from '../../src/core/build';
+import { parseProgress } from '../../src/core/build-progress';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 

@@ -12,7 +12,8 @@ import { adminSetup, startServer, TestClient, CLI, DOCKER, type ServerProcess } 
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
-import { parseProgress, runBuild, type BuildResult } from '../../src/core/build';
+import { runBuild, type BuildResult } from '../../src/core/build';
+import { parseProgress } from '../../src/core/build-progress';
 import type { LeaseMsg } from '../../src/contract/grpc';
 
 // The multistage Dockerfile of the progress fixtures: six steps, two of them a few seconds long. The second job is

@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { dockerfileSteps, parseInstructions, type DockerfileStepOptions } from '../../src/core/dockerfile-steps';
-import { parseProgress } from '../../src/core/build';
+import { parseProgress } from '../../src/core/build-progress';
 
 const FIXTURES = path.join(__dirname, '../fixtures/progress');
 const fixture = (name: string) => fs.readFileSync(path.join(FIXTURES, `${name}.txt`), 'utf8');

@@ -25,7 +25,7 @@
 // the steps, -deduplicated the other one (moby/buildkit#4330): see stepsSolvedElsewhere.
 import * as fs from 'fs';
 import * as path from 'path';
-import { isStepName, parseProgress, ProgressParser, stepsSolvedElsewhere } from '../../src/core/build';
+import { isStepName, parseProgress, ProgressParser, stepsSolvedElsewhere } from '../../src/core/build-progress';
 
 const FIXTURES = path.join(__dirname, '../fixtures/progress');
 const fixture = (name: string) => fs.readFileSync(path.join(FIXTURES, `${name}.txt`), 'utf8');

@@ -1,6 +1,6 @@
 // The build steps a Dockerfile gives for a target, read from its text alone: what BuildKit's Dockerfile frontend
 // would show as "[stage N/M] INSTR" vertices. Used when the progress stream shows none although the build ran
-// (see stepsSolvedElsewhere in build.ts). Pure: no file system, no daemon.
+// (see stepsSolvedElsewhere in build-progress.ts). Pure: no file system, no daemon.
 //
 // Follows dockerfile2llb (BuildKit 0.8, the one in Docker Engine 20.10): a stage's steps are its ADD, COPY, RUN
 // and WORKDIR; FROM is never a step (as in isStepName); only the target stage and the stages it reaches through
