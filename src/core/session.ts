@@ -2,7 +2,7 @@
 // (0600). Only its path travels through the CI's own channels (GitHub state and env, GitLab dotenv, $BASH_ENV).
 import * as fs from 'fs';
 import * as path from 'path';
-import type { LeaseMsg } from '../common/proto';
+import type { LeaseMsg } from '../contract/grpc';
 import type { ResolvedDocker } from './docker-cli';
 import type { Identity } from './identity';
 import type { RunnerConfig } from './runner-config';
