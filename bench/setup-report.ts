@@ -6,7 +6,9 @@
 //
 // The steps run the runner CLI, dist/runner.js: what `@buildcloud/ci` ships and every GitLab and CircleCI job runs
 // (it loads dist/runner-steps.js beside it). The operator's dist/cli.js runs the same steps in the same rounds
-// (wallMs.cliSetup, cliReport), as the figures before the runner CLI existed were taken with it.
+// (wallMs.cliSetup, cliReport), as the figures before the runner CLI existed were taken with it. Each round also runs
+// a job of the runner CLI naming the control plane by its HTTP endpoint (wallMs.httpSetup, httpReport): the API over
+// HTTP/JSON, which loads no gRPC client; the others use the gRPC endpoint.
 //
 // Every step runs with a clean environment (PATH, HOME and the job's BUILDCLOUD_* variables): no
 // NODE_EXTRA_CA_CERTS, which costs about 60 ms per Node start here (docs/benchmarks.md), and no BUILDCLOUD_DOCKER,
@@ -74,8 +76,8 @@ class Jobs {
     private readonly pipeline: string
   ) {}
 
-  /** A shell CI job's environment: nothing of this process leaks in. */
-  env(): NodeJS.ProcessEnv {
+  /** A shell CI job's environment: nothing of this process leaks in. `endpoint`: the gRPC port, or the HTTP one. */
+  env(endpoint: 'grpc' | 'http' = 'grpc'): NodeJS.ProcessEnv {
     const name = `job-${++this.n}`;
     const home = path.join(this.work, name);
     fs.mkdirSync(home, { recursive: true, mode: 0o700 });
@@ -83,7 +85,7 @@ class Jobs {
       PATH: process.env.PATH,
       HOME: home,
       RUNNER_TEMP: home,
-      BUILDCLOUD_ENDPOINT: this.server.info.grpc,
+      BUILDCLOUD_ENDPOINT: endpoint === 'http' ? this.server.info.http : this.server.info.grpc,
       BUILDCLOUD_TOKEN: this.token,
       BUILDCLOUD_PROJECT: 'acme/bench',
       BUILDCLOUD_PIPELINE_ID: this.pipeline,
@@ -94,8 +96,8 @@ class Jobs {
 }
 
 /** setup then report for one job with the bundle `cli`; throws with the step's stderr when either fails. */
-async function job(jobs: Jobs, cli = RUNNER): Promise<{ setup: Run; report: Run }> {
-  const env = jobs.env();
+async function job(jobs: Jobs, cli = RUNNER, endpoint: 'grpc' | 'http' = 'grpc'): Promise<{ setup: Run; report: Run }> {
+  const env = jobs.env(endpoint);
   const setup = await timed(NODE, [cli, 'setup', '--json'], env);
   if (setup.code !== 0) throw new Error(`setup failed (${setup.code}):\n${setup.stderr}`);
   const setupEnv = { ...env, ...lastJson(setup.stdout).env };
@@ -169,7 +171,17 @@ async function main(): Promise<void> {
     const warmup = await job(jobs);
     const clean = { PATH: process.env.PATH, HOME: work };
 
-    const t: Record<string, number[]> = { setup: [], report: [], nodeBare: [], runnerVersion: [], cliVersion: [], cliSetup: [], cliReport: [] };
+    const t: Record<string, number[]> = {
+      setup: [],
+      report: [],
+      httpSetup: [],
+      httpReport: [],
+      nodeBare: [],
+      runnerVersion: [],
+      cliVersion: [],
+      cliSetup: [],
+      cliReport: []
+    };
     if (COMPARE) Object.assign(t, { compareSetup: [], compareReport: [], compareCliVersion: [] });
     const shared: boolean[] = [];
     for (let i = 0; i < ROUNDS; i++) {
@@ -180,6 +192,11 @@ async function main(): Promise<void> {
       t.setup.push(r.setup.ms);
       t.report.push(r.report.ms);
       shared.push(/shared with the pipeline/.test(r.setup.stderr));
+      // The same runner CLI with the HTTP endpoint (the API over HTTP/JSON, no gRPC client loaded).
+      const h = await job(jobs, RUNNER, 'http');
+      t.httpSetup.push(h.setup.ms);
+      t.httpReport.push(h.report.ms);
+      shared.push(/shared with the pipeline/.test(h.setup.stderr));
       const o = await job(jobs, CLI);
       t.cliSetup.push(o.setup.ms);
       t.cliReport.push(o.report.ms);

@@ -3,8 +3,9 @@
 // - `node -e 0`, the action's main entry and the runner CLI's `setup`, each started with a clean environment
 //   (PATH and HOME only, so NODE_EXTRA_CA_CERTS and the like do not hide the bundle's own cost), timed from spawn to
 //   exit at the first input check (no endpoint given: both fail fast with "Missing input 'endpoint'");
-// - the same two to the first request sent to a control plane: a local TCP listener stands in for it and records when
-//   the first byte arrives (the HTTP/2 preface of the gRPC client); the process is killed at that moment;
+// - the same two to the first request sent to a control plane, for each transport the endpoint can choose: a local
+//   TCP listener stands in for it and records when the first byte arrives (the HTTP/2 preface of the gRPC client for
+//   a host:port endpoint, the POST line of the Connect client for an http:// one); the process is killed then;
 // - bundle sizes of dist/.
 // Runs are interleaved (bare, main, setup, bare, main, setup, ...) so drift on a shared machine hits all alike;
 // figures are medians of BENCH_ROUNDS (default 15) runs in ms.
@@ -32,6 +33,9 @@ const inputCheck: Target[] = [
   { name: 'actionMain', argv: [dist('github/main.js')], expect: /Missing input 'endpoint'/ },
   { name: 'runnerSetup', argv: [RUNNER, 'setup'], expect: /Missing input 'endpoint'/ }
 ];
+
+// One POST over https to $U and nothing else: what Node itself takes to its first TLS byte (the ClientHello).
+const BARE_HTTPS = "require('https').request(process.env.U, { method: 'POST' }).on('error', () => {}).end('{}')";
 
 function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? os.homedir(), ...extra };
@@ -130,18 +134,18 @@ async function main(): Promise<void> {
   const server = net.createServer();
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as net.AddressInfo).port;
-  const reqEnv = (spool: string) =>
+  const reqEnv = (spool: string, endpoint = `127.0.0.1:${port}`) =>
     cleanEnv({
-      BUILDCLOUD_ENDPOINT: `127.0.0.1:${port}`,
+      BUILDCLOUD_ENDPOINT: endpoint,
       BUILDCLOUD_TOKEN: 'bench-token',
       BUILDCLOUD_DOCKER: stub,
       BUILDCLOUD_SPOOL_DIR: spool,
       BUILDCLOUD_FALLBACK: 'none'
     });
   // The action reads its inputs as INPUT_*; RUNNER_TEMP keeps its files in the bench's own directory.
-  const actionEnv = (spool: string) => ({
-    ...reqEnv(spool),
-    INPUT_ENDPOINT: `127.0.0.1:${port}`,
+  const actionEnv = (spool: string, endpoint = `127.0.0.1:${port}`) => ({
+    ...reqEnv(spool, endpoint),
+    INPUT_ENDPOINT: endpoint,
     INPUT_TOKEN: 'bench-token',
     INPUT_FALLBACK: 'none',
     RUNNER_TEMP: work
@@ -157,6 +161,15 @@ async function main(): Promise<void> {
       const spool = path.join(work, `spool-${i}`);
       add('actionMainFirstRequest', await timeToFirstRequest([dist('github/main.js')], actionEnv(spool), server, work));
       add('runnerSetupFirstRequest', await timeToFirstRequest([RUNNER, 'setup'], reqEnv(spool), server, work));
+      const http = `http://127.0.0.1:${port}`;
+      add('actionMainFirstRequestHttp', await timeToFirstRequest([dist('github/main.js')], actionEnv(`${spool}-h`, http), server, work));
+      add('runnerSetupFirstRequestHttp', await timeToFirstRequest([RUNNER, 'setup'], reqEnv(`${spool}-h`, http), server, work));
+      // https: the first byte is the TLS ClientHello (the listener answers nothing), so TLS's own load is counted.
+      const https = `https://127.0.0.1:${port}`;
+      add('actionMainFirstRequestHttps', await timeToFirstRequest([dist('github/main.js')], actionEnv(`${spool}-s`, https), server, work));
+      add('runnerSetupFirstRequestHttps', await timeToFirstRequest([RUNNER, 'setup'], reqEnv(`${spool}-s`, https), server, work));
+      // Node's own floor for that byte: a bare script that does nothing but one https request.
+      add('bareHttpsFirstRequest', await timeToFirstRequest(['-e', BARE_HTTPS], cleanEnv({ U: https }), server, work));
     }
   } finally {
     server.close();
@@ -181,12 +194,22 @@ async function main(): Promise<void> {
     rounds: ROUNDS,
     runner: path.relative(ROOT, RUNNER),
     env: 'PATH and HOME only; first-request runs add BUILDCLOUD_* (or INPUT_*) for a local listener and a stub docker client',
+    endpoints: {
+      FirstRequest: 'host:port (gRPC; first byte: the HTTP/2 preface)',
+      FirstRequestHttp: 'http://host:port (Connect, HTTP/JSON; first byte: the POST line)',
+      FirstRequestHttps: 'https://host:port (Connect over TLS; first byte: the ClientHello)'
+    },
     medianMs: med,
     ratioToBare: {
       actionMainInputCheck: ratio('actionMain'),
       runnerSetupInputCheck: ratio('runnerSetup'),
       actionMainFirstRequest: ratio('actionMainFirstRequest'),
-      runnerSetupFirstRequest: ratio('runnerSetupFirstRequest')
+      runnerSetupFirstRequest: ratio('runnerSetupFirstRequest'),
+      actionMainFirstRequestHttp: ratio('actionMainFirstRequestHttp'),
+      runnerSetupFirstRequestHttp: ratio('runnerSetupFirstRequestHttp'),
+      actionMainFirstRequestHttps: ratio('actionMainFirstRequestHttps'),
+      runnerSetupFirstRequestHttps: ratio('runnerSetupFirstRequestHttps'),
+      bareHttpsFirstRequest: ratio('bareHttpsFirstRequest')
     },
     goals: { inputCheck: 1.25, firstRequest: 2 },
     allMs: Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, v.map((x) => Math.round(x))])),

@@ -60,7 +60,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
   let ok = false;
   try {
     const token = createOrgWithToken(cli, server.stateDir, ORG, 60, 'demo');
-    o.log(`Org '${ORG}' with 60 build minutes; control plane at ${server.grpc}, registry ${server.registry}`);
+    o.log(`Org '${ORG}' with 60 build minutes; control plane at ${server.http} (gRPC ${server.grpc}), registry ${server.registry}`);
     const base = await pushBaseImage(server, token, PROJECT, work);
     o.log(`Base image ${base} pushed to the org registry`);
 
@@ -73,7 +73,7 @@ export async function runDemo(o: DemoOptions): Promise<number> {
       context: 'examples/app',
       targets: TARGETS,
       buildArgs: [`BASE=${base}`],
-      endpoint: server.grpc,
+      endpoint: server.http,
       token,
       work,
       onProgress: o.log

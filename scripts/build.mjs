@@ -2,8 +2,10 @@
 // - dist/runner.js: the runner CLI (setup, build, report), what @buildcloud/ci ships with dist/runner-steps.js;
 //   no server, admin or demo code.
 // - dist/cli.js: the operator's `buildcloud`, every command.
-// - dist/github/{main,post,build}.js: the action's steps up to their first input check; dist/github/steps.js: their
-//   work, one bundle for the three; dist/github/spool-cache.js: @actions/cache, for carrying unsent usage records.
+// - dist/github/{main,post,build}.js: the action's steps up to their first input check; dist/github/*-step.js: the
+//   work of each; dist/github/actions-core.js: @actions/core (OIDC tokens, the job summary), on first use;
+//   dist/github/spool-cache.js: @actions/cache, for carrying unsent usage records; dist/grpc-transport.js: the gRPC
+//   client, for a gRPC endpoint only (the runner's and the action's steps both require it).
 // Each small entry requires its heavy half at run time, only when it has work for it (issue 10: V8 compiles every
 // byte of a script it loads, lazily evaluated or not).
 // Minified, each with a sourcemap next to it; dist/licenses.txt lists every bundled package with its licence text.
@@ -18,10 +20,14 @@ const entries = {
   cli: 'src/cli/index.ts',
   runner: 'src/cli/runner.ts',
   'runner-steps': 'src/cli/runner-steps.ts',
+  'grpc-transport': 'src/core/grpc-transport.ts',
   'github/main': 'src/github/entries/main.ts',
   'github/post': 'src/github/entries/post.ts',
   'github/build': 'src/github/entries/build.ts',
-  'github/steps': 'src/github/steps.ts',
+  'github/main-step': 'src/github/main-step.ts',
+  'github/post-step': 'src/github/post-step.ts',
+  'github/build-step': 'src/github/build-step.ts',
+  'github/actions-core': 'src/github/actions-core.ts',
   'github/spool-cache': 'src/github/spool-cache.ts'
 };
 const CLIS = new Set(['cli', 'runner']);
@@ -30,19 +36,29 @@ const OPERATOR_ONLY = /^src\/(server|demo)\/|^harness\/|^src\/cli\/(serve|admin|
 
 // The seams between the halves: [importer, what it requires] → the bundle beside it that it requires at run time.
 const APART = [
-  ['src/github/load-steps.ts', './steps', './steps.js'],
+  ['src/github/load-steps.ts', './main-step', './main-step.js'],
+  ['src/github/load-steps.ts', './post-step', './post-step.js'],
+  ['src/github/load-steps.ts', './build-step', './build-step.js'],
+  ['src/github/full-core.ts', './actions-core', './actions-core.js'],
   ['src/github/spool-carry.ts', './spool-cache', './spool-cache.js'],
-  ['src/cli/runner.ts', './runner-steps', './runner-steps.js']
+  ['src/cli/runner.ts', './runner-steps', './runner-steps.js'],
+  // @grpc/grpc-js and the protobuf runtime, for a gRPC endpoint only (an http(s):// one needs neither): one bundle,
+  // dist/grpc-transport.js, for the runner's steps and (from dist/github/) the action's. The operator's CLI serves
+  // gRPC anyway and keeps it inline.
+  ['src/core/api-client.ts', './grpc-transport', './grpc-transport.js']
 ];
-const apart = {
+const apart = (entryName) => ({
   name: 'bundles-apart',
   setup(b) {
-    b.onResolve({ filter: /^\.\/(steps|spool-cache|runner-steps)$/ }, (args) => {
+    b.onResolve({ filter: /^\.\/(main-step|post-step|build-step|actions-core|spool-cache|runner-steps|grpc-transport)$/ }, (args) => {
+      if (entryName === 'cli' && args.path === './grpc-transport') return undefined;
       const hit = APART.find(([importer, spec]) => args.path === spec && args.importer.endsWith(importer.split('/').join(sep)));
-      return hit ? { path: hit[2], external: true } : undefined;
+      if (!hit) return undefined;
+      const shared = hit[1] === './grpc-transport' && entryName.startsWith('github/');
+      return { path: shared ? '../grpc-transport.js' : hit[2], external: true };
     });
   }
-};
+});
 
 /** Builds every entry into `out` (a directory beside dist/, so sourcemap paths match); returns the metafiles. */
 async function bundleAll(out) {
@@ -57,7 +73,7 @@ async function bundleAll(out) {
       format: 'cjs',
       // Native addon: loaded only by `serve`/`admin`, which run where `npm ci` built it.
       external: ['better-sqlite3'],
-      plugins: [apart],
+      plugins: [apart(name)],
       loader: { '.proto': 'text' },
       banner: { js: CLIS.has(name) ? '#!/usr/bin/env node' : '' },
       legalComments: 'none', // the notices are in dist/licenses.txt

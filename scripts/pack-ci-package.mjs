@@ -1,5 +1,6 @@
 // Makes the npm package the GitLab component and the CircleCI orb run by default (`npx --yes @buildcloud/ci@VERSION`):
-// the runner CLI (dist/runner.js, which loads dist/runner-steps.js beside it once it has work to do) and the licences
+// the runner CLI (dist/runner.js, which loads dist/runner-steps.js beside it once it has work to do, and
+// dist/grpc-transport.js only for a gRPC endpoint) and the licences
 // of what they bundle; no dependencies, no control-plane code, so a runner needs only Node.js and a docker client.
 // Usage: node scripts/pack-ci-package.mjs [OUT_DIR]  → prints the path of the .tgz (publish it with npm publish).
 import { execFileSync } from 'node:child_process';
@@ -15,6 +16,7 @@ mkdirSync(join(dir, 'bin'));
 copyFileSync(join(root, 'dist/runner.js'), join(dir, 'bin/buildcloud.js'));
 chmodSync(join(dir, 'bin/buildcloud.js'), 0o755);
 copyFileSync(join(root, 'dist/runner-steps.js'), join(dir, 'bin/runner-steps.js'));
+copyFileSync(join(root, 'dist/grpc-transport.js'), join(dir, 'bin/grpc-transport.js'));
 copyFileSync(join(root, 'dist/licenses.txt'), join(dir, 'licenses.txt'));
 writeFileSync(
   join(dir, 'package.json'),

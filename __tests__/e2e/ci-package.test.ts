@@ -11,9 +11,19 @@ test('the CI package has the runner CLI and nothing else, and npx runs it with n
   const out = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-cipkg-'));
   const tgz = execFileSync(process.execPath, [path.join(ROOT, 'scripts/pack-ci-package.mjs'), out], { encoding: 'utf8' }).trim();
   const files = execFileSync('tar', ['tzf', tgz], { encoding: 'utf8' }).trim().split('\n').sort();
-  expect(files).toEqual(['package/README.md', 'package/bin/buildcloud.js', 'package/bin/runner-steps.js', 'package/licenses.txt', 'package/package.json']);
+  expect(files).toEqual([
+    'package/README.md',
+    'package/bin/buildcloud.js',
+    'package/bin/grpc-transport.js', // the gRPC client, loaded only for a gRPC endpoint
+    'package/bin/runner-steps.js',
+    'package/licenses.txt',
+    'package/package.json'
+  ]);
   // The runner only: no control-plane, admin or demo code rides along to every CI job.
-  const bin = execFileSync('tar', ['xzOf', tgz, 'package/bin/buildcloud.js', 'package/bin/runner-steps.js'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const bin = execFileSync('tar', ['xzOf', tgz, 'package/bin/buildcloud.js', 'package/bin/runner-steps.js', 'package/bin/grpc-transport.js'], {
+    encoding: 'utf8',
+    maxBuffer: 64 << 20
+  });
   for (const marker of ['fastify', 'better-sqlite3', 'pino', 'gitlab-ci-local']) expect(bin).not.toContain(marker);
   const pkg = JSON.parse(execFileSync('tar', ['xzOf', tgz, 'package/package.json'], { encoding: 'utf8' }));
   expect(pkg).toMatchObject({ name: '@buildcloud/ci', bin: { buildcloud: 'bin/buildcloud.js' } });

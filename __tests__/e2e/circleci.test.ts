@@ -56,7 +56,7 @@ function run(config: Config, workflow: string, opts: { workflowId: string; check
     workRoot: work,
     workflowId: opts.workflowId,
     checkoutFrom: opts.checkoutFrom ?? repo,
-    contexts: { buildcloud: { BUILDCLOUD_ENDPOINT: server.info.grpc, BUILDCLOUD_TOKEN: token } }
+    contexts: { buildcloud: { BUILDCLOUD_ENDPOINT: server.info.http, BUILDCLOUD_TOKEN: token } }
   });
 }
 

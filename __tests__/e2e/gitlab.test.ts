@@ -49,7 +49,7 @@ async function makeRepo(name: string, pipeline: string, app: { from?: string; do
 function run(repo: string, extra: { variables?: Record<string, string>; predefined?: string[] } = {}): Promise<PipelineRun> {
   return runGitlabCiLocal(repo, {
     // Like project CI/CD variables in Settings: they beat the component's (empty) job variables.
-    variables: { BUILDCLOUD_ENDPOINT: server.info.grpc, BUILDCLOUD_TOKEN: token, BUILDCLOUD_SPOOL_DIR: path.join(work, 'spool'), ...extra.variables },
+    variables: { BUILDCLOUD_ENDPOINT: server.info.http, BUILDCLOUD_TOKEN: token, BUILDCLOUD_SPOOL_DIR: path.join(work, 'spool'), ...extra.variables },
     inputs: { cli: `node ${vendoredCli}` },
     predefined: extra.predefined
   });

@@ -105,6 +105,47 @@ test('Provision: one token past its burst gets RESOURCE_EXHAUSTED with the wait 
   expect(betaLease.id).toBeTruthy();
 });
 
+test('the same API over HTTP/JSON (Connect) shares the limits: a token limited on gRPC is limited there too; the lease reads the same through both faces', async () => {
+  const rpc = (path: string, token: string | null, body: object, contentType = 'application/json') =>
+    fetch(`${server.info.http}/buildcloud.v1.${path}`, {
+      method: 'POST',
+      headers: { 'content-type': contentType, 'connect-protocol-version': '1', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: JSON.stringify(body)
+    });
+  // A tenant past its Provision burst on the gRPC port cannot get round the limit through the other face.
+  const limited = await rpc('BuildCloud/Provision', acmeToken, { pipelineKey: 'acme/1/1', jobId: 'via-http' });
+  expect(limited.status).toBe(429);
+  expect(limited.headers.get('retry-after')).toMatch(/^\d+$/);
+  const body = (await limited.json()) as { code: string; message: string };
+  expect(body.code).toBe('resource_exhausted');
+  expect(body.message).toMatch(/^Rate limit exceeded: at most 0\.1 Provision calls per second per credential/);
+
+  // beta reads its lease over HTTP/JSON as over gRPC: same fields, int64 as strings in proto3 JSON; no TLS key in a Get.
+  const got = await rpc('BuildCloud/Get', betaToken, { leaseId: betaLease.id });
+  expect(got.status).toBe(200);
+  const lease = (await got.json()) as Record<string, unknown>;
+  expect(lease).toMatchObject({
+    id: betaLease.id,
+    org: 'beta',
+    pipelineKey: 'beta/1/1',
+    state: 'LEASE_STATE_ACTIVE',
+    createdAtMs: String(betaLease.createdAtMs)
+  });
+  expect(lease.tls).toBeNull();
+  // and another org's lease is not beta's to read, over either face.
+  const foreign = await rpc('BuildCloud/Get', betaToken, { leaseId: acmeLease.id });
+  expect([foreign.status, ((await foreign.json()) as { code: string }).code]).toEqual([404, 'not_found']);
+
+  // No credential, a wrong content type, a body that is not the message: each named, none served.
+  const anon = await rpc('BuildCloud/Get', null, { leaseId: betaLease.id });
+  expect([anon.status, ((await anon.json()) as { code: string }).code]).toEqual([401, 'unauthenticated']);
+  const proto = await rpc('BuildCloud/Get', betaToken, { leaseId: betaLease.id }, 'application/proto');
+  expect(proto.status).toBe(415);
+  expect(proto.headers.get('accept-post')).toBe('application/json');
+  const wrong = await rpc('BuildCloud/Get', betaToken, { leaseId: ['x'] });
+  expect([wrong.status, ((await wrong.json()) as { code: string }).code]).toEqual([400, 'invalid_argument']);
+});
+
 test('metering: records are counted per event; past the burst → 429 with Retry-After and the limit and flag named; another org is served', async () => {
   const first = await post(acmeToken, records('acme', acmeLease.id, 'a', RECORD_BURST));
   expect(first.status).toBe(200);

@@ -1,6 +1,7 @@
 // `buildcloud serve --tls-cert --tls-key`: gRPC and HTTP over TLS for a control plane exposed beyond loopback.
 import * as fs from 'fs';
 import * as https from 'https';
+import { spawnSync } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
@@ -76,4 +77,45 @@ test('HTTP (metering, usage, health) is served over TLS with the same certificat
   await expect(new Promise((resolve, reject) => https.get(`${server.info.http}/healthz`, resolve).on('error', reject))).rejects.toThrow(
     /self.signed|unable to verify|certificate/i
   );
+});
+
+test('the API over HTTPS (Connect): a client trusting the CA reaches the server, one that does not is refused', async () => {
+  process.env.BUILDCLOUD_CA_FILE = caFile;
+  const secure = new ApiClient({ endpoint: server.info.http, token, attempts: 1 });
+  const err = (await secure
+    .provision({ org: '', pipelineKey: 'p/1', jobId: 'j', platforms: [], scope: 'SCOPE_PIPELINE', identity })
+    .catch((e) => e)) as ControlPlaneError;
+  expect(err.code).toBe(grpc.status.FAILED_PRECONDITION);
+  expect(err.details).toMatch(/no builder driver/);
+  delete process.env.BUILDCLOUD_CA_FILE;
+  const untrusting = new ApiClient({ endpoint: server.info.http, token, attempts: 1 });
+  const refused = (await untrusting.get('lease-x').catch((e) => e)) as ControlPlaneError;
+  expect(refused.code).toBe(grpc.status.UNAVAILABLE);
+  expect(refused.message).toMatch(/SELF_SIGNED|UNABLE_TO_VERIFY|CERT/i);
+});
+
+// The runner CLI opens its TLS connection while its steps load (src/core/preconnect.ts): that head start must verify
+// the server exactly as the request would, so a control plane the runner does not trust gets no token.
+test.each([
+  ['trusting the CA: the call reaches the server', true, /no builder driver/],
+  ['without the CA: refused before anything is sent', false, /SELF_SIGNED|UNABLE_TO_VERIFY|certificate/i]
+])('runner setup over https:// (%s)', (_name, trusted, expected) => {
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-tls-runner-'));
+  const r = spawnSync(process.execPath, [path.join(__dirname, '../../dist/runner.js'), 'setup'], {
+    env: {
+      PATH: process.env.PATH,
+      HOME: home,
+      BUILDCLOUD_ENDPOINT: server.info.http,
+      BUILDCLOUD_TOKEN: token,
+      BUILDCLOUD_FALLBACK: 'none',
+      BUILDCLOUD_PROVISION_TIMEOUT: '2',
+      ...(trusted ? { BUILDCLOUD_CA_FILE: caFile } : {})
+    },
+    encoding: 'utf8',
+    timeout: 60_000
+  });
+  fs.rmSync(home, { recursive: true, force: true });
+  expect(r.status).not.toBe(0);
+  expect(r.stderr + r.stdout).toMatch(expected);
+  expect(r.stderr + r.stdout).not.toContain(token);
 });

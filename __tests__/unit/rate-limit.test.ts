@@ -4,6 +4,7 @@ import { ConfigError, DEFAULT_LIMITS, parseLimits } from '../../src/server/confi
 import { createServeLimiters, RateLimited, RateLimiter, rateLimitKey, TokenBuckets } from '../../src/server/rate-limit';
 import * as grpc from '@grpc/grpc-js';
 import { addGrpcApi } from '../../src/server/grpc-api';
+import { createRpcApi } from '../../src/server/rpc-api';
 import { ApiClient } from '../../src/core/api-client';
 import { silentLogger } from '../../src/server/log';
 
@@ -224,24 +225,28 @@ describe('Provision over gRPC (src/server/grpc-api.ts)', () => {
 
   beforeAll(async () => {
     server = new grpc.Server();
-    addGrpcApi(server, {
-      leases: { provision: async (org: string) => (provisioned.push(org), { id: `lease-${provisioned.length}` }) } as any,
-      store: {} as any,
-      authenticator: { authenticate: async (t: string) => PRINCIPALS[t] ?? null } as any,
-      oidc: {} as any,
-      signingKey: {} as any,
-      accessTokenTtlS: 60,
-      log: silentLogger(),
-      // 1 call per 10 s, bursts of 3: a real clock, far too slow to refill during the test.
-      provisionLimiter: new RateLimiter({
-        limit: 'provision',
-        flag: '--provision-rate',
-        burstFlag: '--provision-burst',
-        unit: 'Provision calls',
-        ratePerSecond: 0.1,
-        burst: 3
-      })
-    });
+    addGrpcApi(
+      server,
+      createRpcApi({
+        leases: { provision: async (org: string) => (provisioned.push(org), { id: `lease-${provisioned.length}` }) } as any,
+        store: {} as any,
+        authenticator: { authenticate: async (t: string) => PRINCIPALS[t] ?? null } as any,
+        oidc: {} as any,
+        signingKey: {} as any,
+        accessTokenTtlS: 60,
+        log: silentLogger(),
+        // 1 call per 10 s, bursts of 3: a real clock, far too slow to refill during the test.
+        provisionLimiter: new RateLimiter({
+          limit: 'provision',
+          flag: '--provision-rate',
+          burstFlag: '--provision-burst',
+          unit: 'Provision calls',
+          ratePerSecond: 0.1,
+          burst: 3
+        })
+      }),
+      silentLogger()
+    );
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p)))
     );

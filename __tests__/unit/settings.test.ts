@@ -213,12 +213,17 @@ describe('accepted values', () => {
 });
 
 describe('every validation error names the input and the expectation', () => {
-  const ENDPOINT = 'Expected host:port, grpc://host:port or grpcs://host:port.';
+  const ENDPOINT = 'Expected host:port, grpc://host:port, grpcs://host:port, or the http:// or https:// URL of its HTTP port.';
   const BOOL = 'Expected true or false.';
   const TIMEOUT = 'Expected a whole number from 1 to 3600.';
   const PLATFORM = 'Expected os/arch such as linux/amd64.';
   test.each([
-    ['endpoint', 'http://cp.example.com:80', `Invalid input 'endpoint': 'http://cp.example.com:80'. ${ENDPOINT}`],
+    ['endpoint', 'ftp://cp.example.com:21', `Invalid input 'endpoint': 'ftp://cp.example.com:21'. ${ENDPOINT}`],
+    [
+      'endpoint',
+      'https://bct_secret:x@cp.example.com',
+      "Invalid input 'endpoint': it holds credentials (user@ or user:password@), which are not accepted or shown. Give the token as 'token' instead."
+    ],
     ['endpoint', 'cp.example.com', `Invalid input 'endpoint': 'cp.example.com'. ${ENDPOINT}`],
     ['endpoint', 'cp example.com:443', `Invalid input 'endpoint': 'cp example.com:443'. ${ENDPOINT}`],
     ['endpoint', 'grpc://cp:443/v1', `Invalid input 'endpoint': 'grpc://cp:443/v1'. ${ENDPOINT}`],

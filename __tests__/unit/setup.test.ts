@@ -389,3 +389,27 @@ test('configureRunner failing and the release failing too: the configure error i
   await expect(setup(settings(), deps)).rejects.toBe(boom);
   expect(plane.callsOf('Release')).toHaveLength(1);
 });
+
+describe('no usable docker client', () => {
+  const unusable = () => Object.assign(new Error('No usable docker client: /usr/bin/docker has no buildx plugin'), { name: 'DockerNotUsableError' });
+
+  test("the client's error is the one reported, and the lease taken meanwhile is released at once", async () => {
+    jest.mocked(resolveDocker).mockRejectedValue(unusable());
+    const err = await rejection(setup(settings(), deps));
+    expect(err.message).toBe('No usable docker client: /usr/bin/docker has no buildx plugin');
+    expect(mockedConfigureRunner).not.toHaveBeenCalled();
+    // Provision went out beside the client's choice (issue 10); its lease is handed back, not left to the idle timeout.
+    expect(plane.callsOf('Provision')).toHaveLength(1);
+    expect(plane.callsOf('Release').map((c) => c.request)).toEqual([{ leaseId: 'lease-0001' }]);
+  });
+
+  test('a Provision that fails too: the docker error still comes first', async () => {
+    jest.mocked(resolveDocker).mockRejectedValue(unusable());
+    plane.on('Provision', () => {
+      throw rpcError(grpc.status.PERMISSION_DENIED, "token of org 'other' cannot act for org 'acme'");
+    });
+    const err = await rejection(setup(settings(), deps));
+    expect(err.message).toContain('No usable docker client');
+    expect(plane.callsOf('Release')).toHaveLength(0);
+  });
+});

@@ -4,6 +4,7 @@
 // of what a job failing on its inputs pays (issue 10). The rest is runner-steps.ts (dist/runner-steps.js).
 import { buildSettings, setupSettings } from '../core/settings';
 import { requireEndpoint } from '../core/endpoint';
+import { preconnect } from '../core/preconnect';
 import { loadSession, SESSION_ENV } from '../core/session';
 import { reportError } from './errors';
 import { fastParse, getter, type RunnerCommand } from './runner-args';
@@ -30,6 +31,10 @@ export async function main(argv: string[]): Promise<number> {
     checkInputs(parsed.command, parsed.opts, process.env);
   } catch (err) {
     return reportError(err);
+  }
+  // setup's first request: its TLS handshake runs while the steps load (preconnect.ts).
+  if (parsed.command === 'setup' && preconnect(requireEndpoint(setupSettings(getter(parsed.opts, process.env)), process.env))) {
+    await new Promise((r) => setImmediate(r)); // one turn of the event loop: the connection opens and the handshake starts
   }
   return loadRunnerSteps().runStep(parsed.command, parsed.opts);
 }

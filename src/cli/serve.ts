@@ -144,7 +144,8 @@ export function registerServe(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(i) + '\n');
       else {
         process.stdout.write(
-          `buildcloud serve: ready\n  gRPC      ${i.grpc}\n  HTTP      ${i.http}  (metering, usage, /healthz, /metrics)\n` +
+          `buildcloud serve: ready\n  endpoint  ${i.http}  (give jobs this: BUILDCLOUD_ENDPOINT or the endpoint input)\n` +
+            `  gRPC      ${i.grpc}  (the same API over gRPC)\n  HTTP      ${i.http}  (the API over HTTP/JSON, metering, usage, /healthz, /metrics)\n` +
             `  registry  ${i.registry}  (org cache)\n  driver    ${i.driver} ${i.platforms.join(', ')}${i.builderIsolation ? `, builder isolation ${i.builderIsolation}` : ''}\n  state     ${i.stateDir}\n` +
             `  admin token in ${i.adminTokenFile}\n`
         );

@@ -22,6 +22,29 @@ const PACKAGE = 'buildcloud.v1';
 
 type ServiceCtor = grpc.ServiceClientConstructor;
 let cached: { BuildCloud: ServiceCtor; Auth: ServiceCtor } | null = null;
+let parsed: protobuf.Root | null = null;
+
+function root(): protobuf.Root {
+  if (!parsed) {
+    parsed = protobuf.parse(protoText, { keepCase: false }).root;
+    parsed.resolveAll();
+  }
+  return parsed;
+}
+
+/** A message type of the contract by its name in the .proto (e.g. `Lease`); throws for a name it does not define. */
+export function messageType(name: string): protobuf.Type {
+  return root().lookupType(`${PACKAGE}.${name}`);
+}
+
+/** The request and reply message types of a method (`Service/Method`, e.g. `BuildCloud/Provision`). */
+export function methodTypes(method: string): { request: protobuf.Type; response: protobuf.Type } {
+  const [service, name] = method.split('/');
+  const m = root().lookupService(`${PACKAGE}.${service}`).methods[name];
+  if (!m) throw new Error(`no method ${method} in the contract`);
+  m.resolve();
+  return { request: m.resolvedRequestType as protobuf.Type, response: m.resolvedResponseType as protobuf.Type };
+}
 
 /** A service's method definitions, as @grpc/proto-loader's createServiceDefinition makes them. */
 function definitionOf(service: protobuf.Service): grpc.ServiceDefinition {
@@ -52,9 +75,7 @@ function definitionOf(service: protobuf.Service): grpc.ServiceDefinition {
 /** The client and server constructors of the two services, BuildCloud (provision, release, get) and Auth (token exchange). */
 export function services(): { BuildCloud: ServiceCtor; Auth: ServiceCtor } {
   if (cached) return cached;
-  const root = protobuf.parse(protoText, { keepCase: false }).root;
-  root.resolveAll();
-  const ctor = (name: string) => grpc.makeGenericClientConstructor(definitionOf(root.lookupService(`${PACKAGE}.${name}`)), name);
+  const ctor = (name: string) => grpc.makeGenericClientConstructor(definitionOf(root().lookupService(`${PACKAGE}.${name}`)), name);
   cached = { BuildCloud: ctor('BuildCloud'), Auth: ctor('Auth') };
   return cached;
 }

@@ -6,10 +6,15 @@
 // TimeoutError for AbortSignal.timeout), network errors as "request failed" with the system error as `cause`
 // (callers print `message (cause)`), a bounded reply, and https with the system roots (plus NODE_EXTRA_CA_CERTS)
 // and, when BUILDCLOUD_CA_FILE names one, the control plane's private CA, as the gRPC client trusts it.
-import * as fs from 'fs';
 import * as http from 'http';
-import * as https from 'https';
-import * as tls from 'tls';
+import type * as https from 'https';
+import type * as net from 'net';
+import { trustedCa } from './tls-trust';
+import { adoptPreconnected } from './preconnect';
+
+// node:https (and node:tls under it) only for https URLs: about 3 ms of a start-up that is ~25 ms (issue 10).
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const httpsModule = (): typeof https => require('https') as typeof https;
 
 export interface HttpRequestInit {
   method?: string; // default GET
@@ -17,6 +22,8 @@ export interface HttpRequestInit {
   body?: string;
   signal?: AbortSignal; // aborts the request and the reading of its reply
   maxBytes?: number; // reply bodies beyond this are refused; default 4 MiB
+  // Use the connection preconnect.ts opened to this URL's origin, if there is one still open (once: it is handed over).
+  preconnected?: boolean;
 }
 
 export interface HttpReply {
@@ -35,28 +42,6 @@ export function headerValue(headers: http.IncomingHttpHeaders, name: string): st
   const v = headers[name.toLowerCase()];
   if (v === undefined) return null;
   return Array.isArray(v) ? (v[0] ?? null) : v;
-}
-
-let caCache: { file: string; ca: string[] } | undefined;
-
-/** The roots for https: undefined (Node's default store) unless BUILDCLOUD_CA_FILE names a private CA. */
-function trustedCa(env: NodeJS.ProcessEnv = process.env): string[] | undefined {
-  const file = env.BUILDCLOUD_CA_FILE;
-  if (!file) return undefined;
-  if (caCache?.file === file) return caCache.ca;
-  // Giving `ca` replaces Node's default store, NODE_EXTRA_CA_CERTS included: keep both beside the private CA.
-  const ca = [...tls.rootCertificates];
-  const extra = env.NODE_EXTRA_CA_CERTS;
-  if (extra) {
-    try {
-      ca.push(fs.readFileSync(extra, 'utf8'));
-    } catch {
-      // Node itself only warns about an unreadable NODE_EXTRA_CA_CERTS
-    }
-  }
-  ca.push(fs.readFileSync(file, 'utf8'));
-  caCache = { file, ca };
-  return ca;
 }
 
 export const httpRequest: HttpRequester = (url, init) =>
@@ -90,7 +75,13 @@ export const httpRequest: HttpRequester = (url, init) =>
       return reject(failed(`could not read BUILDCLOUD_CA_FILE: ${(err as Error).message}`, err));
     }
     const options: https.RequestOptions = { method: init.method ?? 'GET', headers, ...(ca ? { ca } : {}) };
-    const req = (secure ? https : http).request(u, options, (res) => {
+    const early: net.Socket | null = init.preconnected ? adoptPreconnected(u.origin) : null;
+    if (early) {
+      // That socket was opened with the same trust (tls-trust.ts) and server name; it serves this one request. No
+      // agent: node:http uses createConnection only when none is given (agent: false would make a fresh one).
+      options.createConnection = () => early;
+    }
+    const req = (secure ? httpsModule() : http).request(u, options, (res) => {
       const chunks: Buffer[] = [];
       let size = 0;
       res.on('data', (c: Buffer) => {

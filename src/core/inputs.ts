@@ -27,7 +27,7 @@ export const SETUP_INPUTS: InputDef[] = [
     type: 'string',
     default: '',
     description:
-      'gRPC address of the Build Cloud control plane: host:port, grpc://host:port or grpcs://host:port. Falls back to the BUILDCLOUD_ENDPOINT variable.'
+      'Where the Build Cloud control plane answers: the http:// or https:// URL of its HTTP port (fastest start: plain HTTP/JSON), or its gRPC port as host:port, grpc://host:port or grpcs://host:port. Falls back to the BUILDCLOUD_ENDPOINT variable.'
   },
   {
     name: 'token',

@@ -2,6 +2,7 @@
 // BUILDCLOUD_* variable); every error names the input and what is expected.
 import { ORG_PATTERN, PLATFORM_PATTERN } from '../contract/rules';
 import { BUILD_INPUTS, SETUP_INPUTS, type InputDef } from './inputs';
+import { ENDPOINT_FORMS, parseEndpoint } from './endpoint';
 
 export class InputError extends Error {
   constructor(message: string) {
@@ -100,9 +101,17 @@ function platforms(def: InputDef, get: Getter): string[] {
 
 export function setupSettings(get: Getter): SetupSettings {
   const endpoint = str(S.endpoint, get);
-  const port = /:(\d{1,5})\/?$/.exec(endpoint)?.[1];
-  if (endpoint && (!/^(grpcs?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^/\s:[\]]+):\d{1,5}\/?$/.test(endpoint) || Number(port) < 1 || Number(port) > 65535)) {
-    throw new InputError(`Invalid input 'endpoint': '${endpoint}'. Expected host:port, grpc://host:port or grpcs://host:port.`);
+  if (endpoint) {
+    try {
+      parseEndpoint(endpoint);
+    } catch {
+      // user:password@ in a URL is a secret: never echoed, and never the way to pass a credential.
+      if (/^[a-z][a-z0-9+.-]*:\/\/[^/]*@/i.test(endpoint.trim()))
+        throw new InputError(
+          `Invalid input 'endpoint': it holds credentials (user@ or user:password@), which are not accepted or shown. Give the token as 'token' instead.`
+        );
+      throw new InputError(`Invalid input 'endpoint': '${endpoint}'. Expected ${ENDPOINT_FORMS}.`);
+    }
   }
   const metering = str(S['metering-endpoint'], get);
   if (metering && !/^https?:\/\/\S+$/.test(metering)) {

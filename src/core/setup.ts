@@ -49,24 +49,6 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
   const now = deps.now ?? Date.now;
   const identity = identityFromEnv(env, undefined, { jobId: settings.jobId });
   const endpoint = requireEndpoint(settings, env);
-  log.info(
-    `Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`
-  );
-
-  // The docker client is chosen while the credential is found (an OIDC exchange is a round trip); it is known
-  // before anything is provisioned, so a runner without a usable client never takes a lease, and its error comes
-  // first, as when the choice ran alone.
-  const dockerChoice = resolveDocker(env);
-  dockerChoice.catch(() => undefined); // awaited below, on every path
-  let chosen: ResolvedDocker | null = null;
-  const chosenDocker = async (): Promise<ResolvedDocker> => {
-    if (!chosen) {
-      chosen = await dockerChoice;
-      log.info(chosen.reason);
-    }
-    return chosen;
-  };
-
   const api = new ApiClient({
     endpoint,
     onRetry: (r) => log.warn(`Build Cloud: ${r.method} failed (${r.error}); retrying in ${(r.delayMs / 1000).toFixed(1)} s (attempt ${r.attempt + 1})`)
@@ -75,15 +57,38 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
     // One spool per org: records of another org sent with this org's token would be rejected and dropped.
     const spoolFor = (org: string) => path.join(deps.spoolDir ?? defaultSpoolDir(env), org || 'unknown-org');
     let token = '';
+    // The first request (ExchangeToken or Provision) goes out before anything else: the docker client is chosen while
+    // the credential is found and the builders are provisioned (each a round trip), not before them (issue 10: it
+    // cost every job a `docker --version` and the synchronous work of the choice before its first request). A
+    // runner without a usable client still fails with that client's error first; a lease it took meanwhile is
+    // released at once (billed the second it lived, as every lease is: per second, rounded up).
+    const leased = (async () => {
+      token = await credential(settings, identity, deps, api);
+      api.setToken(token);
+      return provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now, log);
+    })();
+    leased.catch(() => undefined); // awaited below, on every path
+    await new Promise((r) => setImmediate(r)); // the request is on its way before the synchronous work below
+    log.info(
+      `Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`
+    );
+    const dockerChoice = resolveDocker(env);
+    dockerChoice.catch(() => undefined); // awaited below, on every path
+    let chosen: ResolvedDocker | null = null;
+    const chosenDocker = async (): Promise<ResolvedDocker> => {
+      if (!chosen) {
+        chosen = await dockerChoice;
+        log.info(chosen.reason);
+      }
+      return chosen;
+    };
+
     let lease: LeaseMsg;
     try {
-      token = await credential(settings, identity, deps, api).catch(async (err) => {
+      lease = await leased.catch(async (err) => {
         await chosenDocker();
         throw err;
       });
-      api.setToken(token);
-      await chosenDocker();
-      lease = await provisionWithin(api, settings, identity, settings.provisionTimeoutS * 1000, now, log);
     } catch (err) {
       // fallback: local covers a control plane that cannot serve now, and a job CI gives no credential at all (a
       // fork's pull request, a Dependabot run): it builds, and the warning says why it built without Build Cloud.
@@ -96,7 +101,13 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
         localSession(settings, identity, endpoint, token, spoolFor(settings.org), await chosenDocker(), now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir())
       );
     }
-    const docker = await chosenDocker();
+    let docker: ResolvedDocker;
+    try {
+      docker = await chosenDocker();
+    } catch (err) {
+      await api.release(lease.id).catch(() => undefined);
+      throw err;
+    }
     const b = lease.builders.map((x) => `${x.platform} ${x.builderId}${x.shared ? ' (shared with the pipeline)' : x.warm ? ' (warm)' : ' (cold start)'}`);
     log.info(`Build Cloud: lease ${lease.id} on ${b.join(', ')}`);
     // The control plane decides what this job may write (docs/security.md); say it when the answer is "nothing".

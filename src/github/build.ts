@@ -4,7 +4,7 @@ import * as core from './workflow-commands';
 import { buildSettings, type BuildSettings } from '../core/settings';
 import { loadSession, SESSION_ENV, type Session } from '../core/session';
 import { errorMessage } from './state';
-import { loadSteps } from './load-steps';
+import { loadBuildStep } from './load-steps';
 
 export async function run(): Promise<void> {
   let session: Session;
@@ -16,5 +16,5 @@ export async function run(): Promise<void> {
     core.setFailed(errorMessage(err));
     return;
   }
-  await loadSteps().buildActionStep(session, settings);
+  await loadBuildStep().buildActionStep(session, settings);
 }

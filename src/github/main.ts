@@ -3,17 +3,21 @@
 import * as core from './workflow-commands';
 import { setupSettings, type SetupSettings } from '../core/settings';
 import { requireEndpoint } from '../core/endpoint';
+import { preconnect } from '../core/preconnect';
 import { errorMessage } from './state';
-import { loadSteps } from './load-steps';
+import { loadMainStep } from './load-steps';
 
 export async function run(): Promise<void> {
   let settings: SetupSettings;
+  let connecting = false;
   try {
     settings = setupSettings((name) => core.getInput(name));
-    requireEndpoint(settings, process.env);
+    // The first request's TLS handshake runs while the step loads (preconnect.ts).
+    connecting = preconnect(requireEndpoint(settings, process.env));
   } catch (err) {
     core.setFailed(errorMessage(err));
     return;
   }
-  await loadSteps().mainStep(settings);
+  if (connecting) await new Promise((r) => setImmediate(r)); // one turn of the event loop: the handshake starts
+  await loadMainStep().mainStep(settings);
 }

@@ -2,7 +2,7 @@
 // Nothing to do without a session from main; the work is in post-step.ts, loaded only when there is some.
 import * as core from './workflow-commands';
 import { getSessionFile } from './state';
-import { loadSteps } from './load-steps';
+import { loadPostStep } from './load-steps';
 
 export async function run(): Promise<void> {
   const file = getSessionFile();
@@ -10,5 +10,5 @@ export async function run(): Promise<void> {
     core.info('Build Cloud: setup did not get a builder; nothing to release.');
     return;
   }
-  await loadSteps().postStep(file);
+  await loadPostStep().postStep(file);
 }

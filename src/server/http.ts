@@ -11,6 +11,8 @@ import { recordQueries } from './metering/record-queries';
 import { monthOf, parseMonth, pipelineUsage } from './metering/usage';
 import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
 import { Store } from './store/store';
+import { addConnectApi } from './connect-api';
+import type { RpcApi } from './rpc-api';
 
 export interface Principal {
   kind: 'org' | 'admin';
@@ -45,6 +47,7 @@ export interface HttpDeps {
   tls?: { cert: string; key: string }; // serve HTTPS (PEM)
   recordLimiter?: RateLimiter | null; // usage records per second per credential; none: no limit
   recordCaps?: RecordCaps; // default: no caps
+  rpc?: { api: RpcApi; log: Logger }; // the contract's methods over Connect (connect-api.ts); none: not served here
 }
 
 export const DEFAULT_BODY_LIMIT = 4 * 1024 * 1024;
@@ -204,6 +207,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
   const principalOf = (req: FastifyRequest): Principal => principals.get(req) as Principal;
 
   app.get('/healthz', async () => ({ status: 'ok' }));
+  if (deps.rpc) addConnectApi(app, deps.rpc.api, deps.rpc.log);
 
   // No auth: the HTTP listener is on loopback by default (see docs/metering.md before exposing it).
   app.get('/metrics', async (_req, reply) => {

@@ -18,6 +18,7 @@ import type { Driver } from './drivers/driver';
 import { BuilderPool } from './builders';
 import { LeaseManager } from './leases';
 import { addGrpcApi } from './grpc-api';
+import { createRpcApi } from './rpc-api';
 import { buildHttpApp, createMetrics } from './http';
 import { computeUsage } from './metering/usage';
 import { createServeLimiters, rateLimitKey } from './rate-limit';
@@ -202,7 +203,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // Per-credential rate limits and record caps (issue 9; docs/metering.md, docs/api.md).
     const limits = config.limits ?? DEFAULT_LIMITS;
     const limiters = createServeLimiters(limits, (limit) => metrics.rateLimited.inc({ limit }));
-    addGrpcApi(grpcServer, {
+    const rpcApi = createRpcApi({
       leases: lm,
       store,
       authenticator,
@@ -213,6 +214,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       provisionLimiter: limiters.provision,
       exchangeLimiter: limiters.exchange
     });
+    addGrpcApi(grpcServer, rpcApi, log);
     const grpcPort = await new Promise<number>((resolve, reject) =>
       grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
     );
@@ -241,7 +243,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       metrics,
       usage: (org, month) => computeUsage(store, org, month, Date.now(), lm.activeSeconds(org)),
       log,
-      tls
+      tls,
+      rpc: { api: rpcApi, log }
     });
     await app.listen({ host: config.host, port: config.httpPort });
     cleanups.push(() => app.close());
