@@ -13,7 +13,7 @@ import { flushSpool } from './metering-client';
 import { saveSession, withoutSecrets, type Session } from './session';
 import { requireEndpoint } from './endpoint';
 import type { SetupSettings } from './settings';
-import type { LeaseMsg } from '../common/proto';
+import type { LeaseMsg } from '../contract/grpc';
 
 export interface Log {
   info(msg: string): void;
