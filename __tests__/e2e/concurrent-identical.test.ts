@@ -1,7 +1,8 @@
 // Two jobs of one pipeline building exactly the same thing at the same moment on their shared builder (Docker
 // Engine 20.10, BuildKit 0.8). BuildKit solves the build once: one client's stream shows the steps, the other's
-// none (moby/buildkit#4330), and that job used to report and meter "0 of 0 steps". Both must report the build's
-// steps; the ones the other job built are cached for this one, so what the two built adds up to one build.
+// none (moby/buildkit#4330), and that job used to report and meter "0 of 0 steps", then all of them as cached.
+// Both must report the build's steps; the ones the other job built are deduplicated for this one, never cached:
+// its cache import failed (`not found`, a cold project) and its stream reported no step CACHED (issue 11, case 8).
 // First with runBuild and the lease's runner config, as the build step runs it; then as two CI jobs through the
 // bundled CLI (setup, build, report), down to the usage the control plane metered for the pipeline.
 import { spawn } from 'child_process';
@@ -44,7 +45,8 @@ let docker: ResolvedDocker;
 let work: string;
 let ctx: string;
 
-const built = (r: { totalSteps: number; cachedSteps: number }) => r.totalSteps - r.cachedSteps;
+// Steps a job ran itself: neither cached nor run for it by the other job.
+const built = (r: { totalSteps: number; cachedSteps: number; deduplicatedSteps?: number }) => r.totalSteps - r.cachedSteps - (r.deduplicatedSteps ?? 0);
 
 beforeAll(async () => {
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-concurrent-'));
@@ -87,7 +89,7 @@ describe('runBuild: two leases of one pipeline, the same build at once', () => {
     for (const l of leases) await client.release(l.id).catch(() => undefined);
   });
 
-  test('both jobs report the steps; the one BuildKit deduplicated counts them cached', async () => {
+  test('both jobs report the steps; the one BuildKit deduplicated counts them deduplicated, 0 cached', async () => {
     expect(docker).toMatchObject({ path: DOCKER, buildx: false });
     const opts: BuildOptions = { context: ctx, tags: [], buildArgs: {}, push: false, platforms: [], exportCache: true };
     const pair: { lease: LeaseMsg; cfg: RunnerConfig }[] = [];
@@ -136,9 +138,12 @@ describe('runBuild: two leases of one pipeline, the same build at once', () => {
     expect(shown).toEqual([STEPS, 0]);
     // What the deduplicated job's stream really held: no step, its image exported all the same.
     expect(lines[1].join('\n')).toMatch(/^#\d+ exporting to image$/m);
-    expect(rb).toMatchObject({ stepsFrom: 'dockerfile', totalSteps: STEPS, cachedSteps: STEPS, cacheRatio: 1 });
+    // Its cache import found nothing: nothing came from a cache for it.
+    expect(lines[1].join('\n')).toMatch(/^#\d+ ERROR: \S+\/cache:\S+: not found$/m);
+    expect(rb).toMatchObject({ stepsFrom: 'dockerfile', totalSteps: STEPS, cachedSteps: 0, deduplicatedSteps: STEPS, cacheRatio: 0 });
     expect(rb.steps.map((s) => s.name)).toEqual(ra.steps.map((s) => s.name));
-    expect(ra).toMatchObject({ stepsFrom: 'progress', totalSteps: STEPS, cachedSteps: 0 });
+    expect(rb.steps.every((s) => s.status === 'deduplicated' && !s.cached)).toBe(true);
+    expect(ra).toMatchObject({ stepsFrom: 'progress', totalSteps: STEPS, cachedSteps: 0, deduplicatedSteps: 0 });
   });
 });
 
@@ -209,16 +214,23 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
     for (const b of builds) expect(b.stderr).toMatch(new RegExp(`Build Cloud: build success in [\\d.]+ s, \\d of ${STEPS} steps cached`));
     const outs = builds.map((b) => JSON.parse(b.stdout.trim().split('\n').pop()!) as Record<string, string>);
     const steps = outs.map((o) => ({ totalSteps: Number(o['total-steps']), cachedSteps: Number(o['cached-steps']) }));
-    expect(steps.map((s) => s.totalSteps)).toEqual([STEPS, STEPS]);
-    expect(built(steps[0]) + built(steps[1])).toBe(STEPS);
-    // The deduplicated job's log (b's): BuildKit's stream without a step, then all the steps, cached.
+    expect(steps).toEqual([
+      { totalSteps: STEPS, cachedSteps: 0 },
+      { totalSteps: STEPS, cachedSteps: 0 }
+    ]);
+    // The deduplicated job's log (b's): BuildKit's stream without a step and a cache import that found nothing, then
+    // all the steps, none cached, all deduplicated.
     expect(parseProgress(builds[1].stderr).totalSteps).toBe(0);
-    expect(builds[1].stderr).toContain(`${STEPS} of ${STEPS} steps cached`);
+    expect(builds[1].stderr).toMatch(/^#\d+ ERROR: \S+\/cache:\S+: not found$/m);
+    expect(builds[1].stderr).toContain(`0 of ${STEPS} steps cached, ${STEPS} deduplicated (run by another job's identical build)`);
+    expect(builds[0].stderr).not.toContain('deduplicated');
 
     const reports = await Promise.all(envs.map((env) => cli(['report', '--json'], env)));
     for (const r of reports) expect(r).toMatchObject({ code: 0 });
-    const reported = reports.map((r) => JSON.parse(r.stdout.trim().split('\n').pop()!).builds as { totalSteps: number; cachedSteps: number }[]);
-    expect(reported.map((bs) => bs.map((b) => b.totalSteps))).toEqual([[STEPS], [STEPS]]);
+    const reported = reports.map(
+      (r) => JSON.parse(r.stdout.trim().split('\n').pop()!).builds as { totalSteps: number; cachedSteps: number; deduplicatedSteps?: number }[]
+    );
+    expect(reported.map((bs) => bs.map((b) => [b.totalSteps, b.cachedSteps, b.deduplicatedSteps ?? 0]))).toEqual([[[STEPS, 0, 0]], [[STEPS, 0, STEPS]]]);
     // What the control plane metered for the pipeline: two builds, their steps, one build of work.
     const key = `local/${host}/${pipelineId}`;
     const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(key)}`, {
@@ -226,7 +238,15 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
     });
     expect(res.status).toBe(200);
     const usage = (await res.json()) as { totalSteps: number; cachedSteps: number };
-    expect(usage).toMatchObject({ leases: 2, builds: 2, totalSteps: 2 * STEPS });
-    expect(usage.totalSteps - usage.cachedSteps).toBe(STEPS);
+    // The usage API agrees with the reports: nothing cached, one build's steps deduplicated, no build with a cache hit.
+    expect(usage).toMatchObject({ leases: 2, builds: 2, totalSteps: 2 * STEPS, cachedSteps: 0, deduplicatedSteps: STEPS, buildsWithCache: 0 });
+    const month = await fetch(`${server.info.http}/v1/orgs/acme/usage`, { headers: { authorization: `Bearer ${token}` } });
+    const org = (await month.json()) as { builds: { deduplicatedSteps: number; cachedSteps: number; withCachedStepShare: number } };
+    // Only the CLI jobs spool records (runBuild alone meters nothing): b's steps, none cached.
+    expect(org.builds).toMatchObject({ deduplicatedSteps: STEPS, cachedSteps: 0, withCachedStepShare: 0 });
+    // `buildcloud usage` shows them apart too.
+    const cliUsage = await cli(['usage', '--org', 'acme', '--endpoint', server.info.http, '--token', token], envs[0]);
+    expect(cliUsage).toMatchObject({ code: 0 });
+    expect(cliUsage.stdout).toMatch(new RegExp(`steps +\\d+: ${org.builds.cachedSteps} cached, ${org.builds.deduplicatedSteps} deduplicated`));
   });
 });

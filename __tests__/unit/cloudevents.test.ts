@@ -96,6 +96,13 @@ describe('build.completed data', () => {
     ['cached > total', { cached_steps: 5, cache_ratio: 1 }, /data.cached_steps \(5\) must not exceed data.total_steps \(4\)/],
     ['ratio > 1', { cache_ratio: 1.5 }, /data.cache_ratio must be a number from 0 to 1/],
     ['ratio disagrees', { cache_ratio: 0.5 }, /data.cache_ratio \(0.5\) must equal cached_steps\/total_steps \(0.7500\)/],
+    ['deduplicated not an integer', { deduplicated_steps: '1' }, /^data.deduplicated_steps must be an integer >= 0$/],
+    ['deduplicated negative', { deduplicated_steps: -1 }, /data.deduplicated_steps must be an integer >= 0/],
+    [
+      'cached + deduplicated > total',
+      { deduplicated_steps: 2 },
+      /data.cached_steps \+ data.deduplicated_steps \(3 \+ 2\) must not exceed data.total_steps \(4\)/
+    ],
     ['digest', { image_digest: 'latest' }, /data.image_digest/],
     ['actor not string', { actor: 7 }, /data.actor must be a string/],
     ['huge data', { project: 'x'.repeat(300) }, /data.project must be at most 256/]
@@ -106,6 +113,8 @@ describe('build.completed data', () => {
   test.each<[string, Record<string, unknown>]>([
     ['rounded ratio within 0.001', { total_steps: 3, cached_steps: 1, cache_ratio: 0.333 }],
     ['no steps', { total_steps: 0, cached_steps: 0, cache_ratio: 0 }],
+    ['all deduplicated, none cached', { total_steps: 6, cached_steps: 0, deduplicated_steps: 6, cache_ratio: 0 }],
+    ['without deduplicated_steps (a client from before it)', { deduplicated_steps: undefined }],
     ['digest and identity', { image_digest: 'sha256:' + 'a'.repeat(64), actor: '', provider: 'gitlab', job_id: '7' }],
     ['unknown extra field kept', { future_field: true }]
   ])('%s is valid', (_n, data) => {

@@ -252,6 +252,7 @@ describe('the build step with load: true', () => {
     durationMs: 1234,
     totalSteps: 4,
     cachedSteps: 3,
+    deduplicatedSteps: 0,
     cacheRatio: 0.75,
     stepsFrom: 'progress',
     imageId: 'sha256:' + 'b'.repeat(64),

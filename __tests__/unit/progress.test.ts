@@ -143,18 +143,23 @@ describe('two identical builds at the same moment on one builder', () => {
     expect(parser(solver).unseenVertices()).toBe(0);
   });
 
-  test('stepsSolvedElsewhere: the deduplicated job has the steps from the Dockerfile, all cached (reused, not built)', () => {
+  test('stepsSolvedElsewhere: the deduplicated job has the steps from the Dockerfile, all deduplicated, none cached', () => {
+    // Its stream reported no step CACHED (its cache import found nothing: a cold project), so none is counted cached.
+    expect(parseProgress(deduplicated).cachedSteps).toBe(0);
     const p = stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE);
-    expect(p).toMatchObject({ totalSteps: 6, cachedSteps: 6 });
+    expect(p).toEqual({ totalSteps: 6, cachedSteps: 0, deduplicatedSteps: 6, steps: expect.any(Array) });
     expect(p!.steps.map((s) => s.name)).toEqual(MULTI);
-    expect(p!.steps.every((s) => s.cached && s.status === 'cached' && s.id === 0)).toBe(true);
+    expect(p!.steps.every((s) => !s.cached && s.status === 'deduplicated' && s.id === 0)).toBe(true);
   });
 
   test('both jobs report the same total, and what they built adds up to one build', () => {
     const a = parseProgress(solver);
     const b = stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE)!;
     expect(b.totalSteps).toBe(a.totalSteps);
-    expect(a.totalSteps - a.cachedSteps + (b.totalSteps - b.cachedSteps)).toBe(a.totalSteps);
+    // What each built itself: all of them for a, none for b (they were deduplicated, not cached).
+    const ran = (p: typeof a) => p.totalSteps - p.cachedSteps - p.deduplicatedSteps;
+    expect(ran(a) + ran(b)).toBe(a.totalSteps);
+    expect(a.deduplicatedSteps + b.deduplicatedSteps).toBe(a.totalSteps);
   });
 
   test('stepsSolvedElsewhere leaves every stream that shows steps, or never heard of an unprinted vertex, alone', () => {
@@ -182,7 +187,11 @@ describe('two identical builds at the same moment on one builder', () => {
   });
 
   test('the target and build args of the build decide the steps', () => {
-    expect(stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE, { target: 'deps' })).toMatchObject({ totalSteps: 2, cachedSteps: 2 });
+    expect(stepsSolvedElsewhere(parser(deduplicated), MULTISTAGE_DOCKERFILE, { target: 'deps' })).toMatchObject({
+      totalSteps: 2,
+      cachedSteps: 0,
+      deduplicatedSteps: 2
+    });
   });
 });
 
@@ -237,7 +246,7 @@ describe('line handling', () => {
   });
 
   test('empty or unrelated text has no steps', () => {
-    expect(parseProgress('')).toEqual({ totalSteps: 0, cachedSteps: 0, steps: [] });
+    expect(parseProgress('')).toEqual({ totalSteps: 0, cachedSteps: 0, deduplicatedSteps: 0, steps: [] });
     expect(parseProgress('Sending build context to Docker daemon  2.048kB\nStep 1/2 : FROM scratch').totalSteps).toBe(0);
   });
 });

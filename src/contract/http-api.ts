@@ -87,10 +87,11 @@ export interface UsageReport {
     failed: number;
     cancelled: number;
     totalSteps: number;
-    cachedSteps: number;
+    cachedSteps: number; // steps BuildKit reported CACHED
+    deduplicatedSteps: number; // steps another job's identical build ran (not cache hits; 0 for older records)
     durationSeconds: number;
     avgCacheRatio: number; // 0..1
-    withCachedStepShare: number; // 0..1: the north-star metric
+    withCachedStepShare: number; // 0..1: the north-star metric (cache hits only, never deduplicated steps)
     northStarGoal: number; // contract/rules.ts NORTH_STAR_GOAL
     northStarMet: boolean;
   };
@@ -110,5 +111,6 @@ export interface PipelineUsage {
   buildsWithCache: number;
   totalSteps: number;
   cachedSteps: number;
+  deduplicatedSteps: number; // run by another job's identical build: not cache hits
   avgCacheRatio: number; // 0..1
 }

@@ -21,7 +21,11 @@ export interface BuildCompletedData {
   status: BuildStatus;
   duration_ms: number;
   total_steps: number;
-  cached_steps: number;
+  cached_steps: number; // steps BuildKit reported CACHED in this build's own progress stream
+  // Steps this build did not run because another job's identical build on the same builder ran them at the same
+  // moment (BuildKit merged the two solves): neither built here nor served from a cache, so never in cached_steps
+  // or the cache ratio. Optional: records of clients from before it (and records without it) count as 0.
+  deduplicated_steps?: number;
   cache_ratio: number; // cached_steps / total_steps, 0 when there were no steps
   image_digest?: string;
   actor?: string;
@@ -88,6 +92,14 @@ export function validateBuildCompleted(d: Record<string, unknown>): Check {
   const total = d.total_steps as number;
   const cached = d.cached_steps as number;
   if (cached > total) return `data.cached_steps (${cached}) must not exceed data.total_steps (${total})`;
+  if (d.deduplicated_steps !== undefined) {
+    const err = int(d, 'deduplicated_steps');
+    if (err) return err.replace(' (required)', '');
+    const dedup = d.deduplicated_steps as number;
+    if (cached + dedup > total) {
+      return `data.cached_steps + data.deduplicated_steps (${cached} + ${dedup}) must not exceed data.total_steps (${total})`;
+    }
+  }
   const ratio = d.cache_ratio;
   if (typeof ratio !== 'number' || !Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
     return 'data.cache_ratio must be a number from 0 to 1 (required)';

@@ -6,15 +6,17 @@ import { dockerfileSteps, type DockerfileStepOptions } from './dockerfile-steps'
 export interface BuildStep {
   id: number; // BuildKit's vertex number (#N); 0 for a step this client's stream never showed (stepsSolvedElsewhere)
   name: string; // e.g. "[build 2/3] RUN make"
-  cached: boolean;
-  status: 'cached' | 'done' | 'error' | 'canceled' | 'running';
+  cached: boolean; // BuildKit printed CACHED for it in this build's own stream
+  // 'deduplicated': this job's stream never showed it because another job's identical solve ran it (stepsSolvedElsewhere)
+  status: 'cached' | 'done' | 'error' | 'canceled' | 'running' | 'deduplicated';
   durationMs?: number;
   error?: string;
 }
 
 export interface Progress {
   totalSteps: number;
-  cachedSteps: number;
+  cachedSteps: number; // steps BuildKit reported CACHED in this build's stream, and only those
+  deduplicatedSteps: number; // steps another job's identical build ran for this one (never counted as cached)
   steps: BuildStep[];
 }
 
@@ -80,7 +82,7 @@ export class ProgressParser {
 
   result(): Progress {
     const steps = [...this.byId.values()].filter((v) => isStepName(v.name)).sort((a, b) => a.id - b.id);
-    return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, steps: steps.map((s) => ({ ...s })) };
+    return { totalSteps: steps.length, cachedSteps: steps.filter((s) => s.cached).length, deduplicatedSteps: 0, steps: steps.map((s) => ({ ...s })) };
   }
 }
 
@@ -98,8 +100,10 @@ export function parseProgress(text: string): Progress {
  * the same thing at once on one builder: the vertices differ (each job's build context is its own session's), their
  * cache keys do not, so the second job's whole solve merges into the first one's. Its stream then shows its own
  * [internal] vertices and "exporting to image", no step at all, and numbers it never prints (the merged vertices),
- * though its image was built, by the other job. Those steps were reused, not built, by this one: they count as
- * cached. Which steps they were is not in the stream (no name, no digest), so they come from the Dockerfile.
+ * though its image was built, by the other job. Those steps were neither built by this job nor served to it from a
+ * cache: they are deduplicated (status 'deduplicated', cached false), whatever the cache import did (it may well
+ * have failed with `not found`). Which steps they were is not in the stream (no name, no digest), so they come from
+ * the Dockerfile; cachedSteps stays what the stream reported CACHED: none.
  *
  * Only then: a stream that shows any step is left as it is, and so is one without unprinted vertices (nothing ran
  * elsewhere) or a Dockerfile whose steps cannot be known (another frontend, a context that is not a directory).
@@ -108,6 +112,6 @@ export function stepsSolvedElsewhere(parser: ProgressParser, dockerfile: string 
   if (parser.result().totalSteps > 0 || parser.unseenVertices() === 0 || dockerfile === null) return null;
   const expected = dockerfileSteps(dockerfile, opts);
   if (!expected?.length) return null;
-  const steps: BuildStep[] = expected.map((s) => ({ id: 0, name: s.name, cached: true, status: 'cached' }));
-  return { totalSteps: steps.length, cachedSteps: steps.length, steps };
+  const steps: BuildStep[] = expected.map((s) => ({ id: 0, name: s.name, cached: false, status: 'deduplicated' }));
+  return { totalSteps: steps.length, cachedSteps: 0, deduplicatedSteps: steps.length, steps };
 }

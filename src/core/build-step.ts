@@ -107,6 +107,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
           duration_ms: Math.round(run.durationMs),
           total_steps: run.totalSteps,
           cached_steps: run.cachedSteps,
+          deduplicated_steps: run.deduplicatedSteps,
           ...(run.digest ? { image_digest: run.digest } : {}),
           actor: session.identity.actor,
           provider: session.identity.provider,
@@ -128,6 +129,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     durationMs: run.durationMs,
     totalSteps: run.totalSteps,
     cachedSteps: run.cachedSteps,
+    ...(run.deduplicatedSteps ? { deduplicatedSteps: run.deduplicatedSteps } : {}),
     digest: run.digest,
     builderId: session.lease?.builders[0]?.builderId,
     ...(settings.load ? { loaded: Boolean(load?.loaded) } : {})
@@ -143,9 +145,10 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     duration: (run.durationMs / 1000).toFixed(2),
     loaded: String(Boolean(load?.loaded))
   };
+  const dedupNote = run.deduplicatedSteps ? `, ${run.deduplicatedSteps} deduplicated (run by another job's identical build)` : '';
   const loadNote = !load ? '' : load.loaded ? `, loaded into the runner's Docker (${load.engine})` : ", NOT loaded into the runner's Docker";
   deps.log.info(
-    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
+    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${dedupNote}${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
   );
   const loadError = load?.error
     ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}`

@@ -13,10 +13,11 @@ export interface BuildResult {
   exitCode: number | null;
   durationMs: number; // build and pushes
   totalSteps: number;
-  cachedSteps: number;
+  cachedSteps: number; // reported CACHED by BuildKit in this build's stream
+  deduplicatedSteps: number; // run for this build by another job's identical build (stepsSolvedElsewhere)
   cacheRatio: number; // cachedSteps / totalSteps, 0 when there are no steps
   // 'dockerfile': the stream showed no step because another job's identical build solved them; they are counted
-  // from the Dockerfile, all cached (stepsSolvedElsewhere).
+  // from the Dockerfile, all deduplicated, none cached (stepsSolvedElsewhere).
   stepsFrom: 'progress' | 'dockerfile';
   digest?: string; // of the pushed image
   imageId?: string;
@@ -152,6 +153,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       durationMs: Date.now() - started,
       totalSteps: p.totalSteps,
       cachedSteps: p.cachedSteps,
+      deduplicatedSteps: p.deduplicatedSteps,
       cacheRatio: p.totalSteps ? p.cachedSteps / p.totalSteps : 0,
       stepsFrom: solvedElsewhere ? 'dockerfile' : 'progress',
       digest,

@@ -93,7 +93,7 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
     builderWarm: lease ? lease.builders.every((b) => b.warm || b.shared) : undefined,
     jobWallMs: lease ? now() - lease.createdAtMs : undefined,
     billedSeconds: billedSeconds ?? undefined,
-    pipeline: { totalSteps: t.totalSteps, cachedSteps: t.cachedSteps },
+    pipeline: { totalSteps: t.totalSteps, cachedSteps: t.cachedSteps, deduplicatedSteps: t.deduplicatedSteps },
     runUrl: session.identity.runUrl || undefined,
     warnings: session.fallback ? ["No remote builder: this job built on the runner's own Docker (fallback: local).", ...warnings] : warnings
   };

@@ -13,10 +13,23 @@ export interface BuildResult {
   status: BuildStatus;
   durationMs: number;
   totalSteps: number;
-  cachedSteps: number;
+  cachedSteps: number; // reported CACHED by BuildKit in this build's own stream
+  deduplicatedSteps?: number; // run for this build by another job's identical build; never counted as cached
   digest?: string;
   builderId?: string;
+  cacheMiss?: CacheMiss; // why the first executed step was not served from the imported cache, when known
   loaded?: boolean; // load: true was asked for: whether the image reached the runner's own Docker engine
+}
+
+/**
+ * Why a build that imported the org cache still executed steps: the first executed step and what changed in it (or
+ * that the cache ref was missing or held another image), and how many executed steps came after it. Built by
+ * cache-miss.ts; `reason` names files and build-argument names, never a build-argument value.
+ */
+export interface CacheMiss {
+  step?: string; // e.g. "[build 1/2] COPY src/ /opt/app/src/"; absent when the whole import missed
+  reason: string; // e.g. "content of src/app.txt changed"
+  laterSteps: number; // executed steps after the first one (they rebuild because it did)
 }
 
 export interface JobSummary {
@@ -27,7 +40,7 @@ export interface JobSummary {
   builderWarm?: boolean; // taken from the warm pool instead of cold-started
   jobWallMs?: number; // the job's time holding the lease
   billedSeconds?: number; // this job's lease, from the control plane's records: what is billed
-  pipeline?: { totalSteps: number; cachedSteps: number }; // pipeline-wide steps, when known
+  pipeline?: { totalSteps: number; cachedSteps: number; deduplicatedSteps?: number }; // pipeline-wide steps, when known
   runUrl?: string;
   usageUrl?: string; // usage report or dashboard
   warnings?: string[];
@@ -39,6 +52,7 @@ export interface PipelineSummary {
   buildsWithCache?: number; // builds with at least one cached step (the north-star metric)
   totalSteps: number;
   cachedSteps: number;
+  deduplicatedSteps?: number; // run by another job's identical build; not cache hits
   billedSeconds?: number; // the pipeline's leases
   branch?: string;
   runUrl?: string;
@@ -53,7 +67,8 @@ export interface BuildTotals {
   durationMs: number;
   totalSteps: number;
   cachedSteps: number;
-  withCache: number; // builds with at least one cached step
+  deduplicatedSteps: number;
+  withCache: number; // builds with at least one cached step (deduplicated steps are no cache hits)
 }
 
 /** The marker the wrappers look for to update their own PR comment instead of posting a new one. */
@@ -65,12 +80,23 @@ export const MAX_TABLE_BYTES = 900 * 1024;
 const MAX_FIELD = MAX_RECORD_STRING; // the endpoint's own limit on strings; longer ones are cut
 const MAX_WARNINGS = 20;
 const MAX_WARNING_CHARS = 500;
+const MAX_MISSES = 20; // cache-miss lines shown, at most MAX_WARNING_CHARS each
 const NORTH_STAR = NORTH_STAR_GOAL;
 
 const num = (n: number | undefined) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0);
 
 export function totalsOf(builds: BuildResult[]): BuildTotals {
-  const t: BuildTotals = { builds: builds.length, succeeded: 0, failed: 0, cancelled: 0, durationMs: 0, totalSteps: 0, cachedSteps: 0, withCache: 0 };
+  const t: BuildTotals = {
+    builds: builds.length,
+    succeeded: 0,
+    failed: 0,
+    cancelled: 0,
+    durationMs: 0,
+    totalSteps: 0,
+    cachedSteps: 0,
+    deduplicatedSteps: 0,
+    withCache: 0
+  };
   for (const b of builds) {
     if (b.status === 'success') t.succeeded++;
     else if (b.status === 'failure') t.failed++;
@@ -78,6 +104,7 @@ export function totalsOf(builds: BuildResult[]): BuildTotals {
     t.durationMs += num(b.durationMs);
     t.totalSteps += num(b.totalSteps);
     t.cachedSteps += Math.min(num(b.cachedSteps), num(b.totalSteps));
+    t.deduplicatedSteps += Math.min(num(b.deduplicatedSteps), num(b.totalSteps) - Math.min(num(b.cachedSteps), num(b.totalSteps)));
     if (num(b.cachedSteps) > 0) t.withCache++;
   }
   return t;
@@ -170,7 +197,14 @@ function builderLine(s: JobSummary, fmt: (id: string) => string): string | undef
 function headline(t: BuildTotals, md: boolean): string {
   const b = md ? (x: string) => `**${x}**` : (x: string) => x;
   const outcome = [`${t.succeeded} succeeded`, ...(t.failed ? [`${t.failed} failed`] : []), ...(t.cancelled ? [`${t.cancelled} cancelled`] : [])];
-  return `${b(plural(t.builds, 'build'))} (${outcome.join(', ')}), cache ratio ${b(percent(t.cachedSteps, t.totalSteps))} (${t.cachedSteps} of ${plural(t.totalSteps, 'step')} cached)`;
+  const dedup = t.deduplicatedSteps ? `, ${plural(t.deduplicatedSteps, 'step')} deduplicated (run by another job's identical build)` : '';
+  return `${b(plural(t.builds, 'build'))} (${outcome.join(', ')}), cache ratio ${b(percent(t.cachedSteps, t.totalSteps))} (${t.cachedSteps} of ${plural(t.totalSteps, 'step')} cached)${dedup}`;
+}
+
+/** One line on why a build's first executed step missed the cache: "<step>: <reason> (+N later steps rebuilt)". */
+export function cacheMissLine(m: CacheMiss): string {
+  const later = num(m.laterSteps) ? ` (+${plural(num(m.laterSteps), 'later step')} rebuilt)` : '';
+  return `${m.step ? `${m.step}: ` : ''}${m.reason}${later}`;
 }
 
 export function renderSummary(s: JobSummary): string {
@@ -180,14 +214,17 @@ export function renderSummary(s: JobSummary): string {
     out.push('No image builds ran in this job.', '');
   } else {
     out.push(headline(t, true), '');
-    out.push('| Image / target | Platform | Status | Duration | Steps | Cached steps | Cached % | Builder |');
-    out.push('|---|---|---|--:|--:|--:|--:|---|');
+    // The deduplicated column only when some build has such steps: most jobs never share a solve.
+    const dedupCol = t.deduplicatedSteps > 0;
+    out.push(`| Image / target | Platform | Status | Duration | Steps | Cached steps | Cached % |${dedupCol ? ' Deduplicated steps |' : ''} Builder |`);
+    out.push(`|---|---|---|--:|--:|--:|--:|${dedupCol ? '--:|' : ''}---|`);
     let bytes = 0;
     let shown = 0;
     for (const b of s.builds) {
       const row =
         `| ${escapeMarkdown(b.image || b.buildId)} | ${escapeMarkdown(b.platform)} | ${STATUS_MD[b.status] ?? escapeMarkdown(b.status)} ` +
         `| ${formatDuration(b.durationMs)} | ${num(b.totalSteps)} | ${num(b.cachedSteps)} | ${percent(num(b.cachedSteps), num(b.totalSteps))} ` +
+        (dedupCol ? `| ${num(b.deduplicatedSteps)} ` : '') +
         `| ${b.builderId ? escapeMarkdown(b.builderId) : '–'} |`;
       bytes += Buffer.byteLength(row) + 1;
       if (shown >= MAX_TABLE_ROWS || bytes > MAX_TABLE_BYTES) break;
@@ -198,6 +235,12 @@ export function renderSummary(s: JobSummary): string {
     if (shown < t.builds) {
       out.push(`_${t.builds - shown} more builds are not listed, to keep this summary under GitHub's 1 MiB limit; the totals count all ${t.builds}._`, '');
     }
+    const misses = s.builds.filter((b) => b.cacheMiss).slice(0, MAX_MISSES);
+    if (misses.length) {
+      out.push('**Why steps missed the cache**', '');
+      for (const b of misses) out.push(`- ${escapeMarkdown(b.image || b.buildId)}: ${escapeMarkdown(cacheMissLine(b.cacheMiss!), MAX_WARNING_CHARS)}`);
+      out.push('');
+    }
   }
   out.push('| Totals | |', '|---|---|');
   out.push(`| Builds | ${t.builds} |`);
@@ -205,6 +248,7 @@ export function renderSummary(s: JobSummary): string {
   if (s.jobWallMs !== undefined) out.push(`| Job wall time | ${formatDuration(s.jobWallMs)} |`);
   if (s.billedSeconds !== undefined) out.push(`| Billed minutes (this job's lease) | ${minutes(s.billedSeconds)} |`);
   out.push(`| Cache ratio (this job) | ${percent(t.cachedSteps, t.totalSteps)} |`);
+  if (t.deduplicatedSteps) out.push(`| Deduplicated steps (run by another job's identical build) | ${t.deduplicatedSteps} |`);
   out.push(`| Builds with a cached step | ${percent(t.withCache, t.builds)} (goal ${NORTH_STAR * 100}%) |`);
   if (s.pipeline) out.push(`| Pipeline cache ratio | ${percent(num(s.pipeline.cachedSteps), num(s.pipeline.totalSteps))} |`);
   out.push('');
@@ -232,6 +276,7 @@ export function renderPrComment(p: PipelineSummary): string {
   if (p.failed) facts.push(`${num(p.failed)} failed`);
   if (p.billedSeconds !== undefined) facts.push(`**${minutes(p.billedSeconds)}** build minutes`);
   facts.push(`cache ratio **${percent(num(p.cachedSteps), num(p.totalSteps))}** (${num(p.cachedSteps)} of ${num(p.totalSteps)} steps)`);
+  if (num(p.deduplicatedSteps)) facts.push(`${plural(num(p.deduplicatedSteps), 'step')} deduplicated`);
   if (p.buildsWithCache !== undefined) facts.push(`${percent(num(p.buildsWithCache), builds)} of builds reused a cached layer`);
   const links = [
     ['run', safeUrl(p.runUrl)],
@@ -248,17 +293,22 @@ export function renderText(s: JobSummary): string {
   const t = totalsOf(s.builds);
   const out = [`${clean(s.title, 100) || 'Build Cloud'}: ${t.builds === 0 ? 'no image builds ran in this job' : headline(t, false)}`];
   s.builds.slice(0, MAX_TABLE_ROWS).forEach((b) => {
-    const cached = `cached ${num(b.cachedSteps)}/${num(b.totalSteps)} (${percent(num(b.cachedSteps), num(b.totalSteps))})`;
+    const dedup = num(b.deduplicatedSteps) ? `, deduplicated ${num(b.deduplicatedSteps)}` : '';
+    const cached = `cached ${num(b.cachedSteps)}/${num(b.totalSteps)} (${percent(num(b.cachedSteps), num(b.totalSteps))})${dedup}`;
     const builder = b.builderId ? `  builder ${clean(b.builderId)}` : '';
     out.push(
       `  ${b.status.padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached}${builder}  ${clean(b.image || b.buildId)}`
     );
   });
   if (t.builds > MAX_TABLE_ROWS) out.push(`  … ${t.builds - MAX_TABLE_ROWS} more builds not listed`);
+  for (const b of s.builds.filter((x) => x.cacheMiss).slice(0, MAX_MISSES)) {
+    out.push(`  cache miss: ${clean(b.image || b.buildId)}: ${clean(cacheMissLine(b.cacheMiss!), MAX_WARNING_CHARS)}`);
+  }
   const totals = [`build time ${formatDuration(t.durationMs)}`];
   if (s.jobWallMs !== undefined) totals.push(`job wall time ${formatDuration(s.jobWallMs)}`);
   if (s.billedSeconds !== undefined) totals.push(`billed minutes ${minutes(s.billedSeconds)}`);
   totals.push(`builds with a cached step ${percent(t.withCache, t.builds)}`);
+  if (t.deduplicatedSteps) totals.push(`deduplicated steps ${t.deduplicatedSteps}`);
   if (s.pipeline) totals.push(`pipeline cache ratio ${percent(num(s.pipeline.cachedSteps), num(s.pipeline.totalSteps))}`);
   out.push(`Totals: ${totals.join(', ')}`);
   const builder = builderLine(s, (id) => clean(id));

@@ -13,6 +13,7 @@ export interface RecordFacts {
   status: unknown;
   totalSteps: unknown;
   cachedSteps: unknown;
+  deduplicatedSteps: unknown; // absent in records from before the field: read as 0
   cacheRatio: unknown;
   durationMs: unknown;
   actor: unknown;
@@ -74,7 +75,8 @@ function sqliteQueries(db: SqliteDb): RecordQueries {
   // with no sort. Only the fields a report uses leave SQLite: not the whole JSON of data.
   const page = db.prepare(`SELECT rowid AS rid, time, type, NULLIF(lease_id, '') AS leaseId,
       json_extract(data, '$.status') AS status, json_extract(data, '$.total_steps') AS totalSteps,
-      json_extract(data, '$.cached_steps') AS cachedSteps, json_extract(data, '$.cache_ratio') AS cacheRatio,
+      json_extract(data, '$.cached_steps') AS cachedSteps, json_extract(data, '$.deduplicated_steps') AS deduplicatedSteps,
+      json_extract(data, '$.cache_ratio') AS cacheRatio,
       json_extract(data, '$.duration_ms') AS durationMs, json_extract(data, '$.actor') AS actor,
       json_extract(data, '$.wall_seconds') AS wallSeconds
     FROM usage_records WHERE org = ? AND time >= ? AND time < ? AND (time, rowid) > (?, ?)
@@ -106,6 +108,7 @@ function factsOf(r: UsageRecordRow): RecordFacts {
     status: d.status,
     totalSteps: d.total_steps,
     cachedSteps: d.cached_steps,
+    deduplicatedSteps: d.deduplicated_steps,
     cacheRatio: d.cache_ratio,
     durationMs: d.duration_ms,
     actor: d.actor,

@@ -48,6 +48,10 @@ function factsToBuild(f: RecordFacts): BuildFacts {
   };
 }
 
+// Steps another job's identical build ran (BuildKit merged the two solves): reported apart from cache hits, and
+// never part of the cache ratio or the north-star share. Records without the field count 0.
+const dedupOf = (f: RecordFacts): number => Math.max(0, Math.min(num(f.deduplicatedSteps), num(f.totalSteps) - num(f.cachedSteps)));
+
 const TOP_USERS = 10;
 
 /**
@@ -76,11 +80,14 @@ export async function computeUsage(store: Store, org: string, month: string, now
   const leaseIds = new Set<string>();
   let jobCount = 0;
   let jobWallSeconds = 0;
+  let deduplicatedSteps = 0;
   for await (const page of recordQueries(store).factPages(org, range.start, range.end)) {
     for (const f of page) {
       if (f.leaseId) leaseIds.add(f.leaseId);
-      if (f.type === BUILD_COMPLETED) builds.push(factsToBuild(f));
-      else if (f.type === JOB_COMPLETED) {
+      if (f.type === BUILD_COMPLETED) {
+        builds.push(factsToBuild(f));
+        deduplicatedSteps += dedupOf(f);
+      } else if (f.type === JOB_COMPLETED) {
         jobCount++;
         jobWallSeconds += num(f.wallSeconds);
         const actor = text(f.actor);
@@ -145,6 +152,7 @@ export async function computeUsage(store: Store, org: string, month: string, now
       cancelled: summary.cancelled,
       totalSteps: summary.totalSteps,
       cachedSteps: summary.cachedSteps,
+      deduplicatedSteps,
       durationSeconds: summary.durationSeconds,
       avgCacheRatio: summary.avgCacheRatio,
       withCachedStepShare: summary.withCachedStepShare,
@@ -172,9 +180,14 @@ export async function pipelineUsage(
   const since = leases.length ? Math.min(...leases.map((l) => l.createdAt)) - 3600_000 : now;
   // In pages, like computeUsage: the window holds every record of the org in it, not only this pipeline's.
   const builds: BuildFacts[] = [];
+  let deduplicatedSteps = 0;
   if (leases.length) {
     for await (const page of recordQueries(store).factPages(org, since, now + 3600_000)) {
-      for (const f of page) if (f.type === BUILD_COMPLETED && f.leaseId !== null && ids.has(f.leaseId)) builds.push(factsToBuild(f));
+      for (const f of page) {
+        if (f.type !== BUILD_COMPLETED || f.leaseId === null || !ids.has(f.leaseId)) continue;
+        builds.push(factsToBuild(f));
+        deduplicatedSteps += dedupOf(f);
+      }
     }
   }
   const sum = summarizeBuilds(builds);
@@ -189,6 +202,7 @@ export async function pipelineUsage(
     buildsWithCache: builds.filter((b) => b.cachedSteps > 0).length,
     totalSteps: sum.totalSteps,
     cachedSteps: sum.cachedSteps,
+    deduplicatedSteps,
     avgCacheRatio: sum.avgCacheRatio
   };
 }

@@ -119,6 +119,13 @@ export const MIGRATIONS: string[] = [
   ALTER TABLE usage_records_v5 RENAME TO usage_records;
   CREATE INDEX usage_records_org_time ON usage_records (org, time);
   CREATE INDEX usage_records_org_received ON usage_records (org, received_at);
+  `,
+  // 6: build records count deduplicated steps apart from cached ones (deduplicated_steps: steps another job's
+  // identical build ran). Records stored before it never had the field: they are given 0, so every stored build
+  // record answers the same question, and the readers (metering/record-queries.ts) read a missing field as 0 too.
+  `
+  UPDATE usage_records SET data = json_set(data, '$.deduplicated_steps', 0)
+    WHERE type = 'dev.buildcloud.build.completed' AND json_type(data, '$.deduplicated_steps') IS NULL;
   `
 ];
 
