@@ -7,9 +7,14 @@
 // step conditions are evaluated; workflow-only keys (name, requires, context, ...) are taken off a job invocation.
 //
 // Run time: a job gets its own HOME and working directory (~/project), CircleCI's variables (CIRCLECI=true,
-// CIRCLE_WORKFLOW_ID, ...) and a $BASH_ENV file. Each `run` step is a fresh `bash -eo pipefail -c <command>` with
-// the job's and the step's `environment:`; BASH_ENV is in that environment, and non-interactive bash sources it
-// before the command, which is the mechanism CircleCI relies on (so it is not prepended a second time). After a
+// CIRCLE_WORKFLOW_ID, ...) and a $BASH_ENV file. Each `run` step is a fresh `<shell> -c <command>` with the job's and
+// the step's `environment:`. The shell is the step's `shell:`, else the job's or executor's, else CircleCI's default
+// on Linux: `/bin/bash -eo pipefail` when the image has /bin/bash, otherwise `/bin/sh -eo pipefail` (configuration
+// reference, "Default shell options"; not a login shell). BASH_ENV is in the environment, and non-interactive bash
+// sources it before the command, which is the mechanism CircleCI relies on (so it is not prepended a second time);
+// /bin/sh does not (CircleCI's docs: "The $BASH_ENV workaround only works with bash"). An image without bash
+// (Alpine-based ones: see imageHasBash) is imitated on this host: `sh` is busybox's ash, and PATH holds busybox's
+// applets, node and the docker client and no bash, so a step that needs bash fails here as it would there. After a
 // failed step only `when: always` / `on_fail` steps run; store_artifacts always runs and copies what it finds.
 import { spawn, spawnSync } from 'child_process';
 import { randomUUID } from 'crypto';
@@ -367,6 +372,7 @@ export interface RunOptions {
   checkoutFrom?: string; // the repository `checkout` copies into the working directory
   stepTimeoutMs?: number; // CircleCI's no_output_timeout is 10 minutes
   log?: (line: string) => void;
+  bash?: boolean; // whether the executor's image has /bin/bash; default: imageHasBash(the executor's image)
 }
 
 export interface StepResult {
@@ -401,15 +407,68 @@ export interface JobResult {
 
 let buildNum = 1000;
 
+/**
+ * Whether a Docker image is taken to have /bin/bash. Alpine-based images (alpine, node:22-alpine, docker:cli...)
+ * and busybox ship only busybox's /bin/sh; every other image here (cimg/*, the orb's default executor) has bash, as
+ * do machine executors (no image).
+ */
+export function imageHasBash(image: string | undefined): boolean {
+  if (!image) return true;
+  const name = image.toLowerCase();
+  return !/alpine/.test(name) && !/^(docker\.io\/)?(library\/)?(busybox|docker)(:|@|$)/.test(name);
+}
+
+export const executorHasBash = (job: ExpandedJob, opts: RunOptions): boolean => opts.bash ?? imageHasBash(job.executor.image);
+
+const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
+let noBashDir = '';
+
+/** busybox on this host (Debian: apt-get install busybox-static); it stands in for an image's /bin/sh without bash. */
+export function busybox(): string {
+  const found = BUSYBOX_CANDIDATES.find((p) => fs.existsSync(p));
+  if (!found) throw new Error('busybox is needed to imitate an executor without bash: apt-get install -y busybox-static');
+  return found;
+}
+
+/**
+ * PATH of an executor without bash: one directory (made once per process) with busybox's applets, node and
+ * Debian's docker client (/usr/bin/docker: the 20.10 one that builds with BuildKit; ENVIRONMENT.md), and no bash.
+ */
+export function noBashPath(): string {
+  if (noBashDir) return noBashDir;
+  const bb = busybox();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-nobash-bin-'));
+  const applets = spawnSync(bb, ['--list'], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean);
+  for (const a of applets) if (a !== 'bash') fs.symlinkSync(bb, path.join(dir, a));
+  fs.symlinkSync(process.execPath, path.join(dir, 'node'));
+  if (fs.existsSync('/usr/bin/docker')) fs.symlinkSync('/usr/bin/docker', path.join(dir, 'docker'));
+  process.once('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+  noBashDir = dir;
+  return dir;
+}
+
+/**
+ * The argv a run step's command is given to (`-c <command>` follows): its `shell:`, else the job's, else CircleCI's
+ * default for the image. Without bash, `sh`/`ash` is busybox's and a bash shell is missing: null.
+ */
+export function stepShell(step: RunStep, job: ExpandedJob, hasBash: boolean): string[] | null {
+  const argv = (step.shell ?? job.shell ?? (hasBash ? '/bin/bash -eo pipefail' : '/bin/sh -eo pipefail')).split(/\s+/).filter(Boolean);
+  if (hasBash) return argv;
+  const prog = path.basename(argv[0]);
+  if (prog === 'bash') return null;
+  return prog === 'sh' || prog === 'ash' ? [busybox(), 'sh', ...argv.slice(1)] : argv;
+}
+
 export function jobEnv(job: ExpandedJob, opts: RunOptions, dirs: { home: string; bashEnv: string }): Record<string, string> {
   const user = opts.projectUsername ?? 'acme';
   const repo = opts.projectReponame ?? 'widget-api';
   const num = String(opts.buildNum ?? ++buildNum);
+  const bash = executorHasBash(job, opts);
   const builtins: Record<string, string> = {
-    PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+    PATH: bash ? (process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin') : noBashPath(),
     HOME: dirs.home,
     USER: process.env.USER ?? 'root',
-    SHELL: '/bin/bash',
+    SHELL: bash ? '/bin/bash' : '/bin/sh',
     LANG: 'C.UTF-8',
     BASH_ENV: dirs.bashEnv,
     CI: 'true',
@@ -490,6 +549,7 @@ export async function runExpandedJob(job: ExpandedJob, opts: RunOptions): Promis
   fs.mkdirSync(home, { recursive: true });
   fs.writeFileSync(bashEnv, '');
   const env = jobEnv(job, opts, { home, bashEnv });
+  const bash = executorHasBash(job, opts);
   const workdir = path.resolve(home, tilde(job.workingDirectory, home));
   fs.mkdirSync(workdir, { recursive: true });
   const results: StepResult[] = [];
@@ -511,8 +571,9 @@ export async function runExpandedJob(job: ExpandedJob, opts: RunOptions): Promis
     if (step.type === 'run') {
       const cwd = step.workingDirectory ? path.resolve(workdir, tilde(step.workingDirectory, home)) : workdir;
       fs.mkdirSync(cwd, { recursive: true });
-      const shell = (step.shell ?? job.shell ?? '/bin/bash -eo pipefail').split(/\s+/).filter(Boolean);
-      ({ code, output } = await exec([...shell, '-c', step.command], cwd, { ...env, ...step.environment }, opts.stepTimeoutMs ?? 600_000, log));
+      const shell = stepShell(step, job, bash);
+      if (shell) ({ code, output } = await exec([...shell, '-c', step.command], cwd, { ...env, ...step.environment }, opts.stepTimeoutMs ?? 600_000, log));
+      else [code, output] = [127, `${(step.shell ?? job.shell ?? '').split(/\s+/)[0]}: not found (the executor's image has no bash)\n`];
     } else if (step.type === 'checkout') {
       const dest = step.args.path ? path.resolve(workdir, tilde(String(step.args.path), home)) : workdir;
       if (opts.checkoutFrom) fs.cpSync(opts.checkoutFrom, dest, { recursive: true });
@@ -538,8 +599,9 @@ export async function runExpandedJob(job: ExpandedJob, opts: RunOptions): Promis
 
   // What a further step would see: bash sources $BASH_ENV, then prints its environment. stdin must not be a
   // socket (node's default pipes are): Debian's bash then takes itself for an sshd session and reads ~/.bashrc
-  // instead of $BASH_ENV.
-  const printed = spawnSync('/bin/bash', ['-c', 'env -0'], { cwd: workdir, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).stdout ?? '';
+  // instead of $BASH_ENV. Without bash: what a step sees after `. "$BASH_ENV"`, the line such a step needs.
+  const printArgs = bash ? ['/bin/bash', '-c', 'env -0'] : [busybox(), 'sh', '-c', '[ ! -f "$BASH_ENV" ] || . "$BASH_ENV"; env -0'];
+  const printed = spawnSync(printArgs[0], printArgs.slice(1), { cwd: workdir, env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).stdout ?? '';
   const exported = Object.fromEntries(
     printed
       .split('\0')

@@ -17,6 +17,9 @@ import {
   stepNamed,
   substitute,
   tmpRoot,
+  busybox,
+  imageHasBash,
+  noBashPath,
   type Component,
   type Config,
   type Orb,
@@ -85,12 +88,17 @@ function expected(d: InputDef): ParamDecl {
 }
 
 const TOKEN = { type: 'env_var_name', default: 'BUILDCLOUD_TOKEN' };
+// CircleCI names the default branch in no variable (CI-REFERENCE §2.1), so the orb alone asks for it: the core reads
+// BUILDCLOUD_DEFAULT_BRANCH there (src/core/identity.ts), and GitHub and GitLab know the branch themselves.
+const DEFAULT_BRANCH = { type: 'string', default: '' };
 const CLI_DEFAULT = 'npx --yes @buildcloud/ci@0.1.0';
 
 describe('parameters agree with src/core/inputs.ts', () => {
-  test('setup: every setup input but the GitHub-only ones, in order, plus cli; token names a variable', () => {
+  test('setup: every setup input but the GitHub-only ones, in order, plus default_branch and cli; token names a variable', () => {
     const params = source('commands', 'setup').parameters!;
-    expect(Object.keys(params)).toEqual([...plain(SETUP_INPUTS).map((d) => snake(d.name)), 'cli']);
+    expect(Object.keys(params)).toEqual([...plain(SETUP_INPUTS).map((d) => snake(d.name)), 'default_branch', 'cli']);
+    expect(params.default_branch).toMatchObject(DEFAULT_BRANCH);
+    expect(params.default_branch.description).toMatch(/BUILDCLOUD_DEFAULT_BRANCH/);
     for (const d of plain(SETUP_INPUTS)) {
       if (d.name === 'token') expect(params.token).toMatchObject(TOKEN);
       else expect(params[snake(d.name)]).toEqual(expected(d));
@@ -104,12 +112,20 @@ describe('parameters agree with src/core/inputs.ts', () => {
     for (const d of plain(BUILD_INPUTS)) expect(params[snake(d.name)]).toEqual(expected(d));
   });
 
-  test("the build job: setup's and build's inputs (platforms once, context as build_context), summary_file, cli, executor", () => {
+  test("the build job: setup's inputs and default_branch, build's (platforms once, context as build_context), summary_file, cli, executor", () => {
     const params = source('jobs', 'build').parameters!;
     // `context:` on a workflow job names the CircleCI contexts, so the job cannot have a parameter of that name.
     const rename = (n: string) => (n === 'context' ? 'build_context' : n);
-    const names = [...plain(SETUP_INPUTS), ...plain(BUILD_INPUTS).filter((d) => d.name !== 'platforms')].map((d) => rename(snake(d.name)));
-    expect(Object.keys(params)).toEqual([...names, 'summary_file', 'cli', 'executor']);
+    const names = (defs: InputDef[]) => defs.map((d) => rename(snake(d.name)));
+    expect(Object.keys(params)).toEqual([
+      ...names(plain(SETUP_INPUTS)),
+      'default_branch',
+      ...names(plain(BUILD_INPUTS).filter((d) => d.name !== 'platforms')),
+      'summary_file',
+      'cli',
+      'executor'
+    ]);
+    expect(params.default_branch).toEqual(source('commands', 'setup').parameters!.default_branch);
     for (const d of [...plain(SETUP_INPUTS), ...plain(BUILD_INPUTS)]) {
       if (d.name === 'token' || (d.name === 'platforms' && BUILD_INPUTS.includes(d))) continue;
       const p = params[rename(snake(d.name))];
@@ -130,14 +146,15 @@ describe('parameters agree with src/core/inputs.ts', () => {
         expect(m[2]).toBe(m[1]);
         return `BUILDCLOUD_${m[1]}`;
       });
-    expect(mapped('setup')).toEqual(
-      plain(SETUP_INPUTS)
+    expect(mapped('setup')).toEqual([
+      ...plain(SETUP_INPUTS)
         .filter((d) => d.name !== 'token')
-        .map((d) => envName(d.name))
-    );
+        .map((d) => envName(d.name)),
+      'BUILDCLOUD_DEFAULT_BRANCH'
+    ]);
     expect(mapped('build')).toEqual(plain(BUILD_INPUTS).map((d) => envName(d.name)));
     // The token goes by indirection: the parameter names the variable.
-    expect(stepBody(fs.readFileSync(SCRIPT, 'utf8'), 'setup')).toContain('export BUILDCLOUD_TOKEN="${!token_var:-}"');
+    expect(stepBody(fs.readFileSync(SCRIPT, 'utf8'), 'setup')).toContain('eval "BUILDCLOUD_TOKEN=\\${$bc_token_var:-}"');
   });
 });
 
@@ -287,7 +304,7 @@ describe('scripts/pack-orb.mjs', () => {
       const a = fs.readFileSync(path.join(dir, 'a.yml'), 'utf8');
       expect(fs.readFileSync(path.join(dir, 'b.yml'), 'utf8')).toBe(a);
       expect(a).toBe(fs.readFileSync(PACKED, 'utf8'));
-      expect(a).toMatch(/^ {10}command: \|\n {12}#!\/usr\/bin\/env bash\n/m);
+      expect(a).toMatch(/^ {10}command: \|\n {12}#!\/bin\/sh\n/m);
       for (const name of ['setup', 'build', 'report']) {
         expect((runSteps(orb.commands![name])[0] as { command: string }).command).toBe(fs.readFileSync(SCRIPT, 'utf8'));
       }
@@ -461,19 +478,33 @@ describe("CircleCI's config schema (@circleci/circleci-config-parser)", () => {
 });
 
 describe('shellcheck', () => {
-  test('the orb scripts pass shellcheck', () => {
+  // POSIX sh (busybox ash on Alpine executors, where CircleCI runs steps with /bin/sh) and bash (its default elsewhere).
+  test.each(['sh', 'bash'])('the orb scripts pass shellcheck --shell=%s', (shell) => {
     const v = spawnSync('shellcheck', ['--version'], { encoding: 'utf8' });
     if (v.status !== 0) throw new Error('shellcheck is not installed: apt-get install -y shellcheck (Debian 12 ships 0.9.0).');
     const files = scripts().map((s) => path.join(SRC, 'scripts', s));
-    const r = spawnSync('shellcheck', ['--shell=bash', '--severity=style', ...files], { encoding: 'utf8' });
+    const r = spawnSync('shellcheck', [`--shell=${shell}`, '--severity=style', ...files], { encoding: 'utf8' });
     expect(r.stdout + r.stderr).toBe('');
     expect(r.status).toBe(0);
+  });
+
+  test('busybox sh, dash and bash parse them (sh -n)', () => {
+    for (const sh of [[busybox(), 'sh'], ['dash'], ['bash']]) {
+      const r = spawnSync(sh[0], [...sh.slice(1), '-n', SCRIPT], { encoding: 'utf8' });
+      expect([sh.join(' '), r.status, r.stderr]).toEqual([sh.join(' '), 0, '']);
+    }
   });
 });
 
 // The scripts, run by the harness the way CircleCI runs the orb, with a stand-in for the CLI that records what it
-// was given (argv and BUILDCLOUD_* variables) and plays its part in $BASH_ENV.
-describe('the orb run the way CircleCI runs it, against a stand-in CLI', () => {
+// was given (argv and BUILDCLOUD_* variables) and plays its part in $BASH_ENV. Twice: on an image with bash (CircleCI
+// then runs steps with `/bin/bash -eo pipefail`, which sources $BASH_ENV) and on an Alpine image without it (steps run
+// with `/bin/sh -eo pipefail`, busybox ash, which does not: the orb's steps source it themselves, a user's own steps
+// do it with `. "$BASH_ENV"`).
+describe.each([
+  ['bash', 'cimg/node:lts', ['/bin/bash', '-eo', 'pipefail']],
+  ['busybox sh (no bash in the image)', 'node:22-alpine', [busybox(), 'sh', '-eo', 'pipefail']]
+])('the orb run the way CircleCI runs it, against a stand-in CLI, under %s', (_shell, image, shellArgv) => {
   let work: string;
   let stub: string;
   let record: string;
@@ -511,9 +542,11 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
   const userConfig = (steps: unknown[], extra: Partial<Config> = {}): Config => ({
     version: 2.1,
     orbs: { buildcloud: orb },
-    jobs: { image: { docker: [{ image: 'cimg/node:lts', environment: { DOCKER_HOST: 'unix:///var/run/user-docker.sock' } }], steps } },
+    jobs: { image: { docker: [{ image, environment: { DOCKER_HOST: 'unix:///var/run/user-docker.sock', DOCKER_CERT_PATH: ODD_CERT_PATH } }], steps } },
     ...extra
   });
+  // A job's own docker setting that setup saves and report puts back, through quotes, `$(...)` and a newline.
+  const ODD_CERT_PATH = `/certs/it's "odd" $(touch /tmp/bc-odd-${process.pid})\nline 2`;
   const run = (cfg: Config, env: Record<string, string> = {}) => runJob(context(cfg), 'image', {}, { workRoot: work, env: { STUB_RECORD: record, ...env } });
   const cli = () => `node ${stub}`;
 
@@ -580,22 +613,39 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
     const bin = path.join(work, 'bin');
     fs.mkdirSync(bin, { recursive: true });
     fs.writeFileSync(path.join(bin, 'npx'), `#!/bin/sh\nexec node ${stub} "$@"\n`, { mode: 0o755 });
-    const r = await run(userConfig([{ 'buildcloud/setup': {} }]), { PATH: `${bin}:${process.env.PATH}` });
+    const r = await run(userConfig([{ 'buildcloud/setup': {} }]), { PATH: `${bin}:${imageHasBash(image) ? process.env.PATH : noBashPath()}` });
     expect(r.status).toBe('success');
     expect(calls()[0].argv).toEqual(['--yes', '@buildcloud/ci@0.1.0', 'setup', '--export-file', r.bashEnvFile]);
+  });
+
+  test("default_branch reaches the CLI as BUILDCLOUD_DEFAULT_BRANCH; empty, a context's variable stays; neither: a note says main", async () => {
+    const r = await run(userConfig([{ 'buildcloud/setup': { cli: cli(), default_branch: 'master' } }]), { BUILDCLOUD_DEFAULT_BRANCH: 'develop' });
+    expect(r.status).toBe('success');
+    expect(calls()[0].env.BUILDCLOUD_DEFAULT_BRANCH).toBe('master');
+    expect(stepNamed(r, 'Build Cloud setup').output).not.toMatch(/no default branch given/);
+    fs.rmSync(record);
+    await run(userConfig([{ 'buildcloud/setup': { cli: cli() } }]), { BUILDCLOUD_DEFAULT_BRANCH: 'develop' });
+    expect(calls()[0].env.BUILDCLOUD_DEFAULT_BRANCH).toBe('develop');
+    fs.rmSync(record);
+    const none = await run(userConfig([{ 'buildcloud/setup': { cli: cli() } }]));
+    expect(calls()[0].env.BUILDCLOUD_DEFAULT_BRANCH).toBeUndefined();
+    expect(stepNamed(none, 'Build Cloud setup').output).toMatch(
+      /no default branch given \(the default_branch parameter or BUILDCLOUD_DEFAULT_BRANCH\).*'main'/
+    );
   });
 
   test('a cli parameter is split into words, never evaluated', async () => {
     const m = marker();
     const r = await run(userConfig([{ 'buildcloud/setup': { cli: `$(touch ${m}) ; touch ${m}` } }]));
     expect(r.status).toBe('failed');
-    expect(stepNamed(r, 'Build Cloud setup').output).toMatch(/\$\(touch: No such file or directory|command not found/);
+    // bash: "No such file or directory"; busybox sh: "$(touch: not found".
+    expect(stepNamed(r, 'Build Cloud setup').output).toMatch(/\$\(touch: (No such file or directory|not found)|command not found/);
     expect(fs.existsSync(m)).toBe(false);
   });
 
   test('the setup script checks the token variable name itself before reading it indirectly', () => {
     const m = marker();
-    const r = spawnSync('bash', ['-eo', 'pipefail', SCRIPT], {
+    const r = spawnSync(shellArgv[0], [...shellArgv.slice(1), SCRIPT], {
       env: {
         PATH: process.env.PATH,
         HOME: work,
@@ -622,7 +672,13 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
         { run: { name: 'Use the image', command: 'echo should not run' } },
         { 'buildcloud/report': { cli: cli() } },
         {
-          run: { name: 'After report', when: 'always', command: 'echo "host=$DOCKER_HOST config=${DOCKER_CONFIG-unset} session=${BUILDCLOUD_SESSION-unset}"' }
+          run: {
+            name: 'After report',
+            when: 'always',
+            // What a user's own step does on an executor without bash; with bash, sourcing the file again changes nothing.
+            command:
+              '. "$BASH_ENV"; echo "host=$DOCKER_HOST config=${DOCKER_CONFIG-unset} session=${BUILDCLOUD_SESSION-unset}"; echo "cert=[$DOCKER_CERT_PATH]"'
+          }
         },
         { store_artifacts: { path: 'buildcloud/summary.md' } }
       ]),
@@ -640,6 +696,9 @@ if (argv[0] === 'report' && flag('--summary-file')) { fs.mkdirSync(require('path
     expect(calls().map((c) => c.argv[0])).toEqual(['setup', 'build', 'report']);
     expect(calls()[2].argv).toEqual(['report', '--summary-file', 'buildcloud/summary.md']);
     expect(stepNamed(r, 'After report').output).toContain('host=unix:///var/run/user-docker.sock config=unset session=unset');
+    expect(stepNamed(r, 'After report').output).toContain(`cert=[${ODD_CERT_PATH}]`);
+    expect(fs.existsSync(`/tmp/bc-odd-${process.pid}`)).toBe(false);
+    expect(r.exported.DOCKER_CERT_PATH).toBe(ODD_CERT_PATH);
     expect(r.artifacts).toEqual([expect.objectContaining({ destination: 'summary.md', files: [''] })]);
     expect(fs.readFileSync(r.artifacts[0].stored, 'utf8')).toBe('## Build Cloud\n');
   });
@@ -685,6 +744,44 @@ describe('the harness compiles config the way CircleCI does', () => {
     expect(() => expandJob(ctx, 'j', { who: 1 })).toThrow(/parameter 'who': expected a string/);
     expect(() => expandJob(ctx, 'j', { who: 'x', level: 'c' })).toThrow(/expected one of a, b/);
     expect(() => expandJob(ctx, 'nope')).toThrow(ConfigError);
+  });
+
+  test.each([
+    ['cimg/node:lts', true],
+    ['cimg/base:stable', true],
+    [undefined, true], // machine executor
+    ['alpine:3.20', false],
+    ['node:22-alpine', false],
+    ['docker:27-cli', false],
+    ['busybox', false]
+  ])('image %s has bash: %s', (image, bash) => expect(imageHasBash(image)).toBe(bash));
+
+  test('default shell: bash where the image has it; else busybox sh, which does not source $BASH_ENV; shell: /bin/bash fails there', async () => {
+    const work = tmpRoot('bc-harness-sh-');
+    try {
+      const steps = [
+        { run: { name: 'export', command: 'echo "export FROM_STEP1=one" >> "$BASH_ENV"' } },
+        { run: { name: 'which shell', command: 'echo "bash=${BASH_VERSION:-none} step1=${FROM_STEP1:-unset} $-"; command -v bash || echo no-bash' } },
+        { run: { name: 'as bash', shell: '/bin/bash -eo pipefail', command: 'echo in bash' } }
+      ];
+      const job = (image: string): Config => ({ jobs: { j: { docker: [{ image }], steps } } });
+      const withBash = await runJob(context(job('cimg/base:stable')), 'j', {}, { workRoot: work });
+      expect(withBash.steps.map((s) => s.status)).toEqual(['success', 'success', 'success']);
+      expect(withBash.steps[1].output).toMatch(/^bash=\d\S* step1=one \S*e\S*\n\/\S*bash\n$/);
+      const alpine = await runJob(context(job('node:22-alpine')), 'j', {}, { workRoot: work });
+      expect(alpine.steps.map((s) => [s.status, s.exitCode])).toEqual([
+        ['success', 0],
+        ['success', 0],
+        ['failed', 127]
+      ]);
+      expect(alpine.steps[1].output).toMatch(/^bash=none step1=unset \S*e\S*\nno-bash\n$/);
+      expect(alpine.steps[2].output).toMatch(/\/bin\/bash: not found/);
+      expect(alpine.env.SHELL).toBe('/bin/sh');
+      // A further step that sources the file sees the export.
+      expect(alpine.exported.FROM_STEP1).toBe('one');
+    } finally {
+      fs.rmSync(work, { recursive: true, force: true });
+    }
   });
 
   test('run time: $BASH_ENV carries exports to later steps; step env beats job env; on_fail and always after a failure', async () => {

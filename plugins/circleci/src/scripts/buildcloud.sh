@@ -1,11 +1,11 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Build Cloud's CircleCI steps, one script for all three commands (CircleCI inlines one file per run step, so a step
 # cannot source shared code): PARAM_STEP, set in each command's run step `environment:`, picks the step.
 #
 #   setup   provision the workflow's remote builder and point this job's docker client at it.
 #           `buildcloud setup` appends `export NAME='value'` lines (DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH,
 #           DOCKER_CONFIG, DOCKER_BUILDKIT, BUILDCLOUD_SESSION and the BUILDCLOUD_* outputs) to $BASH_ENV, which
-#           CircleCI's bash sources at the start of every later step.
+#           CircleCI's bash sources at the start of every later step (see "Shells" below for executors without bash).
 #   build   build an image on the builder that setup provisioned, with the org-wide layer cache (and with load,
 #           stream it into the job's own Docker engine). `buildcloud build` appends BUILDCLOUD_DIGEST,
 #           BUILDCLOUD_IMAGE_ID, BUILDCLOUD_CACHE_RATIO, BUILDCLOUD_CACHED_STEPS, BUILDCLOUD_TOTAL_STEPS,
@@ -18,21 +18,57 @@
 # Every parameter arrives as a PARAM_* variable from the step's `environment:` and is used as data only: it is never
 # part of the shell text CircleCI runs, so quotes, `$(...)`, backticks or newlines in a value (tags, build arguments,
 # labels...) reach the CLI unchanged and execute nothing.
-set -eo pipefail
+#
+# Shells: POSIX sh, so the same text runs under bash (CircleCI's default shell when the image has /bin/bash) and under
+# /bin/sh (its default otherwise: busybox ash on Alpine images, where bash syntax dies with "unexpected redirection").
+# `shellcheck -s sh` checks it; no arrays, [[ ]], ${!name}, printf %q, here-strings or `local`. Only bash sources
+# $BASH_ENV before a step, so under any other shell every step sources it here (the file holds only POSIX `export` and
+# `unset` lines); a user's own later steps there need `. "$BASH_ENV"` (or CircleCI's Alpine recipe: the job's
+# `shell: /bin/sh -leo pipefail` with `BASH_ENV: /etc/profile`). pipefail is not POSIX (dash has none) and no pipe
+# below needs it.
+set -e
+
+if [ -z "${BASH_VERSION:-}" ] && [ -n "${BASH_ENV:-}" ] && [ -f "$BASH_ENV" ]; then
+  # shellcheck disable=SC1090 # written by the earlier steps of this job
+  . "$BASH_ENV"
+fi
+
+# A value single-quoted for any POSIX shell to read back unchanged (newlines, quotes, `$` and all).
+sh_quote() {
+  bc_q_rest=$1
+  bc_q_out=
+  while :; do
+    case $bc_q_rest in
+      *"'"*)
+        bc_q_out="$bc_q_out${bc_q_rest%%"'"*}'\\''"
+        bc_q_rest=${bc_q_rest#*"'"}
+        ;;
+      *) break ;;
+    esac
+  done
+  printf "'%s%s'" "$bc_q_out" "$bc_q_rest"
+}
 
 # The CLI command (the `cli` parameter): words split on blanks; no quotes, variables or globs are interpreted.
 bc_cli() {
-  local -a cli
-  if [[ "${PARAM_CLI:-}" == *$'\n'* ]]; then
-    echo "Build Cloud: the 'cli' parameter must be one line (a command and its arguments)." >&2
-    return 2
-  fi
-  read -r -a cli <<<"${PARAM_CLI:-}"
-  if [ "${#cli[@]}" -eq 0 ]; then
+  case ${PARAM_CLI:-} in
+    *"
+"*)
+      echo "Build Cloud: the 'cli' parameter must be one line (a command and its arguments)." >&2
+      return 2
+      ;;
+  esac
+  # Field splitting on blanks with globbing off: the words of the parameter, nothing expanded in them.
+  bc_cli_argc=$#
+  set -f
+  # shellcheck disable=SC2086 # split on purpose
+  set -- ${PARAM_CLI:-} "$@"
+  set +f
+  if [ "$#" -eq "$bc_cli_argc" ]; then
     echo "Build Cloud: the 'cli' parameter is empty: give the command that runs the buildcloud CLI, e.g. npx --yes @buildcloud/ci@0.1.0" >&2
     return 2
   fi
-  "${cli[@]}" "$@"
+  "$@"
 }
 
 # A non-empty parameter becomes the CLI's input BUILDCLOUD_<NAME>; an empty one leaves a BUILDCLOUD_<NAME> that the
@@ -44,48 +80,54 @@ bc_input() {
 }
 
 # What the job's docker settings were before setup, so that report can put them back: steps after report must not
-# talk to a released builder with deleted certs. printf %q writes values bash reads back unchanged.
+# talk to a released builder with deleted certs. The names are this fixed list, so `eval` reads a variable by its name
+# and nothing else; sh_quote writes values any shell reads back unchanged.
 save_docker_env() {
-  local name
-  for name in DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONFIG DOCKER_BUILDKIT; do
-    if [ -n "${!name+set}" ]; then
-      printf 'export BUILDCLOUD_SAVED_%s=%q\n' "$name" "${!name}"
+  for bc_name in DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONFIG DOCKER_BUILDKIT; do
+    bc_isset='' bc_value=''
+    eval "bc_isset=\${$bc_name+set} bc_value=\${$bc_name-}"
+    if [ -n "$bc_isset" ]; then
+      printf 'export BUILDCLOUD_SAVED_%s=%s\n' "$bc_name" "$(sh_quote "$bc_value")"
     else
-      printf 'unset BUILDCLOUD_SAVED_%s\n' "$name"
+      printf 'unset BUILDCLOUD_SAVED_%s\n' "$bc_name"
     fi
   done >>"$BASH_ENV"
 }
 
 # Later steps get the job's docker settings back (as setup saved them): the builder is released and its certs are
-# gone. printf %q writes values bash reads back unchanged.
+# gone.
 restore_docker_env() {
-  local name saved
-  for name in DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONFIG DOCKER_BUILDKIT; do
-    saved="BUILDCLOUD_SAVED_${name}"
-    if [ -n "${!saved+set}" ]; then
-      printf 'export %s=%q\n' "$name" "${!saved}"
+  for bc_name in DOCKER_HOST DOCKER_TLS_VERIFY DOCKER_CERT_PATH DOCKER_CONFIG DOCKER_BUILDKIT; do
+    bc_isset='' bc_value=''
+    eval "bc_isset=\${BUILDCLOUD_SAVED_$bc_name+set} bc_value=\${BUILDCLOUD_SAVED_$bc_name-}"
+    if [ -n "$bc_isset" ]; then
+      printf 'export %s=%s\n' "$bc_name" "$(sh_quote "$bc_value")"
     else
-      printf 'unset %s\n' "$name"
+      printf 'unset %s\n' "$bc_name"
     fi
-    printf 'unset %s\n' "$saved"
+    printf 'unset BUILDCLOUD_SAVED_%s\n' "$bc_name"
   done >>"$BASH_ENV"
   echo 'unset BUILDCLOUD_SESSION' >>"$BASH_ENV"
 }
 
 step_setup() {
   if [ -z "${BASH_ENV:-}" ]; then
-    echo "Build Cloud: BASH_ENV is not set. This orb runs in CircleCI's bash, which sources \$BASH_ENV before each step." >&2
+    echo "Build Cloud: BASH_ENV is not set. CircleCI sets it in every job: the orb hands DOCKER_HOST and the outputs to later steps through that file." >&2
     exit 2
   fi
 
   # The token parameter names the variable that holds the token (a project variable or a context), never the token.
-  local token_var="${PARAM_TOKEN_VAR:-BUILDCLOUD_TOKEN}"
-  if [[ ! "$token_var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
-    echo "Build Cloud: invalid parameter 'token': '$token_var' is not an environment variable name. Expected a name such as BUILDCLOUD_TOKEN." >&2
-    exit 2
-  fi
-  # Empty: the CLI exchanges the job's OIDC token ($CIRCLE_OIDC_TOKEN_V2) instead.
-  export BUILDCLOUD_TOKEN="${!token_var:-}"
+  bc_token_var="${PARAM_TOKEN_VAR:-BUILDCLOUD_TOKEN}"
+  case $bc_token_var in
+    [0-9]* | *[!A-Za-z0-9_]*)
+      echo "Build Cloud: invalid parameter 'token': '${PARAM_TOKEN_VAR:-}' is not an environment variable name. Expected a name such as BUILDCLOUD_TOKEN." >&2
+      exit 2
+      ;;
+  esac
+  # Empty: the CLI exchanges the job's OIDC token ($CIRCLE_OIDC_TOKEN_V2) instead. The name is checked above, so eval
+  # reads that one variable.
+  eval "BUILDCLOUD_TOKEN=\${$bc_token_var:-}"
+  export BUILDCLOUD_TOKEN
 
   bc_input ENDPOINT "${PARAM_ENDPOINT:-}"
   bc_input ORG "${PARAM_ORG:-}"
@@ -98,6 +140,11 @@ step_setup() {
   bc_input JOB_ID "${PARAM_JOB_ID:-}"
   bc_input METERING_ENDPOINT "${PARAM_METERING_ENDPOINT:-}"
   bc_input PROVISION_TIMEOUT "${PARAM_PROVISION_TIMEOUT:-}"
+  # CircleCI names the default branch in no variable (CI-REFERENCE §2.1); the core reads BUILDCLOUD_DEFAULT_BRANCH.
+  bc_input DEFAULT_BRANCH "${PARAM_DEFAULT_BRANCH:-}"
+  if [ -z "${BUILDCLOUD_DEFAULT_BRANCH:-}" ]; then
+    echo "Build Cloud: no default branch given (the default_branch parameter or BUILDCLOUD_DEFAULT_BRANCH): a branch without a cache of its own imports the cache of 'main'."
+  fi
 
   if [ -z "${BUILDCLOUD_SESSION:-}" ]; then
     save_docker_env
@@ -127,11 +174,12 @@ step_build() {
 }
 
 step_report() {
-  local -a args=(report)
   if [ -n "${PARAM_SUMMARY_FILE:-}" ]; then
-    args+=(--summary-file "$PARAM_SUMMARY_FILE")
+    set -- --summary-file "$PARAM_SUMMARY_FILE"
+  else
+    set --
   fi
-  bc_cli "${args[@]}"
+  bc_cli report "$@"
   if [ -n "${BUILDCLOUD_SESSION:-}" ] && [ -n "${BASH_ENV:-}" ]; then
     restore_docker_env
   fi
