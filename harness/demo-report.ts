@@ -1,7 +1,7 @@
 // The demo's report: per pipeline which builder served which job, per build the steps cached against the steps the
-// code change left untouched, minutes billed, the bucket left and the north-star share. Text for the terminal, and
-// a self-contained HTML page with charts (inline SVG, no scripts, no external assets).
-import { dockerfileSteps } from '../src/core/dockerfile-steps';
+// code change left untouched (measured by control builds, demo-untouched.ts), steps deduplicated (run by another
+// job's identical build: no cache hits), minutes billed, the bucket left and the north-star share. Text for the
+// terminal, and a self-contained HTML page with charts (inline SVG, no scripts, no external assets).
 
 export interface JobOutcome {
   ci: string;
@@ -15,7 +15,7 @@ export interface JobOutcome {
   totalSteps: number;
   cachedSteps: number;
   wallMs: number;
-  untouchedSteps?: number; // steps the change between pipelines left alone (null for the first pipeline)
+  untouchedSteps?: number; // steps the change between pipelines left alone, measured (undefined for the first pipeline)
   error?: string;
 }
 
@@ -26,16 +26,41 @@ export interface DemoUsage {
   builds: number;
   withCachedStepShare: number;
   avgCacheRatio: number;
+  cachedSteps?: number; // all builds: steps BuildKit reported CACHED
+  deduplicatedSteps?: number; // all builds: steps another job's identical build ran (no cache hits)
   pipelineMinutes: Record<string, number>;
+  pipelineSteps?: Record<string, { total: number; cached: number; deduplicated: number }>; // from the usage API
 }
 
-// Steps of a target, in build order, before the first COPY/ADD of the changed path: what a code change cannot
-// invalidate. The steps come from the same Dockerfile reader that counts steps for merged builds.
-export function untouchedSteps(dockerfile: string, target: string, changedPrefix: string): number {
-  const steps = dockerfileSteps(dockerfile, { target }) ?? [];
-  const copiesChange = new RegExp(`\\] (COPY|ADD)\\s+(--\\S+\\s+)*${changedPrefix.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`, 'i');
-  const i = steps.findIndex((s) => copiesChange.test(s.name));
-  return i < 0 ? steps.length : i;
+/** Whether a pipeline's builds reused what the change left untouched. */
+export interface ReuseCheck {
+  pipeline: string;
+  ok: boolean;
+  why: string;
+}
+
+/**
+ * Every build after the first pipeline must reuse each step the change left untouched. Per job: cached ≥ untouched.
+ * A job whose steps another job's identical build ran reports them deduplicated, not cached, and the per-job outputs
+ * do not carry that count: in a pipeline where the usage API counted deduplicated steps, the pipeline as a whole
+ * must reach its jobs' untouched steps with cached + deduplicated ones.
+ */
+export function pipelineChecks(jobs: JobOutcome[], u: DemoUsage): ReuseCheck[] {
+  const out: ReuseCheck[] = [];
+  for (const p of [...new Set(jobs.map((j) => j.pipeline))]) {
+    const js = jobs.filter((j) => j.pipeline === p && j.untouchedSteps !== undefined);
+    if (!js.length) continue;
+    const dedup = u.pipelineSteps?.[p]?.deduplicated ?? 0;
+    if (dedup === 0) {
+      const short = js.filter((j) => j.cachedSteps < (j.untouchedSteps ?? 0));
+      out.push({ pipeline: p, ok: short.length === 0, why: short.map((j) => `${j.job}: cached ${j.cachedSteps} < untouched ${j.untouchedSteps}`).join('; ') });
+    } else {
+      const want = js.reduce((s, j) => s + (j.untouchedSteps ?? 0), 0);
+      const got = js.reduce((s, j) => s + j.cachedSteps, 0) + dedup;
+      out.push({ pipeline: p, ok: got >= want, why: got >= want ? '' : `cached + deduplicated ${got} < untouched ${want}` });
+    }
+  }
+  return out;
 }
 
 const pct = (x: number) => `${(x * 100).toFixed(0)}%`;
@@ -45,8 +70,10 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
   for (const p of [...new Set(jobs.map((j) => j.pipeline))]) {
     const js = jobs.filter((j) => j.pipeline === p);
     const builders = [...new Set(js.map((j) => j.builder))];
+    const dedup = u.pipelineSteps?.[p]?.deduplicated ?? 0;
     out.push(
-      `\n${p} (${js[0].ci}) — ${js.length} jobs on ${builders.length} builder${builders.length === 1 ? '' : 's'}, ${(u.pipelineMinutes[p] ?? 0).toFixed(2)} min billed`
+      `\n${p} (${js[0].ci}) — ${js.length} jobs on ${builders.length} builder${builders.length === 1 ? '' : 's'}, ${(u.pipelineMinutes[p] ?? 0).toFixed(2)} min billed` +
+        (dedup ? `, ${dedup} steps deduplicated (run by another job's identical build)` : '')
     );
     for (const j of js) {
       const expect = j.untouchedSteps === undefined ? '' : `  (untouched by the change: ${j.untouchedSteps})`;
@@ -58,6 +85,10 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
   }
   out.push('');
   out.push(`Builds: ${u.builds}; with at least one cached step: ${pct(u.withCachedStepShare)} (goal 80%); average cache ratio ${pct(u.avgCacheRatio)}`);
+  if (u.cachedSteps !== undefined) {
+    out.push(`Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's identical build)`);
+  }
+  for (const c of pipelineChecks(jobs, u)) if (!c.ok) out.push(`Not reused in ${c.pipeline}: ${c.why}`);
   out.push(`Minutes: ${u.minutesUsed.toFixed(2)} billed, ${u.minutesLeft.toFixed(2)} left of ${u.minutesBought}`);
   return out.join('\n');
 }
@@ -109,6 +140,7 @@ export function renderHtml(jobs: JobOutcome[], u: DemoUsage, meta: { generatedAt
 <p>Generated ${esc(meta.generatedAt)}.</p>
 <p><span class="kpi">Builds: <b id="kpi-builds">${u.builds}</b></span>
 <span class="kpi">With a cached step: <b id="kpi-north-star" data-value="${u.withCachedStepShare}">${pct(u.withCachedStepShare)}</b> (goal 80%)</span>
+<span class="kpi">Deduplicated steps: <b id="kpi-deduplicated" data-value="${u.deduplicatedSteps ?? 0}">${u.deduplicatedSteps ?? 0}</b></span>
 <span class="kpi">Minutes billed: <b id="kpi-minutes-used" data-value="${u.minutesUsed}">${u.minutesUsed.toFixed(2)}</b></span>
 <span class="kpi">Bucket left: <b id="kpi-minutes-left" data-value="${u.minutesLeft}">${u.minutesLeft.toFixed(2)}</b> of ${u.minutesBought}</span></p>
 ${ratioChart}

@@ -1,19 +1,60 @@
-import * as fs from 'fs';
-import * as path from 'path';
-import { untouchedSteps } from '../../harness/demo-report';
+// The demo's judgement of its pipelines: every step the change left untouched (measured by control builds,
+// harness/demo-untouched.ts) is reused; deduplicated steps are shown apart from cached ones, never as cache hits.
+import { pipelineChecks, renderText, type DemoUsage, type JobOutcome } from '../../harness/demo-report';
 
-const app = fs.readFileSync(path.join(__dirname, '../../examples/app/Dockerfile'), 'utf8');
-
-// What a change under src/ leaves untouched in examples/app: system (1 step) and deps (3 steps) of every target.
-test.each(['api', 'worker', 'web', 'migrations'])('examples/app target %s: 4 steps come before COPY src/', (t) => {
-  expect(untouchedSteps(app, t, 'src/')).toBe(4);
+const job = (pipeline: string, target: string, cached: number, untouched?: number): JobOutcome => ({
+  ci: 'GitHub Actions',
+  pipeline,
+  job: `image (${target})`,
+  target,
+  leaseId: `l-${target}`,
+  builder: 'tcp://127.0.0.1:4000',
+  status: 'success',
+  durationMs: 1000,
+  totalSteps: 6,
+  cachedSteps: cached,
+  wallMs: 2000,
+  untouchedSteps: untouched
 });
 
-test.each([
-  ['no copy of the changed path: every step is untouched', 'FROM x\nRUN a\nRUN b\n', 'src/', 2],
-  ['the change is copied first: nothing is untouched', 'FROM x\nCOPY src/ /s\nRUN a\n', 'src/', 0],
-  ['ADD counts like COPY, flags before the path', 'FROM x\nRUN a\nADD --chown=1 src/ /s\nRUN b\n', 'src/', 1],
-  ['another path is not the change', 'FROM x\nCOPY deps.txt /d\nCOPY src/ /s\n', 'src/', 1]
-])('%s', (_, dockerfile, prefix, expected) => {
-  expect(untouchedSteps(dockerfile, '', prefix)).toBe(expected);
+const usage = (pipelineSteps: DemoUsage['pipelineSteps'] = {}): DemoUsage => ({
+  minutesUsed: 1,
+  minutesLeft: 59,
+  minutesBought: 60,
+  builds: 4,
+  withCachedStepShare: 0.75,
+  avgCacheRatio: 0.5,
+  cachedSteps: 9,
+  deduplicatedSteps: 5,
+  pipelineMinutes: {},
+  pipelineSteps
+});
+
+test.each<[string, JobOutcome[], DemoUsage['pipelineSteps'], boolean[]]>([
+  ['the first pipeline (nothing untouched to check) is not judged', [job('p1', 'api', 0)], {}, []],
+  ['every job cached its untouched steps', [job('p2', 'api', 4, 4), job('p2', 'web', 5, 4)], { p2: { total: 12, cached: 9, deduplicated: 0 } }, [true]],
+  [
+    'a job that cached fewer than untouched fails its pipeline',
+    [job('p2', 'api', 4, 4), job('p2', 'web', 3, 4)],
+    { p2: { total: 12, cached: 7, deduplicated: 0 } },
+    [false]
+  ],
+  // web's steps ran for api's identical solve: deduplicated, 0 cached; the pipeline's cached + deduplicated cover it.
+  [
+    'deduplicated steps count toward the pipeline, not toward a job',
+    [job('p2', 'api', 4, 4), job('p2', 'web', 0, 4)],
+    { p2: { total: 12, cached: 4, deduplicated: 6 } },
+    [true]
+  ],
+  ['too few deduplicated steps still fail', [job('p2', 'api', 1, 4), job('p2', 'web', 0, 4)], { p2: { total: 12, cached: 1, deduplicated: 2 } }, [false]]
+])('%s', (_, jobs, steps, want) => {
+  expect(pipelineChecks(jobs, usage(steps)).map((c) => c.ok)).toEqual(want);
+});
+
+test('the text report shows cached and deduplicated steps apart, and says which pipeline missed', () => {
+  const jobs = [job('p1', 'api', 0), job('p2', 'api', 4, 4), job('p2', 'web', 0, 4)];
+  const text = renderText(jobs, usage({ p2: { total: 12, cached: 4, deduplicated: 1 } }));
+  expect(text).toContain("p2 (GitHub Actions) — 2 jobs on 1 builder, 0.00 min billed, 1 steps deduplicated (run by another job's identical build)");
+  expect(text).toContain("Steps: 9 cached (BuildKit reported CACHED), 5 deduplicated (run by another job's identical build)");
+  expect(text).toContain('Not reused in p2: cached + deduplicated 5 < untouched 8');
 });
