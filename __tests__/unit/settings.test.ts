@@ -5,6 +5,7 @@ import * as path from 'path';
 import YAML from 'yaml';
 import { BUILD_INPUTS, BUILD_OUTPUTS, envName, SETUP_INPUTS, SETUP_OUTPUTS, type InputDef, type OutputDef } from '../../src/core/inputs';
 import { buildSettings, InputError, setupSettings, type BuildSettings, type SetupSettings } from '../../src/core/settings';
+import { MULTI_LINE_FORM } from '../../src/core/build-inputs';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -37,12 +38,16 @@ const BUILD_FIELDS: Record<string, keyof BuildSettings> = {
   tags: 'tags',
   'build-args': 'buildArgs',
   target: 'target',
+  'cache-scope': 'cacheScope',
   labels: 'labels',
   push: 'push',
   load: 'load',
   platforms: 'platforms',
   'no-cache': 'noCache',
-  pull: 'pull'
+  pull: 'pull',
+  secrets: 'secrets',
+  'secret-files': 'secretFiles',
+  ssh: 'ssh'
 };
 
 /** An input's default as its type reads it. */
@@ -112,12 +117,16 @@ describe('defaults', () => {
       tags: [],
       buildArgs: [],
       target: '',
+      cacheScope: '',
       labels: [],
       push: false,
       load: false,
       platforms: [],
       noCache: false,
-      pull: false
+      pull: false,
+      secrets: [],
+      secretFiles: [],
+      ssh: []
     });
   });
 
@@ -258,11 +267,24 @@ describe('every validation error names the input and the expectation', () => {
   });
 
   test.each([
-    ['build-args', 'VERSION=1\nNOEQUALS', "Invalid input 'build-args': 'NOEQUALS'. Expected KEY=VALUE on each line."],
-    ['build-args', '1X=2', "Invalid input 'build-args': '1X=2'. Expected KEY=VALUE on each line."],
-    ['build-args', '=value', "Invalid input 'build-args': '=value'. Expected KEY=VALUE on each line."],
-    ['labels', 'a-label-without-value', "Invalid input 'labels': 'a-label-without-value'. Expected KEY=VALUE on each line."],
-    ['labels', 'two words=x', "Invalid input 'labels': 'two words=x'. Expected KEY=VALUE on each line."],
+    // Entry numbers and lines, never the entry's text (build-inputs.test.ts has the multi-line cases).
+    [
+      'build-args',
+      'VERSION=1\nNOEQUALS',
+      `Invalid input 'build-args': entry 2 (line 2) is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit). ${MULTI_LINE_FORM}`
+    ],
+    [
+      'build-args',
+      '1X=2',
+      `Invalid input 'build-args': entry 1 (line 1) is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit). ${MULTI_LINE_FORM}`
+    ],
+    [
+      'build-args',
+      '=value',
+      `Invalid input 'build-args': entry 1 (line 1) is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit). ${MULTI_LINE_FORM}`
+    ],
+    ['labels', 'a-label-without-value', `Invalid input 'labels': entry 1 (line 1) is not KEY=VALUE (KEY without spaces, = or quotes). ${MULTI_LINE_FORM}`],
+    ['labels', 'two words=x', `Invalid input 'labels': entry 1 (line 1) is not KEY=VALUE (KEY without spaces, = or quotes). ${MULTI_LINE_FORM}`],
     ['push', 'sometimes', "Invalid input 'push': 'sometimes'. Expected true or false."],
     ['load', 'maybe', "Invalid input 'load': 'maybe'. Expected true or false."],
     ['no-cache', 'y', "Invalid input 'no-cache': 'y'. Expected true or false."],

@@ -4,6 +4,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { buildSettings, setupSettings } from '../core/settings';
+import { redactor } from '../core/build-secrets';
 import { requireEndpoint } from '../core/endpoint';
 import { detectProvider } from '../core/identity';
 import { loadSession, SESSION_ENV } from '../core/session';
@@ -53,7 +54,9 @@ export async function runBuild(o: StepOptions): Promise<void> {
   const settings = buildSettings(getter(o, process.env));
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { buildStep } = require('../core/build-step') as typeof import('../core/build-step');
-  const r = await buildStep(session, settings, { log, io: { onLine: (l) => process.stderr.write(l + '\n') } });
+  // No CI masks what the runner CLI prints (GitLab masks only its masked variables): secret values are redacted here.
+  const redact = redactor(settings.secrets.map((s) => s.value));
+  const r = await buildStep(session, settings, { log, io: { onLine: (l) => process.stderr.write(redact(l) + '\n') } });
   const vars = outputsAsEnv(r.outputs);
   if (o.dotenv) appendFile(str(o.dotenv), dotenvLines(vars));
   const exportFile = str(o.exportFile) || (detectProvider(process.env) === 'circleci' ? process.env.BASH_ENV : '');

@@ -1,13 +1,18 @@
 // The build step, CI-neutral: build on the session's builder with the org cache, record the result for the job's
 // summary, and spool its usage record (written to disk before anything is sent).
 import * as path from 'path';
-import { runBuild, type BuildResult as RunResult, type BuildIO } from './build';
+import { readDockerfile, runBuild, type BuildResult as RunResult, type BuildIO } from './build';
+import { encodeFingerprints, explainMiss, fingerprintsOf, FINGERPRINTS_LABEL, type Fingerprints } from './cache-miss';
+import { baseDigests, hashSources, importedFingerprints, registryAccess, type RegistryAccess } from './cache-miss-io';
+import { dockerfileSteps } from './dockerfile-steps';
+import { cacheMissLine, type CacheMiss } from './summary';
 import { dockerEnv, parseKeyValueLines, type BuildOptions } from './docker-cli';
 import { imagesToLoad, loadImage, runnerEngineEnv, runnerEngineName, type LoadDeps, type LoadOutcome } from './load-image';
 import { MeteringSpool } from './metering-spool';
 import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
+import { entryNames } from './build-inputs';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
@@ -30,12 +35,16 @@ export function buildOptions(s: BuildSettings, session: Session): BuildOptions {
     tags: s.tags,
     buildArgs: parseKeyValueLines(s.buildArgs, 'build-args'),
     target: s.target || undefined,
+    cacheScope: s.cacheScope || undefined,
     push: s.push,
     load: s.load,
     platforms: s.platforms,
     labels: parseKeyValueLines(s.labels, 'labels'),
     noCache: s.noCache,
     pull: s.pull,
+    secretValues: s.secrets,
+    secrets: s.secretFiles.map((f) => ({ id: f.id, src: f.path })),
+    ssh: s.ssh,
     exportCache: session.cache && !session.identity.fork
   };
 }
@@ -88,10 +97,52 @@ async function loadStep(session: Session, opts: BuildOptions, run: RunResult, de
   return out;
 }
 
+/**
+ * The fingerprints of this build's steps (cache-miss.ts), when it uses the org cache: the label they travel in on the
+ * exported image is added to `opts.labels`. Null (and no label) when the Dockerfile cannot be read as one.
+ */
+async function stepFingerprints(opts: BuildOptions, reg: RegistryAccess | null): Promise<Fingerprints | null> {
+  try {
+    const text = await readDockerfile(opts);
+    const steps = text === null ? null : dockerfileSteps(text, { target: opts.target, buildArgs: opts.buildArgs });
+    if (!steps?.length) return null;
+    const file = path
+      .relative(opts.context, opts.file ?? path.join(opts.context, 'Dockerfile'))
+      .split(path.sep)
+      .join('/');
+    const fp = fingerprintsOf(steps, await hashSources(opts.context, steps), {
+      file,
+      target: opts.target ?? '',
+      baseDigests: await baseDigests(
+        steps.map((s) => s.base),
+        reg
+      )
+    });
+    if (opts.exportCache) opts.labels = { ...opts.labels, [FINGERPRINTS_LABEL]: encodeFingerprints(fp) };
+    return fp;
+  } catch {
+    return null; // an explanation is a nicety: never a reason for the build to fail
+  }
+}
+
+/** Why the build's first executed step missed the imported cache (cache-miss.ts explainMiss); undefined when moot. */
+async function cacheMissOf(run: RunResult, fp: Fingerprints | null, reg: RegistryAccess | null): Promise<CacheMiss | undefined> {
+  const imports = run.cacheImports ?? [];
+  if (!fp || !imports.length) return undefined;
+  const executed = run.steps.filter((s) => s.status === 'done' || s.status === 'error').map((s) => s.name);
+  if (!executed.length) return undefined;
+  const previous = reg ? await importedFingerprints(imports, fp, reg).catch(() => null) : null;
+  return explainMiss(imports, fp, previous, executed) ?? undefined;
+}
+
 export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO; load?: LoadDeps }): Promise<BuildStepResult> {
   const opts = buildOptions(settings, session);
+  const names = entryNames(settings);
+  if (names) deps.log.info(`Build Cloud: ${names}`);
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
+  const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
+  const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, reg) : null;
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, deps.io ?? {});
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
@@ -120,6 +171,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
       warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
     }
   }
+  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, reg);
   const load = settings.load && run.status === 'success' ? await loadStep(session, opts, run, deps) : undefined;
   const build: BuildResult = {
     buildId,
@@ -130,6 +182,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     totalSteps: run.totalSteps,
     cachedSteps: run.cachedSteps,
     ...(run.deduplicatedSteps ? { deduplicatedSteps: run.deduplicatedSteps } : {}),
+    ...(cacheMiss ? { cacheMiss } : {}),
     digest: run.digest,
     builderId: session.lease?.builders[0]?.builderId,
     ...(settings.load ? { loaded: Boolean(load?.loaded) } : {})
@@ -150,6 +203,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   deps.log.info(
     `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${dedupNote}${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
   );
+  if (cacheMiss) deps.log.info(`Build Cloud: why steps missed the cache: ${cacheMissLine(cacheMiss)}`);
   const loadError = load?.error
     ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}`
     : undefined;

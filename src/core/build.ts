@@ -7,6 +7,11 @@ import type { LeaseMsg } from '../contract/grpc';
 import { ProgressParser, stepsSolvedElsewhere, type BuildStep, type Progress } from './build-progress';
 import { buildArgs, dockerEnv, pushesAfterBuild, type BuildClient, type BuildOptions, type CacheRefs, type ResolvedDocker } from './docker-cli';
 import type { RunnerConfig } from './runner-config';
+import type { CacheImport } from './cache-miss';
+import { cacheImports } from './cache-miss-io';
+import { buildCacheRefs, buildCacheScope, mergeStageProgress, stageCaches, uploadNonce, type StageCache } from './build-cache';
+import { cacheStages } from './dockerfile-steps';
+import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFiles } from './build-secrets';
 
 export interface BuildResult {
   status: 'success' | 'failure' | 'cancelled';
@@ -22,7 +27,10 @@ export interface BuildResult {
   digest?: string; // of the pushed image
   imageId?: string;
   steps: BuildStep[];
+  cacheImports?: CacheImport[]; // the final build's cache imports, as its stream showed them (found or not)
   cacheExported: boolean;
+  cacheScope?: string; // the build's cache scope ('' when the control plane has none)
+  cacheRef?: string; // where its exported cache landed (the scope's tag, after promotion); '' when not exported
   pushed: string[];
   outputTail: string[]; // the last lines of output, for an error message
   warnings: string[];
@@ -38,7 +46,7 @@ export interface BuildIO {
 }
 
 // The Dockerfile of a build whose context is a local directory; null for a Git or HTTP context, or stdin.
-async function readDockerfile(opts: BuildOptions): Promise<string | null> {
+export async function readDockerfile(opts: BuildOptions): Promise<string | null> {
   if (opts.context === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(opts.context) || /^git@/.test(opts.context)) return null;
   const candidates = opts.file ? [path.resolve(opts.file)] : [path.join(opts.context, 'Dockerfile'), path.join(opts.context, 'dockerfile')];
   for (const f of candidates) {
@@ -100,6 +108,81 @@ function stream(file: string, args: string[], env: NodeJS.ProcessEnv, onLine: (l
   });
 }
 
+async function capture(file: string, args: string[], env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<{ code: number | null; out: string }> {
+  let out = '';
+  const r = await stream(file, args, env, (l) => (out += `${l}\n`), signal);
+  return { code: r.code, out };
+}
+type Capture = (args: string[]) => Promise<{ code: number | null; out: string }>;
+
+/** The user tags that, on the builder, no longer name `imageId` (another build took them). */
+async function tagsTakenOver(tags: string[], imageId: string, run: Capture): Promise<string[]> {
+  const taken: string[] = [];
+  for (const t of tags) {
+    const r = await run(['image', 'inspect', '--format', '{{.Id}}', t]);
+    if (r.code === 0 && r.out.trim() !== imageId) taken.push(t);
+  }
+  return taken;
+}
+
+/** Whether the push of `ref` that reported `digest` sent this build's image (`imageId` carries that repo digest). */
+async function pushedImage(ref: string, digest: string, imageId: string, run: Capture): Promise<boolean> {
+  const r = await run(['image', 'inspect', '--format', '{{json .RepoDigests}}', imageId]);
+  const name = ref.replace(/:[\w][\w.-]{0,127}$/, '');
+  try {
+    return (JSON.parse(r.out) as string[]).includes(`${name}@${digest}`);
+  } catch {
+    return false;
+  }
+}
+
+function tagTakenMessage(tags: string[], imageId: string): string {
+  return (
+    `Build Cloud: ${tags.map((t) => `'${t}'`).join(', ')} on the pipeline's shared builder now names another build's image: another job of ` +
+    `this pipeline built the same tag at the same time. This build's image is ${imageId}; it was not pushed under that tag. ` +
+    `Give parallel jobs tags of their own (e.g. with the job name), or set scope: job for a builder of the job's own.`
+  );
+}
+
+/**
+ * Builds one stage as its own target on the builder and pushes its cache image (build-cache.ts stageCaches).
+ * Returns its progress, 'cancelled', or a warning: a stage cache that cannot be built or pushed never fails the
+ * build (the build itself then shows the error where it has one).
+ */
+async function buildStageCache(
+  st: StageCache,
+  opts: BuildOptions,
+  client: BuildClient,
+  file: string,
+  env: NodeJS.ProcessEnv,
+  emit: (l: string) => void,
+  signal: AbortSignal
+): Promise<Progress | 'cancelled' | string> {
+  const stageOpts: BuildOptions = { ...opts, target: st.stage, tags: [], push: false, load: false };
+  const refs: CacheRefs = { importRefs: st.refs.importRefs, exportRef: st.refs.exportRef };
+  const stageClient: BuildClient = { ...client, iidFile: undefined, metadataFile: client.metadataFile && `${client.metadataFile}.stage` };
+  const parser = new ProgressParser();
+  emit(`Build Cloud: building stage '${st.stage}' for its own cache image (${st.refs.promotedRef})`);
+  const built = await stream(
+    file,
+    buildArgs(stageOpts, refs, stageClient),
+    env,
+    (l) => {
+      parser.push(l);
+      emit(l);
+    },
+    signal
+  );
+  if (signal.aborted || built.signal) return 'cancelled';
+  if (built.code !== 0) return `could not build stage '${st.stage}' for its cache image (docker exited ${built.code}); later builds will rebuild it`;
+  for (const { ref } of pushesAfterBuild(stageOpts, refs, stageClient)) {
+    const r = await stream(file, ['push', ref], env, emit, signal);
+    if (signal.aborted || r.signal) return 'cancelled';
+    if (r.code !== 0) return `could not export the cache of stage '${st.stage}' to ${ref} (docker push exited ${r.code}); later builds will rebuild it`;
+  }
+  return parser.result();
+}
+
 /** buildx's --metadata-file: the fields read here are strings (digests); others may be objects. */
 async function readJson(file: string): Promise<Record<string, string | undefined> | null> {
   try {
@@ -119,13 +202,21 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     metadataFile: path.join(cfg.dir, `metadata-${n}.json`),
     iidFile: path.join(cfg.dir, `iid-${n}`)
   };
-  const cache: CacheRefs = { importRefs: lease.cache?.importRefs ?? [], exportRef: lease.cache?.exportRef ?? '' };
-  const argv = buildArgs(opts, cache, client); // bad input throws here, before anything runs
+  const scoped = buildCacheRefs(lease.cache, buildCacheScope(opts, process.cwd()), uploadNonce());
+  // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
+  const inline = !docker.buildx || cfg.driver !== 'remote';
+  const stageText = inline && !opts.noCache && scoped.repository ? await readDockerfile(opts) : null;
+  const stages = stageCaches(stageText === null ? null : cacheStages(stageText, opts), lease.cache, scoped, () => uploadNonce());
+  const cache: CacheRefs = { importRefs: [...scoped.importRefs, ...stages.flatMap((s) => s.refs.importRefs)], exportRef: scoped.exportRef };
+  const stageProgress: Progress[] = [];
+  // Secret values go to 0600 files in the runner's private dir, written inside the try below, removed in its finally.
+  const secretFiles = secretFilePaths(cfg.dir, n, opts.secretValues ?? []);
+  const argv = buildArgs({ ...opts, secrets: [...secretFiles.secrets, ...(opts.secrets ?? [])] }, cache, client); // bad input throws here, before anything runs
 
-  const env = dockerEnv(process.env, { ...cfg.env });
+  const env = withoutSecretInputs(dockerEnv(process.env, { ...cfg.env }));
   const tail: string[] = [];
   const parser = new ProgressParser();
-  const warnings: string[] = [];
+  const warnings: string[] = [...scoped.warnings];
   const pushed: string[] = [];
   let cacheExported = false;
   let digest: string | undefined;
@@ -146,7 +237,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     process.on('SIGTERM', onAbort);
   }
   const finish = (status: BuildResult['status'], exitCode: number | null, extra: Partial<BuildResult> = {}): BuildResult => {
-    const p = solvedElsewhere ?? parser.result();
+    const p = mergeStageProgress([...stageProgress, solvedElsewhere ?? parser.result()]);
     return {
       status,
       exitCode,
@@ -158,7 +249,10 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       stepsFrom: solvedElsewhere ? 'dockerfile' : 'progress',
       digest,
       steps: p.steps,
+      cacheImports: cacheImports(parser.vertices()),
       cacheExported,
+      cacheScope: scoped.scope,
+      cacheRef: cacheExported ? scoped.promotedRef : '',
       pushed,
       outputTail: tail.slice(),
       warnings,
@@ -167,6 +261,23 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   };
 
   try {
+    await writeSecretFiles(opts.secretValues ?? [], secretFiles.files);
+    if (opts.exportCache && cache.exportRef) {
+      for (const st of stages) {
+        const r = await buildStageCache(
+          st,
+          { ...opts, secrets: [...secretFiles.secrets, ...(opts.secrets ?? [])] },
+          client,
+          docker.path,
+          env,
+          emit,
+          controller.signal
+        );
+        if (r === 'cancelled') return finish('cancelled', null);
+        if (typeof r === 'string') warnings.push(r);
+        else stageProgress.push(r);
+      }
+    }
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
     const built = await stream(
       docker.path,
@@ -195,7 +306,18 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       imageId = (await fsp.readFile(client.iidFile!, 'utf8').catch(() => '')).trim() || undefined;
     }
 
+    // Names on a pipeline builder are shared by the pipeline's jobs, as on one Docker host: a job that built the same
+    // tag at the same time may have taken it. Such a build fails with a message rather than pushing (or letting
+    // later steps use) the other job's image under its tag; a push re-points the tag at this build's image first and
+    // checks after it that this image is what went out.
+    const local = !docker.buildx || cfg.driver !== 'remote';
+    const taken = local && imageId ? await tagsTakenOver(opts.tags, imageId, (a) => capture(docker.path, a, env, controller.signal)) : [];
+    if (taken.length) {
+      emit(tagTakenMessage(taken, imageId!));
+      return finish('failure', 1, { imageId });
+    }
     for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
+      if (!isExport && local && imageId) await capture(docker.path, ['tag', imageId, ref], env, controller.signal);
       let out = '';
       const r = await stream(
         docker.path,
@@ -216,9 +338,13 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
         }
         return finish('failure', r.code, { imageId });
       }
+      const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
+      if (!isExport && local && imageId && d && !(await pushedImage(ref, d, imageId, (a) => capture(docker.path, a, env, controller.signal)))) {
+        emit(tagTakenMessage([ref], imageId));
+        return finish('failure', 1, { imageId });
+      }
       pushed.push(ref);
       if (isExport) cacheExported = true;
-      const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
       if (d && !isExport && !digest) digest = d;
     }
     if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) {
@@ -235,6 +361,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       process.off('SIGTERM', onAbort);
     }
     await fsp.rm(client.metadataFile!, { force: true });
+    await fsp.rm(`${client.metadataFile!}.stage`, { force: true });
     await fsp.rm(client.iidFile!, { force: true });
+    await removeSecretFiles(secretFiles.files);
   }
 }

@@ -35,6 +35,13 @@ export interface BuildOptions {
   pull?: boolean;
   exportCache: boolean;
   network?: string; // default | host | none (BuildKit knows no others)
+  // BuildKit secrets and SSH (--secret id=ID,src=FILE and --ssh SPEC: docker build with BuildKit since Docker 18.09,
+  // and buildx). Only files reach the argv: `secretValues` are written by runBuild (build.ts) to 0600 files in the
+  // runner's private dir, passed as `secrets`, and removed after the build; commonFlags never renders a value.
+  secrets?: { id: string; src: string }[];
+  secretValues?: { id: string; value: string }[];
+  ssh?: string[]; // default | ID | ID=PATH[,PATH], paths absolute (build-inputs.ts)
+  cacheScope?: string; // the `cache-scope` input; '' or absent: derived from the Dockerfile and target (build-cache.ts)
 }
 
 export interface CacheRefs {
@@ -66,15 +73,17 @@ export function isValidReference(ref: string): boolean {
 }
 
 /** `KEY=VALUE` lines (build-args, labels) → a record; values may hold `=` and commas. */
+// Entries come from build-inputs.ts (keyValueEntries), which checked them already: an error here names the entry's
+// number, never its text (a value may be multi-line, or a secret pasted in the wrong place).
 export function parseKeyValueLines(lines: string[], input: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const raw of lines) {
+  lines.forEach((raw, i) => {
     const line = raw.trim();
-    if (!line) continue;
+    if (!line) return;
     const eq = line.indexOf('=');
-    if (eq <= 0 || /\s/.test(line.slice(0, eq))) throw new InputError(`Invalid input '${input}': '${line.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+    if (eq <= 0 || /\s/.test(line.slice(0, eq))) throw new InputError(`Invalid input '${input}': entry ${i + 1} is not KEY=VALUE. Expected KEY=VALUE entries.`);
     out[line.slice(0, eq)] = line.slice(eq + 1);
-  }
+  });
   return out;
 }
 
@@ -103,6 +112,7 @@ export function validateBuildOptions(opts: BuildOptions, client: BuildClient): v
     throw new InputError(`Invalid input 'network': '${opts.network}'. Expected one of: ${NETWORKS.join(', ')}.`);
   checkKeys(opts.buildArgs, 'build-args');
   checkKeys(opts.labels, 'labels');
+  checkSecrets(opts);
   if (opts.push && opts.tags.length === 0) throw new InputError(`Invalid input 'push': true needs at least one image in 'tags'.`);
   // docker load takes one platform's image: asked for, that is the user's mistake to name first.
   if (opts.platforms.length > 1 && opts.load) {
@@ -121,6 +131,25 @@ export function validateBuildOptions(opts: BuildOptions, client: BuildClient): v
 
 const MULTI_PLATFORM_LOAD = 'a multi-platform image cannot be loaded into a local Docker';
 
+const SECRET_ID = /^[A-Za-z0-9_.-]+$/;
+
+// Ids are checked here as well as in build-inputs.ts because a BuildOptions may come from elsewhere (the harness, the
+// demo); messages name the position, never a value.
+function checkSecrets(opts: BuildOptions): void {
+  (opts.secrets ?? []).forEach((s, i) => {
+    if (!SECRET_ID.test(s.id) || !s.src) throw new InputError(`Invalid input 'secrets': entry ${i + 1} needs an id of letters, digits, . _ - and a file.`);
+  });
+  (opts.ssh ?? []).forEach((spec, i) => {
+    if (!/^[A-Za-z0-9_.-]+(=[^=\n]+)?$/.test(spec)) throw new InputError(`Invalid input 'ssh': entry ${i + 1}. Expected default, ID or ID=PATH[,PATH].`);
+  });
+}
+
+// docker and buildx read --secret's value as one CSV record (encoding/csv): a field holding a comma or a quote is
+// quoted, with "" for a quote, so a path with a comma stays one field.
+function csvField(f: string): string {
+  return /[",\r\n]/.test(f) ? `"${f.replace(/"/g, '""')}"` : f;
+}
+
 function checkRefs(cache: CacheRefs): void {
   for (const r of [...cache.importRefs, cache.exportRef].filter(Boolean)) {
     if (!isValidReference(r)) throw new Error(`The control plane returned an invalid cache ref '${r}'.`);
@@ -137,6 +166,8 @@ function commonFlags(opts: BuildOptions): string[] {
   if (opts.noCache) a.push('--no-cache');
   for (const [k, v] of Object.entries(opts.buildArgs)) if (k !== 'BUILDKIT_INLINE_CACHE') a.push('--build-arg', `${k}=${v}`);
   for (const [k, v] of Object.entries(opts.labels ?? {})) a.push('--label', `${k}=${v}`);
+  for (const s of opts.secrets ?? []) a.push('--secret', `${csvField(`id=${s.id}`)},${csvField(`src=${s.src}`)}`);
+  for (const spec of opts.ssh ?? []) a.push('--ssh', spec);
   return a;
 }
 

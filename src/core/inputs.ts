@@ -115,9 +115,28 @@ export const BUILD_INPUTS: InputDef[] = [
   { name: 'context', type: 'string', default: '.', description: 'Build context directory.' },
   { name: 'file', type: 'string', default: '', description: 'Path to the Dockerfile. Empty: Dockerfile in the context.' },
   { name: 'tags', type: 'list', default: '', description: 'Image tags, comma- or newline-separated.' },
-  { name: 'build-args', type: 'list', default: '', description: 'Build arguments, one KEY=VALUE per line.' },
+  {
+    name: 'build-args',
+    type: 'list',
+    default: '',
+    description:
+      'Build arguments, one KEY=VALUE per line. A value that spans lines: put the whole entry in double quotes ("KEY=line 1<newline>line 2", "" for a quote inside), as docker/build-push-action reads it. Build arguments land in the image history and the org cache: pass tokens as secrets.'
+  },
   { name: 'target', type: 'string', default: '', description: 'Target stage to build.' },
-  { name: 'labels', type: 'list', default: '', description: 'Image labels, one KEY=VALUE per line.' },
+  {
+    name: 'cache-scope',
+    type: 'string',
+    default: '',
+    description:
+      "Name of this image's own cache within the project's org cache, so images of one project never overwrite each other's cache. Empty: derived from the Dockerfile's path and the target (e.g. docker/api.Dockerfile#runtime)."
+  },
+  {
+    name: 'labels',
+    type: 'list',
+    default: '',
+    description:
+      'Image labels, one KEY=VALUE per line. A value that spans lines (a commit message): put the whole entry in double quotes, "" for a quote inside.'
+  },
   { name: 'push', type: 'boolean', default: 'false', description: 'Push the tags after the build.' },
   {
     name: 'load',
@@ -128,7 +147,28 @@ export const BUILD_INPUTS: InputDef[] = [
   },
   { name: 'platforms', type: 'list', default: '', description: "Platforms to build for. Empty: the builder's platform." },
   { name: 'no-cache', type: 'boolean', default: 'false', description: 'Build without using any cache.' },
-  { name: 'pull', type: 'boolean', default: 'false', description: 'Always pull newer base images.' }
+  { name: 'pull', type: 'boolean', default: 'false', description: 'Always pull newer base images.' },
+  {
+    name: 'secrets',
+    type: 'list',
+    default: '',
+    secret: true,
+    description:
+      'BuildKit secrets, one ID=VALUE per line (a value that spans lines: the whole entry in double quotes), for RUN --mount=type=secret,id=ID. Each value goes to the build in a 0600 file that is removed after it, never into the image, its history or the org cache; it is masked in the log.'
+  },
+  {
+    name: 'secret-files',
+    type: 'list',
+    default: '',
+    description: 'BuildKit secrets read from files, one ID=PATH per line, for RUN --mount=type=secret,id=ID.'
+  },
+  {
+    name: 'ssh',
+    type: 'list',
+    default: '',
+    description:
+      'SSH agent sockets or keys for RUN --mount=type=ssh, one per line: default (the agent at SSH_AUTH_SOCK), or ID=PATH[,PATH] (a socket or private key files).'
+  }
 ];
 
 export const BUILD_OUTPUTS: OutputDef[] = [

@@ -3,13 +3,10 @@
 import { ORG_PATTERN, PLATFORM_PATTERN } from '../contract/rules';
 import { BUILD_INPUTS, SETUP_INPUTS, type InputDef } from './inputs';
 import { ENDPOINT_FORMS, parseEndpoint } from './endpoint';
+import { InputError } from './input-error';
+import { keyValueEntries, secretFileEntries, secretEntries, sshEntries, type BuildSecret, type BuildSecretFile } from './build-inputs';
 
-export class InputError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'InputError';
-  }
-}
+export { InputError } from './input-error';
 
 export type Getter = (name: string) => string;
 
@@ -36,12 +33,16 @@ export interface BuildSettings {
   tags: string[];
   buildArgs: string[];
   target: string;
+  cacheScope: string;
   labels: string[];
   push: boolean;
   load: boolean;
   platforms: string[];
   noCache: boolean;
   pull: boolean;
+  secrets: BuildSecret[]; // values: written to 0600 files for the build only, masked, never logged
+  secretFiles: BuildSecretFile[]; // absolute paths of existing files
+  ssh: string[]; // docker build --ssh specs, paths made absolute
 }
 
 const TRUE = ['true', 'True', 'TRUE', '1', 'yes'];
@@ -59,11 +60,13 @@ export function boolInput(def: InputDef, get: Getter): boolean {
   throw new InputError(`Invalid input '${def.name}': '${v}'. Expected true or false.`);
 }
 
-// Lists: one item per line or comma-separated; build-args and labels are per line only (values may hold commas).
-export function listInput(def: InputDef, get: Getter, perLine = false): string[] {
-  const v = raw(def, get);
-  const parts = perLine ? v.split(/\r?\n/) : v.split(/[\n,]/);
-  return parts.map((s) => s.trim()).filter(Boolean);
+// Lists of names: one item per line or comma-separated. Inputs whose entries may hold commas or span lines
+// (build-args, labels, secrets, secret-files, ssh) are read by build-inputs.ts instead.
+export function listInput(def: InputDef, get: Getter): string[] {
+  return raw(def, get)
+    .split(/[\n,]/)
+    .map((s) => s.trim())
+    .filter(Boolean);
 }
 
 function enumInput<T extends string>(def: InputDef, get: Getter): T {
@@ -142,12 +145,19 @@ export function setupSettings(get: Getter): SetupSettings {
   };
 }
 
+// Any text names a scope (build-cache.ts makes it a repository component); only its size and control characters
+// are refused.
+function cacheScopeInput(get: Getter): string {
+  const v = str(B['cache-scope'], get);
+  if (v.length > 200 || [...v].some((c) => c.charCodeAt(0) < 0x20 || c.charCodeAt(0) === 0x7f))
+    throw new InputError(`Invalid input 'cache-scope': expected up to 200 characters without control characters (e.g. api or docker/api.Dockerfile).`);
+  return v;
+}
+
 export function buildSettings(get: Getter): BuildSettings {
-  const buildArgs = listInput(B['build-args'], get, true);
-  for (const a of buildArgs)
-    if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(a)) throw new InputError(`Invalid input 'build-args': '${a.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
-  const labels = listInput(B.labels, get, true);
-  for (const l of labels) if (!/^[^=\s]+=/.test(l)) throw new InputError(`Invalid input 'labels': '${l.slice(0, 60)}'. Expected KEY=VALUE on each line.`);
+  const buildArgs = keyValueEntries('build-args', raw(B['build-args'], get));
+  const labels = keyValueEntries('labels', raw(B.labels, get));
+  const secrets = secretEntries('secrets', raw(B.secrets, get));
   const context = str(B.context, get);
   return {
     context,
@@ -155,11 +165,15 @@ export function buildSettings(get: Getter): BuildSettings {
     tags: listInput(B.tags, get),
     buildArgs,
     target: str(B.target, get),
+    cacheScope: cacheScopeInput(get),
     labels,
     push: boolInput(B.push, get),
     load: boolInput(B.load, get),
     platforms: platforms(B.platforms, get),
     noCache: boolInput(B['no-cache'], get),
-    pull: boolInput(B.pull, get)
+    pull: boolInput(B.pull, get),
+    secrets,
+    secretFiles: secretFileEntries('secret-files', raw(B['secret-files'], get), secrets),
+    ssh: sshEntries('ssh', raw(B.ssh, get))
   };
 }

@@ -2,17 +2,21 @@
 import * as core from './workflow-commands';
 import type { BuildSettings } from '../core/settings';
 import { buildStep } from '../core/build-step';
+import { redactor } from '../core/build-secrets';
 import type { Session } from '../core/session';
 import { errorMessage, log } from './state';
 
 /** Builds with `settings` on `session`'s builder; failures become the step's error (core.setFailed), never a throw. */
 export async function buildActionStep(session: Session, settings: BuildSettings): Promise<void> {
   try {
-    const r = await buildStep(session, settings, { log: log(), io: { onLine: (l) => process.stdout.write(l + '\n') } });
+    // GitHub masks the secrets (build.ts registered them); the output is redacted here too, so a log copied elsewhere
+    // (a step that tees it, an artifact) holds no value either.
+    const redact = redactor(settings.secrets.map((s) => s.value));
+    const r = await buildStep(session, settings, { log: log(), io: { onLine: (l) => process.stdout.write(redact(l) + '\n') } });
     for (const [k, v] of Object.entries(r.outputs)) core.setOutput(k, v);
     if (r.run.status !== 'success') {
       core.setFailed(
-        `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${r.run.outputTail.slice(-5).join(' | ')}`
+        `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${redact(r.run.outputTail.slice(-5).join(' | '))}`
       );
     } else if (r.loadError) {
       core.setFailed(r.loadError);

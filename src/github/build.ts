@@ -4,6 +4,7 @@ import * as core from './workflow-commands';
 import { buildSettings, type BuildSettings } from '../core/settings';
 import { loadSession, SESSION_ENV, type Session } from '../core/session';
 import { errorMessage } from './state';
+import { secretFragments } from '../core/build-secrets';
 import { loadBuildStep } from './load-steps';
 
 export async function run(): Promise<void> {
@@ -11,7 +12,10 @@ export async function run(): Promise<void> {
   let settings: BuildSettings;
   try {
     session = loadSession(process.env[SESSION_ENV]);
-    settings = buildSettings((name) => core.getInput(name));
+    // secrets untrimmed, as docker/build-push-action reads them (trimWhitespace: false): a value's last newline may matter.
+    settings = buildSettings((name) => (name === 'secrets' ? process.env.INPUT_SECRETS || '' : core.getInput(name)));
+    // Masked before anything else is written: every value, and each line of a multi-line one (GitHub masks per line).
+    for (const f of secretFragments(settings.secrets.map((s) => s.value))) core.setSecret(f);
   } catch (err) {
     core.setFailed(errorMessage(err));
     return;

@@ -169,6 +169,10 @@ step_build() {
   bc_input PLATFORMS "${PARAM_PLATFORMS:-}"
   bc_input NO_CACHE "${PARAM_NO_CACHE:-}"
   bc_input PULL "${PARAM_PULL:-}"
+  # Empty parameters leave BUILDCLOUD_SECRETS (a project variable or a context, where secrets belong) as it is.
+  bc_input SECRETS "${PARAM_SECRETS:-}"
+  bc_input SECRET_FILES "${PARAM_SECRET_FILES:-}"
+  bc_input SSH "${PARAM_SSH:-}"
 
   bc_cli build --export-file "$BASH_ENV"
 }
