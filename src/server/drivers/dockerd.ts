@@ -211,6 +211,8 @@ export class DockerdDriver implements Driver {
     const configFile = path.join(l.dir, 'daemon.json');
     await fs.promises.writeFile(configFile, JSON.stringify(daemonConfig(this.isolationMode)) + '\n', { mode: 0o600 });
     const state: State = { bridge: l.bridge, subnet: null, pid: null };
+    // Before anything is made on the host: what a start leaves behind if this process dies is named in its log.
+    this.log.info({ builder: id, bridge: l.bridge, runDir: l.runDir, dataRoot: l.dataRoot }, 'starting dockerd');
     try {
       const lease = await this.bridges.create(l.bridge);
       state.subnet = lease.subnet;
