@@ -2,6 +2,7 @@
 // fresh builder and the real org-cache registry.
 // - A three-line build argument (quoted, given as the --build-args flag) reaches the build intact, and a multi-line
 //   label (quoted, given as BUILDCLOUD_LABELS) is on the image.
+// - The GitHub build action masks every line of a secret before it prints anything, and its log shows ***.
 // - A three-line secret (BUILDCLOUD_SECRETS, the way GitLab and CircleCI pass it) is usable in
 //   RUN --mount=type=secret, and no line of it is in the image's files, `docker history --no-trunc`, its config, any
 //   blob of the registry (the exported cache image among them), or any line the job's steps printed; no secret file
@@ -14,6 +15,7 @@ import * as path from 'path';
 import * as zlib from 'zlib';
 import { adminSetup, startServer, CLI, DOCKER, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
+import { githubJobEnv, requireNode24, ROOT, runStep, type JobContext } from '../../harness/github-runner';
 
 let server: ServerProcess;
 let token: string;
@@ -171,4 +173,44 @@ test('an invalid secrets entry fails before anything runs, naming the entry, not
   expect(b.stderr.trim().split('\n').pop()).toMatch(/^buildcloud: Invalid input 'secrets': entry 2 \(line 2\) is not ID=VALUE/);
   expect(holdsAnyLine(b.stdout + b.stderr)).toBe(false);
   expect(cli(['report'], env).status).toBe(0);
+});
+
+test('the GitHub build action: each line of the secret is masked before anything else is printed, and never shown', async () => {
+  requireNode24();
+  const temp = fs.mkdtempSync(path.join(work, 'gha-'));
+  const eventPath = path.join(temp, 'event.json');
+  fs.writeFileSync(eventPath, JSON.stringify({ repository: { id: 700002, default_branch: 'main', full_name: 'acme/secrets-gha' } }));
+  const gh: JobContext = {
+    env: githubJobEnv({
+      runId: `7${process.pid}`,
+      job: 'image',
+      repo: 'acme/secrets-gha',
+      repoId: '700002',
+      eventPath,
+      temp,
+      home: path.join(work, 'home-gha')
+    }),
+    expressions: { 'github.job': 'image', 'strategy.job-index': '0', 'job.check_run_id': '1', 'github.token': '' },
+    runnerTemp: temp
+  };
+  const inputs = { endpoint: server.info.grpc, token };
+  const main = await runStep(path.join(ROOT, 'action.yml'), 'main', inputs, gh);
+  expect({ failed: main.failed, out: main.stdout.slice(-800) }).toMatchObject({ failed: false });
+  const job = { ...gh, env: { ...gh.env, ...main.env } };
+  const build = await runStep(path.join(ROOT, 'build/action.yml'), 'main', { context: ctx, secrets: `"token=${SECRET}"\n`, 'build-args': `"PEM=${PEM}"` }, job);
+  expect({ failed: build.failed, out: build.stdout.slice(-1500) }).toMatchObject({ failed: false });
+  const lines = build.stdout.split('\n');
+  // The first thing the step writes: the masks, the whole value (escaped as a workflow command) and each line.
+  const masks = lines.slice(
+    0,
+    lines.findIndex((l) => !l.startsWith('::add-mask::'))
+  );
+  expect(masks).toEqual(expect.arrayContaining([`::add-mask::${SECRET.replace(/\n/g, '%0A')}`, ...SECRET_LINES.map((l) => `::add-mask::${l}`)]));
+  // Nothing else holds a line of it; the RUN that printed the secret shows ***.
+  expect(holdsAnyLine(lines.filter((l) => !l.startsWith('::add-mask::')).join('\n'))).toBe(false);
+  expect(build.stdout).toMatch(/^#\d+ [\d.]+ \*\*\*$/m);
+  expect(build.stdout).toContain('Build Cloud: build-args: PEM; secrets: token');
+  const post = await runStep(path.join(ROOT, 'action.yml'), 'post', inputs, job, main.state);
+  expect(post.failed).toBe(false);
+  expect(holdsAnyLine(post.stdout)).toBe(false);
 });

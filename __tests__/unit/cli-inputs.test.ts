@@ -31,9 +31,11 @@ describe('load', () => {
     expect(() => parse(['--load', 'sometimes'])).toThrow("Invalid input 'load': 'sometimes'. Expected true or false.");
   });
 
-  test('every build input is a flag, load among them', () => {
+  test('every build input is a flag, load among them, but secrets: a value on a command line is readable by any process', () => {
     const cmd = new Command('build');
     addInputs(cmd, BUILD_INPUTS);
-    expect(cmd.options.map((o) => o.long)).toEqual(BUILD_INPUTS.map((d) => `--${d.name}`));
+    expect(cmd.options.map((o) => o.long)).toEqual(BUILD_INPUTS.filter((d) => d.name !== 'secrets').map((d) => `--${d.name}`));
+    expect(parse([], { BUILDCLOUD_SECRETS: '"NPM_TOKEN=a\nb"' }).secrets).toEqual([{ id: 'NPM_TOKEN', value: 'a\nb' }]);
+    expect(() => parse(['--secrets', 'A=1'])).toThrow(/unknown option '--secrets'/);
   });
 });

@@ -60,9 +60,13 @@ export function inputFlag(d: InputDef): string {
   return d.type === 'boolean' ? `--${d.name} [bool]` : `--${d.name} <value>`;
 }
 
-/** The inputs a CLI command takes: GitHub-only ones (pr-comment, github-token) are left out. */
+// Inputs with no flag: a secret's value on a command line is readable by every process of the runner (/proc/PID/cmdline)
+// and lands in shell history and in CI logs that echo commands. They are read from their BUILDCLOUD_* variable only.
+const ENV_ONLY = ['secrets'];
+
+/** The inputs a CLI command takes as flags: GitHub-only ones (pr-comment, github-token) and `secrets` are left out. */
 export function cliInputs(defs: InputDef[]): InputDef[] {
-  return defs.filter((d) => d.only !== 'github');
+  return defs.filter((d) => d.only !== 'github' && !ENV_ONLY.includes(d.name));
 }
 
 export function camel(name: string): string {
