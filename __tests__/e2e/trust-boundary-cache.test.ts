@@ -118,7 +118,7 @@ describe('what a lease may write and read in the org cache', () => {
     expect(put.status).toBe(403);
     expect(JSON.parse(put.body).errors[0]).toEqual({
       code: 'DENIED',
-      message: `PUT ${repo}/manifests/main is denied: this lease may write only "${own}" (its export ref)`
+      message: `PUT ${repo}/manifests/main is denied: this lease may write only "${own}" (its export ref) and "${l.cache!.repository}/<scope>:feature-x" (its cache scopes)`
     });
     // Control in raw HTTP: the same manifest onto its own tag is accepted.
     expect((await registry(l, 'PUT', `${repo}/manifests/${tag}`, { body: manifest.body, contentType: MANIFEST_V2 })).status).toBe(201);
@@ -165,6 +165,74 @@ describe('what a lease may write and read in the org cache', () => {
     expect(put.status).toBe(403);
     expect(JSON.parse(put.body).errors[0].code).toBe('DENIED');
     expect((await registry(l, 'HEAD', `${repo}/manifests/main`)).status).toBe(200); // reads
+  });
+});
+
+describe('cache scopes (issue 11): any scope of its own project, at its own branch tag, nothing else', () => {
+  test('control: a lease pushes its own scope at its branch tag, and an upload tag of its own, promoted to the branch tag', async () => {
+    const l = await lease('acme/app', 'feature-s', 'app/run-scope/1');
+    const repo = l.cache!.repository!;
+    expect(repo).toBe(`${server.info.registry}/acme/acme/app/cache`);
+    expect(l.cache!.importTags).toEqual(['feature-s', 'main']);
+    expect(l.cache!.exportTag).toBe('feature-s');
+    expect(l.cache!.uploadPrefix).toBe(`bcup-${l.id}-`);
+    const upload = `${repo}/api:${l.cache!.uploadPrefix}0123456789ab`;
+    const env = buildAndTag(l, 'scope-own', [`${repo}/api:feature-s`, upload]);
+    const ok = docker(['push', `${repo}/api:feature-s`], env);
+    expect(ok.out).toMatch(/digest: sha256:/);
+    expect(ok.status).toBe(0);
+    const up = docker(['push', upload], env);
+    expect(up.status).toBe(0);
+    const digest = /digest: (sha256:[0-9a-f]{64})/.exec(up.out)![1];
+    // Promoted by the proxy before the push returned: the scope's branch tag holds the upload's manifest.
+    const { repo: scopeRepo } = split(`${repo}/api:feature-s`);
+    expect((await registry(l, 'HEAD', `${scopeRepo}/manifests/feature-s`)).digest).toBe(digest);
+  });
+
+  test("refused: another branch's tag, another lease's upload tag, another project's scope, a nested project's cache, another org's repository", async () => {
+    const l = await lease('acme/app', 'feature-s', 'app/run-scope-attack/1');
+    const victim = await lease('acme/app', 'feature-v', 'app/run-scope-victim/1');
+    const repo = l.cache!.repository!;
+    const env = buildAndTag(l, 'scope-attack', [`${repo}/api:main`, `${repo}/api:feature-s`]);
+    expect(docker(['push', `${repo}/api:feature-s`], env).status).toBe(0); // control
+    // The real CLI: the default branch's tag of a scope.
+    const attack = docker(['push', `${repo}/api:main`], env);
+    expect(attack.status).not.toBe(0);
+    expect(attack.out).toContain(`(its cache scopes)`);
+
+    const { repo: scopeRepo } = split(`${repo}/api:x`);
+    const manifest = await registry(l, 'GET', `${scopeRepo}/manifests/feature-s`);
+    expect(manifest.status).toBe(200);
+    const put = (name: string, tag: string) => registry(l, 'PUT', `${name}/manifests/${tag}`, { body: manifest.body, contentType: MANIFEST_V2 });
+    const denied = async (name: string, tag: string, why: RegExp) => {
+      const r = await put(name, tag);
+      expect({ name, tag, status: r.status }).toEqual({ name, tag, status: 403 });
+      expect(JSON.parse(r.body).errors[0].message).toMatch(why);
+    };
+    const writeOnly = /this lease may write only .*\(its cache scopes\)/;
+    await denied(scopeRepo, 'main', writeOnly);
+    await denied(scopeRepo, `${victim.cache!.uploadPrefix}0123456789ab`, writeOnly);
+    await denied(scopeRepo, `${l.cache!.uploadPrefix}main`, writeOnly);
+    await denied('acme/acme/other-project/cache/api', 'feature-s', writeOnly);
+    await denied('acme/acme/app/cache/cache', 'feature-s', writeOnly); // project "acme/app/cache"'s unscoped cache
+    await denied('acme/acme/app/cache/cache/api', 'feature-s', writeOnly); // project "acme/app/cache"'s scope
+    await denied('globex/acme/app/cache/api', 'feature-s', /may only use repositories under "acme\/"/);
+    // Control: the same manifest onto its own scope and tag.
+    expect((await put(scopeRepo, 'feature-s')).status).toBe(201);
+    // A stage scope of its own is let through to the registry, which answers for itself (its blobs are not there).
+    const stage = await put('acme/acme/app/cache/web__deps', 'feature-s');
+    expect({ status: stage.status, code: JSON.parse(stage.body).errors[0].code }).toEqual({ status: 400, code: 'MANIFEST_BLOB_UNKNOWN' });
+  });
+
+  test('a fork reads the scopes and writes none', async () => {
+    const l = await acme.provision({ pipelineKey: 'app/run-scope-fork/1', jobId: 'build', identity: { ...identity('acme/app', 'patch-2'), fork: true } });
+    leases.push(l);
+    expect(l.cache!.exportTag).toBe('');
+    expect(l.cache!.uploadPrefix).toBe('');
+    expect((await registry(l, 'HEAD', 'acme/acme/app/cache/api/manifests/feature-s')).status).toBe(200);
+    const r = await registry(l, 'PUT', 'acme/acme/app/cache/api/manifests/patch-2', { body: '{}', contentType: MANIFEST_V2 });
+    expect(r.status).toBe(403);
+    expect(JSON.parse(r.body).errors[0].message).toMatch(/read-only|may not write/);
   });
 });
 

@@ -70,7 +70,16 @@ const TLS_MATERIAL: MessageSpec = { name: 'TlsMaterial', fields: [s('caPem'), s(
 const REGISTRY_CREDENTIALS: MessageSpec = { name: 'RegistryCredentials', fields: [s('host'), s('username'), s('password')] };
 const CACHE_REFS: MessageSpec = {
   name: 'CacheRefs',
-  fields: [{ ...s('importRefs'), repeated: true }, s('exportRef'), m('registry', REGISTRY_CREDENTIALS), s('readOnlyReason')]
+  fields: [
+    { ...s('importRefs'), repeated: true },
+    s('exportRef'),
+    m('registry', REGISTRY_CREDENTIALS),
+    s('readOnlyReason'),
+    s('repository'),
+    { ...s('importTags'), repeated: true },
+    s('exportTag'),
+    s('uploadPrefix')
+  ]
 };
 
 /** Lease, the reply of Provision, Release and Get. */

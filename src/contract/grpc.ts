@@ -131,7 +131,17 @@ export interface LeaseMsg {
   expiresAtMs: number;
   builders: BuilderEndpointMsg[];
   tls: { caPem: string; certPem: string; keyPem: string } | null;
-  cache: { importRefs: string[]; exportRef: string; registry: { host: string; username: string; password: string } | null; readOnlyReason?: string } | null;
+  cache: {
+    importRefs: string[];
+    exportRef: string;
+    registry: { host: string; username: string; password: string } | null;
+    readOnlyReason?: string;
+    // Cache scopes (absent from older control planes): see CacheRefs in the .proto.
+    repository?: string;
+    importTags?: string[];
+    exportTag?: string;
+    uploadPrefix?: string;
+  } | null;
   billedSeconds: number;
   idleTimeoutS: number;
   meteringUrl: string;

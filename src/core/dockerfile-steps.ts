@@ -276,3 +276,69 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
   }
   return out;
 }
+
+/**
+ * The stages of a build worth a cache image of their own under the inline cache (issue 11, case 2): the named
+ * stages the target reaches that a later reached stage copies from (`COPY --from`, `RUN --mount=from=`) or builds
+ * on (`FROM <stage>`), leaving out those whose layers already ride in another exported image: the target's own
+ * `FROM` chain (the final image carries it) and the `FROM` chain of each stage returned. In Dockerfile order;
+ * lower-case names. [] for a single-stage Dockerfile, null when the text cannot be read as one (as dockerfileSteps).
+ * Unnamed stages are left out: `--target` takes a stage name.
+ */
+export function cacheStages(text: string, opts: Pick<DockerfileStepOptions, 'target' | 'buildArgs'> = {}): string[] | null {
+  const { instructions, syntax } = parseInstructions(text);
+  if (syntax && !DOCKERFILE_FRONTEND.test(syntax.toLowerCase())) return null;
+  const meta: Record<string, string> = {};
+  const stages: { name: string; base: string; refs: string[] }[] = [];
+  for (const ins of instructions) {
+    if (ins.keyword === 'FROM') {
+      const words = ins.rest.split(/\s+/).filter((w) => w && !w.startsWith('--'));
+      const name = words.length >= 3 && words[1].toLowerCase() === 'as' ? words[2].toLowerCase() : '';
+      stages.push({ name, base: expand(words[0] ?? '', meta).toLowerCase(), refs: [] });
+    } else if (stages.length === 0) {
+      if (ins.keyword !== 'ARG') continue;
+      for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+        const eq = decl.indexOf('=');
+        const key = eq < 0 ? decl : decl.slice(0, eq);
+        if (key in (opts.buildArgs ?? {})) meta[key] = opts.buildArgs![key];
+        else if (eq >= 0) meta[key] = expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), meta);
+      }
+    } else {
+      const refs = stages[stages.length - 1].refs;
+      for (const f of flags(ins.rest)) {
+        if (f.name === 'from' && (ins.keyword === 'COPY' || ins.keyword === 'ADD')) refs.push(expand(f.value, meta).toLowerCase());
+        if (f.name === 'mount' && ins.keyword === 'RUN') {
+          const from = mountFrom(f.value);
+          if (from) refs.push(expand(from, meta).toLowerCase());
+        }
+      }
+    }
+  }
+  if (stages.length === 0) return null;
+  const index = (ref: string, before: number): number => {
+    if (/^\d+$/.test(ref)) return Number(ref) < stages.length ? Number(ref) : -1;
+    return stages.findIndex((s, i) => i < before && s.name !== '' && s.name === ref);
+  };
+  const target = opts.target ? stages.findIndex((s) => s.name === opts.target!.toLowerCase()) : stages.length - 1;
+  if (target < 0) return null;
+  const baseOf = (i: number): number => index(stages[i].base, i);
+  const chain = (i: number): number[] => {
+    const out: number[] = [];
+    for (let b = baseOf(i); b >= 0 && !out.includes(b); b = baseOf(b)) out.push(b);
+    return out;
+  };
+  // Reached from the target, and which of those a reached stage copies from or builds on.
+  const reached = new Set<number>();
+  const used = new Set<number>();
+  const visit = (i: number): void => {
+    if (reached.has(i)) return;
+    reached.add(i);
+    for (const d of [baseOf(i), ...stages[i].refs.map((r) => index(r, i))].filter((d) => d >= 0)) {
+      used.add(d);
+      visit(d);
+    }
+  };
+  visit(target);
+  const picked = [...used].filter((i) => i !== target && stages[i].name !== '' && !chain(target).includes(i)).sort((a, b) => a - b);
+  return picked.filter((i) => !picked.some((j) => j !== i && chain(j).includes(i))).map((i) => stages[i].name);
+}

@@ -1,9 +1,12 @@
 // Org cache refs: where a build imports its layer cache from and exports it to.
 //
-// Layout: <registryHost>/<org>/<project>/cache:<branch-tag>. The org is the first path component on purpose:
+// Layout: <registryHost>/<org>/<project>/cache/<scope>:<branch-tag>, one repository per cache scope (an image of
+// the project: src/contract/cache-scope.ts), and for older clients <registryHost>/<org>/<project>/cache:<branch-tag>
+// (one per project, which two images of a project overwrite). The org is the first path component on purpose:
 // the registry proxy authorises by repository prefix ("acme/"), so every ref of an org must start with it and no
 // other org's ref may. Everything here is pure, so the rules are table-tested without a registry.
 import { createHash } from 'node:crypto';
+import { RESERVED_SCOPES, SCOPE_MAX, SCOPE_REPOSITORY_COMPONENT } from '../contract/cache-scope';
 
 export interface CacheRefInput {
   registryHost: string;
@@ -12,11 +15,19 @@ export interface CacheRefInput {
   branch: string; // empty for tag builds and detached pipelines
   defaultBranch: string; // empty when the CI does not tell (CircleCI)
   fork: boolean; // a pull request from a fork: it may read the org cache but never write it
+  leaseId?: string; // names the lease's upload tags (uploadPrefix); without it there are none
 }
 
 export interface CacheRefsResult {
   importRefs: string[]; // most specific first: the branch's cache, then the default branch's
   exportRef: string; // '' when this build must not write the cache
+  // Scoped layout (src/contract/cache-scope.ts): <repository>/<scope>:<tag>. Older clients use the two above.
+  repository: string; // <host>/<org>/<project>/cache: each scope's repository is this plus "/<scope>"
+  importTags: string[]; // per scope, most specific first (as importRefs)
+  exportTag: string; // per scope; '' when this build must not write the cache
+  // Tags this lease may push a build's cache under, one per build: uploadPrefix + 12 hex digits. The registry
+  // proxy promotes each to the scope's exportTag once it landed, so parallel builds never share a local name.
+  uploadPrefix: string; // '' when it writes nothing (or the lease id is unknown)
 }
 
 // The OCI distribution grammar as the brief pins it: components of lowercase alphanumerics with single
@@ -139,14 +150,43 @@ export function cacheRefs(input: CacheRefInput): CacheRefsResult {
   }
   // Forks only read: their code is untrusted, and the org's cache is trusted by every other build.
   // Without a branch (tag builds) there is no branch cache to write; the default branch's is left to its own builds.
-  const exportRef = input.fork || branchTag === '' ? '' : `${repo}:${branchTag}`;
-  return { importRefs, exportRef };
+  const exportTag = input.fork || branchTag === '' ? '' : branchTag;
+  const exportRef = exportTag === '' ? '' : `${repo}:${exportTag}`;
+  const importTags = [...new Set([branchTag, defaultTag].filter(Boolean))];
+  const uploadPrefix = exportTag !== '' && input.leaseId && /^[a-z0-9]{1,40}$/.test(input.leaseId) ? `${UPLOAD_TAG_START}${input.leaseId}-` : '';
+  return { importRefs, exportRef, repository: repo, importTags, exportTag, uploadPrefix };
 }
+
+const UPLOAD_TAG_START = 'bcup-';
+/** An upload tag's own part after the lease's prefix: 12 hex digits, so upload tags end the way hashed branch tags do. */
+export const UPLOAD_NONCE = /^[0-9a-f]{12}$/;
+// A scope component, or a scope and a stage (src/contract/cache-scope.ts), at most.
+const SCOPE_REPOSITORY_MAX = 2 * SCOPE_MAX + 2;
 
 /** What one lease may do in the org cache, as the registry proxy checks it (repositories without the host). */
 export interface RegistryScope {
   pull: string[]; // repositories it may read: its import refs' and its export ref's
   push: { repository: string; tag: string; ref?: string } | null; // the one tag it may write (ref: as the lease was told it); null: it writes nothing
+  // Scoped layout: every repository `<scopes>/<scope>` (scopeRepository) is readable; with push set, each is
+  // writable at push.tag and at the lease's upload tags (uploadPrefix + 12 hex digits, promoted to push.tag).
+  scopes?: string; // <org>/<project>/cache (no host); absent: scoped repositories are not the lease's
+  uploadPrefix?: string;
+}
+
+/**
+ * The scope component when `name` is one of the scoped repositories under `scopes` (`<scopes>/<component>`, one
+ * component, as cacheScopeComponent or stageScopeComponent make it; never a reserved one), else null.
+ */
+export function scopeRepository(name: string, scopes: string | undefined): string | null {
+  if (!scopes || !name.startsWith(`${scopes}/`)) return null;
+  const c = name.slice(scopes.length + 1);
+  return SCOPE_REPOSITORY_COMPONENT.test(c) && c.length <= SCOPE_REPOSITORY_MAX && !RESERVED_SCOPES.includes(c) ? c : null;
+}
+
+/** Whether `tag` is one of the lease's upload tags (uploadPrefix + 12 hex digits). */
+export function isUploadTag(scope: RegistryScope, tag: string): boolean {
+  const p = scope.uploadPrefix;
+  return Boolean(p) && tag.startsWith(p!) && UPLOAD_NONCE.test(tag.slice(p!.length));
 }
 
 /** A lease's refs → its registry scope. Refs not on `registryHost` are ignored (they cannot reach the proxy). */
@@ -163,5 +203,7 @@ export function registryScope(refs: CacheRefsResult, registryHost: string): Regi
   for (const r of [...refs.importRefs.map(split), push]) {
     if (r && !pull.includes(r.repository)) pull.push(r.repository);
   }
-  return { pull, push };
+  const host = `${registryHost}/`;
+  if (!refs.repository?.startsWith(host)) return { pull, push };
+  return { pull, push, scopes: refs.repository.slice(host.length), ...(push && refs.uploadPrefix ? { uploadPrefix: refs.uploadPrefix } : {}) };
 }

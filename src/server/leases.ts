@@ -139,9 +139,11 @@ export class LeaseManager {
       verified: resolved.verified,
       changeRequest: resolved.changeRequest
     });
+    const leaseId = newId('l');
     let refs: ReturnType<typeof cacheRefs>;
     try {
       refs = cacheRefs({
+        leaseId,
         registryHost: this.d.registryHost,
         org,
         project: identity.project,
@@ -153,7 +155,6 @@ export class LeaseManager {
       throw invalid(`Invalid identity: ${(err as Error).message}`);
     }
 
-    const leaseId = newId('l');
     const cert = await this.d.pki.issueClient(leaseId, this.d.config.maxTtlMs + 3600_000);
     const registryPassword = randomBytes(24).toString('base64url');
     const now = this.now();
@@ -232,6 +233,10 @@ export class LeaseManager {
     msg.cache = {
       importRefs: refs.importRefs,
       exportRef: refs.exportRef,
+      repository: refs.repository,
+      importTags: refs.importTags,
+      exportTag: refs.exportTag,
+      uploadPrefix: refs.uploadPrefix,
       registry: { host: this.d.registryHost, username: leaseId, password: registryPassword },
       readOnlyReason: refs.exportRef === '' ? resolved.readOnlyReason || (identity.branch === '' ? 'no branch (a tag build or a detached ref)' : '') : ''
     };
@@ -271,6 +276,7 @@ export class LeaseManager {
     const readOnly = Boolean(i.fork) || i.readOnly === true;
     try {
       const refs = cacheRefs({
+        leaseId: l.row.id,
         registryHost: this.d.registryHost,
         org: l.row.org,
         project: str(i.project),

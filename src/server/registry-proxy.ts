@@ -6,17 +6,20 @@
 // (plainHttpOnLoopback): BuildKit cannot speak TLS to a loopback registry. The upstream registry has no auth
 // of its own (the embedded one listens on a private unix socket), so THIS is the access check: a caller may only
 // touch repositories under its org's prefix ("acme/..."), may not list the catalog, and nothing else is routed.
-// Within the org a lease has an exact scope (leaseDenial below): it reads its import refs' repositories and
-// writes only its export ref's tag, so a feature branch cannot plant layers in the cache release builds import.
+// Within the org a lease has an exact scope (leaseDenial below): it reads its import refs' repositories and its
+// project's cache scopes (`<org>/<project>/cache/<scope>`), and writes only its own branch's tag (in the unscoped
+// repository and in any scope of its project) and its own upload tags, so a feature branch cannot plant layers in
+// the cache release builds import, nor one project in another's.
 import * as http from 'node:http';
 import * as https from 'node:https';
 import { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
 import { isIP, type AddressInfo } from 'node:net';
 import type { Logger } from './log';
-import { orgRepoPrefix, type RegistryScope } from './cache-refs';
+import { isUploadTag, orgRepoPrefix, scopeRepository, type RegistryScope } from './cache-refs';
 import { CacheRepairs, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
-import { IMAGE_MANIFEST_TYPES } from './inline-cache';
+import { IMAGE_MANIFEST_TYPES, MAX_CONFIG_BYTES } from './inline-cache';
+import { EventEmitter } from 'node:events';
 
 export interface RegistryPrincipal {
   org: string;
@@ -273,7 +276,9 @@ export class RegistryProxy {
     }
     // Inline-cache repair (cache-repair.ts): an image manifest pushed to a cache tag is repaired after the push;
     // reads of that tag wait (briefly) for a repair still under way, so the next build imports the repaired one.
-    const tag = name.endsWith('/cache') && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
+    const tag = isCacheRepository(name, scope) && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
+    // A build's cache pushed under one of its lease's upload tags: written, then promoted to the scope's tag.
+    if (req.method === 'PUT' && scope?.push && isUploadTag(scope, tag)) return this.promoteUpload(req, res, name, tag, scope.push.tag);
     if (TAG_ONLY.test(tag)) {
       const type = String(req.headers['content-type'] ?? '')
         .split(';')[0]
@@ -289,6 +294,50 @@ export class RegistryProxy {
       if (req.method === 'GET' || req.method === 'HEAD') await this.repairs.settled(name, tag);
     }
     return this.forward(req, res, target);
+  }
+
+  /**
+   * A manifest PUT to an upload tag (a tag unique to one build, cache-refs.ts uploadPrefix): written as sent, then
+   * the same bytes put on the scope's tag `tag` (the lease's branch tag) with the inline-cache repair hooked in as
+   * for a direct push, and only then answered, so the build's push returns once its cache is the scope's. Parallel
+   * builds on one builder each push their own upload tag: none can push another's image to the scope's tag. A
+   * promotion that fails leaves the upload tag (the build still succeeds: the cache is an optimisation) and is
+   * logged. The body is a manifest: bounded like the repair's reads.
+   */
+  private async promoteUpload(req: http.IncomingMessage, res: http.ServerResponse, name: string, upload: string, tag: string): Promise<void> {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    for await (const c of req as AsyncIterable<Buffer>) {
+      n += c.length;
+      if (n > MAX_CONFIG_BYTES) return sendError(res, 413, 'MANIFEST_INVALID', `a cache manifest larger than ${MAX_CONFIG_BYTES} bytes is not accepted`);
+      chunks.push(c);
+    }
+    const body = Buffer.concat(chunks);
+    const type = String(req.headers['content-type'] ?? '')
+      .split(';')[0]
+      .trim();
+    const headers = { 'content-type': type };
+    const up = await this.upstreamCall('PUT', `/v2/${name}/manifests/${upload}`, { headers, body });
+    const digest = up.headers['docker-content-digest'];
+    if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) {
+      if (up.status >= 500) return sendError(res, 502, 'UNAVAILABLE', `the cache registry failed (HTTP ${up.status}); the control plane's log has the request`);
+      res.writeHead(up.status, { ...API_VERSION, 'content-type': String(up.headers['content-type'] ?? 'application/json'), 'content-length': up.body.length });
+      return void res.end(up.body);
+    }
+    const done = new EventEmitter();
+    const repair = IMAGE_MANIFEST_TYPES.includes(type) ? this.repairs.begin(name, tag, done) : null;
+    try {
+      const previous = repair ? await this.repairs.current(name, tag) : null;
+      const promoted = await this.upstreamCall('PUT', `/v2/${name}/manifests/${tag}`, { headers, body });
+      if (promoted.status === 201) repair?.landed(digest, previous);
+      else this.opts.log?.warn({ repository: name, upload, tag, status: promoted.status }, 'registry proxy: could not promote a build cache to its scope tag');
+    } catch (err) {
+      this.opts.log?.warn({ repository: name, upload, tag, err: (err as Error).message }, 'registry proxy: could not promote a build cache to its scope tag');
+    } finally {
+      done.emit('close');
+    }
+    res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': digest, Location: `/v2/${name}/manifests/${digest}`, 'Content-Length': 0 });
+    res.end();
   }
 
   private async authenticate(req: http.IncomingMessage): Promise<RegistryPrincipal | null> {
@@ -461,7 +510,7 @@ function requestOnce(transport: typeof http | typeof https, options: http.Reques
 }
 
 function mayRead(scope: RegistryScope, name: string): boolean {
-  return scope.pull.includes(name) || scope.push?.repository === name;
+  return scope.pull.includes(name) || scope.push?.repository === name || scopeRepository(name, scope.scopes) !== null;
 }
 
 /**
@@ -475,9 +524,12 @@ function mayRead(scope: RegistryScope, name: string): boolean {
  * DELETE would remove another branch's cache.
  */
 export function leaseDenial(scope: RegistryScope, method: string, name: string, tail: string, registryHost = ''): string | null {
-  const ref = scope.push ? (scope.push.ref ?? `${registryHost ? `${registryHost}/` : ''}${scope.push.repository}:${scope.push.tag}`) : '';
+  const host = registryHost ? `${registryHost}/` : '';
+  const ref = scope.push ? (scope.push.ref ?? `${host}${scope.push.repository}:${scope.push.tag}`) : '';
+  const scoped = scopeRepository(name, scope.scopes) !== null;
+  const scopes = scope.push && scope.scopes ? ` and "${host}${scope.scopes}/<scope>:${scope.push.tag}" (its cache scopes)` : '';
   const mayWrite = ref
-    ? `this lease may write only "${ref}" (its export ref)`
+    ? `this lease may write only "${ref}" (its export ref)${scopes}`
     : "this lease may not write the org cache (it has no export ref: a fork's pull request or a build without a branch)";
   if (method === 'GET' || method === 'HEAD') {
     if (mayRead(scope, name)) return null;
@@ -485,16 +537,22 @@ export function leaseDenial(scope: RegistryScope, method: string, name: string, 
     return `read access to repository "${name}" is denied: this lease may read only its cache refs' repositories (${readable})`;
   }
   const what = `${method} ${name}/${tail}`;
-  if (!scope.push || name !== scope.push.repository) return `${what} is denied: ${mayWrite}`;
+  if (!scope.push || (name !== scope.push.repository && !scoped)) return `${what} is denied: ${mayWrite}`;
   if (tail.startsWith('blobs/uploads/')) {
     return ['POST', 'PATCH', 'PUT', 'DELETE'].includes(method) ? null : `${what} is denied: not a blob upload`;
   }
   if (tail.startsWith('manifests/') && method === 'PUT') {
     const r = tail.slice('manifests/'.length);
-    if (r === scope.push.tag || PUT_DIGEST.test(r)) return null;
+    if (r === scope.push.tag || PUT_DIGEST.test(r) || (scoped && isUploadTag(scope, r))) return null;
     return `${what} is denied: ${mayWrite}`;
   }
   return `${what} is denied: a lease may upload blobs and put manifests, nothing else; ${mayWrite}`;
+}
+
+// Cache repositories (their tags get the inline-cache repair): a project's unscoped `.../cache`, and, for a lease,
+// its scoped ones (`.../cache/<scope>`).
+function isCacheRepository(name: string, scope: RegistryScope | undefined): boolean {
+  return name.endsWith('/cache') || (scope !== undefined && scopeRepository(name, scope.scopes) !== null) || /\/cache\/[a-z0-9._-]+$/.test(name);
 }
 
 function decodeQueryKey(raw: string): string | null {
