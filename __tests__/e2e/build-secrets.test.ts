@@ -2,6 +2,7 @@
 // fresh builder and the real org-cache registry.
 // - A three-line build argument (quoted, given as the --build-args flag) reaches the build intact, and a multi-line
 //   label (quoted, given as BUILDCLOUD_LABELS) is on the image.
+// - ssh: the job's agent (default) and a key file reach RUN --mount=type=ssh; without the input that RUN fails.
 // - The GitHub build action masks every line of a secret before it prints anything, and its log shows ***.
 // - A three-line secret (BUILDCLOUD_SECRETS, the way GitLab and CircleCI pass it) is usable in
 //   RUN --mount=type=secret, and no line of it is in the image's files, `docker history --no-trunc`, its config, any
@@ -213,4 +214,34 @@ test('the GitHub build action: each line of the secret is masked before anything
   const post = await runStep(path.join(ROOT, 'action.yml'), 'post', inputs, job, main.state);
   expect(post.failed).toBe(false);
   expect(holdsAnyLine(post.stdout)).toBe(false);
+});
+
+test('ssh: the agent at SSH_AUTH_SOCK (default) and a key file (ID=PATH) reach RUN --mount=type=ssh', () => {
+  const { env } = setup('job-ssh');
+  const keys = fs.mkdtempSync(path.join(work, 'ssh-'));
+  const key = path.join(keys, 'id_ed25519');
+  expect(spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'bc-test', '-f', key]).status).toBe(0);
+  const sock = path.join(keys, 'agent.sock');
+  const agent = spawnSync('ssh-agent', ['-a', sock], { encoding: 'utf8' });
+  expect(agent.status).toBe(0);
+  const agentPid = /SSH_AGENT_PID=(\d+)/.exec(agent.stdout)![1];
+  try {
+    expect(spawnSync('ssh-add', [key], { env: { ...process.env, SSH_AUTH_SOCK: sock } }).status).toBe(0);
+    const dockerfile = path.join(work, 'Ssh.Dockerfile');
+    fs.writeFileSync(
+      dockerfile,
+      `FROM scratch\nADD rootfs.tar /\nRUN --mount=type=ssh test -S "$SSH_AUTH_SOCK"\nRUN --mount=type=ssh,id=deploy test -S "$SSH_AUTH_SOCK"\n`
+    );
+    const withSsh = cli(['build', '--context', ctx, '--file', dockerfile, '--ssh', `default\ndeploy=${key}`], { ...env, SSH_AUTH_SOCK: sock });
+    expect({ status: withSsh.status, tail: withSsh.stderr.slice(-1500) }).toMatchObject({ status: 0 });
+    expect(withSsh.stderr).toContain('Build Cloud: ssh: default, deploy');
+    // The same build without the input: BuildKit 0.8 mounts nothing for an optional ssh mount, so the socket test fails:
+    // the flag above is what made it work.
+    const without = cli(['build', '--context', ctx, '--file', dockerfile, '--no-cache'], { ...env, SSH_AUTH_SOCK: sock });
+    expect(without.status).toBe(1);
+    expect(without.stderr).toContain('ERROR: executor failed running [/bin/sh -c test -S "$SSH_AUTH_SOCK"]: exit code: 1');
+  } finally {
+    process.kill(Number(agentPid));
+  }
+  expect(cli(['report'], env).status).toBe(0);
 });
