@@ -3,7 +3,7 @@
 import * as path from 'path';
 import { readDockerfile, runBuild, type BuildResult as RunResult, type BuildIO } from './build';
 import { encodeFingerprints, explainMiss, fingerprintsOf, FINGERPRINTS_LABEL, type Fingerprints } from './cache-miss';
-import { baseDigests, hashSources, importedFingerprints, registryAccess, type RegistryAccess } from './cache-miss-io';
+import { baseDigests, hashSources, importedFingerprints, readFingerprints, registryAccess, type RegistryAccess } from './cache-miss-io';
 import { dockerfileSteps } from './dockerfile-steps';
 import { cacheMissLine, type CacheMiss } from './summary';
 import { dockerEnv, parseKeyValueLines, type BuildOptions } from './docker-cli';
@@ -125,13 +125,34 @@ async function stepFingerprints(opts: BuildOptions, reg: RegistryAccess | null):
   }
 }
 
+// The fingerprints of each image the build imports, read as soon as its stream announces the import: after the
+// build's push the control plane promotes the upload to the imported tag itself.
+function importReader(reg: RegistryAccess | null, io: BuildIO): { io: BuildIO; read: (ref: string) => Promise<Fingerprints | null> } {
+  const started = new Map<string, Promise<Fingerprints | null>>();
+  const read = (ref: string) => {
+    if (!reg) return Promise.resolve(null);
+    if (!started.has(ref))
+      started.set(
+        ref,
+        readFingerprints(ref, reg).catch(() => null)
+      );
+    return started.get(ref)!;
+  };
+  const onLine = (l: string) => {
+    const m = /^#\d+ importing cache manifest from (\S+)$/.exec(l);
+    if (m) void read(m[1]);
+    io.onLine?.(l);
+  };
+  return { io: { ...io, onLine }, read };
+}
+
 /** Why the build's first executed step missed the imported cache (cache-miss.ts explainMiss); undefined when moot. */
-async function cacheMissOf(run: RunResult, fp: Fingerprints | null, reg: RegistryAccess | null): Promise<CacheMiss | undefined> {
+async function cacheMissOf(run: RunResult, fp: Fingerprints | null, read: (ref: string) => Promise<Fingerprints | null>): Promise<CacheMiss | undefined> {
   const imports = run.cacheImports ?? [];
   if (!fp || !imports.length) return undefined;
   const executed = run.steps.filter((s) => s.status === 'done' || s.status === 'error').map((s) => s.name);
   if (!executed.length) return undefined;
-  const previous = reg ? await importedFingerprints(imports, fp, reg).catch(() => null) : null;
+  const previous = await importedFingerprints(imports, fp, read).catch(() => null);
   return explainMiss(imports, fp, previous, executed) ?? undefined;
 }
 
@@ -143,7 +164,8 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const lease = session.lease ?? { cache: null, builders: [] };
   const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
   const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, reg) : null;
-  const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, deps.io ?? {});
+  const imported = importReader(fp ? reg : null, deps.io ?? {});
+  const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
   if (session.lease) {
@@ -171,7 +193,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
       warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
     }
   }
-  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, reg);
+  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read);
   const load = settings.load && run.status === 'success' ? await loadStep(session, opts, run, deps) : undefined;
   const build: BuildResult = {
     buildId,

@@ -18,6 +18,10 @@ export interface DockerfileStep {
   stage: string; // stage name, or stage-<index> for an unnamed one
   platform?: string; // only for multi-platform builds
   name: string; // as BuildKit names the vertex: "[build 2/3] COPY app.txt /app.txt"
+  keyword: string; // ADD, COPY, RUN or WORKDIR
+  rest: string; // the instruction's arguments as written (continuations joined), variables not expanded
+  args: Record<string, string>; // the stage's ARGs in scope at this step, with the values the build gives them
+  base: string; // the image the step's stage chain starts FROM (args expanded), 'scratch', or '' when unknown
 }
 
 interface Instruction {
@@ -109,7 +113,7 @@ export function parseInstructions(text: string): { instructions: Instruction[]; 
 }
 
 // ${VAR}, $VAR, ${VAR:-default}, ${VAR:+alt}; unknown variables expand to '' as in BuildKit.
-function expand(word: string, vars: Record<string, string>): string {
+export function expand(word: string, vars: Record<string, string>): string {
   return word.replace(/\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))/g, (_all, braced, op, arg, bare) => {
     const name = braced ?? bare;
     const set = Object.prototype.hasOwnProperty.call(vars, name) && vars[name] !== '';
@@ -249,6 +253,25 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
   };
   for (const s of stages) keyOf(s, new Set());
 
+  // The ARGs a stage declares, in scope from their declaration on, valued by the build args, else their default,
+  // else the meta ARG of the same name (a bare `ARG X` in a stage takes the global value).
+  const stageArgs = (s: Stage): Map<Instruction, Record<string, string>> => {
+    const out = new Map<Instruction, Record<string, string>>();
+    const scope: Record<string, string> = {};
+    for (const ins of s.instructions) {
+      if (ins.keyword === 'ARG') {
+        for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+          const eq = decl.indexOf('=');
+          const key = eq < 0 ? decl : decl.slice(0, eq);
+          if (key in buildArgs) scope[key] = buildArgs[key];
+          else if (eq >= 0) scope[key] = expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), { ...meta, ...scope });
+          else scope[key] = meta[key] ?? '';
+        }
+      }
+      out.set(ins, { ...scope });
+    }
+    return out;
+  };
   const named = stages.length + images.size > 1;
   const platforms = (opts.platforms ?? []).length > 1 ? opts.platforms! : [undefined];
   const out: DockerfileStep[] = [];
@@ -262,10 +285,21 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
       const total = steps.length + fromImage;
       const stage = s.name || `stage-${s.index}`;
       const prefix = [platform, named ? stage : undefined].filter(Boolean).join(' ');
+      const argsAt = stageArgs(s);
+      let root: Stage = s;
+      for (let hops = 0; baseStage.has(root.index) && hops < stages.length; hops++) root = baseStage.get(root.index)!;
       steps.forEach((ins, k) => {
         const key = stepKeys.get(ins)!;
         const name = `[${prefix ? `${prefix} ` : ''}${k + 1 + fromImage}/${total}] ${ins.keyword} ${ins.rest}`;
-        const step: DockerfileStep = { stage, ...(platform ? { platform } : {}), name };
+        const step: DockerfileStep = {
+          stage,
+          ...(platform ? { platform } : {}),
+          name,
+          keyword: ins.keyword,
+          rest: ins.rest,
+          args: argsAt.get(ins) ?? {},
+          base: root.base
+        };
         const same = shown.get(key);
         // One vertex, shown under the name of the last stage that has it (its name is set once per step).
         if (same) return Object.assign(same, step);
