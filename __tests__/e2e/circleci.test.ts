@@ -2,6 +2,7 @@
 // (harness/circleci-runner.ts: `<< parameters >>` substitution, `bash -eo pipefail` steps, $BASH_ENV,
 // `when: always`, artifacts, CIRCLE_* variables), with the bundled CLI (`node dist/cli.js`, the orb's `cli`
 // parameter) against the real control plane, real dockerd builders and the org-cache registry.
+import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { adminSetup, startServer, TestClient, waitFor, CLI, type ServerProcess } from '../helpers/server';
@@ -51,13 +52,31 @@ async function lease(id: string) {
 }
 
 // A project whose `buildcloud` context holds the endpoint and the org token, as the examples recommend.
-function run(config: Config, workflow: string, opts: { workflowId: string; checkoutFrom?: string }): Promise<WorkflowResult> {
+function run(
+  config: Config,
+  workflow: string,
+  opts: { workflowId: string; checkoutFrom?: string; branch?: string; projectReponame?: string }
+): Promise<WorkflowResult> {
   return runWorkflow(context(config, { orbs: { buildcloud: orb } }), workflow, {
     workRoot: work,
     workflowId: opts.workflowId,
     checkoutFrom: opts.checkoutFrom ?? repo,
+    branch: opts.branch,
+    projectReponame: opts.projectReponame,
     contexts: { buildcloud: { BUILDCLOUD_ENDPOINT: server.info.http, BUILDCLOUD_TOKEN: token } }
   });
+}
+
+// The builder a lease ran on, and whether its dockerd still runs (the control plane names the process after it).
+async function builderOf(leaseId: string): Promise<string> {
+  const b = (await lease(leaseId)).builders[0]?.builderId;
+  if (!b) throw new Error(`lease ${leaseId} has no builder`);
+  return b;
+}
+function dockerdAlive(builderId: string): boolean {
+  return spawnSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+    .stdout.split('\n')
+    .some((l) => l.includes('dockerd') && l.includes(builderId));
 }
 
 function job(r: WorkflowResult, name: string): JobResult {
@@ -270,5 +289,145 @@ describe('the orb against the real control plane, run the way CircleCI runs it',
     expect(j.steps[6].output).toContain('docker host now: unset');
     expect(fs.existsSync(marker)).toBe(false);
     expect((await lease(j.exported.BUILDCLOUD_LEASE_ID)).state).toBe('LEASE_STATE_RELEASED');
+  });
+});
+
+// Issue 11, case 6: a project whose default branch is master. CircleCI names the default branch in no variable, so
+// without the orb's default_branch parameter a branch's first build imports cache:<branch> and cache:main, neither
+// of which exists. Each pipeline runs on a fresh builder (the previous one's grace, 1 s here, has ended and its
+// dockerd is gone), so only the org cache can serve a step. A project of its own (acme/legacy-app), so no earlier
+// test's cache:main of acme/widget-api can serve anything here.
+describe('a CircleCI project whose default branch is master', () => {
+  const LEGACY = ['RUN echo "legacy deps" > /deps.txt && sleep 2', 'RUN cat /deps.txt > /built.txt && echo built >> /built.txt && sleep 1'].join('\n');
+  let legacy: string;
+  let masterJob: JobResult;
+  const used: string[] = []; // builders of the earlier pipelines
+
+  beforeAll(async () => {
+    legacy = path.join(work, 'legacy-repo');
+    await makeBusyboxContext(legacy, LEGACY);
+  });
+
+  const cfg = (defaultBranch?: string): Config => ({
+    version: 2.1,
+    orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+    workflows: {
+      image: {
+        jobs: [
+          {
+            'buildcloud/build': {
+              name: 'image',
+              context: 'buildcloud',
+              cli: CLI_CMD,
+              tags: 'acme/legacy-app:ci',
+              ...(defaultBranch ? { default_branch: defaultBranch } : {})
+            }
+          }
+        ]
+      }
+    }
+  });
+
+  async function pipeline(branch: string, workflowId: string, defaultBranch?: string): Promise<JobResult> {
+    // A fresh builder: the previous pipeline's has gone after its grace.
+    for (const b of used) await waitFor(`builder ${b} destroyed after its grace`, async () => !dockerdAlive(b));
+    const j = job(await run(cfg(defaultBranch), 'image', { workflowId, checkoutFrom: legacy, branch, projectReponame: 'legacy-app' }), 'image');
+    expectSuccess(j);
+    const builder = await builderOf(j.exported.BUILDCLOUD_LEASE_ID);
+    expect(used).not.toContain(builder);
+    used.push(builder);
+    return j;
+  }
+  const steps = (j: JobResult) => [Number(j.exported.BUILDCLOUD_CACHED_STEPS), Number(j.exported.BUILDCLOUD_TOTAL_STEPS)];
+  // What the build imported, from BuildKit's own progress: each `--cache-from` ref it tried, and those it found
+  // missing ("ERROR: <ref>: not found").
+  const imports = (j: JobResult) => {
+    const out = stepNamed(j, 'Build Cloud build').output;
+    const tried = [...new Set([...out.matchAll(/^#\d+ importing cache manifest from (\S+)$/gm)].map((m) => m[1]))];
+    const missing = new Set([...out.matchAll(/^#\d+ ERROR: (\S+): not found$/gm)].map((m) => m[1]));
+    return { tried, missing: tried.filter((r) => missing.has(r)), found: tried.filter((r) => !missing.has(r)) };
+  };
+  const tagOf = (ref: string) => ref.slice(ref.lastIndexOf(':') + 1);
+
+  test('a pipeline on master (default_branch: master) builds everything and exports the cache of master', async () => {
+    masterJob = await pipeline('master', 'b1b2c3d4-0000-4000-8000-000000000061', 'master');
+    expect(steps(masterJob)).toEqual([0, 3]);
+    expect(masterJob.exported.BUILDCLOUD_CACHE_TO).toMatch(/\/acme\/legacy-app\/cache\S*:\S*master$/);
+    expect(stepNamed(masterJob, 'Build Cloud build').output).toMatch(/org cache exported/);
+    expect(stepNamed(masterJob, 'Build Cloud setup').output).not.toMatch(/no default branch given/);
+  });
+
+  test("feature-x with default_branch: master, on a fresh builder, imports master's cache: 3 of 3 steps cached", async () => {
+    expect(masterJob).toBeDefined();
+    const j = await pipeline('feature-x', 'b1b2c3d4-0000-4000-8000-000000000062', 'master');
+    timings.defaultBranchParameter = steps(j);
+    // Its own branch's cache (missing: a new branch) and the default branch's, which served every step.
+    const { tried, missing, found } = imports(j);
+    expect(tried.map(tagOf).sort()).toEqual(['feature-x', 'master']);
+    expect(missing.map(tagOf)).toEqual(['feature-x']);
+    expect(found.map(tagOf)).toEqual(['master']);
+    expect(found[0]).toMatch(/\/acme\/legacy-app\/cache\S*:master$/);
+    expect(steps(j)).toEqual([3, 3]);
+  });
+
+  test('the control: another new branch without the parameter imports cache:<branch> and cache:main, finds neither: 0 of 3', async () => {
+    expect(masterJob).toBeDefined();
+    const j = await pipeline('feature-y', 'b1b2c3d4-0000-4000-8000-000000000063');
+    timings.defaultBranchMissing = steps(j);
+    // The job's log says which refs the build tried (both missing) and which default branch setup assumed.
+    const { tried, missing, found } = imports(j);
+    expect(tried.map(tagOf).sort()).toEqual(['feature-y', 'main']);
+    expect(missing.map(tagOf).sort()).toEqual(['feature-y', 'main']);
+    expect(found).toEqual([]);
+    expect(steps(j)).toEqual([0, 3]);
+    expect(stepNamed(j, 'Build Cloud setup').output).toMatch(/no default branch given \(the default_branch parameter or BUILDCLOUD_DEFAULT_BRANCH\).*'main'/);
+  });
+});
+
+// Issue 11, case 7: an executor image without bash (Alpine). CircleCI runs every step with `/bin/sh -eo pipefail`
+// there (busybox ash; the emulator: busybox sh, no bash on PATH), which does not read $BASH_ENV by itself.
+describe('the orb on an executor without bash (node:22-alpine: CircleCI runs steps with /bin/sh)', () => {
+  test('setup, build and report work under busybox sh; a later step of the user reads the results with . "$BASH_ENV"', async () => {
+    const cfg: Config = {
+      version: 2.1,
+      orbs: { buildcloud: 'buildcloud-dev/buildcloud@0.1' },
+      jobs: {
+        alpine: {
+          docker: [{ image: 'node:22-alpine' }],
+          steps: [
+            'checkout',
+            { 'buildcloud/setup': { cli: CLI_CMD } },
+            { 'buildcloud/build': { cli: CLI_CMD, tags: 'acme/alpine:ci' } },
+            {
+              run: {
+                name: 'Use the builder',
+                command: [
+                  'echo "shell: ${BASH_VERSION:-not bash}; bash on PATH: $(command -v bash || echo none)"',
+                  '. "$BASH_ENV"',
+                  'echo "cached ${BUILDCLOUD_CACHED_STEPS} of ${BUILDCLOUD_TOTAL_STEPS}"',
+                  "docker image inspect acme/alpine:ci --format 'id={{.Id}}'"
+                ].join('\n')
+              }
+            },
+            { 'buildcloud/report': { cli: CLI_CMD } },
+            { run: { name: 'After report', when: 'always', command: '. "$BASH_ENV"; echo "docker host now: ${DOCKER_HOST:-unset}"' } }
+          ]
+        }
+      },
+      workflows: { alpine: { jobs: [{ alpine: { context: 'buildcloud' } }] } }
+    };
+    const j = job(await run(cfg, 'alpine', { workflowId: 'a1b2c3d4-0000-4000-8000-000000000007' }), 'alpine');
+    expectSuccess(j);
+    expect(j.env.SHELL).toBe('/bin/sh');
+    const use = stepNamed(j, 'Use the builder').output;
+    expect(use).toMatch(/^shell: not bash; bash on PATH: none$/m);
+    expect(use).toContain(`cached ${j.exported.BUILDCLOUD_CACHED_STEPS} of ${j.exported.BUILDCLOUD_TOTAL_STEPS}`);
+    expect(Number(j.exported.BUILDCLOUD_TOTAL_STEPS)).toBe(5);
+    expect(use).toContain(`id=${j.exported.BUILDCLOUD_IMAGE_ID}`);
+    expect(j.exported.BUILDCLOUD_IMAGE_ID).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(stepNamed(j, 'Build Cloud report').output).toMatch(/released lease/);
+    expect(stepNamed(j, 'After report').output).toContain('docker host now: unset');
+    expect((await lease(j.exported.BUILDCLOUD_LEASE_ID)).state).toBe('LEASE_STATE_RELEASED');
+    expect(j.steps.map((s) => s.output).join('')).not.toContain(token);
   });
 });
