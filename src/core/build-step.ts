@@ -13,6 +13,7 @@ import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
 import { entryNames } from './build-inputs';
+import { withoutSecretInputs } from './build-secrets';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
@@ -87,8 +88,8 @@ async function loadStep(session: Session, opts: BuildOptions, run: RunResult, de
     {
       docker: session.docker.path,
       refs,
-      builderEnv: dockerEnv(process.env, { ...session.runner!.env }),
-      runnerEnv: runnerEngineEnv(process.env, session.env),
+      builderEnv: withoutSecretInputs(dockerEnv(process.env, { ...session.runner!.env })),
+      runnerEnv: runnerEngineEnv(withoutSecretInputs(process.env), session.env),
       engine
     },
     { signal: deps.io?.signal, ...deps.load }
