@@ -73,8 +73,11 @@ export function isValidReference(ref: string): boolean {
 }
 
 /** `KEY=VALUE` lines (build-args, labels) → a record; values may hold `=` and commas. */
-// Entries come from build-inputs.ts (keyValueEntries), which checked them already: an error here names the entry's
-// number, never its text (a value may be multi-line, or a secret pasted in the wrong place).
+/**
+ * `KEY=VALUE` entries (build-args, labels, as build-inputs.ts keyValueEntries returns them) → a record; values may hold
+ * `=`, commas and line breaks. Throws InputError naming the input and the 1-based entry, never its text (a value may
+ * be multi-line, or a secret pasted in the wrong place).
+ */
 export function parseKeyValueLines(lines: string[], input: string): Record<string, string> {
   const out: Record<string, string> = {};
   lines.forEach((raw, i) => {
