@@ -163,6 +163,7 @@ step_build() {
   bc_input TAGS "${PARAM_TAGS:-}"
   bc_input BUILD_ARGS "${PARAM_BUILD_ARGS:-}"
   bc_input TARGET "${PARAM_TARGET:-}"
+  bc_input CACHE_SCOPE "${PARAM_CACHE_SCOPE:-}"
   bc_input LABELS "${PARAM_LABELS:-}"
   bc_input PUSH "${PARAM_PUSH:-}"
   bc_input LOAD "${PARAM_LOAD:-}"
