@@ -335,7 +335,8 @@ describe('still works', () => {
     );
     const r = await runBuild(opts({ file: path.join(base, 'Dockerfile.multi'), exportCache: true }), cfg, betaLease, docker);
     expect(r).toMatchObject({ status: 'success', cacheExported: true });
-    expect(r.pushed).toEqual([betaLease.cache!.exportRef]);
+    expect(r.pushed).toEqual([expect.stringContaining(`:${betaLease.cache!.uploadPrefix}`)]); // its own upload tag, promoted to its scope's tag
+    expect(r.cacheRef).toMatch(new RegExp(`^${betaLease.cache!.repository!.replace(/[.[\]]/g, '\\$&')}/`));
   });
 
   test('push to a registry of the user on the internet, given as a tag (TLS, its CA trusted by the host)', async () => {

@@ -173,7 +173,11 @@ describe('one pipeline, then a second one on a fresh builder', () => {
     const r = await runBuild(opts({ tags: [tag], push: true }), cfg1, lease1, docker, { onLine: (l) => lines.push(l) });
     timings.cold = r.durationMs;
     expect(r).toMatchObject({ status: 'success', exitCode: 0, totalSteps: 4, cachedSteps: 0, cacheRatio: 0, cacheExported: true, warnings: [] });
-    expect(r.pushed).toEqual([lease1.cache!.exportRef, tag]);
+    // The cache goes out under an upload tag of this build's own in its scope (promoted by the control plane to the
+    // scope's branch tag, r.cacheRef), then the user's tag.
+    const upload = new RegExp(`^${lease1.cache!.repository!.replace(/[.[\]]/g, '\\$&')}/[a-z0-9._-]+:${lease1.cache!.uploadPrefix}[0-9a-f]{12}$`);
+    expect(r.pushed).toEqual([expect.stringMatching(upload), tag]);
+    expect(r.cacheRef).toBe(`${r.pushed[0].replace(/:[^:]+$/, '')}:main`);
     expect(r.digest).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(r.imageId).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect(r.steps.map((s) => s.status)).toEqual(['done', 'done', 'done', 'done']);

@@ -310,13 +310,18 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     // tag at the same time may have taken it. Such a build fails with a message rather than pushing (or letting
     // later steps use) the other job's image under its tag; a push re-points the tag at this build's image first and
     // checks after it that this image is what went out.
+    // The cache export (a name of this build's own) goes out first either way.
     const local = !docker.buildx || cfg.driver !== 'remote';
-    const taken = local && imageId ? await tagsTakenOver(opts.tags, imageId, (a) => capture(docker.path, a, env, controller.signal)) : [];
-    if (taken.length) {
-      emit(tagTakenMessage(taken, imageId!));
-      return finish('failure', 1, { imageId });
-    }
+    let tagsChecked = false;
+    const tagsTaken = async (): Promise<boolean> => {
+      if (tagsChecked || !local || !imageId) return false;
+      tagsChecked = true;
+      const taken = await tagsTakenOver(opts.tags, imageId, (a) => capture(docker.path, a, env, controller.signal));
+      if (taken.length) emit(tagTakenMessage(taken, imageId));
+      return taken.length > 0;
+    };
     for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
+      if (!isExport && (await tagsTaken())) return finish('failure', 1, { imageId });
       if (!isExport && local && imageId) await capture(docker.path, ['tag', imageId, ref], env, controller.signal);
       let out = '';
       const r = await stream(
@@ -347,6 +352,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       if (isExport) cacheExported = true;
       if (d && !isExport && !digest) digest = d;
     }
+    if (await tagsTaken()) return finish('failure', 1, { imageId });
     if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) {
       // ignore-error=true keeps a failed cache export from failing the build; its vertex still says ERROR.
       const failed = parser.vertices().find((v) => v.name.startsWith('exporting cache') && v.status === 'error');
