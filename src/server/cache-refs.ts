@@ -26,7 +26,7 @@ export interface CacheRefsResult {
   importTags: string[]; // per scope, most specific first (as importRefs)
   exportTag: string; // per scope; '' when this build must not write the cache
   // Tags this lease may push a build's cache under, one per build: uploadPrefix + 12 hex digits. The registry
-  // proxy promotes each to the scope's exportTag once it landed, so parallel builds never share a local name.
+  // proxy writes what is pushed there to the scope's exportTag instead, so parallel builds never share a local name.
   uploadPrefix: string; // '' when it writes nothing (or the lease id is unknown)
 }
 

@@ -277,7 +277,7 @@ export class RegistryProxy {
     // Inline-cache repair (cache-repair.ts): an image manifest pushed to a cache tag is repaired after the push;
     // reads of that tag wait (briefly) for a repair still under way, so the next build imports the repaired one.
     const tag = isCacheRepository(name, scope) && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
-    // A build's cache pushed under one of its lease's upload tags: written, then promoted to the scope's tag.
+    // A build's cache pushed under one of its lease's upload tags: written to the scope's tag instead (promoted).
     if (req.method === 'PUT' && scope?.push && isUploadTag(scope, tag)) return this.promoteUpload(req, res, name, tag, scope.push.tag);
     if (TAG_ONLY.test(tag)) {
       const type = String(req.headers['content-type'] ?? '')
@@ -297,12 +297,12 @@ export class RegistryProxy {
   }
 
   /**
-   * A manifest PUT to an upload tag (a tag unique to one build, cache-refs.ts uploadPrefix): written as sent, then
-   * the same bytes put on the scope's tag `tag` (the lease's branch tag) with the inline-cache repair hooked in as
-   * for a direct push, and only then answered, so the build's push returns once its cache is the scope's. Parallel
-   * builds on one builder each push their own upload tag: none can push another's image to the scope's tag. A
-   * promotion that fails leaves the upload tag (the build still succeeds: the cache is an optimisation) and is
-   * logged. The body is a manifest: bounded like the repair's reads.
+   * A manifest PUT to an upload tag (a tag unique to one build, cache-refs.ts uploadPrefix): the bytes are put on
+   * the scope's tag `tag` (the lease's branch tag) instead, with the inline-cache repair hooked in as for a direct
+   * push, and the client is answered as if its tag had been written. Parallel builds on one builder each push under
+   * their own local name, so none can push another's image to the scope's tag; no upload tag is ever stored (the
+   * registry has no way to delete a tag alone: deleting by digest would take the scope's tag too). The body is a
+   * manifest: bounded like the repair's reads. Upstream errors are answered as the registry gave them (5xx as 502).
    */
   private async promoteUpload(req: http.IncomingMessage, res: http.ServerResponse, name: string, upload: string, tag: string): Promise<void> {
     const chunks: Buffer[] = [];
@@ -316,28 +316,32 @@ export class RegistryProxy {
     const type = String(req.headers['content-type'] ?? '')
       .split(';')[0]
       .trim();
-    const headers = { 'content-type': type };
-    const up = await this.upstreamCall('PUT', `/v2/${name}/manifests/${upload}`, { headers, body });
-    const digest = up.headers['docker-content-digest'];
-    if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) {
-      if (up.status >= 500) return sendError(res, 502, 'UNAVAILABLE', `the cache registry failed (HTTP ${up.status}); the control plane's log has the request`);
-      res.writeHead(up.status, { ...API_VERSION, 'content-type': String(up.headers['content-type'] ?? 'application/json'), 'content-length': up.body.length });
-      return void res.end(up.body);
-    }
     const done = new EventEmitter();
     const repair = IMAGE_MANIFEST_TYPES.includes(type) ? this.repairs.begin(name, tag, done) : null;
     try {
       const previous = repair ? await this.repairs.current(name, tag) : null;
-      const promoted = await this.upstreamCall('PUT', `/v2/${name}/manifests/${tag}`, { headers, body });
-      if (promoted.status === 201) repair?.landed(digest, previous);
-      else this.opts.log?.warn({ repository: name, upload, tag, status: promoted.status }, 'registry proxy: could not promote a build cache to its scope tag');
+      const up = await this.upstreamCall('PUT', `/v2/${name}/manifests/${tag}`, { headers: { 'content-type': type }, body });
+      const digest = up.headers['docker-content-digest'];
+      if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) {
+        if (up.status >= 500)
+          return sendError(res, 502, 'UNAVAILABLE', `the cache registry failed (HTTP ${up.status}); the control plane's log has the request`);
+        res.writeHead(up.status, {
+          ...API_VERSION,
+          'Content-Type': String(up.headers['content-type'] ?? 'application/json'),
+          'Content-Length': up.body.length
+        });
+        return void res.end(up.body);
+      }
+      repair?.landed(digest, previous);
+      this.opts.log?.debug({ repository: name, upload, tag, digest }, 'registry proxy: build cache pushed under its upload tag, written to its scope tag');
+      res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': digest, Location: `/v2/${name}/manifests/${digest}`, 'Content-Length': 0 });
+      res.end();
     } catch (err) {
-      this.opts.log?.warn({ repository: name, upload, tag, err: (err as Error).message }, 'registry proxy: could not promote a build cache to its scope tag');
+      this.opts.log?.warn({ repository: name, upload, tag, err: (err as Error).message }, 'registry proxy: upstream error');
+      sendError(res, 502, 'UNAVAILABLE', 'the cache registry is unavailable');
     } finally {
       done.emit('close');
     }
-    res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': digest, Location: `/v2/${name}/manifests/${digest}`, 'Content-Length': 0 });
-    res.end();
   }
 
   private async authenticate(req: http.IncomingMessage): Promise<RegistryPrincipal | null> {
