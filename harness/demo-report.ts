@@ -16,6 +16,7 @@ export interface JobOutcome {
   cachedSteps: number;
   wallMs: number;
   untouchedSteps?: number; // steps the change between pipelines left alone, measured (undefined for the first pipeline)
+  cacheMiss?: string; // why its first executed step missed the org cache (the build record's cache_miss)
   error?: string;
 }
 
@@ -30,6 +31,7 @@ export interface DemoUsage {
   deduplicatedSteps?: number; // all builds: steps another job's identical build ran (no cache hits)
   pipelineMinutes: Record<string, number>;
   pipelineSteps?: Record<string, { total: number; cached: number; deduplicated: number }>; // from the usage API
+  cacheMisses?: Array<{ leaseId: string; reason: string }>; // the pipelines' cache-miss lines, from the usage API
 }
 
 /** Whether a pipeline's builds reused what the change left untouched. */
@@ -80,6 +82,7 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
       out.push(
         `  ${j.status === 'success' ? 'ok  ' : 'FAIL'} ${j.job.padEnd(20)} builder ${j.builder.padEnd(22)} ${(j.durationMs / 1000).toFixed(1).padStart(5)} s  cached ${j.cachedSteps}/${j.totalSteps}${expect}`
       );
+      if (j.cacheMiss) out.push(`       why steps missed the cache: ${j.cacheMiss}`);
       if (j.error) out.push(`       ${j.error.replace(/\n/g, '\n       ')}`);
     }
   }
@@ -113,7 +116,7 @@ export function renderHtml(jobs: JobOutcome[], u: DemoUsage, meta: { generatedAt
   const rows = jobs
     .map(
       (j) =>
-        `<tr class="build" data-pipeline="${esc(j.pipeline)}" data-cached="${j.cachedSteps}" data-total="${j.totalSteps}"${j.untouchedSteps === undefined ? '' : ` data-untouched="${j.untouchedSteps}"`}><td>${esc(j.pipeline)}</td><td>${esc(j.ci)}</td><td>${esc(j.job)}</td><td>${esc(j.builder)}</td><td>${j.status}</td><td>${(j.durationMs / 1000).toFixed(1)} s</td><td>${j.cachedSteps}/${j.totalSteps}</td><td>${j.untouchedSteps ?? '–'}</td></tr>`
+        `<tr class="build" data-pipeline="${esc(j.pipeline)}" data-cached="${j.cachedSteps}" data-total="${j.totalSteps}"${j.untouchedSteps === undefined ? '' : ` data-untouched="${j.untouchedSteps}"`}><td>${esc(j.pipeline)}</td><td>${esc(j.ci)}</td><td>${esc(j.job)}</td><td>${esc(j.builder)}</td><td>${j.status}</td><td>${(j.durationMs / 1000).toFixed(1)} s</td><td>${j.cachedSteps}/${j.totalSteps}</td><td>${j.untouchedSteps ?? '–'}</td><td class="miss">${esc(j.cacheMiss ?? '–')}</td></tr>`
     )
     .join('\n');
   const ratioChart = barChart(
@@ -146,7 +149,7 @@ export function renderHtml(jobs: JobOutcome[], u: DemoUsage, meta: { generatedAt
 ${ratioChart}
 ${minutesChart}
 <h2>Builds</h2>
-<table id="builds"><thead><tr><th>pipeline</th><th>CI</th><th>job</th><th>builder</th><th>status</th><th>duration</th><th>cached/total steps</th><th>untouched by the change</th></tr></thead>
+<table id="builds"><thead><tr><th>pipeline</th><th>CI</th><th>job</th><th>builder</th><th>status</th><th>duration</th><th>cached/total steps</th><th>untouched by the change</th><th>why steps missed the cache</th></tr></thead>
 <tbody>
 ${rows}
 </tbody></table>

@@ -35,10 +35,12 @@ async function usageOf(server: DemoServer, token: string, pipelines: Record<stri
   const u = await get<UsageReport>(orgUsagePath(ORG));
   const pipelineMinutes: Record<string, number> = {};
   const pipelineSteps: DemoUsage['pipelineSteps'] = {};
+  const cacheMisses: NonNullable<DemoUsage['cacheMisses']> = [];
   for (const [name, key] of Object.entries(pipelines)) {
     const p = await get<PipelineUsage>(pipelineUsagePath(ORG, key));
     pipelineMinutes[name] = p.billedSeconds / 60;
     pipelineSteps[name] = { total: p.totalSteps, cached: p.cachedSteps, deduplicated: p.deduplicatedSteps ?? 0 };
+    cacheMisses.push(...(p.cacheMisses ?? []));
   }
   return {
     minutesUsed: u.minutes.used,
@@ -50,7 +52,8 @@ async function usageOf(server: DemoServer, token: string, pipelines: Record<stri
     cachedSteps: u.builds.cachedSteps,
     deduplicatedSteps: u.builds.deduplicatedSteps ?? 0,
     pipelineMinutes,
-    pipelineSteps
+    pipelineSteps,
+    cacheMisses
   };
 }
 
@@ -120,6 +123,8 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     }
 
     const usage = await usageOf(server, token, pipelines);
+    // Each job's "why steps missed the cache", as its build record told the control plane (one build per job here).
+    for (const j of jobs) j.cacheMiss = usage.cacheMisses?.find((m) => m.leaseId === j.leaseId)?.reason;
     const reused = pipelineChecks(jobs, usage).every((c) => c.ok);
     ok = jobs.every((j) => j.status === 'success') && usage.withCachedStepShare >= NORTH_STAR_GOAL && reused;
     process.stdout.write(renderText(jobs, usage) + '\n');

@@ -80,4 +80,17 @@ test('the second pipeline names the changed COPY step and file, and counts the s
   expect(second.build).toContain(`Build Cloud: why steps missed the cache: ${line}`);
   // The job summary (report) says the same, in one line for the build.
   expect(second.report).toMatch(new RegExp(`^ {2}cache miss: \\S+: ${line.replace(/[[\]().+/]/g, '\\$&')}$`, 'm'));
+  // The build record carried it to the control plane: the pipeline's usage lists it with the job's lease.
+  const host =
+    os
+      .hostname()
+      .toLowerCase()
+      .replace(/[^a-z0-9.-]+/g, '-') || 'host';
+  const res = await fetch(`${server.info.http}/v1/orgs/acme/pipelines/usage?key=${encodeURIComponent(`local/${host}/miss-2-${process.pid}`)}`, {
+    headers: { authorization: `Bearer ${token}` }
+  });
+  expect(res.status).toBe(200);
+  const usage = (await res.json()) as { builds: number; cacheMisses: { leaseId: string; reason: string }[] };
+  expect(usage.builds).toBe(1);
+  expect(usage.cacheMisses.map((m) => m.reason)).toEqual([line]);
 });

@@ -103,6 +103,8 @@ describe('build.completed data', () => {
       { deduplicated_steps: 2 },
       /data.cached_steps \+ data.deduplicated_steps \(3 \+ 2\) must not exceed data.total_steps \(4\)/
     ],
+    ['cache_miss not a string', { cache_miss: 3 }, /data.cache_miss must be a string/],
+    ['cache_miss too long', { cache_miss: 'x'.repeat(257) }, /data.cache_miss must be at most 256 characters/],
     ['digest', { image_digest: 'latest' }, /data.image_digest/],
     ['actor not string', { actor: 7 }, /data.actor must be a string/],
     ['huge data', { project: 'x'.repeat(300) }, /data.project must be at most 256/]

@@ -105,7 +105,14 @@ describe('the control plane stores and reports deduplicated steps apart from cac
     });
     await store.insertUsageRecord(record('la', '1', a.data as unknown as Record<string, unknown>));
     await store.insertUsageRecord(record('lb', '1', b.data as unknown as Record<string, unknown>));
-    await store.insertUsageRecord(record('lc', '1', { total_steps: 4, cached_steps: 2, cache_ratio: 0.5 }));
+    await store.insertUsageRecord(
+      record('lc', '1', {
+        total_steps: 4,
+        cached_steps: 2,
+        cache_ratio: 0.5,
+        cache_miss: '[2/4] COPY app.txt /app.txt: content of app.txt changed (+1 later step rebuilt)'
+      })
+    );
 
     const u = await computeUsage(store, 'acme', MONTH, NOW);
     expect(u.builds).toMatchObject({ count: 3, totalSteps: 16, cachedSteps: 2, deduplicatedSteps: 6 });
@@ -114,6 +121,8 @@ describe('the control plane stores and reports deduplicated steps apart from cac
     expect(u.builds.northStarMet).toBe(false);
     const p = await pipelineUsage(store, 'acme', 'p/1', NOW);
     expect(p).toMatchObject({ builds: 3, totalSteps: 16, cachedSteps: 2, deduplicatedSteps: 6, buildsWithCache: 1 });
+    // Why builds missed the cache, by lease: only the record that carries a reason.
+    expect(p.cacheMisses).toEqual([{ leaseId: 'lc', reason: '[2/4] COPY app.txt /app.txt: content of app.txt changed (+1 later step rebuilt)' }]);
 
     expect(renderUsage(u)).toMatch(/^ {2}steps {5}16: 2 cached, 6 deduplicated \(run by another job's identical build\)$/m);
     expect(renderUsage({ org: 'acme', month: MONTH, builds: { totalSteps: 4, cachedSteps: 2 } })).toMatch(/4: 2 cached, 0 deduplicated/);

@@ -1,6 +1,6 @@
 // The demo's judgement of its pipelines: every step the change left untouched (measured by control builds,
 // harness/demo-untouched.ts) is reused; deduplicated steps are shown apart from cached ones, never as cache hits.
-import { pipelineChecks, renderText, type DemoUsage, type JobOutcome } from '../../harness/demo-report';
+import { pipelineChecks, renderHtml, renderText, type DemoUsage, type JobOutcome } from '../../harness/demo-report';
 
 const job = (pipeline: string, target: string, cached: number, untouched?: number): JobOutcome => ({
   ci: 'GitHub Actions',
@@ -57,4 +57,14 @@ test('the text report shows cached and deduplicated steps apart, and says which 
   expect(text).toContain("p2 (GitHub Actions) — 2 jobs on 1 builder, 0.00 min billed, 1 steps deduplicated (run by another job's identical build)");
   expect(text).toContain("Steps: 9 cached (BuildKit reported CACHED), 5 deduplicated (run by another job's identical build)");
   expect(text).toContain('Not reused in p2: cached + deduplicated 5 < untouched 8');
+});
+
+test('each job shows why its steps missed the cache, in text and HTML (escaped)', () => {
+  const j = { ...job('p2', 'api', 5, 4), cacheMiss: '[build 1/2] COPY src/ /opt/app/src/: content of src/app.txt changed (+2 later steps rebuilt)' };
+  expect(renderText([j], usage())).toContain(
+    '       why steps missed the cache: [build 1/2] COPY src/ /opt/app/src/: content of src/app.txt changed (+2 later steps rebuilt)'
+  );
+  const html = renderHtml([{ ...j, cacheMiss: '<b>x</b>' }], usage(), { generatedAt: 'now', ok: true });
+  expect(html).toContain('<td class="miss">&lt;b&gt;x&lt;/b&gt;</td>');
+  expect(html).toContain('<th>why steps missed the cache</th>');
 });

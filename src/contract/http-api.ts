@@ -113,4 +113,7 @@ export interface PipelineUsage {
   cachedSteps: number;
   deduplicatedSteps: number; // run by another job's identical build: not cache hits
   avgCacheRatio: number; // 0..1
+  // Why builds missed the cache: the `cache_miss` line of each build record that has one (at most 100), with the
+  // lease that sent it. Absent from control planes before the field.
+  cacheMisses?: Array<{ leaseId: string; reason: string }>;
 }

@@ -26,6 +26,10 @@ export interface BuildCompletedData {
   // moment (BuildKit merged the two solves): neither built here nor served from a cache, so never in cached_steps
   // or the cache ratio. Optional: records of clients from before it (and records without it) count as 0.
   deduplicated_steps?: number;
+  // Why the first executed step missed the imported org cache, one line (src/core/cache-miss.ts), e.g.
+  // "[2/3] COPY app.txt /app.txt: content of app.txt changed (+1 later step rebuilt)"; at most MAX_RECORD_STRING
+  // characters (the client cuts it). Names files and build-argument names, never a build-argument value.
+  cache_miss?: string;
   cache_ratio: number; // cached_steps / total_steps, 0 when there were no steps
   image_digest?: string;
   actor?: string;
@@ -110,7 +114,7 @@ export function validateBuildCompleted(d: Record<string, unknown>): Check {
   if (d.image_digest !== undefined && (typeof d.image_digest !== 'string' || !DIGEST.test(d.image_digest))) {
     return 'data.image_digest must be an OCI digest, e.g. "sha256:<64 hex>"';
   }
-  for (const f of ['actor', 'provider', 'project', 'pipeline_key', 'job_id']) {
+  for (const f of ['actor', 'provider', 'project', 'pipeline_key', 'job_id', 'cache_miss']) {
     const err = str(d, f, false, false);
     if (err) return err;
   }

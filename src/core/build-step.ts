@@ -6,6 +6,9 @@ import { encodeFingerprints, explainMiss, fingerprintsOf, FINGERPRINTS_LABEL, ty
 import { baseDigests, hashSources, importedFingerprints, readFingerprints, registryAccess, type RegistryAccess } from './cache-miss-io';
 import { dockerfileSteps } from './dockerfile-steps';
 import { cacheMissLine, type CacheMiss } from './summary';
+import { MAX_RECORD_STRING } from '../contract/rules';
+
+const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max - 1)}…` : s);
 import { dockerEnv, parseKeyValueLines, type BuildOptions } from './docker-cli';
 import { imagesToLoad, loadImage, runnerEngineEnv, runnerEngineName, type LoadDeps, type LoadOutcome } from './load-image';
 import { MeteringSpool } from './metering-spool';
@@ -169,6 +172,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
+  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read);
   if (session.lease) {
     // Spooled before any load: the build's record is the build's outcome, whatever the load does after it.
     try {
@@ -182,6 +186,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
           total_steps: run.totalSteps,
           cached_steps: run.cachedSteps,
           deduplicated_steps: run.deduplicatedSteps,
+          ...(cacheMiss ? { cache_miss: clip(cacheMissLine(cacheMiss), MAX_RECORD_STRING) } : {}),
           ...(run.digest ? { image_digest: run.digest } : {}),
           actor: session.identity.actor,
           provider: session.identity.provider,
@@ -194,7 +199,6 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
       warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
     }
   }
-  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read);
   const load = settings.load && run.status === 'success' ? await loadStep(session, opts, run, deps) : undefined;
   const build: BuildResult = {
     buildId,

@@ -53,6 +53,8 @@ function factsToBuild(f: RecordFacts): BuildFacts {
 const dedupOf = (f: RecordFacts): number => Math.max(0, Math.min(num(f.deduplicatedSteps), num(f.totalSteps) - num(f.cachedSteps)));
 
 const TOP_USERS = 10;
+/** Most cache-miss lines a pipeline's usage lists (one per build, in record order). */
+export const MAX_PIPELINE_MISSES = 100;
 
 /**
  * The org's usage report for `month` (YYYY-MM, UTC). Throws RangeError for a malformed month. The month's records
@@ -181,12 +183,15 @@ export async function pipelineUsage(
   // In pages, like computeUsage: the window holds every record of the org in it, not only this pipeline's.
   const builds: BuildFacts[] = [];
   let deduplicatedSteps = 0;
+  const cacheMisses: PipelineUsage['cacheMisses'] = [];
   if (leases.length) {
     for await (const page of recordQueries(store).factPages(org, since, now + 3600_000)) {
       for (const f of page) {
         if (f.type !== BUILD_COMPLETED || f.leaseId === null || !ids.has(f.leaseId)) continue;
         builds.push(factsToBuild(f));
         deduplicatedSteps += dedupOf(f);
+        const miss = text(f.cacheMiss);
+        if (miss && cacheMisses.length < MAX_PIPELINE_MISSES) cacheMisses.push({ leaseId: f.leaseId, reason: miss });
       }
     }
   }
@@ -203,6 +208,7 @@ export async function pipelineUsage(
     totalSteps: sum.totalSteps,
     cachedSteps: sum.cachedSteps,
     deduplicatedSteps,
-    avgCacheRatio: sum.avgCacheRatio
+    avgCacheRatio: sum.avgCacheRatio,
+    cacheMisses
   };
 }
