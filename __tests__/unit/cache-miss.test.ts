@@ -152,6 +152,17 @@ describe('explainMiss names the first executed step and what changed in it', () 
     expect(explainMiss(FOUND, fp, fp, [])).toBeNull();
   });
 
+  test('a step whose own inputs are unchanged names the earlier step that changed (it came from elsewhere)', async () => {
+    const before = await fingerprints();
+    fs.writeFileSync(path.join(ctx, 'src/app.txt'), 'version: 2\n');
+    // COPY src/ came from this builder's cache of another job's build: only RUN make ran here.
+    expect(explainMiss(FOUND, await fingerprints(), before, [STEP.make])).toEqual({
+      step: STEP.make,
+      reason: `an earlier step changed: ${STEP.srcCopy}: content of src/app.txt changed`,
+      laterSteps: 0
+    });
+  });
+
   test('inputs unchanged: said so, not guessed', async () => {
     const fp = await fingerprints();
     expect(explainMiss(FOUND, fp, fp, [STEP.make])!.reason).toBe('its inputs are unchanged: the imported cache did not hold this step');
@@ -250,4 +261,10 @@ describe('reading the imported image', () => {
     expect(await registryAccess(ctx, 'elsewhere:5000')).toBeNull();
     expect(await registryAccess('', '127.0.0.1:5000')).toBeNull();
   });
+});
+
+test('a long step name is cut in the line, never the reason', () => {
+  const step = `[1/2] RUN ${'x'.repeat(300)}`;
+  const line = cacheMissLine({ step, reason: 'build argument VERSION changed', laterSteps: 1 });
+  expect(line).toMatch(/^\[1\/2\] RUN x{69}…: build argument VERSION changed \(\+1 later step rebuilt\)$/);
 });

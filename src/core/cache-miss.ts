@@ -163,8 +163,21 @@ export function explainMiss(imports: CacheImport[], current: Fingerprints, previ
   }
   const now = order[0];
   if (!now) return { step: first, reason: 'not a step of this Dockerfile as read here', laterSteps };
-  const was = previous.steps.find((s) => s.n === now.n) ?? previous.steps.find((s) => s.st === now.st && instructionOf(s.n) === instructionOf(now.n)) ?? null;
-  if (!was) return { step: first, reason: 'new step, or its instruction text changed (no such step in the cached build)', laterSteps };
-  const why = stepChange(was, now, { was: previous.bases[was.st], now: current.bases[now.st] });
-  return { step: first, reason: why ?? 'its inputs are unchanged: the imported cache did not hold this step', laterSteps };
+  const wasOf = (s: StepFingerprint) =>
+    previous.steps.find((p) => p.n === s.n) ?? previous.steps.find((p) => p.st === s.st && instructionOf(p.n) === instructionOf(s.n)) ?? null;
+  const changeOf = (s: StepFingerprint): string | null => {
+    const was = wasOf(s);
+    if (!was) return 'new step, or its instruction text changed (no such step in the cached build)';
+    return stepChange(was, s, { was: previous.bases[was.st], now: current.bases[s.st] });
+  };
+  const why = changeOf(now);
+  if (why) return { step: first, reason: why, laterSteps };
+  // Its own inputs are as before: an earlier step it builds on changed, and came to this build from elsewhere (this
+  // builder's cache of another job's build, or a stage cache). Name that step and its change.
+  for (const earlier of current.steps.slice(0, current.steps.indexOf(now))) {
+    const change = changeOf(earlier);
+    const name = earlier.n.length > 80 ? `${earlier.n.slice(0, 79)}…` : earlier.n;
+    if (change) return { step: first, reason: `an earlier step changed: ${name}: ${change}`, laterSteps };
+  }
+  return { step: first, reason: 'its inputs are unchanged: the imported cache did not hold this step', laterSteps };
 }

@@ -81,6 +81,7 @@ const MAX_FIELD = MAX_RECORD_STRING; // the endpoint's own limit on strings; lon
 const MAX_WARNINGS = 20;
 const MAX_WARNING_CHARS = 500;
 const MAX_MISSES = 20; // cache-miss lines shown, at most MAX_WARNING_CHARS each
+const MAX_MISS_STEP = 80; // characters of a step's name in a cache-miss line
 const NORTH_STAR = NORTH_STAR_GOAL;
 
 const num = (n: number | undefined) => (typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0);
@@ -204,7 +205,9 @@ function headline(t: BuildTotals, md: boolean): string {
 /** One line on why a build's first executed step missed the cache: "<step>: <reason> (+N later steps rebuilt)". */
 export function cacheMissLine(m: CacheMiss): string {
   const later = num(m.laterSteps) ? ` (+${plural(num(m.laterSteps), 'later step')} rebuilt)` : '';
-  return `${m.step ? `${m.step}: ` : ''}${m.reason}${later}`;
+  // A long RUN line would crowd out the reason (and a record's 256 characters): the step is cut, never the reason.
+  const step = m.step && m.step.length > MAX_MISS_STEP ? `${m.step.slice(0, MAX_MISS_STEP - 1)}…` : m.step;
+  return `${step ? `${step}: ` : ''}${m.reason}${later}`;
 }
 
 export function renderSummary(s: JobSummary): string {
