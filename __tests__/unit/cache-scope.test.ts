@@ -140,7 +140,8 @@ describe('buildCacheRefs (the runner)', () => {
     const r = buildCacheRefs(lease, 'a/Dockerfile', '00ff00ff00ff');
     const repo = `${HOST}/acme/widget/cache/${cacheScopeComponent('a/Dockerfile')}`;
     expect(r).toMatchObject({
-      importRefs: [`${repo}:feature-x`, `${repo}:main`],
+      // The scope's own, then the project's newest (the control plane copies each scope's cache there).
+      importRefs: [`${repo}:feature-x`, `${repo}:main`, `${HOST}/acme/widget/cache:feature-x`, `${HOST}/acme/widget/cache:main`],
       exportRef: `${repo}:bcup-l0123456789ab-00ff00ff00ff`,
       promotedRef: `${repo}:feature-x`,
       repository: repo

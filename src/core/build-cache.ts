@@ -58,7 +58,10 @@ export function buildCacheRefs(cache: LeaseMsg['cache'], scope: string, nonce: s
   const exportTag = cache.exportTag ?? '';
   const promotedRef = exportTag ? `${repository}:${exportTag}` : '';
   const exportRef = !exportTag ? '' : cache.uploadPrefix ? `${repository}:${cache.uploadPrefix}${nonce}` : promotedRef;
-  return { importRefs: (cache.importTags ?? []).map((t) => `${repository}:${t}`), exportRef, scope, repository, promotedRef, warnings: [] };
+  // After the scope's own cache, the project's newest (the control plane copies each image scope's cache there):
+  // a new scope starts from the project's shared layers. A stage's cache has no such fallback.
+  const importRefs = [...(cache.importTags ?? []).map((t) => `${repository}:${t}`), ...(stage ? [] : unscoped.importRefs)];
+  return { importRefs, exportRef, scope, repository, promotedRef, warnings: [] };
 }
 
 /** One stage's own cache image (case 2 of issue 11): built as `--target stage` before the build, with these refs. */

@@ -107,6 +107,14 @@ export class CacheRepairs {
         const before = read !== digest ? read : (known?.previous ?? null);
         remember(state.pushes, digest, { at: ++state.landings, previous: known?.previous ?? before });
         if (!this.closing) this.enqueue(name, tag, state);
+        // A sibling scope's push that lost records may be repairable from this one (siblingHeads).
+        const parent = siblingParent(name);
+        for (const [key, s] of parent && !this.closing ? this.tags : []) {
+          const i = key.lastIndexOf(':');
+          const repo = key.slice(0, i);
+          if (repo !== name && key.slice(i + 1) === tag && siblingParent(repo) === parent && s.queued === 0 && s.inflight === 0 && s.newest)
+            this.enqueue(repo, tag, s);
+        }
       }
     };
   }
@@ -239,15 +247,24 @@ export class CacheRepairs {
     const ctx = { repository: name, tag, digest: target };
     const manifestBytes = await this.getVerified(name, 'manifests', target, { accept: MANIFEST_ACCEPT });
     const manifest = parseImageManifest(manifestBytes);
-    const previous = this.previousChain(state, target);
+    // The tag's own earlier images first, then what the sibling scopes of the project hold at the same tag.
+    const previous: Array<{ repo: string; digest: string }> = [
+      ...this.previousChain(state, target).map((digest) => ({ repo: name, digest })),
+      ...this.siblingHeads(name, tag)
+    ];
     let body: Buffer | null = null;
     let records = 0;
     if (previous.length && manifest.config.size <= MAX_CONFIG_BYTES) {
       const next: InlineCacheImage = { layers: manifest.layers, config: await this.getVerified(name, 'blobs', manifest.config.digest) };
       const prev: InlineCacheImage[] = [];
-      for (const d of previous) {
-        const m = parseImageManifest(await this.getVerified(name, 'manifests', d, { accept: MANIFEST_ACCEPT }));
-        if (m.config.size <= MAX_CONFIG_BYTES) prev.push({ layers: m.layers, config: await this.getVerified(name, 'blobs', m.config.digest) });
+      for (const { repo, digest: d } of previous) {
+        try {
+          const m = parseImageManifest(await this.getVerified(repo, 'manifests', d, { accept: MANIFEST_ACCEPT }));
+          if (m.config.size <= MAX_CONFIG_BYTES) prev.push({ layers: m.layers, config: await this.getVerified(repo, 'blobs', m.config.digest) });
+        } catch (err) {
+          if (repo === name) throw err;
+          this.log?.debug({ ...ctx, sibling: repo, err: (err as Error).message }, 'registry proxy: a sibling scope could not be read for the repair');
+        }
       }
       const outcome = repairInlineCache(next, prev);
       if (outcome.repaired) {
@@ -270,6 +287,27 @@ export class CacheRepairs {
       await this.write(name, tag, state, target, manifestBytes);
       this.log?.info({ ...ctx, replaced: current }, 'registry proxy: put the newest push of a cache tag back over an older repair');
     }
+  }
+
+  /**
+   * Cache scopes of one project (`<org>/<project>/cache/<scope>`) share their base layers: when a scope's first push
+   * lost records (moby/buildkit#1981; two jobs' concurrent builds on one builder merge their common steps, and the
+   * export of the one that did not run them keeps no layers for them), its own tag has nothing earlier to repair
+   * from, but a sibling scope pushed at the same tag may hold the very records with the same blobs. The newest
+   * client push of each sibling seen by this proxy (its repaired form where there is one), at most MAX_SIBLINGS.
+   * The same checks apply as for the tag's own images: the same cache key, the same blobs 0..k.
+   */
+  private siblingHeads(name: string, tag: string): Array<{ repo: string; digest: string }> {
+    const parent = siblingParent(name);
+    if (!parent) return [];
+    const out: Array<{ repo: string; digest: string }> = [];
+    for (const [key, s] of this.tags) {
+      const i = key.lastIndexOf(':');
+      const repo = key.slice(0, i);
+      if (repo === name || key.slice(i + 1) !== tag || siblingParent(repo) !== parent || !s.newest) continue;
+      out.push({ repo, digest: s.repairedOf.get(s.newest) ?? s.newest });
+    }
+    return out.slice(-MAX_SIBLINGS);
   }
 
   /** Writes the tag as the (repaired) form of client push `of`. */
@@ -314,6 +352,15 @@ export class CacheRepairs {
     if (r.status !== 201) throw new Error(`PUT manifests/${tag}: HTTP ${r.status} ${r.body.toString('utf8').slice(0, 200)}`);
     return sha256Digest(body);
   }
+}
+
+const MAX_SIBLINGS = 8;
+
+/** `<org>/<project>/cache` for a scope repository `<org>/<project>/cache/<scope>`, else ''. */
+function siblingParent(name: string): string {
+  const i = name.lastIndexOf('/');
+  // Not `.../cache/cache`: that is a project named "<project>/cache"'s unscoped repository, not a scope.
+  return i > 0 && name.slice(0, i).endsWith('/cache') && name.slice(i + 1) !== 'cache' ? name.slice(0, i) : '';
 }
 
 function remember<V>(map: Map<string, V>, key: string, value: V): void {

@@ -18,7 +18,7 @@ import { isIP, type AddressInfo } from 'node:net';
 import type { Logger } from './log';
 import { isUploadTag, orgRepoPrefix, scopeRepository, type RegistryScope } from './cache-refs';
 import { CacheRepairs, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
-import { IMAGE_MANIFEST_TYPES, MAX_CONFIG_BYTES } from './inline-cache';
+import { IMAGE_MANIFEST_TYPES, MAX_CONFIG_BYTES, parseImageManifest } from './inline-cache';
 import { EventEmitter } from 'node:events';
 
 export interface RegistryPrincipal {
@@ -278,7 +278,7 @@ export class RegistryProxy {
     // reads of that tag wait (briefly) for a repair still under way, so the next build imports the repaired one.
     const tag = isCacheRepository(name, scope) && m[2].startsWith('manifests/') ? m[2].slice('manifests/'.length) : '';
     // A build's cache pushed under one of its lease's upload tags: written to the scope's tag instead (promoted).
-    if (req.method === 'PUT' && scope?.push && isUploadTag(scope, tag)) return this.promoteUpload(req, res, name, tag, scope.push.tag);
+    if (req.method === 'PUT' && scope?.push && isUploadTag(scope, tag)) return this.promoteUpload(req, res, name, tag, scope.push.tag, scope.push.repository);
     if (TAG_ONLY.test(tag)) {
       const type = String(req.headers['content-type'] ?? '')
         .split(';')[0]
@@ -304,7 +304,7 @@ export class RegistryProxy {
    * registry has no way to delete a tag alone: deleting by digest would take the scope's tag too). The body is a
    * manifest: bounded like the repair's reads. Upstream errors are answered as the registry gave them (5xx as 502).
    */
-  private async promoteUpload(req: http.IncomingMessage, res: http.ServerResponse, name: string, upload: string, tag: string): Promise<void> {
+  private async promoteUpload(req: http.IncomingMessage, res: http.ServerResponse, name: string, upload: string, tag: string, project: string): Promise<void> {
     const chunks: Buffer[] = [];
     let n = 0;
     for await (const c of req as AsyncIterable<Buffer>) {
@@ -333,12 +333,45 @@ export class RegistryProxy {
         return void res.end(up.body);
       }
       repair?.landed(digest, previous);
+      // An image scope's cache (not a stage's) is also the project's newest, in its unscoped repository at the same
+      // tag: every build imports it after its own scope's, so a new scope starts from the project's shared layers,
+      // and parallel builds of sibling scopes on one fresh builder share one import (BuildKit 0.8 looks a step
+      // shared by concurrent builds up in the cache imports of the build that reached it first).
+      if (repair && !name.slice(name.lastIndexOf('/') + 1).includes('__')) await this.copyToProject(name, body, type, project, tag);
       this.opts.log?.debug({ repository: name, upload, tag, digest }, 'registry proxy: build cache pushed under its upload tag, written to its scope tag');
       res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': digest, Location: `/v2/${name}/manifests/${digest}`, 'Content-Length': 0 });
       res.end();
     } catch (err) {
       this.opts.log?.warn({ repository: name, upload, tag, err: (err as Error).message }, 'registry proxy: upstream error');
       sendError(res, 502, 'UNAVAILABLE', 'the cache registry is unavailable');
+    } finally {
+      done.emit('close');
+    }
+  }
+
+  /**
+   * Puts an image manifest of repository `from` on `project:tag` too: its blobs mounted across (the registry's own
+   * cross-repository mount), then the manifest, with the inline-cache repair hooked in as for a client push. Never
+   * throws: the project's copy is a fallback, so a failure is logged and the scope's cache stands.
+   */
+  private async copyToProject(from: string, body: Buffer, type: string, project: string, tag: string): Promise<void> {
+    const done = new EventEmitter();
+    const repair = this.repairs.begin(project, tag, done);
+    try {
+      const m = parseImageManifest(body);
+      for (const blob of [m.config.digest, ...m.layers]) {
+        const r = await this.upstreamCall('POST', `/v2/${project}/blobs/uploads/?mount=${encodeURIComponent(blob)}&from=${encodeURIComponent(from)}`, {
+          headers: { 'content-length': 0 }
+        });
+        if (r.status !== 201) throw new Error(`mounting ${blob} from ${from}: HTTP ${r.status}`);
+      }
+      const previous = await this.repairs.current(project, tag);
+      const up = await this.upstreamCall('PUT', `/v2/${project}/manifests/${tag}`, { headers: { 'content-type': type }, body });
+      const digest = up.headers['docker-content-digest'];
+      if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) throw new Error(`PUT manifests/${tag}: HTTP ${up.status}`);
+      repair.landed(digest, previous);
+    } catch (err) {
+      this.opts.log?.warn({ repository: project, tag, from, err: (err as Error).message }, "registry proxy: could not copy a scope's cache to the project's");
     } finally {
       done.emit('close');
     }
