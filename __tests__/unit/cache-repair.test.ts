@@ -555,3 +555,42 @@ describe('CacheRepairs: one tag, pushes through the proxy', () => {
     expect(lostLayers(reg.tagConfig(REPO, 'main'))).toBe(4);
   });
 });
+
+describe('CacheRepairs: sibling cache scopes of one project (issue 11)', () => {
+  async function pushTo(repo: string, p: { manifest: Buffer; config: Buffer }): Promise<string> {
+    reg.blobs.set(sha256Digest(p.config), p.config);
+    const res = new EventEmitter();
+    const push = repairs.begin(repo, 'main', res as never);
+    const previous = await repairs.current(repo, 'main');
+    const digest = reg.putManifest(repo, 'main', p.manifest);
+    push.landed(digest, previous);
+    res.emit('close');
+    return digest;
+  }
+
+  test("a scope's first push that lost records is repaired from a sibling scope at the same tag, even one that lands after it", async () => {
+    const lost = await pushTo('acme/app/cache/web', P2);
+    await repairs.idle();
+    expect(reg.tags.get('acme/app/cache/web:main')).toBe(lost); // nothing earlier, no sibling yet: left alone
+    // Another project's scope, and project "acme/app/cache"'s unscoped repository: never siblings of acme/app's scopes.
+    await pushTo('acme/other/cache/web', P2);
+    await pushTo('acme/app/cache/cache', P2);
+    await pushTo('acme/app/cache/api', P1); // a sibling with the records, the same blobs 0..4
+    await repairs.idle();
+    expect(lostLayers(reg.tagConfig('acme/app/cache/web', 'main'))).toBe(0);
+    expect(lostLayers(reg.tagConfig('acme/other/cache/web', 'main'))).toBe(4);
+    expect(lostLayers(reg.tagConfig('acme/app/cache/cache', 'main'))).toBe(4);
+    expect(reg.tags.get('acme/app/cache/api:main')).toBe(sha256Digest(P1.manifest)); // nothing to repair there
+  });
+
+  test('a sibling at another tag (another branch) is not used', async () => {
+    await pushTo('acme/app/cache/web', P2);
+    reg.blobs.set(sha256Digest(P1.config), P1.config);
+    const res = new EventEmitter();
+    const push = repairs.begin('acme/app/cache/api', 'feature-x', res as never);
+    push.landed(reg.putManifest('acme/app/cache/api', 'feature-x', P1.manifest), null);
+    res.emit('close');
+    await repairs.idle();
+    expect(lostLayers(reg.tagConfig('acme/app/cache/web', 'main'))).toBe(4);
+  });
+});
