@@ -61,6 +61,8 @@ case "$1" in
         echo "load read $n bytes" >>"$FAKE_LOG"
         echo "Loaded image: \${FAKE_LOADED:-acme/app:test}" ;;
     esac ;;
+  image)
+    [ -n "$FAKE_IMAGE_ID" ] && echo "$FAKE_IMAGE_ID" ;;
 esac
 `;
 
@@ -334,6 +336,18 @@ describe('the build step with load: true', () => {
     );
     expect(calls().find((c) => c.startsWith('save'))).toContain('args=acme/app:test');
     expect(mockedRunBuild.mock.calls[0][0]).toMatchObject({ load: true, tags: ['acme/app:test'] });
+  });
+
+  test("another job's build took the tag on the shared builder before the load: the load fails and says so (issue 11, case 3)", async () => {
+    mockedRunBuild.mockResolvedValue(RUN);
+    const other = `sha256:${'e'.repeat(64)}`;
+    const r = await withFakeEnv({ FAKE_IMAGE_ID: other }, () => buildStep(session(), settings({ load: 'true' }), { log: logger() }));
+    expect(r.run.status).toBe('success');
+    expect(r.outputs.loaded).toBe('false');
+    expect(r.loadError).toMatch(/'acme\/app:test' in the runner's Docker is another build's image: another job of this pipeline built the same tag/);
+    // Control: the runner holds this build's own image under the tag.
+    const ok = await withFakeEnv({ FAKE_IMAGE_ID: RUN.imageId! }, () => buildStep(session(), settings({ load: 'true' }), { log: logger() }));
+    expect(ok.outputs.loaded).toBe('true');
   });
 
   test('the load fails after a successful build: the build stays a success (record and metering), the step gets loadError', async () => {

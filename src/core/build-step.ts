@@ -9,7 +9,7 @@ import { cacheMissLine, type CacheMiss } from './summary';
 import { MAX_RECORD_STRING } from '../contract/rules';
 
 const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max - 1)}…` : s);
-import { dockerEnv, parseKeyValueLines, type BuildOptions } from './docker-cli';
+import { dockerEnv, parseKeyValueLines, runDocker, type BuildOptions } from './docker-cli';
 import { imagesToLoad, loadImage, runnerEngineEnv, runnerEngineName, type LoadDeps, type LoadOutcome } from './load-image';
 import { MeteringSpool } from './metering-spool';
 import type { RunnerConfig } from './runner-config';
@@ -98,7 +98,31 @@ async function loadStep(session: Session, opts: BuildOptions, run: RunResult, de
     { signal: deps.io?.signal, ...deps.load }
   );
   for (const l of out.loadedLines) deps.io?.onLine?.(l);
-  return out;
+  return out.loaded ? checkLoadedTags(session, opts.tags, run.imageId, out) : out;
+}
+
+/**
+ * Tags on a pipeline builder are shared by the pipeline's jobs (build.ts checks them after the build): another job
+ * may still build the same tag between this build and its load, and the load then carries that job's image. What
+ * the runner's engine holds under each tag must be this build's image; otherwise the load fails, saying so.
+ */
+async function checkLoadedTags(session: Session, tags: string[], imageId: string | undefined, out: LoadOutcome): Promise<LoadOutcome> {
+  if (!imageId || tags.length === 0) return out;
+  const env = runnerEngineEnv(withoutSecretInputs(process.env), session.env);
+  const wrong: string[] = [];
+  for (const t of tags) {
+    const r = await runDocker(session.docker.path, ['image', 'inspect', '--format', '{{.Id}}', t], env);
+    const id = r.stdout.trim();
+    if (r.code === 0 && /^sha256:[0-9a-f]{64}$/.test(id) && id !== imageId) wrong.push(t);
+  }
+  if (wrong.length === 0) return out;
+  return {
+    ...out,
+    loaded: false,
+    error:
+      `${wrong.map((t) => `'${t}'`).join(', ')} in the runner's Docker is another build's image: another job of this pipeline built the same tag on ` +
+      `the shared builder between this build and its load (this build's image is ${imageId}). Give parallel jobs tags of their own, or set scope: job.`
+  };
 }
 
 /**

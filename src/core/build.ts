@@ -120,7 +120,8 @@ async function tagsTakenOver(tags: string[], imageId: string, run: Capture): Pro
   const taken: string[] = [];
   for (const t of tags) {
     const r = await run(['image', 'inspect', '--format', '{{.Id}}', t]);
-    if (r.code === 0 && r.out.trim() !== imageId) taken.push(t);
+    const id = r.out.trim();
+    if (r.code === 0 && /^sha256:[0-9a-f]{64}$/.test(id) && id !== imageId) taken.push(t);
   }
   return taken;
 }
