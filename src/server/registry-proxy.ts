@@ -18,8 +18,8 @@ import { isIP, type AddressInfo } from 'node:net';
 import type { Logger } from './log';
 import { isUploadTag, orgRepoPrefix, scopeRepository, type RegistryScope } from './cache-refs';
 import { CacheRepairs, type UpstreamCallOptions, type UpstreamReply } from './cache-repair';
-import { IMAGE_MANIFEST_TYPES, MAX_CONFIG_BYTES, parseImageManifest } from './inline-cache';
-import { EventEmitter } from 'node:events';
+import { IMAGE_MANIFEST_TYPES, MAX_CONFIG_BYTES } from './inline-cache';
+import { promoteUpload } from './cache-promotion';
 
 export interface RegistryPrincipal {
   org: string;
@@ -297,12 +297,8 @@ export class RegistryProxy {
   }
 
   /**
-   * A manifest PUT to an upload tag (a tag unique to one build, cache-refs.ts uploadPrefix): the bytes are put on
-   * the scope's tag `tag` (the lease's branch tag) instead, with the inline-cache repair hooked in as for a direct
-   * push, and the client is answered as if its tag had been written. Parallel builds on one builder each push under
-   * their own local name, so none can push another's image to the scope's tag; no upload tag is ever stored (the
-   * registry has no way to delete a tag alone: deleting by digest would take the scope's tag too). The body is a
-   * manifest: bounded like the repair's reads. Upstream errors are answered as the registry gave them (5xx as 502).
+   * A manifest PUT to one of the lease's upload tags: read (bounded: a manifest), then written where it belongs by
+   * cache-promotion.ts, and answered as that says.
    */
   private async promoteUpload(req: http.IncomingMessage, res: http.ServerResponse, name: string, upload: string, tag: string, project: string): Promise<void> {
     const chunks: Buffer[] = [];
@@ -312,69 +308,18 @@ export class RegistryProxy {
       if (n > MAX_CONFIG_BYTES) return sendError(res, 413, 'MANIFEST_INVALID', `a cache manifest larger than ${MAX_CONFIG_BYTES} bytes is not accepted`);
       chunks.push(c);
     }
-    const body = Buffer.concat(chunks);
     const type = String(req.headers['content-type'] ?? '')
       .split(';')[0]
       .trim();
-    const done = new EventEmitter();
-    const repair = IMAGE_MANIFEST_TYPES.includes(type) ? this.repairs.begin(name, tag, done) : null;
-    try {
-      const previous = repair ? await this.repairs.current(name, tag) : null;
-      const up = await this.upstreamCall('PUT', `/v2/${name}/manifests/${tag}`, { headers: { 'content-type': type }, body });
-      const digest = up.headers['docker-content-digest'];
-      if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) {
-        if (up.status >= 500)
-          return sendError(res, 502, 'UNAVAILABLE', `the cache registry failed (HTTP ${up.status}); the control plane's log has the request`);
-        res.writeHead(up.status, {
-          ...API_VERSION,
-          'Content-Type': String(up.headers['content-type'] ?? 'application/json'),
-          'Content-Length': up.body.length
-        });
-        return void res.end(up.body);
-      }
-      repair?.landed(digest, previous);
-      // An image scope's cache (not a stage's) is also the project's newest, in its unscoped repository at the same
-      // tag: every build imports it after its own scope's, so a new scope starts from the project's shared layers,
-      // and parallel builds of sibling scopes on one fresh builder share one import (BuildKit 0.8 looks a step
-      // shared by concurrent builds up in the cache imports of the build that reached it first).
-      if (repair && !name.slice(name.lastIndexOf('/') + 1).includes('__')) await this.copyToProject(name, body, type, project, tag);
-      this.opts.log?.debug({ repository: name, upload, tag, digest }, 'registry proxy: build cache pushed under its upload tag, written to its scope tag');
-      res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': digest, Location: `/v2/${name}/manifests/${digest}`, 'Content-Length': 0 });
-      res.end();
-    } catch (err) {
-      this.opts.log?.warn({ repository: name, upload, tag, err: (err as Error).message }, 'registry proxy: upstream error');
-      sendError(res, 502, 'UNAVAILABLE', 'the cache registry is unavailable');
-    } finally {
-      done.emit('close');
+    const deps = { call: (method: string, p: string, o?: UpstreamCallOptions) => this.upstreamCall(method, p, o), repairs: this.repairs, log: this.opts.log };
+    const r = await promoteUpload(deps, { name, upload, tag, project, body: Buffer.concat(chunks), type });
+    if ('error' in r) return sendError(res, 502, 'UNAVAILABLE', r.error);
+    if ('digest' in r) {
+      res.writeHead(201, { ...API_VERSION, 'Docker-Content-Digest': r.digest, Location: `/v2/${name}/manifests/${r.digest}`, 'Content-Length': 0 });
+      return void res.end();
     }
-  }
-
-  /**
-   * Puts an image manifest of repository `from` on `project:tag` too: its blobs mounted across (the registry's own
-   * cross-repository mount), then the manifest, with the inline-cache repair hooked in as for a client push. Never
-   * throws: the project's copy is a fallback, so a failure is logged and the scope's cache stands.
-   */
-  private async copyToProject(from: string, body: Buffer, type: string, project: string, tag: string): Promise<void> {
-    const done = new EventEmitter();
-    const repair = this.repairs.begin(project, tag, done);
-    try {
-      const m = parseImageManifest(body);
-      for (const blob of [m.config.digest, ...m.layers]) {
-        const r = await this.upstreamCall('POST', `/v2/${project}/blobs/uploads/?mount=${encodeURIComponent(blob)}&from=${encodeURIComponent(from)}`, {
-          headers: { 'content-length': 0 }
-        });
-        if (r.status !== 201) throw new Error(`mounting ${blob} from ${from}: HTTP ${r.status}`);
-      }
-      const previous = await this.repairs.current(project, tag);
-      const up = await this.upstreamCall('PUT', `/v2/${project}/manifests/${tag}`, { headers: { 'content-type': type }, body });
-      const digest = up.headers['docker-content-digest'];
-      if (up.status !== 201 || typeof digest !== 'string' || !DIGEST_ONLY.test(digest)) throw new Error(`PUT manifests/${tag}: HTTP ${up.status}`);
-      repair.landed(digest, previous);
-    } catch (err) {
-      this.opts.log?.warn({ repository: project, tag, from, err: (err as Error).message }, "registry proxy: could not copy a scope's cache to the project's");
-    } finally {
-      done.emit('close');
-    }
+    res.writeHead(r.status, { ...API_VERSION, 'Content-Type': r.contentType, 'Content-Length': r.body.length });
+    res.end(r.body);
   }
 
   private async authenticate(req: http.IncomingMessage): Promise<RegistryPrincipal | null> {
