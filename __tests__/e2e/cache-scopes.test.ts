@@ -125,6 +125,11 @@ describe('case 1: two images of one project keep their own caches', () => {
       expect(await layersAt(j.lease, ra.cacheRef!)).toEqual(layersOf(j.cfg, ra.imageId!));
       expect(await layersAt(j.lease, rb.cacheRef!)).toEqual(layersOf(j.cfg, rb.imageId!));
       expect(layersOf(j.cfg, ra.imageId!)).not.toEqual(layersOf(j.cfg, rb.imageId!));
+      // The project's unscoped tag holds the newest image scope's cache (b's), the fallback every build imports after
+      // its own scope's; the upload tags the builds pushed under were never stored.
+      expect(await layersAt(j.lease, j.lease.cache!.exportRef)).toEqual(layersOf(j.cfg, rb.imageId!));
+      expect(ra.pushed[0]).toContain(`:${j.lease.cache!.uploadPrefix}`);
+      await expect(layersAt(j.lease, ra.pushed[0])).rejects.toThrow(/HTTP 404/);
     } finally {
       await end(j);
     }
