@@ -23,9 +23,19 @@ async function job(spec: PipelineSpec, index: number, target: string): Promise<J
   const eventPath = path.join(temp, 'event.json');
   fs.writeFileSync(eventPath, JSON.stringify({ repository: { id: 700001, default_branch: 'main', full_name: spec.project } }));
   const ctx: JobContext = {
-    env: githubJobEnv({ runId: spec.runId, job: 'image', repo: spec.project, repoId: '700001', eventPath, temp, home: path.join(spec.work, 'home-github') }),
+    env: githubJobEnv({
+      runId: spec.runId,
+      job: 'image',
+      repo: spec.project,
+      repoId: '700001',
+      eventPath,
+      temp,
+      home: path.join(spec.work, 'home-github'),
+      workspace: spec.workspace
+    }),
     expressions: { 'github.job': 'image', 'strategy.job-index': String(index), 'job.check_run_id': `${spec.runId}${index}`, 'github.token': '' },
-    runnerTemp: temp
+    runnerTemp: temp,
+    workspace: spec.workspace // as the runner runs a job's steps: in the checkout, with paths relative to it
   };
   const inputs = { endpoint: spec.endpoint, token: spec.token };
   const started = Date.now();
@@ -38,7 +48,7 @@ async function job(spec: PipelineSpec, index: number, target: string): Promise<J
       path.join(ROOT, 'build/action.yml'),
       'main',
       {
-        context: path.join(spec.workspace, spec.context),
+        context: spec.context,
         target,
         tags: `demo/${target}:${spec.runId}`,
         'build-args': spec.buildArgs.join('\n')

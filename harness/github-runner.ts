@@ -58,6 +58,7 @@ export interface JobContext {
   env: Record<string, string>; // the job's environment (GITHUB_*, RUNNER_*)
   expressions: Record<string, string>; // e.g. { 'github.job': 'build', 'strategy.job-index': '0', 'github.token': 'x' }
   runnerTemp: string;
+  workspace?: string; // the checkout (GITHUB_WORKSPACE): the runner starts every step there; default: this process's
 }
 
 function evaluateDefault(value: string, ctx: JobContext): string {
@@ -99,7 +100,7 @@ export async function runStep(
   );
   const stateEnv = Object.fromEntries(Object.entries(state).map(([k, v]) => [`STATE_${k}`, v]));
   const env = { ...ctx.env, ...inputEnv(actionYml, withInputs, ctx), ...stateEnv, ...files, RUNNER_TEMP: ctx.runnerTemp };
-  const child = spawn(NODE24, [entry], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(NODE24, [entry], { env, cwd: ctx.workspace, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let signalled = false;
   const onData = (d: Buffer) => {
@@ -138,6 +139,7 @@ export function githubJobEnv(o: {
   eventPath: string;
   temp: string;
   home: string;
+  workspace?: string; // GITHUB_WORKSPACE; default: `temp`
   extra?: Record<string, string>;
 }): Record<string, string> {
   const repo = o.repo ?? 'acme/widget-api';
@@ -164,7 +166,7 @@ export function githubJobEnv(o: {
     GITHUB_ACTOR: 'jdoe',
     GITHUB_SERVER_URL: 'https://github.com',
     GITHUB_API_URL: 'https://api.github.com',
-    GITHUB_WORKSPACE: o.temp,
+    GITHUB_WORKSPACE: o.workspace ?? o.temp,
     RUNNER_OS: 'Linux',
     RUNNER_ARCH: 'X64',
     RUNNER_NAME: 'GitHub Actions 12',

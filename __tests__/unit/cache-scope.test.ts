@@ -3,7 +3,7 @@
 import { cacheScopeComponent, defaultCacheScope, SCOPE_MAX, stageScopeComponent } from '../../src/contract/cache-scope';
 import { cacheRefs, isUploadTag, registryScope, scopeRepository, type CacheRefInput } from '../../src/server/cache-refs';
 import { leaseDenial } from '../../src/server/registry-proxy';
-import { buildCacheRefs, buildCacheScope, mergeStageProgress } from '../../src/core/build-cache';
+import { buildCacheRefs, buildCacheScope, ciWorkspace, mergeStageProgress } from '../../src/core/build-cache';
 import { cacheStages } from '../../src/core/dockerfile-steps';
 import type { BuildStep } from '../../src/core/build-progress';
 
@@ -54,6 +54,25 @@ describe('cacheScopeComponent', () => {
     expect(buildCacheScope({ context: '/w/a' }, '/w')).toBe('a/Dockerfile');
     expect(buildCacheScope({ context: '/w', file: '/w/docker/api.Dockerfile', target: 'runtime' }, '/w')).toBe('docker/api.Dockerfile#runtime');
     expect(buildCacheScope({ context: 'https://github.com/acme/app.git' }, '/w')).toBe('https://github.com/acme/app.git#Dockerfile');
+    // Relative paths are resolved from the working directory, as docker resolves them, and named from the checkout.
+    expect(buildCacheScope({ context: '.' }, '/w', '/w/services/api')).toBe('services/api/Dockerfile');
+    expect(buildCacheScope({ context: 'a', file: 'a/prod.Dockerfile', target: 'x' }, '/w', '/w')).toBe('a/prod.Dockerfile#x');
+  });
+
+  test('buildCacheScope: a Dockerfile outside the checkout is named from its context, never by a path that changes per job', () => {
+    const one = buildCacheScope({ context: '/tmp/job-1/src/app' }, '/home/runner/work/app');
+    const two = buildCacheScope({ context: '/tmp/job-2/src/app' }, '/home/runner/work/app');
+    expect([one, two]).toEqual(['Dockerfile', 'Dockerfile']);
+    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/tmp/j/ctx/docker/api.Dockerfile', target: 'run' }, '/w')).toBe('docker/api.Dockerfile#run');
+    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/elsewhere/api.Dockerfile' }, '/w')).toBe('api.Dockerfile');
+  });
+
+  test('ciWorkspace: the CI checkout, else the working directory', () => {
+    expect(ciWorkspace({ GITHUB_WORKSPACE: '/home/runner/work/app/app' }, '/x')).toBe('/home/runner/work/app/app');
+    expect(ciWorkspace({ CI_PROJECT_DIR: '/builds/acme/app' }, '/x')).toBe('/builds/acme/app');
+    expect(ciWorkspace({ CIRCLE_WORKING_DIRECTORY: '~/project', HOME: '/home/circleci' }, '/x')).toBe('/home/circleci/project');
+    expect(ciWorkspace({ GITHUB_WORKSPACE: 'relative' }, '/x')).toBe('/x');
+    expect(ciWorkspace({}, '/x')).toBe('/x');
   });
 });
 

@@ -23,15 +23,32 @@ export interface BuildCacheRefs extends CacheRefs {
 const isRemoteContext = (context: string): boolean => context === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(context) || /^git@/.test(context);
 
 /**
- * The scope of a build: the `cache-scope` input when set, else its Dockerfile's path relative to `workspace` (the
- * job's working directory) and its target ("docker/api.Dockerfile#runtime"); for a Git or URL context without a
- * `file`, the context and "Dockerfile".
+ * The scope of a build: the `cache-scope` input when set, else its Dockerfile's path (resolved from `cwd`, as docker
+ * resolves it) relative to `workspace` (the job's checkout: ciWorkspace) and its target ("docker/api.Dockerfile#runtime"); a Dockerfile outside the workspace
+ * (e.g. an absolute path into a temporary directory, which would change from job to job) is named relative to its
+ * context instead; for a Git or URL context without a `file`, the context and "Dockerfile".
  */
-export function buildCacheScope(opts: Pick<BuildOptions, 'cacheScope' | 'file' | 'context' | 'target'>, workspace: string): string {
+export function buildCacheScope(opts: Pick<BuildOptions, 'cacheScope' | 'file' | 'context' | 'target'>, workspace: string, cwd = workspace): string {
   if (opts.cacheScope) return opts.cacheScope;
-  const rel = (p: string) => path.relative(workspace, path.resolve(workspace, p)) || '.';
-  const file = opts.file ? rel(opts.file) : isRemoteContext(opts.context) ? `${opts.context}#Dockerfile` : rel(path.join(opts.context, 'Dockerfile'));
-  return defaultCacheScope(file, opts.target ?? '');
+  if (!opts.file && isRemoteContext(opts.context)) return defaultCacheScope(`${opts.context}#Dockerfile`, opts.target ?? '');
+  // Paths as docker resolves them (from the working directory), named relative to the checkout.
+  const context = path.resolve(cwd, opts.context);
+  const file = opts.file ? path.resolve(cwd, opts.file) : path.join(context, 'Dockerfile');
+  const inside = (base: string) => {
+    const r = path.relative(base, file);
+    return r && !r.startsWith('..') && !path.isAbsolute(r) ? r : null;
+  };
+  return defaultCacheScope(inside(path.resolve(workspace)) ?? inside(context) ?? path.basename(file), opts.target ?? '');
+}
+
+/**
+ * The job's checkout, which default cache scopes are relative to: GITHUB_WORKSPACE (GitHub runs actions there),
+ * CI_PROJECT_DIR (GitLab), CIRCLE_WORKING_DIRECTORY (CircleCI; a leading `~` is the job's HOME), else `cwd`.
+ */
+export function ciWorkspace(env: NodeJS.ProcessEnv, cwd: string): string {
+  const circle = env.CIRCLE_WORKING_DIRECTORY?.replace(/^~(?=$|\/)/, env.HOME ?? '~');
+  const dir = env.GITHUB_WORKSPACE || env.CI_PROJECT_DIR || circle || '';
+  return dir && path.isAbsolute(dir) ? dir : cwd;
 }
 
 /** 12 hex digits: the part of an upload tag after the lease's upload prefix (the registry proxy admits exactly these). */

@@ -9,7 +9,7 @@ import { buildArgs, dockerEnv, pushesAfterBuild, type BuildClient, type BuildOpt
 import type { RunnerConfig } from './runner-config';
 import type { CacheImport } from './cache-miss';
 import { cacheImports } from './cache-miss-io';
-import { buildCacheRefs, buildCacheScope, mergeStageProgress, stageCaches, uploadNonce, type StageCache } from './build-cache';
+import { buildCacheRefs, buildCacheScope, ciWorkspace, mergeStageProgress, stageCaches, uploadNonce, type StageCache } from './build-cache';
 import { cacheStages } from './dockerfile-steps';
 import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFiles } from './build-secrets';
 
@@ -203,7 +203,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     metadataFile: path.join(cfg.dir, `metadata-${n}.json`),
     iidFile: path.join(cfg.dir, `iid-${n}`)
   };
-  const scoped = buildCacheRefs(lease.cache, buildCacheScope(opts, process.cwd()), uploadNonce());
+  const scoped = buildCacheRefs(lease.cache, buildCacheScope(opts, ciWorkspace(process.env, process.cwd()), process.cwd()), uploadNonce());
   // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
   const inline = !docker.buildx || cfg.driver !== 'remote';
   const stageText = inline && !opts.noCache && scoped.repository ? await readDockerfile(opts) : null;
