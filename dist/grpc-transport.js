@@ -114,6 +114,15 @@ message CacheRefs {
   string export_ref = 2;           // empty when this lease writes no cache (see read_only_reason)
   RegistryCredentials registry = 3;
   string read_only_reason = 4;     // why export_ref is empty: a fork, a read-only credential, a protected branch
+  // Cache scopes (one repository per image of the project): a build of scope S imports <repository>/S:<t> for each
+  // t of import_tags and exports to <repository>/S:<export_tag>. S is one path component (docs/security.md).
+  // Older clients use import_refs and export_ref (the unscoped <repository>:<tag>).
+  string repository = 5;           // host/org/project/cache
+  repeated string import_tags = 6; // the branch's tag first, then the default branch's
+  string export_tag = 7;           // empty when this lease writes no cache
+  // A build exports under <repository>/S:<upload_prefix><12 hex digits>, a name of its own, and the registry proxy
+  // writes what it pushes there to <repository>/S:<export_tag>. Empty: push export_tag directly.
+  string upload_prefix = 8;
 }
 
 message Lease {
