@@ -1,4 +1,5 @@
 // Why a step missed the cache (cache-miss.ts, cache-miss-io.ts): the fingerprints of a build's steps, the label they
+import { withDefaultBranchHint } from '../../src/core/build-step';
 // travel in, and the comparison that names the first executed step and what changed in it, for each kind of change.
 import * as fs from 'fs';
 import * as os from 'os';
@@ -267,4 +268,24 @@ test('a long step name is cut in the line, never the reason', () => {
   const step = `[1/2] RUN ${'x'.repeat(300)}`;
   const line = cacheMissLine({ step, reason: 'build argument VERSION changed', laterSteps: 1 });
   expect(line).toMatch(/^\[1\/2\] RUN x{69}…: build argument VERSION changed \(\+1 later step rebuilt\)$/);
+});
+
+describe('the default-branch hint (CircleCI names no default branch)', () => {
+  const missing = { step: '[1/2] RUN make', reason: 'the cache ref was missing: r:feature-x (not found), r:main (not found)', laterSteps: 1 };
+  test("a miss for want of any ref, on a branch whose fallback was an assumed 'main', says so and how to fix it", () => {
+    const m = withDefaultBranchHint(missing, { branch: 'feature-x', defaultBranch: 'main', defaultBranchAssumed: true });
+    expect(m?.reason).toBe(
+      "the cache ref was missing: r:feature-x (not found), r:main (not found); the default branch 'main' was assumed (CircleCI names none): set the orb's default_branch or BUILDCLOUD_DEFAULT_BRANCH"
+    );
+  });
+  test.each([
+    ['the default branch was named', { branch: 'feature-x', defaultBranch: 'master' }],
+    ['on the default branch itself', { branch: 'main', defaultBranch: 'main', defaultBranchAssumed: true }]
+  ])('no hint when %s', (_what, id) => {
+    expect(withDefaultBranchHint(missing, id)).toBe(missing);
+  });
+  test('no hint for another kind of miss', () => {
+    const other = { ...missing, reason: 'content of app.txt changed' };
+    expect(withDefaultBranchHint(other, { branch: 'f', defaultBranch: 'main', defaultBranchAssumed: true })).toBe(other);
+  });
 });

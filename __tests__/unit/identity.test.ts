@@ -373,12 +373,23 @@ describe('identityFromEnv: each CI', () => {
   test('every key is filled on every CI', () => {
     const ids = [identityFromEnv(GH_PR, events(prPayload(1))), identityFromEnv(GL_MR), identityFromEnv(CC_FORK), identityFromEnv({})];
     for (const id of ids) {
-      expect(Object.keys(id).sort()).toEqual(
+      // defaultBranchAssumed: only where a CI names no default branch and 'main' was taken (CircleCI).
+      expect(
+        Object.keys(id)
+          .filter((k) => k !== 'defaultBranchAssumed')
+          .sort()
+      ).toEqual(
         ['actor', 'branch', 'defaultBranch', 'fork', 'jobId', 'jobName', 'org', 'pipelineKey', 'project', 'provider', 'pullRequest', 'runUrl', 'sha'].sort()
       );
       expect(id.pipelineKey).toMatch(/^[\x21-\x7e]{1,256}$/);
       expect(id.jobId).toMatch(/^[\x21-\x7e]{1,256}$/);
     }
+  });
+
+  test("CircleCI: 'main' is marked as assumed unless BUILDCLOUD_DEFAULT_BRANCH names the default branch", () => {
+    expect(identityFromEnv(CC_BRANCH).defaultBranchAssumed).toBe(true);
+    expect(identityFromEnv({ ...CC_BRANCH, BUILDCLOUD_DEFAULT_BRANCH: 'master' }).defaultBranchAssumed).toBeUndefined();
+    expect(identityFromEnv(GL_MR).defaultBranchAssumed).toBeUndefined();
   });
 
   test('local defaults: host, pid, cwd', () => {

@@ -20,6 +20,7 @@ import { withoutSecretInputs } from './build-secrets';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
+import type { Identity } from './identity';
 
 export interface BuildStepResult {
   build: BuildResult;
@@ -174,6 +175,21 @@ function importReader(reg: RegistryAccess | null, io: BuildIO): { io: BuildIO; r
   return { io: { ...io, onLine }, read };
 }
 
+/**
+ * A miss because no imported ref existed, on a branch whose fallback was an assumed default branch (CircleCI names
+ * none): the reason says so and how to name it, since the likely cause is a project whose default branch is not main.
+ */
+export function withDefaultBranchHint(
+  miss: CacheMiss | undefined,
+  id: Pick<Identity, 'branch' | 'defaultBranch' | 'defaultBranchAssumed'>
+): CacheMiss | undefined {
+  if (!miss || !id.defaultBranchAssumed || id.branch === id.defaultBranch || !miss.reason.startsWith('the cache ref was missing')) return miss;
+  return {
+    ...miss,
+    reason: `${miss.reason}; the default branch '${id.defaultBranch}' was assumed (CircleCI names none): set the orb's default_branch or BUILDCLOUD_DEFAULT_BRANCH`
+  };
+}
+
 /** Why the build's first executed step missed the imported cache (cache-miss.ts explainMiss); undefined when moot. */
 async function cacheMissOf(run: RunResult, fp: Fingerprints | null, read: (ref: string) => Promise<Fingerprints | null>): Promise<CacheMiss | undefined> {
   const imports = run.cacheImports ?? [];
@@ -196,7 +212,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
-  const cacheMiss = run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read);
+  const cacheMiss = withDefaultBranchHint(run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read), session.identity);
   if (session.lease) {
     // Spooled before any load: the build's record is the build's outcome, whatever the load does after it.
     try {

@@ -19,6 +19,8 @@ export interface Identity {
   jobName: string; // for humans
   branch: string; // '' for tag builds: they import the cache but have no branch to export to
   defaultBranch: string;
+  // True when the CI named no default branch and `main` was assumed (CircleCI without BUILDCLOUD_DEFAULT_BRANCH).
+  defaultBranchAssumed?: boolean;
   fork: boolean; // a pull request from a fork: read the org cache, never write it
   actor: string;
   runUrl: string;
@@ -231,6 +233,7 @@ function circleci(env: Env): Base {
     // No variable holds it: `pipeline.git.branch.is_default` is only a boolean, it cannot name the branch. So an
     // explicit setting (an override), or BUILDCLOUD_DEFAULT_BRANCH (e.g. from a context), else the common default.
     defaultBranch: opt('BUILDCLOUD_DEFAULT_BRANCH') || 'main',
+    ...(opt('BUILDCLOUD_DEFAULT_BRANCH') ? {} : { defaultBranchAssumed: true }),
     // Set only on forked PRs (GitHub OAuth and Bitbucket Cloud).
     fork: Boolean(opt('CIRCLE_PR_NUMBER') || opt('CIRCLE_PR_REPONAME')),
     actor: opt('CIRCLE_USERNAME'),
