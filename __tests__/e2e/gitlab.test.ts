@@ -123,6 +123,9 @@ describe('examples/gitlab/.gitlab-ci.yml on gitlab-ci-local', () => {
       expect(f.metrics.buildcloud_builds).toBe(1);
       expect(f.metrics.buildcloud_total_steps).toBe(Number(f.env.BUILDCLOUD_TOTAL_STEPS));
       expect(f.metrics.buildcloud_cached_steps).toBe(Number(f.env.BUILDCLOUD_CACHED_STEPS));
+      // Deduplicated steps apart from cached ones, in both (issue 11).
+      expect(f.env.BUILDCLOUD_DEDUPLICATED_STEPS).toMatch(/^\d+$/);
+      expect(f.metrics.buildcloud_deduplicated_steps).toBe(Number(f.env.BUILDCLOUD_DEDUPLICATED_STEPS));
       expect(f.metrics.buildcloud_cache_ratio).toBeCloseTo(Number(f.env.BUILDCLOUD_CACHE_RATIO), 3);
       expect(f.metrics.buildcloud_build_minutes).toBeCloseTo(f.lease.billedSeconds / 60, 3);
       expect(Number(f.env.BUILDCLOUD_BUILD_MINUTES)).toBeCloseTo(f.lease.billedSeconds / 60, 2);

@@ -44,6 +44,7 @@ export interface MetricsInput {
   cachedSteps: number;
   cacheRatio: number;
   buildSeconds: number;
+  deduplicatedSteps?: number; // steps another job's identical build ran: not cache hits
 }
 
 // GitLab's metrics report (artifacts:reports:metrics): OpenMetrics text, `name value` lines.
@@ -55,6 +56,7 @@ export function metricsReport(m: MetricsInput): string {
     `buildcloud_build_seconds ${n(m.buildSeconds)}`,
     `buildcloud_total_steps ${m.totalSteps}`,
     `buildcloud_cached_steps ${m.cachedSteps}`,
+    `buildcloud_deduplicated_steps ${m.deduplicatedSteps ?? 0}`,
     `buildcloud_cache_ratio ${n(m.cacheRatio)}`,
     '# EOF',
     ''

@@ -96,6 +96,7 @@ export async function runReport(o: StepOptions): Promise<void> {
         builds: t.builds,
         totalSteps: t.totalSteps,
         cachedSteps: t.cachedSteps,
+        deduplicatedSteps: t.deduplicatedSteps,
         cacheRatio: ratio,
         buildSeconds: t.durationMs / 1000
       })
@@ -110,6 +111,7 @@ export async function runReport(o: StepOptions): Promise<void> {
         BUILDCLOUD_BUILDS: String(t.builds),
         BUILDCLOUD_TOTAL_STEPS: String(t.totalSteps),
         BUILDCLOUD_CACHED_STEPS: String(t.cachedSteps),
+        BUILDCLOUD_DEDUPLICATED_STEPS: String(t.deduplicatedSteps),
         BUILDCLOUD_CACHE_RATIO: ratio.toFixed(4)
       })
     );

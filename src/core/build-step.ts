@@ -261,6 +261,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     'image-id': run.imageId ?? '',
     'cache-ratio': run.cacheRatio.toFixed(4),
     'cached-steps': String(run.cachedSteps),
+    'deduplicated-steps': String(run.deduplicatedSteps ?? 0),
     'total-steps': String(run.totalSteps),
     duration: (run.durationMs / 1000).toFixed(2),
     loaded: String(Boolean(load?.loaded))

@@ -175,7 +175,12 @@ export const BUILD_OUTPUTS: OutputDef[] = [
   { name: 'digest', description: 'Image digest of the pushed image (sha256:...), when pushed.' },
   { name: 'image-id', description: 'Image id, when known.' },
   { name: 'cache-ratio', description: 'Cached steps divided by total steps, 0 to 1.' },
-  { name: 'cached-steps', description: 'Build steps reused from the cache.' },
+  { name: 'cached-steps', description: 'Build steps BuildKit served from a cache (reported CACHED).' },
+  {
+    name: 'deduplicated-steps',
+    description:
+      "Build steps this build did not run because another job's identical build on the same builder ran them at the same moment; never counted as cached."
+  },
   { name: 'total-steps', description: 'Build steps in the build.' },
   { name: 'duration', description: 'Build duration in seconds.' },
   { name: 'loaded', description: "true when the image was loaded into the runner's own Docker engine (load: true), else false." }
