@@ -62,9 +62,11 @@ describe('cacheScopeComponent', () => {
   test('buildCacheScope: a Dockerfile outside the checkout is named from its context, never by a path that changes per job', () => {
     const one = buildCacheScope({ context: '/tmp/job-1/src/app' }, '/home/runner/work/app');
     const two = buildCacheScope({ context: '/tmp/job-2/src/app' }, '/home/runner/work/app');
-    expect([one, two]).toEqual(['Dockerfile', 'Dockerfile']);
-    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/tmp/j/ctx/docker/api.Dockerfile', target: 'run' }, '/w')).toBe('docker/api.Dockerfile#run');
-    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/elsewhere/api.Dockerfile' }, '/w')).toBe('api.Dockerfile');
+    expect([one, two]).toEqual(['app/Dockerfile', 'app/Dockerfile']);
+    // two contexts apart stay apart (issue 11 case 1)
+    expect(buildCacheScope({ context: '/tmp/j/a' }, '/w')).not.toBe(buildCacheScope({ context: '/tmp/j/b' }, '/w'));
+    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/tmp/j/ctx/docker/api.Dockerfile', target: 'run' }, '/w')).toBe('ctx/docker/api.Dockerfile#run');
+    expect(buildCacheScope({ context: '/tmp/j/ctx', file: '/elsewhere/api.Dockerfile' }, '/w')).toBe('ctx/api.Dockerfile');
   });
 
   test('ciWorkspace: the CI checkout, else the working directory', () => {

@@ -38,7 +38,9 @@ export function buildCacheScope(opts: Pick<BuildOptions, 'cacheScope' | 'file' |
     const r = path.relative(base, file);
     return r && !r.startsWith('..') && !path.isAbsolute(r) ? r : null;
   };
-  return defaultCacheScope(inside(path.resolve(workspace)) ?? inside(context) ?? path.basename(file), opts.target ?? '');
+  // Outside the checkout, the context's own name leads: stable from job to job, and two contexts apart stay apart.
+  const outside = () => path.join(path.basename(context), inside(context) ?? path.basename(file));
+  return defaultCacheScope(inside(path.resolve(workspace)) ?? outside(), opts.target ?? '');
 }
 
 /**
