@@ -4,7 +4,16 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { parseListEntries, UnclosedQuoteError } from '../../src/core/list-entries';
-import { entryNames, keyValueEntries, MULTI_LINE_FORM, secretEntries, secretFileEntries, sshEntries } from '../../src/core/build-inputs';
+import {
+  declaredArgs,
+  entryNames,
+  keyValueEntries,
+  MULTI_LINE_FORM,
+  secretEntries,
+  secretFileEntries,
+  sshEntries,
+  undeclaredArgWarnings
+} from '../../src/core/build-inputs';
 import { buildSettings, InputError } from '../../src/core/settings';
 import { buildArgs, parseKeyValueLines, type BuildOptions } from '../../src/core/docker-cli';
 import { redactor, removeSecretFiles, secretFilePaths, secretFragments, withoutSecretInputs, writeSecretFiles } from '../../src/core/build-secrets';
@@ -237,5 +246,29 @@ describe('secret flags, files and redaction', () => {
 
   test('docker gets no variable holding the secrets input', () => {
     expect(withoutSecretInputs({ PATH: '/bin', BUILDCLOUD_SECRETS: 'A=1', INPUT_SECRETS: 'A=1' })).toEqual({ PATH: '/bin' });
+  });
+});
+
+describe('build-args the Dockerfile declares no ARG for (a line of an unquoted multi-line value reads as one)', () => {
+  const dockerfile = 'FROM scratch AS base\nARG A\nARG B=1 C\nFROM base\narg lower=x\nARG LONG=a \\\n  D=2\n';
+  test('declaredArgs reads every ARG of every stage, several per line, continuation lines joined', () => {
+    expect([...declaredArgs(dockerfile)].sort()).toEqual(['A', 'B', 'C', 'D', 'LONG', 'lower']);
+  });
+  test("the issue's base64 tail: never shown, and warned about by entry number only", () => {
+    const args = ['A=abc', 'ZGVmZ2hp='];
+    const declared = declaredArgs(dockerfile);
+    const shown = entryNames({ buildArgs: args, labels: [], secrets: [], secretFiles: [], ssh: [] }, declared);
+    expect(shown).toBe('build-args: A, entry 2 (no such ARG)');
+    expect(shown).not.toContain('ZGVmZ2hp');
+    const warnings = undeclaredArgWarnings(args, declared);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(
+      /^Build Cloud: build-args entry 2 names no ARG of the Dockerfile, so the build ignores it\. If it is a line of the previous value/
+    );
+    expect(warnings.join('')).not.toContain('ZGVmZ2hp');
+  });
+  test("Docker's predefined ARGs need no declaration; without the Dockerfile nothing is second-guessed", () => {
+    expect(undeclaredArgWarnings(['HTTP_PROXY=http://p:3128', 'BUILDKIT_INLINE_CACHE=1', 'A=1'], declaredArgs(dockerfile))).toEqual([]);
+    expect(entryNames({ buildArgs: ['X=1'], labels: [], secrets: [], secretFiles: [], ssh: [] }, null)).toBe('build-args: X');
   });
 });

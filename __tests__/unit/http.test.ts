@@ -587,3 +587,37 @@ describe('usage report of a large org', () => {
     expect(report.users.distinct).toBe(7);
   });
 });
+
+describe('the Connect face: what the HTTP layer refuses takes the Connect envelope (docs/api.md)', () => {
+  const rpc = {
+    api: { 'BuildCloud/Get': async () => ({ id: 'L-1' }) } as never,
+    log: pino({ enabled: false })
+  };
+  test('a body over 1 MiB: 413, resource_exhausted, naming the 1 MiB limit', async () => {
+    const a = makeApp({ rpc });
+    const r = await request(a, {
+      method: 'POST',
+      url: '/buildcloud.v1.BuildCloud/Get',
+      headers: { 'content-type': 'application/json' },
+      payload: JSON.stringify({ leaseId: 'x'.repeat(1_100_000) })
+    });
+    await a.close();
+    expect(r.statusCode).toBe(413);
+    expect(r.json()).toEqual({ code: 'resource_exhausted', message: 'The request body exceeds 1048576 bytes (1 MiB), the most a request message may be.' });
+  });
+  test('GET on a method, or a path that is no method: unimplemented, naming the methods', async () => {
+    const a = makeApp({ rpc });
+    const get = await request(a, { method: 'GET', url: '/buildcloud.v1.BuildCloud/Get' });
+    const none = await request(a, { method: 'POST', url: '/buildcloud.v1.BuildCloud/Delete', headers: { 'content-type': 'application/json' }, payload: '{}' });
+    await a.close();
+    for (const r of [get, none]) {
+      expect(r.statusCode).toBe(404);
+      expect(r.json().code).toBe('unimplemented');
+      expect(r.json().message).toContain('POST /buildcloud.v1.BuildCloud/{Provision,Release,Get}');
+    }
+  });
+  test('the metering API keeps its own envelope', async () => {
+    const r = await request(app, { method: 'GET', url: '/v1/nothing' });
+    expect(r.json().error.code).toBe('not_found');
+  });
+});

@@ -142,10 +142,15 @@ function isFile(p: string): boolean {
  * The names the build receives, never a value: "build-args: A, B; labels: desc; secrets: NPM_TOKEN". Printed before the
  * build, so an entry split in two (a line of a value without quotes read as KEY=VALUE) shows as a key nobody meant.
  */
-export function entryNames(s: { buildArgs: string[]; labels: string[]; secrets: BuildSecret[]; secretFiles: BuildSecretFile[]; ssh: string[] }): string {
+export function entryNames(
+  s: { buildArgs: string[]; labels: string[]; secrets: BuildSecret[]; secretFiles: BuildSecretFile[]; ssh: string[] },
+  declaredArgs: ReadonlySet<string> | null = null
+): string {
   const keys = (list: string[]) => list.map((e) => e.slice(0, e.indexOf('=')));
+  // A build-arg the Dockerfile declares no ARG for is shown by its entry number only: it may be a line of a value.
+  const args = keys(s.buildArgs).map((k, i) => (!declaredArgs || declaredArgs.has(k) || PREDEFINED_ARGS.has(k) ? k : `entry ${i + 1} (no such ARG)`));
   const parts: [string, string[]][] = [
-    ['build-args', keys(s.buildArgs)],
+    ['build-args', args],
     ['labels', keys(s.labels)],
     ['secrets', s.secrets.map((x) => x.id)],
     ['secret-files', s.secretFiles.map((x) => x.id)],
@@ -155,4 +160,55 @@ export function entryNames(s: { buildArgs: string[]; labels: string[]; secrets: 
     .filter(([, names]) => names.length)
     .map(([input, names]) => `${input}: ${names.join(', ')}`)
     .join('; ');
+}
+
+/**
+ * Build arguments every Dockerfile accepts without an ARG (Docker's predefined ARGs and BuildKit's own):
+ * https://docs.docker.com/reference/dockerfile/#predefined-args and #buildkit-built-in-build-args.
+ */
+export const PREDEFINED_ARGS: ReadonlySet<string> = new Set([
+  'HTTP_PROXY',
+  'http_proxy',
+  'HTTPS_PROXY',
+  'https_proxy',
+  'FTP_PROXY',
+  'ftp_proxy',
+  'NO_PROXY',
+  'no_proxy',
+  'ALL_PROXY',
+  'all_proxy',
+  'BUILDKIT_INLINE_CACHE',
+  'BUILDKIT_CACHE_MOUNT_NS',
+  'BUILDKIT_CONTEXT_KEEP_GIT_DIR',
+  'BUILDKIT_MULTI_PLATFORM',
+  'BUILDKIT_SANDBOX_HOSTNAME',
+  'BUILDKIT_SYNTAX',
+  'SOURCE_DATE_EPOCH'
+]);
+
+/** The names of every ARG a Dockerfile declares (`ARG a`, `ARG b=1 c`, any stage), from its text. */
+export function declaredArgs(dockerfile: string): Set<string> {
+  const out = new Set<string>();
+  const text = dockerfile.replace(/\\\r?\n/g, ' ');
+  for (const m of text.matchAll(/^[ \t]*ARG[ \t]+(.+)$/gim)) {
+    for (const word of m[1].trim().split(/\s+/)) {
+      const name = /^([A-Za-z_][A-Za-z0-9_]*)/.exec(word)?.[1];
+      if (name) out.add(name);
+    }
+  }
+  return out;
+}
+
+/**
+ * Warnings for build-args no ARG of the Dockerfile takes (docker ignores them): named by entry number only, since an
+ * unquoted line of a multi-line value reads as KEY=VALUE and its "key" is part of the value.
+ */
+export function undeclaredArgWarnings(buildArgs: string[], declared: ReadonlySet<string>): string[] {
+  return buildArgs.flatMap((e, i) => {
+    const k = e.slice(0, e.indexOf('='));
+    if (declared.has(k) || PREDEFINED_ARGS.has(k)) return [];
+    return [
+      `Build Cloud: build-args entry ${i + 1} names no ARG of the Dockerfile, so the build ignores it. If it is a line of the previous value, put that whole entry in double quotes. ${MULTI_LINE_FORM}`
+    ];
+  });
 }

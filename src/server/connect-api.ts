@@ -47,6 +47,33 @@ export function requestFromJson(spec: MessageSpec, body: Buffer): Record<string,
   }
 }
 
+/** Whether a request is for the Connect face (its errors then take Connect's envelope, not the metering API's). */
+export function isConnectPath(url: string): boolean {
+  return url.startsWith('/buildcloud.v1.');
+}
+
+/**
+ * The Connect envelope for what the HTTP layer refuses before a method runs: a body over MAX_CONNECT_BODY_BYTES (413,
+ * resource_exhausted, as gRPC refuses a message over its receive limit), a route that is no method or a method other
+ * than POST (404 / 405, unimplemented), a malformed request (400, invalid_argument).
+ */
+export function sendConnectHttpError(reply: FastifyReply, status: number, method: string, url: string, detail: string): FastifyReply {
+  const path = url.split('?')[0].slice(0, 120);
+  const [code, message] =
+    status === 413
+      ? ['resource_exhausted', `The request body exceeds ${MAX_CONNECT_BODY_BYTES} bytes (1 MiB), the most a request message may be.`]
+      : status === 404 || status === 405
+        ? [
+            'unimplemented',
+            `No method ${method} ${path}: the API's methods are POST /buildcloud.v1.BuildCloud/{Provision,Release,Get} and POST /buildcloud.v1.Auth/ExchangeToken (docs/api.md).`
+          ]
+        : ['invalid_argument', `Malformed request to ${path}: ${detail.slice(0, 200)}`];
+  return reply
+    .code(status)
+    .type('application/json')
+    .send({ code, message } satisfies ConnectErrorBody);
+}
+
 /** A reply message as the proto3 JSON text Connect sends (int64 as strings, enums by name, defaults included). */
 export function replyToJson(type: protobuf.Type, message: object): string {
   return JSON.stringify(type.toObject(type.fromObject(message), JSON_OUT));

@@ -11,7 +11,7 @@ import { recordQueries } from './metering/record-queries';
 import { monthOf, parseMonth, pipelineUsage } from './metering/usage';
 import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
 import { Store } from './store/store';
-import { addConnectApi } from './connect-api';
+import { addConnectApi, isConnectPath, sendConnectHttpError } from './connect-api';
 import type { RpcApi } from './rpc-api';
 
 export interface Principal {
@@ -178,6 +178,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status < 500 && isConnectPath(req.url)) return sendConnectHttpError(reply, status, req.method, req.url, err.message);
     if (status === 413) {
       return sendError(reply, 413, 'payload_too_large', `request body exceeds ${bodyLimit} bytes; send smaller batches`);
     }
@@ -185,7 +186,11 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     req.log.error({ err, url: req.url }, 'request failed');
     return sendError(reply, 500, 'internal', 'internal error; the request may be retried');
   });
-  app.setNotFoundHandler((req, reply) => sendError(reply, 404, 'not_found', `no route ${req.method} ${req.url.split('?')[0]}; see docs/metering.md`));
+  app.setNotFoundHandler((req, reply) =>
+    isConnectPath(req.url)
+      ? sendConnectHttpError(reply, 404, req.method, req.url, '')
+      : sendError(reply, 404, 'not_found', `no route ${req.method} ${req.url.split('?')[0]}; see docs/metering.md`)
+  );
 
   // Principals per request; a WeakMap instead of decorating FastifyRequest keeps the types local.
   const principals = new WeakMap<FastifyRequest, Principal>();
