@@ -12,7 +12,8 @@ import {
   secretEntries,
   secretFileEntries,
   sshEntries,
-  undeclaredArgWarnings
+  undeclaredArgWarnings,
+  repeatedKeyWarnings
 } from '../../src/core/build-inputs';
 import { buildSettings, InputError } from '../../src/core/settings';
 import { buildArgs, parseKeyValueLines, type BuildOptions } from '../../src/core/docker-cli';
@@ -271,4 +272,11 @@ describe('build-args the Dockerfile declares no ARG for (a line of an unquoted m
     expect(undeclaredArgWarnings(['HTTP_PROXY=http://p:3128', 'BUILDKIT_INLINE_CACHE=1', 'A=1'], declaredArgs(dockerfile))).toEqual([]);
     expect(entryNames({ buildArgs: ['X=1'], labels: [], secrets: [], secretFiles: [], ssh: [] }, null)).toBe('build-args: X');
   });
+});
+
+test('a key set twice is warned about by entry numbers (docker keeps the last), never by the key', () => {
+  expect(repeatedKeyWarnings('build-args', ['A=1', 'B=2', 'A=x', 'A=y'])).toEqual([
+    'Build Cloud: build-args entries 1, 3, 4 set the same key; the build keeps the last (entry 4).'
+  ]);
+  expect(repeatedKeyWarnings('labels', ['a=1', 'b=2'])).toEqual([]);
 });

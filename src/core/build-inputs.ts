@@ -200,6 +200,21 @@ export function declaredArgs(dockerfile: string): Set<string> {
 }
 
 /**
+ * Warnings for `build-args` or `labels` entries that set the same key again (docker keeps the last one), named by
+ * entry numbers only: a repeated "key" may be a line of a value.
+ */
+export function repeatedKeyWarnings(input: 'build-args' | 'labels', list: string[]): string[] {
+  const seen = new Map<string, number[]>();
+  list.forEach((e, i) => {
+    const k = e.slice(0, e.indexOf('='));
+    seen.set(k, [...(seen.get(k) ?? []), i + 1]);
+  });
+  return [...seen.values()]
+    .filter((n) => n.length > 1)
+    .map((n) => `Build Cloud: ${input} entries ${n.join(', ')} set the same key; the build keeps the last (entry ${n[n.length - 1]}).`);
+}
+
+/**
  * Warnings for build-args no ARG of the Dockerfile takes (docker ignores them): named by entry number only, since an
  * unquoted line of a multi-line value reads as KEY=VALUE and its "key" is part of the value.
  */

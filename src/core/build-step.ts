@@ -15,7 +15,7 @@ import { MeteringSpool } from './metering-spool';
 import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
-import { declaredArgs, entryNames, undeclaredArgWarnings } from './build-inputs';
+import { declaredArgs, entryNames, repeatedKeyWarnings, undeclaredArgWarnings } from './build-inputs';
 import { withoutSecretInputs } from './build-secrets';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
@@ -206,6 +206,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const names = entryNames(settings, declared);
   if (names) deps.log.info(`Build Cloud: ${names}`);
   if (declared) for (const w of undeclaredArgWarnings(settings.buildArgs, declared)) deps.log.warn(w);
+  for (const w of [...repeatedKeyWarnings('build-args', settings.buildArgs), ...repeatedKeyWarnings('labels', settings.labels)]) deps.log.warn(w);
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
