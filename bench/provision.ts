@@ -10,6 +10,7 @@ import * as path from 'path';
 import { adminSetup, docker, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../__tests__/helpers/server';
 import { makeBusyboxContext } from '../__tests__/helpers/busybox-context';
 import type { LeaseMsg } from '../src/contract/grpc';
+import { commitOf, machine } from './run-info';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 5);
 
@@ -56,15 +57,8 @@ async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-bench-'));
   const result: Record<string, unknown> = {
     bench: 'provision',
-    machine: {
-      cpus: os.cpus().length,
-      model: os.cpus()[0]?.model,
-      memGiB: Math.round(os.totalmem() / 2 ** 30),
-      node: process.version,
-      kernel: os.release(),
-      dockerd: dockerdVersion()
-    },
-    commit: gitCommit(),
+    machine: { ...machine(), dockerd: dockerdVersion() },
+    commit: commitOf(process.env.BUILDCLOUD_ROOT || process.cwd(), ['src', 'bench']),
     when: new Date().toISOString(),
     rounds: ROUNDS
   };
@@ -124,16 +118,6 @@ async function main(): Promise<void> {
 
 // The bundle runs from a temp dir (scripts/run-ts.mjs): find bench/ from the checkout it was started in.
 const __dirname_ = path.join(process.env.BUILDCLOUD_ROOT || process.cwd(), 'bench');
-
-function gitCommit(): string {
-  try {
-    const sha = execFileSync('git', ['rev-parse', 'HEAD'], { encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src', 'bench'], { encoding: 'utf8' }).trim() !== '';
-    return dirty ? `${sha}+uncommitted` : sha;
-  } catch {
-    return 'unknown';
-  }
-}
 
 function dockerdVersion(): string {
   try {

@@ -20,11 +20,12 @@
 // Run: node scripts/build.mjs && node scripts/run-ts.mjs bench/setup-report.ts   (BENCH_ROUNDS=N, default 7)
 // Before/after in one run: BENCH_COMPARE_CLI=/path/to/other/dist/runner.js BENCH_COMPARE_COMMIT=<sha> times that
 // build's setup and report in the same rounds, interleaved (wallMs.compare*).
-import { execFileSync, spawn } from 'child_process';
+import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { adminSetup, startServer, CLI, type ServerProcess } from '../__tests__/helpers/server';
+import { commitOf, machine } from './run-info';
 
 const ROUNDS = Math.max(5, Number(process.env.BENCH_ROUNDS || 7));
 // Another build of the runner CLI (e.g. an older commit's dist/runner.js, from `git archive`) to time in the same rounds.
@@ -225,15 +226,8 @@ async function main(): Promise<void> {
 
     const result = {
       bench: 'setup-report',
-      machine: {
-        cpus: os.cpus().length,
-        model: os.cpus()[0]?.model,
-        memGiB: Math.round(os.totalmem() / 2 ** 30),
-        node: process.version,
-        kernel: os.release(),
-        loadavg: os.loadavg().map((x) => +x.toFixed(2))
-      },
-      commit: gitCommit(),
+      machine: machine(),
+      commit: commitOf(ROOT, ['src/core', 'bench/setup-report.ts']),
       when: new Date().toISOString(),
       rounds: ROUNDS,
       dockerChosen: /^using .*$/m.exec(warmup.setup.stderr)?.[0] ?? '',
@@ -252,17 +246,6 @@ async function main(): Promise<void> {
     await server.stop();
     fs.rmSync(server.stateDir, { recursive: true, force: true });
     fs.rmSync(work, { recursive: true, force: true });
-  }
-}
-
-function gitCommit(): string {
-  if (process.env.BENCH_COMMIT) return process.env.BENCH_COMMIT; // a checkout without .git (git archive)
-  try {
-    const sha = execFileSync('git', ['rev-parse', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).trim();
-    const dirty = execFileSync('git', ['status', '--porcelain', '--', 'src/core', 'bench/setup-report.ts'], { cwd: ROOT, encoding: 'utf8' }).trim() !== '';
-    return dirty ? `${sha}+uncommitted` : sha;
-  } catch {
-    return 'unknown';
   }
 }
 

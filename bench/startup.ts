@@ -9,11 +9,12 @@
 // - bundle sizes of dist/.
 // Runs are interleaved (bare, main, setup, bare, main, setup, ...) so drift on a shared machine hits all alike;
 // figures are medians of BENCH_ROUNDS (default 15) runs in ms.
-import { execFileSync, spawn } from 'child_process';
+import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
+import { commitOf, machine } from './run-info';
 
 const ROUNDS = Math.max(10, Number(process.env.BENCH_ROUNDS || 15));
 const ROOT = process.env.BUILDCLOUD_ROOT || process.cwd();
@@ -114,14 +115,6 @@ function sizes(): Record<string, number> {
   return out;
 }
 
-function git(args: string[]): string {
-  try {
-    return execFileSync('git', args, { cwd: ROOT, encoding: 'utf8' }).trim();
-  } catch {
-    return '';
-  }
-}
-
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-startup-'));
   // A docker client that answers the client probe at once: the runner's own docker is not what this measures.
@@ -178,18 +171,10 @@ async function main(): Promise<void> {
 
   const med = Object.fromEntries(Object.entries(runs).map(([k, v]) => [k, median(v)]));
   const ratio = (k: string) => Math.round((med[k] / med.bare) * 100) / 100;
-  const dirty = git(['status', '--porcelain', '--', 'src', 'scripts', 'dist']) !== '';
   const result = {
     bench: 'startup',
-    machine: {
-      cpu: os.cpus()[0]?.model ?? 'unknown',
-      cores: os.cpus().length,
-      memGiB: Math.round(os.totalmem() / 2 ** 30),
-      node: process.version,
-      kernel: os.release(),
-      loadavg: os.loadavg().map((x) => Math.round(x * 100) / 100)
-    },
-    commit: git(['rev-parse', 'HEAD']) + (dirty ? '+dirty' : ''),
+    machine: machine(),
+    commit: commitOf(ROOT, ['src', 'scripts', 'dist']),
     when: new Date().toISOString(),
     rounds: ROUNDS,
     runner: path.relative(ROOT, RUNNER),

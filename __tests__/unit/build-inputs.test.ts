@@ -5,7 +5,6 @@ import * as os from 'os';
 import * as path from 'path';
 import { parseListEntries, UnclosedQuoteError } from '../../src/core/list-entries';
 import {
-  declaredArgs,
   entryNames,
   keyValueEntries,
   MULTI_LINE_FORM,
@@ -15,22 +14,14 @@ import {
   undeclaredArgWarnings,
   repeatedKeyWarnings
 } from '../../src/core/build-inputs';
-import { buildSettings, InputError } from '../../src/core/settings';
+import { declaredArgs } from '../../src/core/dockerfile-steps';
+import { buildSettings } from '../../src/core/settings';
 import { buildArgs, parseKeyValueLines, type BuildOptions } from '../../src/core/docker-cli';
 import { redactor, removeSecretFiles, secretFilePaths, secretFragments, withoutSecretInputs, writeSecretFiles } from '../../src/core/build-secrets';
+import { errorOf } from '../helpers/input-error';
 
 const PEM = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----';
 const BASE64 = 'MIIBszCCAVmgAwIBAgIUXq3c7wF0mQ9uRk2n\nQ29tcGFueUNlcnRpZmljYXRlQXV0aG9yaXR5MB4X=';
-
-function errorOf(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(InputError);
-    return err as InputError;
-  }
-  throw new Error('expected an InputError, got none');
-}
 
 describe('parseListEntries reads what docker/build-push-action reads', () => {
   // Expected values: csv-parse 7.0.3 with actions-toolkit's options (columns false, relaxQuotes, relaxColumnCount,

@@ -4,8 +4,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import YAML from 'yaml';
 import { BUILD_INPUTS, BUILD_OUTPUTS, envName, SETUP_INPUTS, SETUP_OUTPUTS, type InputDef, type OutputDef } from '../../src/core/inputs';
-import { buildSettings, InputError, setupSettings, type BuildSettings, type SetupSettings } from '../../src/core/settings';
+import { buildSettings, setupSettings, type BuildSettings, type SetupSettings } from '../../src/core/settings';
 import { MULTI_LINE_FORM } from '../../src/core/build-inputs';
+import { errorOf } from '../helpers/input-error';
 
 const ROOT = path.resolve(__dirname, '../..');
 
@@ -68,16 +69,6 @@ function typedDefault(def: InputDef): unknown {
 }
 
 const expectedDefaults = (defs: InputDef[], fields: Record<string, string>) => Object.fromEntries(defs.map((d) => [fields[d.name], typedDefault(d)]));
-
-function errorOf(fn: () => unknown): InputError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(InputError);
-    return err as InputError;
-  }
-  throw new Error('expected an InputError, got none');
-}
 
 describe('defaults', () => {
   test('the field map covers every input, one field each', () => {

@@ -14,9 +14,12 @@ function loadRunnerSteps(): typeof import('./runner-steps') {
   return require('./runner-steps') as typeof import('./runner-steps');
 }
 
-/** The checks each step makes before anything else (the steps make them again, at no cost): throws what they throw. */
-export function checkInputs(command: RunnerCommand, opts: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
-  if (command === 'setup') requireEndpoint(setupSettings(getter(opts, env)), env);
+/**
+ * The checks each step makes before anything else (the steps make them again, at no cost): throws what they throw.
+ * Returns setup's endpoint (the control plane it will call first); undefined for the other commands.
+ */
+export function checkInputs(command: RunnerCommand, opts: Record<string, unknown>, env: NodeJS.ProcessEnv): string | undefined {
+  if (command === 'setup') return requireEndpoint(setupSettings(getter(opts, env)), env);
   if (command === 'build') {
     loadSession((typeof opts.session === 'string' && opts.session) || env[SESSION_ENV]);
     buildSettings(getter(opts, env));
@@ -27,13 +30,14 @@ export function checkInputs(command: RunnerCommand, opts: Record<string, unknown
 export async function main(argv: string[]): Promise<number> {
   const parsed = fastParse(argv);
   if (!parsed) return loadRunnerSteps().viaCommander(argv);
+  let endpoint: string | undefined;
   try {
-    checkInputs(parsed.command, parsed.opts, process.env);
+    endpoint = checkInputs(parsed.command, parsed.opts, process.env);
   } catch (err) {
     return reportError(err);
   }
   // setup's first request: its TLS handshake runs while the steps load (preconnect.ts).
-  if (parsed.command === 'setup' && preconnect(requireEndpoint(setupSettings(getter(parsed.opts, process.env)), process.env))) {
+  if (endpoint !== undefined && preconnect(endpoint)) {
     await new Promise((r) => setImmediate(r)); // one turn of the event loop: the connection opens and the handshake starts
   }
   return loadRunnerSteps().runStep(parsed.command, parsed.opts);

@@ -186,19 +186,6 @@ export const PREDEFINED_ARGS: ReadonlySet<string> = new Set([
   'SOURCE_DATE_EPOCH'
 ]);
 
-/** The names of every ARG a Dockerfile declares (`ARG a`, `ARG b=1 c`, any stage), from its text. */
-export function declaredArgs(dockerfile: string): Set<string> {
-  const out = new Set<string>();
-  const text = dockerfile.replace(/\\\r?\n/g, ' ');
-  for (const m of text.matchAll(/^[ \t]*ARG[ \t]+(.+)$/gim)) {
-    for (const word of m[1].trim().split(/\s+/)) {
-      const name = /^([A-Za-z_][A-Za-z0-9_]*)/.exec(word)?.[1];
-      if (name) out.add(name);
-    }
-  }
-  return out;
-}
-
 /**
  * Warnings for `build-args` or `labels` entries that set the same key again (docker keeps the last one), named by
  * entry numbers only: a repeated "key" may be a line of a value.

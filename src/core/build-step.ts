@@ -4,7 +4,7 @@ import * as path from 'path';
 import { readDockerfile, runBuild, type BuildResult as RunResult, type BuildIO } from './build';
 import { encodeFingerprints, explainMiss, fingerprintsOf, FINGERPRINTS_LABEL, type Fingerprints } from './cache-miss';
 import { baseDigests, hashSources, importedFingerprints, readFingerprints, registryAccess, type RegistryAccess } from './cache-miss-io';
-import { dockerfileSteps } from './dockerfile-steps';
+import { declaredArgs, dockerfileSteps } from './dockerfile-steps';
 import { cacheMissLine, type CacheMiss } from './summary';
 import { MAX_RECORD_STRING } from '../contract/rules';
 
@@ -15,7 +15,7 @@ import { MeteringSpool } from './metering-spool';
 import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
-import { declaredArgs, entryNames, repeatedKeyWarnings, undeclaredArgWarnings } from './build-inputs';
+import { entryNames, repeatedKeyWarnings, undeclaredArgWarnings } from './build-inputs';
 import { withoutSecretInputs } from './build-secrets';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
@@ -130,9 +130,8 @@ async function checkLoadedTags(session: Session, tags: string[], imageId: string
  * The fingerprints of this build's steps (cache-miss.ts), when it uses the org cache: the label they travel in on the
  * exported image is added to `opts.labels`. Null (and no label) when the Dockerfile cannot be read as one.
  */
-async function stepFingerprints(opts: BuildOptions, reg: RegistryAccess | null): Promise<Fingerprints | null> {
+async function stepFingerprints(opts: BuildOptions, text: string | null, reg: RegistryAccess | null): Promise<Fingerprints | null> {
   try {
-    const text = await readDockerfile(opts);
     const steps = text === null ? null : dockerfileSteps(text, { target: opts.target, buildArgs: opts.buildArgs });
     if (!steps?.length) return null;
     const file = path
@@ -202,7 +201,8 @@ async function cacheMissOf(run: RunResult, fp: Fingerprints | null, read: (ref: 
 
 export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO; load?: LoadDeps }): Promise<BuildStepResult> {
   const opts = buildOptions(settings, session);
-  const declared = settings.buildArgs.length ? await readDockerfile(opts).then((t) => (t === null ? null : declaredArgs(t))) : null;
+  const dockerfile = await readDockerfile(opts); // null: a remote context, or none to read
+  const declared = dockerfile === null ? null : declaredArgs(dockerfile);
   const names = entryNames(settings, declared);
   if (names) deps.log.info(`Build Cloud: ${names}`);
   if (declared) for (const w of undeclaredArgWarnings(settings.buildArgs, declared)) deps.log.warn(w);
@@ -210,7 +210,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
-  const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, reg) : null;
+  const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, dockerfile, reg) : null;
   const imported = importReader(fp ? reg : null, deps.io ?? {});
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';

@@ -376,3 +376,16 @@ export function cacheStages(text: string, opts: Pick<DockerfileStepOptions, 'tar
   const picked = [...used].filter((i) => i !== target && stages[i].name !== '' && !chain(target).includes(i)).sort((a, b) => a - b);
   return picked.filter((i) => !picked.some((j) => j !== i && chain(j).includes(i))).map((i) => stages[i].name);
 }
+
+/** The names of every ARG a Dockerfile declares, in any stage (`ARG a`, `ARG b=1 c`), as parseInstructions reads it. */
+export function declaredArgs(text: string): Set<string> {
+  const out = new Set<string>();
+  for (const ins of parseInstructions(text).instructions) {
+    if (ins.keyword !== 'ARG') continue;
+    for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
+      const name = /^[A-Za-z_][A-Za-z0-9_]*/.exec(decl)?.[0];
+      if (name) out.add(name);
+    }
+  }
+  return out;
+}
