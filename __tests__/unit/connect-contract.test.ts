@@ -123,6 +123,16 @@ describe('requests: the server reads JSON as the gRPC loader delivers messages',
   });
 });
 
+describe('hostile bodies', () => {
+  test('__proto__ and constructor keys are ignored as unknown fields: nothing reaches any prototype', () => {
+    const body = Buffer.from('{"leaseId":"l1","__proto__":{"polluted":true},"constructor":{"prototype":{"polluted":true}}}');
+    const m = requestFromJson(REQUESTS['BuildCloud/Get'], body);
+    expect(m).toEqual({ leaseId: 'l1' });
+    expect(Object.getPrototypeOf(m)).toBe(Object.prototype);
+    expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+  });
+});
+
 describe('status codes', () => {
   test('every code has a Connect name that maps back, and an HTTP status', () => {
     for (const code of Object.values(Status).filter((c) => c !== Status.OK)) {
