@@ -1,6 +1,6 @@
 // The demo's report: per pipeline which builder served which job, per build the steps cached against the steps the
 // code change left untouched (measured by control builds, demo-untouched.ts), steps deduplicated (run by another
-// job's identical build: no cache hits), minutes billed, the bucket left and the north-star share. Text for the
+// job's build at the same time: no cache hits), minutes billed, the bucket left and the north-star share. Text for the
 // terminal, and a self-contained HTML page with charts (inline SVG, no scripts, no external assets).
 
 export interface JobOutcome {
@@ -28,7 +28,7 @@ export interface DemoUsage {
   withCachedStepShare: number;
   avgCacheRatio: number;
   cachedSteps?: number; // all builds: steps BuildKit reported CACHED
-  deduplicatedSteps?: number; // all builds: steps another job's identical build ran (no cache hits)
+  deduplicatedSteps?: number; // all builds: steps another job's build at the same time ran (no cache hits)
   pipelineMinutes: Record<string, number>;
   pipelineSteps?: Record<string, { total: number; cached: number; deduplicated: number }>; // from the usage API
   cacheMisses?: Array<{ leaseId: string; reason: string }>; // the pipelines' cache-miss lines, from the usage API
@@ -43,7 +43,7 @@ export interface ReuseCheck {
 
 /**
  * Every build after the first pipeline must reuse each step the change left untouched. Per job: cached ≥ untouched.
- * A job whose steps another job's identical build ran reports them deduplicated, not cached, and the per-job outputs
+ * A job whose steps another job's build at the same time ran reports them deduplicated, not cached, and the per-job outputs
  * do not carry that count: in a pipeline where the usage API counted deduplicated steps, the pipeline as a whole
  * must reach its jobs' untouched steps with cached + deduplicated ones.
  */
@@ -75,7 +75,7 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
     const dedup = u.pipelineSteps?.[p]?.deduplicated ?? 0;
     out.push(
       `\n${p} (${js[0].ci}) — ${js.length} jobs on ${builders.length} builder${builders.length === 1 ? '' : 's'}, ${(u.pipelineMinutes[p] ?? 0).toFixed(2)} min billed` +
-        (dedup ? `, ${dedup} steps deduplicated (run by another job's identical build)` : '')
+        (dedup ? `, ${dedup} steps deduplicated (run by another job's build at the same time)` : '')
     );
     for (const j of js) {
       const expect = j.untouchedSteps === undefined ? '' : `  (untouched by the change: ${j.untouchedSteps})`;
@@ -89,7 +89,7 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
   out.push('');
   out.push(`Builds: ${u.builds}; with at least one cached step: ${pct(u.withCachedStepShare)} (goal 80%); average cache ratio ${pct(u.avgCacheRatio)}`);
   if (u.cachedSteps !== undefined) {
-    out.push(`Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's identical build)`);
+    out.push(`Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`);
   }
   for (const c of pipelineChecks(jobs, u)) if (!c.ok) out.push(`Not reused in ${c.pipeline}: ${c.why}`);
   out.push(`Minutes: ${u.minutesUsed.toFixed(2)} billed, ${u.minutesLeft.toFixed(2)} left of ${u.minutesBought}`);

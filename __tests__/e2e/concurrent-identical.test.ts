@@ -216,7 +216,7 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
     // all the steps, none cached, all deduplicated.
     expect(parseProgress(builds[1].stderr).totalSteps).toBe(0);
     expect(builds[1].stderr).toMatch(/^#\d+ ERROR: \S+: not found$/m);
-    expect(builds[1].stderr).toContain(`0 of ${STEPS} steps cached, ${STEPS} deduplicated (run by another job's identical build)`);
+    expect(builds[1].stderr).toContain(`0 of ${STEPS} steps cached, ${STEPS} deduplicated (run by another job's build at the same time)`);
     expect(builds[0].stderr).not.toContain('deduplicated');
     // Job a ran every step: why none came from the cache is said, once, with the count of the steps after it.
     expect(builds[0].stderr).toMatch(

@@ -124,7 +124,7 @@ describe('the control plane stores and reports deduplicated steps apart from cac
     // Why builds missed the cache, by lease: only the record that carries a reason.
     expect(p.cacheMisses).toEqual([{ leaseId: 'lc', reason: '[2/4] COPY app.txt /app.txt: content of app.txt changed (+1 later step rebuilt)' }]);
 
-    expect(renderUsage(u)).toMatch(/^ {2}steps {5}16: 2 cached, 6 deduplicated \(run by another job's identical build\)$/m);
+    expect(renderUsage(u)).toMatch(/^ {2}steps {5}16: 2 cached, 6 deduplicated \(run by another job's build at the same time\)$/m);
     expect(renderUsage({ org: 'acme', month: MONTH, builds: { totalSteps: 4, cachedSteps: 2 } })).toMatch(/4: 2 cached, 0 deduplicated/);
   });
 });
@@ -145,10 +145,10 @@ describe('the job summary shows deduplicated steps apart', () => {
     const builds = [build({ deduplicatedSteps: 6 })];
     expect(totalsOf(builds)).toMatchObject({ totalSteps: 6, cachedSteps: 0, deduplicatedSteps: 6, withCache: 0 });
     const md = renderSummary({ builds });
-    expect(md).toContain("cache ratio **0%** (0 of 6 steps cached), 6 steps deduplicated (run by another job's identical build)");
+    expect(md).toContain("cache ratio **0%** (0 of 6 steps cached), 6 steps deduplicated (run by another job's build at the same time)");
     expect(md).toContain('| Image / target | Platform | Status | Duration | Steps | Cached steps | Cached % | Deduplicated steps | Builder |');
     expect(md).toContain('| app:test | linux/amd64 | ✅ success | 1.2 s | 6 | 0 | 0% | 6 | – |');
-    expect(md).toContain("| Deduplicated steps (run by another job's identical build) | 6 |");
+    expect(md).toContain("| Deduplicated steps (run by another job's build at the same time) | 6 |");
     expect(md).toContain('| Builds with a cached step | 0% (goal 80%) |');
     const text = renderText({ builds });
     expect(text).toContain('cached 0/6 (0%), deduplicated 6');

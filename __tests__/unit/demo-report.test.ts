@@ -54,8 +54,8 @@ test.each<[string, JobOutcome[], DemoUsage['pipelineSteps'], boolean[]]>([
 test('the text report shows cached and deduplicated steps apart, and says which pipeline missed', () => {
   const jobs = [job('p1', 'api', 0), job('p2', 'api', 4, 4), job('p2', 'web', 0, 4)];
   const text = renderText(jobs, usage({ p2: { total: 12, cached: 4, deduplicated: 1 } }));
-  expect(text).toContain("p2 (GitHub Actions) — 2 jobs on 1 builder, 0.00 min billed, 1 steps deduplicated (run by another job's identical build)");
-  expect(text).toContain("Steps: 9 cached (BuildKit reported CACHED), 5 deduplicated (run by another job's identical build)");
+  expect(text).toContain("p2 (GitHub Actions) — 2 jobs on 1 builder, 0.00 min billed, 1 steps deduplicated (run by another job's build at the same time)");
+  expect(text).toContain("Steps: 9 cached (BuildKit reported CACHED), 5 deduplicated (run by another job's build at the same time)");
   expect(text).toContain('Not reused in p2: cached + deduplicated 5 < untouched 8');
 });
 

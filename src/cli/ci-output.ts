@@ -44,7 +44,7 @@ export interface MetricsInput {
   cachedSteps: number;
   cacheRatio: number;
   buildSeconds: number;
-  deduplicatedSteps?: number; // steps another job's identical build ran: not cache hits
+  deduplicatedSteps?: number; // steps another job's build at the same time ran: not cache hits
 }
 
 // GitLab's metrics report (artifacts:reports:metrics): OpenMetrics text, `name value` lines.

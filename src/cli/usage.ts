@@ -75,8 +75,8 @@ export function renderUsage(u: DeepPartial<UsageReport>): string {
     `  minutes   ${fmt(m.usedInMonth)} used this month; ${fmt(m.used)} used, ${fmt(m.left)} left of ${fmt(m.bought)} bought${m.overdraft ? ` (overdraft ${fmt(m.overdraft)})` : ''}`,
     `  leases    ${u.leases?.count ?? 0} (${u.leases?.active ?? 0} active)`,
     `  builds    ${b.count ?? 0} (${b.succeeded ?? 0} succeeded, ${b.failed ?? 0} failed)`,
-    // Deduplicated steps (another job's identical build ran them) are shown apart: they are no cache hits.
-    `  steps     ${b.totalSteps ?? 0}: ${b.cachedSteps ?? 0} cached, ${b.deduplicatedSteps ?? 0} deduplicated (run by another job's identical build)`,
+    // Deduplicated steps (another job's build at the same time ran them) are shown apart: they are no cache hits.
+    `  steps     ${b.totalSteps ?? 0}: ${b.cachedSteps ?? 0} cached, ${b.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`,
     `  cache     average ratio ${pct(b.avgCacheRatio)}; builds with a cached step ${pct(b.withCachedStepShare)} (goal ${pct(b.northStarGoal ?? NORTH_STAR_GOAL)})`,
     `  users     ${u.users?.distinct ?? 0} distinct this month`
   ].join('\n');

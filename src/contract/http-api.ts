@@ -88,7 +88,7 @@ export interface UsageReport {
     cancelled: number;
     totalSteps: number;
     cachedSteps: number; // steps BuildKit reported CACHED
-    deduplicatedSteps: number; // steps another job's identical build ran (not cache hits; 0 for older records)
+    deduplicatedSteps: number; // steps another job's build at the same time ran (not cache hits; 0 for older records)
     durationSeconds: number;
     avgCacheRatio: number; // 0..1
     withCachedStepShare: number; // 0..1: the north-star metric (cache hits only, never deduplicated steps)
@@ -111,7 +111,7 @@ export interface PipelineUsage {
   buildsWithCache: number;
   totalSteps: number;
   cachedSteps: number;
-  deduplicatedSteps: number; // run by another job's identical build: not cache hits
+  deduplicatedSteps: number; // run by another job's build at the same time: not cache hits
   avgCacheRatio: number; // 0..1
   // Why builds missed the cache: the `cache_miss` line of each build record that has one (at most 100), with the
   // lease that sent it. Absent from control planes before the field.

@@ -22,9 +22,10 @@ export interface BuildCompletedData {
   duration_ms: number;
   total_steps: number;
   cached_steps: number; // steps BuildKit reported CACHED in this build's own progress stream
-  // Steps this build did not run because another job's identical build on the same builder ran them at the same
-  // moment (BuildKit merged the two solves): neither built here nor served from a cache, so never in cached_steps
-  // or the cache ratio. Optional: records of clients from before it (and records without it) count as 0.
+  // Steps this build did not run because another job's build on the same builder ran them at the same time (BuildKit
+  // merged the two solves, or this build waited for the other's step and then saw it CACHED; src/core/build-dedup.ts):
+  // neither built here nor served from a cache that existed when the build began, so never in cached_steps or the
+  // cache ratio. Optional: records of clients from before it (and records without it) count as 0.
   deduplicated_steps?: number;
   // Why the first executed step missed the imported org cache, one line (src/core/cache-miss.ts), e.g.
   // "[2/3] COPY app.txt /app.txt: content of app.txt changed (+1 later step rebuilt)"; at most MAX_RECORD_STRING

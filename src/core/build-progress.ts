@@ -16,7 +16,7 @@ export interface BuildStep {
 export interface Progress {
   totalSteps: number;
   cachedSteps: number; // steps BuildKit reported CACHED in this build's stream, and only those
-  deduplicatedSteps: number; // steps another job's identical build ran for this one (never counted as cached)
+  deduplicatedSteps: number; // steps another job's build at the same time ran for this one (never counted as cached)
   steps: BuildStep[];
 }
 

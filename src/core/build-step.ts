@@ -269,7 +269,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     duration: (run.durationMs / 1000).toFixed(2),
     loaded: String(Boolean(load?.loaded))
   };
-  const dedupNote = run.deduplicatedSteps ? `, ${run.deduplicatedSteps} deduplicated (run by another job's identical build)` : '';
+  const dedupNote = run.deduplicatedSteps ? `, ${run.deduplicatedSteps} deduplicated (run by another job's build at the same time)` : '';
   const loadNote = !load ? '' : load.loaded ? `, loaded into the runner's Docker (${load.engine})` : ", NOT loaded into the runner's Docker";
   deps.log.info(
     `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${dedupNote}${run.cacheExported ? ', org cache exported' : ''}${loadNote}`

@@ -12,6 +12,7 @@ import { cacheImports } from './cache-miss-io';
 import { buildCacheRefs, buildCacheScope, ciWorkspace, mergeStageProgress, stageCaches, uploadNonce, type StageCache } from './build-cache';
 import { cacheStages } from './dockerfile-steps';
 import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFiles } from './build-secrets';
+import { goTimeMs, parseBuildCache, stepsRunConcurrently, type CacheRecord } from './build-dedup';
 
 export interface BuildResult {
   status: 'success' | 'failure' | 'cancelled';
@@ -19,7 +20,10 @@ export interface BuildResult {
   durationMs: number; // build and pushes
   totalSteps: number;
   cachedSteps: number; // reported CACHED by BuildKit in this build's stream
-  deduplicatedSteps: number; // run for this build by another job's identical build (stepsSolvedElsewhere)
+  // Run for this build by another job's build on the shared builder while this one waited: the whole build merged
+  // into an identical one (stepsSolvedElsewhere), or steps reported CACHED that were not in the builder's cache when
+  // the build began (stepsRunConcurrently).
+  deduplicatedSteps: number;
   cacheRatio: number; // cachedSteps / totalSteps, 0 when there are no steps
   // 'dockerfile': the stream showed no step because another job's identical build solved them; they are counted
   // from the Dockerfile, all deduplicated, none cached (stepsSolvedElsewhere).
@@ -115,6 +119,48 @@ async function capture(file: string, args: string[], env: NodeJS.ProcessEnv, sig
 }
 type Capture = (args: string[]) => Promise<{ code: number | null; out: string }>;
 
+/** The builder's build-cache records now (`docker system df -v`); null when they cannot be read. */
+async function buildCacheRecords(run: Capture): Promise<CacheRecord[] | null> {
+  const r = await run(['system', 'df', '-v', '--format', '{{json .BuildCache}}']);
+  return r.code === 0 ? parseBuildCache(r.out) : null;
+}
+
+/** The builder's clock now (`docker info`'s SystemTime), ms since the epoch; null when it cannot be read. */
+async function builderNow(run: Capture): Promise<number | null> {
+  const r = await run(['info', '--format', '{{json .SystemTime}}']);
+  if (r.code !== 0) return null;
+  let t: unknown;
+  try {
+    t = JSON.parse(r.out);
+  } catch {
+    return null;
+  }
+  const ms = typeof t === 'string' ? goTimeMs(t) : NaN;
+  return Number.isFinite(ms) ? ms : null;
+}
+
+/**
+ * Runs `build` after reading the builder's clock, reads the builder's build-cache records after it, and moves the
+ * steps it reported CACHED that another build ran meanwhile to deduplicated (build-dedup.ts). When the records cannot be read, the progress stays as
+ * the stream said and `unknown` is set, so the caller can say the split is not known.
+ */
+async function withConcurrentSteps<T>(
+  run: Capture,
+  build: () => Promise<T>,
+  progress: (t: T) => Progress | null
+): Promise<{ result: T; progress: Progress | null; unknown: boolean }> {
+  const startedAt = await builderNow(run);
+  const result = await build();
+  const p = progress(result);
+  if (!p || !p.steps.some((s) => s.cached)) return { result, progress: p, unknown: false };
+  const after = startedAt === null ? null : await buildCacheRecords(run);
+  if (startedAt === null || !after) return { result, progress: p, unknown: true };
+  return { result, progress: stepsRunConcurrently(p, startedAt, after), unknown: false };
+}
+
+const SPLIT_UNKNOWN =
+  "could not read the builder's clock or build cache (docker info, docker system df) to tell steps served from a cache from steps another job's build ran at the same time: they are counted as BuildKit reported them (CACHED)";
+
 /** The user tags that, on the builder, no longer name `imageId` (another build took them). */
 async function tagsTakenOver(tags: string[], imageId: string, run: Capture): Promise<string[]> {
   const taken: string[] = [];
@@ -157,31 +203,42 @@ async function buildStageCache(
   file: string,
   env: NodeJS.ProcessEnv,
   emit: (l: string) => void,
-  signal: AbortSignal
+  signal: AbortSignal,
+  warnings: string[]
 ): Promise<Progress | 'cancelled' | string> {
   const stageOpts: BuildOptions = { ...opts, target: st.stage, tags: [], push: false, load: false };
   const refs: CacheRefs = { importRefs: st.refs.importRefs, exportRef: st.refs.exportRef };
   const stageClient: BuildClient = { ...client, iidFile: undefined, metadataFile: client.metadataFile && `${client.metadataFile}.stage` };
   const parser = new ProgressParser();
   emit(`Build Cloud: building stage '${st.stage}' for its own cache image (${st.refs.promotedRef})`);
-  const built = await stream(
-    file,
-    buildArgs(stageOpts, refs, stageClient),
-    env,
-    (l) => {
-      parser.push(l);
-      emit(l);
-    },
-    signal
+  const {
+    result: built,
+    progress,
+    unknown
+  } = await withConcurrentSteps(
+    (a) => capture(file, a, env, signal),
+    () =>
+      stream(
+        file,
+        buildArgs(stageOpts, refs, stageClient),
+        env,
+        (l) => {
+          parser.push(l);
+          emit(l);
+        },
+        signal
+      ),
+    (b) => (b.code === 0 && !signal.aborted && !b.signal ? parser.result() : null)
   );
   if (signal.aborted || built.signal) return 'cancelled';
   if (built.code !== 0) return `could not build stage '${st.stage}' for its cache image (docker exited ${built.code}); later builds will rebuild it`;
+  if (unknown) warnings.push(SPLIT_UNKNOWN);
   for (const { ref } of pushesAfterBuild(stageOpts, refs, stageClient)) {
     const r = await stream(file, ['push', ref], env, emit, signal);
     if (signal.aborted || r.signal) return 'cancelled';
     if (r.code !== 0) return `could not export the cache of stage '${st.stage}' to ${ref} (docker push exited ${r.code}); later builds will rebuild it`;
   }
-  return parser.result();
+  return progress ?? parser.result();
 }
 
 /** buildx's --metadata-file: the fields read here are strings (digests); others may be objects. */
@@ -222,6 +279,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   let cacheExported = false;
   let digest: string | undefined;
   let solvedElsewhere: Progress | null = null;
+  let concurrent: Progress | null = null; // the stream's progress with steps other builds ran meanwhile moved to deduplicated
   const emit = (line: string) => {
     tail.push(line);
     if (tail.length > TAIL) tail.shift();
@@ -238,7 +296,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     process.on('SIGTERM', onAbort);
   }
   const finish = (status: BuildResult['status'], exitCode: number | null, extra: Partial<BuildResult> = {}): BuildResult => {
-    const p = mergeStageProgress([...stageProgress, solvedElsewhere ?? parser.result()]);
+    const p = mergeStageProgress([...stageProgress, solvedElsewhere ?? concurrent ?? parser.result()]);
     return {
       status,
       exitCode,
@@ -272,7 +330,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
           docker.path,
           env,
           emit,
-          controller.signal
+          controller.signal,
+          warnings
         );
         if (r === 'cancelled') return finish('cancelled', null);
         if (typeof r === 'string') warnings.push(r);
@@ -280,16 +339,23 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       }
     }
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
-    const built = await stream(
-      docker.path,
-      argv,
-      env,
-      (l) => {
-        parser.push(l);
-        emit(l);
-      },
-      controller.signal
+    const { result: built, ...split } = await withConcurrentSteps(
+      (a) => capture(docker.path, a, env, controller.signal),
+      () =>
+        stream(
+          docker.path,
+          argv,
+          env,
+          (l) => {
+            parser.push(l);
+            emit(l);
+          },
+          controller.signal
+        ),
+      (b) => (b.code === 0 && !controller.signal.aborted && !b.signal ? parser.result() : null)
     );
+    if (split.unknown) warnings.push(SPLIT_UNKNOWN);
+    else concurrent = split.progress;
     const progress = parser.result();
     const canceledStep = progress.steps.some((s) => s.status === 'canceled') && !progress.steps.some((s) => s.status === 'error');
     if (controller.signal.aborted || built.signal || (built.code !== 0 && canceledStep)) return finish('cancelled', built.code);

@@ -179,7 +179,7 @@ export const BUILD_OUTPUTS: OutputDef[] = [
   {
     name: 'deduplicated-steps',
     description:
-      "Build steps this build did not run because another job's identical build on the same builder ran them at the same moment; never counted as cached."
+      "Build steps this build did not run because another job's build on the same builder ran them while this one waited; never counted as cached."
   },
   { name: 'total-steps', description: 'Build steps in the build.' },
   { name: 'duration', description: 'Build duration in seconds.' },

@@ -14,7 +14,7 @@ export interface BuildResult {
   durationMs: number;
   totalSteps: number;
   cachedSteps: number; // reported CACHED by BuildKit in this build's own stream
-  deduplicatedSteps?: number; // run for this build by another job's identical build; never counted as cached
+  deduplicatedSteps?: number; // run for this build by another job's build at the same time; never counted as cached
   digest?: string;
   builderId?: string;
   cacheMiss?: CacheMiss; // why the first executed step was not served from the imported cache, when known
@@ -52,7 +52,7 @@ export interface PipelineSummary {
   buildsWithCache?: number; // builds with at least one cached step (the north-star metric)
   totalSteps: number;
   cachedSteps: number;
-  deduplicatedSteps?: number; // run by another job's identical build; not cache hits
+  deduplicatedSteps?: number; // run by another job's build at the same time; not cache hits
   billedSeconds?: number; // the pipeline's leases
   branch?: string;
   runUrl?: string;
@@ -198,7 +198,7 @@ function builderLine(s: JobSummary, fmt: (id: string) => string): string | undef
 function headline(t: BuildTotals, md: boolean): string {
   const b = md ? (x: string) => `**${x}**` : (x: string) => x;
   const outcome = [`${t.succeeded} succeeded`, ...(t.failed ? [`${t.failed} failed`] : []), ...(t.cancelled ? [`${t.cancelled} cancelled`] : [])];
-  const dedup = t.deduplicatedSteps ? `, ${plural(t.deduplicatedSteps, 'step')} deduplicated (run by another job's identical build)` : '';
+  const dedup = t.deduplicatedSteps ? `, ${plural(t.deduplicatedSteps, 'step')} deduplicated (run by another job's build at the same time)` : '';
   return `${b(plural(t.builds, 'build'))} (${outcome.join(', ')}), cache ratio ${b(percent(t.cachedSteps, t.totalSteps))} (${t.cachedSteps} of ${plural(t.totalSteps, 'step')} cached)${dedup}`;
 }
 
@@ -251,7 +251,7 @@ export function renderSummary(s: JobSummary): string {
   if (s.jobWallMs !== undefined) out.push(`| Job wall time | ${formatDuration(s.jobWallMs)} |`);
   if (s.billedSeconds !== undefined) out.push(`| Billed minutes (this job's lease) | ${minutes(s.billedSeconds)} |`);
   out.push(`| Cache ratio (this job) | ${percent(t.cachedSteps, t.totalSteps)} |`);
-  if (t.deduplicatedSteps) out.push(`| Deduplicated steps (run by another job's identical build) | ${t.deduplicatedSteps} |`);
+  if (t.deduplicatedSteps) out.push(`| Deduplicated steps (run by another job's build at the same time) | ${t.deduplicatedSteps} |`);
   out.push(`| Builds with a cached step | ${percent(t.withCache, t.builds)} (goal ${NORTH_STAR * 100}%) |`);
   if (s.pipeline) out.push(`| Pipeline cache ratio | ${percent(num(s.pipeline.cachedSteps), num(s.pipeline.totalSteps))} |`);
   out.push('');

@@ -48,7 +48,7 @@ function factsToBuild(f: RecordFacts): BuildFacts {
   };
 }
 
-// Steps another job's identical build ran (BuildKit merged the two solves): reported apart from cache hits, and
+// Steps another job's build ran at the same time (BuildKit merged the two solves, or this one waited for it): reported apart from cache hits, and
 // never part of the cache ratio or the north-star share. Records without the field count 0.
 const dedupOf = (f: RecordFacts): number => Math.max(0, Math.min(num(f.deduplicatedSteps), num(f.totalSteps) - num(f.cachedSteps)));
 
