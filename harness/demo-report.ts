@@ -89,7 +89,9 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
   out.push('');
   out.push(`Builds: ${u.builds}; with at least one cached step: ${pct(u.withCachedStepShare)} (goal 80%); average cache ratio ${pct(u.avgCacheRatio)}`);
   if (u.cachedSteps !== undefined) {
-    out.push(`Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`);
+    out.push(
+      `Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`
+    );
   }
   for (const c of pipelineChecks(jobs, u)) if (!c.ok) out.push(`Not reused in ${c.pipeline}: ${c.why}`);
   out.push(`Minutes: ${u.minutesUsed.toFixed(2)} billed, ${u.minutesLeft.toFixed(2)} left of ${u.minutesBought}`);

@@ -178,8 +178,7 @@ export const BUILD_OUTPUTS: OutputDef[] = [
   { name: 'cached-steps', description: 'Build steps BuildKit served from a cache (reported CACHED).' },
   {
     name: 'deduplicated-steps',
-    description:
-      "Build steps this build did not run because another job's build on the same builder ran them while this one waited; never counted as cached."
+    description: "Build steps this build did not run because another job's build on the same builder ran them while this one waited; never counted as cached."
   },
   { name: 'total-steps', description: 'Build steps in the build.' },
   { name: 'duration', description: 'Build duration in seconds.' },
