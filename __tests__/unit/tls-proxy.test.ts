@@ -429,3 +429,164 @@ describe('BuilderTlsProxy', () => {
     await expect(new Promise((resolve, reject) => net.connect(port, '127.0.0.1').on('connect', resolve).on('error', reject))).rejects.toThrow(/ECONNREFUSED/);
   });
 });
+
+// Image names on a shared builder (image-names.ts): a stand-in engine with an image store. A build tags its `t=`
+// names with the Id the test sends in X-Test-Image-Id (as if BuildKit had made that image); inspect, history, save,
+// push and tag answer from the store. The front's own calls come without the /v1.41 prefix the client uses here.
+describe('BuilderTlsProxy: image names shared by the leases of one builder', () => {
+  let dir: string;
+  let pki: Pki;
+  let server: CertPair;
+  const leases: Record<'a' | 'b' | 'c', CertPair> = {} as Record<'a' | 'b' | 'c', CertPair>;
+  let engine: http.Server;
+  let socketPath: string;
+  const images = new Map<string, string>(); // familiar name → Id
+  const seen: string[] = [];
+  let p: BuilderTlsProxy;
+  let port: number;
+  const ID1 = `sha256:${'1'.repeat(64)}`;
+  const ID2 = `sha256:${'2'.repeat(64)}`;
+  const withLatest = (n: string): string => (n.includes(':') ? n : `${n}:latest`);
+
+  beforeAll(async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bc-proxy-names-'));
+    pki = await Pki.loadOrCreate(path.join(dir, 'pki'));
+    server = await pki.issueServer(['127.0.0.1', 'localhost']);
+    for (const k of ['a', 'b', 'c'] as const) leases[k] = await pki.issueClient(`lease-${k}`, 3600_000);
+    socketPath = path.join(dir, 'engine.sock');
+    engine = http.createServer((req, res) => {
+      seen.push(`${req.method} ${req.url}`);
+      const u = new URL(req.url ?? '/', 'http://engine');
+      const p = u.pathname.replace(/^\/v1\.\d+/, '');
+      let m: RegExpExecArray | null;
+      if (p === '/build') {
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        res.write('{"stream":"step 1"}\n');
+        const id = String(req.headers['x-test-image-id'] ?? '');
+        setTimeout(() => {
+          if (id) for (const t of u.searchParams.getAll('t')) images.set(withLatest(t), id);
+          res.end('{"aux":{"ID":"done"}}\n');
+        }, 20);
+      } else if (p === '/images/json') {
+        const byId = new Map<string, string[]>();
+        for (const [n, id] of images) byId.set(id, [...(byId.get(id) ?? []), n]);
+        res.end(JSON.stringify([...byId].map(([Id, RepoTags]) => ({ Id, RepoTags }))));
+      } else if ((m = /^\/images\/(.+)\/(json|history|get|push|tag)$/.exec(p))) {
+        const name = decodeURIComponent(m[1]);
+        const ref = m[2] === 'push' ? `${name}:${u.searchParams.get('tag')}` : withLatest(name);
+        const id = name.startsWith('sha256:') ? name : images.get(ref);
+        if (!id) {
+          res.writeHead(404).end(JSON.stringify({ message: `No such image: ${name}` }));
+        } else if (m[2] === 'tag') {
+          images.set(`${u.searchParams.get('repo')}:${u.searchParams.get('tag') || 'latest'}`, id);
+          res.writeHead(201).end();
+        } else res.end(JSON.stringify({ Id: id, route: m[2] }));
+      } else res.end('{}');
+    });
+    await new Promise<void>((r) => engine.listen(socketPath, r));
+  });
+  beforeEach(async () => {
+    images.clear();
+    seen.length = 0;
+    p = new BuilderTlsProxy({ socketPath, server, caPem: pki.caPem });
+    port = await p.listen();
+    for (const k of ['a', 'b', 'c'] as const) p.allow(leases[k].fingerprint);
+  });
+  afterEach(async () => {
+    await p.close();
+  });
+  afterAll(async () => {
+    engine.closeAllConnections();
+    await new Promise((r) => engine.close(r));
+    await fs.rm(dir, { recursive: true, force: true });
+  });
+
+  async function open(k: 'a' | 'b' | 'c'): Promise<tls.TLSSocket> {
+    const sock = connect(port, pki, leases[k]);
+    sock.on('error', () => undefined);
+    await new Promise((r) => sock.once('secureConnect', r));
+    return sock;
+  }
+  // The whole chunked build answer: the front ends it only after recording the names.
+  const build = (sock: tls.TLSSocket, id: string, tags = 't=app:test'): Promise<string> =>
+    exchange(sock, `POST /v1.41/build?version=2&${tags} HTTP/1.1\r\nHost: x\r\nX-Test-Image-Id: ${id}\r\nContent-Length: 0\r\n\r\n`, /\r\n0\r\n\r\n$/);
+  async function call(sock: tls.TLSSocket, method: string, target: string): Promise<{ status: number; body: string }> {
+    // A whole answer (the front flushes headers on their own): Content-Length bytes of body, or the last chunk.
+    const complete = (s: string): boolean => {
+      const at = s.indexOf('\r\n\r\n');
+      if (at < 0) return false;
+      const body = s.slice(at + 4);
+      if (/transfer-encoding: chunked/i.test(s.slice(0, at))) return /(^|\r\n)0\r\n\r\n$/.test(body);
+      return Buffer.byteLength(body) >= Number(/content-length: (\d+)/i.exec(s)?.[1] ?? 0);
+    };
+    const out = await exchange(sock, `${method} /v1.41${target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n`, { test: complete } as RegExp);
+    return { status: Number(/^HTTP\/1\.1 (\d+)/.exec(out)?.[1]), body: out.slice(out.indexOf('\r\n\r\n') + 4) };
+  }
+  const TAKEN = "Build Cloud: 'app:test' on the pipeline's shared builder now names another job's image (built after this job's).";
+  const READS: Array<[string, string]> = [
+    ['GET', '/images/app:test/json'],
+    ['GET', '/images/docker.io/library/app:test/history'],
+    ['GET', '/images/app:test/get'],
+    ['GET', '/images/get?names=library%2Fapp%3Atest'],
+    ['POST', '/images/app/push?tag=test'],
+    ['POST', '/images/app:test/tag?repo=mine&tag=1']
+  ];
+
+  it("refuses A's reads of a tag B built after it (409, never sent to the engine); B, C, and reads by Id pass", async () => {
+    const [a, b, c] = [await open('a'), await open('b'), await open('c')];
+    expect(await build(a, ID1)).toContain('"aux"');
+    expect((await call(a, 'GET', '/images/app:test/json')).body).toContain(ID1);
+    await build(b, ID2);
+    for (const [method, target] of READS) {
+      const r = await call(a, method, target);
+      expect({ target, status: r.status }).toEqual({ target, status: 409 });
+      expect(JSON.parse(r.body).message).toContain(TAKEN);
+      expect(r.body).not.toContain(leases.b.fingerprint.slice(0, 16));
+    }
+    // Only the front's own look-ups (unprefixed) reached the engine for A's refused reads.
+    expect(seen.filter((s) => s.includes('/v1.41/images/'))).toEqual(['GET /v1.41/images/app:test/json']);
+    expect(images.has('mine:1')).toBe(false);
+    expect(await call(a, 'GET', `/images/${ID1}/json`)).toMatchObject({ status: 200 });
+    expect(await call(a, 'GET', `/images/app@sha256:${'1'.repeat(64)}/json`)).toMatchObject({ status: 404 }); // the engine's answer
+    expect((await call(b, 'GET', '/images/app:test/json')).body).toContain(ID2);
+    expect((await call(c, 'GET', '/images/app:test/json')).body).toContain(ID2); // never set it: may read it
+    expect(await call(c, 'POST', '/images/app/push?tag=test')).toMatchObject({ status: 200 });
+    for (const s of [a, b, c]) s.destroy();
+  });
+
+  it('building the tag again makes A its setter; a tag (docker tag) sets a name the same way', async () => {
+    const [a, b] = [await open('a'), await open('b')];
+    await build(a, ID1);
+    await build(b, ID2);
+    expect(await call(a, 'GET', '/images/app:test/json')).toMatchObject({ status: 409 });
+    await build(a, ID1);
+    expect((await call(a, 'GET', '/images/app:test/json')).body).toContain(ID1);
+    expect(await call(b, 'GET', '/images/app:test/json')).toMatchObject({ status: 409 });
+    // B points the name back at its image with `docker tag <id> app:test`: B is the setter again.
+    expect(await call(b, 'POST', `/images/${ID2}/tag?repo=app&tag=test`)).toMatchObject({ status: 201 });
+    expect(await call(b, 'GET', '/images/app:test/json')).toMatchObject({ status: 200 });
+    expect(await call(a, 'GET', '/images/app:test/json')).toMatchObject({ status: 409 });
+    a.destroy();
+    b.destroy();
+  });
+
+  it('a failed build changes nothing; the engine is asked again at read time; revoke forgets the lease', async () => {
+    const [a, b] = [await open('a'), await open('b')];
+    await build(a, ID1, 't=app:test&t=localhost:5000/app:1');
+    await build(b, ''); // failed: tags nothing
+    expect(await call(a, 'GET', '/images/app:test/json')).toMatchObject({ status: 200 });
+    expect(await call(b, 'GET', '/images/app:test/json')).toMatchObject({ status: 200 });
+    await build(b, ID2);
+    expect(await call(a, 'GET', '/images/app:test/json')).toMatchObject({ status: 409 });
+    expect(await call(a, 'GET', '/images/localhost:5000/app:1/json')).toMatchObject({ status: 200 }); // another name
+    images.set('app:test', ID1); // the name names A's image again (changed by the engine, unseen by the front)
+    expect(await call(a, 'GET', '/images/app:test/json')).toMatchObject({ status: 200 });
+    images.set('app:test', ID2);
+    p.revoke(leases.a.fingerprint);
+    p.allow(leases.a.fingerprint); // the same cert let in again: its names were forgotten
+    const again = await open('a');
+    expect(await call(again, 'GET', '/images/app:test/json')).toMatchObject({ status: 200 });
+    b.destroy();
+    again.destroy();
+  });
+});

@@ -3,6 +3,9 @@
 // All leases share one CA, so "signed by the CA" is not enough: a connection is kept only if its client cert's
 // fingerprint is currently allowed on *this* builder. BuildKit's upgraded streams (/session, /grpc) are piped as
 // raw bytes once the engine has answered 101; nothing is ever buffered whole.
+// Image names are shared by the jobs of a pipeline on one builder: the front records which lease last pointed each
+// name at a new image and refuses a lease's read of a name it set that another lease has since taken
+// (image-names.ts), so a job never silently pushes, saves or inspects another job's image under its own tag.
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import * as net from 'node:net';
@@ -11,6 +14,7 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from './log';
 import { silentLogger } from './log';
 import { checkEngineRequest } from './engine-api-policy';
+import { familiarImageName, ImageNameLedger, imageAccess, normaliseImageName, takenNameMessage } from './image-names';
 import type { CertPair } from './pki';
 
 export interface TlsProxyOptions {
@@ -40,6 +44,8 @@ const REFUSAL_TIMEOUT_MS = 5_000;
 // docker sends every registry credential of the user's config in X-Registry-Config with a build; Go's servers
 // (the engine's too) accept 1 MiB of headers, Node 16 KiB by default.
 const MAX_HEADER_BYTES = 1 << 20;
+// The front's own engine calls (what a name points to): a build's end waits for them, so they must not hang.
+const ENGINE_CALL_TIMEOUT_MS = 10_000;
 const REFUSAL = 'buildcloud: this client certificate is not allowed on this builder (its lease has ended or it belongs to another lease)';
 // Connection-level headers of one hop (RFC 9110 7.6.1): each side of the proxy frames its own messages.
 const HOP_BY_HOP = new Set([
@@ -62,6 +68,7 @@ export class BuilderTlsProxy {
   private readonly bySocket = new WeakMap<object, Conn>();
   private readonly rawSockets = new Set<net.Socket>();
   private readonly lastActivity = new Map<string, number>();
+  private readonly names = new ImageNameLedger();
   private readonly server: tls.Server;
   // Never listens: admitted TLS connections are handed to it, so Node's HTTP parser frames every request.
   private readonly http: http.Server;
@@ -133,6 +140,7 @@ export class BuilderTlsProxy {
     const fp = normalise(fingerprint);
     this.allowed.delete(fp);
     this.lastActivity.delete(fp);
+    this.names.forget(fp);
     for (const c of [...this.conns]) if (c.fingerprint === fp) this.drop(c);
   }
 
@@ -190,6 +198,40 @@ export class BuilderTlsProxy {
       sendJson(res, decision.status, decision.message);
       return;
     }
+    const access = imageAccess(req.method ?? '', req.url ?? '');
+    const verify = this.names.toVerify(conn.fingerprint, access);
+    if (verify.length === 0) {
+      this.forward(conn, req, res, access.sets);
+      return;
+    }
+    // A name this lease set that another lease has set since: read only if it still names this lease's image.
+    this.currentImageIds(verify).then(
+      (current) => {
+        if (res.destroyed || !this.conns.has(conn)) return;
+        const refused = this.names.refused(conn.fingerprint, verify, current);
+        if (refused.length === 0) {
+          this.forward(conn, req, res, access.sets);
+          return;
+        }
+        this.log.warn(
+          { fingerprint: conn.fingerprint.slice(0, 16), method: req.method, path: pathOf(req.url) },
+          'read of an image name another lease took refused'
+        );
+        req.resume();
+        sendJson(res, 409, takenNameMessage(refused));
+      },
+      (err: Error) => {
+        this.log.warn({ err: err.message }, 'builder engine connection error');
+        req.resume();
+        if (!res.destroyed) sendJson(res, 502, "buildcloud: the builder's engine is not answering");
+      }
+    );
+  }
+
+  // Sends one admitted request to the engine and its answer back as it streams. When the request may point names
+  // at an image (`sets`), the end of the answer waits until the front has read what those names point to now, so
+  // the client's next request is already decided on the new record.
+  private forward(conn: Conn, req: http.IncomingMessage, res: http.ServerResponse, sets: string[]): void {
     const up = http.request({ socketPath: this.opts.socketPath, method: req.method, path: req.url, headers: forwardHeaders(req), agent: false });
     conn.upstream.add(up);
     up.on('response', (upRes) => {
@@ -197,7 +239,9 @@ export class BuilderTlsProxy {
       // A build streams its progress: send each piece as the engine writes it.
       res.flushHeaders();
       upRes.on('data', () => this.touch(conn.fingerprint, false));
-      upRes.pipe(res);
+      const record = sets.length > 0 && (upRes.statusCode ?? 500) < 300;
+      upRes.pipe(res, { end: !record });
+      if (record) upRes.once('end', () => void this.recordSets(conn.fingerprint, sets).finally(() => res.end()));
       upRes.on('error', () => res.destroy());
     });
     up.on('error', (err) => {
@@ -271,6 +315,54 @@ export class BuilderTlsProxy {
     });
     up.on('close', () => conn.upstream.delete(up));
     up.end();
+  }
+
+  // After a build or tag by `fingerprint`: each name whose image changed is now this lease's (image-names.ts).
+  private async recordSets(fingerprint: string, sets: string[]): Promise<void> {
+    try {
+      const current = await this.currentImageIds(sets);
+      for (const [name, id] of current) if (id !== null && this.names.recordSet(fingerprint, name, id)) this.log.debug({ name }, 'image name set');
+    } catch (err) {
+      this.log.warn({ err: String(err) }, 'could not read which images a build or tag named');
+    }
+  }
+
+  // What each canonical name points to on the engine now (null: no such image). One engine call: an inspect for
+  // one name, the image list filtered by reference for several.
+  private async currentImageIds(names: string[]): Promise<Map<string, string | null>> {
+    const out = new Map<string, string | null>(names.map((n) => [n, null]));
+    if (names.length === 1) {
+      const r = await this.engineGet(`/images/${familiarImageName(names[0])}/json`);
+      if (r.status === 404) return out;
+      if (r.status !== 200) throw new Error(`image inspect answered HTTP ${r.status}`);
+      out.set(names[0], String((JSON.parse(r.body) as { Id?: unknown }).Id ?? '') || null);
+      return out;
+    }
+    const filters = JSON.stringify({ reference: names.map(familiarImageName) });
+    const r = await this.engineGet(`/images/json?filters=${encodeURIComponent(filters)}`);
+    if (r.status !== 200) throw new Error(`image list answered HTTP ${r.status}`);
+    for (const img of JSON.parse(r.body) as Array<{ Id?: string; RepoTags?: string[] | null }>) {
+      for (const t of img.RepoTags ?? []) {
+        const n = normaliseImageName(t);
+        if (n !== null && out.has(n) && img.Id) out.set(n, img.Id);
+      }
+    }
+    return out;
+  }
+
+  // A GET of the front's own on the engine's socket: small JSON answers only (inspect, a filtered list).
+  private engineGet(path: string): Promise<{ status: number; body: string }> {
+    return new Promise((resolve, reject) => {
+      const req = http.get({ socketPath: this.opts.socketPath, path, agent: false, timeout: ENGINE_CALL_TIMEOUT_MS }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        res.on('error', reject);
+      });
+      req.on('timeout', () => req.destroy(new Error('the engine did not answer in time')));
+      req.on('error', reject);
+    });
   }
 
   // A bare close shows up in the docker CLI as "error during connect: ... EOF". Answering the first request with
