@@ -228,6 +228,8 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
 
     const reports = await Promise.all(envs.map((env) => cli(['report', '--json'], env)));
     for (const r of reports) expect(r).toMatchObject({ code: 0 });
+    // Both jobs say the builder was shared, the one that provisioned it first included (the other joined it later).
+    for (const r of reports) expect(JSON.parse(r.stdout.trim().split('\n').pop()!)).toMatchObject({ builderShared: true });
     const reported = reports.map(
       (r) => JSON.parse(r.stdout.trim().split('\n').pop()!).builds as { totalSteps: number; cachedSteps: number; deduplicatedSteps?: number }[]
     );

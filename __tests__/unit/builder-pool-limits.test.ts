@@ -95,3 +95,19 @@ test("at capacity, idle builders give way: acme's builders in their grace period
   const again = await pool.acquire('acme-p2', 'acme', 'linux/amd64', 'a3');
   expect([again.shared, again.builder.id]).toEqual([true, a2.builder.id]);
 });
+
+test('a builder shared at any time of a lease says so for both leases, the first one included, after it let go', async () => {
+  const first = await pool.acquire('acme-pipe', 'acme', 'linux/amd64', 'la');
+  expect(first.shared).toBe(false);
+  expect(pool.sharedWith(first.builder.id, 'la')).toBe(false); // alone so far
+  const second = await pool.acquire('acme-pipe', 'acme', 'linux/amd64', 'lb');
+  expect(second.builder.id).toBe(first.builder.id);
+  expect(pool.sharedWith(first.builder.id, 'la')).toBe(true); // a later job joined the first one's builder
+  expect(pool.sharedWith(first.builder.id, 'lb')).toBe(true);
+  pool.release(first.builder.id, 'la', 'fp-a');
+  expect(pool.sharedWith(first.builder.id, 'la')).toBe(true); // still known after the hold ends
+  // A builder nobody else ever held: not shared; an unknown builder: not known.
+  const alone = await pool.acquire('acme-other', 'acme', 'linux/amd64', 'lc');
+  expect(pool.sharedWith(alone.builder.id, 'lc')).toBe(false);
+  expect(pool.sharedWith('no-such-builder', 'lc')).toBeUndefined();
+});

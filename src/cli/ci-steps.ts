@@ -116,8 +116,11 @@ export async function runReport(o: StepOptions): Promise<void> {
       })
     );
   }
-  if (o.json) process.stdout.write(JSON.stringify({ builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio }) + '\n');
-  else process.stderr.write(r.text + '\n');
+  if (o.json) {
+    // builderShared: another job of the pipeline held the builder while this one did (null without a lease).
+    const out = { builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio, builderShared: r.summary.builderShared ?? null };
+    process.stdout.write(JSON.stringify(out) + '\n');
+  } else process.stderr.write(r.text + '\n');
 }
 
 export const RUN_STEP = { setup: runSetup, build: runBuild, report: runReport } as const;

@@ -168,6 +168,8 @@ async function tagsTakenOver(tags: string[], imageId: string, run: Capture): Pro
     const r = await run(['image', 'inspect', '--format', '{{.Id}}', t]);
     const id = r.out.trim();
     if (r.code === 0 && /^sha256:[0-9a-f]{64}$/.test(id) && id !== imageId) taken.push(t);
+    // The builder's front refuses this lease a name it set once another lease's build took it (image-names.ts).
+    else if (r.code !== 0 && /now names? another job's image/.test(r.out)) taken.push(t);
   }
   return taken;
 }

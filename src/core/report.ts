@@ -64,7 +64,13 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
   // before or after it ends, and both carry the job's own token. They run side by side; their warnings keep the
   // order they had when the flush waited for the release.
   const releaseWarnings: string[] = [];
-  const released: Promise<void> = lease ? releaseLease(session, lease, deps, releaseWarnings).then((s) => void (billedSeconds = s)) : Promise.resolve();
+  let sharedAtRelease: boolean | null = null;
+  const released: Promise<void> = lease
+    ? releaseLease(session, lease, deps, releaseWarnings).then((r) => {
+        billedSeconds = r.billedSeconds;
+        sharedAtRelease = r.shared;
+      })
+    : Promise.resolve();
   const flushing: Promise<FlushResult | null> =
     lease && session.meteringUrl
       ? flushSpool(new MeteringSpool(session.spoolDir), {
@@ -89,7 +95,7 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
   const summary: JobSummary = {
     builds,
     leaseId: lease?.id,
-    builderShared: lease ? lease.builders.some((b) => b.shared) : undefined,
+    builderShared: lease ? (sharedAtRelease ?? false) || lease.builders.some((b) => b.shared) : undefined,
     builderWarm: lease ? lease.builders.every((b) => b.warm || b.shared) : undefined,
     jobWallMs: lease ? now() - lease.createdAtMs : undefined,
     billedSeconds: billedSeconds ?? undefined,
@@ -100,7 +106,17 @@ export async function report(session: Session, deps: ReportDeps): Promise<Report
   return { builds, billedSeconds, flush, warnings, summary, markdown: renderSummary(summary), text: renderText(summary) };
 }
 
-async function releaseLease(session: Session, lease: NonNullable<Session['lease']>, deps: ReportDeps, warnings: string[]): Promise<number | null> {
+/**
+ * Releases the lease. Returns the seconds billed and whether another lease shared a builder with it meanwhile (as the
+ * control plane says at release; a job that provisioned first learns here that later jobs joined it), or nulls when
+ * the release failed (a warning says why).
+ */
+async function releaseLease(
+  session: Session,
+  lease: NonNullable<Session['lease']>,
+  deps: ReportDeps,
+  warnings: string[]
+): Promise<{ billedSeconds: number | null; shared: boolean | null }> {
   const api = new ApiClient({ endpoint: session.endpoint, token: session.token, attempts: 4, deadlineMs: 15_000 });
   try {
     const released = await api.release(lease.id);
@@ -109,12 +125,12 @@ async function releaseLease(session: Session, lease: NonNullable<Session['lease'
     if (released.endReason && released.endReason !== 'released') {
       warnings.push(`Build Cloud: lease ${lease.id} had already ended: ${released.endMessage || released.endReason}`);
     }
-    return released.billedSeconds;
+    return { billedSeconds: released.billedSeconds, shared: released.builders.some((b) => b.shared) };
   } catch (err) {
     warnings.push(
       `Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
     );
-    return null;
+    return { billedSeconds: null, shared: null };
   } finally {
     api.close();
   }

@@ -16,6 +16,9 @@ export interface LiveBuilder {
   shareKey: string | null; // null while warm (not yet owned by any org)
   org: string | null;
   holders: Set<string>; // lease ids
+  // Leases that held this builder together with another lease, or took it over from one (in its grace period): the
+  // builder was not theirs alone. Kept for the builder's life, so a lease's Release still says so after it let go.
+  sharedBy: Set<string>;
   graceTimer: NodeJS.Timeout | null;
   state: 'warm' | 'assigned' | 'grace' | 'destroying';
   graceSince?: number; // unix ms its grace period began (the oldest gives way first when the pool is full)
@@ -66,6 +69,14 @@ export class BuilderPool {
     return n;
   }
 
+  /**
+   * Whether `leaseId` shared builder `builderId` with another lease at any time it held it (see LiveBuilder.sharedBy);
+   * undefined once the builder is gone.
+   */
+  sharedWith(builderId: string, leaseId: string): boolean | undefined {
+    return this.live.get(builderId)?.sharedBy.has(leaseId);
+  }
+
   get(id: string): LiveBuilder | undefined {
     return this.live.get(id);
   }
@@ -109,6 +120,7 @@ export class BuilderPool {
       existing.graceTimer = null;
       existing.state = 'assigned';
       existing.holders.add(leaseId);
+      for (const h of existing.holders) existing.sharedBy.add(h);
       return { builder: existing, warm: false, shared: true };
     }
     let builder: LiveBuilder | undefined;
@@ -249,6 +261,7 @@ export class BuilderPool {
         shareKey: null,
         org: null,
         holders: new Set(),
+        sharedBy: new Set(),
         graceTimer: null,
         destroyed: null,
         state // a cold start is born assigned, so no concurrent acquire can take it as warm

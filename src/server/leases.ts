@@ -246,8 +246,9 @@ export class LeaseManager {
   /** Ends a lease of `org` within the credential's `scope` (NOT_FOUND otherwise); idempotent. */
   async release(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseMsg> {
     const row = await this.owned(org, leaseId, scope);
+    const shared = this.sharedNow(row); // read before the release, which may end the builder's life
     if (row.endedAt === null) await this.end(row, this.now(), 'released');
-    return this.toMsg((await this.d.store.getLease(leaseId)) ?? row);
+    return this.toMsg((await this.d.store.getLease(leaseId)) ?? row, undefined, shared);
   }
 
   /** A lease of `org` within the credential's `scope` (NOT_FOUND otherwise); a heartbeat for a live one. */
@@ -369,7 +370,12 @@ export class LeaseManager {
     this.d.metrics.activeLeases.set(this.live.size);
   }
 
-  private toMsg(row: LeaseRow, acquired?: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }>): LeaseMsg {
+  // Per builder of the lease: whether another lease held it too while this one did (BuilderPool.sharedWith).
+  private sharedNow(row: LeaseRow): Array<boolean | undefined> {
+    return row.builderIds.map((bid) => this.d.pool?.sharedWith(bid, row.id));
+  }
+
+  private toMsg(row: LeaseRow, acquired?: Array<{ builder: LiveBuilder; warm: boolean; shared: boolean }>, shared = this.sharedNow(row)): LeaseMsg {
     const deadline = Math.min(row.lastActiveAt + this.d.config.idleTimeoutMs, row.createdAt + this.d.config.maxTtlMs);
     const state = row.endedAt === null ? 'LEASE_STATE_ACTIVE' : row.endReason === 'released' ? 'LEASE_STATE_RELEASED' : 'LEASE_STATE_EXPIRED';
     const builders = row.builderIds.map((bid, i) => {
@@ -381,7 +387,9 @@ export class LeaseManager {
         address: row.endedAt === null && b ? b.address : '',
         builderId: bid,
         warm: a?.warm ?? false,
-        shared: a?.shared ?? false
+        // At provision: whether it joined a builder another lease had; later (Get, Release): whether another lease
+        // held it while this one did, so the first job of a pipeline learns that a later one joined it.
+        shared: (a?.shared || shared[i]) ?? false
       };
     });
     return {
