@@ -100,7 +100,8 @@ message BuilderEndpoint {
   string address = 3;    // tcp://127.0.0.1:PORT
   string builder_id = 4;
   bool warm = 5;         // served from the warm pool
-  bool shared = 6;       // another job of the pipeline already held this builder
+  bool shared = 6;       // Provision: another job of the pipeline already held this builder; Get and Release: another
+                         // lease held it while this one did (so the first job learns that later jobs joined it)
 }
 
 message RegistryCredentials {
