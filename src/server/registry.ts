@@ -48,7 +48,11 @@ function registryConfig(dataDir: string, socketPath: string): object {
       filesystem: { rootdirectory: dataDir },
       cache: { blobdescriptor: 'inmemory' },
       // Deletes stay off: cache entries are overwritten by tag, never removed by clients.
-      delete: { enabled: false }
+      delete: { enabled: false },
+      // Uploads a client began and never finished (a cancelled job's push) leave directories under _uploads; the
+      // registry removes those older than `age`, checking every `interval` (first check within an hour of start,
+      // distribution's jitter). 2h is the longest a lease lives by default (--max-ttl).
+      maintenance: { uploadpurging: { enabled: true, age: '2h', interval: '1h', dryrun: false } }
     },
     http: {
       net: 'unix',
