@@ -142,15 +142,22 @@ function mountFrom(value: string): string | undefined {
   return undefined;
 }
 
-/** The steps BuildKit would run for the target, in stage order; null when they cannot be known from the text. */
-export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}): DockerfileStep[] | null {
+/** The stages a Dockerfile's text declares, with the meta ARGs (those before the first FROM) its FROM lines expand with. */
+interface StageSplit {
+  stages: Array<{ name: string; base: string; from: string; instructions: Instruction[] }>; // name lower case, '' unnamed
+  meta: Record<string, string>;
+}
+
+/**
+ * Splits a Dockerfile into stages as BuildKit reads it: the meta ARGs before the first FROM valued by the build args,
+ * else their defaults; each FROM's base image or stage and its whole FROM (flags included) expanded with them; every
+ * later instruction in its stage. Null for a `# syntax=` naming another frontend, or a text with no FROM.
+ */
+function splitStages(text: string, buildArgs: Record<string, string>): StageSplit | null {
   const { instructions, syntax } = parseInstructions(text);
   if (syntax && !DOCKERFILE_FRONTEND.test(syntax.toLowerCase())) return null;
-
-  // ARGs before the first FROM are the meta args FROM lines (and --from values) are expanded with.
   const meta: Record<string, string> = {};
-  const buildArgs = opts.buildArgs ?? {};
-  const stages: Stage[] = [];
+  const stages: StageSplit['stages'] = [];
   for (const ins of instructions) {
     if (ins.keyword === 'FROM') {
       const all = ins.rest.split(/\s+/).filter(Boolean);
@@ -164,21 +171,42 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
           .join(' '),
         meta
       );
-      stages.push({ index: stages.length, name, base, from, instructions: [], deps: new Set(), refs: new Map() });
+      stages.push({ name, base, from, instructions: [] });
     } else if (stages.length === 0) {
       if (ins.keyword !== 'ARG') continue;
       for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
         const eq = decl.indexOf('=');
         const key = eq < 0 ? decl : decl.slice(0, eq);
-        const dflt = eq < 0 ? undefined : expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), meta);
         if (key in buildArgs) meta[key] = buildArgs[key];
-        else if (dflt !== undefined) meta[key] = dflt;
+        else if (eq >= 0) meta[key] = expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), meta);
       }
     } else {
       stages[stages.length - 1].instructions.push(ins);
     }
   }
-  if (stages.length === 0) return null; // not a Dockerfile BuildKit would build
+  return stages.length ? { stages, meta } : null;
+}
+
+/** What an instruction takes from another stage or an image: COPY/ADD --from, RUN --mount=...,from= (unexpanded). */
+function instructionRefs(ins: Instruction): Ref[] {
+  const refs: Ref[] = [];
+  for (const f of flags(ins.rest)) {
+    if (f.name === 'from' && (ins.keyword === 'COPY' || ins.keyword === 'ADD')) refs.push({ ref: f.value, byIndex: true });
+    if (f.name === 'mount' && ins.keyword === 'RUN') {
+      const from = mountFrom(f.value);
+      if (from) refs.push({ ref: from, byIndex: false }); // a mount's from= is a stage name or an image, no index
+    }
+  }
+  return refs;
+}
+
+/** The steps BuildKit would run for the target, in stage order; null when they cannot be known from the text. */
+export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}): DockerfileStep[] | null {
+  const buildArgs = opts.buildArgs ?? {};
+  const split = splitStages(text, buildArgs);
+  if (!split) return null; // not a Dockerfile BuildKit would build with its own frontend
+  const { meta } = split;
+  const stages: Stage[] = split.stages.map((st, index) => ({ ...st, index, deps: new Set(), refs: new Map() }));
 
   const find = ({ ref, byIndex }: Ref, from: number): Stage | undefined => {
     const r = expand(ref, meta).toLowerCase();
@@ -196,14 +224,7 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
       baseStage.set(s.index, b);
     }
     for (const ins of s.instructions) {
-      const refs: Ref[] = [];
-      for (const f of flags(ins.rest)) {
-        if (f.name === 'from' && (ins.keyword === 'COPY' || ins.keyword === 'ADD')) refs.push({ ref: f.value, byIndex: true });
-        if (f.name === 'mount' && ins.keyword === 'RUN') {
-          const from = mountFrom(f.value);
-          if (from) refs.push({ ref: from, byIndex: false }); // a mount's from= is a stage name or an image, no index
-        }
-      }
+      const refs = instructionRefs(ins);
       s.refs.set(ins, refs);
       for (const r of refs) {
         const dep = find(r, s.index);
@@ -320,35 +341,13 @@ export function dockerfileSteps(text: string, opts: DockerfileStepOptions = {}):
  * Unnamed stages are left out: `--target` takes a stage name.
  */
 export function cacheStages(text: string, opts: Pick<DockerfileStepOptions, 'target' | 'buildArgs'> = {}): string[] | null {
-  const { instructions, syntax } = parseInstructions(text);
-  if (syntax && !DOCKERFILE_FRONTEND.test(syntax.toLowerCase())) return null;
-  const meta: Record<string, string> = {};
-  const stages: { name: string; base: string; refs: string[] }[] = [];
-  for (const ins of instructions) {
-    if (ins.keyword === 'FROM') {
-      const words = ins.rest.split(/\s+/).filter((w) => w && !w.startsWith('--'));
-      const name = words.length >= 3 && words[1].toLowerCase() === 'as' ? words[2].toLowerCase() : '';
-      stages.push({ name, base: expand(words[0] ?? '', meta).toLowerCase(), refs: [] });
-    } else if (stages.length === 0) {
-      if (ins.keyword !== 'ARG') continue;
-      for (const decl of ins.rest.split(/\s+/).filter(Boolean)) {
-        const eq = decl.indexOf('=');
-        const key = eq < 0 ? decl : decl.slice(0, eq);
-        if (key in (opts.buildArgs ?? {})) meta[key] = opts.buildArgs![key];
-        else if (eq >= 0) meta[key] = expand(decl.slice(eq + 1).replace(/^["']|["']$/g, ''), meta);
-      }
-    } else {
-      const refs = stages[stages.length - 1].refs;
-      for (const f of flags(ins.rest)) {
-        if (f.name === 'from' && (ins.keyword === 'COPY' || ins.keyword === 'ADD')) refs.push(expand(f.value, meta).toLowerCase());
-        if (f.name === 'mount' && ins.keyword === 'RUN') {
-          const from = mountFrom(f.value);
-          if (from) refs.push(expand(from, meta).toLowerCase());
-        }
-      }
-    }
-  }
-  if (stages.length === 0) return null;
+  const split = splitStages(text, opts.buildArgs ?? {});
+  if (!split) return null;
+  const stages = split.stages.map((st) => ({
+    name: st.name,
+    base: st.base.toLowerCase(),
+    refs: st.instructions.flatMap((ins) => instructionRefs(ins).map((r) => expand(r.ref, split.meta).toLowerCase()))
+  }));
   const index = (ref: string, before: number): number => {
     if (/^\d+$/.test(ref)) return Number(ref) < stages.length ? Number(ref) : -1;
     return stages.findIndex((s, i) => i < before && s.name !== '' && s.name === ref);
