@@ -105,8 +105,16 @@ export const SETUP_OUTPUTS: OutputDef[] = [
   },
   { name: 'docker-host', description: 'DOCKER_HOST of the remote builder (tcp://...); DOCKER_TLS_VERIFY and DOCKER_CERT_PATH are exported too.' },
   { name: 'lease-id', description: 'Id of the lease on the builder.' },
-  { name: 'cache-from', description: 'Org cache refs to import, one per line.' },
-  { name: 'cache-to', description: 'Org cache ref to export to; empty for forks.' },
+  {
+    name: 'cache-from',
+    description:
+      "The project's org cache refs to import, one per line, for your own docker commands (the build step also imports the image's own cache scope, see cache-scope)."
+  },
+  {
+    name: 'cache-to',
+    description:
+      "The project's org cache ref for your own docker commands to export to; empty for forks and read-only leases. The build step exports to the image's own cache scope instead."
+  },
   { name: 'platforms', description: 'Platforms the builder serves, comma-separated.' },
   { name: 'fallback', description: "true when the build runs on the runner's own Docker because no builder could be had." }
 ];
