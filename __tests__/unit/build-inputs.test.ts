@@ -17,7 +17,15 @@ import {
 import { declaredArgs } from '../../src/core/dockerfile-steps';
 import { buildSettings } from '../../src/core/settings';
 import { buildArgs, parseKeyValueLines, type BuildOptions } from '../../src/core/docker-cli';
-import { redactor, removeSecretFiles, secretFilePaths, secretFragments, withoutSecretInputs, writeSecretFiles } from '../../src/core/build-secrets';
+import {
+  redactor,
+  removeSecretFiles,
+  secretFilePaths,
+  secretFragments,
+  shortSecretWarnings,
+  withoutSecretInputs,
+  writeSecretFiles
+} from '../../src/core/build-secrets';
 import { errorOf } from '../helpers/input-error';
 
 const PEM = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----';
@@ -270,4 +278,22 @@ test('a key set twice is warned about by entry numbers (docker keeps the last), 
     'Build Cloud: build-args entries 1, 3, 4 set the same key; the build keeps the last (entry 4).'
   ]);
   expect(repeatedKeyWarnings('labels', ['a=1', 'b=2'])).toEqual([]);
+});
+
+describe('shortSecretWarnings', () => {
+  test('a short secret is named with its length, never its value; a long one, or lines under 3 characters, are not', () => {
+    const w = shortSecretWarnings([
+      { id: 'word', value: 'build' },
+      { id: 'token', value: 'ghp_0123456789abcdefghij' },
+      { id: 'pem', value: '-----BEGIN KEY-----\nAAAAbbbbCCCCdddd\nxyzw\n}\n-----END KEY-----' },
+      { id: 'tiny', value: '}' }
+    ]);
+    expect(w).toHaveLength(2);
+    expect(w[0]).toContain("secret 'word' holds a value of only 5 characters");
+    expect(w[1]).toContain("secret 'pem' holds a value line of only 4 characters");
+    for (const line of w) {
+      expect(line).not.toContain('build');
+      expect(line).not.toContain('xyzw');
+    }
+  });
 });

@@ -67,3 +67,24 @@ export function redactor(values: string[]): (line: string) => string {
   if (!fragments.length) return (line) => line;
   return (line) => fragments.reduce((l, f) => l.split(f).join('***'), line);
 }
+
+/** Below this many characters a secret (or a line of one) is likely to match ordinary log text when masked. */
+export const SHORT_SECRET = 8;
+
+/**
+ * A warning per secret whose value, or a line of it, is short enough (3 to SHORT_SECRET - 1 characters) to hide
+ * ordinary log text when masked: every occurrence of it in docker's output becomes *** (the CI's masking works the
+ * same way). Names the secret id and the length, never the value.
+ */
+export function shortSecretWarnings(values: { id: string; value: string }[]): string[] {
+  const out: string[] = [];
+  for (const { id, value } of values) {
+    const short = [value, ...value.split(/\r\n|\n|\r/)].map((p) => p.trim()).filter((p) => p.length >= 3 && p.length < SHORT_SECRET);
+    if (!short.length) continue;
+    const n = Math.min(...short.map((p) => p.length));
+    out.push(
+      `secret '${id}' holds a value${value.includes('\n') ? ' line' : ''} of only ${n} characters: it is masked wherever those characters appear in the log, so lines of docker's output may show *** where no secret is. A longer secret avoids that.`
+    );
+  }
+  return out;
+}

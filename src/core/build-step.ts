@@ -16,7 +16,7 @@ import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
 import { entryNames, repeatedKeyWarnings, undeclaredArgWarnings } from './build-inputs';
-import { withoutSecretInputs } from './build-secrets';
+import { shortSecretWarnings, withoutSecretInputs } from './build-secrets';
 import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
@@ -206,7 +206,12 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const names = entryNames(settings, declared);
   if (names) deps.log.info(`Build Cloud: ${names}`);
   if (declared) for (const w of undeclaredArgWarnings(settings.buildArgs, declared)) deps.log.warn(w);
-  for (const w of [...repeatedKeyWarnings('build-args', settings.buildArgs), ...repeatedKeyWarnings('labels', settings.labels)]) deps.log.warn(w);
+  for (const w of [
+    ...repeatedKeyWarnings('build-args', settings.buildArgs),
+    ...repeatedKeyWarnings('labels', settings.labels),
+    ...shortSecretWarnings(opts.secretValues ?? [])
+  ])
+    deps.log.warn(w);
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
