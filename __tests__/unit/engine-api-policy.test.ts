@@ -98,6 +98,19 @@ describe('checkEngineRequest', () => {
     if (!d.allowed) expect(d.message).toMatch(/form-encoded request bodies .* are not accepted; options go in the query string/);
   });
 
+  // As Node reads them (latin1): "applİcation/..." and "multİpart/..." (U+0130), "application/x-www-form-urlencoded" with
+  // a Kelvin sign, which Go's strings.ToLower turns into 'k'; a break-it run got the first two past a deny-list.
+  test.each([
+    ['appl\u00c4\u00b0cation/x-www-form-urlencoded'],
+    ['mult\u00c4\u00b0part/form-data; boundary=x'],
+    ['\u212aapplication/json'],
+    ['text/plain\u0000']
+  ])('refuses a Content-Type that is not printable ASCII (%j)', (ct) => {
+    const d = checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: [ct] });
+    expect(d).toMatchObject({ allowed: false, status: 400 });
+    if (!d.allowed) expect(d.message).toContain('printable ASCII');
+  });
+
   it('refuses two Content-Type headers, and allows what build clients send', () => {
     expect(
       checkEngineRequest({ method: 'POST', url: '/v1.41/build?version=2', contentTypes: ['application/x-tar', 'application/x-www-form-urlencoded'] })

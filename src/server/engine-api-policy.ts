@@ -107,6 +107,9 @@ const FORM_MEDIA_TYPES = new Set(['application/x-www-form-urlencoded', 'multipar
 function checkContentType(contentTypes: string[]): string | null {
   if (contentTypes.length > 1) return `${PREFIX}: a request may carry one Content-Type header, not ${contentTypes.length}.`;
   if (contentTypes.length === 0) return null;
+  // Only printable ASCII: Go lower-cases with Unicode rules (strings.ToLower maps the Kelvin sign to 'k'), so a
+  // media type with other characters could read as a form type there and as something else here.
+  if (/[^\x20-\x7e\t]/.test(contentTypes[0])) return `${PREFIX}: a Content-Type of other than printable ASCII characters is not accepted.`;
   const media = contentTypes[0].split(';')[0].trim().toLowerCase();
   if (FORM_MEDIA_TYPES.has(media)) return `${PREFIX}: form-encoded request bodies (${media}) are not accepted; options go in the query string.`;
   return null;

@@ -255,7 +255,15 @@ export class BuilderTlsProxy {
       if (!res.writableFinished) up.destroy();
     });
     req.on('data', () => this.touch(conn.fingerprint, false));
-    if (hasBody(req)) req.pipe(up);
+    const length = Number(req.headers['content-length'] ?? NaN);
+    if (hasBody(req) && Number.isInteger(length) && length <= SMALL_BODY_BYTES) {
+      // A small body of known length (`/auth`'s JSON) goes in one write with the request, so the engine has all of
+      // it before it answers and closes: piping it could write after that close (EPIPE) and lose the engine's answer
+      // (the client then saw a 502 for most `docker login`s). Streams (build contexts, pushes) are piped as they come.
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => up.end(Buffer.concat(chunks)));
+    } else if (hasBody(req)) req.pipe(up);
     else {
       req.resume();
       up.end();
@@ -419,6 +427,9 @@ function pathOf(url: string | undefined): string {
 
 // A request has a body only when it says so (RFC 9112 6.3); then its own framing is kept towards the engine, so
 // what the engine reads as one request is exactly what the policy checked.
+// Bodies up to this size with a Content-Length are sent to the engine in one write (forward).
+const SMALL_BODY_BYTES = 64 * 1024;
+
 function hasBody(req: http.IncomingMessage): boolean {
   return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
 }
