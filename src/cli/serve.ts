@@ -30,7 +30,11 @@ export function registerServe(program: Command): void {
     .option('--http-port <n>', 'HTTP port: metering endpoint, usage, /healthz, /metrics (0 = any)', String(DEFAULTS.httpPort))
     .option('--registry-port <n>', 'port of the org-cache registry proxy builders push to (0 = any)', String(DEFAULTS.registryPort))
     .option('--registry <url>', "an existing OCI registry for the org cache (default: start Debian's docker-registry)")
-    .option('--driver <name>', 'builder driver: dockerd | none', 'dockerd')
+    .option(
+      '--driver <name>',
+      'builder driver: dockerd (real builders) | null (benchmarks and tests: builders that are only bookkeeping; nobody can build on them) | none (refuse every provision)',
+      'dockerd'
+    )
     .option('--warm-pool <n>', 'ready builders kept for fast provisioning', String(DEFAULTS.warmPool))
     .option('--max-builders <n>', 'most builders alive at once', String(DEFAULTS.maxBuilders))
     .option(
@@ -85,7 +89,7 @@ export function registerServe(program: Command): void {
         httpPort: parseIntFlag(o.httpPort, '--http-port', 0, 65535),
         registryPort: parseIntFlag(o.registryPort, '--registry-port', 0, 65535),
         registryUrl: o.registry ? parseRegistryUrl(o.registry) : null,
-        driver: o.driver === 'none' ? 'none' : o.driver === 'dockerd' ? 'dockerd' : badDriver(o.driver),
+        driver: o.driver === 'none' || o.driver === 'null' || o.driver === 'dockerd' ? o.driver : badDriver(o.driver),
         warmPool: parseIntFlag(o.warmPool, '--warm-pool', 0, 64),
         maxBuilders: parseIntFlag(o.maxBuilders, '--max-builders', 1, 1024),
         orgMaxBuilders:
@@ -170,5 +174,5 @@ function collect(value: string, previous: string[]): string[] {
 }
 
 function badDriver(name: string): never {
-  throw new ConfigError(`Invalid --driver '${name}'. Expected dockerd or none.`);
+  throw new ConfigError(`Invalid --driver '${name}'. Expected dockerd, null or none.`);
 }

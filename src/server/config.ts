@@ -12,7 +12,7 @@ export interface ServerConfig {
   httpPort: number;
   registryUrl: string | null; // external upstream registry; null = start the embedded one
   registryPort: number; // the org-cache registry proxy builders push to
-  driver: 'dockerd' | 'none';
+  driver: 'dockerd' | 'null' | 'none'; // null: builders that are only bookkeeping (drivers/null.ts), for benchmarks
   warmPool: number;
   maxBuilders: number;
   // Builders one org may hold at once unless `admin org set --max-builders` says otherwise: null = no cap of its

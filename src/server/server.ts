@@ -11,6 +11,7 @@ import { Pki } from './pki';
 import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSigningKey } from './auth';
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
 import { RegistryProxy, registryProxyTls, type RegistryPrincipal } from './registry-proxy';
+import { NullDriver } from './drivers/null';
 import { DockerdDriver, findDockerd } from './drivers/dockerd';
 import { installRegistryTrust } from './drivers/registry-trust';
 import { dockerdVersion, resolveIsolation, type BuilderIsolation } from './drivers/builder-isolation';
@@ -149,6 +150,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
           log.info({ builderIsolation: 'userns', reason: resolved.reason }, 'builders run with user namespaces (dockerd --userns-remap)');
         }
       } else log.warn('dockerd not found: provisioning will be refused until docker.io is installed');
+    } else if (config.driver === 'null') {
+      driver = new NullDriver(`linux/${process.arch === 'x64' ? 'amd64' : process.arch}`);
+      log.warn('driver null: builders are only bookkeeping, for benchmarks and tests; nobody can build on them');
     }
     if (driver?.cleanupOrphans) {
       const removed = await driver.cleanupOrphans();
