@@ -79,6 +79,9 @@ export class MemoryStore implements Store {
   async bucketSeconds(org: string): Promise<number> {
     return this.buckets.filter((b) => b.org === org).reduce((sum, b) => sum + b.seconds, 0);
   }
+  async listBuckets(org: string): Promise<BucketRow[]> {
+    return this.buckets.filter((b) => b.org === org).map(copy);
+  }
 
   async getOrgLimits(org: string): Promise<OrgLimitsRow> {
     return copy(this.limits.get(org) ?? { org, maxBuilders: null, maxLeases: null, overdraftSeconds: 0, protectedBranches: null, updatedAt: null });

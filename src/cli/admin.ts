@@ -6,6 +6,7 @@ import * as path from 'path';
 import { defaultStateDir, parseIntFlag } from '../server/config';
 import type { Store } from '../server/store/store';
 import { validateOrgName } from '../server/validate';
+import { bucketLines, bucketViews, buildMinutes, orgShowText, orgView } from './admin-text';
 import { CliError } from './errors';
 
 async function withStore<T>(stateDir: string, fn: (store: Store) => Promise<T>): Promise<T> {
@@ -23,7 +24,21 @@ async function withStore<T>(stateDir: string, fn: (store: Store) => Promise<T>):
 
 async function requireOrg(store: Store, name: string): Promise<void> {
   orgName(name);
-  if (!(await store.getOrg(name))) throw new CliError(`Org '${name}' not found. Create it with: buildcloud admin org create ${name} --minutes N`);
+  if (!(await store.getOrg(name))) throw new CliError(orgNotFound(name));
+}
+
+/** The message for an org the state does not hold, naming the command that creates it. */
+export function orgNotFound(name: string): string {
+  return `Org '${name}' not found: create it with \`buildcloud admin org create ${name} --minutes N\` (\`buildcloud admin org list\` lists the orgs).`;
+}
+
+/** The message for a command run without --org. */
+export const MISSING_ORG = 'Missing --org: pass --org ORG, the org to act on (`buildcloud admin org list` lists the orgs).';
+
+// --org is checked here rather than by commander's requiredOption, whose message names no value to give.
+function needOrg(o: { org?: unknown }): string {
+  if (typeof o.org !== 'string' || !o.org) throw new CliError(MISSING_ORG);
+  return orgName(o.org);
 }
 
 function orgName(name: string): string {
@@ -32,6 +47,16 @@ function orgName(name: string): string {
   } catch (err) {
     throw new CliError((err as Error).message);
   }
+}
+
+/** A bucket's note: up to 200 characters on one line (an invoice number, an order), shown by `admin bucket list`. */
+export function bucketNote(v: unknown): string {
+  const note = String(v ?? '').trim();
+  // eslint-disable-next-line no-control-regex
+  if (note.length > 200 || /[\u0000-\u001f\u007f]/.test(note)) {
+    throw new CliError(`Invalid --note (${note.length} characters): expected at most 200 characters on one line, e.g. --note 'invoice 2026-114'.`);
+  }
+  return note;
 }
 
 function minutes(v: string): number {
@@ -66,7 +91,7 @@ export function registerAdmin(program: Command): void {
         const now = Date.now();
         const row = await store.createOrg(name, now);
         if (n > 0) await store.addBucket(name, n * 60, 'initial bucket', now);
-        print(o.json, { org: row.name, minutes: n }, `Created org '${name}' with ${n} build minutes.`);
+        print(o.json, { org: row.name, minutes: n }, `Created org '${name}' with ${buildMinutes(n)}.`);
       });
     });
   org
@@ -82,14 +107,19 @@ export function registerAdmin(program: Command): void {
           const used = await store.billedSeconds(r.name);
           rows.push({ org: r.name, minutesBought: bought / 60, minutesUsed: +(used / 60).toFixed(2) });
         }
-        print(o.json, rows, rows.map((r) => `${r.org}\t${r.minutesUsed} of ${r.minutesBought} minutes used`).join('\n') || '(no orgs)');
+        print(
+          o.json,
+          rows,
+          rows.map((r) => `${r.org}\t${r.minutesUsed} of ${buildMinutes(r.minutesBought)} used`).join('\n') ||
+            'No orgs yet. Create one with `buildcloud admin org create ORG --minutes N`.'
+        );
       });
     });
 
   org
     .command('set')
     .description("Set an org's limits: concurrent builders and leases (so one org cannot starve the others), and its overdraft.")
-    .requiredOption('--org <name>', 'the org')
+    .option('--org <name>', 'the org')
     .option('--max-builders <n>', "builders the org's leases may hold at once, or 'unlimited' (default: unlimited; --max-builders of serve still applies)")
     .option('--max-leases <n>', "active leases the org may hold at once, or 'unlimited' (default: unlimited)")
     .option('--overdraft-minutes <n>', 'minutes leases may run past the bucket, taken from the next bucket (default 0: prepaid only)')
@@ -111,7 +141,7 @@ export function registerAdmin(program: Command): void {
         throw new CliError('Nothing to set. Give --max-builders, --max-leases, --overdraft-minutes or --protected-branches.');
       }
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, o.org);
+        await requireOrg(store, needOrg(o));
         const r = await store.setOrgLimits(o.org, patch, Date.now());
         const { DEFAULT_PROTECTED_BRANCHES } = await import('../server/scope');
         const prot = r.protectedBranches ?? DEFAULT_PROTECTED_BRANCHES;
@@ -120,35 +150,33 @@ export function registerAdmin(program: Command): void {
         print(
           o.json,
           out,
-          `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${out.overdraftMinutes} minutes, protected branches ${prot.join(', ')}.`
+          `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${buildMinutes(out.overdraftMinutes)}, protected branches ${prot.join(', ')}.`
         );
       });
     });
   org
-    .command('show <name>')
-    .description("Show an org's limits and its bucket: bought, billed, reserved by running leases.")
+    .command('show [name]')
+    .description('Show an org: limits, buckets of minutes (bought, used, left, notes), protected branches, and how many trust rules and tokens it has.')
+    .option('--org <name>', 'the org (or give it as the argument)')
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
-    .action(async (name: string, o) => {
+    .action(async (name: string | undefined, o) => {
+      if (name && o.org && name !== o.org) throw new CliError(`Two orgs given: '${name}' and --org '${o.org}'. Pass one, e.g. --org ${o.org}.`);
+      const which = needOrg({ org: name ?? o.org });
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, name);
-        const r = await store.getOrgLimits(name);
-        const out = {
-          org: name,
-          maxBuilders: r.maxBuilders,
-          maxLeases: r.maxLeases,
-          overdraftMinutes: r.overdraftSeconds / 60,
-          minutesBought: (await store.bucketSeconds(name)) / 60,
-          minutesBilled: +((await store.billedSeconds(name)) / 60).toFixed(2),
-          minutesReserved: +((await store.reservedSeconds(name)) / 60).toFixed(2)
-        };
-        const show = (n: number | null) => (n === null ? 'unlimited' : String(n));
-        print(
-          o.json,
-          out,
-          `Org '${name}': max builders ${show(out.maxBuilders)}, max leases ${show(out.maxLeases)}, overdraft ${out.overdraftMinutes} minutes; ` +
-            `${out.minutesBilled} of ${out.minutesBought} minutes billed, ${out.minutesReserved} reserved by running leases.`
+        await requireOrg(store, which);
+        const { DEFAULT_PROTECTED_BRANCHES } = await import('../server/scope');
+        const view = orgView(
+          which,
+          await store.getOrgLimits(which),
+          DEFAULT_PROTECTED_BRANCHES,
+          await store.listBuckets(which),
+          await store.billedSeconds(which),
+          await store.reservedSeconds(which),
+          (await store.listTrust(which)).length,
+          await store.listTokens(which)
         );
+        print(o.json, view, orgShowText(view));
       });
     });
 
@@ -156,7 +184,7 @@ export function registerAdmin(program: Command): void {
   token
     .command('create')
     .description('Create an org token. It is printed once and stored only as a hash.')
-    .requiredOption('--org <name>', 'the org the token acts for')
+    .option('--org <name>', 'the org the token acts for')
     .option('--label <text>', 'what the token is for', 'ci')
     .option(
       '--project <pattern>',
@@ -178,7 +206,7 @@ export function registerAdmin(program: Command): void {
       const scoped = projects.length > 0 || branches !== null || o.readOnly === true;
       const scope = scoped ? { projects: projects.length ? projects : null, branches, readOnly: o.readOnly === true } : null;
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, o.org);
+        await requireOrg(store, needOrg(o));
         const { token: secret, row } = await createOrgToken(store, o.org, String(o.label).slice(0, 100), Date.now(), scope);
         print(o.json, { id: row.id, org: row.org, token: secret, scope: row.scope }, secret);
       });
@@ -186,12 +214,12 @@ export function registerAdmin(program: Command): void {
   token
     .command('list')
     .description("List an org's tokens (ids and labels, never secrets).")
-    .requiredOption('--org <name>', 'the org')
+    .option('--org <name>', 'the org')
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, o.org);
+        await requireOrg(store, needOrg(o));
         const rows = (await store.listTokens(o.org)).map((t) => ({
           id: t.id,
           label: t.label,
@@ -217,24 +245,47 @@ export function registerAdmin(program: Command): void {
       });
     });
 
-  admin
-    .command('bucket')
-    .description('Buckets of prepaid build minutes.')
+  const bucket = admin.command('bucket').description('Buckets of prepaid build minutes.');
+  bucket
+    .command('list')
+    .description("List buckets of minutes: per bucket the minutes bought, used (billed, oldest bucket first), left, and its note. Without --org: every org's.")
+    .option('--org <name>', 'only this org')
+    .option(...stateOpt)
+    .option('--json', 'print JSON', false)
+    .action(async (o) => {
+      await withStore(o.stateDir, async (store) => {
+        let orgs: string[];
+        if (o.org !== undefined) {
+          await requireOrg(store, needOrg(o));
+          orgs = [o.org];
+        } else orgs = (await store.listOrgs()).map((r) => r.name);
+        const out = [];
+        for (const name of orgs) out.push({ org: name, ...bucketViews(await store.listBuckets(name), await store.billedSeconds(name)) });
+        const text = out.flatMap((v) => bucketLines(v.org, v)).join('\n') || 'No orgs yet. Create one with `buildcloud admin org create ORG --minutes N`.';
+        print(o.json, out, text);
+      });
+    });
+  bucket
     .command('add')
     .description('Add a bucket of minutes to an org.')
-    .requiredOption('--org <name>', 'the org')
+    .option('--org <name>', 'the org')
     .requiredOption('--minutes <n>', 'build minutes to add')
-    .option('--note <text>', 'e.g. an invoice number', '')
+    .option('--note <text>', 'what the bucket is, e.g. an invoice number (shown by `admin bucket list`)', '')
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
       const n = minutes(o.minutes);
       if (n <= 0) throw new CliError(`Invalid --minutes '${o.minutes}'. Expected a whole number of at least 1.`);
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, o.org);
-        await store.addBucket(o.org, n * 60, String(o.note).slice(0, 200), Date.now());
+        await requireOrg(store, needOrg(o));
+        const row = await store.addBucket(o.org, n * 60, bucketNote(o.note), Date.now());
         const total = (await store.bucketSeconds(o.org)) / 60;
-        print(o.json, { org: o.org, added: n, totalMinutes: total }, `Added ${n} minutes to '${o.org}' (${total} bought in all).`);
+        const note = row.note ? ` with note '${row.note}'` : '';
+        print(
+          o.json,
+          { org: o.org, bucket: row.id, added: n, note: row.note, totalMinutes: total },
+          `Added bucket #${row.id} of ${buildMinutes(n)} to '${o.org}'${note} (${buildMinutes(total)} bought in all).`
+        );
       });
     });
 
@@ -248,7 +299,7 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
     .description(
       'Trust a CI identity provider for an org. Give one of --github-owner, --gitlab-namespace, --circleci-org-id, or --issuer with --claim and --value.'
     )
-    .requiredOption('--org <name>', 'the org')
+    .option('--org <name>', 'the org')
     .option('--github-owner <owner>', 'GitHub: tokens whose repository_owner is this user or organization')
     .option('--gitlab-namespace <path>', 'GitLab: tokens whose namespace_path is exactly this group path')
     .option('--circleci-org-id <uuid>', 'CircleCI: tokens of this organization id')
@@ -280,7 +331,7 @@ function registerTrust(admin: Command, stateOpt: readonly [string, string, strin
         throw new CliError((err as Error).message);
       }
       await withStore(o.stateDir, async (store) => {
-        await requireOrg(store, o.org);
+        await requireOrg(store, needOrg(o));
         const row = await store.addTrust({ ...rule, org: o.org, createdAt: Date.now() });
         print(o.json, row, `Trusted for '${o.org}': tokens from ${row.issuer} with ${row.claim} = ${row.value} (aud ${row.audience}); rule id ${row.id}.`);
       });

@@ -2,10 +2,35 @@
 import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
-import { orgUsagePath, type ErrorBody, type UsageReport } from '../contract/http-api';
+import { orgUsagePath, pipelineUsagePath, type ErrorBody, type PipelineUsage, type UsageReport } from '../contract/http-api';
 import { NORTH_STAR_GOAL } from '../contract/rules';
 import { defaultStateDir } from '../server/config';
+import { parseEndpoint } from '../core/endpoint';
 import { CliError } from './errors';
+
+/** The forms `usage --endpoint` takes: the control plane's HTTP port, with or without a scheme. */
+export const USAGE_ENDPOINT_FORMS = 'the HTTP port of the control plane as http://HOST:PORT, https://HOST:PORT or HOST:PORT (default port 7644)';
+
+/**
+ * The base URL of the control plane's HTTP API from `--endpoint`: an http(s):// URL as setup takes it, or host:port
+ * (read as http://host:port: usage speaks HTTP, so a bare address is its HTTP port). A grpc:// or grpcs:// endpoint
+ * names the gRPC port, which does not serve the usage API: the error says which port to give instead.
+ */
+export function usageBaseUrl(endpoint: string): string {
+  let a;
+  try {
+    a = parseEndpoint(endpoint);
+  } catch {
+    throw new CliError(`Invalid --endpoint '${endpoint.replace(/\/\/[^/@]*@/, '//***@')}': expected ${USAGE_ENDPOINT_FORMS}.`);
+  }
+  if (a.protocol === 'connect') return a.baseUrl;
+  if (/^grpcs?:\/\//i.test(endpoint.trim())) {
+    throw new CliError(
+      `Invalid --endpoint '${endpoint}': usage reads the HTTP API, not gRPC. Pass ${USAGE_ENDPOINT_FORMS}, e.g. --endpoint http://${a.address.replace(/:\d+$/, '')}:7644.`
+    );
+  }
+  return `http://${a.address}`;
+}
 
 interface Target {
   endpoint: string;
@@ -21,7 +46,7 @@ export function resolveTarget(o: { endpoint?: string; token?: string; stateDir: 
       endpoint = JSON.parse(fs.readFileSync(path.join(dir, 'server.json'), 'utf8')).http;
     } catch {
       throw new CliError(
-        `No endpoint: pass --endpoint http://HOST:PORT (or BUILDCLOUD_HTTP_ENDPOINT), or run where 'buildcloud serve' runs with --state-dir ${dir}.`
+        `No endpoint: pass --endpoint http://HOST:PORT (or BUILDCLOUD_HTTP_ENDPOINT), or run where \`buildcloud serve\` runs with --state-dir ${dir}.`
       );
     }
   }
@@ -33,33 +58,75 @@ export function resolveTarget(o: { endpoint?: string; token?: string; stateDir: 
       throw new CliError('No token: pass --token or set BUILDCLOUD_TOKEN to an org token (buildcloud admin token create --org ORG).');
     }
   }
-  return { endpoint: endpoint.replace(/\/+$/, ''), token };
+  return { endpoint: usageBaseUrl(endpoint), token };
 }
 
 export function registerUsage(program: Command): void {
   program
     .command('usage')
-    .description("Show an org's build minutes used and left, builds, cache ratio, the share of builds with a cached step, and users.")
-    .requiredOption('--org <name>', 'the org')
+    .description(
+      "Show an org's build minutes used and left, builds, cache ratio, the share of builds with a cached step, and users; or one pipeline's (--pipeline)."
+    )
+    .option('--org <name>', 'the org')
+    .option('--pipeline <key>', "one pipeline's leases, minutes and builds, by its pipeline key (e.g. GitHub's repository_id/run_id/run_attempt)")
     .option('--month <YYYY-MM>', 'the month (default: this month, UTC)')
-    .option('--endpoint <url>', 'HTTP endpoint of the control plane (env BUILDCLOUD_HTTP_ENDPOINT; default: from --state-dir)')
+    .option('--endpoint <address>', `${USAGE_ENDPOINT_FORMS} (env BUILDCLOUD_HTTP_ENDPOINT; default: from --state-dir)`)
     .option('--token <token>', 'org or admin token (env BUILDCLOUD_TOKEN; default: the admin token in --state-dir)')
     .option('--state-dir <dir>', 'state directory of a local control plane', defaultStateDir())
     .option('--json', 'print the JSON report', false)
     .action(async (o) => {
+      const q = usageQuery(o);
       const t = resolveTarget(o);
-      const month = o.month || new Date().toISOString().slice(0, 7);
-      const url = `${t.endpoint}${orgUsagePath(o.org, month)}`;
-      let res: Response;
-      try {
-        res = await fetch(url, { headers: { authorization: `Bearer ${t.token}` }, signal: AbortSignal.timeout(15_000) });
-      } catch (err) {
-        throw new CliError(`Cannot reach the control plane at ${t.endpoint}: ${(err as Error).message}`);
-      }
-      const body = (await res.json().catch(() => ({}))) as unknown;
-      if (!res.ok) throw new CliError(`Usage request failed (HTTP ${res.status}): ${(body as Partial<ErrorBody>)?.error?.message ?? 'no details'}`);
-      process.stdout.write(o.json ? JSON.stringify(body) + '\n' : renderUsage(body as UsageReport) + '\n');
+      const body = await getJson(t, q.path);
+      if (o.json) process.stdout.write(JSON.stringify(body) + '\n');
+      else process.stdout.write((q.pipeline ? renderPipelineUsage(body as PipelineUsage) : renderUsage(body as UsageReport)) + '\n');
     });
+}
+
+/** What `usage` asks for, from its flags; throws CliError naming the flag and what it expects. */
+export function usageQuery(o: { org?: string; pipeline?: string; month?: string }): { path: string; pipeline: boolean } {
+  if (!o.org) throw new CliError('Missing --org: pass --org ORG, the org whose usage to show (`buildcloud admin org list` lists the orgs).');
+  if (o.pipeline !== undefined) {
+    if (o.month !== undefined) throw new CliError('--month does not apply to --pipeline (a pipeline is one run): pass one of them.');
+    if (!o.pipeline || o.pipeline.length > 256) throw new CliError(`Invalid --pipeline: expected a pipeline key of 1-256 characters, e.g. 123456/789/1.`);
+    return { path: pipelineUsagePath(o.org, o.pipeline), pipeline: true };
+  }
+  const month = o.month ?? new Date().toISOString().slice(0, 7);
+  if (!/^\d{4}-(0[1-9]|1[0-2])$/.test(month)) throw new CliError(`Invalid --month '${month}': expected YYYY-MM, e.g. 2026-11.`);
+  return { path: orgUsagePath(o.org, month), pipeline: false };
+}
+
+async function getJson(t: Target, path: string): Promise<unknown> {
+  let res: Response;
+  try {
+    res = await fetch(`${t.endpoint}${path}`, { headers: { authorization: `Bearer ${t.token}` }, signal: AbortSignal.timeout(15_000) });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    const why = cause?.code ?? cause?.message ?? (err as Error).message;
+    throw new CliError(
+      `Cannot reach the control plane at ${t.endpoint} (${why}): check --endpoint, ${USAGE_ENDPOINT_FORMS}; the gRPC port (default 7643) does not answer it.`
+    );
+  }
+  const body = (await res.json().catch(() => ({}))) as unknown;
+  if (!res.ok) throw new CliError(`Usage request failed (HTTP ${res.status}): ${(body as Partial<ErrorBody>)?.error?.message ?? 'no details'}`);
+  return body;
+}
+
+/** One pipeline's usage as a few lines of text. */
+export function renderPipelineUsage(u: Partial<PipelineUsage>): string {
+  if (!u.leases) {
+    return `Pipeline ${u.pipelineKey} of org ${u.org}: no leases. Check the key (the setup step prints it), or see the whole org with \`buildcloud usage --org ${u.org}\`.`;
+  }
+  const minutes = (u.billedSeconds ?? 0) / 60;
+  const lines = [
+    `Pipeline ${u.pipelineKey} of org ${u.org}`,
+    `  leases    ${u.leases ?? 0} (${u.activeLeases ?? 0} active), ${+minutes.toFixed(2)} build minute${+minutes.toFixed(2) === 1 ? '' : 's'} billed`,
+    `  builds    ${u.builds ?? 0} (${u.failed ?? 0} failed), ${u.buildsWithCache ?? 0} with a cached step`,
+    `  steps     ${u.totalSteps ?? 0}: ${u.cachedSteps ?? 0} cached, ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`,
+    `  cache     average ratio ${((u.avgCacheRatio ?? 0) * 100).toFixed(1)}%`
+  ];
+  for (const m of u.cacheMisses ?? []) lines.push(`  miss      ${m.reason} (lease ${m.leaseId})`);
+  return lines.join('\n');
 }
 
 /**

@@ -76,8 +76,10 @@ export function createRpcApi(d: RpcApiDeps): RpcApi {
     // Checked for every caller before it is compared or quoted: a bounded, printable name (validate.ts).
     if (requested) validateOrgName(requested);
     if (p.kind === 'admin') {
-      if (!requested) throw invalid('Missing org. The admin token must name the org it acts for.');
-      if (!(await d.store.getOrg(requested))) throw new ApiError(Status.NOT_FOUND, `Org '${requested}' not found.`);
+      if (!requested) throw invalid('Missing org: the admin token acts for any org, so name one: pass --org ORG (BUILDCLOUD_ORG; the org input).');
+      if (!(await d.store.getOrg(requested))) {
+        throw new ApiError(Status.NOT_FOUND, `Org '${requested}' not found: create it with \`buildcloud admin org create ${requested} --minutes N\`.`);
+      }
       return { org: requested, principal: p };
     }
     return { org: checkOrgMatch(p.org as string, requested), principal: p };

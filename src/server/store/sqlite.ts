@@ -260,6 +260,7 @@ export class SqliteStore implements Store {
       listTokens: db.prepare(`${TOKEN_SELECT} WHERE org = ? ORDER BY created_at, id`),
       insertBucket: db.prepare('INSERT INTO buckets (org, seconds, note, created_at) VALUES (?, ?, ?, ?)'),
       bucketSeconds: db.prepare('SELECT COALESCE(SUM(seconds), 0) AS s FROM buckets WHERE org = ?'),
+      listBuckets: db.prepare('SELECT id, org, seconds, note, created_at AS createdAt FROM buckets WHERE org = ? ORDER BY created_at, id'),
       insertTrust: db.prepare(
         'INSERT INTO trust (org, issuer, audience, claim, value, created_at) VALUES (@org, @issuer, @audience, @claim, @value, @createdAt)'
       ),
@@ -350,6 +351,10 @@ export class SqliteStore implements Store {
 
   async bucketSeconds(org: string): Promise<number> {
     return (this.st.bucketSeconds.get(org) as { s: number }).s;
+  }
+
+  async listBuckets(org: string): Promise<BucketRow[]> {
+    return this.st.listBuckets.all(org) as BucketRow[];
   }
 
   async getOrgLimits(org: string): Promise<OrgLimitsRow> {

@@ -113,6 +113,7 @@ export interface Store {
   // buckets of minutes
   addBucket(org: string, seconds: number, note: string, now: number): Promise<BucketRow>;
   bucketSeconds(org: string): Promise<number>; // sum of all buckets
+  listBuckets(org: string): Promise<BucketRow[]>; // oldest first (`admin bucket list`)
 
   // per-org limits and overdraft
   getOrgLimits(org: string): Promise<OrgLimitsRow>; // the defaults when never set
