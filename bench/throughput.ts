@@ -18,7 +18,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { randomBytes, randomUUID } from 'crypto';
-import { adminSetup, DOCKER, dockerEnvFor, startServer, TestClient, type ServerProcess } from '../__tests__/helpers/server';
+import { adminSetup, CLI, DOCKER, dockerEnvFor, requireBinaries, TestClient, type ServerProcess } from '../__tests__/helpers/server';
+import { startServe } from '../harness/control-plane';
 import { makeBusyboxContext } from '../__tests__/helpers/busybox-context';
 import type { LeaseMsg } from '../src/contract/grpc';
 import { commitOf, machine } from './run-info';
@@ -280,8 +281,12 @@ async function contextFigures(server: ServerProcess, token: string, work: string
   }
 }
 
+// BENCH_SERVE_NODE_ARGS: node options for serve, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof" (a profile per server).
+const SERVE_NODE_ARGS = (process.env.BENCH_SERVE_NODE_ARGS || '').split(' ').filter(Boolean);
+
 async function withServer<T>(args: string[], org: string, fn: (s: ServerProcess, token: string) => Promise<T>): Promise<T> {
-  const server = await startServer([...UNLIMITED, ...args]);
+  requireBinaries();
+  const server = await startServe(CLI, fs.mkdtempSync(path.join(os.tmpdir(), 'bc-bench-')), [...UNLIMITED, ...args], { nodeArgs: SERVE_NODE_ARGS });
   try {
     return await fn(server, adminSetup(server.stateDir, org, 1_000_000));
   } finally {

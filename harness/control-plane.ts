@@ -32,6 +32,7 @@ export interface ServeProcess {
 export interface ServeOptions {
   env?: NodeJS.ProcessEnv; // default: this process's environment
   logFile?: string; // stderr goes to this file (0600) instead of memory: for long runs such as the demo
+  nodeArgs?: string[]; // options for node itself, before the CLI (e.g. --cpu-prof for a benchmark's profile)
 }
 
 /**
@@ -41,7 +42,7 @@ export interface ServeOptions {
  */
 export async function startServe(cli: string, stateDir: string, extra: string[] = [], o: ServeOptions = {}): Promise<ServeProcess> {
   const args = [cli, 'serve', '--state-dir', stateDir, '--grpc-port', '0', '--http-port', '0', '--registry-port', '0', '--json', ...extra];
-  const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
+  const proc = spawn(process.execPath, [...(o.nodeArgs ?? []), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: o.env ?? process.env });
   let err = '';
   if (o.logFile) proc.stderr!.pipe(fs.createWriteStream(o.logFile, { mode: 0o600 }));
   else proc.stderr!.on('data', (d) => (err += d.toString()));

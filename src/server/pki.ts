@@ -1,11 +1,12 @@
 // A small private CA: one per control plane. It signs each builder's TLS server cert and each lease's client
 // cert, so a builder can tell "a cert of this lease" from "a cert of another lease" by fingerprint alone.
 import 'reflect-metadata';
-import { createHash, randomBytes, webcrypto } from 'node:crypto';
+import { createHash, KeyObject, randomBytes, webcrypto } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { isIP } from 'node:net';
 import * as path from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { LeaseCertIssuer } from './lease-cert';
 
 // @peculiar/x509 types its provider with the DOM's Crypto, which this Node-only project has no lib for.
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
@@ -68,10 +69,31 @@ export class Pki {
   private readonly caCert: x509.X509Certificate;
   private readonly caKey: CryptoKey;
 
+  private leaseCerts: Promise<LeaseCertIssuer> | null = null;
+
   private constructor(caPem: string, caKey: CryptoKey) {
     this.caPem = caPem;
     this.caCert = new x509.X509Certificate(caPem);
     this.caKey = caKey;
+  }
+
+  // The fast path for client certs (lease-cert.ts): the extensions every client cert carries but its own key id,
+  // encoded once by @peculiar/x509, the CA's subject and key as node:crypto uses them.
+  private leaseCertIssuer(): Promise<LeaseCertIssuer> {
+    this.leaseCerts ??= (async () => {
+      const fixed = [
+        new x509.BasicConstraintsExtension(false, undefined, true),
+        new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
+        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth], false),
+        await x509.AuthorityKeyIdentifierExtension.create(this.caCert.publicKey)
+      ];
+      return new LeaseCertIssuer({
+        issuerDer: Buffer.from(this.caCert.subjectName.toArrayBuffer()),
+        caKey: KeyObject.from(this.caKey),
+        extensionsDer: fixed.map((e) => Buffer.from(e.rawData))
+      });
+    })();
+    return this.leaseCerts;
   }
 
   // Reuses the CA in `dir` if there is one, so certs issued before a restart stay valid.
@@ -115,7 +137,9 @@ export class Pki {
   }
 
   async issueClient(commonName: string, ttlMs: number): Promise<CertPair> {
-    return this.issue({ CN: [commonName] }, ttlMs, x509.ExtendedKeyUsage.clientAuth, []);
+    if (!(ttlMs > 0)) throw new Error(`certificate ttl must be positive, got ${ttlMs}`);
+    const now = Date.now();
+    return (await this.leaseCertIssuer()).issue(commonName, now - BACKDATE_MS, now + ttlMs);
   }
 
   private async issue(subject: Record<string, string[]>, ttlMs: number, eku: x509.ExtendedKeyUsage, extra: x509.Extension[]): Promise<CertPair> {
