@@ -2,10 +2,11 @@
 // against an in-process gRPC control plane. Only the two seams that need a docker binary are mocked:
 // resolveDocker and configureRunner.
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import { ControlPlaneError } from '../../src/core/api-client';
+import { ControlPlaneError, EndpointError } from '../../src/core/api-client';
 import { AuthMissingError } from '../../src/core/auth';
 import { resolveDocker, type ResolvedDocker } from '../../src/core/docker-cli';
 import { configureRunner, type RunnerConfig } from '../../src/core/runner-config';
@@ -367,6 +368,63 @@ describe('when no builder can be had', () => {
     expect(plane.callsOf('Provision')).toHaveLength(3);
     expect(deps.log.warn).toHaveBeenCalledTimes(2); // one line per retry
   });
+});
+
+// Issue 12: a wrong endpoint used to be retried for the whole provision-timeout (121 s, 31 warnings). Now: one
+// error naming the endpoint, at once, with no warning before it; wrong-endpoint.test.ts covers every kind of mistake.
+describe('a wrong endpoint', () => {
+  async function refusedPort(): Promise<number> {
+    const s = net.createServer();
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+    const port = (s.address() as net.AddressInfo).port;
+    await new Promise((r) => s.close(r));
+    return port;
+  }
+
+  test('nothing listens there: one error within 5 s, no retries, no warnings (fallback: none)', async () => {
+    const port = await refusedPort();
+    const started = Date.now();
+    const err = await rejection(setup(settings({ endpoint: `127.0.0.1:${port}`, 'provision-timeout': '120' }), deps));
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(err).toBeInstanceOf(EndpointError);
+    expect(err.message).toBe(`Endpoint '127.0.0.1:${port}': nothing listens on 127.0.0.1:${port}: is the control plane running, and is this its port?`);
+    expect(deps.log.warn).not.toHaveBeenCalled();
+    expect(mockedConfigureRunner).not.toHaveBeenCalled();
+  });
+
+  test('nothing listens there with fallback: local: the control plane may be down, so the job builds locally, loudly', async () => {
+    const port = await refusedPort();
+    const r = await setup(settings({ endpoint: `127.0.0.1:${port}`, fallback: 'local' }), deps);
+    cleanup.push(r.session.dir);
+    expect(r.outputs.fallback).toBe('true');
+    const warnings = deps.log.warn.mock.calls.map(([m]) => m);
+    expect(warnings).toEqual([
+      `Build Cloud: NO REMOTE BUILDER (Endpoint '127.0.0.1:${port}': nothing listens on 127.0.0.1:${port}: is the control plane running, and is this its port?). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`
+    ]);
+  });
+
+  test('the HTTP port given as host:port: a mistake to fix, not an outage: fails even with fallback: local', async () => {
+    const hostPort = plane.connectUrl.replace('http://', '');
+    const err = await rejection(setup(settings({ endpoint: hostPort, fallback: 'local' }), deps));
+    expect(err.message).toBe(`Endpoint '${hostPort}': this port answers HTTP/1.1, not gRPC: use ${plane.connectUrl}`);
+    expect(deps.log.warn).not.toHaveBeenCalled();
+    expect(plane.calls).toEqual([]);
+  });
+});
+
+test("a rate-limited Provision is retried after the server's retry-after, within the provision-timeout", async () => {
+  plane.on('Provision', (req, n) => {
+    if (n === 1) {
+      const metadata = new grpc.Metadata();
+      metadata.set('retry-after', '1');
+      throw { ...rpcError(grpc.status.RESOURCE_EXHAUSTED, 'Rate limit exceeded: retry after 1 s.'), metadata };
+    }
+    return leaseFor(req);
+  });
+  const r = await setup(settings(), deps);
+  expect(r.outputs['lease-id']).toBe('lease-0001');
+  expect(plane.callsOf('Provision')).toHaveLength(2);
+  expect(deps.log.warn.mock.calls.map(([m]) => m)).toEqual(['Build Cloud: Provision failed (Rate limit exceeded: retry after 1 s.); retrying in 1.0 s']);
 });
 
 test('configureRunner failing: the lease is released and the error propagates', async () => {

@@ -6,6 +6,7 @@ import {
   ConfigError,
   DEFAULTS,
   DEFAULT_LIMITS,
+  checkListenHost,
   checkListenSecurity,
   defaultStateDir,
   parseBuilderIsolation,
@@ -25,7 +26,11 @@ export function registerServe(program: Command): void {
       'Run the control plane: gRPC API, metering endpoint, builders (dockerd) and the org cache registry. With no flags: the embedded default on loopback.'
     )
     .option('--state-dir <dir>', 'where state lives: SQLite database, CA, keys, registry data, builders (env BUILDCLOUD_STATE_DIR)', defaultStateDir())
-    .option('--host <ip>', 'address to listen on for gRPC, HTTP, builders and the registry proxy', DEFAULTS.host)
+    .option(
+      '--host <ip>',
+      'address to listen on for gRPC, HTTP, builders and the registry proxy, and that clients use to reach them (not 0.0.0.0 or ::)',
+      DEFAULTS.host
+    )
     .option('--grpc-port <n>', 'gRPC port (0 = any free port)', String(DEFAULTS.grpcPort))
     .option('--http-port <n>', 'HTTP port: metering endpoint, usage, /healthz, /metrics (0 = any)', String(DEFAULTS.httpPort))
     .option('--registry-port <n>', 'port of the org-cache registry proxy builders push to (0 = any)', String(DEFAULTS.registryPort))
@@ -108,6 +113,7 @@ export function registerServe(program: Command): void {
         insecure: Boolean(o.insecure),
         limits: parseLimits(o)
       });
+      checkListenHost(config.host); // a wildcard is no address to give clients: throws, naming the one to pass
       const insecureWarning = checkListenSecurity(config); // throws before anything listens
       const log = createLogger();
       if (insecureWarning) {

@@ -49,10 +49,17 @@ export class ConnectTransport implements RpcTransport {
       throw failure(Status.UNAVAILABLE, `${e.message}${cause ? ` (${cause})` : ''}`);
     }
     if (reply.status === 200) {
+      let json: unknown;
       try {
-        return DECODE[method](JSON.parse(reply.text));
+        json = JSON.parse(reply.text);
+      } catch {
+        const details = `The control plane's reply to ${method.split('/')[1]} does not fit the contract (not JSON).`;
+        throw { ...failure(Status.INTERNAL, details), notControlPlane: notControlPlane(this.baseUrl, method, 'HTTP 200, but not JSON') };
+      }
+      try {
+        return DECODE[method](json);
       } catch (err) {
-        const why = err instanceof ContractError ? err.message : 'not JSON';
+        const why = err instanceof ContractError ? err.message : String(err);
         throw failure(Status.INTERNAL, `The control plane's reply to ${method.split('/')[1]} does not fit the contract (${why}).`);
       }
     }
@@ -65,16 +72,25 @@ export class ConnectTransport implements RpcTransport {
     }
     const code = typeof body?.code === 'string' ? statusOfConnectCode(body.code) : undefined;
     if (code !== undefined) throw failure(code, typeof body?.message === 'string' ? body.message : '', retryAfter);
-    throw failure(
+    const f = failure(
       statusOfHttp(reply.status),
       `HTTP ${reply.status} from ${this.baseUrl} (not a Connect reply: is this the control plane's HTTP port?)`,
       retryAfter
     );
+    // A proxy's page while the control plane behind it restarts or refuses (401, 403, 429, 5xx) is retried or reported
+    // as it is; any other bare reply (404, 405, a redirect) comes from a server that is no control plane.
+    throw BARE_BUT_MAYBE_OURS.has(reply.status) ? f : { ...f, notControlPlane: notControlPlane(this.baseUrl, method, `HTTP ${reply.status}`) };
   }
 
   close(): void {
     // Node's global agent keeps no connection this client must end: each call is its own request.
   }
+}
+
+const BARE_BUT_MAYBE_OURS = new Set([401, 403, 429, 500, 502, 503, 504]);
+
+function notControlPlane(baseUrl: string, method: RpcMethod, what: string): string {
+  return `this server answers HTTP/1.1 but is not a Build Cloud control plane (POST ${new URL(baseUrl + rpcPath(method)).pathname}: ${what}). Use the endpoint \`buildcloud serve\` prints (behind a proxy, with its path prefix).`;
 }
 
 function failure(code: number, details: string, retryAfterMs?: number): RpcCallFailure {

@@ -29,7 +29,7 @@ export class GrpcTransport implements RpcTransport {
       this.clients[service][name](req, md, { deadline: Date.now() + o.deadlineMs }, (err: grpc.ServiceError | null, res: unknown) => {
         if (!err) return resolve(res);
         const retryAfter = err.metadata?.get('retry-after')[0];
-        const failure: RpcCallFailure = { code: err.code, details: err.details, retryAfterMs: retryAfterMs(retryAfter) };
+        const failure: RpcCallFailure = { code: err.code, details: plainDetails(err.details), retryAfterMs: retryAfterMs(retryAfter) };
         reject(failure);
       });
     });
@@ -39,4 +39,18 @@ export class GrpcTransport implements RpcTransport {
     this.clients.BuildCloud.close();
     this.clients.Auth.close();
   }
+}
+
+/**
+ * grpc-js's connection failures as a person reads them: without the empty "Resolution note:" it appends, the
+ * timestamps of its connection log, the "Error: " of a stringified error, or OpenSSL's source location (issue 12:
+ * 31 warnings ended in "Resolution note:  (UNAVAILABLE)").
+ */
+export function plainDetails(details: string): string {
+  return String(details ?? '')
+    .replace(/\.?\s*Resolution note:\s*$/, '')
+    .replace(/ \(\d{4}-\d\d-\d\dT[\d:.]+Z\)/g, '')
+    .replace(/Last error: Error: /, 'Last error: ')
+    .replace(/:\.\.\/deps\/openssl\/[^\s]*/g, '')
+    .trim();
 }

@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { ApiClient, ControlPlaneError, backoffDelay } from './api-client';
+import { ApiClient, ControlPlaneError, EndpointError, backoffDelay } from './api-client';
 import { AuthMissingError, chooseCredential } from './auth';
 import { identityFromEnv, localName, type Env, type Identity } from './identity';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
@@ -90,9 +90,11 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
         throw err;
       });
     } catch (err) {
-      // fallback: local covers a control plane that cannot serve now, and a job CI gives no credential at all (a
-      // fork's pull request, a Dependabot run): it builds, and the warning says why it built without Build Cloud.
-      const usable = (err instanceof ControlPlaneError && err.transient) || err instanceof AuthMissingError;
+      // fallback: local covers a control plane that cannot serve now (down: nothing answers at its endpoint), and a job
+      // CI gives no credential at all (a fork's pull request, a Dependabot run): it builds, and the warning says why it
+      // built without Build Cloud. An endpoint where something else answers is a mistake to fix, not an outage.
+      const down = err instanceof EndpointError ? !err.reachable : err instanceof ControlPlaneError && err.transient;
+      const usable = down || err instanceof AuthMissingError;
       if (settings.fallback !== 'local' || !usable) throw err;
       log.warn(
         `Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`
@@ -173,7 +175,8 @@ async function credential(settings: SetupSettings, identity: Identity, deps: Set
   return ex.accessToken;
 }
 
-// Transient failures (unavailable, at capacity) are retried until the deadline; permanent ones surface at once.
+// Transient failures (unavailable, at capacity, a control plane restarting) and rate limits (after the server's
+// retry-after) are retried until the deadline; permanent ones, a wrong endpoint among them, surface at once.
 async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, budgetMs: number, now: () => number, log: Log): Promise<LeaseMsg> {
   const end = now() + budgetMs;
   let attempt = 0;
@@ -200,8 +203,13 @@ async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, b
         { attempts: 1, deadlineMs: Math.min(30_000, left) }
       );
     } catch (err) {
-      if (!(err instanceof ControlPlaneError) || !err.transient || now() >= end) throw err;
-      const delayMs = Math.min(backoffDelay(++attempt, 500, 8000), Math.max(0, end - now()));
+      const waitable = err instanceof ControlPlaneError && (err.transient || err.rateLimited);
+      if (!waitable || now() >= end) throw err;
+      attempt++;
+      const wait = err.retryAfterMs ?? backoffDelay(attempt, 500, 8000);
+      // A retry-after beyond the budget is not waited for: the error says when to try again.
+      if (err.retryAfterMs !== undefined && now() + wait > end) throw err;
+      const delayMs = Math.min(wait, Math.max(0, end - now()));
       log.warn(`Build Cloud: Provision failed (${err.details || err.message}); retrying in ${(delayMs / 1000).toFixed(1)} s`);
       await new Promise((r) => setTimeout(r, delayMs));
     }

@@ -218,8 +218,78 @@ export function parseBuilderIsolation(value: string): BuilderIsolationSetting {
 }
 
 export function validateConfig(c: ServerConfig): ServerConfig {
+  const ports: Array<[string, number]> = [
+    ['--grpc-port', c.grpcPort],
+    ['--http-port', c.httpPort],
+    ['--registry-port', c.registryPort]
+  ];
+  for (const [i, [flag, port]] of ports.entries()) {
+    const same = ports.slice(i + 1).find(([, p]) => p === port && port !== 0);
+    if (same) throw new ConfigError(`${flag} and ${same[0]} are both ${port}: give each its own port (0 = any free port).`);
+  }
   if (c.idleTimeoutMs < 1000) throw new ConfigError('Invalid --idle-timeout: expected at least 1s.');
   if (c.maxTtlMs < c.idleTimeoutMs) throw new ConfigError('Invalid --max-ttl: expected at least the idle timeout.');
   if (c.warmPool > c.maxBuilders) throw new ConfigError('Invalid --warm-pool: expected at most --max-builders.');
   return c;
+}
+
+/** The flag of `serve` that sets each port it listens on, for the messages that say which one to change. */
+export const PORT_FLAGS = { grpc: '--grpc-port', http: '--http-port', registry: '--registry-port' } as const;
+
+/**
+ * Why `serve` could not listen on `host`:`port`, as one line naming the flag to change (ConfigError: printed without
+ * a stack); any other error is returned as it is. Reads the errno code of node:net errors and the text of grpc-js's
+ * bind error ("No address added ... [listen EADDRINUSE: ...]"), which carries no code.
+ */
+export function listenError(err: unknown, host: string, port: number, flag: string): unknown {
+  const e = err as NodeJS.ErrnoException;
+  const code = e?.code ?? /\b(EADDRINUSE|EADDRNOTAVAIL|EACCES)\b/.exec(String(e?.message ?? ''))?.[1];
+  const where = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  switch (code) {
+    case 'EADDRINUSE':
+      return new ConfigError(
+        `Port ${port} is already in use on ${host} (${where}): another program, or another buildcloud serve, listens there. Stop it, or pass ${flag} with a free port (0 = any free port).`
+      );
+    case 'EADDRNOTAVAIL':
+      return new ConfigError(`Cannot listen on ${host}: it is not an address of this machine. Pass --host with one of its addresses${suggestHost()}.`);
+    case 'EACCES':
+      return new ConfigError(`Not allowed to listen on ${where} (ports below 1024 need privileges): pass ${flag} with a port from 1024 up.`);
+    default:
+      return err;
+  }
+}
+
+/** 0.0.0.0, ::, and their spellings: "every address", which no client can connect to from another machine. */
+export function isWildcardHost(host: string): boolean {
+  const h = String(host)
+    .trim()
+    .toLowerCase()
+    .replace(/^\[(.*)\]$/, '$1');
+  return h === '0.0.0.0' || /^[0:]+$/.test(h); // ::, ::0, 0:0:0:0:0:0:0:0
+}
+
+/**
+ * Refuses a wildcard --host. The control plane hands its own address to every job (the endpoint it prints, the
+ * metering URL in each lease, builders' addresses, the org-cache registry in cache refs) and names it in the
+ * certificates it issues: 0.0.0.0 would reach clients as an address they cannot use. Decided: refuse, and say which
+ * address to pass, rather than guess one (a machine has several; a container's own address is not its host's).
+ */
+export function checkListenHost(host: string, addresses: string[] = machineAddresses()): void {
+  if (!isWildcardHost(host)) return;
+  throw new ConfigError(
+    `Refusing --host ${host}: it listens on every address, but the control plane gives its --host to jobs (endpoint, metering URL, builders, org-cache registry), and ${host} is not an address they can use. ` +
+      `Pass the address clients use${suggestHost(addresses)} (with --tls-cert/--tls-key for a certificate that names it).`
+  );
+}
+
+/** This machine's own addresses clients could use: not loopback, not link-local; IPv4 first. */
+export function machineAddresses(): string[] {
+  const all = Object.values(os.networkInterfaces()).flatMap((l) => l ?? []);
+  const usable = all.filter((a) => !a.internal && !(a.family === 'IPv6' && /^fe80:/i.test(a.address)) && !a.address.startsWith('169.254.'));
+  return [...usable.filter((a) => a.family === 'IPv4'), ...usable.filter((a) => a.family === 'IPv6')].map((a) => a.address);
+}
+
+function suggestHost(addresses: string[] = machineAddresses()): string {
+  const first = addresses[0];
+  return first ? `, e.g. --host ${first} (an address of this machine) or a name that resolves to it` : ', or a name that resolves to one';
 }

@@ -4,7 +4,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from './log';
-import { ConfigError, DEFAULT_LIMITS, isLoopbackHost, type ServerConfig } from './config';
+import * as net from 'net';
+import { ConfigError, DEFAULT_LIMITS, PORT_FLAGS, isLoopbackHost, listenError, type ServerConfig } from './config';
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { Pki } from './pki';
@@ -64,6 +65,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     }
     cleanups.length = 0;
   };
+  // A busy port is found before anything starts (the registry, builders): one line naming the flag to change, and
+  // nothing to clean up. The listens below map the same errors alike, for a port taken in between.
+  await checkPortsFree(config);
   try {
     fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
     fs.chmodSync(config.stateDir, 0o700);
@@ -111,7 +115,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       port: config.registryPort,
       log
     });
-    await proxy.listen();
+    await proxy.listen().catch((err) => {
+      throw listenError(err, config.host, config.registryPort, PORT_FLAGS.registry);
+    });
     cleanups.push(() => proxy.close());
     log.info({ registry: proxy.host, cert: proxyTls.source, plainHttp: loopback ? 'loopback connections' : 'refused' }, 'registry proxy serves TLS');
     const registryCaFile = path.join(config.stateDir, 'registry-ca.pem');
@@ -220,7 +226,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     });
     addGrpcApi(grpcServer, rpcApi, log);
     const grpcPort = await new Promise<number>((resolve, reject) =>
-      grpcServer.bindAsync(`${config.host}:${config.grpcPort}`, creds, (err, port) => (err ? reject(err) : resolve(port)))
+      grpcServer.bindAsync(`${listenHost(config.host)}:${config.grpcPort}`, creds, (err, port) =>
+        err ? reject(listenError(err, config.host, config.grpcPort, PORT_FLAGS.grpc)) : resolve(port)
+      )
     );
     cleanups.push(
       () =>
@@ -250,18 +258,22 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       tls,
       rpc: { api: rpcApi, log }
     });
-    await app.listen({ host: config.host, port: config.httpPort });
+    await app.listen({ host: config.host, port: config.httpPort }).catch((err) => {
+      throw listenError(err, config.host, config.httpPort, PORT_FLAGS.http);
+    });
     cleanups.push(() => app.close());
     const addr = app.server.address();
     const httpPort = typeof addr === 'object' && addr ? addr.port : config.httpPort;
     const scheme = tls ? 'https' : 'http';
-    meteringUrl = `${scheme}://${config.host}:${httpPort}/v1/events`;
+    // The addresses handed to clients: --host as given (never a wildcard: checkListenHost), an IPv6 one in brackets.
+    const clientHost = listenHost(config.host);
+    meteringUrl = `${scheme}://${clientHost}:${httpPort}/v1/events`;
 
     const info: ServerInfo = {
       pid: process.pid,
       stateDir: config.stateDir,
-      grpc: `${tls ? 'grpcs://' : ''}${config.host}:${grpcPort}`,
-      http: `${scheme}://${config.host}:${httpPort}`,
+      grpc: `${tls ? 'grpcs://' : ''}${clientHost}:${grpcPort}`,
+      http: `${scheme}://${clientHost}:${httpPort}`,
       registry: proxy.host,
       registryCaFile,
       driver: driver ? driver.name : 'none',
@@ -276,5 +288,30 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
   } catch (err) {
     await stopAll();
     throw err;
+  }
+}
+
+// host:port as grpc-js and clients take it (endpoint.ts): an IPv6 address in brackets.
+function listenHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
+/**
+ * Fails with listenError's one line when a fixed port of `config` (grpc, http, registry; 0 = any is never busy)
+ * cannot be listened on: each is opened and closed again at once, before the control plane starts anything.
+ */
+export async function checkPortsFree(config: Pick<ServerConfig, 'host' | 'grpcPort' | 'httpPort' | 'registryPort'>): Promise<void> {
+  const ports: Array<[number, string]> = [
+    [config.grpcPort, PORT_FLAGS.grpc],
+    [config.httpPort, PORT_FLAGS.http],
+    [config.registryPort, PORT_FLAGS.registry]
+  ];
+  for (const [port, flag] of ports) {
+    if (port === 0) continue;
+    await new Promise<void>((resolve, reject) => {
+      const probe = net.createServer();
+      probe.once('error', (err) => reject(listenError(err, config.host, port, flag)));
+      probe.listen({ port, host: config.host.replace(/^\[(.*)\]$/, '$1'), exclusive: true }, () => probe.close(() => resolve()));
+    });
   }
 }
