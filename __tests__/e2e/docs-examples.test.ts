@@ -160,6 +160,7 @@ describe('README "Run the control plane yourself", line by line', () => {
     expect(out(/admin org show/)).toContain('  trust      1 trust rule\n  tokens     1 token\n');
     expect(out(/usage --org acme$/)).toMatch(/^Org acme, \d{4}-\d\d\n {2}minutes {3}0 used this month; 0 used, 1200 left of 1200 bought\n/);
     expect(out(/usage --org acme --pipeline/)).toMatch(/^Pipeline \S+ of org acme: no leases\./);
+    expect(out(/usage --org acme --project acme\/app/)).toMatch(/^Project acme\/app of org acme, \d{4}-\d\d: no leases\./);
   });
 
   test('the admin token without an org, or naming a missing org, says what to pass or create', () => {
@@ -208,6 +209,11 @@ describe('README "Any other CI, or a shell"', () => {
       const r = sh(script, baseEnv({ ...identity, BUILDCLOUD_TOKEN: token, BUILDCLOUD_ENDPOINT: server.info.http }), app);
       if (r.status !== 0) throw new Error(`README's shell recipe failed (exit ${r.status}):\n${script}\n---\n${r.out}`);
       expect(r.out).toMatch(/sha256:[0-9a-f]{64}/); // pushed: the digest is reported
+      // The project's usage now counts the recipe's build (the README's `usage --project` line, run again).
+      const u = sh('buildcloud usage --org acme --project acme/app', baseEnv(), work);
+      expect(u.stdout).toMatch(
+        /^Project acme\/app of org acme, \d{4}-\d\d\n {2}leases {4}\d+ \(\d+ active\) in 1 pipeline, [\d.]+ build minutes? billed\n {2}builds {4}1 \(1 succeeded, 0 failed\)\n/
+      );
     } finally {
       seed.end();
     }

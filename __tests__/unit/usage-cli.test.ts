@@ -6,6 +6,7 @@ import type { AddressInfo } from 'net';
 import { program } from '../../src/cli/index';
 import { renderPipelineUsage, usageBaseUrl } from '../../src/cli/usage';
 import type { PipelineUsage } from '../../src/contract/http-api';
+import type { ProjectUsage } from '../../src/contract/project-usage';
 
 let server: http.Server;
 let port: number;
@@ -28,12 +29,25 @@ const PIPELINE: PipelineUsage = {
   cacheMisses: [{ leaseId: 'l1', reason: 'COPY src/ /opt/app/src/: a file changed' }]
 };
 
+const PROJECT: ProjectUsage = {
+  org: 'acme',
+  project: 'acme/app',
+  month: '2026-11',
+  leases: { count: 5, active: 1 },
+  billedSeconds: 150,
+  builds: { count: 4, succeeded: 4, failed: 0, totalSteps: 28, cachedSteps: 21, deduplicatedSteps: 0, avgCacheRatio: 0.75, withCachedStepShare: 1 },
+  pipelines: 1
+};
+
 beforeAll(async () => {
   server = http.createServer((req, res) => {
     seen.push({ url: req.url ?? '', auth: req.headers.authorization });
     res.setHeader('content-type', 'application/json');
     if (req.url?.startsWith('/v1/orgs/acme/pipelines/usage?key=42%2F7%2F1')) return res.end(JSON.stringify(PIPELINE));
     if (req.url?.startsWith('/v1/orgs/acme/pipelines/usage')) return res.end(JSON.stringify({ ...PIPELINE, pipelineKey: 'x', leases: 0 }));
+    if (req.url?.startsWith('/v1/orgs/acme/projects/usage?project=acme%2Fapp&month=2026-11')) return res.end(JSON.stringify(PROJECT));
+    if (req.url?.startsWith('/v1/orgs/acme/projects/usage'))
+      return res.end(JSON.stringify({ ...PROJECT, project: 'acme/none', leases: { count: 0, active: 0 }, builds: {} }));
     if (req.url?.startsWith('/v1/orgs/acme/usage'))
       return res.end(JSON.stringify({ org: 'acme', month: '2026-11', minutes: { used: 1, left: 59, bought: 60 } }));
     res.statusCode = 404;
@@ -109,6 +123,27 @@ describe('usage command', () => {
     expect(json).toEqual(PIPELINE);
   });
 
+  test('--project P: one project this month, exact text', async () => {
+    const text = await usage('--org', 'acme', '--project', 'acme/app', '--month', '2026-11', '--endpoint', `127.0.0.1:${port}`);
+    expect(seen[0].url).toBe('/v1/orgs/acme/projects/usage?project=acme%2Fapp&month=2026-11');
+    expect(text).toBe(
+      [
+        'Project acme/app of org acme, 2026-11',
+        '  leases    5 (1 active) in 1 pipeline, 2.5 build minutes billed',
+        '  builds    4 (4 succeeded, 0 failed)',
+        "  steps     28: 21 cached, 0 deduplicated (run by another job's build at the same time)",
+        '  cache     average ratio 75.0%; builds with a cached step 100.0%',
+        ''
+      ].join('\n')
+    );
+  });
+
+  test('a project with no leases says so', async () => {
+    expect(await usage('--org', 'acme', '--project', 'acme/none', '--month', '2026-10', '--endpoint', `127.0.0.1:${port}`)).toBe(
+      'Project acme/none of org acme, 2026-11: no leases. Check the name (as setup prints it: "identity: project ..."), or see the whole org with `buildcloud usage --org acme`.\n'
+    );
+  });
+
   test('a pipeline key with no leases says so', async () => {
     expect(await usage('--org', 'acme', '--pipeline', 'x', '--endpoint', `127.0.0.1:${port}`)).toBe(
       'Pipeline x of org acme: no leases. Check the key (the setup step prints it), or see the whole org with `buildcloud usage --org acme`.\n'
@@ -119,7 +154,9 @@ describe('usage command', () => {
     [[], 'Missing --org: pass --org ORG, the org whose usage to show (`buildcloud admin org list` lists the orgs).'],
     [['--org', 'acme', '--month', '2026-13'], "Invalid --month '2026-13': expected YYYY-MM, e.g. 2026-11."],
     [['--org', 'acme', '--pipeline', 'k', '--month', '2026-11'], '--month does not apply to --pipeline (a pipeline is one run): pass one of them.'],
-    [['--org', 'acme', '--pipeline', 'k'.repeat(257)], 'Invalid --pipeline: expected a pipeline key of 1-256 characters, e.g. 123456/789/1.']
+    [['--org', 'acme', '--pipeline', 'k'.repeat(257)], 'Invalid --pipeline: expected a pipeline key of 1-256 characters, e.g. 123456/789/1.'],
+    [['--org', 'acme', '--project', 'acme/app', '--pipeline', 'k'], '--project and --pipeline both given: pass one of them (a pipeline is of one project).'],
+    [['--org', 'acme', '--project', 'acme app'], 'Invalid --project: expected the project path, 1-256 printable characters without spaces, e.g. acme/app.']
   ])('%j → %s', async (args, message) => {
     await expect(usage(...args, '--endpoint', `127.0.0.1:${port}`)).rejects.toThrow(message);
     expect(seen).toEqual([]);

@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { orgUsagePath, pipelineUsagePath, type ErrorBody, type PipelineUsage, type UsageReport } from '../contract/http-api';
+import { projectUsagePath, type ProjectUsage } from '../contract/project-usage';
 import { NORTH_STAR_GOAL } from '../contract/rules';
 import { defaultStateDir } from '../server/config';
 import { parseEndpoint } from '../core/endpoint';
@@ -65,9 +66,10 @@ export function registerUsage(program: Command): void {
   program
     .command('usage')
     .description(
-      "Show an org's build minutes used and left, builds, cache ratio, the share of builds with a cached step, and users; or one pipeline's (--pipeline)."
+      "Show an org's build minutes used and left, builds, cache ratio, the share of builds with a cached step, and users; or one project's (--project) or pipeline's (--pipeline)."
     )
     .option('--org <name>', 'the org')
+    .option('--project <path>', "one project's leases, minutes and builds in the month, e.g. acme/app")
     .option('--pipeline <key>', "one pipeline's leases, minutes and builds, by its pipeline key (e.g. GitHub's repository_id/run_id/run_attempt)")
     .option('--month <YYYY-MM>', 'the month (default: this month, UTC)')
     .option('--endpoint <address>', `${USAGE_ENDPOINT_FORMS} (env BUILDCLOUD_HTTP_ENDPOINT; default: from --state-dir)`)
@@ -79,21 +81,39 @@ export function registerUsage(program: Command): void {
       const t = resolveTarget(o);
       const body = await getJson(t, q.path);
       if (o.json) process.stdout.write(JSON.stringify(body) + '\n');
-      else process.stdout.write((q.pipeline ? renderPipelineUsage(body as PipelineUsage) : renderUsage(body as UsageReport)) + '\n');
+      else {
+        const text =
+          q.kind === 'pipeline'
+            ? renderPipelineUsage(body as PipelineUsage)
+            : q.kind === 'project'
+              ? renderProjectUsage(body as ProjectUsage)
+              : renderUsage(body as UsageReport);
+        process.stdout.write(text + '\n');
+      }
     });
 }
 
 /** What `usage` asks for, from its flags; throws CliError naming the flag and what it expects. */
-export function usageQuery(o: { org?: string; pipeline?: string; month?: string }): { path: string; pipeline: boolean } {
+export function usageQuery(o: { org?: string; project?: string; pipeline?: string; month?: string }): {
+  path: string;
+  kind: 'org' | 'project' | 'pipeline';
+} {
   if (!o.org) throw new CliError('Missing --org: pass --org ORG, the org whose usage to show (`buildcloud admin org list` lists the orgs).');
+  if (o.pipeline !== undefined && o.project !== undefined)
+    throw new CliError('--project and --pipeline both given: pass one of them (a pipeline is of one project).');
   if (o.pipeline !== undefined) {
     if (o.month !== undefined) throw new CliError('--month does not apply to --pipeline (a pipeline is one run): pass one of them.');
     if (!o.pipeline || o.pipeline.length > 256) throw new CliError(`Invalid --pipeline: expected a pipeline key of 1-256 characters, e.g. 123456/789/1.`);
-    return { path: pipelineUsagePath(o.org, o.pipeline), pipeline: true };
+    return { path: pipelineUsagePath(o.org, o.pipeline), kind: 'pipeline' };
   }
   const month = o.month ?? new Date().toISOString().slice(0, 7);
   if (!/^\d{4}-(0[1-9]|1[0-2])$/.test(month)) throw new CliError(`Invalid --month '${month}': expected YYYY-MM, e.g. 2026-11.`);
-  return { path: orgUsagePath(o.org, month), pipeline: false };
+  if (o.project !== undefined) {
+    if (!/^[\x21-\x7e]{1,256}$/.test(o.project))
+      throw new CliError('Invalid --project: expected the project path, 1-256 printable characters without spaces, e.g. acme/app.');
+    return { path: projectUsagePath(o.org, o.project, month), kind: 'project' };
+  }
+  return { path: orgUsagePath(o.org, month), kind: 'org' };
 }
 
 async function getJson(t: Target, path: string): Promise<unknown> {
@@ -110,6 +130,23 @@ async function getJson(t: Target, path: string): Promise<unknown> {
   const body = (await res.json().catch(() => ({}))) as unknown;
   if (!res.ok) throw new CliError(`Usage request failed (HTTP ${res.status}): ${(body as Partial<ErrorBody>)?.error?.message ?? 'no details'}`);
   return body;
+}
+
+/** One project's usage in a month as a few lines of text. */
+export function renderProjectUsage(u: Partial<ProjectUsage>): string {
+  const b: Partial<ProjectUsage['builds']> = u.builds ?? {};
+  if (!u.leases?.count && !b.count) {
+    return `Project ${u.project} of org ${u.org}, ${u.month}: no leases. Check the name (as setup prints it: "identity: project ..."), or see the whole org with \`buildcloud usage --org ${u.org}\`.`;
+  }
+  const minutes = +((u.billedSeconds ?? 0) / 60).toFixed(2);
+  const pct = (x: number | undefined) => `${((x ?? 0) * 100).toFixed(1)}%`;
+  return [
+    `Project ${u.project} of org ${u.org}, ${u.month}`,
+    `  leases    ${u.leases?.count ?? 0} (${u.leases?.active ?? 0} active) in ${u.pipelines ?? 0} pipeline${u.pipelines === 1 ? '' : 's'}, ${minutes} build minute${minutes === 1 ? '' : 's'} billed`,
+    `  builds    ${b.count ?? 0} (${b.succeeded ?? 0} succeeded, ${b.failed ?? 0} failed)`,
+    `  steps     ${b.totalSteps ?? 0}: ${b.cachedSteps ?? 0} cached, ${b.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`,
+    `  cache     average ratio ${pct(b.avgCacheRatio)}; builds with a cached step ${pct(b.withCachedStepShare)}`
+  ].join('\n');
 }
 
 /** One pipeline's usage as a few lines of text. */

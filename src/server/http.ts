@@ -9,8 +9,9 @@ import type { EventsResponse, RecordResult, RecordStatus, UsageReport } from '..
 import { parseEventsBody } from '../contract/metering-events';
 import { recordQueries } from './metering/record-queries';
 import { monthOf, parseMonth, pipelineUsage } from './metering/usage';
+import { projectUsage, ProjectUsageUnsupported } from './metering/project-usage';
 import { RateLimited, rateLimitKey, type RateLimiter } from './rate-limit';
-import { Store } from './store/store';
+import type { Store, UsageRecordRow } from './store/store';
 import { addConnectApi, isConnectPath, sendConnectHttpError } from './connect-api';
 import type { RpcApi } from './rpc-api';
 
@@ -373,6 +374,36 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       scopeCoversProject(principal.scope, typeof l.identity.project === 'string' ? l.identity.project : '')
     );
   });
+
+  app.get<{ Params: { org: string }; Querystring: { project?: unknown; month?: unknown } }>(
+    '/v1/orgs/:org/projects/usage',
+    { onRequest: authenticate },
+    async (req, reply) => {
+      const principal = principalOf(req);
+      const org = req.params.org;
+      const notFound = () => sendError(reply, 404, 'not_found', `org "${org}" not found`);
+      if (principal.kind === 'org' && principal.org !== org) return notFound();
+      if (principal.kind === 'admin' && !(await deps.store.getOrg(org))) return notFound();
+      const project = req.query.project;
+      if (typeof project !== 'string' || !project || project.length > 256) {
+        return sendError(reply, 400, 'invalid_parameter', 'query parameter "project" must be the project path (1-256 characters), e.g. acme/app');
+      }
+      // A project-scoped credential reads its own projects only.
+      if (principal.scope && !scopeCoversProject(principal.scope, project)) {
+        return sendError(reply, 403, 'forbidden', `this credential is scoped to other projects than "${project.slice(0, 40)}"; use an unscoped org token`);
+      }
+      const month = req.query.month ?? monthOf(now());
+      if (typeof month !== 'string' || !parseMonth(month)) {
+        return sendError(reply, 400, 'invalid_parameter', 'query parameter "month" must be YYYY-MM, e.g. 2025-01');
+      }
+      try {
+        return await projectUsage(deps.store, org, project, month, now());
+      } catch (err) {
+        if (err instanceof ProjectUsageUnsupported) return sendError(reply, 501, 'unsupported', err.message);
+        throw err;
+      }
+    }
+  );
 
   return app;
 }
