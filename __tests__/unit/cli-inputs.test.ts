@@ -28,13 +28,25 @@ describe('load', () => {
 
   test('a value that is not a boolean names the input', () => {
     expect(() => parse([], { BUILDCLOUD_LOAD: 'maybe' })).toThrow(InputError);
-    expect(() => parse(['--load', 'sometimes'])).toThrow("Invalid input 'load': 'sometimes'. Expected true or false.");
+    expect(() => parse([], { BUILDCLOUD_LOAD: 'sometimes' })).toThrow("Invalid input 'load': 'sometimes'. Expected true or false.");
+    // A flag's value is checked as the command line is read, naming the flag and the accepted values.
+    expect(() => parse(['--load', 'sometimes'])).toThrow(
+      "error: option '--load [bool]' argument 'sometimes' is invalid. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no), or --load alone for true."
+    );
   });
 
   test('every build input is a flag, load among them, but secrets: a value on a command line is readable by any process', () => {
     const cmd = new Command('build');
     addInputs(cmd, BUILD_INPUTS);
-    expect(cmd.options.map((o) => o.long)).toEqual(BUILD_INPUTS.filter((d) => d.name !== 'secrets').map((d) => `--${d.name}`));
+    expect(cmd.options.map((o) => o.long)).toEqual([
+      ...BUILD_INPUTS.filter((d) => d.name !== 'secrets').map((d) => `--${d.name}`),
+      // docker build's spellings (issue 12)
+      '--tag',
+      '--build-arg',
+      '--label',
+      '--platform',
+      '--secret'
+    ]);
     expect(parse([], { BUILDCLOUD_SECRETS: '"NPM_TOKEN=a\nb"' }).secrets).toEqual([{ id: 'NPM_TOKEN', value: 'a\nb' }]);
     expect(() => parse(['--secrets', 'A=1'])).toThrow(/unknown option '--secrets'/);
   });

@@ -1,18 +1,43 @@
 // The runner's fastParse reads a well-formed command line exactly as commander does (ci.ts registers the same
-// grammar), and hands everything it is not sure of to commander.
+// grammar), and hands everything it is not sure of to commander. Issue 12: list flags accumulate, every boolean takes
+// the same forms, docker build's spellings work, and a flag wins over its variable with a note saying so.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
 import { Command } from 'commander';
 import { registerCi } from '../../src/cli/ci';
-import { fastParse } from '../../src/cli/runner-args';
+import { dockerSecret, envNotes, fastParse, getter, normalizeArgs, oneEntry } from '../../src/cli/runner-args';
+import { buildSettings, setupSettings } from '../../src/core/settings';
 
-function viaCommander(argv: string[]): { command: string; opts: Record<string, unknown> } {
-  const p = new Command('buildcloud').exitOverride();
+// The steps themselves are replaced: these tests see the options a step would get, through the real registration.
+const mockSeen: { command: string; opts: Record<string, unknown> }[] = [];
+jest.mock('../../src/cli/ci-steps', () => ({
+  RUN_STEP: Object.fromEntries(
+    ['setup', 'build', 'report'].map((c) => [c, async (o: Record<string, unknown>) => void mockSeen.push({ command: c, opts: { ...o } })])
+  )
+}));
+
+/** Runs `args` through commander as `buildcloud` does; returns the step's options and what was written to stderr. */
+async function viaCommander(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ command: string; opts: Record<string, unknown>; stderr: string }> {
+  const p = new Command('buildcloud').exitOverride().configureOutput({ writeErr: () => undefined, writeOut: () => undefined });
   registerCi(p);
-  let seen: { command: string; opts: Record<string, unknown> } | null = null;
-  for (const c of p.commands) c.action((o: Record<string, unknown>) => void (seen = { command: c.name(), opts: { ...o } }));
-  p.parse(argv, { from: 'user' });
-  if (!seen) throw new Error('no command ran');
-  return seen;
+  mockSeen.length = 0;
+  const saved = { ...process.env };
+  let stderr = '';
+  const spy = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => ((stderr += String(s)), true));
+  try {
+    for (const k of Object.keys(process.env)) if (k.startsWith('BUILDCLOUD_')) delete process.env[k];
+    Object.assign(process.env, env);
+    await p.parseAsync(args, { from: 'user' });
+  } finally {
+    spy.mockRestore();
+    process.env = saved;
+  }
+  if (mockSeen.length !== 1) throw new Error('no command ran');
+  return { ...mockSeen[0], stderr };
 }
+
+const fast = (args: string[]) => fastParse(['node', 'buildcloud', ...args]);
 
 describe('a well-formed command line: the same options as commander', () => {
   test.each<[string[]]>([
@@ -23,16 +48,34 @@ describe('a well-formed command line: the same options as commander', () => {
     [['setup', '--cache', '--summary', 'false']],
     [['setup', '--cache', 'false', '--platforms', 'linux/amd64,linux/arm64', '--provision-timeout', '5']],
     [['setup', '--cache', '--json']],
-    [['setup', '--org', 'acme', '--org', 'other']], // the last one wins
+    [['setup', '--json=yes']],
+    [['setup', '--json', 'false', '--cache=0']],
+    [['setup', '--org', 'acme', '--org', 'other']], // a single-value flag: the last one wins
+    [['setup', '--platforms', 'linux/amd64', '--platform', 'linux/arm64']],
     [['build', '--tags', 'acme/app:1', '--push', '--load', 'true', '--no-cache']],
     [['build', '--session', '/tmp/s.json', '--build-args', 'A=1\nB=2', '--pull']],
     [['build', '--file', 'Dockerfile.ci', '--target', 'test', '--dotenv', 'b.env', '--export-file', 'e.sh', '--json']],
+    [['build', '--build-args', 'A=1', '--build-args', 'B=2']],
+    [['build', '--build-arg', 'A=1', '--build-args', 'B=2\nC=3', '--build-arg', 'D=x\ny']],
+    [['build', '-t', 'acme/app:1', '--tag', 'acme/app:2', '--tags', 'acme/app:3,acme/app:4', '.']],
+    [['build', '-f', 'Dockerfile.ci', 'services/api']],
+    [['build', '--push', '.']],
+    [['build', '--push', 'false', '.']],
+    [['build', '.', '--push=false', '--no-cache', 'false']],
+    [['build', '--no-cache=0', '--pull', 'yes', '--load=FALSE']],
+    [['build', '--platform', 'linux/amd64', '--platforms', 'linux/arm64', '--platform', 'linux/s390x']],
+    [['build', '--secret', 'id=npm,src=.npmrc', '--secret-files', 'b=f', '--secret', 'type=file,id=c,source=g']],
+    [['build', '--label', 'a=1', '--labels', 'b=2', '--label', 'c=3']],
+    [['build', '--ssh', 'default', '--ssh', 'k=/x']],
+    [['build', '--context', 'app', 'app']], // the same context twice is one context
     [['report']],
     [['report', '--summary-file', 's.md', '--metrics', 'm.txt', '--dotenv', 'r.env', '--session', 'x.json']]
-  ])('%j', (args) => {
-    const fast = fastParse(['node', 'buildcloud', ...args]);
-    expect(fast).not.toBeNull();
-    expect(fast).toEqual(viaCommander(args));
+  ])('%j', async (args) => {
+    const f = fast(args);
+    expect(f).not.toBeNull();
+    const { stderr, ...c } = await viaCommander(args);
+    expect(f).toEqual(c);
+    expect(stderr).toBe('');
   });
 });
 
@@ -50,10 +93,234 @@ describe('left to commander (help, errors, anything unsure)', () => {
     [['setup', '--endpoint', '--json']], // a flag where the value should be
     [['setup', 'extra']],
     [['setup', '--', '--json']],
-    [['setup', '--json=yes']],
+    [['setup', '--json=maybe']],
+    [['setup', '--cache', 'maybe']],
+    [['build', '--push=maybe']],
+    [['build', '.', 'extra']],
+    [['build', '-tacme/app:1']], // a short flag with its value attached: commander's
+    [['build', '--secret', 'id=x,env=Y']],
+    [['build', '--context', 'a', 'b']],
+    [['build', '-']],
     [['build', '--pr-comment']], // GitHub-only input: not a CLI flag
+    [['build', '--secrets', 'A=1']], // a secret's value never on a command line
     [['constructor']]
   ])('%j', (args) => {
-    expect(fastParse(['node', 'buildcloud', ...args])).toBeNull();
+    expect(fast(args)).toBeNull();
+  });
+});
+
+describe('list flags accumulate, as docker build --build-arg does', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-args-'));
+  fs.writeFileSync(path.join(dir, 'npmrc'), 'x');
+  fs.writeFileSync(path.join(dir, 'key'), 'y');
+  const npmrc = path.join(dir, 'npmrc');
+  const key = path.join(dir, 'key');
+
+  test.each<[string[], Partial<ReturnType<typeof buildSettings>>]>([
+    [['--build-args', 'A=1', '--build-args', 'B=2'], { buildArgs: ['A=1', 'B=2'] }],
+    [['--build-arg', 'A=1', '--build-arg', 'B=2'], { buildArgs: ['A=1', 'B=2'] }],
+    [['--build-args', 'A=1\nB=2', '--build-arg', 'C=3'], { buildArgs: ['A=1', 'B=2', 'C=3'] }],
+    // --build-arg is one entry, as in docker, even when its value spans lines
+    [['--build-arg', 'MSG=line 1\nline 2', '--build-arg', 'Q="quoted"'], { buildArgs: ['MSG=line 1\nline 2', 'Q="quoted"'] }],
+    [['-t', 'acme/app:1', '--tag', 'acme/app:2', '--tags', 'acme/app:3,acme/app:4'], { tags: ['acme/app:1', 'acme/app:2', 'acme/app:3', 'acme/app:4'] }],
+    [['--labels', 'a=1', '--label', 'b=2'], { labels: ['a=1', 'b=2'] }],
+    [['--platforms', 'linux/amd64', '--platform', 'linux/arm64'], { platforms: ['linux/amd64', 'linux/arm64'] }],
+    [
+      ['--secret-files', `npm=${npmrc}`, '--secret', `id=key,src=${key}`],
+      {
+        secretFiles: [
+          { id: 'npm', path: npmrc },
+          { id: 'key', path: key }
+        ]
+      }
+    ],
+    [['--ssh', `a=${key}`, '--ssh', `b=${npmrc}`], { ssh: [`a=${key}`, `b=${npmrc}`] }]
+  ])('%j → %j (fastParse and commander)', async (args, want) => {
+    const f = fast(['build', ...args]);
+    const c = await viaCommander(['build', ...args]);
+    expect(buildSettings(getter(f!.opts, {}))).toMatchObject(want);
+    expect(buildSettings(getter(c.opts, {}))).toMatchObject(want);
+  });
+
+  test('setup --platforms accumulates too', () => {
+    expect(setupSettings(getter(fast(['setup', '--platforms', 'linux/amd64', '--platform', 'linux/arm64'])!.opts, {})).platforms).toEqual([
+      'linux/amd64',
+      'linux/arm64'
+    ]);
+  });
+
+  test('a --build-arg value that spans lines is passed as one quoted entry', () => {
+    expect(oneEntry('A=1')).toBe('A=1');
+    expect(oneEntry('MSG=a\n"b"')).toBe('"MSG=a\n""b"""');
+  });
+});
+
+describe('every boolean takes the same forms', () => {
+  const forms: [string[], boolean][] = [
+    [['--@'], true],
+    [['--@', 'true'], true],
+    [['--@', 'false'], false],
+    [['--@=false'], false],
+    [['--@=true'], true],
+    [['--@', '0'], false],
+    [['--@', 'yes'], true],
+    [['--@', 'FALSE'], false]
+  ];
+  const build = ['push', 'load', 'pull', 'no-cache'] as const;
+  const key = { push: 'push', load: 'load', pull: 'pull', 'no-cache': 'noCache' } as const;
+  test.each(build.flatMap((name) => forms.map(([f, v]) => [name, f.map((a) => a.replace('@', name)), v] as const)))(
+    'build --%s: %j → %s, with a context after it, on both paths',
+    async (name, flags, value) => {
+      const args = ['build', ...flags, 'ctx'];
+      const f = fast(args)!;
+      const c = await viaCommander(args);
+      expect(f.opts[key[name]]).toBe(value);
+      expect(f.opts.context).toBe('ctx');
+      expect(f).toEqual({ command: c.command, opts: c.opts });
+      expect(buildSettings(getter(c.opts, {}))[key[name]]).toBe(value);
+    }
+  );
+
+  test.each(forms.map(([f, v]) => [f.map((a) => a.replace('@', 'cache')), v] as const))('setup %j → cache %s', async (flags, value) => {
+    const f = fast(['setup', ...flags])!;
+    expect(f.opts.cache).toBe(value);
+    expect(setupSettings(getter((await viaCommander(['setup', ...flags])).opts, {})).cache).toBe(value);
+  });
+
+  test('`--no-cache false` works (it failed with "too many arguments")', async () => {
+    expect(buildSettings(getter((await viaCommander(['build', '--no-cache', 'false'])).opts, {})).noCache).toBe(false);
+    expect(buildSettings(getter(fast(['build', '--no-cache', 'false'])!.opts, {})).noCache).toBe(false);
+  });
+
+  test.each<[string[], string]>([
+    [['setup', '--cache', 'maybe'], '--cache'],
+    [['setup', '--json=2'], '--json'],
+    [['build', '--no-cache=maybe'], '--no-cache'],
+    [['build', '--push=on', '.'], '--push']
+  ])('%j: refused naming the flag and the accepted values', async (args, flag) => {
+    expect(fast(args)).toBeNull();
+    const value = args.find((a) => a.includes('=') || a === 'maybe')!.replace(/^.*=/, '');
+    await expect(viaCommander(args)).rejects.toThrow(
+      `error: option '${flag} [bool]' argument '${value}' is invalid. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no), or ${flag} alone for true.`
+    );
+  });
+
+  test('a word after a boolean flag is its value only when it is a boolean word (build takes a context)', () => {
+    expect(normalizeArgs('build', ['--push', '.', '--load', 'false', '--no-cache'])).toEqual(['--push=true', '.', '--load=false', '--no-cache=true']);
+    expect(normalizeArgs('build', ['--target', '--push', '--push'])).toEqual(['--target', '--push', '--push=true']); // a value flag's value is never read
+    expect(normalizeArgs('setup', ['--cache', 'maybe'])).toEqual(['--cache=maybe']);
+  });
+});
+
+describe("docker build's spellings", () => {
+  test('`buildcloud build -t acme/app:1 -f Dockerfile.ci --build-arg A=1 --platform linux/amd64 --target t --no-cache --pull --push --load .`', async () => {
+    const args = [
+      'build',
+      '-t',
+      'acme/app:1',
+      '-f',
+      'Dockerfile.ci',
+      '--build-arg',
+      'A=1',
+      '--platform',
+      'linux/amd64',
+      '--target',
+      't',
+      '--no-cache',
+      '--pull',
+      '--push',
+      '--load',
+      '.'
+    ];
+    const want = {
+      context: '.',
+      file: 'Dockerfile.ci',
+      tags: ['acme/app:1'],
+      buildArgs: ['A=1'],
+      platforms: ['linux/amd64'],
+      target: 't',
+      noCache: true,
+      pull: true,
+      push: true,
+      load: true
+    };
+    expect(buildSettings(getter(fast(args)!.opts, {}))).toMatchObject(want);
+    expect(buildSettings(getter((await viaCommander(args)).opts, {}))).toMatchObject(want);
+  });
+
+  test.each<[string, string]>([
+    ['id=npm,src=.npmrc', 'npm=.npmrc'],
+    ['id=npm,source=/run/npmrc', 'npm=/run/npmrc'],
+    ['type=file,id=npm,src=a', 'npm=a']
+  ])('--secret %s → secret-files entry %s', (spec, entry) => {
+    expect(dockerSecret(spec)).toBe(entry);
+  });
+
+  test.each([['id=npm,env=NPM_TOKEN'], ['id=npm'], ['src=.npmrc'], ['id=npm,src=f,type=env'], ['id=npm,src=a,b']])(
+    '--secret %s is refused without showing it',
+    async (spec) => {
+      const msg =
+        "Invalid --secret: expected id=ID,src=FILE (docker build's file secret, passed on as the secret-files entry ID=FILE). A secret from a variable (env=) or an id alone has no flag: put ID=VALUE in BUILDCLOUD_SECRETS.";
+      await expect(viaCommander(['build', '--secret', spec])).rejects.toThrow(msg);
+      await viaCommander(['build', '--secret', spec]).catch((e: Error) => expect(e.message).not.toContain(spec));
+    }
+  );
+
+  test('a positional context and a different --context: one message, naming both', async () => {
+    await expect(viaCommander(['build', '--context', 'a', 'b'])).rejects.toThrow(
+      "The context is given twice: 'b' as the argument and 'a' as --context. Give it once."
+    );
+  });
+
+  test('two positional contexts: commander says so', async () => {
+    await expect(viaCommander(['build', 'a', 'b'])).rejects.toThrow("error: too many arguments for 'build'. Expected 1 argument but got 2.");
+  });
+});
+
+describe('a flag and its variable: the flag wins, and a note says so', () => {
+  test.each<[string[], NodeJS.ProcessEnv, string[]]>([
+    [
+      ['build', '-t', 'acme/app:2'],
+      { BUILDCLOUD_TAGS: 'acme/app:1' },
+      ['note: --tags / -t / --tag and BUILDCLOUD_TAGS are both set, to different values: the flag wins and BUILDCLOUD_TAGS is ignored.']
+    ],
+    [['build', '--tags', 'acme/app:1'], { BUILDCLOUD_TAGS: 'acme/app:1' }, []], // the same value: nothing to say
+    [['build', '--push'], { BUILDCLOUD_PUSH: ' true' }, []],
+    [
+      ['build', '--push=false'],
+      { BUILDCLOUD_PUSH: 'true' },
+      ['note: --push and BUILDCLOUD_PUSH are both set, to different values: the flag wins and BUILDCLOUD_PUSH is ignored.']
+    ],
+    [
+      ['build', 'services/api'],
+      { BUILDCLOUD_CONTEXT: '.' },
+      ['note: --context / the context argument and BUILDCLOUD_CONTEXT are both set, to different values: the flag wins and BUILDCLOUD_CONTEXT is ignored.']
+    ],
+    [['build', '--push'], { BUILDCLOUD_TAGS: 'acme/app:1' }, []], // no flag for it: the variable is used
+    [
+      ['setup', '--token', 'flag-secret'],
+      { BUILDCLOUD_TOKEN: 'env-secret' },
+      ['note: --token and BUILDCLOUD_TOKEN are both set, to different values: the flag wins and BUILDCLOUD_TOKEN is ignored.']
+    ]
+  ])('%j with %j', async (args, env, notes) => {
+    const f = fast(args)!;
+    expect(envNotes(f.command, f.opts, env)).toEqual(notes);
+    const c = await viaCommander(args, env);
+    expect(c.stderr).toBe(notes.map((n) => n + '\n').join(''));
+    expect(c.stderr).not.toMatch(/secret/);
+  });
+
+  test('the flag is what the step reads', () => {
+    const f = fast(['build', '--tags', 'acme/app:2'])!;
+    expect(buildSettings(getter(f.opts, { BUILDCLOUD_TAGS: 'acme/app:1' })).tags).toEqual(['acme/app:2']);
+    expect(buildSettings(getter(fast(['build'])!.opts, { BUILDCLOUD_TAGS: 'acme/app:1' })).tags).toEqual(['acme/app:1']);
+  });
+
+  test('an unknown BUILDCLOUD_* variable is warned about on both paths, by name only', async () => {
+    const env = { BUILDCLOUD_TAG: 'acme/app:1' };
+    const want = ['warning: BUILDCLOUD_TAG is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_TAGS?'];
+    expect(envNotes('build', fast(['build'])!.opts, env)).toEqual(want);
+    const c = await viaCommander(['build'], env);
+    expect(c.stderr).toBe(want[0] + '\n');
   });
 });

@@ -3,21 +3,33 @@ import { Command, CommanderError } from 'commander';
 import { registerServe } from './serve';
 import { registerAdmin } from './admin';
 import { registerUsage } from './usage';
-import { registerCi } from './ci';
+import { envHelp, registerCi } from './ci';
 import { registerDemo } from './demo';
 import { reportError } from './errors';
 
+/** Help heading of the commands an operator runs where the control plane runs. */
+export const HOST_GROUP = "Commands for the control plane's host (serve, admin, usage):";
+const DEMO_GROUP = 'Try it all on one machine:';
+
+/** The operator's `buildcloud` command: every command, grouped in --help by where it runs. */
 export function program(): Command {
   const p = new Command('buildcloud')
     .description('Build Cloud for CI: ephemeral remote builders per pipeline, an org-wide layer cache, build-minute metering.')
     .version(process.env.BUILDCLOUD_VERSION || '0.1.0')
     .showHelpAfterError()
     .exitOverride();
+  // Grouped by where a command runs (issue 12): the operator's machine, a CI job, or one machine trying it all.
+  p.commandsGroup(HOST_GROUP);
   registerServe(p);
   registerAdmin(p);
   registerUsage(p);
   registerCi(p);
+  p.commandsGroup(DEMO_GROUP);
   registerDemo(p);
+  for (const c of p.commands) {
+    const name = c.name();
+    if (name === 'serve' || name === 'admin' || name === 'usage' || name === 'demo') c.addHelpText('after', envHelp(name));
+  }
   return p;
 }
 

@@ -7,7 +7,7 @@ import { requireEndpoint } from '../core/endpoint';
 import { preconnect } from '../core/preconnect';
 import { loadSession, SESSION_ENV } from '../core/session';
 import { reportError } from './errors';
-import { fastParse, getter, type RunnerCommand } from './runner-args';
+import { envNotes, fastParse, getter, type RunnerCommand } from './runner-args';
 
 function loadRunnerSteps(): typeof import('./runner-steps') {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
@@ -30,6 +30,9 @@ export function checkInputs(command: RunnerCommand, opts: Record<string, unknown
 export async function main(argv: string[]): Promise<number> {
   const parsed = fastParse(argv);
   if (!parsed) return loadRunnerSteps().viaCommander(argv);
+  // Unknown BUILDCLOUD_* variables and flags overriding variables are said first (commander's path: ci.ts).
+  const notes = envNotes(parsed.command, parsed.opts, process.env);
+  if (notes.length) process.stderr.write(notes.join('\n') + '\n');
   let endpoint: string | undefined;
   try {
     endpoint = checkInputs(parsed.command, parsed.opts, process.env);

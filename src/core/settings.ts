@@ -48,6 +48,14 @@ export interface BuildSettings {
 const TRUE = ['true', 'True', 'TRUE', '1', 'yes'];
 const FALSE = ['false', 'False', 'FALSE', '0', 'no'];
 
+/** The words a boolean input or flag takes, as every CI passes them: true, True, TRUE, 1, yes and their opposites. */
+export const BOOLEAN_WORDS: readonly string[] = [...TRUE, ...FALSE];
+
+/** `v` as a boolean when it is one of BOOLEAN_WORDS, else undefined. */
+export function parseBoolean(v: string): boolean | undefined {
+  return TRUE.includes(v) ? true : FALSE.includes(v) ? false : undefined;
+}
+
 function raw(def: InputDef, get: Getter): string {
   const v = get(def.name);
   return v === undefined || v === null || v === '' ? def.default : String(v);
