@@ -192,6 +192,12 @@ export class MemoryStore implements Store {
     return sum;
   }
 
+  async insertUsageRecords(rows: UsageRecordRow[]): Promise<InsertResult[]> {
+    const out: InsertResult[] = [];
+    for (const r of rows) out.push(await this.insertUsageRecord(r));
+    return out;
+  }
+
   async insertUsageRecord(row: UsageRecordRow): Promise<InsertResult> {
     const key = JSON.stringify([row.org, row.leaseId ?? '', row.id]); // keyed like SQLite's migration 5
     if (this.usage.has(key)) return 'duplicate';

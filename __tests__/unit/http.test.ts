@@ -317,7 +317,7 @@ describe('POST /v1/events', () => {
     const broken = makeApp({
       log: pino({ level: 'silent' }),
       store: Object.assign(Object.create(store), {
-        insertUsageRecord: async () => {
+        insertUsageRecords: async () => {
           throw new Error('disk full');
         }
       })

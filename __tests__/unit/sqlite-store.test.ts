@@ -231,3 +231,55 @@ describe('SqliteStore', () => {
     await m.close();
   });
 });
+
+describe('group commit', () => {
+  test('writes that arrive together commit together; one that throws rolls back alone and rejects alone', async () => {
+    const s = openSqliteStore(':memory:');
+    try {
+      await s.createOrg('acme', 1);
+      const commits: number[] = [];
+      const db = (s as unknown as { db: { exec: (sql: string) => void } }).db;
+      const exec = db.exec.bind(db);
+      db.exec = (sql: string) => {
+        if (sql === 'COMMIT') commits.push(Date.now());
+        exec(sql);
+      };
+      const rec = (id: string) => ({ id, org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: 'l1', data: {} });
+      const [a, b, bad, c] = await Promise.allSettled([
+        s.insertUsageRecord(rec('r1')),
+        s.insertUsageRecords([rec('r2'), rec('r1')]),
+        s.endLease('no-such-lease', 1, 'released', 0), // no such lease: false, in the same transaction
+        s.insertUsageRecord(rec('r3'))
+      ]);
+      expect(commits).toHaveLength(1); // one transaction (one fsync) for every write of that turn
+      expect(a).toEqual({ status: 'fulfilled', value: 'inserted' });
+      expect(b).toEqual({ status: 'fulfilled', value: ['inserted', 'duplicate'] });
+      expect(bad).toEqual({ status: 'fulfilled', value: false });
+      expect(c).toEqual({ status: 'fulfilled', value: 'inserted' });
+      // A write that throws inside the transaction rolls back its own savepoint only.
+      const [ok1, failed, ok2] = await Promise.allSettled([
+        s.insertUsageRecord(rec('r4')),
+        (s as unknown as { write: (f: () => unknown) => Promise<unknown> }).write(() => {
+          s.db.prepare("INSERT INTO usage_records (id, org, type, time, received_at, lease_id, data) VALUES ('r5', 'acme', 't', 1, 1, 'l1', '{}')").run();
+          throw new Error('half-done write');
+        }),
+        s.insertUsageRecord(rec('r6'))
+      ]);
+      expect([ok1.status, failed.status, ok2.status]).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+      const ids = (await s.usageRecords('acme', 0, 10)).map((r) => r.id).sort();
+      expect(ids).toEqual(['r1', 'r2', 'r3', 'r4', 'r6']); // r5 was rolled back with its write
+      expect(commits).toHaveLength(2);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test('writes queued when the store closes are committed first', async () => {
+    const s = openSqliteStore(':memory:');
+    await s.createOrg('acme', 1);
+    const pending = s.insertUsageRecord({ id: 'r1', org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: 'l1', data: {} });
+    await s.close();
+    await expect(pending).resolves.toBe('inserted');
+    await expect(s.insertUsageRecord({ id: 'r2', org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: 'l1', data: {} })).rejects.toThrow(/closed/);
+  });
+});

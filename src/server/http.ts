@@ -246,6 +246,11 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     const leaseOwned = new Map<string, 'own' | 'other-project' | 'no'>(); // batches name the same lease many times
     const leaseStored = new Map<string, number>(); // records each lease holds, counted once per request
     const results: RecordResult[] = [];
+    // New records are inserted together after the loop, in one commit (the store's group commit): one fsync per
+    // request, not per record. Each is a new record when checked (not stored, not earlier in this batch), so the
+    // caps count exactly; one that a concurrent request stored in between comes back a duplicate.
+    const toInsert: Array<{ row: UsageRecordRow; result: RecordResult }> = [];
+    const inBatch = new Set<string>(); // lease id + record id of records admitted from this request
     for (const pe of parsed.events) {
       const base = { index: pe.index, id: pe.id ?? null };
       const reject = (reason: string) => results.push({ ...base, status: 'rejected', reason });
@@ -281,7 +286,13 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         });
         continue;
       }
-      // Record caps: a record over one is rejected (not stored), unless it is a resend of one stored already.
+      // A resend (stored before, or earlier in this batch) is a duplicate, whatever the caps say.
+      const batchKey = JSON.stringify([leaseId, ev.id]);
+      if (inBatch.has(batchKey) || (await queries.recordExists(org, leaseId, ev.id))) {
+        results.push({ ...base, status: 'duplicate' });
+        continue;
+      }
+      // Record caps: a new record over one is rejected (not stored).
       let stored = caps.perLease > 0 ? leaseStored.get(leaseId) : 0;
       if (stored === undefined) {
         stored = await queries.countLeaseRecords(org, leaseId);
@@ -290,10 +301,6 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
       const day = caps.perOrgDay > 0 ? await orgDay(org, receivedAt) : null;
       const overLease = caps.perLease > 0 && stored >= caps.perLease;
       const overDay = day !== null && day.count >= caps.perOrgDay;
-      if ((overLease || overDay) && (await queries.recordExists(org, leaseId, ev.id))) {
-        results.push({ ...base, status: 'duplicate' });
-        continue;
-      }
       if (overLease) {
         reject(
           `lease "${leaseId}" already holds ${caps.perLease} usage records, the most one lease may store ` +
@@ -308,23 +315,22 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
         );
         continue;
       }
-      // A store failure here throws: the client retries the whole batch, and what was already stored
-      // comes back as duplicate, so nothing is counted twice.
-      const inserted = await deps.store.insertUsageRecord({
-        id: ev.id,
-        org,
-        type: ev.type,
-        time: ev.time ? Date.parse(ev.time) : receivedAt,
-        receivedAt,
-        leaseId,
-        data: ev.data
+      inBatch.add(batchKey);
+      if (caps.perLease > 0) leaseStored.set(leaseId, stored + 1);
+      if (day) day.count++;
+      const result: RecordResult = { ...base, status: 'accepted' };
+      results.push(result);
+      toInsert.push({
+        row: { id: ev.id, org, type: ev.type, time: ev.time ? Date.parse(ev.time) : receivedAt, receivedAt, leaseId, data: ev.data },
+        result
       });
-      if (inserted === 'inserted') {
-        if (caps.perLease > 0) leaseStored.set(leaseId, stored + 1);
-        if (day) day.count++;
-      }
-      results.push({ ...base, status: inserted === 'inserted' ? 'accepted' : 'duplicate' });
     }
+    // A store failure here throws: the client retries the whole batch, and what was already stored comes back as
+    // duplicate, so nothing is counted twice. The reply goes out only after the commit: 'accepted' is durable.
+    const inserted = await deps.store.insertUsageRecords(toInsert.map((t) => t.row));
+    inserted.forEach((r, i) => {
+      if (r === 'duplicate') toInsert[i].result.status = 'duplicate';
+    });
     const count = (s: RecordStatus) => results.filter((r) => r.status === s).length;
     const accepted = count('accepted');
     const duplicate = count('duplicate');

@@ -1,7 +1,14 @@
 // The embedded store: one SQLite file. The server and the `buildcloud admin` CLI open the same file at the
 // same time, so it runs in WAL mode (readers never block the writer) with a busy timeout (two writers wait
 // for each other instead of failing with SQLITE_BUSY). better-sqlite3 is synchronous; the async methods
-// only keep the Store interface the same as a networked PostgreSQL store's.
+// keep the Store interface the same as a networked PostgreSQL store's.
+//
+// Group commit: the writes on the request paths (reserve, builders, end, touch, extend, usage records) are queued and
+// run together, each in a savepoint of its own, in one transaction per turn of the event loop; each caller's promise
+// settles once that transaction has committed (synchronous = FULL: fsynced). One fsync then carries every write that
+// arrived meanwhile instead of one each (issue 13: with one transaction per write, 1,000 provisions at concurrency 50
+// spent over 40% of the control plane's CPU time in SQLite commits). A write that throws rolls back its own
+// savepoint only and rejects its own caller; the others commit.
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -235,9 +242,17 @@ export function migrate(db: Database.Database): number {
   return run.immediate();
 }
 
+interface QueuedWrite {
+  run: () => unknown;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
 export class SqliteStore implements Store {
   private closed = false;
   private readonly st;
+  private queue: QueuedWrite[] = [];
+  private flushScheduled = false;
 
   constructor(readonly db: Database.Database) {
     // busy_timeout first: switching to WAL itself needs a lock another process may hold.
@@ -389,6 +404,59 @@ export class SqliteStore implements Store {
     return { limits, book, activeLeases: active.n, unreserved: unreservedSeconds(book) };
   }
 
+  /**
+   * Runs `run` (synchronous store statements) in the next group transaction (see the file comment); resolves with its
+   * result once that transaction is committed, rejects with its error (its own savepoint rolled back) or with the
+   * commit's. Transactions of better-sqlite3 inside `run` become savepoints.
+   */
+  private write<T>(run: () => T): Promise<T> {
+    if (this.closed) return Promise.reject(new Error('store is closed'));
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const batch = this.queue;
+    this.queue = [];
+    if (batch.length === 0) return;
+    if (this.closed) {
+      for (const w of batch) w.reject(new Error('store is closed'));
+      return;
+    }
+    const outcomes: Array<{ ok: true; value: unknown } | { ok: false; error: unknown }> = [];
+    try {
+      // IMMEDIATE: the write lock before anything is read, as the single-write transactions took it.
+      this.db.exec('BEGIN IMMEDIATE');
+      for (const w of batch) {
+        this.db.exec('SAVEPOINT w');
+        try {
+          outcomes.push({ ok: true, value: w.run() });
+          this.db.exec('RELEASE w');
+        } catch (error) {
+          this.db.exec('ROLLBACK TO w');
+          this.db.exec('RELEASE w');
+          outcomes.push({ ok: false, error });
+        }
+      }
+      this.db.exec('COMMIT');
+    } catch (error) {
+      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      for (const w of batch) w.reject(error);
+      return;
+    }
+    batch.forEach((w, i) => {
+      const o = outcomes[i];
+      if (o.ok) w.resolve(o.value);
+      else w.reject(o.error);
+    });
+  }
+
   async reserveLease(row: LeaseRow, policy: ReservePolicy): Promise<ReserveResult> {
     // IMMEDIATE: the write lock is taken before the balance is read, so two provisions (in this process or
     // another one on the same file) never both see the same unreserved seconds.
@@ -411,7 +479,7 @@ export class SqliteStore implements Store {
       this.insertLeaseSync({ ...row, reservedSeconds: grant });
       return { ok: true, reservedSeconds: grant };
     });
-    return tx.immediate();
+    return this.write(() => tx());
   }
 
   async extendReservation(id: string, chunkSeconds: number): Promise<number | null> {
@@ -422,11 +490,11 @@ export class SqliteStore implements Store {
       if (grant > 0) this.st.addReservation.run(grant, id);
       return l.reserved_seconds + grant;
     });
-    return tx.immediate();
+    return this.write(() => tx());
   }
 
   async setLeaseBuilders(id: string, builderIds: string[]): Promise<void> {
-    this.st.setBuilders.run(JSON.stringify(builderIds), id);
+    await this.write(() => this.st.setBuilders.run(JSON.stringify(builderIds), id));
   }
 
   async reservedSeconds(org: string): Promise<number> {
@@ -471,14 +539,14 @@ export class SqliteStore implements Store {
   }
 
   async touchLease(id: string, now: number): Promise<void> {
-    this.st.touchLease.run(now, id);
+    await this.write(() => this.st.touchLease.run(now, id));
   }
 
   async endLease(id: string, endedAt: number, reason: LeaseEndReason, billedSeconds: number): Promise<boolean> {
     requireInt('billedSeconds', billedSeconds);
     // The WHERE clause makes ending atomic even across processes: of two concurrent enders (release and
     // reaper, or two servers), exactly one sees changes === 1, so a lease is billed once.
-    return this.st.endLease.run(endedAt, reason, billedSeconds, id).changes === 1;
+    return this.write(() => this.st.endLease.run(endedAt, reason, billedSeconds, id).changes === 1);
   }
 
   async activeLeases(org?: string): Promise<LeaseRow[]> {
@@ -500,8 +568,12 @@ export class SqliteStore implements Store {
   }
 
   async insertUsageRecord(row: UsageRecordRow): Promise<InsertResult> {
-    const changes = this.st.insertRecord.run({ ...row, data: JSON.stringify(row.data) }).changes;
-    return changes === 1 ? 'inserted' : 'duplicate';
+    return (await this.insertUsageRecords([row]))[0];
+  }
+
+  async insertUsageRecords(rows: UsageRecordRow[]): Promise<InsertResult[]> {
+    if (rows.length === 0) return [];
+    return this.write(() => rows.map((row) => (this.st.insertRecord.run({ ...row, data: JSON.stringify(row.data) }).changes === 1 ? 'inserted' : 'duplicate')));
   }
 
   async usageRecords(org: string, sinceMs: number, untilMs: number): Promise<UsageRecordRow[]> {
@@ -511,6 +583,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    this.flush(); // writes already queued are committed (or rejected) first
     this.closed = true;
     this.db.close();
   }

@@ -145,6 +145,8 @@ export interface Store {
 
   // usage records (metering): a record is a duplicate only of the same org's record with the same id
   insertUsageRecord(row: UsageRecordRow): Promise<InsertResult>;
+  // several at once, durable together (one commit), each 'inserted' or 'duplicate' in the order given
+  insertUsageRecords(rows: UsageRecordRow[]): Promise<InsertResult[]>;
   usageRecords(org: string, sinceMs: number, untilMs: number): Promise<UsageRecordRow[]>;
 
   close(): Promise<void>;
