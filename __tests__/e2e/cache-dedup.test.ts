@@ -18,6 +18,11 @@ import type { LeaseMsg } from '../../src/contract/grpc';
 const SHARED = 'FROM scratch\nADD rootfs.tar /\nRUN echo deps > /deps.txt && sleep 4\nRUN echo two > /two\n';
 const X = `${SHARED}RUN echo x > /which\n`;
 const Y = `${SHARED}RUN echo y > /which\n`;
+// The same with a build argument in the slow step: BuildKit shows the step with the value in its name.
+const SHARED_ARG = 'FROM scratch\nADD rootfs.tar /\nARG V\nRUN echo "$V" > /v && sleep 4\n';
+const XA = `${SHARED_ARG}RUN echo xa > /which\n`;
+const YA = `${SHARED_ARG}RUN echo ya > /which\n`;
+const SLOW_ARG = /^#\d+ \[2\/3\] RUN echo "7" > \/v/m;
 // x's shared slow step, as BuildKit's plain progress names it when it starts.
 const SLOW = /^#\d+ \[2\/4\] RUN echo deps/m;
 
@@ -35,7 +40,9 @@ beforeAll(async () => {
   docker = await resolveDocker({ ...process.env, BUILDCLOUD_DOCKER: DOCKER });
   for (const [name, body] of [
     ['x', X],
-    ['y', Y]
+    ['y', Y],
+    ['xa', XA],
+    ['ya', YA]
   ]) {
     const ctx = path.join(work, name);
     await makeBusyboxContext(ctx, '');
@@ -52,16 +59,23 @@ afterAll(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-async function job(jobId: string): Promise<{ lease: LeaseMsg; cfg: RunnerConfig }> {
+async function job(jobId: string, pipeline = 'repo/dedup/1'): Promise<{ lease: LeaseMsg; cfg: RunnerConfig }> {
   const identity = { provider: 'local', project: 'acme/dedup', branch: 'main', defaultBranch: 'main', actor: 'dev' };
-  const lease = await client.provision({ pipelineKey: 'repo/dedup/1', jobId, identity });
+  const lease = await client.provision({ pipelineKey: pipeline, jobId, identity });
   leases.push(lease);
   const cfg = await configureRunner(lease, runnerName(['local', identity.project, lease.pipelineKey, jobId]), { tempRoot: path.join(work, 'tmp'), docker });
   cfgs.push(cfg);
   return { lease, cfg };
 }
 
-const opts = (name: string): BuildOptions => ({ context: path.join(work, name), tags: [], buildArgs: {}, push: false, platforms: [], exportCache: false });
+const opts = (name: string, buildArgs: Record<string, string> = {}): BuildOptions => ({
+  context: path.join(work, name),
+  tags: [],
+  buildArgs,
+  push: false,
+  platforms: [],
+  exportCache: false
+});
 
 const statuses = (r: BuildResult) => r.steps.map((s) => s.status);
 
@@ -110,4 +124,29 @@ test('job y waited for the steps job x was running: deduplicated for y, not cach
   const c = await runBuild(opts('y'), z.cfg, z.lease, docker, { trapSignals: false });
   expect(c.status).toBe('success');
   expect(c).toMatchObject({ totalSteps: 4, cachedSteps: 4, deduplicatedSteps: 0 });
+});
+
+test('the same with a build argument in the shared step (its name shows the value, its record the $V): deduplicated too', async () => {
+  const x = await job('xa', 'repo/dedup/2');
+  const y = await job('ya', 'repo/dedup/2');
+  expect(y.lease.builders[0].builderId).toBe(x.lease.builders[0].builderId);
+  const lines: Record<string, string[]> = { x: [], y: [] };
+  let slowSeen!: () => void;
+  const slow = new Promise<void>((resolve) => (slowSeen = resolve));
+  const rx = runBuild(opts('xa', { V: '7' }), x.cfg, x.lease, docker, {
+    onLine: (l) => {
+      lines.x.push(l);
+      if (SLOW_ARG.test(l)) slowSeen();
+    },
+    trapSignals: false
+  });
+  await slow;
+  const ry = runBuild(opts('ya', { V: '7' }), y.cfg, y.lease, docker, { onLine: (l) => lines.y.push(l), trapSignals: false });
+  const [a, b] = await Promise.all([rx, ry]);
+  expect([a.status, b.status]).toEqual(['success', 'success']);
+  // BuildKit's own names carry the value; the record of the step carries "$V".
+  expect(lines.y.join('\n')).toMatch(/^#\d+ \[2\/3\] RUN echo "7" > \/v && sleep 4$/m);
+  expect(parseProgress(lines.y.join('\n')).steps.map((s) => s.status)).toEqual(['cached', 'cached', 'done']);
+  expect(statuses(b)).toEqual(['cached', 'deduplicated', 'done']);
+  expect(b).toMatchObject({ totalSteps: 3, cachedSteps: 1, deduplicatedSteps: 1 });
 });

@@ -1,7 +1,7 @@
 // build-dedup.ts: steps another build ran while this one waited, told from cache hits by the builder's records.
 // The records below were read from a real builder (Docker Engine 20.10, `docker system df -v`) after two builds that
 // share their first three steps: job x (started first) ran them; job y, started 2 s later, printed them CACHED.
-import { goTimeMs, parseBuildCache, runCommand, stepsRunConcurrently, type CacheRecord } from '../../src/core/build-dedup';
+import { describesRun, goTimeMs, parseBuildCache, runCommand, stepsRunConcurrently, type CacheRecord } from '../../src/core/build-dedup';
 import { parseProgress, type Progress } from '../../src/core/build-progress';
 
 // Creation times in seconds past 20:42 on the builder's clock, as the listing gave them.
@@ -177,5 +177,38 @@ describe('goTimeMs', () => {
   });
   test.each(['', 'yesterday', '30/11/2026 20:42'])('%j is NaN', (s) => {
     expect(goTimeMs(s)).toBeNaN();
+  });
+});
+
+describe('describesRun', () => {
+  const exec = (argv: string) => rec('r', '', `mount / from exec ${argv}`);
+  test.each([
+    ['/bin/sh -c sleep 5 && echo "$V" > /s', 'sleep 5 && echo "7" > /s', true],
+    ['/bin/sh -c echo ${V} ${W:-x} > /s', 'echo 7 8 > /s', true],
+    ['/bin/bash -eo pipefail -c make $TARGET', 'make all', true],
+    ['/bin/sh -c echo two > /two', 'echo two > /two', true],
+    ['/bin/sh -c echo exec > /e', '/bin/sh -c echo exec > /e', true], // the exec form: no shell words to skip
+    ['/bin/sh -c echo "$V" > /s', 'echo "7" > /t', false],
+    ['/bin/sh -c echo two > /two', 'echo three > /two', false],
+    ['/bin/sh -c make', 'make install', false]
+  ])('%s ~ %s: %s', (argv, cmd, same) => {
+    expect(describesRun(exec(argv), cmd)).toBe(same);
+  });
+  test('a step using a build argument that another job ran while this one waited is deduplicated', () => {
+    const stream = [
+      '#4 [1/3] ADD rootfs.tar /',
+      '#4 CACHED',
+      '#5 [2/3] RUN sleep 5 && echo "7" > /s',
+      '#5 CACHED',
+      '#6 [3/3] RUN echo xb',
+      '#6 DONE 0.1s'
+    ].join('\n');
+    const after = [
+      rec('a', '', 'fileop target', 10),
+      rec('b', 'a', 'mount / from exec /bin/sh -c sleep 5 && echo "$V" > /s', 30),
+      rec('c', 'b', 'mount / from exec /bin/sh -c echo xb', 31)
+    ];
+    const p = stepsRunConcurrently(parseProgress(stream), at(20), after);
+    expect(statuses(p)).toEqual(['[1/3]:cached', '[2/3]:deduplicated', '[3/3]:done']);
   });
 });

@@ -92,12 +92,36 @@ export function runCommand(stepName: string): string | null {
   return squash(cmd);
 }
 
-/** Whether `record` is the result of a RUN step running `cmd` (its shell, e.g. "/bin/sh -c", comes first). */
-function describesRun(record: CacheRecord, cmd: string): boolean {
+// `$NAME`, `${NAME}` and `${NAME:-word}`-style references in a command as the Dockerfile wrote it.
+const VARIABLE = /\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*(?::?[-+?][^}]*)?\})/;
+const VARIABLES = new RegExp(VARIABLE.source, 'g');
+
+/** Whether `written` (a command as the Dockerfile wrote it) reads as `shown` once its variables are expanded. */
+function sameCommand(written: string, shown: string): boolean {
+  if (written === shown) return true;
+  if (!VARIABLE.test(written)) return false;
+  const pattern = written
+    .split(VARIABLES)
+    .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+    .join('[\\s\\S]*?');
+  return new RegExp(`^${pattern}$`).test(shown);
+}
+
+/**
+ * Whether `record` is the result of a RUN step running `cmd`. The record's argv starts with the step's shell (e.g.
+ * "/bin/sh -c", a SHELL instruction's words) and holds the command as written (`echo "$V"`: the shell expands it when
+ * the step runs); the step's name has BuildKit's expansion of the build arguments and ENV in it (`echo "7"`, measured
+ * on Docker Engine 20.10). So the shell's words are skipped and each variable reference matches any text.
+ */
+export function describesRun(record: CacheRecord, cmd: string): boolean {
   const d = squash(record.description);
   if (!d.startsWith('mount / from exec ')) return false;
-  const argv = d.slice('mount / from exec '.length);
-  return argv === cmd || argv.endsWith(` ${cmd}`);
+  const words = d.slice('mount / from exec '.length).split(' ');
+  // The shell is at most a few words ("/bin/bash -eo pipefail -c"); the exec form has none.
+  for (let k = 0; k <= Math.min(6, words.length - 1); k++) {
+    if (sameCommand(words.slice(k).join(' '), cmd)) return true;
+  }
+  return false;
 }
 
 /**
