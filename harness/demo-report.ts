@@ -25,7 +25,9 @@ export interface DemoUsage {
   minutesLeft: number;
   minutesBought: number;
   builds: number;
-  withCachedStepShare: number;
+  withCachedStepShare: number; // all builds, the cold first pipeline included
+  warmWithCachedStepShare: number; // the builds of the pipelines after the first: what the 80% goal is checked on
+  warmBuilds: number;
   avgCacheRatio: number;
   cachedSteps?: number; // all builds: steps BuildKit reported CACHED
   deduplicatedSteps?: number; // all builds: steps another job's build at the same time ran (no cache hits)
@@ -87,7 +89,10 @@ export function renderText(jobs: JobOutcome[], u: DemoUsage): string {
     }
   }
   out.push('');
-  out.push(`Builds: ${u.builds}; with at least one cached step: ${pct(u.withCachedStepShare)} (goal 80%); average cache ratio ${pct(u.avgCacheRatio)}`);
+  out.push(
+    `Builds: ${u.builds}; with at least one cached step: ${pct(u.warmWithCachedStepShare)} of the ${u.warmBuilds} after the first pipeline (goal 80%), ` +
+      `${pct(u.withCachedStepShare)} of all (the first pipeline starts from an empty cache); average cache ratio ${pct(u.avgCacheRatio)}`
+  );
   if (u.cachedSteps !== undefined) {
     out.push(
       `Steps: ${u.cachedSteps} cached (BuildKit reported CACHED), ${u.deduplicatedSteps ?? 0} deduplicated (run by another job's build at the same time)`
@@ -144,7 +149,7 @@ export function renderHtml(jobs: JobOutcome[], u: DemoUsage, meta: { generatedAt
 <body><h1>Build Cloud demo <span class="${meta.ok ? 'ok' : 'bad'}" id="status">${meta.ok ? 'passed' : 'failed'}</span></h1>
 <p>Generated ${esc(meta.generatedAt)}.</p>
 <p><span class="kpi">Builds: <b id="kpi-builds">${u.builds}</b></span>
-<span class="kpi">With a cached step: <b id="kpi-north-star" data-value="${u.withCachedStepShare}">${pct(u.withCachedStepShare)}</b> (goal 80%)</span>
+<span class="kpi">With a cached step after the first pipeline: <b id="kpi-north-star" data-value="${u.warmWithCachedStepShare}">${pct(u.warmWithCachedStepShare)}</b> (goal 80%; all builds: <span id="kpi-north-star-all" data-value="${u.withCachedStepShare}">${pct(u.withCachedStepShare)}</span>)</span>
 <span class="kpi">Deduplicated steps: <b id="kpi-deduplicated" data-value="${u.deduplicatedSteps ?? 0}">${u.deduplicatedSteps ?? 0}</b></span>
 <span class="kpi">Minutes billed: <b id="kpi-minutes-used" data-value="${u.minutesUsed}">${u.minutesUsed.toFixed(2)}</b></span>
 <span class="kpi">Bucket left: <b id="kpi-minutes-left" data-value="${u.minutesLeft}">${u.minutesLeft.toFixed(2)}</b> of ${u.minutesBought}</span></p>

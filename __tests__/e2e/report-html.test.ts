@@ -57,7 +57,9 @@ test('the report renders without errors and its numbers read back', async () => 
     minutesLeft: 58.25,
     minutesBought: 60,
     builds: 4,
-    withCachedStepShare: 0.75,
+    withCachedStepShare: 0.5,
+    warmWithCachedStepShare: 0.75,
+    warmBuilds: 8,
     avgCacheRatio: 0.54,
     pipelineMinutes: { 'github run 1': 1.2, 'gitlab pipeline 2': 0.55 }
   };
@@ -77,6 +79,7 @@ test('the report renders without errors and its numbers read back', async () => 
 
   expect(await page.locator('#status').textContent()).toBe('failed');
   expect(Number(await page.locator('#kpi-north-star').getAttribute('data-value'))).toBe(0.75);
+  expect(Number(await page.locator('#kpi-north-star-all').getAttribute('data-value'))).toBe(0.5);
   expect(Number(await page.locator('#kpi-minutes-used').getAttribute('data-value'))).toBe(1.75);
   expect(Number(await page.locator('#kpi-minutes-left').getAttribute('data-value'))).toBe(58.25);
   const rows = await page

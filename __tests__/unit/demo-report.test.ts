@@ -23,6 +23,8 @@ const usage = (pipelineSteps: DemoUsage['pipelineSteps'] = {}): DemoUsage => ({
   minutesBought: 60,
   builds: 4,
   withCachedStepShare: 0.75,
+  warmWithCachedStepShare: 1,
+  warmBuilds: 2,
   avgCacheRatio: 0.5,
   cachedSteps: 9,
   deduplicatedSteps: 5,
@@ -57,6 +59,8 @@ test('the text report shows cached and deduplicated steps apart, and says which 
   expect(text).toContain("p2 (GitHub Actions) — 2 jobs on 1 builder, 0.00 min billed, 1 steps deduplicated (run by another job's build at the same time)");
   expect(text).toContain("Steps: 9 cached (BuildKit reported CACHED), 5 deduplicated (run by another job's build at the same time)");
   expect(text).toContain('Not reused in p2: cached + deduplicated 5 < untouched 8');
+  // The goal is judged on the pipelines after the first (it starts from an empty cache); all builds shown too.
+  expect(text).toContain('with at least one cached step: 100% of the 2 after the first pipeline (goal 80%), 75% of all');
 });
 
 test('each job shows why its steps missed the cache, in text and HTML (escaped)', () => {
