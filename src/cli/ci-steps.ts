@@ -36,6 +36,10 @@ const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 export async function runSetup(o: StepOptions): Promise<void> {
   const settings = setupSettings(getter(o, process.env));
   requireEndpoint(settings, process.env);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy, as the core below (issue 10)
+  const shell = require('./shell-env') as typeof import('./shell-env');
+  const stale = shell.repairStaleShell(process.env);
+  if (stale) log.warn(stale);
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { setup } = require('../core/setup') as typeof import('../core/setup');
   const r = await setup(settings, { env: process.env, log, mask: () => undefined });
@@ -45,7 +49,10 @@ export async function runSetup(o: StepOptions): Promise<void> {
   if (o.dotenv) writeFile(str(o.dotenv), dotenvLines(outputsAsEnv(r.outputs)));
   if (o.json) process.stdout.write(JSON.stringify({ outputs: r.outputs, env: r.exportEnv }) + '\n');
   log.info(`Build Cloud: builder ready at ${r.outputs['docker-host'] || 'the local docker (fallback)'}; session ${r.sessionFile}`);
-  if (!exportFile && !o.json) process.stdout.write(exportLines(vars));
+  if (!exportFile && !o.json) {
+    shell.rememberShell(r.session, vars, process.env); // for `eval "$(buildcloud report)"` to restore the shell
+    process.stdout.write(exportLines(vars));
+  }
 }
 
 /** `buildcloud build`: builds on the session's builder; throws CliError (exit 1, or 130 when cancelled) on failure. */
@@ -121,6 +128,9 @@ export async function runReport(o: StepOptions): Promise<void> {
     const out = { builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio, builderShared: r.summary.builderShared ?? null };
     process.stdout.write(JSON.stringify(out) + '\n');
   } else process.stderr.write(r.text + '\n');
+  // Setup's export lines went to a shell: these put each variable back as it was before setup (src/cli/shell-env.ts).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy, as the core above (issue 10)
+  if (session.shellRestore && !o.json) process.stdout.write((require('./shell-env') as typeof import('./shell-env')).restoreLines(session.shellRestore));
 }
 
 export const RUN_STEP = { setup: runSetup, build: runBuild, report: runReport } as const;

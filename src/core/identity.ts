@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { KEY_PATTERN } from '../contract/rules';
+import type { GitFacts } from './identity-git';
 
 export type Provider = 'github' | 'gitlab' | 'circleci' | 'local';
 export type Env = Record<string, string | undefined>;
@@ -26,6 +27,16 @@ export interface Identity {
   runUrl: string;
   pullRequest: number | null;
   sha: string;
+  // Local runs only (no CI describes them): where each field came from, for the setup log.
+  sources?: IdentitySources;
+}
+
+/** Where a local run's identity fields came from: a BUILDCLOUD_* variable, git, or a default (and how to set it). */
+export interface IdentitySources {
+  project: string;
+  branch: string;
+  defaultBranch: string;
+  pipeline: string;
 }
 
 export class IdentityError extends Error {
@@ -68,9 +79,19 @@ function reader(env: Env, provider: Provider) {
 
 type Base = Omit<Identity, 'provider'>;
 
-export function identityFromEnv(env: Env, readEvent: (file: string) => unknown = readJsonFile, overrides: Partial<Identity> = {}): Identity {
+/**
+ * The job's identity from its CI's variables. `overrides` are the wrapper's settings (an empty string is "not
+ * given"); `git` is what the checkout says (identity-git.ts readGitFacts), read only for a local run: there it fills
+ * the fields no BUILDCLOUD_* variable sets.
+ */
+export function identityFromEnv(
+  env: Env,
+  readEvent: (file: string) => unknown = readJsonFile,
+  overrides: Partial<Identity> = {},
+  git: GitFacts | null = null
+): Identity {
   const provider = overrides.provider ?? detectProvider(env);
-  const base = provider === 'github' ? github(env, readEvent) : provider === 'gitlab' ? gitlab(env) : provider === 'circleci' ? circleci(env) : local(env);
+  const base = provider === 'github' ? github(env, readEvent) : provider === 'gitlab' ? gitlab(env) : provider === 'circleci' ? circleci(env) : local(env, git);
   const id: Identity = { provider, ...base };
   // Wrappers pass every input, and a CI passes a missing input as '': empty strings are "not given".
   for (const [k, v] of Object.entries(overrides) as [keyof Identity, unknown][]) {
@@ -78,7 +99,29 @@ export function identityFromEnv(env: Env, readEvent: (file: string) => unknown =
   }
   id.pipelineKey = toKey(id.pipelineKey);
   id.jobId = toKey(id.jobId);
+  if (id.sources) {
+    if (overrides.project) id.sources.project = 'setting';
+    if (overrides.branch !== undefined && overrides.branch !== '') id.sources.branch = 'setting';
+    if (overrides.defaultBranch) id.sources.defaultBranch = 'setting';
+    if (overrides.pipelineKey) id.sources.pipeline = 'setting';
+  }
   return id;
+}
+
+/**
+ * The setup log's line about who is building. A local run says where each field came from ("project acme/app (git
+ * remote origin), branch feature/x (git HEAD), ..."), since no CI vouches for it and a wrong branch writes another
+ * branch's cache.
+ */
+export function describeIdentity(id: Identity): string {
+  const head = `Build Cloud: ${id.provider} job ${id.jobName || id.jobId} of pipeline ${id.pipelineKey}`;
+  if (!id.sources) return `${head} (${id.project}, branch ${id.branch || '(none)'}${id.fork ? ', fork' : ''})`;
+  const s = id.sources;
+  return (
+    `Build Cloud: no CI detected, identity: project ${id.project} (${s.project}), ` +
+    `branch ${id.branch || '(none: the org cache is read-only)'} (${s.branch}), default branch ${id.defaultBranch} (${s.defaultBranch}), ` +
+    `pipeline ${id.pipelineKey} (${s.pipeline}), job ${id.jobId}`
+  );
 }
 
 // Keys travel to the control plane, which accepts up to 256 printable ASCII characters without spaces
@@ -245,29 +288,66 @@ function circleci(env: Env): Base {
 
 // ---- local -------------------------------------------------------------------------------------------------
 
-function local(env: Env): Base {
+// Outside the three CIs the job is described by BUILDCLOUD_* variables first, then by the git checkout it runs in,
+// then by defaults. The pipeline key is what lets the jobs of one pipeline share a builder without any variable:
+// BUILDCLOUD_PIPELINE_ID when set (the CI's run id: jobs on any machine share), else the commit checked out (every
+// job building that commit of the project shares: a re-run of the same commit too, which only reuses a builder),
+// else this process alone (host and pid: no sharing, as before git was read).
+function local(env: Env, git: GitFacts | null): Base {
   const { opt } = reader(env, 'local');
   const host =
     os
       .hostname()
       .toLowerCase()
       .replace(/[^a-z0-9.-]+/g, '-') || 'host';
-  const run = opt('BUILDCLOUD_PIPELINE_ID') || String(process.pid);
   const jobId = opt('BUILDCLOUD_JOB_ID') || 'local';
+  const sha = git?.sha ?? '';
+  const short = sha.slice(0, 12);
+  const noGit = git?.problem ? `git: ${git.problem}` : 'no git checkout here';
+
+  let project = opt('BUILDCLOUD_PROJECT');
+  let projectFrom = 'BUILDCLOUD_PROJECT';
+  if (!project && git?.project) [project, projectFrom] = [git.project, 'git remote origin'];
+  if (!project) {
+    project = path.basename(opt('PWD') || process.cwd()) || 'local';
+    projectFrom = `the directory's name (${git && !git.problem ? 'no origin remote' : noGit}): set BUILDCLOUD_PROJECT`;
+  }
+
+  let defaultBranch = opt('BUILDCLOUD_DEFAULT_BRANCH');
+  let defaultFrom = 'BUILDCLOUD_DEFAULT_BRANCH';
+  if (!defaultBranch && git?.defaultBranch) [defaultBranch, defaultFrom] = [git.defaultBranch, 'git origin/HEAD'];
+  if (!defaultBranch) [defaultBranch, defaultFrom] = ['main', 'assumed: set BUILDCLOUD_DEFAULT_BRANCH'];
+
+  let branch = opt('BUILDCLOUD_BRANCH');
+  let branchFrom = 'BUILDCLOUD_BRANCH';
+  if (!branch && git && git.branch !== undefined) {
+    // A detached HEAD (a commit or a tag checked out, as many CIs do) names no branch: import only, never export.
+    [branch, branchFrom] = git.branch ? [git.branch, 'git HEAD'] : ['', 'detached HEAD: set BUILDCLOUD_BRANCH to write the cache'];
+  } else if (!branch) {
+    // No CI and no git to ask: the default branch's cache, as before git was read; the log says how to name it.
+    [branch, branchFrom] = [defaultBranch, `${noGit}: the default branch; set BUILDCLOUD_BRANCH`];
+  }
+
+  const run = opt('BUILDCLOUD_PIPELINE_ID');
+  const [pipelineKey, pipelineFrom] = run
+    ? [`local/${run}`, 'BUILDCLOUD_PIPELINE_ID']
+    : sha
+      ? [`local/commit/${sha}`, `commit ${short}: jobs building it share a builder; set BUILDCLOUD_PIPELINE_ID to keep runs apart`]
+      : [`local/${host}/${process.pid}`, 'this process: set BUILDCLOUD_PIPELINE_ID so the jobs of one pipeline share a builder'];
   return {
     org: '', // the token's own org
-    project: opt('BUILDCLOUD_PROJECT') || path.basename(opt('PWD') || process.cwd()) || 'local',
-    pipelineKey: `local/${host}/${run}`,
+    project,
+    pipelineKey,
     jobId,
     jobName: jobId,
-    // A local run has no CI to ask: the branch is given, or the cache is the default branch's.
-    branch: opt('BUILDCLOUD_BRANCH') || opt('BUILDCLOUD_DEFAULT_BRANCH') || 'main',
-    defaultBranch: opt('BUILDCLOUD_DEFAULT_BRANCH') || 'main',
+    branch,
+    defaultBranch,
     fork: false,
     actor: opt('USER') || opt('USERNAME'),
     runUrl: '',
     pullRequest: null,
-    sha: ''
+    sha,
+    sources: { project: projectFrom, branch: branchFrom, defaultBranch: defaultFrom, pipeline: pipelineFrom }
   };
 }
 

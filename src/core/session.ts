@@ -10,6 +10,9 @@ import type { BuildResult } from './summary';
 
 export const SESSION_ENV = 'BUILDCLOUD_SESSION';
 
+/** A variable's value before setup exported it: the value (empty is a value), or null when it was unset. */
+export type ShellRestore = Record<string, string | null>;
+
 export interface Session {
   version: 1;
   dir: string;
@@ -30,6 +33,9 @@ export interface Session {
   summary: boolean;
   prComment: boolean;
   startedAtMs: number;
+  // Only when setup printed `export` lines for a shell to eval: what each of them was before, for report to put back
+  // (src/cli/shell-env.ts).
+  shellRestore?: ShellRestore;
 }
 
 export class SessionError extends Error {

@@ -5,7 +5,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { ApiClient, ControlPlaneError, EndpointError, backoffDelay } from './api-client';
 import { AuthMissingError, chooseCredential } from './auth';
-import { identityFromEnv, localName, type Env, type Identity } from './identity';
+import { describeIdentity, identityFromEnv, localName, type Env, type Identity } from './identity';
+import { gitFactsForLocalRun } from './identity-git';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
 import { cleanupRunner, configureRunner, runnerDockerRecord } from './runner-config';
 import { MeteringSpool } from './metering-spool';
@@ -47,7 +48,8 @@ export function defaultSpoolDir(env: Env): string {
 export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<SetupResult> {
   const { env, log } = deps;
   const now = deps.now ?? Date.now;
-  const identity = identityFromEnv(env, undefined, { jobId: settings.jobId });
+  // Outside the three CIs the git checkout names the project, branch and commit (a few ms of `git`, run side by side).
+  const identity = identityFromEnv(env, undefined, { jobId: settings.jobId }, await gitFactsForLocalRun(env));
   const endpoint = requireEndpoint(settings, env);
   const api = new ApiClient({
     endpoint,
@@ -69,9 +71,7 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
     })();
     leased.catch(() => undefined); // awaited below, on every path
     await new Promise((r) => setImmediate(r)); // the request is on its way before the synchronous work below
-    log.info(
-      `Build Cloud: ${identity.provider} job ${identity.jobName || identity.jobId} of pipeline ${identity.pipelineKey} (${identity.project}, branch ${identity.branch || '(none)'}${identity.fork ? ', fork' : ''})`
-    );
+    log.info(describeIdentity(identity));
     const dockerChoice = resolveDocker(env);
     dockerChoice.catch(() => undefined); // awaited below, on every path
     let chosen: ResolvedDocker | null = null;
