@@ -149,6 +149,12 @@ describe('what a lease may write and read in the org cache', () => {
     expect(read.status).toBe(403);
     expect(JSON.parse(read.body).errors[0].message).toContain('may read only its cache refs\' repositories ("acme/acme/app/cache")');
 
+    // The key of the step fingerprints: one per project, so acme/app's leases cannot read other-project's.
+    const again = await lease('acme/app', 'feature-x', 'app/run-cross/2');
+    expect(Buffer.from(l.cache!.fingerprintKey!, 'base64url')).toHaveLength(32);
+    expect(again.cache!.fingerprintKey).toBe(l.cache!.fingerprintKey);
+    expect(other.cache!.fingerprintKey).not.toBe(l.cache!.fingerprintKey);
+
     // Control: other-project's own lease pushes its own cache.
     const envOther = buildAndTag(other, 'other', [otherRef]);
     const ok = docker(['push', otherRef], envOther);

@@ -10,6 +10,8 @@ import {
   hashToken,
   issueAccessToken,
   loadOrCreateAdminToken,
+  loadOrCreateFingerprintSecret,
+  fingerprintKey,
   loadOrCreateSigningKey,
   trustDigest,
   verifyAccessToken,
@@ -269,5 +271,29 @@ describe('admin token', () => {
     await fs.mkdir(bad, { mode: 0o700 });
     await fs.writeFile(path.join(bad, 'admin-token'), 'hunter2\n', { mode: 0o600 });
     await expect(loadOrCreateAdminToken(bad)).rejects.toThrow(/admin-token does not hold an admin token/);
+  });
+});
+
+describe('fingerprint keys', () => {
+  test('one secret per state dir, 0600, kept across starts; a key per org and project, the same for every lease of it', async () => {
+    const keys = path.join(dir, 'fp-keys');
+    const secret = await loadOrCreateFingerprintSecret(keys);
+    expect(secret).toHaveLength(32);
+    expect((await fs.stat(path.join(keys, 'fingerprint-secret'))).mode & 0o777).toBe(0o600);
+    expect(await loadOrCreateFingerprintSecret(keys)).toEqual(secret);
+    const k = fingerprintKey(secret, 'acme', 'acme/app');
+    expect(Buffer.from(k, 'base64url')).toHaveLength(32);
+    expect(fingerprintKey(secret, 'acme', 'acme/app')).toBe(k);
+    expect(fingerprintKey(secret, 'acme', 'acme/other')).not.toBe(k);
+    expect(fingerprintKey(secret, 'beta', 'acme/app')).not.toBe(k);
+    // org "a" + project "b/c" must not collide with org "a/b" + project "c"
+    expect(fingerprintKey(secret, 'a', 'b/c')).not.toBe(fingerprintKey(secret, 'a/b', 'c'));
+    expect(fingerprintKey(await loadOrCreateFingerprintSecret(path.join(dir, 'other-keys')), 'acme', 'acme/app')).not.toBe(k);
+  });
+  test('a file that holds something else is refused, naming it', async () => {
+    const keys = path.join(dir, 'bad-keys');
+    await fs.mkdir(keys, { recursive: true, mode: 0o700 });
+    await fs.writeFile(path.join(keys, 'fingerprint-secret'), 'short\n', { mode: 0o600 });
+    await expect(loadOrCreateFingerprintSecret(keys)).rejects.toThrow(/fingerprint-secret does not hold a fingerprint secret/);
   });
 });

@@ -78,7 +78,8 @@ const CACHE_REFS: MessageSpec = {
     s('repository'),
     { ...s('importTags'), repeated: true },
     s('exportTag'),
-    s('uploadPrefix')
+    s('uploadPrefix'),
+    s('fingerprintKey')
   ]
 };
 

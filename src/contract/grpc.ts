@@ -141,6 +141,7 @@ export interface LeaseMsg {
     importTags?: string[];
     exportTag?: string;
     uploadPrefix?: string;
+    fingerprintKey?: string; // base64url, 32 bytes: keys the step fingerprints of the project's cache images
   } | null;
   billedSeconds: number;
   idleTimeoutS: number;

@@ -6,7 +6,7 @@
 // under (id and a digest of the rule), and is accepted only while that rule still exists unchanged. Removing a rule
 // (`buildcloud admin trust remove`) therefore ends every access token it produced at their next request, not when
 // they expire. Org tokens are looked up (and their revocation seen) on every use already.
-import { createHash, randomBytes, randomInt, timingSafeEqual } from 'crypto';
+import { createHash, createHmac, randomBytes, randomInt, timingSafeEqual } from 'crypto';
 import { promises as fs } from 'fs';
 import * as path from 'path';
 import { SignJWT, calculateJwkThumbprint, exportJWK, generateKeyPair, importJWK, jwtVerify, type JWK, type JWTPayload, type KeyLike } from 'jose';
@@ -180,6 +180,34 @@ export async function loadOrCreateAdminToken(dir: string): Promise<string> {
   const token = text.trim();
   if (!ADMIN_TOKEN_RE.test(token)) throw new Error(`${file} does not hold an admin token (bca_…); move it away to create a new one`);
   return token;
+}
+
+/**
+ * The secret the projects' fingerprint keys derive from (fingerprintKey): 32 random bytes in `<dir>/fingerprint-secret`
+ * (base64url, 0600), made on first use. Throws when the file holds anything else.
+ */
+export async function loadOrCreateFingerprintSecret(dir: string): Promise<Buffer> {
+  await ensurePrivateDir(dir);
+  const file = path.join(dir, 'fingerprint-secret');
+  let text = await readPrivateFile(file);
+  if (text === null) {
+    await createOnce(file, `${randomBytes(32).toString('base64url')}\n`);
+    text = (await readPrivateFile(file)) as string;
+  }
+  const secret = Buffer.from(text.trim(), 'base64url');
+  if (secret.length !== 32) throw new Error(`${file} does not hold a fingerprint secret (32 bytes, base64url); move it away to create a new one`);
+  return secret;
+}
+
+/**
+ * The key (base64url, 32 bytes) every lease of `org`'s `project` gets in CacheRefs.fingerprint_key: HMAC-SHA256 of
+ * the org and project under the control plane's fingerprint secret. The same for every build of the project, another
+ * for every other project.
+ */
+export function fingerprintKey(secret: Buffer, org: string, project: string): string {
+  return createHmac('sha256', secret)
+    .update(JSON.stringify(['buildcloud fingerprints', org, project]))
+    .digest('base64url');
 }
 
 // ---- access tokens -----------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // Leases: a job's hold on one builder per platform. Provision, release, get, reaping of abandoned leases,
 // and billing from the control plane's own lease records (per second, no minimum).
 import { randomBytes } from 'crypto';
-import { hashToken, sameSecret } from './auth';
+import { fingerprintKey, hashToken, sameSecret } from './auth';
 import type { Logger } from './log';
 import type { LeaseMsg, ProvisionRequestMsg } from '../contract/grpc';
 import type { LeaseEndReason, LeaseRow, ReserveResult, Store } from './store/store';
@@ -41,6 +41,7 @@ export interface LeaseManagerDeps {
   pki: Pki;
   config: ServerConfig;
   registryHost: string;
+  fingerprintSecret?: Buffer; // keys each project's step fingerprints (auth.ts fingerprintKey); absent: none given
   meteringUrl: () => string; // known once the HTTP server listens
   log: Logger;
   metrics: ServerMetrics;
@@ -237,6 +238,7 @@ export class LeaseManager {
       importTags: refs.importTags,
       exportTag: refs.exportTag,
       uploadPrefix: refs.uploadPrefix,
+      fingerprintKey: this.d.fingerprintSecret ? fingerprintKey(this.d.fingerprintSecret, org, identity.project) : '',
       registry: { host: this.d.registryHost, username: leaseId, password: registryPassword },
       readOnlyReason: refs.exportRef === '' ? resolved.readOnlyReason || (identity.branch === '' ? 'no branch (a tag build or a detached ref)' : '') : ''
     };

@@ -9,7 +9,7 @@ import { ConfigError, DEFAULT_LIMITS, PORT_FLAGS, isLoopbackHost, listenError, t
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { Pki } from './pki';
-import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateSigningKey } from './auth';
+import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateFingerprintSecret, loadOrCreateSigningKey } from './auth';
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
 import { RegistryProxy, registryProxyTls, type RegistryPrincipal } from './registry-proxy';
 import { NullDriver } from './drivers/null';
@@ -75,6 +75,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     cleanups.push(() => store.close());
     const pki = await Pki.loadOrCreate(path.join(config.stateDir, 'pki'));
     const signingKey = await loadOrCreateSigningKey(path.join(config.stateDir, 'keys'));
+    const fingerprintSecret = await loadOrCreateFingerprintSecret(path.join(config.stateDir, 'keys'));
     const adminToken = await loadOrCreateAdminToken(config.stateDir);
 
     let upstream: ConstructorParameters<typeof RegistryProxy>[0]['upstream'];
@@ -192,6 +193,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       pki,
       config,
       registryHost: proxy.host,
+      fingerprintSecret,
       meteringUrl: () => meteringUrl,
       log,
       metrics
