@@ -238,11 +238,13 @@ describe('group commit', () => {
     try {
       await s.createOrg('acme', 1);
       const commits: number[] = [];
-      const db = (s as unknown as { db: { exec: (sql: string) => void } }).db;
-      const exec = db.exec.bind(db);
-      db.exec = (sql: string) => {
-        if (sql === 'COMMIT') commits.push(Date.now());
-        exec(sql);
+      const tx = (s as unknown as { tx: { commit: { run: () => unknown } } }).tx;
+      const commit = tx.commit;
+      tx.commit = {
+        run: () => {
+          commits.push(Date.now());
+          return commit.run();
+        }
       };
       const rec = (id: string) => ({ id, org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: 'l1', data: {} });
       const [a, b, bad, c] = await Promise.allSettled([

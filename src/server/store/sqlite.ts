@@ -253,6 +253,7 @@ export class SqliteStore implements Store {
   private readonly st;
   private queue: QueuedWrite[] = [];
   private flushScheduled = false;
+  private readonly tx; // the group transaction's statements, prepared once (db.exec parses each time)
 
   constructor(readonly db: Database.Database) {
     // busy_timeout first: switching to WAL itself needs a lock another process may hold.
@@ -262,6 +263,14 @@ export class SqliteStore implements Store {
     // loss, because the client deletes its copy once the endpoint says "accepted".
     db.pragma('synchronous = FULL');
     migrate(db);
+    this.tx = {
+      begin: db.prepare('BEGIN IMMEDIATE'),
+      commit: db.prepare('COMMIT'),
+      rollback: db.prepare('ROLLBACK'),
+      savepoint: db.prepare('SAVEPOINT w'),
+      release: db.prepare('RELEASE w'),
+      rollbackTo: db.prepare('ROLLBACK TO w')
+    };
     this.st = {
       insertOrg: db.prepare('INSERT INTO orgs (name, created_at) VALUES (?, ?)'),
       getOrg: db.prepare('SELECT name, created_at AS createdAt FROM orgs WHERE name = ?'),
@@ -432,21 +441,21 @@ export class SqliteStore implements Store {
     const outcomes: Array<{ ok: true; value: unknown } | { ok: false; error: unknown }> = [];
     try {
       // IMMEDIATE: the write lock before anything is read, as the single-write transactions took it.
-      this.db.exec('BEGIN IMMEDIATE');
+      this.tx.begin.run();
       for (const w of batch) {
-        this.db.exec('SAVEPOINT w');
+        this.tx.savepoint.run();
         try {
           outcomes.push({ ok: true, value: w.run() });
-          this.db.exec('RELEASE w');
+          this.tx.release.run();
         } catch (error) {
-          this.db.exec('ROLLBACK TO w');
-          this.db.exec('RELEASE w');
+          this.tx.rollbackTo.run();
+          this.tx.release.run();
           outcomes.push({ ok: false, error });
         }
       }
-      this.db.exec('COMMIT');
+      this.tx.commit.run();
     } catch (error) {
-      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      if (this.db.inTransaction) this.tx.rollback.run();
       for (const w of batch) w.reject(error);
       return;
     }
