@@ -127,7 +127,8 @@ function buildEvent(org: string, leaseId: string, n: number): object {
       status: 'success',
       duration_ms: 1000 + (n % 500),
       total_steps: 7,
-      cached_steps: n % 8
+      cached_steps: n % 7,
+      cache_ratio: (n % 7) / 7
     }
   };
 }
@@ -177,7 +178,8 @@ async function ingestFigures(server: ServerProcess, token: string, org: string):
         body: JSON.stringify(batches[i])
       });
       if (res.status !== 200) throw new Error(`POST /v1/events: ${res.status} ${await res.text()}`);
-      const r = (await res.json()) as { accepted: number; duplicate: number; rejected: number; deferred: number };
+      const r = (await res.json()) as { accepted: number; duplicate: number; rejected: number; deferred: number; results: Array<{ reason?: string }> };
+      if (r.rejected || r.deferred) throw new Error(`records refused: ${r.results.find((x) => x.reason)?.reason}`);
       accepted += r.accepted;
       duplicate += r.duplicate;
       other += r.rejected + r.deferred;

@@ -15,6 +15,9 @@ import type { Store, UsageRecordRow } from './store/store';
 import { addConnectApi, isConnectPath, sendConnectHttpError } from './connect-api';
 import type { RpcApi } from './rpc-api';
 
+// Records checked, and written, per slice of a batch: the event loop is free between slices.
+const INGEST_SLICE = 100;
+
 export interface Principal {
   kind: 'org' | 'admin';
   org: string | null; // null for admin
@@ -252,6 +255,8 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     const toInsert: Array<{ row: UsageRecordRow; result: RecordResult }> = [];
     const inBatch = new Set<string>(); // lease id + record id of records admitted from this request
     for (const pe of parsed.events) {
+      // A batch of up to 1000 records is checked in slices with other requests (/healthz, gRPC) served in between.
+      if (pe.index > 0 && pe.index % INGEST_SLICE === 0) await new Promise((r) => setImmediate(r));
       const base = { index: pe.index, id: pe.id ?? null };
       const reject = (reason: string) => results.push({ ...base, status: 'rejected', reason });
       if (!pe.event) {
@@ -327,7 +332,9 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     }
     // A store failure here throws: the client retries the whole batch, and what was already stored comes back as
     // duplicate, so nothing is counted twice. The reply goes out only after the commit: 'accepted' is durable.
-    const inserted = await deps.store.insertUsageRecords(toInsert.map((t) => t.row));
+    const slices: Array<typeof toInsert> = [];
+    for (let i = 0; i < toInsert.length; i += INGEST_SLICE) slices.push(toInsert.slice(i, i + INGEST_SLICE));
+    const inserted = (await Promise.all(slices.map((slice) => deps.store.insertUsageRecords(slice.map((t) => t.row))))).flat();
     inserted.forEach((r, i) => {
       if (r === 'duplicate') toInsert[i].result.status = 'duplicate';
     });

@@ -242,8 +242,12 @@ export function migrate(db: Database.Database): number {
   return run.immediate();
 }
 
+// Rows one group transaction writes at most (each write counts its rows; one write is never split).
+const MAX_FLUSH_WEIGHT = 250;
+
 interface QueuedWrite {
   run: () => unknown;
+  weight: number; // rows it writes: a flush stops taking writes at MAX_FLUSH_WEIGHT
   resolve: (v: unknown) => void;
   reject: (e: unknown) => void;
 }
@@ -418,10 +422,10 @@ export class SqliteStore implements Store {
    * result once that transaction is committed, rejects with its error (its own savepoint rolled back) or with the
    * commit's. Transactions of better-sqlite3 inside `run` become savepoints.
    */
-  private write<T>(run: () => T): Promise<T> {
+  private write<T>(run: () => T, weight = 1): Promise<T> {
     if (this.closed) return Promise.reject(new Error('store is closed'));
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ run, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ run, weight, resolve: resolve as (v: unknown) => void, reject });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
         setImmediate(() => this.flush());
@@ -431,8 +435,16 @@ export class SqliteStore implements Store {
 
   private flush(): void {
     this.flushScheduled = false;
-    const batch = this.queue;
-    this.queue = [];
+    // At most MAX_FLUSH_WEIGHT rows per transaction (at least one write): the event loop is held while it runs, so a
+    // burst of usage records is committed in several turns with other requests served in between.
+    let weight = 0;
+    let n = 0;
+    while (n < this.queue.length && (n === 0 || weight + this.queue[n].weight <= MAX_FLUSH_WEIGHT)) weight += this.queue[n++].weight;
+    const batch = this.queue.splice(0, n);
+    if (this.queue.length && !this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
     if (batch.length === 0) return;
     if (this.closed) {
       for (const w of batch) w.reject(new Error('store is closed'));
@@ -582,7 +594,10 @@ export class SqliteStore implements Store {
 
   async insertUsageRecords(rows: UsageRecordRow[]): Promise<InsertResult[]> {
     if (rows.length === 0) return [];
-    return this.write(() => rows.map((row) => (this.st.insertRecord.run({ ...row, data: JSON.stringify(row.data) }).changes === 1 ? 'inserted' : 'duplicate')));
+    return this.write(
+      () => rows.map((row) => (this.st.insertRecord.run({ ...row, data: JSON.stringify(row.data) }).changes === 1 ? 'inserted' : 'duplicate')),
+      rows.length
+    );
   }
 
   async usageRecords(org: string, sinceMs: number, untilMs: number): Promise<UsageRecordRow[]> {
@@ -592,7 +607,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    this.flush(); // writes already queued are committed (or rejected) first
+    while (this.queue.length) this.flush(); // writes already queued are committed (or rejected) first
     this.closed = true;
     this.db.close();
   }
