@@ -386,7 +386,7 @@ describe('a CircleCI project whose default branch is master', () => {
     expect(stepNamed(j, 'Build Cloud setup').output).toMatch(/no default branch given \(the default_branch parameter or BUILDCLOUD_DEFAULT_BRANCH\).*'main'/);
     // and the build's miss line says why nothing was found and what to set.
     expect(stepNamed(j, 'Build Cloud build').output).toMatch(
-      /the cache ref was missing: .*; the default branch 'main' was assumed \(CircleCI names none\): set the orb's default_branch/
+      /no cache yet .*; the default branch 'main' was assumed \(CircleCI names none\): set the orb's default_branch/
     );
   });
 });

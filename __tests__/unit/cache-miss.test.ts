@@ -123,7 +123,7 @@ describe('explainMiss names the first executed step and what changed in it', () 
     expect(miss.reason).toBe('content of src/app.txt changed');
   });
 
-  test('the cache ref was missing: not found in the import', async () => {
+  test('a cold cache: not found in the import, said plainly as no cache yet that this build seeds', async () => {
     const fp = await fingerprints();
     const imports = cacheImports(
       parse(['#4 importing cache manifest from reg.example:5000/acme/app/cache:main', '#4 ERROR: reg.example:5000/acme/app/cache:main: not found'])
@@ -131,9 +131,22 @@ describe('explainMiss names the first executed step and what changed in it', () 
     expect(imports).toEqual([{ ref: 'reg.example:5000/acme/app/cache:main', found: false, error: 'reg.example:5000/acme/app/cache:main: not found' }]);
     expect(explainMiss(imports, fp, null, [STEP.depsCopy, STEP.depsRun])).toEqual({
       step: STEP.depsCopy,
-      reason: 'the cache ref was missing: reg.example:5000/acme/app/cache:main (not found)',
+      reason: 'no cache yet; this build will seed it (not found: reg.example:5000/acme/app/cache:main)',
       laterSteps: 1
     });
+    // With the build's own cache named (build.ts cacheName), and for a build that does not export (a fork).
+    expect(explainMiss(imports, fp, null, [STEP.depsCopy], { label: "cache scope 'Dockerfile', branch 'main'", seeds: true })?.reason).toBe(
+      "no cache yet for cache scope 'Dockerfile', branch 'main'; this build will seed it (not found: reg.example:5000/acme/app/cache:main)"
+    );
+    expect(explainMiss(imports, fp, null, [STEP.depsCopy], { label: "cache scope 'Dockerfile', branch 'pr-1'", seeds: false })?.reason).toBe(
+      "no cache yet for cache scope 'Dockerfile', branch 'pr-1'; this build does not write the org cache, so it will not seed it (not found: reg.example:5000/acme/app/cache:main)"
+    );
+  });
+
+  test('an import that failed otherwise than not found is no cold cache: named as it is', async () => {
+    const fp = await fingerprints();
+    const imports = [{ ref: 'r:main', found: false, error: 'r:main: unexpected status code 403 Forbidden' }];
+    expect(explainMiss(imports, fp, null, [STEP.depsCopy])?.reason).toBe('the org cache could not be read: r:main (unexpected status code 403 Forbidden)');
   });
 
   test('the cache ref held another image: no fingerprints, or those of another Dockerfile or target', async () => {
@@ -271,11 +284,11 @@ test('a long step name is cut in the line, never the reason', () => {
 });
 
 describe('the default-branch hint (CircleCI names no default branch)', () => {
-  const missing = { step: '[1/2] RUN make', reason: 'the cache ref was missing: r:feature-x (not found), r:main (not found)', laterSteps: 1 };
+  const missing = { step: '[1/2] RUN make', reason: 'no cache yet; this build will seed it (not found: r:feature-x and 1 more)', laterSteps: 1 };
   test("a miss for want of any ref, on a branch whose fallback was an assumed 'main', says so and how to fix it", () => {
     const m = withDefaultBranchHint(missing, { branch: 'feature-x', defaultBranch: 'main', defaultBranchAssumed: true });
     expect(m?.reason).toBe(
-      "the cache ref was missing: r:feature-x (not found), r:main (not found); the default branch 'main' was assumed (CircleCI names none): set the orb's default_branch or BUILDCLOUD_DEFAULT_BRANCH"
+      "no cache yet; this build will seed it (not found: r:feature-x and 1 more); the default branch 'main' was assumed (CircleCI names none): set the orb's default_branch or BUILDCLOUD_DEFAULT_BRANCH"
     );
   });
   test.each([

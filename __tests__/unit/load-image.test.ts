@@ -72,6 +72,7 @@ beforeEach(() => {
   log = path.join(tmp, 'docker.log');
   fs.writeFileSync(fake, FAKE_DOCKER, { mode: 0o755 });
   fs.writeFileSync(log, '');
+  fs.writeFileSync(path.join(tmp, 'Dockerfile'), 'FROM scratch\n'); // buildStep checks the context has one (build-checks.ts)
 });
 afterEach(() => {
   fs.rmSync(tmp, { recursive: true, force: true });

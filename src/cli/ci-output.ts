@@ -70,3 +70,47 @@ const RENAMED: Record<string, string> = { platforms: 'BUILDCLOUD_BUILDER_PLATFOR
 export function outputsAsEnv(outputs: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(outputs).map(([k, v]) => [RENAMED[k] ?? `BUILDCLOUD_${k.toUpperCase().replace(/-/g, '_')}`, v]));
 }
+
+/** setup's outputs as `setup --json` prints them: `fallback` a boolean, `cache-from` and `platforms` lists. */
+export interface SetupValues {
+  builder: string;
+  'docker-host': string;
+  'lease-id': string;
+  'cache-from': string[];
+  'cache-to': string;
+  platforms: string[];
+  fallback: boolean;
+}
+
+// CI outputs are strings (lists newline- or comma-separated); JSON carries the values they stand for.
+const list = (v: string | undefined, sep: RegExp) => (v ? v.split(sep).filter(Boolean) : []);
+
+/** setup's string outputs as typed values (docs/schemas/cli-setup.json). */
+export function setupValues(outputs: Record<string, string>): SetupValues {
+  return {
+    builder: outputs.builder ?? '',
+    'docker-host': outputs['docker-host'] ?? '',
+    'lease-id': outputs['lease-id'] ?? '',
+    'cache-from': list(outputs['cache-from'], /\n/),
+    'cache-to': outputs['cache-to'] ?? '',
+    platforms: list(outputs.platforms, /,/),
+    fallback: outputs.fallback === 'true'
+  };
+}
+
+/** What `report --json` prints (docs/schemas/cli-report.json). */
+export interface ReportValues<B> {
+  builds: B[];
+  billedSeconds: number | null;
+  warnings: string[];
+  cacheRatio: number;
+  builderShared: boolean | null; // another job of the pipeline held the builder while this one did; null without a lease
+}
+
+/** The report's JSON from the job's builds and what report() said. */
+export function reportValues<B>(
+  r: { builds: B[]; billedSeconds: number | null; warnings: string[]; summary: { builderShared?: boolean } },
+  cacheRatio: number
+): ReportValues<B> {
+  return { builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio, builderShared: r.summary.builderShared ?? null };
+}

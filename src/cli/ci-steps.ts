@@ -8,7 +8,7 @@ import { redactor } from '../core/build-secrets';
 import { requireEndpoint } from '../core/endpoint';
 import { detectProvider } from '../core/identity';
 import { loadSession, SESSION_ENV } from '../core/session';
-import { dotenvLines, exportLines, metricsReport, outputsAsEnv } from './ci-output';
+import { dotenvLines, exportLines, metricsReport, outputsAsEnv, reportValues, setupValues } from './ci-output';
 import { CliError } from './errors';
 import { getter } from './runner-args';
 
@@ -47,7 +47,8 @@ export async function runSetup(o: StepOptions): Promise<void> {
   const exportFile = str(o.exportFile) || (detectProvider(process.env) === 'circleci' ? process.env.BASH_ENV : '');
   if (exportFile) appendFile(exportFile, exportLines(vars));
   if (o.dotenv) writeFile(str(o.dotenv), dotenvLines(outputsAsEnv(r.outputs)));
-  if (o.json) process.stdout.write(JSON.stringify({ outputs: r.outputs, env: r.exportEnv }) + '\n');
+  // Typed (numbers, booleans, lists): docs/schemas/cli-setup.json; the env stays strings, as a shell reads it.
+  if (o.json) process.stdout.write(JSON.stringify({ outputs: setupValues(r.outputs), env: r.exportEnv }) + '\n');
   log.info(`Build Cloud: builder ready at ${r.outputs['docker-host'] || 'the local docker (fallback)'}; session ${r.sessionFile}`);
   if (!exportFile && !o.json) {
     shell.rememberShell(r.session, vars, process.env); // for `eval "$(buildcloud report)"` to restore the shell
@@ -68,13 +69,16 @@ export async function runBuild(o: StepOptions): Promise<void> {
   if (o.dotenv) appendFile(str(o.dotenv), dotenvLines(vars));
   const exportFile = str(o.exportFile) || (detectProvider(process.env) === 'circleci' ? process.env.BASH_ENV : '');
   if (exportFile) appendFile(exportFile, exportLines(vars));
-  if (o.json) process.stdout.write(JSON.stringify(r.outputs) + '\n');
+  // Typed (docs/schemas/cli-build.json); the dotenv and export lines above stay strings, as CI outputs are.
+  if (o.json) process.stdout.write(JSON.stringify(r.values) + '\n');
   if (r.run.status !== 'success') {
     throw new CliError(
       `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`,
       r.run.status === 'cancelled' ? 130 : 1
     );
   }
+  // The build succeeded but the push the user asked for did not go out: the job fails, saying which and why.
+  if (r.pushError) throw new CliError(redact(r.pushError), 1);
   if (r.loadError) throw new CliError(r.loadError, 1);
 }
 
@@ -124,9 +128,7 @@ export async function runReport(o: StepOptions): Promise<void> {
     );
   }
   if (o.json) {
-    // builderShared: another job of the pipeline held the builder while this one did (null without a lease).
-    const out = { builds: r.builds, billedSeconds: r.billedSeconds, warnings: r.warnings, cacheRatio: ratio, builderShared: r.summary.builderShared ?? null };
-    process.stdout.write(JSON.stringify(out) + '\n');
+    process.stdout.write(JSON.stringify(reportValues(r, ratio)) + '\n'); // docs/schemas/cli-report.json
   } else process.stderr.write(r.text + '\n');
   // Setup's export lines went to a shell: these put each variable back as it was before setup (src/cli/shell-env.ts).
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy, as the core above (issue 10)

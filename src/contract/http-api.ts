@@ -94,6 +94,11 @@ export interface UsageReport {
     withCachedStepShare: number; // 0..1: the north-star metric (cache hits only, never deduplicated steps)
     northStarGoal: number; // contract/rules.ts NORTH_STAR_GOAL
     northStarMet: boolean;
+    // Builds that succeeded but whose push did not go out (records' push_status; counted within `succeeded`):
+    // 'failed' (e.g. the registry was unreachable) and 'refused' (another job of the pipeline took the tag). 0 for
+    // records from before the field.
+    pushFailed: number;
+    pushRefused: number;
   };
   jobs: { count: number; wallSeconds: number };
   users: { distinct: number; top: Array<{ actor: string; builds: number }> };

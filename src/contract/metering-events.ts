@@ -13,6 +13,15 @@ export type EventType = (typeof EVENT_TYPES)[number];
 export const BUILD_STATUSES = ['success', 'failure', 'cancelled'] as const;
 export type BuildStatus = (typeof BUILD_STATUSES)[number];
 
+/**
+ * What became of the push a build was asked for, apart from the build itself: 'pushed' (every tag went out), 'failed'
+ * (the build succeeded, a push did not: registry unreachable, refused credentials), 'refused' (the build succeeded but
+ * Build Cloud did not push: another job of the pipeline took the tag on the shared builder), 'skipped' (no push was
+ * asked for, or the build did not succeed).
+ */
+export const PUSH_STATUSES = ['pushed', 'failed', 'refused', 'skipped'] as const;
+export type PushStatus = (typeof PUSH_STATUSES)[number];
+
 /** One image build on a leased builder. */
 export interface BuildCompletedData {
   lease_id: string;
@@ -33,6 +42,9 @@ export interface BuildCompletedData {
   cache_miss?: string;
   cache_ratio: number; // cached_steps / total_steps, 0 when there were no steps
   image_digest?: string;
+  // What became of the push (PUSH_STATUSES), the build's own outcome being `status`: a build whose push failed is
+  // status 'success' with push_status 'failed'. Optional: records without it (older clients) say nothing of a push.
+  push_status?: PushStatus;
   actor?: string;
   provider?: string;
   project?: string;
@@ -114,6 +126,13 @@ export function validateBuildCompleted(d: Record<string, unknown>): Check {
   }
   if (d.image_digest !== undefined && (typeof d.image_digest !== 'string' || !DIGEST.test(d.image_digest))) {
     return 'data.image_digest must be an OCI digest, e.g. "sha256:<64 hex>"';
+  }
+  if (d.push_status !== undefined) {
+    if (!PUSH_STATUSES.includes(d.push_status as PushStatus)) return `data.push_status must be one of ${PUSH_STATUSES.join(', ')}`;
+    // Only a built image can fail to be pushed, or be refused one: a build that failed pushed nothing.
+    if (d.push_status !== 'skipped' && d.status !== 'success') {
+      return `data.push_status '${d.push_status}' needs data.status 'success' (a build that did not succeed pushes nothing: use 'skipped')`;
+    }
   }
   for (const f of ['actor', 'provider', 'project', 'pipeline_key', 'job_id', 'cache_miss']) {
     const err = str(d, f, false, false);

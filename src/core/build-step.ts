@@ -21,12 +21,49 @@ import type { BuildResult } from './summary';
 import { buildCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
 import type { Identity } from './identity';
+import { checkBuildPaths, type InputNaming } from './build-checks';
+import { pushDone, pushErrorMessage, type PushOutcome } from './push-outcome';
+
+/** The build's results as typed values: what `build --json` prints; `outputs` are the same as CI output strings. */
+export interface BuildValues {
+  digest: string;
+  'image-id': string;
+  'cache-ratio': number; // 0..1, 4 decimals
+  'cached-steps': number;
+  'deduplicated-steps': number;
+  'total-steps': number;
+  duration: number; // seconds, 2 decimals
+  loaded: boolean;
+  'push-status': PushOutcome['status'];
+  'pushed-tags': string[];
+  'push-error': string; // '' unless push-status is failed or refused: the job's error
+}
+
+/** The CI outputs of a build (strings, as every CI's outputs are): lists newline-separated. */
+export function outputStrings(v: BuildValues): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(v).map(([k, x]) => [
+      k,
+      Array.isArray(x)
+        ? x.join('\n')
+        : typeof x === 'number' && k === 'cache-ratio'
+          ? x.toFixed(4)
+          : typeof x === 'number' && k === 'duration'
+            ? x.toFixed(2)
+            : String(x)
+    ])
+  );
+}
 
 export interface BuildStepResult {
   build: BuildResult;
   run: RunResult;
   outputs: Record<string, string>;
+  values: BuildValues; // the outputs typed (numbers, booleans, lists)
   warnings: string[];
+  // The build succeeded but its push failed or was refused (run.push): the job fails with this message, the build
+  // stays a success in the job's record and in metering, with the push's own status.
+  pushError?: string;
   // load: true after a successful build. A failed load is its own outcome: the build stays a success (in the
   // job's record and in metering), and the wrapper fails the step with loadError.
   load?: LoadOutcome;
@@ -182,7 +219,7 @@ export function withDefaultBranchHint(
   miss: CacheMiss | undefined,
   id: Pick<Identity, 'branch' | 'defaultBranch' | 'defaultBranchAssumed'>
 ): CacheMiss | undefined {
-  if (!miss || !id.defaultBranchAssumed || id.branch === id.defaultBranch || !miss.reason.startsWith('the cache ref was missing')) return miss;
+  if (!miss || !id.defaultBranchAssumed || id.branch === id.defaultBranch || !miss.reason.startsWith('no cache yet')) return miss;
   return {
     ...miss,
     reason: `${miss.reason}; the default branch '${id.defaultBranch}' was assumed (CircleCI names none): set the orb's default_branch or BUILDCLOUD_DEFAULT_BRANCH`
@@ -190,16 +227,27 @@ export function withDefaultBranchHint(
 }
 
 /** Why the build's first executed step missed the imported cache (cache-miss.ts explainMiss); undefined when moot. */
-async function cacheMissOf(run: RunResult, fp: Fingerprints | null, read: (ref: string) => Promise<Fingerprints | null>): Promise<CacheMiss | undefined> {
+async function cacheMissOf(
+  run: RunResult,
+  fp: Fingerprints | null,
+  read: (ref: string) => Promise<Fingerprints | null>,
+  seeds: boolean
+): Promise<CacheMiss | undefined> {
   const imports = run.cacheImports ?? [];
   if (!fp || !imports.length) return undefined;
   const executed = run.steps.filter((s) => s.status === 'done' || s.status === 'error').map((s) => s.name);
   if (!executed.length) return undefined;
   const previous = await importedFingerprints(imports, fp, read).catch(() => null);
-  return explainMiss(imports, fp, previous, executed) ?? undefined;
+  return explainMiss(imports, fp, previous, executed, { label: run.cacheName, seeds }) ?? undefined;
 }
 
-export async function buildStep(session: Session, settings: BuildSettings, deps: { log: Log; io?: BuildIO; load?: LoadDeps }): Promise<BuildStepResult> {
+export async function buildStep(
+  session: Session,
+  settings: BuildSettings,
+  deps: { log: Log; io?: BuildIO; load?: LoadDeps; naming?: InputNaming }
+): Promise<BuildStepResult> {
+  // Before anything is recorded or run: a missing context or Dockerfile is the user's input error, not a failed build.
+  await checkBuildPaths(settings, process.cwd(), deps.naming);
   const opts = buildOptions(settings, session);
   const dockerfile = await readDockerfile(opts); // null: a remote context, or none to read
   const declared = dockerfile === null ? null : declaredArgs(dockerfile);
@@ -218,9 +266,14 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
   const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, dockerfile, reg) : null;
   const imported = importReader(fp ? reg : null, deps.io ?? {});
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
+  const push = run.push ?? (run.status === 'success' ? pushDone(opts.push, opts.tags, run.pushed) : pushDone(false, [], []));
+  const pushError = run.status === 'success' ? (pushErrorMessage(push, opts.push) ?? undefined) : undefined;
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
-  const cacheMiss = withDefaultBranchHint(run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read), session.identity);
+  const cacheMiss = withDefaultBranchHint(
+    run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read, Boolean(opts.exportCache)),
+    session.identity
+  );
   if (session.lease) {
     // Spooled before any load: the build's record is the build's outcome, whatever the load does after it.
     try {
@@ -236,6 +289,7 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
           deduplicated_steps: run.deduplicatedSteps,
           ...(cacheMiss ? { cache_miss: clip(cacheMissLine(cacheMiss), MAX_RECORD_STRING) } : {}),
           ...(run.digest ? { image_digest: run.digest } : {}),
+          push_status: push.status,
           actor: session.identity.actor,
           provider: session.identity.provider,
           project: session.identity.project,
@@ -247,7 +301,9 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
       warnings.push(`Build Cloud metering: could not spool the build record: ${(err as Error).message}`);
     }
   }
-  const load = settings.load && run.status === 'success' ? await loadStep(session, opts, run, deps) : undefined;
+  // A push that did not go out fails the job already; a load would only add a second error (or, for a tag another job
+  // took, carry that job's image).
+  const load = settings.load && run.status === 'success' && !pushError ? await loadStep(session, opts, run, deps) : undefined;
   const build: BuildResult = {
     buildId,
     image: opts.tags[0] || (opts.target ? `target ${opts.target}` : undefined),
@@ -260,28 +316,34 @@ export async function buildStep(session: Session, settings: BuildSettings, deps:
     ...(cacheMiss ? { cacheMiss } : {}),
     digest: run.digest,
     builderId: session.lease?.builders[0]?.builderId,
-    ...(settings.load ? { loaded: Boolean(load?.loaded) } : {})
+    ...(settings.load ? { loaded: Boolean(load?.loaded) } : {}),
+    ...(push.status === 'failed' || push.status === 'refused' ? { pushStatus: push.status } : {})
   };
   recordBuild(session, build);
   for (const w of warnings) deps.log.warn(w);
-  const outputs = {
+  const values: BuildValues = {
     digest: run.digest ?? '',
     'image-id': run.imageId ?? '',
-    'cache-ratio': run.cacheRatio.toFixed(4),
-    'cached-steps': String(run.cachedSteps),
-    'deduplicated-steps': String(run.deduplicatedSteps ?? 0),
-    'total-steps': String(run.totalSteps),
-    duration: (run.durationMs / 1000).toFixed(2),
-    loaded: String(Boolean(load?.loaded))
+    'cache-ratio': Number(run.cacheRatio.toFixed(4)),
+    'cached-steps': run.cachedSteps,
+    'deduplicated-steps': run.deduplicatedSteps ?? 0,
+    'total-steps': run.totalSteps,
+    duration: Number((run.durationMs / 1000).toFixed(2)),
+    loaded: Boolean(load?.loaded),
+    'push-status': push.status,
+    'pushed-tags': push.pushed,
+    'push-error': pushError ?? ''
   };
+  const outputs = outputStrings(values);
   const dedupNote = run.deduplicatedSteps ? `, ${run.deduplicatedSteps} deduplicated (run by another job's build at the same time)` : '';
+  const pushNote = push.status === 'failed' ? ', push FAILED' : push.status === 'refused' ? ', push REFUSED' : '';
   const loadNote = !load ? '' : load.loaded ? `, loaded into the runner's Docker (${load.engine})` : ", NOT loaded into the runner's Docker";
   deps.log.info(
-    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${dedupNote}${run.cacheExported ? ', org cache exported' : ''}${loadNote}`
+    `Build Cloud: build ${run.status} in ${outputs.duration} s, ${run.cachedSteps} of ${run.totalSteps} steps cached${dedupNote}${run.cacheExported ? ', org cache exported' : ''}${pushNote}${loadNote}`
   );
   if (cacheMiss) deps.log.info(`Build Cloud: why steps missed the cache: ${cacheMissLine(cacheMiss)}`);
   const loadError = load?.error
     ? `The build succeeded (and is recorded as a success), but its image was not loaded into the runner's Docker: ${load.error}`
     : undefined;
-  return { build, run, outputs, warnings, ...(load ? { load } : {}), ...(loadError ? { loadError } : {}) };
+  return { build, run, outputs, values, warnings, ...(pushError ? { pushError } : {}), ...(load ? { load } : {}), ...(loadError ? { loadError } : {}) };
 }

@@ -13,6 +13,8 @@ import { buildCacheRefs, buildCacheScope, ciWorkspace, mergeStageProgress, stage
 import { cacheStages } from './dockerfile-steps';
 import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFiles } from './build-secrets';
 import { goTimeMs, parseBuildCache, stepsRunConcurrently, type CacheRecord } from './build-dedup';
+import { isRemoteContext } from './build-checks';
+import { cacheLabel, coldCacheLine, coldCacheWatcher, pushDone, pushFailedInBuild, pushFailureReason, pushRefused, type PushOutcome } from './push-outcome';
 
 export interface BuildResult {
   status: 'success' | 'failure' | 'cancelled';
@@ -34,8 +36,12 @@ export interface BuildResult {
   cacheImports?: CacheImport[]; // the final build's cache imports, as its stream showed them (found or not)
   cacheExported: boolean;
   cacheScope?: string; // the build's cache scope ('' when the control plane has none)
+  cacheName?: string; // the build's own cache as said to a user: "cache scope 'Dockerfile', branch 'main'"
   cacheRef?: string; // where its exported cache landed (the scope's tag, after promotion); '' when not exported
-  pushed: string[];
+  pushed: string[]; // every ref pushed, the cache export included
+  // The push of the user's tags, apart from the build: a build whose push failed or was refused has status 'success'
+  // and push.status 'failed' | 'refused' (push-outcome.ts); the caller fails the job with pushErrorMessage.
+  push?: PushOutcome; // absent (results made before the field): as pushDone says for the build's options
   outputTail: string[]; // the last lines of output, for an error message
   warnings: string[];
 }
@@ -51,7 +57,7 @@ export interface BuildIO {
 
 // The Dockerfile of a build whose context is a local directory; null for a Git or HTTP context, or stdin.
 export async function readDockerfile(opts: BuildOptions): Promise<string | null> {
-  if (opts.context === '-' || /^[a-z][a-z0-9+.-]*:\/\//i.test(opts.context) || /^git@/.test(opts.context)) return null;
+  if (isRemoteContext(opts.context)) return null;
   const candidates = opts.file ? [path.resolve(opts.file)] : [path.join(opts.context, 'Dockerfile'), path.join(opts.context, 'dockerfile')];
   for (const f of candidates) {
     try {
@@ -269,6 +275,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   const stages = stageCaches(stageText === null ? null : cacheStages(stageText, opts), lease.cache, scoped, () => uploadNonce());
   const cache: CacheRefs = { importRefs: [...scoped.importRefs, ...stages.flatMap((s) => s.refs.importRefs)], exportRef: scoped.exportRef };
   const stageProgress: Progress[] = [];
+  const ownRef = scoped.promotedRef || cache.importRefs[0] || ''; // the build's own cache: what it imports first
+  const cacheName = cacheLabel(scoped.scope, ownRef);
   // Secret values go to 0600 files in the runner's private dir, written inside the try below, removed in its finally.
   const secretFiles = secretFilePaths(cfg.dir, n, opts.secretValues ?? []);
   const argv = buildArgs({ ...opts, secrets: [...secretFiles.secrets, ...(opts.secrets ?? [])] }, cache, client); // bad input throws here, before anything runs
@@ -313,8 +321,17 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       cacheImports: cacheImports(parser.vertices()),
       cacheExported,
       cacheScope: scoped.scope,
+      cacheName,
       cacheRef: cacheExported ? scoped.promotedRef : '',
       pushed,
+      push:
+        status === 'success'
+          ? pushDone(
+              opts.push,
+              opts.tags,
+              pushed.filter((r) => opts.tags.includes(r))
+            )
+          : pushDone(false, [], []),
       outputTail: tail.slice(),
       warnings,
       ...extra
@@ -341,6 +358,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       }
     }
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
+    // A cold org cache is normal: BuildKit shows the import's `not found` as an ERROR, and we say what it means, once.
+    const cold = coldCacheWatcher(ownRef, coldCacheLine(cacheName, Boolean(opts.exportCache && cache.exportRef)), emit);
     const { result: built, ...split } = await withConcurrentSteps(
       (a) => capture(docker.path, a, env, controller.signal),
       () =>
@@ -351,6 +370,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
           (l) => {
             parser.push(l);
             emit(l);
+            cold(l);
           },
           controller.signal
         ),
@@ -361,7 +381,11 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     const progress = parser.result();
     const canceledStep = progress.steps.some((s) => s.status === 'canceled') && !progress.steps.some((s) => s.status === 'error');
     if (controller.signal.aborted || built.signal || (built.code !== 0 && canceledStep)) return finish('cancelled', built.code);
-    if (built.code !== 0) return finish('failure', built.code);
+    if (built.code !== 0) {
+      // buildx pushing itself (--push): every step ran and only the export to the registry failed.
+      const pushFailed = opts.push && docker.buildx && cfg.driver === 'remote' ? pushFailedInBuild(parser.vertices(), opts.tags) : null;
+      return pushFailed ? finish('success', built.code, { push: pushFailed }) : finish('failure', built.code);
+    }
     if (progress.totalSteps === 0 && parser.unseenVertices() > 0) {
       solvedElsewhere = stepsSolvedElsewhere(parser, await readDockerfile(opts), { target: opts.target, buildArgs: opts.buildArgs, platforms: opts.platforms });
     }
@@ -376,21 +400,23 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     }
 
     // Names on a pipeline builder are shared by the pipeline's jobs, as on one Docker host: a job that built the same
-    // tag at the same time may have taken it. Such a build fails with a message rather than pushing (or letting
-    // later steps use) the other job's image under its tag; a push re-points the tag at this build's image first and
-    // checks after it that this image is what went out.
+    // tag at the same time may have taken it. Such a build succeeds with its push refused (the job fails, saying so)
+    // rather than pushing (or letting later steps use) the other job's image under its tag; a push re-points the tag
+    // at this build's image first and checks after it that this image is what went out.
     // The cache export (a name of this build's own) goes out first either way.
     const local = !docker.buildx || cfg.driver !== 'remote';
     let tagsChecked = false;
-    const tagsTaken = async (): Promise<boolean> => {
-      if (tagsChecked || !local || !imageId) return false;
+    const userPushed = () => pushed.filter((r) => opts.tags.includes(r));
+    const tagsTaken = async (): Promise<string[]> => {
+      if (tagsChecked || !local || !imageId) return [];
       tagsChecked = true;
       const taken = await tagsTakenOver(opts.tags, imageId, (a) => capture(docker.path, a, env, controller.signal));
       if (taken.length) emit(tagTakenMessage(taken, imageId));
-      return taken.length > 0;
+      return taken;
     };
     for (const { ref, cache: isExport } of pushesAfterBuild(opts, cache, client)) {
-      if (!isExport && (await tagsTaken())) return finish('failure', 1, { imageId });
+      const taken = isExport ? [] : await tagsTaken();
+      if (taken.length) return finish('success', built.code, { imageId, push: pushRefused(taken, userPushed()) });
       if (!isExport && local && imageId) await capture(docker.path, ['tag', imageId, ref], env, controller.signal);
       let out = '';
       const r = await stream(
@@ -410,18 +436,22 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
           warnings.push(`could not export the build cache to ${ref} (docker push exited ${r.code}); later builds will not reuse this one's layers`);
           continue;
         }
-        return finish('failure', r.code, { imageId });
+        return finish('success', built.code, {
+          imageId,
+          push: { status: 'failed', pushed: userPushed(), failed: [ref], reason: pushFailureReason(out, r.code) }
+        });
       }
       const d = /digest: (sha256:[0-9a-f]{64})/.exec(out)?.[1];
       if (!isExport && local && imageId && d && !(await pushedImage(ref, d, imageId, (a) => capture(docker.path, a, env, controller.signal)))) {
         emit(tagTakenMessage([ref], imageId));
-        return finish('failure', 1, { imageId });
+        return finish('success', built.code, { imageId, push: pushRefused([ref], userPushed()) });
       }
       pushed.push(ref);
       if (isExport) cacheExported = true;
       if (d && !isExport && !digest) digest = d;
     }
-    if (await tagsTaken()) return finish('failure', 1, { imageId });
+    const taken = await tagsTaken();
+    if (taken.length) return finish('success', built.code, { imageId, push: pushRefused(taken, userPushed()) });
     if (docker.buildx && cfg.driver === 'remote' && opts.exportCache && cache.exportRef) {
       // ignore-error=true keeps a failed cache export from failing the build; its vertex still says ERROR.
       const failed = parser.vertices().find((v) => v.name.startsWith('exporting cache') && v.status === 'error');

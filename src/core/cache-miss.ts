@@ -2,7 +2,7 @@
 // is made of (instruction text, the build arguments in scope, the content of the files a COPY/ADD names, the base
 // image); the fingerprints travel with the exported cache image as a label. The next build that imports that image
 // compares its own fingerprints with them and names the first executed step and what changed in it, or says that the
-// cache ref was missing or held another image. Pure: fingerprints, the label's encoding and the comparison; the file
+// cache was cold (no cache yet: the ref was missing) or held another image. Pure: fingerprints, the label's encoding and the comparison; the file
 // hashing and the registry read are cache-miss-io.ts.
 //
 // Never a build-argument value: arguments are stored as a short digest of their value and named, not shown.
@@ -141,8 +141,16 @@ export function stepChange(was: StepFingerprint, now: StepFingerprint, bases: { 
  * nothing or executed nothing.
  * @param executed names of the steps BuildKit executed (not CACHED, not deduplicated)
  * @param previous the fingerprints read from the imported image (null: it had none)
+ * @param cold how to name the build's cache when no import found anything (push-outcome.ts cacheLabel), and whether
+ *   this build writes it: a cold cache is said plainly ("no cache yet for …; this build will seed it")
  */
-export function explainMiss(imports: CacheImport[], current: Fingerprints, previous: Fingerprints | null, executed: string[]): CacheMiss | null {
+export function explainMiss(
+  imports: CacheImport[],
+  current: Fingerprints,
+  previous: Fingerprints | null,
+  executed: string[],
+  cold: { label?: string; seeds?: boolean } = {}
+): CacheMiss | null {
   if (!imports.length || !executed.length) return null;
   const ran = new Set(executed);
   const order = current.steps.filter((s) => ran.has(s.n));
@@ -150,8 +158,18 @@ export function explainMiss(imports: CacheImport[], current: Fingerprints, previ
   const laterSteps = executed.length - 1;
   const found = imports.filter((i) => i.found);
   if (!found.length) {
+    // Every import `not found`: a cold cache, normal for a new branch or scope, said plainly. Another error (a
+    // refused read, say) is no cold cache: named as it is.
+    if (imports.every((i) => !i.error || /not found/i.test(i.error))) {
+      const seeds = cold.seeds === false ? 'this build does not write the org cache, so it will not seed it' : 'this build will seed it';
+      const refs = listed(
+        imports.map((i) => i.ref),
+        1
+      );
+      return { step: first, reason: `no cache yet${cold.label ? ` for ${cold.label}` : ''}; ${seeds} (not found: ${refs})`, laterSteps };
+    }
     const why = imports.map((i) => `${i.ref}${i.error ? ` (${i.error.replace(`${i.ref}: `, '')})` : ''}`);
-    return { step: first, reason: `the cache ref was missing: ${listed(why, 2)}`, laterSteps };
+    return { step: first, reason: `the org cache could not be read: ${listed(why, 2)}`, laterSteps };
   }
   if (!previous) return { step: first, reason: `the cache ref ${found[0].ref} held another image (no Build Cloud step fingerprints)`, laterSteps };
   if (previous.file !== current.file || previous.target !== current.target) {

@@ -190,7 +190,14 @@ export const BUILD_OUTPUTS: OutputDef[] = [
   },
   { name: 'total-steps', description: 'Build steps in the build.' },
   { name: 'duration', description: 'Build duration in seconds.' },
-  { name: 'loaded', description: "true when the image was loaded into the runner's own Docker engine (load: true), else false." }
+  { name: 'loaded', description: "true when the image was loaded into the runner's own Docker engine (load: true), else false." },
+  {
+    name: 'push-status',
+    description:
+      'What became of the push, apart from the build: pushed, failed (the build succeeded, the push did not), refused (another job of the pipeline took the tag) or skipped (no push asked, or the build did not succeed).'
+  },
+  { name: 'pushed-tags', description: 'The tags that were pushed, one per line.' },
+  { name: 'push-error', description: "Why the push failed or was refused (the job's error); empty otherwise." }
 ];
 
 export function envName(input: string): string {

@@ -19,6 +19,7 @@ export interface BuildResult {
   builderId?: string;
   cacheMiss?: CacheMiss; // why the first executed step was not served from the imported cache, when known
   loaded?: boolean; // load: true was asked for: whether the image reached the runner's own Docker engine
+  pushStatus?: 'failed' | 'refused'; // the build succeeded but its push did not go out (push-outcome.ts)
 }
 
 /**
@@ -225,7 +226,7 @@ export function renderSummary(s: JobSummary): string {
     let shown = 0;
     for (const b of s.builds) {
       const row =
-        `| ${escapeMarkdown(b.image || b.buildId)} | ${escapeMarkdown(b.platform)} | ${STATUS_MD[b.status] ?? escapeMarkdown(b.status)} ` +
+        `| ${escapeMarkdown(b.image || b.buildId)} | ${escapeMarkdown(b.platform)} | ${STATUS_MD[b.status] ?? escapeMarkdown(b.status)}${b.pushStatus ? `, ❌ push ${b.pushStatus}` : ''} ` +
         `| ${formatDuration(b.durationMs)} | ${num(b.totalSteps)} | ${num(b.cachedSteps)} | ${percent(num(b.cachedSteps), num(b.totalSteps))} ` +
         (dedupCol ? `| ${num(b.deduplicatedSteps)} ` : '') +
         `| ${b.builderId ? escapeMarkdown(b.builderId) : '–'} |`;
@@ -300,7 +301,7 @@ export function renderText(s: JobSummary): string {
     const cached = `cached ${num(b.cachedSteps)}/${num(b.totalSteps)} (${percent(num(b.cachedSteps), num(b.totalSteps))})${dedup}`;
     const builder = b.builderId ? `  builder ${clean(b.builderId)}` : '';
     out.push(
-      `  ${b.status.padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached}${builder}  ${clean(b.image || b.buildId)}`
+      `  ${(b.pushStatus ? `${b.status}, push ${b.pushStatus}` : b.status).padEnd(9)} ${clean(b.platform).padEnd(14)} ${formatDuration(b.durationMs).padStart(8)}  ${cached}${builder}  ${clean(b.image || b.buildId)}`
     );
   });
   if (t.builds > MAX_TABLE_ROWS) out.push(`  … ${t.builds - MAX_TABLE_ROWS} more builds not listed`);

@@ -12,12 +12,14 @@ export async function buildActionStep(session: Session, settings: BuildSettings)
     // GitHub masks the secrets (build.ts registered them); the output is redacted here too, so a log copied elsewhere
     // (a step that tees it, an artifact) holds no value either.
     const redact = redactor(settings.secrets.map((s) => s.value));
-    const r = await buildStep(session, settings, { log: log(), io: { onLine: (l) => process.stdout.write(redact(l) + '\n') } });
+    const r = await buildStep(session, settings, { log: log(), naming: 'action', io: { onLine: (l) => process.stdout.write(redact(l) + '\n') } });
     for (const [k, v] of Object.entries(r.outputs)) core.setOutput(k, v);
     if (r.run.status !== 'success') {
       core.setFailed(
         `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${redact(r.run.outputTail.slice(-5).join(' | '))}`
       );
+    } else if (r.pushError) {
+      core.setFailed(redact(r.pushError));
     } else if (r.loadError) {
       core.setFailed(r.loadError);
     }

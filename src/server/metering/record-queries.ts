@@ -14,6 +14,7 @@ export interface RecordFacts {
   totalSteps: unknown;
   cachedSteps: unknown;
   deduplicatedSteps: unknown; // absent in records from before the field: read as 0
+  pushStatus: unknown; // what became of the build's push (absent in records from before the field)
   cacheMiss: unknown; // why the build's first executed step missed the cache (absent when none or unknown)
   cacheRatio: unknown;
   durationMs: unknown;
@@ -78,6 +79,7 @@ function sqliteQueries(db: SqliteDb): RecordQueries {
       json_extract(data, '$.status') AS status, json_extract(data, '$.total_steps') AS totalSteps,
       json_extract(data, '$.cached_steps') AS cachedSteps, json_extract(data, '$.deduplicated_steps') AS deduplicatedSteps,
       json_extract(data, '$.cache_ratio') AS cacheRatio, json_extract(data, '$.cache_miss') AS cacheMiss,
+      json_extract(data, '$.push_status') AS pushStatus,
       json_extract(data, '$.duration_ms') AS durationMs, json_extract(data, '$.actor') AS actor,
       json_extract(data, '$.wall_seconds') AS wallSeconds
     FROM usage_records WHERE org = ? AND time >= ? AND time < ? AND (time, rowid) > (?, ?)
@@ -110,6 +112,7 @@ function factsOf(r: UsageRecordRow): RecordFacts {
     totalSteps: d.total_steps,
     cachedSteps: d.cached_steps,
     deduplicatedSteps: d.deduplicated_steps,
+    pushStatus: d.push_status,
     cacheMiss: d.cache_miss,
     cacheRatio: d.cache_ratio,
     durationMs: d.duration_ms,

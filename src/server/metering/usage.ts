@@ -83,12 +83,16 @@ export async function computeUsage(store: Store, org: string, month: string, now
   let jobCount = 0;
   let jobWallSeconds = 0;
   let deduplicatedSteps = 0;
+  let pushFailed = 0;
+  let pushRefused = 0;
   for await (const page of recordQueries(store).factPages(org, range.start, range.end)) {
     for (const f of page) {
       if (f.leaseId) leaseIds.add(f.leaseId);
       if (f.type === BUILD_COMPLETED) {
         builds.push(factsToBuild(f));
         deduplicatedSteps += dedupOf(f);
+        if (f.pushStatus === 'failed') pushFailed++;
+        else if (f.pushStatus === 'refused') pushRefused++;
       } else if (f.type === JOB_COMPLETED) {
         jobCount++;
         jobWallSeconds += num(f.wallSeconds);
@@ -159,7 +163,9 @@ export async function computeUsage(store: Store, org: string, month: string, now
       avgCacheRatio: summary.avgCacheRatio,
       withCachedStepShare: summary.withCachedStepShare,
       northStarGoal: NORTH_STAR_GOAL,
-      northStarMet: summary.builds > 0 && summary.withCachedStepShare >= NORTH_STAR_GOAL
+      northStarMet: summary.builds > 0 && summary.withCachedStepShare >= NORTH_STAR_GOAL,
+      pushFailed,
+      pushRefused
     },
     jobs: { count: jobCount, wallSeconds: Math.round(jobWallSeconds) },
     users: { distinct: perActor.size, top }
