@@ -6,6 +6,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { inflateRawSync } from 'zlib';
 import { adminSetup, startServer, CLI, DOCKER, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
 
@@ -37,7 +38,7 @@ afterAll(async () => {
   fs.rmSync(work, { recursive: true, force: true });
 });
 
-function job(pipeline: string): { setup: string; build: string; report: string; builder: string } {
+function job(pipeline: string): { setup: string; build: string; report: string; builder: string; label: string } {
   const home = path.join(work, pipeline);
   fs.mkdirSync(home, { recursive: true });
   const base = {
@@ -61,8 +62,12 @@ function job(pipeline: string): { setup: string; build: string; report: string; 
   const setup = run(['setup', '--json'], base);
   const env = { ...base, ...JSON.parse(setup.stdout).env };
   const build = run(['build', '--context', ctx], env);
+  // The fingerprints label of the image built (the builder holds this one build's image), before report ends it.
+  const ids = spawnSync(DOCKER, ['image', 'ls', '--filter', 'dangling=false', '--format', '{{.ID}}'], { env, encoding: 'utf8' }).stdout.trim().split('\n');
+  const labels = spawnSync(DOCKER, ['image', 'inspect', '--format', '{{json .Config.Labels}}', ids[0]], { env, encoding: 'utf8' }).stdout;
+  const label = (JSON.parse(labels || 'null') as Record<string, string> | null)?.['dev.buildcloud.cache.steps'] ?? '';
   const report = run(['report'], env);
-  return { setup: setup.stderr, build: build.stderr, report: report.stderr, builder: String(env.DOCKER_HOST) };
+  return { setup: setup.stderr, build: build.stderr, report: report.stderr, builder: String(env.DOCKER_HOST), label };
 }
 
 test('the second pipeline names the changed COPY step and file, and counts the steps after it', async () => {
@@ -72,6 +77,12 @@ test('the second pipeline names the changed COPY step and file, and counts the s
   expect(first.build).toMatch(
     /why steps missed the cache: \[1\/3\] ADD rootfs.tar \/: no cache yet for .*; this build will seed it \(not found: \S+( and \d+ more)?\)/
   );
+
+  // The label the image carries wherever it is pushed: keyed with the project's key, so nothing of the build in it.
+  expect(first.label).not.toBe('');
+  const json = inflateRawSync(Buffer.from(first.label, 'base64url')).toString('utf8');
+  expect(JSON.parse(json).v).toBe(2);
+  for (const plain of ['app.txt', 'rootfs.tar', 'Dockerfile', 'COPY', 'RUN']) expect(json).not.toContain(plain);
 
   fs.writeFileSync(path.join(ctx, 'app.txt'), 'app v2\n');
   const second = job(`miss-2-${process.pid}`);

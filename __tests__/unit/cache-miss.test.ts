@@ -2,6 +2,7 @@
 import { withDefaultBranchHint } from '../../src/core/build-step';
 // travel in, and the comparison that names the first executed step and what changed in it, for each kind of change.
 import * as fs from 'fs';
+import { inflateRawSync } from 'zlib';
 import * as os from 'os';
 import * as path from 'path';
 import {
@@ -11,6 +12,9 @@ import {
   fingerprintsOf,
   FINGERPRINTS_LABEL,
   MAX_LABEL_BYTES,
+  keyFingerprints,
+  keyedDigest,
+  shortDigest,
   type CacheImport
 } from '../../src/core/cache-miss';
 import { cacheImports, copySources, hashSources, importedFingerprints, readFingerprints, registryAccess } from '../../src/core/cache-miss-io';
@@ -45,6 +49,8 @@ async function fingerprints(text = DOCKERFILE, opts: DockerfileStepOptions = {},
   return fingerprintsOf(steps, await hashSources(ctx, steps), { file: 'Dockerfile', target: opts.target ?? '', baseDigests });
 }
 
+// A project's fingerprint key (CacheRefs.fingerprint_key), as the control plane would give it.
+const KEY = Buffer.alloc(32, 7);
 const FOUND: CacheImport[] = [{ ref: 'reg.example:5000/acme/app/cache:main', found: true }];
 const STEP = {
   depsCopy: '[deps 2/3] COPY deps.txt /opt/deps.txt',
@@ -75,7 +81,7 @@ describe('explainMiss names the first executed step and what changed in it', () 
     const miss = explainMiss(FOUND, now, before, [STEP.depsRun, STEP.srcCopy, STEP.make])!;
     expect(miss).toEqual({ step: STEP.depsRun, reason: 'build argument TOKEN_NAME changed', laterSteps: 2 });
     // Neither value is anywhere in what is shown or stored.
-    const stored = JSON.stringify([now, before, encodeFingerprints(now)]) + cacheMissLine(miss);
+    const stored = JSON.stringify([now, before, encodeFingerprints(now, KEY)]) + cacheMissLine(miss);
     expect(stored).not.toMatch(/secret-value/);
   });
 
@@ -209,16 +215,16 @@ describe('sources and the label', () => {
     expect(d.sources[steps[0].name]['*.json']).toMatch(/^[0-9a-f]{16}$/);
   });
 
-  test('the label round-trips; too many files drop the per-file digests, never the step', async () => {
+  test('the label round-trips (keyed); too many files drop the per-file digests, never the step', async () => {
     const fp = await fingerprints();
-    expect(decodeFingerprints(encodeFingerprints(fp))).toEqual(fp);
+    expect(decodeFingerprints(encodeFingerprints(fp, KEY))).toEqual(keyFingerprints(fp, KEY));
     const big = {
       ...fp,
       steps: fp.steps.map((s) => ({ ...s, f: Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`src/f${i}-${'x'.repeat(20)}`, 'a'.repeat(16)])) }))
     };
-    const label = encodeFingerprints(big);
+    const label = encodeFingerprints(big, KEY);
     expect(label.length).toBeLessThanOrEqual(MAX_LABEL_BYTES);
-    expect(decodeFingerprints(label)!.steps.map((s) => [s.n, s.f])).toEqual(fp.steps.map((s) => [s.n, undefined]));
+    expect(decodeFingerprints(label)!.steps.map((s) => [s.n, s.f])).toEqual(fp.steps.map((s) => [keyedDigest(KEY, s.n), undefined]));
     expect(decodeFingerprints('not a label')).toBeNull();
     expect(decodeFingerprints(undefined)).toBeNull();
   });
@@ -239,14 +245,14 @@ describe('reading the imported image', () => {
   test('the label of the config of the manifest, with the lease credentials, over http on loopback', async () => {
     const fp = await fingerprints();
     const seen: string[] = [];
-    expect(await readFingerprints('127.0.0.1:5000/acme/app/cache:main', reg, fake(encodeFingerprints(fp), seen))).toEqual(fp);
+    expect(await readFingerprints('127.0.0.1:5000/acme/app/cache:main', reg, fake(encodeFingerprints(fp, KEY), seen))).toEqual(keyFingerprints(fp, KEY));
     const basic = `Basic ${Buffer.from('lease-1:pw').toString('base64')}`;
     expect(seen).toEqual([
       `GET http://127.0.0.1:5000/v2/acme/app/cache/manifests/main ${basic}`,
       `GET http://127.0.0.1:5000/v2/acme/app/cache/blobs/${configDigest} ${basic}`
     ]);
     // Another registry's ref is never sent the lease's credentials.
-    expect(await readFingerprints('other.example/acme/app:main', reg, fake(encodeFingerprints(fp), seen))).toBeNull();
+    expect(await readFingerprints('other.example/acme/app:main', reg, fake(encodeFingerprints(fp, KEY), seen))).toBeNull();
     expect(seen).toHaveLength(2);
   });
 
@@ -255,17 +261,18 @@ describe('reading the imported image', () => {
     expect(await readFingerprints('127.0.0.1:5000/acme/app/cache:main', reg, fake(undefined, []))).toBeNull();
     expect(await readFingerprints('127.0.0.1:5000/acme/app/cache:gone', reg, fake('x', []))).toBeNull();
     const imports = [{ ref: '127.0.0.1:5000/acme/app/cache:main', found: true }];
-    const read = (ref: string) => readFingerprints(ref, reg, fake(encodeFingerprints(fp), []));
-    expect(await importedFingerprints(imports, fp, read)).toEqual(fp);
+    const read = (ref: string) => readFingerprints(ref, reg, fake(encodeFingerprints(fp, KEY), []));
+    expect(await importedFingerprints(imports, fp, read, KEY)).toEqual(keyFingerprints(fp, KEY));
     // A stage cache image (its label names its stage as target) loses to the build's own when both are found.
-    const stage = { ...fp, target: 'deps' };
+    const stage = keyFingerprints({ ...fp, target: 'deps' }, KEY);
     const both = [
       { ref: 'r/stage:main', found: true },
       { ref: 'r/final:main', found: true },
       { ref: 'r/gone:main', found: false }
     ];
-    const byRef = async (ref: string) => (ref === 'r/stage:main' ? stage : ref === 'r/final:main' ? fp : null);
-    expect(await importedFingerprints(both, fp, byRef)).toEqual(fp);
+    const keyed = keyFingerprints(fp, KEY);
+    const byRef = async (ref: string) => (ref === 'r/stage:main' ? stage : ref === 'r/final:main' ? keyed : null);
+    expect(await importedFingerprints(both, fp, byRef, KEY)).toEqual(keyed);
   });
 
   test("registryAccess reads the lease's login from the runner's docker config", async () => {
@@ -276,6 +283,61 @@ describe('reading the imported image', () => {
     expect(await registryAccess('', '127.0.0.1:5000')).toBeNull();
   });
 });
+
+describe('keyed labels: what an image that leaves the org cache says of its build', () => {
+  test('nothing readable: no step, file, argument name or value, instruction or base in the label', async () => {
+    const fp = await fingerprints(DOCKERFILE, { buildArgs: { TOKEN_NAME: '1234' } });
+    const json = inflated(encodeFingerprints(fp, KEY));
+    for (const plain of ['TOKEN_NAME', '1234', 'src/', 'app.txt', 'RUN', 'COPY', 'Dockerfile', 'build']) expect(json).not.toContain(plain);
+    // The unkeyed digest of an argument (what a v1 label held) is not there either.
+    expect(json).not.toContain(shortDigest('TOKEN_NAME=1234'));
+    expect(JSON.parse(json).v).toBe(2);
+  });
+
+  test('with the key, a later build names what changed in its own words; another key sees another image', async () => {
+    const before = keyFingerprints(await fingerprints(DOCKERFILE, { buildArgs: { TOKEN_NAME: 'a' } }), KEY);
+    const now = await fingerprints(DOCKERFILE, { buildArgs: { TOKEN_NAME: 'b' } });
+    expect(explainMiss(FOUND, now, before, [STEP.depsRun, STEP.srcCopy, STEP.make], {}, KEY)).toEqual({
+      step: STEP.depsRun,
+      reason: 'build argument TOKEN_NAME changed',
+      laterSteps: 2
+    });
+    fs.writeFileSync(path.join(ctx, 'src', 'app.txt'), 'v2 of the app\n');
+    const edited = await fingerprints(DOCKERFILE, { buildArgs: { TOKEN_NAME: 'a' } });
+    expect(explainMiss(FOUND, edited, before, [STEP.srcCopy, STEP.make], {}, KEY)!.reason).toBe('content of src/app.txt changed');
+    const otherKey = Buffer.alloc(32, 9);
+    expect(explainMiss(FOUND, edited, before, [STEP.srcCopy, STEP.make], {}, otherKey)!.reason).toMatch(/held another image \(another Dockerfile or target\)$/);
+  });
+
+  test("a removed file is counted, not named (only the cached build knew its name); a base change names today's base", async () => {
+    const before = await fingerprints();
+    fs.rmSync(path.join(ctx, 'src', 'routes.txt'));
+    const now = await fingerprints();
+    expect(explainMiss(FOUND, now, keyFingerprints(before, KEY), [STEP.srcCopy, STEP.make], {}, KEY)!.reason).toBe('1 file of the cached build removed');
+    fs.writeFileSync(path.join(ctx, 'src', 'routes.txt'), 'routes\n');
+  });
+});
+
+describe('steps whose names BuildKit shows with build arguments expanded', () => {
+  const TEXT = 'FROM scratch\nARG V\nRUN echo "$V" > /v && sleep 1\nRUN echo done > /d\n';
+  test('the first rebuilt step is the one that uses the argument, named as the Dockerfile writes it (no value)', async () => {
+    const before = keyFingerprints(await fingerprints(TEXT, { buildArgs: { V: '1' } }), KEY);
+    const now = await fingerprints(TEXT, { buildArgs: { V: '2' } });
+    const executed = ['[1/2] RUN echo "2" > /v && sleep 1', '[2/2] RUN echo done > /d'];
+    const miss = explainMiss(FOUND, now, before, executed, {}, KEY)!;
+    expect(miss).toEqual({ step: '[1/2] RUN echo "$V" > /v && sleep 1', reason: 'build argument V changed', laterSteps: 1 });
+    expect(cacheMissLine(miss)).not.toContain('"2"');
+  });
+  test('a step that matches no Dockerfile step is shown without its text', async () => {
+    const now = await fingerprints(TEXT, { buildArgs: { V: '2' } });
+    const miss = explainMiss(FOUND, now, null, ['[9/9] RUN curl -H "token: s3cr3t" x'], {}, KEY)!;
+    expect(miss.step).toBe('[9/9] RUN …');
+  });
+});
+
+function inflated(label: string): string {
+  return inflateRawSync(Buffer.from(label, 'base64url')).toString('utf8');
+}
 
 test('a long step name is cut in the line, never the reason', () => {
   const step = `[1/2] RUN ${'x'.repeat(300)}`;

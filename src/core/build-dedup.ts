@@ -16,6 +16,7 @@
 // under another id then. Both times come from the builder's clock, so the runner's own clock plays no part.
 // Pure: records and progress in, progress out (build.ts reads the records and the clock).
 import type { BuildStep, Progress } from './build-progress';
+import { sameExpanded } from './dockerfile-steps';
 
 /** One build-cache record of a builder, as `docker system df -v --format '{{json .BuildCache}}'` lists it. */
 export interface CacheRecord {
@@ -92,21 +93,6 @@ export function runCommand(stepName: string): string | null {
   return squash(cmd);
 }
 
-// `$NAME`, `${NAME}` and `${NAME:-word}`-style references in a command as the Dockerfile wrote it.
-const VARIABLE = /\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*(?::?[-+?][^}]*)?\})/;
-const VARIABLES = new RegExp(VARIABLE.source, 'g');
-
-/** Whether `written` (a command as the Dockerfile wrote it) reads as `shown` once its variables are expanded. */
-function sameCommand(written: string, shown: string): boolean {
-  if (written === shown) return true;
-  if (!VARIABLE.test(written)) return false;
-  const pattern = written
-    .split(VARIABLES)
-    .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
-    .join('[\\s\\S]*?');
-  return new RegExp(`^${pattern}$`).test(shown);
-}
-
 /**
  * Whether `record` is the result of a RUN step running `cmd`. The record's argv starts with the step's shell (e.g.
  * "/bin/sh -c", a SHELL instruction's words) and holds the command as written (`echo "$V"`: the shell expands it when
@@ -119,7 +105,7 @@ export function describesRun(record: CacheRecord, cmd: string): boolean {
   const words = d.slice('mount / from exec '.length).split(' ');
   // The shell is at most a few words ("/bin/bash -eo pipefail -c"); the exec form has none.
   for (let k = 0; k <= Math.min(6, words.length - 1); k++) {
-    if (sameCommand(words.slice(k).join(' '), cmd)) return true;
+    if (sameExpanded(words.slice(k).join(' '), cmd)) return true;
   }
   return false;
 }

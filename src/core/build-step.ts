@@ -167,7 +167,7 @@ async function checkLoadedTags(session: Session, tags: string[], imageId: string
  * The fingerprints of this build's steps (cache-miss.ts), when it uses the org cache: the label they travel in on the
  * exported image is added to `opts.labels`. Null (and no label) when the Dockerfile cannot be read as one.
  */
-async function stepFingerprints(opts: BuildOptions, text: string | null, reg: RegistryAccess | null): Promise<Fingerprints | null> {
+async function stepFingerprints(opts: BuildOptions, text: string | null, reg: RegistryAccess | null, key: Buffer | null): Promise<Fingerprints | null> {
   try {
     const steps = text === null ? null : dockerfileSteps(text, { target: opts.target, buildArgs: opts.buildArgs });
     if (!steps?.length) return null;
@@ -183,7 +183,8 @@ async function stepFingerprints(opts: BuildOptions, text: string | null, reg: Re
         reg
       )
     });
-    if (opts.exportCache) opts.labels = { ...opts.labels, [FINGERPRINTS_LABEL]: encodeFingerprints(fp) };
+    // Keyed with the project's key (cache-miss.ts): a control plane that gives none gets no label at all.
+    if (opts.exportCache && key) opts.labels = { ...opts.labels, [FINGERPRINTS_LABEL]: encodeFingerprints(fp, key) };
     return fp;
   } catch {
     return null; // an explanation is a nicety: never a reason for the build to fail
@@ -231,14 +232,18 @@ async function cacheMissOf(
   run: RunResult,
   fp: Fingerprints | null,
   read: (ref: string) => Promise<Fingerprints | null>,
-  seeds: boolean
+  seeds: boolean,
+  key: Buffer | null
 ): Promise<CacheMiss | undefined> {
-  const imports = run.cacheImports ?? [];
+  // The stage caches this run built and pushed just before its final build are its own, not what it imported from
+  // earlier builds: they explain nothing (a first build would otherwise find its own stage image "another image").
+  const own = new Set(run.stageRefs ?? []);
+  const imports = (run.cacheImports ?? []).filter((i) => !own.has(i.ref));
   if (!fp || !imports.length) return undefined;
   const executed = run.steps.filter((s) => s.status === 'done' || s.status === 'error').map((s) => s.name);
   if (!executed.length) return undefined;
-  const previous = await importedFingerprints(imports, fp, read).catch(() => null);
-  return explainMiss(imports, fp, previous, executed, { label: run.cacheName, seeds }) ?? undefined;
+  const previous = key ? await importedFingerprints(imports, fp, read, key).catch(() => null) : null;
+  return explainMiss(imports, fp, previous, executed, { label: run.cacheName, seeds }, key ?? undefined) ?? undefined;
 }
 
 export async function buildStep(
@@ -263,7 +268,8 @@ export async function buildStep(
   const buildId = nextBuildId(session);
   const lease = session.lease ?? { cache: null, builders: [] };
   const reg = session.lease?.cache && session.runner ? await registryAccess(session.runner.dockerConfig, session.lease.cache.registry?.host) : null;
-  const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, dockerfile, reg) : null;
+  const fpKey = session.lease?.cache?.fingerprintKey ? Buffer.from(session.lease.cache.fingerprintKey, 'base64url') : null;
+  const fp = session.lease?.cache && !opts.noCache ? await stepFingerprints(opts, dockerfile, reg, fpKey) : null;
   const imported = importReader(fp ? reg : null, deps.io ?? {});
   const run = await runBuild(opts, session.runner ?? localRunner(session), lease as never, session.docker, imported.io);
   const push = run.push ?? (run.status === 'success' ? pushDone(opts.push, opts.tags, run.pushed) : pushDone(false, [], []));
@@ -271,7 +277,7 @@ export async function buildStep(
   const platform = opts.platforms.join(',') || session.lease?.builders[0]?.platform || 'local';
   const warnings = [...run.warnings];
   const cacheMiss = withDefaultBranchHint(
-    run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read, Boolean(opts.exportCache)),
+    run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read, Boolean(opts.exportCache), fpKey),
     session.identity
   );
   if (session.lease) {

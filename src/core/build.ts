@@ -38,6 +38,7 @@ export interface BuildResult {
   cacheScope?: string; // the build's cache scope ('' when the control plane has none)
   cacheName?: string; // the build's own cache as said to a user: "cache scope 'Dockerfile', branch 'main'"
   cacheRef?: string; // where its exported cache landed (the scope's tag, after promotion); '' when not exported
+  stageRefs?: string[]; // the stage caches this run built and pushed before its final build (their promoted refs)
   pushed: string[]; // every ref pushed, the cache export included
   // The push of the user's tags, apart from the build: a build whose push failed or was refused has status 'success'
   // and push.status 'failed' | 'refused' (push-outcome.ts); the caller fails the job with pushErrorMessage.
@@ -275,6 +276,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   const stages = stageCaches(stageText === null ? null : cacheStages(stageText, opts), lease.cache, scoped, () => uploadNonce());
   const cache: CacheRefs = { importRefs: [...scoped.importRefs, ...stages.flatMap((s) => s.refs.importRefs)], exportRef: scoped.exportRef };
   const stageProgress: Progress[] = [];
+  const stageRefs: string[] = []; // stage caches pushed by this run, before its final build
   const ownRef = scoped.promotedRef || cache.importRefs[0] || ''; // the build's own cache: what it imports first
   const cacheName = cacheLabel(scoped.scope, ownRef);
   // Secret values go to 0600 files in the runner's private dir, written inside the try below, removed in its finally.
@@ -323,6 +325,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       cacheScope: scoped.scope,
       cacheName,
       cacheRef: cacheExported ? scoped.promotedRef : '',
+      stageRefs,
       pushed,
       push:
         status === 'success'
@@ -354,7 +357,10 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
         );
         if (r === 'cancelled') return finish('cancelled', null);
         if (typeof r === 'string') warnings.push(r);
-        else stageProgress.push(r);
+        else {
+          stageProgress.push(r);
+          stageRefs.push(st.refs.promotedRef);
+        }
       }
     }
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.

@@ -8,7 +8,7 @@ import { createReadStream, promises as fsp } from 'fs';
 import * as path from 'path';
 import { expand, type DockerfileStep } from './dockerfile-steps';
 import { httpRequest, headerValue, type HttpRequester } from './http-request';
-import { decodeFingerprints, FINGERPRINTS_LABEL, shortDigest, type CacheImport, type Fingerprints, type SourceDigests } from './cache-miss';
+import { decodeFingerprints, FINGERPRINTS_LABEL, keyedDigest, shortDigest, type CacheImport, type Fingerprints, type SourceDigests } from './cache-miss';
 import type { BuildStep } from './build-progress';
 
 /** Bounds of hashSources: the files read and their bytes, per build. Past them a source is '?' (not compared). */
@@ -226,12 +226,16 @@ export async function registryAccess(dockerConfigDir: string, host: string | und
 export async function importedFingerprints(
   imports: CacheImport[],
   current: Fingerprints,
-  read: (ref: string) => Promise<Fingerprints | null>
+  read: (ref: string) => Promise<Fingerprints | null>,
+  key: Buffer
 ): Promise<Fingerprints | null> {
+  // Labels hold keyed strings (cache-miss.ts keyFingerprints): the current Dockerfile and target, keyed, are what match.
+  const file = keyedDigest(key, current.file);
+  const target = keyedDigest(key, current.target);
   let first: Fingerprints | null = null;
   for (const i of imports.filter((x) => x.found).slice(0, 4)) {
     const fp = await read(i.ref).catch(() => null);
-    if (fp && fp.file === current.file && fp.target === current.target) return fp;
+    if (fp && fp.file === file && fp.target === target) return fp;
     first ??= fp;
   }
   return first;

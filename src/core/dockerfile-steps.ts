@@ -123,6 +123,28 @@ export function expand(word: string, vars: Record<string, string>): string {
   });
 }
 
+// `$NAME`, `${NAME}` and `${NAME:-word}`-style references, as a Dockerfile writes them.
+const VARIABLE = /\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*(?::?[-+?][^}]*)?\})/;
+const VARIABLES = new RegExp(VARIABLE.source, 'g');
+
+/**
+ * Whether `shown` can be `written` with its variable references expanded: BuildKit shows a step's name with the
+ * build arguments and ENV values in it (`RUN echo "7"` for `RUN echo "$V"`, measured on Docker Engine 20.10), while
+ * the Dockerfile (and a RUN step's build-cache record) has the references. Each reference matches any text;
+ * whitespace runs compare equal.
+ */
+export function sameExpanded(written: string, shown: string): boolean {
+  const w = written.replace(/\s+/g, ' ').trim();
+  const sh = shown.replace(/\s+/g, ' ').trim();
+  if (w === sh) return true;
+  if (!VARIABLE.test(w)) return false;
+  const pattern = w
+    .split(VARIABLES)
+    .map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'))
+    .join('[\\s\\S]*?');
+  return new RegExp(`^${pattern}$`).test(sh);
+}
+
 // The leading --flag[=value] options of COPY, ADD and RUN.
 function flags(rest: string): { name: string; value: string }[] {
   const out: { name: string; value: string }[] = [];
