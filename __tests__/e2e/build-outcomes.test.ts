@@ -97,7 +97,9 @@ test('first build of a new branch, pushed to an unreachable registry: cold cache
   // Docker's lines stay; Build Cloud's one line says what they mean, once.
   expect(b.stderr).toMatch(new RegExp(`#\\d+ ERROR: \\S+:${BRANCH}: not found`));
   const cold = b.stderr.split('\n').filter((l) => l.startsWith('Build Cloud: no cache yet'));
-  expect(cold).toEqual([`Build Cloud: no cache yet for cache scope 'ctx/Dockerfile', branch '${BRANCH}'; this build will seed it`]);
+  expect(cold).toEqual([
+    `Build Cloud: no cache yet for cache scope 'ctx/Dockerfile', branch '${BRANCH}'; this build will seed it (it also imports the default branch's and the project's shared cache, where found)`
+  ]);
   expect(b.stderr).toMatch(
     new RegExp(
       `Build Cloud: why steps missed the cache: \\[1/2\\] ADD rootfs.tar /: no cache yet for cache scope 'ctx/Dockerfile', branch '${BRANCH}'; this build will seed it \\(not found: .*\\(\\+1 later step rebuilt\\)`

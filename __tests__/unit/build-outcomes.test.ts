@@ -7,7 +7,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { runBuild } from '../../src/core/build';
 import { checkBuildPaths, inputName } from '../../src/core/build-checks';
-import { buildStep, outputStrings, type BuildValues } from '../../src/core/build-step';
+import { buildStep, foreignPlatformWarnings, outputStrings, type BuildValues } from '../../src/core/build-step';
 import type { BuildOptions } from '../../src/core/docker-cli';
 import { MeteringSpool } from '../../src/core/metering-spool';
 import type { RunnerConfig } from '../../src/core/runner-config';
@@ -76,6 +76,11 @@ describe('push outcome, pure', () => {
     const ref = 'reg:5000/acme/app/cache/dockerfile:feature-x';
     const line = coldCacheLine(cacheLabel('Dockerfile', ref), true);
     expect(line).toBe("Build Cloud: no cache yet for cache scope 'Dockerfile', branch 'feature-x'; this build will seed it");
+    // A new branch also imports the default branch's cache: the line says so (a break-it run saw 3 of 3 steps cached
+    // under a bare "no cache yet").
+    expect(coldCacheLine(cacheLabel('Dockerfile', ref), true, true)).toBe(
+      "Build Cloud: no cache yet for cache scope 'Dockerfile', branch 'feature-x'; this build will seed it (it also imports the default branch's and the project's shared cache, where found)"
+    );
     expect(coldCacheLine(cacheLabel('', 'reg:5000/acme/app/cache:pr-1'), false)).toBe(
       "Build Cloud: no cache yet for the project's cache, branch 'pr-1'; this build does not write the org cache (a fork, or cache export off), so it will not seed it"
     );
@@ -388,5 +393,16 @@ describe('the org usage counts builds whose push failed or was refused apart', (
       await store.close();
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('foreignPlatformWarnings', () => {
+  test('a platform no builder of the lease runs is warned about, naming both; a native one or no builder is not', () => {
+    expect(foreignPlatformWarnings(['linux/arm64'], ['linux/amd64'])).toEqual([
+      `platform 'linux/arm64' is not one this job's builders run natively (linux/amd64): RUN steps need emulation for it and may fail with "exec format error"; ask setup for it (platforms: linux/arm64) to get a builder of that platform`
+    ]);
+    expect(foreignPlatformWarnings(['linux/amd64'], ['linux/amd64'])).toEqual([]);
+    expect(foreignPlatformWarnings(['linux/arm64'], [])).toEqual([]);
+    expect(foreignPlatformWarnings([], ['linux/amd64'])).toEqual([]);
   });
 });

@@ -213,6 +213,21 @@ function importReader(reg: RegistryAccess | null, io: BuildIO): { io: BuildIO; r
 }
 
 /**
+ * A warning for each requested platform no builder of the lease runs natively: BuildKit builds it all the same, but
+ * a step that runs a program (RUN) then needs emulation the builder may not have, and fails with "exec format error".
+ * None when the lease has no builders (fallback: local) or the build names no platform.
+ */
+export function foreignPlatformWarnings(requested: string[], builders: string[]): string[] {
+  if (!builders.length) return [];
+  return requested
+    .filter((p) => !builders.includes(p))
+    .map(
+      (p) =>
+        `platform '${p}' is not one this job's builders run natively (${builders.join(', ')}): RUN steps need emulation for it and may fail with "exec format error"; ask setup for it (platforms: ${p}) to get a builder of that platform`
+    );
+}
+
+/**
  * A miss because no imported ref existed, on a branch whose fallback was an assumed default branch (CircleCI names
  * none): the reason says so and how to name it, since the likely cause is a project whose default branch is not main.
  */
@@ -262,7 +277,11 @@ export async function buildStep(
   for (const w of [
     ...repeatedKeyWarnings('build-args', settings.buildArgs),
     ...repeatedKeyWarnings('labels', settings.labels),
-    ...shortSecretWarnings(opts.secretValues ?? [])
+    ...shortSecretWarnings(opts.secretValues ?? []),
+    ...foreignPlatformWarnings(
+      opts.platforms,
+      (session.lease?.builders ?? []).map((b) => b.platform)
+    )
   ])
     deps.log.warn(w);
   const buildId = nextBuildId(session);

@@ -365,7 +365,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     }
     // The context path is resolved by docker against our cwd, as in the user's own `docker build`.
     // A cold org cache is normal: BuildKit shows the import's `not found` as an ERROR, and we say what it means, once.
-    const cold = coldCacheWatcher(ownRef, coldCacheLine(cacheName, Boolean(opts.exportCache && cache.exportRef)), emit);
+    const fallbacks = cache.importRefs.some((r) => r !== ownRef);
+    const cold = coldCacheWatcher(ownRef, coldCacheLine(cacheName, Boolean(opts.exportCache && cache.exportRef), fallbacks), emit);
     const { result: built, ...split } = await withConcurrentSteps(
       (a) => capture(docker.path, a, env, controller.signal),
       () =>

@@ -84,9 +84,14 @@ export function cacheLabel(scope: string, ref: string): string {
   return parts.join(', ');
 }
 
-/** The one line said when the org cache holds nothing yet for a build: a normal cold cache, not an error. */
-export function coldCacheLine(label: string, seeds: boolean): string {
-  return `Build Cloud: no cache yet for ${label}; ${seeds ? 'this build will seed it' : 'this build does not write the org cache (a fork, or cache export off), so it will not seed it'}`;
+/**
+ * The one line said when the org cache holds nothing yet for a build's own ref: a normal cold cache, not an error.
+ * `fallbacks`: the build also imports other refs (the default branch's, the project's shared one), which may well
+ * hold what it needs: said so, so the line never reads as "nothing will be reused".
+ */
+export function coldCacheLine(label: string, seeds: boolean, fallbacks = false): string {
+  const seed = seeds ? 'this build will seed it' : 'this build does not write the org cache (a fork, or cache export off), so it will not seed it';
+  return `Build Cloud: no cache yet for ${label}; ${seed}${fallbacks ? " (it also imports the default branch's and the project's shared cache, where found)" : ''}`;
 }
 
 /**
