@@ -157,10 +157,12 @@ describe('README "Run the control plane yourself", line by line', () => {
     );
     expect(out(/admin bucket list/)).toMatch(/^Org 'acme': 2 buckets, 1200 build minutes left of 1200 build minutes bought\n/);
     expect(out(/admin org show/)).toContain('  limits     max builders 4, max leases 20, overdraft 0 build minutes\n');
-    expect(out(/admin org show/)).toContain('  trust      1 trust rule\n  tokens     1 token\n');
-    expect(out(/usage --org acme$/)).toMatch(/^Org acme, \d{4}-\d\d\n {2}minutes {3}0 used this month; 0 used, 1200 left of 1200 bought\n/);
-    expect(out(/usage --org acme --pipeline/)).toMatch(/^Pipeline \S+ of org acme: no leases\./);
-    expect(out(/usage --org acme --project acme\/app/)).toMatch(/^Project acme\/app of org acme, \d{4}-\d\d: no leases\./);
+    expect(out(/admin org show/)).toMatch(
+      / {2}trust {6}1 trust rule\n {4}#1 {2}issuer https:\/\/token\.actions\.githubusercontent\.com {2}aud buildcloud {2}repository_owner=acme\n {2}tokens {5}1 token\n {4}\S+ {2}'/
+    );
+    expect(out(/usage --org acme$/)).toMatch(/^Org 'acme', \d{4}-\d\d\n {2}minutes {3}0 used this month; 0 used, 1200 left of 1200 bought\n/);
+    expect(out(/usage --org acme --pipeline/)).toMatch(/^Pipeline '\S+' of org 'acme': no leases\./);
+    expect(out(/usage --org acme --project acme\/app/)).toMatch(/^Project 'acme\/app' of org 'acme', \d{4}-\d\d: no leases\./);
   });
 
   test('the admin token without an org, or naming a missing org, says what to pass or create', () => {
@@ -212,7 +214,7 @@ describe('README "Any other CI, or a shell"', () => {
       // The project's usage now counts the recipe's build (the README's `usage --project` line, run again).
       const u = sh('buildcloud usage --org acme --project acme/app', baseEnv(), work);
       expect(u.stdout).toMatch(
-        /^Project acme\/app of org acme, \d{4}-\d\d\n {2}leases {4}\d+ \(\d+ active\) in 1 pipeline, [\d.]+ build minutes? billed\n {2}builds {4}1 \(1 succeeded, 0 failed\)\n/
+        /^Project 'acme\/app' of org 'acme', \d{4}-\d\d\n {2}leases {4}\d+ \(\d+ active\) in 1 pipeline, [\d.]+ build minutes? billed\n {2}builds {4}1 \(1 succeeded, 0 failed\)\n/
       );
     } finally {
       seed.end();

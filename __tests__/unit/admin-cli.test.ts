@@ -131,35 +131,75 @@ describe('admin commands', () => {
     );
   });
 
-  test('org show --org: limits, buckets, protected branches, trust rules and tokens', async () => {
+  test('org show --org: limits, buckets, protected branches, each trust rule and each token', async () => {
     await run('org', 'create', 'acme', '--minutes', '600');
     await run('org', 'set', '--org', 'acme', '--max-builders', '4', '--protected-branches', 'main,release/*');
-    await run('token', 'create', '--org', 'acme');
+    const admin = (await run('token', 'create', '--org', 'acme', '--json')) && JSON.parse(out.join('')).id;
+    const ci = JSON.parse(await run('token', 'create', '--org', 'acme', '--label', 'pr jobs', '--project', 'acme/app', '--read-only', '--json')).id;
+    await run('token', 'revoke', ci);
     await run('trust', 'add', '--org', 'acme', '--github-owner', 'acme');
-    expect(await run('org', 'show', '--org', 'acme')).toBe(
+    const text = await run('org', 'show', '--org', 'acme');
+    // Exact but for the generated ids and today's date.
+    expect(text.replace(admin, 'ID1').replace(ci, 'ID2').replaceAll(today(), 'DAY')).toBe(
       [
         "Org 'acme'",
         '  limits     max builders 4, max leases unlimited, overdraft 0 build minutes',
         '  minutes    600 build minutes left: 600 bought, 0 billed, 0 reserved by running leases',
         '  protected  main, release/*',
         '  trust      1 trust rule',
-        '  tokens     1 token',
+        '    #1  issuer https://token.actions.githubusercontent.com  aud buildcloud  repository_owner=acme',
+        '  tokens     1 token (and 1 revoked)',
+        "    ID1  'ci'  org-admin (any project, any branch)  created DAY",
+        "    ID2  'pr jobs'  projects acme/app; branches any; read-only  created DAY  revoked DAY",
         '  buckets    1 bucket, 600 build minutes left of 600 build minutes bought',
-        `    #1  ${today()}  600 build minutes: 0 used, 600 left  'initial bucket'`,
+        "    #1  DAY  600 build minutes: 0 used, 600 left  'initial bucket'",
         ''
       ].join('\n')
     );
     // The argument form still works and says the same.
-    expect(await run('org', 'show', 'acme')).toContain('  tokens     1 token\n');
+    expect(await run('org', 'show', 'acme')).toBe(text);
     const json = JSON.parse(await run('org', 'show', '--org', 'acme', '--json'));
-    expect(json).toMatchObject({ org: 'acme', maxBuilders: 4, trustRules: 1, tokens: 1, protectedBranches: ['main', 'release/*'], minutesLeft: 600 });
+    expect(json).toMatchObject({
+      org: 'acme',
+      maxBuilders: 4,
+      trustRules: [{ id: 1, issuer: 'https://token.actions.githubusercontent.com', audience: 'buildcloud', claim: 'repository_owner', value: 'acme' }],
+      tokens: [
+        { id: admin, label: 'ci', scope: null, revokedAt: null },
+        { id: ci, label: 'pr jobs', scope: { projects: ['acme/app'], branches: null, readOnly: true } }
+      ],
+      protectedBranches: ['main', 'release/*'],
+      minutesLeft: 600
+    });
+    expect(json.tokens[1].revokedAt).toMatch(/^\d{4}-\d\d-\d\dT/);
   });
 
-  test('org show of a new org names the default protected branches and counts 0', async () => {
+  test("org show of a new org: the default protected branches, serve's builder share, and how to add trust and tokens", async () => {
     await run('org', 'create', 'beta');
     const text = await run('org', 'show', '--org', 'beta');
+    expect(text).toContain(
+      "  limits     max builders serve's --org-max-builders applies (default 3/4 of --max-builders), max leases unlimited, overdraft 0 build minutes\n"
+    );
     expect(text).toContain('  protected  main, master (the default)\n');
-    expect(text).toContain('  trust      0 trust rules\n  tokens     0 tokens\n');
+    expect(text).toContain(
+      '  trust      0 trust rules: add one with `buildcloud admin trust add --org beta --github-owner OWNER`\n  tokens     0 tokens: create one with `buildcloud admin token create --org beta`\n'
+    );
+    expect(await run('org', 'set', '--org', 'beta', '--max-leases', '3')).toBe(
+      "Org 'beta': max builders serve's --org-max-builders applies (default 3/4 of --max-builders), max leases 3, overdraft 0 build minutes, protected branches main, master.\n"
+    );
+  });
+
+  test('org create of an existing org says so in the house style', async () => {
+    await run('org', 'create', 'acme');
+    await expect(run('org', 'create', 'acme', '--minutes', '5')).rejects.toThrow(
+      "Org 'acme' already exists: see it with `buildcloud admin org show acme`, or add minutes with `buildcloud admin bucket add --org acme --minutes N`."
+    );
+  });
+
+  test('admin org --help says it creates, lists, shows and sets orgs', () => {
+    const org = program()
+      .commands.find((c) => c.name() === 'admin')
+      ?.commands.find((c) => c.name() === 'org');
+    expect(org?.description()).toBe('Create, list, show and set orgs (their limits).');
   });
 
   test.each([

@@ -7,7 +7,9 @@ import * as path from 'path';
 import { cliSchema, validate } from '../helpers/json-schema';
 import { reportValues, setupValues } from '../../src/cli/ci-output';
 import { BUILD_COMPLETED } from '../../src/contract/metering-events';
-import { computeUsage } from '../../src/server/metering/usage';
+import { computeUsage, pipelineUsage } from '../../src/server/metering/usage';
+import { projectUsage } from '../../src/server/metering/project-usage';
+import { usageView } from '../../src/cli/usage';
 import { openSqliteStore } from '../../src/server/store/sqlite';
 
 test('the validator: the old build --json (numbers as strings) fails, naming the field', () => {
@@ -86,7 +88,7 @@ test('report --json: builds, billed seconds (or null), cache ratio', () => {
   expect(validate(cliSchema('report'), { ...json, billedSeconds: '61' })).toEqual(['$.billedSeconds: expected number or null, got string "61"']);
 });
 
-test('usage --json: the control plane report validates', async () => {
+test('usage --json: the org, project and pipeline views validate against one schema, with the same build counts', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-usage-json-'));
   const store = openSqliteStore(path.join(dir, 'state.db'));
   try {
@@ -112,9 +114,42 @@ test('usage --json: the control plane report validates', async () => {
         actor: 'ann'
       }
     });
-    const report = JSON.parse(JSON.stringify(await computeUsage(store, 'acme', '2026-11', NOW)));
-    expect(validate(cliSchema('usage'), report)).toEqual([]);
-    expect(report.builds.pushFailed).toBe(1);
+    await store.insertLease({
+      id: 'l1',
+      org: 'acme',
+      pipelineKey: '42/7/1',
+      jobId: 'j',
+      scope: 'pipeline',
+      platforms: ['linux/amd64'],
+      builderIds: [],
+      identity: { project: 'acme/app' },
+      actor: 'ann',
+      certFingerprint: '00',
+      registryUser: 'u',
+      registryPasswordHash: 'h',
+      createdAt: NOW - 60_000,
+      lastActiveAt: NOW - 60_000,
+      endedAt: NOW - 1_000,
+      endReason: 'released',
+      billedSeconds: 60
+    });
+    // The three views of `usage --json`, as the CLI prints them from the control plane's three answers: one schema.
+    const views = [
+      usageView('org', JSON.parse(JSON.stringify(await computeUsage(store, 'acme', '2026-11', NOW)))),
+      usageView('project', JSON.parse(JSON.stringify(await projectUsage(store, 'acme', 'acme/app', '2026-11', NOW)))),
+      usageView('pipeline', JSON.parse(JSON.stringify(await pipelineUsage(store, 'acme', '42/7/1', NOW))))
+    ];
+    for (const v of views) expect([v.view, validate(cliSchema('usage'), v)]).toEqual([v.view, []]);
+    // The same build counts in every view: 1 build, succeeded, its push failed.
+    for (const v of views) {
+      expect([v.view, v.builds.count, v.builds.succeeded, v.builds.failed, v.builds.pushFailed, v.builds.pushRefused]).toEqual([v.view, 1, 1, 0, 1, 0]);
+    }
+    // What each view adds, present.
+    expect(Object.keys(views[0])).toEqual(expect.arrayContaining(['month', 'minutes', 'seconds', 'canProvision', 'jobs', 'users']));
+    expect(Object.keys(views[1])).toEqual(expect.arrayContaining(['month', 'project', 'billedSeconds', 'pipelines']));
+    expect(Object.keys(views[2])).toEqual(expect.arrayContaining(['pipelineKey', 'billedSeconds', 'cacheMisses']));
+    // The control plane's own org report is not the CLI's shape: it has no view.
+    expect(validate(cliSchema('usage'), JSON.parse(JSON.stringify(await computeUsage(store, 'acme', '2026-11', NOW))))).toEqual(['$: missing required view']);
   } finally {
     await store.close();
     fs.rmSync(dir, { recursive: true, force: true });

@@ -36,7 +36,7 @@ function lease(id: string, project: string, o: Partial<LeaseRow> = {}): LeaseRow
   };
 }
 
-async function build(leaseId: string, n: number, total: number, cached: number): Promise<void> {
+async function build(leaseId: string, n: number, total: number, cached: number, extra: Record<string, unknown> = {}): Promise<void> {
   await store.insertUsageRecord({
     id: `r-${leaseId}-${n}`,
     org: 'acme',
@@ -44,7 +44,7 @@ async function build(leaseId: string, n: number, total: number, cached: number):
     time: NOV + n,
     receivedAt: NOV + n,
     leaseId,
-    data: { status: 'success', total_steps: total, cached_steps: cached, cache_ratio: cached / total, duration_ms: 1000 }
+    data: { status: 'success', total_steps: total, cached_steps: cached, cache_ratio: cached / total, duration_ms: 1000, ...extra }
   });
 }
 
@@ -77,7 +77,19 @@ test("a project's leases, minutes and builds; other projects and months are left
     month: '2026-11',
     leases: { count: 2, active: 0 },
     billedSeconds: 120,
-    builds: { count: 2, succeeded: 2, failed: 0, totalSteps: 14, cachedSteps: 7, deduplicatedSteps: 0, avgCacheRatio: 0.5, withCachedStepShare: 0.5 },
+    builds: {
+      count: 2,
+      succeeded: 2,
+      failed: 0,
+      cancelled: 0,
+      pushFailed: 0,
+      pushRefused: 0,
+      totalSteps: 14,
+      cachedSteps: 7,
+      deduplicatedSteps: 0,
+      avgCacheRatio: 0.5,
+      withCachedStepShare: 0.5
+    },
     pipelines: 1
   });
   expect((await projectUsage(store, 'acme', 'acme/app', '2026-10', NOV)).billedSeconds).toBe(60);
@@ -93,4 +105,14 @@ test('an active lease counts up to now in the current month', async () => {
 test('a malformed month and a store without SQL are refused', async () => {
   await expect(projectUsage(store, 'acme', 'acme/app', '2026-13', NOV)).rejects.toThrow('month must be YYYY-MM, got "2026-13"');
   await expect(projectUsage(new MemoryStore(), 'acme', 'acme/app', '2026-11', NOV)).rejects.toBeInstanceOf(ProjectUsageUnsupported);
+});
+
+test("push failures and refusals of a project's builds are counted, as in the org report", async () => {
+  await store.insertLease(lease('a1', 'acme/app'));
+  await build('a1', 1, 2, 1, { push_status: 'failed' });
+  await build('a1', 2, 2, 1, { push_status: 'refused' });
+  await build('a1', 3, 2, 1, { status: 'failure' });
+  await build('a1', 4, 2, 1, { push_status: 'pushed' });
+  const b = (await projectUsage(store, 'acme', 'acme/app', '2026-11', NOV + 45_000)).builds;
+  expect([b.count, b.succeeded, b.failed, b.pushFailed, b.pushRefused]).toEqual([4, 3, 1, 1, 1]);
 });

@@ -1,6 +1,6 @@
 // What `buildcloud admin` prints: pure functions from store rows to text (and the JSON beside it), so unit tests pin
 // the exact lines an operator reads.
-import type { BucketRow, OrgLimitsRow } from '../server/store/store';
+import type { BucketRow, OrgLimitsRow, TokenRow, TrustRow } from '../server/store/store';
 
 /** "1 build minute", "2 build minutes", "0.5 build minutes": a count of minutes, rounded to 2 decimals. */
 export function buildMinutes(n: number): string {
@@ -76,9 +76,40 @@ export interface OrgView {
   minutesReserved: number;
   minutesLeft: number;
   buckets: BucketView[];
-  trustRules: number;
-  tokens: number; // not revoked
-  revokedTokens: number;
+  trustRules: TrustRuleView[];
+  tokens: TokenView[]; // revoked ones too, marked
+}
+
+/** One OIDC trust rule as `admin org show` lists it. */
+export interface TrustRuleView {
+  id: number;
+  issuer: string;
+  audience: string;
+  claim: string;
+  value: string;
+}
+
+/** One org token as `admin org show` lists it: never its secret. */
+export interface TokenView {
+  id: string;
+  label: string;
+  scope: TokenRow['scope']; // null: the org-admin token (any project, any branch)
+  createdAt: string; // RFC 3339
+  revokedAt: string | null; // RFC 3339
+}
+
+/** What --max-builders of an org with no cap of its own means: serve's per-org share. */
+export const SERVE_ORG_MAX_BUILDERS = "serve's --org-max-builders applies (default 3/4 of --max-builders)";
+
+/** An org's builder cap as text: the number, or what applies without one. */
+export function maxBuildersText(n: number | null): string {
+  return n === null ? SERVE_ORG_MAX_BUILDERS : String(n);
+}
+
+/** A token's scope in a few words. */
+export function scopeText(scope: TokenRow['scope']): string {
+  if (!scope) return 'org-admin (any project, any branch)';
+  return `projects ${scope.projects?.join(',') ?? 'any'}; branches ${scope.branches?.join(',') ?? 'any'}${scope.readOnly ? '; read-only' : ''}`;
 }
 
 /** The org's view from its rows. */
@@ -89,8 +120,8 @@ export function orgView(
   buckets: BucketRow[],
   billedSeconds: number,
   reservedSeconds: number,
-  trustRules: number,
-  tokens: { revokedAt: number | null }[]
+  trustRules: TrustRow[],
+  tokens: TokenRow[]
 ): OrgView {
   const bv = bucketViews(buckets, billedSeconds);
   const bought = buckets.reduce((s, b) => s + b.seconds, 0);
@@ -106,23 +137,39 @@ export function orgView(
     minutesReserved: +(reservedSeconds / 60).toFixed(2),
     minutesLeft: +((bought - billedSeconds - reservedSeconds) / 60).toFixed(2),
     buckets: bv.buckets,
-    trustRules,
-    tokens: tokens.filter((t) => t.revokedAt === null).length,
-    revokedTokens: tokens.filter((t) => t.revokedAt !== null).length
+    trustRules: trustRules.map((r) => ({ id: r.id, issuer: r.issuer, audience: r.audience, claim: r.claim, value: r.value })),
+    tokens: [...tokens]
+      .sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id))
+      .map((t) => ({
+        id: t.id,
+        label: t.label,
+        scope: t.scope,
+        createdAt: new Date(t.createdAt).toISOString(),
+        revokedAt: t.revokedAt === null ? null : new Date(t.revokedAt).toISOString()
+      }))
   };
 }
 
-/** `admin org show` as text. */
+/** `admin org show` as text: one line per trust rule and per token under their counts. */
 export function orgShowText(v: OrgView): string {
   const cap = (n: number | null) => (n === null ? 'unlimited' : String(n));
   const bv = { buckets: v.buckets, overdraftMinutes: Math.max(0, +(v.minutesBilled - v.minutesBought).toFixed(2)) };
+  const live = v.tokens.filter((t) => t.revokedAt === null).length;
+  const revoked = v.tokens.length - live;
+  const addTrust = `add one with \`buildcloud admin trust add --org ${v.org} --github-owner OWNER\``;
+  const addToken = `create one with \`buildcloud admin token create --org ${v.org}\``;
   return [
     `Org '${v.org}'`,
-    `  limits     max builders ${cap(v.maxBuilders)}, max leases ${cap(v.maxLeases)}, overdraft ${buildMinutes(v.overdraftMinutes)}`,
+    `  limits     max builders ${maxBuildersText(v.maxBuilders)}, max leases ${cap(v.maxLeases)}, overdraft ${buildMinutes(v.overdraftMinutes)}`,
     `  minutes    ${buildMinutes(v.minutesLeft)} left: ${v.minutesBought} bought, ${v.minutesBilled} billed, ${v.minutesReserved} reserved by running leases`,
     `  protected  ${v.protectedBranches.join(', ')}${v.protectedBranchesDefault ? ' (the default)' : ''}`,
-    `  trust      ${count(v.trustRules, 'trust rule')}`,
-    `  tokens     ${count(v.tokens, 'token')}${v.revokedTokens ? ` (and ${v.revokedTokens} revoked)` : ''}`,
+    `  trust      ${count(v.trustRules.length, 'trust rule')}${v.trustRules.length ? '' : `: ${addTrust}`}`,
+    ...v.trustRules.map((r) => `    #${r.id}  issuer ${r.issuer}  aud ${r.audience}  ${r.claim}=${r.value}`),
+    `  tokens     ${count(live, 'token')}${revoked ? ` (and ${revoked} revoked)` : ''}${v.tokens.length ? '' : `: ${addToken}`}`,
+    ...v.tokens.map(
+      (t) =>
+        `    ${t.id}  '${t.label}'  ${scopeText(t.scope)}  created ${t.createdAt.slice(0, 10)}${t.revokedAt ? `  revoked ${t.revokedAt.slice(0, 10)}` : ''}`
+    ),
     ...bucketLines(v.org, bv).map((l, i) => (i === 0 ? `  buckets    ${l.replace(/^Org '[^']*': /, '')}` : `  ${l}`))
   ].join('\n');
 }

@@ -4,9 +4,9 @@ import type { Command } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { defaultStateDir, parseIntFlag } from '../server/config';
-import type { Store } from '../server/store/store';
+import { StoreConflict, type Store } from '../server/store/store';
 import { validateOrgName } from '../server/validate';
-import { bucketLines, bucketViews, buildMinutes, orgShowText, orgView } from './admin-text';
+import { bucketLines, bucketViews, buildMinutes, maxBuildersText, orgShowText, orgView, scopeText } from './admin-text';
 import { CliError } from './errors';
 
 async function withStore<T>(stateDir: string, fn: (store: Store) => Promise<T>): Promise<T> {
@@ -77,7 +77,7 @@ export function registerAdmin(program: Command): void {
   const admin = program.command('admin').description('Manage orgs, tokens, buckets of minutes and OIDC trust in the control plane state.');
   const stateOpt = ['--state-dir <dir>', 'state directory of the control plane (env BUILDCLOUD_STATE_DIR)', defaultStateDir()] as const;
 
-  const org = admin.command('org').description('Create and list orgs.');
+  const org = admin.command('org').description('Create, list, show and set orgs (their limits).');
   org
     .command('create <name>')
     .description('Create an org, optionally with a first bucket of minutes.')
@@ -89,7 +89,14 @@ export function registerAdmin(program: Command): void {
       const n = minutes(o.minutes);
       await withStore(o.stateDir, async (store) => {
         const now = Date.now();
-        const row = await store.createOrg(name, now);
+        const row = await store.createOrg(name, now).catch((err: unknown) => {
+          if (err instanceof StoreConflict) {
+            throw new CliError(
+              `Org '${name}' already exists: see it with \`buildcloud admin org show ${name}\`, or add minutes with \`buildcloud admin bucket add --org ${name} --minutes N\`.`
+            );
+          }
+          throw err;
+        });
         if (n > 0) await store.addBucket(name, n * 60, 'initial bucket', now);
         print(o.json, { org: row.name, minutes: n }, `Created org '${name}' with ${buildMinutes(n)}.`);
       });
@@ -120,7 +127,10 @@ export function registerAdmin(program: Command): void {
     .command('set')
     .description("Set an org's limits: concurrent builders and leases (so one org cannot starve the others), and its overdraft.")
     .option('--org <name>', 'the org')
-    .option('--max-builders <n>', "builders the org's leases may hold at once, or 'unlimited' (default: unlimited; --max-builders of serve still applies)")
+    .option(
+      '--max-builders <n>',
+      "builders the org's leases may hold at once, or 'unlimited' (default: none of its own: serve's --org-max-builders applies, 3/4 of --max-builders)"
+    )
     .option('--max-leases <n>', "active leases the org may hold at once, or 'unlimited' (default: unlimited)")
     .option('--overdraft-minutes <n>', 'minutes leases may run past the bucket, taken from the next bucket (default 0: prepaid only)')
     .option(
@@ -150,13 +160,13 @@ export function registerAdmin(program: Command): void {
         print(
           o.json,
           out,
-          `Org '${r.org}': max builders ${show(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${buildMinutes(out.overdraftMinutes)}, protected branches ${prot.join(', ')}.`
+          `Org '${r.org}': max builders ${maxBuildersText(r.maxBuilders)}, max leases ${show(r.maxLeases)}, overdraft ${buildMinutes(out.overdraftMinutes)}, protected branches ${prot.join(', ')}.`
         );
       });
     });
   org
     .command('show [name]')
-    .description('Show an org: limits, buckets of minutes (bought, used, left, notes), protected branches, and how many trust rules and tokens it has.')
+    .description('Show an org: limits, buckets of minutes (bought, used, left, notes), protected branches, its trust rules and its tokens.')
     .option('--org <name>', 'the org (or give it as the argument)')
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
@@ -173,7 +183,7 @@ export function registerAdmin(program: Command): void {
           await store.listBuckets(which),
           await store.billedSeconds(which),
           await store.reservedSeconds(which),
-          (await store.listTrust(which)).length,
+          await store.listTrust(which),
           await store.listTokens(which)
         );
         print(o.json, view, orgShowText(view));
@@ -372,9 +382,4 @@ async function patterns(raw: string, flag: string): Promise<string[]> {
   } catch (err) {
     throw new CliError((err as Error).message);
   }
-}
-
-function scopeText(scope: { projects: string[] | null; branches: string[] | null; readOnly: boolean } | null): string {
-  if (!scope) return 'org-admin (any project, any branch)';
-  return `projects ${scope.projects?.join(',') ?? 'any'}; branches ${scope.branches?.join(',') ?? 'any'}${scope.readOnly ? '; read-only' : ''}`;
 }

@@ -113,6 +113,11 @@ export interface PipelineUsage {
   billedSeconds: number; // ended leases as billed, active ones up to now
   builds: number;
   failed: number;
+  // Absent from control planes before the fields (issue 12): the same counts as the org and project reports.
+  succeeded?: number;
+  cancelled?: number;
+  pushFailed?: number; // succeeded, and the push failed
+  pushRefused?: number; // succeeded, and the push was refused (the tag is taken)
   buildsWithCache: number;
   totalSteps: number;
   cachedSteps: number;

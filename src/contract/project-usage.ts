@@ -21,6 +21,9 @@ export interface ProjectUsage {
     count: number;
     succeeded: number;
     failed: number;
+    cancelled: number;
+    pushFailed: number; // builds that succeeded and whose push failed
+    pushRefused: number; // builds that succeeded and whose push was refused (the tag is taken)
     totalSteps: number;
     cachedSteps: number; // steps BuildKit reported CACHED
     deduplicatedSteps: number; // run by another job's build at the same time: not cache hits

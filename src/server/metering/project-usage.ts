@@ -45,6 +45,8 @@ export async function projectUsage(store: Store, org: string, project: string, m
   const ids = new Set(leases.map((l) => l.id));
   const builds: BuildFacts[] = [];
   let deduplicatedSteps = 0;
+  let pushFailed = 0;
+  let pushRefused = 0;
   if (ids.size) {
     for await (const page of recordQueries(store).factPages(org, range.start, range.end)) {
       for (const f of page) {
@@ -57,6 +59,8 @@ export async function projectUsage(store: Store, org: string, project: string, m
           durationMs: num(f.durationMs)
         });
         deduplicatedSteps += Math.max(0, Math.min(num(f.deduplicatedSteps), num(f.totalSteps) - num(f.cachedSteps)));
+        if (f.pushStatus === 'failed') pushFailed++;
+        else if (f.pushStatus === 'refused') pushRefused++;
       }
     }
   }
@@ -71,6 +75,9 @@ export async function projectUsage(store: Store, org: string, project: string, m
       count: sum.builds,
       succeeded: sum.succeeded,
       failed: sum.failed,
+      cancelled: sum.cancelled,
+      pushFailed,
+      pushRefused,
       totalSteps: sum.totalSteps,
       cachedSteps: sum.cachedSteps,
       deduplicatedSteps,

@@ -190,12 +190,16 @@ export async function pipelineUsage(
   const builds: BuildFacts[] = [];
   let deduplicatedSteps = 0;
   const cacheMisses: PipelineUsage['cacheMisses'] = [];
+  let pushFailed = 0;
+  let pushRefused = 0;
   if (leases.length) {
     for await (const page of recordQueries(store).factPages(org, since, now + 3600_000)) {
       for (const f of page) {
         if (f.type !== BUILD_COMPLETED || f.leaseId === null || !ids.has(f.leaseId)) continue;
         builds.push(factsToBuild(f));
         deduplicatedSteps += dedupOf(f);
+        if (f.pushStatus === 'failed') pushFailed++;
+        else if (f.pushStatus === 'refused') pushRefused++;
         const miss = text(f.cacheMiss);
         if (miss && cacheMisses.length < MAX_PIPELINE_MISSES) cacheMisses.push({ leaseId: f.leaseId, reason: miss });
       }
@@ -209,7 +213,11 @@ export async function pipelineUsage(
     activeLeases: leases.filter((l) => l.endedAt === null).length,
     billedSeconds,
     builds: sum.builds,
+    succeeded: sum.succeeded,
     failed: sum.failed,
+    cancelled: sum.cancelled,
+    pushFailed,
+    pushRefused,
     buildsWithCache: builds.filter((b) => b.cachedSteps > 0).length,
     totalSteps: sum.totalSteps,
     cachedSteps: sum.cachedSteps,
