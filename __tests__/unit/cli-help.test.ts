@@ -106,17 +106,85 @@ describe('the runner CLI (dist/runner.js)', () => {
     expect(stdout).toMatch(/\n {2}BUILDCLOUD_PIPELINE_ID +identity outside the three CIs: jobs with the same pipeline id share one builder\n/);
   });
 
-  // The fast path (fastParse) and commander's (a docker-style short flag with its value attached goes there) both warn
-  // before the step's own error: here, no session.
+  // The fast path (fastParse) and commander's (`--` goes there) both warn, in setup only, before setup's own error:
+  // here, no endpoint. Build and report of the same job see the same variables and do not repeat it (issue 12 F).
   test.each<[string, string[]]>([
-    ['runner.js', ['build']],
-    ['runner.js', ['build', '-tacme/app:1', '.']],
-    ['cli.js', ['build', '--no-cache', 'false', '.']]
+    ['runner.js', ['setup']],
+    ['runner.js', ['setup', '--']],
+    ['cli.js', ['setup', '--cache', 'false']]
   ])('%s %j with BUILDCLOUD_TAG=acme/app:1 warns naming BUILDCLOUD_TAGS, never the value', (bundle, args) => {
     const { stderr, code } = run(bundle as 'cli.js', args, { BUILDCLOUD_TAG: 'acme/app:1' });
     expect(code).toBe(1);
     expect(stderr.split('\n')[0]).toBe('warning: BUILDCLOUD_TAG is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_TAGS?');
-    expect(stderr).toContain('buildcloud: No Build Cloud session in this job');
+    expect(stderr).toContain("buildcloud: Missing input 'endpoint'");
     expect(stderr).not.toContain('acme/app:1');
+  });
+
+  test.each<[string, string[]]>([
+    ['runner.js', ['build']],
+    ['runner.js', ['build', '-tacme/app:1', '.']],
+    ['cli.js', ['build', '--no-cache', 'false', '.']],
+    ['runner.js', ['report']]
+  ])('%s %j with BUILDCLOUD_TAG set: no warning (setup said it)', (bundle, args) => {
+    const { stderr } = run(bundle as 'cli.js', args, { BUILDCLOUD_TAG: 'acme/app:1' });
+    expect(stderr).not.toContain('warning:');
+  });
+});
+
+// Issue 12, follow-up F (a break-it run), through the built CLIs.
+describe('the break-it run', () => {
+  test.each<[string, string[]]>([
+    ['cli.js', ['admin', 'org', 'list']],
+    ['cli.js', ['usage', '--org', 'acme']]
+  ])("the operator's %s %j warns about a misspelt variable too", (bundle, args) => {
+    const state = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-state-'));
+    const { stderr } = run(bundle as 'cli.js', args, { BUILDCLOUD_STATEDIR: '/x', BUILDCLOUD_STATE_DIR: state });
+    expect(stderr.split('\n')[0]).toBe('warning: BUILDCLOUD_STATEDIR is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_STATE_DIR?');
+  });
+
+  test.each<['cli.js' | 'runner.js']>([['cli.js'], ['runner.js']])('%s setup --cache maybe: the error and a one-line hint, not the help', (bundle) => {
+    const { stderr, stdout, code } = run(bundle, ['setup', '--cache', 'maybe']);
+    expect(code).toBe(1);
+    expect(stdout).toBe('');
+    expect(stderr).toBe(
+      "error: option '--cache [bool]' argument 'maybe' is invalid. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no), or --cache alone for true.\n" +
+        'see buildcloud setup --help\n'
+    );
+  });
+
+  test.each<['cli.js' | 'runner.js']>([['cli.js'], ['runner.js']])('%s build -t a:1 --push bogus names --push, not a missing context', (bundle) => {
+    const { stderr, code } = run(bundle, ['build', '-t', 'a:1', '--push', 'bogus']);
+    expect(code).toBe(1);
+    expect(stderr).toBe(
+      "error: option '--push [bool]' argument 'bogus' is invalid. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no), or --push alone for true.\n" +
+        'see buildcloud build --help\n'
+    );
+  });
+
+  test.each([['usage'], ['serve'], ['admin']])('the runner CLI asked for %s says where that command is', (command) => {
+    const { stderr, code } = run('runner.js', [command]);
+    expect(code).toBe(1);
+    expect(stderr).toBe(
+      `buildcloud: '${command}' is an operator command of the full CLI (dist/cli.js), not of this runner CLI (setup, build, report for CI jobs): ` +
+        `serve, admin, usage and demo run where the control plane runs. Run node dist/cli.js ${command} there, or put buildcloud on PATH with ` +
+        'npm install --global . in a checkout.\n'
+    );
+  });
+
+  // A session file is all build reads before its own checks (the context's and the inputs'): no control plane needed.
+  test.each<['cli.js' | 'runner.js']>([['cli.js'], ['runner.js']])('%s build: errors name what the user typed', (bundle) => {
+    const session = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'bc-session-')), 'session.json');
+    fs.writeFileSync(session, '{"version":1}');
+    const positional = run(bundle, ['build', 'nope'], { BUILDCLOUD_SESSION: session });
+    expect(positional.stderr).toBe("buildcloud: Build context 'nope' not found (from the context argument): pass an existing directory, e.g. '.'.\n");
+    const variable = run(bundle, ['build'], { BUILDCLOUD_SESSION: session, BUILDCLOUD_PUSH: 'maybe' });
+    expect(variable.stderr).toBe("buildcloud: Invalid BUILDCLOUD_PUSH: 'maybe'. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no).\n");
+    const secret = run(bundle, ['build', '--secret', 'id=npm,src=/nope', '.'], { BUILDCLOUD_SESSION: session });
+    expect(secret.stderr).toBe('buildcloud: Invalid --secret id=npm: its src is not a readable file. Expected id=ID,src=FILE of an existing file.\n');
+    const arg = run(bundle, ['build', '--build-arg', 'BC_UNSET_ARG', '.'], { BUILDCLOUD_SESSION: session });
+    expect(arg.stderr).toBe(
+      "buildcloud: --build-arg BC_UNSET_ARG passes BC_UNSET_ARG's value from this environment, and BC_UNSET_ARG is not set: export BC_UNSET_ARG, or pass --build-arg BC_UNSET_ARG=VALUE.\n"
+    );
+    for (const r of [positional, variable, secret, arg]) expect(r.code).toBe(1);
   });
 });

@@ -28,7 +28,9 @@ describe('load', () => {
 
   test('a value that is not a boolean names the input', () => {
     expect(() => parse([], { BUILDCLOUD_LOAD: 'maybe' })).toThrow(InputError);
-    expect(() => parse([], { BUILDCLOUD_LOAD: 'sometimes' })).toThrow("Invalid input 'load': 'sometimes'. Expected true or false.");
+    expect(() => parse([], { BUILDCLOUD_LOAD: 'sometimes' })).toThrow(
+      "Invalid BUILDCLOUD_LOAD: 'sometimes'. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no)."
+    );
     // A flag's value is checked as the command line is read, naming the flag and the accepted values.
     expect(() => parse(['--load', 'sometimes'])).toThrow(
       "error: option '--load [bool]' argument 'sometimes' is invalid. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no), or --load alone for true."

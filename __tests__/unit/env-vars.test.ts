@@ -32,6 +32,9 @@ describe('unknown BUILDCLOUD_* variables', () => {
     [{ BUILDCLOUD_NOCACHE: 'true' }, ['BUILDCLOUD_NOCACHE is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_NO_CACHE?']],
     [{ BUILDCLOUD_DOCKERFILE: 'x' }, ['BUILDCLOUD_DOCKERFILE is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_FILE?']],
     [{ BUILDCLOUD_PIPELINE: '7' }, ['BUILDCLOUD_PIPELINE is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_PIPELINE_ID?']],
+    // a name cut short, too far by edits: the known name it starts (issue 12 F)
+    [{ BUILDCLOUD_JOB: 'j1' }, ['BUILDCLOUD_JOB is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_JOB_ID?']],
+    [{ BUILDCLOUD_STATEDIR: '/x' }, ['BUILDCLOUD_STATEDIR is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_STATE_DIR?']],
     [{ BUILDCLOUD_TOKNE: 'hunter2-secret' }, ['BUILDCLOUD_TOKNE is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_TOKEN?']],
     [{ buildcloud_tags: 'app:1' }, ['buildcloud_tags is ignored: variable names are case-sensitive. Did you mean BUILDCLOUD_TAGS?']],
     [

@@ -6,7 +6,9 @@ import * as os from 'os';
 import * as path from 'path';
 import { Command } from 'commander';
 import { registerCi } from '../../src/cli/ci';
-import { dockerSecret, envNotes, fastParse, getter, normalizeArgs, oneEntry } from '../../src/cli/runner-args';
+import { asTyped, buildArgEntry, dockerSecret, envNotes, fastParse, getter, normalizeArgs, oneEntry } from '../../src/cli/runner-args';
+import { checkBuildPaths } from '../../src/core/build-checks';
+import { InputError } from '../../src/core/input-error';
 import { buildSettings, setupSettings } from '../../src/core/settings';
 
 // The steps themselves are replaced: these tests see the options a step would get, through the real registration.
@@ -64,7 +66,7 @@ describe('a well-formed command line: the same options as commander', () => {
     [['build', '.', '--push=false', '--no-cache', 'false']],
     [['build', '--no-cache=0', '--pull', 'yes', '--load=FALSE']],
     [['build', '--platform', 'linux/amd64', '--platforms', 'linux/arm64', '--platform', 'linux/s390x']],
-    [['build', '--secret', 'id=npm,src=.npmrc', '--secret-files', 'b=f', '--secret', 'type=file,id=c,source=g']],
+    [['build', '--secret', 'id=npm,src=package.json', '--secret-files', 'b=f', '--secret', 'type=file,id=c,source=README.md']], // --secret's file must exist
     [['build', '--label', 'a=1', '--labels', 'b=2', '--label', 'c=3']],
     [['build', '--ssh', 'default', '--ssh', 'k=/x']],
     [['build', '--context', 'app', 'app']], // the same context twice is one context
@@ -156,6 +158,7 @@ describe('list flags accumulate, as docker build --build-arg does', () => {
 });
 
 describe('every boolean takes the same forms', () => {
+  const ctx = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-ctx-')); // a word after a boolean flag is the context when it is a directory
   const forms: [string[], boolean][] = [
     [['--@'], true],
     [['--@', 'true'], true],
@@ -171,11 +174,11 @@ describe('every boolean takes the same forms', () => {
   test.each(build.flatMap((name) => forms.map(([f, v]) => [name, f.map((a) => a.replace('@', name)), v] as const)))(
     'build --%s: %j → %s, with a context after it, on both paths',
     async (name, flags, value) => {
-      const args = ['build', ...flags, 'ctx'];
+      const args = ['build', ...flags, ctx];
       const f = fast(args)!;
       const c = await viaCommander(args);
       expect(f.opts[key[name]]).toBe(value);
-      expect(f.opts.context).toBe('ctx');
+      expect(f.opts.context).toBe(ctx);
       expect(f).toEqual({ command: c.command, opts: c.opts });
       expect(buildSettings(getter(c.opts, {}))[key[name]]).toBe(value);
     }
@@ -249,9 +252,9 @@ describe("docker build's spellings", () => {
   });
 
   test.each<[string, string]>([
-    ['id=npm,src=.npmrc', 'npm=.npmrc'],
-    ['id=npm,source=/run/npmrc', 'npm=/run/npmrc'],
-    ['type=file,id=npm,src=a', 'npm=a']
+    ['id=npm,src=package.json', 'npm=package.json'],
+    [`id=npm,source=${path.resolve('README.md')}`, `npm=${path.resolve('README.md')}`],
+    ['type=file,id=npm,src=README.md', 'npm=README.md']
   ])('--secret %s → secret-files entry %s', (spec, entry) => {
     expect(dockerSecret(spec)).toBe(entry);
   });
@@ -316,11 +319,108 @@ describe('a flag and its variable: the flag wins, and a note says so', () => {
     expect(buildSettings(getter(fast(['build'])!.opts, { BUILDCLOUD_TAGS: 'acme/app:1' })).tags).toEqual(['acme/app:1']);
   });
 
-  test('an unknown BUILDCLOUD_* variable is warned about on both paths, by name only', async () => {
+  test('an unknown BUILDCLOUD_* variable is warned about by setup, on both paths, by name only', async () => {
     const env = { BUILDCLOUD_TAG: 'acme/app:1' };
     const want = ['warning: BUILDCLOUD_TAG is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_TAGS?'];
-    expect(envNotes('build', fast(['build'])!.opts, env)).toEqual(want);
-    const c = await viaCommander(['build'], env);
+    expect(envNotes('setup', fast(['setup'])!.opts, env)).toEqual(want);
+    const c = await viaCommander(['setup'], env);
     expect(c.stderr).toBe(want[0] + '\n');
+  });
+
+  test('build and report of the same job do not repeat it: setup said it once (issue 12 F)', async () => {
+    const env = { BUILDCLOUD_TAG: 'acme/app:1', BUILDCLOUD_JOB: 'j1' };
+    expect(envNotes('build', fast(['build'])!.opts, env)).toEqual([]);
+    expect(envNotes('report', fast(['report'])!.opts, env)).toEqual([]);
+    expect((await viaCommander(['build'], env)).stderr).toBe('');
+    expect((await viaCommander(['report'], env)).stderr).toBe('');
+    expect((await viaCommander(['setup'], env)).stderr).toBe(
+      'warning: BUILDCLOUD_JOB is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_JOB_ID?\n' +
+        'warning: BUILDCLOUD_TAG is not a Build Cloud variable and is ignored. Did you mean BUILDCLOUD_TAGS?\n'
+    );
+  });
+});
+
+// Issue 12, follow-up F: what a break-it run found in the grammar, each with the message the user now sees.
+describe("a word after a boolean flag on build: the context only when it is a directory (docker's reading)", () => {
+  const BOOL = 'true or false (also True, TRUE, 1, yes, False, FALSE, 0, no)';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-word-'));
+  const sub = path.join(dir, 'sub');
+  fs.mkdirSync(sub);
+
+  test.each<[string[], string]>([
+    [['build', '-t', 'a:1', '--push', 'bogus'], '--push'], // was "Build context 'bogus' not found (from --context …)"
+    [['build', '--push', 'bogus', '.'], '--push'], // was "too many arguments for 'build'"
+    [['build', '--no-cache', 'maybe', '.'], '--no-cache']
+  ])('%j is refused naming %s and the accepted values', async (args, flag) => {
+    expect(fast(args)).toBeNull();
+    const word = args[args.indexOf(flag) + 1];
+    await expect(viaCommander(args)).rejects.toThrow(
+      `error: option '${flag} [bool]' argument '${word}' is invalid. Expected ${BOOL}, or ${flag} alone for true.`
+    );
+  });
+
+  test('an existing directory after a boolean flag is the context, as docker reads it', async () => {
+    const f = fast(['build', '--push', sub])!;
+    expect(f.opts).toMatchObject({ push: true, context: sub });
+    expect((await viaCommander(['build', '--push', sub])).opts).toMatchObject({ push: true, context: sub });
+    expect(normalizeArgs('build', ['--push', 'https://github.com/acme/app.git'])).toEqual(['--push=true', 'https://github.com/acme/app.git']);
+  });
+
+  test('two contexts, one after a boolean flag: the message names the flag that took neither', async () => {
+    const args = ['build', '--push', sub, '.'];
+    expect(fast(args)).toBeNull();
+    await expect(viaCommander(args)).rejects.toThrow(
+      new InputError(
+        `Too many arguments for 'build': '${sub}' and '.', and it takes one context. --push took neither: it takes ${BOOL}, or stands alone for true. ` +
+          'Give one context: buildcloud build --push <context>.'
+      )
+    );
+  });
+});
+
+describe('errors name what the user typed', () => {
+  test('BUILDCLOUD_PUSH=maybe names the variable and the accepted forms', () => {
+    expect(() => buildSettings(getter(fast(['build'])!.opts, { BUILDCLOUD_PUSH: 'maybe' }))).toThrow(
+      new InputError("Invalid BUILDCLOUD_PUSH: 'maybe'. Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no).")
+    );
+    expect(buildSettings(getter(fast(['build'])!.opts, { BUILDCLOUD_PUSH: 'yes', BUILDCLOUD_TAGS: 'a:1' })).push).toBe(true);
+    expect(buildSettings(getter(fast(['build'])!.opts, { BUILDCLOUD_PUSH: 'no' })).push).toBe(false);
+  });
+
+  test("a flag's bad list entry names the flag and its docker spelling", () => {
+    expect(() => buildSettings(getter(fast(['build', '--label', 'novalue'])!.opts, {}))).toThrow(
+      /^Invalid --labels \/ --label: entry 1 \(line 1\) is not KEY=VALUE/
+    );
+  });
+
+  test('--secret with a src that is not a file names --secret and its id, not secret-files or the path', async () => {
+    const msg = 'Invalid --secret id=npm: its src is not a readable file. Expected id=ID,src=FILE of an existing file.';
+    expect(fast(['build', '--secret', 'id=npm,src=/nope'])).toBeNull();
+    await expect(viaCommander(['build', '--secret', 'id=npm,src=/nope'])).rejects.toThrow(new InputError(msg));
+  });
+
+  test('a bad positional context says "the context argument"', async () => {
+    const err = await checkBuildPaths({ context: 'nope', file: '' }, os.tmpdir()).catch((e: unknown) => e);
+    const opts = fast(['build', 'nope'])!.opts;
+    expect((asTyped(err, opts) as Error).message).toBe("Build context 'nope' not found (from the context argument): pass an existing directory, e.g. '.'.");
+    // given as --context, the message keeps naming the flag and its variable
+    expect((asTyped(err, fast(['build', '--context', 'nope'])!.opts) as Error).message).toBe(
+      "Build context 'nope' not found (from --context / BUILDCLOUD_CONTEXT): pass an existing directory, e.g. '.'."
+    );
+  });
+
+  test("--build-arg NAME takes NAME's value from this environment, as docker does", async () => {
+    expect(buildArgEntry('HTTP_PROXY', { HTTP_PROXY: 'http://proxy:3128' })).toBe('HTTP_PROXY=http://proxy:3128');
+    expect(buildArgEntry('MSG', { MSG: 'a\nb' })).toBe('"MSG=a\nb"'); // one entry, as a value given inline
+    expect(() => buildArgEntry('NOPE', {})).toThrow(
+      new InputError("--build-arg NOPE passes NOPE's value from this environment, and NOPE is not set: export NOPE, or pass --build-arg NOPE=VALUE.")
+    );
+    process.env.BC_TEST_ARG = 'from-env';
+    try {
+      expect(buildSettings(getter(fast(['build', '--build-arg', 'BC_TEST_ARG'])!.opts, {})).buildArgs).toEqual(['BC_TEST_ARG=from-env']);
+      expect(buildSettings(getter((await viaCommander(['build', '--build-arg', 'BC_TEST_ARG'])).opts, {})).buildArgs).toEqual(['BC_TEST_ARG=from-env']);
+    } finally {
+      delete process.env.BC_TEST_ARG;
+    }
   });
 });

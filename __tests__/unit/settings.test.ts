@@ -214,7 +214,7 @@ describe('accepted values', () => {
 
 describe('every validation error names the input and the expectation', () => {
   const ENDPOINT = 'Expected host:port, grpc://host:port, grpcs://host:port, or the http:// or https:// URL of its HTTP port.';
-  const BOOL = 'Expected true or false.';
+  const BOOL = 'Expected true or false (also True, TRUE, 1, yes, False, FALSE, 0, no).';
   const TIMEOUT = 'Expected a whole number from 1 to 3600.';
   const PLATFORM = 'Expected os/arch such as linux/amd64.';
   test.each([
@@ -276,10 +276,10 @@ describe('every validation error names the input and the expectation', () => {
     ],
     ['labels', 'a-label-without-value', `Invalid input 'labels': entry 1 (line 1) is not KEY=VALUE (KEY without spaces, = or quotes). ${MULTI_LINE_FORM}`],
     ['labels', 'two words=x', `Invalid input 'labels': entry 1 (line 1) is not KEY=VALUE (KEY without spaces, = or quotes). ${MULTI_LINE_FORM}`],
-    ['push', 'sometimes', "Invalid input 'push': 'sometimes'. Expected true or false."],
-    ['load', 'maybe', "Invalid input 'load': 'maybe'. Expected true or false."],
-    ['no-cache', 'y', "Invalid input 'no-cache': 'y'. Expected true or false."],
-    ['pull', 'always', "Invalid input 'pull': 'always'. Expected true or false."],
+    ['push', 'sometimes', `Invalid input 'push': 'sometimes'. ${BOOL}`],
+    ['load', 'maybe', `Invalid input 'load': 'maybe'. ${BOOL}`],
+    ['no-cache', 'y', `Invalid input 'no-cache': 'y'. ${BOOL}`],
+    ['pull', 'always', `Invalid input 'pull': 'always'. ${BOOL}`],
     ['platforms', 'linux/amd64,windows', "Invalid input 'platforms': 'windows'. Expected os/arch such as linux/amd64."]
   ])('build %s %j', (name, value, message) => {
     expect(errorOf(() => buildSettings(inputs({ [name]: value }))).message).toBe(message);

@@ -12,6 +12,7 @@ import {
   aliasesOf,
   booleanFlagError,
   camel,
+  asTyped,
   cliInputs,
   envNotes,
   inputFlag,
@@ -107,6 +108,8 @@ export function registerCi(program: Command): void {
     const spec = RUNNER_COMMANDS[name];
     const cmd = new RunnerCommandParser(name).description(spec.description);
     cmd.copyInheritedSettings(program);
+    // A mistake gets its message and one line pointing at the help, not the 60 lines of the help itself.
+    cmd.showHelpAfterError(`see buildcloud ${name} --help`);
     for (const o of spec.options) {
       const key = camel(splitFlags(o.flags).names[0].slice(2));
       if (splitFlags(o.flags).arg === '[bool]') {
@@ -121,7 +124,9 @@ export function registerCi(program: Command): void {
       const o = (spec.argument ? args[1] : args[0]) as Record<string, unknown>;
       if (spec.argument) withPositional(name, o, args[0] as string | undefined);
       printEnvNotes(name, o, process.env);
-      return RUN_STEP[name](o);
+      return RUN_STEP[name](o).catch((err: unknown) => {
+        throw asTyped(err, o);
+      });
     });
     program.addCommand(cmd);
   }

@@ -6,10 +6,12 @@ import { registerUsage } from './usage';
 import { envHelp, registerCi } from './ci';
 import { registerDemo } from './demo';
 import { reportError } from './errors';
+import { envWarningLines } from '../core/env-vars';
 
 /** Help heading of the commands an operator runs where the control plane runs. */
 export const HOST_GROUP = "Commands for the control plane's host (serve, admin, usage):";
 const DEMO_GROUP = 'Try it all on one machine:';
+const OPERATOR_COMMANDS = ['serve', 'admin', 'usage', 'demo'];
 
 /** The operator's `buildcloud` command: every command, grouped in --help by where it runs. */
 export function program(): Command {
@@ -30,6 +32,15 @@ export function program(): Command {
     const name = c.name();
     if (name === 'serve' || name === 'admin' || name === 'usage' || name === 'demo') c.addHelpText('after', envHelp(name));
   }
+  // The operator's commands warn about unknown BUILDCLOUD_* variables as setup does (the runner commands: ci.ts), before
+  // they run: a misspelt BUILDCLOUD_STATE_DIR on `admin org list` would otherwise read ~/.buildcloud without a word.
+  p.hook('preAction', (_program, action) => {
+    let top = action;
+    while (top.parent && top.parent !== p) top = top.parent;
+    if (!OPERATOR_COMMANDS.includes(top.name())) return;
+    const lines = envWarningLines(process.env, top.name());
+    if (lines.length) process.stderr.write(lines.join('\n') + '\n');
+  });
   return p;
 }
 

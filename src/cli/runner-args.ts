@@ -7,10 +7,13 @@
 // `--build-arg` does); every boolean takes `--push`, `--push true|false` and `--push=false`; docker build's own
 // spellings work (`-t`, `--tag`, `-f`, `--build-arg`, `--label`, `--platform`, `--secret id=ID,src=FILE`, a
 // positional context); a flag wins over its BUILDCLOUD_* variable, and a note says so when both are set.
+import * as fs from 'fs';
+import * as path from 'path';
 import { BUILD_INPUTS, SETUP_INPUTS, envName, type InputDef } from '../core/inputs';
 import { SESSION_ENV } from '../core/session';
-import { BOOLEAN_WORDS, InputError, parseBoolean, type Getter } from '../core/settings';
-import { unknownEnvWarnings } from '../core/env-vars';
+import { BOOLEAN_FORMS, InputError, parseBoolean, type Getter } from '../core/settings';
+import { envWarningLines } from '../core/env-vars';
+import { isRemoteContext } from '../core/build-checks';
 
 /** A flag of a runner command that is not an input. `[bool]` flags take the same forms as boolean inputs. */
 export interface FlagSpec {
@@ -122,12 +125,50 @@ export function dockerSecret(spec: string): string {
       `Invalid --secret: expected id=ID,src=FILE (docker build's file secret, passed on as the secret-files entry ID=FILE). A secret from a variable (env=) or an id alone has no flag: put ID=VALUE in BUILDCLOUD_SECRETS.`
     );
   }
+  if (!isReadableFile(path.resolve(src))) {
+    throw new InputError(`Invalid --secret id=${id}: its src is not a readable file. Expected id=ID,src=FILE of an existing file.`);
+  }
   return `${id}=${src}`;
+}
+
+function isReadableFile(p: string): boolean {
+  try {
+    fs.accessSync(p, fs.constants.R_OK);
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
+
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * docker build's `--build-arg`: `KEY=VALUE` as one entry (oneEntry), or `NAME` alone for NAME's value in this
+ * process's environment, as docker takes it. Throws InputError naming NAME when it is unset (never showing a value).
+ */
+export function buildArgEntry(value: string, env: NodeJS.ProcessEnv = process.env): string {
+  if (value.includes('=')) return oneEntry(value);
+  const name = value.trim();
+  if (!ENV_NAME.test(name)) {
+    throw new InputError(`Invalid --build-arg '${name}': expected KEY=VALUE, or NAME alone (letters, digits, _) to pass NAME's value from this environment.`);
+  }
+  const v = env[name];
+  if (v === undefined) {
+    throw new InputError(
+      `--build-arg ${name} passes ${name}'s value from this environment, and ${name} is not set: export ${name}, or pass --build-arg ${name}=VALUE.`
+    );
+  }
+  return oneEntry(`${name}=${v}`);
 }
 
 export const ALIASES: AliasSpec[] = [
   { flags: '-t, --tag <name>', input: 'tags', description: "docker build's spelling of --tags: one tag; repeatable" },
-  { flags: '--build-arg <KEY=VALUE>', input: 'build-args', description: 'one build argument, its value may span lines; repeatable', transform: oneEntry },
+  {
+    flags: '--build-arg <KEY=VALUE>',
+    input: 'build-args',
+    description: "one build argument, its value may span lines (NAME alone: NAME's value from this environment); repeatable",
+    transform: buildArgEntry
+  },
   { flags: '--label <KEY=VALUE>', input: 'labels', description: 'one label, its value may span lines; repeatable', transform: oneEntry },
   { flags: '--platform <os/arch>', input: 'platforms', description: "docker build's spelling of --platforms; repeatable" },
   {
@@ -176,16 +217,31 @@ function flagTable(command: RunnerCommand): Map<string, Flag> {
   return table;
 }
 
+/** Whether `word` names a local directory (docker's reading of a word after a boolean flag: the context). */
+export function isDirectory(word: string): boolean {
+  try {
+    return fs.statSync(word).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 /**
  * The command line with every boolean flag's value written inline (`--push` → `--push=true`, `--push false` →
  * `--push=false`), so neither parser can take a positional argument for a flag's value: `build --push .` builds `.`.
  * A word after a boolean flag is its value when it is a boolean word, or when the command takes no positional
- * argument (`setup --cache maybe` is then refused naming --cache). Values of other flags are passed over unread.
+ * argument; for `build`, a word that is not a boolean word is the context only when it is an existing directory (or
+ * a remote context: a URL), as docker reads `docker build --push dir`, else the flag's value, refused naming the flag
+ * and what it takes (`build --push bogus`). Values of other flags are passed over unread. Throws InputError when a
+ * boolean flag left a word as the context and there is a second one (`build --push sub .`), naming that flag.
  */
-export function normalizeArgs(command: RunnerCommand, args: string[]): string[] {
+export function normalizeArgs(command: RunnerCommand, args: string[], isDir: (word: string) => boolean = isDirectory): string[] {
   const table = flagTable(command);
   const positional = Boolean(RUNNER_COMMANDS[command].argument);
   const out: string[] = [];
+  const words: string[] = []; // the positional arguments, as both parsers will see them
+  let unknownFlag = false;
+  let leftBy: string | undefined; // a boolean flag followed by a word it did not take
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '--') {
@@ -193,22 +249,36 @@ export function normalizeArgs(command: RunnerCommand, args: string[]): string[] 
       break;
     }
     const f = a.startsWith('-') && !a.includes('=') ? table.get(a) : undefined;
-    if (!f) out.push(a);
-    else if (f.kind !== 'bool') out.push(a, ...(i + 1 < args.length ? [args[++i]] : []));
+    if (!f) {
+      out.push(a);
+      if (!a.startsWith('-')) words.push(a);
+      else if (!a.includes('=') || !table.has(a.slice(0, a.indexOf('=')))) unknownFlag = true;
+    } else if (f.kind !== 'bool') out.push(a, ...(i + 1 < args.length ? [args[++i]] : []));
     else {
       const next = args[i + 1];
-      const isValue = next !== undefined && !next.startsWith('-') && (parseBoolean(next) !== undefined || !positional);
+      const word = next !== undefined && !next.startsWith('-');
+      const isValue = word && (parseBoolean(next) !== undefined || !positional || !(isDir(next) || isRemoteContext(next)));
+      if (word && !isValue) leftBy ??= a;
       out.push(`${a}=${isValue ? args[++i] : 'true'}`);
     }
+  }
+  if (positional && leftBy && words.length > 1 && !unknownFlag) {
+    const name = RUNNER_COMMANDS[command].argument!.name;
+    throw new InputError(
+      `Too many arguments for '${command}': ${words.map((w) => `'${w}'`).join(' and ')}, and it takes one ${name}. ${leftBy} took neither: ` +
+        `it takes ${BOOLEAN_FORMS}, or stands alone for true. Give one ${name}: buildcloud ${command} ${leftBy} <${name}>.`
+    );
   }
   return out;
 }
 
 /** The message of a boolean flag's bad value: names the flag and the accepted values. */
 export function booleanFlagError(flag: string): string {
-  const also = BOOLEAN_WORDS.filter((w) => w !== 'true' && w !== 'false').join(', ');
-  return `Expected true or false (also ${also}), or ${flag} alone for true.`;
+  return `Expected ${BOOLEAN_FORMS}, or ${flag} alone for true.`;
 }
+
+/** Where withPositional marks that the context came from the positional argument (so errors can say so). */
+export const FROM_ARGUMENT = 'contextArgument';
 
 /** Puts the positional context into `opts.context`; throws InputError when --context says otherwise. */
 export function withPositional(command: RunnerCommand, opts: Record<string, unknown>, value: string | undefined): void {
@@ -220,6 +290,19 @@ export function withPositional(command: RunnerCommand, opts: Record<string, unkn
     throw new InputError(`The ${arg.name} is given twice: '${value}' as the argument and '${flag}' as --${arg.input}. Give it once.`);
   }
   opts[key] = value;
+  if (typeof flag !== 'string') opts[FROM_ARGUMENT] = true;
+}
+
+/**
+ * A step's error as the user should read it: when the context came from the positional argument, the build step's
+ * "(from --context / BUILDCLOUD_CONTEXT)" says "(from the context argument)", the spelling the user typed. Any other
+ * error is returned as it is.
+ */
+export function asTyped(err: unknown, opts: Record<string, unknown>): unknown {
+  if (!(err instanceof InputError) || opts[FROM_ARGUMENT] !== true) return err;
+  const out = new InputError(err.message.replace(/\(from --context \/ BUILDCLOUD_CONTEXT\)/g, '(from the context argument)'));
+  out.stack = err.stack;
+  return out;
 }
 
 /**
@@ -227,22 +310,33 @@ export function withPositional(command: RunnerCommand, opts: Record<string, unkn
  * a string, a boolean, or a list flag's values joined by newlines), else its BUILDCLOUD_* variable.
  */
 export function getter(opts: Record<string, unknown>, env: NodeJS.ProcessEnv): Getter {
-  return (name) => {
+  const get: Getter = (name) => {
     const v = opts[camel(name)];
     if (typeof v === 'boolean') return String(v);
     if (Array.isArray(v)) return v.join('\n');
     if (typeof v === 'string') return v;
     return env[envName(name)] ?? '';
   };
+  // How the user gave it, for errors: `--push` (with its docker spellings), `the context argument`, `BUILDCLOUD_PUSH`.
+  get.source = (name) => {
+    if (opts[camel(name)] !== undefined) {
+      if (name === 'context' && opts[FROM_ARGUMENT] === true) return 'the context argument';
+      const aliases = ALIASES.filter((a) => a.input === name).map((a) => splitFlags(a.flags).names.at(-1)!);
+      return [`--${name}`, ...aliases].join(' / ');
+    }
+    return env[envName(name)] ? envName(name) : undefined;
+  };
+  return get;
 }
 
 /**
- * What the command should say before it runs: a warning for each unknown BUILDCLOUD_* variable (with the closest
- * known name), and a note for each input given both as a flag and, differently, as its variable (the flag wins).
+ * What the command should say before it runs: for setup, a warning for each unknown BUILDCLOUD_* variable (with the
+ * closest known name), and for every command a note for each input given both as a flag and, differently, as its variable (the flag wins).
  * Names only, never a value.
  */
 export function envNotes(command: RunnerCommand, opts: Record<string, unknown>, env: NodeJS.ProcessEnv): string[] {
-  const out = unknownEnvWarnings(env, command).map((w) => `warning: ${w}`);
+  // Unknown variables once per job: setup's (build and report of the same job see the same environment).
+  const out = command === 'setup' ? envWarningLines(env, command) : [];
   const spec = RUNNER_COMMANDS[command];
   const fromFlags = getter(opts, {});
   for (const d of cliInputs(spec.inputs)) {
@@ -276,7 +370,12 @@ export function fastParse(argv: string[]): { command: RunnerCommand; opts: Recor
   const name = command as RunnerCommand;
   const spec = RUNNER_COMMANDS[name];
   const table = flagTable(name);
-  const rest = normalizeArgs(name, raw);
+  let rest: string[];
+  try {
+    rest = normalizeArgs(name, raw);
+  } catch {
+    return null; // commander says why
+  }
   const opts: Record<string, unknown> = {};
   for (const o of spec.options) if (o.default !== undefined) opts[camel(splitFlags(o.flags).names[0].slice(2))] = o.default;
   let positional: string | undefined;

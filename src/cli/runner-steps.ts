@@ -3,7 +3,7 @@
 // once the command line and the first inputs are known to be usable (issue 10).
 import { RUN_STEP } from './ci-steps';
 import { reportError } from './errors';
-import type { RunnerCommand } from './runner-args';
+import { asTyped, type RunnerCommand } from './runner-args';
 
 const DESCRIPTION = "Build Cloud for CI jobs: provision the pipeline's remote builder, build with the org cache, report usage.";
 
@@ -13,7 +13,7 @@ export async function runStep(command: RunnerCommand, opts: Record<string, unkno
     await RUN_STEP[command](opts);
     return process.exitCode ? Number(process.exitCode) : 0;
   } catch (err) {
-    return reportError(err);
+    return reportError(asTyped(err, opts)); // "(from the context argument)" when that is what the user typed
   }
 }
 

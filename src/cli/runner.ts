@@ -9,6 +9,18 @@ import { loadSession, SESSION_ENV } from '../core/session';
 import { reportError } from './errors';
 import { envNotes, fastParse, getter, type RunnerCommand } from './runner-args';
 
+/** The commands of the full CLI (dist/cli.js) that the runner CLI does not ship: they run where the control plane runs. */
+export const OPERATOR_COMMANDS = ['serve', 'admin', 'usage', 'demo'];
+
+/** What the runner CLI says to an operator command: where that command is, instead of a bare "unknown command". */
+export function operatorCommandMessage(command: string): string {
+  return (
+    `buildcloud: '${command}' is an operator command of the full CLI (dist/cli.js), not of this runner CLI (setup, build, report ` +
+    `for CI jobs): serve, admin, usage and demo run where the control plane runs. Run node dist/cli.js ${command} there, or put ` +
+    `buildcloud on PATH with npm install --global . in a checkout.`
+  );
+}
+
 function loadRunnerSteps(): typeof import('./runner-steps') {
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   return require('./runner-steps') as typeof import('./runner-steps');
@@ -28,6 +40,10 @@ export function checkInputs(command: RunnerCommand, opts: Record<string, unknown
 
 /** Runs the runner CLI on `argv` (process.argv shape); resolves to the exit code. */
 export async function main(argv: string[]): Promise<number> {
+  if (OPERATOR_COMMANDS.includes(argv[2])) {
+    process.stderr.write(operatorCommandMessage(argv[2]) + '\n');
+    return 1;
+  }
   const parsed = fastParse(argv);
   if (!parsed) return loadRunnerSteps().viaCommander(argv);
   // Unknown BUILDCLOUD_* variables and flags overriding variables are said first (commander's path: ci.ts).

@@ -18,7 +18,7 @@ export function editDistance(a: string, b: string): number {
 /**
  * The known name closest to `name`, or undefined when none is close enough to be what was meant: at most 1 edit for
  * names up to 4 characters, else at most 2 (or a third of the name, for long ones); failing that, a known name that
- * starts with this one and an underscore (PIPELINE → PIPELINE_ID). `prefix` (e.g. BUILDCLOUD_) is
+ * starts with this one (3 characters or more) and an underscore (PIPELINE → PIPELINE_ID, JOB → JOB_ID). `prefix` (e.g. BUILDCLOUD_) is
  * left out of the comparison, so a short name is not "close" to every other one through what they share. Ties go to
  * the earlier candidate.
  */
@@ -33,6 +33,6 @@ export function closestName(name: string, candidates: readonly string[], prefix 
     if (dist < bestD) [best, bestD] = [c, dist];
   }
   if (bestD <= limit) return best;
-  // A name cut short (PIPELINE for PIPELINE_ID) is further off by edits than it is in meaning.
-  return n.length >= 4 ? candidates.find((c) => strip(c).startsWith(`${n}_`)) : undefined;
+  // A name cut short (PIPELINE for PIPELINE_ID, JOB for JOB_ID) is further off by edits than it is in meaning.
+  return n.length >= 3 ? candidates.find((c) => strip(c).startsWith(`${n}_`)) : undefined;
 }

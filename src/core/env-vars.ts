@@ -111,6 +111,15 @@ export function unknownEnvWarnings(env: NodeJS.ProcessEnv, command: string): str
   return out;
 }
 
+/**
+ * The lines a command prints before it runs: `warning: ` and each of unknownEnvWarnings. Said once per job: by `setup`
+ * of the runner commands (build and report see the same variables), and by each operator command (serve, admin,
+ * usage, demo), where a misspelt BUILDCLOUD_STATE_DIR would otherwise read another state directory without a word.
+ */
+export function envWarningLines(env: NodeJS.ProcessEnv, command: string): string[] {
+  return unknownEnvWarnings(env, command).map((w) => `warning: ${w}`);
+}
+
 /** The variables `command` reads besides its inputs', for its `--help`. */
 export function envVarsOf(command: EnvCommand): EnvVarDef[] {
   return ENV_VARS.filter((v) => v.commands.includes(command));

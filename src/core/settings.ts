@@ -8,7 +8,11 @@ import { keyValueEntries, secretFileEntries, secretEntries, sshEntries, type Bui
 
 export { InputError } from './input-error';
 
-export type Getter = (name: string) => string;
+/**
+ * An input's raw text by name. `source`, when the wrapper knows it, says how the user gave the input (`--push`,
+ * `BUILDCLOUD_PUSH`), or undefined for its default: errors then name what the user typed, not the input.
+ */
+export type Getter = ((name: string) => string) & { source?: (name: string) => string | undefined };
 
 export interface SetupSettings {
   endpoint: string;
@@ -61,11 +65,31 @@ function raw(def: InputDef, get: Getter): string {
   return v === undefined || v === null || v === '' ? def.default : String(v);
 }
 
+/** What a boolean takes, for its errors: "true or false (also True, TRUE, 1, yes, False, FALSE, 0, no)". */
+export const BOOLEAN_FORMS = `true or false (also ${BOOLEAN_WORDS.filter((w) => w !== 'true' && w !== 'false').join(', ')})`;
+
+/** A boolean input: one of BOOLEAN_WORDS, else an InputError naming it and every accepted form. */
 export function boolInput(def: InputDef, get: Getter): boolean {
   const v = raw(def, get).trim();
   if (TRUE.includes(v)) return true;
   if (FALSE.includes(v)) return false;
-  throw new InputError(`Invalid input '${def.name}': '${v}'. Expected true or false.`);
+  throw new InputError(`Invalid input '${def.name}': '${v}'. Expected ${BOOLEAN_FORMS}.`);
+}
+
+/**
+ * Runs `read` and, when it throws an InputError, names each input in its message as the user gave it (`input 'push'`
+ * becomes `BUILDCLOUD_PUSH` or `--push`, as `get.source` says); inputs left at their default keep their name.
+ */
+function named<T>(get: Getter, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    const source = get.source;
+    if (!(err instanceof InputError) || !source) throw err;
+    const relabelled = new InputError(err.message.replace(/\binput '([a-z-]+)'/g, (whole, name: string) => source(name) ?? whole));
+    relabelled.stack = err.stack;
+    throw relabelled;
+  }
 }
 
 // Lists of names: one item per line or comma-separated. Inputs whose entries may hold commas or span lines
@@ -110,7 +134,12 @@ function platforms(def: InputDef, get: Getter): string[] {
   return list;
 }
 
+/** setup's settings from its raw inputs; throws InputError naming the input (as the user gave it) and what is expected. */
 export function setupSettings(get: Getter): SetupSettings {
+  return named(get, () => readSetupSettings(get));
+}
+
+function readSetupSettings(get: Getter): SetupSettings {
   const endpoint = str(S.endpoint, get);
   if (endpoint) {
     try {
@@ -162,7 +191,12 @@ function cacheScopeInput(get: Getter): string {
   return v;
 }
 
+/** build's settings from its raw inputs; throws InputError naming the input (as the user gave it) and what is expected. */
 export function buildSettings(get: Getter): BuildSettings {
+  return named(get, () => readBuildSettings(get));
+}
+
+function readBuildSettings(get: Getter): BuildSettings {
   const buildArgs = keyValueEntries('build-args', raw(B['build-args'], get));
   const labels = keyValueEntries('labels', raw(B.labels, get));
   const secrets = secretEntries('secrets', raw(B.secrets, get));
