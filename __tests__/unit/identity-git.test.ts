@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { describeIdentity, identityFromEnv } from '../../src/core/identity';
-import { gitFactsForLocalRun, gitRunner, projectFromRemoteUrl, readGitFacts, type GitFacts } from '../../src/core/identity-git';
+import { gitFactsForLocalRun, gitRunner, originUrlFromConfig, projectFromRemoteUrl, readGitFacts, type GitFacts } from '../../src/core/identity-git';
 
 let root: string;
 const git = (cwd: string, ...args: string[]) =>
@@ -108,9 +108,38 @@ describe('readGitFacts: real repositories', () => {
     expect(await readGitFacts({ cwd: dir, env: { ...process.env, GIT_CEILING_DIRECTORIES: root } })).toBeNull();
   });
 
-  test('no git on PATH: null, as without a checkout', async () => {
-    const { dir } = repo('no-git');
-    expect(await readGitFacts({ cwd: dir, run: gitRunner(process.env, path.join(root, 'no-such-git')) })).toBeNull();
+  // git missing from PATH inside a checkout: the checkout's own files say the branch, commit and origin, rather than
+  // identity falling back to the default branch (and writing its cache).
+  const noGit = (cwd: string) => readGitFacts({ cwd, run: gitRunner(process.env, path.join(root, 'no-such-git')) });
+
+  test('no git on PATH, in a checkout: the same facts, read from .git/HEAD, the refs and .git/config', async () => {
+    const { dir, sha } = repo('no-git', { branch: 'feature/y', origin: 'ssh://git@git.example.com:2222/acme/shop.git', originHead: 'main' });
+    expect(await noGit(dir)).toEqual({ branch: 'feature/y', sha, project: 'acme/shop', defaultBranch: 'main' });
+    expect(await noGit(dir)).toEqual(await facts(dir)); // what git itself says
+    // Refs packed (git gc): the commit from packed-refs; a subdirectory reads the same checkout.
+    git(dir, 'pack-refs', '--all');
+    fs.mkdirSync(path.join(dir, 'sub'));
+    expect(await noGit(path.join(dir, 'sub'))).toEqual({ branch: 'feature/y', sha, project: 'acme/shop', defaultBranch: 'main' });
+  });
+
+  test('no git on PATH, detached HEAD (a sha in .git/HEAD): no branch', async () => {
+    const { dir, sha } = repo('no-git-detached', { origin: 'https://github.com/acme/app.git' });
+    git(dir, 'checkout', '-q', '--detach');
+    expect(fs.readFileSync(path.join(dir, '.git', 'HEAD'), 'utf8').trim()).toBe(sha);
+    expect(await noGit(dir)).toEqual({ branch: '', sha, project: 'acme/app' });
+  });
+
+  test('no git on PATH, no checkout: null', async () => {
+    const dir = path.join(root, 'plain-no-git');
+    fs.mkdirSync(dir);
+    expect(await noGit(dir)).toBeNull();
+  });
+
+  test('the origin URL from a config with other remotes and sections', () => {
+    const config =
+      '[core]\n\tbare = false\n[remote "upstream"]\n\turl = git@github.com:other/app.git\n[remote "origin"]\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n\turl = https://tok@github.com/acme/app.git\n';
+    expect(originUrlFromConfig(config)).toBe('https://tok@github.com/acme/app.git');
+    expect(originUrlFromConfig('[remote "upstream"]\n\turl = x\n')).toBe('');
   });
 
   test('a git that refuses the directory: the problem, as git said it, for the log', async () => {

@@ -19,18 +19,31 @@ export function exportLines(env: Record<string, string>): string {
   );
 }
 
-// GitLab dotenv: KEY=VALUE, keys [A-Za-z0-9_], no multiline values, no quotes or spaces handled: values that
-// cannot be written as they are get a safe form (newlines become commas, spaces are kept out by construction).
+/** The longest value dotenvLines writes: GitLab takes a dotenv report of at most 5 kB (and some 20 variables). */
+export const DOTENV_VALUE_MAX = 1000;
+
+/**
+ * GitLab dotenv (artifacts:reports:dotenv): one `KEY=VALUE` per line, keys [A-Za-z0-9_]. GitLab reads the value as
+ * written up to the end of the line: spaces and quotes inside it are kept as they are (quotes are not removed, so
+ * none are added), leading and trailing blanks are stripped, and a value cannot span lines. So a value is written as
+ * it is, except: its lines are joined with `,` (a list of cache refs stays a comma-separated list; a message of
+ * several lines stays readable), blanks at both ends are trimmed, other control characters become spaces, and a
+ * value longer than DOTENV_VALUE_MAX characters is cut there, ending in `…`.
+ */
 export function dotenvLines(values: Record<string, string>): string {
   return (
     Object.entries(values)
       .map(([k, v]) => {
         if (!/^[A-Za-z0-9_]+$/.test(k)) throw new Error(`not a dotenv key: ${k}`);
-        const clean = v
-          .split(/\r?\n/)
+        let clean = v
+          .split(/\r?\n|\r/)
+          .map((l) => l.trim())
           .filter(Boolean)
           .join(',')
-          .replace(/[\s"']/g, '');
+          // eslint-disable-next-line no-control-regex -- control characters are what this replaces
+          .replace(/[\u0000-\u001f\u007f]/g, ' ')
+          .trim();
+        if (clean.length > DOTENV_VALUE_MAX) clean = `${clean.slice(0, DOTENV_VALUE_MAX - 1)}…`;
         return `${k}=${clean}`;
       })
       .join('\n') + '\n'

@@ -4,6 +4,8 @@
 // goes through a shell), with a short timeout; no git, no checkout or a git that refuses the directory all mean
 // "no facts", and identity falls back as it would without git.
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { KEY_PATTERN } from '../contract/rules';
 import { detectProvider } from './identity';
 
@@ -76,7 +78,9 @@ export async function readGitFacts(o: GitFactOptions): Promise<GitFacts | null> 
   // worth one line in the log since the user expected git to be read.
   const detached = head.err !== null && head.err.code === 1 && !stderr;
   if (head.err && !detached) {
-    if (head.err.code === 'ENOENT' || /not a git repository/i.test(stderr) || !stderr) return null;
+    // git itself does not run (not on PATH): the checkout's own files still say where HEAD is.
+    if (head.err.code === 'ENOENT' || head.err.code === 'EACCES') return readGitFiles(o.cwd);
+    if (/not a git repository/i.test(stderr) || !stderr) return null;
     return { problem: stderr.split('\n')[0] };
   }
   const facts: GitFacts = {};
@@ -86,6 +90,88 @@ export async function readGitFacts(o: GitFactOptions): Promise<GitFacts | null> 
   if (project) facts.project = project;
   const remoteHead = originHead.err ? '' : originHead.out;
   if (remoteHead.startsWith('origin/') && remoteHead.length > 'origin/'.length) facts.defaultBranch = remoteHead.slice('origin/'.length);
+  return facts;
+}
+
+/** The .git directory of the checkout holding `cwd` (a `.git` file's `gitdir:` followed), or null outside one. */
+function findGitDir(cwd: string): string | null {
+  for (let dir = path.resolve(cwd); ; dir = path.dirname(dir)) {
+    const dotGit = path.join(dir, '.git');
+    try {
+      const st = fs.statSync(dotGit);
+      if (st.isDirectory()) return dotGit;
+      const m = /^gitdir:\s*(.+?)\s*$/m.exec(fs.readFileSync(dotGit, 'utf8')); // a worktree or submodule
+      if (m) return path.resolve(dir, m[1]);
+    } catch {
+      // no .git here: look in the parent
+    }
+    if (path.dirname(dir) === dir) return null;
+  }
+}
+
+const SHA = /^[0-9a-f]{40}([0-9a-f]{24})?$/;
+const read = (file: string): string | null => {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+};
+
+/** The commit a ref names: its loose file, else its line in packed-refs (of the common dir for a worktree). */
+function refSha(gitDir: string, commonDir: string, ref: string): string | undefined {
+  for (const dir of [gitDir, commonDir]) {
+    const loose = read(path.join(dir, ref))?.trim();
+    if (loose && SHA.test(loose)) return loose;
+  }
+  for (const line of (read(path.join(commonDir, 'packed-refs')) ?? '').split('\n')) {
+    const [sha, name] = line.trim().split(/\s+/);
+    if (name === ref && SHA.test(sha)) return sha;
+  }
+  return undefined;
+}
+
+/** The `url` of `[remote "origin"]` in a git config file's text, or ''. */
+export function originUrlFromConfig(text: string): string {
+  let inOrigin = false;
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    const section = /^\[\s*([^\]]*?)\s*\]/.exec(line);
+    if (section) inOrigin = /^remote\s+"origin"$/.test(section[1]);
+    else if (inOrigin) {
+      const m = /^url\s*=\s*(.*)$/i.exec(line);
+      if (m) return m[1].replace(/^"(.*)"$/, '$1').trim();
+    }
+  }
+  return '';
+}
+
+/**
+ * The facts a checkout's files give without git (git not on PATH): the branch from .git/HEAD (`ref: refs/heads/X`;
+ * a commit's sha there is a detached HEAD, branch ''), the commit it points at, the project from `[remote "origin"]`
+ * in .git/config and the default branch from refs/remotes/origin/HEAD. null outside a checkout.
+ */
+export function readGitFiles(cwd: string): GitFacts | null {
+  const gitDir = findGitDir(cwd);
+  if (!gitDir) return null;
+  const head = read(path.join(gitDir, 'HEAD'))?.trim();
+  if (!head) return null;
+  const common = read(path.join(gitDir, 'commondir'))?.trim();
+  const commonDir = common ? path.resolve(gitDir, common) : gitDir;
+  const facts: GitFacts = {};
+  const ref = /^ref:\s*(\S+)$/.exec(head);
+  if (ref) {
+    facts.branch = ref[1].replace(/^refs\/heads\//, '');
+    const sha = refSha(gitDir, commonDir, ref[1]);
+    if (sha) facts.sha = sha;
+  } else if (SHA.test(head)) {
+    facts.branch = '';
+    facts.sha = head;
+  } else return null;
+  const project = projectFromRemoteUrl(originUrlFromConfig(read(path.join(commonDir, 'config')) ?? ''));
+  if (project) facts.project = project;
+  const originHead = /^ref:\s*refs\/remotes\/origin\/(\S+)$/.exec(read(path.join(commonDir, 'refs/remotes/origin/HEAD'))?.trim() ?? '');
+  if (originHead) facts.defaultBranch = originHead[1];
   return facts;
 }
 
