@@ -1,8 +1,9 @@
 // The README's "Any other CI, or a shell" recipe, run by bash exactly as written (only the endpoint and the image's
 // tag swapped: the builders here reach no registry but the org cache's, where a lease may push only its export ref)
 // against the real `buildcloud serve`, in a git checkout: setup names the identity it read from git, and after the
-// recipe the shell's environment is what it was before, twice in one shell. A failing build still reports (the
-// recipe's trap), releasing the lease and writing the summary.
+// recipe the shell's environment is what it was before, twice in one shell. A failing build still reports, releasing
+// the lease and writing the summary; in an interactive shell (bash -i) the shell survives it. Setup twice without a
+// report releases the first lease itself.
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -107,7 +108,7 @@ test('the recipe, twice in one shell: each round builds on the builder, and the 
   expect(fs.readFileSync(path.join(dir, 'summary.md'), 'utf8')).toMatch(/^## Build Cloud\n\n.*1 build/);
 });
 
-test('a failing build: the script fails with the build, and the trap still reports (lease released, summary written)', async () => {
+test('a failing build: the script fails with the build, and report still runs (lease released, summary written)', async () => {
   const { dir } = await checkout('fails', 'RUN exit 3\n');
   const r = spawnSync('bash', ['-c', readmeRecipe(server.info.http)], {
     cwd: dir,
@@ -133,16 +134,69 @@ test('a shell where report ran without eval: the next setup puts docker back, sa
     'eval "$exports"',
     'buildcloud build --context .',
     'eval "$(buildcloud report)"',
-    'printf "%s|%s|%s\\n" "$DOCKER_HOST" "$DOCKER_CONFIG" "${BUILDCLOUD_SESSION-unset}"'
+    'printf "%s|%s|%s|%s\\n" "$DOCKER_HOST" "$DOCKER_CONFIG" "${BUILDCLOUD_SESSION-unset}" "${DOCKER_BUILDKIT-unset}"'
   ].join('\n');
   const home = path.join(work, 'home-stale');
   const env = shellEnv(home);
   const r = spawnSync('bash', ['-c', script], { cwd: dir, env, encoding: 'utf8', timeout: 300_000 });
   expect({ status: r.status, stderr: r.status === 0 ? '' : r.stderr }).toEqual({ status: 0, stderr: '' });
   expect(r.stderr).toMatch(
-    /^warning: BUILDCLOUD_SESSION names a session that is gone \(\S+session\.json\): an earlier `buildcloud report` ran without restoring this shell\. DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, DOCKER_CONTEXT, DOCKER_CONFIG are back to what they were before that setup; run report as eval "\$\(buildcloud report\)" to restore the shell\.$/m
+    /^warning: BUILDCLOUD_SESSION names a session that is gone \(\S+session\.json\): an earlier `buildcloud report` ran without restoring this shell\. DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, DOCKER_CONTEXT, DOCKER_CONFIG, DOCKER_BUILDKIT, BUILDX_BUILDER are back to what they were before that setup; run report as eval "\$\(buildcloud report\)" to restore the shell\.$/m
   );
   expect(r.stderr).not.toContain('buildx plugin');
   expect(r.stderr.match(/^Build Cloud: build success in /gm)).toHaveLength(1);
-  expect(r.stdout.trim().split('\n').pop()).toBe(`unix:///run/runner-engine.sock|${env.DOCKER_CONFIG}|unset`);
+  // DOCKER_BUILDKIT was not set before the first setup: the repaired shell's report leaves it unset too.
+  expect(r.stdout.trim().split('\n').pop()).toBe(`unix:///run/runner-engine.sock|${env.DOCKER_CONFIG}|unset|unset`);
+});
+
+test('in an interactive shell (bash -i), a failing build leaves the shell open, reported and restored', async () => {
+  const { dir } = await checkout('interactive', 'RUN exit 3\n');
+  const at = (name: string) => path.join(work, `interactive-${name}`);
+  // Commands typed into a terminal: the recipe, then whatever comes next must still run in the same shell.
+  const script = [dump(at('before')), readmeRecipe(server.info.http), 'echo "still here: $?"', dump(at('after')), 'exit 0', ''].join('\n');
+  const r = spawnSync('bash', ['--norc', '--noprofile', '-i'], {
+    cwd: dir,
+    env: shellEnv(path.join(work, 'home-interactive')),
+    input: script,
+    encoding: 'utf8',
+    timeout: 300_000
+  });
+  expect({ status: r.status, stdout: r.stdout.trim().split('\n').pop() }).toEqual({ status: 0, stdout: 'still here: 1' });
+  expect(r.stderr).toMatch(/docker build failed \(exit 1\)/);
+  expect(r.stderr).toMatch(/^Build Cloud: released lease \S+ \(\d+ s billed\)$/m);
+  expect(envOf(at('after'))).toEqual(envOf(at('before')));
+});
+
+test('setup twice without report: the second releases the first lease, removes its files, and says so in one line', async () => {
+  const { dir } = await checkout('twice', 'RUN echo built > /built.txt\n');
+  const endpoint = server.info.http;
+  const at = (name: string) => path.join(work, `twice-${name}`);
+  const script = [
+    'set -e',
+    dump(at('before')),
+    `exports=$(buildcloud setup --endpoint ${endpoint}); eval "$exports"`,
+    'first_dir=$(dirname "$BUILDCLOUD_SESSION"); first_lease=$BUILDCLOUD_LEASE_ID; echo "first lease: $first_lease" >&2',
+    // BUILDCLOUD_DEBUG shows the line the quiet release of the first lease keeps out of the log.
+    `exports=$(BUILDCLOUD_DEBUG=1 buildcloud setup --endpoint ${endpoint}); eval "$exports"`,
+    'test ! -e "$first_dir"',
+    'test "$BUILDCLOUD_LEASE_ID" != "$first_lease"',
+    'buildcloud build --context .',
+    'eval "$(buildcloud report)"',
+    'unset first_dir first_lease exports',
+    dump(at('after'))
+  ].join('\n');
+  const r = spawnSync('bash', ['-c', script], { cwd: dir, env: shellEnv(path.join(work, 'home-twice')), encoding: 'utf8', timeout: 300_000 });
+  expect({ status: r.status, stderr: r.status === 0 ? '' : r.stderr }).toEqual({ status: 0, stderr: '' });
+  const line = r.stderr.split('\n').filter((l) => l.includes('no report ended'));
+  expect(line).toHaveLength(1);
+  expect(line[0]).toMatch(
+    /^warning: this shell still had a Build Cloud session that no report ended \(lease \S+, \S+session\.json\): released it and removed its files before this setup\. End each build with eval "\$\(buildcloud report\)"\.$/
+  );
+  // The control plane released the first lease (said at debug level only); the report released the second.
+  const first = /^first lease: (\S+)$/m.exec(r.stderr)?.[1];
+  expect(first).toBeTruthy();
+  expect(r.stderr).toMatch(new RegExp(`^debug: Build Cloud: released lease ${first} \\(\\d+ s billed\\)$`, 'm'));
+  expect(r.stderr.match(/^Build Cloud: released lease /gm)).toHaveLength(1);
+  // The shell is as it was before both setups.
+  expect(envOf(at('after'))).toEqual(envOf(at('before')));
 });

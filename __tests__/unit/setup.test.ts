@@ -1,7 +1,9 @@
 // setup() end to end within the process: the real settings, identity, credential choice, API client and session
 // against an in-process gRPC control plane. Only the two seams that need a docker binary are mocked:
 // resolveDocker and configureRunner.
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
+import * as https from 'https';
 import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
@@ -12,7 +14,8 @@ import { resolveDocker, type ResolvedDocker } from '../../src/core/docker-cli';
 import { configureRunner, type RunnerConfig } from '../../src/core/runner-config';
 import { SESSION_ENV, type Session } from '../../src/core/session';
 import { setupSettings } from '../../src/core/settings';
-import { setup, type SetupDeps } from '../../src/core/setup';
+import { dockerPathWarning, setup, type SetupDeps } from '../../src/core/setup';
+import { report } from '../../src/core/report';
 import type { LeaseMsg, ProvisionRequestMsg } from '../../src/contract/grpc';
 import { FakeControlPlane, leaseFor, REGISTRY_PASSWORD, rpcError, TLS } from '../fixtures/fake-control-plane';
 
@@ -469,5 +472,135 @@ describe('no usable docker client', () => {
     const err = await rejection(setup(settings(), deps));
     expect(err.message).toContain('No usable docker client');
     expect(plane.callsOf('Release')).toHaveLength(0);
+  });
+});
+
+describe('the docker a shell runs is not the one setup chose', () => {
+  /** An executable `docker` in `dir` (a script: only its path matters here). */
+  const dockerIn = (dir: string) => {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, 'docker'), '#!/bin/sh\n', { mode: 0o755 });
+    return path.join(dir, 'docker');
+  };
+
+  test('one warning line naming both clients and what to run instead', async () => {
+    const first = dockerIn(path.join(tmp, 'usr-local-bin'));
+    const chosen = dockerIn(path.join(tmp, 'usr-bin'));
+    env.PATH = `${path.join(tmp, 'empty')}:${path.dirname(first)}:${path.dirname(chosen)}`;
+    mockedResolveDocker.mockResolvedValue({ ...DOCKER, path: chosen, version: '20.10.24+dfsg1', buildx: false, buildxVersion: '' });
+    await setup(settings(), deps);
+    expect(deps.log.warn.mock.calls).toEqual([
+      [
+        `Build Cloud: setup chose ${chosen} (20.10.24+dfsg1), but \`docker\` in this shell runs ${first}: a \`docker build\` of your own may fail there ` +
+          `(e.g. "Install the buildx component"). Build with buildcloud build, or run ${chosen} build (alias docker=${chosen} in an interactive shell).`
+      ]
+    ]);
+  });
+
+  test('the same file (PATH first, or a link to it), or no docker on PATH: no warning', () => {
+    const chosen = dockerIn(path.join(tmp, 'bin'));
+    fs.mkdirSync(path.join(tmp, 'links'));
+    fs.symlinkSync(chosen, path.join(tmp, 'links', 'docker'));
+    const c = { path: chosen, version: '27.3.1', buildx: true };
+    expect(dockerPathWarning({ PATH: path.dirname(chosen) }, c)).toBe('');
+    expect(dockerPathWarning({ PATH: path.join(tmp, 'links') }, c)).toBe('');
+    expect(dockerPathWarning({ PATH: path.join(tmp, 'home') }, c)).toBe('');
+    expect(dockerPathWarning({ PATH: path.join(tmp, 'links'), BUILDCLOUD_DOCKER: '/opt/docker' }, { ...c, path: '/opt/docker' })).toMatch(
+      /^Build Cloud: BUILDCLOUD_DOCKER names \/opt\/docker \(27\.3\.1, with buildx\), but `docker` in this shell runs /
+    );
+  });
+});
+
+describe('report trusts the control plane as setup did (BUILDCLOUD_CA_FILE)', () => {
+  let dir: string;
+  let server: https.Server;
+  let port: number;
+  let connections: number;
+  let caFile: string;
+  const savedCa = process.env.BUILDCLOUD_CA_FILE;
+
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-setup-ca-'));
+    const ossl = (...a: string[]) => execFileSync('openssl', a, { cwd: dir, stdio: 'pipe' });
+    ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '1', '-subj', '/CN=test-ca');
+    ossl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=127.0.0.1');
+    fs.writeFileSync(path.join(dir, 'ext'), 'subjectAltName=IP:127.0.0.1\n');
+    ossl('x509', '-req', '-in', 'srv.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'srv.pem', '-days', '1', '-extfile', 'ext');
+    caFile = path.join(dir, 'ca.pem');
+    // A control plane that knows no lease: any answer at all shows the TLS connection was trusted.
+    server = https.createServer({ key: fs.readFileSync(path.join(dir, 'srv.key')), cert: fs.readFileSync(path.join(dir, 'srv.pem')) }, (_req, res) =>
+      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ code: 'not_found', message: 'no lease lease-0001' }))
+    );
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as net.AddressInfo).port;
+  });
+  afterAll(async () => {
+    await new Promise((r) => server.close(r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    connections = 0;
+    delete process.env.BUILDCLOUD_CA_FILE;
+  });
+  afterEach(() => {
+    if (savedCa === undefined) delete process.env.BUILDCLOUD_CA_FILE;
+    else process.env.BUILDCLOUD_CA_FILE = savedCa;
+  });
+
+  const session = (caFile?: string): Session => ({
+    version: 1,
+    dir: fs.mkdtempSync(path.join(tmp, 'session-')),
+    identity: {
+      provider: 'local',
+      project: 'acme/app',
+      branch: 'main',
+      defaultBranch: 'main',
+      fork: false,
+      actor: 'dev',
+      runUrl: '',
+      pipelineKey: 'local/1',
+      jobId: 'local'
+    } as Session['identity'],
+    org: 'acme',
+    endpoint: `https://127.0.0.1:${port}`,
+    token: ORG_TOKEN,
+    meteringUrl: '',
+    spoolDir: path.join(tmp, 'spool'),
+    lease: { ...leaseFor(PROVISIONED), idleTimeoutS: 600 },
+    runner: null,
+    docker: DOCKER,
+    env: {},
+    fallback: false,
+    cache: true,
+    summary: false,
+    prComment: false,
+    startedAtMs: Date.now(),
+    ...(caFile ? { caFile } : {})
+  });
+
+  test('setup keeps the CA file, as an absolute path, in the session', async () => {
+    env.BUILDCLOUD_CA_FILE = path.relative(process.cwd(), caFile);
+    const r = await setup(settings(), deps);
+    expect(r.session.caFile).toBe(caFile);
+    expect(JSON.parse(fs.readFileSync(r.sessionFile, 'utf8')).caFile).toBe(caFile);
+  });
+
+  test("report without BUILDCLOUD_CA_FILE trusts the session's CA: the control plane answers", async () => {
+    const log = { info: jest.fn(), warn: jest.fn(), debug: jest.fn() };
+    const r = await report(session(caFile), { log });
+    expect(r.warnings).toEqual([
+      'Build Cloud: could not release lease lease-0001 (Release failed: no lease lease-0001 (NOT_FOUND)); the control plane ends it after 600 s without activity.'
+    ]);
+  });
+
+  test('an untrusted certificate is not retried, and the warning says what to set', async () => {
+    const log = { info: jest.fn(), warn: jest.fn(), debug: jest.fn() };
+    const r = await report(session(), { log });
+    expect(connections).toBe(1);
+    expect(r.warnings).toEqual([
+      "Build Cloud: could not release lease lease-0001: the control plane's certificate is not trusted here (Release failed: request failed (UNABLE_TO_VERIFY_LEAF_SIGNATURE) (UNAVAILABLE)); " +
+        'the control plane ends it after 600 s without activity. Set BUILDCLOUD_CA_FILE to the PEM file of its CA for report, as for setup.'
+    ]);
   });
 });

@@ -4,9 +4,10 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { exportLines } from '../../src/cli/ci-output';
-import { previousValues, rememberShell, repairStaleShell, restoreLines } from '../../src/cli/shell-env';
+import { DOTENV_VALUE_MAX, dotenvLines, exportLines } from '../../src/cli/ci-output';
+import { previousValues, releaseEarlierSession, rememberShell, repairStaleShell, restoreLines } from '../../src/cli/shell-env';
 import { loadSession, saveSession, sessionFile, type Session } from '../../src/core/session';
+import { runnerShellRecord } from '../../src/core/runner-config';
 
 let work: string;
 beforeAll(() => {
@@ -139,16 +140,34 @@ describe('repairStaleShell: report ran without eval', () => {
     };
     expect(repairStaleShell(env)).toBe(
       `BUILDCLOUD_SESSION names a session that is gone (${gone}): an earlier \`buildcloud report\` ran without restoring this shell. ` +
-        'DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, DOCKER_CONTEXT, DOCKER_CONFIG are back to what they were before that setup; ' +
+        'DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH, DOCKER_CONTEXT, DOCKER_CONFIG, DOCKER_BUILDKIT, BUILDX_BUILDER are back to what they were before that setup; ' +
         'run report as eval "$(buildcloud report)" to restore the shell.'
     );
+    // DOCKER_BUILDKIT and BUILDX_BUILDER were setup's (no BUILDCLOUD_RUNNER_* for them): they go too.
     expect(env).toEqual({
       PATH: '/bin',
       DOCKER_HOST: 'unix:///var/run/docker.sock',
       DOCKER_CONFIG: '/home/dev/.docker',
-      DOCKER_BUILDKIT: '1',
       BUILDCLOUD_TOKEN: 'kept'
     });
+  });
+
+  test('DOCKER_BUILDKIT and BUILDX_BUILDER set before the first setup come back as they were', () => {
+    const env: NodeJS.ProcessEnv = {
+      BUILDCLOUD_SESSION: path.join(work, 'gone-too', 'session.json'),
+      DOCKER_BUILDKIT: '1',
+      BUILDX_BUILDER: 'buildcloud-abc',
+      BUILDCLOUD_RUNNER_DOCKER_BUILDKIT: '0',
+      BUILDCLOUD_RUNNER_BUILDX_BUILDER: 'mine'
+    };
+    expect(repairStaleShell(env)).toMatch(/^BUILDCLOUD_SESSION names a session that is gone/);
+    expect(env).toEqual({ DOCKER_BUILDKIT: '0', BUILDX_BUILDER: 'mine' });
+  });
+
+  test('setup records DOCKER_BUILDKIT and BUILDX_BUILDER only when set, and carries the first record over', () => {
+    expect(runnerShellRecord({ DOCKER_BUILDKIT: '0', PATH: '/bin' })).toEqual({ BUILDCLOUD_RUNNER_DOCKER_BUILDKIT: '0' });
+    expect(runnerShellRecord({})).toEqual({});
+    expect(runnerShellRecord({ BUILDCLOUD_SESSION: '/s', DOCKER_BUILDKIT: '1', BUILDX_BUILDER: 'b' })).toEqual({});
   });
 
   test('a clean shell, or a session that is still there, is left alone', () => {
@@ -160,5 +179,83 @@ describe('repairStaleShell: report ran without eval', () => {
     const clean = { DOCKER_HOST: 'unix:///x.sock' };
     expect(repairStaleShell(clean)).toBe('');
     expect(clean).toEqual({ DOCKER_HOST: 'unix:///x.sock' });
+  });
+});
+
+describe('releaseEarlierSession: setup twice without report', () => {
+  test('the earlier session is ended (as report would), the shell is put back as it was before it, and one line says so', async () => {
+    const first = session(path.join(work, 'leaked'), {
+      lease: { id: 'lease-7' } as Session['lease'],
+      shellRestore: { DOCKER_HOST: 'unix:///mine.sock', DOCKER_BUILDKIT: null, BUILDCLOUD_SESSION: null, BUILDCLOUD_LEASE_ID: null }
+    });
+    const file = saveSession(first);
+    const env: NodeJS.ProcessEnv = {
+      PATH: '/bin',
+      DOCKER_HOST: 'tcp://first:1',
+      DOCKER_BUILDKIT: '1',
+      BUILDCLOUD_SESSION: file,
+      BUILDCLOUD_LEASE_ID: 'lease-7'
+    };
+    const ended: Session[] = [];
+    const r = await releaseEarlierSession(env, async (s) => {
+      ended.push(s);
+      fs.rmSync(s.dir, { recursive: true, force: true }); // what report does to its files
+    });
+    expect(ended.map((s) => s.lease?.id)).toEqual(['lease-7']);
+    expect(r).toEqual({
+      warning:
+        `this shell still had a Build Cloud session that no report ended (lease lease-7, ${file}): released it and removed its files before this setup. ` +
+        'End each build with eval "$(buildcloud report)".',
+      shellRestore: first.shellRestore
+    });
+    expect(env).toEqual({ PATH: '/bin', DOCKER_HOST: 'unix:///mine.sock' });
+    // The next session keeps the first setup's record: report restores the shell as it was before both.
+    const second = session(path.join(work, 'after-leak'));
+    saveSession(second);
+    rememberShell(second, { DOCKER_HOST: 'tcp://second:1', DOCKER_BUILDKIT: '1', BUILDCLOUD_SESSION: sessionFile(second.dir) }, env, r?.shellRestore);
+    expect(loadSession(sessionFile(second.dir)).shellRestore).toEqual(first.shellRestore);
+  });
+
+  test('a session set up with --export-file (no record of the shell): DOCKER_* come back from BUILDCLOUD_RUNNER_*', async () => {
+    const file = saveSession(session(path.join(work, 'exported')));
+    const env: NodeJS.ProcessEnv = { BUILDCLOUD_SESSION: file, DOCKER_HOST: 'tcp://first:1', BUILDCLOUD_RUNNER_DOCKER_HOST: 'unix:///mine.sock' };
+    const r = await releaseEarlierSession(env, async () => undefined);
+    expect(r?.warning).toMatch(/^this shell still had a Build Cloud session that no report ended \(a session on the local docker, /);
+    expect(env).toEqual({ DOCKER_HOST: 'unix:///mine.sock' });
+  });
+
+  test('no session, or one already gone: nothing ended', async () => {
+    const end = jest.fn();
+    expect(await releaseEarlierSession({}, end)).toBeNull();
+    expect(await releaseEarlierSession({ BUILDCLOUD_SESSION: path.join(work, 'nope', 'session.json') }, end)).toBeNull();
+    expect(end).not.toHaveBeenCalled();
+  });
+});
+
+describe('dotenvLines: values as GitLab reads them', () => {
+  test('spaces and quotes are kept; lines are joined with commas; blanks at the ends and control characters go', () => {
+    const push = `build succeeded; push of "registry.example.com/acme/app:1" failed: denied: it's not yours`;
+    expect(
+      dotenvLines({
+        BUILDCLOUD_PUSH_ERROR: push,
+        BUILDCLOUD_CACHE_FROM: 'reg/acme/app/cache:feature\nreg/acme/app/cache:main\n',
+        BUILDCLOUD_NOTE: '  first line \r\n second\tline  ',
+        BUILDCLOUD_EMPTY: ''
+      })
+    ).toBe(
+      `BUILDCLOUD_PUSH_ERROR=${push}\n` +
+        'BUILDCLOUD_CACHE_FROM=reg/acme/app/cache:feature,reg/acme/app/cache:main\n' +
+        'BUILDCLOUD_NOTE=first line,second line\n' +
+        'BUILDCLOUD_EMPTY=\n'
+    );
+  });
+
+  test(`a value longer than ${DOTENV_VALUE_MAX} characters is cut, ending in …`, () => {
+    const line = dotenvLines({ LONG: 'x'.repeat(5000) });
+    expect(line).toBe(`LONG=${'x'.repeat(DOTENV_VALUE_MAX - 1)}…\n`);
+  });
+
+  test('a key GitLab would refuse is an error', () => {
+    expect(() => dotenvLines({ 'BAD-KEY': 'v' })).toThrow('not a dotenv key: BAD-KEY');
   });
 });

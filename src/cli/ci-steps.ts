@@ -7,7 +7,7 @@ import { buildSettings, setupSettings } from '../core/settings';
 import { redactor } from '../core/build-secrets';
 import { requireEndpoint } from '../core/endpoint';
 import { detectProvider } from '../core/identity';
-import { loadSession, SESSION_ENV } from '../core/session';
+import { loadSession, SESSION_ENV, trustSessionCa } from '../core/session';
 import { dotenvLines, exportLines, metricsReport, outputsAsEnv, reportValues, setupValues } from './ci-output';
 import { CliError } from './errors';
 import { getter } from './runner-args';
@@ -40,6 +40,14 @@ export async function runSetup(o: StepOptions): Promise<void> {
   const shell = require('./shell-env') as typeof import('./shell-env');
   const stale = shell.repairStaleShell(process.env);
   if (stale) log.warn(stale);
+  // setup again without report: the earlier lease is released (as report would) rather than left billed until the
+  // idle timeout; report's own lines (released, the summary) stay quiet, its problems are warnings.
+  const earlier = await shell.releaseEarlierSession(process.env, async (s) => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy, as the core below (issue 10)
+    const { report } = require('../core/report') as typeof import('../core/report');
+    await report(s, { log: { ...log, info: log.debug } });
+  });
+  if (earlier) log.warn(earlier.warning);
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { setup } = require('../core/setup') as typeof import('../core/setup');
   const r = await setup(settings, { env: process.env, log, mask: () => undefined });
@@ -51,7 +59,7 @@ export async function runSetup(o: StepOptions): Promise<void> {
   if (o.json) process.stdout.write(JSON.stringify({ outputs: setupValues(r.outputs), env: r.exportEnv }) + '\n');
   log.info(`Build Cloud: builder ready at ${r.outputs['docker-host'] || 'the local docker (fallback)'}; session ${r.sessionFile}`);
   if (!exportFile && !o.json) {
-    shell.rememberShell(r.session, vars, process.env); // for `eval "$(buildcloud report)"` to restore the shell
+    shell.rememberShell(r.session, vars, process.env, earlier?.shellRestore); // for `eval "$(buildcloud report)"` to restore the shell
     process.stdout.write(exportLines(vars));
   }
 }
@@ -59,6 +67,7 @@ export async function runSetup(o: StepOptions): Promise<void> {
 /** `buildcloud build`: builds on the session's builder; throws CliError (exit 1, or 130 when cancelled) on failure. */
 export async function runBuild(o: StepOptions): Promise<void> {
   const session = loadSession(str(o.session) || process.env[SESSION_ENV]);
+  trustSessionCa(session); // the CA setup trusted, for what build asks the control plane
   const settings = buildSettings(getter(o, process.env));
   // eslint-disable-next-line @typescript-eslint/no-require-imports -- lazy: loaded on first use, not at start-up (issue 10)
   const { buildStep } = require('../core/build-step') as typeof import('../core/build-step');

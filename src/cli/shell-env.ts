@@ -4,7 +4,7 @@
 // so the next `docker` talks to the engine it talked to before, not to a released builder through removed certs,
 // and the same snippet runs again in the same shell.
 import * as fs from 'fs';
-import { RUNNER_DOCKER_VARS, runnerDockerVar } from '../core/runner-config';
+import { RUNNER_DOCKER_VARS, RUNNER_SHELL_VARS, runnerDockerVar } from '../core/runner-config';
 import { loadSession, saveSession, SESSION_ENV, type Session, type ShellRestore } from '../core/session';
 import { SETUP_OUTPUTS } from '../core/inputs';
 import { outputsAsEnv, shellQuote } from './ci-output';
@@ -48,17 +48,17 @@ function earlierSession(env: NodeJS.ProcessEnv): Session | null {
 
 /**
  * Records, in the session setup just saved, what the variables it hands to the shell (`vars`) were in `env` before
- * it ran, so that report can print the lines that restore them. Call it only when setup's `export` lines go to a
+ * it ran, so that report can print the lines that restore them (`earlier`: the record of a setup this shell ran
+ * before, whose session releaseEarlierSession ended; else the one in the session BUILDCLOUD_SESSION names). Call it only when setup's `export` lines go to a
  * shell (stdout): with --export-file or --json nobody evals report's output.
  */
-export function rememberShell(session: Session, vars: Record<string, string>, env: NodeJS.ProcessEnv): void {
-  const earlier = earlierSession(env);
-  session.shellRestore = previousValues(Object.keys(vars), env, earlier?.shellRestore);
+export function rememberShell(session: Session, vars: Record<string, string>, env: NodeJS.ProcessEnv, earlier?: ShellRestore): void {
+  session.shellRestore = previousValues(Object.keys(vars), env, earlier ?? earlierSession(env)?.shellRestore);
   saveSession(session);
 }
 
 /** The variables `eval "$(buildcloud setup)"` sets besides the runner's own (DOCKER_*, BUILDX_BUILDER). */
-const SETUP_SHELL_VARS = [SESSION_ENV, ...Object.keys(outputsAsEnv(Object.fromEntries(SETUP_OUTPUTS.map((o) => [o.name, ''])))), 'BUILDX_BUILDER'];
+const SETUP_SHELL_VARS = [SESSION_ENV, ...Object.keys(outputsAsEnv(Object.fromEntries(SETUP_OUTPUTS.map((o) => [o.name, '']))))];
 
 /**
  * A shell where an earlier `buildcloud report` ran without `eval` still points DOCKER_* at a released builder and a
@@ -70,15 +70,53 @@ const SETUP_SHELL_VARS = [SESSION_ENV, ...Object.keys(outputsAsEnv(Object.fromEn
 export function repairStaleShell(env: NodeJS.ProcessEnv): string {
   const file = env[SESSION_ENV];
   if (!file || fs.existsSync(file)) return '';
-  for (const name of RUNNER_DOCKER_VARS) {
+  restoreFromRunnerRecord(env);
+  return (
+    `${SESSION_ENV} names a session that is gone (${file}): an earlier \`buildcloud report\` ran without restoring this shell. ` +
+    `${[...RUNNER_DOCKER_VARS, ...RUNNER_SHELL_VARS].join(', ')} are back to what they were before that setup; run report as eval "$(buildcloud report)" to restore the shell.`
+  );
+}
+
+/** DOCKER_* (and DOCKER_BUILDKIT, BUILDX_BUILDER) back from setup's BUILDCLOUD_RUNNER_* record; setup's own variables go. */
+function restoreFromRunnerRecord(env: NodeJS.ProcessEnv): void {
+  for (const name of [...RUNNER_DOCKER_VARS, ...RUNNER_SHELL_VARS]) {
     const before = env[runnerDockerVar(name)];
     if (before) env[name] = before;
     else delete env[name];
     delete env[runnerDockerVar(name)];
   }
   for (const name of SETUP_SHELL_VARS) delete env[name];
-  return (
-    `${SESSION_ENV} names a session that is gone (${file}): an earlier \`buildcloud report\` ran without restoring this shell. ` +
-    `${RUNNER_DOCKER_VARS.join(', ')} are back to what they were before that setup; run report as eval "$(buildcloud report)" to restore the shell.`
-  );
+}
+
+/** What releaseEarlierSession did: the warning line, and the first setup's record of the shell (if it made one). */
+export interface EarlierSession {
+  warning: string;
+  shellRestore?: ShellRestore;
+}
+
+/**
+ * setup run again in a shell whose earlier session no report ended (BUILDCLOUD_SESSION names a session file that is
+ * still there): that lease would stay active, and billed, until the idle timeout, its key in the session directory.
+ * Ends it as report would (`end`: release the lease, remove its files), then puts `env` back as it was before that
+ * setup (its record of the shell, else BUILDCLOUD_RUNNER_*), so this setup starts from the shell as it was. Returns
+ * the one-line warning and the first setup's record (which the new session keeps), or null when there is none.
+ */
+export async function releaseEarlierSession(env: NodeJS.ProcessEnv, end: (s: Session) => Promise<unknown>): Promise<EarlierSession | null> {
+  const earlier = earlierSession(env);
+  if (!earlier) return null;
+  const file = env[SESSION_ENV];
+  await end(earlier);
+  // The record covers every variable that setup exported (BUILDCLOUD_RUNNER_*, the session, the outputs); a session
+  // set up with --export-file has none, and BUILDCLOUD_RUNNER_* say what DOCKER_* were.
+  if (earlier.shellRestore) {
+    for (const [name, value] of Object.entries(earlier.shellRestore)) {
+      if (value === null) delete env[name];
+      else env[name] = value;
+    }
+  } else restoreFromRunnerRecord(env);
+  const what = earlier.lease ? `lease ${earlier.lease.id}` : 'a session on the local docker';
+  return {
+    warning: `this shell still had a Build Cloud session that no report ended (${what}, ${file}): released it and removed its files before this setup. End each build with eval "$(buildcloud report)".`,
+    shellRestore: earlier.shellRestore
+  };
 }

@@ -42,6 +42,16 @@ export interface RpcTransport {
 
 const TRANSIENT = new Set<number>([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.ABORTED]);
 
+/**
+ * True when a failure's text says the server's certificate is not trusted (self-signed, unknown issuer, expired, or
+ * naming another host): UNAVAILABLE, but no retry heals it (issue 12).
+ */
+export function untrustedCertificate(details: string): boolean {
+  return /SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER|CERT_HAS_EXPIRED|CERT_NOT_YET_VALID|ERR_TLS_CERT_ALTNAME_INVALID|self[- ]signed certificate|unable to verify the first certificate|unable to get local issuer certificate|certificate has expired|does not match certificate's altnames/i.test(
+    details
+  );
+}
+
 /** A call's failure, as the control plane (or the way to it) reported it; `transient` ones are worth retrying. */
 export class ControlPlaneError extends Error {
   constructor(
@@ -189,7 +199,7 @@ export class ApiClient {
       }
       // A rate limit, or a 503 that says when to come back: the server's delay, when it is not too long.
       const retryAfter = e.retryAfterMs !== undefined && e.retryAfterMs <= this.o.maxRetryAfterMs && (e.rateLimited || e.transient);
-      if (!(e.transient || retryAfter) || attempt >= attempts) throw e;
+      if (!(e.transient || retryAfter) || attempt >= attempts || untrustedCertificate(e.details)) throw e;
       // The server's delay plus up to 10% jitter, so the jobs it refused together do not return together.
       const delayMs = retryAfter
         ? (e.retryAfterMs as number) + Math.floor(Math.random() * 0.1 * (e.retryAfterMs as number))

@@ -2,11 +2,11 @@
 // metering, undo the runner config, and render the summary. Nothing here fails the job: every problem becomes a
 // warning, because the user's build already has its own outcome.
 import * as fs from 'fs';
-import { ApiClient } from './api-client';
+import { ApiClient, untrustedCertificate } from './api-client';
 import { MeteringSpool } from './metering-spool';
 import { flushSpool, type FlushResult } from './metering-client';
 import { cleanupRunner } from './runner-config';
-import { readBuilds, type Session } from './session';
+import { readBuilds, trustSessionCa, type Session } from './session';
 import { renderSummary, renderText, totalsOf, type BuildResult, type JobSummary } from './summary';
 import { jobCompletedEvent } from '../contract/metering-events';
 import type { Log } from './setup';
@@ -30,6 +30,7 @@ export interface ReportResult {
 export async function report(session: Session, deps: ReportDeps): Promise<ReportResult> {
   const now = deps.now ?? Date.now;
   const warnings: string[] = [];
+  trustSessionCa(session); // the CA setup trusted, when this step's environment names none
   const builds = readBuilds(session);
   const lease = session.lease;
   let billedSeconds: number | null = null;
@@ -127,8 +128,11 @@ async function releaseLease(
     }
     return { billedSeconds: released.billedSeconds, shared: released.builders.some((b) => b.shared) };
   } catch (err) {
+    const message = (err as Error).message;
     warnings.push(
-      `Build Cloud: could not release lease ${lease.id} (${(err as Error).message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
+      untrustedCertificate(message)
+        ? `Build Cloud: could not release lease ${lease.id}: the control plane's certificate is not trusted here (${message}); the control plane ends it after ${lease.idleTimeoutS} s without activity. Set BUILDCLOUD_CA_FILE to the PEM file of its CA for report, as for setup.`
+        : `Build Cloud: could not release lease ${lease.id} (${message}); the control plane ends it after ${lease.idleTimeoutS} s without activity.`
     );
     return { billedSeconds: null, shared: null };
   } finally {

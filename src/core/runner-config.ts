@@ -44,6 +44,24 @@ export function runnerDockerRecord(env: NodeJS.ProcessEnv): Record<string, strin
   return out;
 }
 
+/**
+ * Variables setup sets for the shell besides DOCKER_* that a user may have set before: recorded the same way
+ * (BUILDCLOUD_RUNNER_<NAME>, only when set), so a shell whose report ran without `eval` gets them back too
+ * (src/cli/shell-env.ts repairStaleShell). Not the runner's engine: `load` reads RUNNER_DOCKER_VARS only.
+ */
+export const RUNNER_SHELL_VARS = ['DOCKER_BUILDKIT', 'BUILDX_BUILDER'] as const;
+
+/** runnerDockerRecord's rule for RUNNER_SHELL_VARS: BUILDCLOUD_RUNNER_<NAME> for each set before (the first) setup. */
+export function runnerShellRecord(env: NodeJS.ProcessEnv): Record<string, string> {
+  const earlier = Boolean(env.BUILDCLOUD_SESSION);
+  const out: Record<string, string> = {};
+  for (const name of RUNNER_SHELL_VARS) {
+    const v = earlier ? env[runnerDockerVar(name)] : env[name];
+    if (v) out[runnerDockerVar(name)] = v;
+  }
+  return out;
+}
+
 export interface RunnerConfig {
   name: string;
   dir: string; // 0700, removed by cleanupRunner

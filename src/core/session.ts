@@ -33,9 +33,21 @@ export interface Session {
   summary: boolean;
   prComment: boolean;
   startedAtMs: number;
+  // The private CA setup trusted for the control plane (BUILDCLOUD_CA_FILE, as an absolute path): report and build
+  // trust it too when their own environment does not name one (trustSessionCa).
+  caFile?: string;
   // Only when setup printed `export` lines for a shell to eval: what each of them was before, for report to put back
   // (src/cli/shell-env.ts).
   shellRestore?: ShellRestore;
+}
+
+/**
+ * Trusts, in `env` (the process's, read by the control plane's clients), the private CA that setup trusted, when
+ * `env` names none itself: a report step run without BUILDCLOUD_CA_FILE otherwise cannot verify the control plane
+ * that gave the lease and cannot release it.
+ */
+export function trustSessionCa(s: Pick<Session, 'caFile'>, env: NodeJS.ProcessEnv = process.env): void {
+  if (s.caFile && !env.BUILDCLOUD_CA_FILE) env.BUILDCLOUD_CA_FILE = s.caFile;
 }
 
 export class SessionError extends Error {

@@ -8,7 +8,7 @@ import { AuthMissingError, chooseCredential } from './auth';
 import { describeIdentity, identityFromEnv, localName, type Env, type Identity } from './identity';
 import { gitFactsForLocalRun } from './identity-git';
 import { resolveDocker, type ResolvedDocker } from './docker-cli';
-import { cleanupRunner, configureRunner, runnerDockerRecord } from './runner-config';
+import { cleanupRunner, configureRunner, runnerDockerRecord, runnerShellRecord } from './runner-config';
 import { MeteringSpool } from './metering-spool';
 import { flushSpool } from './metering-client';
 import { saveSession, withoutSecrets, type Session } from './session';
@@ -79,6 +79,8 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
       if (!chosen) {
         chosen = await dockerChoice;
         log.info(chosen.reason);
+        const other = dockerPathWarning(env, chosen);
+        if (other) log.warn(other);
       }
       return chosen;
     };
@@ -100,7 +102,17 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
         `Build Cloud: NO REMOTE BUILDER (${(err as Error).message}). fallback: local is set, so this job builds on the runner's own Docker, without the org cache.`
       );
       return finish(
-        localSession(settings, identity, endpoint, token, spoolFor(settings.org), await chosenDocker(), now(), deps.tempRoot || env.RUNNER_TEMP || os.tmpdir())
+        localSession(
+          settings,
+          identity,
+          endpoint,
+          token,
+          spoolFor(settings.org),
+          await chosenDocker(),
+          now(),
+          deps.tempRoot || env.RUNNER_TEMP || os.tmpdir(),
+          env
+        )
       );
     }
     let docker: ResolvedDocker;
@@ -138,13 +150,15 @@ export async function setup(settings: SetupSettings, deps: SetupDeps): Promise<S
         lease: stripped.lease,
         runner: stripped.runner,
         docker,
-        // Where `load` sends images: the runner's own engine, as DOCKER_* named it before this setup.
-        env: { ...cfg.env, ...runnerDockerRecord(env) } as Record<string, string>,
+        // Where `load` sends images: the runner's own engine, as DOCKER_* named it before this setup; and
+        // DOCKER_BUILDKIT and BUILDX_BUILDER as they were, for a shell to get back (src/cli/shell-env.ts).
+        env: { ...cfg.env, ...runnerDockerRecord(env), ...runnerShellRecord(env) } as Record<string, string>,
         fallback: false,
         cache: settings.cache,
         summary: settings.summary,
         prComment: settings.prComment,
-        startedAtMs: now()
+        startedAtMs: now(),
+        ...caFileOf(env)
       };
       const result = finish(session);
       // Records a dead earlier job could not send go out now: best effort, it never fails setup.
@@ -224,7 +238,8 @@ function localSession(
   spoolDir: string,
   docker: ResolvedDocker,
   startedAtMs: number,
-  tempRoot: string
+  tempRoot: string,
+  env: Env
 ): Session {
   const dir = fs.mkdtempSync(path.join(tempRoot, `${localName(identity)}-local-`));
   return {
@@ -244,8 +259,57 @@ function localSession(
     cache: false,
     summary: s.summary,
     prComment: s.prComment,
-    startedAtMs
+    startedAtMs,
+    ...caFileOf(env)
   };
+}
+
+/** The first executable `name` in env.PATH, as a shell would run it; null when there is none. */
+export function firstOnPath(env: Env, name: string): string | null {
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    if (!dir) continue;
+    const file = path.join(dir, name);
+    try {
+      if (fs.statSync(file).isFile()) {
+        fs.accessSync(file, fs.constants.X_OK);
+        return file;
+      }
+    } catch {
+      // not here: the next directory
+    }
+  }
+  return null;
+}
+
+const realpath = (file: string): string => {
+  try {
+    return fs.realpathSync(file);
+  } catch {
+    return file;
+  }
+};
+
+/**
+ * When the `docker` a shell runs (the first on PATH) is not the client setup chose (e.g. /usr/local/bin/docker 28
+ * without buildx ahead of /usr/bin/docker 20.10), the user's own `docker build` after setup fails ("Install the
+ * buildx component") while setup's builds work: one warning line naming both and what to run instead. Setup does
+ * not change PATH or define an alias: other programs in that directory would move with it, and report would have
+ * one more thing to undo. '' when they are the same file, or no `docker` is on PATH.
+ */
+export function dockerPathWarning(env: Env, chosen: Pick<ResolvedDocker, 'path' | 'version' | 'buildx'>): string {
+  const first = firstOnPath(env, 'docker');
+  if (!first || realpath(first) === realpath(chosen.path)) return '';
+  const how = env.BUILDCLOUD_DOCKER?.trim() ? 'BUILDCLOUD_DOCKER names' : 'setup chose';
+  return (
+    `Build Cloud: ${how} ${chosen.path} (${chosen.version}${chosen.buildx ? ', with buildx' : ''}), but \`docker\` in this shell runs ${first}: ` +
+    `a \`docker build\` of your own may fail there (e.g. "Install the buildx component"). Build with buildcloud build, or run ${chosen.path} build (alias docker=${chosen.path} in an interactive shell).`
+  );
+}
+
+/** BUILDCLOUD_CA_FILE as an absolute path, for the session (report may run in another directory). */
+function caFileOf(env: Env): { caFile?: string } {
+  const file = env.BUILDCLOUD_CA_FILE?.trim();
+  return file ? { caFile: path.resolve(file) } : {};
 }
 
 function finish(session: Session): SetupResult {
