@@ -136,7 +136,7 @@ describe('buckets that hold', () => {
     expect(first.granted).toHaveLength(2);
     for (const e of first.refused) {
       expect(e.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-      expect(e.details).toContain("Org 'capped' is at its limit of 2 concurrent lease(s)");
+      expect(e.details).toContain("Org 'capped' is at its limit of 2 concurrent leases");
       expect(e.details).toContain('buildcloud admin org set --org capped --max-leases N');
     }
     // Control: another org is not starved.
@@ -156,7 +156,7 @@ describe('buckets that hold', () => {
     const a = await small.provision({ pipelineKey: 'small/1/1', jobId: 'a' });
     const e = (await small.provision({ pipelineKey: 'small/2/1', jobId: 'a' }).catch((err) => err)) as grpc.ServiceError;
     expect(e.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(e.details).toContain("Org 'small' is at its limit of 1 concurrent builder(s)");
+    expect(e.details).toContain("Org 'small' is at its limit of 1 concurrent builder.");
     expect(e.details).toContain('buildcloud admin org set --org small --max-builders N');
     // The refused lease holds no reservation.
     expect((await usage('small')).seconds.reserved).toBe(60);
@@ -218,7 +218,7 @@ describe('capacity is shared by default', () => {
     for (let i = 0; i < 3; i++) a.push(await acme.provision({ pipelineKey: `acme/${i}/1`, jobId: 'build' }));
     const fourth = (await acme.provision({ pipelineKey: 'acme/3/1', jobId: 'build' }).catch((e) => e)) as grpc.ServiceError;
     expect(fourth.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(fourth.details).toContain("Org 'acme' is at its limit of 3 concurrent builder(s)");
+    expect(fourth.details).toContain("Org 'acme' is at its limit of 3 concurrent builders");
     const b1 = await beta.provision({ pipelineKey: 'beta/1/1', jobId: 'build' });
     expect(b1.builders).toHaveLength(1);
     // acme's first pipeline ends; its builder waits out a 10-minute grace. The pool is full (3 acme + 1 beta), but

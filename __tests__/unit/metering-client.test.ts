@@ -107,7 +107,7 @@ describe('flushSpool', () => {
     expect(down.isDone()).toBe(true);
     expect(first).toMatchObject({ sent: 0, accepted: 0, pending: 2 });
     expect(first.warnings).toHaveLength(1);
-    expect(first.warnings[0]).toMatch(/2 usage record\(s\) not sent yet to http:\/\/metering\.test:7644.*ECONNREFUSED.*after 3 attempts.*stay in the spool/);
+    expect(first.warnings[0]).toMatch(/2 usage records not sent yet to http:\/\/metering\.test:7644.*ECONNREFUSED.*after 3 attempts.*stay in the spool/);
     expect(sleeps).toEqual([backoffDelay(1, 500, 10_000, () => 0.5), backoffDelay(2, 500, 10_000, () => 0.5)]);
     expect(await ids()).toEqual([event('b1').id, event('b2').id].sort());
 
@@ -183,7 +183,7 @@ describe('flushSpool', () => {
     expect(r).toMatchObject({ sent: 0, accepted: 0, rejected: [], pending: 3 });
     expect(r.warnings).toHaveLength(1);
     expect(r.warnings[0]).toMatch(
-      /3 usage record\(s\) not sent yet .*HTTP 429: Rate limit exceeded: at most 500 usage records per second.*after 3 attempts.*stay in the spool/
+      /3 usage records not sent yet .*HTTP 429: Rate limit exceeded: at most 500 usage records per second.*after 3 attempts.*stay in the spool/
     );
     expect(await ids()).toEqual([event('b1').id, event('b2').id, event('b3').id].sort());
     // The next flush (the post step, or the next job on the runner) sends them all.
@@ -320,7 +320,7 @@ describe('flushSpool', () => {
     });
     const r = await flushSpool(spool, opts());
     expect(r).toMatchObject({ sent: 1, accepted: 1, rejected: [], pending: 1 });
-    expect(r.warnings).toEqual([`Build Cloud metering: 1 record(s) stay in the spool for a job of their own project: ${reason}`]);
+    expect(r.warnings).toEqual([`Build Cloud metering: 1 record stays in the spool for a job of their own project: ${reason}`]);
     expect(await ids()).toEqual([other.id]);
   });
 

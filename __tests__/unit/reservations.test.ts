@@ -85,7 +85,7 @@ describe('reservation arithmetic', () => {
     expect(bal).toMatch(/^Org 'acme' has no build minutes left/);
     expect(bal).toContain('buildcloud admin bucket add --org acme --minutes N');
     expect(refusal('acme', { ok: false, limit: 'max_leases', maxLeases: 2, activeLeases: 2 })).toContain(
-      'limit of 2 concurrent lease(s) (2 active). Release a lease or wait for one to end, or raise the limit: buildcloud admin org set --org acme --max-leases N'
+      'limit of 2 concurrent leases (2 active). Release a lease or wait for one to end, or raise the limit: buildcloud admin org set --org acme --max-leases N'
     );
     expect(endMessage({ org: 'acme', endReason: 'bucket_exhausted', reservedSeconds: 60, billedSeconds: 60 })).toContain(
       'buildcloud admin bucket add --org acme --minutes N'

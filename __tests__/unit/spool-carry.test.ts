@@ -58,7 +58,7 @@ test('records pending but no cache service: a warning names them and where they 
   pending(2);
   await saveSpool(base);
   expect(saveToCache).not.toHaveBeenCalled();
-  expect(out.join('')).toMatch(/^::warning::Build Cloud metering: 2 usage record\(s\) are unsent and stay in /);
+  expect(out.join('')).toMatch(/^::warning::Build Cloud metering: 2 usage records are unsent and stay in /);
 });
 
 test('records pending and a cache service: saved with their count', async () => {
@@ -81,7 +81,7 @@ test('a cache service: restored records are counted in the log', async () => {
     return 'buildcloud-metering-spool-7-build-1-1';
   });
   await restoreSpool(base);
-  expect(out.join('')).toContain('Build Cloud: restored 1 unsent usage record(s) from an earlier job (buildcloud-metering-spool-7-build-1-1)');
+  expect(out.join('')).toContain('Build Cloud: restored 1 unsent usage record from an earlier job (buildcloud-metering-spool-7-build-1-1)');
 });
 
 test('a cache client that cannot load only warns', async () => {

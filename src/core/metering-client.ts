@@ -8,6 +8,11 @@ import type { MeteringSpool } from './metering-spool';
 import { backoffDelay } from './backoff';
 import { headerValue, httpRequest, type HttpReply, type HttpRequester } from './http-request';
 
+/** "1 record", "2 records": a count and its noun, plural unless exactly 1. */
+function records(n: number, noun = 'record'): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
 export type MeteringLogLevel = 'debug' | 'info' | 'warning';
 
 export interface FlushOptions {
@@ -104,11 +109,11 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
 
   const url = eventsUrl(String(opts.endpoint ?? ''));
   if (typeof url !== 'string') {
-    warn(`${url.error}; ${events.length} usage record(s) stay in the spool`);
+    warn(`${url.error}; ${records(events.length, 'usage record')} ${events.length === 1 ? 'stays' : 'stay'} in the spool`);
     return result;
   }
   if (!token) {
-    warn(`no token to send usage records with; ${events.length} record(s) stay in the spool`);
+    warn(`no token to send usage records with; ${records(events.length)} ${events.length === 1 ? 'stays' : 'stay'} in the spool`);
     return result;
   }
 
@@ -162,16 +167,16 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
     });
     result.sent += answered.length;
     if (deferred.length > 0) {
-      warn(`${deferred.length} record(s) stay in the spool for a job of their own project: ${deferred[0]}`);
+      warn(`${records(deferred.length)} ${deferred.length === 1 ? 'stays' : 'stay'} in the spool for a job of their own project: ${deferred[0]}`);
     } else if (answered.length < batch.length) {
-      warn(`the endpoint answered for ${answered.length} of ${batch.length} record(s); the rest stay in the spool`);
+      warn(`the endpoint answered for ${answered.length} of ${records(batch.length)}; the rest stay in the spool`);
     }
     try {
       await spool.ack(answered);
       result.pending -= answered.length;
     } catch (err) {
       // They will be sent again later and come back as duplicate: counted once all the same.
-      warn(`could not remove ${answered.length} answered record(s) from the spool: ${errorText(err)}`);
+      warn(`could not remove ${answered.length} answered ${answered.length === 1 ? 'record' : 'records'} from the spool: ${errorText(err)}`);
     }
   };
 
@@ -203,14 +208,14 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
         return `${out.why}; the endpoint asked to retry after ${Math.ceil(out.retryAfterMs / 1000)} s, past the flush deadline`;
       }
       const delay = Math.min(out.retryAfterMs ?? backoffDelay(attempt, o.baseDelayMs, o.maxDelayMs, o.random), left);
-      log('debug', `${out.why}; retrying ${batch.length} record(s) in ${delay} ms (attempt ${attempt + 1}/${o.attempts})`);
+      log('debug', `${out.why}; retrying ${records(batch.length)} in ${delay} ms (attempt ${attempt + 1}/${o.attempts})`);
       await o.sleep(delay);
     }
   };
 
   const stopped = (why: string) =>
     warn(
-      `${result.pending} usage record(s) not sent yet to ${displayUrl(url)}: ${why}. ` +
+      `${records(result.pending, 'usage record')} not sent yet to ${displayUrl(url)}: ${why}. ` +
         `They stay in the spool${spool.dir ? ` (${spool.dir})` : ''} and are sent by a later flush.`
     );
   try {
@@ -227,11 +232,13 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
   }
   for (const r of result.rejected.slice(0, MAX_REJECTION_WARNINGS)) warn(`record ${r.id} was rejected and dropped: ${r.reason}`);
   if (result.rejected.length > MAX_REJECTION_WARNINGS) {
-    warn(`${result.rejected.length - MAX_REJECTION_WARNINGS} more record(s) were rejected and dropped`);
+    warn(
+      `${records(result.rejected.length - MAX_REJECTION_WARNINGS, 'more record')} ${result.rejected.length - MAX_REJECTION_WARNINGS === 1 ? 'was' : 'were'} rejected and dropped`
+    );
   }
   log(
     'info',
-    `sent ${result.sent} usage record(s): ${result.accepted} accepted, ${result.duplicate} duplicate, ${result.rejected.length} rejected; ${result.pending} pending`
+    `sent ${records(result.sent, 'usage record')}: ${result.accepted} accepted, ${result.duplicate} duplicate, ${result.rejected.length} rejected; ${result.pending} pending`
   );
   return result;
 }

@@ -23,15 +23,17 @@ export async function restoreFromCache(base: string): Promise<string | null> {
 /** Saves `base` (holding `n` unsent records) under a key unique to this job and attempt. */
 export async function saveToCache(base: string, n: number): Promise<void> {
   if (!cache.isFeatureAvailable()) {
-    core.warning(`Build Cloud metering: ${n} usage record(s) are unsent and stay in ${base}; the Actions cache is not available to carry them to a later job.`);
+    core.warning(
+      `Build Cloud metering: ${n} usage record${n === 1 ? '' : 's'} ${n === 1 ? 'is' : 'are'} unsent and stay${n === 1 ? 's' : ''} in ${base}; the Actions cache is not available to carry them to a later job.`
+    );
     return;
   }
   try {
     // Caches are immutable per key: a unique key per job and attempt, found later by prefix.
     const key = `${PREFIX}${process.env.GITHUB_RUN_ID}-${process.env.GITHUB_JOB}-${process.env.GITHUB_RUN_ATTEMPT}-${Date.now()}`;
     await cache.saveCache([base], key);
-    core.info(`Build Cloud metering: ${n} unsent usage record(s) saved for a later job`);
+    core.info(`Build Cloud metering: ${n} unsent usage record${n === 1 ? '' : 's'} saved for a later job`);
   } catch (err) {
-    core.warning(`Build Cloud metering: could not save ${n} unsent usage record(s): ${(err as Error).message}`);
+    core.warning(`Build Cloud metering: could not save ${n} unsent usage record${n === 1 ? '' : 's'}: ${(err as Error).message}`);
   }
 }

@@ -42,7 +42,10 @@ export async function restoreSpool(base: string): Promise<void> {
   } catch (err) {
     core.warning(`Build Cloud metering: could not restore unsent usage records: ${(err as Error).message}`);
   }
-  if (hit) core.info(`Build Cloud: restored ${pendingFiles(base)} unsent usage record(s) from an earlier job (${hit})`);
+  if (hit) {
+    const n = pendingFiles(base);
+    core.info(`Build Cloud: restored ${n} unsent usage record${n === 1 ? '' : 's'} from an earlier job (${hit})`);
+  }
 }
 
 /** Saves the records still in `base` for a later job; loads the cache client only when there are some. Never throws. */
@@ -50,12 +53,14 @@ export async function saveSpool(base: string): Promise<void> {
   const n = pendingFiles(base);
   if (n === 0) return;
   if (!cacheServiceOffered()) {
-    core.warning(`Build Cloud metering: ${n} usage record(s) are unsent and stay in ${base}; the Actions cache is not available to carry them to a later job.`);
+    core.warning(
+      `Build Cloud metering: ${n} usage record${n === 1 ? '' : 's'} ${n === 1 ? 'is' : 'are'} unsent and stay${n === 1 ? 's' : ''} in ${base}; the Actions cache is not available to carry them to a later job.`
+    );
     return;
   }
   try {
     await cacheClient().saveToCache(base, n);
   } catch (err) {
-    core.warning(`Build Cloud metering: could not save ${n} unsent usage record(s): ${(err as Error).message}`);
+    core.warning(`Build Cloud metering: could not save ${n} unsent usage record${n === 1 ? '' : 's'}: ${(err as Error).message}`);
   }
 }

@@ -130,7 +130,7 @@ export class BuilderPool {
       const orgMax = this.orgMax.get(org);
       if (orgMax !== undefined && this.orgBuilders(org) >= orgMax) {
         throw exhausted(
-          `Org '${org}' is at its limit of ${orgMax} concurrent builder(s). Release a lease or wait for one to end, ` +
+          `Org '${org}' is at its limit of ${orgMax} concurrent builder${orgMax === 1 ? '' : 's'}. Release a lease or wait for one to end, ` +
             `or raise the limit: buildcloud admin org set --org ${org} --max-builders N`
         );
       }

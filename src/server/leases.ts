@@ -442,7 +442,7 @@ export function endMessage(row: Pick<LeaseRow, 'org' | 'endReason' | 'reservedSe
 export function refusal(org: string, r: Exclude<ReserveResult, { ok: true }>): string {
   if (r.limit === 'max_leases') {
     return (
-      `Org '${org}' is at its limit of ${r.maxLeases} concurrent lease(s) (${r.activeLeases} active). Release a lease or wait ` +
+      `Org '${org}' is at its limit of ${r.maxLeases} concurrent lease${r.maxLeases === 1 ? '' : 's'} (${r.activeLeases} active). Release a lease or wait ` +
       `for one to end, or raise the limit: buildcloud admin org set --org ${org} --max-leases N`
     );
   }
