@@ -408,6 +408,9 @@ describe('buildx paths at their command boundary', () => {
       `#!${process.execPath}
 const fs = require('fs');
 const a = process.argv.slice(2);
+// The builder's clock and build-cache records (build-dedup.ts): an empty builder, read the way docker prints them.
+if (a[0] === 'info') { process.stdout.write(JSON.stringify(new Date().toISOString()) + '\\n'); process.exit(0); }
+if (a[0] === 'system') { process.stdout.write('[]\\n'); process.exit(0); }
 fs.writeFileSync(${JSON.stringify(log)}, JSON.stringify(a));
 const m = a.indexOf('--metadata-file');
 fs.writeFileSync(a[m + 1], JSON.stringify({ 'containerimage.digest': 'sha256:${'d'.repeat(64)}', 'containerimage.config.digest': 'sha256:${'c'.repeat(64)}' }));
