@@ -259,3 +259,62 @@ describe('dotenvLines: values as GitLab reads them', () => {
     expect(() => dotenvLines({ 'BAD-KEY': 'v' })).toThrow('not a dotenv key: BAD-KEY');
   });
 });
+
+describe("the README recipe's control flow (a stub buildcloud; the e2e test runs it against serve)", () => {
+  /** The recipe with a second build step after the first, and `buildcloud` a stub that logs each command. */
+  function recipe(): string {
+    const readme = fs.readFileSync(path.join(__dirname, '../../README.md'), 'utf8');
+    const section = readme.split(/^## /m).find((s) => s.startsWith('Any other CI, or a shell'));
+    const block = /```sh\n([\s\S]*?)```/.exec(section ?? '');
+    if (!block) throw new Error('README.md: no ```sh block in "Any other CI, or a shell"');
+    const step = /^(\s*)buildcloud build .*$/m;
+    if (!step.test(block[1])) throw new Error(`the recipe has no buildcloud build line:\n${block[1]}`);
+    return block[1].replace(step, (line, indent: string) => `${line}\n${indent}echo second-step >> "$LOG"`);
+  }
+
+  function stubBin(): string {
+    const bin = fs.mkdtempSync(path.join(work, 'stub-'));
+    const script = [
+      '#!/bin/sh',
+      'echo "$1" >> "$LOG"',
+      'case "$1" in',
+      '  setup) [ -z "$SETUP_FAILS" ] || exit 2; echo \'export BC_STUB_SESSION=1\' ;;',
+      '  build) exit "${BUILD_EXIT:-0}" ;;',
+      "  report) echo 'unset BC_STUB_SESSION' ;;",
+      'esac'
+    ].join('\n');
+    fs.writeFileSync(path.join(bin, 'buildcloud'), script + '\n', { mode: 0o755 });
+    return bin;
+  }
+
+  const run = (argv: string[], extra: Record<string, string>, input?: string) => {
+    const bin = stubBin();
+    const log = path.join(bin, 'log');
+    const env = { PATH: `${bin}:${process.env.PATH}`, HOME: bin, LOG: log, ...extra };
+    const r =
+      input === undefined
+        ? spawnSync(argv[0], [...argv.slice(1), recipe()], { env, encoding: 'utf8' })
+        : spawnSync(argv[0], argv.slice(1), { env, input, encoding: 'utf8' });
+    return { status: r.status, stdout: r.stdout.trim(), log: fs.existsSync(log) ? fs.readFileSync(log, 'utf8').trim().split('\n') : [] };
+  };
+
+  test.each([
+    ['bash -e', ['bash', '-e', '-c']],
+    ['bash', ['bash', '-c']],
+    ['sh -e', ['sh', '-e', '-c']]
+  ])('a CI script (%s): a failed build step ends the steps, report still runs, the script fails', (_name, argv) => {
+    expect(run(argv, { BUILD_EXIT: '3' })).toEqual({ status: 1, stdout: '', log: ['setup', 'build', 'report'] });
+    expect(run(argv, {})).toEqual({ status: 0, stdout: '', log: ['setup', 'build', 'second-step', 'report'] });
+    // setup failing: no build, no report, and the script fails.
+    expect(run(argv, { SETUP_FAILS: '1' })).toEqual({ status: 1, stdout: '', log: ['setup'] });
+  });
+
+  test('an interactive shell (bash -i): a failed build leaves it open, restored, with $? = 1', () => {
+    const typed = `${recipe()}\necho "still here: $? \${BC_STUB_SESSION-unset}"\nexit 0\n`;
+    expect(run(['bash', '--norc', '--noprofile', '-i'], { BUILD_EXIT: '3' }, typed)).toEqual({
+      status: 0,
+      stdout: 'still here: 1 unset',
+      log: ['setup', 'build', 'report']
+    });
+  });
+});
