@@ -96,7 +96,7 @@ test("build --load: the image goes from the builder into the runner's own engine
   const b = cli(['build', '--json', '--context', ctx, '--tags', tag, '--load'], env);
   expect({ status: b.status, tail: b.stderr.slice(-1500) }).toMatchObject({ status: 0 });
   const out = lastJson(b.stdout);
-  expect(out.loaded).toBe('true');
+  expect(out.loaded).toBe(true); // build --json is typed (docs/schemas/cli-build.json)
   expect(out['image-id']).toMatch(/^sha256:[0-9a-f]{64}$/);
   expect(b.stderr).toContain(`Build Cloud: loading ${tag} from the builder into the runner's Docker engine at ${host}`);
   expect(b.stderr).toContain(`Loaded image: ${tag}`);
@@ -127,7 +127,7 @@ test('no engine answers on the runner: the step fails with one clear error, the 
 
   const b = cli(['build', '--json', '--context', ctx, '--tags', 'acme/load-test:none', '--load'], env);
   expect(b.status).toBe(1);
-  expect(lastJson(b.stdout)).toMatchObject({ loaded: 'false', 'image-id': expect.stringMatching(/^sha256:/) });
+  expect(lastJson(b.stdout)).toMatchObject({ loaded: false, 'image-id': expect.stringMatching(/^sha256:/) });
   const message = b.stderr.trim().split('\n').pop()!;
   expect(message).toMatch(
     new RegExp(
