@@ -172,7 +172,7 @@ describe('the GitHub Action, run the way the runner runs it', () => {
 
     const later = new Job('1004', 0, { home });
     const m = await later.main(inputs);
-    expect(m.stdout).toMatch(/sent 2 usage record\(s\) left by earlier jobs/);
+    expect(m.stdout).toMatch(/sent 2 usage records left by earlier jobs/);
     expect(fs.readdirSync(spool).filter((f) => f.endsWith('.json')).length).toBe(0);
     await later.post(inputs);
     expect((await usage()).builds.count).toBe(3);

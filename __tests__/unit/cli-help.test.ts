@@ -59,7 +59,7 @@ describe('buildcloud --help (dist/cli.js)', () => {
     ['report', ['BUILDCLOUD_CA_FILE', 'BUILDCLOUD_SESSION', 'BUILDCLOUD_DEBUG']],
     ['serve', ['BUILDCLOUD_DEBUG', 'BUILDCLOUD_STATE_DIR', 'BUILDCLOUD_LOG_LEVEL']],
     ['admin', ['BUILDCLOUD_DEBUG', 'BUILDCLOUD_STATE_DIR']],
-    ['usage', ['BUILDCLOUD_DEBUG', 'BUILDCLOUD_STATE_DIR', 'BUILDCLOUD_HTTP_ENDPOINT']]
+    ['usage', ['BUILDCLOUD_CA_FILE', 'BUILDCLOUD_DEBUG', 'BUILDCLOUD_STATE_DIR', 'BUILDCLOUD_HTTP_ENDPOINT']]
   ])('%s --help lists the variables it reads', (command, vars) => {
     const { stdout } = run('cli.js', [command, '--help']);
     const heading = ['setup', 'build'].includes(command)

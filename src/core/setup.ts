@@ -332,6 +332,6 @@ export async function sendLeftovers(session: Pick<Session, 'spoolDir' | 'meterin
   const spool = new MeteringSpool(session.spoolDir);
   if ((await spool.pending()).length === 0) return;
   const r = await flushSpool(spool, { endpoint: session.meteringUrl, token: session.token, deadlineMs: 10_000 });
-  if (r.sent) log.info(`Build Cloud: sent ${r.sent} usage record(s) left by earlier jobs`);
+  if (r.sent) log.info(`Build Cloud: sent ${r.sent} usage record${r.sent === 1 ? '' : 's'} left by earlier jobs`);
   for (const w of r.warnings) log.warn(w);
 }
