@@ -38,7 +38,11 @@ export const ENV_VARS: EnvVarDef[] = [
     commands: ['setup'],
     description: 'identity outside the three CIs: jobs with the same pipeline id share one builder'
   },
-  { name: 'BUILDCLOUD_CA_FILE', commands: ['setup', 'report', 'usage'], description: "PEM file of the control plane's private CA, trusted besides the system's" },
+  {
+    name: 'BUILDCLOUD_CA_FILE',
+    commands: ['setup', 'report', 'usage'],
+    description: "PEM file of the control plane's private CA, trusted besides the system's"
+  },
   { name: 'BUILDCLOUD_DOCKER', commands: ['setup', 'build'], description: 'path of the docker client to use (default: the first usable one on PATH)' },
   {
     name: 'BUILDCLOUD_SPOOL_DIR',
