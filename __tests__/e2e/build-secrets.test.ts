@@ -173,7 +173,8 @@ test('an invalid secrets entry fails before anything runs, naming the entry, not
   const { env } = setup('job-bad');
   const b = cli(['build', '--context', ctx], { ...env, BUILDCLOUD_SECRETS: `token=${SECRET_LINES[0]}\n${SECRET_LINES[1]}` });
   expect(b.status).toBe(1);
-  expect(b.stderr.trim().split('\n').pop()).toMatch(/^buildcloud: Invalid input 'secrets': entry 2 \(line 2\) is not ID=VALUE/);
+  // Named as the user gave it (the variable), never with the value.
+  expect(b.stderr.trim().split('\n').pop()).toMatch(/^buildcloud: Invalid BUILDCLOUD_SECRETS: entry 2 \(line 2\) is not ID=VALUE/);
   expect(holdsAnyLine(b.stdout + b.stderr)).toBe(false);
   expect(cli(['report'], env).status).toBe(0);
 });
