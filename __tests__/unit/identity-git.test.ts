@@ -272,3 +272,21 @@ describe('identityFromEnv: a local run from git', () => {
     expect(id.sources).toBeUndefined();
   });
 });
+
+test('gitFactsForLocalRun starts no git outside a checkout (nothing to read there)', async () => {
+  const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-nogit-'));
+  try {
+    const calls: string[][] = [];
+    const run = async (args: string[]) => {
+      calls.push(args);
+      return '';
+    };
+    expect(await gitFactsForLocalRun({ PATH: process.env.PATH }, { cwd: outside, run })).toBeNull();
+    expect(calls).toEqual([]);
+    // With GIT_DIR set, git is asked (it may point anywhere).
+    await gitFactsForLocalRun({ PATH: process.env.PATH, GIT_DIR: '/elsewhere/.git' }, { cwd: outside, run });
+    expect(calls.length).toBeGreaterThan(0);
+  } finally {
+    fs.rmSync(outside, { recursive: true, force: true });
+  }
+});

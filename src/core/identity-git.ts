@@ -227,5 +227,9 @@ const LOCAL_FIELDS = ['BUILDCLOUD_PROJECT', 'BUILDCLOUD_BRANCH', 'BUILDCLOUD_DEF
 export async function gitFactsForLocalRun(env: NodeJS.ProcessEnv, o: Partial<GitFactOptions> = {}): Promise<GitFacts | null> {
   if (detectProvider(env) !== 'local') return null;
   if (LOCAL_FIELDS.every((name) => (env[name] ?? '').trim())) return null;
-  return readGitFacts({ cwd: o.cwd ?? process.cwd(), env, ...o });
+  const cwd = o.cwd ?? process.cwd();
+  // Outside any checkout (no .git here or above, no GIT_DIR) there is nothing git could say: no process is started,
+  // which keeps a job's start-up from paying for four git spawns (issue 10's first-request budget).
+  if (!findGitDir(cwd) && !env.GIT_DIR) return null;
+  return readGitFacts({ cwd, env, ...o });
 }
