@@ -5,9 +5,8 @@ import { spawnSync } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
-import { Pki } from '../../src/server/pki';
 import { ApiClient, ControlPlaneError } from '../../src/core/api-client';
-import { adminSetup, startServer, type ServerProcess } from '../helpers/server';
+import { startTlsServer, type ServerProcess } from '../helpers/server';
 
 let server: ServerProcess;
 let token: string;
@@ -15,23 +14,7 @@ let caFile: string;
 
 beforeAll(async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-tls-'));
-  const pki = await Pki.loadOrCreate(path.join(dir, 'operator-ca'));
-  const cert = await pki.issueServer(['127.0.0.1', 'localhost']);
-  fs.writeFileSync(path.join(dir, 'server.pem'), cert.certPem);
-  fs.writeFileSync(path.join(dir, 'server-key.pem'), cert.keyPem, { mode: 0o600 });
-  caFile = path.join(dir, 'ca.pem');
-  fs.writeFileSync(caFile, pki.caPem);
-  server = await startServer([
-    '--tls-cert',
-    path.join(dir, 'server.pem'),
-    '--tls-key',
-    path.join(dir, 'server-key.pem'),
-    '--warm-pool',
-    '0',
-    '--driver',
-    'none'
-  ]);
-  token = adminSetup(server.stateDir, 'acme', 10);
+  ({ server, token, caFile } = await startTlsServer(dir));
 });
 
 afterAll(async () => {

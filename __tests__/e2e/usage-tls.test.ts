@@ -5,8 +5,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { Pki } from '../../src/server/pki';
-import { adminSetup, cli, startServer, type ServerProcess } from '../helpers/server';
+import { cli, startTlsServer, type ServerProcess } from '../helpers/server';
 
 let server: ServerProcess;
 let token: string;
@@ -16,24 +15,7 @@ let otherDir: string;
 beforeAll(async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-usage-tls-'));
   otherDir = path.join(dir, 'empty-state');
-  const pki = await Pki.loadOrCreate(path.join(dir, 'operator-ca'));
-  const cert = await pki.issueServer(['127.0.0.1', 'localhost']);
-  // The server certificate followed by its CA, as operators usually give a chain.
-  fs.writeFileSync(path.join(dir, 'server.pem'), `${cert.certPem.trimEnd()}\n${pki.caPem}`);
-  fs.writeFileSync(path.join(dir, 'server-key.pem'), cert.keyPem, { mode: 0o600 });
-  caFile = path.join(dir, 'ca.pem');
-  fs.writeFileSync(caFile, pki.caPem);
-  server = await startServer([
-    '--tls-cert',
-    path.join(dir, 'server.pem'),
-    '--tls-key',
-    path.join(dir, 'server-key.pem'),
-    '--warm-pool',
-    '0',
-    '--driver',
-    'none'
-  ]);
-  token = adminSetup(server.stateDir, 'acme', 10);
+  ({ server, token, caFile } = await startTlsServer(dir, { chain: true }));
 });
 
 afterAll(async () => {

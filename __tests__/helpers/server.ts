@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import { services, type LeaseMsg } from '../../src/contract/grpc';
+import { Pki } from '../../src/server/pki';
 
 import { createOrgWithToken, runCli, startServe, type ServeProcess } from '../../harness/control-plane';
 import { ROOT } from '../../harness/github-runner';
@@ -150,4 +151,29 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | null | unde
     await new Promise((r) => setTimeout(r, everyMs));
   }
   throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+/**
+ * `serve --tls-cert --tls-key` with a certificate of an operator's own CA (a Pki made under `dir`), for 127.0.0.1 and
+ * localhost, no builders: the server, an org-token of 'acme' (10 minutes) and the CA's PEM file. `chain`: the cert
+ * file also holds the CA after the server cert, as operators often give it.
+ */
+export async function startTlsServer(dir: string, o: { chain?: boolean } = {}): Promise<{ server: ServerProcess; token: string; caFile: string }> {
+  const pki = await Pki.loadOrCreate(path.join(dir, 'operator-ca'));
+  const cert = await pki.issueServer(['127.0.0.1', 'localhost']);
+  fs.writeFileSync(path.join(dir, 'server.pem'), o.chain ? `${cert.certPem.trimEnd()}\n${pki.caPem}` : cert.certPem);
+  fs.writeFileSync(path.join(dir, 'server-key.pem'), cert.keyPem, { mode: 0o600 });
+  const caFile = path.join(dir, 'ca.pem');
+  fs.writeFileSync(caFile, pki.caPem);
+  const server = await startServer([
+    '--tls-cert',
+    path.join(dir, 'server.pem'),
+    '--tls-key',
+    path.join(dir, 'server-key.pem'),
+    '--warm-pool',
+    '0',
+    '--driver',
+    'none'
+  ]);
+  return { server, token: adminSetup(server.stateDir, 'acme', 10), caFile };
 }
