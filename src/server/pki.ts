@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import { isIP } from 'node:net';
 import * as path from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { LeaseKeyPool } from './key-pool';
 import { LeaseCertIssuer } from './lease-cert';
 
 // @peculiar/x509 types its provider with the DOM's Crypto, which this Node-only project has no lib for.
@@ -70,6 +71,8 @@ export class Pki {
   private readonly caKey: CryptoKey;
 
   private leaseCerts: Promise<LeaseCertIssuer> | null = null;
+  // Lease key pairs made ahead on a worker thread: a provision takes one instead of making it (key-pool.ts).
+  private readonly leaseKeys = new LeaseKeyPool();
 
   private constructor(caPem: string, caKey: CryptoKey) {
     this.caPem = caPem;
@@ -87,13 +90,26 @@ export class Pki {
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth], false),
         await x509.AuthorityKeyIdentifierExtension.create(this.caCert.publicKey)
       ];
-      return new LeaseCertIssuer({
-        issuerDer: Buffer.from(this.caCert.subjectName.toArrayBuffer()),
-        caKey: KeyObject.from(this.caKey),
-        extensionsDer: fixed.map((e) => Buffer.from(e.rawData))
-      });
+      return new LeaseCertIssuer(
+        {
+          issuerDer: Buffer.from(this.caCert.subjectName.toArrayBuffer()),
+          caKey: KeyObject.from(this.caKey),
+          extensionsDer: fixed.map((e) => Buffer.from(e.rawData))
+        },
+        () => this.leaseKeys.take()
+      );
     })();
     return this.leaseCerts;
+  }
+
+  /** Starts making lease key pairs ahead (serve calls it once it listens). */
+  warm(): void {
+    this.leaseKeys.warm();
+  }
+
+  /** Stops the key worker; lease certs cannot be issued after. */
+  close(): Promise<void> {
+    return this.leaseKeys.close();
   }
 
   // Reuses the CA in `dir` if there is one, so certs issued before a restart stay valid.

@@ -74,6 +74,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     const store = openSqliteStore(storeFile(config.stateDir));
     cleanups.push(() => store.close());
     const pki = await Pki.loadOrCreate(path.join(config.stateDir, 'pki'));
+    pki.warm();
+    cleanups.push(() => pki.close());
     const signingKey = await loadOrCreateSigningKey(path.join(config.stateDir, 'keys'));
     const fingerprintSecret = await loadOrCreateFingerprintSecret(path.join(config.stateDir, 'keys'));
     const adminToken = await loadOrCreateAdminToken(config.stateDir);
