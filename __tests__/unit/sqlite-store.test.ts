@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { migrate, openSqliteStore, SCHEMA_VERSION, SqliteStore } from '../../src/server/store/sqlite';
+import { migrate, MIGRATIONS, openSqliteStore, SCHEMA_VERSION, SqliteStore } from '../../src/server/store/sqlite';
 import { LeaseRow, StoreConflict } from '../../src/server/store/store';
 
 let dir: string;
@@ -283,5 +283,75 @@ describe('group commit', () => {
     await s.close();
     await expect(pending).resolves.toBe('inserted');
     await expect(s.insertUsageRecord({ id: 'r2', org: 'acme', type: 't', time: 1, receivedAt: 1, leaseId: 'l1', data: {} })).rejects.toThrow(/closed/);
+  });
+});
+
+describe('org ledger (migration 7): running totals kept by triggers', () => {
+  // What the ledger replaces: the sums over every lease of the org.
+  const sums = (db: Database.Database, org: string) =>
+    db
+      .prepare(
+        `SELECT COALESCE(SUM(ended_at IS NULL), 0) AS n, COALESCE(SUM(CASE WHEN ended_at IS NULL THEN reserved_seconds ELSE 0 END), 0) AS s,
+           COALESCE(SUM(CASE WHEN ended_at IS NULL THEN 0 ELSE COALESCE(billed_seconds, 0) END), 0) AS b FROM leases WHERE org = ?`
+      )
+      .get(org);
+  const ledger = (db: Database.Database, org: string) =>
+    db.prepare('SELECT active_leases AS n, reserved_seconds AS s, billed_seconds AS b FROM org_ledger WHERE org = ?').get(org) ?? { n: 0, s: 0, b: 0 };
+
+  test('equal to the sums over the leases after random reserves, extensions, ends and a delete, per org', async () => {
+    const s = open();
+    await s.addBucket('acme', 1_000_000, '', 1);
+    await s.addBucket('beta', 1_000_000, '', 1);
+    let seed = 42;
+    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), Math.floor(seed / 65536) % n); // high bits
+    const live: Array<{ id: string; org: string }> = [];
+    for (let i = 0; i < 300; i++) {
+      const op = rnd(3);
+      if (op === 0 || live.length === 0) {
+        const org = rnd(2) ? 'acme' : 'beta';
+        const id = `l${i}`;
+        const r = await s.reserveLease(lease({ id, org, certFingerprint: id.padEnd(64, '0') }), { minSeconds: 60, chunkSeconds: 60 + rnd(600) });
+        expect(r.ok).toBe(true);
+        live.push({ id, org });
+      } else if (op === 1) {
+        await s.extendReservation(live[rnd(live.length)].id, 1 + rnd(900));
+      } else {
+        const [l] = live.splice(rnd(live.length), 1);
+        await s.endLease(l.id, 5000 + i, 'released', rnd(2000));
+      }
+      if (i % 50 === 0) for (const org of ['acme', 'beta']) expect(ledger(s.db, org)).toEqual(sums(s.db, org));
+    }
+    s.db.prepare('DELETE FROM leases WHERE id IN (SELECT id FROM leases ORDER BY id LIMIT 7)').run();
+    for (const org of ['acme', 'beta', 'nobody']) expect(ledger(s.db, org)).toEqual(sums(s.db, org));
+    // Both kinds are there to count: active leases and billed ended ones.
+    expect((sums(s.db, 'acme') as { n: number }).n + (sums(s.db, 'beta') as { n: number }).n).toBeGreaterThan(0);
+    expect((sums(s.db, 'acme') as { b: number }).b).toBeGreaterThan(0);
+    // What the store answers from it.
+    expect(await s.billedSeconds('acme')).toBe((sums(s.db, 'acme') as { b: number }).b);
+    expect(await s.reservedSeconds('beta')).toBe((sums(s.db, 'beta') as { s: number }).s);
+  });
+
+  test('a database of schema 6 with leases is brought forward with its totals', async () => {
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(join(dir, 'state'), { recursive: true });
+    const db = new Database(file);
+    db.exec('BEGIN');
+    for (const m of MIGRATIONS.slice(0, 6)) db.exec(m);
+    db.pragma('user_version = 6');
+    db.exec('COMMIT');
+    const ins = db.prepare(
+      `INSERT INTO leases (id, org, pipeline_key, job_id, scope, platforms, builder_ids, identity, actor, cert_fingerprint, registry_user,
+         registry_password_hash, created_at, last_active_at, ended_at, end_reason, billed_seconds, reserved_seconds)
+       VALUES (?, ?, 'p', 'j', 'pipeline', '[]', '[]', '{}', '', ?, ?, '', 1, 1, ?, ?, ?, ?)`
+    );
+    ins.run('a1', 'acme', 'f1', 'a1', null, null, null, 600);
+    ins.run('a2', 'acme', 'f2', 'a2', 50, 'released', 42, 600);
+    ins.run('a3', 'acme', 'f3', 'a3', 60, 'idle', null, 300);
+    ins.run('b1', 'beta', 'f4', 'b1', null, null, null, 120);
+    db.close();
+    const s = open();
+    expect(s.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(ledger(s.db, 'acme')).toEqual({ n: 1, s: 600, b: 42 });
+    expect(ledger(s.db, 'beta')).toEqual({ n: 1, s: 120, b: 0 });
   });
 });

@@ -133,6 +133,45 @@ export const MIGRATIONS: string[] = [
   `
   UPDATE usage_records SET data = json_set(data, '$.deduplicated_steps', 0)
     WHERE type = 'dev.buildcloud.build.completed' AND json_type(data, '$.deduplicated_steps') IS NULL;
+  `,
+  // 7: each org's running totals of its leases, kept by triggers in the same transaction as every lease write, so
+  // that a provision reads its org's book in one row instead of summing every lease the org ever had (issue 13:
+  // with a few thousand leases, those sums were the largest single cost of a provision, and they grow with
+  // history). Triggers, not code: whatever writes the leases table (this process, the admin CLI, a later
+  // version) keeps the totals true. A lease counts as active (ended_at NULL: its count and reserved seconds) or
+  // ended (its billed seconds), never both.
+  `
+  CREATE TABLE org_ledger (
+    org TEXT PRIMARY KEY, active_leases INTEGER NOT NULL, reserved_seconds INTEGER NOT NULL,
+    billed_seconds INTEGER NOT NULL);
+  INSERT INTO org_ledger (org, active_leases, reserved_seconds, billed_seconds)
+    SELECT org, SUM(ended_at IS NULL), SUM(CASE WHEN ended_at IS NULL THEN reserved_seconds ELSE 0 END),
+      SUM(CASE WHEN ended_at IS NULL THEN 0 ELSE COALESCE(billed_seconds, 0) END)
+    FROM leases GROUP BY org;
+  CREATE TRIGGER org_ledger_insert AFTER INSERT ON leases BEGIN
+    INSERT INTO org_ledger (org, active_leases, reserved_seconds, billed_seconds)
+      VALUES (NEW.org, NEW.ended_at IS NULL, CASE WHEN NEW.ended_at IS NULL THEN NEW.reserved_seconds ELSE 0 END,
+        CASE WHEN NEW.ended_at IS NULL THEN 0 ELSE COALESCE(NEW.billed_seconds, 0) END)
+      ON CONFLICT (org) DO UPDATE SET active_leases = active_leases + excluded.active_leases,
+        reserved_seconds = reserved_seconds + excluded.reserved_seconds, billed_seconds = billed_seconds + excluded.billed_seconds;
+  END;
+  CREATE TRIGGER org_ledger_delete AFTER DELETE ON leases BEGIN
+    UPDATE org_ledger SET active_leases = active_leases - (OLD.ended_at IS NULL),
+      reserved_seconds = reserved_seconds - CASE WHEN OLD.ended_at IS NULL THEN OLD.reserved_seconds ELSE 0 END,
+      billed_seconds = billed_seconds - CASE WHEN OLD.ended_at IS NULL THEN 0 ELSE COALESCE(OLD.billed_seconds, 0) END
+      WHERE org = OLD.org;
+  END;
+  CREATE TRIGGER org_ledger_update AFTER UPDATE OF org, ended_at, reserved_seconds, billed_seconds ON leases BEGIN
+    UPDATE org_ledger SET active_leases = active_leases - (OLD.ended_at IS NULL),
+      reserved_seconds = reserved_seconds - CASE WHEN OLD.ended_at IS NULL THEN OLD.reserved_seconds ELSE 0 END,
+      billed_seconds = billed_seconds - CASE WHEN OLD.ended_at IS NULL THEN 0 ELSE COALESCE(OLD.billed_seconds, 0) END
+      WHERE org = OLD.org;
+    INSERT INTO org_ledger (org, active_leases, reserved_seconds, billed_seconds)
+      VALUES (NEW.org, NEW.ended_at IS NULL, CASE WHEN NEW.ended_at IS NULL THEN NEW.reserved_seconds ELSE 0 END,
+        CASE WHEN NEW.ended_at IS NULL THEN 0 ELSE COALESCE(NEW.billed_seconds, 0) END)
+      ON CONFLICT (org) DO UPDATE SET active_leases = active_leases + excluded.active_leases,
+        reserved_seconds = reserved_seconds + excluded.reserved_seconds, billed_seconds = billed_seconds + excluded.billed_seconds;
+  END;
   `
 ];
 
@@ -317,8 +356,8 @@ export class SqliteStore implements Store {
         ON CONFLICT (org) DO UPDATE SET max_builders = excluded.max_builders, max_leases = excluded.max_leases,
           overdraft_seconds = excluded.overdraft_seconds, protected_branches = excluded.protected_branches,
           updated_at = excluded.updated_at`),
-      billedAll: db.prepare('SELECT COALESCE(SUM(billed_seconds), 0) AS s FROM leases WHERE org = ? AND ended_at IS NOT NULL'),
-      reservedActive: db.prepare('SELECT COALESCE(SUM(reserved_seconds), 0) AS s, COUNT(*) AS n FROM leases WHERE org = ? AND ended_at IS NULL'),
+      // One row per org, kept by triggers (migration 7); no row: no lease yet.
+      ledger: db.prepare('SELECT active_leases AS n, reserved_seconds AS s, billed_seconds AS b FROM org_ledger WHERE org = ?'),
       leaseOrg: db.prepare('SELECT org, reserved_seconds FROM leases WHERE id = ? AND ended_at IS NULL'),
       addReservation: db.prepare('UPDATE leases SET reserved_seconds = reserved_seconds + ? WHERE id = ? AND ended_at IS NULL'),
       setBuilders: db.prepare('UPDATE leases SET builder_ids = ? WHERE id = ?'),
@@ -407,14 +446,19 @@ export class SqliteStore implements Store {
   // The org's book inside a transaction: buckets, overdraft, billed, and what its active leases hold.
   private bookSync(org: string) {
     const limits = this.getOrgLimitsSync(org);
-    const active = this.st.reservedActive.get(org) as { s: number; n: number };
+    const ledger = this.ledgerSync(org);
     const book = {
       boughtSeconds: (this.st.bucketSeconds.get(org) as { s: number }).s,
       overdraftSeconds: limits.overdraftSeconds,
-      billedSeconds: (this.st.billedAll.get(org) as { s: number }).s,
-      reservedSeconds: active.s
+      billedSeconds: ledger.b,
+      reservedSeconds: ledger.s
     };
-    return { limits, book, activeLeases: active.n, unreserved: unreservedSeconds(book) };
+    return { limits, book, activeLeases: ledger.n, unreserved: unreservedSeconds(book) };
+  }
+
+  // The org's running lease totals (migration 7): active leases, their reserved seconds, ended leases' billed seconds.
+  private ledgerSync(org: string): { n: number; s: number; b: number } {
+    return (this.st.ledger.get(org) as { n: number; s: number; b: number } | undefined) ?? { n: 0, s: 0, b: 0 };
   }
 
   /**
@@ -519,7 +563,7 @@ export class SqliteStore implements Store {
   }
 
   async reservedSeconds(org: string): Promise<number> {
-    return (this.st.reservedActive.get(org) as { s: number }).s;
+    return this.ledgerSync(org).s;
   }
 
   async addTrust(row: Omit<TrustRow, 'id'>): Promise<TrustRow> {
@@ -580,6 +624,7 @@ export class SqliteStore implements Store {
   }
 
   async billedSeconds(org: string, sinceMs?: number): Promise<number> {
+    if (sinceMs === undefined) return this.ledgerSync(org).b;
     return (this.st.billedSince.get(org, sinceMs ?? Number.MIN_SAFE_INTEGER) as { s: number }).s;
   }
 
