@@ -13,7 +13,7 @@
 // Ratios within one run are what to compare; absolute figures drift with whatever else runs on these machines.
 // Env: BENCH_PROVISIONS (1000), BENCH_CONCURRENCY (50), BENCH_RECORDS (20000), BENCH_CONTEXT_MB (200),
 // BENCH_CONTEXT_ROUNDS (3), BENCH_SKIP (comma list of: null, dockerd, ingest, context).
-import { execFileSync, spawnSync } from 'child_process';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -48,6 +48,16 @@ function rssMb(pid: number): number {
   return m ? round(Number(m[1]) / 1024) : NaN;
 }
 
+/** CPU time a process has used so far, ms (utime + stime of /proc/<pid>/stat, in clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = fs
+    .readFileSync(`/proc/${pid}/stat`, 'utf8')
+    .replace(/^.*\) /, '')
+    .split(' ');
+  // After the command name: field 3 is state, so utime (14) and stime (15) are at indexes 11 and 12.
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
 /** Runs `n` calls of `fn`, at most `concurrency` at once; returns each call's latency (ms) and the wall time. */
 async function pool<T>(n: number, concurrency: number, fn: (i: number) => Promise<T>): Promise<{ latencies: number[]; wallMs: number; results: T[] }> {
   const latencies: number[] = new Array(n);
@@ -68,7 +78,22 @@ async function pool<T>(n: number, concurrency: number, fn: (i: number) => Promis
   return { latencies, wallMs: performance.now() - t0, results };
 }
 
+/** Mean of serve's provision latency histogram (seconds), from its Prometheus text at /metrics. */
+async function serverProvisionSeconds(http: string): Promise<number> {
+  const text = await (await fetch(`${http}/metrics`)).text();
+  let sum = 0;
+  let count = 0;
+  for (const m of text.matchAll(/^buildcloud_provision_latency_seconds_(sum|count)\{[^}]*\} (\S+)$/gm)) {
+    if (m[1] === 'sum') sum += Number(m[2]);
+    else count += Number(m[2]);
+  }
+  return count ? sum / count : NaN;
+}
+
 interface ProvisionFigures {
+  serverMeanMs: number;
+  serverCpuMsPerProvision: number;
+  clientCpuMsPerProvision: number;
   provisions: number;
   concurrency: number;
   provisionsPerSecond: number;
@@ -88,10 +113,14 @@ async function provisionFigures(server: ServerProcess, token: string, label: str
     // One provision first: the pipeline's builder exists before the timed requests (they all share it).
     const first = await c.provision({ pipelineKey: `bench/${label}`, jobId: 'warmup' });
     const rssBefore = rssMb(server.info.pid);
+    const cpu0 = { server: cpuMs(server.info.pid), bench: process.cpuUsage() };
     const p = await pool(PROVISIONS, CONCURRENCY, (i) => c.provision({ pipelineKey: `bench/${label}`, jobId: `j${i}` }));
     const builders = new Set(p.results.map((l) => l.builders[0]?.builderId));
     if (builders.size !== 1 || !builders.has(first.builders[0]?.builderId)) throw new Error(`expected one shared builder, got ${builders.size}`);
+    const serverCpu = cpuMs(server.info.pid) - cpu0.server;
+    const benchCpu = process.cpuUsage(cpu0.bench);
     const rss = rssMb(server.info.pid);
+    const serverSide = await serverProvisionSeconds(server.info.http);
     const r = await pool(PROVISIONS, CONCURRENCY, (i) => c.release(p.results[i].id));
     await c.release(first.id);
     return {
@@ -100,6 +129,12 @@ async function provisionFigures(server: ServerProcess, token: string, label: str
       provisionsPerSecond: round(PROVISIONS / (p.wallMs / 1000)),
       provisionP50Ms: round(median(p.latencies)),
       provisionP99Ms: round(percentile(p.latencies, 99)),
+      // The control plane's own time per provision (its buildcloud_provision_latency_seconds histogram, sum over
+      // count, the warm-up included): what is left of the client's latency is queueing, gRPC and the client.
+      serverMeanMs: round(serverSide * 1000),
+      // CPU per provision (all threads): the control plane's, and this bench client's (gRPC on the same two cores).
+      serverCpuMsPerProvision: round(serverCpu / PROVISIONS, 2),
+      clientCpuMsPerProvision: round((benchCpu.user + benchCpu.system) / 1000 / PROVISIONS, 2),
       rssBeforeMb: rssBefore,
       rssWithLeasesOpenMb: rss,
       releasesPerSecond: round(PROVISIONS / (r.wallMs / 1000)),
@@ -133,17 +168,42 @@ function buildEvent(org: string, leaseId: string, n: number): object {
   };
 }
 
-/** Worst and p99 latency of back-to-back GET /healthz until `until` settles. */
+// The /healthz poller runs in a process of its own: the bench's own event loop (serialising 250 kB bodies, parsing
+// the replies) would otherwise be timed as the server's. It polls back to back over one keep-alive connection
+// until its stdin closes, then prints its latencies (ms) as JSON.
+const HEALTHZ_POLLER = `
+const http = require('node:http');
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const times = [];
+let done = false;
+process.stdin.on('end', () => (done = true)).resume();
+(function next() {
+  if (done) return process.stdout.write(JSON.stringify(times));
+  const t = performance.now();
+  http.get(process.argv[1], { agent }, (res) => {
+    res.resume().on('end', () => { times.push(performance.now() - t); next(); });
+  }).on('error', (e) => { process.stderr.write(String(e)); process.exit(1); });
+})();
+`;
+
+/** The server's longest event-loop stall since the previous call, ms (prom-client's nodejs_eventloop_lag_max_seconds,
+ * which it resets at each scrape of /metrics). */
+async function serverLagMaxMs(http: string): Promise<number> {
+  const text = await (await fetch(`${http}/metrics`)).text();
+  const m = /^nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(text);
+  return m ? round(Number(m[1]) * 1000) : NaN;
+}
+
+/** Worst and p99 latency of back-to-back GET /healthz (from a process of its own) until `until` settles. */
 async function healthzWhile(http: string, until: Promise<unknown>): Promise<{ worstMs: number; p99Ms: number; samples: number }> {
-  let done = false;
-  void until.finally(() => (done = true));
-  const times: number[] = [];
-  while (!done) {
-    const t = performance.now();
-    const res = await fetch(`${http}/healthz`);
-    await res.arrayBuffer();
-    times.push(performance.now() - t);
-  }
+  const child = spawn(process.execPath, ['-e', HEALTHZ_POLLER, `${http}/healthz`], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d));
+  const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+  await until.catch(() => undefined);
+  child.stdin.end();
+  if ((await exited) !== 0) throw new Error('the /healthz poller failed');
+  const times = JSON.parse(out) as number[];
   return { worstMs: round(Math.max(...times)), p99Ms: round(percentile(times, 99)), samples: times.length };
 }
 
@@ -171,6 +231,7 @@ async function ingestFigures(server: ServerProcess, token: string, org: string):
     let accepted = 0;
     let duplicate = 0;
     let other = 0;
+    await serverLagMaxMs(server.info.http); // resets the server's lag maximum: what follows is the ingest's
     const send = pool(batches.length, 4, async (i) => {
       const res = await fetch(`${server.info.http}/v1/events`, {
         method: 'POST',
@@ -185,6 +246,7 @@ async function ingestFigures(server: ServerProcess, token: string, org: string):
       other += r.rejected + r.deferred;
     });
     const [healthz, sent] = await Promise.all([healthzWhile(server.info.http, send), send]);
+    const lagMax = await serverLagMaxMs(server.info.http);
     return {
       records: total,
       batch: BATCH,
@@ -194,7 +256,9 @@ async function ingestFigures(server: ServerProcess, token: string, org: string):
       duplicate,
       duplicatesSent: dupes,
       duplicatesExact: duplicate === dupes && accepted === unique && other === 0,
-      healthzDuringIngest: healthz
+      healthzDuringIngest: healthz,
+      // The server's own longest event-loop stall during the ingest (its monitorEventLoopDelay, 10 ms resolution).
+      serverEventLoopMaxStallMs: lagMax
     };
   } finally {
     for (const l of leases) await c.release(l.id).catch(() => undefined);
