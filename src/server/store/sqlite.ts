@@ -282,7 +282,7 @@ export function migrate(db: Database.Database): number {
 }
 
 // Rows one group transaction writes at most (each write counts its rows; one write is never split).
-const MAX_FLUSH_WEIGHT = 250;
+const MAX_FLUSH_WEIGHT = 100;
 
 interface QueuedWrite {
   run: () => unknown;
