@@ -56,6 +56,11 @@ export interface RegistryProxyOptions {
   port?: number; // default 0: any free port
   log?: Logger;
   orgPrefix?: (org: string) => string; // default orgRepoPrefix
+  // Org-cache storage (cache-gc.ts): may refuse a write (the org's quota) or hold it (a collection under way).
+  writeGate?: {
+    enter(org: string, method: string, name: string, tail: string): Promise<string | null>;
+    leave(org: string, method: string, tail: string, status: number): void;
+  };
 }
 
 // Repository name as distribution accepts it. Every alternative is anchored by a mandatory alphanumeric run, so
@@ -259,6 +264,12 @@ export class RegistryProxy {
     const scope = principal.scope;
     const denial = scope ? leaseDenial(scope, req.method ?? '', name, m[2], this.address ? this.host : '') : null;
     if (denial) return sendError(res, 403, 'DENIED', denial);
+    const gate = this.opts.writeGate;
+    if (gate && req.method !== 'GET' && req.method !== 'HEAD') {
+      const refused = await gate.enter(principal.org, req.method ?? '', name, m[2]);
+      if (refused) return sendError(res, 403, 'DENIED', refused);
+      res.once('close', () => gate.leave(principal.org, req.method ?? '', m[2], res.statusCode));
+    }
     // A cross-repository mount reads the blob from `from`: only from a repository the caller may read (its org's;
     // a lease's own import repositories). Otherwise drop the mount and the registry starts an ordinary upload
     // (202), which clients handle like a failed mount: docker offers mounts from wherever it pulled a layer.
