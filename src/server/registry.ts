@@ -46,7 +46,8 @@ function registryConfig(dataDir: string, socketPath: string): object {
     log: { level: 'info', formatter: 'text', accesslog: { disabled: true } },
     storage: {
       filesystem: { rootdirectory: dataDir },
-      cache: { blobdescriptor: 'inmemory' },
+      // No blob descriptor cache: the control plane's own GC (cache-gc.ts) deletes blobs while the registry serves,
+      // and a cached descriptor would let a push skip a layer that is gone.
       // Deletes stay off: cache entries are overwritten by tag, never removed by clients.
       delete: { enabled: false },
       // Uploads a client began and never finished (a cancelled job's push) leave directories under _uploads; the
