@@ -192,15 +192,21 @@ export interface ParseOptions {
  * (status 400 or 413) when the request as a whole is unusable: wrong content type, bad JSON, batch too big.
  */
 export function parseEventsBody(contentType: string | undefined, body: unknown, opts: ParseOptions = {}): { events: ParsedEvent[] } {
-  const list = splitEventsBody(contentType, body, opts.maxBatch ?? DEFAULT_MAX_BATCH);
-  return {
-    events: list.map((candidate, index) => {
-      const id = isObject(candidate) && typeof candidate.id === 'string' && candidate.id.length > 0 ? candidate.id : undefined;
-      const r = validateEvent(candidate);
-      return 'error' in r ? { index, error: r.error, ...(id !== undefined ? { id } : {}) } : { index, event: r.event, id: r.event.id };
-    })
-  };
+  return { events: splitEventsBody(contentType, body, opts.maxBatch ?? DEFAULT_MAX_BATCH).map(parseEventCandidate) };
 }
+
+/**
+ * One element of a request body's event list (splitEventsBody) at position `index`, checked: valid or rejected with
+ * its reason. The endpoint checks a large batch event by event this way, so the work can be split across turns of
+ * its event loop.
+ */
+export function parseEventCandidate(candidate: unknown, index: number): ParsedEvent {
+  const id = isObject(candidate) && typeof candidate.id === 'string' && candidate.id.length > 0 ? candidate.id : undefined;
+  const r = validateEvent(candidate);
+  return 'error' in r ? { index, error: r.error, ...(id !== undefined ? { id } : {}) } : { index, event: r.event, id: r.event.id };
+}
+
+export { splitEventsBody };
 
 /** Envelope settings of the event builders. */
 export interface EventOptions {

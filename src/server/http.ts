@@ -6,7 +6,8 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import type { Logger } from './log';
 import { DEFAULT_MAX_BATCH, EventsBodyError } from '../contract/cloudevents';
 import type { EventsResponse, RecordResult, RecordStatus, UsageReport } from '../contract/http-api';
-import { parseEventsBody } from '../contract/metering-events';
+import { parseEventCandidate, splitEventsBody } from '../contract/metering-events';
+import { SliceClock, TurnQueue } from './turns';
 import { recordQueries } from './metering/record-queries';
 import { monthOf, parseMonth, pipelineUsage } from './metering/usage';
 import { projectUsage, ProjectUsageUnsupported } from './metering/project-usage';
@@ -15,8 +16,12 @@ import type { Store, UsageRecordRow } from './store/store';
 import { addConnectApi, isConnectPath, sendConnectHttpError } from './connect-api';
 import type { RpcApi } from './rpc-api';
 
-// Records checked, and written, per slice of a batch: the event loop is free between slices.
-const INGEST_SLICE = 100;
+// A batch's records are checked in slices of at most INGEST_SLICE_MS of the event loop's time, one slice per turn
+// (turns.ts), and written in transactions of at most INGEST_WRITE rows: other requests are served in between.
+const INGEST_SLICE_MS = 4;
+const INGEST_WRITE = 100;
+// Shared by every ingest request of the process: their slices take turns.
+const ingestTurns = new TurnQueue();
 
 export interface Principal {
   kind: 'org' | 'admin';
@@ -175,7 +180,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     logController: new QuietRequestLogs()
   }) as unknown as FastifyInstance;
 
-  // The events body is parsed by parseEventsBody, whatever its content type, so that a wrong content type
+  // The events body is parsed by splitEventsBody (then checked event by event), whatever its content type, so that a wrong content type
   // or bad JSON gets this API's error format and names what to send instead.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
@@ -235,8 +240,8 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     try {
       // An empty bucket refuses before the body is parsed; a batch is charged per event once its size is known.
       limiter?.precheck(key);
-      parsed = parseEventsBody(req.headers['content-type'], req.body ?? '', { maxBatch });
-      limiter?.check(key, parsed.events.length);
+      parsed = splitEventsBody(req.headers['content-type'], req.body ?? '', maxBatch);
+      limiter?.check(key, parsed.length);
     } catch (err) {
       if (err instanceof EventsBodyError) return sendError(reply, err.status, err.code, err.message);
       if (err instanceof RateLimited) {
@@ -254,9 +259,14 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     // caps count exactly; one that a concurrent request stored in between comes back a duplicate.
     const toInsert: Array<{ row: UsageRecordRow; result: RecordResult }> = [];
     const inBatch = new Set<string>(); // lease id + record id of records admitted from this request
-    for (const pe of parsed.events) {
+    const clock = new SliceClock(INGEST_SLICE_MS);
+    for (let index = 0; index < parsed.length; index++) {
       // A batch of up to 1000 records is checked in slices with other requests (/healthz, gRPC) served in between.
-      if (pe.index > 0 && pe.index % INGEST_SLICE === 0) await new Promise((r) => setImmediate(r));
+      if (clock.spent()) {
+        await ingestTurns.next();
+        clock.restart();
+      }
+      const pe = parseEventCandidate(parsed[index], index);
       const base = { index: pe.index, id: pe.id ?? null };
       const reject = (reason: string) => results.push({ ...base, status: 'rejected', reason });
       if (!pe.event) {
@@ -333,7 +343,7 @@ export function buildHttpApp(deps: HttpDeps): FastifyInstance {
     // A store failure here throws: the client retries the whole batch, and what was already stored comes back as
     // duplicate, so nothing is counted twice. The reply goes out only after the commit: 'accepted' is durable.
     const slices: Array<typeof toInsert> = [];
-    for (let i = 0; i < toInsert.length; i += INGEST_SLICE) slices.push(toInsert.slice(i, i + INGEST_SLICE));
+    for (let i = 0; i < toInsert.length; i += INGEST_WRITE) slices.push(toInsert.slice(i, i + INGEST_WRITE));
     const inserted = (await Promise.all(slices.map((slice) => deps.store.insertUsageRecords(slice.map((t) => t.row))))).flat();
     inserted.forEach((r, i) => {
       if (r === 'duplicate') toInsert[i].result.status = 'duplicate';
