@@ -11,7 +11,7 @@
 //   builder's engine over its unix socket, interleaved rounds, fresh context directories each round (a directory
 //   BuildKit has seen is synced incrementally).
 // Ratios within one run are what to compare; absolute figures drift with whatever else runs on these machines.
-// Env: BENCH_PROVISIONS (1000), BENCH_CONCURRENCY (50), BENCH_RECORDS (20000), BENCH_CONTEXT_MB (200),
+// Env: BENCH_PROVISIONS (1000), BENCH_CONCURRENCY (50), BENCH_WARMUP (200: untimed provisions and releases first), BENCH_RECORDS (20000), BENCH_CONTEXT_MB (200),
 // BENCH_CONTEXT_ROUNDS (3), BENCH_SKIP (comma list of: null, dockerd, ingest, context).
 import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -26,6 +26,7 @@ import { commitOf, machine } from './run-info';
 
 const PROVISIONS = Number(process.env.BENCH_PROVISIONS || 1000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY || 50);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 200);
 const RECORDS = Number(process.env.BENCH_RECORDS || 20000);
 const BATCH = 500;
 const CONTEXT_MB = Number(process.env.BENCH_CONTEXT_MB || 200);
@@ -91,6 +92,7 @@ async function serverProvisionSeconds(http: string): Promise<number> {
 }
 
 interface ProvisionFigures {
+  warmupProvisions: number;
   serverMeanMs: number;
   serverCpuMsPerProvision: number;
   clientCpuMsPerProvision: number;
@@ -112,6 +114,10 @@ async function provisionFigures(server: ServerProcess, token: string, label: str
   try {
     // One provision first: the pipeline's builder exists before the timed requests (they all share it).
     const first = await c.provision({ pipelineKey: `bench/${label}`, jobId: 'warmup' });
+    // Then WARMUP provisions and their releases, untimed: both processes' code is compiled by V8's optimising tier
+    // before the timed run, as in a control plane that has been serving for a while.
+    const warm = await pool(WARMUP, CONCURRENCY, (i) => c.provision({ pipelineKey: `bench/${label}`, jobId: `w${i}` }));
+    await pool(WARMUP, CONCURRENCY, (i) => c.release(warm.results[i].id));
     const rssBefore = rssMb(server.info.pid);
     const cpu0 = { server: cpuMs(server.info.pid), bench: process.cpuUsage() };
     const p = await pool(PROVISIONS, CONCURRENCY, (i) => c.provision({ pipelineKey: `bench/${label}`, jobId: `j${i}` }));
@@ -126,6 +132,7 @@ async function provisionFigures(server: ServerProcess, token: string, label: str
     return {
       provisions: PROVISIONS,
       concurrency: CONCURRENCY,
+      warmupProvisions: WARMUP,
       provisionsPerSecond: round(PROVISIONS / (p.wallMs / 1000)),
       provisionP50Ms: round(median(p.latencies)),
       provisionP99Ms: round(percentile(p.latencies, 99)),
