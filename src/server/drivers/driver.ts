@@ -1,5 +1,11 @@
 // A driver starts and stops builders: isolated build engines the control plane hands to leases.
 
+/**
+ * What a health probe of an engine found: 'ok' (it answered), 'dead' (its process is gone or nothing listens on its
+ * socket: it will not come back), 'unresponsive' (alive, but no answer within the probe's timeout: busy or hung).
+ */
+export type EngineHealth = 'ok' | 'dead' | 'unresponsive';
+
 export interface BuilderHandle {
   id: string;
   driver: string; // 'dockerd'
@@ -23,6 +29,11 @@ export interface Driver {
   destroy(handle: BuilderHandle): Promise<void>;
   // True while the engine answers.
   alive(handle: BuilderHandle): Promise<boolean>;
+  // A finer probe than alive(), answered within about `timeoutMs` (ms); never throws. Drivers without it: alive().
+  health?(handle: BuilderHandle, timeoutMs: number): Promise<EngineHealth>;
+  // Registers `listener`, called with a builder's id when its engine process exits, whoever ended it (a destroy
+  // too: the pool ignores exits of builders it is destroying). Drivers whose engines cannot exit have none.
+  onEngineExit?(listener: (id: string) => void): void;
   // Tears down what a crashed earlier run left (engines, mounts, networks); returns what it removed.
   cleanupOrphans?(): Promise<string[]>;
 }
