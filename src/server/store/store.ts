@@ -37,7 +37,8 @@ export interface TrustRow {
 }
 
 // bucket_exhausted: the lease used up its reservation of minutes and the org's bucket had none left to extend it.
-export type LeaseEndReason = 'released' | 'idle' | 'ttl' | 'server_stopped' | 'failed' | 'bucket_exhausted';
+// builder_lost: the lease's builder's engine stopped under it (crashed, killed, OOM); it ended then.
+export type LeaseEndReason = 'released' | 'idle' | 'ttl' | 'server_stopped' | 'failed' | 'bucket_exhausted' | 'builder_lost';
 
 // Per-org caps (`buildcloud admin org set`). null = no cap of the org's own (the server-wide limits still apply).
 export interface OrgLimitsRow {
