@@ -6,6 +6,13 @@ import type { Driver, BuilderHandle } from './drivers/driver';
 import { BuilderTlsProxy } from './tls-proxy';
 import type { Pki, CertPair } from './pki';
 import { exhausted, unavailable } from './errors';
+import { engineHealth, handOutVerdict } from './builder-health';
+
+/**
+ * Called when a builder's engine is lost (its process exited, or a probe found it dead) while the pool did not
+ * destroy it: `leaseIds` held it then. The builder is being destroyed and replaced when this is called.
+ */
+export type BuilderLostListener = (builderId: string, leaseIds: string[], why: string) => void;
 
 export interface LiveBuilder {
   id: string;
@@ -56,8 +63,28 @@ export class BuilderPool {
   private stopped = false;
   private readonly inflight = new Set<Promise<unknown>>(); // starts under way
   private serverCert: Promise<CertPair> | null = null;
+  private readonly lostListeners: BuilderLostListener[] = [];
 
-  constructor(private readonly opts: BuilderPoolOptions) {}
+  constructor(private readonly opts: BuilderPoolOptions) {
+    opts.driver.onEngineExit?.((id) => {
+      const b = this.live.get(id);
+      if (b) this.lose(b, 'its engine process exited');
+    });
+  }
+
+  /** Registers `listener` for builders lost while live (see BuilderLostListener). */
+  onLost(listener: BuilderLostListener): void {
+    this.lostListeners.push(listener);
+  }
+
+  /**
+   * Probes builder `id`'s engine for a lease that holds it (Get): a dead one is lost (its leases end, it is
+   * replaced). True while it may still be used: alive, or only slow. False once gone.
+   */
+  async confirm(id: string): Promise<boolean> {
+    const b = this.live.get(id);
+    return Boolean(b && b.state !== 'destroying' && (await this.usable(b)));
+  }
 
   get size(): number {
     return this.live.size + this.starting;
@@ -115,7 +142,8 @@ export class BuilderPool {
   // One builder for (shareKey, platform): the pipeline's existing one, a warm one, or a cold start.
   async acquire(shareKey: string, org: string, platform: string, leaseId: string): Promise<Acquired> {
     const existing = this.byShareKey.get(shareKey);
-    if (existing && existing.state !== 'destroying') {
+    // The pipeline's builder is joined only if its engine is there: a dead one is replaced (a new one below).
+    if (existing && existing.state !== 'destroying' && (await this.usable(existing)) && this.byShareKey.get(shareKey) === existing) {
       if (existing.graceTimer) clearTimeout(existing.graceTimer);
       existing.graceTimer = null;
       existing.state = 'assigned';
@@ -135,7 +163,16 @@ export class BuilderPool {
         );
       }
       builder = [...this.live.values()].find((b) => b.state === 'warm' && b.platform === platform);
-      if (builder || this.size < this.opts.maxBuilders) break;
+      if (builder) {
+        // Claimed before the probe (no concurrent acquire takes it, and it counts against the org's cap), handed
+        // out only if its engine answers: a warm builder whose dockerd died is replaced, never leased.
+        builder.state = 'assigned';
+        builder.org = org;
+        if (await this.usable(builder)) break;
+        builder = undefined;
+        continue;
+      }
+      if (this.size < this.opts.maxBuilders) break;
       // At capacity: a builder nobody holds (in its grace period, or warm for another platform) gives way, so
       // idle builders of one org never keep another org from building. Then everything is checked again.
       const idle = this.evictable(platform);
@@ -169,6 +206,31 @@ export class BuilderPool {
     this.opts.onChange?.();
     this.refill();
     return { builder, warm, shared: false };
+  }
+
+  // Whether `b` may be handed out now (builder-health.ts); if not, it is lost: destroyed, replaced, its leases ended.
+  private async usable(b: LiveBuilder): Promise<boolean> {
+    const health = await engineHealth(this.opts.driver, b.handle);
+    if (b.state === 'destroying') return false;
+    if (handOutVerdict(health, b.holders.size > 0) === 'use') return true;
+    this.lose(b, `its engine is ${health} (probed before a hand-out)`);
+    return false;
+  }
+
+  // A builder the pool did not choose to end: its holders are told (their leases end), it is destroyed and the
+  // warm pool refilled.
+  private lose(b: LiveBuilder, why: string): void {
+    if (b.state === 'destroying' || this.stopped) return;
+    const leaseIds = [...b.holders];
+    this.opts.log.warn({ builder: b.id, state: b.state, leases: leaseIds, why }, 'builder lost');
+    void this.destroy(b.id, `lost: ${why}`).then(() => this.refill());
+    for (const listener of this.lostListeners) {
+      try {
+        listener(b.id, leaseIds, why);
+      } catch (err) {
+        this.opts.log.error({ builder: b.id, err: String(err) }, 'builder-lost listener failed');
+      }
+    }
   }
 
   // The idle builder to destroy when the pool is full: the one longest in its grace period, else a warm one of

@@ -59,6 +59,24 @@ export class LeaseManager {
 
   constructor(private readonly d: LeaseManagerDeps) {
     this.now = d.now ?? Date.now;
+    d.pool?.onLost((builderId, leaseIds, why) => {
+      void this.builderLost(builderId, leaseIds, why).catch((err) =>
+        d.log.error({ builder: builderId, err: String(err) }, 'ending leases of a lost builder failed')
+      );
+    });
+  }
+
+  // A builder's engine died under its leases: they end now (billing stops at the loss), 'builder_lost'; the pool is
+  // already destroying it, so the pipeline's next job gets a new one.
+  private async builderLost(builderId: string, leaseIds: string[], why: string): Promise<void> {
+    const now = this.now();
+    for (const id of leaseIds) {
+      const l = this.live.get(id);
+      if (!l) continue;
+      this.d.log.warn({ lease: id, org: l.row.org, builder: builderId, why }, 'ending lease: its builder was lost');
+      this.d.metrics.reapedLeases.inc({ reason: 'builder_lost' });
+      await this.end(l.row, now, 'builder_lost');
+    }
   }
 
   // Leases left active by a control plane that died end now, billed up to their last sign of life.
@@ -256,6 +274,10 @@ export class LeaseManager {
   /** A lease of `org` within the credential's `scope` (NOT_FOUND otherwise); a heartbeat for a live one. */
   async get(org: string, leaseId: string, scope?: PrincipalScope): Promise<LeaseMsg> {
     const row = await this.owned(org, leaseId, scope);
+    // A job asking after a failed build learns whether its builder is gone: a dead engine ends the lease here
+    // (builderLost, through the pool) even if its exit was not seen yet.
+    const held = this.live.get(leaseId);
+    if (held) for (const b of held.row.builderIds) await this.d.pool?.confirm(b);
     const l = this.live.get(leaseId);
     if (l) {
       l.lastActiveAt = this.now();
@@ -428,6 +450,11 @@ export function endMessage(row: Pick<LeaseRow, 'org' | 'endReason' | 'reservedSe
       return 'Ended because the control plane stopped.';
     case 'failed':
       return 'Provisioning failed; nothing was billed.';
+    case 'builder_lost':
+      return (
+        "Ended by the control plane: the lease's builder was lost (its engine stopped: a platform failure, not your " +
+        'Dockerfile). Billing stopped then; run the job again: the next provision gets a new builder.'
+      );
     case 'bucket_exhausted':
       return (
         `Ended by the control plane: org '${row.org}' ran out of build minutes (this lease used its reservation of ` +

@@ -12,7 +12,8 @@ import { silentLogger } from '../log';
 import { BridgeAllocator, DEFAULT_SUBNET_POOL } from './bridge';
 import { BuilderNat } from './builder-nat';
 import { executorIds, listProcs, mentions, removeDir, sleep, stopProcesses, unmountUnder } from './host-processes';
-import type { BuilderHandle, Driver } from './driver';
+import type { BuilderHandle, Driver, EngineHealth } from './driver';
+import { probeEngine, processAlive } from './engine-probe';
 import { daemonConfig, type BuilderIsolation } from './builder-isolation';
 import { EngineCgroups, engineCgroupPath, type EngineEndpoint } from './engine-egress';
 import { linkExists } from './host-tools';
@@ -150,6 +151,7 @@ export class DockerdDriver implements Driver {
   private readonly cgroups = new EngineCgroups();
   private readonly children = new Map<string, ChildProcess>();
   private readonly active = new Set<string>(); // started (or starting) by this instance and not destroyed
+  private readonly exitListeners: Array<(id: string) => void> = [];
 
   constructor(opts: DockerdDriverOptions) {
     this.rootDir = path.resolve(opts.rootDir);
@@ -267,6 +269,18 @@ export class DockerdDriver implements Driver {
 
   async alive(handle: BuilderHandle): Promise<boolean> {
     return ping(handle.socketPath, 2000);
+  }
+
+  // Dead without asking the socket when the engine we spawned has exited (Node reaped it, so its pid may be
+  // reused) or its pid is gone; otherwise whatever /_ping says within timeoutMs.
+  async health(handle: BuilderHandle, timeoutMs: number): Promise<EngineHealth> {
+    if (this.active.has(handle.id) && !this.children.has(handle.id)) return 'dead';
+    if (handle.pid !== null && !processAlive(handle.pid)) return 'dead';
+    return probeEngine(handle.socketPath, timeoutMs);
+  }
+
+  onEngineExit(listener: (id: string) => void): void {
+    this.exitListeners.push(listener);
   }
 
   // Builders whose directory is still under rootDir but that this instance did not start: a previous control
@@ -397,6 +411,13 @@ export class DockerdDriver implements Driver {
       child.once('exit', (code, signal) => {
         this.children.delete(l.id);
         this.log.info({ builder: l.id, code, signal }, 'dockerd exited');
+        for (const listener of this.exitListeners) {
+          try {
+            listener(l.id);
+          } catch (err) {
+            this.log.error({ builder: l.id, err: String(err) }, 'engine exit listener failed');
+          }
+        }
       });
       child.unref();
       return child;

@@ -1,0 +1,183 @@
+// Builder health before a hand-out (issue 14): the probe tells a dead engine from a slow one, and the pool never
+// leases a dead builder: a dead warm one is replaced, a dead pipeline builder is not joined (its leases are told),
+// a slow one that others are building on is still joined.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BuilderPool } from '../../src/server/builders';
+import { handOutVerdict } from '../../src/server/builder-health';
+import type { BuilderHandle, Driver, EngineHealth } from '../../src/server/drivers/driver';
+import { probeEngine } from '../../src/server/drivers/engine-probe';
+import { Pki } from '../../src/server/pki';
+
+const log = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined } as never;
+
+test.each([
+  ['ok', false, 'use'],
+  ['ok', true, 'use'],
+  ['dead', false, 'replace'],
+  ['dead', true, 'replace'],
+  ['unresponsive', false, 'replace'],
+  ['unresponsive', true, 'use']
+] as const)('an engine %s, held by others: %s -> %s', (health, held, verdict) => {
+  expect(handOutVerdict(health, held)).toBe(verdict);
+});
+
+describe('probeEngine', () => {
+  let dir: string;
+  beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'bc-probe-'))));
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  const listen = (server: net.Server, path: string): Promise<void> => new Promise((resolve) => server.listen(path, () => resolve()));
+  const close = (server: net.Server): Promise<void> => new Promise((resolve) => server.close(() => resolve()));
+
+  test('ok when /_ping answers 200; unresponsive on another status', async () => {
+    let status = 200;
+    const server = http.createServer((req, res) => {
+      res.statusCode = req.url === '/_ping' ? status : 404;
+      res.end('OK');
+    });
+    await listen(server, join(dir, 'ok.sock'));
+    expect(await probeEngine(join(dir, 'ok.sock'), 1000)).toBe('ok');
+    status = 500;
+    expect(await probeEngine(join(dir, 'ok.sock'), 1000)).toBe('unresponsive');
+    await close(server);
+  });
+
+  test('dead when the socket is missing or nobody accepts on it', async () => {
+    expect(await probeEngine(join(dir, 'missing.sock'), 1000)).toBe('dead');
+    writeFileSync(join(dir, 'stale.sock'), ''); // not a socket: connect is refused
+    expect(['dead']).toContain(await probeEngine(join(dir, 'stale.sock'), 1000));
+  });
+
+  test('unresponsive when the engine accepts but does not answer in time', async () => {
+    const held: net.Socket[] = [];
+    const server = net.createServer((s) => void held.push(s)); // accepts, never answers
+    await listen(server, join(dir, 'hung.sock'));
+    const t0 = Date.now();
+    expect(await probeEngine(join(dir, 'hung.sock'), 200)).toBe('unresponsive');
+    expect(Date.now() - t0).toBeLessThan(2000);
+    for (const s of held) s.destroy();
+    await close(server);
+  });
+});
+
+// A driver whose engines' health the test sets, and whose engine exits it can raise.
+class FakeDriver implements Driver {
+  readonly name = 'fake';
+  readonly health_ = new Map<string, EngineHealth>();
+  readonly started: string[] = [];
+  readonly destroyed: string[] = [];
+  private exit: ((id: string) => void) | null = null;
+  platforms(): string[] {
+    return ['linux/amd64'];
+  }
+  async start(id: string): Promise<BuilderHandle> {
+    this.started.push(id);
+    return { id, driver: 'fake', platform: 'linux/amd64', kind: 'docker', socketPath: `/nonexistent/${id}.sock`, dir: '', pid: null, startedMs: 0 };
+  }
+  async destroy(h: BuilderHandle): Promise<void> {
+    this.destroyed.push(h.id);
+  }
+  async alive(): Promise<boolean> {
+    return true;
+  }
+  async health(h: BuilderHandle): Promise<EngineHealth> {
+    return this.health_.get(h.id) ?? 'ok';
+  }
+  onEngineExit(listener: (id: string) => void): void {
+    this.exit = listener;
+  }
+  exited(id: string): void {
+    this.exit?.(id);
+  }
+}
+
+describe('BuilderPool hand-out', () => {
+  let dir: string;
+  let pool: BuilderPool;
+  let driver: FakeDriver;
+  let lost: Array<[string, string[]]>;
+
+  const until = async (what: string, cond: () => boolean): Promise<void> => {
+    for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
+    if (!cond()) throw new Error(`not reached: ${what}`);
+  };
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'bc-pool-health-'));
+    driver = new FakeDriver();
+    const pki = await Pki.loadOrCreate(dir);
+    pool = new BuilderPool({ driver, pki, host: '127.0.0.1', warmPool: 1, maxBuilders: 4, graceMs: 60_000, log, onActivity: () => undefined });
+    lost = [];
+    pool.onLost((id, leases) => void lost.push([id, leases]));
+    pool.refill();
+    await until('a warm builder', () => pool.count('warm') === 1);
+  });
+  afterEach(async () => {
+    await pool.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('a dead warm builder is never leased: destroyed, a new one serves the lease, the pool refilled', async () => {
+    const [dead] = driver.started;
+    driver.health_.set(dead, 'dead');
+    const a = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    expect(a.builder.id).not.toBe(dead);
+    expect(a.warm).toBe(false);
+    expect(driver.destroyed).toContain(dead);
+    expect(lost).toEqual([[dead, []]]); // nobody held it
+    await until('the pool refilled', () => pool.count('warm') === 1);
+  });
+
+  test('an unresponsive warm builder nobody holds is replaced too', async () => {
+    const [slow] = driver.started;
+    driver.health_.set(slow, 'unresponsive');
+    const a = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    expect(a.builder.id).not.toBe(slow);
+    expect(driver.destroyed).toContain(slow);
+  });
+
+  test("a dead pipeline builder is not joined: the next job gets a new one, the dead one's leases are told", async () => {
+    const first = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    driver.health_.set(first.builder.id, 'dead');
+    const next = await pool.acquire('p1', 'acme', 'linux/amd64', 'l2');
+    expect(next.builder.id).not.toBe(first.builder.id);
+    expect(next.shared).toBe(false);
+    expect(lost).toEqual([[first.builder.id, ['l1']]]);
+    expect(driver.destroyed).toContain(first.builder.id);
+  });
+
+  test('a slow pipeline builder that others build on is still joined (destroying it would break their builds)', async () => {
+    const first = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    driver.health_.set(first.builder.id, 'unresponsive');
+    const next = await pool.acquire('p1', 'acme', 'linux/amd64', 'l2');
+    expect(next).toMatchObject({ shared: true });
+    expect(next.builder.id).toBe(first.builder.id);
+    expect(lost).toEqual([]);
+  });
+
+  test('an engine that exits under its leases: they are told at once, the builder destroyed, confirm() false', async () => {
+    const a = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    await pool.acquire('p1', 'acme', 'linux/amd64', 'l2');
+    driver.exited(a.builder.id);
+    expect(lost).toEqual([[a.builder.id, ['l1', 'l2']]]);
+    await until('destroyed', () => driver.destroyed.includes(a.builder.id));
+    expect(await pool.confirm(a.builder.id)).toBe(false);
+    // An exit the pool caused (a destroy) is no loss.
+    const warm = pool.all().find((b) => b.state === 'warm')!;
+    await pool.destroy(warm.id, 'test');
+    driver.exited(warm.id);
+    expect(lost).toHaveLength(1);
+  });
+
+  test('confirm(): a dead held builder is lost when a lease asks; a live one is fine', async () => {
+    const a = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
+    expect(await pool.confirm(a.builder.id)).toBe(true);
+    driver.health_.set(a.builder.id, 'dead');
+    expect(await pool.confirm(a.builder.id)).toBe(false);
+    expect(lost).toEqual([[a.builder.id, ['l1']]]);
+  });
+});
