@@ -4,6 +4,8 @@ import * as path from 'path';
 import { DEFAULT_MAX_BATCH } from '../contract/cloudevents';
 import { BUILDER_ISOLATION_SETTINGS, type BuilderIsolationSetting } from './drivers/builder-isolation';
 import { normalizeIpv4Cidr } from './drivers/builder-egress';
+import type { CacheStorageSettings } from './cache-gc';
+import { parseSize } from './cache-retention';
 
 export interface ServerConfig {
   stateDir: string;
@@ -31,6 +33,47 @@ export interface ServerConfig {
   tls: { certFile: string; keyFile: string } | null; // gRPC and HTTP over TLS with the operator's certificate
   insecure?: boolean; // --insecure: plaintext although --host is not loopback (checkListenSecurity)
   limits?: ServeLimits; // rate limits and record caps (docs/operations.md); DEFAULT_LIMITS when absent
+  cacheStorage?: CacheStorageSettings; // org-cache retention, quota and GC (cache-gc.ts); DEFAULT_CACHE_STORAGE when absent
+}
+
+// Org-cache retention, quota and GC (issue 14; docs/operations.md "Org cache storage").
+export const DEFAULT_CACHE_STORAGE: CacheStorageSettings = {
+  keepPerTag: 3, // the image a branch tag points at and the two before it
+  expireMs: 30 * 86_400_000, // a branch not built for 30 days loses its cache
+  quotaBytes: 20 * 1024 ** 3, // 20 GiB per org
+  intervalMs: 3600_000,
+  graceMs: 3600_000 // unreferenced blobs younger than an hour may belong to a push under way
+};
+
+/**
+ * Parses serve's --cache-* flags (strings as commander gives them; undefined: the default). Throws ConfigError
+ * naming the flag and what it expects.
+ */
+export function parseCacheStorage(o: {
+  cacheKeep?: string;
+  cacheExpireDays?: string;
+  cacheQuota?: string;
+  cacheGcInterval?: string;
+  cacheGcGrace?: string;
+}): CacheStorageSettings {
+  const d = DEFAULT_CACHE_STORAGE;
+  let quotaBytes = d.quotaBytes;
+  if (o.cacheQuota !== undefined) {
+    try {
+      quotaBytes = parseSize(o.cacheQuota, '--cache-quota');
+    } catch (err) {
+      throw new ConfigError((err as Error).message);
+    }
+  }
+  const s: CacheStorageSettings = {
+    keepPerTag: o.cacheKeep === undefined ? d.keepPerTag : parseIntFlag(o.cacheKeep, '--cache-keep', 1, 1000),
+    expireMs: o.cacheExpireDays === undefined ? d.expireMs : parseIntFlag(o.cacheExpireDays, '--cache-expire-days', 0, 36500) * 86_400_000,
+    quotaBytes,
+    intervalMs: o.cacheGcInterval === undefined ? d.intervalMs : parseDuration(o.cacheGcInterval, '--cache-gc-interval'),
+    graceMs: o.cacheGcGrace === undefined ? d.graceMs : parseDuration(o.cacheGcGrace, '--cache-gc-grace')
+  };
+  if (s.intervalMs < 1000) throw new ConfigError(`Invalid --cache-gc-interval '${o.cacheGcInterval}'. Expected at least 1s, e.g. 1h.`);
+  return s;
 }
 
 // Per-credential rate limits and usage-record caps (issue 9). A rate of 0 (or a cap of 0) turns that limit off.
