@@ -8,6 +8,7 @@ import { StoreConflict, type Store } from '../server/store/store';
 import { validateOrgName } from '../server/validate';
 import { bucketLines, bucketViews, buildMinutes, maxBuildersText, orgShowText, orgView, scopeText } from './admin-text';
 import { CliError } from './errors';
+import { registerAdminCache } from './admin-cache';
 
 async function withStore<T>(stateDir: string, fn: (store: Store) => Promise<T>): Promise<T> {
   const dir = path.resolve(stateDir);
@@ -76,6 +77,7 @@ function print(json: boolean, value: unknown, text: string): void {
 export function registerAdmin(program: Command): void {
   const admin = program.command('admin').description('Manage orgs, tokens, buckets of minutes and OIDC trust in the control plane state.');
   const stateOpt = ['--state-dir <dir>', 'state directory of the control plane (env BUILDCLOUD_STATE_DIR)', defaultStateDir()] as const;
+  registerAdminCache(admin, stateOpt);
 
   const org = admin.command('org').description('Create, list, show and set orgs (their limits).');
   org

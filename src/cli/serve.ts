@@ -11,6 +11,7 @@ import {
   defaultStateDir,
   parseBuilderIsolation,
   parseDuration,
+  parseCacheStorage,
   parseEgressAllow,
   parseIntFlag,
   parseLimits,
@@ -85,6 +86,11 @@ export function registerServe(program: Command): void {
       'usage records an org may store per UTC day; more are rejected (0 = no cap)',
       String(DEFAULT_LIMITS.maxRecordsPerOrgDay)
     )
+    .option('--cache-keep <n>', 'org cache: images kept per scope and branch (default 3)')
+    .option('--cache-expire-days <n>', 'org cache: a branch not built for this many days loses its cache (0 = never; default 30)')
+    .option('--cache-quota <size>', "org cache: each org's storage quota, e.g. 20GiB (0 = none; default 20GiB; `admin cache quota` sets one org's)")
+    .option('--cache-gc-interval <duration>', 'org cache: how often retention and garbage collection run (default 1h; also soon after cache pushes)')
+    .option('--cache-gc-grace <duration>', 'org cache: blobs no image references are kept this long, for pushes under way (default 1h)')
     .option('--json', 'print where it listens as one JSON line on stdout', false)
     .action(async (o) => {
       const config: ServerConfig = validateConfig({
@@ -111,7 +117,8 @@ export function registerServe(program: Command): void {
         insecureOidcIssuers: Boolean(o.insecureOidcIssuers),
         tls: tlsFiles(o.tlsCert, o.tlsKey),
         insecure: Boolean(o.insecure),
-        limits: parseLimits(o)
+        limits: parseLimits(o),
+        cacheStorage: parseCacheStorage(o)
       });
       checkListenHost(config.host); // a wildcard is no address to give clients: throws, naming the one to pass
       const insecureWarning = checkListenSecurity(config); // throws before anything listens

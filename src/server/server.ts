@@ -5,12 +5,13 @@ import * as path from 'path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from './log';
 import * as net from 'net';
-import { ConfigError, DEFAULT_LIMITS, PORT_FLAGS, isLoopbackHost, listenError, type ServerConfig } from './config';
+import { ConfigError, DEFAULT_CACHE_STORAGE, DEFAULT_LIMITS, PORT_FLAGS, isLoopbackHost, listenError, type ServerConfig } from './config';
 import { openSqliteStore } from './store/sqlite';
 import type { Store } from './store/store';
 import { Pki } from './pki';
 import { Authenticator, OidcVerifier, loadOrCreateAdminToken, loadOrCreateFingerprintSecret, loadOrCreateSigningKey } from './auth';
 import { EmbeddedRegistry, findRegistryBinary } from './registry';
+import { CacheStorage } from './cache-gc';
 import { RegistryProxy, registryProxyTls, type RegistryPrincipal } from './registry-proxy';
 import { NullDriver } from './drivers/null';
 import { DockerdDriver, findDockerd } from './drivers/dockerd';
@@ -88,6 +89,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       const password = decodeURIComponent(u.password);
       u.username = '';
       u.password = '';
+    let cacheStorage: CacheStorage | null = null;
       upstream = { url: u.toString().replace(/\/$/, ''), ...(username ? { username, password } : {}) };
     } else {
       const bin = findRegistryBinary();
@@ -107,6 +109,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     const tls = config.tls ? { cert: fs.readFileSync(config.tls.certFile, 'utf8'), key: fs.readFileSync(config.tls.keyFile, 'utf8') } : undefined;
     // The proxy serves HTTPS (the operator's cert when it names --host, else one of our CA); plain HTTP only on a
     // loopback host, for BuildKit, which cannot speak TLS to a loopback registry (RegistryProxyOptions).
+      // Retention, quota and GC of the org cache, run by the control plane while it serves (cache-gc.ts).
+      const settings = config.cacheStorage ?? DEFAULT_CACHE_STORAGE;
+      cacheStorage = new CacheStorage({ stateDir: config.stateDir, dataDir: path.join(config.stateDir, 'registry', 'data'), settings, log });
     const loopback = isLoopbackHost(config.host);
     const proxyTls = await registryProxyTls(config.host, pki, tls);
     const proxy = new RegistryProxy({
@@ -116,7 +121,8 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       plainHttpOnLoopback: loopback,
       host: config.host,
       port: config.registryPort,
-      log
+      log,
+      ...(cacheStorage ? { writeGate: cacheStorage } : {})
     });
     await proxy.listen().catch((err) => {
       throw listenError(err, config.host, config.registryPort, PORT_FLAGS.registry);
@@ -129,6 +135,11 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // Builders' engines reach no address of this host but the registry proxy (drivers/engine-egress.ts): it listens
     // before the first builder starts.
     let driver: Driver | null = null;
+    if (cacheStorage) {
+      const cs = cacheStorage;
+      cs.start();
+      cleanups.push(() => cs.stop());
+    }
     let builderIsolation: BuilderIsolation | null = null;
     if (config.driver === 'dockerd') {
       const dockerd = findDockerd();
