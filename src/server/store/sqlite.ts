@@ -10,9 +10,10 @@
 // spent over 40% of the control plane's CPU time in SQLite commits). A write that throws rolls back its own
 // savepoint only and rejects its own caller; the others commit.
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statfsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { extensionGrant, initialReservation, unreservedSeconds } from '../billing';
+import { unavailable } from '../errors';
 import {
   BucketRow,
   InsertResult,
@@ -254,6 +255,43 @@ const tokenFromDb = (r: TokenDbRow): TokenRow => ({ ...r, scope: r.scope === nul
 
 const TOKEN_SELECT = 'SELECT id, org, hash, label, created_at AS createdAt, revoked_at AS revokedAt, scope FROM tokens';
 const TRUST_SELECT = 'SELECT id, org, issuer, audience, claim, value, created_at AS createdAt FROM trust';
+
+/**
+ * A write that failed because the disk under the store is full (SQLITE_FULL; ENOSPC under an I/O error) → an
+ * UNAVAILABLE ApiError naming what is full and where, and saying nothing committed is lost; any other error as is.
+ * The transaction rolled back, so the store stays usable: writes succeed again once space returns, no restart.
+ */
+export function diskFullError(err: unknown, file: string): unknown {
+  const code = String((err as { code?: unknown } | null)?.code ?? '');
+  const msg = err instanceof Error ? err.message : String(err);
+  if (code !== 'SQLITE_FULL' && !(code.startsWith('SQLITE_IOERR') && /ENOSPC|no space|disk is full/i.test(msg))) return err;
+  return unavailable(
+    `The control plane's disk is full: its store ${file} could not be written (${code}). Nothing already ` +
+      `acknowledged is lost. The operator must free space in ${dirname(file)}; the control plane resumes by itself. Retry later.`
+  );
+}
+
+// Free space a new lease needs under the store's directory (the state dir): its rows and usage records, and its
+// builder's run directory and the org cache beside them. Below it a provision is refused with diskFullError's words
+// instead of starting a lease that could not be recorded.
+export const MIN_FREE_BYTES_FOR_LEASE = 32 * 1024 * 1024;
+
+/** Refuses (UNAVAILABLE, naming the directory and the free space) when `dir`'s filesystem has less than `min` free. */
+export function requireFreeSpace(dir: string, min = MIN_FREE_BYTES_FOR_LEASE): void {
+  let free: number;
+  try {
+    const st = statfsSync(dir);
+    free = Number(st.bavail) * Number(st.bsize);
+  } catch {
+    return; // statfs unsupported here: the writes themselves report a full disk (diskFullError)
+  }
+  if (free >= min) return;
+  throw unavailable(
+    `The control plane's disk is full: ${dir} has ${(free / 1024 / 1024).toFixed(1)} MiB free, a new lease needs ` +
+      `${min / 1024 / 1024} MiB. Nothing already acknowledged is lost. The operator must free space there; ` +
+      `the control plane resumes by itself. Retry later.`
+  );
+}
 
 // Only a repeated key is a conflict; other constraint failures (NOT NULL, CHECK) are bugs and stay errors.
 function isUniqueViolation(err: unknown): boolean {
@@ -512,17 +550,18 @@ export class SqliteStore implements Store {
       this.tx.commit.run();
     } catch (error) {
       if (this.db.inTransaction) this.tx.rollback.run();
-      for (const w of batch) w.reject(error);
+      for (const w of batch) w.reject(diskFullError(error, this.db.name));
       return;
     }
     batch.forEach((w, i) => {
       const o = outcomes[i];
       if (o.ok) w.resolve(o.value);
-      else w.reject(o.error);
+      else w.reject(diskFullError(o.error, this.db.name));
     });
   }
 
   async reserveLease(row: LeaseRow, policy: ReservePolicy): Promise<ReserveResult> {
+    if (this.db.name !== ':memory:') requireFreeSpace(dirname(this.db.name));
     // IMMEDIATE: the write lock is taken before the balance is read, so two provisions (in this process or
     // another one on the same file) never both see the same unreserved seconds.
     const tx = this.db.transaction((): ReserveResult => {
