@@ -198,7 +198,7 @@ describe('flushSpool', () => {
     events().times(10).reply(502, 'bad gateway');
     const r = await flushSpool(spool, opts({ attempts: 10, baseDelayMs: 4000, maxDelayMs: 60_000, random: () => 1, deadlineMs: 10_000 }));
     expect(sleeps.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(10_000);
-    expect(r.warnings[0]).toMatch(/deadline of 10000 ms passed/);
+    expect(r.warnings[0]).toMatch(/HTTP 502; the flush deadline of 10000 ms passed/);
     expect(r.pending).toBe(1);
   });
 

@@ -182,9 +182,10 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
 
   // Sends one batch; resolves to a reason when the whole flush should stop, undefined to go on.
   const sendBatch = async (batch: CloudEvent[]): Promise<string | undefined> => {
+    let lastWhy = ''; // why the last try failed: the warning says it, not only that time ran out
     for (let attempt = 1; ; attempt++) {
       const remaining = deadline - o.now();
-      if (remaining <= 0) return `the flush deadline of ${o.deadlineMs} ms passed`;
+      if (remaining <= 0) return `${lastWhy ? `${lastWhy}; ` : ''}the flush deadline of ${o.deadlineMs} ms passed`;
       const out = await post(batch, Math.min(o.requestTimeoutMs, remaining));
       if (out.kind === 'answered') {
         await record(batch, out.answers);
@@ -201,6 +202,7 @@ export async function flushSpool(spool: FlushableSpool, opts: FlushOptions): Pro
         warn(`record ${batch[0].id} is too large for the endpoint (${out.why}); it stays in the spool`);
         return undefined;
       }
+      lastWhy = out.why;
       if (attempt >= o.attempts) return `${out.why}, after ${attempt} attempts`;
       const left = deadline - o.now();
       if (out.retryAfterMs !== undefined && out.retryAfterMs >= left) {
