@@ -11,7 +11,7 @@ import { MAX_RECORD_STRING } from '../contract/rules';
 const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max - 1)}…` : s);
 import { dockerEnv, parseKeyValueLines, runDocker, type BuildOptions } from './docker-cli';
 import { imagesToLoad, loadImage, runnerEngineEnv, runnerEngineName, type LoadDeps, type LoadOutcome } from './load-image';
-import { MeteringSpool } from './metering-spool';
+import { recordAndSend, type RecordSending } from './metering-send';
 import type { RunnerConfig } from './runner-config';
 import { nextBuildId, recordBuild, type Session } from './session';
 import type { BuildSettings } from './settings';
@@ -299,10 +299,14 @@ export async function buildStep(
     run.status === 'cancelled' ? undefined : await cacheMissOf(run, fp, imported.read, Boolean(opts.exportCache), fpKey),
     session.identity
   );
+  let sending: RecordSending | undefined;
   if (session.lease) {
-    // Spooled before any load: the build's record is the build's outcome, whatever the load does after it.
+    // Spooled before any load: the build's record is the build's outcome, whatever the load does after it. Then sent
+    // while the load runs (bounded, metering-send.ts): a job cancelled before its report step loses nothing it built.
     try {
-      await new MeteringSpool(session.spoolDir).add(
+      sending = await recordAndSend(
+        session,
+        session.lease.id,
         buildCompletedEvent(session.org, {
           lease_id: session.lease.id,
           build_id: buildId,
@@ -345,6 +349,7 @@ export async function buildStep(
     ...(push.status === 'failed' || push.status === 'refused' ? { pushStatus: push.status } : {})
   };
   recordBuild(session, build);
+  if (sending) warnings.push(...(await sending.sent));
   for (const w of warnings) deps.log.warn(w);
   const values: BuildValues = {
     digest: run.digest ?? '',
