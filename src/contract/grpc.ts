@@ -146,7 +146,7 @@ export interface LeaseMsg {
   billedSeconds: number;
   idleTimeoutS: number;
   meteringUrl: string;
-  endReason?: string; // once ended: released, idle, ttl, bucket_exhausted, server_stopped, failed
+  endReason?: string; // once ended: released, idle, ttl, bucket_exhausted, server_stopped, failed, builder_lost
   endMessage?: string; // once ended: why, in words the job can act on
 }
 
