@@ -142,7 +142,7 @@ export function registerServe(program: Command): void {
       const shutDown = (s: NonNullable<typeof server>, signal: string) => {
         log.info({ signal }, 'stopping: ending leases, destroying builders, stopping the registry');
         s.stop().then(
-          () => process.exit(0),
+          () => process.exit(process.exitCode ?? 0),
           (err) => {
             log.error({ err: String(err) }, 'stop failed');
             process.exit(1);
@@ -151,6 +151,18 @@ export function registerServe(program: Command): void {
       };
       process.on('SIGINT', () => stop('SIGINT'));
       process.on('SIGTERM', () => stop('SIGTERM'));
+      // A closed terminal or an ssh session that ends: by default Node dies of SIGHUP at once, leaving every builder.
+      process.on('SIGHUP', () => stop('SIGHUP'));
+      // A bug that throws outside any request (an event handler, a timer) must not end the process by Node's default
+      // action either, with builders, their bridges and rules left on the host: it is logged and the control plane
+      // stops as for a signal, exiting 1. During a stop the stop goes on (it is the only way to clean up).
+      const crashed = (kind: string) => (err: unknown) => {
+        log.error({ err: err instanceof Error ? (err.stack ?? err.message) : String(err) }, `${kind}: stopping the control plane`);
+        process.exitCode = 1;
+        if (!stopSignal) stop(kind);
+      };
+      process.on('uncaughtException', crashed('uncaught exception'));
+      process.on('unhandledRejection', crashed('unhandled rejection'));
       // From here the process lives until a signal's stop calls process.exit: the CLI must not exit when this
       // action returns (src/cli/index.ts), including when a stop was asked for during the start.
       process.env.BUILDCLOUD_SERVING = '1';

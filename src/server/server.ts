@@ -25,6 +25,8 @@ import { createRpcApi } from './rpc-api';
 import { buildHttpApp, createMetrics } from './http';
 import { computeUsage } from './metering/usage';
 import { createServeLimiters, rateLimitKey } from './rate-limit';
+import { acquireStateLock, StateDirLockedError, type StateLock } from './state-lock';
+import { reapPreviousRun } from './recovery';
 
 export interface ServerInfo {
   pid: number;
@@ -66,12 +68,17 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     }
     cleanups.length = 0;
   };
-  // A busy port is found before anything starts (the registry, builders): one line naming the flag to change, and
-  // nothing to clean up. The listens below map the same errors alike, for a port taken in between.
-  await checkPortsFree(config);
+  // The state dir's lock first, before anything of it is read or changed: a second serve on it refuses here with one
+  // line naming the running one, having touched nothing (state-lock.ts). Released last, after everything stopped.
+  const lock = lockStateDir(config.stateDir);
+  cleanups.push(() => lock.release());
   try {
-    fs.mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    // A busy port is found before anything starts (the registry, builders): one line naming the flag to change.
+    // The listens below map the same errors alike, for a port taken in between.
+    await checkPortsFree(config);
     fs.chmodSync(config.stateDir, 0o700);
+    // What a previous run that did not stop cleanly left running besides its builders and leases (recovery.ts).
+    await reapPreviousRun(config.stateDir, serverInfoFile(config.stateDir), lock.previous, log);
     const store = openSqliteStore(storeFile(config.stateDir));
     cleanups.push(() => store.close());
     const pki = await Pki.loadOrCreate(path.join(config.stateDir, 'pki'));
@@ -303,6 +310,17 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
   } catch (err) {
     await stopAll();
     throw err;
+  }
+}
+
+// The lock, or one line saying why not: held by a live serve (StateDirLockedError names it), or the directory is
+// not ours to write (a ConfigError naming it).
+function lockStateDir(stateDir: string): StateLock {
+  try {
+    return acquireStateLock(stateDir);
+  } catch (err) {
+    if (err instanceof StateDirLockedError) throw err;
+    throw new ConfigError(`Cannot lock the state directory ${stateDir}: ${(err as Error).message}. Give a directory this user can write with --state-dir.`);
   }
 }
 
