@@ -89,6 +89,7 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     const adminToken = await loadOrCreateAdminToken(config.stateDir);
 
     let upstream: ConstructorParameters<typeof RegistryProxy>[0]['upstream'];
+    let cacheStorage: CacheStorage | null = null;
     if (config.registryUrl) {
       // Credentials for an external registry may ride in the URL's userinfo; they are never logged.
       const u = new URL(config.registryUrl);
@@ -96,7 +97,6 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       const password = decodeURIComponent(u.password);
       u.username = '';
       u.password = '';
-    let cacheStorage: CacheStorage | null = null;
       upstream = { url: u.toString().replace(/\/$/, ''), ...(username ? { username, password } : {}) };
     } else {
       const bin = findRegistryBinary();
@@ -109,6 +109,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       await registry.start();
       cleanups.push(() => registry.stop());
       upstream = { socketPath: registry.socketPath };
+      // Retention, quota and GC of the org cache, run by the control plane while it serves (cache-gc.ts).
+      const settings = config.cacheStorage ?? DEFAULT_CACHE_STORAGE;
+      cacheStorage = new CacheStorage({ stateDir: config.stateDir, dataDir: path.join(config.stateDir, 'registry', 'data'), settings, log });
     }
 
     const metrics = createMetrics();
@@ -116,9 +119,6 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     const tls = config.tls ? { cert: fs.readFileSync(config.tls.certFile, 'utf8'), key: fs.readFileSync(config.tls.keyFile, 'utf8') } : undefined;
     // The proxy serves HTTPS (the operator's cert when it names --host, else one of our CA); plain HTTP only on a
     // loopback host, for BuildKit, which cannot speak TLS to a loopback registry (RegistryProxyOptions).
-      // Retention, quota and GC of the org cache, run by the control plane while it serves (cache-gc.ts).
-      const settings = config.cacheStorage ?? DEFAULT_CACHE_STORAGE;
-      cacheStorage = new CacheStorage({ stateDir: config.stateDir, dataDir: path.join(config.stateDir, 'registry', 'data'), settings, log });
     const loopback = isLoopbackHost(config.host);
     const proxyTls = await registryProxyTls(config.host, pki, tls);
     const proxy = new RegistryProxy({
@@ -135,6 +135,11 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
       throw listenError(err, config.host, config.registryPort, PORT_FLAGS.registry);
     });
     cleanups.push(() => proxy.close());
+    if (cacheStorage) {
+      const cs = cacheStorage;
+      cs.start();
+      cleanups.push(() => cs.stop());
+    }
     log.info({ registry: proxy.host, cert: proxyTls.source, plainHttp: loopback ? 'loopback connections' : 'refused' }, 'registry proxy serves TLS');
     const registryCaFile = path.join(config.stateDir, 'registry-ca.pem');
     fs.writeFileSync(registryCaFile, proxyTls.trustPem, { mode: 0o644 });
@@ -142,11 +147,6 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     // Builders' engines reach no address of this host but the registry proxy (drivers/engine-egress.ts): it listens
     // before the first builder starts.
     let driver: Driver | null = null;
-    if (cacheStorage) {
-      const cs = cacheStorage;
-      cs.start();
-      cleanups.push(() => cs.stop());
-    }
     let builderIsolation: BuilderIsolation | null = null;
     if (config.driver === 'dockerd') {
       const dockerd = findDockerd();
