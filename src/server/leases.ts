@@ -281,7 +281,9 @@ export class LeaseManager {
     const l = this.live.get(leaseId);
     if (l) {
       l.lastActiveAt = this.now();
-      await this.d.store.touchLease(leaseId, l.lastActiveAt);
+      // Best effort, as activity()'s: the time lives in memory, the row only helps a restart (a full disk must not
+      // fail a job's status call).
+      await this.d.store.touchLease(leaseId, l.lastActiveAt).catch((err) => this.d.log.warn({ leaseId, err: String(err) }, 'could not record lease activity'));
       l.row.lastActiveAt = l.lastActiveAt;
       return this.toMsg(l.row);
     }
