@@ -1,4 +1,4 @@
-import { formatBytes, parseSize, planRetention, quotaMessage, type Inventory, type RetentionPolicy } from '../../src/server/cache-retention';
+import { formatBytes, isCacheRepository, parseSize, planRetention, quotaMessage, type Inventory, type RetentionPolicy } from '../../src/server/cache-retention';
 
 const DAY = 86_400_000;
 const NOW = 100 * DAY;
@@ -113,4 +113,31 @@ test('policy, sizes and the quota message', () => {
   const msg = quotaMessage('acme', { usedBytes: 12 * 1024 ** 2, quotaBytes: 10 * 1024 ** 2 });
   expect(msg).toContain("org 'acme' is over its org-cache storage quota: 12.0 MiB stored, quota 10.0 MiB, 2.0 MiB over");
   expect(msg).toContain('buildcloud admin cache quota --org acme --max 22MiB');
+});
+
+test('repositories outside the org cache (a base image an org credential pushed) count but are never trimmed or evicted', () => {
+  const base = {
+    name: 'acme/busybox',
+    tags: [
+      {
+        tag: 'latest',
+        history: [
+          { digest: d('8'), at: NOW - 90 * DAY },
+          { digest: d('4'), at: NOW - 95 * DAY }
+        ]
+      }
+    ],
+    revisions: [
+      { digest: d('8'), at: NOW - 90 * DAY },
+      { digest: d('4'), at: NOW - 95 * DAY },
+      { digest: d('3'), at: NOW - 95 * DAY }
+    ]
+  };
+  const plan = planRetention(inventory([ACME, base]), policy({ quotaFor: () => 1000 }));
+  expect(plan.deleteTags.filter((t) => t.repo === 'acme/busybox')).toEqual([]);
+  expect(plan.deleteManifests.filter((m) => m.repo === 'acme/busybox')).toEqual([]);
+  expect(isCacheRepository('acme/app/cache')).toBe(true);
+  expect(isCacheRepository('acme/platform/app/cache/web__build')).toBe(true);
+  expect(isCacheRepository('acme/busybox')).toBe(false);
+  expect(isCacheRepository('acme/cache')).toBe(false);
 });

@@ -59,6 +59,15 @@ export interface RetentionPlan {
   orgs: Map<string, OrgStorage>;
 }
 
+/**
+ * Whether retention applies to a repository: the org cache's (`<org>/<project>/cache` and its scopes
+ * `.../cache/<scope>`). Anything else an org credential pushed (a base image) is counted in the org's usage but never
+ * trimmed, expired or evicted.
+ */
+export function isCacheRepository(repo: string): boolean {
+  return /^[^/]+\/.+\/cache(?:\/[^/]+)?$/.test(repo);
+}
+
 /** The org of a cache repository: its first path component. */
 export function orgOf(repo: string): string {
   return repo.split('/')[0];
@@ -105,7 +114,12 @@ export function planRetention(inv: Inventory, policy: RetentionPolicy): Retentio
     const tags = new Map<string, string[]>();
     for (const t of r.tags) {
       if (t.history.length === 0) continue;
-      if (policy.expireMs > 0 && policy.now - lastPush(t) > policy.expireMs) deleteTags.push({ repo: r.name, tag: t.tag, reason: 'expired' });
+      if (!isCacheRepository(r.name))
+        tags.set(
+          t.tag,
+          t.history.map((h) => h.digest)
+        );
+      else if (policy.expireMs > 0 && policy.now - lastPush(t) > policy.expireMs) deleteTags.push({ repo: r.name, tag: t.tag, reason: 'expired' });
       else
         tags.set(
           t.tag,
@@ -129,11 +143,12 @@ export function planRetention(inv: Inventory, policy: RetentionPolicy): Retentio
     let used = usedBytes(inv, keep, repos, pending);
     let evicted = 0;
     if (quota > 0 && used > quota) {
-      for (const r of repos) for (const [tag, ds] of keep.get(r.name) ?? []) keep.get(r.name)?.set(tag, ds.slice(0, 1));
+      for (const r of repos.filter((x) => isCacheRepository(x.name)))
+        for (const [tag, ds] of keep.get(r.name) ?? []) keep.get(r.name)?.set(tag, ds.slice(0, 1));
       used = usedBytes(inv, keep, repos, pending);
       // Candidates: every kept tag but the newest of its repository, least recently pushed first.
       const candidates: { repo: string; tag: string; at: number }[] = [];
-      for (const r of repos) {
+      for (const r of repos.filter((x) => isCacheRepository(x.name))) {
         const live = r.tags.filter((t) => keep.get(r.name)?.has(t.tag)).sort((a, b) => lastPush(b) - lastPush(a));
         for (const t of live.slice(1)) candidates.push({ repo: r.name, tag: t.tag, at: lastPush(t) });
       }
@@ -151,7 +166,7 @@ export function planRetention(inv: Inventory, policy: RetentionPolicy): Retentio
 
   // A revision goes when no kept tag (or kept index) needs it, unless it is in no tag and still young.
   const deleteManifests: RetentionPlan['deleteManifests'] = [];
-  for (const r of inv.repos) {
+  for (const r of inv.repos.filter((x) => isCacheRepository(x.name))) {
     const needed = closure(inv, [...(keep.get(r.name)?.values() ?? [])].flat());
     for (const d of pending(r.name)) closure(inv, [d], needed);
     for (const v of r.revisions) if (!needed.has(v.digest)) deleteManifests.push({ repo: r.name, digest: v.digest });
