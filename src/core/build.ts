@@ -8,12 +8,14 @@ import { ProgressParser, stepsSolvedElsewhere, type BuildStep, type Progress } f
 import { buildArgs, dockerEnv, pushesAfterBuild, type BuildClient, type BuildOptions, type CacheRefs, type ResolvedDocker } from './docker-cli';
 import type { RunnerConfig } from './runner-config';
 import type { CacheImport } from './cache-miss';
-import { cacheImports } from './cache-miss-io';
+import { cacheImports, registryAccess } from './cache-miss-io';
 import { buildCacheRefs, buildCacheScope, ciWorkspace, mergeStageProgress, stageCaches, uploadNonce, type StageCache } from './build-cache';
 import { cacheStages } from './dockerfile-steps';
 import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFiles } from './build-secrets';
 import { goTimeMs, parseBuildCache, stepsRunConcurrently, type CacheRecord } from './build-dedup';
 import { isRemoteContext } from './build-checks';
+import { classifyFailure, type BuildFailure } from './build-failure';
+import { cacheProbeTimeoutMs, cacheUnavailableWarning, orgCacheUnavailable } from './build-cache-probe';
 import { cacheLabel, coldCacheLine, coldCacheWatcher, pushDone, pushFailedInBuild, pushFailureReason, pushRefused, type PushOutcome } from './push-outcome';
 
 export interface BuildResult {
@@ -44,6 +46,7 @@ export interface BuildResult {
   // and push.status 'failed' | 'refused' (push-outcome.ts); the caller fails the job with pushErrorMessage.
   push?: PushOutcome; // absent (results made before the field): as pushDone says for the build's options
   outputTail: string[]; // the last lines of output, for an error message
+  failure?: BuildFailure; // status 'failure': the user's build or the platform (a lost builder), and the job's error
   warnings: string[];
 }
 
@@ -269,7 +272,13 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     metadataFile: path.join(cfg.dir, `metadata-${n}.json`),
     iidFile: path.join(cfg.dir, `iid-${n}`)
   };
-  const scoped = buildCacheRefs(lease.cache, buildCacheScope(opts, ciWorkspace(process.env, process.cwd()), process.cwd()), uploadNonce());
+  const refs = buildCacheRefs(lease.cache, buildCacheScope(opts, ciWorkspace(process.env, process.cwd()), process.cwd()), uploadNonce());
+  // An org cache whose registry is down or slow is left out of the build, with one warning (build-cache-probe.ts).
+  // A job's saved session holds no registry password: it is in the runner's docker config (runner-config.ts).
+  const registry = lease.cache?.registry?.password ? lease.cache.registry : await registryAccess(cfg.dockerConfig, lease.cache?.registry?.host);
+  const probeRef = refs.importRefs[0] || refs.exportRef;
+  const cacheDown = registry && probeRef ? await orgCacheUnavailable(probeRef, registry, cacheProbeTimeoutMs(process.env)) : null;
+  const scoped = cacheDown ? { ...refs, importRefs: [], exportRef: '', repository: '' } : refs;
   // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
   const inline = !docker.buildx || cfg.driver !== 'remote';
   const stageText = inline && !opts.noCache && scoped.repository ? await readDockerfile(opts) : null;
@@ -286,7 +295,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   const env = withoutSecretInputs(dockerEnv(process.env, { ...cfg.env }));
   const tail: string[] = [];
   const parser = new ProgressParser();
-  const warnings: string[] = [...scoped.warnings];
+  const warnings: string[] = [...scoped.warnings, ...(cacheDown ? [cacheUnavailableWarning(registry!.host, cacheDown)] : [])];
   const pushed: string[] = [];
   let cacheExported = false;
   let digest: string | undefined;
@@ -391,7 +400,9 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
     if (built.code !== 0) {
       // buildx pushing itself (--push): every step ran and only the export to the registry failed.
       const pushFailed = opts.push && docker.buildx && cfg.driver === 'remote' ? pushFailedInBuild(parser.vertices(), opts.tags) : null;
-      return pushFailed ? finish('success', built.code, { push: pushFailed }) : finish('failure', built.code);
+      return pushFailed
+        ? finish('success', built.code, { push: pushFailed })
+        : finish('failure', built.code, { failure: classifyFailure(tail, parser.vertices(), built.code) });
     }
     if (progress.totalSteps === 0 && parser.unseenVertices() > 0) {
       solvedElsewhere = stepsSolvedElsewhere(parser, await readDockerfile(opts), { target: opts.target, buildArgs: opts.buildArgs, platforms: opts.platforms });

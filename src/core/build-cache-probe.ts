@@ -1,0 +1,78 @@
+// Is the org cache there? One bounded request to the lease's registry before a build that would import from it or
+// export to it. The org cache is an optimisation: when its registry is down (refused, or the control plane's proxy
+// answers 5xx) or slow (no answer within the probe's timeout), the build runs without it, with one warning, instead
+// of BuildKit waiting on a cache import and the pushes of the cache export failing one by one after the build.
+import { httpRequest, type HttpRequester } from './http-request';
+
+/** How long the probe waits for the registry's answer by default (BUILDCLOUD_CACHE_PROBE_TIMEOUT overrides it). */
+export const DEFAULT_CACHE_PROBE_TIMEOUT_MS = 5000;
+
+/** The lease's registry and its credentials (LeaseMsg.cache.registry). */
+export interface CacheRegistry {
+  host: string; // host:port
+  username: string;
+  password: string;
+}
+
+/**
+ * The probe's timeout, ms: BUILDCLOUD_CACHE_PROBE_TIMEOUT as seconds (a number, 0.1 to 300), else the default.
+ * Throws an Error naming the variable and what it expects when it is set to anything else.
+ */
+export function cacheProbeTimeoutMs(env: NodeJS.ProcessEnv): number {
+  const raw = env.BUILDCLOUD_CACHE_PROBE_TIMEOUT;
+  if (raw === undefined || raw.trim() === '') return DEFAULT_CACHE_PROBE_TIMEOUT_MS;
+  const s = Number(raw.trim().replace(/s$/, ''));
+  if (!Number.isFinite(s) || s < 0.1 || s > 300) {
+    throw new Error(`Invalid BUILDCLOUD_CACHE_PROBE_TIMEOUT '${raw.slice(0, 40)}': expected seconds between 0.1 and 300 (e.g. 5 or 5s).`);
+  }
+  return Math.round(s * 1000);
+}
+
+// The registry proxy speaks plain HTTP on loopback only (registry-proxy.ts); anywhere else it is https.
+const baseUrl = (host: string) => `${/^(127\.|localhost(:|$)|\[::1\])/.test(host) ? 'http' : 'https'}://${host}`;
+
+/** `host/repo:tag` → the manifest path the probe asks for; null when `ref` is not in `host`. */
+export function manifestPath(ref: string, host: string): string | null {
+  if (!ref.startsWith(`${host}/`)) return null;
+  const rest = ref.slice(host.length + 1).replace(/@.*$/, '');
+  const colon = rest.lastIndexOf(':');
+  const repo = colon > 0 ? rest.slice(0, colon) : rest;
+  const tag = colon > 0 ? rest.slice(colon + 1) : 'latest';
+  return repo ? `/v2/${repo}/manifests/${tag}` : null;
+}
+
+/**
+ * Asks the registry for the manifest of `ref` (HEAD, with the lease's credentials) within `timeoutMs`. Resolves null
+ * when it answered as a registry does (found or not, even refused: the build's own requests then say more), or
+ * a one-line reason when it did not: no connection, a 5xx (the proxy's "the cache registry is unavailable"), or
+ * no answer in time. Never rejects.
+ */
+export async function orgCacheUnavailable(ref: string, reg: CacheRegistry, timeoutMs: number, request: HttpRequester = httpRequest): Promise<string | null> {
+  const p = manifestPath(ref, reg.host);
+  if (!p) return null; // not the lease's registry: nothing to say about it
+  const started = Date.now();
+  try {
+    const r = await request(`${baseUrl(reg.host)}${p}`, {
+      method: 'HEAD',
+      headers: {
+        accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json',
+        authorization: `Basic ${Buffer.from(`${reg.username}:${reg.password}`).toString('base64')}`
+      },
+      signal: AbortSignal.timeout(timeoutMs),
+      maxBytes: 64 * 1024
+    });
+    return r.status >= 500 ? `it answered HTTP ${r.status}` : null;
+  } catch (err) {
+    const e = err as Error & { cause?: { code?: string; message?: string } };
+    if (e.name === 'TimeoutError' || Date.now() - started >= timeoutMs) return `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
+    return e.cause?.code ?? e.cause?.message ?? e.message;
+  }
+}
+
+/** The build's one warning when the org cache is unavailable. */
+export function cacheUnavailableWarning(host: string, why: string): string {
+  return (
+    `the org cache (registry ${host}) is unavailable (${why}): this build runs without it, importing no layers from it and exporting ` +
+    `none to it; the build itself is unaffected. Later builds reuse the org cache again once its registry answers.`
+  );
+}
