@@ -748,3 +748,28 @@ describe("installRegistryTrust (what builders' dockerd reads for the proxy)", ()
     await expect(installRegistryTrust(host, pki.caPem, { certsDir: tmp })).rejects.toThrow(/expected host:port/);
   });
 });
+
+describe('an upstream registry that does not answer (issue 14: the org cache slow)', () => {
+  test('is a 504 after upstreamTimeoutMs, naming the wait, so clients give up instead of hanging', async () => {
+    await proxy.close();
+    proxy = await makeProxy({ upstreamTimeoutMs: 200 });
+    handler = () => undefined; // reads the request, never answers
+    const t0 = Date.now();
+    const r = await call(proxy, 'HEAD', '/v2/acme/app/cache/manifests/main', { auth: FEAT });
+    expect(r.status).toBe(504);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(190);
+    const g = await call(proxy, 'GET', '/v2/acme/app/cache/manifests/main', { auth: FEAT });
+    expect(g.status).toBe(504);
+    expect(JSON.parse(g.body).errors[0]).toEqual({ code: 'UNAVAILABLE', message: 'the cache registry did not answer within 0.2 s' });
+    expect(logLines.join('')).toContain('upstream registry did not answer in time');
+  });
+
+  test('an answer that starts within the wait is passed through whole', async () => {
+    await proxy.close();
+    proxy = await makeProxy({ upstreamTimeoutMs: 1000 });
+    handler = (req, res) => setTimeout(() => okHandler(req, res, Buffer.alloc(0)), 150);
+    const r = await call(proxy, 'GET', '/v2/acme/app/cache/manifests/main', { auth: FEAT });
+    expect(r.status).toBe(200);
+    expect(JSON.parse(r.body)).toEqual({ upstream: true, url: '/v2/acme/app/cache/manifests/main' });
+  });
+});

@@ -61,7 +61,14 @@ export interface RegistryProxyOptions {
     enter(org: string, method: string, name: string, tail: string): Promise<string | null>;
     leave(org: string, method: string, tail: string, status: number): void;
   };
+  // How long the upstream registry may take to start its answer once a client's request reached it in full, ms
+  // (default UPSTREAM_ANSWER_TIMEOUT_MS). A registry that hangs then gets the client a 504 instead of a request
+  // that never ends: BuildKit's cache import and `docker push` give up and the build goes on without the cache.
+  upstreamTimeoutMs?: number;
 }
+
+/** Default of RegistryProxyOptions.upstreamTimeoutMs: 30 s for the registry to start answering. */
+export const UPSTREAM_ANSWER_TIMEOUT_MS = 30_000;
 
 // Repository name as distribution accepts it. Every alternative is anchored by a mandatory alphanumeric run, so
 // the pattern cannot backtrack exponentially on hostile paths.
@@ -367,8 +374,20 @@ export class RegistryProxy {
     headers.host = upstreamHost;
     const transport = this.upstreamUrl?.protocol === 'https:' ? https : http;
     const upReq = transport.request({ ...options, agent: this.agent, method: req.method, path: pathAndQuery, headers });
+    // The clock starts once the client's request (an upload's body included) reached the registry in full.
+    const waitMs = this.opts.upstreamTimeoutMs ?? UPSTREAM_ANSWER_TIMEOUT_MS;
+    let silent: NodeJS.Timeout | undefined;
+    let timedOut = false;
+    upReq.on('finish', () => {
+      silent = setTimeout(() => {
+        timedOut = true;
+        upReq.destroy();
+      }, waitMs);
+    });
+    upReq.on('close', () => clearTimeout(silent));
 
     upReq.on('response', (upRes) => {
+      clearTimeout(silent);
       if (res.destroyed) return upRes.destroy();
       if (upRes.statusCode === 401) {
         // Only an external registry rejecting the control plane's own credentials gets here.
@@ -394,6 +413,10 @@ export class RegistryProxy {
     upReq.on('error', (err) => {
       req.unpipe(upReq);
       if (res.writableEnded || res.destroyed) return;
+      if (timedOut) {
+        this.opts.log?.warn({ waitMs, path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream registry did not answer in time');
+        return sendError(res, 504, 'UNAVAILABLE', `the cache registry did not answer within ${waitMs / 1000} s`);
+      }
       this.opts.log?.warn({ err: err.message, path: pathAndQuery.split('?')[0] }, 'registry proxy: upstream error');
       sendError(res, 502, 'UNAVAILABLE', 'the cache registry is unavailable');
     });
