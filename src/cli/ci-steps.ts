@@ -82,7 +82,7 @@ export async function runBuild(o: StepOptions): Promise<void> {
   if (o.json) process.stdout.write(JSON.stringify(r.values) + '\n');
   if (r.run.status !== 'success') {
     throw new CliError(
-      `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}`,
+      r.run.status === 'cancelled' ? 'docker build was cancelled' : redact(r.run.failure?.message ?? `docker build failed (exit ${r.run.exitCode})`),
       r.run.status === 'cancelled' ? 130 : 1
     );
   }

@@ -14,7 +14,9 @@ export async function buildActionStep(session: Session, settings: BuildSettings)
     const redact = redactor(settings.secrets.map((s) => s.value));
     const r = await buildStep(session, settings, { log: log(), naming: 'action', io: { onLine: (l) => process.stdout.write(redact(l) + '\n') } });
     for (const [k, v] of Object.entries(r.outputs)) core.setOutput(k, v);
-    if (r.run.status !== 'success') {
+    if (r.run.failure?.kind === 'platform') {
+      core.setFailed(redact(r.run.failure.message)); // the builder was lost: not the Dockerfile, nothing in its output to show
+    } else if (r.run.status !== 'success') {
       core.setFailed(
         `docker build ${r.run.status === 'cancelled' ? 'was cancelled' : `failed (exit ${r.run.exitCode})`}: ${redact(r.run.outputTail.slice(-5).join(' | '))}`
       );
