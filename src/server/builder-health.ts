@@ -3,8 +3,13 @@
 // destroying a busy shared builder would break every build running there.
 import type { BuilderHandle, Driver, EngineHealth } from './drivers/driver';
 
-/** How long (ms) the probe before a hand-out may take: short, a provision waits for it. */
-export const HAND_OUT_PROBE_MS = 1500;
+/**
+ * How long (ms) the probe before a hand-out may take. A provision waits for it only when the engine does not answer,
+ * and replacing the builder then costs about a cold start (target: at most 3 s), so waiting as long before giving up
+ * keeps an idle engine slowed by a loaded host (a builder in its grace period, holding the pipeline's local layers)
+ * from being replaced for nothing. An engine that answers does so in milliseconds.
+ */
+export const HAND_OUT_PROBE_MS = 3000;
 
 /** The driver's health probe, or its alive() as 'ok' / 'dead' when it has none. Never rejects. */
 export async function engineHealth(driver: Driver, handle: BuilderHandle, timeoutMs = HAND_OUT_PROBE_MS): Promise<EngineHealth> {
