@@ -5,9 +5,10 @@
 // the tests: a scenario whose test did not run, a reliability test that wrote no scenario file and figures left by
 // an earlier run are each listed as such, never dropped.
 //
-//   node scripts/reliability-report.mjs [RESULTS.json] [--scenarios DIR] [--out FILE|-]
+//   node scripts/reliability-report.mjs [RESULTS.json ...] [--scenarios DIR] [--out FILE|-]
 //
-// RESULTS.json: `jest --json --outputFile=...` (default .ci/jest-results.json, the file .ci/run writes). DIR: the
+// RESULTS.json: `jest --json --outputFile=...` (default .ci/jest-results.json, the file .ci/run writes); several
+// (test files run one at a time) are merged, a test file in more than one keeping its latest run. DIR: the
 // scenario files (default $BUILDCLOUD_RELIABILITY_DIR, else .ci/reliability). FILE: where the Markdown goes (default
 // docs/reliability.md; `-` for stdout). Exits 2 on bad arguments or unreadable results; the outcome of the tests
 // themselves never changes its exit code (Jest's does that).
@@ -59,6 +60,28 @@ export function formatFigures(figures) {
 }
 
 /**
+ * One set of results from several `jest --json` files (this machine runs the heavy test files one at a time): their
+ * test files together, a file in more than one keeping its latest run. Throws when one has no testResults array.
+ * @param {{ path: string, results: any }[]} runs @returns {any}
+ */
+export function mergeResults(runs) {
+  const byFile = new Map();
+  let startTime = Infinity;
+  for (const { path: p, results } of runs) {
+    if (!results || !Array.isArray(results.testResults))
+      throw new Error(`${p}: not Jest JSON results: no testResults array (write them with jest --json --outputFile=FILE)`);
+    startTime = Math.min(startTime, Number(results.startTime) || Infinity);
+    for (const suite of results.testResults) {
+      const start = (x) => Number(x.perfStats?.start) || Number(results.startTime) || 0;
+      const seen = byFile.get(suite.name);
+      if (!seen || start(suite) >= seen.start)
+        byFile.set(suite.name, { start: start(suite), suite: { ...suite, perfStats: { ...suite.perfStats, start: start(suite) } } });
+    }
+  }
+  return { startTime: Number.isFinite(startTime) ? startTime : 0, testResults: [...byFile.values()].map((v) => v.suite) };
+}
+
+/**
  * The table's rows from Jest's JSON results (`results`, as `jest --json` writes them) and the scenario files
  * (`files`): one row per scenario file, then one per reliability test that wrote none, then one per reliability test
  * file that failed before any test ran. `root` resolves the absolute paths both carry. Throws when `results` has no
@@ -69,15 +92,17 @@ export function buildRows(results, files, o = {}) {
   const root = o.root ?? ROOT;
   if (!results || !Array.isArray(results.testResults))
     throw new Error('not Jest JSON results: no testResults array (write them with jest --json --outputFile=FILE)');
-  const runStart = Number(results.startTime) || 0;
   /** @type {Map<string, { status: string, message: string }>} */
   const tests = new Map();
   const filesRun = new Set();
   /** @type {Row[]} */
   const suiteRows = [];
+  /** @type {Map<string, number>} when each test file's run began (unix ms): older scenario files are an earlier run's */
+  const fileStart = new Map();
   for (const suite of results.testResults) {
     const file = rel(root, suite.name);
     filesRun.add(file);
+    fileStart.set(file, Number(suite.perfStats?.start) || Number(results.startTime) || 0);
     for (const a of suite.assertionResults ?? []) {
       const fullName = a.fullName ?? [...(a.ancestorTitles ?? []), a.title].join(' ');
       tests.set(`${file}\0${fullName}`, { status: STATUS[a.status] ?? String(a.status), message: firstLine((a.failureMessages ?? []).join('\n')) });
@@ -113,6 +138,7 @@ export function buildRows(results, files, o = {}) {
     if (t) result = t.status === 'failed' && t.message ? `failed: ${t.message}` : t.status;
     else if (filesRun.has(file)) result = 'not run: no test of this name in this run';
     else result = 'not run: its test file was not in this run';
+    const runStart = fileStart.get(file) ?? 0;
     if (t && runStart && f.mtimeMs < runStart) result += ` (figures from an earlier run, ${new Date(f.mtimeMs).toISOString()})`;
     rows.push({
       scenario: String(d.scenario ?? path.basename(f.source)),
@@ -240,15 +266,14 @@ function machine() {
 }
 
 function usage(msg) {
-  process.stderr.write(`reliability-report: ${msg}\nusage: node scripts/reliability-report.mjs [RESULTS.json] [--scenarios DIR] [--out FILE|-]\n`);
+  process.stderr.write(`reliability-report: ${msg}\nusage: node scripts/reliability-report.mjs [RESULTS.json ...] [--scenarios DIR] [--out FILE|-]\n`);
   process.exit(2);
 }
 
 function main(argv) {
-  let resultsPath = path.join(ROOT, '.ci', 'jest-results.json');
+  const paths = [];
   let dir = process.env.BUILDCLOUD_RELIABILITY_DIR || path.join(ROOT, '.ci', 'reliability');
   let out = path.join(ROOT, 'docs', 'reliability.md');
-  let positional = 0;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--scenarios' || a === '--out') {
@@ -257,27 +282,35 @@ function main(argv) {
       if (a === '--out') out = v;
       else dir = v;
     } else if (a.startsWith('-') && a !== '-') usage(`unknown option ${a}`);
-    else if (positional++ === 0) resultsPath = a;
-    else usage(`one results file expected, got a second argument: ${a}`);
+    else paths.push(a);
   }
+  if (paths.length === 0) paths.push(path.join(ROOT, '.ci', 'jest-results.json'));
+  const runs = paths.map((p) => {
+    try {
+      return { path: p, results: JSON.parse(fs.readFileSync(p, 'utf8')) };
+    } catch (err) {
+      return usage(
+        err.code === 'ENOENT'
+          ? `no Jest results at ${p}: run npm run reliability, or jest --json --outputFile=${p}, first`
+          : `cannot read Jest results ${p}: ${err.message}`
+      );
+    }
+  });
+  let rows;
   let results;
   try {
-    results = JSON.parse(fs.readFileSync(resultsPath, 'utf8'));
-  } catch (err) {
-    usage(
-      err.code === 'ENOENT'
-        ? `no Jest results at ${resultsPath}: run npm run reliability, or jest --json --outputFile=${resultsPath}, first`
-        : `cannot read Jest results ${resultsPath}: ${err.message}`
-    );
-  }
-  let rows;
-  try {
+    results = mergeResults(runs);
     rows = buildRows(results, readScenarioFiles(dir));
   } catch (err) {
-    usage(`${resultsPath}: ${err.message}`);
+    usage(err.message);
   }
   const runDate = results.startTime ? new Date(results.startTime).toISOString() : 'unknown (no startTime in the results)';
-  const doc = renderReport({ rows, runDate, commit: gitCommit(), machine: machine() });
+  const doc = renderReport({
+    rows,
+    runDate: paths.length > 1 ? `${runDate} onwards (${paths.length} Jest runs)` : runDate,
+    commit: gitCommit(),
+    machine: machine()
+  });
   if (out === '-') process.stdout.write(doc);
   else {
     fs.writeFileSync(out, doc);

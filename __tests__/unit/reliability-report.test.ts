@@ -21,15 +21,17 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 type Assertion = { fullName: string; status: string; failureMessages?: string[] };
-function results(suites: { file: string; tests: Assertion[]; status?: string; message?: string }[]): string {
-  const file = path.join(dir, 'results.json');
+type Suite = { file: string; tests: Assertion[]; status?: string; message?: string; start?: number };
+function results(suites: Suite[], name = 'results.json', startTime = RUN_START): string {
+  const file = path.join(dir, name);
   const testResults = suites.map((s) => ({
     name: s.file,
+    perfStats: s.start === undefined ? undefined : { start: s.start, end: s.start + 1000 },
     status: s.status ?? (s.tests.some((t) => t.status === 'failed') ? 'failed' : 'passed'),
     message: s.message ?? '',
     assertionResults: s.tests.map((t) => ({ ...t, title: t.fullName, ancestorTitles: [], failureMessages: t.failureMessages ?? [] }))
   }));
-  fs.writeFileSync(file, JSON.stringify({ startTime: RUN_START, success: false, testResults }));
+  fs.writeFileSync(file, JSON.stringify({ startTime, success: false, testResults }));
   return file;
 }
 
@@ -113,6 +115,30 @@ test('writes docs to --out; no scenario directory is no scenario, not an error',
   expect(r.status).toBe(0);
   expect(r.stderr).toContain(`1 scenarios (1 passed) written to`);
   expect(rows(fs.readFileSync(out, 'utf8')).map((c) => c[3])).toEqual(['**passed (no scenario file: the test did not reach reportScenario)**']);
+});
+
+test('several result files (test files run one at a time): merged, a file run twice keeps its latest run; staleness is per test file', () => {
+  const load = path.join(REL, 'load.test.ts');
+  const storage = path.join(REL, 'storage.test.ts');
+  const hour = 3_600_000;
+  const first = results(
+    [
+      { file: load, tests: [{ fullName: 'load', status: 'failed', failureMessages: ['boom'] }], start: RUN_START },
+      { file: storage, tests: [{ fullName: 'disk full', status: 'passed' }], start: RUN_START }
+    ],
+    'a.json'
+  );
+  const second = results([{ file: load, tests: [{ fullName: 'load', status: 'passed' }], start: RUN_START + 2 * hour }], 'b.json', RUN_START + 2 * hour);
+  scenario('load', 'load', load, { builds: 300 }, RUN_START + 2 * hour + 1000);
+  // Written after storage's run, before load's second one: current for storage.
+  scenario('storage full', 'disk full', storage, { leftovers: 0 }, RUN_START + hour);
+  const r = report([second, first, '--scenarios', scenarios, '--out', '-']);
+  expect(r.status).toBe(0);
+  expect(rows(r.stdout).map((c) => [c[0], c[3]])).toEqual([
+    ['load', '**passed**'],
+    ['storage full', '**passed**']
+  ]);
+  expect(r.stdout).toMatch(/^- Run: 2026-11-30T12:00:00\.000Z onwards \(2 Jest runs\)$/m);
 });
 
 test('bad input: one line naming the file or the option and what is expected, exit 2', () => {
