@@ -208,6 +208,7 @@ test('a second serve on a state directory in use refuses, naming the running one
   const info = await first.ready;
   const token = adminSetup(stateDir, 'acme', 60);
   const a = job(info.grpc, token, 'second', 'job-a');
+  await logLine(first, /"builder ready"/); // the warm builder the lease takes
   const setupA = await a.setup();
   // The lease took the warm builder; its refill is a second live builder.
   await waitFor('two live builders', async () => (first.log().match(/"builder ready"/g) ?? []).length >= 2, 120_000);
@@ -267,19 +268,22 @@ test('a second serve on a state directory in use refuses, naming the running one
 
 test('SIGTERM while the warm builder is starting, 5 times in a row: no dockerd, bridge, rule or data root outlives serve', async () => {
   const stateDir = path.join(work, 'state-term');
-  const rounds: Array<{ exit: number | string | null; stage: string; left: ReturnType<typeof count>; names: string[] }> = [];
+  const rounds: Array<{ exit: number | string | null; stopMs: number; stage: string; left: ReturnType<typeof count>; names: string[] }> = [];
   for (let i = 0; i < 5; i++) {
     const s = serve(stateDir, ['--warm-pool', '1']);
     // The signal goes at the moment serve says the builder is starting: bridge, cgroup and rules are being made,
     // dockerd is about to start (the window the issue saw leave a root dockerd running).
     await logLine(s, /"starting dockerd"/);
+    const signalled = Date.now();
     s.proc.kill('SIGTERM');
     const exit = await s.exited;
+    const stopMs = Date.now() - signalled;
     const started = startedBy(s.log());
     const l = leftovers(started, stateDir);
     const registry = processesMentioning([path.join(stateDir, 'registry')]);
     rounds.push({
       exit,
+      stopMs,
       stage: s.log().includes('"dockerd ready"') ? 'dockerd was ready' : 'dockerd not yet ready',
       left: { ...count(l), processes: l.processes.length + registry.length },
       names: [...l.processes, ...registry, ...l.bridges, ...l.rules, ...l.dirs]
@@ -305,7 +309,8 @@ test('SIGTERM while the warm builder is starting, 5 times in a row: no dockerd, 
       leftoverBridges: total.bridges,
       leftoverRules: total.rules,
       leftoverDirs: total.dirs,
-      roundsWhereDockerdWasReady: rounds.filter((r) => r.stage === 'dockerd was ready').length
+      roundsWhereDockerdWasReady: rounds.filter((r) => r.stage === 'dockerd was ready').length,
+      slowestStopMs: Math.max(...rounds.map((r) => r.stopMs))
     }
   });
   expect(rounds.map((r) => [r.exit, r.names])).toEqual(rounds.map(() => [0, []]));
