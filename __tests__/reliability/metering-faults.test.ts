@@ -4,12 +4,12 @@
 // 0, a warning when metering had trouble), and every usage record reached the server exactly once, as the server's
 // usage API counts them (builds and jobs), whatever the client printed; the proxy's log says what the server answered
 // each time a record reached it (accepted, duplicate) and when the client retried.
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { adminSetup, cli, startServer, CLI, DOCKER, type ServerProcess } from '../helpers/server';
-import { startFaultProxy, type Fault, type FaultProxy } from '../helpers/fault-proxy';
+import { startServer, type ServerProcess } from '../helpers/server';
+import { meteringJobs, type Plan } from '../helpers/metering-jobs';
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy';
 import { reportScenario } from '../helpers/reliability';
 import { BUILD_END_DEADLINE_MS } from '../../src/core/metering-send';
 
@@ -17,141 +17,18 @@ let server: ServerProcess;
 let proxy: FaultProxy;
 let work: string;
 let ctx: string;
+let jobs: ReturnType<typeof meteringJobs>;
 
 const DOCKERFILE = `FROM scratch
 COPY a.txt /a.txt
 COPY b.txt /b.txt
 `;
 
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-  endedAt: number;
-}
-
-// Asynchronous: the fault proxy runs in this process and must keep answering while the CLI runs.
-function run(args: string[], env: NodeJS.ProcessEnv): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [CLI, ...args], { env, cwd: work, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    p.on('error', reject);
-    p.on('close', (status) => resolve({ status, stdout, stderr, endedAt: Date.now() }));
-  });
-}
-
-interface Job {
-  org: string;
-  home: string; // the runner's home: the spool lives under it (~/.cache/buildcloud/spool), as by default
-  temp: string; // RUNNER_TEMP: the session
-  token: string;
-}
-
-function newRunner(org: string): Job {
-  const home = fs.mkdtempSync(path.join(work, `${org}-home-`));
-  const temp = fs.mkdtempSync(path.join(work, `${org}-temp-`));
-  return { org, home, temp, token: adminSetup(server.stateDir, org, 60) };
-}
-
-const spoolDir = (j: Job) => path.join(j.home, '.cache', 'buildcloud', 'spool', j.org);
-const spooled = (j: Job) => (fs.existsSync(spoolDir(j)) ? fs.readdirSync(spoolDir(j)).filter((f) => /^[0-9a-f]{64}\.json$/.test(f)).length : 0);
-
-function jobEnv(j: Job, jobId: string): NodeJS.ProcessEnv {
-  return {
-    PATH: process.env.PATH,
-    HOME: j.home,
-    RUNNER_TEMP: j.temp,
-    BUILDCLOUD_ENDPOINT: server.info.grpc,
-    BUILDCLOUD_TOKEN: j.token,
-    BUILDCLOUD_METERING_ENDPOINT: proxy.url,
-    BUILDCLOUD_PROJECT: `${j.org}/app`,
-    BUILDCLOUD_BRANCH: 'main',
-    BUILDCLOUD_DEFAULT_BRANCH: 'main',
-    BUILDCLOUD_PIPELINE_ID: `${j.org}-${process.pid}`,
-    BUILDCLOUD_JOB_ID: jobId,
-    BUILDCLOUD_DOCKER: DOCKER
-  };
-}
-
-async function setup(j: Job, jobId: string): Promise<NodeJS.ProcessEnv> {
-  const env = jobEnv(j, jobId);
-  const s = await run(['setup', '--json'], env);
-  if (s.status !== 0) throw new Error(`setup exited ${s.status}:\n${s.stderr}`);
-  const out = JSON.parse(s.stdout.trim().split('\n').pop()!);
-  expect(out.outputs.fallback).toBe(false);
-  return { ...env, ...out.env };
-}
-
-interface BuildRun extends Run {
-  startedAt: number;
-  values: { 'total-steps': number; 'cached-steps': number };
-}
-
-async function build(env: NodeJS.ProcessEnv): Promise<BuildRun> {
-  const startedAt = Date.now();
-  const b = await run(['build', '--context', 'ctx', '--json'], env);
-  if (b.status !== 0) throw new Error(`build exited ${b.status}:\n${b.stderr}`);
-  return { ...b, startedAt, values: JSON.parse(b.stdout.trim().split('\n').pop()!) };
-}
-
-type Plan = { faults?: Fault[]; then: Fault } | 'down';
-
-/**
- * One whole job: setup, build, report. `during` is in force from setup's end to the build's end, and through the
- * report too when `throughReport`; the endpoint is healthy (pass) otherwise and afterwards.
- */
-async function job(j: Job, jobId: string, during: Plan, throughReport = false) {
-  const env = await setup(j, jobId);
-  const apply = async (p: Plan) => (p === 'down' ? proxy.down() : proxy.plan(p.faults ?? [], p.then));
-  const heal = async () => {
-    if (during === 'down') await proxy.up();
-    proxy.plan([], { kind: 'pass' });
-  };
-  await apply(during);
-  const b = await build(env);
-  if (!throughReport) await heal();
-  const r = await run(['report'], env);
-  if (throughReport) await heal();
-  return { build: b, report: r };
-}
-
-interface Usage {
-  builds: { count: number; succeeded: number; totalSteps: number; cachedSteps: number };
-  jobs: { count: number };
-}
-
-// The server's own count, read from its usage API (not through the proxy).
-function usage(org: string): Usage {
-  const u = cli(['usage', '--org', org, '--state-dir', server.stateDir, '--json'], { PATH: process.env.PATH, HOME: work });
-  if (u.status !== 0) throw new Error(`usage exited ${u.status}:\n${u.stderr}`);
-  return JSON.parse(u.stdout);
-}
-
-/** What reached the server through the proxy since `from`: record deliveries and the server's answers. */
-function served(from: number) {
-  const entries = proxy.log.slice(from).filter((e) => e.path.endsWith('/v1/events'));
-  const answers = entries.flatMap((e) => e.results ?? []);
-  const ids = new Set(entries.flatMap((e) => e.ids));
-  return {
-    entries,
-    requests: entries.length,
-    recordsSent: ids.size, // distinct records the client tried to send
-    deliveries: entries.reduce((n, e) => n + e.ids.length, 0),
-    accepted: answers.filter((a) => a.status === 'accepted').length,
-    duplicate: answers.filter((a) => a.status === 'duplicate').length,
-    acceptedIds: new Set(answers.filter((a) => a.status === 'accepted').map((a) => a.id))
-  };
-}
-
-const warned = (r: Run) => r.stderr.split('\n').filter((l) => /Build Cloud metering:/.test(l));
-
 beforeAll(async () => {
   work = fs.mkdtempSync(path.join(os.tmpdir(), 'bc-metering-faults-'));
   server = await startServer(['--idle-timeout', '60s', '--grace', '1s', '--warm-pool', '0']);
   proxy = await startFaultProxy(server.info.http);
+  jobs = meteringJobs({ server, proxy, work });
   ctx = path.join(work, 'ctx');
   fs.mkdirSync(ctx);
   fs.writeFileSync(path.join(ctx, 'Dockerfile'), DOCKERFILE);
@@ -167,21 +44,21 @@ afterAll(async () => {
 });
 
 // A fault for the whole first job; a later job of the same runner (its setup) sends what the first one kept.
-async function faultThenLaterJob(org: string, during: { faults?: Fault[]; then: Fault } | 'down') {
-  const j = newRunner(org);
+async function faultThenLaterJob(org: string, during: Plan) {
+  const j = jobs.newRunner(org);
   const from = proxy.log.length;
-  const first = await job(j, 'first', during, true);
-  const afterFirst = usage(org);
-  const keptInSpool = spooled(j);
+  const first = await jobs.job(j, 'first', during, true);
+  const afterFirst = jobs.usage(org);
+  const keptInSpool = jobs.spooled(j);
   const mid = proxy.log.length;
-  const second = await job(j, 'second', { then: { kind: 'pass' } });
-  return { j, from, mid, first, second, afterFirst, keptInSpool, final: usage(org), leftovers: spooled(j) };
+  const second = await jobs.job(j, 'second', { then: { kind: 'pass' } });
+  return { j, from, mid, first, second, afterFirst, keptInSpool, final: jobs.usage(org), leftovers: jobs.spooled(j) };
 }
 
 test('metering endpoint answers 500 for a whole job: the build succeeds, a later job sends every record once', async () => {
   const s = await faultThenLaterJob('m500', { then: { kind: 'status', status: 500 } });
   const during = proxy.log.slice(s.from, s.mid);
-  const all = served(s.from);
+  const all = jobs.served(s.from);
   reportScenario({
     scenario: 'metering endpoint answers 500',
     injected:
@@ -200,7 +77,7 @@ test('metering endpoint answers 500 for a whole job: the build succeeds, a later
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
-  expect(warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*HTTP 500/);
+  expect(jobs.warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*HTTP 500/);
   expect(during.length).toBeGreaterThanOrEqual(2); // the build end's and the report's tries all met the fault
   expect(during.every((e) => e.fault === 'status' && e.upstreamStatus === undefined)).toBe(true);
   expect(s.afterFirst.builds.count).toBe(0);
@@ -213,11 +90,11 @@ test('metering endpoint answers 500 for a whole job: the build succeeds, a later
 });
 
 test('metering endpoint answers 429 with Retry-After: the client waits it out, then the record is stored once', async () => {
-  const j = newRunner('m429');
+  const j = jobs.newRunner('m429');
   const from = proxy.log.length;
-  const r = await job(j, 'only', { faults: [{ kind: 'status', status: 429, retryAfter: '2' }], then: { kind: 'pass' } });
-  const u = usage('m429');
-  const s = served(from);
+  const r = await jobs.job(j, 'only', { faults: [{ kind: 'status', status: 429, retryAfter: '2' }], then: { kind: 'pass' } });
+  const u = jobs.usage('m429');
+  const s = jobs.served(from);
   const [limited, next] = s.entries;
   const gapMs = next && limited ? next.at - limited.at : -1;
   reportScenario({
@@ -230,7 +107,7 @@ test('metering endpoint answers 429 with Retry-After: the client waits it out, t
       recordsSent: s.recordsSent,
       recordsAccepted: s.accepted,
       recordsDuplicate: s.duplicate,
-      recordsPending: spooled(j),
+      recordsPending: jobs.spooled(j),
       buildExitCode: r.build.status ?? -1,
       usageBuilds: u.builds.count,
       usageJobs: u.jobs.count
@@ -242,17 +119,17 @@ test('metering endpoint answers 429 with Retry-After: the client waits it out, t
   expect(next.ids).toEqual(limited.ids);
   expect(gapMs).toBeGreaterThanOrEqual(2000);
   expect(gapMs).toBeLessThan(BUILD_END_DEADLINE_MS);
-  expect(warned(r.build)).toEqual([]); // it went through within the build end's deadline
+  expect(jobs.warned(r.build)).toEqual([]); // it went through within the build end's deadline
   expect(u.builds.count).toBe(1);
   expect(u.jobs.count).toBe(1);
   expect([s.accepted, s.duplicate]).toEqual([2, 0]);
-  expect(spooled(j)).toBe(0);
+  expect(jobs.spooled(j)).toBe(0);
 });
 
 test('metering endpoint answers 429 with a Retry-After past every deadline: no early retry, a later job sends every record once', async () => {
   const s = await faultThenLaterJob('m429long', { then: { kind: 'status', status: 429, retryAfter: '60' } });
   const during = proxy.log.slice(s.from, s.mid);
-  const all = served(s.from);
+  const all = jobs.served(s.from);
   reportScenario({
     scenario: 'metering endpoint answers 429 with a Retry-After past the deadlines',
     injected:
@@ -271,7 +148,7 @@ test('metering endpoint answers 429 with a Retry-After past every deadline: no e
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
-  expect(warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*HTTP 429.*retry after 60 s, past the flush deadline/);
+  expect(jobs.warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*HTTP 429.*retry after 60 s, past the flush deadline/);
   expect(during.map((e) => e.fault)).toEqual(['status', 'status']); // the build end's try and the report's, no more
   expect(s.afterFirst.builds.count).toBe(0);
   expect(s.keptInSpool).toBe(2);
@@ -282,11 +159,11 @@ test('metering endpoint answers 429 with a Retry-After past every deadline: no e
 });
 
 test('metering endpoint hangs past the client timeout (after storing): the build ends within the deadline, nothing counted twice', async () => {
-  const j = newRunner('mhang');
+  const j = jobs.newRunner('mhang');
   const from = proxy.log.length;
-  const r = await job(j, 'only', { then: { kind: 'hang' } });
-  const u = usage('mhang');
-  const s = served(from);
+  const r = await jobs.job(j, 'only', { then: { kind: 'hang' } });
+  const u = jobs.usage('mhang');
+  const s = jobs.served(from);
   const firstTry = s.entries[0];
   const heldMs = firstTry ? r.build.endedAt - firstTry.at : -1;
   reportScenario({
@@ -298,7 +175,7 @@ test('metering endpoint hangs past the client timeout (after storing): the build
       recordsSent: s.recordsSent,
       recordsAccepted: s.accepted,
       recordsDuplicate: s.duplicate,
-      recordsPending: spooled(j),
+      recordsPending: jobs.spooled(j),
       buildExitCode: r.build.status ?? -1,
       usageBuilds: u.builds.count,
       usageJobs: u.jobs.count
@@ -306,7 +183,7 @@ test('metering endpoint hangs past the client timeout (after storing): the build
   });
   expect(r.build.status).toBe(0);
   expect(r.report.status).toBe(0);
-  expect(warned(r.build).join('\n')).toMatch(/1 usage record not sent yet to .*no reply within \d+ ms/);
+  expect(jobs.warned(r.build).join('\n')).toMatch(/1 usage record not sent yet to .*no reply within \d+ ms/);
   expect(firstTry.fault).toBe('hang');
   expect(heldMs).toBeLessThan(BUILD_END_DEADLINE_MS + 1500);
   expect(s.duplicate).toBeGreaterThanOrEqual(1); // the build record reached the server more than once
@@ -314,15 +191,15 @@ test('metering endpoint hangs past the client timeout (after storing): the build
   expect(s.accepted).toBe(2);
   expect(u.builds.count).toBe(1);
   expect(u.jobs.count).toBe(1);
-  expect(spooled(j)).toBe(0);
+  expect(jobs.spooled(j)).toBe(0);
 });
 
 test('metering endpoint resets connections (after storing): the build succeeds, records counted once', async () => {
-  const j = newRunner('mreset');
+  const j = jobs.newRunner('mreset');
   const from = proxy.log.length;
-  const r = await job(j, 'only', { then: { kind: 'reset' } });
-  const u = usage('mreset');
-  const s = served(from);
+  const r = await jobs.job(j, 'only', { then: { kind: 'reset' } });
+  const u = jobs.usage('mreset');
+  const s = jobs.served(from);
   const resets = s.entries.filter((e) => e.fault === 'reset');
   reportScenario({
     scenario: 'metering endpoint resets connections',
@@ -334,7 +211,7 @@ test('metering endpoint resets connections (after storing): the build succeeds, 
       recordsSent: s.recordsSent,
       recordsAccepted: s.accepted,
       recordsDuplicate: s.duplicate,
-      recordsPending: spooled(j),
+      recordsPending: jobs.spooled(j),
       buildExitCode: r.build.status ?? -1,
       usageBuilds: u.builds.count,
       usageJobs: u.jobs.count
@@ -342,7 +219,7 @@ test('metering endpoint resets connections (after storing): the build succeeds, 
   });
   expect(r.build.status).toBe(0);
   expect(r.report.status).toBe(0);
-  expect(warned(r.build).join('\n')).toMatch(/1 usage record not sent yet to .*(ECONNRESET|socket hang up)/);
+  expect(jobs.warned(r.build).join('\n')).toMatch(/1 usage record not sent yet to .*(ECONNRESET|socket hang up)/);
   expect(resets.length).toBeGreaterThanOrEqual(2);
   expect(resets.every((e) => e.upstreamStatus === 200)).toBe(true);
   expect(s.duplicate).toBe(resets.length); // every later delivery of the build record: the resets after the first, the report's
@@ -350,12 +227,12 @@ test('metering endpoint resets connections (after storing): the build succeeds, 
   expect(s.acceptedIds.size).toBe(2);
   expect(u.builds.count).toBe(1);
   expect(u.jobs.count).toBe(1);
-  expect(spooled(j)).toBe(0);
+  expect(jobs.spooled(j)).toBe(0);
 });
 
 test('metering endpoint down for a whole job: the build succeeds, a later job sends every record once', async () => {
   const s = await faultThenLaterJob('mdown', 'down');
-  const all = served(s.from);
+  const all = jobs.served(s.from);
   const fromFirstJob = all.entries.filter((e) => e.at < s.first.report.endedAt);
   reportScenario({
     scenario: 'metering endpoint down for a whole job',
@@ -374,7 +251,7 @@ test('metering endpoint down for a whole job: the build succeeds, a later job se
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
-  expect(warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*ECONNREFUSED/);
+  expect(jobs.warned(s.first.build).join('\n')).toMatch(/1 usage record not sent yet to .*ECONNREFUSED/);
   expect(fromFirstJob).toEqual([]);
   expect(s.afterFirst.builds.count).toBe(0);
   expect(s.keptInSpool).toBe(2);
@@ -385,18 +262,18 @@ test('metering endpoint down for a whole job: the build succeeds, a later job se
 });
 
 test("a job cancelled after its build: the build's record was sent when the build ended, the report never counts it twice", async () => {
-  const j = newRunner('mcancel');
+  const j = jobs.newRunner('mcancel');
   const from = proxy.log.length;
-  const env = await setup(j, 'cancelled');
-  const b = await build(env);
-  const sentAtBuildEnd = served(from);
+  const env = await jobs.setup(j, 'cancelled');
+  const b = await jobs.build(env);
+  const sentAtBuildEnd = jobs.served(from);
   // The job is cancelled here: no report, and the runner's home (the spool with it) is thrown away.
   fs.rmSync(j.home, { recursive: true, force: true });
-  const u = usage('mcancel');
+  const u = jobs.usage('mcancel');
   // A report that does run later (its session survived in RUNNER_TEMP) sends the job record only.
-  const r = await run(['report'], env);
-  const after = usage('mcancel');
-  const s = served(from);
+  const r = await jobs.run(['report'], env);
+  const after = jobs.usage('mcancel');
+  const s = jobs.served(from);
   const buildRecordId = sentAtBuildEnd.entries[0]?.ids[0];
   const buildRecordDeliveries = s.entries.filter((e) => e.ids.includes(buildRecordId)).length;
   reportScenario({
@@ -416,7 +293,7 @@ test("a job cancelled after its build: the build's record was sent when the buil
     }
   });
   expect(b.status).toBe(0);
-  expect(warned(b)).toEqual([]);
+  expect(jobs.warned(b)).toEqual([]);
   expect(sentAtBuildEnd.entries.map((e) => e.upstreamStatus)).toEqual([200]);
   expect(u.builds).toMatchObject({ count: 1, succeeded: 1, totalSteps: b.values['total-steps'], cachedSteps: b.values['cached-steps'] });
   expect(u.builds.totalSteps).toBeGreaterThan(0);
