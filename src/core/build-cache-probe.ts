@@ -31,33 +31,18 @@ export function cacheProbeTimeoutMs(env: NodeJS.ProcessEnv): number {
 // The registry proxy speaks plain HTTP on loopback only (registry-proxy.ts); anywhere else it is https.
 const baseUrl = (host: string) => `${/^(127\.|localhost(:|$)|\[::1\])/.test(host) ? 'http' : 'https'}://${host}`;
 
-/** `host/repo:tag` → the manifest path the probe asks for; null when `ref` is not in `host`. */
-export function manifestPath(ref: string, host: string): string | null {
-  if (!ref.startsWith(`${host}/`)) return null;
-  const rest = ref.slice(host.length + 1).replace(/@.*$/, '');
-  const colon = rest.lastIndexOf(':');
-  const repo = colon > 0 ? rest.slice(0, colon) : rest;
-  const tag = colon > 0 ? rest.slice(colon + 1) : 'latest';
-  return repo ? `/v2/${repo}/manifests/${tag}` : null;
-}
-
 /**
- * Asks the registry for the manifest of `ref` (HEAD, with the lease's credentials) within `timeoutMs`. Resolves null
- * when it answered as a registry does (found or not, even refused: the build's own requests then say more), or
- * a one-line reason when it did not: no connection, a 5xx (the proxy's "the cache registry is unavailable"), or
- * no answer in time. Never rejects.
+ * Asks the registry for its API root (GET /v2/, with the lease's credentials: the control plane's proxy forwards it to
+ * the registry behind it, and never holds it behind a cache repair as it may a manifest) within `timeoutMs`.
+ * Resolves null when it answered as a registry does (even refused: the build's own requests then say more), or a
+ * one-line reason when it did not: no connection, a 5xx (the proxy's "the cache registry is unavailable"), or no
+ * answer in time. Never rejects.
  */
-export async function orgCacheUnavailable(ref: string, reg: CacheRegistry, timeoutMs: number, request: HttpRequester = httpRequest): Promise<string | null> {
-  const p = manifestPath(ref, reg.host);
-  if (!p) return null; // not the lease's registry: nothing to say about it
+export async function orgCacheUnavailable(reg: CacheRegistry, timeoutMs: number, request: HttpRequester = httpRequest): Promise<string | null> {
   const started = Date.now();
   try {
-    const r = await request(`${baseUrl(reg.host)}${p}`, {
-      method: 'HEAD',
-      headers: {
-        accept: 'application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json',
-        authorization: `Basic ${Buffer.from(`${reg.username}:${reg.password}`).toString('base64')}`
-      },
+    const r = await request(`${baseUrl(reg.host)}/v2/`, {
+      headers: { authorization: `Basic ${Buffer.from(`${reg.username}:${reg.password}`).toString('base64')}` },
       signal: AbortSignal.timeout(timeoutMs),
       maxBytes: 64 * 1024
     });

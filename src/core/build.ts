@@ -276,8 +276,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   // An org cache whose registry is down or slow is left out of the build, with one warning (build-cache-probe.ts).
   // A job's saved session holds no registry password: it is in the runner's docker config (runner-config.ts).
   const registry = lease.cache?.registry?.password ? lease.cache.registry : await registryAccess(cfg.dockerConfig, lease.cache?.registry?.host);
-  const probeRef = refs.importRefs[0] || refs.exportRef;
-  const cacheDown = registry && probeRef ? await orgCacheUnavailable(probeRef, registry, cacheProbeTimeoutMs(process.env)) : null;
+  const usesCache = refs.importRefs.length > 0 || refs.exportRef !== '';
+  const cacheDown = registry && usesCache ? await orgCacheUnavailable(registry, cacheProbeTimeoutMs(process.env)) : null;
   const scoped = cacheDown ? { ...refs, importRefs: [], exportRef: '', repository: '' } : refs;
   // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
   const inline = !docker.buildx || cfg.driver !== 'remote';
