@@ -5,6 +5,14 @@
 // its cache import failed (`not found`, a cold project) and its stream reported no step CACHED (issue 11, case 8).
 // First with runBuild and the lease's runner config, as the build step runs it; then as two CI jobs through the
 // bundled CLI (setup, build, report), down to the usage the control plane metered for the pipeline.
+//
+// Issue 14: one of the two builds exited 1 in about one CI run in 30 (b4e169c retried such an attempt; fefeb78
+// removed the retry and ordered the jobs). Not reproduced on 2026-12-01, 0 failures in: 10 runs of this file as it
+// was at b4e169c (its own code: both builds started at once, one export tag for both), 8 runs of this file, 73 more
+// pairs through runBuild on serve's builders (job b started 0-8 s after a; one and several stages; with and without
+// stage caches; machine load 13 to 53) and 25 pairs of bare `docker build` with one tag on one dockerd. Every build
+// of this file must succeed, once: a failure fails the test with both builds' output and build-failure.ts's verdict
+// (the user's build, or a lost builder, the platform's), so the next one says what it was.
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -111,15 +119,16 @@ describe('runBuild: two leases of one pipeline, the same build at once', () => {
     const a = run(0, firstRun.onChange);
     await firstRun.seen;
     const results: BuildResult[] = await Promise.all([a, run(1)]);
-    // Both builds must succeed: a failure here is the platform's (once seen in CI as exit 1, cause not yet found),
-    // so it fails the test with both builds' output rather than being tried again.
+    // Both builds must succeed: a failure here is the platform's (issue 14: once seen in CI as exit 1, not
+    // reproduced since), so it fails the test with the build's output and its verdict rather than being tried again.
     for (const [i, r] of results.entries()) {
-      expect({ job: i, status: r.status, exitCode: r.exitCode, output: r.status === 'success' ? '' : lines[i].slice(-60).join('\n') }).toEqual({
+      expect({
         job: i,
-        status: 'success',
-        exitCode: 0,
-        output: ''
-      });
+        status: r.status,
+        exitCode: r.exitCode,
+        failure: r.failure?.message ?? '', // the user's build or the platform's (build-failure.ts), and why
+        output: r.status === 'success' ? '' : lines[i].slice(-60).join('\n')
+      }).toEqual({ job: i, status: 'success', exitCode: 0, failure: '', output: '' });
     }
     const [ra, rb] = results;
     expect(ra.totalSteps).toBe(STEPS);
@@ -184,8 +193,11 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
         BUILDCLOUD_DOCKER: DOCKER
       } as NodeJS.ProcessEnv;
     });
+    // Every step of both jobs must exit 0, once (no retry): a failure shows the step's whole output, which names the
+    // platform's failures as such (build-failure.ts).
+    const ok = (r: Run) => ({ code: r.code, stderr: r.code === 0 ? '' : r.stderr });
     const setups = await Promise.all(jobs.map((env) => cli(['setup', '--json'], env)));
-    for (const s of setups) expect(s).toMatchObject({ code: 0 });
+    for (const s of setups) expect(ok(s)).toEqual({ code: 0, stderr: '' });
     const envs = setups.map((s, i) => ({ ...jobs[i], ...JSON.parse(s.stdout).env }));
     expect(envs[1].DOCKER_HOST).toBe(envs[0].DOCKER_HOST);
 
@@ -198,7 +210,7 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
     });
     await firstRun.seen;
     const builds = await Promise.all([a, cli(['build', '--json', '--context', ctx], envs[1])]);
-    for (const b of builds) expect(b).toMatchObject({ code: 0 });
+    for (const b of builds) expect(ok(b)).toEqual({ code: 0, stderr: '' });
     // Both report the steps (the log line and the outputs), the same total, and one build of work between them.
     for (const b of builds) expect(b.stderr).toMatch(new RegExp(`Build Cloud: build success in [\\d.]+ s, \\d of ${STEPS} steps cached`));
     const outs = builds.map((b) => JSON.parse(b.stdout.trim().split('\n').pop()!) as Record<string, string>);
@@ -222,7 +234,7 @@ describe('two CI jobs through the CLI: setup, build, report', () => {
     expect(builds[1].stderr).not.toContain('why steps missed the cache');
 
     const reports = await Promise.all(envs.map((env) => cli(['report', '--json'], env)));
-    for (const r of reports) expect(r).toMatchObject({ code: 0 });
+    for (const r of reports) expect(ok(r)).toEqual({ code: 0, stderr: '' });
     // Both jobs say the builder was shared, the one that provisioned it first included (the other joined it later).
     for (const r of reports) expect(JSON.parse(r.stdout.trim().split('\n').pop()!)).toMatchObject({ builderShared: true });
     const reported = reports.map(
