@@ -192,11 +192,15 @@ interface LeaseRecord {
   billed_seconds: number | null;
   reserved_seconds?: number | null;
 }
-function leaseRecords(stateDir: string, ids: string[]): LeaseRecord[] {
+/** The leases' rows, each with the arrival of its latest usage record (last_record_at, null without one). */
+function leaseRecords(stateDir: string, ids: string[]): Array<LeaseRecord & { last_record_at: number | null }> {
   // Read-write: a database whose writer was killed still has its WAL, which a read-only connection may not open.
   const db = new Database(path.join(stateDir, 'buildcloud.db'), { fileMustExist: true });
   try {
-    return ids.map((id) => db.prepare('SELECT * FROM leases WHERE id = ?').get(id) as LeaseRecord);
+    return ids.map((id) => ({
+      ...(db.prepare('SELECT * FROM leases WHERE id = ?').get(id) as LeaseRecord),
+      last_record_at: (db.prepare('SELECT MAX(received_at) AS t FROM usage_records WHERE lease_id = ?').get(id) as { t: number | null }).t
+    }));
   } finally {
     db.close();
   }
@@ -355,10 +359,12 @@ test('serve killed (SIGKILL) mid-pipeline and restarted: the next start reaps wh
   const builtC = await c.build();
   const reportC = await c.report();
   const reportA = await a.report(); // job-1's report step runs after the restart: a warning at most, never a failure
+  // The last sign of life the store had: the lease's last recorded activity, or its latest usage record's arrival.
+  const lastSeen = beforeRestart.map((r) => Math.max(r.last_active_at, r.last_record_at ?? 0));
   const billedOk = afterRestart.every(
     (r, i) =>
       r.end_reason === 'server_stopped' &&
-      r.ended_at === beforeRestart[i].last_active_at &&
+      r.ended_at === lastSeen[i] &&
       r.billed_seconds === Math.min(Math.ceil((r.ended_at! - r.created_at) / 1000), r.reserved_seconds || Infinity)
   );
   reportScenario({
@@ -366,7 +372,7 @@ test('serve killed (SIGKILL) mid-pipeline and restarted: the next start reaps wh
     injected:
       'SIGKILL to serve with two leases of one pipeline open on its builder, one of them mid-build (a RUN step running), and a warm builder; then serve started again on the same state directory',
     checked:
-      "what the kill left (dockerd, containerd, the RUN step, the registry, bridges, rules, directories) is gone once the next start is ready; the dead run's leases end 'server_stopped' at their last recorded activity and are billed exactly that; the pipeline's next job builds on a working builder and its output names a new one",
+      "what the kill left (dockerd, containerd, the RUN step, the registry, bridges, rules, directories) is gone once the next start is ready; the dead run's leases end 'server_stopped' at their last sign of life in the store (recorded activity or latest usage record) and are billed exactly that; the pipeline's next job builds on a working builder and its output names a new one",
     figures: {
       processesLeftByKill: leftByKill.processes.length,
       bridgesLeftByKill: leftByKill.bridges.length,
@@ -377,6 +383,7 @@ test('serve killed (SIGKILL) mid-pipeline and restarted: the next start reaps wh
       leasesEnded: afterRestart.filter((r) => r.ended_at !== null).length,
       billedSeconds: afterRestart.map((r) => r.billed_seconds).join('+'),
       billedMatchesRecords: billedOk,
+      leasesEndedAtTheirLatestUsageRecord: beforeRestart.filter((r) => (r.last_record_at ?? 0) > r.last_active_at).length,
       midBuildJobExit: String(resultB.code),
       nextJobBuilder: builderOf(setupC.builderLine) === builderOf(setupA.builderLine) ? 'same' : 'new',
       nextJobBuildOk: builtC.code === 0,
@@ -395,7 +402,7 @@ test('serve killed (SIGKILL) mid-pipeline and restarted: the next start reaps wh
   expect(second.log()).toMatch(/ended leases left active by a previous run/);
   // Leases: ended at their last activity, billed exactly that.
   expect(afterRestart.map((r) => r.end_reason)).toEqual(['server_stopped', 'server_stopped']);
-  expect(afterRestart.map((r) => r.ended_at)).toEqual(beforeRestart.map((r) => r.last_active_at));
+  expect(afterRestart.map((r) => r.ended_at)).toEqual(lastSeen);
   expect(billedOk).toBe(true);
   // The pipeline: job-2's build failed with the control plane; job-3 got a new builder, said so, and built.
   expect(resultB.code).not.toBe(0);

@@ -26,7 +26,7 @@ import { buildHttpApp, createMetrics } from './http';
 import { computeUsage } from './metering/usage';
 import { createServeLimiters, rateLimitKey } from './rate-limit';
 import { acquireStateLock, StateDirLockedError, type StateLock } from './state-lock';
-import { reapPreviousRun } from './recovery';
+import { reapPreviousRun, updateLastSignsOfLife } from './recovery';
 
 export interface ServerInfo {
   pid: number;
@@ -220,6 +220,9 @@ export async function startServer(config: ServerConfig, log: Logger): Promise<Ru
     });
     leases = lm;
     registryPrincipal = (u, p) => lm.registryPrincipal(u, p);
+    // Leases a crashed run left active end at their last sign of life: the latest the store knows (recovery.ts).
+    const resumed = await updateLastSignsOfLife(store, Date.now());
+    if (resumed) log.info({ leases: resumed }, "last activity of the previous run's leases taken from their usage records");
     const recovered = await lm.recover();
     if (recovered) log.warn({ leases: recovered }, 'ended leases left active by a previous run');
     lm.startReaper();
