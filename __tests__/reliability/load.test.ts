@@ -259,7 +259,7 @@ test(
     let memLowest = memBefore;
     for (let round = 1; round <= ROUNDS; round++) {
       // The previous round's builders are gone (grace 1s) but for the warm pool: each round starts from the same place.
-      // Measured: on a loaded machine, tearing 10 builders down took more than a minute (iptables, data roots).
+      // A builder held by a lease nobody ended (see above) stays until idle-timeout: this times out and says so.
       const teardown = await builderTeardown().catch((err: Error) => (problems.push(err.message), NaN));
       if (round > 1) teardownSeconds.push(Math.round(teardown / 1000));
       if (problems.length) break;
