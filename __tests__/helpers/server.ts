@@ -80,19 +80,27 @@ export class TestClient {
     const { BuildCloud } = services();
     this.bc = new BuildCloud(address, grpc.credentials.createInsecure());
   }
-  private call<T>(method: string, req: object): Promise<T> {
+  private call<T>(method: string, req: object, deadlineMs = 60_000): Promise<T> {
     const md = new grpc.Metadata();
     md.set('authorization', `Bearer ${this.token}`);
     return new Promise((resolve, reject) =>
-      this.bc[method](req, md, { deadline: Date.now() + 60_000 }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)))
+      this.bc[method](req, md, { deadline: Date.now() + deadlineMs }, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res)))
     );
   }
-  provision(req: { org?: string; pipelineKey: string; jobId: string; platforms?: string[]; scope?: string; identity?: object }): Promise<LeaseMsg> {
-    return this.call('Provision', {
-      platforms: [],
-      identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' },
-      ...req
-    });
+  /** Provision with the test identity (acme/app, main) unless `req` overrides it; `deadlineMs` is the call's deadline. */
+  provision(
+    req: { org?: string; pipelineKey: string; jobId: string; platforms?: string[]; scope?: string; identity?: object },
+    deadlineMs?: number
+  ): Promise<LeaseMsg> {
+    return this.call(
+      'Provision',
+      {
+        platforms: [],
+        identity: { provider: 'local', project: 'acme/app', branch: 'main', defaultBranch: 'main', actor: 'dev' },
+        ...req
+      },
+      deadlineMs
+    );
   }
   release(leaseId: string): Promise<LeaseMsg> {
     return this.call('Release', { leaseId });

@@ -214,7 +214,9 @@ async function provisionWithin(api: ApiClient, s: SetupSettings, id: Identity, b
             runUrl: id.runUrl
           }
         },
-        { attempts: 1, deadlineMs: Math.min(30_000, left) }
+        // The whole budget left, not a slice of it: a cold builder on a busy host may take longer than any slice, and
+        // a retry after a deadline would start the same wait over (the server ends the abandoned attempt's lease).
+        { attempts: 1, deadlineMs: left }
       );
     } catch (err) {
       const waitable = err instanceof ControlPlaneError && (err.transient || err.rateLimited);

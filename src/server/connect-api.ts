@@ -3,7 +3,8 @@
 // control plane by an http(s):// endpoint. Requests become the messages the gRPC loader would deliver (grpc.ts), so
 // both faces run the same handlers (rpc-api.ts) on the same input; replies are proto3 JSON (int64 as strings),
 // encoded by protobufjs from the .proto itself.
-// Connect-Timeout-Ms is accepted and not enforced: a handler runs to its end as it does for a gRPC deadline.
+// Connect-Timeout-Ms is not enforced on a handler, which runs to its end as it does past a gRPC deadline; a Provision
+// that ends after its caller's deadline (or connection) is undone (rpc-api.ts, leases.ts abandon).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type * as protobuf from 'protobufjs';
 import type { Logger } from './log';
@@ -114,7 +115,13 @@ export function addConnectApi(app: FastifyInstance, api: RpcApi, log: Logger): v
       try {
         const message = requestFromJson(REQUESTS[method], Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0));
         const header = req.headers.authorization;
-        const res = await api[method](message, { authorization: typeof header === 'string' ? header : undefined, peer: req.ip });
+        // The caller is gone once its connection closed, or once its Connect-Timeout-Ms passed (a client that gave up
+        // may keep the connection for its next try).
+        const timeoutMs = Number(req.headers['connect-timeout-ms']);
+        const deadline = Number.isFinite(timeoutMs) && timeoutMs > 0 ? Date.now() + timeoutMs : Infinity;
+        // (Not req.raw.destroyed: Node destroys a request once its body has been read.)
+        const gone = (): boolean => req.raw.socket?.destroyed === true || reply.raw.destroyed || Date.now() > deadline;
+        const res = await api[method](message, { authorization: typeof header === 'string' ? header : undefined, peer: req.ip, gone });
         return reply.code(200).type('application/json').send(replyToJson(response, res));
       } catch (err) {
         const f = rpcFailure(err, log, name);

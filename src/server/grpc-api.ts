@@ -22,7 +22,8 @@ function metadataValue(md: grpc.Metadata, key: string): string | undefined {
 function unary(api: RpcApi, log: Logger, method: RpcMethod): grpc.handleUnaryCall<Record<string, unknown>, object> {
   const name = method.split('/')[1];
   return (call, callback) => {
-    api[method](call.request, { authorization: metadataValue(call.metadata, 'authorization'), peer: peerAddress(call.getPeer()) }).then(
+    const gone = (): boolean => call.cancelled; // grpc-js sets it on a client cancel and when the call's deadline passes
+    api[method](call.request, { authorization: metadataValue(call.metadata, 'authorization'), peer: peerAddress(call.getPeer()), gone }).then(
       (res) => callback(null, res),
       (err: unknown) => {
         const f = rpcFailure(err, log, name);

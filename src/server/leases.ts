@@ -371,8 +371,28 @@ export class LeaseManager {
     await this.end(l.row, reservationEnd(l.row.createdAt, next), 'bucket_exhausted');
   }
 
-  private async end(row: LeaseRow, endedAt: number, reason: LeaseEndReason): Promise<void> {
-    const billed = settledSeconds(row.createdAt, endedAt, row.reservedSeconds);
+  /**
+   * Ends a lease whose Provision caller went away before the reply reached it (its deadline passed, or it cancelled):
+   * the job never received the lease's certificate, so nothing could use it and nothing is billed (end reason
+   * `failed`, 0 seconds); its builders are released as at any end. A client that retries would otherwise leave one
+   * lease (and reservation, and builder hold) per abandoned attempt until the idle reaper came. No-op once ended.
+   */
+  async abandon(leaseId: string): Promise<void> {
+    const l = this.live.get(leaseId);
+    if (!l) return;
+    this.d.log.warn(
+      { lease: leaseId, org: l.row.org, pipelineKey: l.row.pipelineKey, jobId: l.row.jobId },
+      'provision caller gone before the reply: lease ended unbilled'
+    );
+    await this.end(l.row, this.now(), 'failed', 0);
+  }
+
+  private async end(
+    row: LeaseRow,
+    endedAt: number,
+    reason: LeaseEndReason,
+    billed = settledSeconds(row.createdAt, endedAt, row.reservedSeconds)
+  ): Promise<void> {
     await this.d.store.endLease(row.id, endedAt, reason, billed);
     this.live.delete(row.id);
     this.byFingerprint.delete(row.certFingerprint);

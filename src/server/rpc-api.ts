@@ -29,6 +29,8 @@ export interface RpcApiDeps {
 export interface RpcContext {
   authorization: string | undefined; // the `authorization` metadata or header, as sent
   peer: string; // the client's IP address (no port)
+  // True once the caller can no longer receive the reply (it cancelled, its deadline passed, its connection closed).
+  gone?: () => boolean;
 }
 
 /** One handler per method: the request message as the gRPC loader delivers it (grpc.ts) → the reply message. */
@@ -91,7 +93,14 @@ export function createRpcApi(d: RpcApiDeps): RpcApi {
       const { org, principal } = await caller(ctx, request.org);
       d.provisionLimiter?.check(rateLimitKey(principal)); // after authentication: a stranger cannot drain a token's bucket
       validateProvisionIdentity(request);
-      return d.leases.provision(org, request, principal.scope);
+      const lease = await d.leases.provision(org, request, principal.scope);
+      // A caller that gave up meanwhile (a cold builder outlasting its deadline) never gets this lease, and will retry
+      // for another: this one ends now, unbilled, instead of holding a reservation and a builder until the reaper.
+      if (ctx.gone?.()) {
+        await d.leases.abandon(lease.id);
+        throw new ApiError(Status.CANCELLED, 'The call was cancelled or its deadline passed before the lease was ready; the lease was ended unbilled.');
+      }
+      return lease;
     },
     'BuildCloud/Release': async (req, ctx) => {
       const { org, principal } = await caller(ctx, '');
