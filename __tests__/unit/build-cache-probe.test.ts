@@ -2,7 +2,15 @@
 // (the registry proxy speaks plain HTTP there) and a port nothing listens on.
 import * as http from 'http';
 import * as net from 'net';
-import { cacheProbeTimeoutMs, cacheUnavailableWarning, orgCacheUnavailable, DEFAULT_CACHE_PROBE_TIMEOUT_MS } from '../../src/core/build-cache-probe';
+import {
+  cacheExportTimedOut,
+  cacheExportTimeoutMs,
+  cacheProbeTimeoutMs,
+  cacheUnavailableWarning,
+  orgCacheUnavailable,
+  DEFAULT_CACHE_EXPORT_TIMEOUT_MS,
+  DEFAULT_CACHE_PROBE_TIMEOUT_MS
+} from '../../src/core/build-cache-probe';
 
 let server: http.Server;
 let host: string;
@@ -65,6 +73,24 @@ describe('probe settings and words', () => {
 
   test.each(['0', 'soon', '301', '-1'])('BUILDCLOUD_CACHE_PROBE_TIMEOUT=%s is refused, naming the variable and what it expects', (v) => {
     expect(() => cacheProbeTimeoutMs({ BUILDCLOUD_CACHE_PROBE_TIMEOUT: v })).toThrow(/BUILDCLOUD_CACHE_PROBE_TIMEOUT .*expected seconds between 0.1 and 300/);
+  });
+
+  test.each([
+    [undefined, DEFAULT_CACHE_EXPORT_TIMEOUT_MS],
+    ['30', 30_000],
+    ['600s', 600_000]
+  ])('BUILDCLOUD_CACHE_EXPORT_TIMEOUT=%s is %i ms', (v, ms) => expect(cacheExportTimeoutMs({ BUILDCLOUD_CACHE_EXPORT_TIMEOUT: v })).toBe(ms));
+
+  test.each(['0.5', 'never', '86401'])('BUILDCLOUD_CACHE_EXPORT_TIMEOUT=%s is refused, naming the variable and what it expects', (v) => {
+    expect(() => cacheExportTimeoutMs({ BUILDCLOUD_CACHE_EXPORT_TIMEOUT: v })).toThrow(
+      /BUILDCLOUD_CACHE_EXPORT_TIMEOUT .*expected seconds between 1 and 86400/
+    );
+  });
+
+  test('a stopped cache export says where, after how long, and that the build is unaffected', () => {
+    expect(cacheExportTimedOut('127.0.0.1:5000/acme/app/cache:up-1', 10_000)).toBe(
+      "the org cache export to 127.0.0.1:5000/acme/app/cache:up-1 did not finish within 10 s (BUILDCLOUD_CACHE_EXPORT_TIMEOUT) and was stopped: the org cache's registry is slow or down; the build itself is unaffected, and later builds will not reuse this one's layers"
+    );
   });
 
   test('the warning says the build runs without the org cache and is unaffected', () => {

@@ -28,6 +28,33 @@ export function cacheProbeTimeoutMs(env: NodeJS.ProcessEnv): number {
   return Math.round(s * 1000);
 }
 
+/** How long a cache export's push may take by default: 10 minutes (BUILDCLOUD_CACHE_EXPORT_TIMEOUT overrides it). */
+export const DEFAULT_CACHE_EXPORT_TIMEOUT_MS = 600_000;
+
+/**
+ * The longest a push of the org cache (a build's cache export, a stage's cache image) may take, ms:
+ * BUILDCLOUD_CACHE_EXPORT_TIMEOUT as seconds (1 to 86400), else the default. A registry that stalls after the probe
+ * would otherwise keep `docker push` retrying for many minutes while the build itself is done. Throws an Error
+ * naming the variable and what it expects when it is set to anything else.
+ */
+export function cacheExportTimeoutMs(env: NodeJS.ProcessEnv): number {
+  const raw = env.BUILDCLOUD_CACHE_EXPORT_TIMEOUT;
+  if (raw === undefined || raw.trim() === '') return DEFAULT_CACHE_EXPORT_TIMEOUT_MS;
+  const s = Number(raw.trim().replace(/s$/, ''));
+  if (!Number.isFinite(s) || s < 1 || s > 86_400) {
+    throw new Error(`Invalid BUILDCLOUD_CACHE_EXPORT_TIMEOUT '${raw.slice(0, 40)}': expected seconds between 1 and 86400 (e.g. 600 or 600s).`);
+  }
+  return Math.round(s * 1000);
+}
+
+/** The warning for a cache push stopped at its time limit. */
+export function cacheExportTimedOut(ref: string, timeoutMs: number): string {
+  return (
+    `the org cache export to ${ref} did not finish within ${timeoutMs / 1000} s (BUILDCLOUD_CACHE_EXPORT_TIMEOUT) and was stopped: the org cache's ` +
+    `registry is slow or down; the build itself is unaffected, and later builds will not reuse this one's layers`
+  );
+}
+
 // The registry proxy speaks plain HTTP on loopback only (registry-proxy.ts); anywhere else it is https.
 const baseUrl = (host: string) => `${/^(127\.|localhost(:|$)|\[::1\])/.test(host) ? 'http' : 'https'}://${host}`;
 

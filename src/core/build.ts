@@ -15,7 +15,7 @@ import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFil
 import { goTimeMs, parseBuildCache, stepsRunConcurrently, type CacheRecord } from './build-dedup';
 import { isRemoteContext } from './build-checks';
 import { classifyFailure, type BuildFailure } from './build-failure';
-import { cacheProbeTimeoutMs, cacheUnavailableWarning, orgCacheUnavailable } from './build-cache-probe';
+import { cacheExportTimedOut, cacheExportTimeoutMs, cacheProbeTimeoutMs, cacheUnavailableWarning, orgCacheUnavailable } from './build-cache-probe';
 import { cacheLabel, coldCacheLine, coldCacheWatcher, pushDone, pushFailedInBuild, pushFailureReason, pushRefused, type PushOutcome } from './push-outcome';
 
 export interface BuildResult {
@@ -246,11 +246,33 @@ async function buildStageCache(
   if (built.code !== 0) return `could not build stage '${st.stage}' for its cache image (docker exited ${built.code}); later builds will rebuild it`;
   if (unknown) warnings.push(SPLIT_UNKNOWN);
   for (const { ref } of pushesAfterBuild(stageOpts, refs, stageClient)) {
-    const r = await stream(file, ['push', ref], env, emit, signal);
+    const limit = cacheExportTimeoutMs(process.env);
+    const bounded = withTimeout(signal, limit);
+    const r = await stream(file, ['push', ref], env, emit, bounded.signal).finally(bounded.clear);
+    if (!signal.aborted && bounded.signal.aborted) return cacheExportTimedOut(ref, limit);
     if (signal.aborted || r.signal) return 'cancelled';
     if (r.code !== 0) return `could not export the cache of stage '${st.stage}' to ${ref} (docker push exited ${r.code}); later builds will rebuild it`;
   }
   return progress ?? parser.result();
+}
+
+/**
+ * A signal that aborts with `parent` or after `ms` (0: never), and `clear` to stop its timer. A timer of our own:
+ * AbortSignal.any over AbortSignal.timeout did not fire here (Node 20.20: a docker push outlived its 10 s limit).
+ */
+function withTimeout(parent: AbortSignal, ms: number): { signal: AbortSignal; clear: () => void } {
+  const c = new AbortController();
+  const onAbort = () => c.abort(parent.reason);
+  if (parent.aborted) c.abort(parent.reason);
+  else parent.addEventListener('abort', onAbort, { once: true });
+  const timer = ms > 0 ? setTimeout(() => c.abort(new Error(`timed out after ${ms} ms`)), ms) : undefined;
+  return {
+    signal: c.signal,
+    clear: () => {
+      clearTimeout(timer);
+      parent.removeEventListener('abort', onAbort);
+    }
+  };
 }
 
 /** buildx's --metadata-file: the fields read here are strings (digests); others may be objects. */
@@ -278,6 +300,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   const registry = lease.cache?.registry?.password ? lease.cache.registry : await registryAccess(cfg.dockerConfig, lease.cache?.registry?.host);
   const usesCache = refs.importRefs.length > 0 || refs.exportRef !== '';
   const cacheDown = registry && usesCache ? await orgCacheUnavailable(registry, cacheProbeTimeoutMs(process.env)) : null;
+  const exportLimitMs = cacheExportTimeoutMs(process.env); // read here: a bad value fails before anything runs
   const scoped = cacheDown ? { ...refs, importRefs: [], exportRef: '', repository: '' } : refs;
   // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
   const inline = !docker.buildx || cfg.driver !== 'remote';
@@ -437,6 +460,8 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
       if (taken.length) return finish('success', built.code, { imageId, push: pushRefused(taken, userPushed()) });
       if (!isExport && local && imageId) await capture(docker.path, ['tag', imageId, ref], env, controller.signal);
       let out = '';
+      // The org cache's push is bounded (a registry that stalls after the probe); the user's image's is not.
+      const bounded = withTimeout(controller.signal, isExport ? exportLimitMs : 0);
       const r = await stream(
         docker.path,
         ['push', ref],
@@ -445,8 +470,12 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
           out += `${l}\n`;
           emit(l);
         },
-        controller.signal
-      );
+        bounded.signal
+      ).finally(bounded.clear);
+      if (isExport && !controller.signal.aborted && bounded.signal.aborted) {
+        warnings.push(cacheExportTimedOut(ref, exportLimitMs));
+        continue;
+      }
       if (controller.signal.aborted || r.signal) return finish('cancelled', r.code, { imageId });
       if (r.code !== 0) {
         // The org cache is an optimisation: failing to write it warns; failing to push the user's image fails.
