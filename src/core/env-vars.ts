@@ -45,6 +45,16 @@ export const ENV_VARS: EnvVarDef[] = [
   },
   { name: 'BUILDCLOUD_DOCKER', commands: ['setup', 'build'], description: 'path of the docker client to use (default: the first usable one on PATH)' },
   {
+    name: 'BUILDCLOUD_CACHE_PROBE_TIMEOUT',
+    commands: ['build'],
+    description: 'seconds the org cache registry has to answer before a build; no answer: the build runs without the org cache (default 5)'
+  },
+  {
+    name: 'BUILDCLOUD_CACHE_EXPORT_TIMEOUT',
+    commands: ['build'],
+    description: "seconds a push of the build's org cache export may take before it is stopped with a warning (default 600)"
+  },
+  {
     name: 'BUILDCLOUD_SPOOL_DIR',
     commands: ['setup'],
     description: 'where usage records wait until the metering endpoint acknowledges them (default ~/.cache/buildcloud/spool)'
