@@ -7,7 +7,7 @@ import * as net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BuilderPool } from '../../src/server/builders';
-import { handOutVerdict } from '../../src/server/builder-health';
+import { handOutVerdict, HEALTH_FRESH_MS } from '../../src/server/builder-health';
 import type { BuilderHandle, Driver, EngineHealth } from '../../src/server/drivers/driver';
 import { probeEngine } from '../../src/server/drivers/engine-probe';
 import { Pki } from '../../src/server/pki';
@@ -68,6 +68,7 @@ describe('probeEngine', () => {
 class FakeDriver implements Driver {
   readonly name = 'fake';
   readonly health_ = new Map<string, EngineHealth>();
+  readonly probes: string[] = []; // builder ids, one per health() call
   readonly started: string[] = [];
   readonly destroyed: string[] = [];
   private exit: ((id: string) => void) | null = null;
@@ -85,6 +86,8 @@ class FakeDriver implements Driver {
     return true;
   }
   async health(h: BuilderHandle): Promise<EngineHealth> {
+    this.probes.push(h.id);
+    await new Promise((r) => setImmediate(r)); // an answer takes a turn, as a socket's would
     return this.health_.get(h.id) ?? 'ok';
   }
   onEngineExit(listener: (id: string) => void): void {
@@ -100,6 +103,7 @@ describe('BuilderPool hand-out', () => {
   let pool: BuilderPool;
   let driver: FakeDriver;
   let lost: Array<[string, string[]]>;
+  let clock: number;
 
   const until = async (what: string, cond: () => boolean): Promise<void> => {
     for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
@@ -110,7 +114,18 @@ describe('BuilderPool hand-out', () => {
     dir = mkdtempSync(join(tmpdir(), 'bc-pool-health-'));
     driver = new FakeDriver();
     const pki = await Pki.loadOrCreate(dir);
-    pool = new BuilderPool({ driver, pki, host: '127.0.0.1', warmPool: 1, maxBuilders: 4, graceMs: 60_000, log, onActivity: () => undefined });
+    clock = 1_000_000;
+    pool = new BuilderPool({
+      driver,
+      pki,
+      host: '127.0.0.1',
+      warmPool: 1,
+      maxBuilders: 4,
+      graceMs: 60_000,
+      log,
+      onActivity: () => undefined,
+      now: () => clock
+    });
     lost = [];
     pool.onLost((id, leases) => void lost.push([id, leases]));
     pool.refill();
@@ -143,6 +158,7 @@ describe('BuilderPool hand-out', () => {
   test("a dead pipeline builder is not joined: the next job gets a new one, the dead one's leases are told", async () => {
     const first = await pool.acquire('p1', 'acme', 'linux/amd64', 'l1');
     driver.health_.set(first.builder.id, 'dead');
+    clock += HEALTH_FRESH_MS; // its last good answer is no longer fresh (a dead engine's exit is reported at once anyway)
     const next = await pool.acquire('p1', 'acme', 'linux/amd64', 'l2');
     expect(next.builder.id).not.toBe(first.builder.id);
     expect(next.shared).toBe(false);
@@ -179,5 +195,17 @@ describe('BuilderPool hand-out', () => {
     driver.health_.set(a.builder.id, 'dead');
     expect(await pool.confirm(a.builder.id)).toBe(false);
     expect(lost).toEqual([[a.builder.id, ['l1']]]);
+  });
+
+  test('joins of one pipeline share one probe, and an answer under HEALTH_FRESH_MS old is not asked again', async () => {
+    const first = await pool.acquire('p2', 'acme', 'linux/amd64', 'l1');
+    const probes = () => driver.probes.filter((id) => id === first.builder.id).length;
+    const before = probes();
+    clock += HEALTH_FRESH_MS; // stale: the next joins probe, once for all of them
+    const joins = await Promise.all(Array.from({ length: 20 }, (_, i) => pool.acquire('p2', 'acme', 'linux/amd64', `j${i}`)));
+    expect(joins.every((j) => j.builder.id === first.builder.id && j.shared)).toBe(true);
+    expect(probes()).toBe(before + 1);
+    await pool.acquire('p2', 'acme', 'linux/amd64', 'k'); // fresh: no probe
+    expect(probes()).toBe(before + 1);
   });
 });

@@ -11,6 +11,9 @@ import type { BuilderHandle, Driver, EngineHealth } from './drivers/driver';
  */
 export const HAND_OUT_PROBE_MS = 3000;
 
+/** How long (ms) an engine that answered its hand-out probe counts as alive without another (builders.ts usable). */
+export const HEALTH_FRESH_MS = 1000;
+
 /** The driver's health probe, or its alive() as 'ok' / 'dead' when it has none. Never rejects. */
 export async function engineHealth(driver: Driver, handle: BuilderHandle, timeoutMs = HAND_OUT_PROBE_MS): Promise<EngineHealth> {
   try {

@@ -2,7 +2,7 @@
 // when a builder is lost, and builder/lease ids. Types only (and the id maker), so builders.ts keeps to the pool.
 import { randomBytes } from 'crypto';
 import type { Logger } from './log';
-import type { Driver, BuilderHandle } from './drivers/driver';
+import type { Driver, BuilderHandle, EngineHealth } from './drivers/driver';
 import type { BuilderTlsProxy } from './tls-proxy';
 import type { Pki } from './pki';
 
@@ -28,6 +28,8 @@ export interface LiveBuilder {
   state: 'warm' | 'assigned' | 'grace' | 'destroying';
   graceSince?: number; // unix ms its grace period began (the oldest gives way first when the pool is full)
   destroyed: Promise<void> | null; // set once destruction starts: stop() must wait for one already under way
+  probe?: Promise<EngineHealth> | null; // the hand-out probe under way, which concurrent hand-outs share
+  healthyAt?: number; // unix ms of the last probe that found the engine 'ok'
 }
 
 export interface BuilderPoolOptions {
@@ -40,6 +42,7 @@ export interface BuilderPoolOptions {
   log: Logger;
   onActivity: (fingerprint: string) => void;
   onChange?: () => void; // gauges
+  now?: () => number; // unix ms, for the hand-out probe's freshness (tests); Date.now by default
 }
 
 export interface Acquired {
