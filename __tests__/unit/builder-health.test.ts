@@ -104,6 +104,7 @@ describe('BuilderPool hand-out', () => {
   let driver: FakeDriver;
   let lost: Array<[string, string[]]>;
   let clock: number;
+  let pki: Pki;
 
   const until = async (what: string, cond: () => boolean): Promise<void> => {
     for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 5));
@@ -113,7 +114,7 @@ describe('BuilderPool hand-out', () => {
   beforeEach(async () => {
     dir = mkdtempSync(join(tmpdir(), 'bc-pool-health-'));
     driver = new FakeDriver();
-    const pki = await Pki.loadOrCreate(dir);
+    pki = await Pki.loadOrCreate(dir);
     clock = 1_000_000;
     pool = new BuilderPool({
       driver,
@@ -207,5 +208,22 @@ describe('BuilderPool hand-out', () => {
     expect(probes()).toBe(before + 1);
     await pool.acquire('p2', 'acme', 'linux/amd64', 'k'); // fresh: no probe
     expect(probes()).toBe(before + 1);
+  });
+
+  test('a builder whose front cannot start is stopped, not leaked; the failed cert is not cached for the next start', async () => {
+    await pool.stop();
+    const fresh = new BuilderPool({ driver, pki, host: '127.0.0.1', warmPool: 0, maxBuilders: 4, graceMs: 60_000, log, onActivity: () => undefined });
+    const issue = jest.spyOn(pki, 'issueServer').mockRejectedValueOnce(new Error('disk full'));
+    try {
+      await expect(fresh.acquire('p3', 'acme', 'linux/amd64', 'l1')).rejects.toThrow('disk full');
+      const leaked = driver.started[driver.started.length - 1];
+      expect(driver.destroyed).toContain(leaked);
+      const next = await fresh.acquire('p3', 'acme', 'linux/amd64', 'l2');
+      expect(next.builder.id).not.toBe(leaked);
+      expect(issue).toHaveBeenCalledTimes(2);
+    } finally {
+      issue.mockRestore();
+      await fresh.stop();
+    }
   });
 });

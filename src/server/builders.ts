@@ -266,16 +266,29 @@ export class BuilderPool {
     try {
       const id = newId('b');
       const handle = await this.opts.driver.start(id);
-      if (!this.serverCert) this.serverCert = this.opts.pki.issueServer([this.opts.host, 'localhost'], 30 * 24 * 3600_000);
-      const proxy = new BuilderTlsProxy({
-        socketPath: handle.socketPath,
-        server: await this.serverCert,
-        caPem: this.opts.pki.caPem,
-        host: this.opts.host,
-        log: this.opts.log,
-        onActivity: this.opts.onActivity
-      });
-      await proxy.listen();
+      let proxy: BuilderTlsProxy;
+      try {
+        if (!this.serverCert) this.serverCert = this.opts.pki.issueServer([this.opts.host, 'localhost'], 30 * 24 * 3600_000);
+        const server = await this.serverCert.catch((err: unknown) => {
+          this.serverCert = null; // a failed issue is tried again by the next start, not cached
+          throw err;
+        });
+        proxy = new BuilderTlsProxy({
+          socketPath: handle.socketPath,
+          server,
+          caPem: this.opts.pki.caPem,
+          host: this.opts.host,
+          log: this.opts.log,
+          onActivity: this.opts.onActivity
+        });
+        await proxy.listen();
+      } catch (err) {
+        // The engine runs but nothing can reach it: stopped here, or it would outlive every reaper (it is in no map).
+        await this.opts.driver
+          .destroy(handle)
+          .catch((e: unknown) => this.opts.log.warn({ builder: id, err: String(e) }, 'could not stop a builder whose front failed'));
+        throw err;
+      }
       const b: LiveBuilder = {
         id,
         platform,
