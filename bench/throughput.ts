@@ -12,7 +12,7 @@
 //   BuildKit has seen is synced incrementally).
 // Ratios within one run are what to compare; absolute figures drift with whatever else runs on these machines.
 // Env: BENCH_PROVISIONS (1000), BENCH_CONCURRENCY (50), BENCH_WARMUP (200: untimed provisions and releases first), BENCH_RECORDS (20000), BENCH_CONTEXT_MB (200),
-// BENCH_CONTEXT_ROUNDS (3), BENCH_SKIP (comma list of: null, dockerd, ingest, context).
+// BENCH_CONTEXT_ROUNDS (6), BENCH_SKIP (comma list of: null, dockerd, ingest, context).
 import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -31,7 +31,7 @@ const RECORDS = Number(process.env.BENCH_RECORDS || 20000);
 const BATCH = 500;
 const CONTEXT_MB = Number(process.env.BENCH_CONTEXT_MB || 200);
 const CONTEXT_FILES = 2000;
-const CONTEXT_ROUNDS = Number(process.env.BENCH_CONTEXT_ROUNDS || 3);
+const CONTEXT_ROUNDS = Number(process.env.BENCH_CONTEXT_ROUNDS || 6);
 const SKIP = new Set((process.env.BENCH_SKIP || '').split(',').filter(Boolean));
 // Every limit that would refuse a benchmark's load on purpose is off: what is measured is the work, not the refusal.
 const UNLIMITED = ['--provision-rate', '0', '--record-rate', '0', '--max-records-per-lease', '0', '--max-records-per-org-day', '0', '--max-builders', '64'];
@@ -345,15 +345,19 @@ async function contextFigures(server: ServerProcess, token: string, work: string
     const front: number[] = [];
     const local: number[] = [];
     for (let i = 0; i < CONTEXT_ROUNDS; i++) {
-      // Fresh directories each round, the same bytes: each is a first upload for BuildKit's file sync.
-      for (const [name, env, out] of [
+      // Fresh directories each round, the same bytes: each is a first upload for BuildKit's file sync. The order
+      // alternates between rounds, and dirty pages are written out before each timed build (`sync`): each build
+      // writes 200 MB into the engine's data root, and its writeback would otherwise land in the next one's time.
+      const pair = [
         [`front-${i}`, viaFront, front],
         [`local-${i}`, viaSocket, local]
-      ] as const) {
+      ] as const;
+      for (const [name, env, out] of i % 2 === 0 ? pair : [...pair].reverse()) {
         const ctx = path.join(work, name);
         execFileSync('cp', ['-a', seed, ctx]);
         // A new line in the Dockerfile per directory: COPY runs again (not cached), as a changed context would.
         fs.appendFileSync(path.join(ctx, 'Dockerfile'), `LABEL round=${name}\n`);
+        execFileSync('sync');
         out.push(timedBuild(env, ctx));
         fs.rmSync(ctx, { recursive: true, force: true });
       }
