@@ -17,7 +17,7 @@ import * as path from 'path';
 import Database from 'better-sqlite3';
 import { adminSetup, startServer, waitFor, CLI, DOCKER, type ServerProcess } from '../helpers/server';
 import { makeBusyboxContext } from '../helpers/busybox-context';
-import { reportScenario } from '../helpers/reliability';
+import { RELIABILITY_DIR, reportScenario } from '../helpers/reliability';
 
 // The shape. BUILDCLOUD_LOAD_SHAPE=PxJxR runs a smaller one while working on this file; the scenario's
 // name and figures then say that shape, never the issue's.
@@ -235,6 +235,11 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  // serve's own log, kept beside the scenario file (not in the repository): what a failed round needs explained.
+  if (server) {
+    fs.mkdirSync(RELIABILITY_DIR, { recursive: true });
+    fs.writeFileSync(path.join(RELIABILITY_DIR, 'load-serve.log'), server.stderr());
+  }
   expect(await server?.stop()).toBe(0);
   if (server) fs.rmSync(server.stateDir, { recursive: true, force: true });
   fs.rmSync(work, { recursive: true, force: true });

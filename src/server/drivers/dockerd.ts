@@ -113,6 +113,24 @@ function runtimeBase(): string {
   return path.join(os.tmpdir(), `bc-${process.getuid?.() ?? 'u'}`);
 }
 
+/** The last `lines` lines of `file` (its last 8 KiB at most), read synchronously; '(unreadable)' if it cannot be read. */
+function tailFileSync(file: string, lines = 30): string {
+  try {
+    const fd = fs.openSync(file, 'r');
+    try {
+      const size = fs.fstatSync(fd).size;
+      const len = Math.min(size, 8192);
+      const buf = Buffer.alloc(len);
+      fs.readSync(fd, buf, 0, len, size - len);
+      return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n') || '(empty)';
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return '(unreadable)';
+  }
+}
+
 async function tailFile(file: string, lines = 20): Promise<string> {
   try {
     const fh = await fs.promises.open(file, 'r');
@@ -151,6 +169,7 @@ export class DockerdDriver implements Driver {
   private readonly cgroups = new EngineCgroups();
   private readonly children = new Map<string, ChildProcess>();
   private readonly active = new Set<string>(); // started (or starting) by this instance and not destroyed
+  private readonly stopping = new Set<string>(); // ids being torn down: their engine's exit is expected
   private readonly exitListeners: Array<(id: string) => void> = [];
 
   constructor(opts: DockerdDriverOptions) {
@@ -410,7 +429,11 @@ export class DockerdDriver implements Driver {
       this.children.set(l.id, child);
       child.once('exit', (code, signal) => {
         this.children.delete(l.id);
-        this.log.info({ builder: l.id, code, signal }, 'dockerd exited');
+        // An engine that ends on its own (a crash, the OOM killer) takes its reason with it when its run directory is
+        // removed: its log's last lines go to serve's log first, read now, before the teardown the exit sets off.
+        const stopping = this.stopping.has(l.id);
+        if (stopping) this.log.info({ builder: l.id, code, signal }, 'dockerd exited');
+        else this.log.warn({ builder: l.id, code, signal, logTail: tailFileSync(l.logFile) }, 'dockerd exited on its own');
         for (const listener of this.exitListeners) {
           try {
             listener(l.id);
@@ -458,36 +481,41 @@ export class DockerdDriver implements Driver {
   // NAT rules and its bridge. Used by destroy, after a failed start, and before a start to clear a crashed run's
   // leftovers.
   private async teardown(l: Layout, pid: number | null): Promise<void> {
-    const state = await this.loadState(l);
-    let pidFromFile: number | null = null;
+    this.stopping.add(l.id);
     try {
-      pidFromFile = Number((await fs.promises.readFile(l.pidFile, 'utf8')).trim()) || null;
-    } catch {
-      // no pidfile: never started, or already cleaned up
+      const state = await this.loadState(l);
+      let pidFromFile: number | null = null;
+      try {
+        pidFromFile = Number((await fs.promises.readFile(l.pidFile, 'utf8')).trim()) || null;
+      } catch {
+        // no pidfile: never started, or already cleaned up
+      }
+      // Anything whose command line names our run dir or data root is ours: dockerd, its containerd and the
+      // containerd shims that outlive containerd by design.
+      // l.dir also covers a builder of an older version, whose data root was l.dir/data.
+      const marks = { paths: [l.runDir, l.dataRoot, l.dir], execIds: await executorIds([l.dataRoot, path.join(l.dir, 'data')]) };
+      // A child we spawned and Node has not reaped cannot have had its pid recycled.
+      const child = this.children.get(l.id);
+      const live = child?.pid !== undefined && child.exitCode === null && child.signalCode === null;
+      // Every step is tried even if an earlier one failed: a stuck directory must not also leak the bridge.
+      const errors: string[] = [];
+      const step = (p: Promise<void>): Promise<void> => p.catch((e: unknown) => void errors.push(String(e)));
+      await step(stopProcesses(live ? child.pid! : (pid ?? state?.pid ?? pidFromFile), live, marks, this.log));
+      // NAT rules before the directories (a crash in between leaves the state file for the next cleanup) and the
+      // bridge (a rule never outlives its bridge unless this fails). No state: look if this driver adds rules at all;
+      // cleanupOrphans sweeps rules of vanished bridges anyway.
+      if (state ? state.nat !== false : this.natEnabled) await step(this.nat.remove(state?.bridge ?? l.bridge));
+      // The engine's cgroup after its rules (a rule names it) and after its processes.
+      if (state ? state.cgroup === true : this.natEnabled) await step(this.cgroups.remove(state?.bridge ?? l.bridge));
+      await step(unmountUnder([l.dir, l.dataRoot, l.runDir], this.log));
+      // The data root before l.dir: while l.dir (with state.json) is there, cleanupOrphans finds the builder again.
+      await step(removeDir(l.dataRoot, this.log));
+      await step(removeDir(l.dir, this.log));
+      await step(removeDir(l.runDir, this.log));
+      await step(this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined));
+      if (errors.length) throw new Error(`cleanup of builder ${l.id} incomplete: ${errors.join('; ')}`);
+    } finally {
+      this.stopping.delete(l.id);
     }
-    // Anything whose command line names our run dir or data root is ours: dockerd, its containerd and the
-    // containerd shims that outlive containerd by design.
-    // l.dir also covers a builder of an older version, whose data root was l.dir/data.
-    const marks = { paths: [l.runDir, l.dataRoot, l.dir], execIds: await executorIds([l.dataRoot, path.join(l.dir, 'data')]) };
-    // A child we spawned and Node has not reaped cannot have had its pid recycled.
-    const child = this.children.get(l.id);
-    const live = child?.pid !== undefined && child.exitCode === null && child.signalCode === null;
-    // Every step is tried even if an earlier one failed: a stuck directory must not also leak the bridge.
-    const errors: string[] = [];
-    const step = (p: Promise<void>): Promise<void> => p.catch((e: unknown) => void errors.push(String(e)));
-    await step(stopProcesses(live ? child.pid! : (pid ?? state?.pid ?? pidFromFile), live, marks, this.log));
-    // NAT rules before the directories (a crash in between leaves the state file for the next cleanup) and the
-    // bridge (a rule never outlives its bridge unless this fails). No state: look if this driver adds rules at all;
-    // cleanupOrphans sweeps rules of vanished bridges anyway.
-    if (state ? state.nat !== false : this.natEnabled) await step(this.nat.remove(state?.bridge ?? l.bridge));
-    // The engine's cgroup after its rules (a rule names it) and after its processes.
-    if (state ? state.cgroup === true : this.natEnabled) await step(this.cgroups.remove(state?.bridge ?? l.bridge));
-    await step(unmountUnder([l.dir, l.dataRoot, l.runDir], this.log));
-    // The data root before l.dir: while l.dir (with state.json) is there, cleanupOrphans finds the builder again.
-    await step(removeDir(l.dataRoot, this.log));
-    await step(removeDir(l.dir, this.log));
-    await step(removeDir(l.runDir, this.log));
-    await step(this.bridges.remove(state?.bridge ?? l.bridge, state?.subnet ?? undefined));
-    if (errors.length) throw new Error(`cleanup of builder ${l.id} incomplete: ${errors.join('; ')}`);
   }
 }
