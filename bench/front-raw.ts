@@ -13,7 +13,7 @@ import * as path from 'path';
 import * as tls from 'tls';
 import { Pki } from '../src/server/pki';
 import { BuilderTlsProxy } from '../src/server/tls-proxy';
-import { commitOf, machine } from './run-info';
+import { commitOf, machine, resultsDir } from './run-info';
 
 const MB = Number(process.env.BENCH_MB || 200);
 const ROUNDS = Number(process.env.BENCH_ROUNDS || 3);
@@ -99,8 +99,7 @@ async function main(): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
   const json = JSON.stringify(result, null, 2);
   process.stdout.write(json + '\n');
-  fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true });
-  fs.writeFileSync(path.join(__dirname, 'results', 'front-raw.json'), json + '\n');
+  fs.writeFileSync(path.join(resultsDir(), 'front-raw.json'), json + '\n');
 }
 
 main().catch((err) => {

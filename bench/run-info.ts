@@ -1,6 +1,8 @@
 // What every benchmark's JSON says about the run: the machine it ran on and the commit it measured.
 import { execFileSync } from 'child_process';
 import * as os from 'os';
+import * as fs from 'fs';
+import * as path from 'path';
 
 /** CPU count and model, memory (GiB), Node, kernel, and the load average (1, 5, 15 min) when the figures were taken. */
 export function machine(): { cpus: number; model: string; memGiB: number; node: string; kernel: string; loadavg: number[] } {
@@ -27,4 +29,11 @@ export function commitOf(root: string, paths: string[]): string {
   } catch {
     return 'unknown';
   }
+}
+
+/** bench/results of the checkout the bench runs from (BUILDCLOUD_ROOT, set by scripts/run-ts.mjs; else the cwd's). */
+export function resultsDir(): string {
+  const dir = path.join(process.env.BUILDCLOUD_ROOT || process.cwd(), 'bench', 'results');
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
 }

@@ -22,7 +22,7 @@ import { adminSetup, CLI, DOCKER, dockerEnvFor, requireBinaries, TestClient, typ
 import { startServe } from '../harness/control-plane';
 import { makeBusyboxContext } from '../__tests__/helpers/busybox-context';
 import type { LeaseMsg } from '../src/contract/grpc';
-import { commitOf, machine } from './run-info';
+import { commitOf, machine, resultsDir } from './run-info';
 
 const PROVISIONS = Number(process.env.BENCH_PROVISIONS || 1000);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY || 50);
@@ -409,8 +409,7 @@ async function main(): Promise<void> {
   result.loadavgAfter = os.loadavg().map((x) => round(x, 2));
   const json = JSON.stringify(result, null, 2);
   process.stdout.write(json + '\n');
-  fs.mkdirSync(path.join(__dirname, 'results'), { recursive: true });
-  fs.writeFileSync(path.join(__dirname, 'results', 'throughput.json'), json + '\n');
+  fs.writeFileSync(path.join(resultsDir(), 'throughput.json'), json + '\n');
 }
 
 main().catch((err) => {
