@@ -9,6 +9,7 @@ import { adminSetup, startServer, TestClient, type ServerProcess } from '../help
 import { makeBusyboxContext } from '../helpers/busybox-context';
 import { resolveDocker, type BuildOptions, type ResolvedDocker } from '../../src/core/docker-cli';
 import { cleanupRunner, configureRunner, runnerName, type RunnerConfig } from '../../src/core/runner-config';
+import type { HttpRequester } from '../../src/core/http-request';
 import { runBuild } from '../../src/core/build';
 import { contextId, contextMeta } from '../../src/core/docker-context';
 import type { LeaseMsg } from '../../src/contract/grpc';
@@ -420,6 +421,9 @@ process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
     );
     return { docker: { ...BUILDX, path: fake }, argv: () => JSON.parse(fs.readFileSync(log, 'utf8')) };
   }
+  // The fake lease's registry (127.0.0.1:5000) is not there: the org cache's probe before the build is answered as a
+  // live registry answers it, so these tests see the build path, not the registry-down path (build-faults tests that).
+  const registryUp: HttpRequester = async () => ({ status: 200, headers: {}, text: '{}' });
   const pushOpts = (): BuildOptions => ({
     context: tempRoot,
     tags: ['127.0.0.1:5000/acme/app:1'],
@@ -433,7 +437,7 @@ process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
     const fake = fakeBuildx(fs.readFileSync(path.join(__dirname, '../fixtures/progress/multistage-imported-fresh-builder.txt'), 'utf8'));
     const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
     const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
-    const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
+    const r = await runBuild(pushOpts(), cfg, lease, fake.docker, { request: registryUp });
     expect(r).toMatchObject({
       status: 'success',
       totalSteps: 6,
@@ -466,7 +470,7 @@ process.stderr.write(fs.readFileSync(${JSON.stringify(progress)}, 'utf8'));
     );
     const lease = fakeLease('ENDPOINT_KIND_BUILDKIT');
     const cfg = await configureRunner(lease, 'bc-bk', { tempRoot, docker: fake.docker, userDockerConfig: path.join(tempRoot, 'none'), run: recorder([]) });
-    const r = await runBuild(pushOpts(), cfg, lease, fake.docker);
+    const r = await runBuild(pushOpts(), cfg, lease, fake.docker, { request: registryUp });
     expect(r).toMatchObject({ status: 'success', totalSteps: 1, cacheExported: false });
     expect(r.warnings).toEqual([
       "could not export the build cache to 127.0.0.1:5000/acme/app/cache:main: failed to push 127.0.0.1:5000/acme/app/cache:main: 503 Service Unavailable; later builds will not reuse this one's layers"

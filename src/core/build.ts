@@ -15,6 +15,7 @@ import { removeSecretFiles, secretFilePaths, withoutSecretInputs, writeSecretFil
 import { goTimeMs, parseBuildCache, stepsRunConcurrently, type CacheRecord } from './build-dedup';
 import { isRemoteContext } from './build-checks';
 import { classifyFailure, type BuildFailure } from './build-failure';
+import type { HttpRequester } from './http-request';
 import { cacheExportTimedOut, cacheExportTimeoutMs, cacheProbeTimeoutMs, cacheUnavailableWarning, orgCacheUnavailable } from './build-cache-probe';
 import { cacheLabel, coldCacheLine, coldCacheWatcher, pushDone, pushFailedInBuild, pushFailureReason, pushRefused, type PushOutcome } from './push-outcome';
 
@@ -57,6 +58,8 @@ export interface BuildIO {
   // 'cancelled' instead of the process dying mid-build, so the caller can still report and release; the caller
   // then exits.
   trapSignals?: boolean;
+  // The HTTP seam of the org cache's probe before the build (build-cache-probe.ts); node:http by default (tests).
+  request?: HttpRequester;
 }
 
 // The Dockerfile of a build whose context is a local directory; null for a Git or HTTP context, or stdin.
@@ -299,7 +302,7 @@ export async function runBuild(opts: BuildOptions, cfg: RunnerConfig, lease: Lea
   // A job's saved session holds no registry password: it is in the runner's docker config (runner-config.ts).
   const registry = lease.cache?.registry?.password ? lease.cache.registry : await registryAccess(cfg.dockerConfig, lease.cache?.registry?.host);
   const usesCache = refs.importRefs.length > 0 || refs.exportRef !== '';
-  const cacheDown = registry && usesCache ? await orgCacheUnavailable(registry, cacheProbeTimeoutMs(process.env)) : null;
+  const cacheDown = registry && usesCache ? await orgCacheUnavailable(registry, cacheProbeTimeoutMs(process.env), io.request) : null;
   const exportLimitMs = cacheExportTimeoutMs(process.env); // read here: a bad value fails before anything runs
   const scoped = cacheDown ? { ...refs, importRefs: [], exportRef: '', repository: '' } : refs;
   // Under the inline cache, stages off the final image's chain get cache images of their own (build-cache.ts).
