@@ -240,3 +240,14 @@ describe('admin commands', () => {
     expect(await run('org', 'list')).toBe('No orgs yet. Create one with `buildcloud admin org create ORG --minutes N`.\n');
   });
 });
+
+describe('admin cache quota', () => {
+  test('refuses an org that does not exist (a typo would record a quota that never applies), then sets one that does', async () => {
+    await run('org', 'create', 'acme', '--minutes', '10');
+    await expect(run('cache', 'quota', '--org', 'acme-typo', '--max', '1GiB')).rejects.toThrow(
+      "Org 'acme-typo' not found: create it with `buildcloud admin org create acme-typo --minutes N`"
+    );
+    expect(fs.existsSync(path.join(dir, 'cache-quotas.json'))).toBe(false);
+    expect(await run('cache', 'quota', '--org', 'acme', '--max', '1GiB')).toContain("Org 'acme' org-cache quota: 1.0 GiB");
+  });
+});

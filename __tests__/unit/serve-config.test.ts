@@ -8,6 +8,7 @@ import {
   isLoopbackHost,
   listenError,
   machineAddresses,
+  parseCacheStorage,
   parseRegistryUrl,
   redactUrl,
   validateConfig,
@@ -160,5 +161,16 @@ describe('where serve listens: one line naming the flag to change', () => {
 
   test("this machine's addresses are neither loopback nor link-local", () => {
     for (const a of machineAddresses()) expect(isLoopbackHost(a) || /^(fe80:|169\.254\.)/i.test(a)).toBe(false);
+  });
+});
+
+describe('parseCacheStorage: the GC grace', () => {
+  test('refuses a grace under 1 s, naming the flag and what blobs it protects; takes seconds and hours', () => {
+    expect(() => parseCacheStorage({ cacheGcGrace: '0' })).toThrow(
+      "Invalid --cache-gc-grace '0'. Expected at least 1s (default 1h): younger blobs may belong to pushes under way."
+    );
+    expect(() => parseCacheStorage({ cacheGcGrace: '500ms' })).toThrow(ConfigError);
+    expect(parseCacheStorage({ cacheGcGrace: '5s' }).graceMs).toBe(5000);
+    expect(parseCacheStorage({ cacheGcGrace: '1h' }).graceMs).toBe(3600_000);
   });
 });

@@ -19,6 +19,21 @@ function orgArg(v: unknown): string {
   }
 }
 
+/** Throws CliError (the admin CLI's "not found" message) unless `org` exists in the store under `stateDir`. */
+async function requireExistingOrg(stateDir: string, org: string): Promise<void> {
+  const { openSqliteStore } = await import('../server/store/sqlite');
+  const { storeFile } = await import('../server/server');
+  const store = openSqliteStore(storeFile(stateDir));
+  try {
+    if (!(await store.getOrg(org))) {
+      const { orgNotFound } = await import('./admin');
+      throw new CliError(orgNotFound(org));
+    }
+  } finally {
+    await store.close();
+  }
+}
+
 /** Registers `admin cache quota` and `admin cache usage` under `admin`. */
 export function registerAdminCache(admin: Command, stateOpt: readonly [string, string, string]): void {
   const cache = admin.command('cache').description("The org cache's storage: usage per org and per-org quotas.");
@@ -29,8 +44,10 @@ export function registerAdminCache(admin: Command, stateOpt: readonly [string, s
     .option('--max <size>', "the quota, e.g. 50GiB or 500MiB; 0 = no quota; 'default' = serve's --cache-quota")
     .option(...stateOpt)
     .option('--json', 'print JSON', false)
-    .action((o) => {
+    .action(async (o) => {
       const org = orgArg(o.org);
+      // A quota for a name that is no org would be recorded and never apply: a typo must not pass as done.
+      await requireExistingOrg(path.resolve(o.stateDir), org);
       if (typeof o.max !== 'string') throw new CliError("Missing --max: pass --max SIZE (e.g. 50GiB), 0 for no quota, or 'default'.");
       let bytes: number | null;
       try {

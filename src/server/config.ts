@@ -73,6 +73,9 @@ export function parseCacheStorage(o: {
     graceMs: o.cacheGcGrace === undefined ? d.graceMs : parseDuration(o.cacheGcGrace, '--cache-gc-grace')
   };
   if (s.intervalMs < 1000) throw new ConfigError(`Invalid --cache-gc-interval '${o.cacheGcInterval}'. Expected at least 1s, e.g. 1h.`);
+  // The grace keeps blobs of pushes still under way: 0 would let a sweep take a layer a push is writing.
+  if (s.graceMs < 1000)
+    throw new ConfigError(`Invalid --cache-gc-grace '${o.cacheGcGrace}'. Expected at least 1s (default 1h): younger blobs may belong to pushes under way.`);
   return s;
 }
 
