@@ -113,16 +113,34 @@ function runtimeBase(): string {
   return path.join(os.tmpdir(), `bc-${process.getuid?.() ?? 'u'}`);
 }
 
-/** The last `lines` lines of `file` (its last 8 KiB at most), read synchronously; '(unreadable)' if it cannot be read. */
-function tailFileSync(file: string, lines = 30): string {
+/**
+ * What an engine's log says about how it ended: for a Go runtime crash ("fatal error: ..." or "panic: ..." followed by
+ * a dump of every goroutine, often megabytes), that line and the crashing goroutine's first frames, then the log's
+ * last lines; otherwise the last `lines` lines. Pure (dockerd.test covers it).
+ */
+export function engineEndSummary(log: string, lines = 12): string {
+  const text = log.trimEnd();
+  const crash = Math.max(text.lastIndexOf('\nfatal error:'), text.lastIndexOf('\npanic:'), /^(fatal error|panic):/.test(text) ? 0 : -1);
+  const tail = text.split('\n').slice(-lines).join('\n');
+  if (crash < 0) return tail || '(empty)';
+  const head = text
+    .slice(crash === 0 ? 0 : crash + 1)
+    .split('\n')
+    .slice(0, 16)
+    .join('\n');
+  return `${head}\n...\n${tail}`;
+}
+
+/** engineEndSummary of `file`'s last 8 MiB, read synchronously; '(unreadable)' if it cannot be read. */
+function tailFileSync(file: string): string {
   try {
     const fd = fs.openSync(file, 'r');
     try {
       const size = fs.fstatSync(fd).size;
-      const len = Math.min(size, 8192);
+      const len = Math.min(size, 8 * 1024 * 1024);
       const buf = Buffer.alloc(len);
       fs.readSync(fd, buf, 0, len, size - len);
-      return buf.toString('utf8').trimEnd().split('\n').slice(-lines).join('\n') || '(empty)';
+      return engineEndSummary(buf.toString('utf8'));
     } finally {
       fs.closeSync(fd);
     }
