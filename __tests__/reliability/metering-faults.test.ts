@@ -44,6 +44,19 @@ afterAll(async () => {
 });
 
 // A fault for the whole first job; a later job of the same runner (its setup) sends what the first one kept.
+/** The figures every "fault in one job, a healthy later job" scenario reports: records, exit codes, final usage. */
+function laterJobFigures(s: Awaited<ReturnType<typeof faultThenLaterJob>>, all: ReturnType<typeof jobs.served>) {
+  return {
+    recordsSent: all.recordsSent,
+    recordsAccepted: all.accepted,
+    recordsDuplicate: all.duplicate,
+    recordsPending: s.leftovers,
+    buildExitCodes: `${s.first.build.status},${s.second.build.status}`,
+    usageBuilds: s.final.builds.count,
+    usageJobs: s.final.jobs.count
+  };
+}
+
 async function faultThenLaterJob(org: string, during: Plan) {
   const j = jobs.newRunner(org);
   const from = proxy.log.length;
@@ -67,13 +80,7 @@ test('metering endpoint answers 500 for a whole job: the build succeeds, a later
       'both builds exit 0 (the first with a metering warning); nothing stored during the fault; afterwards the usage API counts 2 builds and 2 jobs, none twice; spool empty',
     figures: {
       requestsDuringFault: during.length,
-      recordsSent: all.recordsSent,
-      recordsAccepted: all.accepted,
-      recordsDuplicate: all.duplicate,
-      recordsPending: s.leftovers,
-      buildExitCodes: `${s.first.build.status},${s.second.build.status}`,
-      usageBuilds: s.final.builds.count,
-      usageJobs: s.final.jobs.count
+      ...laterJobFigures(s, all)
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
@@ -138,13 +145,7 @@ test('metering endpoint answers 429 with a Retry-After past every deadline: no e
       'the client never retried before the 60 s (one request at build end, one at report, proxy log); both builds exit 0 (the first with a warning naming the Retry-After); afterwards the usage API counts 2 builds and 2 jobs; spool empty',
     figures: {
       requestsDuringFault: during.length,
-      recordsSent: all.recordsSent,
-      recordsAccepted: all.accepted,
-      recordsDuplicate: all.duplicate,
-      recordsPending: s.leftovers,
-      buildExitCodes: `${s.first.build.status},${s.second.build.status}`,
-      usageBuilds: s.final.builds.count,
-      usageJobs: s.final.jobs.count
+      ...laterJobFigures(s, all)
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
@@ -241,13 +242,7 @@ test('metering endpoint down for a whole job: the build succeeds, a later job se
     checked:
       'both builds exit 0 (the first with a metering warning); nothing stored during the fault; afterwards the usage API counts 2 builds and 2 jobs, none twice; spool empty',
     figures: {
-      recordsSent: all.recordsSent,
-      recordsAccepted: all.accepted,
-      recordsDuplicate: all.duplicate,
-      recordsPending: s.leftovers,
-      buildExitCodes: `${s.first.build.status},${s.second.build.status}`,
-      usageBuilds: s.final.builds.count,
-      usageJobs: s.final.jobs.count
+      ...laterJobFigures(s, all)
     }
   });
   expect([s.first.build.status, s.first.report.status, s.second.build.status, s.second.report.status]).toEqual([0, 0, 0, 0]);
